@@ -1,0 +1,48 @@
+"""Configuration read from environment variables (documented in README.md).
+
+Every path the project reads or writes is resolved here, so there is one obvious place to look.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = PROJECT_ROOT.parent / "shared"
+
+
+def _env_path(name: str, default: Path | None) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    if value:
+        return Path(value).expanduser().resolve()
+    return default
+
+
+def artifacts_dir() -> Path:
+    """Root of generated outputs (features, indexes, models): ``CBIR_ARTIFACTS`` or ``./artifacts``."""
+    path = _env_path("CBIR_ARTIFACTS", PROJECT_ROOT / "artifacts")
+    assert path is not None
+    return path
+
+
+def weights_dir() -> Path | None:
+    """Local directory with pretrained weights under Keras' file names: ``CBIR_WEIGHTS_DIR`` or ``../shared/weights``."""
+    return _env_path("CBIR_WEIGHTS_DIR", SHARED_DIR / "weights")
+
+
+def shared_data_dir() -> Path | None:
+    """Where the paper's real data sits when sourced: ``CBIR_DATA_DIR`` or ``../shared/data``."""
+    return _env_path("CBIR_DATA_DIR", SHARED_DIR / "data")
+
+
+def default_collection() -> Path:
+    """The collection the app and CLI use when none is given: ``CBIR_COLLECTION`` or the Open Clip Art build."""
+    path = _env_path("CBIR_COLLECTION", artifacts_dir() / "collections" / "openclipart")
+    assert path is not None
+    return path
+
+
+def keras_cache_dir() -> Path:
+    """Keras' own download cache (``KERAS_HOME`` or ``~/.keras``) holds ``models/<file>``."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
