@@ -1,0 +1,5 @@
+import sys
+
+from cbir.cli import main
+
+sys.exit(main())

@@ -1,0 +1,169 @@
+"""Command line: ``python -m cbir COMMAND --help``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from cbir import config
+
+DESCRIPTION = """\
+cbir — content-based image retrieval workbench.
+
+Typical first run (Open Clip Art + EfficientNet-Lite0 install offline):
+  python -m cbir openclipart                      # build the default collection under artifacts/
+  python -m cbir extract --backbone efficientnet_lite0
+  python -m cbir evaluate --backbone efficientnet_lite0 --index lsh -g 6 -H 4
+  python -m cbir info                             # what is built
+
+A collection is a folder with one subfolder per class (or training_set/ and validation_set/ with one subfolder
+per class, as in the paper), optionally a distractors/ folder of unlabelled images.
+"""
+
+
+def _weights_arg(value: str) -> str | None:
+    return None if value.lower() in ("none", "random") else value
+
+
+def add_collection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--collection", type=Path, default=None,
+                        help="collection folder (default: $CBIR_COLLECTION or the Open Clip Art build)")
+    parser.add_argument("--distractors", type=Path, action="append", default=[],
+                        help="extra folder of unlabelled distractor images (repeatable)")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    from cbir.backbones import BACKBONES
+
+    parser.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES),
+                        help="CNN feature extractor (default: efficientnet_lite0, whose weights install offline)")
+    parser.add_argument("--weights", type=_weights_arg, default="imagenet",
+                        help="'imagenet' (local copy first, then download), 'none' (random) or a weights file")
+
+
+def cmd_openclipart(args: argparse.Namespace) -> int:
+    from cbir.openclipart import build_collection
+
+    out = args.out or config.default_collection()
+    table = build_collection(out, workers=args.workers, limit_per_class=args.limit_per_class)
+    failed = table[table["error"].notna()]
+    print(f"collection written to {out}")
+    print(table.groupby(["role", "category"]).size().rename("images").to_string())
+    if len(failed):
+        print(f"\n{len(failed)} source files could not be converted:")
+        print(failed[["source", "error"]].to_string(index=False))
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from cbir.collection import scan_collection
+
+    catalog = scan_collection(args.collection or config.default_collection(), args.distractors, validate=True)
+    print(f"collection {catalog.root}: {len(catalog.images)} usable images, {len(catalog.report)} rejected")
+    print(catalog.counts().to_string())
+    if len(catalog.report):
+        print("\nrejected files:")
+        print(catalog.report.to_string(index=False))
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from cbir.collection import scan_collection
+    from cbir.features import FeatureExtractor, extract_collection
+
+    catalog = scan_collection(args.collection or config.default_collection(), args.distractors)
+    extractor = FeatureExtractor(args.backbone, args.weights, batch_size=args.batch_size, workers=args.workers)
+    result = extract_collection(catalog, extractor, out_path=args.out)
+    meta = result.meta
+    print(f"{meta['backbone']} ({meta['weights_id']}): {meta['n_images']} images × {meta['dim']} features, "
+          f"{meta['computed']} computed now, {meta['n_rejected']} rejected")
+    if len(result.report):
+        print("\nrejected files:")
+        print(result.report.to_string(index=False))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from cbir.backbones import BACKBONES, available_backbones
+    from cbir.workspace import list_feature_sets
+
+    print(f"artifacts:  {config.artifacts_dir()}")
+    print(f"collection: {config.default_collection()} (default)")
+    print(f"weights:    {config.weights_dir()} (CBIR_WEIGHTS_DIR)\n")
+    available = available_backbones()
+    print(pd.DataFrame([{"backbone": n, "dim": s.dim, "offline imagenet weights": available[n],
+                         "description": s.description} for n, s in BACKBONES.items()]).to_string(index=False))
+    table = list_feature_sets()
+    print("\nfeature sets:" if len(table) else "\nno feature sets yet: run `python -m cbir extract`")
+    if len(table):
+        print(table.to_string(index=False))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from cbir.analysis import distance_table
+    from cbir.workspace import resolve_feature_set
+
+    feature_set = resolve_feature_set(args.features, args.backbone, args.collection)
+    index_rows = (feature_set.catalog["role"] == "index").to_numpy()
+    table = distance_table(feature_set.features[index_rows], feature_set.labels[index_rows],
+                           max_samples=args.max_samples)
+    print(f"distance analysis of the index split ({feature_set.meta['backbone']}):")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cbir", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("openclipart", help="build the default collection from Debian's openclipart-png")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the default collection)")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--limit-per-class", type=int, default=None, help="keep only N images per category (tests)")
+    p.set_defaults(func=cmd_openclipart)
+
+    p = sub.add_parser("scan", help="decode every image of a collection and report the unusable ones")
+    add_collection_args(p)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("extract", help="compute (or update) the CNN features of a collection")
+    add_collection_args(p)
+    add_model_args(p)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--out", type=Path, default=None, help="feature artifact path (default: under artifacts/)")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("info", help="what is configured and built")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("analyze", help="mean distances / similarities of the features, overall and per class")
+    add_feature_selection_args(p)
+    p.add_argument("--max-samples", type=int, default=3000)
+    p.set_defaults(func=cmd_analyze)
+
+    from cbir.cli_search import add_evaluate_parsers
+
+    add_evaluate_parsers(sub)
+    return parser
+
+
+def add_feature_selection_args(parser: argparse.ArgumentParser) -> None:
+    """Pick a feature set: an artifact path, or the latest one of a backbone (and collection)."""
+    parser.add_argument("--features", type=Path, default=None, help="feature artifact (.joblib)")
+    parser.add_argument("--backbone", default=None, help="use the feature set of this backbone")
+    parser.add_argument("--collection", type=Path, default=None, help="collection folder (default: the default)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

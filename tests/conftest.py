@@ -1,0 +1,83 @@
+"""Shared fixtures. Real-data fixtures skip locally when the data is absent; under CI (``CBIR_REQUIRE_REAL_DATA=1``,
+set by ``.ci/run``) the installed Open Clip Art collection is required, and ``../shared/data`` / ``../shared/weights``
+are required whenever those folders exist."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbir import config
+from cbir.openclipart import OPENCLIPART_DIR
+
+REQUIRE_REAL = os.environ.get("CBIR_REQUIRE_REAL_DATA") == "1"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip locally, fail under CI: a missing real input must not pass silently there."""
+    if not condition:
+        if REQUIRE_REAL:
+            pytest.fail(f"required real input missing: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_artifacts(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+                        request: pytest.FixtureRequest) -> None:
+    """Tests write artifacts under a temp dir unless they opt into the real ones (``real_artifacts`` marker)."""
+    if request.node.get_closest_marker("real_artifacts") is None:
+        monkeypatch.setenv("CBIR_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
+        # converted EfficientNet weights are costly to redo: keep reading them from the real cache
+        real_weights = config.PROJECT_ROOT / "artifacts" / "weights"
+        if real_weights.is_dir() and not os.environ.get("CBIR_WEIGHTS_DIR"):
+            monkeypatch.setenv("CBIR_WEIGHTS_DIR", str(real_weights))
+
+
+@pytest.fixture(scope="session")
+def openclipart_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real collection: up to 6 index + 6 query images per Open Clip Art category (+ distractors)."""
+    require(OPENCLIPART_DIR.is_dir(), f"Open Clip Art not installed at {OPENCLIPART_DIR} (apt-get install openclipart-png)")
+    from cbir.openclipart import build_collection
+
+    out = tmp_path_factory.mktemp("openclipart_small")
+    build_collection(out, limit_per_class=6, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def paper_data() -> Path:
+    """The paper's real data under ``../shared/data`` (required when that folder exists)."""
+    data = config.shared_data_dir()
+    if data is None or not data.is_dir() or not any(data.iterdir()):
+        pytest.skip(f"no paper data at {data}")
+    return data
+
+
+@pytest.fixture(scope="session")
+def shared_weights() -> Path:
+    """``../shared/weights`` with the Keras ResNet files (required when that folder exists)."""
+    folder = config.weights_dir()
+    if folder is None or not folder.is_dir():
+        pytest.skip(f"no weights folder at {folder}")
+    return folder
+
+
+def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (64, 48), fmt: str | None = None,
+                seed: int = 0, **save_kwargs: object) -> Path:
+    """A real image file with structured content (gradients + noise) in ``mode``."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), rng.integers(0, 256, (h, w))], axis=-1)
+    image = Image.fromarray(rgb.astype(np.uint8), "RGB")
+    if mode == "I;16":
+        image = Image.fromarray((xx * 60000 // max(w - 1, 1)).astype(np.uint16))
+    elif mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt, **save_kwargs)
+    return path
