@@ -84,7 +84,9 @@ def load_image(source: str | os.PathLike[str] | bytes, max_pixels: int = MAX_PIX
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{name}: the image is too large (refused as a possible decompression bomb: {exc})") from exc
+        raise ImageDecodeError(
+            f"{name}: the image is too large (refused as a possible decompression bomb: {exc})"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"{name}: not an image file (or a format that is not supported)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -40,7 +40,7 @@ def _isolated_artifacts(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
 @pytest.fixture(scope="session")
 def openclipart_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real collection: up to 6 index + 6 query images per Open Clip Art category (+ distractors)."""
-    require(OPENCLIPART_DIR.is_dir(), f"Open Clip Art not installed at {OPENCLIPART_DIR} (apt-get install openclipart-png)")
+    require(OPENCLIPART_DIR.is_dir(), f"no Open Clip Art at {OPENCLIPART_DIR} (apt-get install openclipart-png)")
     from cbir.openclipart import build_collection
 
     out = tmp_path_factory.mktemp("openclipart_small")

@@ -20,7 +20,7 @@ from cbir.backbones import (
 def test_registry_entries_are_complete() -> None:
     assert {"resnet50", "resnet50v2", "efficientnet_lite0"} <= set(BACKBONES)
     assert get_backbone("resnet50").dim == 2048 and get_backbone("efficientnet_lite0").dim == 1280
-    with pytest.raises(ValueError, match="unknown backbone 'vgg'.*resnet50"):
+    with pytest.raises(ValueError, match=r"unknown backbone 'vgg'.*resnet50"):
         get_backbone("vgg")
 
 

@@ -72,6 +72,11 @@ def test_bytes_input_and_resize(tmp_path: Path) -> None:
     assert 0.0 <= array.min() and array.max() <= 255.0
 
 
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def _truncated_jpeg(tmp_path: Path) -> Path:
     data = write_image(tmp_path / "full.jpg", size=(256, 256)).read_bytes()
     path = tmp_path / "truncated.jpg"
@@ -103,8 +108,8 @@ def _bomb(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda p: (p / "empty.jpg").write_bytes(b"") and None or p / "empty.jpg", "empty"),
-        (lambda p: (p / "notes.jpg").write_text("hello, not an image") and None or p / "notes.jpg", "not an image"),
+        (lambda p: _file(p / "empty.jpg", b""), "empty"),
+        (lambda p: _file(p / "notes.jpg", b"hello, not an image"), "not an image"),
         (_truncated_jpeg, "corrupt or truncated"),
         (_truncated_png, "corrupt or truncated"),
         (_corrupt_png, "corrupt or truncated"),
