@@ -58,11 +58,7 @@ def _resnet50v2(weights: str | None) -> Any:
 
 
 def _with_file_weights(constructor: Callable[..., Any], weights: str | None) -> Any:
-    """Keras applications accept ``None``/``"imagenet"``/a weights path; a full ``.keras`` model is loaded."""
-    if weights is not None and weights.endswith(".keras"):
-        import keras
-
-        return keras.models.load_model(weights, compile=False)
+    """Keras applications accept ``None``/``"imagenet"``/a weights file path."""
     return constructor(include_top=False, weights=weights, pooling="avg", input_shape=(224, 224, 3))
 
 
@@ -171,7 +167,13 @@ def build_model(name: str, weights: WeightsArg = "imagenet", seed: int = 0) -> t
 
         keras.utils.set_random_seed(seed)  # weights=None must still give deterministic features
     try:
-        model = spec.build(resolved)
+        if resolved is not None and resolved.endswith(".keras"):
+            # a whole saved model (e.g. a fine-tuned feature model): the file holds architecture and weights
+            import keras
+
+            model = keras.models.load_model(resolved, compile=False)
+        else:
+            model = spec.build(resolved)
     except Exception as exc:
         if resolved != "imagenet":
             raise

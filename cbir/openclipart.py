@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -78,15 +79,21 @@ def _convert(source: str, target: Path) -> str | None:
 
 
 def build_collection(out_dir: str | os.PathLike[str], source: Path = OPENCLIPART_DIR, workers: int = 4,
-                     limit_per_class: int | None = None) -> pd.DataFrame:
+                     limit_per_class: int | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Convert Open Clip Art into ``out_dir`` (resumable: existing outputs are kept). Returns the per-file plan
     with an ``error`` column (``None`` when converted). ``limit_per_class`` keeps only the first images of each
-    category (for quick tests)."""
+    category (for quick tests). ``progress(done, total)`` is called as files are converted (the app's bar)."""
     out = Path(out_dir)
     table = plan(source)
     if limit_per_class is not None:
         table = table.groupby(["category", "role"], group_keys=False).head(limit_per_class).reset_index(drop=True)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         jobs = pool.map(_convert, table["source"], [out / t for t in table["target"]])
-        table["error"] = list(tqdm(jobs, total=len(table), desc="openclipart → collection", unit="img"))
+        errors = []
+        for error in tqdm(jobs, total=len(table), desc="openclipart → collection", unit="img"):
+            errors.append(error)
+            if progress is not None and (len(errors) % 64 == 0 or len(errors) == len(table)):
+                progress(len(errors), len(table))
+        table["error"] = errors
     return table
