@@ -27,7 +27,7 @@ def artifacts_dir() -> Path:
 
 
 def weights_dir() -> Path | None:
-    """Local directory with pretrained weights under Keras' file names: ``CBIR_WEIGHTS_DIR`` or ``../shared/weights``."""
+    """Local folder of pretrained weights under Keras' file names: ``CBIR_WEIGHTS_DIR`` or ``../shared/weights``."""
     return _env_path("CBIR_WEIGHTS_DIR", SHARED_DIR / "weights")
 
 
