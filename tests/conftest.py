@@ -30,11 +30,12 @@ def _isolated_artifacts(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
                         request: pytest.FixtureRequest) -> None:
     """Tests write artifacts under a temp dir unless they opt into the real ones (``real_artifacts`` marker)."""
     if request.node.get_closest_marker("real_artifacts") is None:
-        monkeypatch.setenv("CBIR_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
-        # converted EfficientNet weights are costly to redo: keep reading them from the real cache
+        artifacts = tmp_path_factory.mktemp("artifacts")
+        # converted EfficientNet weights are costly to redo: share the real conversion cache
         real_weights = config.PROJECT_ROOT / "artifacts" / "weights"
-        if real_weights.is_dir() and not os.environ.get("CBIR_WEIGHTS_DIR"):
-            monkeypatch.setenv("CBIR_WEIGHTS_DIR", str(real_weights))
+        real_weights.mkdir(parents=True, exist_ok=True)
+        (artifacts / "weights").symlink_to(real_weights, target_is_directory=True)
+        monkeypatch.setenv("CBIR_ARTIFACTS", str(artifacts))
 
 
 @pytest.fixture(scope="session")
