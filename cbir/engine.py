@@ -1,0 +1,752 @@
+"""What the Streamlit dashboard computes, without Streamlit: the pages only lay out what this module returns.
+
+* **Workspace** — :func:`collection_status` (catalog, counts per class × split, feature sets, saved indexes) and
+  :func:`build_default` (Open Clip Art collection, then EfficientNet-Lite0 features) for the home page.
+* **Search** — :func:`decode_query` turns an upload into an RGB image plus notes for the user (CMYK, 16-bit,
+  transparency, animation, a big JPEG decoded at reduced scale); :class:`SearchEngine` embeds the query with the
+  same backbone and weights as the feature set and searches an exact scan or the LSH index over the whole
+  collection (every role is searchable: a user looks for any image, a collection image finds itself first).
+* **Index tuning** — :class:`IndexConfig` describes an index; :func:`evaluate_config` fits it on the index split
+  and runs the validation queries (role ``query``); :func:`run_sweep` computes the background sweep grid.
+* **Model comparison** — :func:`compare` evaluates feature sets × indexes × with/without distractors,
+  :func:`distance_analysis` gives Section 4.1's distance distribution; ``fig_*`` build the plotly charts.
+
+Everything expensive takes plain, hashable arguments (paths, frozen configs) so the pages can wrap it in
+``st.cache_resource`` / ``st.cache_data``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cbir import config
+from cbir.analysis import distance_table, pairwise_distance_sample
+from cbir.collection import Catalog, CollectionError, scan_collection
+from cbir.features import FeatureExtractor, FeatureSet, extract_collection, load_features
+from cbir.images import MAX_PIXELS, ImageDecodeError, load_image
+from cbir.index import BaseIndex, LSHIndex, SequentialScan
+from cbir.storage import ArtifactError
+
+Progress = Callable[[int, int], None]
+IndexKind = Literal["scan", "lsh"]
+METRICS: tuple[str, ...] = ("euclidean", "cosine")
+DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_K = 10
+# A second, app-side cap for uploads (the browser is capped by .streamlit/config.toml's maxUploadSize): a camera
+# frame or a programmatic upload must not reach the decoder when it is absurdly large.
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# Big JPEG photos (phone cameras take 48–50 MP) are decoded at 1/2..1/8 scale in the DCT domain, which costs a
+# fraction of the memory; anything above this many pixels is refused as load_image would refuse it.
+MAX_JPEG_PIXELS = 64 * MAX_PIXELS
+# The paper's best web-app index (Section 7): g=7 tables, h=2 projections; w comes from the data.
+DEFAULT_TABLES = 7
+DEFAULT_PROJECTIONS = 2
+# Budget for the recommended LSH configuration: at most this share of the indexed objects visited per query.
+RECOMMEND_BUDGET_FRACTION = 0.2
+
+
+class EngineError(RuntimeError):
+    """A dashboard action cannot be done; ``str(err)`` is a message for the user."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Workspace: what is built
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CollectionStatus:
+    """The home page's answer to "what is loaded": ``catalog`` is ``None`` when the collection is unusable."""
+
+    root: Path
+    catalog: Catalog | None
+    error: str | None
+    feature_sets: pd.DataFrame
+    indexes: pd.DataFrame
+    openclipart_installed: bool
+
+    @property
+    def ready(self) -> bool:
+        """A collection and at least one complete feature set of it exist."""
+        return self.catalog is not None and bool((self.feature_sets["status"] == "complete").any())
+
+    def counts(self) -> pd.DataFrame:
+        """Images per class (rows) and role (columns: index, query, distractor) plus a total column."""
+        if self.catalog is None:
+            return pd.DataFrame()
+        counts = self.catalog.counts()
+        return counts.assign(total=counts.sum(axis=1))
+
+    def counts_long(self) -> pd.DataFrame:
+        """The same counts in long form (class, role, images), for a grouped bar chart."""
+        counts = self.counts().drop(columns="total", errors="ignore")
+        if counts.empty:
+            return pd.DataFrame(columns=["class", "role", "images"])
+        return (counts.rename_axis(index="class", columns="role").stack().rename("images").reset_index()
+                .astype({"images": int}))
+
+
+def list_indexes() -> pd.DataFrame:
+    """Index artifacts saved under ``<artifacts>/indexes`` (by the CLI or benchmarks): file, size, modified."""
+    root = config.artifacts_dir() / "indexes"
+    files = sorted(root.rglob("*.joblib")) if root.is_dir() else []
+    rows = [{"index": str(path.relative_to(root)), "size_mb": path.stat().st_size / 1e6,
+             "modified": pd.Timestamp(path.stat().st_mtime, unit="s").floor("s")} for path in files]
+    return pd.DataFrame(rows, columns=["index", "size_mb", "modified"])
+
+
+def collection_status(root: str | os.PathLike[str] | None = None) -> CollectionStatus:
+    """Scan the collection (default: ``CBIR_COLLECTION`` or the Open Clip Art build) and list what is built."""
+    from cbir.openclipart import OPENCLIPART_DIR
+    from cbir.workspace import list_feature_sets
+
+    root = Path(root) if root is not None else config.default_collection()
+    catalog: Catalog | None = None
+    error: str | None = None
+    try:
+        catalog = scan_collection(root)
+    except CollectionError as exc:
+        error = str(exc)
+    feature_sets = list_feature_sets(root)
+    if catalog is not None and not feature_sets.empty:
+        # the extraction report lists the images that could not be decoded: the corrupt-image report
+        catalog = Catalog(root=catalog.root, images=catalog.images, report=_extraction_report(feature_sets))
+    return CollectionStatus(root=root, catalog=catalog, error=error, feature_sets=feature_sets,
+                            indexes=list_indexes(), openclipart_installed=OPENCLIPART_DIR.is_dir())
+
+
+def _extraction_report(feature_sets: pd.DataFrame) -> pd.DataFrame:
+    reports = []
+    for path in feature_sets.loc[feature_sets["status"] == "complete", "path"]:
+        try:
+            reports.append(load_features(path).report)
+        except (ArtifactError, KeyError, OSError):  # already flagged in the feature-set table
+            continue
+    if not reports:
+        return pd.DataFrame(columns=["path", "reason"])
+    return pd.concat(reports, ignore_index=True).drop_duplicates("path").reset_index(drop=True)
+
+
+def build_default(root: str | os.PathLike[str] | None = None, backbone: str = DEFAULT_BACKBONE,
+                  progress: Callable[[str, int, int], None] | None = None) -> FeatureSet:
+    """Make the dashboard usable from nothing: build the Open Clip Art collection at ``root`` when it has no
+    images yet, then extract ``backbone`` features (cached and resumable). ``progress(stage, done, total)`` with
+    stage ``"collection"`` or ``"features"``. Raises :class:`EngineError` with the fix when something is missing."""
+    from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR, build_collection
+
+    root = Path(root) if root is not None else config.default_collection()
+    try:
+        catalog = scan_collection(root)
+    except CollectionError:
+        if not OPENCLIPART_DIR.is_dir():
+            raise EngineError(f"No collection at {root} and Open Clip Art is not installed ({OPENCLIPART_DIR} is "
+                              f"missing). Install it with: {INSTALL_HINT}") from None
+        build_collection(root, progress=None if progress is None else lambda d, t: progress("collection", d, t))
+        catalog = scan_collection(root)
+    extractor = FeatureExtractor(backbone, "imagenet")
+    try:
+        extractor.weights_id  # noqa: B018 - builds the model now so that a missing weights file is reported here
+    except FileNotFoundError as exc:
+        raise EngineError(str(exc)) from exc
+    return extract_collection(catalog, extractor,
+                              progress=None if progress is None else lambda d, t: progress("features", d, t))
+
+
+def feature_set_label(row: Mapping[str, Any]) -> str:
+    """A short name for a feature set row of :func:`cbir.workspace.list_feature_sets` (or a meta dict)."""
+    backbone = row.get("backbone")
+    weights = str(row.get("weights") or row.get("weights_id") or "?")
+    return f"{backbone} · {weights_kind(weights)} ({weights})"
+
+
+def weights_kind(weights_id: str) -> str:
+    """"ImageNet", "random" or "fine-tuned" from a weights id (see :func:`cbir.backbones.weights_identity`)."""
+    if weights_id.startswith("random-"):
+        return "random"
+    if "imagenet" in weights_id:
+        return "ImageNet"
+    return "fine-tuned"
+
+
+def complete_feature_sets(root: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """``{label: artifact path}`` of the complete feature sets of the collection, newest first."""
+    from cbir.workspace import list_feature_sets
+
+    table = list_feature_sets(root if root is not None else config.default_collection())
+    table = table[table["status"] == "complete"]
+    return {feature_set_label(row): str(row["path"]) for _, row in table.iterrows()}
+
+
+def load_feature_set(path: str, mtime_ns: int | None = None) -> FeatureSet:
+    """Load a feature artifact. ``mtime_ns`` is only part of the cache key: a re-extraction is picked up."""
+    del mtime_ns
+    return load_features(path)
+
+
+def file_version(path: str | os.PathLike[str]) -> int:
+    """Modification time (ns) of ``path``, 0 when missing: the cache key part that changes with the file."""
+    try:
+        return Path(path).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Indexes
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """One index setting (hashable: a cache key). ``kind="scan"`` ignores the LSH fields."""
+
+    kind: IndexKind = "scan"
+    metric: str = "euclidean"
+    n_tables: int = DEFAULT_TABLES
+    n_projections: int = DEFAULT_PROJECTIONS
+    bucket_width: float = 1.0
+    probes: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("scan", "lsh"):
+            raise ValueError(f"kind must be 'scan' or 'lsh', got {self.kind!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+
+    def build(self) -> BaseIndex:
+        """A new, unfitted index."""
+        if self.kind == "scan":
+            return SequentialScan(self.metric)  # type: ignore[arg-type]
+        return LSHIndex(self.n_tables, self.n_projections, self.bucket_width, metric=self.metric,  # type: ignore[arg-type]
+                        seed=self.seed, probes=self.probes)
+
+    @property
+    def score_name(self) -> str:
+        return "distance" if self.metric == "euclidean" else "similarity"
+
+    @property
+    def label(self) -> str:
+        if self.kind == "scan":
+            return f"exact scan ({self.metric})"
+        probes = f", probes={self.probes}" if self.probes else ""
+        return (f"LSH g={self.n_tables} h={self.n_projections} w={self.bucket_width:.3g}{probes} "
+                f"({self.metric})")
+
+
+def default_width(features: np.ndarray, metric: str = "euclidean") -> float:
+    """The data-driven starting bucket width (:func:`cbir.evaluation.default_bucket_width`), rounded to 3
+    significant digits so that it is a clean slider value and a stable cache key."""
+    from cbir.evaluation import default_bucket_width
+
+    return _round_sig(default_bucket_width(features, metric))
+
+
+def default_lsh_config(features: np.ndarray, metric: str = "euclidean") -> IndexConfig:
+    """The paper's web-app setting g=7, h=2 with the data-driven w (the paper's w=6 was for its features)."""
+    return IndexConfig("lsh", metric, DEFAULT_TABLES, DEFAULT_PROJECTIONS, default_width(features, metric))
+
+
+def _round_sig(value: float, digits: int = 3) -> float:
+    if value == 0 or not math.isfinite(value):
+        return float(value)
+    return float(round(value, digits - 1 - math.floor(math.log10(abs(value)))))
+
+
+def width_range(default: float) -> tuple[float, float, float]:
+    """Slider bounds ``(low, high, step)`` for w around its default: 1/10× to 4×, 100 steps."""
+    low, high = _round_sig(default / 10), _round_sig(default * 4)
+    return low, high, _round_sig((high - low) / 100, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Query decoding
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryImage:
+    """A decoded query: RGB ``image`` plus ``notes`` telling the user what was converted."""
+
+    image: Image.Image
+    notes: list[str] = field(default_factory=list)
+    original_size: tuple[int, int] = (0, 0)
+    original_mode: str = "RGB"
+    format: str | None = None
+
+
+def _probe(data: bytes) -> tuple[str | None, str, tuple[int, int], int, bool]:
+    """Format, mode, size, frame count and transparency of an image, read from its header only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(io.BytesIO(data)) as probe:
+            transparent = probe.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in probe.info
+            return probe.format, probe.mode, probe.size, int(getattr(probe, "n_frames", 1) or 1), transparent
+
+
+def _reduced_jpeg(data: bytes, size: tuple[int, int]) -> bytes:
+    """A big JPEG decoded at the coarsest DCT scale (1/8 at most) that stays above 1 MP, re-encoded as PNG so
+    that :func:`cbir.images.load_image` does the rest (orientation already applied here)."""
+    width, height = size
+    scale = 1
+    while scale < 8 and (width // (scale * 2)) * (height // (scale * 2)) >= 1_000_000:
+        scale *= 2
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.draft("RGB" if opened.mode != "L" else "L", (max(1, width // scale), max(1, height // scale)))
+        image = ImageOps.exif_transpose(opened.convert("RGB"))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def decode_query(source: bytes | str | os.PathLike[str] | Image.Image) -> QueryImage:
+    """Decode an uploaded file (bytes), a path or a PIL image into an RGB query image.
+
+    Raises :class:`cbir.images.ImageDecodeError` with a user-facing message for empty, non-image, corrupt,
+    truncated, too small and too large inputs; what is converted (CMYK, 16-bit, transparency, animation, a big
+    photo decoded at reduced scale) is explained in ``notes``.
+    """
+    if isinstance(source, Image.Image):
+        image = source if source.mode == "RGB" else source.convert("RGB")
+        return QueryImage(image=image, original_size=source.size, original_mode=source.mode)
+    if not isinstance(source, bytes | bytearray):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageDecodeError(f"{path}: no such file")
+        source = path.read_bytes()
+    data = bytes(source)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ImageDecodeError(f"the file is too big ({len(data) / 2**20:.1f} MB; the limit is "
+                               f"{MAX_UPLOAD_BYTES / 2**20:.0f} MB)")
+    notes: list[str] = []
+    try:
+        fmt, mode, size, frames, transparent = _probe(data)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        fmt, mode, size, frames, transparent = None, "RGB", (0, 0), 1, False  # load_image words the error
+    pixels = size[0] * size[1]
+    if fmt == "JPEG" and MAX_PIXELS < pixels <= MAX_JPEG_PIXELS:
+        try:
+            data = _reduced_jpeg(data, size)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageDecodeError(f"the image is corrupt or truncated ({exc})") from exc
+        notes.append(f"This photo is {pixels / 1e6:.0f} megapixels; it was decoded at reduced size for the search "
+                     f"(the model looks at 224×224 pixels anyway).")
+    image = load_image(data)
+    if mode == "CMYK":
+        notes.append("The image is in CMYK (print) colours; it was converted to RGB.")
+    elif mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        notes.append(f"The image has {'16' if mode.startswith('I;16') else '32'}-bit greyscale pixels; it was "
+                     "rescaled to 8 bits per channel.")
+    elif mode in ("L", "1", "LA"):
+        notes.append("The image is greyscale; it is searched as a grey RGB image.")
+    if transparent:
+        notes.append("The image has transparent areas; they were filled with white.")
+    if frames > 1:
+        notes.append(f"The image is animated ({frames} frames); only the first frame is used.")
+    return QueryImage(image=image, notes=notes, original_size=size, original_mode=mode, format=fmt)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Search
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """How to rebuild the model that computed a feature set (hashable: the extractor cache key)."""
+
+    backbone: str
+    weights: str | None
+    seed: int = 0
+
+
+def extractor_spec(meta: Mapping[str, Any]) -> ExtractorSpec:
+    """The backbone and weights a query must be embedded with to be comparable to the feature set ``meta``.
+
+    ``meta["weights_path"]`` wins when present; ``random-seedN`` ids mean random weights with seed N; ImageNet ids
+    use the local ImageNet weights; other ids (fine-tuned models) are looked up among the weights files under
+    ``<artifacts>/finetune`` and the weights folder by their identity. Raises :class:`EngineError` otherwise.
+    """
+    from cbir.backbones import get_backbone, resolve_weights, weights_identity
+
+    backbone = str(meta.get("backbone"))
+    spec = get_backbone(backbone)
+    weights_id = str(meta.get("weights_id", ""))
+    path = meta.get("weights_path")
+    if path and Path(path).is_file():
+        return ExtractorSpec(backbone, str(path))
+    if weights_id.startswith("random-seed"):
+        return ExtractorSpec(backbone, None, int(weights_id.removeprefix("random-seed") or 0))
+    if weights_kind(weights_id) == "ImageNet":
+        return ExtractorSpec(backbone, "imagenet")
+    folders = [config.artifacts_dir() / "finetune", config.artifacts_dir() / "weights", config.weights_dir()]
+    for folder in folders:
+        if folder is None or not folder.is_dir():
+            continue
+        for candidate in sorted(folder.rglob("*")):
+            if candidate.suffix in (".keras", ".h5") and candidate.is_file() and \
+                    weights_identity(str(candidate)) == weights_id:
+                return ExtractorSpec(backbone, str(candidate))
+    known = resolve_weights(spec, "imagenet")
+    raise EngineError(f"cannot find the weights {weights_id!r} that computed this {backbone} feature set "
+                      f"(looked under {', '.join(str(f) for f in folders if f is not None)}; the ImageNet weights "
+                      f"are {known}). Pick another feature set or re-extract it.")
+
+
+def make_extractor(spec: ExtractorSpec, warm_up: bool = True) -> FeatureExtractor:
+    """Build the feature extractor of ``spec``; ``warm_up`` runs one image so the first user query is not the
+    one paying for graph tracing."""
+    extractor = FeatureExtractor(spec.backbone, spec.weights, batch_size=1, seed=spec.seed)
+    if warm_up:
+        extractor.transform([Image.new("RGB", (32, 32), "white")])
+    return extractor
+
+
+@dataclass
+class SearchResult:
+    """The answer to one query. ``results``: rank, id, path, relpath, label, role, score (best first; fewer than
+    k rows when the LSH candidates ran out)."""
+
+    results: pd.DataFrame
+    score_name: str
+    seconds: float
+    embed_seconds: float
+    search_seconds: float
+    visited: int
+    visited_fraction: float
+    n_objects: int
+    index_label: str
+    notes: list[str] = field(default_factory=list)
+
+
+class SearchEngine:
+    """Query-by-image over a feature set: every row of the collection is searchable.
+
+    ``extractor`` must embed images like the feature set's (same backbone and weights); by default it is built
+    from the feature set's meta (:func:`extractor_spec`). Fitted indexes are kept per :class:`IndexConfig`.
+    """
+
+    def __init__(self, feature_set: FeatureSet, extractor: FeatureExtractor | None = None,
+                 max_indexes: int = 8) -> None:
+        if len(feature_set.features) == 0:
+            raise EngineError("the feature set is empty")
+        self.feature_set = feature_set
+        self._extractor = extractor
+        self._indexes: dict[IndexConfig, BaseIndex] = {}
+        self.max_indexes = max_indexes
+        meta_id = feature_set.meta.get("weights_id")
+        self.warning: str | None = None
+        if extractor is not None and meta_id is not None and extractor.weights_id != meta_id:
+            self.warning = (f"The query is embedded with weights {extractor.weights_id} but the collection's "
+                            f"features were computed with {meta_id}; results may be off.")
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            self._extractor = make_extractor(extractor_spec(self.feature_set.meta), warm_up=False)
+        return self._extractor
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.feature_set.features)
+
+    def index(self, config: IndexConfig) -> BaseIndex:
+        """The fitted index of ``config`` over all rows (built once, least recently built evicted first)."""
+        if config not in self._indexes:
+            while len(self._indexes) >= self.max_indexes:
+                self._indexes.pop(next(iter(self._indexes)))
+            self._indexes[config] = config.build().fit(self.feature_set.features)
+        return self._indexes[config]
+
+    def embed(self, image: Image.Image) -> np.ndarray:
+        """(1, dim) float32 features of one RGB image."""
+        return self.extractor.transform([image])
+
+    def query(self, source: bytes | str | os.PathLike[str] | Image.Image | QueryImage,
+              config: IndexConfig = IndexConfig(), k: int = DEFAULT_K) -> SearchResult:
+        """Decode (see :func:`decode_query`), embed and search; raises ``ImageDecodeError`` for bad input."""
+        query = source if isinstance(source, QueryImage) else decode_query(source)
+        started = time.perf_counter()
+        vector = self.embed(query.image)
+        embed_seconds = time.perf_counter() - started
+        result = self.query_vector(vector, config, k)
+        result.embed_seconds = embed_seconds
+        result.seconds += embed_seconds
+        result.notes = list(query.notes)
+        return result
+
+    def query_vector(self, vector: np.ndarray, config: IndexConfig = IndexConfig(), k: int = DEFAULT_K) -> SearchResult:
+        """Search with already computed features ``vector`` (dim,) or (1, dim)."""
+        index = self.index(config)
+        started = time.perf_counter()
+        scores, ids, visited = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
+        search_seconds = time.perf_counter() - started
+        found = ids[0] >= 0
+        rows = ids[0][found]
+        catalog = self.feature_set.catalog.iloc[rows]
+        results = pd.DataFrame({
+            "rank": np.arange(1, len(rows) + 1),
+            "id": rows,
+            "path": catalog["path"].to_numpy(),
+            "relpath": catalog["relpath"].to_numpy(),
+            "label": catalog["label"].fillna("(distractor)").to_numpy(),
+            "role": catalog["role"].to_numpy(),
+            "score": scores[0][found].astype(np.float64),
+        })
+        n_visited = int(visited[0])
+        return SearchResult(results=results, score_name=config.score_name, seconds=search_seconds,
+                            embed_seconds=0.0, search_seconds=search_seconds, visited=n_visited,
+                            visited_fraction=n_visited / self.n_objects, n_objects=self.n_objects,
+                            index_label=config.label)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Index tuning
+# ----------------------------------------------------------------------------------------------------------
+
+
+def evaluation_split(feature_set: FeatureSet, with_distractors: bool = True) -> Any:
+    """The index/query split of a feature set (:func:`cbir.evaluation.split_collection`)."""
+    from cbir.evaluation import split_collection
+
+    return split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors)
+
+
+def evaluate_config(feature_set: FeatureSet, config: IndexConfig, k: int = DEFAULT_K,
+                    with_distractors: bool = True, split: Any | None = None) -> Any:
+    """Fit the index of ``config`` on the index split and run every validation query: an
+    :class:`cbir.evaluation.EvaluationResult` (mAP@k, per-class mAP, visited objects, latency)."""
+    from cbir.evaluation import evaluate_split
+
+    split = split if split is not None else evaluation_split(feature_set, with_distractors)
+    return evaluate_split(config.build(), split, k=k)
+
+
+def default_grid(features: np.ndarray, metric: str = "euclidean") -> dict[str, list[float]]:
+    """A modest background sweep: g ∈ {1, 2, 4, 7, 10}, h ∈ {1, 2, 4, 8}, w ∈ {½, 1, 2} × the default width."""
+    width = default_width(features, metric)
+    return {"n_tables": [1, 2, 4, 7, 10], "n_projections": [1, 2, 4, 8],
+            "bucket_width": [_round_sig(width * f) for f in (0.5, 1.0, 2.0)]}
+
+
+def run_sweep(feature_set: FeatureSet, metric: str = "euclidean", grid: Mapping[str, Sequence[float]] | None = None,
+              k: int = DEFAULT_K, with_distractors: bool = True, probes: Sequence[int] = (0,),
+              progress: Progress | None = None) -> pd.DataFrame:
+    """Evaluate every LSH configuration of ``grid`` (default :func:`default_grid`) plus the exact scan (first row);
+    adds ``pareto`` (on the mAP-vs-visited frontier) and ``label`` columns."""
+    from cbir.evaluation import pareto_frontier, sweep
+
+    split = evaluation_split(feature_set, with_distractors)
+    grid = grid if grid is not None else default_grid(split.index_vectors, metric)
+    table = sweep(feature_set.features, feature_set.labels, feature_set.roles, grid, metric=metric, k=k,
+                  with_distractors=with_distractors, probes=probes, progress=progress, include_scan=True)
+    table["pareto"] = pareto_frontier(table)
+    table["label"] = [_sweep_label(row) for _, row in table.iterrows()]
+    return table
+
+
+def _sweep_label(row: pd.Series) -> str:
+    if row["index"] == "scan":
+        return f"exact scan ({row['metric']})"
+    return (f"g={int(row['n_tables'])} h={int(row['n_projections'])} w={row['bucket_width']:.3g}"
+            + (f" probes={int(row['probes'])}" if row.get("probes") else ""))
+
+
+def recommended_config(sweep_table: pd.DataFrame, n_indexed: int,
+                       budget_fraction: float = RECOMMEND_BUDGET_FRACTION) -> IndexConfig | None:
+    """The best-mAP LSH configuration of a sweep visiting at most ``budget_fraction`` of the indexed objects;
+    ``None`` when none fits."""
+    from cbir.evaluation import recommend
+
+    lsh = sweep_table[sweep_table["index"] == "lsh"]
+    try:
+        best = recommend(lsh, budget_fraction * n_indexed)
+    except ValueError:
+        return None
+    return IndexConfig("lsh", str(best["metric"]), int(best["n_tables"]), int(best["n_projections"]),
+                       float(best["bucket_width"]), int(best["probes"]))
+
+
+def result_metrics(result: Any) -> dict[str, float]:
+    """The headline numbers of an evaluation (what the tuning page shows as metrics)."""
+    return {"map": float(result.map), "mean_visited": float(result.mean_visited),
+            "visited_fraction": float(result.visited_fraction), "query_ms": float(result.query_ms),
+            "fit_seconds": float(result.fit_seconds), "mean_score": float(result.mean_score)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model comparison
+# ----------------------------------------------------------------------------------------------------------
+
+COMPARISON_COLUMNS = ["feature_set", "backbone", "weights", "index", "config", "metric", "distractors", "map",
+                      "mean_score", "score_name", "mean_visited", "visited_fraction", "n_indexed", "n_queries",
+                      "query_ms"]
+
+
+@dataclass
+class Comparison:
+    """``table``: one row per feature set × index × distractor setting (:data:`COMPARISON_COLUMNS`);
+    ``per_class``: feature_set, index, distractors, class, n_queries, map."""
+
+    table: pd.DataFrame
+    per_class: pd.DataFrame
+
+
+def comparison_configs(feature_set: FeatureSet, metric: str = "euclidean",
+                       sweep_table: pd.DataFrame | None = None) -> list[IndexConfig]:
+    """Exact scan plus LSH at the configuration recommended by ``sweep_table`` (when given and one fits the
+    budget), else at :func:`default_lsh_config`."""
+    split = evaluation_split(feature_set, with_distractors=True)
+    lsh = None
+    if sweep_table is not None:
+        lsh = recommended_config(sweep_table, split.n_indexed)
+    return [IndexConfig("scan", metric), lsh or default_lsh_config(split.index_vectors, metric)]
+
+
+def compare(feature_sets: Mapping[str, FeatureSet], metric: str = "euclidean", k: int = DEFAULT_K,
+            configs: Mapping[str, Sequence[IndexConfig]] | None = None,
+            distractor_settings: Iterable[bool] = (True, False), progress: Progress | None = None) -> Comparison:
+    """Evaluate each feature set with each index (default :func:`comparison_configs`) with and without
+    distractors (settings without distractor rows are skipped when the collection has none)."""
+    jobs: list[tuple[str, FeatureSet, IndexConfig, bool]] = []
+    settings = list(distractor_settings)
+    for name, feature_set in feature_sets.items():
+        has_distractors = bool((feature_set.roles == "distractor").any())
+        for config_ in (configs or {}).get(name) or comparison_configs(feature_set, metric):
+            for with_distractors in settings:
+                # without distractor rows both settings index the same objects: evaluate once
+                if not with_distractors and not has_distractors and True in settings:
+                    continue
+                jobs.append((name, feature_set, config_, with_distractors))
+    rows, per_class = [], []
+    splits: dict[tuple[str, bool], Any] = {}
+    for done, (name, feature_set, config_, with_distractors) in enumerate(jobs, start=1):
+        key = (name, with_distractors)
+        if key not in splits:
+            splits[key] = evaluation_split(feature_set, with_distractors)
+        result = evaluate_config(feature_set, config_, k, with_distractors, split=splits[key])
+        index_name = "exact scan" if config_.kind == "scan" else "LSH"
+        rows.append({"feature_set": name, "backbone": feature_set.meta.get("backbone"),
+                     "weights": weights_kind(str(feature_set.meta.get("weights_id", ""))), "index": index_name,
+                     "config": config_.label, "metric": config_.metric,
+                     "distractors": "with" if with_distractors else "without", "map": result.map,
+                     "mean_score": result.mean_score, "score_name": result.score_name,
+                     "mean_visited": result.mean_visited, "visited_fraction": result.visited_fraction,
+                     "n_indexed": result.n_indexed, "n_queries": result.n_queries, "query_ms": result.query_ms})
+        per_class.append(result.per_class.assign(feature_set=name, index=index_name,
+                                                 distractors="with" if with_distractors else "without"))
+        if progress is not None:
+            progress(done, len(jobs))
+    per_class_table = (pd.concat(per_class, ignore_index=True) if per_class else
+                       pd.DataFrame(columns=["class", "n_queries", "map", "feature_set", "index", "distractors"]))
+    return Comparison(table=pd.DataFrame(rows, columns=COMPARISON_COLUMNS),
+                      per_class=per_class_table[["feature_set", "index", "distractors", "class", "n_queries", "map"]])
+
+
+@dataclass
+class DistanceAnalysis:
+    """Section 4.1 for one feature set (index split): ``table`` overall + per class means, ``sample`` pairs."""
+
+    table: pd.DataFrame
+    sample: pd.DataFrame
+
+
+def distance_analysis(feature_set: FeatureSet, n_pairs: int = 20000, max_samples: int = 2000) -> DistanceAnalysis:
+    """Mean euclidean distance / cosine similarity (overall, per class) and a random pair sample for histograms,
+    on the index split like the paper's training-set analysis."""
+    rows = feature_set.roles == "index"
+    features = feature_set.features[rows]
+    return DistanceAnalysis(table=distance_table(features, feature_set.labels[rows], max_samples=max_samples),
+                            sample=pairwise_distance_sample(features, n_pairs=n_pairs))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Figures (plotly)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def fig_collection_counts(counts_long: pd.DataFrame) -> Any:
+    """Grouped bars: images per class and role."""
+    import plotly.express as px
+
+    fig = px.bar(counts_long, x="class", y="images", color="role", barmode="group",
+                 title="Images per class and role (index = training split, query = validation split)")
+    fig.update_layout(xaxis_tickangle=-35, legend_title_text="", margin={"t": 50, "b": 10})
+    return fig
+
+
+def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) -> Any:
+    """Bars of ``value`` (map, mean_visited, visited_fraction, mean_score…) per feature set, grouped by index,
+    one facet per distractor setting."""
+    import plotly.express as px
+
+    labels = {"map": "mAP@10", "mean_visited": "visited objects / query", "visited_fraction": "share visited",
+              "mean_score": "mean " + (str(table["score_name"].iloc[0]) if len(table) else "score"),
+              "query_ms": "ms / query", "feature_set": "feature set"}
+    fig = px.bar(table, x="feature_set", y=value, color="index", barmode="group", facet_col="distractors",
+                 title=title or labels.get(value, value), labels=labels, text_auto=".3g",
+                 category_orders={"distractors": ["with", "without"]})
+    fig.update_layout(legend_title_text="", margin={"t": 60, "b": 10})
+    return fig
+
+
+def fig_comparison_per_class(per_class: pd.DataFrame, distractors: str = "with") -> Any:
+    """Per-class mAP bars, one colour per feature set × index."""
+    import plotly.express as px
+
+    frame = per_class[per_class["distractors"] == distractors].assign(
+        setting=lambda df: df["feature_set"] + " — " + df["index"])
+    fig = px.bar(frame, x="class", y="map", color="setting", barmode="group",
+                 title=f"Per-class mAP@10 ({distractors} distractors)", labels={"map": "mAP@10", "setting": ""})
+    fig.update_layout(xaxis_tickangle=-35, yaxis_range=[0, 1], margin={"t": 50, "b": 10})
+    return fig
+
+
+def fig_distance_histograms(samples: Mapping[str, pd.DataFrame], column: str = "euclidean") -> Any:
+    """Overlaid histograms of pairwise ``column`` (euclidean or cosine) per feature set."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, sample in samples.items():
+        fig.add_trace(go.Histogram(x=sample[column], name=name, opacity=0.6, nbinsx=60, histnorm="probability"))
+    title = "Euclidean distance" if column == "euclidean" else "Cosine similarity"
+    fig.update_layout(barmode="overlay", title=f"{title} between random pairs of index images",
+                      xaxis_title=title.lower(), yaxis_title="share of pairs", legend_title_text="",
+                      margin={"t": 50, "b": 10})
+    return fig
+
+
+def fig_sweep_fallback(sweep_table: pd.DataFrame, current: Mapping[str, float] | None = None) -> Any:
+    """mAP vs visited objects of a sweep with its Pareto frontier and the current setting (used when
+    :mod:`cbir.plots` is not available)."""
+    import plotly.graph_objects as go
+
+    lsh = sweep_table[sweep_table["index"] == "lsh"]
+    frontier = sweep_table[sweep_table["pareto"]].sort_values("mean_visited")
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=lsh["mean_visited"], y=lsh["map"], mode="markers", name="sweep",
+                             text=lsh.get("label"), marker={"color": "#9aa5b1"}))
+    fig.add_trace(go.Scatter(x=frontier["mean_visited"], y=frontier["map"], mode="lines+markers",
+                             name="Pareto frontier", line={"color": "#1f77b4"}))
+    scan = sweep_table[sweep_table["index"] == "scan"]
+    if len(scan):
+        fig.add_trace(go.Scatter(x=scan["mean_visited"], y=scan["map"], mode="markers", name="exact scan",
+                                 marker={"symbol": "square", "size": 11, "color": "#2ca02c"}))
+    if current is not None:
+        fig.add_trace(go.Scatter(x=[current["mean_visited"]], y=[current["map"]], mode="markers", name="current",
+                                 marker={"symbol": "star", "size": 16, "color": "#d62728"}))
+    fig.update_layout(title="mAP@10 vs visited objects", xaxis_title="visited objects per query",
+                      yaxis_title="mAP@10", margin={"t": 50, "b": 10})
+    return fig
