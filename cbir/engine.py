@@ -17,6 +17,7 @@ Everything expensive takes plain, hashable arguments (paths, frozen configs) so 
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -107,11 +108,13 @@ def list_indexes() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["index", "size_mb", "modified"])
 
 
-def collection_status(root: str | os.PathLike[str] | None = None) -> CollectionStatus:
-    """Scan the collection (default: ``CBIR_COLLECTION`` or the Open Clip Art build) and list what is built."""
+def collection_status(root: str | os.PathLike[str] | None = None, version: int = 0) -> CollectionStatus:
+    """Scan the collection (default: ``CBIR_COLLECTION`` or the Open Clip Art build) and list what is built
+    (``version``: :func:`workspace_version`, only a cache key)."""
     from cbir.openclipart import OPENCLIPART_DIR
     from cbir.workspace import list_feature_sets
 
+    del version
     root = Path(root) if root is not None else config.default_collection()
     catalog: Catalog | None = None
     error: str | None = None
@@ -180,18 +183,44 @@ def weights_kind(weights_id: str) -> str:
     return "fine-tuned"
 
 
-def complete_feature_sets(root: str | os.PathLike[str] | None = None) -> dict[str, str]:
-    """``{label: artifact path}`` of the complete feature sets of the collection, newest first."""
+def workspace_version(root: str | os.PathLike[str] | None = None) -> int:
+    """Changes whenever a feature artifact of the collection is written or removed (a cache key part)."""
+    from cbir.workspace import feature_files
+
+    files = feature_files(root if root is not None else config.default_collection())
+    return hash(tuple((str(f), file_version(f)) for f in files)) & 0x7FFFFFFFFFFFFFFF
+
+
+def pick_feature_set(choices: Mapping[str, str], preferred: str | None) -> tuple[str, str] | None:
+    """``(label, path)`` of ``preferred`` when it is among ``choices``, else of the first (newest); ``None``
+    when there is none. The pages share the selection through the session state."""
+    if not choices:
+        return None
+    label = preferred if preferred in choices else next(iter(choices))
+    return label, choices[label]
+
+
+def complete_feature_sets(root: str | os.PathLike[str] | None = None, version: int = 0) -> dict[str, str]:
+    """``{label: artifact path}`` of the complete feature sets of the collection, newest first (``version``:
+    :func:`workspace_version`, only a cache key)."""
     from cbir.workspace import list_feature_sets
+
+    del version
 
     table = list_feature_sets(root if root is not None else config.default_collection())
     table = table[table["status"] == "complete"]
     return {feature_set_label(row): str(row["path"]) for _, row in table.iterrows()}
 
 
-def load_feature_set(path: str, mtime_ns: int | None = None) -> FeatureSet:
-    """Load a feature artifact. ``mtime_ns`` is only part of the cache key: a re-extraction is picked up."""
-    del mtime_ns
+def load_feature_set(path: str | os.PathLike[str], version: int | None = None) -> FeatureSet:
+    """Load a feature artifact (memoised per ``(path, version)``; ``version`` defaults to the file's mtime, so a
+    re-extraction is picked up). The returned object is shared: do not modify it."""
+    return _load_feature_set(str(path), file_version(path) if version is None else version)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_feature_set(path: str, version: int) -> FeatureSet:
+    del version  # only part of the memo key
     return load_features(path)
 
 
@@ -343,7 +372,10 @@ def decode_query(source: bytes | str | os.PathLike[str] | Image.Image) -> QueryI
             raise ImageDecodeError(f"the image is corrupt or truncated ({exc})") from exc
         notes.append(f"This photo is {pixels / 1e6:.0f} megapixels; it was decoded at reduced size for the search "
                      f"(the model looks at 224×224 pixels anyway).")
-    image = load_image(data)
+    try:
+        image = load_image(data)
+    except ImageDecodeError as exc:  # load_image names its source; for an upload that is just noise
+        raise ImageDecodeError(str(exc).removeprefix("uploaded data: ")) from exc
     if mode == "CMYK":
         notes.append("The image is in CMYK (print) colours; it was converted to RGB.")
     elif mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -670,6 +702,50 @@ def distance_analysis(feature_set: FeatureSet, n_pairs: int = 20000, max_samples
     features = feature_set.features[rows]
     return DistanceAnalysis(table=distance_table(features, feature_set.labels[rows], max_samples=max_samples),
                             sample=pairwise_distance_sample(features, n_pairs=n_pairs))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Path-keyed entry points: plain hashable arguments so the pages can wrap them in st.cache_data and share the
+# cache between pages (Streamlit keys a cache by the wrapped function). A leading underscore marks an argument
+# Streamlit must not hash (a progress callback).
+# ----------------------------------------------------------------------------------------------------------
+
+
+def search_engine_for(path: str, version: int, _extractor: FeatureExtractor | None = None) -> SearchEngine:
+    """A :class:`SearchEngine` over the feature set at ``path`` (extractor from its meta unless given)."""
+    return SearchEngine(load_feature_set(path, version), _extractor)
+
+
+def evaluate_for(path: str, version: int, config: IndexConfig, with_distractors: bool = True,
+                 k: int = DEFAULT_K) -> Any:
+    """:func:`evaluate_config` of the feature set at ``path``."""
+    return evaluate_config(load_feature_set(path, version), config, k, with_distractors)
+
+
+def sweep_for(path: str, version: int, metric: str = "euclidean", with_distractors: bool = True,
+              k: int = DEFAULT_K, _progress: Progress | None = None) -> pd.DataFrame:
+    """:func:`run_sweep` (default grid) of the feature set at ``path``."""
+    return run_sweep(load_feature_set(path, version), metric, k=k, with_distractors=with_distractors,
+                     progress=_progress)
+
+
+def compare_for(items: tuple[tuple[str, str, int, tuple[IndexConfig, ...]], ...], k: int = DEFAULT_K,
+                _progress: Progress | None = None) -> Comparison:
+    """:func:`compare` of ``(label, path, version, configs)`` items."""
+    feature_sets = {label: load_feature_set(path, version) for label, path, version, _ in items}
+    return compare(feature_sets, k=k, configs={label: configs for label, _, _, configs in items},
+                   progress=_progress)
+
+
+def distance_analysis_for(path: str, version: int) -> DistanceAnalysis:
+    """:func:`distance_analysis` of the feature set at ``path``."""
+    return distance_analysis(load_feature_set(path, version))
+
+
+def lsh_defaults_for(path: str, version: int, metric: str = "euclidean") -> IndexConfig:
+    """:func:`default_lsh_config` on the index split of the feature set at ``path``."""
+    feature_set = load_feature_set(path, version)
+    return default_lsh_config(feature_set.features[feature_set.roles != "query"], metric)
 
 
 # ----------------------------------------------------------------------------------------------------------

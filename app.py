@@ -1,0 +1,126 @@
+"""cbir dashboard: ``streamlit run app.py``.
+
+The home page (what is loaded and built, and a button that builds it) plus the Search, Index tuning and Model
+comparison pages under ``pages/``. Layout only: every computation is in :mod:`cbir.engine`.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cbir import config, engine
+from cbir.backbones import BACKBONES, available_backbones
+from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR
+
+FEATURE_SET_KEY = "feature_set"  # session-state key of the feature set chosen in the sidebar, read by every page
+
+st.set_page_config(page_title="cbir — image search", page_icon="🔎", layout="wide")
+
+feature_sets = st.cache_data(ttl=60, show_spinner=False)(engine.complete_feature_sets)
+collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection…")(engine.collection_status)
+
+
+def home() -> None:
+    root = config.default_collection()
+    version = engine.workspace_version(root)
+    st.title("🔎 Content-based image retrieval")
+    st.caption("Deep CNN features + an E2LSH index (numba), after *Web image search engine based on LSH index and "
+               "CNN Resnet50*: query by image, tune the index live, compare models.")
+    status = collection_status(str(root), version)
+
+    st.subheader("Collection")
+    st.markdown(f"`{root}`")
+    if status.catalog is None:
+        st.warning(f"No usable collection yet: {status.error}")
+    else:
+        catalog = status.catalog
+        counts = status.counts()
+        n_classes = len(catalog.classes)
+        cols = st.columns(4)
+        cols[0].metric("Images", f"{len(catalog.images):,}")
+        cols[1].metric("Classes", n_classes)
+        cols[2].metric("Queries (validation split)", f"{int((catalog.images['role'] == 'query').sum()):,}")
+        cols[3].metric("Distractors", f"{int((catalog.images['role'] == 'distractor').sum()):,}")
+        left, right = st.columns([2, 3])
+        left.dataframe(counts, width="stretch")
+        right.plotly_chart(engine.fig_collection_counts(status.counts_long()), width="stretch")
+
+    if not status.ready:
+        render_build(root, status)
+
+    st.subheader("Feature sets")
+    if status.feature_sets.empty:
+        st.info("No feature set has been extracted for this collection yet.")
+    else:
+        st.dataframe(status.feature_sets.drop(columns=["collection"]), width="stretch", hide_index=True)
+    with st.expander("Backbones", expanded=status.feature_sets.empty):
+        available = available_backbones()
+        st.dataframe([{"backbone": name, "dim": spec.dim, "ImageNet weights offline": available[name],
+                       "description": spec.description} for name, spec in BACKBONES.items()],
+                     width="stretch", hide_index=True)
+    st.subheader("Indexes")
+    st.caption("The Search and Index tuning pages build indexes in memory on demand (cached per setting).")
+    if status.indexes.empty:
+        st.info("No index saved under artifacts/indexes (indexes are built on the fly).")
+    else:
+        st.dataframe(status.indexes, width="stretch", hide_index=True)
+
+    st.subheader("Unusable images")
+    if status.catalog is not None and len(status.catalog.report):
+        st.warning(f"{len(status.catalog.report)} images could not be decoded and are left out:")
+        st.dataframe(status.catalog.report, width="stretch", hide_index=True)
+    elif status.feature_sets.empty:
+        st.caption("Images are checked when features are extracted.")
+    else:
+        st.success("Every image of the collection decoded fine.")
+
+
+def render_build(root: object, status: engine.CollectionStatus) -> None:
+    st.subheader("Get started")
+    if status.catalog is None and not status.openclipart_installed:
+        st.error(f"Open Clip Art is not installed ({OPENCLIPART_DIR} is missing), so the default collection cannot "
+                 "be built. Install it, then reload this page:")
+        st.code(INSTALL_HINT.split("   ")[0], language="bash")
+        return
+    todo = "build the Open Clip Art collection, then extract" if status.catalog is None else "extract"
+    st.info(f"Nothing to search yet. The button below will {todo} EfficientNet-Lite0 features "
+            "(a few minutes for the full collection; progress is saved, so it can be resumed).")
+    if not st.button("Build collection and features", type="primary"):
+        return
+    bars = {"collection": st.progress(0.0, text="Collection"), "features": st.progress(0.0, text="Features")}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        label = "Converting Open Clip Art" if stage == "collection" else "Extracting features"
+        bars[stage].progress(done / max(total, 1), text=f"{label}: {done:,} / {total:,}")
+
+    try:
+        result = engine.build_default(root, progress=progress)  # type: ignore[arg-type]
+    except engine.EngineError as exc:
+        st.error(str(exc))
+        return
+    st.cache_data.clear()
+    st.success(f"Done: {result.meta['n_images']:,} images × {result.meta['dim']} features.")
+    st.rerun()
+
+
+def sidebar() -> None:
+    choices = feature_sets(str(config.default_collection()), engine.workspace_version())
+    if choices:
+        current = engine.pick_feature_set(choices, st.session_state.get(FEATURE_SET_KEY))
+        assert current is not None
+        st.session_state[FEATURE_SET_KEY] = current[0]
+        st.sidebar.selectbox("Feature set", list(choices), key=FEATURE_SET_KEY,
+                             help="Backbone and weights whose features the pages search and evaluate")
+    else:
+        st.sidebar.caption("No feature set yet: build one on the Home page.")
+
+
+pages = [
+    st.Page(home, title="Home", icon="🏠", default=True),
+    st.Page("pages/1_Search.py", title="Search", icon="🔎"),
+    st.Page("pages/2_Index_tuning.py", title="Index tuning", icon="🎛️"),
+    st.Page("pages/3_Model_comparison.py", title="Model comparison", icon="📊"),
+]
+navigation = st.navigation(pages)
+sidebar()
+navigation.run()
