@@ -28,7 +28,7 @@ from cbir.storage import ArtifactError, load_artifact, save_artifact
 
 Metric = Literal["euclidean", "cosine"]
 SearchResult = tuple[np.ndarray, np.ndarray, np.ndarray]
-IndexT = TypeVar("IndexT", bound="_Index")
+IndexT = TypeVar("IndexT", bound="BaseIndex")
 
 # Rows of the query block times n: bounds the scan's temporary similarity matrix to ~128 MiB.
 _SCAN_BLOCK_ELEMENTS = 1 << 25
@@ -72,8 +72,8 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
-class _Index:
-    """Shared state, validation and persistence; subclasses implement ``_fit`` and ``_search``."""
+class BaseIndex:
+    """Common base of the indexes: state, validation, persistence; subclasses implement ``_fit``, ``_search``."""
 
     kind: ClassVar[str]
     metric: str
@@ -170,7 +170,7 @@ class _Index:
         return f"{type(self).__name__}({args})"
 
 
-class SequentialScan(_Index):
+class SequentialScan(BaseIndex):
     """Exact k-NN by comparing each query with every indexed object.
 
     ``metric="euclidean"`` ranks by L2 distance (ascending); ``"cosine"`` ranks by cosine similarity
@@ -227,7 +227,7 @@ class SequentialScan(_Index):
         return scores, ids, np.full(m, n, dtype=np.int64)
 
 
-class LSHIndex(_Index):
+class LSHIndex(BaseIndex):
     """The paper's E2LSH index (Datar et al.), with optional query-directed multi-probe (Lv et al.).
 
     Each of ``n_tables`` (g) hash tables keys an object by ``h = n_projections`` slot numbers

@@ -317,10 +317,19 @@ def _perturbation_sets(
         single_cost[2 * j + 1] = right * right
         single_coord[2 * j + 1] = j
         single_delta[2 * j + 1] = 1
-    order = np.argsort(single_cost[:n_single], kind="mergesort")
-    sorted_cost = single_cost[:n_single][order]
-    sorted_coord = single_coord[:n_single][order]
-    sorted_delta = single_delta[:n_single][order]
+    # stable insertion sort of the 2h singles by cost, in place (tiny arrays; no allocation per table)
+    for a in range(1, n_single):
+        cost, coord, delta = single_cost[a], single_coord[a], single_delta[a]
+        b = a - 1
+        while b >= 0 and single_cost[b] > cost:
+            single_cost[b + 1], single_coord[b + 1], single_delta[b + 1] = (
+                single_cost[b],
+                single_coord[b],
+                single_delta[b],
+            )
+            b -= 1
+        single_cost[b + 1], single_coord[b + 1], single_delta[b + 1] = cost, coord, delta
+    sorted_cost, sorted_coord, sorted_delta = single_cost, single_coord, single_delta
 
     capacity = heap_score.shape[0]
     n_nodes = 1

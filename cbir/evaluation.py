@@ -1,0 +1,484 @@
+"""The paper's evaluation: mAP@k of k-NN queries, visited objects, and hyper-parameter sweeps.
+
+Data layout shared by every function here:
+
+* ``features`` (n, d) float32, one row per image of the collection;
+* ``labels`` (n,) object/str/int array: the class of each row; ``None``, NaN, ``""`` and ``-1`` mark
+  unlabelled rows (distractors), which are never relevant to any query;
+* ``roles`` (n,) strings in {"index", "query", "distractor"}: "index" rows are indexed, "query" rows are the
+  queries, "distractor" rows are indexed only when ``with_distractors`` (their labels are ignored).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cbir.index import BaseIndex, LSHIndex, SequentialScan, l2_normalize
+
+ROLES = ("index", "query", "distractor")
+SWEEP_COLUMNS = [
+    "index",
+    "n_tables",
+    "n_projections",
+    "bucket_width",
+    "probes",
+    "metric",
+    "map",
+    "mean_score",
+    "mean_visited",
+    "visited_fraction",
+    "fit_seconds",
+    "search_seconds",
+    "query_ms",
+]
+_GRID_ALIASES = {"g": "n_tables", "h": "n_projections", "w": "bucket_width"}
+_DEFAULT_WIDTH_FRACTION = 0.25
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Average precision
+# ----------------------------------------------------------------------------------------------------------
+
+
+def is_unlabelled(label: Any) -> bool:
+    """True for the distractor markers ``None``, NaN, ``""`` and ``-1``."""
+    if label is None or label is pd.NA or (isinstance(label, str) and label == ""):
+        return True
+    if isinstance(label, (int, float, np.integer, np.floating)) and not isinstance(label, bool):
+        return bool(np.isnan(label)) or label == -1
+    return False
+
+
+def _unlabelled_mask(labels: np.ndarray) -> np.ndarray:
+    return np.fromiter((is_unlabelled(label) for label in labels), dtype=bool, count=len(labels))
+
+
+def average_precision_at_k(
+    retrieved_labels: Sequence[Any], query_label: Any, n_relevant_in_index: int, k: int = 10
+) -> float:
+    """AP@k of one ranked result list.
+
+    ``AP@k = (1 / min(k, R)) * Σ_{i=1..k} P@i · rel_i`` where ``rel_i`` is 1 when the i-th result has the
+    query's label, ``P@i = (Σ_{j<=i} rel_j) / i`` and ``R = n_relevant_in_index`` is the number of indexed
+    objects with the query's label. ``AP = 0`` when ``R = 0``. Unlabelled results (``None``, NaN, ``""``,
+    ``-1``: distractors or padding of a short result list) are never relevant. Only the first ``k`` results
+    count, in the order given (the index returns them by (distance, id)).
+
+    Args:
+        retrieved_labels: labels of the returned objects, best first (may be shorter than k).
+        query_label: the query's label; an unlabelled query has AP 0.
+        n_relevant_in_index: R >= 0.
+        k: cut-off >= 1.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if n_relevant_in_index < 0:
+        raise ValueError(f"n_relevant_in_index must be >= 0, got {n_relevant_in_index}")
+    if n_relevant_in_index == 0 or is_unlabelled(query_label):
+        return 0.0
+    hits = 0
+    total = 0.0
+    for rank, label in enumerate(list(retrieved_labels)[:k], start=1):
+        if not is_unlabelled(label) and label == query_label:
+            hits += 1
+            total += hits / rank
+    return total / min(k, n_relevant_in_index)
+
+
+def average_precision_batch(relevant: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """Vectorised AP@k (same formula as :func:`average_precision_at_k`).
+
+    Args:
+        relevant: (m, k) bool, ``relevant[i, j]`` = the j-th result of query i is relevant.
+        n_relevant: (m,) int, R of each query.
+
+    Returns:
+        (m,) float64 AP values.
+    """
+    relevant = np.asarray(relevant, dtype=bool)
+    k = relevant.shape[1]
+    precision_at = np.cumsum(relevant, axis=1) / np.arange(1, k + 1)
+    gained = (precision_at * relevant).sum(axis=1)
+    denominator = np.minimum(k, np.asarray(n_relevant))
+    return np.divide(gained, denominator, out=np.zeros(len(relevant)), where=denominator > 0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Splitting a collection into index and queries
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaluationSplit:
+    """Index/query rows of a collection with integer-coded labels, prepared once for many evaluations."""
+
+    index_vectors: np.ndarray  # (n_indexed, d) float32
+    query_vectors: np.ndarray  # (n_queries, d) float32
+    index_label_codes: np.ndarray  # (n_indexed,) int64, -1 = never relevant
+    query_label_codes: np.ndarray  # (n_queries,) int64
+    n_relevant: np.ndarray  # (n_queries,) int64: R of each query
+    class_names: np.ndarray  # class name of each code
+    index_rows: np.ndarray  # positions of indexed rows in the collection
+    query_rows: np.ndarray  # positions of query rows in the collection
+
+    @property
+    def n_indexed(self) -> int:
+        return len(self.index_vectors)
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.query_vectors)
+
+
+def split_collection(
+    features: np.ndarray, labels: Sequence[Any], roles: Sequence[str], with_distractors: bool = True
+) -> EvaluationSplit:
+    """Validate the collection arrays and split them into indexed rows and queries (see module docstring)."""
+    features = np.asarray(features)
+    if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
+        raise ValueError(f"features must be a non-empty 2-D array (n, d), got shape {features.shape}")
+    labels = np.asarray(labels, dtype=object)
+    roles = np.asarray(roles).astype(str)
+    if labels.shape != (len(features),) or roles.shape != (len(features),):
+        raise ValueError(
+            f"labels {labels.shape} and roles {roles.shape} must both have shape ({len(features)},) like features"
+        )
+    unknown = sorted(set(np.unique(roles)) - set(ROLES))
+    if unknown:
+        raise ValueError(f"roles must be in {ROLES}, found {unknown}")
+    is_query = roles == "query"
+    is_indexed = (roles == "index") | ((roles == "distractor") & with_distractors)
+    if not is_query.any():
+        raise ValueError('no rows with role "query"')
+    if not is_indexed.any():
+        raise ValueError('no rows to index (role "index", or "distractor" with distractors enabled)')
+    unlabelled = _unlabelled_mask(labels) | (roles == "distractor")
+    if (unlabelled & is_query).any():
+        raise ValueError(f"{int((unlabelled & is_query).sum())} query rows have no label; queries need a class")
+    codes = np.full(len(labels), -1, dtype=np.int64)
+    labelled_codes, class_names = pd.factorize(pd.Series(labels[~unlabelled], dtype=object), sort=True)
+    codes[~unlabelled] = labelled_codes
+    index_rows = np.flatnonzero(is_indexed)
+    query_rows = np.flatnonzero(is_query)
+    index_codes = codes[index_rows]
+    query_codes = codes[query_rows]
+    class_sizes = np.bincount(index_codes[index_codes >= 0], minlength=len(class_names))
+    return EvaluationSplit(
+        index_vectors=np.ascontiguousarray(features[index_rows], dtype=np.float32),
+        query_vectors=np.ascontiguousarray(features[query_rows], dtype=np.float32),
+        index_label_codes=index_codes,
+        query_label_codes=query_codes,
+        n_relevant=class_sizes[query_codes].astype(np.int64),
+        class_names=np.asarray(class_names, dtype=object),
+        index_rows=index_rows,
+        query_rows=query_rows,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation of one index
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Quality and cost of one index on one collection (the paper's result tables).
+
+    ``mean_score`` is the mean over all returned results of the Euclidean distance or of the cosine
+    similarity (``score_name`` says which); ``visited_fraction = mean_visited / n_indexed``.
+    """
+
+    map: float
+    mean_score: float
+    score_name: str
+    mean_visited: float
+    visited_fraction: float
+    per_class: pd.DataFrame  # columns: class, n_queries, map
+    ap: np.ndarray  # (n_queries,) float64
+    fit_seconds: float
+    search_seconds: float
+    n_indexed: int
+    n_queries: int
+    k: int
+    metric: str
+    index_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def query_ms(self) -> float:
+        """Search time per query in milliseconds."""
+        return 1000.0 * self.search_seconds / max(self.n_queries, 1)
+
+    def summary(self) -> dict[str, Any]:
+        """One row for a results table."""
+        return {
+            **self.index_params,
+            "k": self.k,
+            "map": self.map,
+            f"mean_{self.score_name}": self.mean_score,
+            "mean_visited": self.mean_visited,
+            "visited_fraction": self.visited_fraction,
+            "n_indexed": self.n_indexed,
+            "n_queries": self.n_queries,
+            "fit_seconds": self.fit_seconds,
+            "search_seconds": self.search_seconds,
+            "query_ms": self.query_ms,
+        }
+
+
+def _score(
+    split: EvaluationSplit,
+    scores: np.ndarray,
+    ids: np.ndarray,
+    visited: np.ndarray,
+    metric: str,
+    k: int,
+    fit_seconds: float,
+    search_seconds: float,
+    index_params: dict[str, Any],
+) -> EvaluationResult:
+    returned = ids >= 0
+    result_codes = np.where(returned, split.index_label_codes[np.where(returned, ids, 0)], -1)
+    relevant = returned & (result_codes == split.query_label_codes[:, None]) & (result_codes >= 0)
+    ap = average_precision_batch(relevant, split.n_relevant)
+    per_class = (
+        pd.DataFrame({"class": split.class_names[split.query_label_codes], "ap": ap})
+        .groupby("class", sort=True)["ap"]
+        .agg(n_queries="size", map="mean")
+        .reset_index()
+    )
+    mean_visited = float(visited.mean())
+    return EvaluationResult(
+        map=float(ap.mean()),
+        mean_score=float(scores[returned].mean()) if returned.any() else float("nan"),
+        score_name="distance" if metric == "euclidean" else "similarity",
+        mean_visited=mean_visited,
+        visited_fraction=mean_visited / split.n_indexed,
+        per_class=per_class,
+        ap=ap,
+        fit_seconds=fit_seconds,
+        search_seconds=search_seconds,
+        n_indexed=split.n_indexed,
+        n_queries=split.n_queries,
+        k=k,
+        metric=metric,
+        index_params=index_params,
+    )
+
+
+def evaluate_split(index: BaseIndex, split: EvaluationSplit, k: int = 10, refit: bool = True) -> EvaluationResult:
+    """Fit ``index`` on the split's indexed rows (unless ``refit=False``), search all queries and score them."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    fit_seconds = 0.0
+    if refit:
+        started = time.perf_counter()
+        index.fit(split.index_vectors)
+        fit_seconds = time.perf_counter() - started
+    elif index.n_objects != split.n_indexed:
+        raise ValueError(f"index holds {index.n_objects} objects but the split indexes {split.n_indexed}")
+    started = time.perf_counter()
+    scores, ids, visited = index.search(split.query_vectors, int(k))
+    search_seconds = time.perf_counter() - started
+    params = {"index": "scan" if isinstance(index, SequentialScan) else "lsh", **index.params}
+    return _score(split, scores, ids, visited, index.metric, int(k), fit_seconds, search_seconds, params)
+
+
+def evaluate(
+    index: BaseIndex,
+    features: np.ndarray,
+    labels: Sequence[Any],
+    roles: Sequence[str],
+    k: int = 10,
+    with_distractors: bool = True,
+    metric: str | None = None,
+) -> EvaluationResult:
+    """Fit ``index`` on the collection's indexed rows, run every query, and report mAP@k and costs.
+
+    Args:
+        index: an unfitted (or previously fitted: it is refitted) :class:`~cbir.index.SequentialScan` or
+            :class:`~cbir.index.LSHIndex`.
+        features: (n, d) float32; labels: (n,) classes (None for distractors); roles: (n,) "index" /
+            "query" / "distractor".
+        k: results per query and AP cut-off.
+        with_distractors: index the "distractor" rows too (the paper's "introducing distractor" tables).
+        metric: optional guard: must equal ``index.metric`` when given.
+
+    Returns:
+        :class:`EvaluationResult` (mAP, per-class mAP, mean distance/similarity, visited objects, timings).
+    """
+    if metric is not None and metric != index.metric:
+        raise ValueError(f"metric={metric!r} but the index was built with metric={index.metric!r}")
+    return evaluate_split(index, split_collection(features, labels, roles, with_distractors), k=k)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sweeps, Pareto frontier, recommendation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def default_bucket_width(
+    features: np.ndarray,
+    metric: str = "euclidean",
+    fraction: float = _DEFAULT_WIDTH_FRACTION,
+    sample_size: int = 512,
+    seed: int = 0,
+) -> float:
+    """A data-driven starting bucket width: ``fraction`` × the median pairwise distance of a random sample.
+
+    Feature scales differ a lot between backbones (the paper: mean Euclidean distance 3 for ResNet50 and 31
+    for ResNet50V2), so a fixed w cannot suit both. ``fraction=0.25`` reproduces the paper's best ResNet50V2
+    setting (w = 8 for mean distance 31). For ``metric="cosine"`` distances are measured between
+    L2-normalised rows, the space :class:`~cbir.index.LSHIndex` hashes in.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"need a 2-D array with at least 2 rows, got shape {features.shape}")
+    rng = np.random.default_rng(seed)
+    sample = features[rng.choice(len(features), size=min(sample_size, len(features)), replace=False)]
+    if metric == "cosine":
+        sample = l2_normalize(sample)
+    sample = sample.astype(np.float64)
+    sq_norms = (sample**2).sum(axis=1)
+    sq_distances = sq_norms[:, None] + sq_norms[None, :] - 2.0 * sample @ sample.T
+    upper = np.triu_indices(len(sample), k=1)
+    median = float(np.sqrt(np.maximum(np.median(sq_distances[upper]), 0.0)))
+    if median <= 0.0:
+        raise ValueError("all sampled features are identical; cannot derive a bucket width")
+    return fraction * median
+
+
+def _as_values(values: Iterable[Any], name: str) -> list[Any]:
+    values = [values] if np.isscalar(values) else list(values)
+    if not values:
+        raise ValueError(f"grid[{name!r}] is empty")
+    return values
+
+
+def sweep(
+    features: np.ndarray,
+    labels: Sequence[Any],
+    roles: Sequence[str],
+    grid: Mapping[str, Sequence[float]],
+    metric: str = "euclidean",
+    k: int = 10,
+    with_distractors: bool = True,
+    probes: Sequence[int] = (0,),
+    seed: int = 0,
+    progress: Callable[[int, int], Any] | None = None,
+    include_scan: bool = False,
+) -> pd.DataFrame:
+    """Evaluate an :class:`~cbir.index.LSHIndex` for every combination of the grid (and of ``probes``).
+
+    Args:
+        grid: lists of values for ``n_tables`` (alias ``g``), ``n_projections`` (``h``) and optionally
+            ``bucket_width`` (``w``; default: :func:`default_bucket_width` of the indexed rows).
+        probes: multi-probe settings; each is evaluated on the same fitted index (probing needs no refit).
+        progress: called as ``progress(done, total)`` after each configuration.
+        include_scan: add one exact-scan row first (reference mAP; LSH columns are NaN).
+
+    Returns:
+        One row per configuration with columns :data:`SWEEP_COLUMNS`.
+    """
+    unknown = set(grid) - set(_GRID_ALIASES) - set(_GRID_ALIASES.values())
+    if unknown:
+        raise ValueError(f"unknown grid keys {sorted(unknown)}; use n_tables/g, n_projections/h, bucket_width/w")
+    canonical = {_GRID_ALIASES.get(key, key): value for key, value in grid.items()}
+    for name in ("n_tables", "n_projections"):
+        if name not in canonical:
+            raise ValueError(f"grid needs values for {name!r}")
+    split = split_collection(features, labels, roles, with_distractors)
+    widths = canonical.get("bucket_width")
+    if widths is None:
+        widths = [default_bucket_width(split.index_vectors, metric, seed=seed)]
+    combos = list(
+        itertools.product(
+            _as_values(canonical["n_tables"], "n_tables"),
+            _as_values(canonical["n_projections"], "n_projections"),
+            _as_values(widths, "bucket_width"),
+        )
+    )
+    probe_values = _as_values(probes, "probes")
+    total = len(combos) * len(probe_values) + int(include_scan)
+    rows: list[dict[str, Any]] = []
+
+    def add_row(result: EvaluationResult, **params: Any) -> None:
+        rows.append(
+            {
+                **params,
+                "metric": metric,
+                "map": result.map,
+                "mean_score": result.mean_score,
+                "mean_visited": result.mean_visited,
+                "visited_fraction": result.visited_fraction,
+                "fit_seconds": result.fit_seconds,
+                "search_seconds": result.search_seconds,
+                "query_ms": result.query_ms,
+            }
+        )
+        if progress is not None:
+            progress(len(rows), total)
+
+    if include_scan:
+        add_row(evaluate_split(SequentialScan(metric), split, k=k), index="scan")
+    for n_tables, n_projections, bucket_width in combos:
+        index = LSHIndex(n_tables, n_projections, bucket_width, metric=metric, seed=seed)
+        fit_seconds = None
+        for n_probes in probe_values:
+            index.probes = n_probes
+            result = evaluate_split(index, split, k=k, refit=fit_seconds is None)
+            if fit_seconds is None:
+                fit_seconds = result.fit_seconds
+            else:  # later probe settings reuse the fitted index; report the fit it cost
+                result = replace(result, fit_seconds=fit_seconds)
+            add_row(
+                result,
+                index="lsh",
+                n_tables=n_tables,
+                n_projections=n_projections,
+                bucket_width=float(bucket_width),
+                probes=n_probes,
+            )
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+def pareto_frontier(df: pd.DataFrame, x: str = "mean_visited", y: str = "map") -> pd.Series:
+    """Boolean mask (aligned with ``df.index``) of the points no other point beats on both axes.
+
+    A point is dominated when another has ``x' <= x`` and ``y' >= y`` with at least one strict (fewer visited
+    objects and higher mAP are better). Identical points are all kept; rows with NaN in x or y are never on
+    the frontier.
+    """
+    for column in (x, y):
+        if column not in df.columns:
+            raise ValueError(f"column {column!r} not in the sweep table (columns: {list(df.columns)})")
+    xs = df[x].to_numpy(dtype=np.float64)
+    ys = df[y].to_numpy(dtype=np.float64)
+    valid = ~(np.isnan(xs) | np.isnan(ys))
+    no_worse = (xs[None, :] <= xs[:, None]) & (ys[None, :] >= ys[:, None])
+    better = (xs[None, :] < xs[:, None]) | (ys[None, :] > ys[:, None])
+    dominated = (no_worse & better & valid[None, :]).any(axis=1)
+    return pd.Series(valid & ~dominated, index=df.index, name="pareto")
+
+
+def recommend(df: pd.DataFrame, budget: float) -> pd.Series:
+    """The configuration with the best mAP among those with ``mean_visited <= budget`` (ties: fewer visited).
+
+    Raises:
+        ValueError: when no row fits the budget (the message gives the cheapest available).
+    """
+    if df.empty:
+        raise ValueError("the sweep table is empty")
+    fits = df[df["mean_visited"] <= budget]
+    if fits.empty:
+        raise ValueError(
+            f"no configuration visits at most {budget:g} objects per query; "
+            f"the cheapest visits {df['mean_visited'].min():.1f}"
+        )
+    return fits.sort_values(["map", "mean_visited"], ascending=[False, True], kind="stable").iloc[0]

@@ -1,0 +1,208 @@
+"""SequentialScan and LSHIndex: the search contract, LSH semantics, persistence and argument checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbir.index import LSHIndex, SequentialScan, l2_normalize
+from cbir.storage import ArtifactError, save_artifact
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((500, 32)).astype(np.float32), rng.standard_normal((30, 32)).astype(np.float32)
+
+
+def brute_force(points: np.ndarray, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    if metric == "euclidean":
+        dist = np.sqrt(((queries[:, None, :].astype(np.float64) - points[None]) ** 2).sum(-1))
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(dist, order, 1), order
+    sims = l2_normalize(queries).astype(np.float64) @ l2_normalize(points).astype(np.float64).T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, 1), order
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_scan_is_exact(data: tuple[np.ndarray, np.ndarray], metric: str) -> None:
+    points, queries = data
+    scores, ids, visited = SequentialScan(metric).fit(points).search(queries, 7)
+    expected_scores, expected_ids = brute_force(points, queries, 7, metric)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
+    assert scores.dtype == np.float32 and ids.dtype == np.int64 and visited.dtype == np.int64
+    np.testing.assert_array_equal(visited, np.full(len(queries), len(points)))
+    direction = 1 if metric == "euclidean" else -1
+    assert np.all(np.diff(scores, axis=1) * direction >= 0)
+
+
+def test_scan_pads_when_k_exceeds_the_collection(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, queries = data
+    for metric, fill in (("euclidean", np.inf), ("cosine", -np.inf)):
+        scores, ids, _ = SequentialScan(metric).fit(points[:4]).search(queries[:2], 6)
+        assert np.all(ids[:, 4:] == -1) and np.all(scores[:, 4:] == fill)
+        assert sorted(ids[0, :4]) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_lsh_with_infinite_bucket_width_equals_the_scan(data: tuple[np.ndarray, np.ndarray], metric: str) -> None:
+    points, queries = data
+    exact = SequentialScan(metric).fit(points).search(queries, 10)
+    lsh = LSHIndex(n_tables=3, n_projections=4, bucket_width=1e9, metric=metric).fit(points).search(queries, 10)
+    np.testing.assert_array_equal(lsh[1], exact[1])
+    np.testing.assert_array_equal(lsh[0], exact[0])  # same exact kernel: bit-identical scores
+    np.testing.assert_array_equal(lsh[2], np.full(len(queries), len(points)))
+
+
+@pytest.mark.parametrize("probes", [0, 2])
+def test_candidates_are_the_union_of_the_query_buckets(data: tuple[np.ndarray, np.ndarray], probes: int) -> None:
+    points, queries = data
+    index = LSHIndex(n_tables=4, n_projections=3, bucket_width=3.0, seed=5, probes=probes).fit(points)
+    point_codes = index.hash_codes(points)  # (n, g, h)
+    query_codes = index.hash_codes(queries)
+    candidates = index.candidates(queries)
+    _, _, visited = index.search(queries, 5)
+    for i in range(len(queries)):
+        if probes == 0:
+            expected = {
+                obj
+                for table in range(index.n_tables)
+                for obj in range(len(points))
+                if tuple(point_codes[obj, table]) == tuple(query_codes[i, table])
+            }
+            assert set(candidates[i].tolist()) == expected
+        assert len(candidates[i]) == len(set(candidates[i].tolist())) == visited[i]
+    if probes:
+        plain = LSHIndex(n_tables=4, n_projections=3, bucket_width=3.0, seed=5).fit(points).candidates(queries)
+        assert all(set(p.tolist()) <= set(c.tolist()) for p, c in zip(plain, candidates, strict=True))
+        assert sum(map(len, candidates)) > sum(map(len, plain))
+
+
+def test_lsh_results_are_the_exact_top_k_of_the_candidates(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, queries = data
+    index = LSHIndex(n_tables=6, n_projections=2, bucket_width=4.0, seed=1).fit(points)
+    scores, ids, _ = index.search(queries, 5)
+    for i, candidates in enumerate(index.candidates(queries)):
+        dist = np.linalg.norm(points[candidates] - queries[i], axis=1)
+        best = candidates[np.argsort(dist, kind="stable")[:5]]
+        np.testing.assert_array_equal(ids[i, : len(best)], best)
+        np.testing.assert_allclose(scores[i, : len(best)], np.sort(dist)[:5], rtol=1e-5)
+
+
+def test_fewer_candidates_than_k_is_padded_not_an_error(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, queries = data
+    for metric, fill in (("euclidean", np.inf), ("cosine", -np.inf)):
+        width = 0.5 if metric == "euclidean" else 0.02
+        index = LSHIndex(n_tables=2, n_projections=8, bucket_width=width, metric=metric).fit(points)
+        scores, ids, visited = index.search(queries, 10)
+        assert np.all(visited < 10)
+        for i in range(len(queries)):
+            assert np.all(ids[i, visited[i] :] == -1) and np.all(scores[i, visited[i] :] == fill)
+            assert np.all(ids[i, : visited[i]] >= 0)
+    # a query equal to an indexed point always finds itself first
+    _, ids, _ = LSHIndex(n_tables=2, n_projections=8, bucket_width=0.5).fit(points).search(points[:5], 3)
+    np.testing.assert_array_equal(ids[:, 0], np.arange(5))
+
+
+def test_same_seed_same_index_different_seed_different_buckets(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, queries = data
+    first = LSHIndex(4, 3, 3.0, seed=11).fit(points)
+    again = LSHIndex(4, 3, 3.0, seed=11).fit(points)
+    other = LSHIndex(4, 3, 3.0, seed=12).fit(points)
+    for a, b in zip(first.search(queries, 5), again.search(queries, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first.tables.bucket_keys, other.tables.bucket_keys)
+
+
+def test_refit_replaces_content(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, queries = data
+    index = LSHIndex(2, 2, 1e9).fit(points)
+    index.fit(points[:50])
+    assert index.n_objects == 50
+    _, ids, visited = index.search(queries, 3)
+    assert ids.max() < 50 and np.all(visited == 50)
+
+
+def test_empty_query_batch(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, _ = data
+    for index in (SequentialScan().fit(points), LSHIndex().fit(points)):
+        scores, ids, visited = index.search(np.empty((0, 32), dtype=np.float32), 4)
+        assert scores.shape == (0, 4) and ids.shape == (0, 4) and visited.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    "index", [SequentialScan("cosine"), LSHIndex(5, 3, 2.0, metric="euclidean", seed=4, probes=2)], ids=repr
+)
+def test_save_load_gives_identical_answers(data: tuple[np.ndarray, np.ndarray], tmp_path: Path, index) -> None:  # noqa: ANN001
+    points, queries = data
+    index.fit(points)
+    path = index.save(tmp_path / "index.joblib")
+    loaded = type(index).load(path)
+    assert loaded.params == index.params and loaded.n_objects == len(points)
+    for a, b in zip(index.search(queries, 8), loaded.search(queries, 8), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.describe() == index.describe()
+
+
+def test_load_rejects_other_kinds_and_bad_payloads(data: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    points, _ = data
+    path = SequentialScan().fit(points).save(tmp_path / "scan.joblib")
+    with pytest.raises(ArtifactError, match="expected 'lsh_index'"):
+        LSHIndex.load(path)
+    save_artifact(tmp_path / "broken.joblib", "lsh_index", {"params": {"n_tables": 0}, "state": {}})
+    with pytest.raises(ArtifactError, match="not a valid LSHIndex"):
+        LSHIndex.load(tmp_path / "broken.joblib")
+
+
+def test_describe_reports_bucket_statistics(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, _ = data
+    info = LSHIndex(3, 2, 2.0).fit(points).describe()
+    assert info["n_objects"] == 500 and info["dim"] == 32 and info["n_tables"] == 3
+    assert info["n_buckets"] >= 3 and info["mean_bucket_size"] == pytest.approx(3 * 500 / info["n_buckets"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_tables": 0}, "n_tables must be >= 1"),
+        ({"n_projections": 2.5}, "n_projections must be an integer"),
+        ({"bucket_width": 0}, "bucket_width must be > 0"),
+        ({"bucket_width": float("nan")}, "finite"),
+        ({"metric": "manhattan"}, "metric must be one of"),
+        ({"probes": -1}, "probes must be >= 0"),
+        ({"seed": True}, "seed must be an integer"),
+    ],
+)
+def test_lsh_rejects_bad_parameters(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LSHIndex(**kwargs)
+
+
+@pytest.mark.parametrize("index_class", [SequentialScan, LSHIndex])
+def test_boundary_validation(data: tuple[np.ndarray, np.ndarray], index_class: type) -> None:
+    points, queries = data
+    index = index_class()
+    with pytest.raises(ValueError, match="not fitted"):
+        index.search(queries, 3)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        index.fit(np.where(np.eye(500, 32, dtype=bool), np.nan, points))
+    with pytest.raises(ValueError, match="must be 2-D"):
+        index.fit(points[0])
+    with pytest.raises(ValueError, match="non-empty"):
+        index.fit(np.empty((0, 32)))
+    with pytest.raises(ValueError, match="numeric"):
+        index.fit(np.array([["a", "b"]]))
+    index.fit(points)
+    with pytest.raises(ValueError, match="dimension 31, but the index was fitted on dimension 32"):
+        index.search(queries[:, :31], 3)
+    with pytest.raises(ValueError, match=r"reshape\(1, -1\)"):
+        index.search(queries[0], 3)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        index.search(np.full((1, 32), np.inf), 3)
+    for bad_k in (0, -2, 2.0, True):
+        with pytest.raises(ValueError, match="k must be"):
+            index.search(queries, bad_k)

@@ -1,0 +1,144 @@
+"""numba kernels against their pure-numpy references and brute-force definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cbir import kernels
+
+N_TABLES, N_PROJECTIONS, WIDTH = 3, 4, 2.5
+
+
+@pytest.fixture(scope="module")
+def hashed() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    data = rng.standard_normal((600, 24)).astype(np.float32)
+    queries = rng.standard_normal((40, 24)).astype(np.float32)
+    directions, offsets = kernels.draw_hash_functions(24, N_TABLES, N_PROJECTIONS, WIDTH, seed=3)
+    projected = np.ascontiguousarray(data @ directions)
+    codes, _ = kernels.slot_positions(projected, offsets, WIDTH)
+    keys = kernels.hash_keys(projected, offsets, WIDTH, N_TABLES, N_PROJECTIONS)
+    query_codes, query_fractions = kernels.slot_positions(queries @ directions, offsets, WIDTH)
+    return {
+        "data": data,
+        "queries": queries,
+        "codes": codes,
+        "keys": keys,
+        "query_codes": query_codes,
+        "query_fractions": query_fractions,
+    }
+
+
+def test_hash_functions_follow_e2lsh_distributions() -> None:
+    directions, offsets = kernels.draw_hash_functions(64, 50, 10, 3.0, seed=1)
+    assert directions.shape == (64, 500) and directions.dtype == np.float32
+    assert abs(directions.mean()) < 0.02 and abs(directions.std() - 1.0) < 0.02
+    assert offsets.shape == (500,) and offsets.min() >= 0.0 and offsets.max() < 3.0
+    assert abs(offsets.mean() - 1.5) < 0.15
+
+
+def test_slot_positions_are_floor_of_shifted_projection() -> None:
+    projected = np.array([[-0.1, 0.0, 4.9, 5.0]], dtype=np.float32)
+    codes, fractions = kernels.slot_positions(projected, np.array([0.0, 0.0, 0.0, 0.0]), 5.0)
+    np.testing.assert_array_equal(codes, [[-1, 0, 0, 1]])
+    np.testing.assert_allclose(fractions, [[0.98, 0.0, 0.98, 0.0]], atol=1e-6)
+
+
+def test_hash_keys_match_numpy_reference_including_negative_codes(hashed: dict[str, np.ndarray]) -> None:
+    assert (hashed["codes"] < 0).any(), "the fixture should exercise negative slot numbers"
+    reference = kernels.hash_keys_reference(hashed["codes"], N_TABLES, N_PROJECTIONS)
+    np.testing.assert_array_equal(hashed["keys"], reference)
+
+
+def test_keys_identify_code_tuples_exactly(hashed: dict[str, np.ndarray]) -> None:
+    codes = hashed["codes"].reshape(-1, N_TABLES, N_PROJECTIONS)
+    for table in range(N_TABLES):
+        tuples = [tuple(row) for row in codes[:, table]]
+        pairs = set(zip(tuples, hashed["keys"][table].tolist(), strict=True))
+        # one key per distinct tuple and one tuple per distinct key: no collisions in either direction
+        assert len(pairs) == len(set(tuples)) == len(set(hashed["keys"][table].tolist()))
+
+
+def test_build_tables_matches_reference_and_groups_equal_keys(hashed: dict[str, np.ndarray]) -> None:
+    keys = hashed["keys"]
+    tables = kernels.build_tables(keys)
+    reference = kernels.build_tables_reference(keys)
+    for built, expected in zip(tables, reference, strict=True):
+        np.testing.assert_array_equal(built, expected)
+    n = keys.shape[1]
+    for table in range(N_TABLES):
+        lo, hi = tables.table_offsets[table], tables.table_offsets[table + 1]
+        table_keys = tables.bucket_keys[lo:hi]
+        assert np.all(np.diff(table_keys.astype(object)) > 0), "keys sorted and unique within a table"
+        for bucket in range(lo, hi):
+            members = tables.bucket_ids[tables.bucket_starts[bucket] : tables.bucket_starts[bucket + 1]]
+            assert np.all(np.diff(members) > 0)
+            expected_members = np.flatnonzero(keys[table] == tables.bucket_keys[bucket])
+            np.testing.assert_array_equal(members, expected_members)
+    assert tables.bucket_starts[-1] == N_TABLES * n
+
+
+@pytest.mark.parametrize("n_projections", [1, 2, 3, 5])
+def test_perturbation_sequence_matches_brute_force(n_projections: int) -> None:
+    rng = np.random.default_rng(n_projections)
+    n_valid = 3**n_projections - 1
+    for _ in range(20):
+        fractions = rng.random(n_projections)
+        for n_probes in (1, 4, min(n_valid, 30), n_valid):
+            deltas, costs = kernels.perturbation_sequence(fractions, 1.7, n_probes)
+            expected_deltas, expected_costs = kernels.perturbation_sequence_reference(fractions, 1.7, n_probes)
+            assert len(deltas) == min(n_probes, n_valid)
+            np.testing.assert_allclose(costs, expected_costs, rtol=1e-12)
+            np.testing.assert_array_equal(deltas, expected_deltas)
+
+
+def test_perturbation_sequence_prefers_the_nearest_boundary() -> None:
+    # coordinate 0 sits just right of its left boundary, coordinate 1 in the middle of its slot
+    deltas, costs = kernels.perturbation_sequence(np.array([0.05, 0.5]), 2.0, 3)
+    np.testing.assert_array_equal(deltas[0], [-1, 0])
+    assert costs[0] == pytest.approx((0.05 * 2.0) ** 2)
+    assert np.all(np.diff(costs) >= 0)
+    assert not np.any(np.all(deltas == 0, axis=1))
+
+
+@pytest.mark.parametrize("metric", [kernels.METRIC_EUCLIDEAN, kernels.METRIC_COSINE])
+@pytest.mark.parametrize("n_probes", [0, 3])
+def test_lsh_search_matches_numpy_reference(hashed: dict[str, np.ndarray], metric: int, n_probes: int) -> None:
+    data, queries = hashed["data"], hashed["queries"]
+    if metric == kernels.METRIC_COSINE:
+        data = data / np.linalg.norm(data, axis=1, keepdims=True)
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    tables = kernels.build_tables(hashed["keys"])
+    args = (
+        np.ascontiguousarray(queries, dtype=np.float32),
+        np.ascontiguousarray(data, dtype=np.float32),
+        hashed["query_codes"],
+        hashed["query_fractions"],
+        N_TABLES,
+        N_PROJECTIONS,
+        WIDTH,
+        n_probes,
+        tables,
+    )
+    scores, ids, visited = kernels.lsh_search(*args, 5, metric)
+    ref_scores, ref_ids, ref_visited, ref_candidates = kernels.query_reference(*args, 5, metric)
+    np.testing.assert_array_equal(visited, ref_visited)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+    offsets, candidate_ids = kernels.lsh_candidates(*args)
+    for i, expected in enumerate(ref_candidates):
+        np.testing.assert_array_equal(candidate_ids[offsets[i] : offsets[i + 1]], expected)
+    assert visited.sum() > 0 and (ids == -1).any(), "fixture should produce both hits and short answers"
+
+
+def test_rerank_breaks_ties_by_id_and_pads() -> None:
+    data = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [3.0, 0.0]], dtype=np.float32)
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    candidates = np.array([3, 2, 0], dtype=np.int64)  # unsorted on purpose; id 1 is not a candidate
+    scores, ids = kernels.rerank_candidates(query, data, np.array([0, 3]), candidates, 5, kernels.METRIC_EUCLIDEAN)
+    np.testing.assert_array_equal(ids, [[0, 2, 3, -1, -1]])
+    np.testing.assert_array_equal(scores, [[0.0, 0.0, 2.0, np.inf, np.inf]])
+    sims, ids = kernels.rerank_candidates(query, data, np.array([0, 3]), candidates, 2, kernels.METRIC_COSINE)
+    np.testing.assert_array_equal(ids, [[3, 0]])  # larger dot product first
+    np.testing.assert_array_equal(sims, [[3.0, 1.0]])
