@@ -23,7 +23,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +43,7 @@ from cbir.storage import ArtifactError
 Progress = Callable[[int, int], None]
 IndexKind = Literal["scan", "lsh"]
 METRICS: tuple[str, ...] = ("euclidean", "cosine")
+METRIC_NAMES = {"euclidean": "Euclidean distance", "cosine": "Cosine similarity"}
 DEFAULT_BACKBONE = "efficientnet_lite0"
 DEFAULT_K = 10
 # A second, app-side cap for uploads (the browser is capped by .streamlit/config.toml's maxUploadSize): a camera
@@ -566,43 +567,73 @@ def evaluate_config(feature_set: FeatureSet, config: IndexConfig, k: int = DEFAU
     return evaluate_split(config.build(), split, k=k)
 
 
+def searchable_features(feature_set: FeatureSet) -> np.ndarray:
+    """The rows an index holds in the evaluation (index split + distractors): what default widths come from."""
+    return feature_set.features[feature_set.roles != "query"]
+
+
 def default_grid(features: np.ndarray, metric: str = "euclidean") -> dict[str, list[float]]:
-    """A modest background sweep: g ∈ {1, 2, 4, 7, 10}, h ∈ {1, 2, 4, 8}, w ∈ {½, 1, 2} × the default width."""
+    """A modest background sweep: g ∈ {1, 2, 4, 7, 10}, h ∈ {1, 2, 4, 8}, w ∈ {½, 1, 2} × the default width
+    (so the tuning page's default setting g=7, h=2, default w is one of its points)."""
     width = default_width(features, metric)
     return {"n_tables": [1, 2, 4, 7, 10], "n_projections": [1, 2, 4, 8],
             "bucket_width": [_round_sig(width * f) for f in (0.5, 1.0, 2.0)]}
 
 
-def run_sweep(feature_set: FeatureSet, metric: str = "euclidean", grid: Mapping[str, Sequence[float]] | None = None,
-              k: int = DEFAULT_K, with_distractors: bool = True, probes: Sequence[int] = (0,),
-              progress: Progress | None = None) -> pd.DataFrame:
-    """Evaluate every LSH configuration of ``grid`` (default :func:`default_grid`) plus the exact scan (first row);
-    adds ``pareto`` (on the mAP-vs-visited frontier) and ``label`` columns."""
-    from cbir.evaluation import pareto_frontier, sweep
+def sweep_configs(feature_set: FeatureSet, metric: str = "euclidean",
+                  grid: Mapping[str, Sequence[float]] | None = None, probes: Sequence[int] = (0,)) -> list[IndexConfig]:
+    """The exact scan then one LSH config per point of ``grid`` (default :func:`default_grid`) × ``probes``."""
+    grid = grid if grid is not None else default_grid(searchable_features(feature_set), metric)
+    configs = [IndexConfig("scan", metric)]
+    for g in grid["n_tables"]:
+        for h in grid["n_projections"]:
+            for w in grid["bucket_width"]:
+                configs += [IndexConfig("lsh", metric, int(g), int(h), float(w), int(t)) for t in probes]
+    return configs
 
-    split = evaluation_split(feature_set, with_distractors)
-    grid = grid if grid is not None else default_grid(split.index_vectors, metric)
-    table = sweep(feature_set.features, feature_set.labels, feature_set.roles, grid, metric=metric, k=k,
-                  with_distractors=with_distractors, probes=probes, progress=progress, include_scan=True)
-    table["pareto"] = pareto_frontier(table)
-    table["label"] = [_sweep_label(row) for _, row in table.iterrows()]
+
+def sweep_table(configs: Sequence[IndexConfig], results: Sequence[Any]) -> pd.DataFrame:
+    """One row per evaluated config (:data:`cbir.evaluation.SWEEP_COLUMNS` + ``pareto`` + ``label``)."""
+    from cbir.evaluation import SWEEP_COLUMNS, pareto_frontier
+
+    rows = []
+    for config_, result in zip(configs, results, strict=True):
+        lsh = config_.kind == "lsh"
+        rows.append({"index": config_.kind, "n_tables": config_.n_tables if lsh else np.nan,
+                     "n_projections": config_.n_projections if lsh else np.nan,
+                     "bucket_width": config_.bucket_width if lsh else np.nan,
+                     "probes": config_.probes if lsh else np.nan,
+                     "metric": config_.metric, "map": result.map, "mean_score": result.mean_score,
+                     "mean_visited": result.mean_visited, "visited_fraction": result.visited_fraction,
+                     "fit_seconds": result.fit_seconds, "search_seconds": result.search_seconds,
+                     "query_ms": result.query_ms})
+    table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+    table["pareto"] = pareto_frontier(table) if len(table) else pd.Series(dtype=bool)
+    table["label"] = [config_.label for config_ in configs]
     return table
 
 
-def _sweep_label(row: pd.Series) -> str:
-    if row["index"] == "scan":
-        return f"exact scan ({row['metric']})"
-    return (f"g={int(row['n_tables'])} h={int(row['n_projections'])} w={row['bucket_width']:.3g}"
-            + (f" probes={int(row['probes'])}" if row.get("probes") else ""))
+def run_sweep(feature_set: FeatureSet, metric: str = "euclidean", grid: Mapping[str, Sequence[float]] | None = None,
+              k: int = DEFAULT_K, with_distractors: bool = True, probes: Sequence[int] = (0,),
+              progress: Progress | None = None) -> pd.DataFrame:
+    """Evaluate the exact scan and every LSH configuration of ``grid`` (see :func:`sweep_configs`)."""
+    configs = sweep_configs(feature_set, metric, grid, probes)
+    split = evaluation_split(feature_set, with_distractors)
+    results = []
+    for done, config_ in enumerate(configs, start=1):
+        results.append(evaluate_config(feature_set, config_, k, with_distractors, split=split))
+        if progress is not None:
+            progress(done, len(configs))
+    return sweep_table(configs, results)
 
 
-def recommended_config(sweep_table: pd.DataFrame, n_indexed: int,
+def recommended_config(sweep: pd.DataFrame, n_indexed: int,
                        budget_fraction: float = RECOMMEND_BUDGET_FRACTION) -> IndexConfig | None:
     """The best-mAP LSH configuration of a sweep visiting at most ``budget_fraction`` of the indexed objects;
     ``None`` when none fits."""
     from cbir.evaluation import recommend
 
-    lsh = sweep_table[sweep_table["index"] == "lsh"]
+    lsh = sweep[sweep["index"] == "lsh"]
     try:
         best = recommend(lsh, budget_fraction * n_indexed)
     except ValueError:
@@ -627,64 +658,80 @@ COMPARISON_COLUMNS = ["feature_set", "backbone", "weights", "index", "config", "
                       "query_ms"]
 
 
+@dataclass(frozen=True)
+class ComparisonJob:
+    """One cell of the comparison: a feature set (label, path, version) × index config × distractor setting."""
+
+    label: str
+    path: str
+    version: int
+    config: IndexConfig
+    with_distractors: bool
+
+
 @dataclass
 class Comparison:
-    """``table``: one row per feature set × index × distractor setting (:data:`COMPARISON_COLUMNS`);
-    ``per_class``: feature_set, index, distractors, class, n_queries, map."""
+    """``table``: one row per job (:data:`COMPARISON_COLUMNS`); ``per_class``: feature_set, index, distractors,
+    class, n_queries, map."""
 
     table: pd.DataFrame
     per_class: pd.DataFrame
 
 
-def comparison_configs(feature_set: FeatureSet, metric: str = "euclidean",
-                       sweep_table: pd.DataFrame | None = None) -> list[IndexConfig]:
-    """Exact scan plus LSH at the configuration recommended by ``sweep_table`` (when given and one fits the
-    budget), else at :func:`default_lsh_config`."""
-    split = evaluation_split(feature_set, with_distractors=True)
-    lsh = None
-    if sweep_table is not None:
-        lsh = recommended_config(sweep_table, split.n_indexed)
-    return [IndexConfig("scan", metric), lsh or default_lsh_config(split.index_vectors, metric)]
-
-
-def compare(feature_sets: Mapping[str, FeatureSet], metric: str = "euclidean", k: int = DEFAULT_K,
-            configs: Mapping[str, Sequence[IndexConfig]] | None = None,
-            distractor_settings: Iterable[bool] = (True, False), progress: Progress | None = None) -> Comparison:
-    """Evaluate each feature set with each index (default :func:`comparison_configs`) with and without
-    distractors (settings without distractor rows are skipped when the collection has none)."""
-    jobs: list[tuple[str, FeatureSet, IndexConfig, bool]] = []
-    settings = list(distractor_settings)
-    for name, feature_set in feature_sets.items():
-        has_distractors = bool((feature_set.roles == "distractor").any())
-        for config_ in (configs or {}).get(name) or comparison_configs(feature_set, metric):
-            for with_distractors in settings:
-                # without distractor rows both settings index the same objects: evaluate once
-                if not with_distractors and not has_distractors and True in settings:
+def comparison_jobs(items: Sequence[tuple[str, str, int, Sequence[IndexConfig]]],
+                    distractor_settings: Sequence[bool] = (True, False)) -> list[ComparisonJob]:
+    """Jobs for ``(label, path, version, configs)`` items × distractor settings; "without distractors" is skipped
+    for a collection that has none (it would index the same objects as "with")."""
+    jobs = []
+    for label, path, version, configs in items:
+        has_distractors = bool((load_feature_set(path, version).roles == "distractor").any())
+        for config_ in configs:
+            for with_distractors in distractor_settings:
+                if not with_distractors and not has_distractors and True in distractor_settings:
                     continue
-                jobs.append((name, feature_set, config_, with_distractors))
+                jobs.append(ComparisonJob(label, path, version, config_, with_distractors))
+    return jobs
+
+
+def comparison_table(jobs: Sequence[ComparisonJob], results: Sequence[Any]) -> Comparison:
+    """Assemble evaluated jobs into the comparison table and the long per-class table."""
     rows, per_class = [], []
-    splits: dict[tuple[str, bool], Any] = {}
-    for done, (name, feature_set, config_, with_distractors) in enumerate(jobs, start=1):
-        key = (name, with_distractors)
-        if key not in splits:
-            splits[key] = evaluation_split(feature_set, with_distractors)
-        result = evaluate_config(feature_set, config_, k, with_distractors, split=splits[key])
-        index_name = "exact scan" if config_.kind == "scan" else "LSH"
-        rows.append({"feature_set": name, "backbone": feature_set.meta.get("backbone"),
-                     "weights": weights_kind(str(feature_set.meta.get("weights_id", ""))), "index": index_name,
-                     "config": config_.label, "metric": config_.metric,
-                     "distractors": "with" if with_distractors else "without", "map": result.map,
-                     "mean_score": result.mean_score, "score_name": result.score_name,
+    for job, result in zip(jobs, results, strict=True):
+        meta = load_feature_set(job.path, job.version).meta
+        index_name = "exact scan" if job.config.kind == "scan" else "LSH"
+        distractors = "with" if job.with_distractors else "without"
+        rows.append({"feature_set": job.label, "backbone": meta.get("backbone"),
+                     "weights": weights_kind(str(meta.get("weights_id", ""))), "index": index_name,
+                     "config": job.config.label, "metric": job.config.metric, "distractors": distractors,
+                     "map": result.map, "mean_score": result.mean_score, "score_name": result.score_name,
                      "mean_visited": result.mean_visited, "visited_fraction": result.visited_fraction,
                      "n_indexed": result.n_indexed, "n_queries": result.n_queries, "query_ms": result.query_ms})
-        per_class.append(result.per_class.assign(feature_set=name, index=index_name,
-                                                 distractors="with" if with_distractors else "without"))
+        per_class.append(result.per_class.assign(feature_set=job.label, index=index_name, distractors=distractors))
+    columns = ["feature_set", "index", "distractors", "class", "n_queries", "map"]
+    per_class_table = pd.concat(per_class, ignore_index=True)[columns] if per_class else pd.DataFrame(columns=columns)
+    return Comparison(table=pd.DataFrame(rows, columns=COMPARISON_COLUMNS), per_class=per_class_table)
+
+
+def comparison_configs(feature_set: FeatureSet, metric: str = "euclidean",
+                       sweep: pd.DataFrame | None = None) -> list[IndexConfig]:
+    """Exact scan plus LSH at the configuration recommended by ``sweep`` (when given and one fits the budget),
+    else at :func:`default_lsh_config`."""
+    lsh = None
+    if sweep is not None:
+        lsh = recommended_config(sweep, int((feature_set.roles != "query").sum()))
+    return [IndexConfig("scan", metric), lsh or default_lsh_config(searchable_features(feature_set), metric)]
+
+
+def compare(items: Sequence[tuple[str, str, int, Sequence[IndexConfig]]], k: int = DEFAULT_K,
+            distractor_settings: Sequence[bool] = (True, False), progress: Progress | None = None) -> Comparison:
+    """Evaluate every :func:`comparison_jobs` job (the pages do the same through a cached evaluation)."""
+    jobs = comparison_jobs(items, distractor_settings)
+    results = []
+    for done, job in enumerate(jobs, start=1):
+        results.append(evaluate_for(job.path, job.version, job.config, job.with_distractors, k))
         if progress is not None:
             progress(done, len(jobs))
-    per_class_table = (pd.concat(per_class, ignore_index=True) if per_class else
-                       pd.DataFrame(columns=["class", "n_queries", "map", "feature_set", "index", "distractors"]))
-    return Comparison(table=pd.DataFrame(rows, columns=COMPARISON_COLUMNS),
-                      per_class=per_class_table[["feature_set", "index", "distractors", "class", "n_queries", "map"]])
+    return comparison_table(jobs, results)
 
 
 @dataclass
@@ -704,10 +751,19 @@ def distance_analysis(feature_set: FeatureSet, n_pairs: int = 20000, max_samples
                             sample=pairwise_distance_sample(features, n_pairs=n_pairs))
 
 
+def distance_summary(analyses: Mapping[str, DistanceAnalysis]) -> pd.DataFrame:
+    """The distance tables of several feature sets stacked, with a ``feature_set`` column first."""
+    frames = [analysis.table.assign(feature_set=name) for name, analysis in analyses.items()]
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    return table[["feature_set", *[c for c in table.columns if c != "feature_set"]]]
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Path-keyed entry points: plain hashable arguments so the pages can wrap them in st.cache_data and share the
-# cache between pages (Streamlit keys a cache by the wrapped function). A leading underscore marks an argument
-# Streamlit must not hash (a progress callback).
+# Path-keyed entry points: plain hashable arguments so the pages can wrap them in st.cache_data /
+# st.cache_resource and share the cache between pages (Streamlit keys a cache by the wrapped function). A leading
+# underscore marks an argument Streamlit must not hash.
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -722,19 +778,15 @@ def evaluate_for(path: str, version: int, config: IndexConfig, with_distractors:
     return evaluate_config(load_feature_set(path, version), config, k, with_distractors)
 
 
-def sweep_for(path: str, version: int, metric: str = "euclidean", with_distractors: bool = True,
-              k: int = DEFAULT_K, _progress: Progress | None = None) -> pd.DataFrame:
-    """:func:`run_sweep` (default grid) of the feature set at ``path``."""
-    return run_sweep(load_feature_set(path, version), metric, k=k, with_distractors=with_distractors,
-                     progress=_progress)
+def sweep_configs_for(path: str, version: int, metric: str = "euclidean") -> list[IndexConfig]:
+    """:func:`sweep_configs` (default grid) of the feature set at ``path``."""
+    return sweep_configs(load_feature_set(path, version), metric)
 
 
-def compare_for(items: tuple[tuple[str, str, int, tuple[IndexConfig, ...]], ...], k: int = DEFAULT_K,
-                _progress: Progress | None = None) -> Comparison:
-    """:func:`compare` of ``(label, path, version, configs)`` items."""
-    feature_sets = {label: load_feature_set(path, version) for label, path, version, _ in items}
-    return compare(feature_sets, k=k, configs={label: configs for label, _, _, configs in items},
-                   progress=_progress)
+def comparison_configs_for(path: str, version: int, metric: str = "euclidean",
+                           sweep: pd.DataFrame | None = None) -> list[IndexConfig]:
+    """:func:`comparison_configs` of the feature set at ``path``."""
+    return comparison_configs(load_feature_set(path, version), metric, sweep)
 
 
 def distance_analysis_for(path: str, version: int) -> DistanceAnalysis:
@@ -743,9 +795,8 @@ def distance_analysis_for(path: str, version: int) -> DistanceAnalysis:
 
 
 def lsh_defaults_for(path: str, version: int, metric: str = "euclidean") -> IndexConfig:
-    """:func:`default_lsh_config` on the index split of the feature set at ``path``."""
-    feature_set = load_feature_set(path, version)
-    return default_lsh_config(feature_set.features[feature_set.roles != "query"], metric)
+    """:func:`default_lsh_config` on the indexed rows of the feature set at ``path``."""
+    return default_lsh_config(searchable_features(load_feature_set(path, version)), metric)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -804,25 +855,73 @@ def fig_distance_histograms(samples: Mapping[str, pd.DataFrame], column: str = "
     return fig
 
 
-def fig_sweep_fallback(sweep_table: pd.DataFrame, current: Mapping[str, float] | None = None) -> Any:
-    """mAP vs visited objects of a sweep with its Pareto frontier and the current setting (used when
-    :mod:`cbir.plots` is not available)."""
+def fig_map_vs_visited(sweep_table: pd.DataFrame, current: Mapping[str, Any] | None = None) -> Any:
+    """mAP vs visited objects of a sweep with its Pareto frontier, the exact scan and the ``current`` setting
+    (a mapping with ``map``, ``mean_visited`` and optionally ``label``)."""
     import plotly.graph_objects as go
 
     lsh = sweep_table[sweep_table["index"] == "lsh"]
-    frontier = sweep_table[sweep_table["pareto"]].sort_values("mean_visited")
+    frontier = sweep_table[sweep_table["pareto"] & (sweep_table["index"] == "lsh")].sort_values("mean_visited")
+    hover = "%{text}<br>visited %{x:.1f}<br>mAP %{y:.3f}<extra></extra>"
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=lsh["mean_visited"], y=lsh["map"], mode="markers", name="sweep",
-                             text=lsh.get("label"), marker={"color": "#9aa5b1"}))
+    fig.add_trace(go.Scatter(x=lsh["mean_visited"], y=lsh["map"], mode="markers", name="sweep settings",
+                             text=lsh["label"], hovertemplate=hover, marker={"color": "#9aa5b1", "size": 8}))
     fig.add_trace(go.Scatter(x=frontier["mean_visited"], y=frontier["map"], mode="lines+markers",
-                             name="Pareto frontier", line={"color": "#1f77b4"}))
+                             name="Pareto frontier", text=frontier["label"], hovertemplate=hover,
+                             line={"color": "#1f77b4", "shape": "hv"}))
     scan = sweep_table[sweep_table["index"] == "scan"]
     if len(scan):
         fig.add_trace(go.Scatter(x=scan["mean_visited"], y=scan["map"], mode="markers", name="exact scan",
-                                 marker={"symbol": "square", "size": 11, "color": "#2ca02c"}))
+                                 text=scan["label"], hovertemplate=hover,
+                                 marker={"symbol": "square", "size": 12, "color": "#2ca02c"}))
     if current is not None:
-        fig.add_trace(go.Scatter(x=[current["mean_visited"]], y=[current["map"]], mode="markers", name="current",
-                                 marker={"symbol": "star", "size": 16, "color": "#d62728"}))
-    fig.update_layout(title="mAP@10 vs visited objects", xaxis_title="visited objects per query",
-                      yaxis_title="mAP@10", margin={"t": 50, "b": 10})
+        fig.add_trace(go.Scatter(x=[current["mean_visited"]], y=[current["map"]], mode="markers",
+                                 name="current setting", text=[current.get("label", "current")],
+                                 hovertemplate=hover, marker={"symbol": "star", "size": 20, "color": "#d62728"}))
+    fig.update_layout(title="mAP@10 vs objects visited per query", xaxis_title="objects visited per query (log)",
+                      yaxis_title="mAP@10", xaxis_type="log", margin={"t": 50, "b": 10}, legend_title_text="")
     return fig
+
+
+def fig_per_class(per_class: pd.DataFrame, reference: pd.DataFrame | None = None) -> Any:
+    """Per-class mAP bars of the current setting, beside the exact scan's (``reference``) when given."""
+    import plotly.express as px
+
+    frames = [per_class.assign(index="current setting")]
+    if reference is not None:
+        frames.append(reference.assign(index="exact scan"))
+    frame = pd.concat(frames, ignore_index=True)
+    fig = px.bar(frame, x="class", y="map", color="index", barmode="group", labels={"map": "mAP@10", "index": ""},
+                 hover_data=["n_queries"], color_discrete_map={"current setting": "#d62728", "exact scan": "#2ca02c"})
+    fig.update_layout(xaxis_tickangle=-35, yaxis_range=[0, 1], margin={"t": 20, "b": 10})
+    return fig
+
+
+def fig_trends(sweep_table: pd.DataFrame) -> list[Any]:
+    """The paper's Section 6 views of a sweep: mAP vs h (one line per g), mAP and visited objects vs g, and mAP
+    vs w, each at the middle value of the other parameters present in the sweep."""
+    import plotly.express as px
+
+    lsh = sweep_table[(sweep_table["index"] == "lsh") & (sweep_table["probes"].fillna(0) == 0)].copy()
+    if lsh.empty:
+        return []
+    lsh["g"] = lsh["n_tables"].astype(int)
+    lsh["h"] = lsh["n_projections"].astype(int)
+
+    def middle(column: str) -> float:
+        values = sorted(lsh[column].unique())
+        return values[len(values) // 2]
+
+    w_mid, h_mid = middle("bucket_width"), middle("h")
+    by_h = lsh[lsh["bucket_width"] == w_mid]
+    by_g = lsh[(lsh["bucket_width"] == w_mid) & (lsh["h"] == h_mid)].sort_values("g")
+    by_w = lsh[lsh["h"] == h_mid]
+    common = {"labels": {"map": "mAP@10", "mean_visited": "visited objects", "bucket_width": "w"}, "markers": True}
+    return [
+        px.line(by_h.sort_values("h"), x="h", y="map", color="g", title=f"mAP@10 vs h (w = {w_mid:.3g})", **common),
+        px.line(by_g, x="g", y=["map"], title=f"mAP@10 vs g (h = {h_mid}, w = {w_mid:.3g})", **common),
+        px.line(by_g, x="g", y="mean_visited", title=f"Visited objects vs g (h = {h_mid}, w = {w_mid:.3g})",
+                **common),
+        px.line(by_w.sort_values("bucket_width"), x="bucket_width", y="map", color="g",
+                title=f"mAP@10 vs w (h = {h_mid})", **common),
+    ]

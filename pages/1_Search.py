@@ -46,10 +46,10 @@ if search.warning:
 query_col, index_col = st.columns([3, 2], gap="large")
 with index_col:
     st.markdown("**Index**")
-    kind = st.radio("Index", ["Exact scan", "LSH"], horizontal=True, label_visibility="collapsed", key="search-kind",
+    kind = st.radio("Index", ["Exact scan", "LSH"], horizontal=True, label_visibility="collapsed",
+                    key="search-kind",
                     help="The exact scan compares the query with every image; LSH only with those in its buckets.")
-    metric = st.selectbox("Metric", engine.METRICS, key="search-metric", format_func=lambda m: {"euclidean": "Euclidean distance",
-                                                                          "cosine": "Cosine similarity"}[m])
+    metric = st.selectbox("Metric", engine.METRICS, key="search-metric", format_func=engine.METRIC_NAMES.get)
     if kind == "LSH":
         defaults = lsh_defaults(path, version, metric)
         low, high, step = engine.width_range(defaults.bucket_width)
@@ -67,7 +67,8 @@ with query_col:
     query_bytes: bytes | None = None
     query_name = ""
     if source == SOURCES[0]:
-        upload = st.file_uploader("Drag and drop an image", key="search-upload", type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
+        upload = st.file_uploader("Drag and drop an image", key="search-upload",
+                                  type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
                                   help="JPEG, PNG, WebP, BMP, GIF or TIFF, up to 20 MB")
         if upload is not None:
             query_bytes, query_name = upload.getvalue(), upload.name
