@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir.index import LSHIndex, SequentialScan, l2_normalize
+from cbir.index import BaseIndex, LSHIndex, SequentialScan, l2_normalize
 from cbir.storage import ArtifactError, save_artifact
 
 
@@ -137,7 +137,9 @@ def test_empty_query_batch(data: tuple[np.ndarray, np.ndarray]) -> None:
 @pytest.mark.parametrize(
     "index", [SequentialScan("cosine"), LSHIndex(5, 3, 2.0, metric="euclidean", seed=4, probes=2)], ids=repr
 )
-def test_save_load_gives_identical_answers(data: tuple[np.ndarray, np.ndarray], tmp_path: Path, index) -> None:  # noqa: ANN001
+def test_save_load_gives_identical_answers(
+    data: tuple[np.ndarray, np.ndarray], tmp_path: Path, index: BaseIndex
+) -> None:
     points, queries = data
     index.fit(points)
     path = index.save(tmp_path / "index.joblib")

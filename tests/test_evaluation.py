@@ -1,0 +1,256 @@
+"""mAP@k definition, evaluate() on synthetic collections, sweeps, Pareto frontier and recommendations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cbir.evaluation import (
+    SWEEP_COLUMNS,
+    average_precision_at_k,
+    average_precision_batch,
+    default_bucket_width,
+    evaluate,
+    pareto_frontier,
+    recommend,
+    split_collection,
+    sweep,
+)
+from cbir.index import LSHIndex, SequentialScan
+
+# ---- AP@k by hand ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("retrieved", "query", "n_relevant", "k", "expected"),
+    [
+        (["a", "b", "a"], "a", 2, 3, (1 / 1 + 2 / 3) / 2),  # P@1 = 1, P@3 = 2/3
+        (["b", "a", "a"], "a", 5, 3, (1 / 2 + 2 / 3) / 3),  # R > k: divide by k
+        (["a"], "a", 5, 10, 1 / 5),  # fewer than k results: missing ones are not relevant
+        (["b", "c"], "a", 0, 10, 0.0),  # no relevant object in the index
+        (["a", "a"], "a", 0, 10, 0.0),  # R = 0 wins even if labels match (query class absent from index)
+        ([None, "a", -1, ""], "a", 1, 4, 1 / 2),  # distractors never relevant
+        ([None, None], None, 3, 2, 0.0),  # an unlabelled query matches nothing
+        ([1, 2, 1, 1], 1, 3, 2, 1.0 / 2),  # only the first k count: P@1 = 1 over min(2, 3)
+        (["a", "a", "a"], "a", 3, 3, 1.0),
+    ],
+)
+def test_average_precision_at_k_hand_computed(
+    retrieved: list, query: object, n_relevant: int, k: int, expected: float
+) -> None:
+    assert average_precision_at_k(retrieved, query, n_relevant, k) == pytest.approx(expected)
+
+
+def test_average_precision_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        average_precision_at_k(["a"], "a", 1, k=0)
+    with pytest.raises(ValueError, match="n_relevant_in_index"):
+        average_precision_at_k(["a"], "a", -1)
+
+
+def test_batch_ap_equals_scalar_ap() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(200, 10))
+    n_relevant = rng.integers(0, 15, size=200)
+    relevant = labels == 1
+    batch = average_precision_batch(relevant, n_relevant)
+    scalar = [average_precision_at_k(list(row), 1, int(r), k=10) for row, r in zip(labels, n_relevant, strict=True)]
+    np.testing.assert_allclose(batch, scalar)
+
+
+# ---- evaluate ------------------------------------------------------------------------------------------------
+
+
+def clustered_collection(
+    n_classes: int = 4, per_class: int = 60, n_queries_per_class: int = 5, n_distractors: int = 100, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Well separated Gaussian classes plus far-away distractors, rows shuffled."""
+    rng = np.random.default_rng(seed)
+    dim = 16
+    centers = rng.standard_normal((n_classes, dim)) * 20
+    rows, labels, roles = [], [], []
+    for c in range(n_classes):
+        for role, count in (("index", per_class), ("query", n_queries_per_class)):
+            rows.append(centers[c] + rng.standard_normal((count, dim)))
+            labels += [f"class{c}"] * count
+            roles += [role] * count
+    rows.append(rng.standard_normal((n_distractors, dim)) + 100)
+    labels += [None] * n_distractors
+    roles += ["distractor"] * n_distractors
+    order = rng.permutation(len(labels))
+    features = np.concatenate(rows).astype(np.float32)[order]
+    return features, np.array(labels, dtype=object)[order], np.array(roles)[order]
+
+
+@pytest.fixture(scope="module")
+def collection() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return clustered_collection()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_scan_on_separated_clusters_has_map_one(collection: tuple, metric: str) -> None:
+    features, labels, roles = collection
+    result = evaluate(SequentialScan(metric), features, labels, roles, k=10)
+    assert result.map == pytest.approx(1.0)
+    assert result.n_indexed == 4 * 60 + 100 and result.n_queries == 20
+    assert result.mean_visited == result.n_indexed and result.visited_fraction == 1.0
+    assert result.score_name == ("distance" if metric == "euclidean" else "similarity")
+    if metric == "euclidean":
+        assert 0 < result.mean_score < 10  # neighbours inside a unit-variance cluster, not across clusters
+    else:
+        assert 0.9 < result.mean_score <= 1.0
+    assert list(result.per_class.columns) == ["class", "n_queries", "map"]
+    assert result.per_class["class"].tolist() == ["class0", "class1", "class2", "class3"]
+    assert result.per_class["n_queries"].tolist() == [5, 5, 5, 5]
+    summary = result.summary()
+    assert summary["map"] == result.map and f"mean_{result.score_name}" in summary and summary["index"] == "scan"
+
+
+def test_distractors_are_indexed_only_on_request_and_never_relevant(collection: tuple) -> None:
+    features, labels, roles = collection
+    labels = labels.copy()
+    labels[roles == "distractor"] = "class0"  # a label on a distractor row must be ignored
+    without = evaluate(SequentialScan(), features, labels, roles, with_distractors=False)
+    assert without.n_indexed == 240
+    # queries placed on the distractors: every result is a distractor, so AP must be 0
+    roles_on_distractors = roles.copy()
+    distractor_rows = np.flatnonzero(roles == "distractor")
+    moved = features.copy()
+    moved[np.flatnonzero(roles == "query")] = features[distractor_rows[:20]]
+    result = evaluate(SequentialScan(), moved, labels, roles_on_distractors, k=10)
+    assert result.map == 0.0
+
+
+def test_lsh_evaluation_reports_partial_visits(collection: tuple) -> None:
+    features, labels, roles = collection
+    result = evaluate(LSHIndex(n_tables=3, n_projections=2, bucket_width=10.0), features, labels, roles)
+    assert 0 < result.mean_visited < result.n_indexed
+    assert result.visited_fraction == pytest.approx(result.mean_visited / result.n_indexed)
+    assert result.map > 0.9
+    assert result.index_params["n_tables"] == 3 and result.fit_seconds > 0 and result.search_seconds > 0
+    assert result.ap.shape == (20,)
+
+
+def test_tied_results_are_ranked_by_id() -> None:
+    # two indexed objects at the same place with different labels; the lower id wins the tie
+    features = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0], [0.0, 0.0]], dtype=np.float32)
+    roles = np.array(["index", "index", "index", "query"])
+    first_wrong = evaluate(SequentialScan(), features, np.array(["b", "a", "b", "a"], dtype=object), roles, k=1)
+    first_right = evaluate(SequentialScan(), features, np.array(["a", "b", "b", "a"], dtype=object), roles, k=1)
+    assert first_wrong.map == 0.0 and first_right.map == 1.0
+
+
+def test_fewer_results_than_k_count_as_non_relevant() -> None:
+    features = np.array([[0.0], [0.1], [0.05]], dtype=np.float32)
+    labels = np.array(["a", "a", "a"], dtype=object)
+    roles = np.array(["index", "index", "query"])
+    result = evaluate(SequentialScan(), features, labels, roles, k=5)
+    assert result.map == pytest.approx(1.0)  # R = 2 < k: both found -> AP 1
+    one = evaluate(LSHIndex(1, 1, 1e9), features[[0, 2]], labels[[0, 2]], roles[[0, 2]], k=5)
+    assert one.map == pytest.approx(1.0) and one.mean_visited == 1
+
+
+def test_evaluate_validates_inputs(collection: tuple) -> None:
+    features, labels, roles = collection
+    with pytest.raises(ValueError, match="metric='cosine' but the index"):
+        evaluate(SequentialScan(), features, labels, roles, metric="cosine")
+    bad_roles = roles.copy()
+    bad_roles[0] = "train"
+    with pytest.raises(ValueError, match="roles must be in"):
+        evaluate(SequentialScan(), features, labels, bad_roles)
+    unlabelled = labels.copy()
+    unlabelled[np.flatnonzero(roles == "query")[0]] = None
+    with pytest.raises(ValueError, match="query rows have no label"):
+        evaluate(SequentialScan(), features, unlabelled, roles)
+    with pytest.raises(ValueError, match="must both have shape"):
+        evaluate(SequentialScan(), features, labels[:-1], roles)
+    with pytest.raises(ValueError, match='no rows with role "query"'):
+        evaluate(SequentialScan(), features, labels, np.where(roles == "query", "index", roles))
+    with pytest.raises(ValueError, match="k must be"):
+        evaluate(SequentialScan(), features, labels, roles, k=0)
+
+
+def test_query_class_missing_from_index_scores_zero() -> None:
+    features = np.array([[0.0], [1.0], [0.5]], dtype=np.float32)
+    split = split_collection(features, np.array(["a", "a", "z"], dtype=object), np.array(["index", "index", "query"]))
+    assert split.n_relevant.tolist() == [0]
+    result = evaluate(SequentialScan(), features, np.array(["a", "a", "z"], dtype=object), ["index", "index", "query"])
+    assert result.map == 0.0 and result.per_class["class"].tolist() == ["z"]
+
+
+# ---- sweep / Pareto / recommend -----------------------------------------------------------------------------------
+
+
+def test_sweep_covers_the_grid_and_reports_progress(collection: tuple) -> None:
+    features, labels, roles = collection
+    calls: list[tuple[int, int]] = []
+    df = sweep(
+        features,
+        labels,
+        roles,
+        {"g": [1, 3], "h": [2], "w": [5.0, 1e9]},
+        metric="euclidean",
+        probes=[0, 2],
+        progress=lambda done, total: calls.append((done, total)),
+        include_scan=True,
+    )
+    assert list(df.columns) == SWEEP_COLUMNS
+    assert len(df) == 1 + 2 * 1 * 2 * 2
+    assert calls == [(i, len(df)) for i in range(1, len(df) + 1)]
+    scan_map = df.loc[df["index"] == "scan", "map"].item()
+    infinite = df[(df["bucket_width"] == 1e9)]
+    np.testing.assert_allclose(infinite["map"], scan_map)
+    np.testing.assert_allclose(infinite["mean_visited"], 340)
+    # probing visits at least as much as the plain index with the same tables
+    narrow = df[(df["bucket_width"] == 5.0)].set_index(["n_tables", "probes"])["mean_visited"]
+    assert narrow[(1, 2)] >= narrow[(1, 0)] and narrow[(3, 2)] >= narrow[(3, 0)]
+    assert (df["query_ms"] > 0).all()
+
+
+def test_sweep_defaults_width_and_rejects_unknown_keys(collection: tuple) -> None:
+    features, labels, roles = collection
+    df = sweep(features, labels, roles, {"n_tables": [2], "n_projections": 2})
+    assert len(df) == 1 and df["bucket_width"].iloc[0] > 0
+    with pytest.raises(ValueError, match="unknown grid keys"):
+        sweep(features, labels, roles, {"g": [1], "h": [1], "tables": [3]})
+    with pytest.raises(ValueError, match="needs values for 'n_projections'"):
+        sweep(features, labels, roles, {"g": [1]})
+
+
+def test_pareto_frontier_hand_made() -> None:
+    df = pd.DataFrame(
+        {
+            "mean_visited": [10, 20, 20, 30, 5, 30, np.nan, 10],
+            "map": [0.5, 0.7, 0.6, 0.7, 0.1, 0.9, 1.0, 0.5],
+        },
+        index=list("abcdefgh"),
+    )
+    mask = pareto_frontier(df)
+    # c is beaten by b (same visited, lower mAP); d by f; g has NaN; a and h are identical and both kept
+    assert mask[mask].index.tolist() == ["a", "b", "e", "f", "h"]
+    with pytest.raises(ValueError, match="column 'recall'"):
+        pareto_frontier(df, y="recall")
+
+
+def test_recommend_respects_budget_and_prefers_fewer_visits() -> None:
+    df = pd.DataFrame({"mean_visited": [100, 400, 250, 900, 300], "map": [0.5, 0.8, 0.8, 0.95, 0.7]})
+    assert recommend(df, 500).name == 2  # best mAP within budget, tie broken by fewer visited
+    assert recommend(df, 1000).name == 3
+    assert recommend(df, 100).name == 0
+    with pytest.raises(
+        ValueError, match="no configuration visits at most 50 objects per query; the cheapest visits 100"
+    ):
+        recommend(df, 50)
+
+
+def test_default_bucket_width_scales_with_the_features(collection: tuple) -> None:
+    features, _, _ = collection
+    base = default_bucket_width(features)
+    assert base > 0
+    assert default_bucket_width(features * 10) == pytest.approx(10 * base, rel=1e-5)
+    assert default_bucket_width(features * 10, metric="cosine") == pytest.approx(
+        default_bucket_width(features, metric="cosine"), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        default_bucket_width(features[:1])
