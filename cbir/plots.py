@@ -1,0 +1,217 @@
+"""plotly figures of sweep results (the paper's Figures 12-15) and of per-class mAP.
+
+Every function takes the DataFrames produced by :func:`cbir.evaluation.sweep` / ``EvaluationResult.per_class``
+and returns a ``go.Figure``; nothing here computes results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from cbir.evaluation import pareto_frontier
+
+_HOVER_COLUMNS = ["n_tables", "n_projections", "bucket_width", "probes", "map", "mean_visited"]
+
+
+def _require(df: pd.DataFrame, columns: list[str]) -> None:
+    missing = [column for column in columns if column not in df.columns]
+    if missing:
+        raise ValueError(f"the table lacks columns {missing} (has {list(df.columns)})")
+
+
+def _lsh_rows(sweep_df: pd.DataFrame) -> pd.DataFrame:
+    """LSH configurations only; with several probe settings, the line plots use plain LSH (fewest probes)."""
+    rows = sweep_df[sweep_df["index"] != "scan"] if "index" in sweep_df.columns else sweep_df
+    if "probes" in rows.columns and rows["probes"].notna().any():
+        rows = rows[rows["probes"] == rows["probes"].min()]
+    return rows
+
+
+def _hover_text(rows: pd.DataFrame) -> list[str]:
+    def one(row: pd.Series) -> str:
+        if row.get("index") == "scan":
+            return f"exact scan<br>mAP {row['map']:.3f}<br>visited {row['mean_visited']:.0f}"
+        return (
+            f"g={row['n_tables']:.0f} h={row['n_projections']:.0f} w={row['bucket_width']:.3g}"
+            f" probes={row.get('probes', 0):.0f}<br>mAP {row['map']:.3f}<br>visited {row['mean_visited']:.1f}"
+        )
+
+    return [one(row) for _, row in rows.iterrows()]
+
+
+def _pick(rows: pd.DataFrame, column: str, value: float, label: str) -> pd.DataFrame:
+    picked = rows[np.isclose(rows[column].astype(float), float(value))]
+    if picked.empty:
+        available = sorted(rows[column].dropna().unique().tolist())
+        raise ValueError(f"no sweep rows with {label}={value}; available: {available}")
+    return picked
+
+
+def fig_map_vs_visited(sweep_df: pd.DataFrame, current: Mapping[str, Any] | pd.Series | None = None) -> go.Figure:
+    """Every configuration as a point (x: mean visited objects, log scale; y: mAP), Pareto frontier as a line.
+
+    Traces: "configurations" (all LSH rows), "Pareto frontier" (non-dominated rows joined by x), "exact scan"
+    (if the table has a scan row), and "current" (``current`` given as a mapping with ``mean_visited``, ``map``).
+    """
+    _require(sweep_df, ["mean_visited", "map"])
+    is_scan = sweep_df["index"] == "scan" if "index" in sweep_df.columns else pd.Series(False, index=sweep_df.index)
+    lsh = sweep_df[~is_scan]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=lsh["mean_visited"],
+            y=lsh["map"],
+            mode="markers",
+            name="configurations",
+            text=_hover_text(lsh),
+            hoverinfo="text",
+            marker={"size": 8, "color": "#7f8c8d", "opacity": 0.7},
+        )
+    )
+    frontier = sweep_df[pareto_frontier(sweep_df)].sort_values("mean_visited")
+    fig.add_trace(
+        go.Scatter(
+            x=frontier["mean_visited"],
+            y=frontier["map"],
+            mode="lines+markers",
+            name="Pareto frontier",
+            text=_hover_text(frontier),
+            hoverinfo="text",
+            line={"color": "#e74c3c", "width": 2},
+            marker={"size": 9},
+        )
+    )
+    if is_scan.any():
+        scan = sweep_df[is_scan]
+        fig.add_trace(
+            go.Scatter(
+                x=scan["mean_visited"],
+                y=scan["map"],
+                mode="markers",
+                name="exact scan",
+                text=_hover_text(scan),
+                hoverinfo="text",
+                marker={"size": 12, "symbol": "square", "color": "#2c3e50"},
+            )
+        )
+    if current is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[float(current["mean_visited"])],
+                y=[float(current["map"])],
+                mode="markers",
+                name="current",
+                marker={"size": 16, "symbol": "star", "color": "#f1c40f", "line": {"width": 1, "color": "black"}},
+            )
+        )
+    fig.update_layout(
+        title="mAP vs objects visited per query",
+        xaxis={"title": "mean visited objects per query", "type": "log"},
+        yaxis={"title": "mAP@k", "rangemode": "tozero"},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def fig_map_vs_h(sweep_df: pd.DataFrame, g: int) -> go.Figure:
+    """mAP against h (hash functions per table) at ``g`` tables, one line per bucket width (paper Fig. 12, 15)."""
+    _require(sweep_df, ["n_tables", "n_projections", "bucket_width", "map"])
+    rows = _pick(_lsh_rows(sweep_df), "n_tables", g, "g")
+    fig = go.Figure()
+    for width, group in rows.groupby("bucket_width", sort=True):
+        group = group.sort_values("n_projections")
+        fig.add_trace(go.Scatter(x=group["n_projections"], y=group["map"], mode="lines+markers", name=f"w={width:.3g}"))
+    fig.update_layout(
+        title=f"mAP vs h (g = {g})",
+        xaxis={"title": "h (hash functions per table)", "dtick": 1},
+        yaxis={"title": "mAP@k"},
+    )
+    return fig
+
+
+def fig_map_visited_vs_g(sweep_df: pd.DataFrame, h: int) -> go.Figure:
+    """mAP and mean visited objects against g at ``h`` projections, one line per bucket width (Fig. 13, 14).
+
+    Two side-by-side subplots; traces come in pairs (mAP, visited) per bucket width.
+    """
+    _require(sweep_df, ["n_tables", "n_projections", "bucket_width", "map", "mean_visited"])
+    rows = _pick(_lsh_rows(sweep_df), "n_projections", h, "h")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("mAP", "visited objects per query"))
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    for position, (width, group) in enumerate(rows.groupby("bucket_width", sort=True)):
+        group = group.sort_values("n_tables")
+        color = palette[position % len(palette)]
+        name = f"w={width:.3g}"
+        fig.add_trace(
+            go.Scatter(
+                x=group["n_tables"],
+                y=group["map"],
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                line={"color": color},
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=group["n_tables"],
+                y=group["mean_visited"],
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                showlegend=False,
+                line={"color": color},
+            ),
+            row=1,
+            col=2,
+        )
+    fig.update_xaxes(title_text="g (hash tables)", dtick=1)
+    fig.update_yaxes(title_text="mAP@k", row=1, col=1)
+    fig.update_yaxes(title_text="mean visited", row=1, col=2)
+    fig.update_layout(title=f"mAP and visited objects vs g (h = {h})")
+    return fig
+
+
+def fig_map_vs_w(sweep_df: pd.DataFrame) -> go.Figure:
+    """mAP against bucket width w, one line per (g, h) (the paper's observation: larger w, higher mAP)."""
+    _require(sweep_df, ["n_tables", "n_projections", "bucket_width", "map"])
+    rows = _lsh_rows(sweep_df)
+    fig = go.Figure()
+    for (n_tables, n_projections), group in rows.groupby(["n_tables", "n_projections"], sort=True):
+        group = group.sort_values("bucket_width")
+        fig.add_trace(
+            go.Scatter(
+                x=group["bucket_width"],
+                y=group["map"],
+                mode="lines+markers",
+                name=f"g={n_tables:.0f}, h={n_projections:.0f}",
+            )
+        )
+    fig.update_layout(title="mAP vs bucket width", xaxis={"title": "w (bucket width)"}, yaxis={"title": "mAP@k"})
+    return fig
+
+
+def fig_per_class_map(per_class_df: pd.DataFrame) -> go.Figure:
+    """Bar chart of mAP per class (columns ``class``, ``map``, ``n_queries``), one bar per class."""
+    _require(per_class_df, ["class", "map", "n_queries"])
+    fig = go.Figure(
+        go.Bar(
+            x=per_class_df["class"].astype(str),
+            y=per_class_df["map"],
+            text=[f"{value:.3f}" for value in per_class_df["map"]],
+            textposition="outside",
+            customdata=per_class_df["n_queries"],
+            hovertemplate="%{x}<br>mAP %{y:.3f}<br>%{customdata} queries<extra></extra>",
+            name="mAP",
+        )
+    )
+    fig.update_layout(title="mAP per class", xaxis={"title": "class"}, yaxis={"title": "mAP@k", "range": [0, 1.05]})
+    return fig

@@ -1,0 +1,91 @@
+"""The plot functions draw the rows they are given: expected traces and points."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from cbir.evaluation import SWEEP_COLUMNS
+from cbir.plots import fig_map_visited_vs_g, fig_map_vs_h, fig_map_vs_visited, fig_map_vs_w, fig_per_class_map
+
+
+@pytest.fixture
+def sweep_df() -> pd.DataFrame:
+    rows = [{"index": "scan", "metric": "cosine", "map": 0.9, "mean_visited": 1000.0}]
+    for g, h, w, probes in itertools.product([2, 4], [2, 3, 4], [1.0, 2.0], [0, 2]):
+        visited = g * 100.0 / h * w * (1 + probes)
+        rows.append(
+            {
+                "index": "lsh",
+                "n_tables": g,
+                "n_projections": h,
+                "bucket_width": w,
+                "probes": probes,
+                "metric": "cosine",
+                "map": min(0.89, 0.2 * g / h * w + 0.05 * probes),
+                "mean_visited": visited,
+            }
+        )
+    return pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS)
+
+
+def trace(fig: go.Figure, name: str) -> go.Scatter:
+    matches = [t for t in fig.data if t.name == name]
+    assert len(matches) == 1, [t.name for t in fig.data]
+    return matches[0]
+
+
+def test_map_vs_visited_has_points_frontier_scan_and_current(sweep_df: pd.DataFrame) -> None:
+    fig = fig_map_vs_visited(sweep_df, current={"mean_visited": 150.0, "map": 0.5})
+    assert [t.name for t in fig.data] == ["configurations", "Pareto frontier", "exact scan", "current"]
+    assert len(trace(fig, "configurations").x) == len(sweep_df) - 1
+    frontier = trace(fig, "Pareto frontier")
+    assert list(frontier.x) == sorted(frontier.x) and 1 < len(frontier.x) < len(sweep_df)
+    # every frontier point is at least as good as any configuration that visits no fewer objects
+    xs, ys = np.asarray(trace(fig, "configurations").x), np.asarray(trace(fig, "configurations").y)
+    for x, y in zip(frontier.x, frontier.y, strict=True):
+        assert not np.any((xs <= x) & (ys > y))
+    assert trace(fig, "current").x == (150.0,)
+    assert fig.layout.xaxis.type == "log"
+    assert [t.name for t in fig_map_vs_visited(sweep_df).data][-1] == "exact scan"
+
+
+def test_map_vs_h_one_line_per_width(sweep_df: pd.DataFrame) -> None:
+    fig = fig_map_vs_h(sweep_df, g=4)
+    assert [t.name for t in fig.data] == ["w=1", "w=2"]
+    line = trace(fig, "w=2")
+    assert list(line.x) == [2, 3, 4]
+    expected = sweep_df.query("n_tables == 4 and bucket_width == 2.0 and probes == 0").sort_values("n_projections")
+    assert list(line.y) == expected["map"].tolist()
+    with pytest.raises(ValueError, match=r"no sweep rows with g=7; available: \[2.0, 4.0\]"):
+        fig_map_vs_h(sweep_df, g=7)
+
+
+def test_map_visited_vs_g_two_panels(sweep_df: pd.DataFrame) -> None:
+    fig = fig_map_visited_vs_g(sweep_df, h=2)
+    assert len(fig.data) == 4  # (mAP, visited) per width
+    map_trace, visited_trace = fig.data[0], fig.data[1]
+    assert map_trace.xaxis == "x" and visited_trace.xaxis == "x2"
+    assert list(map_trace.x) == [2, 4]
+    expected = sweep_df.query("n_projections == 2 and bucket_width == 1.0 and probes == 0").sort_values("n_tables")
+    assert list(visited_trace.y) == expected["mean_visited"].tolist()
+
+
+def test_map_vs_w_one_line_per_g_h(sweep_df: pd.DataFrame) -> None:
+    fig = fig_map_vs_w(sweep_df)
+    assert len(fig.data) == 2 * 3
+    assert all(list(t.x) == [1.0, 2.0] for t in fig.data)
+    assert fig.data[0].name == "g=2, h=2"
+
+
+def test_per_class_bars() -> None:
+    per_class = pd.DataFrame({"class": ["drawings", "sculpture"], "n_queries": [10, 4], "map": [0.5, 0.75]})
+    fig = fig_per_class_map(per_class)
+    assert len(fig.data) == 1 and fig.data[0].type == "bar"
+    assert list(fig.data[0].x) == ["drawings", "sculpture"] and list(fig.data[0].y) == [0.5, 0.75]
+    with pytest.raises(ValueError, match="lacks columns"):
+        fig_per_class_map(per_class.drop(columns="n_queries"))
