@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -254,3 +256,63 @@ def test_default_bucket_width_scales_with_the_features(collection: tuple) -> Non
     )
     with pytest.raises(ValueError, match="at least 2 rows"):
         default_bucket_width(features[:1])
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def feature_artifact(tmp_path: Path, collection: tuple) -> Path:
+    from cbir.features import FEATURES_KIND
+    from cbir.storage import save_artifact
+
+    features, labels, roles = collection
+    catalog = pd.DataFrame(
+        {
+            "path": [f"img{i}.png" for i in range(len(labels))],
+            "label": labels,
+            "split": np.where(roles == "query", "validation", "training"),
+            "role": roles,
+        }
+    )
+    path = tmp_path / "features.joblib"
+    meta = {"backbone": "synthetic", "complete": True}
+    save_artifact(
+        path, FEATURES_KIND, {"features": features, "catalog": catalog, "report": pd.DataFrame(), "meta": meta}
+    )
+    return path
+
+
+def run_cli(argv: list[str]) -> int:
+    import argparse
+
+    from cbir.cli_search import add_evaluate_parsers
+
+    parser = argparse.ArgumentParser()
+    add_evaluate_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_evaluate_prints_summary_and_classes(feature_artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["evaluate", "--features", str(feature_artifact), "--index", "scan", "--metric", "cosine"]) == 0
+    out = capsys.readouterr().out
+    assert "mean_similarity" in out and "per class:" in out and "class3" in out
+    assert "1.0000" in out  # the scan's mAP on separated clusters
+    assert run_cli(["evaluate", "--features", str(feature_artifact), "-g", "2", "-H", "2", "--no-distractors"]) == 0
+    out = capsys.readouterr().out
+    assert "bucket width w =" in out and "without distractors" in out and " 240 " in out
+
+
+def test_cli_sweep_writes_csv_and_recommends(
+    feature_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_csv = tmp_path / "sweep.csv"
+    argv = ["sweep", "--features", str(feature_artifact), "--g", "1,2", "--h", "2", "--w", "5,1e9", "--probes", "0,1"]
+    assert run_cli([*argv, "--budget", "1000", "--out", str(out_csv)]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto frontier" in out and "recommended for <= 1000 visited" in out
+    table = pd.read_csv(out_csv)
+    assert len(table) == 1 + 2 * 2 * 2 and list(table.columns) == SWEEP_COLUMNS
+    with pytest.raises(ValueError, match="no configuration visits at most 1"):
+        run_cli([*argv, "--budget", "1", "--no-scan"])

@@ -1,0 +1,174 @@
+"""``evaluate`` and ``sweep`` subcommands (registered by :mod:`cbir.cli` through :func:`add_evaluate_parsers`).
+
+Both read a feature artifact (``--features PATH``, or the newest one of ``--backbone`` for ``--collection``),
+split it by the catalog's ``role`` column into indexed rows and queries, and print the paper's tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def _format_float(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return values
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return values
+
+
+def _add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--features", type=Path, default=None, help="feature artifact (.joblib)")
+    parser.add_argument("--backbone", default=None, help="else: the newest feature set of this backbone")
+    parser.add_argument("--collection", type=Path, default=None, help="collection folder (default: the default)")
+    parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
+    parser.add_argument("--k", type=int, default=10, help="results per query and AP cut-off (default 10)")
+    parser.add_argument("--no-distractors", action="store_true", help="do not index the distractor images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the LSH projections")
+
+
+def add_evaluate_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``evaluate`` and ``sweep`` on the main CLI's subparsers."""
+    p = subparsers.add_parser("evaluate", help="mAP@k, per-class mAP and visited objects of one index")
+    _add_common_args(p)
+    p.add_argument("--index", choices=["scan", "lsh"], default="lsh")
+    p.add_argument("-g", "--n-tables", type=int, default=7, help="LSH hash tables (default 7, the paper's app)")
+    p.add_argument("-H", "--n-projections", type=int, default=2, help="hash functions per table (default 2)")
+    p.add_argument("-w", "--bucket-width", type=float, default=None, help="default: data-driven (see sweep)")
+    p.add_argument("--probes", type=int, default=0, help="multi-probe: extra buckets per table (default 0)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("sweep", help="evaluate a grid of LSH settings; Pareto frontier and recommendation")
+    _add_common_args(p)
+    p.add_argument("--g", dest="grid_g", type=_int_list, default=[2, 4, 6, 8], help="tables, e.g. 2,4,6")
+    p.add_argument("--h", dest="grid_h", type=_int_list, default=[2, 3, 4], help="projections per table")
+    p.add_argument("--w", dest="grid_w", type=_float_list, default=None, help="bucket widths (default: ½,1,2×auto)")
+    p.add_argument("--probes", dest="grid_probes", type=_int_list, default=[0], help="multi-probe settings")
+    p.add_argument("--budget", type=float, default=None, help="recommend the best mAP visiting <= N objects")
+    p.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
+    p.add_argument("--no-scan", action="store_true", help="skip the exact-scan reference row")
+    p.set_defaults(func=cmd_sweep)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The :class:`cbir.features.FeatureSet` named by ``--features`` / ``--backbone`` / ``--collection``."""
+    from cbir.workspace import resolve_feature_set  # imported late: pulls in the feature-extraction stack
+
+    return resolve_feature_set(args.features, args.backbone, args.collection)
+
+
+def _print_table(title: str, table: pd.DataFrame) -> None:
+    print(f"\n{title}")
+    print(table.to_string(index=False, float_format=_format_float))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Fit one index on the index split (+ distractors) and print the summary and per-class tables."""
+    from cbir.evaluation import default_bucket_width, evaluate_split, split_collection
+    from cbir.index import LSHIndex, SequentialScan
+
+    feature_set = _load(args)
+    split = split_collection(feature_set.features, feature_set.labels, feature_set.roles, not args.no_distractors)
+    if args.index == "scan":
+        index = SequentialScan(args.metric)
+    else:
+        width = args.bucket_width
+        if width is None:
+            width = default_bucket_width(split.index_vectors, args.metric, seed=args.seed)
+            print(f"bucket width w = {width:.4g} (data-driven default; set it with -w)")
+        index = LSHIndex(
+            args.n_tables, args.n_projections, width, metric=args.metric, seed=args.seed, probes=args.probes
+        )
+    result = evaluate_split(index, split, k=args.k)
+    backbone = feature_set.meta.get("backbone", "?")
+    _print_table(
+        f"{backbone}, k={args.k}, {'with' if not args.no_distractors else 'without'} distractors:",
+        pd.DataFrame([result.summary()]),
+    )
+    _print_table("per class:", result.per_class)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Evaluate the grid, print it with its Pareto frontier, and optionally a recommendation for ``--budget``."""
+    from cbir.evaluation import default_bucket_width, pareto_frontier, recommend, split_collection, sweep
+
+    feature_set = _load(args)
+    widths = args.grid_w
+    if widths is None:
+        rows = split_collection(feature_set.features, feature_set.labels, feature_set.roles, not args.no_distractors)
+        auto = default_bucket_width(rows.index_vectors, args.metric, seed=args.seed)
+        widths = [round(auto * factor, 4) for factor in (0.5, 1.0, 2.0)]
+    grid = {"n_tables": args.grid_g, "n_projections": args.grid_h, "bucket_width": widths}
+    total = (len(args.grid_g) * len(args.grid_h) * len(widths)) * len(args.grid_probes) + (not args.no_scan)
+    progress = _ProgressBar(total)
+    try:
+        table = sweep(
+            feature_set.features,
+            feature_set.labels,
+            feature_set.roles,
+            grid,
+            metric=args.metric,
+            k=args.k,
+            with_distractors=not args.no_distractors,
+            probes=args.grid_probes,
+            seed=args.seed,
+            progress=progress,
+            include_scan=not args.no_scan,
+        )
+    finally:
+        progress.close()
+    shown = table.drop(columns=["metric"])
+    _print_table(f"sweep ({args.metric}, k={args.k}):", shown)
+    _print_table(
+        "Pareto frontier (fewer visited objects, higher mAP):",
+        shown[pareto_frontier(table)].sort_values("mean_visited"),
+    )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+        print(f"\nwrote {args.out}")
+    if args.budget is not None:
+        best = recommend(table[table["index"] == "lsh"], args.budget)
+        print(
+            f"\nrecommended for <= {args.budget:g} visited objects per query: g={best['n_tables']:.0f} "
+            f"h={best['n_projections']:.0f} w={best['bucket_width']:.4g} probes={best['probes']:.0f} "
+            f"-> mAP {best['map']:.4f}, {best['mean_visited']:.1f} visited"
+        )
+    return 0
+
+
+class _ProgressBar:
+    """``progress(done, total)`` callable over tqdm (stderr), with ``close()``."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, desc="configurations", file=sys.stderr, leave=False)
+
+    def __call__(self, done: int, total: int) -> None:
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
