@@ -24,8 +24,10 @@ def home() -> None:
     root = config.default_collection()
     version = engine.workspace_version(root)
     st.title("🔎 Content-based image retrieval")
-    st.caption("Deep CNN features + an E2LSH index (numba), after *Web image search engine based on LSH index and "
-               "CNN Resnet50*: query by image, tune the index live, compare models.")
+    st.caption(
+        "Deep CNN features + an E2LSH index (numba), after *Web image search engine based on LSH index and "
+        "CNN Resnet50*: query by image, tune the index live, compare models."
+    )
     status = collection_status(str(root), version)
 
     st.subheader("Collection")
@@ -55,9 +57,19 @@ def home() -> None:
         st.dataframe(status.feature_sets.drop(columns=["collection"]), width="stretch", hide_index=True)
     with st.expander("Backbones", expanded=status.feature_sets.empty):
         available = available_backbones()
-        st.dataframe([{"backbone": name, "dim": spec.dim, "ImageNet weights offline": available[name],
-                       "description": spec.description} for name, spec in BACKBONES.items()],
-                     width="stretch", hide_index=True)
+        st.dataframe(
+            [
+                {
+                    "backbone": name,
+                    "dim": spec.dim,
+                    "ImageNet weights offline": available[name],
+                    "description": spec.description,
+                }
+                for name, spec in BACKBONES.items()
+            ],
+            width="stretch",
+            hide_index=True,
+        )
     st.subheader("Indexes")
     st.caption("The Search and Index tuning pages build indexes in memory on demand (cached per setting).")
     if status.indexes.empty:
@@ -78,13 +90,17 @@ def home() -> None:
 def render_build(root: object, status: engine.CollectionStatus) -> None:
     st.subheader("Get started")
     if status.catalog is None and not status.openclipart_installed:
-        st.error(f"Open Clip Art is not installed ({OPENCLIPART_DIR} is missing), so the default collection cannot "
-                 "be built. Install it, then reload this page:")
+        st.error(
+            f"Open Clip Art is not installed ({OPENCLIPART_DIR} is missing), so the default collection cannot "
+            "be built. Install it, then reload this page:"
+        )
         st.code(INSTALL_HINT.split("   ")[0], language="bash")
         return
     todo = "build the Open Clip Art collection, then extract" if status.catalog is None else "extract"
-    st.info(f"Nothing to search yet. The button below will {todo} EfficientNet-Lite0 features "
-            "(a few minutes for the full collection; progress is saved, so it can be resumed).")
+    st.info(
+        f"Nothing to search yet. The button below will {todo} EfficientNet-Lite0 features "
+        "(a few minutes for the full collection; progress is saved, so it can be resumed)."
+    )
     if not st.button("Build collection and features", type="primary"):
         return
     bars = {"collection": st.progress(0.0, text="Collection"), "features": st.progress(0.0, text="Features")}
@@ -109,8 +125,12 @@ def sidebar() -> None:
         current = engine.pick_feature_set(choices, st.session_state.get(FEATURE_SET_KEY))
         assert current is not None
         st.session_state[FEATURE_SET_KEY] = current[0]
-        st.sidebar.selectbox("Feature set", list(choices), key=FEATURE_SET_KEY,
-                             help="Backbone and weights whose features the pages search and evaluate")
+        st.sidebar.selectbox(
+            "Feature set",
+            list(choices),
+            key=FEATURE_SET_KEY,
+            help="Backbone and weights whose features the pages search and evaluate",
+        )
     else:
         st.sidebar.caption("No feature set yet: build one on the Home page.")
 

@@ -96,16 +96,27 @@ class CollectionStatus:
         counts = self.counts().drop(columns="total", errors="ignore")
         if counts.empty:
             return pd.DataFrame(columns=["class", "role", "images"])
-        return (counts.rename_axis(index="class", columns="role").stack().rename("images").reset_index()
-                .astype({"images": int}))
+        return (
+            counts.rename_axis(index="class", columns="role")
+            .stack()
+            .rename("images")
+            .reset_index()
+            .astype({"images": int})
+        )
 
 
 def list_indexes() -> pd.DataFrame:
     """Index artifacts saved under ``<artifacts>/indexes`` (by the CLI or benchmarks): file, size, modified."""
     root = config.artifacts_dir() / "indexes"
     files = sorted(root.rglob("*.joblib")) if root.is_dir() else []
-    rows = [{"index": str(path.relative_to(root)), "size_mb": path.stat().st_size / 1e6,
-             "modified": pd.Timestamp(path.stat().st_mtime, unit="s").floor("s")} for path in files]
+    rows = [
+        {
+            "index": str(path.relative_to(root)),
+            "size_mb": path.stat().st_size / 1e6,
+            "modified": pd.Timestamp(path.stat().st_mtime, unit="s").floor("s"),
+        }
+        for path in files
+    ]
     return pd.DataFrame(rows, columns=["index", "size_mb", "modified"])
 
 
@@ -127,8 +138,14 @@ def collection_status(root: str | os.PathLike[str] | None = None, version: int =
     if catalog is not None and not feature_sets.empty:
         # the extraction report lists the images that could not be decoded: the corrupt-image report
         catalog = Catalog(root=catalog.root, images=catalog.images, report=_extraction_report(feature_sets))
-    return CollectionStatus(root=root, catalog=catalog, error=error, feature_sets=feature_sets,
-                            indexes=list_indexes(), openclipart_installed=OPENCLIPART_DIR.is_dir())
+    return CollectionStatus(
+        root=root,
+        catalog=catalog,
+        error=error,
+        feature_sets=feature_sets,
+        indexes=list_indexes(),
+        openclipart_installed=OPENCLIPART_DIR.is_dir(),
+    )
 
 
 def _extraction_report(feature_sets: pd.DataFrame) -> pd.DataFrame:
@@ -143,8 +160,11 @@ def _extraction_report(feature_sets: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(reports, ignore_index=True).drop_duplicates("path").reset_index(drop=True)
 
 
-def build_default(root: str | os.PathLike[str] | None = None, backbone: str = DEFAULT_BACKBONE,
-                  progress: Callable[[str, int, int], None] | None = None) -> FeatureSet:
+def build_default(
+    root: str | os.PathLike[str] | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> FeatureSet:
     """Make the dashboard usable from nothing: build the Open Clip Art collection at ``root`` when it has no
     images yet, then extract ``backbone`` features (cached and resumable). ``progress(stage, done, total)`` with
     stage ``"collection"`` or ``"features"``. Raises :class:`EngineError` with the fix when something is missing."""
@@ -155,8 +175,10 @@ def build_default(root: str | os.PathLike[str] | None = None, backbone: str = DE
         catalog = scan_collection(root)
     except CollectionError:
         if not OPENCLIPART_DIR.is_dir():
-            raise EngineError(f"No collection at {root} and Open Clip Art is not installed ({OPENCLIPART_DIR} is "
-                              f"missing). Install it with: {INSTALL_HINT}") from None
+            raise EngineError(
+                f"No collection at {root} and Open Clip Art is not installed ({OPENCLIPART_DIR} is "
+                f"missing). Install it with: {INSTALL_HINT}"
+            ) from None
         build_collection(root, progress=None if progress is None else lambda d, t: progress("collection", d, t))
         catalog = scan_collection(root)
     extractor = FeatureExtractor(backbone, "imagenet")
@@ -164,8 +186,9 @@ def build_default(root: str | os.PathLike[str] | None = None, backbone: str = DE
         extractor.weights_id  # noqa: B018 - builds the model now so that a missing weights file is reported here
     except FileNotFoundError as exc:
         raise EngineError(str(exc)) from exc
-    return extract_collection(catalog, extractor,
-                              progress=None if progress is None else lambda d, t: progress("features", d, t))
+    return extract_collection(
+        catalog, extractor, progress=None if progress is None else lambda d, t: progress("features", d, t)
+    )
 
 
 def feature_set_label(row: Mapping[str, Any]) -> str:
@@ -176,7 +199,7 @@ def feature_set_label(row: Mapping[str, Any]) -> str:
 
 
 def weights_kind(weights_id: str) -> str:
-    """"ImageNet", "random" or "fine-tuned" from a weights id (see :func:`cbir.backbones.weights_identity`)."""
+    """ "ImageNet", "random" or "fine-tuned" from a weights id (see :func:`cbir.backbones.weights_identity`)."""
     if weights_id.startswith("random-"):
         return "random"
     if "imagenet" in weights_id:
@@ -207,7 +230,6 @@ def complete_feature_sets(root: str | os.PathLike[str] | None = None, version: i
     from cbir.workspace import list_feature_sets
 
     del version
-
     table = list_feature_sets(root if root is not None else config.default_collection())
     table = table[table["status"] == "complete"]
     return {feature_set_label(row): str(row["path"]) for _, row in table.iterrows()}
@@ -260,8 +282,14 @@ class IndexConfig:
         """A new, unfitted index."""
         if self.kind == "scan":
             return SequentialScan(self.metric)  # type: ignore[arg-type]
-        return LSHIndex(self.n_tables, self.n_projections, self.bucket_width, metric=self.metric,  # type: ignore[arg-type]
-                        seed=self.seed, probes=self.probes)
+        return LSHIndex(
+            self.n_tables,
+            self.n_projections,
+            self.bucket_width,
+            metric=self.metric,  # type: ignore[arg-type]
+            seed=self.seed,
+            probes=self.probes,
+        )
 
     @property
     def score_name(self) -> str:
@@ -272,8 +300,7 @@ class IndexConfig:
         if self.kind == "scan":
             return f"exact scan ({self.metric})"
         probes = f", probes={self.probes}" if self.probes else ""
-        return (f"LSH g={self.n_tables} h={self.n_projections} w={self.bucket_width:.3g}{probes} "
-                f"({self.metric})")
+        return f"LSH g={self.n_tables} h={self.n_projections} w={self.bucket_width:.3g}{probes} ({self.metric})"
 
 
 def default_width(features: np.ndarray, metric: str = "euclidean") -> float:
@@ -358,8 +385,9 @@ def decode_query(source: bytes | str | os.PathLike[str] | Image.Image) -> QueryI
         source = path.read_bytes()
     data = bytes(source)
     if len(data) > MAX_UPLOAD_BYTES:
-        raise ImageDecodeError(f"the file is too big ({len(data) / 2**20:.1f} MB; the limit is "
-                               f"{MAX_UPLOAD_BYTES / 2**20:.0f} MB)")
+        raise ImageDecodeError(
+            f"the file is too big ({len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MB)"
+        )
     notes: list[str] = []
     try:
         fmt, mode, size, frames, transparent = _probe(data)
@@ -371,8 +399,10 @@ def decode_query(source: bytes | str | os.PathLike[str] | Image.Image) -> QueryI
             data = _reduced_jpeg(data, size)
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageDecodeError(f"the image is corrupt or truncated ({exc})") from exc
-        notes.append(f"This photo is {pixels / 1e6:.0f} megapixels; it was decoded at reduced size for the search "
-                     f"(the model looks at 224×224 pixels anyway).")
+        notes.append(
+            f"This photo is {pixels / 1e6:.0f} megapixels; it was decoded at reduced size for the search "
+            f"(the model looks at 224×224 pixels anyway)."
+        )
     try:
         image = load_image(data)
     except ImageDecodeError as exc:  # load_image names its source; for an upload that is just noise
@@ -380,8 +410,10 @@ def decode_query(source: bytes | str | os.PathLike[str] | Image.Image) -> QueryI
     if mode == "CMYK":
         notes.append("The image is in CMYK (print) colours; it was converted to RGB.")
     elif mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        notes.append(f"The image has {'16' if mode.startswith('I;16') else '32'}-bit greyscale pixels; it was "
-                     "rescaled to 8 bits per channel.")
+        notes.append(
+            f"The image has {'16' if mode.startswith('I;16') else '32'}-bit greyscale pixels; it was "
+            "rescaled to 8 bits per channel."
+        )
     elif mode in ("L", "1", "LA"):
         notes.append("The image is greyscale; it is searched as a grey RGB image.")
     if transparent:
@@ -429,13 +461,18 @@ def extractor_spec(meta: Mapping[str, Any]) -> ExtractorSpec:
         if folder is None or not folder.is_dir():
             continue
         for candidate in sorted(folder.rglob("*")):
-            if candidate.suffix in (".keras", ".h5") and candidate.is_file() and \
-                    weights_identity(str(candidate)) == weights_id:
+            if (
+                candidate.suffix in (".keras", ".h5")
+                and candidate.is_file()
+                and weights_identity(str(candidate)) == weights_id
+            ):
                 return ExtractorSpec(backbone, str(candidate))
     known = resolve_weights(spec, "imagenet")
-    raise EngineError(f"cannot find the weights {weights_id!r} that computed this {backbone} feature set "
-                      f"(looked under {', '.join(str(f) for f in folders if f is not None)}; the ImageNet weights "
-                      f"are {known}). Pick another feature set or re-extract it.")
+    raise EngineError(
+        f"cannot find the weights {weights_id!r} that computed this {backbone} feature set "
+        f"(looked under {', '.join(str(f) for f in folders if f is not None)}; the ImageNet weights "
+        f"are {known}). Pick another feature set or re-extract it."
+    )
 
 
 def make_extractor(spec: ExtractorSpec, warm_up: bool = True) -> FeatureExtractor:
@@ -471,8 +508,9 @@ class SearchEngine:
     from the feature set's meta (:func:`extractor_spec`). Fitted indexes are kept per :class:`IndexConfig`.
     """
 
-    def __init__(self, feature_set: FeatureSet, extractor: FeatureExtractor | None = None,
-                 max_indexes: int = 8) -> None:
+    def __init__(
+        self, feature_set: FeatureSet, extractor: FeatureExtractor | None = None, max_indexes: int = 8
+    ) -> None:
         if len(feature_set.features) == 0:
             raise EngineError("the feature set is empty")
         self.feature_set = feature_set
@@ -482,8 +520,10 @@ class SearchEngine:
         meta_id = feature_set.meta.get("weights_id")
         self.warning: str | None = None
         if extractor is not None and meta_id is not None and extractor.weights_id != meta_id:
-            self.warning = (f"The query is embedded with weights {extractor.weights_id} but the collection's "
-                            f"features were computed with {meta_id}; results may be off.")
+            self.warning = (
+                f"The query is embedded with weights {extractor.weights_id} but the collection's "
+                f"features were computed with {meta_id}; results may be off."
+            )
 
     @property
     def extractor(self) -> FeatureExtractor:
@@ -507,8 +547,12 @@ class SearchEngine:
         """(1, dim) float32 features of one RGB image."""
         return self.extractor.transform([image])
 
-    def query(self, source: bytes | str | os.PathLike[str] | Image.Image | QueryImage,
-              config: IndexConfig = IndexConfig(), k: int = DEFAULT_K) -> SearchResult:
+    def query(
+        self,
+        source: bytes | str | os.PathLike[str] | Image.Image | QueryImage,
+        config: IndexConfig = IndexConfig(),
+        k: int = DEFAULT_K,
+    ) -> SearchResult:
         """Decode (see :func:`decode_query`), embed and search; raises ``ImageDecodeError`` for bad input."""
         query = source if isinstance(source, QueryImage) else decode_query(source)
         started = time.perf_counter()
@@ -529,20 +573,29 @@ class SearchEngine:
         found = ids[0] >= 0
         rows = ids[0][found]
         catalog = self.feature_set.catalog.iloc[rows]
-        results = pd.DataFrame({
-            "rank": np.arange(1, len(rows) + 1),
-            "id": rows,
-            "path": catalog["path"].to_numpy(),
-            "relpath": catalog["relpath"].to_numpy(),
-            "label": catalog["label"].fillna("(distractor)").to_numpy(),
-            "role": catalog["role"].to_numpy(),
-            "score": scores[0][found].astype(np.float64),
-        })
+        results = pd.DataFrame(
+            {
+                "rank": np.arange(1, len(rows) + 1),
+                "id": rows,
+                "path": catalog["path"].to_numpy(),
+                "relpath": catalog["relpath"].to_numpy(),
+                "label": catalog["label"].fillna("(distractor)").to_numpy(),
+                "role": catalog["role"].to_numpy(),
+                "score": scores[0][found].astype(np.float64),
+            }
+        )
         n_visited = int(visited[0])
-        return SearchResult(results=results, score_name=config.score_name, seconds=search_seconds,
-                            embed_seconds=0.0, search_seconds=search_seconds, visited=n_visited,
-                            visited_fraction=n_visited / self.n_objects, n_objects=self.n_objects,
-                            index_label=config.label)
+        return SearchResult(
+            results=results,
+            score_name=config.score_name,
+            seconds=search_seconds,
+            embed_seconds=0.0,
+            search_seconds=search_seconds,
+            visited=n_visited,
+            visited_fraction=n_visited / self.n_objects,
+            n_objects=self.n_objects,
+            index_label=config.label,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -557,8 +610,13 @@ def evaluation_split(feature_set: FeatureSet, with_distractors: bool = True) -> 
     return split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors)
 
 
-def evaluate_config(feature_set: FeatureSet, config: IndexConfig, k: int = DEFAULT_K,
-                    with_distractors: bool = True, split: Any | None = None) -> Any:
+def evaluate_config(
+    feature_set: FeatureSet,
+    config: IndexConfig,
+    k: int = DEFAULT_K,
+    with_distractors: bool = True,
+    split: Any | None = None,
+) -> Any:
     """Fit the index of ``config`` on the index split and run every validation query: an
     :class:`cbir.evaluation.EvaluationResult` (mAP@k, per-class mAP, visited objects, latency)."""
     from cbir.evaluation import evaluate_split
@@ -576,12 +634,19 @@ def default_grid(features: np.ndarray, metric: str = "euclidean") -> dict[str, l
     """A modest background sweep: g ∈ {1, 2, 4, 7, 10}, h ∈ {1, 2, 4, 8}, w ∈ {½, 1, 2} × the default width
     (so the tuning page's default setting g=7, h=2, default w is one of its points)."""
     width = default_width(features, metric)
-    return {"n_tables": [1, 2, 4, 7, 10], "n_projections": [1, 2, 4, 8],
-            "bucket_width": [_round_sig(width * f) for f in (0.5, 1.0, 2.0)]}
+    return {
+        "n_tables": [1, 2, 4, 7, 10],
+        "n_projections": [1, 2, 4, 8],
+        "bucket_width": [_round_sig(width * f) for f in (0.5, 1.0, 2.0)],
+    }
 
 
-def sweep_configs(feature_set: FeatureSet, metric: str = "euclidean",
-                  grid: Mapping[str, Sequence[float]] | None = None, probes: Sequence[int] = (0,)) -> list[IndexConfig]:
+def sweep_configs(
+    feature_set: FeatureSet,
+    metric: str = "euclidean",
+    grid: Mapping[str, Sequence[float]] | None = None,
+    probes: Sequence[int] = (0,),
+) -> list[IndexConfig]:
     """The exact scan then one LSH config per point of ``grid`` (default :func:`default_grid`) × ``probes``."""
     grid = grid if grid is not None else default_grid(searchable_features(feature_set), metric)
     configs = [IndexConfig("scan", metric)]
@@ -599,23 +664,38 @@ def sweep_table(configs: Sequence[IndexConfig], results: Sequence[Any]) -> pd.Da
     rows = []
     for config_, result in zip(configs, results, strict=True):
         lsh = config_.kind == "lsh"
-        rows.append({"index": config_.kind, "n_tables": config_.n_tables if lsh else np.nan,
-                     "n_projections": config_.n_projections if lsh else np.nan,
-                     "bucket_width": config_.bucket_width if lsh else np.nan,
-                     "probes": config_.probes if lsh else np.nan,
-                     "metric": config_.metric, "map": result.map, "mean_score": result.mean_score,
-                     "mean_visited": result.mean_visited, "visited_fraction": result.visited_fraction,
-                     "fit_seconds": result.fit_seconds, "search_seconds": result.search_seconds,
-                     "query_ms": result.query_ms})
+        rows.append(
+            {
+                "index": config_.kind,
+                "n_tables": config_.n_tables if lsh else np.nan,
+                "n_projections": config_.n_projections if lsh else np.nan,
+                "bucket_width": config_.bucket_width if lsh else np.nan,
+                "probes": config_.probes if lsh else np.nan,
+                "metric": config_.metric,
+                "map": result.map,
+                "mean_score": result.mean_score,
+                "mean_visited": result.mean_visited,
+                "visited_fraction": result.visited_fraction,
+                "fit_seconds": result.fit_seconds,
+                "search_seconds": result.search_seconds,
+                "query_ms": result.query_ms,
+            }
+        )
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     table["pareto"] = pareto_frontier(table) if len(table) else pd.Series(dtype=bool)
     table["label"] = [config_.label for config_ in configs]
     return table
 
 
-def run_sweep(feature_set: FeatureSet, metric: str = "euclidean", grid: Mapping[str, Sequence[float]] | None = None,
-              k: int = DEFAULT_K, with_distractors: bool = True, probes: Sequence[int] = (0,),
-              progress: Progress | None = None) -> pd.DataFrame:
+def run_sweep(
+    feature_set: FeatureSet,
+    metric: str = "euclidean",
+    grid: Mapping[str, Sequence[float]] | None = None,
+    k: int = DEFAULT_K,
+    with_distractors: bool = True,
+    probes: Sequence[int] = (0,),
+    progress: Progress | None = None,
+) -> pd.DataFrame:
     """Evaluate the exact scan and every LSH configuration of ``grid`` (see :func:`sweep_configs`)."""
     configs = sweep_configs(feature_set, metric, grid, probes)
     split = evaluation_split(feature_set, with_distractors)
@@ -627,8 +707,9 @@ def run_sweep(feature_set: FeatureSet, metric: str = "euclidean", grid: Mapping[
     return sweep_table(configs, results)
 
 
-def recommended_config(sweep: pd.DataFrame, n_indexed: int,
-                       budget_fraction: float = RECOMMEND_BUDGET_FRACTION) -> IndexConfig | None:
+def recommended_config(
+    sweep: pd.DataFrame, n_indexed: int, budget_fraction: float = RECOMMEND_BUDGET_FRACTION
+) -> IndexConfig | None:
     """The best-mAP LSH configuration of a sweep visiting at most ``budget_fraction`` of the indexed objects;
     ``None`` when none fits."""
     from cbir.evaluation import recommend
@@ -638,24 +719,49 @@ def recommended_config(sweep: pd.DataFrame, n_indexed: int,
         best = recommend(lsh, budget_fraction * n_indexed)
     except ValueError:
         return None
-    return IndexConfig("lsh", str(best["metric"]), int(best["n_tables"]), int(best["n_projections"]),
-                       float(best["bucket_width"]), int(best["probes"]))
+    return IndexConfig(
+        "lsh",
+        str(best["metric"]),
+        int(best["n_tables"]),
+        int(best["n_projections"]),
+        float(best["bucket_width"]),
+        int(best["probes"]),
+    )
 
 
 def result_metrics(result: Any) -> dict[str, float]:
     """The headline numbers of an evaluation (what the tuning page shows as metrics)."""
-    return {"map": float(result.map), "mean_visited": float(result.mean_visited),
-            "visited_fraction": float(result.visited_fraction), "query_ms": float(result.query_ms),
-            "fit_seconds": float(result.fit_seconds), "mean_score": float(result.mean_score)}
+    return {
+        "map": float(result.map),
+        "mean_visited": float(result.mean_visited),
+        "visited_fraction": float(result.visited_fraction),
+        "query_ms": float(result.query_ms),
+        "fit_seconds": float(result.fit_seconds),
+        "mean_score": float(result.mean_score),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Model comparison
 # ----------------------------------------------------------------------------------------------------------
 
-COMPARISON_COLUMNS = ["feature_set", "backbone", "weights", "index", "config", "metric", "distractors", "map",
-                      "mean_score", "score_name", "mean_visited", "visited_fraction", "n_indexed", "n_queries",
-                      "query_ms"]
+COMPARISON_COLUMNS = [
+    "feature_set",
+    "backbone",
+    "weights",
+    "index",
+    "config",
+    "metric",
+    "distractors",
+    "map",
+    "mean_score",
+    "score_name",
+    "mean_visited",
+    "visited_fraction",
+    "n_indexed",
+    "n_queries",
+    "query_ms",
+]
 
 
 @dataclass(frozen=True)
@@ -678,8 +784,9 @@ class Comparison:
     per_class: pd.DataFrame
 
 
-def comparison_jobs(items: Sequence[tuple[str, str, int, Sequence[IndexConfig]]],
-                    distractor_settings: Sequence[bool] = (True, False)) -> list[ComparisonJob]:
+def comparison_jobs(
+    items: Sequence[tuple[str, str, int, Sequence[IndexConfig]]], distractor_settings: Sequence[bool] = (True, False)
+) -> list[ComparisonJob]:
     """Jobs for ``(label, path, version, configs)`` items × distractor settings; "without distractors" is skipped
     for a collection that has none (it would index the same objects as "with")."""
     jobs = []
@@ -700,20 +807,34 @@ def comparison_table(jobs: Sequence[ComparisonJob], results: Sequence[Any]) -> C
         meta = load_feature_set(job.path, job.version).meta
         index_name = "exact scan" if job.config.kind == "scan" else "LSH"
         distractors = "with" if job.with_distractors else "without"
-        rows.append({"feature_set": job.label, "backbone": meta.get("backbone"),
-                     "weights": weights_kind(str(meta.get("weights_id", ""))), "index": index_name,
-                     "config": job.config.label, "metric": job.config.metric, "distractors": distractors,
-                     "map": result.map, "mean_score": result.mean_score, "score_name": result.score_name,
-                     "mean_visited": result.mean_visited, "visited_fraction": result.visited_fraction,
-                     "n_indexed": result.n_indexed, "n_queries": result.n_queries, "query_ms": result.query_ms})
+        rows.append(
+            {
+                "feature_set": job.label,
+                "backbone": meta.get("backbone"),
+                "weights": weights_kind(str(meta.get("weights_id", ""))),
+                "index": index_name,
+                "config": job.config.label,
+                "metric": job.config.metric,
+                "distractors": distractors,
+                "map": result.map,
+                "mean_score": result.mean_score,
+                "score_name": result.score_name,
+                "mean_visited": result.mean_visited,
+                "visited_fraction": result.visited_fraction,
+                "n_indexed": result.n_indexed,
+                "n_queries": result.n_queries,
+                "query_ms": result.query_ms,
+            }
+        )
         per_class.append(result.per_class.assign(feature_set=job.label, index=index_name, distractors=distractors))
     columns = ["feature_set", "index", "distractors", "class", "n_queries", "map"]
     per_class_table = pd.concat(per_class, ignore_index=True)[columns] if per_class else pd.DataFrame(columns=columns)
     return Comparison(table=pd.DataFrame(rows, columns=COMPARISON_COLUMNS), per_class=per_class_table)
 
 
-def comparison_configs(feature_set: FeatureSet, metric: str = "euclidean",
-                       sweep: pd.DataFrame | None = None) -> list[IndexConfig]:
+def comparison_configs(
+    feature_set: FeatureSet, metric: str = "euclidean", sweep: pd.DataFrame | None = None
+) -> list[IndexConfig]:
     """Exact scan plus LSH at the configuration recommended by ``sweep`` (when given and one fits the budget),
     else at :func:`default_lsh_config`."""
     lsh = None
@@ -722,8 +843,12 @@ def comparison_configs(feature_set: FeatureSet, metric: str = "euclidean",
     return [IndexConfig("scan", metric), lsh or default_lsh_config(searchable_features(feature_set), metric)]
 
 
-def compare(items: Sequence[tuple[str, str, int, Sequence[IndexConfig]]], k: int = DEFAULT_K,
-            distractor_settings: Sequence[bool] = (True, False), progress: Progress | None = None) -> Comparison:
+def compare(
+    items: Sequence[tuple[str, str, int, Sequence[IndexConfig]]],
+    k: int = DEFAULT_K,
+    distractor_settings: Sequence[bool] = (True, False),
+    progress: Progress | None = None,
+) -> Comparison:
     """Evaluate every :func:`comparison_jobs` job (the pages do the same through a cached evaluation)."""
     jobs = comparison_jobs(items, distractor_settings)
     results = []
@@ -747,8 +872,10 @@ def distance_analysis(feature_set: FeatureSet, n_pairs: int = 20000, max_samples
     on the index split like the paper's training-set analysis."""
     rows = feature_set.roles == "index"
     features = feature_set.features[rows]
-    return DistanceAnalysis(table=distance_table(features, feature_set.labels[rows], max_samples=max_samples),
-                            sample=pairwise_distance_sample(features, n_pairs=n_pairs))
+    return DistanceAnalysis(
+        table=distance_table(features, feature_set.labels[rows], max_samples=max_samples),
+        sample=pairwise_distance_sample(features, n_pairs=n_pairs),
+    )
 
 
 def distance_summary(analyses: Mapping[str, DistanceAnalysis]) -> pd.DataFrame:
@@ -772,8 +899,9 @@ def search_engine_for(path: str, version: int, _extractor: FeatureExtractor | No
     return SearchEngine(load_feature_set(path, version), _extractor)
 
 
-def evaluate_for(path: str, version: int, config: IndexConfig, with_distractors: bool = True,
-                 k: int = DEFAULT_K) -> Any:
+def evaluate_for(
+    path: str, version: int, config: IndexConfig, with_distractors: bool = True, k: int = DEFAULT_K
+) -> Any:
     """:func:`evaluate_config` of the feature set at ``path``."""
     return evaluate_config(load_feature_set(path, version), config, k, with_distractors)
 
@@ -783,8 +911,9 @@ def sweep_configs_for(path: str, version: int, metric: str = "euclidean") -> lis
     return sweep_configs(load_feature_set(path, version), metric)
 
 
-def comparison_configs_for(path: str, version: int, metric: str = "euclidean",
-                           sweep: pd.DataFrame | None = None) -> list[IndexConfig]:
+def comparison_configs_for(
+    path: str, version: int, metric: str = "euclidean", sweep: pd.DataFrame | None = None
+) -> list[IndexConfig]:
     """:func:`comparison_configs` of the feature set at ``path``."""
     return comparison_configs(load_feature_set(path, version), metric, sweep)
 
@@ -808,8 +937,14 @@ def fig_collection_counts(counts_long: pd.DataFrame) -> Any:
     """Grouped bars: images per class and role."""
     import plotly.express as px
 
-    fig = px.bar(counts_long, x="class", y="images", color="role", barmode="group",
-                 title="Images per class and role (index = training split, query = validation split)")
+    fig = px.bar(
+        counts_long,
+        x="class",
+        y="images",
+        color="role",
+        barmode="group",
+        title="Images per class and role (index = training split, query = validation split)",
+    )
     fig.update_layout(xaxis_tickangle=-35, legend_title_text="", margin={"t": 50, "b": 10})
     return fig
 
@@ -819,12 +954,26 @@ def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) ->
     one facet per distractor setting."""
     import plotly.express as px
 
-    labels = {"map": "mAP@10", "mean_visited": "visited objects / query", "visited_fraction": "share visited",
-              "mean_score": "mean " + (str(table["score_name"].iloc[0]) if len(table) else "score"),
-              "query_ms": "ms / query", "feature_set": "feature set"}
-    fig = px.bar(table, x="feature_set", y=value, color="index", barmode="group", facet_col="distractors",
-                 title=title or labels.get(value, value), labels=labels, text_auto=".3g",
-                 category_orders={"distractors": ["with", "without"]})
+    labels = {
+        "map": "mAP@10",
+        "mean_visited": "visited objects / query",
+        "visited_fraction": "share visited",
+        "mean_score": "mean " + (str(table["score_name"].iloc[0]) if len(table) else "score"),
+        "query_ms": "ms / query",
+        "feature_set": "feature set",
+    }
+    fig = px.bar(
+        table,
+        x="feature_set",
+        y=value,
+        color="index",
+        barmode="group",
+        facet_col="distractors",
+        title=title or labels.get(value, value),
+        labels=labels,
+        text_auto=".3g",
+        category_orders={"distractors": ["with", "without"]},
+    )
     fig.update_layout(legend_title_text="", margin={"t": 60, "b": 10})
     return fig
 
@@ -834,9 +983,17 @@ def fig_comparison_per_class(per_class: pd.DataFrame, distractors: str = "with")
     import plotly.express as px
 
     frame = per_class[per_class["distractors"] == distractors].assign(
-        setting=lambda df: df["feature_set"] + " — " + df["index"])
-    fig = px.bar(frame, x="class", y="map", color="setting", barmode="group",
-                 title=f"Per-class mAP@10 ({distractors} distractors)", labels={"map": "mAP@10", "setting": ""})
+        setting=lambda df: df["feature_set"] + " — " + df["index"]
+    )
+    fig = px.bar(
+        frame,
+        x="class",
+        y="map",
+        color="setting",
+        barmode="group",
+        title=f"Per-class mAP@10 ({distractors} distractors)",
+        labels={"map": "mAP@10", "setting": ""},
+    )
     fig.update_layout(xaxis_tickangle=-35, yaxis_range=[0, 1], margin={"t": 50, "b": 10})
     return fig
 
@@ -849,9 +1006,14 @@ def fig_distance_histograms(samples: Mapping[str, pd.DataFrame], column: str = "
     for name, sample in samples.items():
         fig.add_trace(go.Histogram(x=sample[column], name=name, opacity=0.6, nbinsx=60, histnorm="probability"))
     title = "Euclidean distance" if column == "euclidean" else "Cosine similarity"
-    fig.update_layout(barmode="overlay", title=f"{title} between random pairs of index images",
-                      xaxis_title=title.lower(), yaxis_title="share of pairs", legend_title_text="",
-                      margin={"t": 50, "b": 10})
+    fig.update_layout(
+        barmode="overlay",
+        title=f"{title} between random pairs of index images",
+        xaxis_title=title.lower(),
+        yaxis_title="share of pairs",
+        legend_title_text="",
+        margin={"t": 50, "b": 10},
+    )
     return fig
 
 
@@ -864,22 +1026,61 @@ def fig_map_vs_visited(sweep_table: pd.DataFrame, current: Mapping[str, Any] | N
     frontier = sweep_table[sweep_table["pareto"] & (sweep_table["index"] == "lsh")].sort_values("mean_visited")
     hover = "%{text}<br>visited %{x:.1f}<br>mAP %{y:.3f}<extra></extra>"
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=lsh["mean_visited"], y=lsh["map"], mode="markers", name="sweep settings",
-                             text=lsh["label"], hovertemplate=hover, marker={"color": "#9aa5b1", "size": 8}))
-    fig.add_trace(go.Scatter(x=frontier["mean_visited"], y=frontier["map"], mode="lines+markers",
-                             name="Pareto frontier", text=frontier["label"], hovertemplate=hover,
-                             line={"color": "#1f77b4", "shape": "hv"}))
+    fig.add_trace(
+        go.Scatter(
+            x=lsh["mean_visited"],
+            y=lsh["map"],
+            mode="markers",
+            name="sweep settings",
+            text=lsh["label"],
+            hovertemplate=hover,
+            marker={"color": "#9aa5b1", "size": 8},
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=frontier["mean_visited"],
+            y=frontier["map"],
+            mode="lines+markers",
+            name="Pareto frontier",
+            text=frontier["label"],
+            hovertemplate=hover,
+            line={"color": "#1f77b4", "shape": "hv"},
+        )
+    )
     scan = sweep_table[sweep_table["index"] == "scan"]
     if len(scan):
-        fig.add_trace(go.Scatter(x=scan["mean_visited"], y=scan["map"], mode="markers", name="exact scan",
-                                 text=scan["label"], hovertemplate=hover,
-                                 marker={"symbol": "square", "size": 12, "color": "#2ca02c"}))
+        fig.add_trace(
+            go.Scatter(
+                x=scan["mean_visited"],
+                y=scan["map"],
+                mode="markers",
+                name="exact scan",
+                text=scan["label"],
+                hovertemplate=hover,
+                marker={"symbol": "square", "size": 12, "color": "#2ca02c"},
+            )
+        )
     if current is not None:
-        fig.add_trace(go.Scatter(x=[current["mean_visited"]], y=[current["map"]], mode="markers",
-                                 name="current setting", text=[current.get("label", "current")],
-                                 hovertemplate=hover, marker={"symbol": "star", "size": 20, "color": "#d62728"}))
-    fig.update_layout(title="mAP@10 vs objects visited per query", xaxis_title="objects visited per query (log)",
-                      yaxis_title="mAP@10", xaxis_type="log", margin={"t": 50, "b": 10}, legend_title_text="")
+        fig.add_trace(
+            go.Scatter(
+                x=[current["mean_visited"]],
+                y=[current["map"]],
+                mode="markers",
+                name="current setting",
+                text=[current.get("label", "current")],
+                hovertemplate=hover,
+                marker={"symbol": "star", "size": 20, "color": "#d62728"},
+            )
+        )
+    fig.update_layout(
+        title="mAP@10 vs objects visited per query",
+        xaxis_title="objects visited per query (log)",
+        yaxis_title="mAP@10",
+        xaxis_type="log",
+        margin={"t": 50, "b": 10},
+        legend_title_text="",
+    )
     return fig
 
 
@@ -891,8 +1092,16 @@ def fig_per_class(per_class: pd.DataFrame, reference: pd.DataFrame | None = None
     if reference is not None:
         frames.append(reference.assign(index="exact scan"))
     frame = pd.concat(frames, ignore_index=True)
-    fig = px.bar(frame, x="class", y="map", color="index", barmode="group", labels={"map": "mAP@10", "index": ""},
-                 hover_data=["n_queries"], color_discrete_map={"current setting": "#d62728", "exact scan": "#2ca02c"})
+    fig = px.bar(
+        frame,
+        x="class",
+        y="map",
+        color="index",
+        barmode="group",
+        labels={"map": "mAP@10", "index": ""},
+        hover_data=["n_queries"],
+        color_discrete_map={"current setting": "#d62728", "exact scan": "#2ca02c"},
+    )
     fig.update_layout(xaxis_tickangle=-35, yaxis_range=[0, 1], margin={"t": 20, "b": 10})
     return fig
 
@@ -920,8 +1129,13 @@ def fig_trends(sweep_table: pd.DataFrame) -> list[Any]:
     return [
         px.line(by_h.sort_values("h"), x="h", y="map", color="g", title=f"mAP@10 vs h (w = {w_mid:.3g})", **common),
         px.line(by_g, x="g", y=["map"], title=f"mAP@10 vs g (h = {h_mid}, w = {w_mid:.3g})", **common),
-        px.line(by_g, x="g", y="mean_visited", title=f"Visited objects vs g (h = {h_mid}, w = {w_mid:.3g})",
-                **common),
-        px.line(by_w.sort_values("bucket_width"), x="bucket_width", y="map", color="g",
-                title=f"mAP@10 vs w (h = {h_mid})", **common),
+        px.line(by_g, x="g", y="mean_visited", title=f"Visited objects vs g (h = {h_mid}, w = {w_mid:.3g})", **common),
+        px.line(
+            by_w.sort_values("bucket_width"),
+            x="bucket_width",
+            y="map",
+            color="g",
+            title=f"mAP@10 vs w (h = {h_mid})",
+            **common,
+        ),
     ]

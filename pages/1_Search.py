@@ -17,12 +17,13 @@ GRID_COLUMNS = 5
 feature_sets = st.cache_data(ttl=60, show_spinner=False)(engine.complete_feature_sets)
 lsh_defaults = st.cache_data(show_spinner=False)(engine.lsh_defaults_for)
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(engine.make_extractor)
-search_engine = st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)(
-    engine.search_engine_for)
+search_engine = st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)(engine.search_engine_for)
 
 st.title("🔎 Search by image")
-st.caption("Drop an image (or take a photo, or pick one from the collection): the ten most similar images of the "
-           "collection are shown, with the time the query took and how many images the index compared.")
+st.caption(
+    "Drop an image (or take a photo, or pick one from the collection): the ten most similar images of the "
+    "collection are shown, with the time the query took and how many images the index compared."
+)
 
 choices = feature_sets(str(config.default_collection()), engine.workspace_version())
 picked = engine.pick_feature_set(choices, st.session_state.get(FEATURE_SET_KEY))
@@ -46,17 +47,29 @@ if search.warning:
 query_col, index_col = st.columns([3, 2], gap="large")
 with index_col:
     st.markdown("**Index**")
-    kind = st.radio("Index", ["Exact scan", "LSH"], horizontal=True, label_visibility="collapsed",
-                    key="search-kind",
-                    help="The exact scan compares the query with every image; LSH only with those in its buckets.")
+    kind = st.radio(
+        "Index",
+        ["Exact scan", "LSH"],
+        horizontal=True,
+        label_visibility="collapsed",
+        key="search-kind",
+        help="The exact scan compares the query with every image; LSH only with those in its buckets.",
+    )
     metric = st.selectbox("Metric", engine.METRICS, key="search-metric", format_func=engine.METRIC_NAMES.get)
     if kind == "LSH":
         defaults = lsh_defaults(path, version, metric)
         low, high, step = engine.width_range(defaults.bucket_width)
         g = st.slider("g — hash tables", 1, 20, defaults.n_tables, key="search-g")
         h = st.slider("h — projections per table", 1, 16, defaults.n_projections, key="search-h")
-        w = st.slider("w — bucket width", low, high, defaults.bucket_width, step, key=f"search-w-{path}-{metric}",
-                      help=f"Default {defaults.bucket_width:g}: a quarter of the median distance between images.")
+        w = st.slider(
+            "w — bucket width",
+            low,
+            high,
+            defaults.bucket_width,
+            step,
+            key=f"search-w-{path}-{metric}",
+            help=f"Default {defaults.bucket_width:g}: a quarter of the median distance between images.",
+        )
         probes = st.slider("probes — extra buckets per table", 0, 20, 0, key="search-probes")
         index_config = engine.IndexConfig("lsh", metric, g, h, w, probes)
     else:
@@ -67,9 +80,12 @@ with query_col:
     query_bytes: bytes | None = None
     query_name = ""
     if source == SOURCES[0]:
-        upload = st.file_uploader("Drag and drop an image", key="search-upload",
-                                  type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
-                                  help="JPEG, PNG, WebP, BMP, GIF or TIFF, up to 20 MB")
+        upload = st.file_uploader(
+            "Drag and drop an image",
+            key="search-upload",
+            type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
+            help="JPEG, PNG, WebP, BMP, GIF or TIFF, up to 20 MB",
+        )
         if upload is not None:
             query_bytes, query_name = upload.getvalue(), upload.name
     elif source == SOURCES[1]:
@@ -78,8 +94,13 @@ with query_col:
             query_bytes, query_name = photo.getvalue(), "camera photo"
     else:
         relpaths = feature_set.catalog["relpath"].tolist()
-        chosen = st.selectbox("or pick an image from the collection", relpaths, index=None, key="search-pick",
-                              placeholder="Type to filter, e.g. animals/…")
+        chosen = st.selectbox(
+            "or pick an image from the collection",
+            relpaths,
+            index=None,
+            key="search-pick",
+            placeholder="Type to filter, e.g. animals/…",
+        )
         if chosen is not None:
             query_name = chosen
             query_bytes = Path(feature_set.catalog["path"].iloc[relpaths.index(chosen)]).read_bytes()
@@ -102,12 +123,18 @@ with st.spinner("Searching…"):
 st.divider()
 left, right = st.columns([1, 4], gap="large")
 with left:
-    st.image(thumbnail(query.image, 512), width="stretch",
-             caption=f"Query: {query_name} ({query.original_size[0]}×{query.original_size[1]})")
+    st.image(
+        thumbnail(query.image, 512),
+        width="stretch",
+        caption=f"Query: {query_name} ({query.original_size[0]}×{query.original_size[1]})",
+    )
 with right:
     m = st.columns(4)
-    m[0].metric("Query time", f"{result.seconds * 1000:.0f} ms",
-                help=f"Features {result.embed_seconds * 1000:.0f} ms + search {result.search_seconds * 1000:.1f} ms")
+    m[0].metric(
+        "Query time",
+        f"{result.seconds * 1000:.0f} ms",
+        help=f"Features {result.embed_seconds * 1000:.0f} ms + search {result.search_seconds * 1000:.1f} ms",
+    )
     m[1].metric("Search only", f"{result.search_seconds * 1000:.2f} ms")
     m[2].metric("Objects visited", f"{result.visited:,}", help="Images whose distance to the query was computed")
     m[3].metric("Share of the collection", f"{result.visited_fraction:.1%}", help=f"of {result.n_objects:,} images")
@@ -120,7 +147,7 @@ score_name = result.score_name
 rows = list(result.results.itertuples())
 for start in range(0, len(rows), GRID_COLUMNS):
     cols = st.columns(GRID_COLUMNS)
-    for col, row in zip(cols, rows[start:start + GRID_COLUMNS], strict=False):
+    for col, row in zip(cols, rows[start : start + GRID_COLUMNS], strict=False):
         with col.container(border=True):
             st.image(row.path, width="stretch")
             st.markdown(f"**#{row.rank}** · {row.label}  \n{score_name} {row.score:.3f}")

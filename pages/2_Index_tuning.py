@@ -16,8 +16,10 @@ evaluate = st.cache_data(show_spinner=False, max_entries=1024)(engine.evaluate_f
 sweep_configs = st.cache_data(show_spinner=False)(engine.sweep_configs_for)
 
 st.title("🎛️ Index tuning")
-st.caption("Every change rebuilds the numba E2LSH index on the index split and runs all validation queries "
-           "(role *query*): mAP@10, objects visited per query and latency, against the exact scan.")
+st.caption(
+    "Every change rebuilds the numba E2LSH index on the index split and runs all validation queries "
+    "(role *query*): mAP@10, objects visited per query and latency, against the exact scan."
+)
 
 choices = feature_sets(str(config.default_collection()), engine.workspace_version())
 picked = engine.pick_feature_set(choices, st.session_state.get(FEATURE_SET_KEY))
@@ -29,43 +31,74 @@ version = engine.file_version(path)
 
 top = st.columns([2, 2, 3])
 metric = top[0].selectbox("Metric", engine.METRICS, key="tune-metric", format_func=engine.METRIC_NAMES.get)
-with_distractors = top[1].toggle("Index the distractors", value=True, key="tune-distractors",
-                                 help="Unlabelled images are indexed too: they are never relevant, like MIRFlickr "
-                                      "in the paper")
+with_distractors = top[1].toggle(
+    "Index the distractors",
+    value=True,
+    key="tune-distractors",
+    help="Unlabelled images are indexed too: they are never relevant, like MIRFlickr in the paper",
+)
 top[2].caption(f"Feature set: {label}")
 
 defaults = lsh_defaults(path, version, metric)
 low, high, step = engine.width_range(defaults.bucket_width)
 w_key = f"tune-w-{path}-{metric}"
 # defaults go through the session state (not the sliders' value=) so that "Use it" below can move the sliders
-for key, value in {"tune-g": defaults.n_tables, "tune-h": defaults.n_projections, w_key: defaults.bucket_width,
-                   "tune-probes": 0}.items():
+for key, value in {
+    "tune-g": defaults.n_tables,
+    "tune-h": defaults.n_projections,
+    w_key: defaults.bucket_width,
+    "tune-probes": 0,
+}.items():
     st.session_state.setdefault(key, value)
 sliders = st.columns(4)
-g = sliders[0].slider("g — hash tables", 1, 20, key="tune-g",
-                      help="More tables: more candidates, higher recall, more objects visited")
-h = sliders[1].slider("h — projections per table", 1, 16, key="tune-h",
-                      help="More projections: smaller buckets, fewer candidates")
-w = sliders[2].slider("w — bucket width", low, high, step=step, key=w_key,
-                      help=f"Default {defaults.bucket_width:g}: a quarter of the median distance between images")
-probes = sliders[3].slider("probes — extra buckets per table", 0, 20, key="tune-probes",
-                           help="Multi-probe LSH: also visit the nearest neighbouring buckets of each table")
+g = sliders[0].slider(
+    "g — hash tables", 1, 20, key="tune-g", help="More tables: more candidates, higher recall, more objects visited"
+)
+h = sliders[1].slider(
+    "h — projections per table", 1, 16, key="tune-h", help="More projections: smaller buckets, fewer candidates"
+)
+w = sliders[2].slider(
+    "w — bucket width",
+    low,
+    high,
+    step=step,
+    key=w_key,
+    help=f"Default {defaults.bucket_width:g}: a quarter of the median distance between images",
+)
+probes = sliders[3].slider(
+    "probes — extra buckets per table",
+    0,
+    20,
+    key="tune-probes",
+    help="Multi-probe LSH: also visit the nearest neighbouring buckets of each table",
+)
 
 current = engine.IndexConfig("lsh", metric, g, h, w, probes)
 result = evaluate(path, version, current, with_distractors)
 scan = evaluate(path, version, engine.IndexConfig("scan", metric), with_distractors)
 
 m = st.columns(5)
-m[0].metric("mAP@10", f"{result.map:.3f}", f"{result.map - scan.map:+.3f} vs exact scan",
-            help=f"Exact scan: {scan.map:.3f}")
-m[1].metric("Objects visited / query", f"{result.mean_visited:,.1f}",
-            f"{result.mean_visited - scan.mean_visited:+,.0f} vs exact scan", delta_color="inverse")
+m[0].metric(
+    "mAP@10", f"{result.map:.3f}", f"{result.map - scan.map:+.3f} vs exact scan", help=f"Exact scan: {scan.map:.3f}"
+)
+m[1].metric(
+    "Objects visited / query",
+    f"{result.mean_visited:,.1f}",
+    f"{result.mean_visited - scan.mean_visited:+,.0f} vs exact scan",
+    delta_color="inverse",
+)
 m[2].metric("Share of the index visited", f"{result.visited_fraction:.1%}")
-m[3].metric("Latency / query", f"{result.query_ms:.3f} ms", f"{result.query_ms - scan.query_ms:+.3f} ms vs scan",
-            delta_color="inverse")
+m[3].metric(
+    "Latency / query",
+    f"{result.query_ms:.3f} ms",
+    f"{result.query_ms - scan.query_ms:+.3f} ms vs scan",
+    delta_color="inverse",
+)
 m[4].metric("Index build", f"{result.fit_seconds * 1000:.0f} ms")
-st.caption(f"{result.n_queries:,} validation queries against {result.n_indexed:,} indexed images · "
-           f"mean {result.score_name} of the results {result.mean_score:.3f} (scan {scan.mean_score:.3f})")
+st.caption(
+    f"{result.n_queries:,} validation queries against {result.n_indexed:,} indexed images · "
+    f"mean {result.score_name} of the results {result.mean_score:.3f} (scan {scan.mean_score:.3f})"
+)
 
 st.subheader("Where this setting sits")
 # The background sweep goes through the same cached evaluation as the sliders: computed once, and moving a slider
@@ -78,8 +111,9 @@ for done, config_ in enumerate(configs, start=1):
     bar.progress(done / len(configs), text=f"Background sweep: {done} / {len(configs)} settings")
 bar.empty()
 table = engine.sweep_table(configs, results)
-st.plotly_chart(engine.fig_map_vs_visited(table, engine.result_metrics(result) | {"label": current.label}),
-                width="stretch")
+st.plotly_chart(
+    engine.fig_map_vs_visited(table, engine.result_metrics(result) | {"label": current.label}), width="stretch"
+)
 recommended = engine.recommended_config(table, result.n_indexed)
 
 
@@ -93,8 +127,10 @@ def use_recommended() -> None:
 
 if recommended is not None:
     left, right = st.columns([3, 1])
-    left.info(f"Best mAP among the sweep settings that visit at most "
-              f"{engine.RECOMMEND_BUDGET_FRACTION:.0%} of the index: **{recommended.label}**")
+    left.info(
+        f"Best mAP among the sweep settings that visit at most "
+        f"{engine.RECOMMEND_BUDGET_FRACTION:.0%} of the index: **{recommended.label}**"
+    )
     right.button("Use it", on_click=use_recommended, key="tune-use-recommended")
 with st.expander("Sweep table (Pareto-optimal settings first)"):
     st.dataframe(table.sort_values(["pareto", "map"], ascending=[False, False]), width="stretch", hide_index=True)

@@ -15,8 +15,10 @@ comparison_configs = st.cache_data(show_spinner=False)(engine.comparison_configs
 distance_analysis = st.cache_data(show_spinner="Sampling pairwise distances…")(engine.distance_analysis_for)
 
 st.title("📊 Model comparison")
-st.caption("Every feature set (backbone × weights: ImageNet feature extraction, fine-tuned when present) searched "
-           "with the exact scan and with LSH, with and without the distractors, on the validation queries.")
+st.caption(
+    "Every feature set (backbone × weights: ImageNet feature extraction, fine-tuned when present) searched "
+    "with the exact scan and with LSH, with and without the distractors, on the validation queries."
+)
 
 choices = feature_sets(str(config.default_collection()), engine.workspace_version())
 if not choices:
@@ -26,9 +28,13 @@ if not choices:
 top = st.columns([3, 1, 1])
 selected = top[0].multiselect("Feature sets", list(choices), default=list(choices), key="compare-sets")
 metric = top[1].selectbox("Metric", engine.METRICS, key="compare-metric", format_func=engine.METRIC_NAMES.get)
-lsh_choice = top[2].radio("LSH setting", ["recommended", "default"], key="compare-lsh",
-                          help="recommended: best mAP of the background sweep visiting at most "
-                               f"{engine.RECOMMEND_BUDGET_FRACTION:.0%} of the index; default: g=7, h=2, data-driven w")
+lsh_choice = top[2].radio(
+    "LSH setting",
+    ["recommended", "default"],
+    key="compare-lsh",
+    help="recommended: best mAP of the background sweep visiting at most "
+    f"{engine.RECOMMEND_BUDGET_FRACTION:.0%} of the index; default: g=7, h=2, data-driven w",
+)
 if not selected:
     st.info("Select at least one feature set.")
     st.stop()
@@ -63,31 +69,40 @@ comparison = engine.comparison_table(jobs, results)
 table = comparison.table
 
 st.subheader("Results")
-st.dataframe(table, width="stretch", hide_index=True,
-             column_config={"map": st.column_config.NumberColumn("mAP@10", format="%.3f"),
-                            "mean_score": st.column_config.NumberColumn("mean score", format="%.3f"),
-                            "mean_visited": st.column_config.NumberColumn("visited / query", format="%.1f"),
-                            "visited_fraction": st.column_config.NumberColumn("share visited", format="percent"),
-                            "query_ms": st.column_config.NumberColumn("ms / query", format="%.3f")})
+st.dataframe(
+    table,
+    width="stretch",
+    hide_index=True,
+    column_config={
+        "map": st.column_config.NumberColumn("mAP@10", format="%.3f"),
+        "mean_score": st.column_config.NumberColumn("mean score", format="%.3f"),
+        "mean_visited": st.column_config.NumberColumn("visited / query", format="%.1f"),
+        "visited_fraction": st.column_config.NumberColumn("share visited", format="percent"),
+        "query_ms": st.column_config.NumberColumn("ms / query", format="%.3f"),
+    },
+)
 st.download_button("Download as CSV", table.to_csv(index=False), "comparison.csv", "text/csv")
 
 score = "mean distance" if metric == "euclidean" else "mean similarity"
 tabs = st.tabs(["mAP@10", "Visited objects", score.capitalize(), "Per-class mAP"])
 tabs[0].plotly_chart(engine.fig_comparison(table, "map", "mAP@10"), width="stretch")
 tabs[1].plotly_chart(engine.fig_comparison(table, "mean_visited", "Objects visited per query"), width="stretch")
-tabs[2].plotly_chart(engine.fig_comparison(table, "mean_score", f"{score.capitalize()} of the top-10"),
-                     width="stretch")
+tabs[2].plotly_chart(engine.fig_comparison(table, "mean_score", f"{score.capitalize()} of the top-10"), width="stretch")
 with tabs[3]:
     setting = st.radio("Distractors", ["with", "without"], horizontal=True, key="compare-per-class")
     st.plotly_chart(engine.fig_comparison_per_class(comparison.per_class, setting), width="stretch")
 
 st.subheader("Distance distributions (Section 4.1)")
-st.caption("Between the index-split images of each feature set: the scale of the distances explains why w must "
-           "be chosen per backbone.")
+st.caption(
+    "Between the index-split images of each feature set: the scale of the distances explains why w must "
+    "be chosen per backbone."
+)
 analyses = {label: distance_analysis(choices[label], engine.file_version(choices[label])) for label in selected}
 hist = st.columns(2)
-hist[0].plotly_chart(engine.fig_distance_histograms({k: a.sample for k, a in analyses.items()}, "euclidean"),
-                     width="stretch")
-hist[1].plotly_chart(engine.fig_distance_histograms({k: a.sample for k, a in analyses.items()}, "cosine"),
-                     width="stretch")
+hist[0].plotly_chart(
+    engine.fig_distance_histograms({k: a.sample for k, a in analyses.items()}, "euclidean"), width="stretch"
+)
+hist[1].plotly_chart(
+    engine.fig_distance_histograms({k: a.sample for k, a in analyses.items()}, "cosine"), width="stretch"
+)
 st.dataframe(engine.distance_summary(analyses), width="stretch", hide_index=True)
