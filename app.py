@@ -14,7 +14,7 @@ from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR
 
 FEATURE_SET_KEY = "feature_set"  # session-state key of the feature set chosen in the sidebar, read by every page
 
-st.set_page_config(page_title="cbir — image search", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="cbir — image search", page_icon=":material/image_search:", layout="wide")
 
 feature_sets = st.cache_data(ttl=60, show_spinner=False)(engine.complete_feature_sets)
 collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection…")(engine.collection_status)
@@ -23,7 +23,7 @@ collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection�
 def home() -> None:
     root = config.default_collection()
     version = engine.workspace_version(root)
-    st.title("🔎 Content-based image retrieval")
+    st.title("Content-based image retrieval")
     st.caption(
         "Deep CNN features + an E2LSH index (numba), after *Web image search engine based on LSH index and "
         "CNN Resnet50*: query by image, tune the index live, compare models."
@@ -136,10 +136,10 @@ def sidebar() -> None:
 
 
 pages = [
-    st.Page(home, title="Home", icon="🏠", default=True),
-    st.Page("pages/1_Search.py", title="Search", icon="🔎"),
-    st.Page("pages/2_Index_tuning.py", title="Index tuning", icon="🎛️"),
-    st.Page("pages/3_Model_comparison.py", title="Model comparison", icon="📊"),
+    st.Page(home, title="Home", icon=":material/home:", default=True),
+    st.Page("pages/1_Search.py", title="Search", icon=":material/image_search:"),
+    st.Page("pages/2_Index_tuning.py", title="Index tuning", icon=":material/tune:"),
+    st.Page("pages/3_Model_comparison.py", title="Model comparison", icon=":material/bar_chart:"),
 ]
 navigation = st.navigation(pages)
 sidebar()

@@ -192,10 +192,15 @@ def build_default(
 
 
 def feature_set_label(row: Mapping[str, Any]) -> str:
-    """A short name for a feature set row of :func:`cbir.workspace.list_feature_sets` (or a meta dict)."""
-    backbone = row.get("backbone")
+    """A short name for a feature set row of :func:`cbir.workspace.list_feature_sets` (or a meta dict):
+    ``"resnet50v2 · ImageNet"``, ``"resnet50v2 · fine-tuned model2-pool"``."""
     weights = str(row.get("weights") or row.get("weights_id") or "?")
-    return f"{backbone} · {weights_kind(weights)} ({weights})"
+    kind = weights_kind(weights)
+    if kind == "fine-tuned":
+        kind = f"fine-tuned {weights.rsplit('-', 1)[0]}"
+    elif kind == "random":
+        kind = weights
+    return f"{row.get('backbone')} · {kind}"
 
 
 def weights_kind(weights_id: str) -> str:
@@ -232,7 +237,13 @@ def complete_feature_sets(root: str | os.PathLike[str] | None = None, version: i
     del version
     table = list_feature_sets(root if root is not None else config.default_collection())
     table = table[table["status"] == "complete"]
-    return {feature_set_label(row): str(row["path"]) for _, row in table.iterrows()}
+    labels = [feature_set_label(row) for _, row in table.iterrows()]
+    # the short label is enough unless two feature sets share it (e.g. extracted with two weights files)
+    labels = [
+        label if labels.count(label) == 1 else f"{label} [{weights}]"
+        for label, weights in zip(labels, table["weights"], strict=True)
+    ]
+    return dict(zip(labels, table["path"].astype(str), strict=True))
 
 
 def load_feature_set(path: str | os.PathLike[str], version: int | None = None) -> FeatureSet:
@@ -421,6 +432,16 @@ def decode_query(source: bytes | str | os.PathLike[str] | Image.Image) -> QueryI
     if frames > 1:
         notes.append(f"The image is animated ({frames} frames); only the first frame is used.")
     return QueryImage(image=image, notes=notes, original_size=size, original_mode=mode, format=fmt)
+
+
+def tile(source: str | os.PathLike[str] | Image.Image, side: int = 256) -> Image.Image:
+    """A ``side``×``side`` RGB tile: the image fitted inside, centred on white, so result grids line up."""
+    image = source if isinstance(source, Image.Image) else load_image(source)
+    fitted = image.convert("RGB")
+    fitted.thumbnail((side, side))
+    canvas = Image.new("RGB", (side, side), "white")
+    canvas.paste(fitted, ((side - fitted.width) // 2, (side - fitted.height) // 2))
+    return canvas
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -943,7 +964,7 @@ def fig_collection_counts(counts_long: pd.DataFrame) -> Any:
         y="images",
         color="role",
         barmode="group",
-        title="Images per class and role (index = training split, query = validation split)",
+        title="Images per class and role",
     )
     fig.update_layout(xaxis_tickangle=-35, legend_title_text="", margin={"t": 50, "b": 10})
     return fig
@@ -962,8 +983,9 @@ def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) ->
         "query_ms": "ms / query",
         "feature_set": "feature set",
     }
+    frame = table.assign(distractors=table["distractors"] + " distractors")
     fig = px.bar(
-        table,
+        frame,
         x="feature_set",
         y=value,
         color="index",
@@ -972,8 +994,9 @@ def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) ->
         title=title or labels.get(value, value),
         labels=labels,
         text_auto=".3g",
-        category_orders={"distractors": ["with", "without"]},
+        category_orders={"distractors": ["with distractors", "without distractors"]},
     )
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     fig.update_layout(legend_title_text="", margin={"t": 60, "b": 10})
     return fig
 
@@ -1008,78 +1031,11 @@ def fig_distance_histograms(samples: Mapping[str, pd.DataFrame], column: str = "
     title = "Euclidean distance" if column == "euclidean" else "Cosine similarity"
     fig.update_layout(
         barmode="overlay",
-        title=f"{title} between random pairs of index images",
+        title=f"{title}, random pairs",
         xaxis_title=title.lower(),
         yaxis_title="share of pairs",
         legend_title_text="",
         margin={"t": 50, "b": 10},
-    )
-    return fig
-
-
-def fig_map_vs_visited(sweep_table: pd.DataFrame, current: Mapping[str, Any] | None = None) -> Any:
-    """mAP vs visited objects of a sweep with its Pareto frontier, the exact scan and the ``current`` setting
-    (a mapping with ``map``, ``mean_visited`` and optionally ``label``)."""
-    import plotly.graph_objects as go
-
-    lsh = sweep_table[sweep_table["index"] == "lsh"]
-    frontier = sweep_table[sweep_table["pareto"] & (sweep_table["index"] == "lsh")].sort_values("mean_visited")
-    hover = "%{text}<br>visited %{x:.1f}<br>mAP %{y:.3f}<extra></extra>"
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=lsh["mean_visited"],
-            y=lsh["map"],
-            mode="markers",
-            name="sweep settings",
-            text=lsh["label"],
-            hovertemplate=hover,
-            marker={"color": "#9aa5b1", "size": 8},
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=frontier["mean_visited"],
-            y=frontier["map"],
-            mode="lines+markers",
-            name="Pareto frontier",
-            text=frontier["label"],
-            hovertemplate=hover,
-            line={"color": "#1f77b4", "shape": "hv"},
-        )
-    )
-    scan = sweep_table[sweep_table["index"] == "scan"]
-    if len(scan):
-        fig.add_trace(
-            go.Scatter(
-                x=scan["mean_visited"],
-                y=scan["map"],
-                mode="markers",
-                name="exact scan",
-                text=scan["label"],
-                hovertemplate=hover,
-                marker={"symbol": "square", "size": 12, "color": "#2ca02c"},
-            )
-        )
-    if current is not None:
-        fig.add_trace(
-            go.Scatter(
-                x=[current["mean_visited"]],
-                y=[current["map"]],
-                mode="markers",
-                name="current setting",
-                text=[current.get("label", "current")],
-                hovertemplate=hover,
-                marker={"symbol": "star", "size": 20, "color": "#d62728"},
-            )
-        )
-    fig.update_layout(
-        title="mAP@10 vs objects visited per query",
-        xaxis_title="objects visited per query (log)",
-        yaxis_title="mAP@10",
-        xaxis_type="log",
-        margin={"t": 50, "b": 10},
-        legend_title_text="",
     )
     return fig
 
@@ -1106,36 +1062,6 @@ def fig_per_class(per_class: pd.DataFrame, reference: pd.DataFrame | None = None
     return fig
 
 
-def fig_trends(sweep_table: pd.DataFrame) -> list[Any]:
-    """The paper's Section 6 views of a sweep: mAP vs h (one line per g), mAP and visited objects vs g, and mAP
-    vs w, each at the middle value of the other parameters present in the sweep."""
-    import plotly.express as px
-
-    lsh = sweep_table[(sweep_table["index"] == "lsh") & (sweep_table["probes"].fillna(0) == 0)].copy()
-    if lsh.empty:
-        return []
-    lsh["g"] = lsh["n_tables"].astype(int)
-    lsh["h"] = lsh["n_projections"].astype(int)
-
-    def middle(column: str) -> float:
-        values = sorted(lsh[column].unique())
-        return values[len(values) // 2]
-
-    w_mid, h_mid = middle("bucket_width"), middle("h")
-    by_h = lsh[lsh["bucket_width"] == w_mid]
-    by_g = lsh[(lsh["bucket_width"] == w_mid) & (lsh["h"] == h_mid)].sort_values("g")
-    by_w = lsh[lsh["h"] == h_mid]
-    common = {"labels": {"map": "mAP@10", "mean_visited": "visited objects", "bucket_width": "w"}, "markers": True}
-    return [
-        px.line(by_h.sort_values("h"), x="h", y="map", color="g", title=f"mAP@10 vs h (w = {w_mid:.3g})", **common),
-        px.line(by_g, x="g", y=["map"], title=f"mAP@10 vs g (h = {h_mid}, w = {w_mid:.3g})", **common),
-        px.line(by_g, x="g", y="mean_visited", title=f"Visited objects vs g (h = {h_mid}, w = {w_mid:.3g})", **common),
-        px.line(
-            by_w.sort_values("bucket_width"),
-            x="bucket_width",
-            y="map",
-            color="g",
-            title=f"mAP@10 vs w (h = {h_mid})",
-            **common,
-        ),
-    ]
+def nearest(values: Sequence[float], target: float) -> float:
+    """The element of ``values`` closest to ``target`` (the sweep grid point nearest to a slider setting)."""
+    return min(values, key=lambda value: abs(float(value) - float(target)))

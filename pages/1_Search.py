@@ -17,9 +17,10 @@ GRID_COLUMNS = 5
 feature_sets = st.cache_data(ttl=60, show_spinner=False)(engine.complete_feature_sets)
 lsh_defaults = st.cache_data(show_spinner=False)(engine.lsh_defaults_for)
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(engine.make_extractor)
+tile = st.cache_data(show_spinner=False, max_entries=2000)(engine.tile)
 search_engine = st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)(engine.search_engine_for)
 
-st.title("🔎 Search by image")
+st.title("Search by image")
 st.caption(
     "Drop an image (or take a photo, or pick one from the collection): the ten most similar images of the "
     "collection are shown, with the time the query took and how many images the index compared."
@@ -149,7 +150,7 @@ for start in range(0, len(rows), GRID_COLUMNS):
     cols = st.columns(GRID_COLUMNS)
     for col, row in zip(cols, rows[start : start + GRID_COLUMNS], strict=False):
         with col.container(border=True):
-            st.image(row.path, width="stretch")
+            st.image(tile(row.path), width="stretch")
             st.markdown(f"**#{row.rank}** · {row.label}  \n{score_name} {row.score:.3f}")
             st.caption(row.relpath)
 with st.expander("Results as a table"):

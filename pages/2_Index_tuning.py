@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cbir import config, engine
+from cbir import config, engine, plots
 
 FEATURE_SET_KEY = "feature_set"
 
@@ -15,7 +15,7 @@ lsh_defaults = st.cache_data(show_spinner=False)(engine.lsh_defaults_for)
 evaluate = st.cache_data(show_spinner=False, max_entries=1024)(engine.evaluate_for)
 sweep_configs = st.cache_data(show_spinner=False)(engine.sweep_configs_for)
 
-st.title("🎛️ Index tuning")
+st.title("Index tuning")
 st.caption(
     "Every change rebuilds the numba E2LSH index on the index split and runs all validation queries "
     "(role *query*): mAP@10, objects visited per query and latency, against the exact scan."
@@ -111,9 +111,7 @@ for done, config_ in enumerate(configs, start=1):
     bar.progress(done / len(configs), text=f"Background sweep: {done} / {len(configs)} settings")
 bar.empty()
 table = engine.sweep_table(configs, results)
-st.plotly_chart(
-    engine.fig_map_vs_visited(table, engine.result_metrics(result) | {"label": current.label}), width="stretch"
-)
+st.plotly_chart(plots.fig_map_vs_visited(table, engine.result_metrics(result)), width="stretch")
 recommended = engine.recommended_config(table, result.n_indexed)
 
 
@@ -138,6 +136,10 @@ with st.expander("Sweep table (Pareto-optimal settings first)"):
 st.subheader("mAP@10 per class")
 st.plotly_chart(engine.fig_per_class(result.per_class, scan.per_class), width="stretch")
 
-with st.expander("Hyper-parameter trends (the paper's Section 6)"):
-    for figure in engine.fig_trends(table):
-        st.plotly_chart(figure, width="stretch")
+with st.expander("Hyper-parameter trends (the paper's Section 6), at the sweep point nearest to the sliders"):
+    lsh_rows = table[table["index"] == "lsh"]
+    st.plotly_chart(plots.fig_map_vs_h(table, g=engine.nearest(lsh_rows["n_tables"].unique(), g)), width="stretch")
+    st.plotly_chart(
+        plots.fig_map_visited_vs_g(table, h=engine.nearest(lsh_rows["n_projections"].unique(), h)), width="stretch"
+    )
+    st.plotly_chart(plots.fig_map_vs_w(table), width="stretch")

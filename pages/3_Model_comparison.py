@@ -14,7 +14,7 @@ sweep_configs = st.cache_data(show_spinner=False)(engine.sweep_configs_for)
 comparison_configs = st.cache_data(show_spinner=False)(engine.comparison_configs_for)
 distance_analysis = st.cache_data(show_spinner="Sampling pairwise distances…")(engine.distance_analysis_for)
 
-st.title("📊 Model comparison")
+st.title("Model comparison")
 st.caption(
     "Every feature set (backbone × weights: ImageNet feature extraction, fine-tuned when present) searched "
     "with the exact scan and with LSH, with and without the distractors, on the validation queries."
@@ -73,7 +73,21 @@ st.dataframe(
     table,
     width="stretch",
     hide_index=True,
+    column_order=[
+        "feature_set",
+        "index",
+        "distractors",
+        "map",
+        "mean_visited",
+        "visited_fraction",
+        "mean_score",
+        "query_ms",
+        "config",
+        "n_indexed",
+        "n_queries",
+    ],
     column_config={
+        "feature_set": "feature set",
         "map": st.column_config.NumberColumn("mAP@10", format="%.3f"),
         "mean_score": st.column_config.NumberColumn("mean score", format="%.3f"),
         "mean_visited": st.column_config.NumberColumn("visited / query", format="%.1f"),
