@@ -116,6 +116,25 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from cbir.report import BUDGET_FRACTION, REPORT_GRID, REPORT_PROBES, WIDTH_MULTIPLIERS, report, to_markdown
+
+    table = report(args.collection, k=args.k)
+    print(
+        f"mAP@{args.k}; LSH: euclidean sweep over g={REPORT_GRID['n_tables']}, h={REPORT_GRID['n_projections']}, "
+        f"w={list(WIDTH_MULTIPLIERS)}× the data-driven width, probes={list(REPORT_PROBES)}; best mAP visiting "
+        f"≤ {BUDGET_FRACTION:.0%} of the indexed objects\n"
+    )
+    print(
+        table.T.to_string(header=False, float_format=lambda v: f"{v:.3f}")
+        if args.transpose
+        else to_markdown(table)
+        if args.markdown
+        else table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cbir", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_feature_selection_args(p)
     p.add_argument("--max-samples", type=int, default=3000)
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("report", help="the README's results table: scan and best LSH mAP per feature set")
+    p.add_argument("--collection", type=Path, default=None, help="collection folder (default: the default)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--transpose", action="store_true", help="one column per feature set")
+    p.set_defaults(func=cmd_report)
 
     _add_optional_commands(sub)
     return parser

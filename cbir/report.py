@@ -1,0 +1,85 @@
+"""The results table of the README: every built feature set × (exact scan, best LSH under a budget).
+
+For each complete feature set of a collection: the exact scan's mAP@k with the euclidean distance and with the
+cosine similarity (with and without distractors, as in the paper's Section 4 tables), then an LSH sweep
+(euclidean) over :data:`REPORT_GRID` whose best configuration visiting at most ``budget_fraction`` of the indexed
+objects per query is reported with its mAP and visited objects. ``python -m cbir report`` prints it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pandas as pd
+
+from cbir.evaluation import default_bucket_width, evaluate, recommend, split_collection, sweep
+from cbir.features import FeatureSet
+from cbir.index import SequentialScan
+from cbir.workspace import list_feature_sets, load_features
+
+REPORT_GRID = {"n_tables": [2, 4, 6, 8, 10], "n_projections": [2, 4, 6, 8]}
+WIDTH_MULTIPLIERS = (0.5, 1.0, 2.0, 4.0)  # × the data-driven default width
+REPORT_PROBES = (0, 4)
+BUDGET_FRACTION = 0.10
+
+
+def feature_set_row(
+    feature_set: FeatureSet,
+    k: int = 10,
+    budget_fraction: float = BUDGET_FRACTION,
+    progress: Callable[[int, int], object] | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    """One results row for ``feature_set`` and the LSH sweep it came from."""
+    x, labels, roles = feature_set.features, feature_set.labels, feature_set.roles
+    row: dict = {"backbone": feature_set.meta["backbone"], "weights": feature_set.meta["weights_id"]}
+    for distractors in (True, False):
+        suffix = "" if distractors else " (no distractors)"
+        for metric in ("euclidean", "cosine"):
+            result = evaluate(SequentialScan(metric), x, labels, roles, k=k, with_distractors=distractors)
+            row[f"scan mAP {metric}{suffix}"] = result.map
+            if distractors:
+                row[f"scan mean {result.score_name}"] = result.mean_score
+    split = split_collection(x, labels, roles, with_distractors=True)
+    base_width = default_bucket_width(split.index_vectors)
+    grid = {**REPORT_GRID, "bucket_width": [round(base_width * m, 4) for m in WIDTH_MULTIPLIERS]}
+    table = sweep(x, labels, roles, grid, metric="euclidean", k=k, probes=REPORT_PROBES, progress=progress)
+    budget = budget_fraction * split.n_indexed
+    best = recommend(table, budget)
+    row.update(
+        {
+            "indexed": split.n_indexed,
+            "queries": split.n_queries,
+            f"LSH best mAP (≤{budget_fraction:.0%} visited)": best["map"],
+            "LSH visited": best["mean_visited"],
+            "LSH visited %": 100 * best["visited_fraction"],
+            "LSH g,h,w,probes": (
+                f"{int(best['n_tables'])},{int(best['n_projections'])},{best['bucket_width']:.3g},{int(best['probes'])}"
+            ),
+            "LSH / scan mAP": best["map"] / row["scan mAP euclidean"],
+        }
+    )
+    return row, table
+
+
+def to_markdown(table: pd.DataFrame, float_format: str = "{:.3f}") -> str:
+    """A GitHub markdown table (pandas' own ``to_markdown`` needs the extra package ``tabulate``)."""
+
+    def cell(value: object) -> str:
+        return float_format.format(value) if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def report(
+    collection: str | os.PathLike[str] | None = None, k: int = 10, budget_fraction: float = BUDGET_FRACTION
+) -> pd.DataFrame:
+    """The results table for every complete feature set of ``collection`` (default collection when ``None``)."""
+    sets = list_feature_sets(collection)
+    sets = sets[sets["status"] == "complete"].drop_duplicates(["backbone", "weights"])
+    if sets.empty:
+        raise FileNotFoundError("no feature sets yet: run `python -m cbir extract` first")
+    rows = [feature_set_row(load_features(path), k=k, budget_fraction=budget_fraction)[0] for path in sets["path"]]
+    return pd.DataFrame(rows)

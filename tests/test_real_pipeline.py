@@ -1,0 +1,105 @@
+"""End to end on real images with real ImageNet features: the default Open Clip Art collection and
+EfficientNet-Lite0 (both install offline), and the paper's own data when ``../shared/data`` has it.
+
+The feature set is computed once into the real ``artifacts/`` (about 4 minutes on 2 cores) and reused after.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbir import config
+from cbir.collection import scan_collection
+from cbir.evaluation import default_bucket_width, evaluate, split_collection
+from cbir.features import FeatureExtractor, FeatureSet, extract_collection
+from cbir.index import LSHIndex, SequentialScan
+from cbir.openclipart import OPENCLIPART_DIR, build_collection
+from cbir.report import feature_set_row
+from tests.conftest import require
+
+pytestmark = [pytest.mark.integration, pytest.mark.real_artifacts]
+
+
+@pytest.fixture(scope="module")
+def default_features() -> FeatureSet:
+    require(OPENCLIPART_DIR.is_dir(), f"no Open Clip Art at {OPENCLIPART_DIR} (apt-get install openclipart-png)")
+    collection = config.default_collection()
+    build_collection(collection, workers=2)  # no-op when already built
+    return extract_collection(scan_collection(collection), FeatureExtractor("efficientnet_lite0", batch_size=32))
+
+
+def test_collection_and_features_are_real(default_features: FeatureSet) -> None:
+    catalog = default_features.catalog
+    counts = catalog.groupby("role").size()
+    assert counts["index"] > 6000 and counts["query"] > 700 and counts["distractor"] > 400
+    assert catalog["label"].dropna().nunique() == 13
+    assert default_features.features.shape == (len(catalog), 1280)
+    assert np.isfinite(default_features.features).all()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_exact_scan_map(default_features: FeatureSet, metric: str) -> None:
+    fs = default_features
+    with_d = evaluate(SequentialScan(metric), fs.features, fs.labels, fs.roles, k=10)
+    without = evaluate(SequentialScan(metric), fs.features, fs.labels, fs.roles, k=10, with_distractors=False)
+    # ImageNet features separate clip-art categories far above chance (largest class ≈ 28 % of the index)
+    assert with_d.map > 0.55
+    assert with_d.map <= without.map + 1e-9  # distractors can only push relevant objects out of the top 10
+    assert with_d.mean_visited == with_d.n_indexed
+    per_class = with_d.per_class
+    assert len(per_class) == 13 and per_class["n_queries"].sum() == with_d.n_queries
+    weighted = (per_class["map"] * per_class["n_queries"]).sum() / per_class["n_queries"].sum()
+    assert weighted == pytest.approx(with_d.map)
+
+
+def test_lsh_keeps_most_of_the_map_at_a_tenth_of_the_cost(default_features: FeatureSet) -> None:
+    fs = default_features
+    split = split_collection(fs.features, fs.labels, fs.roles)
+    scan = evaluate(SequentialScan(), fs.features, fs.labels, fs.roles)
+    width = 4.0 * default_bucket_width(split.index_vectors)  # the median pairwise distance
+    plain = evaluate(LSHIndex(6, 6, width, seed=0), fs.features, fs.labels, fs.roles)
+    probed = evaluate(LSHIndex(6, 6, width, seed=0, probes=4), fs.features, fs.labels, fs.roles)
+    assert plain.visited_fraction < 0.10
+    assert probed.visited_fraction < 0.15
+    assert probed.map > plain.map  # probing neighbouring buckets finds more true neighbours
+    assert probed.map > 0.85 * scan.map
+
+
+def test_collection_images_find_themselves(default_features: FeatureSet) -> None:
+    fs = default_features
+    index_rows = np.flatnonzero(fs.roles == "index")[:50]
+    scan = SequentialScan().fit(fs.features)
+    # clip art has exact duplicates, so "itself" is any object at distance 0, the image among them
+    distances, ids, _ = scan.search(fs.features[index_rows], 5)
+    assert (distances[:, 0] < 1e-3).all()
+    assert all(row in ids[i][distances[i] < 1e-3] for i, row in enumerate(index_rows))
+    # and through the whole pipeline: decode the file again, extract, search
+    from cbir.images import load_image
+
+    query = FeatureExtractor("efficientnet_lite0").transform([load_image(fs.catalog["path"].iloc[index_rows[0]])])
+    distances, ids, _ = scan.search(query, 5)
+    assert distances[0, 0] < 1e-2 and index_rows[0] in ids[0][distances[0] < 1e-2]
+
+
+def test_report_row(default_features: FeatureSet) -> None:
+    row, table = feature_set_row(default_features)
+    assert row["scan mAP cosine"] > 0.55
+    assert row["LSH visited %"] <= 10.0
+    assert 0.8 < row["LSH / scan mAP"] <= 1.0 + 1e-9
+    assert len(table) == 5 * 4 * 4 * 2
+
+
+def test_paper_data_when_present(paper_data: Path) -> None:
+    """The paper's layout (training_set/validation_set, + MIRFlickr distractors) scans as it is."""
+    catalog = scan_collection(paper_data)
+    assert (catalog.images["role"] == "index").sum() > 0
+    assert (catalog.images["role"] == "query").sum() > 0
+    sample = catalog.images.groupby("role").head(8)
+    checked = scan_collection(paper_data)
+    checked.images = sample.reset_index(drop=True)
+    result = extract_collection(checked, FeatureExtractor("efficientnet_lite0", batch_size=8),
+                                out_path=Path(config.artifacts_dir()) / "paper_sample.joblib")
+    assert len(result.features) + len(result.report) == len(sample)
