@@ -204,10 +204,16 @@ def feature_set_label(row: Mapping[str, Any]) -> str:
 
 
 def weights_kind(weights_id: str) -> str:
-    """ "ImageNet", "random" or "fine-tuned" from a weights id (see :func:`cbir.backbones.weights_identity`)."""
+    """``"ImageNet"``, ``"random"`` or ``"fine-tuned"`` from a weights id: ``<file stem>-<digest>`` (see
+    :func:`cbir.backbones.weights_identity`); ImageNet ids carry the stem of a backbone's ImageNet weights file."""
+    from cbir.backbones import BACKBONES
+
     if weights_id.startswith("random-"):
         return "random"
-    if "imagenet" in weights_id:
+    imagenet_stems = {
+        Path(spec.imagenet_file).stem.replace(".weights", "") for spec in BACKBONES.values() if spec.imagenet_file
+    }
+    if weights_id == "imagenet-download" or weights_id.rsplit("-", 1)[0] in imagenet_stems:
         return "ImageNet"
     return "fine-tuned"
 
@@ -413,6 +419,11 @@ def decode_query(source: bytes | str | os.PathLike[str] | Image.Image) -> QueryI
         notes.append(
             f"This photo is {pixels / 1e6:.0f} megapixels; it was decoded at reduced size for the search "
             f"(the model looks at 224×224 pixels anyway)."
+        )
+    elif pixels > MAX_PIXELS:  # say it in megapixels before Pillow's decompression-bomb wording does
+        raise ImageDecodeError(
+            f"the image is too large ({size[0]}×{size[1]} = {pixels / 1e6:.0f} megapixels; the limit is "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels). Please use a smaller version of it."
         )
     try:
         image = load_image(data)
