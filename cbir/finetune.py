@@ -288,12 +288,20 @@ def feature_models(classifier: Any, backbone: Any) -> dict[str, Any]:
     }
 
 
-def compile_model(model: Any, lr: float) -> None:
-    """Adam at ``lr`` (the paper names no optimizer) on sparse categorical cross-entropy, with accuracy."""
+def compile_model(model: Any, lr: float, run_eagerly: bool = False) -> None:
+    """Adam at ``lr`` (the paper names no optimizer) on sparse categorical cross-entropy, with accuracy.
+
+    ``run_eagerly`` skips building the TensorFlow graph of the train step (10-20 s for a whole backbone): slower
+    per step, so only worth it for a handful of steps (tests, debugging).
+    """
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        run_eagerly=run_eagerly,
+    )
     model.optimizer.build(model.trainable_variables)  # so a checkpoint's optimizer state can be loaded into it
 
 
@@ -574,10 +582,30 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def train_loop(model: Any, train_batch: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], n_train: int,
-               predict_val: Callable[[], np.ndarray], y_val: np.ndarray, run_dir: str | os.PathLike[str],
-               identity: dict[str, Any], settings: LoopSettings, restart: bool = False,
-               verbose: bool = True) -> LoopOutcome:
+def check_resumable(run_dir: str | os.PathLike[str], identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint state in ``run_dir`` (``None`` when there is none); :class:`FinetuneError` when it was made
+    with another ``identity`` (data, weights, lr, ...), which a silent restart would throw away."""
+    state = _read_state(Path(run_dir))
+    if state is not None and state["identity"] != identity:
+        raise FinetuneError(
+            f"{run_dir} holds a checkpoint of another configuration "
+            f"({'; '.join(_diff(state['identity'], identity))}); rerun with --restart to discard it"
+        )
+    return state
+
+
+def train_loop(
+    model: Any,
+    train_batch: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    n_train: int,
+    predict_val: Callable[[], np.ndarray],
+    y_val: np.ndarray,
+    run_dir: str | os.PathLike[str],
+    identity: dict[str, Any],
+    settings: LoopSettings,
+    restart: bool = False,
+    verbose: bool = True,
+) -> LoopOutcome:
     """Train compiled ``model`` epoch by epoch; checkpoint after each; early-stop on validation loss.
 
     ``train_batch(rows, epoch)`` → ``(x, y)``: the inputs and int labels of training rows ``rows`` (augmented with
@@ -592,10 +620,11 @@ def train_loop(model: Any, train_batch: Callable[[np.ndarray, int], tuple[np.nda
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = None if restart else _read_state(run_dir)
-    if state is not None and state["identity"] != identity:
-        raise FinetuneError(f"{run_dir} holds a checkpoint of another configuration "
-                            f"({'; '.join(_diff(state['identity'], identity))}); rerun with --restart to discard it")
+    if restart:
+        for old in [*run_dir.glob("checkpoint-e*.keras"), *run_dir.glob("best-e*.weights.h5")]:
+            old.unlink(missing_ok=True)
+        (run_dir / "state.json").unlink(missing_ok=True)
+    state = check_resumable(run_dir, identity)
     if state is None:
         state = {"version": STATE_VERSION, "identity": identity, "epoch": 0, "history": [], "best_epoch": 0,
                  "best_val_loss": None, "wait": 0, "checkpoint": None, "best_weights": None, "stopped": None}
@@ -707,6 +736,7 @@ class FinetuneConfig:
     input_size: tuple[int, int] | None = None
     seed: int = 0
     workers: int = 2
+    run_eagerly: bool = False
 
 
 @dataclass
@@ -786,6 +816,25 @@ def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: Fi
     if verbose and cache.rejected:
         tqdm.write(f"{len(cache.rejected)} labelled files could not be decoded and are skipped")
 
+    identity = {
+        "backbone": cfg.backbone,
+        "model": cfg.model,
+        "weights_id": weights_identity(resolve_weights(spec, cfg.weights), cfg.seed),
+        "input_size": list(size),
+        "classes": classes,
+        "data": cache.key,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "freeze_bn": cfg.freeze_bn,
+        "steps_per_epoch": cfg.steps_per_epoch,
+        "first_trainable": FIRST_TRAINABLE[cfg.backbone] if cfg.model == 1 else None,
+        "activation_dtype": cfg.activation_dtype if cfg.model == 1 else None,
+        "augmentation": asdict(cfg.augmentation) if cfg.model == 2 else None,
+    }
+    if not restart:
+        check_resumable(run_dir, identity)  # before the (slow) model build
+
     backbone, weights_id = build_backbone(cfg.backbone, cfg.weights, input_size=cfg.input_size, seed=cfg.seed)
     classifier = build_classifier(backbone, len(classes), seed=cfg.seed)
     if cfg.model == 1:
@@ -815,17 +864,16 @@ def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: Fi
             x = spec.preprocess(augment_batch(cache.images[rows_], rng, cfg.augmentation))
             return x, labels[rows_]
 
-    compile_model(trained, cfg.lr)
-    identity = {
-        "backbone": cfg.backbone, "model": cfg.model, "weights_id": weights_id, "input_size": list(size),
-        "classes": classes, "data": cache.key, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "freeze_bn": cfg.freeze_bn, "steps_per_epoch": cfg.steps_per_epoch,
-        "first_trainable": FIRST_TRAINABLE[cfg.backbone] if cfg.model == 1 else None,
-        "activation_dtype": cfg.activation_dtype if cfg.model == 1 else None,
-        "augmentation": asdict(cfg.augmentation) if cfg.model == 2 else None,
-    }
-    settings = LoopSettings(max_epochs=cfg.max_epochs, max_minutes=cfg.max_minutes, patience=cfg.patience,
-                            batch_size=cfg.batch_size, steps_per_epoch=cfg.steps_per_epoch, seed=cfg.seed)
+    compile_model(trained, cfg.lr, run_eagerly=cfg.run_eagerly)
+    identity["weights_id"] = weights_id  # the same unless "imagenet" was downloaded just now
+    settings = LoopSettings(
+        max_epochs=cfg.max_epochs,
+        max_minutes=cfg.max_minutes,
+        patience=cfg.patience,
+        batch_size=cfg.batch_size,
+        steps_per_epoch=cfg.steps_per_epoch,
+        seed=cfg.seed,
+    )
     if verbose:
         n_trainable = sum(int(np.prod(v.shape)) for v in trained.trainable_variables)
         tqdm.write(f"{cfg.backbone} model {cfg.model}: {len(train_rows)} training / {len(val_rows)} validation "

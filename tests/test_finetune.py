@@ -266,7 +266,9 @@ def test_model1_trains_from_cache_and_saves_feature_models(tmp_path: Path) -> No
 
     backbone = "resnet50v2"
     root = _color_collection(tmp_path / "colors")
-    cfg = FinetuneConfig(backbone=backbone, model=1, weights=None, lr=1e-3, batch_size=4, max_epochs=3)
+    # eager steps: building the train-step graph would cost more than these few steps (the loop tests use graphs)
+    cfg = FinetuneConfig(backbone=backbone, model=1, weights=None, lr=1e-3, batch_size=4, max_epochs=3,
+                         run_eagerly=True)
     result = finetune(root, cfg, verbose=False)
     assert result.classes == ["blue", "green", "red"] and len(result.history) == 3
     assert result.report.loc["accuracy", "support"] == 6
@@ -310,16 +312,18 @@ def test_model1_trains_from_cache_and_saves_feature_models(tmp_path: Path) -> No
 
 def test_model2_resumes_with_augmentation(tmp_path: Path) -> None:
     root = _color_collection(tmp_path / "colors", n_train=3, n_val=1)
-    cfg = FinetuneConfig(backbone="efficientnet_lite0", model=2, weights=None, lr=1e-4, batch_size=9, max_epochs=1)
+    cfg = FinetuneConfig(backbone="efficientnet_lite0", model=2, weights=None, lr=1e-4, batch_size=9, max_epochs=1,
+                         input_size=(64, 64), run_eagerly=True)
     first = finetune(root, cfg, verbose=False)
     assert (first.epochs_done, first.stopped) == (1, "max_epochs")
+    assert first.metrics["first_trainable"] is None  # everything trains
     cfg.max_epochs = 2
     second = finetune(root, cfg, verbose=False)
-    assert second.epochs_done == 2 and len(second.history) == 2
-    assert second.history["loss"].iloc[0] == pytest.approx(first.history["loss"].iloc[0])
-    assert (second.run_dir / "model2-pool.keras").is_file()
+    assert (second.epochs_done, len(second.history)) == (2, 2)
+    pd.testing.assert_frame_equal(second.history.iloc[:1], first.history)
+    assert (second.run_dir / "model2-pool.keras").is_file() and (second.run_dir / "model2-dense256.keras").is_file()
     cfg.lr = 1e-3
-    with pytest.raises(FinetuneError, match="lr"):
+    with pytest.raises(FinetuneError, match="lr"):  # refused before anything is built
         finetune(root, cfg, verbose=False)
 
 
@@ -359,3 +363,47 @@ def test_real_openclipart_model1(openclipart_small: Path) -> None:
     x = np.asarray(acts[train], dtype=np.float32)
     assert _train_loss(tail, x, y) < _train_loss(tail0, x, y)
     assert result.test_accuracy > 1.0 / len(result.classes)  # better than chance on unseen images
+
+
+# --------------------------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_parses_and_prints_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    import cbir.finetune
+    from cbir.cli_finetune import add_finetune_parser, config_from_args
+    from cbir.finetune import FinetuneResult
+
+    parser = argparse.ArgumentParser()
+    add_finetune_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["finetune", "--backbone", "resnet50v2", "--model", "2", "--weights", "none",
+                              "--lr", "1e-4", "--max-epochs", "5", "--max-minutes", "2.5", "--batch-size", "8",
+                              "--collection", str(tmp_path), "--restart", "--quiet"])
+    cfg = config_from_args(args)
+    assert (cfg.backbone, cfg.model, cfg.weights, cfg.lr, cfg.max_epochs, cfg.max_minutes, cfg.batch_size,
+            cfg.patience) == ("resnet50v2", 2, None, 1e-4, 5, 2.5, 8, 10)
+    assert parser.parse_args(["finetune"]).lr == 1e-6  # the paper's learning rate by default
+    with pytest.raises(SystemExit):
+        parser.parse_args(["finetune", "--model", "3"])
+
+    seen = {}
+
+    def fake(collection: Path, cfg: FinetuneConfig, restart: bool, verbose: bool) -> FinetuneResult:
+        seen.update(collection=collection, restart=restart, verbose=verbose)
+        report = classification_report([0, 1, 1], [0, 1, 0], ["cats", "dogs"])
+        return FinetuneResult(run_dir=tmp_path, history=pd.DataFrame(), report=report, test_loss=0.5,
+                              test_accuracy=2 / 3, classes=["cats", "dogs"], best_epoch=3, epochs_done=5,
+                              stopped="max_epochs", seconds_per_epoch=1.5, classifier_path=tmp_path / "c.keras",
+                              feature_models={"pool": tmp_path / "p.keras", "dense256": tmp_path / "d.keras"},
+                              metrics={})
+
+    monkeypatch.setattr(cbir.finetune, "finetune", fake)
+    assert args.func(args) == 0
+    assert seen == {"collection": tmp_path, "restart": True, "verbose": False}
+    out = capsys.readouterr().out
+    assert "dogs" in out and "weighted avg" in out and "acc_test" in out and "0.67" in out
+    assert f"--weights {tmp_path / 'p.keras'}" in out
