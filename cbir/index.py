@@ -68,8 +68,10 @@ def _as_matrix(values: Any, name: str, dim: int | None = None, allow_empty: bool
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Unit-length rows (float32); all-zero rows stay zero so their similarity to anything is 0."""
-    norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
-    return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))  # float64 sums, no float64 copy
+    scale = (1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return np.ascontiguousarray(vectors * scale[:, None])
 
 
 _WARM = False
