@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from cbir import config
+from cbir.cli_finetune import add_finetune_parser
+from cbir.cli_search import add_evaluate_parsers
 
 DESCRIPTION = """\
 cbir — content-based image retrieval workbench.
@@ -173,19 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transpose", action="store_true", help="one column per feature set")
     p.set_defaults(func=cmd_report)
 
-    _add_optional_commands(sub)
+    add_evaluate_parsers(sub)
+    add_finetune_parser(sub)
     return parser
-
-
-def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
-    """Commands whose modules may not be installed in a partial checkout still leave the others usable."""
-    try:
-        from cbir.cli_search import add_evaluate_parsers
-    except ModuleNotFoundError as exc:
-        if exc.name != "cbir.cli_search":
-            raise
-    else:
-        add_evaluate_parsers(sub)
 
 
 def add_feature_selection_args(parser: argparse.ArgumentParser) -> None:
