@@ -325,7 +325,8 @@ def test_comparison_table_shape(tmp_path: Path) -> None:
 
 def test_comparison_uses_the_recommended_lsh_setting() -> None:
     feature_set = synthetic_feature_set()
-    sweep = engine.run_sweep(feature_set)
+    width = engine.default_width(engine.searchable_features(feature_set))
+    sweep = engine.run_sweep(feature_set, grid={"n_tables": [2, 7], "n_projections": [1, 2], "bucket_width": [width]})
     configs = engine.comparison_configs(feature_set, sweep=sweep)
     assert configs[0] == engine.IndexConfig("scan") and configs[1] == engine.recommended_config(sweep, 100)
     assert engine.comparison_configs(feature_set)[1] == engine.default_lsh_config(

@@ -1,0 +1,269 @@
+"""The Streamlit pages driven by ``streamlit.testing.v1.AppTest`` against a small real Open Clip Art collection with
+EfficientNet-Lite0 features: search (upload, collection pick, bad inputs), slider-driven tuning, comparison."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+from test_engine import bad_uploads, install_feature_set, small_feature_path, unusual_uploads
+
+from cbir import config
+from cbir.features import load_features
+
+APP = config.PROJECT_ROOT / "app.py"
+TIMEOUT = 180  # the first run of a page may load the model and compile numba kernels
+N_RESULTS = 10
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture(scope="session")
+def small_features_file(openclipart_small: Path) -> Path:
+    return small_feature_path(openclipart_small)
+
+
+@pytest.fixture(scope="session")
+def app_artifacts(tmp_path_factory: pytest.TempPathFactory, openclipart_small: Path, small_features_file: Path) -> Path:
+    """One artifacts folder holding the small feature set for all page tests: the same feature-set path in every
+    test lets Streamlit's caches (evaluations, sweeps, the model) carry over between tests, as in a live app."""
+    folder = tmp_path_factory.mktemp("app_artifacts")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CBIR_ARTIFACTS", str(folder))
+        install_feature_set(small_features_file, openclipart_small)
+    return folder
+
+
+@pytest.fixture
+def app_env(openclipart_small: Path, app_artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The app pointed at the small collection and its feature set."""
+    monkeypatch.setenv("CBIR_COLLECTION", str(openclipart_small))
+    monkeypatch.setenv("CBIR_ARTIFACTS", str(app_artifacts))
+    return openclipart_small
+
+
+def open_app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page is not None:
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, float]:
+    """Metric label → number (``"1,234"``, ``"6.2%"``, ``"0.52 ms"`` → 1234, 6.2, 0.52)."""
+    return {m.label: float(m.value.replace(",", "").rstrip("%").split()[0]) for m in at.metric}
+
+
+def images(at: AppTest) -> int:
+    return len(at.get("image"))
+
+
+def results_table(at: AppTest) -> pd.DataFrame:
+    return at.dataframe[-1].value
+
+
+def check_ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Home
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_home_page_shows_the_collection(app_env: Path) -> None:
+    at = open_app()
+    n_images = len(load_features(next(iter(config.artifacts_dir().rglob("*.joblib")))).catalog)
+    values = metrics(at)
+    assert values["Images"] == n_images and values["Classes"] == 13
+    assert [s.value for s in at.subheader] == ["Collection", "Feature sets", "Indexes", "Unusable images"]
+    counts = at.dataframe[0].value
+    assert {"index", "query", "distractor", "total"} <= set(counts.columns)
+    assert at.dataframe[1].value["backbone"].tolist() == ["efficientnet_lite0"]
+    assert len(at.get("plotly_chart")) == 1
+    assert at.sidebar.selectbox[0].value == "efficientnet_lite0 · ImageNet"
+    assert not at.error and not at.button  # nothing to build
+
+
+def test_home_page_without_open_clip_art(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cbir.openclipart
+
+    monkeypatch.setenv("CBIR_COLLECTION", str(tmp_path / "none"))
+    monkeypatch.setattr(cbir.openclipart, "OPENCLIPART_DIR", tmp_path / "not-installed")
+    at = open_app()
+    assert "No usable collection" in at.warning[0].value
+    assert "not installed" in at.error[0].value
+    assert "apt-get install openclipart-png" in at.code[0].value
+    assert not at.button
+
+
+@pytest.mark.slow
+def test_home_page_builds_collection_and_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openclipart_small: Path
+) -> None:
+    import cbir.openclipart
+
+    # a tiny Open Clip Art build (1 image per category and role) keeps the button's real path fast
+    monkeypatch.setattr(
+        cbir.openclipart,
+        "build_collection",
+        functools.partial(cbir.openclipart.build_collection, limit_per_class=1, workers=2),
+    )
+    monkeypatch.setenv("CBIR_COLLECTION", str(tmp_path / "built"))
+    at = open_app()
+    assert at.button[0].label == "Build collection and features"
+    at.button[0].click().run()
+    check_ok(at)
+    assert not at.error
+    assert metrics(at)["Images"] > 20
+    assert at.dataframe[1].value["status"].tolist() == ["complete"]
+    assert not at.button
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Search
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_search_by_picking_a_collection_image(app_env: Path) -> None:
+    at = open_app("pages/1_Search.py")
+    assert "Choose a query image" in at.info[0].value
+    at.radio(key="search-source").set_value("Pick from the collection").run()
+    picker = at.selectbox(key="search-pick")
+    chosen = next(option for option in picker.options if option.startswith("training_set/"))
+    picker.set_value(chosen).run()
+    check_ok(at)
+    assert not at.error
+    assert images(at) == 1 + N_RESULTS  # the query and its results
+    table = results_table(at)
+    assert table["rank"].tolist() == list(range(1, N_RESULTS + 1))
+    assert table["score"].is_monotonic_increasing  # euclidean distances
+    top = table[np.isclose(table["score"], table["score"].iloc[0], atol=1e-3)]
+    assert table["score"].iloc[0] < 1e-3 and chosen in top["relpath"].tolist()  # itself first (or tied duplicate)
+    values = metrics(at)
+    assert values["Share of the collection"] == 100.0 and values["Objects visited"] == len(picker.options)
+
+
+def test_search_upload_bad_and_unusual_files(app_env: Path, openclipart_small: Path) -> None:
+    at = open_app("pages/1_Search.py")
+    uploader = at.file_uploader(key="search-upload")
+    good = next(openclipart_small.rglob("*.jpg"))
+    uploader.set_value((good.name, good.read_bytes(), "image/jpeg")).run()
+    check_ok(at)
+    assert images(at) == 1 + N_RESULTS and not at.error
+    for name, (data, words) in bad_uploads().items():
+        at.file_uploader(key="search-upload").set_value((f"{name}.png", data, "image/png")).run()
+        check_ok(at)
+        assert len(at.error) == 1 and words in at.error[0].value, (name, [e.value for e in at.error])
+        assert "cannot be used as a query" in at.error[0].value
+        assert images(at) == 0
+    for name, (data, words) in unusual_uploads().items():
+        suffix = {"animated gif": "gif", "cmyk": "jpg", "50 MP photo": "jpg"}.get(name, "png")
+        at.file_uploader(key="search-upload").set_value((f"{name}.{suffix}", data, "image/*")).run()
+        check_ok(at)
+        assert not at.error, (name, [e.value for e in at.error])
+        assert any(words in info.value for info in at.info), (name, [i.value for i in at.info])
+        assert images(at) == 1 + N_RESULTS
+    # and the app still works with a plain image afterwards
+    at.file_uploader(key="search-upload").set_value((good.name, good.read_bytes(), "image/jpeg")).run()
+    assert images(at) == 1 + N_RESULTS and not at.error and not at.info
+
+
+def test_search_with_lsh_and_its_sliders(app_env: Path) -> None:
+    at = open_app("pages/1_Search.py")
+    at.radio(key="search-source").set_value("Pick from the collection").run()
+    picker = at.selectbox(key="search-pick")
+    picker.set_value(picker.options[3]).run()
+    n_images = metrics(at)["Objects visited"]
+    at.radio(key="search-kind").set_value("LSH").run()
+    check_ok(at)
+    lsh = metrics(at)
+    assert lsh["Objects visited"] < n_images and lsh["Share of the collection"] < 100
+    assert results_table(at)["score"].iloc[0] < 1e-3  # a collection image is in its own buckets
+    at.slider(key="search-g").set_value(20).run()
+    more_tables = metrics(at)["Objects visited"]
+    at.slider(key="search-probes").set_value(10).run()
+    more_probes = metrics(at)["Objects visited"]
+    assert lsh["Objects visited"] <= more_tables <= more_probes
+    at.selectbox(key="search-metric").set_value("cosine").run()
+    check_ok(at)
+    assert results_table(at)["score"].iloc[0] == pytest.approx(1.0, abs=1e-3)  # similarity of itself
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Index tuning
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_tuning_sliders_move_the_metrics_consistently(app_env: Path) -> None:
+    at = open_app("pages/2_Index_tuning.py")
+    assert not at.error
+    start = metrics(at)
+    assert 0 <= start["mAP@10"] <= 1 and 0 < start["Share of the index visited"] < 100
+    assert len(at.get("plotly_chart")) >= 2  # mAP vs visited over the sweep, per-class mAP
+
+    def visited_after(key: str, value: float) -> float:
+        at.slider(key=key).set_value(value).run()
+        check_ok(at)
+        return metrics(at)["Objects visited / query"]
+
+    w_key = next(s.key for s in at.slider if s.key.startswith("tune-w-"))
+    w_default, w_max = at.slider(key=w_key).value, at.slider(key=w_key).max
+    base = start["Objects visited / query"]
+    assert visited_after("tune-g", 20) > base  # more tables: more candidates
+    assert visited_after("tune-g", 7) == base  # back to the start: the same (cached) evaluation
+    assert metrics(at) == start
+    assert visited_after("tune-h", 8) < base  # more projections: smaller buckets
+    visited_after("tune-h", 2)
+    assert visited_after(w_key, w_max) > base  # wider buckets
+    visited_after(w_key, w_default)
+    assert visited_after("tune-probes", 10) >= base  # multi-probe only adds buckets
+    visited_after("tune-probes", 0)
+    assert metrics(at) == start
+
+    at.button(key="tune-use-recommended").click().run()
+    check_ok(at)
+    assert metrics(at)["Share of the index visited"] <= 20.0  # the recommendation's budget
+
+
+def test_tuning_metric_and_distractor_switches(app_env: Path) -> None:
+    def indexed(at: AppTest) -> int:
+        caption = next(c.value for c in at.caption if "validation queries against" in c.value)
+        return int(caption.split(" against ")[1].split()[0].replace(",", ""))
+
+    at = open_app("pages/2_Index_tuning.py")
+    with_distractors = indexed(at)
+    at.toggle(key="tune-distractors").set_value(False).run()
+    check_ok(at)
+    assert indexed(at) < with_distractors
+    at.selectbox(key="tune-metric").set_value("cosine").run()
+    check_ok(at)
+    assert "mean similarity" in " ".join(c.value for c in at.caption)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model comparison
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_comparison_page_renders_its_table(app_env: Path) -> None:
+    at = open_app("pages/3_Model_comparison.py")
+    assert not at.error
+    table = at.dataframe[0].value
+    assert len(table) == 4  # 1 feature set × (exact scan, LSH) × (with, without distractors)
+    assert set(table["index"]) == {"exact scan", "LSH"} and set(table["distractors"]) == {"with", "without"}
+    assert table["map"].between(0, 1).all()
+    distances = at.dataframe[1].value
+    assert distances["class"].iloc[0] == "(all)" and len(distances) == 1 + 13
+    assert len(at.get("plotly_chart")) >= 6  # 3 comparison bars, per-class, 2 histograms
+    at.radio(key="compare-lsh").set_value("default").run()
+    check_ok(at)
+    assert at.dataframe[0].value["config"].str.contains("g=7 h=2").sum() == 2
+    at.multiselect(key="compare-sets").set_value([]).run()
+    assert "Select at least one feature set" in at.info[0].value
