@@ -72,7 +72,7 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="discard the checkpoint of an earlier run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=_positive_int, default=2, help="image decoding threads")
-    p.add_argument("--quiet", action="store_true", help="no per-batch progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (epoch lines are still printed)")
     p.set_defaults(func=cmd_finetune)
     return p
 
@@ -93,7 +93,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     collection = args.collection or config.default_collection()
-    result = finetune(collection, cfg, restart=args.restart, verbose=not args.quiet)
+    result = finetune(collection, cfg, restart=args.restart, verbose=True, progress=not args.quiet)
     stopped = {"early_stopping": f"early stopping (patience {cfg.patience})", "max_epochs": "--max-epochs reached",
                "time_budget": "--max-minutes reached (rerun to continue)"}.get(result.stopped, result.stopped)
     print(f"\n{cfg.backbone} model {cfg.model}: {result.epochs_done} epochs ({stopped}), best epoch "

@@ -395,7 +395,7 @@ def _decode(path: str, size: tuple[int, int]) -> np.ndarray | str:
 
 
 def image_cache(catalog: Catalog, cache_dir: str | os.PathLike[str], size: tuple[int, int] = (224, 224),
-                workers: int = 2, verbose: bool = True) -> ImageCache:
+                workers: int = 2, progress: bool = True) -> ImageCache:
     """The labelled images of ``catalog`` decoded and resized to ``size`` (W, H), cached as a uint8 memmap.
 
     Built once per (collection content, size) — ``images-<W>x<H>-<hash>.npy`` plus a ``.json`` sidecar listing
@@ -419,7 +419,7 @@ def image_cache(catalog: Catalog, cache_dir: str | os.PathLike[str], size: tuple
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 decoded = pool.map(_decode, paths, [size] * len(paths))
                 for i, item in enumerate(tqdm(decoded, total=len(paths), desc="decoding images", unit="img",
-                                              disable=not verbose)):
+                                              disable=not progress)):
                     if isinstance(item, str):
                         rejected[paths[i]] = item
                     else:
@@ -439,7 +439,7 @@ def image_cache(catalog: Catalog, cache_dir: str | os.PathLike[str], size: tuple
 
 
 def activation_cache(images: ImageCache, frozen: Any, backbone: str, weights_id: str, cache_dir: str | os.PathLike[str],
-                     batch_size: int = 32, dtype: str = "float16", verbose: bool = True) -> np.ndarray:
+                     batch_size: int = 32, dtype: str = "float16", progress: bool = True) -> np.ndarray:
     """``frozen``'s output for every cached image: an (n, h, w, c) memmap aligned with ``images.rows``.
 
     Stored as ``dtype`` (float16 by default: half the disk and page cache; activations are clipped to its range).
@@ -459,7 +459,7 @@ def activation_cache(images: ImageCache, frozen: Any, backbone: str, weights_id:
             starts = range(0, n, batch_size)
             load = lambda s: spec.preprocess(np.asarray(images.images[s:s + batch_size], dtype=np.float32))  # noqa: E731
             for start, batch in tqdm(zip(starts, _prefetched(load, starts), strict=True), total=len(starts),
-                                     desc=f"{backbone} frozen part", unit="batch", disable=not verbose):
+                                     desc=f"{backbone} frozen part", unit="batch", disable=not progress):
                 out = np.asarray(frozen.predict_on_batch(batch), dtype=np.float32)
                 if limit is not None:
                     out = np.clip(out, -limit, limit)
@@ -605,6 +605,7 @@ def train_loop(
     settings: LoopSettings,
     restart: bool = False,
     verbose: bool = True,
+    progress: bool | None = None,
 ) -> LoopOutcome:
     """Train compiled ``model`` epoch by epoch; checkpoint after each; early-stop on validation loss.
 
@@ -616,8 +617,9 @@ def train_loop(
     After each epoch, ``run_dir`` gets (atomically, in this order) ``checkpoint-e<k>.keras`` (model + optimizer),
     ``best-e<k>.weights.h5`` when the validation loss improved, then ``state.json`` — the commit point naming both.
     A rerun loads them and continues; an early-stopped run does not train again. On return the model holds the
-    best epoch's weights.
+    best epoch's weights. ``verbose`` prints a line per epoch; ``progress`` (default: ``verbose``) shows batch bars.
     """
+    progress = verbose if progress is None else progress
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if restart:
@@ -647,15 +649,19 @@ def train_loop(
             break
         t0 = time.perf_counter()
         batches = epoch_batches(n_train, settings.batch_size, epoch, settings.seed, settings.steps_per_epoch)
-        model.reset_metrics()
-        logs: dict[str, Any] = {}
+        # Keras' train_on_batch resets the metrics on every call: the epoch means are accumulated here, weighted by
+        # batch size, as fit() reports them (training mode, i.e. with dropout, each batch before its update)
+        seen, loss_sum, correct_sum = 0, 0.0, 0.0
         bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{settings.max_epochs}", unit="batch",
-                   disable=not verbose, leave=False)
+                   disable=not progress, leave=False)
         aborted = False
         for x, y in _prefetched(lambda rows, e=epoch: train_batch(rows, e), batches):
             logs = model.train_on_batch(x, y, return_dict=True)
+            seen += len(y)
+            loss_sum += float(logs["loss"]) * len(y)
+            correct_sum += float(logs["accuracy"]) * len(y)
             bar.update(1)
-            bar.set_postfix(loss=f"{float(logs['loss']):.4f}", acc=f"{float(logs['accuracy']):.3f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct_sum / seen:.3f}")
             if budget is not None and time.perf_counter() - start > budget:
                 aborted = True  # over budget mid-epoch: this partial epoch is discarded (the checkpoint is intact)
                 break
@@ -671,7 +677,7 @@ def train_loop(
         val_acc = float((proba.argmax(axis=1) == y_val).mean()) if len(y_val) else float("nan")
         seconds = time.perf_counter() - t0
         epoch_times.append(seconds)
-        record = {"epoch": epoch + 1, "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
+        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct_sum / seen,
                   "val_loss": val_loss, "val_accuracy": val_acc, "seconds": seconds}
         state["history"].append(record)
         state["epoch"] = epoch + 1
@@ -784,11 +790,12 @@ def _batched_predict(model: Any, load: Callable[[np.ndarray], np.ndarray], rows:
 
 
 def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: FinetuneConfig | None = None,
-             restart: bool = False, verbose: bool = True) -> FinetuneResult:
+             restart: bool = False, verbose: bool = True, progress: bool | None = None) -> FinetuneResult:
     """Fine-tune ``cfg.backbone`` as Model ``cfg.model`` on ``collection`` (a folder or a scanned catalog; default
     :func:`cbir.config.default_collection`), save the classifier, feature models, history and report.
 
-    Reruns resume from the checkpoint in :func:`finetune_dir` (``restart=True`` discards it).
+    Reruns resume from the checkpoint in :func:`finetune_dir` (``restart=True`` discards it). ``verbose`` prints
+    a line per epoch and notes; ``progress`` (default: ``verbose``) shows the progress bars.
     """
     cfg = cfg or FinetuneConfig()
     if cfg.model not in (1, 2):
@@ -802,7 +809,8 @@ def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: Fi
     cache_dir = run_dir.parent / "cache"
     size = tuple(cfg.input_size) if cfg.input_size is not None else tuple(spec.input_size)
 
-    cache = image_cache(catalog, cache_dir, size=size, workers=cfg.workers, verbose=verbose)
+    progress = verbose if progress is None else progress
+    cache = image_cache(catalog, cache_dir, size=size, workers=cfg.workers, progress=progress)
     rows = cache.rows
     train_mask = (rows["role"] == "index").to_numpy() & cache.ok
     classes = sorted(rows.loc[train_mask, "label"].unique().tolist())
@@ -841,7 +849,7 @@ def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: Fi
         frozen, tail = split_model(classifier, cfg.backbone)
         set_trainable(classifier, tail, freeze_bn=cfg.freeze_bn)
         acts = activation_cache(cache, frozen, cfg.backbone, weights_id, cache_dir, batch_size=cfg.batch_size,
-                                dtype=cfg.activation_dtype, verbose=verbose)
+                                dtype=cfg.activation_dtype, progress=progress)
         trained = tail
 
         def load_x(idx: np.ndarray) -> np.ndarray:
@@ -880,7 +888,8 @@ def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: Fi
                    f"images, {len(classes)} classes, {n_trainable:,} trainable parameters, lr {cfg.lr:g}")
     outcome = train_loop(trained, train_batch, len(train_rows),
                          lambda: _batched_predict(trained, load_x, val_rows, cfg.batch_size),
-                         labels[val_rows], run_dir, identity, settings, restart=restart, verbose=verbose)
+                         labels[val_rows], run_dir, identity, settings, restart=restart, verbose=verbose,
+                         progress=progress)
 
     # final evaluation with the restored best weights (Model 1 on the cached activations, as during training)
     proba = _batched_predict(trained, load_x, val_rows, cfg.batch_size)

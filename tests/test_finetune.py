@@ -167,11 +167,20 @@ def _tiny_model(lr: float):
     return model
 
 
-def _loop(model, run_dir: Path, flip_val: bool, **settings: object):
+def _loop(model, run_dir: Path, flip_val: bool, batch_size: int = 16, **settings: object):
     x, y, x_val, y_val = _blobs(flip_val)
     return train_loop(model, lambda rows, epoch: (x[rows], y[rows]), len(x),
                       lambda: model.predict_on_batch(x_val), y_val, run_dir, {"test": 1},
-                      LoopSettings(batch_size=16, **settings), verbose=False)
+                      LoopSettings(batch_size=batch_size, **settings), verbose=False)
+
+
+def test_epoch_metrics_are_means_over_the_epoch(tmp_path: Path) -> None:
+    model = _tiny_model(0.0)  # no update and no dropout: training-mode loss == inference loss of the whole set
+    x, y, _, _ = _blobs(False)
+    outcome = _loop(model, tmp_path / "run", flip_val=False, max_epochs=1, batch_size=24)
+    proba = np.asarray(model.predict_on_batch(x))
+    assert outcome.history["loss"].iloc[0] == pytest.approx(cross_entropy(proba, y), rel=1e-5)
+    assert outcome.history["accuracy"].iloc[0] == pytest.approx(float((proba.argmax(axis=1) == y).mean()))
 
 
 def test_early_stopping_restores_best_epoch(tmp_path: Path) -> None:
@@ -392,8 +401,8 @@ def test_cli_parses_and_prints_the_report(tmp_path: Path, monkeypatch: pytest.Mo
 
     seen = {}
 
-    def fake(collection: Path, cfg: FinetuneConfig, restart: bool, verbose: bool) -> FinetuneResult:
-        seen.update(collection=collection, restart=restart, verbose=verbose)
+    def fake(collection: Path, cfg: FinetuneConfig, restart: bool, verbose: bool, progress: bool) -> FinetuneResult:
+        seen.update(collection=collection, restart=restart, progress=progress)
         report = classification_report([0, 1, 1], [0, 1, 0], ["cats", "dogs"])
         return FinetuneResult(run_dir=tmp_path, history=pd.DataFrame(), report=report, test_loss=0.5,
                               test_accuracy=2 / 3, classes=["cats", "dogs"], best_epoch=3, epochs_done=5,
@@ -403,7 +412,7 @@ def test_cli_parses_and_prints_the_report(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(cbir.finetune, "finetune", fake)
     assert args.func(args) == 0
-    assert seen == {"collection": tmp_path, "restart": True, "verbose": False}
+    assert seen == {"collection": tmp_path, "restart": True, "progress": False}
     out = capsys.readouterr().out
     assert "dogs" in out and "weighted avg" in out and "acc_test" in out and "0.67" in out
     assert f"--weights {tmp_path / 'p.keras'}" in out
