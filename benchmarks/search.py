@@ -282,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nLSH grid: {len(grid)} settings in {time.perf_counter() - grid_started:.0f}s (g in {tables}, h in "
         f"{projections}, w = {factors} x default, probes in {probes}; settings visiting > {visited_cap:.0f} "
-        "objects/query are skipped). Pareto frontier (visited vs mAP):"
+        "objects/query are skipped). Pareto frontier (visited vs mAP), points with mAP >= 0.5 x scan:"
     )
     frontier = grid[pareto_frontier(grid, x="visited", y="map")].sort_values("visited")
-    print(frontier.to_string(**fmt))
+    print(frontier[frontier["map_ratio"] >= 0.5].to_string(**fmt))
 
     plain = grid[grid["probes"] == 0]
     print(

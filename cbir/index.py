@@ -127,7 +127,11 @@ class BaseIndex:
         raise NotImplementedError
 
     def fit(self: IndexT, X: np.ndarray) -> IndexT:
-        """Index the rows of ``X`` (n, d) float; replaces any previous content. Returns ``self``."""
+        """Index the rows of ``X`` (n, d) float; replaces any previous content. Returns ``self``.
+
+        A float32 C-contiguous ``X`` is referenced, not copied (collections are large): do not modify it in
+        place while the index is in use.
+        """
         data = _as_matrix(X, "X")
         if self.metric == "cosine":
             data = l2_normalize(data)

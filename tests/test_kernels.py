@@ -93,6 +93,16 @@ def test_perturbation_sequence_matches_brute_force(n_projections: int) -> None:
             np.testing.assert_array_equal(deltas, expected_deltas)
 
 
+def test_perturbation_sequence_long_prefix_for_many_projections() -> None:
+    rng = np.random.default_rng(42)
+    for _ in range(5):
+        fractions = rng.random(8)
+        deltas, costs = kernels.perturbation_sequence(fractions, 3.0, 60)
+        expected_deltas, expected_costs = kernels.perturbation_sequence_reference(fractions, 3.0, 60)
+        np.testing.assert_allclose(costs, expected_costs, rtol=1e-12)
+        np.testing.assert_array_equal(deltas, expected_deltas)
+
+
 def test_perturbation_sequence_prefers_the_nearest_boundary() -> None:
     # coordinate 0 sits just right of its left boundary, coordinate 1 in the middle of its slot
     deltas, costs = kernels.perturbation_sequence(np.array([0.05, 0.5]), 2.0, 3)
