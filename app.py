@@ -13,6 +13,7 @@ from cbir.backbones import BACKBONES, available_backbones
 from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR
 
 FEATURE_SET_KEY = "feature_set"  # session-state key of the feature set chosen in the sidebar, read by every page
+NAV_KEY, GOTO_KEY = "cbir-nav", "cbir-goto"  # "app.py routed this session" / "page to open after routing"
 
 st.set_page_config(page_title="cbir — image search", page_icon=":material/image_search:", layout="wide")
 
@@ -142,5 +143,8 @@ pages = [
     st.Page("pages/3_Model_comparison.py", title="Model comparison", icon=":material/bar_chart:"),
 ]
 navigation = st.navigation(pages)
+st.session_state[NAV_KEY] = True
+if goto := st.session_state.pop(GOTO_KEY, None):  # a page opened by URL before this script ever ran (see pages)
+    st.switch_page(goto)
 sidebar()
 navigation.run()

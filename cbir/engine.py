@@ -927,8 +927,11 @@ def distance_summary(analyses: Mapping[str, DistanceAnalysis]) -> pd.DataFrame:
 
 
 def search_engine_for(path: str, version: int, _extractor: FeatureExtractor | None = None) -> SearchEngine:
-    """A :class:`SearchEngine` over the feature set at ``path`` (extractor from its meta unless given)."""
-    return SearchEngine(load_feature_set(path, version), _extractor)
+    """A :class:`SearchEngine` over the feature set at ``path`` (extractor from its meta unless given), with the
+    exact scan built and run once so that the first query's time is not numba's start-up."""
+    search = SearchEngine(load_feature_set(path, version), _extractor)
+    search.query_vector(search.feature_set.features[0])
+    return search
 
 
 def evaluate_for(

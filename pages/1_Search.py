@@ -11,6 +11,12 @@ from cbir.backbones import WeightsNotFoundError
 from cbir.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
 
 FEATURE_SET_KEY = "feature_set"
+
+# Streamlit runs a file of pages/ directly (its older pages-folder mode) when it is opened by URL on a server where
+# app.py has not run yet; hand over to app.py, whose st.navigation then opens this page with the sidebar and layout.
+if not st.session_state.get("cbir-nav"):
+    st.session_state["cbir-goto"] = "pages/1_Search.py"
+    st.switch_page("app.py")
 SOURCES = ("Upload a file", "Camera", "Pick from the collection")
 GRID_COLUMNS = 5
 

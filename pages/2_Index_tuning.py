@@ -9,6 +9,12 @@ from cbir import config, engine, plots
 
 FEATURE_SET_KEY = "feature_set"
 
+# Streamlit runs a file of pages/ directly (its older pages-folder mode) when it is opened by URL on a server where
+# app.py has not run yet; hand over to app.py, whose st.navigation then opens this page with the sidebar and layout.
+if not st.session_state.get("cbir-nav"):
+    st.session_state["cbir-goto"] = "pages/2_Index_tuning.py"
+    st.switch_page("app.py")
+
 feature_sets = st.cache_data(ttl=60, show_spinner=False)(engine.complete_feature_sets)
 lsh_defaults = st.cache_data(show_spinner=False)(engine.lsh_defaults_for)
 # every setting evaluated once stays cached, so moving back to it is instant

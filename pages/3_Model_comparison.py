@@ -7,6 +7,12 @@ import streamlit as st
 
 from cbir import config, engine
 
+# Streamlit runs a file of pages/ directly (its older pages-folder mode) when it is opened by URL on a server where
+# app.py has not run yet; hand over to app.py, whose st.navigation then opens this page with the sidebar and layout.
+if not st.session_state.get("cbir-nav"):
+    st.session_state["cbir-goto"] = "pages/3_Model_comparison.py"
+    st.switch_page("app.py")
+
 feature_sets = st.cache_data(ttl=60, show_spinner=False)(engine.complete_feature_sets)
 # the same cached functions as the Index tuning page: evaluations and sweeps done there are reused here
 evaluate = st.cache_data(show_spinner=False, max_entries=1024)(engine.evaluate_for)

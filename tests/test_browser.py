@@ -159,6 +159,7 @@ def test_upload_on_the_search_page_shows_ten_results(
         driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
     text = driver.find_element(By.TAG_NAME, "body").text  # type: ignore[attr-defined]
     assert "Most similar images" in text and "#10" in text and "#11" not in text, text
+    assert "Feature set" in text, text  # opened through app.py's navigation (its sidebar), even by direct URL
     assert result_images() == 11, text
     assert "cannot be used" not in text and "Traceback" not in text, text
     assert shot.stat().st_size > 10_000
