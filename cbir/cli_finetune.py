@@ -103,9 +103,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(f"\nloss_test : {result.test_loss}")
     print(f"acc_test  : {result.test_accuracy}")
     print(f"\noutputs in {result.run_dir}")
-    print(f"  classifier:            {result.classifier_path}")
-    for name, path in result.feature_models.items():
-        print(f"  feature model {name + ':':9s} {path}")
+    labels = {"classifier": result.classifier_path,
+              **{f"feature model {name}": path for name, path in result.feature_models.items()}}
+    width = max(len(label) for label in labels) + 1
+    for label, path in labels.items():
+        print(f"  {label + ':':{width}s} {path}")
     print(f"\nfine-tuned features: python -m cbir extract --backbone {cfg.backbone} --weights "
           f"{result.feature_models['pool']}")
     return 0
