@@ -74,6 +74,7 @@ bar.empty()
 comparison = engine.comparison_table(jobs, results)
 table = comparison.table
 
+score = "mean distance" if metric == "euclidean" else "mean similarity"
 st.subheader("Results")
 st.dataframe(
     table,
@@ -95,7 +96,7 @@ st.dataframe(
     column_config={
         "feature_set": "feature set",
         "map": st.column_config.NumberColumn("mAP@10", format="%.3f"),
-        "mean_score": st.column_config.NumberColumn("mean score", format="%.3f"),
+        "mean_score": st.column_config.NumberColumn(score, format="%.3f"),
         "mean_visited": st.column_config.NumberColumn("visited / query", format="%.1f"),
         "visited_fraction": st.column_config.NumberColumn("share visited", format="percent"),
         "query_ms": st.column_config.NumberColumn("ms / query", format="%.3f"),
@@ -103,7 +104,6 @@ st.dataframe(
 )
 st.download_button("Download as CSV", table.to_csv(index=False), "comparison.csv", "text/csv")
 
-score = "mean distance" if metric == "euclidean" else "mean similarity"
 tabs = st.tabs(["mAP@10", "Visited objects", score.capitalize(), "Per-class mAP"])
 tabs[0].plotly_chart(engine.fig_comparison(table, "map", "mAP@10"), width="stretch")
 tabs[1].plotly_chart(engine.fig_comparison(table, "mean_visited", "Objects visited per query"), width="stretch")
