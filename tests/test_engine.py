@@ -455,3 +455,26 @@ def test_collection_status_of_a_real_collection(openclipart_small: Path, small_f
     assert len(engine.fig_collection_counts(long).data) == 3
     choices = engine.complete_feature_sets(openclipart_small)
     assert list(choices) == [f"{BACKBONE} · ImageNet"]
+
+
+def test_path_keyed_helpers_and_small_pieces(tmp_path: Path) -> None:
+    from cbir import config
+    from cbir.index import SequentialScan
+
+    feature_set = synthetic_feature_set()
+    path = save_feature_set(feature_set, tmp_path / "synthetic.joblib")
+    version = engine.file_version(path)
+    assert version > 0 and engine.file_version(tmp_path / "missing") == 0
+    search = engine.search_engine_for(path, version)  # no model needed to search with stored vectors
+    assert search.query_vector(feature_set.features[7]).results.iloc[0]["id"] == 7
+    defaults = engine.lsh_defaults_for(path, version, "cosine")
+    assert defaults.kind == "lsh" and defaults.metric == "cosine" and defaults.n_tables == engine.DEFAULT_TABLES
+    assert engine.nearest([1, 2, 4, 7, 10], 8) == 7
+    figure = engine.fig_per_class(
+        pd.DataFrame({"class": ["a"], "n_queries": [3], "map": [0.5]}),
+        pd.DataFrame({"class": ["a"], "n_queries": [3], "map": [0.7]}),
+    )
+    assert {trace.name for trace in figure.data} == {"current setting", "exact scan"}
+    assert engine.list_indexes().empty
+    SequentialScan().fit(feature_set.features).save(config.artifacts_dir() / "indexes" / "scan.joblib")
+    assert engine.list_indexes()["index"].tolist() == ["scan.joblib"]
