@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cbir import config
-from cbir.backbones import WeightsArg, build_model, get_backbone
+from cbir.backbones import WeightsArg, build_model, get_backbone, resolve_weights
 from cbir.collection import Catalog, collection_id, with_rejected
 from cbir.images import ImageDecodeError, load_image, resize_for_model
 from cbir.storage import ArtifactError, load_artifact, save_artifact
@@ -88,6 +88,12 @@ class FeatureExtractor:
         if self._model is None:
             self._model, self._weights_id = build_model(self.backbone, self.weights, seed=self.seed)
         return self._model
+
+    @property
+    def weights_path(self) -> str | None:
+        """The weights file the model was built from (``None`` for random or downloaded weights)."""
+        resolved = resolve_weights(self.spec, self.weights)
+        return resolved if resolved not in (None, "imagenet") else None
 
     @property
     def weights_id(self) -> str:
@@ -192,6 +198,7 @@ def _save(path: Path, catalog: Catalog, extractor: FeatureExtractor, cache: dict
     meta = {
         "backbone": extractor.backbone,
         "weights_id": extractor.weights_id,
+        "weights_path": extractor.weights_path,
         "dim": extractor.dim,
         "collection_root": str(catalog.root),
         "collection_id": collection_id(catalog.root),

@@ -8,8 +8,10 @@ objects per query is reported with its mAP and visited objects. ``python -m cbir
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 
@@ -24,6 +26,15 @@ REPORT_PROBES = (0, 4)
 BUDGET_FRACTION = 0.10
 
 
+def training_metrics(weights_path: str | None) -> dict[str, float]:
+    """Validation accuracy and loss of the fine-tuned classifier a feature model came from (none otherwise)."""
+    metrics_file = Path(weights_path).parent / "metrics.json" if weights_path else None
+    if metrics_file is None or not metrics_file.is_file():
+        return {"accuracy": float("nan"), "loss": float("nan")}
+    metrics = json.loads(metrics_file.read_text())
+    return {"accuracy": float(metrics["test_accuracy"]), "loss": float(metrics["test_loss"])}
+
+
 def feature_set_row(
     feature_set: FeatureSet,
     k: int = 10,
@@ -32,7 +43,8 @@ def feature_set_row(
 ) -> tuple[dict, pd.DataFrame]:
     """One results row for ``feature_set`` and the LSH sweep it came from."""
     x, labels, roles = feature_set.features, feature_set.labels, feature_set.roles
-    row: dict = {"backbone": feature_set.meta["backbone"], "weights": feature_set.meta["weights_id"]}
+    row: dict = {"backbone": feature_set.meta["backbone"], "weights": feature_set.meta["weights_id"],
+                 **training_metrics(feature_set.meta.get("weights_path"))}
     for distractors in (True, False):
         suffix = "" if distractors else " (no distractors)"
         for metric in ("euclidean", "cosine"):
