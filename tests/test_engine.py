@@ -280,9 +280,12 @@ def test_evaluate_config_scan_vs_lsh_and_slider_directions() -> None:
 
 def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     feature_set = synthetic_feature_set()
+    assert len(engine.sweep_configs(feature_set)) == 1 + 5 * 4 * 3  # the default grid, plus the exact scan
+    width = engine.default_width(engine.searchable_features(feature_set))
+    grid = {"n_tables": [1, 7], "n_projections": [2, 8], "bucket_width": [width, 2 * width]}
     seen = []
-    table = engine.run_sweep(feature_set, progress=lambda done, total: seen.append((done, total)))
-    assert len(table) == 1 + 5 * 4 * 3 and seen[-1] == (61, 61)
+    table = engine.run_sweep(feature_set, grid=grid, progress=lambda done, total: seen.append((done, total)))
+    assert len(table) == 9 and seen[-1] == (9, 9)
     assert table.iloc[0]["index"] == "scan" and table["pareto"].any()
     assert {"map", "mean_visited", "pareto", "label", "n_tables"} <= set(table.columns)
     recommended = engine.recommended_config(table, n_indexed=100)
@@ -290,12 +293,13 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     row = table[table["label"] == recommended.label].iloc[0]
     assert row["mean_visited"] <= engine.RECOMMEND_BUDGET_FRACTION * 100
     assert engine.recommended_config(table, n_indexed=100, budget_fraction=-1.0) is None
-    # the page builds the same table from per-setting evaluations
+    # the pages build the same table from per-setting (cached) evaluations
     path = save_feature_set(feature_set, tmp_path / "synthetic.joblib")
     version = engine.file_version(path)
-    configs = engine.sweep_configs_for(path, version)
+    configs = engine.sweep_configs(engine.load_feature_set(path, version), grid=grid)
     rebuilt = engine.sweep_table(configs, [engine.evaluate_for(path, version, c) for c in configs])
     pd.testing.assert_series_equal(rebuilt["map"], table["map"])
+    assert engine.sweep_configs_for(path, version) == engine.sweep_configs(feature_set)
 
 
 def test_comparison_table_shape(tmp_path: Path) -> None:
