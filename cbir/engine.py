@@ -30,13 +30,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from cbir import config
 from cbir.analysis import distance_table, pairwise_distance_sample
 from cbir.collection import Catalog, CollectionError, scan_collection
 from cbir.features import FeatureExtractor, FeatureSet, extract_collection, load_features
-from cbir.images import MAX_PIXELS, ImageDecodeError, load_image
+from cbir.images import MAX_JPEG_PIXELS, MAX_PIXELS, ImageDecodeError, load_image
 from cbir.index import BaseIndex, LSHIndex, SequentialScan
 from cbir.storage import ArtifactError
 
@@ -51,7 +51,6 @@ DEFAULT_K = 10
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # Big JPEG photos (phone cameras take 48–50 MP) are decoded at 1/2..1/8 scale in the DCT domain, which costs a
 # fraction of the memory; anything above this many pixels is refused as load_image would refuse it.
-MAX_JPEG_PIXELS = 64 * MAX_PIXELS
 # The paper's best web-app index (Section 7): g=7 tables, h=2 projections; w comes from the data.
 DEFAULT_TABLES = 7
 DEFAULT_PROJECTIONS = 2
@@ -370,21 +369,6 @@ def _probe(data: bytes) -> tuple[str | None, str, tuple[int, int], int, bool]:
             return probe.format, probe.mode, probe.size, int(getattr(probe, "n_frames", 1) or 1), transparent
 
 
-def _reduced_jpeg(data: bytes, size: tuple[int, int]) -> bytes:
-    """A big JPEG decoded at the coarsest DCT scale (1/8 at most) that stays above 1 MP, re-encoded as PNG so
-    that :func:`cbir.images.load_image` does the rest (orientation already applied here)."""
-    width, height = size
-    scale = 1
-    while scale < 8 and (width // (scale * 2)) * (height // (scale * 2)) >= 1_000_000:
-        scale *= 2
-    with Image.open(io.BytesIO(data)) as opened:
-        opened.draft("RGB" if opened.mode != "L" else "L", (max(1, width // scale), max(1, height // scale)))
-        image = ImageOps.exif_transpose(opened.convert("RGB"))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 def decode_query(source: bytes | str | os.PathLike[str] | Image.Image) -> QueryImage:
     """Decode an uploaded file (bytes), a path or a PIL image into an RGB query image.
 
@@ -411,11 +395,7 @@ def decode_query(source: bytes | str | os.PathLike[str] | Image.Image) -> QueryI
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         fmt, mode, size, frames, transparent = None, "RGB", (0, 0), 1, False  # load_image words the error
     pixels = size[0] * size[1]
-    if fmt == "JPEG" and MAX_PIXELS < pixels <= MAX_JPEG_PIXELS:
-        try:
-            data = _reduced_jpeg(data, size)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageDecodeError(f"the image is corrupt or truncated ({exc})") from exc
+    if fmt == "JPEG" and MAX_PIXELS < pixels <= MAX_JPEG_PIXELS:  # load_image decodes it at a reduced scale
         notes.append(
             f"This photo is {pixels / 1e6:.0f} megapixels; it was decoded at reduced size for the search "
             f"(the model looks at 224×224 pixels anyway)."

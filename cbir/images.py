@@ -22,6 +22,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 # 40 megapixels: Pillow's default bomb limit is ~89 MP (warning) / 179 MP (error); we decode many images in a row
 # on a 24 GiB machine, so anything above this is treated as a bomb. A 50-megapixel photo is reported, not decoded.
 MAX_PIXELS = 40_000_000
+# A big JPEG can be decoded at 1/2, 1/4 or 1/8 scale by the DCT itself (cheap, no full-size buffer), so photos
+# up to 8×8 times the limit are accepted and decoded at the first scale that fits.
+MAX_JPEG_SCALE = 8
+MAX_JPEG_PIXELS = MAX_JPEG_SCALE**2 * MAX_PIXELS
 MIN_SIDE = 8
 
 
@@ -70,7 +74,12 @@ def load_image(source: str | os.PathLike[str] | bytes, max_pixels: int = MAX_PIX
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(stream) as opened:
                 width, height = opened.size
-                if width * height > max_pixels:
+                if opened.format == "JPEG" and max_pixels < width * height <= MAX_JPEG_SCALE**2 * max_pixels:
+                    scale = 2
+                    while (width // scale) * (height // scale) > max_pixels:
+                        scale *= 2
+                    opened.draft(None, (width // scale, height // scale))
+                elif width * height > max_pixels:
                     raise ImageDecodeError(
                         f"{name}: the image is too large ({width}×{height} = {width * height / 1e6:.1f} megapixels; "
                         f"the limit is {max_pixels / 1e6:.0f} megapixels)"
