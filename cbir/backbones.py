@@ -13,6 +13,7 @@ ImageNet weights. Weights are resolved by :func:`resolve_weights`:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -146,15 +147,25 @@ def resolve_weights(spec: BackboneSpec, weights: WeightsArg) -> str | None:
     return str(path.resolve())
 
 
+@functools.lru_cache(maxsize=64)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:10]
+
+
 def weights_identity(resolved: str | None, seed: int = 0) -> str:
-    """A short, stable id of the weights, part of every feature-cache key."""
+    """A short, stable id of the weights, part of every feature-cache key: the file's name and a hash of its
+    content (so a byte-identical copy or re-conversion keeps the id, and changed weights never reuse features)."""
     if resolved is None:
         return f"random-seed{seed}"
     if resolved == "imagenet":
         return "imagenet-download"
     path = Path(resolved)
     stat = path.stat()
-    digest = hashlib.sha1(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    digest = _content_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     return f"{path.stem.replace('.weights', '')}-{digest}"
 
 

@@ -86,3 +86,15 @@ def test_shared_resnet_weights_load(shared_weights: Path, name: str) -> None:
     model, weights_id = build_model(name, "imagenet")
     assert model.output_shape == (None, 2048)
     assert weights_id != "imagenet-download"
+
+
+def test_weights_identity_follows_content(tmp_path: Path) -> None:
+    from cbir.backbones import weights_identity
+
+    first, copy, other = tmp_path / "a" / "w.h5", tmp_path / "b" / "w.h5", tmp_path / "c" / "w.h5"
+    for path, data in ((first, b"weights"), (copy, b"weights"), (other, b"changed")):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    assert weights_identity(str(first)) == weights_identity(str(copy))
+    assert weights_identity(str(first)) != weights_identity(str(other))
+    assert weights_identity(str(first)).startswith("w-")
