@@ -8,34 +8,36 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
+
+T = TypeVar("T")
 
 
 def _format_float(value: float) -> str:
     return f"{value:.4f}"
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one value")
-    return values
+def _list_parser(convert: Callable[[str], T], kind: str) -> Callable[[str], list[T]]:
+    """An argparse ``type``: comma-separated ``kind`` (e.g. "integers") converted by ``convert``, at least one."""
+
+    def parse(text: str) -> list[T]:
+        try:
+            values = [convert(part) for part in text.split(",") if part.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, got {text!r}") from exc
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one value")
+        return values
+
+    return parse
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one value")
-    return values
+_int_list = _list_parser(int, "integers")
+_float_list = _list_parser(float, "numbers")
 
 
 def _add_common_args(parser: argparse.ArgumentParser) -> None:

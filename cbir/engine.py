@@ -673,6 +673,8 @@ def sweep_table(configs: Sequence[IndexConfig], results: Sequence[Any]) -> pd.Da
     """One row per evaluated config (:data:`cbir.evaluation.SWEEP_COLUMNS` + ``pareto`` + ``label``)."""
     from cbir.evaluation import SWEEP_COLUMNS, pareto_frontier
 
+    # the result columns (map … query_ms) are attributes of the evaluation result under the same names
+    result_columns = SWEEP_COLUMNS[SWEEP_COLUMNS.index("metric") + 1 :]
     rows = []
     for config_, result in zip(configs, results, strict=True):
         lsh = config_.kind == "lsh"
@@ -684,13 +686,7 @@ def sweep_table(configs: Sequence[IndexConfig], results: Sequence[Any]) -> pd.Da
                 "bucket_width": config_.bucket_width if lsh else np.nan,
                 "probes": config_.probes if lsh else np.nan,
                 "metric": config_.metric,
-                "map": result.map,
-                "mean_score": result.mean_score,
-                "mean_visited": result.mean_visited,
-                "visited_fraction": result.visited_fraction,
-                "fit_seconds": result.fit_seconds,
-                "search_seconds": result.search_seconds,
-                "query_ms": result.query_ms,
+                **{column: getattr(result, column) for column in result_columns},
             }
         )
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
@@ -948,27 +944,31 @@ def lsh_defaults_for(path: str, version: int, metric: str = "euclidean") -> Inde
 # ----------------------------------------------------------------------------------------------------------
 
 
-def fig_collection_counts(counts_long: pd.DataFrame) -> Any:
-    """Grouped bars: images per class and role."""
+def _grouped_bars(frame: pd.DataFrame, x: str, y: str, color: str, layout: Mapping[str, Any], **options: Any) -> Any:
+    """Bars of ``y`` per ``x``, side by side per ``color`` (``options``: more ``px.bar`` arguments), then
+    ``fig.update_layout(**layout)``."""
     import plotly.express as px
 
-    fig = px.bar(
+    fig = px.bar(frame, x=x, y=y, color=color, barmode="group", **options)
+    fig.update_layout(**layout)
+    return fig
+
+
+def fig_collection_counts(counts_long: pd.DataFrame) -> Any:
+    """Grouped bars: images per class and role."""
+    return _grouped_bars(
         counts_long,
-        x="class",
-        y="images",
-        color="role",
-        barmode="group",
+        "class",
+        "images",
+        "role",
+        {"xaxis_tickangle": -35, "legend_title_text": "", "margin": {"t": 50, "b": 10}},
         title="Images per class and role",
     )
-    fig.update_layout(xaxis_tickangle=-35, legend_title_text="", margin={"t": 50, "b": 10})
-    return fig
 
 
 def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) -> Any:
     """Bars of ``value`` (map, mean_visited, visited_fraction, mean_score…) per feature set, grouped by index,
     one facet per distractor setting."""
-    import plotly.express as px
-
     labels = {
         "map": "mAP@10",
         "mean_visited": "visited objects / query",
@@ -977,13 +977,12 @@ def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) ->
         "query_ms": "ms / query",
         "feature_set": "feature set",
     }
-    frame = table.assign(distractors=table["distractors"] + " distractors")
-    fig = px.bar(
-        frame,
-        x="feature_set",
-        y=value,
-        color="index",
-        barmode="group",
+    fig = _grouped_bars(
+        table.assign(distractors=table["distractors"] + " distractors"),
+        "feature_set",
+        value,
+        "index",
+        {"legend_title_text": "", "margin": {"t": 60, "b": 10}},
         facet_col="distractors",
         title=title or labels.get(value, value),
         labels=labels,
@@ -991,28 +990,23 @@ def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) ->
         category_orders={"distractors": ["with distractors", "without distractors"]},
     )
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
-    fig.update_layout(legend_title_text="", margin={"t": 60, "b": 10})
     return fig
 
 
 def fig_comparison_per_class(per_class: pd.DataFrame, distractors: str = "with") -> Any:
     """Per-class mAP bars, one colour per feature set × index."""
-    import plotly.express as px
-
     frame = per_class[per_class["distractors"] == distractors].assign(
         setting=lambda df: df["feature_set"] + " — " + df["index"]
     )
-    fig = px.bar(
+    return _grouped_bars(
         frame,
-        x="class",
-        y="map",
-        color="setting",
-        barmode="group",
+        "class",
+        "map",
+        "setting",
+        {"xaxis_tickangle": -35, "yaxis_range": [0, 1], "margin": {"t": 50, "b": 10}},
         title=f"Per-class mAP@10 ({distractors} distractors)",
         labels={"map": "mAP@10", "setting": ""},
     )
-    fig.update_layout(xaxis_tickangle=-35, yaxis_range=[0, 1], margin={"t": 50, "b": 10})
-    return fig
 
 
 def fig_distance_histograms(samples: Mapping[str, pd.DataFrame], column: str = "euclidean") -> Any:
@@ -1036,24 +1030,19 @@ def fig_distance_histograms(samples: Mapping[str, pd.DataFrame], column: str = "
 
 def fig_per_class(per_class: pd.DataFrame, reference: pd.DataFrame | None = None) -> Any:
     """Per-class mAP bars of the current setting, beside the exact scan's (``reference``) when given."""
-    import plotly.express as px
-
     frames = [per_class.assign(index="current setting")]
     if reference is not None:
         frames.append(reference.assign(index="exact scan"))
-    frame = pd.concat(frames, ignore_index=True)
-    fig = px.bar(
-        frame,
-        x="class",
-        y="map",
-        color="index",
-        barmode="group",
+    return _grouped_bars(
+        pd.concat(frames, ignore_index=True),
+        "class",
+        "map",
+        "index",
+        {"xaxis_tickangle": -35, "yaxis_range": [0, 1], "margin": {"t": 20, "b": 10}},
         labels={"map": "mAP@10", "index": ""},
         hover_data=["n_queries"],
         color_discrete_map={"current setting": "#d62728", "exact scan": "#2ca02c"},
     )
-    fig.update_layout(xaxis_tickangle=-35, yaxis_range=[0, 1], margin={"t": 20, "b": 10})
-    return fig
 
 
 def nearest(values: Sequence[float], target: float) -> float:

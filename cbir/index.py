@@ -360,9 +360,11 @@ class LSHIndex(BaseIndex):
         assert self._offsets is not None
         return kernels.slot_positions(self._project(queries), self._offsets, self.bucket_width)
 
-    def _search(self, queries: np.ndarray, k: int) -> SearchResult:
+    def _probe_args(self, queries: np.ndarray) -> tuple[Any, ...]:
+        """The leading arguments of :func:`kernels.lsh_search` / :func:`kernels.lsh_candidates` for ``queries``
+        (already normalised for cosine): the queries, the data, their slots and the index parameters."""
         codes, fractions = self._query_slots(queries)
-        return kernels.lsh_search(
+        return (
             queries,
             self._data,
             codes,
@@ -372,9 +374,10 @@ class LSHIndex(BaseIndex):
             self.bucket_width,
             self.probes,
             self.tables,
-            k,
-            kernels.METRIC_CODES[self.metric],
         )
+
+    def _search(self, queries: np.ndarray, k: int) -> SearchResult:
+        return kernels.lsh_search(*self._probe_args(queries), k, kernels.METRIC_CODES[self.metric])
 
     def hash_codes(self, X: np.ndarray) -> np.ndarray:
         """Slot numbers of rows of ``X`` (m, d): (m, g, h) int64 (normalised first for cosine)."""
@@ -391,18 +394,7 @@ class LSHIndex(BaseIndex):
         queries = _as_matrix(Q, "Q", dim=self.dim, allow_empty=True)
         if self.metric == "cosine":
             queries = l2_normalize(queries)
-        codes, fractions = self._query_slots(queries)
-        offsets, ids = kernels.lsh_candidates(
-            queries,
-            self._data,
-            codes,
-            fractions,
-            self.n_tables,
-            self.n_projections,
-            self.bucket_width,
-            self.probes,
-            self.tables,
-        )
+        offsets, ids = kernels.lsh_candidates(*self._probe_args(queries))
         return [ids[offsets[i] : offsets[i + 1]] for i in range(len(queries))]
 
     def _state(self) -> dict[str, Any]:

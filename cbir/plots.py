@@ -45,6 +45,19 @@ def _hover_text(rows: pd.DataFrame) -> list[str]:
     return [one(row) for _, row in rows.iterrows()]
 
 
+def _sweep_points(rows: pd.DataFrame, mode: str, name: str, **style: Any) -> go.Scatter:
+    """Rows of a sweep as one trace (x: mean visited objects, y: mAP) with the configuration as hover text."""
+    return go.Scatter(
+        x=rows["mean_visited"],
+        y=rows["map"],
+        mode=mode,
+        name=name,
+        text=_hover_text(rows),
+        hoverinfo="text",
+        **style,
+    )
+
+
 def _pick(rows: pd.DataFrame, column: str, value: float, label: str) -> pd.DataFrame:
     picked = rows[np.isclose(rows[column].astype(float), float(value))]
     if picked.empty:
@@ -64,39 +77,24 @@ def fig_map_vs_visited(sweep_df: pd.DataFrame, current: Mapping[str, Any] | pd.S
     lsh = sweep_df[~is_scan]
     fig = go.Figure()
     fig.add_trace(
-        go.Scatter(
-            x=lsh["mean_visited"],
-            y=lsh["map"],
-            mode="markers",
-            name="configurations",
-            text=_hover_text(lsh),
-            hoverinfo="text",
-            marker={"size": 8, "color": "#7f8c8d", "opacity": 0.7},
-        )
+        _sweep_points(lsh, "markers", "configurations", marker={"size": 8, "color": "#7f8c8d", "opacity": 0.7})
     )
     frontier = sweep_df[pareto_frontier(sweep_df)].sort_values("mean_visited")
     fig.add_trace(
-        go.Scatter(
-            x=frontier["mean_visited"],
-            y=frontier["map"],
-            mode="lines+markers",
-            name="Pareto frontier",
-            text=_hover_text(frontier),
-            hoverinfo="text",
+        _sweep_points(
+            frontier,
+            "lines+markers",
+            "Pareto frontier",
             line={"color": "#e74c3c", "width": 2},
             marker={"size": 9},
         )
     )
     if is_scan.any():
-        scan = sweep_df[is_scan]
         fig.add_trace(
-            go.Scatter(
-                x=scan["mean_visited"],
-                y=scan["map"],
-                mode="markers",
-                name="exact scan",
-                text=_hover_text(scan),
-                hoverinfo="text",
+            _sweep_points(
+                sweep_df[is_scan],
+                "markers",
+                "exact scan",
                 marker={"size": 12, "symbol": "square", "color": "#2c3e50"},
             )
         )
@@ -148,31 +146,21 @@ def fig_map_visited_vs_g(sweep_df: pd.DataFrame, h: int) -> go.Figure:
         group = group.sort_values("n_tables")
         color = palette[position % len(palette)]
         name = f"w={width:.3g}"
-        fig.add_trace(
-            go.Scatter(
-                x=group["n_tables"],
-                y=group["map"],
-                mode="lines+markers",
-                name=name,
-                legendgroup=name,
-                line={"color": color},
-            ),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=group["n_tables"],
-                y=group["mean_visited"],
-                mode="lines+markers",
-                name=name,
-                legendgroup=name,
-                showlegend=False,
-                line={"color": color},
-            ),
-            row=1,
-            col=2,
-        )
+        # mAP on the left, visited objects on the right; one legend entry per width (from the left trace)
+        for col, (column, showlegend) in enumerate((("map", None), ("mean_visited", False)), start=1):
+            fig.add_trace(
+                go.Scatter(
+                    x=group["n_tables"],
+                    y=group[column],
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=showlegend,
+                    line={"color": color},
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_xaxes(title_text="g (hash tables)", dtick=1)
     fig.update_yaxes(title_text="mAP@k", row=1, col=1)
     fig.update_yaxes(title_text="mean visited", row=1, col=2)
