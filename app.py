@@ -11,13 +11,10 @@ import streamlit as st
 from cbir import config, engine
 from cbir.backbones import BACKBONES, available_backbones
 from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR
-
-FEATURE_SET_KEY = "feature_set"  # session-state key of the feature set chosen in the sidebar, read by every page
-NAV_KEY, GOTO_KEY = "cbir-nav", "cbir-goto"  # "app.py routed this session" / "page to open after routing"
+from cbir.ui import FEATURE_SET_KEY, GOTO_KEY, NAV_KEY, feature_set_choices
 
 st.set_page_config(page_title="cbir — image search", page_icon=":material/image_search:", layout="wide")
 
-feature_sets = st.cache_data(ttl=60, show_spinner=False)(engine.complete_feature_sets)
 collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection…")(engine.collection_status)
 
 
@@ -121,7 +118,7 @@ def render_build(root: object, status: engine.CollectionStatus) -> None:
 
 
 def sidebar() -> None:
-    choices = feature_sets(str(config.default_collection()), engine.workspace_version())
+    choices = feature_set_choices()
     if choices:
         current = engine.pick_feature_set(choices, st.session_state.get(FEATURE_SET_KEY))
         assert current is not None

@@ -6,39 +6,25 @@ from pathlib import Path
 
 import streamlit as st
 
-from cbir import config, engine
+from cbir import engine, ui
 from cbir.backbones import WeightsNotFoundError
 from cbir.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
 
-FEATURE_SET_KEY = "feature_set"
-
-# Streamlit runs a file of pages/ directly (its older pages-folder mode) when it is opened by URL on a server where
-# app.py has not run yet; hand over to app.py, whose st.navigation then opens this page with the sidebar and layout.
-if not st.session_state.get("cbir-nav"):
-    st.session_state["cbir-goto"] = "pages/1_Search.py"
-    st.switch_page("app.py")
 SOURCES = ("Upload a file", "Camera", "Pick from the collection")
 GRID_COLUMNS = 5
 
-feature_sets = st.cache_data(ttl=60, show_spinner=False)(engine.complete_feature_sets)
 lsh_defaults = st.cache_data(show_spinner=False)(engine.lsh_defaults_for)
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(engine.make_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(engine.tile)
 search_engine = st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)(engine.search_engine_for)
 
-st.title("Search by image")
-st.caption(
+ui.page_header(
+    "pages/1_Search.py",
+    "Search by image",
     "Drop an image (or take a photo, or pick one from the collection): the ten most similar images of the "
-    "collection are shown, with the time the query took and how many images the index compared."
+    "collection are shown, with the time the query took and how many images the index compared.",
 )
-
-choices = feature_sets(str(config.default_collection()), engine.workspace_version())
-picked = engine.pick_feature_set(choices, st.session_state.get(FEATURE_SET_KEY))
-if picked is None:
-    st.warning("No feature set yet: open the Home page and build the collection and its features first.")
-    st.stop()
-label, path = picked
-version = engine.file_version(path)
+label, path, version = ui.chosen_feature_set()
 feature_set = engine.load_feature_set(path, version)
 
 try:

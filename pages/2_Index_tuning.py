@@ -5,35 +5,20 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cbir import config, engine, plots
+from cbir import engine, plots, ui
 
-FEATURE_SET_KEY = "feature_set"
-
-# Streamlit runs a file of pages/ directly (its older pages-folder mode) when it is opened by URL on a server where
-# app.py has not run yet; hand over to app.py, whose st.navigation then opens this page with the sidebar and layout.
-if not st.session_state.get("cbir-nav"):
-    st.session_state["cbir-goto"] = "pages/2_Index_tuning.py"
-    st.switch_page("app.py")
-
-feature_sets = st.cache_data(ttl=60, show_spinner=False)(engine.complete_feature_sets)
 lsh_defaults = st.cache_data(show_spinner=False)(engine.lsh_defaults_for)
 # every setting evaluated once stays cached, so moving back to it is instant
 evaluate = st.cache_data(show_spinner=False, max_entries=1024)(engine.evaluate_for)
 sweep_configs = st.cache_data(show_spinner=False)(engine.sweep_configs_for)
 
-st.title("Index tuning")
-st.caption(
+ui.page_header(
+    "pages/2_Index_tuning.py",
+    "Index tuning",
     "Every change rebuilds the numba E2LSH index on the index split and runs all validation queries "
-    "(role *query*): mAP@10, objects visited per query and latency, against the exact scan."
+    "(role *query*): mAP@10, objects visited per query and latency, against the exact scan.",
 )
-
-choices = feature_sets(str(config.default_collection()), engine.workspace_version())
-picked = engine.pick_feature_set(choices, st.session_state.get(FEATURE_SET_KEY))
-if picked is None:
-    st.warning("No feature set yet: open the Home page and build the collection and its features first.")
-    st.stop()
-label, path = picked
-version = engine.file_version(path)
+label, path, version = ui.chosen_feature_set()
 
 top = st.columns([2, 2, 3])
 metric = top[0].selectbox("Metric", engine.METRICS, key="tune-metric", format_func=engine.METRIC_NAMES.get)
@@ -87,19 +72,18 @@ m = st.columns(5)
 m[0].metric(
     "mAP@10", f"{result.map:.3f}", f"{result.map - scan.map:+.3f} vs exact scan", help=f"Exact scan: {scan.map:.3f}"
 )
-m[1].metric(
-    "Objects visited / query",
-    f"{result.mean_visited:,.1f}",
-    f"{result.mean_visited - scan.mean_visited:+,.0f} vs exact scan",
-    delta_color="inverse",
-)
+# the costs: lower is better, so a rise over the exact scan shows in red
+for column, name, value, delta in (
+    (
+        m[1],
+        "Objects visited / query",
+        f"{result.mean_visited:,.1f}",
+        f"{result.mean_visited - scan.mean_visited:+,.0f} vs exact scan",
+    ),
+    (m[3], "Latency / query", f"{result.query_ms:.3f} ms", f"{result.query_ms - scan.query_ms:+.3f} ms vs scan"),
+):
+    column.metric(name, value, delta, delta_color="inverse")
 m[2].metric("Share of the index visited", f"{result.visited_fraction:.1%}")
-m[3].metric(
-    "Latency / query",
-    f"{result.query_ms:.3f} ms",
-    f"{result.query_ms - scan.query_ms:+.3f} ms vs scan",
-    delta_color="inverse",
-)
 m[4].metric("Index build", f"{result.fit_seconds * 1000:.0f} ms")
 st.caption(
     f"{result.n_queries:,} validation queries against {result.n_indexed:,} indexed images · "

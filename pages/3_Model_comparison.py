@@ -5,31 +5,21 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cbir import config, engine
+from cbir import engine, ui
 
-# Streamlit runs a file of pages/ directly (its older pages-folder mode) when it is opened by URL on a server where
-# app.py has not run yet; hand over to app.py, whose st.navigation then opens this page with the sidebar and layout.
-if not st.session_state.get("cbir-nav"):
-    st.session_state["cbir-goto"] = "pages/3_Model_comparison.py"
-    st.switch_page("app.py")
-
-feature_sets = st.cache_data(ttl=60, show_spinner=False)(engine.complete_feature_sets)
 # the same cached functions as the Index tuning page: evaluations and sweeps done there are reused here
 evaluate = st.cache_data(show_spinner=False, max_entries=1024)(engine.evaluate_for)
 sweep_configs = st.cache_data(show_spinner=False)(engine.sweep_configs_for)
 comparison_configs = st.cache_data(show_spinner=False)(engine.comparison_configs_for)
 distance_analysis = st.cache_data(show_spinner="Sampling pairwise distances…")(engine.distance_analysis_for)
 
-st.title("Model comparison")
-st.caption(
+ui.page_header(
+    "pages/3_Model_comparison.py",
+    "Model comparison",
     "Every feature set (backbone × weights: ImageNet feature extraction, fine-tuned when present) searched "
-    "with the exact scan and with LSH, with and without the distractors, on the validation queries."
+    "with the exact scan and with LSH, with and without the distractors, on the validation queries.",
 )
-
-choices = feature_sets(str(config.default_collection()), engine.workspace_version())
-if not choices:
-    st.warning("No feature set yet: open the Home page and build the collection and its features first.")
-    st.stop()
+choices = ui.require_feature_set_choices()
 
 top = st.columns([3, 1, 1])
 selected = top[0].multiselect("Feature sets", list(choices), default=list(choices), key="compare-sets")
