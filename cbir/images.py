@@ -23,9 +23,11 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 # on a 24 GiB machine, so anything above this is treated as a bomb. A 50-megapixel photo is reported, not decoded.
 MAX_PIXELS = 40_000_000
 # A big JPEG can be decoded at 1/2, 1/4 or 1/8 scale by the DCT itself (cheap, no full-size buffer), so photos
-# up to 8×8 times the limit are accepted and decoded at the first scale that fits.
+# up to 8×8 times the limit are accepted, decoded at the coarsest scale that keeps at least REDUCED_MIN_PIXELS
+# (the models look at 224×224 pixels; a megapixel is plenty for them and for display).
 MAX_JPEG_SCALE = 8
 MAX_JPEG_PIXELS = MAX_JPEG_SCALE**2 * MAX_PIXELS
+REDUCED_MIN_PIXELS = 1_000_000
 MIN_SIDE = 8
 
 
@@ -76,7 +78,10 @@ def load_image(source: str | os.PathLike[str] | bytes, max_pixels: int = MAX_PIX
                 width, height = opened.size
                 if opened.format == "JPEG" and max_pixels < width * height <= MAX_JPEG_SCALE**2 * max_pixels:
                     scale = 2
-                    while (width // scale) * (height // scale) > max_pixels:
+                    while scale < MAX_JPEG_SCALE and (
+                        (width // scale) * (height // scale) > max_pixels
+                        or (width // (2 * scale)) * (height // (2 * scale)) >= REDUCED_MIN_PIXELS
+                    ):
                         scale *= 2
                     opened.draft(None, (width // scale, height // scale))
                 elif width * height > max_pixels:
