@@ -37,6 +37,6 @@ fi
 
 if [ -d /usr/share/openclipart/png ]; then
   echo "== default collection (Open Clip Art)"
-  .venv/bin/python -m cbir openclipart --workers 2 > /dev/null
+  .venv/bin/python -m cbir openclipart --workers 2 2>&1 | tail -n 3  # the summary, not the progress bar
 fi
 echo "== setup done"
