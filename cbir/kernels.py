@@ -31,7 +31,7 @@ Multi-probe (Lv et al., VLDB 2007, query-directed probing)
 from __future__ import annotations
 
 import itertools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -214,7 +214,11 @@ def build_tables_reference(keys: np.ndarray) -> BucketTables:
 
 @njit(cache=True)
 def _find_bucket(bucket_keys: np.ndarray, lo: int, hi: int, key: np.uint64) -> int:
-    """Index of ``key`` in the sorted slice ``bucket_keys[lo:hi]``, or -1."""
+    """Index of ``key`` in the sorted slice ``bucket_keys[lo:hi]``, or -1.
+
+    (An interpolation search, the keys being uniform 64-bit hashes, was measured slower: its reads depend on
+    each other, while the first levels of a binary search stay in cache across queries.)
+    """
     end = hi
     while lo < hi:
         mid = (lo + hi) >> 1
@@ -238,73 +242,108 @@ def max_heap_nodes(n_probes: int, n_projections: int) -> int:
     return 2 * (4 * n_probes + 4 * n_projections + 8) + 1
 
 
-@njit(cache=True)
-def _heap_less(score_a: float, seq_a: int, score_b: float, seq_b: int) -> bool:
-    return score_a < score_b or (score_a == score_b and seq_a < seq_b)
+# Binary heaps over parallel (key, id) arrays, shared by the multi-probe min-heap (``largest_first=False``:
+# smallest (cost, node) on top) and the top-k max-heap (``True``: the worst kept answer on top). Ties are
+# broken by id in the same direction, so equal keys pop in id order.
+
+
+@njit(cache=True, inline="always")
+def _above(key_a, id_a, key_b, id_b, largest_first: bool) -> bool:
+    """Whether (key_a, id_a) belongs above (key_b, id_b) in the heap."""
+    if largest_first:
+        return key_a > key_b or (key_a == key_b and id_a > id_b)
+    return key_a < key_b or (key_a == key_b and id_a < id_b)
 
 
 @njit(cache=True)
-def _heap_push(heap_score, heap_node, size, score, node):
-    # min-heap on (score, node id); node ids increase with insertion so ties resolve first-in first-out
+def _heap_push(keys, ids, size, key, item, largest_first):
+    """Add (key, item) to a heap of ``size`` entries; returns the new size."""
     i = size
-    heap_score[i] = score
-    heap_node[i] = node
+    keys[i] = key
+    ids[i] = item
     while i > 0:
         parent = (i - 1) >> 1
-        if _heap_less(heap_score[i], heap_node[i], heap_score[parent], heap_node[parent]):
-            heap_score[i], heap_score[parent] = heap_score[parent], heap_score[i]
-            heap_node[i], heap_node[parent] = heap_node[parent], heap_node[i]
-            i = parent
-        else:
+        if not _above(keys[i], ids[i], keys[parent], ids[parent], largest_first):
             break
+        keys[i], keys[parent] = keys[parent], keys[i]
+        ids[i], ids[parent] = ids[parent], ids[i]
+        i = parent
     return size + 1
 
 
 @njit(cache=True)
-def _heap_pop(heap_score, heap_node, size):
-    score = heap_score[0]
-    node = heap_node[0]
-    size -= 1
-    heap_score[0] = heap_score[size]
-    heap_node[0] = heap_node[size]
+def _heap_replace_top(keys, ids, size, key, item, largest_first):
+    """Put (key, item) in place of the top entry and restore the heap order."""
+    keys[0] = key
+    ids[0] = item
     i = 0
     while True:
-        left = 2 * i + 1
-        if left >= size:
+        child = 2 * i + 1
+        if child >= size:
             break
-        child = left
-        if left + 1 < size and _heap_less(heap_score[left + 1], heap_node[left + 1], heap_score[left], heap_node[left]):
-            child = left + 1
-        if _heap_less(heap_score[child], heap_node[child], heap_score[i], heap_node[i]):
-            heap_score[i], heap_score[child] = heap_score[child], heap_score[i]
-            heap_node[i], heap_node[child] = heap_node[child], heap_node[i]
-            i = child
-        else:
+        if child + 1 < size and _above(keys[child + 1], ids[child + 1], keys[child], ids[child], largest_first):
+            child += 1
+        if not _above(keys[child], ids[child], keys[i], ids[i], largest_first):
             break
-    return score, node, size
+        keys[i], keys[child] = keys[child], keys[i]
+        ids[i], ids[child] = ids[child], ids[i]
+        i = child
 
 
 @njit(cache=True)
-def _perturbation_sets(
-    fractions: np.ndarray,
-    bucket_width: float,
-    n_probes: int,
-    single_cost: np.ndarray,
-    single_coord: np.ndarray,
-    single_delta: np.ndarray,
-    heap_score: np.ndarray,
-    heap_node: np.ndarray,
-    pool: np.ndarray,
-    pool_size: np.ndarray,
-    coord_used: np.ndarray,
-    out_deltas: np.ndarray,
-    out_scores: np.ndarray,
-) -> int:
-    """Write the ``n_probes`` cheapest valid perturbation vectors into ``out_deltas``; return how many.
+def _heap_pop(keys, ids, size, largest_first):
+    """Remove the top entry; returns (key, id, new size). The freed slot ``size - 1`` is left untouched."""
+    key = keys[0]
+    item = ids[0]
+    size -= 1
+    _heap_replace_top(keys, ids, size, keys[size], ids[size], largest_first)
+    return key, item, size
 
-    Workspace shapes (h = len(fractions)): single_* (2h,), heap_* and pool rows (max_heap_nodes,),
-    pool (max_heap_nodes, 2h), coord_used (h,), out_deltas (n_probes, h) int64, out_scores (n_probes,).
+
+@njit(cache=True)
+def _probe_workspace(n_probes: int, n_projections: int):
+    """Scratch arrays of :func:`_perturbation_sets` for ``h = n_projections`` (allocated once per worker).
+
+    Returns (single_cost (2h,), single_coord (2h,), single_delta (2h,), heap_score (c,), heap_node (c,),
+    pool (c, 2h), pool_size (c,), coord_used (h,), out_deltas (T, h), out_scores (T,)) with
+    ``c = max_heap_nodes(T, h)`` and ``T = max(n_probes, 1)``.
     """
+    h = n_projections
+    capacity = max_heap_nodes(n_probes, h)
+    rows = max(n_probes, 1)
+    return (
+        np.empty(2 * h, dtype=np.float64),
+        np.empty(2 * h, dtype=np.int64),
+        np.empty(2 * h, dtype=np.int64),
+        np.empty(capacity, dtype=np.float64),
+        np.empty(capacity, dtype=np.int64),
+        np.empty((capacity, 2 * h), dtype=np.int64),
+        np.empty(capacity, dtype=np.int64),
+        np.zeros(h, dtype=np.int64),
+        np.zeros((rows, h), dtype=np.int64),
+        np.zeros(rows, dtype=np.float64),
+    )
+
+
+@njit(cache=True)
+def _perturbation_sets(fractions: np.ndarray, bucket_width: float, n_probes: int, workspace) -> int:
+    """Write the ``n_probes`` cheapest valid perturbation vectors into the workspace; return how many.
+
+    ``workspace`` comes from :func:`_probe_workspace`; the vectors land in its ``out_deltas`` rows and their
+    costs in ``out_scores``.
+    """
+    (
+        single_cost,
+        single_coord,
+        single_delta,
+        heap_score,
+        heap_node,
+        pool,
+        pool_size,
+        coord_used,
+        out_deltas,
+        out_scores,
+    ) = workspace
     h = fractions.shape[0]
     n_single = 2 * h
     # costs of moving one coordinate one slot left (-1) or right (+1)
@@ -329,50 +368,48 @@ def _perturbation_sets(
             )
             b -= 1
         single_cost[b + 1], single_coord[b + 1], single_delta[b + 1] = cost, coord, delta
-    sorted_cost, sorted_coord, sorted_delta = single_cost, single_coord, single_delta
 
     capacity = heap_score.shape[0]
     n_nodes = 1
     pool[0, 0] = 0
     pool_size[0] = 1
-    size = _heap_push(heap_score, heap_node, 0, sorted_cost[0], 0)
+    size = _heap_push(heap_score, heap_node, 0, single_cost[0], 0, False)
     found = 0
     while found < n_probes and size > 0:
-        score, node, size = _heap_pop(heap_score, heap_node, size)
+        score, node, size = _heap_pop(heap_score, heap_node, size, False)
         length = pool_size[node]
-        # a set is valid when no coordinate is moved both ways
-        coord_used[:] = 0
+        # a set is valid when no coordinate is moved both ways (coord_used is all zero between sets)
         valid = True
         for e in range(length):
-            c = sorted_coord[pool[node, e]]
+            c = single_coord[pool[node, e]]
             if coord_used[c]:
                 valid = False
-                break
             coord_used[c] = 1
+        for e in range(length):
+            coord_used[single_coord[pool[node, e]]] = 0
         if valid:
             out_deltas[found, :] = 0
             for e in range(length):
                 element = pool[node, e]
-                out_deltas[found, sorted_coord[element]] = sorted_delta[element]
+                out_deltas[found, single_coord[element]] = single_delta[element]
             out_scores[found] = score
             found += 1
         last = pool[node, length - 1]
         if last + 1 < n_single:
             if n_nodes + 2 > capacity:
                 break  # capacity is sized so this does not happen for sane n_probes; stop rather than fail
-            # shift: replace the largest element by the next one
-            pool[n_nodes, :length] = pool[node, :length]
-            pool[n_nodes, length - 1] = last + 1
-            pool_size[n_nodes] = length
-            shifted = score - sorted_cost[last] + sorted_cost[last + 1]
-            size = _heap_push(heap_score, heap_node, size, shifted, n_nodes)
-            n_nodes += 1
-            # expand: add the next element
-            pool[n_nodes, :length] = pool[node, :length]
-            pool[n_nodes, length] = last + 1
-            pool_size[n_nodes] = length + 1
-            size = _heap_push(heap_score, heap_node, size, score + sorted_cost[last + 1], n_nodes)
-            n_nodes += 1
+            # grow 0 = shift (replace the largest element by the next one), 1 = expand (append the next one)
+            for grow in range(2):
+                for e in range(length):
+                    pool[n_nodes, e] = pool[node, e]
+                pool[n_nodes, length - 1 + grow] = last + 1
+                pool_size[n_nodes] = length + grow
+                if grow == 0:
+                    child_score = score - single_cost[last] + single_cost[last + 1]
+                else:
+                    child_score = score + single_cost[last + 1]
+                size = _heap_push(heap_score, heap_node, size, child_score, n_nodes, False)
+                n_nodes += 1
     return found
 
 
@@ -386,26 +423,9 @@ def perturbation_sequence(fractions: np.ndarray, bucket_width: float, n_probes: 
     Returns:
         deltas (T, h) int64 in {-1, 0, 1} and their costs (T,) float64, ``T <= min(n_probes, 3**h - 1)``.
     """
-    h = fractions.shape[0]
-    capacity = max_heap_nodes(n_probes, h)
-    out_deltas = np.zeros((max(n_probes, 1), h), dtype=np.int64)
-    out_scores = np.zeros(max(n_probes, 1), dtype=np.float64)
-    found = _perturbation_sets(
-        fractions,
-        bucket_width,
-        n_probes,
-        np.empty(2 * h, dtype=np.float64),
-        np.empty(2 * h, dtype=np.int64),
-        np.empty(2 * h, dtype=np.int64),
-        np.empty(capacity, dtype=np.float64),
-        np.empty(capacity, dtype=np.int64),
-        np.empty((capacity, 2 * h), dtype=np.int64),
-        np.empty(capacity, dtype=np.int64),
-        np.empty(h, dtype=np.int64),
-        out_deltas,
-        out_scores,
-    )
-    return out_deltas[:found], out_scores[:found]
+    workspace = _probe_workspace(n_probes, fractions.shape[0])
+    found = _perturbation_sets(fractions, bucket_width, n_probes, workspace)
+    return workspace[8][:found], workspace[9][:found]
 
 
 def perturbation_sequence_reference(
@@ -427,13 +447,38 @@ def perturbation_sequence_reference(
 # Only the reductions allow reassociation: it lets LLVM vectorise the sum (about 8x faster on AVX2/AVX-512),
 # changing results in the last bits only. Everything else is compiled with strict IEEE semantics.
 
+# Squared distances are summed in blocks of this many coordinates, so that a candidate whose partial sum
+# already exceeds the current k-th best can be dropped without reading the rest of its row.
+_DISTANCE_BLOCK = 256
+
 
 @njit(cache=True, fastmath={"reassoc"})
-def _squared_l2(a: np.ndarray, b: np.ndarray) -> np.float32:
+def _squared_l2_range(a: np.ndarray, b: np.ndarray, start: int, stop: int) -> np.float32:
+    # slices, not ``range(start, stop)`` indices: with an index of unknown sign numba emits wrap-around
+    # handling for negative indices, which stops LLVM from vectorising the loop (3x slower)
+    a_part = a[start:stop]
+    b_part = b[start:stop]
     total = np.float32(0.0)
-    for j in range(a.shape[0]):
-        diff = a[j] - b[j]
+    for j in range(a_part.shape[0]):
+        diff = a_part[j] - b_part[j]
         total += diff * diff
+    return total
+
+
+@njit(cache=True)
+def _squared_l2(a: np.ndarray, b: np.ndarray, bound: np.float32) -> np.float32:
+    """Squared distance, summed block by block in a fixed order.
+
+    Stops early once the running sum exceeds ``bound`` and returns that partial sum: the remaining terms
+    are non-negative and float addition is monotone, so the full sum would exceed ``bound`` too. The value
+    returned when it does not stop early does not depend on ``bound``.
+    """
+    dim = a.shape[0]
+    total = np.float32(0.0)
+    for start in range(0, dim, _DISTANCE_BLOCK):
+        total += _squared_l2_range(a, b, start, min(start + _DISTANCE_BLOCK, dim))
+        if total > bound:
+            break
     return total
 
 
@@ -446,54 +491,14 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:
 
 
 @njit(cache=True)
-def _ranking_key(query: np.ndarray, row: np.ndarray, metric: int) -> np.float32:
-    """Smaller is better: squared distance, or minus the similarity for cosine (unit vectors)."""
+def _ranking_key(query: np.ndarray, row: np.ndarray, metric: int, bound: np.float32) -> np.float32:
+    """Smaller is better: squared distance, or minus the similarity for cosine (unit vectors).
+
+    A euclidean key larger than ``bound`` may be returned as any value larger than ``bound`` (early exit).
+    """
     if metric == METRIC_EUCLIDEAN:
-        return _squared_l2(query, row)
+        return _squared_l2(query, row, bound)
     return -_dot(query, row)
-
-
-@njit(cache=True)
-def _topk_greater(key_a: float, id_a: int, key_b: float, id_b: int) -> bool:
-    return key_a > key_b or (key_a == key_b and id_a > id_b)
-
-
-@njit(cache=True)
-def _topk_push(top_key, top_id, size, k, key, obj):
-    """Keep the k best (key, id) pairs in a max-heap of size ``size``; return the new size."""
-    if size < k:
-        i = size
-        top_key[i] = key
-        top_id[i] = obj
-        size += 1
-        while i > 0:
-            parent = (i - 1) >> 1
-            if _topk_greater(top_key[i], top_id[i], top_key[parent], top_id[parent]):
-                top_key[i], top_key[parent] = top_key[parent], top_key[i]
-                top_id[i], top_id[parent] = top_id[parent], top_id[i]
-                i = parent
-            else:
-                break
-        return size
-    if not _topk_greater(top_key[0], top_id[0], key, obj):
-        return size  # not better than the current k-th
-    top_key[0] = key
-    top_id[0] = obj
-    i = 0
-    while True:
-        left = 2 * i + 1
-        if left >= size:
-            break
-        child = left
-        if left + 1 < size and _topk_greater(top_key[left + 1], top_id[left + 1], top_key[left], top_id[left]):
-            child = left + 1
-        if _topk_greater(top_key[child], top_id[child], top_key[i], top_id[i]):
-            top_key[i], top_key[child] = top_key[child], top_key[i]
-            top_id[i], top_id[child] = top_id[child], top_id[i]
-            i = child
-        else:
-            break
-    return size
 
 
 @njit(cache=True)
@@ -507,33 +512,25 @@ def _rerank_into(
     out_scores: np.ndarray,
     out_ids: np.ndarray,
 ) -> None:
-    """Exact top-k of ``candidates`` for one query, best first, ties by id; unused slots keep -1 / ±inf."""
+    """Exact top-k of ``candidates`` for one query, best first, ties by id; unused slots keep -1 / ±inf.
+
+    ``top_key`` / ``top_id`` (k,) are scratch space for a max-heap of the k best (key, id) pairs seen.
+    """
     k = out_ids.shape[0]
     size = 0
+    bound = np.float32(np.inf)  # the k-th best key once the heap is full: worse candidates are dropped
     for c in range(candidates.shape[0]):
         obj = candidates[c]
-        size = _topk_push(top_key, top_id, size, k, _ranking_key(query, data[obj], metric), obj)
+        key = _ranking_key(query, data[obj], metric, bound)
+        if size < k:
+            size = _heap_push(top_key, top_id, size, key, obj, True)
+        elif _above(top_key[0], top_id[0], key, obj, True):
+            _heap_replace_top(top_key, top_id, size, key, obj, True)
+        if size == k:
+            bound = top_key[0]
     # pop the max-heap from the back so the output is ascending by (key, id)
     for position in range(size - 1, -1, -1):
-        key = top_key[0]
-        obj = top_id[0]
-        last = position
-        top_key[0] = top_key[last]
-        top_id[0] = top_id[last]
-        i = 0
-        while True:
-            left = 2 * i + 1
-            if left >= last:
-                break
-            child = left
-            if left + 1 < last and _topk_greater(top_key[left + 1], top_id[left + 1], top_key[left], top_id[left]):
-                child = left + 1
-            if _topk_greater(top_key[child], top_id[child], top_key[i], top_id[i]):
-                top_key[i], top_key[child] = top_key[child], top_key[i]
-                top_id[i], top_id[child] = top_id[child], top_id[i]
-                i = child
-            else:
-                break
+        key, obj, _ = _heap_pop(top_key, top_id, position + 1, True)
         out_ids[position] = obj
         out_scores[position] = np.sqrt(key) if metric == METRIC_EUCLIDEAN else -key
 
@@ -544,21 +541,21 @@ def _empty_results(m: int, k: int, metric: int) -> tuple[np.ndarray, np.ndarray]
 
 
 @njit(cache=True, parallel=True)
-def _rerank_kernel(queries, data, cand_offsets, cand_ids, metric, out_scores, out_ids):
+def _rerank_kernel(queries, data, cand_offsets, cand_ids, metric, n_chunks, out_scores, out_ids):
+    m = queries.shape[0]
     k = out_ids.shape[1]
-    for i in prange(queries.shape[0]):
+    for chunk in prange(n_chunks):
         top_key = np.empty(k, dtype=np.float32)
         top_id = np.empty(k, dtype=np.int64)
-        _rerank_into(
-            queries[i],
-            data,
-            cand_ids[cand_offsets[i] : cand_offsets[i + 1]],
-            metric,
-            top_key,
-            top_id,
-            out_scores[i],
-            out_ids[i],
-        )
+        for i in range(chunk * m // n_chunks, (chunk + 1) * m // n_chunks):
+            candidates = cand_ids[cand_offsets[i] : cand_offsets[i + 1]]
+            _rerank_into(queries[i], data, candidates, metric, top_key, top_id, out_scores[i], out_ids[i])
+
+
+def _n_chunks(m: int) -> int:
+    """Work items of a parallel loop over m queries: a few per thread balances uneven candidate counts,
+    and per-item scratch space is allocated once per item, not once per query."""
+    return min(m, 4 * numba.get_num_threads())
 
 
 def rerank_candidates(
@@ -575,8 +572,9 @@ def rerank_candidates(
         scores (m, k) float32 (distance ascending, or similarity descending) and ids (m, k) int64, padded
         with -1 / +inf (euclidean) or -inf (cosine).
     """
-    scores, ids = _empty_results(queries.shape[0], k, metric)
-    _rerank_kernel(queries, data, cand_offsets, cand_ids, metric, scores, ids)
+    m = queries.shape[0]
+    scores, ids = _empty_results(m, k, metric)
+    _rerank_kernel(queries, data, cand_offsets, cand_ids, metric, _n_chunks(m), scores, ids)
     return scores, ids
 
 
@@ -584,10 +582,20 @@ def rerank_candidates(
 # LSH query
 # ----------------------------------------------------------------------------------------------------------
 
+_MODE_SEARCH = 0  # top-k and visited
+_MODE_COUNT = 1  # visited only
+_MODE_FILL = 2  # visited and the sorted candidates, written to cand_ids at cand_offsets
+
 
 @njit(cache=True)
-def _add_bucket(bucket, bucket_starts, bucket_ids, marks, stamp, buffer, count):
-    for p in range(bucket_starts[bucket], bucket_starts[bucket + 1]):
+def _probe_bucket(codes, start, n_projections, deltas, tables, lo, hi, marks, stamp, buffer, count):
+    """Append the ids of bucket ``codes[start:start+h] + deltas`` of the table ``bucket_keys[lo:hi]`` that
+    are not marked with ``stamp`` yet to ``buffer[count:]``; returns the new count."""
+    bucket = _find_bucket(tables.bucket_keys, lo, hi, _tuple_key(codes, start, n_projections, deltas))
+    if bucket < 0:
+        return count
+    bucket_ids = tables.bucket_ids
+    for p in range(tables.bucket_starts[bucket], tables.bucket_starts[bucket + 1]):
         obj = bucket_ids[p]
         if marks[obj] != stamp:
             marks[obj] = stamp
@@ -604,53 +612,29 @@ def _collect_candidates(
     n_projections: int,
     bucket_width: float,
     n_probes: int,
-    table_offsets: np.ndarray,
-    bucket_keys: np.ndarray,
-    bucket_starts: np.ndarray,
-    bucket_ids: np.ndarray,
+    tables,
     marks: np.ndarray,
     stamp: int,
     buffer: np.ndarray,
     zero_deltas: np.ndarray,
-    work_float: np.ndarray,
-    work_int: np.ndarray,
-    heap_score: np.ndarray,
-    heap_node: np.ndarray,
-    pool: np.ndarray,
-    pool_size: np.ndarray,
-    coord_used: np.ndarray,
-    probe_deltas: np.ndarray,
-    probe_scores: np.ndarray,
+    workspace,
 ) -> int:
-    """Distinct ids in the query's buckets (plus probed neighbours), written to ``buffer``; returns the count."""
+    """Distinct ids in the query's buckets (plus probed neighbours), written to ``buffer``; returns the count.
+
+    ``marks`` (n,) dedups ids across tables: an id is taken when its mark differs from this query's
+    ``stamp`` (a value no other query of the worker uses), so the array is never cleared.
+    """
     h = n_projections
+    probe_deltas = workspace[8]
     count = 0
     for t in range(n_tables):
-        lo = table_offsets[t]
-        hi = table_offsets[t + 1]
-        bucket = _find_bucket(bucket_keys, lo, hi, _tuple_key(codes, t * h, h, zero_deltas))
-        if bucket >= 0:
-            count = _add_bucket(bucket, bucket_starts, bucket_ids, marks, stamp, buffer, count)
+        lo = tables.table_offsets[t]
+        hi = tables.table_offsets[t + 1]
+        count = _probe_bucket(codes, t * h, h, zero_deltas, tables, lo, hi, marks, stamp, buffer, count)
         if n_probes > 0:
-            n_found = _perturbation_sets(
-                fractions[t * h : (t + 1) * h],
-                bucket_width,
-                n_probes,
-                work_float,
-                work_int[: 2 * h],
-                work_int[2 * h :],
-                heap_score,
-                heap_node,
-                pool,
-                pool_size,
-                coord_used,
-                probe_deltas,
-                probe_scores,
-            )
+            n_found = _perturbation_sets(fractions[t * h : (t + 1) * h], bucket_width, n_probes, workspace)
             for p in range(n_found):
-                bucket = _find_bucket(bucket_keys, lo, hi, _tuple_key(codes, t * h, h, probe_deltas[p]))
-                if bucket >= 0:
-                    count = _add_bucket(bucket, bucket_starts, bucket_ids, marks, stamp, buffer, count)
+                count = _probe_bucket(codes, t * h, h, probe_deltas[p], tables, lo, hi, marks, stamp, buffer, count)
     return count
 
 
@@ -664,12 +648,9 @@ def _lsh_kernel(
     n_projections,
     bucket_width,
     n_probes,
-    table_offsets,
-    bucket_keys,
-    bucket_starts,
-    bucket_ids,
+    tables,
     metric,
-    want_candidates,
+    mode,
     n_chunks,
     out_scores,
     out_ids,
@@ -677,26 +658,17 @@ def _lsh_kernel(
     cand_offsets,
     cand_ids,
 ):
-    """Pass 1 (want_candidates=False): top-k + visited. Pass 2 (True): write sorted candidates to cand_ids."""
-    m = queries.shape[0]
+    """Candidates of every query, then (by ``mode``) their exact top-k, only their count, or their ids."""
+    m = codes.shape[0]
     n = data.shape[0]
     h = n_projections
     k = out_ids.shape[1]
-    capacity = max_heap_nodes(n_probes, h)
     for chunk in prange(n_chunks):
-        # per-chunk workspace: the mark array dedups ids across tables with a per-query stamp
+        # per-worker scratch space, allocated once for the chunk's queries
         marks = np.zeros(n, dtype=np.int64)
         buffer = np.empty(n, dtype=np.int64)
         zero_deltas = np.zeros(h, dtype=np.int64)
-        work_float = np.empty(2 * h, dtype=np.float64)
-        work_int = np.empty(4 * h, dtype=np.int64)
-        heap_score = np.empty(capacity, dtype=np.float64)
-        heap_node = np.empty(capacity, dtype=np.int64)
-        pool = np.empty((capacity, 2 * h), dtype=np.int64)
-        pool_size = np.empty(capacity, dtype=np.int64)
-        coord_used = np.empty(h, dtype=np.int64)
-        probe_deltas = np.zeros((max(n_probes, 1), h), dtype=np.int64)
-        probe_scores = np.empty(max(n_probes, 1), dtype=np.float64)
+        workspace = _probe_workspace(n_probes, h)
         top_key = np.empty(k, dtype=np.float32)
         top_id = np.empty(k, dtype=np.int64)
         for i in range(chunk * m // n_chunks, (chunk + 1) * m // n_chunks):
@@ -707,70 +679,56 @@ def _lsh_kernel(
                 h,
                 bucket_width,
                 n_probes,
-                table_offsets,
-                bucket_keys,
-                bucket_starts,
-                bucket_ids,
+                tables,
                 marks,
                 i + 1,
                 buffer,
                 zero_deltas,
-                work_float,
-                work_int,
-                heap_score,
-                heap_node,
-                pool,
-                pool_size,
-                coord_used,
-                probe_deltas,
-                probe_scores,
+                workspace,
             )
-            # ascending ids: rows are then read in memory order, which the prefetcher likes
-            candidates = np.sort(buffer[:count])
             out_visited[i] = count
-            if want_candidates:
+            if mode == _MODE_COUNT:
+                continue
+            # ascending ids: rows are then read in memory order, which the prefetcher likes
+            candidates = buffer[:count]
+            candidates.sort()
+            if mode == _MODE_FILL:
                 cand_ids[cand_offsets[i] : cand_offsets[i] + count] = candidates
             else:
                 _rerank_into(queries[i], data, candidates, metric, top_key, top_id, out_scores[i], out_ids[i])
 
 
+class ProbeArgs(NamedTuple):
+    """The leading arguments of :func:`lsh_search`, :func:`lsh_candidates` and :func:`query_reference`."""
+
+    queries: np.ndarray  # (m, d) float32 C-contiguous (unit rows for cosine)
+    data: np.ndarray  # (n, d) float32 C-contiguous indexed vectors
+    codes: np.ndarray  # (m, g*h) int64 slot codes of the queries (slot_positions)
+    fractions: np.ndarray  # (m, g*h) float64 positions inside the slots (slot_positions)
+    n_tables: int
+    n_projections: int
+    bucket_width: float
+    n_probes: int
+    tables: BucketTables  # the index's bucket layout
+
+
 def _lsh_call(
-    queries: np.ndarray,
-    data: np.ndarray,
-    codes: np.ndarray,
-    fractions: np.ndarray,
-    n_tables: int,
-    n_projections: int,
-    bucket_width: float,
-    n_probes: int,
-    tables: BucketTables,
-    k: int,
-    metric: int,
-    cand_offsets: np.ndarray | None = None,
+    probe: ProbeArgs, k: int, metric: int, mode: int, cand_offsets: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    m = queries.shape[0]
+    """Run :func:`_lsh_kernel` in ``mode``; returns (scores, ids, visited, cand_ids)."""
+    m = probe.codes.shape[0]
     scores, ids = _empty_results(m, k, metric)
     visited = np.zeros(m, dtype=np.int64)
-    want_candidates = cand_offsets is not None
-    offsets = cand_offsets if want_candidates else np.zeros(m + 1, dtype=np.int64)
+    offsets = np.zeros(m + 1, dtype=np.int64) if cand_offsets is None else cand_offsets
     cand_ids = np.empty(int(offsets[-1]), dtype=np.int64)
     _lsh_kernel(
-        queries,
-        data,
-        codes,
-        fractions,
-        n_tables,
-        n_projections,
-        float(bucket_width),
-        n_probes,
-        tables.table_offsets,
-        tables.bucket_keys,
-        tables.bucket_starts,
-        tables.bucket_ids,
+        *probe[:6],
+        float(probe.bucket_width),
+        probe.n_probes,
+        BucketTables(*probe.tables),
         metric,
-        want_candidates,
-        # a few chunks per thread balances uneven candidate counts; each chunk owns an n-sized mark array
-        min(m, 4 * numba.get_num_threads()),
+        mode,
+        _n_chunks(m),
         scores,
         ids,
         visited,
@@ -780,83 +738,32 @@ def _lsh_call(
     return scores, ids, visited, cand_ids
 
 
-def lsh_search(
-    queries: np.ndarray,
-    data: np.ndarray,
-    codes: np.ndarray,
-    fractions: np.ndarray,
-    n_tables: int,
-    n_projections: int,
-    bucket_width: float,
-    n_probes: int,
-    tables: BucketTables,
-    k: int,
-    metric: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Batch E2LSH query (numba, parallel over queries).
-
-    Args:
-        queries: (m, d) float32 C-contiguous (unit rows for cosine); data: (n, d) float32 indexed vectors.
-        codes, fractions: (m, g*h) from :func:`slot_positions` of the queries.
-        tables: the index's :class:`BucketTables`.
+def lsh_search(*args: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch E2LSH query (numba, parallel over queries): ``lsh_search(*ProbeArgs(...), k, metric)``.
 
     Returns:
         scores (m, k) float32, ids (m, k) int64 (-1 padded), visited (m,) int64 = distinct candidates.
     """
-    scores, ids, visited, _ = _lsh_call(
-        queries, data, codes, fractions, n_tables, n_projections, bucket_width, n_probes, tables, k, metric
-    )
+    *probe, k, metric = args
+    scores, ids, visited, _ = _lsh_call(ProbeArgs(*probe), k, metric, _MODE_SEARCH)
     return scores, ids, visited
 
 
-def lsh_candidates(
-    queries: np.ndarray,
-    data: np.ndarray,
-    codes: np.ndarray,
-    fractions: np.ndarray,
-    n_tables: int,
-    n_projections: int,
-    bucket_width: float,
-    n_probes: int,
-    tables: BucketTables,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate sets of each query as CSR ``(offsets (m+1,), ids)``, ids ascending within a query."""
-    _, _, visited, _ = _lsh_call(
-        queries, data, codes, fractions, n_tables, n_projections, bucket_width, n_probes, tables, 1, METRIC_EUCLIDEAN
-    )
+def lsh_candidates(*args: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate sets of each query as CSR ``(offsets (m+1,), ids)``, ids ascending within a query:
+    ``lsh_candidates(*ProbeArgs(...))``."""
+    probe = ProbeArgs(*args)
+    _, _, visited, _ = _lsh_call(probe, 1, METRIC_EUCLIDEAN, _MODE_COUNT)
     offsets = np.zeros(len(visited) + 1, dtype=np.int64)
     np.cumsum(visited, out=offsets[1:])
-    _, _, _, cand_ids = _lsh_call(
-        queries,
-        data,
-        codes,
-        fractions,
-        n_tables,
-        n_projections,
-        bucket_width,
-        n_probes,
-        tables,
-        1,
-        METRIC_EUCLIDEAN,
-        cand_offsets=offsets,
-    )
+    _, _, _, cand_ids = _lsh_call(probe, 1, METRIC_EUCLIDEAN, _MODE_FILL, cand_offsets=offsets)
     return offsets, cand_ids
 
 
-def query_reference(
-    queries: np.ndarray,
-    data: np.ndarray,
-    codes: np.ndarray,
-    fractions: np.ndarray,
-    n_tables: int,
-    n_projections: int,
-    bucket_width: float,
-    n_probes: int,
-    tables: BucketTables,
-    k: int,
-    metric: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
-    """numpy version of :func:`lsh_search`; also returns each query's sorted candidate ids."""
+def query_reference(*args: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """numpy version of :func:`lsh_search` (same arguments); also returns each query's sorted candidate ids."""
+    *probe, k, metric = args
+    queries, data, codes, fractions, n_tables, n_projections, bucket_width, n_probes, tables = ProbeArgs(*probe)
     m = queries.shape[0]
     scores, ids = _empty_results(m, k, metric)
     visited = np.zeros(m, dtype=np.int64)
