@@ -9,8 +9,10 @@ with a ReLU (non-negative, low intrinsic dimension, like pooled CNN features); 1
 random so that the exact scan's mAP is ~0.8 as in the paper rather than a trivial 1.0; 25,005 unlabelled
 distractors from a broad Gaussian over the same latent space (the paper's MIRFlickr distractors).
 
-Every timing is wall-clock after a numba warm-up; the timings of the candidate configurations are the best of
-``--repeats`` runs. The machine is shared, so absolute numbers move between runs; ratios move less.
+Every timing is wall-clock after a numba warm-up. The grid's timings are single runs; the headline settings (the
+few that reach 0.99 x the scan's mAP while visiting fewest objects) are re-timed with the scan in the same run,
+alternating LSH and scan searches, best of ``--repeats`` each, and the goals are judged on those ratios. The
+machine is shared, so absolute numbers move between runs; ratios move less.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from cbir.evaluation import (
 from cbir.index import LSHIndex, SequentialScan, warm_up
 
 K = 10
+SPEEDUP_GOAL = 20.0
+HEADLINE_CANDIDATES = 3  # settings per kind re-timed against the scan
 
 
 def synthetic_collection(
@@ -317,45 +321,68 @@ def main(argv: list[str] | None = None) -> int:
     # ---- headline: LSH vs scan at >= 0.99 x the scan's mAP -------------------------------------------------------
     target = 0.99 * scan_result.map
     print(
-        f"\nLSH vs exact scan at mAP >= 0.99 x scan = {target:.4f} (LSH and scan searches re-timed alternately, "
-        f"best of {args.repeats} each):"
+        f"\nLSH vs exact scan at mAP >= 0.99 x scan = {target:.4f}: the {HEADLINE_CANDIDATES} settings of each kind "
+        f"that visit fewest objects, each fitted again and its search timed alternately with the scan's in this "
+        f"run (best of {args.repeats} each):"
     )
-    good = grid[grid["map"] >= target].sort_values("search_s")
+    good = grid[grid["map"] >= target].sort_values(["visited", "g", "h"])
     headline = []
-    picks = [("fastest plain LSH", good[good["probes"] == 0]), ("fastest multi-probe", good[good["probes"] > 0])]
+    picks = [("plain LSH", good[good["probes"] == 0]), ("multi-probe", good[good["probes"] > 0])]
     for label, rows in picks:
         if rows.empty:
             print(f"  {label}: no setting of the grid reaches the target")
             continue
-        best = rows.iloc[0]
-        params = {
-            "n_tables": int(best["g"]),
-            "n_projections": int(best["h"]),
-            "bucket_width": float(best["w"]),
-            "metric": args.metric,
-            "seed": args.seed,
-            "probes": int(best["probes"]),
-        }
-        timed = timed_against_scan(split, params, scan, args.repeats)
-        headline.append(
-            {
-                "method": label,
-                "g": params["n_tables"],
-                "h": params["n_projections"],
-                "w": params["bucket_width"],
-                "probes": params["probes"],
-                "map": timed["map"],
-                "map_ratio": timed["map"] / scan_result.map,
-                "visited": timed["visited"],
-                "fit_s": timed["fit_s"],
-                "fit+search_s": timed["fit_s"] + timed["search_s"],
-                "query_ms": 1000 * timed["search_s"] / split.n_queries,
-                "scan_query_ms": 1000 * timed["scan_search_s"] / split.n_queries,
-                "speedup": timed["scan_search_s"] / timed["search_s"],
+        for _, row in rows.head(HEADLINE_CANDIDATES).iterrows():
+            params = {
+                "n_tables": int(row["g"]),
+                "n_projections": int(row["h"]),
+                "bucket_width": float(row["w"]),
+                "metric": args.metric,
+                "seed": args.seed,
+                "probes": int(row["probes"]),
             }
-        )
+            timed = timed_against_scan(split, params, scan, args.repeats)
+            headline.append(
+                {
+                    "method": label,
+                    "g": params["n_tables"],
+                    "h": params["n_projections"],
+                    "w": params["bucket_width"],
+                    "probes": params["probes"],
+                    "map": timed["map"],
+                    "map_ratio": timed["map"] / scan_result.map,
+                    "visited": timed["visited"],
+                    "fit_s": timed["fit_s"],
+                    "fit+search_s": timed["fit_s"] + timed["search_s"],
+                    "query_ms": 1000 * timed["search_s"] / split.n_queries,
+                    "scan_query_ms": 1000 * timed["scan_search_s"] / split.n_queries,
+                    "speedup": timed["scan_search_s"] / timed["search_s"],
+                }
+            )
     if headline:
         print(pd.DataFrame(headline).to_string(**fmt))
+
+    # ---- goals ---------------------------------------------------------------------------------------------------
+    print("\ngoals:")
+    qualified = [row for row in headline if row["map_ratio"] >= 0.99]
+    if qualified:
+        best = max(qualified, key=lambda row: row["speedup"])
+        verdict = "MET" if best["speedup"] >= SPEEDUP_GOAL else "NOT MET"
+        print(
+            f"  {SPEEDUP_GOAL:.0f}x faster per query than the scan at mAP >= 0.99 x scan: {verdict} — best "
+            f"{best['speedup']:.1f}x ({best['method']} g={best['g']} h={best['h']} w={best['w']:.4g} "
+            f"probes={best['probes']}: {best['query_ms']:.3f} ms vs {best['scan_query_ms']:.3f} ms per query, "
+            f"mAP {best['map']:.4f} = {best['map_ratio']:.3f} x scan)"
+        )
+    else:
+        print(f"  {SPEEDUP_GOAL:.0f}x faster per query than the scan at mAP >= 0.99 x scan: NOT MET (none qualifies)")
+    slow = plain[plain["fit+search_s"] >= 1.0]
+    verdict = "MET" if slow.empty else f"NOT MET ({len(slow)} of {len(plain)} settings take >= 1 s)"
+    print(
+        f"  fit + evaluate {split.n_queries} queries < 1 s for every plain setting with g <= 10, h <= 10 visiting "
+        f"<= {visited_cap:.0f} objects: {verdict} — max {plain['fit+search_s'].max():.2f}s (single timings, "
+        "taken during the grid)"
+    )
 
     # ---- multi-probe vs plain at equal mAP -----------------------------------------------------------------------
     best_plain = plain["map"].max()
