@@ -10,7 +10,7 @@ import pandas as pd
 
 from cbir import config
 from cbir.cli_finetune import add_finetune_parser
-from cbir.cli_search import add_evaluate_parsers
+from cbir.cli_search import add_evaluate_parsers, add_feature_selection_args, load_selected_features
 
 DESCRIPTION = """\
 cbir — content-based image retrieval workbench.
@@ -107,9 +107,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from cbir.analysis import distance_table
-    from cbir.workspace import resolve_feature_set
 
-    feature_set = resolve_feature_set(args.features, args.backbone, args.collection)
+    feature_set = load_selected_features(args)
     index_rows = (feature_set.catalog["role"] == "index").to_numpy()
     table = distance_table(feature_set.features[index_rows], feature_set.labels[index_rows],
                            max_samples=args.max_samples)
@@ -178,13 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parsers(sub)
     add_finetune_parser(sub)
     return parser
-
-
-def add_feature_selection_args(parser: argparse.ArgumentParser) -> None:
-    """Pick a feature set: an artifact path, or the latest one of a backbone (and collection)."""
-    parser.add_argument("--features", type=Path, default=None, help="feature artifact (.joblib)")
-    parser.add_argument("--backbone", default=None, help="use the feature set of this backbone")
-    parser.add_argument("--collection", type=Path, default=None, help="collection folder (default: the default)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,10 +40,24 @@ _int_list = _list_parser(int, "integers")
 _float_list = _list_parser(float, "numbers")
 
 
-def _add_common_args(parser: argparse.ArgumentParser) -> None:
+def add_feature_selection_args(parser: argparse.ArgumentParser) -> None:
+    """Pick a feature set: an artifact path, or the newest one matching backbone / weights / collection."""
     parser.add_argument("--features", type=Path, default=None, help="feature artifact (.joblib)")
     parser.add_argument("--backbone", default=None, help="else: the newest feature set of this backbone")
+    parser.add_argument("--weights", default=None,
+                        help="…whose weights id contains this text (e.g. imagenet, model1-dense256)")
     parser.add_argument("--collection", type=Path, default=None, help="collection folder (default: the default)")
+
+
+def load_selected_features(args: argparse.Namespace) -> Any:
+    """The :class:`cbir.features.FeatureSet` named by the :func:`add_feature_selection_args` options."""
+    from cbir.workspace import resolve_feature_set  # imported late: pulls in the feature-extraction stack
+
+    return resolve_feature_set(args.features, args.backbone, args.collection, args.weights)
+
+
+def _add_common_args(parser: argparse.ArgumentParser) -> None:
+    add_feature_selection_args(parser)
     parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
     parser.add_argument("--k", type=int, default=10, help="results per query and AP cut-off (default 10)")
     parser.add_argument("--no-distractors", action="store_true", help="do not index the distractor images")
@@ -73,13 +87,6 @@ def add_evaluate_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    """The :class:`cbir.features.FeatureSet` named by ``--features`` / ``--backbone`` / ``--collection``."""
-    from cbir.workspace import resolve_feature_set  # imported late: pulls in the feature-extraction stack
-
-    return resolve_feature_set(args.features, args.backbone, args.collection)
-
-
 def _print_table(title: str, table: pd.DataFrame) -> None:
     print(f"\n{title}")
     print(table.to_string(index=False, float_format=_format_float))
@@ -90,7 +97,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cbir.evaluation import default_bucket_width, evaluate_split, split_collection
     from cbir.index import LSHIndex, SequentialScan
 
-    feature_set = _load(args)
+    feature_set = load_selected_features(args)
     split = split_collection(feature_set.features, feature_set.labels, feature_set.roles, not args.no_distractors)
     if args.index == "scan":
         index = SequentialScan(args.metric)
@@ -116,7 +123,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Evaluate the grid, print it with its Pareto frontier, and optionally a recommendation for ``--budget``."""
     from cbir.evaluation import default_bucket_width, pareto_frontier, recommend, split_collection, sweep
 
-    feature_set = _load(args)
+    feature_set = load_selected_features(args)
     widths = args.grid_w
     if widths is None:
         rows = split_collection(feature_set.features, feature_set.labels, feature_set.roles, not args.no_distractors)

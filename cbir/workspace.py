@@ -44,8 +44,9 @@ def list_feature_sets(collection: str | os.PathLike[str] | None = None) -> pd.Da
 
 
 def resolve_feature_set(features: str | os.PathLike[str] | None = None, backbone: str | None = None,
-                        collection: str | os.PathLike[str] | None = None) -> FeatureSet:
-    """Load ``features`` if given, else the newest complete feature set of ``backbone`` (any when ``None``) for
+                        collection: str | os.PathLike[str] | None = None, weights: str | None = None) -> FeatureSet:
+    """Load ``features`` if given, else the newest complete feature set of ``backbone`` (any when ``None``) whose
+    weights id contains ``weights`` (e.g. ``"imagenet"``, ``"model1-dense256"``; any when ``None``) for
     ``collection`` (default collection when ``None``). Raises ``FileNotFoundError`` with the command to run."""
     if features is not None:
         return load_features(features)
@@ -54,8 +55,11 @@ def resolve_feature_set(features: str | os.PathLike[str] | None = None, backbone
     table = table[table["status"] == "complete"]
     if backbone is not None:
         table = table[table["backbone"] == backbone]
+    if weights is not None:
+        table = table[table["weights"].str.contains(weights, regex=False)]
     if table.empty:
+        wanted = " ".join(part for part in (backbone, weights and f"weights~{weights}") if part)
         raise FileNotFoundError(
-            f"no feature set{' for ' + backbone if backbone else ''} of collection {collection}; run: "
+            f"no feature set{' for ' + wanted if wanted else ''} of collection {collection}; run: "
             f"python -m cbir extract --collection {collection} --backbone {backbone or 'efficientnet_lite0'}")
     return load_features(table.iloc[0]["path"])
