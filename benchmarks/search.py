@@ -17,8 +17,15 @@ machine is shared, so absolute numbers move between runs; ratios move less.
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# OpenBLAS worker threads busy-wait for up to ~2**28 cycles after each call. On a small machine they then
+# take the cores from numba's threads: the LSH search (query projection by BLAS, then the numba kernel)
+# measured ~1.5x slower. Letting them sleep at once does not slow the scan's large matrix products.
+# Must be set before numpy loads OpenBLAS.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import argparse
 import sys
 import time
 from collections.abc import Callable

@@ -152,3 +152,29 @@ def test_rerank_breaks_ties_by_id_and_pads() -> None:
     sims, ids = kernels.rerank_candidates(query, data, np.array([0, 3]), candidates, 2, kernels.METRIC_COSINE)
     np.testing.assert_array_equal(ids, [[3, 0]])  # larger dot product first
     np.testing.assert_array_equal(sims, [[3.0, 1.0]])
+
+
+def test_rerank_with_early_exit_matches_brute_force_over_many_blocks() -> None:
+    # 1000-d rows span several distance blocks, so most candidates are dropped part-way through their row
+    rng = np.random.default_rng(11)
+    data = rng.standard_normal((400, 1000)).astype(np.float32)
+    queries = rng.standard_normal((6, 1000)).astype(np.float32)
+    candidates = np.concatenate([rng.permutation(400)[:300] for _ in range(len(queries))]).astype(np.int64)
+    offsets = np.arange(0, 301 * len(queries), 300, dtype=np.int64)[: len(queries) + 1]
+    scores, ids = kernels.rerank_candidates(queries, data, offsets, candidates, 7, kernels.METRIC_EUCLIDEAN)
+    for i, query in enumerate(queries):
+        own = candidates[offsets[i] : offsets[i + 1]]
+        distances = np.sqrt(((data[own].astype(np.float64) - query) ** 2).sum(axis=1))
+        order = np.argsort(distances)[:7]
+        np.testing.assert_array_equal(ids[i], own[order])
+        np.testing.assert_allclose(scores[i], distances[order], rtol=1e-5)
+
+
+def test_squared_distance_stops_only_above_the_bound() -> None:
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((2, 1000)).astype(np.float32)
+    full = kernels._squared_l2(a, b, np.float32(np.inf))
+    assert full == pytest.approx(float(((a.astype(np.float64) - b) ** 2).sum()), rel=1e-5)
+    assert kernels._squared_l2(a, b, full) == full, "a bound the sum does not exceed changes nothing"
+    partial = kernels._squared_l2(a, b, np.float32(1.0))
+    assert 1.0 < partial < full, "stops after the first block that exceeds the bound"
