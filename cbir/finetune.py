@@ -782,6 +782,34 @@ def load_history(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     raise FileNotFoundError(f"no training history in {run_dir}")
 
 
+@dataclass
+class FinishedRun:
+    """What a finished fine-tuning run left in its folder: ``metrics`` (metrics.json), the per-epoch ``history``
+    and the classification ``report`` (one row per class, then accuracy / macro avg / weighted avg)."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+    report: pd.DataFrame
+
+    @property
+    def label(self) -> str:
+        m = self.metrics
+        return f"{m['backbone']} · model {m['model']} · lr {m['lr']:g}"
+
+
+def finished_runs(collection: str | os.PathLike[str] | None = None) -> list[FinishedRun]:
+    """The finished fine-tuning runs of ``collection`` (default collection when ``None``), newest first."""
+    root = config.artifacts_dir() / "finetune" / collection_id(collection or config.default_collection())
+    runs = []
+    for metrics_file in sorted(root.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        run_dir = metrics_file.parent
+        report = pd.read_csv(run_dir / "report.csv", index_col=0) if (run_dir / "report.csv").is_file() else None
+        runs.append(FinishedRun(run_dir, json.loads(metrics_file.read_text()), load_history(run_dir),
+                                report if report is not None else pd.DataFrame()))
+    return runs
+
+
 def _batched_predict(model: Any, load: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
                      batch_size: int) -> np.ndarray:
     chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]

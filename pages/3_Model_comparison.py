@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cbir import engine, ui
+from cbir.finetune import finished_runs, training_figure
 
 # the same cached functions as the Index tuning page: evaluations and sweeps done there are reused here
 evaluate = st.cache_data(show_spinner=False, max_entries=1024)(engine.evaluate_for)
@@ -116,3 +117,21 @@ hist[1].plotly_chart(
     engine.fig_distance_histograms({k: a.sample for k, a in analyses.items()}, "cosine"), width="stretch"
 )
 st.dataframe(engine.distance_summary(analyses), width="stretch", hide_index=True)
+
+st.subheader("Fine-tuning (Section 5)")
+runs = finished_runs()
+if not runs:
+    st.info(
+        "No fine-tuned model yet. `python -m cbir finetune --backbone efficientnet_lite0 --model 1` trains one; "
+        "`python -m cbir extract --weights <run>/model1-dense256.keras` then adds its features to this page."
+    )
+for run_ in runs:
+    m = run_.metrics
+    with st.expander(run_.label, expanded=run_ is runs[0]):
+        cols = st.columns(4)
+        cols[0].metric("Validation accuracy", f"{m['test_accuracy']:.3f}")
+        cols[1].metric("Validation loss", f"{m['test_loss']:.3f}")
+        cols[2].metric("Epochs (best)", f"{m['epochs_done']} ({m['best_epoch']})")
+        cols[3].metric("Seconds / epoch", f"{m['seconds_per_epoch']:.0f}")
+        st.plotly_chart(training_figure(run_.history), width="stretch")
+        st.dataframe(run_.report, width="stretch")

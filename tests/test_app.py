@@ -267,3 +267,33 @@ def test_comparison_page_renders_its_table(app_env: Path) -> None:
     assert at.dataframe[0].value["config"].str.contains("g=7 h=2").sum() == 2
     at.multiselect(key="compare-sets").set_value([]).run()
     assert "Select at least one feature set" in at.info[0].value
+
+
+def test_comparison_page_shows_fine_tuning_runs(app_env: Path, app_artifacts: Path) -> None:
+    import json
+    import shutil
+
+    from cbir.collection import collection_id
+    from cbir.finetune import classification_report
+
+    at = open_app("pages/3_Model_comparison.py")
+    assert any("No fine-tuned model yet" in info.value for info in at.info)
+    run_dir = app_artifacts / "finetune" / collection_id(app_env) / "efficientnet_lite0-model1"
+    run_dir.mkdir(parents=True)
+    try:
+        history = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5 + e / 20, "val_loss": 1.1 / e,
+                    "val_accuracy": 0.45 + e / 20} for e in (1, 2, 3)]
+        (run_dir / "history.json").write_text(json.dumps(history))
+        classification_report([0, 0, 1, 1], [0, 1, 1, 1], ["cats", "dogs"]).to_csv(run_dir / "report.csv")
+        metrics = {"backbone": "efficientnet_lite0", "model": 1, "lr": 1e-4, "test_accuracy": 0.75,
+                   "test_loss": 0.61, "epochs_done": 3, "best_epoch": 3, "seconds_per_epoch": 34.6}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        at = open_app("pages/3_Model_comparison.py")
+        check_ok(at)
+        assert at.expander[0].label == "efficientnet_lite0 · model 1 · lr 0.0001"
+        shown = {m.label: m.value for m in at.metric}
+        assert shown["Validation accuracy"] == "0.750" and shown["Epochs (best)"] == "3 (3)"
+        report = at.dataframe[-1].value
+        assert report.loc["cats", "precision"] == pytest.approx(1.0) and report.loc["dogs", "recall"] == 1.0
+    finally:
+        shutil.rmtree(run_dir)
