@@ -96,8 +96,9 @@ def render_build(root: object, status: engine.CollectionStatus) -> None:
         return
     todo = "build the Open Clip Art collection, then extract" if status.catalog is None else "extract"
     st.info(
-        f"Nothing to search yet. The button below will {todo} EfficientNet-Lite0 features "
-        "(a few minutes for the full collection; progress is saved, so it can be resumed)."
+        f"Nothing to search yet. The button below will {todo} EfficientNet-Lite0 features, and ResNet "
+        "features too when their ImageNet weights are in CBIR_WEIGHTS_DIR (a few minutes per backbone for the "
+        "full collection; progress is saved, so it can be resumed)."
     )
     if not st.button("Build collection and features", type="primary"):
         return

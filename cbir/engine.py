@@ -165,8 +165,10 @@ def build_default(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> FeatureSet:
     """Make the dashboard usable from nothing: build the Open Clip Art collection at ``root`` when it has no
-    images yet, then extract ``backbone`` features (cached and resumable). ``progress(stage, done, total)`` with
-    stage ``"collection"`` or ``"features"``. Raises :class:`EngineError` with the fix when something is missing."""
+    images yet, then extract ``backbone`` features (cached and resumable), then those of every other backbone whose
+    ImageNet weights are on this machine (the ResNets once ``CBIR_WEIGHTS_DIR`` holds their files).
+    ``progress(stage, done, total)`` with stage ``"collection"`` or ``"features"``. Returns the ``backbone`` feature
+    set. Raises :class:`EngineError` with the fix when something is missing."""
     from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR, build_collection
 
     root = Path(root) if root is not None else config.default_collection()
@@ -185,9 +187,14 @@ def build_default(
         extractor.weights_id  # noqa: B018 - builds the model now so that a missing weights file is reported here
     except FileNotFoundError as exc:
         raise EngineError(str(exc)) from exc
-    return extract_collection(
-        catalog, extractor, progress=None if progress is None else lambda d, t: progress("features", d, t)
-    )
+    on_progress = None if progress is None else lambda d, t: progress("features", d, t)
+    result = extract_collection(catalog, extractor, progress=on_progress)
+    from cbir.backbones import available_backbones
+
+    for name, local in available_backbones().items():
+        if local and name != backbone:
+            extract_collection(catalog, FeatureExtractor(name, "imagenet"), progress=on_progress)
+    return result
 
 
 def feature_set_label(row: Mapping[str, Any]) -> str:
