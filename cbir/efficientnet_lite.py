@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from cbir import config
-from cbir.storage import atomic_path
+from cbir.storage import atomic_output
 
 WEIGHTS_FILE_NAME = "efficientnet_lite0_imagenet.weights.h5"
 """Keras weights file name, looked up in ``CBIR_WEIGHTS_DIR`` and written to ``<artifacts>/weights``."""
@@ -370,23 +370,6 @@ def imagenet_weight_candidates() -> list[tuple[str, Path]]:
     return candidates
 
 
-def _save_weights_atomically(model: Any, final: Path) -> Path:
-    """``model.save_weights`` to ``final`` so readers never see a half-written file.
-
-    Keras insists on a name ending in ``.weights.h5`` while :func:`atomic_path` reserves
-    ``.<stem>.<random>.h5``; we write next to the reserved name with the suffix Keras wants, then rename.
-    """
-    tmp, final = atomic_path(final)
-    keras_tmp = tmp.with_name(tmp.name[: -len(".h5")] + ".weights.h5")
-    try:
-        model.save_weights(keras_tmp)
-        os.replace(keras_tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-        keras_tmp.unlink(missing_ok=True)
-    return final
-
-
 def _convert_pth_into(model: Any, pth: Path) -> None:
     assign_converted_weights(model, convert_state_dict(load_torch_state_dict(pth)))
 
@@ -414,7 +397,8 @@ def resolve_imagenet_weights(model: Any) -> Path:
             tried.append(f"  {path} ({type(exc).__name__}: {exc})")
             continue
         try:
-            _save_weights_atomically(model, cached_weights_path())
+            with atomic_output(cached_weights_path()) as tmp:  # temp name ends in .weights.h5, as Keras wants
+                model.save_weights(tmp)
         except OSError as exc:  # a read-only artifacts dir must not stop inference; conversion is just redone
             import warnings
 

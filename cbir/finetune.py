@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +45,7 @@ from cbir import config
 from cbir.backbones import WeightsArg, build_model, get_backbone, resolve_weights, weights_identity
 from cbir.collection import Catalog, collection_id, scan_collection
 from cbir.images import ImageDecodeError, load_image, resize_for_model
-from cbir.storage import atomic_path, atomic_write_bytes
+from cbir.storage import atomic_output, atomic_write_bytes
 
 # The first layer that is trained in Model 1, per backbone — the one place that defines the frozen/trainable split.
 # Everything downstream of this layer's *input* tensor (the boundary, cached on disk) is trainable, the rest frozen.
@@ -307,25 +306,9 @@ def compile_model(model: Any, lr: float, run_eagerly: bool = False) -> None:
 
 def save_model_atomic(model: Any, path: str | os.PathLike[str], weights_only: bool = False) -> Path:
     """``model.save`` (or ``save_weights`` for ``*.weights.h5``) to a temp name, then ``os.replace`` onto ``path``."""
-    if weights_only:
-        final = Path(path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # Keras insists on the ``.weights.h5`` ending, which atomic_path's temp name (".<stem>.<rand>.h5") lacks
-        fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".weights.h5")
-        os.close(fd)
-        tmp = Path(name)
-    else:
-        tmp, final = atomic_path(path)
-    try:
-        if weights_only:
-            model.save_weights(tmp)
-        else:
-            model.save(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return final
+    with atomic_output(path) as tmp:
+        (model.save_weights if weights_only else model.save)(tmp)
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -339,20 +322,12 @@ def write_memmap_atomic(path: str | os.PathLike[str], shape: tuple[int, ...], dt
 
     A reader never sees a half-filled file: the final name appears only once ``fill`` returned.
     """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=".npy")
-    os.close(fd)
-    try:
-        array = np.lib.format.open_memmap(name, mode="w+", dtype=dtype, shape=shape)
+    with atomic_output(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
         fill(array)
         array.flush()
         del array
-        os.replace(name, final)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return final
+    return Path(path)
 
 
 def _remove_stale(folder: Path, prefix: str, keep: Path) -> None:

@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cbir.images import ImageDecodeError, load_image
-from cbir.storage import atomic_path
+from cbir.storage import atomic_output
 
 OPENCLIPART_DIR = Path(os.environ.get("CBIR_OPENCLIPART_DIR", "/usr/share/openclipart/png"))
 MIN_CLASS_IMAGES = 60
@@ -69,12 +69,8 @@ def _convert(source: str, target: Path) -> str | None:
     except ImageDecodeError as exc:
         return str(exc)
     image.thumbnail((MAX_SIDE, MAX_SIDE))
-    tmp, final = atomic_path(target)
-    try:
+    with atomic_output(target) as tmp:
         image.save(tmp, format="JPEG", quality=92)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     return None
 
 

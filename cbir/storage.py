@@ -8,8 +8,10 @@ rebuilt rather than silently used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,48 +24,42 @@ class ArtifactError(RuntimeError):
     """An artifact is missing, unreadable, half-written or of another kind/version."""
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp file name beside ``path``; when the block ends normally it is renamed onto ``path``
+    (``os.replace``: readers see the old or the new file, never half of one), otherwise it is deleted.
 
-
-def atomic_path(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Return ``(tmp, final)``: write to ``tmp`` then call ``os.replace(tmp, final)``.
-
-    For writers that need a file name (Keras ``model.save``); the temp name keeps the final suffix.
+    ``suffix`` ends the temp name; by default the final name's suffixes, because some writers pick the format by
+    the name (Keras wants ``.keras`` or ``.weights.h5``, numpy ``.npy``, Pillow ``.jpg``).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=final.suffix)
+    ending = "".join(final.suffixes) if suffix is None else suffix
+    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=ending)
     os.close(fd)
-    return Path(tmp), final
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    # ".tmp": a half-written file never matches the globs that list artifacts (``*.joblib``, ``*.json``)
+    with atomic_output(path, suffix=".tmp") as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)
 
 
 def save_artifact(path: str | os.PathLike[str], kind: str, payload: dict[str, Any]) -> Path:
     """Dump ``payload`` (a dict) with joblib under an envelope ``{kind, version, payload}``, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".tmp") as tmp:
         joblib.dump({"kind": kind, "version": FORMAT_VERSION, "payload": payload}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_artifact(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
