@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cbir.index import l2_normalize
+
 
 def _pair_means(features: np.ndarray, block: int = 2048) -> tuple[float, float]:
     """Mean euclidean distance and mean cosine similarity over unordered pairs of distinct rows (float64 sums)."""
@@ -18,7 +20,7 @@ def _pair_means(features: np.ndarray, block: int = 2048) -> tuple[float, float]:
         return float("nan"), float("nan")
     x = features.astype(np.float32)
     sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-    unit = x / np.maximum(np.sqrt(sq), 1e-12)[:, None].astype(np.float32)
+    unit = l2_normalize(x)
     dist_sum = 0.0
     cos_sum = 0.0
     for start in range(0, n, block):
@@ -71,5 +73,5 @@ def pairwise_distance_sample(features: np.ndarray, n_pairs: int = 20000, seed: i
     j = (i + rng.integers(1, n, n_pairs)) % n  # never i itself
     a, b = features[i], features[j]
     euclidean = np.linalg.norm(a - b, axis=1)
-    cosine = np.einsum("ij,ij->i", a, b) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    cosine = np.einsum("ij,ij->i", l2_normalize(a), l2_normalize(b))
     return pd.DataFrame({"euclidean": euclidean, "cosine": cosine})
