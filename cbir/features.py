@@ -60,6 +60,11 @@ def cache_key(path: str, size: int, mtime_ns: int) -> str:
     return f"{path}|{size}|{mtime_ns}"
 
 
+def catalog_keys(images: pd.DataFrame) -> list[str]:
+    """The cache key of every catalog row, in row order."""
+    return [cache_key(p, s, m) for p, s, m in zip(images["path"], images["size"], images["mtime_ns"], strict=True)]
+
+
 def feature_path(root: str | os.PathLike[str], backbone: str, weights_id: str) -> Path:
     return config.artifacts_dir() / "features" / collection_id(root) / f"{backbone}-{weights_id}.joblib"
 
@@ -185,7 +190,7 @@ def _load_cache(path: Path, backbone: str, weights_id: str, dim: int) -> tuple[d
 def _save(path: Path, catalog: Catalog, extractor: FeatureExtractor, cache: dict[str, np.ndarray],
           rejected: dict[str, str], computed: int, complete: bool) -> FeatureSet:
     images = catalog.images
-    keys = [cache_key(p, s, m) for p, s, m in zip(images["path"], images["size"], images["mtime_ns"], strict=True)]
+    keys = catalog_keys(images)
     reasons = {path: rejected.get(key) for path, key in zip(images["path"], keys, strict=True)}
     done = with_rejected(catalog, reasons)
     if complete:
@@ -236,9 +241,8 @@ def extract_collection(catalog: Catalog, extractor: FeatureExtractor, out_path: 
                                                                    extractor.weights_id)
     cache, rejected = _load_cache(out, extractor.backbone, extractor.weights_id, extractor.dim)
     images = catalog.images
-    todo = [(p, cache_key(p, s, m)) for p, s, m in zip(images["path"], images["size"], images["mtime_ns"],
-                                                       strict=True)
-            if cache_key(p, s, m) not in cache and cache_key(p, s, m) not in rejected]
+    todo = [(path, key) for path, key in zip(images["path"], catalog_keys(images), strict=True)
+            if key not in cache and key not in rejected]
     key_of = dict(todo)
     computed = 0
     since_checkpoint = 0
