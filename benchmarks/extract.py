@@ -40,7 +40,7 @@ def main() -> None:
     start = time.perf_counter()
     decoded = [extractor.prepare(load_image(p)) for p in paths]
     decode_seconds = time.perf_counter() - start
-    batches = [np.stack(decoded[i:i + args.batch_size]) for i in range(0, len(decoded), args.batch_size)]
+    batches = [np.stack(decoded[i : i + args.batch_size]) for i in range(0, len(decoded), args.batch_size)]
 
     rows = []
     for repeat in range(args.repeats):  # alternate the two so that neither gets a systematically warmer machine
@@ -52,16 +52,25 @@ def main() -> None:
         n_done = sum(len(ok) + len(bad) for ok, _, bad in extractor.iter_batches(paths))
         full = time.perf_counter() - start
         assert n_done == len(paths)
-        rows.append({"repeat": repeat, "bare seconds": bare, "full seconds": full,
-                     "bare model img/s": len(paths) / bare, "full pipeline img/s": len(paths) / full,
-                     "ratio full/bare": bare / full})
+        rows.append(
+            {
+                "repeat": repeat,
+                "bare seconds": bare,
+                "full seconds": full,
+                "bare model img/s": len(paths) / bare,
+                "full pipeline img/s": len(paths) / full,
+                "ratio full/bare": bare / full,
+            }
+        )
     table = pd.DataFrame(rows)
     print(f"backbone={args.backbone} images={len(paths)} batch={args.batch_size} decode threads={args.workers}")
     print(f"decode + resize alone (1 thread): {len(paths) / decode_seconds:.1f} img/s")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     total_bare, total_full = table["bare seconds"].sum(), table["full seconds"].sum()
-    print(f"\nover all repeats: bare model {len(table) * len(paths) / total_bare:.1f} img/s, full pipeline "
-          f"{len(table) * len(paths) / total_full:.1f} img/s, ratio {total_bare / total_full:.2f} (goal ≥ 0.9)")
+    print(
+        f"\nover all repeats: bare model {len(table) * len(paths) / total_bare:.1f} img/s, full pipeline "
+        f"{len(table) * len(paths) / total_full:.1f} img/s, ratio {total_bare / total_full:.2f} (goal ≥ 0.9)"
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,13 @@ def distance_table(features: np.ndarray, labels: np.ndarray, max_samples: int = 
     def row(name: str, subset: np.ndarray) -> dict:
         sample = subset if len(subset) <= max_samples else subset[rng.choice(len(subset), max_samples, replace=False)]
         mean_euclidean, mean_cosine = _pair_means(sample)
-        return {"class": name, "n_objects": len(subset), "n_sampled": len(sample),
-                "mean_euclidean": mean_euclidean, "mean_cosine": mean_cosine}
+        return {
+            "class": name,
+            "n_objects": len(subset),
+            "n_sampled": len(sample),
+            "mean_euclidean": mean_euclidean,
+            "mean_cosine": mean_cosine,
+        }
 
     rows = [row("(all)", features)]
     rows += [row(str(name), features[labels == name]) for name in sorted(set(labels.tolist()))]

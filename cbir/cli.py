@@ -31,19 +31,36 @@ def _weights_arg(value: str) -> str | None:
 
 
 def add_collection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--collection", type=Path, default=None,
-                        help="collection folder (default: $CBIR_COLLECTION or the Open Clip Art build)")
-    parser.add_argument("--distractors", type=Path, action="append", default=[],
-                        help="extra folder of unlabelled distractor images (repeatable)")
+    parser.add_argument(
+        "--collection",
+        type=Path,
+        default=None,
+        help="collection folder (default: $CBIR_COLLECTION or the Open Clip Art build)",
+    )
+    parser.add_argument(
+        "--distractors",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra folder of unlabelled distractor images (repeatable)",
+    )
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     from cbir.backbones import BACKBONES
 
-    parser.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES),
-                        help="CNN feature extractor (default: efficientnet_lite0, whose weights install offline)")
-    parser.add_argument("--weights", type=_weights_arg, default="imagenet",
-                        help="'imagenet' (local copy first, then download), 'none' (random) or a weights file")
+    parser.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        choices=sorted(BACKBONES),
+        help="CNN feature extractor (default: efficientnet_lite0, whose weights install offline)",
+    )
+    parser.add_argument(
+        "--weights",
+        type=_weights_arg,
+        default="imagenet",
+        help="'imagenet' (local copy first, then download), 'none' (random) or a weights file",
+    )
 
 
 def cmd_openclipart(args: argparse.Namespace) -> int:
@@ -80,8 +97,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     extractor = FeatureExtractor(args.backbone, args.weights, batch_size=args.batch_size, workers=args.workers)
     result = extract_collection(catalog, extractor, out_path=args.out)
     meta = result.meta
-    print(f"{meta['backbone']} ({meta['weights_id']}): {meta['n_images']} images × {meta['dim']} features, "
-          f"{meta['computed']} computed now, {meta['n_rejected']} rejected")
+    print(
+        f"{meta['backbone']} ({meta['weights_id']}): {meta['n_images']} images × {meta['dim']} features, "
+        f"{meta['computed']} computed now, {meta['n_rejected']} rejected"
+    )
     if len(result.report):
         print("\nrejected files:")
         print(result.report.to_string(index=False))
@@ -96,8 +115,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"collection: {config.default_collection()} (default)")
     print(f"weights:    {config.weights_dir()} (CBIR_WEIGHTS_DIR)\n")
     available = available_backbones()
-    print(pd.DataFrame([{"backbone": n, "dim": s.dim, "offline imagenet weights": available[n],
-                         "description": s.description} for n, s in BACKBONES.items()]).to_string(index=False))
+    print(
+        pd.DataFrame(
+            [
+                {"backbone": n, "dim": s.dim, "offline imagenet weights": available[n], "description": s.description}
+                for n, s in BACKBONES.items()
+            ]
+        ).to_string(index=False)
+    )
     table = list_feature_sets()
     print("\nfeature sets:" if len(table) else "\nno feature sets yet: run `python -m cbir extract`")
     if len(table):
@@ -110,8 +135,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     feature_set = load_selected_features(args)
     index_rows = (feature_set.catalog["role"] == "index").to_numpy()
-    table = distance_table(feature_set.features[index_rows], feature_set.labels[index_rows],
-                           max_samples=args.max_samples)
+    table = distance_table(
+        feature_set.features[index_rows], feature_set.labels[index_rows], max_samples=args.max_samples
+    )
     print(f"distance analysis of the index split ({feature_set.meta['backbone']}):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
@@ -137,8 +163,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cbir", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m cbir", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("openclipart", help="build the default collection from Debian's openclipart-png")

@@ -48,26 +48,60 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     from cbir.backbones import BACKBONES
     from cbir.finetune import PAPER_LR
 
-    p = subparsers.add_parser("finetune", help="fine-tune a backbone on the collection's labels (paper Section 5)",
-                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--collection", type=Path, default=None,
-                   help="collection folder (default: $CBIR_COLLECTION or the Open Clip Art build)")
-    p.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(BACKBONES),
-                   help="backbone to fine-tune (default: efficientnet_lite0, whose weights install offline)")
-    p.add_argument("--model", type=int, choices=(1, 2), default=1,
-                   help="1: train from the conv5 stage on (cached activations); 2: train everything, augmented")
-    p.add_argument("--weights", type=_weights_arg, default="imagenet",
-                   help="starting weights: 'imagenet' (local copy first), 'none' (random) or a weights file")
-    p.add_argument("--lr", type=_positive_float, default=PAPER_LR,
-                   help=f"Adam learning rate (default: the paper's {PAPER_LR:g}; it moves slowly, 1e-4 is quicker)")
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a backbone on the collection's labels (paper Section 5)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--collection",
+        type=Path,
+        default=None,
+        help="collection folder (default: $CBIR_COLLECTION or the Open Clip Art build)",
+    )
+    p.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        choices=sorted(BACKBONES),
+        help="backbone to fine-tune (default: efficientnet_lite0, whose weights install offline)",
+    )
+    p.add_argument(
+        "--model",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: train from the conv5 stage on (cached activations); 2: train everything, augmented",
+    )
+    p.add_argument(
+        "--weights",
+        type=_weights_arg,
+        default="imagenet",
+        help="starting weights: 'imagenet' (local copy first), 'none' (random) or a weights file",
+    )
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=PAPER_LR,
+        help=f"Adam learning rate (default: the paper's {PAPER_LR:g}; it moves slowly, 1e-4 is quicker)",
+    )
     p.add_argument("--max-epochs", type=_positive_int, default=100, help="stop after this many epochs in all")
-    p.add_argument("--max-minutes", type=_positive_float, default=None,
-                   help="training time budget of this run; rerun to continue")
+    p.add_argument(
+        "--max-minutes", type=_positive_float, default=None, help="training time budget of this run; rerun to continue"
+    )
     p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--patience", type=_positive_int, default=10,
-                   help="early stopping: epochs without a lower validation loss (best weights are restored)")
-    p.add_argument("--steps-per-epoch", type=_positive_int, default=None,
-                   help="batches per epoch (default: one pass); shorter epochs checkpoint more often")
+    p.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=10,
+        help="early stopping: epochs without a lower validation loss (best weights are restored)",
+    )
+    p.add_argument(
+        "--steps-per-epoch",
+        type=_positive_int,
+        default=None,
+        help="batches per epoch (default: one pass); shorter epochs checkpoint more often",
+    )
     p.add_argument("--freeze-bn", action="store_true", help="keep BatchNormalization layers frozen")
     p.add_argument("--restart", action="store_true", help="discard the checkpoint of an earlier run")
     p.add_argument("--seed", type=int, default=0)
@@ -81,10 +115,20 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`cbir.finetune.FinetuneConfig` the parsed ``args`` ask for."""
     from cbir.finetune import FinetuneConfig
 
-    return FinetuneConfig(backbone=args.backbone, model=args.model, weights=args.weights, lr=args.lr,
-                          batch_size=args.batch_size, max_epochs=args.max_epochs, max_minutes=args.max_minutes,
-                          patience=args.patience, steps_per_epoch=args.steps_per_epoch, freeze_bn=args.freeze_bn,
-                          seed=args.seed, workers=args.workers)
+    return FinetuneConfig(
+        backbone=args.backbone,
+        model=args.model,
+        weights=args.weights,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_epochs=args.max_epochs,
+        max_minutes=args.max_minutes,
+        patience=args.patience,
+        steps_per_epoch=args.steps_per_epoch,
+        freeze_bn=args.freeze_bn,
+        seed=args.seed,
+        workers=args.workers,
+    )
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -94,20 +138,29 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     collection = args.collection or config.default_collection()
     result = finetune(collection, cfg, restart=args.restart, verbose=True, progress=not args.quiet)
-    stopped = {"early_stopping": f"early stopping (patience {cfg.patience})", "max_epochs": "--max-epochs reached",
-               "time_budget": "--max-minutes reached (rerun to continue)"}.get(result.stopped, result.stopped)
-    print(f"\n{cfg.backbone} model {cfg.model}: {result.epochs_done} epochs ({stopped}), best epoch "
-          f"{result.best_epoch}, {result.seconds_per_epoch:.1f} s per epoch, lr {cfg.lr:g}")
+    stopped = {
+        "early_stopping": f"early stopping (patience {cfg.patience})",
+        "max_epochs": "--max-epochs reached",
+        "time_budget": "--max-minutes reached (rerun to continue)",
+    }.get(result.stopped, result.stopped)
+    print(
+        f"\n{cfg.backbone} model {cfg.model}: {result.epochs_done} epochs ({stopped}), best epoch "
+        f"{result.best_epoch}, {result.seconds_per_epoch:.1f} s per epoch, lr {cfg.lr:g}"
+    )
     print(f"validation set ({int(result.report.loc['accuracy', 'support'])} images):\n")
     print(result.report.to_string(float_format=lambda v: f"{v:.2f}", na_rep=""))
     print(f"\nloss_test : {result.test_loss}")
     print(f"acc_test  : {result.test_accuracy}")
     print(f"\noutputs in {result.run_dir}")
-    labels = {"classifier": result.classifier_path,
-              **{f"feature model {name}": path for name, path in result.feature_models.items()}}
+    labels = {
+        "classifier": result.classifier_path,
+        **{f"feature model {name}": path for name, path in result.feature_models.items()},
+    }
     width = max(len(label) for label in labels) + 1
     for label, path in labels.items():
         print(f"  {label + ':':{width}s} {path}")
-    print(f"\nfine-tuned features: python -m cbir extract --backbone {cfg.backbone} --weights "
-          f"{result.feature_models['pool']}")
+    print(
+        f"\nfine-tuned features: python -m cbir extract --backbone {cfg.backbone} --weights "
+        f"{result.feature_models['pool']}"
+    )
     return 0

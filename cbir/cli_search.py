@@ -44,8 +44,9 @@ def add_feature_selection_args(parser: argparse.ArgumentParser) -> None:
     """Pick a feature set: an artifact path, or the newest one matching backbone / weights / collection."""
     parser.add_argument("--features", type=Path, default=None, help="feature artifact (.joblib)")
     parser.add_argument("--backbone", default=None, help="else: the newest feature set of this backbone")
-    parser.add_argument("--weights", default=None,
-                        help="…whose weights id contains this text (e.g. imagenet, model1-dense256)")
+    parser.add_argument(
+        "--weights", default=None, help="…whose weights id contains this text (e.g. imagenet, model1-dense256)"
+    )
     parser.add_argument("--collection", type=Path, default=None, help="collection folder (default: the default)")
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cbir.errors import CbirError
 from cbir.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
 
 TRAIN_NAMES = frozenset({"training_set", "train", "training", "trainset"})
@@ -33,7 +34,7 @@ DISTRACTOR_NAMES = frozenset({"distractors", "distractor", "mirflickr", "mirflic
 CATALOG_COLUMNS = ["path", "relpath", "label", "split", "role", "size", "mtime_ns"]
 
 
-class CollectionError(ValueError):
+class CollectionError(CbirError, ValueError):
     """The folder is not a usable collection (missing, empty, no classes, no queries)."""
 
 
@@ -163,8 +164,9 @@ def scan_collection(
                 continue
             class_rows += _stat_rows(list(_iter_images(class_dir)), root, class_dir.name, "train", "index")
         if class_rows:
-            is_val = _validation_mask([r["relpath"] for r in class_rows], [r["label"] for r in class_rows],
-                                      validation_fraction)
+            is_val = _validation_mask(
+                [r["relpath"] for r in class_rows], [r["label"] for r in class_rows], validation_fraction
+            )
             for row, val in zip(class_rows, is_val, strict=True):
                 if val:
                     row["split"], row["role"] = "validation", "query"

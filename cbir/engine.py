@@ -35,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from cbir import config
 from cbir.analysis import distance_table, pairwise_distance_sample
 from cbir.collection import Catalog, CollectionError, scan_collection
+from cbir.errors import CbirError
 from cbir.features import FeatureExtractor, FeatureSet, extract_collection, load_features
 from cbir.images import MAX_JPEG_PIXELS, MAX_PIXELS, ImageDecodeError, load_image
 from cbir.index import BaseIndex, LSHIndex, SequentialScan
@@ -58,7 +59,7 @@ DEFAULT_PROJECTIONS = 2
 RECOMMEND_BUDGET_FRACTION = 0.2
 
 
-class EngineError(RuntimeError):
+class EngineError(CbirError, RuntimeError):
     """A dashboard action cannot be done; ``str(err)`` is a message for the user."""
 
 

@@ -76,8 +76,14 @@ class FeatureExtractor:
     weights file; ``batch_size``; ``workers`` decoding threads that prepare the next batches while the model runs.
     """
 
-    def __init__(self, backbone: str = "resnet50v2", weights: WeightsArg = "imagenet", batch_size: int = 32,
-                 workers: int = 2, seed: int = 0) -> None:
+    def __init__(
+        self,
+        backbone: str = "resnet50v2",
+        weights: WeightsArg = "imagenet",
+        batch_size: int = 32,
+        workers: int = 2,
+        seed: int = 0,
+    ) -> None:
         self.spec = get_backbone(backbone)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -124,8 +130,10 @@ class FeatureExtractor:
         """Features of already-decoded RGB images: (len(images), dim) float32."""
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = [self.predict_arrays(np.stack([self.prepare(im) for im in images[i:i + self.batch_size]]))
-               for i in range(0, len(images), self.batch_size)]
+        out = [
+            self.predict_arrays(np.stack([self.prepare(im) for im in images[i : i + self.batch_size]]))
+            for i in range(0, len(images), self.batch_size)
+        ]
         return np.concatenate(out)
 
     def _decode(self, path: str) -> np.ndarray | str:
@@ -136,7 +144,7 @@ class FeatureExtractor:
 
     def iter_batches(self, paths: Sequence[str]) -> Iterator[tuple[list[str], np.ndarray | None, dict[str, str]]]:
         """Yield ``(batch_paths_ok, features, rejected)``; decoding of later batches overlaps the model."""
-        chunks = [list(paths[i:i + self.batch_size]) for i in range(0, len(paths), self.batch_size)]
+        chunks = [list(paths[i : i + self.batch_size]) for i in range(0, len(paths), self.batch_size)]
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             pending: list[list[Future]] = []
             prefetch = 2
@@ -187,16 +195,24 @@ def _load_cache(path: Path, backbone: str, weights_id: str, dim: int) -> tuple[d
         return {}, {}
 
 
-def _save(path: Path, catalog: Catalog, extractor: FeatureExtractor, cache: dict[str, np.ndarray],
-          rejected: dict[str, str], computed: int, complete: bool) -> FeatureSet:
+def _save(
+    path: Path,
+    catalog: Catalog,
+    extractor: FeatureExtractor,
+    cache: dict[str, np.ndarray],
+    rejected: dict[str, str],
+    computed: int,
+    complete: bool,
+) -> FeatureSet:
     images = catalog.images
     keys = catalog_keys(images)
     reasons = {path: rejected.get(key) for path, key in zip(images["path"], keys, strict=True)}
     done = with_rejected(catalog, reasons)
     if complete:
         done_keys = [k for k, r in zip(keys, reasons.values(), strict=True) if r is None]
-        features = (np.stack([cache[k] for k in done_keys]) if done_keys
-                    else np.zeros((0, extractor.dim), dtype=np.float32))
+        features = (
+            np.stack([cache[k] for k in done_keys]) if done_keys else np.zeros((0, extractor.dim), dtype=np.float32)
+        )
     else:
         done = Catalog(root=catalog.root, images=catalog.images.iloc[:0], report=done.report)
         features = np.zeros((0, extractor.dim), dtype=np.float32)
@@ -217,32 +233,48 @@ def _save(path: Path, catalog: Catalog, extractor: FeatureExtractor, cache: dict
     cache_keys = [k for k in keys if k in cache] if complete else list(cache)
     if complete:
         rejected = {k: rejected[k] for k in keys if k in rejected}
-    save_artifact(path, FEATURES_KIND, {
-        "features": features,
-        "catalog": done.images,
-        "report": done.report,
-        "meta": meta,
-        "cache_keys": cache_keys,
-        "cache_features": (np.stack([cache[k] for k in cache_keys]) if cache_keys
-                           else np.zeros((0, extractor.dim), dtype=np.float32)),
-        "cache_rejected": rejected,
-    })
+    save_artifact(
+        path,
+        FEATURES_KIND,
+        {
+            "features": features,
+            "catalog": done.images,
+            "report": done.report,
+            "meta": meta,
+            "cache_keys": cache_keys,
+            "cache_features": (
+                np.stack([cache[k] for k in cache_keys])
+                if cache_keys
+                else np.zeros((0, extractor.dim), dtype=np.float32)
+            ),
+            "cache_rejected": rejected,
+        },
+    )
     return FeatureSet(features=features, catalog=done.images, report=done.report, meta=meta)
 
 
-def extract_collection(catalog: Catalog, extractor: FeatureExtractor, out_path: str | os.PathLike[str] | None = None,
-                       progress: Progress | None = None, checkpoint_every: int = 1024) -> FeatureSet:
+def extract_collection(
+    catalog: Catalog,
+    extractor: FeatureExtractor,
+    out_path: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+    checkpoint_every: int = 1024,
+) -> FeatureSet:
     """Features of every image of ``catalog``, computing only those not already cached at ``out_path``.
 
     ``progress(done, total)`` is called after each batch (the app passes ``st.progress``); the CLI shows tqdm.
     Returns the :class:`FeatureSet` that was written (``meta["computed"]`` = images computed by this call).
     """
-    out = Path(out_path) if out_path is not None else feature_path(catalog.root, extractor.backbone,
-                                                                   extractor.weights_id)
+    out = (
+        Path(out_path) if out_path is not None else feature_path(catalog.root, extractor.backbone, extractor.weights_id)
+    )
     cache, rejected = _load_cache(out, extractor.backbone, extractor.weights_id, extractor.dim)
     images = catalog.images
-    todo = [(path, key) for path, key in zip(images["path"], catalog_keys(images), strict=True)
-            if key not in cache and key not in rejected]
+    todo = [
+        (path, key)
+        for path, key in zip(images["path"], catalog_keys(images), strict=True)
+        if key not in cache and key not in rejected
+    ]
     key_of = dict(todo)
     computed = 0
     since_checkpoint = 0

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from cbir import config
 from cbir.backbones import WeightsArg, build_model, get_backbone, resolve_weights, weights_identity
 from cbir.collection import Catalog, collection_id, scan_collection
+from cbir.errors import CbirError
 from cbir.images import ImageDecodeError, load_image, resize_for_model
 from cbir.storage import atomic_output, atomic_write_bytes
 
@@ -69,7 +70,7 @@ STATE_VERSION = 1
 _CE_EPSILON = 1e-7  # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy; we match it
 
 
-class FinetuneError(RuntimeError):
+class FinetuneError(CbirError, RuntimeError):
     """Fine-tuning cannot proceed (no labelled data, a checkpoint from another configuration, no epoch fits)."""
 
 
@@ -78,8 +79,9 @@ class FinetuneError(RuntimeError):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def classification_report(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                          class_names: Sequence[str] | None = None) -> pd.DataFrame:
+def classification_report(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, class_names: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Per-class precision, recall, f1-score and support, plus accuracy, macro and weighted averages.
 
     ``y_true``, ``y_pred``: 1-D integer class indices in ``[0, n_classes)``. ``class_names``: one name per index
@@ -92,8 +94,9 @@ def classification_report(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[i
     pred = np.asarray(y_pred, dtype=np.int64).ravel()
     if true.shape != pred.shape:
         raise ValueError(f"y_true has {true.size} labels, y_pred {pred.size}")
-    n_classes = len(class_names) if class_names is not None else int(max(true.max(initial=-1),
-                                                                           pred.max(initial=-1)) + 1)
+    n_classes = (
+        len(class_names) if class_names is not None else int(max(true.max(initial=-1), pred.max(initial=-1)) + 1)
+    )
     names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(n_classes)]
     if true.size and (min(true.min(), pred.min()) < 0 or max(true.max(), pred.max()) >= n_classes):
         raise ValueError(f"labels must lie in [0, {n_classes})")
@@ -110,8 +113,10 @@ def classification_report(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[i
     total = int(support.sum())
     accuracy = float(tp.sum() / total) if total else 0.0
     weights = support / total if total else np.zeros(n_classes)
-    table = pd.DataFrame({"precision": precision, "recall": recall, "f1-score": f1, "support": support},
-                         index=pd.Index(names, name="class"))
+    table = pd.DataFrame(
+        {"precision": precision, "recall": recall, "f1-score": f1, "support": support},
+        index=pd.Index(names, name="class"),
+    )
     summary = pd.DataFrame(
         {
             "precision": [np.nan, precision.mean(), float(precision @ weights)],
@@ -143,15 +148,25 @@ def training_figure(history: pd.DataFrame, title: str = "") -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Training and validation accuracy",
-                                                        "Training and validation loss"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("Training and validation accuracy", "Training and validation loss")
+    )
     styles = {"": dict(mode="lines+markers", marker=dict(size=5)), "val_": dict(mode="lines")}
     colors = {"": "#1f77b4", "val_": "#d62728"}
     for col, metric in ((1, "accuracy"), (2, "loss")):
         for prefix, label in (("", "Training"), ("val_", "Validation")):
-            fig.add_trace(go.Scatter(x=history["epoch"], y=history[prefix + metric], name=f"{label} {metric}",
-                                     line=dict(color=colors[prefix], dash="solid" if prefix else "dot"),
-                                     legendgroup=prefix or "train", **styles[prefix]), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=history["epoch"],
+                    y=history[prefix + metric],
+                    name=f"{label} {metric}",
+                    line=dict(color=colors[prefix], dash="solid" if prefix else "dot"),
+                    legendgroup=prefix or "train",
+                    **styles[prefix],
+                ),
+                row=1,
+                col=col,
+            )
         fig.update_xaxes(title_text="epoch", row=1, col=col)
     fig.update_yaxes(title_text="accuracy", row=1, col=1)
     fig.update_yaxes(title_text="loss", row=1, col=2)
@@ -181,8 +196,9 @@ def _sized_backbone(name: str, weights: str | None, shape: tuple[int, int, int])
     raise ValueError(f"no sized builder for backbone {name!r}")
 
 
-def build_backbone(name: str, weights: WeightsArg = "imagenet", input_size: tuple[int, int] | None = None,
-                   seed: int = 0) -> tuple[Any, str]:
+def build_backbone(
+    name: str, weights: WeightsArg = "imagenet", input_size: tuple[int, int] | None = None, seed: int = 0
+) -> tuple[Any, str]:
     """The backbone ``name`` (pooled output) and its weights id, optionally at another ``input_size`` (W, H).
 
     At the backbone's own size this is :func:`cbir.backbones.build_model` (local-first ImageNet weights, weight
@@ -251,8 +267,9 @@ def split_model(classifier: Any, backbone: str) -> tuple[Any, Any]:
     try:
         tail = keras.Model(boundary, classifier.output, name=f"{backbone}_tail")
     except ValueError as exc:
-        raise FinetuneError(f"{backbone}: the input of {FIRST_TRAINABLE[backbone]} does not split the graph "
-                            f"({exc})") from exc
+        raise FinetuneError(
+            f"{backbone}: the input of {FIRST_TRAINABLE[backbone]} does not split the graph ({exc})"
+        ) from exc
     return frozen, tail
 
 
@@ -282,8 +299,9 @@ def feature_models(classifier: Any, backbone: Any) -> dict[str, Any]:
 
     return {
         "pool": keras.Model(classifier.input, backbone.output, name=f"{backbone.name}_ft_pool"),
-        "dense256": keras.Model(classifier.input, classifier.get_layer(DENSE_FEATURE_LAYER).output,
-                                name=f"{backbone.name}_ft_dense256"),
+        "dense256": keras.Model(
+            classifier.input, classifier.get_layer(DENSE_FEATURE_LAYER).output, name=f"{backbone.name}_ft_dense256"
+        ),
     }
 
 
@@ -316,8 +334,9 @@ def save_model_atomic(model: Any, path: str | os.PathLike[str], weights_only: bo
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def write_memmap_atomic(path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any,
-                        fill: Callable[[np.ndarray], None]) -> Path:
+def write_memmap_atomic(
+    path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any, fill: Callable[[np.ndarray], None]
+) -> Path:
     """Create ``path`` as an ``.npy`` of ``shape``/``dtype``: ``fill(array)`` writes a temp memmap, then rename.
 
     A reader never sees a half-filled file: the final name appears only once ``fill`` returned.
@@ -369,8 +388,13 @@ def _decode(path: str, size: tuple[int, int]) -> np.ndarray | str:
         return str(exc)
 
 
-def image_cache(catalog: Catalog, cache_dir: str | os.PathLike[str], size: tuple[int, int] = (224, 224),
-                workers: int = 2, progress: bool = True) -> ImageCache:
+def image_cache(
+    catalog: Catalog,
+    cache_dir: str | os.PathLike[str],
+    size: tuple[int, int] = (224, 224),
+    workers: int = 2,
+    progress: bool = True,
+) -> ImageCache:
     """The labelled images of ``catalog`` decoded and resized to ``size`` (W, H), cached as a uint8 memmap.
 
     Built once per (collection content, size) — ``images-<W>x<H>-<hash>.npy`` plus a ``.json`` sidecar listing
@@ -381,8 +405,10 @@ def image_cache(catalog: Catalog, cache_dir: str | os.PathLike[str], size: tuple
     if rows.empty:
         raise FinetuneError(f"{catalog.root}: no labelled images (training_set/validation_set or class folders)")
     width, height = size
-    identity = json.dumps([[p, int(s), int(m)] for p, s, m in zip(rows["path"], rows["size"], rows["mtime_ns"],
-                                                                 strict=True)] + [[width, height]])
+    identity = json.dumps(
+        [[p, int(s), int(m)] for p, s, m in zip(rows["path"], rows["size"], rows["mtime_ns"], strict=True)]
+        + [[width, height]]
+    )
     key = hashlib.sha1(identity.encode()).hexdigest()[:12]
     prefix = f"images-{width}x{height}-"
     npy, sidecar = folder / f"{prefix}{key}.npy", folder / f"{prefix}{key}.json"
@@ -393,8 +419,9 @@ def image_cache(catalog: Catalog, cache_dir: str | os.PathLike[str], size: tuple
         def fill(array: np.ndarray) -> None:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 decoded = pool.map(_decode, paths, [size] * len(paths))
-                for i, item in enumerate(tqdm(decoded, total=len(paths), desc="decoding images", unit="img",
-                                              disable=not progress)):
+                for i, item in enumerate(
+                    tqdm(decoded, total=len(paths), desc="decoding images", unit="img", disable=not progress)
+                ):
                     if isinstance(item, str):
                         rejected[paths[i]] = item
                     else:
@@ -413,8 +440,16 @@ def image_cache(catalog: Catalog, cache_dir: str | os.PathLike[str], size: tuple
     return ImageCache(images=images, rows=rows, ok=ok, rejected=rejected, key=key, path=npy)
 
 
-def activation_cache(images: ImageCache, frozen: Any, backbone: str, weights_id: str, cache_dir: str | os.PathLike[str],
-                     batch_size: int = 32, dtype: str = "float16", progress: bool = True) -> np.ndarray:
+def activation_cache(
+    images: ImageCache,
+    frozen: Any,
+    backbone: str,
+    weights_id: str,
+    cache_dir: str | os.PathLike[str],
+    batch_size: int = 32,
+    dtype: str = "float16",
+    progress: bool = True,
+) -> np.ndarray:
     """``frozen``'s output for every cached image: an (n, h, w, c) memmap aligned with ``images.rows``.
 
     Stored as ``dtype`` (float16 by default: half the disk and page cache; activations are clipped to its range).
@@ -432,13 +467,18 @@ def activation_cache(images: ImageCache, frozen: Any, backbone: str, weights_id:
 
         def fill(array: np.ndarray) -> None:
             starts = range(0, n, batch_size)
-            load = lambda s: spec.preprocess(np.asarray(images.images[s:s + batch_size], dtype=np.float32))  # noqa: E731
-            for start, batch in tqdm(zip(starts, _prefetched(load, starts), strict=True), total=len(starts),
-                                     desc=f"{backbone} frozen part", unit="batch", disable=not progress):
+            load = lambda s: spec.preprocess(np.asarray(images.images[s : s + batch_size], dtype=np.float32))  # noqa: E731
+            for start, batch in tqdm(
+                zip(starts, _prefetched(load, starts), strict=True),
+                total=len(starts),
+                desc=f"{backbone} frozen part",
+                unit="batch",
+                disable=not progress,
+            ):
                 out = np.asarray(frozen.predict_on_batch(batch), dtype=np.float32)
                 if limit is not None:
                     out = np.clip(out, -limit, limit)
-                array[start:start + len(out)] = out.astype(dtype)
+                array[start : start + len(out)] = out.astype(dtype)
 
         write_memmap_atomic(path, (n, *shape), dtype, fill)
         _remove_stale(Path(cache_dir), prefix, path)
@@ -487,15 +527,16 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, aug: Augmentatio
         if sy or sx:
             padded = np.pad(image, ((sy, sy), (sx, sx), (0, 0)), mode="edge")
             dy, dx = rng.integers(0, 2 * sy + 1), rng.integers(0, 2 * sx + 1)
-            image = padded[dy:dy + height, dx:dx + width]
+            image = padded[dy : dy + height, dx : dx + width]
         out[i] = image
         if aug.brightness:
             out[i] *= rng.uniform(1.0 - aug.brightness, 1.0 + aug.brightness)
     return np.clip(out, 0.0, 255.0, out=out)
 
 
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int = 0,
-                  steps_per_epoch: int | None = None) -> list[np.ndarray]:
+def epoch_batches(
+    n: int, batch_size: int, epoch: int, seed: int = 0, steps_per_epoch: int | None = None
+) -> list[np.ndarray]:
     """Row indices of each training batch of ``epoch`` (0-based): a pure function of its arguments, so a resumed
     run draws exactly the batches an uninterrupted one would.
 
@@ -507,12 +548,12 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int = 0,
         raise ValueError(f"need n > 0 and batch_size > 0, got {n}, {batch_size}")
     if steps_per_epoch is None:
         order = np.random.default_rng([seed, epoch]).permutation(n)
-        return [np.sort(order[i:i + batch_size]) for i in range(0, n, batch_size)]
+        return [np.sort(order[i : i + batch_size]) for i in range(0, n, batch_size)]
     start = epoch * steps_per_epoch * batch_size
     positions = np.arange(start, start + steps_per_epoch * batch_size)
     passes = {p: np.random.default_rng([seed, p]).permutation(n) for p in np.unique(positions // n)}
     rows = np.array([passes[p][k] for p, k in zip(positions // n, positions % n, strict=True)])
-    return [np.sort(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+    return [np.sort(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -603,8 +644,18 @@ def train_loop(
         (run_dir / "state.json").unlink(missing_ok=True)
     state = check_resumable(run_dir, identity)
     if state is None:
-        state = {"version": STATE_VERSION, "identity": identity, "epoch": 0, "history": [], "best_epoch": 0,
-                 "best_val_loss": None, "wait": 0, "checkpoint": None, "best_weights": None, "stopped": None}
+        state = {
+            "version": STATE_VERSION,
+            "identity": identity,
+            "epoch": 0,
+            "history": [],
+            "best_epoch": 0,
+            "best_val_loss": None,
+            "wait": 0,
+            "checkpoint": None,
+            "best_weights": None,
+            "stopped": None,
+        }
     else:
         model.load_weights(run_dir / state["checkpoint"])  # weights and optimizer state (moments, iterations)
     y_val = np.asarray(y_val)
@@ -627,8 +678,13 @@ def train_loop(
         # Keras' train_on_batch resets the metrics on every call: the epoch means are accumulated here, weighted by
         # batch size, as fit() reports them (training mode, i.e. with dropout, each batch before its update)
         seen, loss_sum, correct_sum = 0, 0.0, 0.0
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{settings.max_epochs}", unit="batch",
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            total=len(batches),
+            desc=f"epoch {epoch + 1}/{settings.max_epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
         aborted = False
         for x, y in _prefetched(lambda rows, e=epoch: train_batch(rows, e), batches):
             logs = model.train_on_batch(x, y, return_dict=True)
@@ -644,24 +700,33 @@ def train_loop(
         if aborted:
             stopped = "time_budget"
             if verbose:
-                tqdm.write(f"time budget reached during epoch {epoch + 1}; it is discarded (an epoch takes longer "
-                           f"than the budget allows: raise --max-minutes or lower --steps-per-epoch)")
+                tqdm.write(
+                    f"time budget reached during epoch {epoch + 1}; it is discarded (an epoch takes longer "
+                    f"than the budget allows: raise --max-minutes or lower --steps-per-epoch)"
+                )
             break
         proba = np.asarray(predict_val(), dtype=np.float64)
         val_loss = cross_entropy(proba, y_val)
         val_acc = float((proba.argmax(axis=1) == y_val).mean()) if len(y_val) else float("nan")
         seconds = time.perf_counter() - t0
         epoch_times.append(seconds)
-        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct_sum / seen,
-                  "val_loss": val_loss, "val_accuracy": val_acc, "seconds": seconds}
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / seen,
+            "accuracy": correct_sum / seen,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "seconds": seconds,
+        }
         state["history"].append(record)
         state["epoch"] = epoch + 1
         epochs_now += 1
         old_files = [state["checkpoint"], state["best_weights"]]
         best = state["best_val_loss"]
         if best is None or val_loss < best:
-            state.update(best_val_loss=val_loss, best_epoch=epoch + 1, wait=0,
-                         best_weights=f"best-e{epoch + 1:04d}.weights.h5")
+            state.update(
+                best_val_loss=val_loss, best_epoch=epoch + 1, wait=0, best_weights=f"best-e{epoch + 1:04d}.weights.h5"
+            )
             save_model_atomic(model, run_dir / state["best_weights"], weights_only=True)
         else:
             state["wait"] += 1
@@ -675,20 +740,31 @@ def train_loop(
                 (run_dir / old).unlink(missing_ok=True)
         if verbose:
             mark = " *" if state["best_epoch"] == epoch + 1 else ""
-            tqdm.write(f"epoch {epoch + 1}: loss {record['loss']:.4f} acc {record['accuracy']:.4f} "
-                       f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} ({seconds:.1f} s){mark}")
+            tqdm.write(
+                f"epoch {epoch + 1}: loss {record['loss']:.4f} acc {record['accuracy']:.4f} "
+                f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} ({seconds:.1f} s){mark}"
+            )
             if stopped == "early_stopping":
-                tqdm.write(f"early stopping: no improvement for {settings.patience} epochs; best epoch "
-                           f"{state['best_epoch']}")
+                tqdm.write(
+                    f"early stopping: no improvement for {settings.patience} epochs; best epoch {state['best_epoch']}"
+                )
     if state["best_weights"] is None:
-        raise FinetuneError("no epoch finished within the time budget; raise --max-minutes or set a smaller "
-                            "--steps-per-epoch")
+        raise FinetuneError(
+            "no epoch finished within the time budget; raise --max-minutes or set a smaller --steps-per-epoch"
+        )
     model.load_weights(run_dir / state["best_weights"])
-    history = pd.DataFrame(state["history"], columns=["epoch", "loss", "accuracy", "val_loss", "val_accuracy",
-                                                      "seconds"])
+    history = pd.DataFrame(
+        state["history"], columns=["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+    )
     per_epoch = float(np.median(history["seconds"])) if len(history) else float("nan")
-    return LoopOutcome(history=history, best_epoch=int(state["best_epoch"]), epochs_done=int(state["epoch"]),
-                       epochs_now=epochs_now, stopped=str(stopped), seconds_per_epoch=per_epoch)
+    return LoopOutcome(
+        history=history,
+        best_epoch=int(state["best_epoch"]),
+        epochs_done=int(state["epoch"]),
+        epochs_now=epochs_now,
+        stopped=str(stopped),
+        seconds_per_epoch=per_epoch,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -780,20 +856,32 @@ def finished_runs(collection: str | os.PathLike[str] | None = None) -> list[Fini
     for metrics_file in sorted(root.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         run_dir = metrics_file.parent
         report = pd.read_csv(run_dir / "report.csv", index_col=0) if (run_dir / "report.csv").is_file() else None
-        runs.append(FinishedRun(run_dir, json.loads(metrics_file.read_text()), load_history(run_dir),
-                                report if report is not None else pd.DataFrame()))
+        runs.append(
+            FinishedRun(
+                run_dir,
+                json.loads(metrics_file.read_text()),
+                load_history(run_dir),
+                report if report is not None else pd.DataFrame(),
+            )
+        )
     return runs
 
 
-def _batched_predict(model: Any, load: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
-                     batch_size: int) -> np.ndarray:
-    chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+def _batched_predict(
+    model: Any, load: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, batch_size: int
+) -> np.ndarray:
+    chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     out = [np.asarray(model.predict_on_batch(x)) for x in _prefetched(load, chunks)]
     return np.concatenate(out) if out else np.zeros((0, int(model.output.shape[-1])), dtype=np.float32)
 
 
-def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: FinetuneConfig | None = None,
-             restart: bool = False, verbose: bool = True, progress: bool | None = None) -> FinetuneResult:
+def finetune(
+    collection: str | os.PathLike[str] | Catalog | None = None,
+    cfg: FinetuneConfig | None = None,
+    restart: bool = False,
+    verbose: bool = True,
+    progress: bool | None = None,
+) -> FinetuneResult:
     """Fine-tune ``cfg.backbone`` as Model ``cfg.model`` on ``collection`` (a folder or a scanned catalog; default
     :func:`cbir.config.default_collection`), save the classifier, feature models, history and report.
 
@@ -806,8 +894,11 @@ def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: Fi
     if cfg.backbone not in FIRST_TRAINABLE:
         raise ValueError(f"no fine-tuning split defined for backbone {cfg.backbone!r}")
     spec = get_backbone(cfg.backbone)
-    catalog = collection if isinstance(collection, Catalog) else scan_collection(
-        collection if collection is not None else config.default_collection())
+    catalog = (
+        collection
+        if isinstance(collection, Catalog)
+        else scan_collection(collection if collection is not None else config.default_collection())
+    )
     run_dir = finetune_dir(catalog.root, cfg.backbone, cfg.model)
     cache_dir = run_dir.parent / "cache"
     size = tuple(cfg.input_size) if cfg.input_size is not None else tuple(spec.input_size)
@@ -821,8 +912,10 @@ def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: Fi
     val_mask = (rows["role"] == "query").to_numpy() & cache.ok & rows["label"].isin(classes).to_numpy()
     train_rows, val_rows = np.flatnonzero(train_mask), np.flatnonzero(val_mask)
     if len(train_rows) == 0 or len(val_rows) == 0:
-        raise FinetuneError(f"{catalog.root}: need labelled training (index) and validation (query) images, got "
-                            f"{len(train_rows)} and {len(val_rows)}")
+        raise FinetuneError(
+            f"{catalog.root}: need labelled training (index) and validation (query) images, got "
+            f"{len(train_rows)} and {len(val_rows)}"
+        )
     labels = np.array([class_index.get(label, -1) for label in rows["label"]], dtype=np.int64)
     if verbose and cache.rejected:
         tqdm.write(f"{len(cache.rejected)} labelled files could not be decoded and are skipped")
@@ -851,8 +944,16 @@ def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: Fi
     if cfg.model == 1:
         frozen, tail = split_model(classifier, cfg.backbone)
         set_trainable(classifier, tail, freeze_bn=cfg.freeze_bn)
-        acts = activation_cache(cache, frozen, cfg.backbone, weights_id, cache_dir, batch_size=cfg.batch_size,
-                                dtype=cfg.activation_dtype, progress=progress)
+        acts = activation_cache(
+            cache,
+            frozen,
+            cfg.backbone,
+            weights_id,
+            cache_dir,
+            batch_size=cfg.batch_size,
+            dtype=cfg.activation_dtype,
+            progress=progress,
+        )
         trained = tail
 
         def load_x(idx: np.ndarray) -> np.ndarray:
@@ -887,12 +988,23 @@ def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: Fi
     )
     if verbose:
         n_trainable = sum(int(np.prod(v.shape)) for v in trained.trainable_variables)
-        tqdm.write(f"{cfg.backbone} model {cfg.model}: {len(train_rows)} training / {len(val_rows)} validation "
-                   f"images, {len(classes)} classes, {n_trainable:,} trainable parameters, lr {cfg.lr:g}")
-    outcome = train_loop(trained, train_batch, len(train_rows),
-                         lambda: _batched_predict(trained, load_x, val_rows, cfg.batch_size),
-                         labels[val_rows], run_dir, identity, settings, restart=restart, verbose=verbose,
-                         progress=progress)
+        tqdm.write(
+            f"{cfg.backbone} model {cfg.model}: {len(train_rows)} training / {len(val_rows)} validation "
+            f"images, {len(classes)} classes, {n_trainable:,} trainable parameters, lr {cfg.lr:g}"
+        )
+    outcome = train_loop(
+        trained,
+        train_batch,
+        len(train_rows),
+        lambda: _batched_predict(trained, load_x, val_rows, cfg.batch_size),
+        labels[val_rows],
+        run_dir,
+        identity,
+        settings,
+        restart=restart,
+        verbose=verbose,
+        progress=progress,
+    )
 
     # final evaluation with the restored best weights (Model 1 on the cached activations, as during training)
     proba = _batched_predict(trained, load_x, val_rows, cfg.batch_size)
@@ -901,23 +1013,45 @@ def finetune(collection: str | os.PathLike[str] | Catalog | None = None, cfg: Fi
     test_loss, test_acc = cross_entropy(proba, y_val), float((proba.argmax(axis=1) == y_val).mean())
 
     classifier_path = save_model_atomic(classifier, run_dir / "classifier.keras")
-    saved = {name: save_model_atomic(m, run_dir / f"model{cfg.model}-{name}.keras")
-             for name, m in feature_models(classifier, backbone).items()}
+    saved = {
+        name: save_model_atomic(m, run_dir / f"model{cfg.model}-{name}.keras")
+        for name, m in feature_models(classifier, backbone).items()
+    }
     history = outcome.history
     metrics = {
-        "backbone": cfg.backbone, "model": cfg.model, "weights_id": weights_id, "lr": cfg.lr,
-        "batch_size": cfg.batch_size, "classes": classes, "n_train": len(train_rows), "n_val": len(val_rows),
-        "test_loss": test_loss, "test_accuracy": test_acc, "best_epoch": outcome.best_epoch,
-        "epochs_done": outcome.epochs_done, "stopped": outcome.stopped,
-        "seconds_per_epoch": outcome.seconds_per_epoch, "first_trainable": identity["first_trainable"],
-        "feature_models": {k: str(v) for k, v in saved.items()}, "classifier": str(classifier_path),
+        "backbone": cfg.backbone,
+        "model": cfg.model,
+        "weights_id": weights_id,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "classes": classes,
+        "n_train": len(train_rows),
+        "n_val": len(val_rows),
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "best_epoch": outcome.best_epoch,
+        "epochs_done": outcome.epochs_done,
+        "stopped": outcome.stopped,
+        "seconds_per_epoch": outcome.seconds_per_epoch,
+        "first_trainable": identity["first_trainable"],
+        "feature_models": {k: str(v) for k, v in saved.items()},
+        "classifier": str(classifier_path),
     }
     atomic_write_bytes(run_dir / "history.json", history.to_json(orient="records", indent=1).encode())
     atomic_write_bytes(run_dir / "report.csv", report.to_csv().encode())
     atomic_write_bytes(run_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
-    return FinetuneResult(run_dir=run_dir, history=history, report=report, test_loss=test_loss,
-                          test_accuracy=test_acc, classes=classes, best_epoch=outcome.best_epoch,
-                          epochs_done=outcome.epochs_done, stopped=outcome.stopped,
-                          seconds_per_epoch=outcome.seconds_per_epoch, classifier_path=classifier_path,
-                          feature_models=saved, metrics=metrics)
-
+    return FinetuneResult(
+        run_dir=run_dir,
+        history=history,
+        report=report,
+        test_loss=test_loss,
+        test_accuracy=test_acc,
+        classes=classes,
+        best_epoch=outcome.best_epoch,
+        epochs_done=outcome.epochs_done,
+        stopped=outcome.stopped,
+        seconds_per_epoch=outcome.seconds_per_epoch,
+        classifier_path=classifier_path,
+        feature_models=saved,
+        metrics=metrics,
+    )

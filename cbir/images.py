@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from cbir.errors import CbirError
+
 # Refuse, rather than half-decode, truncated files.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -31,7 +33,7 @@ REDUCED_MIN_PIXELS = 1_000_000
 MIN_SIDE = 8
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(CbirError, ValueError):
     """The input cannot be used as an image; ``str(err)`` is a message for the user."""
 
 

@@ -74,9 +74,13 @@ def _convert(source: str, target: Path) -> str | None:
     return None
 
 
-def build_collection(out_dir: str | os.PathLike[str], source: Path = OPENCLIPART_DIR, workers: int = 4,
-                     limit_per_class: int | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+def build_collection(
+    out_dir: str | os.PathLike[str],
+    source: Path = OPENCLIPART_DIR,
+    workers: int = 4,
+    limit_per_class: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
     """Convert Open Clip Art into ``out_dir`` (resumable: existing outputs are kept). Returns the per-file plan
     with an ``error`` column (``None`` when converted). ``limit_per_class`` keeps only the first images of each
     category (for quick tests). ``progress(done, total)`` is called as files are converted (the app's bar)."""

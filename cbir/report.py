@@ -43,8 +43,11 @@ def feature_set_row(
 ) -> tuple[dict, pd.DataFrame]:
     """One results row for ``feature_set`` and the LSH sweep it came from."""
     x, labels, roles = feature_set.features, feature_set.labels, feature_set.roles
-    row: dict = {"backbone": feature_set.meta["backbone"], "weights": feature_set.meta["weights_id"],
-                 **training_metrics(feature_set.meta.get("weights_path"))}
+    row: dict = {
+        "backbone": feature_set.meta["backbone"],
+        "weights": feature_set.meta["weights_id"],
+        **training_metrics(feature_set.meta.get("weights_path")),
+    }
     for distractors in (True, False):
         suffix = "" if distractors else " (no distractors)"
         for metric in ("euclidean", "cosine"):

@@ -17,10 +17,12 @@ from typing import Any
 
 import joblib
 
+from cbir.errors import CbirError
+
 FORMAT_VERSION = 1
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(CbirError, RuntimeError):
     """An artifact is missing, unreadable, half-written or of another kind/version."""
 
 

@@ -35,16 +35,30 @@ def list_feature_sets(collection: str | os.PathLike[str] | None = None) -> pd.Da
             status = "complete" if meta.get("complete") else "interrupted"
         except (ArtifactError, KeyError) as exc:
             meta, status = {}, f"unusable: {exc}"
-        rows.append({"backbone": meta.get("backbone"), "weights": meta.get("weights_id"),
-                     "collection": meta.get("collection_id"), "images": meta.get("n_images"),
-                     "rejected": meta.get("n_rejected"), "dim": meta.get("dim"), "created": meta.get("created"),
-                     "status": status, "path": str(path)})
-    return pd.DataFrame(rows, columns=["backbone", "weights", "collection", "images", "rejected", "dim", "created",
-                                       "status", "path"])
+        rows.append(
+            {
+                "backbone": meta.get("backbone"),
+                "weights": meta.get("weights_id"),
+                "collection": meta.get("collection_id"),
+                "images": meta.get("n_images"),
+                "rejected": meta.get("n_rejected"),
+                "dim": meta.get("dim"),
+                "created": meta.get("created"),
+                "status": status,
+                "path": str(path),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["backbone", "weights", "collection", "images", "rejected", "dim", "created", "status", "path"]
+    )
 
 
-def resolve_feature_set(features: str | os.PathLike[str] | None = None, backbone: str | None = None,
-                        collection: str | os.PathLike[str] | None = None, weights: str | None = None) -> FeatureSet:
+def resolve_feature_set(
+    features: str | os.PathLike[str] | None = None,
+    backbone: str | None = None,
+    collection: str | os.PathLike[str] | None = None,
+    weights: str | None = None,
+) -> FeatureSet:
     """Load ``features`` if given, else the newest complete feature set of ``backbone`` (any when ``None``) whose
     weights id contains ``weights`` (e.g. ``"imagenet"``, ``"model1-dense256"``; any when ``None``) for
     ``collection`` (default collection when ``None``). Raises ``FileNotFoundError`` with the command to run."""
@@ -61,5 +75,6 @@ def resolve_feature_set(features: str | os.PathLike[str] | None = None, backbone
         wanted = " ".join(part for part in (backbone, weights and f"weights~{weights}") if part)
         raise FileNotFoundError(
             f"no feature set{' for ' + wanted if wanted else ''} of collection {collection}; run: "
-            f"python -m cbir extract --collection {collection} --backbone {backbone or 'efficientnet_lite0'}")
+            f"python -m cbir extract --collection {collection} --backbone {backbone or 'efficientnet_lite0'}"
+        )
     return load_features(table.iloc[0]["path"])

@@ -26,8 +26,9 @@ def require(condition: bool, reason: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_artifacts(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
-                        request: pytest.FixtureRequest) -> None:
+def _isolated_artifacts(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     """Tests write artifacts under a temp dir unless they opt into the real ones (``real_artifacts`` marker)."""
     if request.node.get_closest_marker("real_artifacts") is None:
         artifacts = tmp_path_factory.mktemp("artifacts")
@@ -67,8 +68,14 @@ def shared_weights() -> Path:
     return folder
 
 
-def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (64, 48), fmt: str | None = None,
-                seed: int = 0, **save_kwargs: object) -> Path:
+def write_image(
+    path: Path,
+    mode: str = "RGB",
+    size: tuple[int, int] = (64, 48),
+    fmt: str | None = None,
+    seed: int = 0,
+    **save_kwargs: object,
+) -> Path:
     """A real image file with structured content (gradients + noise) in ``mode``."""
     rng = np.random.default_rng(seed)
     w, h = size

@@ -281,12 +281,22 @@ def test_comparison_page_shows_fine_tuning_runs(app_env: Path, app_artifacts: Pa
     run_dir = app_artifacts / "finetune" / collection_id(app_env) / "efficientnet_lite0-model1"
     run_dir.mkdir(parents=True)
     try:
-        history = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5 + e / 20, "val_loss": 1.1 / e,
-                    "val_accuracy": 0.45 + e / 20} for e in (1, 2, 3)]
+        history = [
+            {"epoch": e, "loss": 1.0 / e, "accuracy": 0.5 + e / 20, "val_loss": 1.1 / e, "val_accuracy": 0.45 + e / 20}
+            for e in (1, 2, 3)
+        ]
         (run_dir / "history.json").write_text(json.dumps(history))
         classification_report([0, 0, 1, 1], [0, 1, 1, 1], ["cats", "dogs"]).to_csv(run_dir / "report.csv")
-        metrics = {"backbone": "efficientnet_lite0", "model": 1, "lr": 1e-4, "test_accuracy": 0.75,
-                   "test_loss": 0.61, "epochs_done": 3, "best_epoch": 3, "seconds_per_epoch": 34.6}
+        metrics = {
+            "backbone": "efficientnet_lite0",
+            "model": 1,
+            "lr": 1e-4,
+            "test_accuracy": 0.75,
+            "test_loss": 0.61,
+            "epochs_done": 3,
+            "best_epoch": 3,
+            "seconds_per_epoch": 34.6,
+        }
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
         at = open_app("pages/3_Model_comparison.py")
         check_ok(at)

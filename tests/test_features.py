@@ -77,8 +77,9 @@ def test_half_written_or_foreign_artifact_is_rebuilt(tmp_path: Path, extractor: 
         load_features(out)
     rebuilt = extract_collection(scan_collection(root), extractor, out_path=out)
     assert rebuilt.meta["computed"] == 4
-    joblib.dump({"kind": "features", "version": 1, "payload": {"meta": {"backbone": "resnet50", "weights_id": "x"}}},
-                out)
+    joblib.dump(
+        {"kind": "features", "version": 1, "payload": {"meta": {"backbone": "resnet50", "weights_id": "x"}}}, out
+    )
     assert extract_collection(scan_collection(root), extractor, out_path=out).meta["computed"] == 4
 
 

@@ -99,13 +99,24 @@ def test_classification_report_zero_division_and_errors() -> None:
 
 def test_cross_entropy_and_figure() -> None:
     proba = np.array([[0.5, 0.5], [0.9, 0.1], [0.0, 1.0]])
-    assert cross_entropy(proba, np.array([0, 0, 0])) == pytest.approx(
-        -(np.log(0.5) + np.log(0.9) + np.log(1e-7)) / 3)
-    history = pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.8], "accuracy": [0.4, 0.6], "val_loss": [1.1, 0.9],
-                            "val_accuracy": [0.3, 0.5], "seconds": [1.0, 1.0]})
+    assert cross_entropy(proba, np.array([0, 0, 0])) == pytest.approx(-(np.log(0.5) + np.log(0.9) + np.log(1e-7)) / 3)
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "loss": [1.0, 0.8],
+            "accuracy": [0.4, 0.6],
+            "val_loss": [1.1, 0.9],
+            "val_accuracy": [0.3, 0.5],
+            "seconds": [1.0, 1.0],
+        }
+    )
     fig = training_figure(history)
-    assert {t.name for t in fig.data} == {"Training accuracy", "Validation accuracy", "Training loss",
-                                           "Validation loss"}
+    assert {t.name for t in fig.data} == {
+        "Training accuracy",
+        "Validation accuracy",
+        "Training loss",
+        "Validation loss",
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -113,13 +124,17 @@ def test_cross_entropy_and_figure() -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("backbone", "side", "boundary_shape", "frozen_before"), [
-    ("resnet50", 64, (4, 4, 1024), "conv4_block6_out"),
-    ("resnet50v2", 64, (2, 2, 1024), "conv5_block1_preact_bn"),
-    ("efficientnet_lite0", 64, (2, 2, 192), "block14_add"),
-])
-def test_split_gives_same_predictions(backbone: str, side: int, boundary_shape: tuple[int, ...],
-                                      frozen_before: str) -> None:
+@pytest.mark.parametrize(
+    ("backbone", "side", "boundary_shape", "frozen_before"),
+    [
+        ("resnet50", 64, (4, 4, 1024), "conv4_block6_out"),
+        ("resnet50v2", 64, (2, 2, 1024), "conv5_block1_preact_bn"),
+        ("efficientnet_lite0", 64, (2, 2, 192), "block14_add"),
+    ],
+)
+def test_split_gives_same_predictions(
+    backbone: str, side: int, boundary_shape: tuple[int, ...], frozen_before: str
+) -> None:
     import keras
 
     model, _ = build_backbone(backbone, None, input_size=(side, side))
@@ -169,9 +184,17 @@ def _tiny_model(lr: float):
 
 def _loop(model, run_dir: Path, flip_val: bool, batch_size: int = 16, **settings: object):
     x, y, x_val, y_val = _blobs(flip_val)
-    return train_loop(model, lambda rows, epoch: (x[rows], y[rows]), len(x),
-                      lambda: model.predict_on_batch(x_val), y_val, run_dir, {"test": 1},
-                      LoopSettings(batch_size=batch_size, **settings), verbose=False)
+    return train_loop(
+        model,
+        lambda rows, epoch: (x[rows], y[rows]),
+        len(x),
+        lambda: model.predict_on_batch(x_val),
+        y_val,
+        run_dir,
+        {"test": 1},
+        LoopSettings(batch_size=batch_size, **settings),
+        verbose=False,
+    )
 
 
 def test_epoch_metrics_are_means_over_the_epoch(tmp_path: Path) -> None:
@@ -207,12 +230,14 @@ def test_resume_continues_from_checkpoint(tmp_path: Path) -> None:
     assert (first.epochs_done, first.stopped) == (2, "max_epochs")
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if not p.name.startswith(".")) == sorted(
-        ["state.json", state["checkpoint"], state["best_weights"]])
+        ["state.json", state["checkpoint"], state["best_weights"]]
+    )
     resumed_model = _tiny_model(0.01)
     resumed = _loop(resumed_model, tmp_path / "run", flip_val=False, max_epochs=4)
     assert (resumed.epochs_done, resumed.epochs_now) == (4, 2)
-    pd.testing.assert_frame_equal(resumed.history.iloc[:2].drop(columns="seconds"),
-                                  first.history.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(
+        resumed.history.iloc[:2].drop(columns="seconds"), first.history.drop(columns="seconds")
+    )
     assert int(resumed_model.optimizer.iterations) == 4 * 4  # 64 rows / 16 per batch, 4 epochs in all
     # an uninterrupted run of 4 epochs gives the same history (batches are a function of the epoch)
     straight = _loop(_tiny_model(0.01), tmp_path / "straight", flip_val=False, max_epochs=4)
@@ -226,9 +251,18 @@ def test_other_configuration_and_time_budget(tmp_path: Path) -> None:
     _loop(model, tmp_path / "run", flip_val=False, max_epochs=1)
 
     def rerun(identity: dict, restart: bool = False, **settings: object):
-        return train_loop(model, lambda rows, epoch: (x[rows], y[rows]), len(x),
-                          lambda: model.predict_on_batch(x_val), y_val, tmp_path / "run", identity,
-                          LoopSettings(batch_size=16, **settings), restart=restart, verbose=False)
+        return train_loop(
+            model,
+            lambda rows, epoch: (x[rows], y[rows]),
+            len(x),
+            lambda: model.predict_on_batch(x_val),
+            y_val,
+            tmp_path / "run",
+            identity,
+            LoopSettings(batch_size=16, **settings),
+            restart=restart,
+            verbose=False,
+        )
 
     with pytest.raises(FinetuneError, match="another configuration"):
         rerun({"test": 2}, max_epochs=3)
@@ -276,8 +310,9 @@ def test_model1_trains_from_cache_and_saves_feature_models(tmp_path: Path) -> No
     backbone = "resnet50v2"
     root = _color_collection(tmp_path / "colors")
     # eager steps: building the train-step graph would cost more than these few steps (the loop tests use graphs)
-    cfg = FinetuneConfig(backbone=backbone, model=1, weights=None, lr=1e-3, batch_size=6, max_epochs=2,
-                         run_eagerly=True)
+    cfg = FinetuneConfig(
+        backbone=backbone, model=1, weights=None, lr=1e-3, batch_size=6, max_epochs=2, run_eagerly=True
+    )
     result = finetune(root, cfg, verbose=False)
     assert result.classes == ["blue", "green", "red"] and len(result.history) == 2
     assert result.report.loc["accuracy", "support"] == 6
@@ -325,8 +360,16 @@ def test_model1_trains_from_cache_and_saves_feature_models(tmp_path: Path) -> No
 
 def test_model2_resumes_with_augmentation(tmp_path: Path) -> None:
     root = _color_collection(tmp_path / "colors", n_train=3, n_val=1)
-    cfg = FinetuneConfig(backbone="efficientnet_lite0", model=2, weights=None, lr=1e-4, batch_size=9, max_epochs=1,
-                         input_size=(64, 64), run_eagerly=True)
+    cfg = FinetuneConfig(
+        backbone="efficientnet_lite0",
+        model=2,
+        weights=None,
+        lr=1e-4,
+        batch_size=9,
+        max_epochs=1,
+        input_size=(64, 64),
+        run_eagerly=True,
+    )
     first = finetune(root, cfg, verbose=False)
     assert (first.epochs_done, first.stopped) == (1, "max_epochs")
     assert first.metrics["first_trainable"] is None  # everything trains
@@ -356,8 +399,9 @@ def test_real_openclipart_model1(openclipart_small: Path) -> None:
 
     if not available_backbones().get("efficientnet_lite0"):
         pytest.skip("EfficientNet-Lite0 ImageNet weights not installed")
-    cfg = FinetuneConfig(backbone="efficientnet_lite0", model=1, weights="imagenet", lr=1e-3, batch_size=32,
-                         max_epochs=4)
+    cfg = FinetuneConfig(
+        backbone="efficientnet_lite0", model=1, weights="imagenet", lr=1e-3, batch_size=32, max_epochs=4
+    )
     result = finetune(openclipart_small, cfg, verbose=False)
     cache_dir = result.run_dir.parent / "cache"
     acts = np.load(next(cache_dir.glob("acts-*.npy")), mmap_mode="r")
@@ -383,8 +427,9 @@ def test_real_openclipart_model1(openclipart_small: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def test_cli_parses_and_prints_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_parses_and_prints_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import argparse
 
     import cbir.finetune
@@ -393,12 +438,40 @@ def test_cli_parses_and_prints_the_report(tmp_path: Path, monkeypatch: pytest.Mo
 
     parser = argparse.ArgumentParser()
     add_finetune_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["finetune", "--backbone", "resnet50v2", "--model", "2", "--weights", "none",
-                              "--lr", "1e-4", "--max-epochs", "5", "--max-minutes", "2.5", "--batch-size", "8",
-                              "--collection", str(tmp_path), "--restart", "--quiet"])
+    args = parser.parse_args(
+        [
+            "finetune",
+            "--backbone",
+            "resnet50v2",
+            "--model",
+            "2",
+            "--weights",
+            "none",
+            "--lr",
+            "1e-4",
+            "--max-epochs",
+            "5",
+            "--max-minutes",
+            "2.5",
+            "--batch-size",
+            "8",
+            "--collection",
+            str(tmp_path),
+            "--restart",
+            "--quiet",
+        ]
+    )
     cfg = config_from_args(args)
-    assert (cfg.backbone, cfg.model, cfg.weights, cfg.lr, cfg.max_epochs, cfg.max_minutes, cfg.batch_size,
-            cfg.patience) == ("resnet50v2", 2, None, 1e-4, 5, 2.5, 8, 10)
+    assert (
+        cfg.backbone,
+        cfg.model,
+        cfg.weights,
+        cfg.lr,
+        cfg.max_epochs,
+        cfg.max_minutes,
+        cfg.batch_size,
+        cfg.patience,
+    ) == ("resnet50v2", 2, None, 1e-4, 5, 2.5, 8, 10)
     assert parser.parse_args(["finetune"]).lr == 1e-6  # the paper's learning rate by default
     with pytest.raises(SystemExit):
         parser.parse_args(["finetune", "--model", "3"])
@@ -408,11 +481,21 @@ def test_cli_parses_and_prints_the_report(tmp_path: Path, monkeypatch: pytest.Mo
     def fake(collection: Path, cfg: FinetuneConfig, restart: bool, verbose: bool, progress: bool) -> FinetuneResult:
         seen.update(collection=collection, restart=restart, progress=progress)
         report = classification_report([0, 1, 1], [0, 1, 0], ["cats", "dogs"])
-        return FinetuneResult(run_dir=tmp_path, history=pd.DataFrame(), report=report, test_loss=0.5,
-                              test_accuracy=2 / 3, classes=["cats", "dogs"], best_epoch=3, epochs_done=5,
-                              stopped="max_epochs", seconds_per_epoch=1.5, classifier_path=tmp_path / "c.keras",
-                              feature_models={"pool": tmp_path / "p.keras", "dense256": tmp_path / "d.keras"},
-                              metrics={})
+        return FinetuneResult(
+            run_dir=tmp_path,
+            history=pd.DataFrame(),
+            report=report,
+            test_loss=0.5,
+            test_accuracy=2 / 3,
+            classes=["cats", "dogs"],
+            best_epoch=3,
+            epochs_done=5,
+            stopped="max_epochs",
+            seconds_per_epoch=1.5,
+            classifier_path=tmp_path / "c.keras",
+            feature_models={"pool": tmp_path / "p.keras", "dense256": tmp_path / "d.keras"},
+            metrics={},
+        )
 
     monkeypatch.setattr(cbir.finetune, "finetune", fake)
     assert args.func(args) == 0

@@ -16,11 +16,21 @@ from tests.conftest import write_image
 @pytest.mark.parametrize(
     ("mode", "fmt", "suffix"),
     [
-        ("RGB", "JPEG", ".jpg"), ("L", "JPEG", ".jpg"), ("CMYK", "JPEG", ".jpg"),
-        ("RGB", "PNG", ".png"), ("RGBA", "PNG", ".png"), ("LA", "PNG", ".png"), ("P", "PNG", ".png"),
-        ("I;16", "PNG", ".png"), ("1", "PNG", ".png"),
-        ("RGB", "WEBP", ".webp"), ("RGBA", "WEBP", ".webp"), ("RGB", "BMP", ".bmp"), ("P", "GIF", ".gif"),
-        ("RGB", "TIFF", ".tiff"), ("CMYK", "TIFF", ".tif"),
+        ("RGB", "JPEG", ".jpg"),
+        ("L", "JPEG", ".jpg"),
+        ("CMYK", "JPEG", ".jpg"),
+        ("RGB", "PNG", ".png"),
+        ("RGBA", "PNG", ".png"),
+        ("LA", "PNG", ".png"),
+        ("P", "PNG", ".png"),
+        ("I;16", "PNG", ".png"),
+        ("1", "PNG", ".png"),
+        ("RGB", "WEBP", ".webp"),
+        ("RGBA", "WEBP", ".webp"),
+        ("RGB", "BMP", ".bmp"),
+        ("P", "GIF", ".gif"),
+        ("RGB", "TIFF", ".tiff"),
+        ("CMYK", "TIFF", ".tif"),
     ],
 )
 def test_every_mode_and_format_becomes_rgb(tmp_path: Path, mode: str, fmt: str, suffix: str) -> None:

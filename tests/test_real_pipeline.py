@@ -100,6 +100,9 @@ def test_paper_data_when_present(paper_data: Path) -> None:
     sample = catalog.images.groupby("role").head(8)
     checked = scan_collection(paper_data)
     checked.images = sample.reset_index(drop=True)
-    result = extract_collection(checked, FeatureExtractor("efficientnet_lite0", batch_size=8),
-                                out_path=Path(config.artifacts_dir()) / "paper_sample.joblib")
+    result = extract_collection(
+        checked,
+        FeatureExtractor("efficientnet_lite0", batch_size=8),
+        out_path=Path(config.artifacts_dir()) / "paper_sample.joblib",
+    )
     assert len(result.features) + len(result.report) == len(sample)
