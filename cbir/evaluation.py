@@ -110,6 +110,36 @@ def average_precision_batch(relevant: np.ndarray, n_relevant: np.ndarray) -> np.
     return np.divide(gained, denominator, out=np.zeros(len(relevant)), where=denominator > 0)
 
 
+def recall_at_k(ids: np.ndarray, exact_ids: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Recall@k of approximate answers against the exact scan's: the share of the exact top-k that is returned.
+
+    ``recall_i = |ids[i, :k] ∩ exact_ids[i, :k]| / |exact_ids[i, :k]|`` (padding ``-1`` is ignored on both sides;
+    a query whose exact answer is empty has recall 1). This is the ANN field's figure of merit (ann-benchmarks,
+    FAISS): it says whether an index returns the true nearest neighbours, whatever their labels.
+
+    Args:
+        ids: (m, >=k) int, the approximate results, best first.
+        exact_ids: (m, >=k) int, the exact scan's results for the same queries and metric.
+        k: cut-off; defaults to ``exact_ids.shape[1]``.
+
+    Returns:
+        (m,) float64 recall values in [0, 1].
+    """
+    ids = np.asarray(ids)
+    exact_ids = np.asarray(exact_ids)
+    if ids.ndim != 2 or exact_ids.ndim != 2 or len(ids) != len(exact_ids):
+        raise ValueError(f"ids {ids.shape} and exact_ids {exact_ids.shape} must be (m, k) arrays of equal m")
+    k = exact_ids.shape[1] if k is None else int(k)
+    if k < 1 or k > exact_ids.shape[1] or k > ids.shape[1]:
+        raise ValueError(f"k must be in [1, {min(ids.shape[1], exact_ids.shape[1])}], got {k}")
+    approx, exact = ids[:, :k], exact_ids[:, :k]
+    valid_exact = exact >= 0
+    # (m, k, k) membership test: k is small (10), so this is cheap and needs no per-row Python loop
+    found = (exact[:, :, None] == approx[:, None, :]).any(axis=2) & valid_exact
+    n_exact = valid_exact.sum(axis=1)
+    return np.divide(found.sum(axis=1), n_exact, out=np.ones(len(ids)), where=n_exact > 0)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Splitting a collection into index and queries
 # ----------------------------------------------------------------------------------------------------------

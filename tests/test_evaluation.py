@@ -316,3 +316,14 @@ def test_cli_sweep_writes_csv_and_recommends(
     assert len(table) == 1 + 2 * 2 * 2 and list(table.columns) == SWEEP_COLUMNS
     with pytest.raises(ValueError, match="no configuration visits at most 1"):
         run_cli([*argv, "--budget", "1", "--no-scan"])
+
+
+def test_recall_at_k_counts_exact_neighbours_found() -> None:
+    from cbir.evaluation import recall_at_k
+
+    exact = np.array([[0, 1, 2], [3, 4, 5], [6, -1, -1], [-1, -1, -1]])
+    approx = np.array([[2, 1, 9], [7, 8, 9], [6, 5, -1], [1, 2, 3]])
+    np.testing.assert_allclose(recall_at_k(approx, exact), [2 / 3, 0.0, 1.0, 1.0])
+    np.testing.assert_allclose(recall_at_k(approx, exact, k=1), [0.0, 0.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="k must be"):
+        recall_at_k(approx, exact, k=4)
