@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cbir import config
+
+if TYPE_CHECKING:  # imported lazily below: the package loads pandas, and `python -m cbir --help` should not wait
+    from cbir.finetune import FinetuneConfig
 
 DESCRIPTION = """\
 Fine-tune a backbone with the paper's head (3 × [Dropout 0.5 + Dense 256/128/64 relu] + softmax) on the
@@ -111,7 +114,7 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     """The :class:`cbir.finetune.FinetuneConfig` the parsed ``args`` ask for."""
     from cbir.finetune import FinetuneConfig
 

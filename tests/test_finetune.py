@@ -21,6 +21,7 @@ from cbir.finetune import (
     FinetuneConfig,
     FinetuneError,
     LoopSettings,
+    TrainingState,
     augment_batch,
     boundary_tensor,
     build_backbone,
@@ -124,6 +125,7 @@ def test_cross_entropy_and_figure() -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("backbone", "side", "boundary_shape", "frozen_before"),
     [
@@ -195,6 +197,60 @@ def _loop(model, run_dir: Path, flip_val: bool, batch_size: int = 16, **settings
         LoopSettings(batch_size=batch_size, **settings),
         verbose=False,
     )
+
+
+def _record(epoch: int, val_loss: float) -> dict:
+    return {
+        "epoch": epoch,
+        "loss": 1.0 / epoch,
+        "accuracy": 0.5,
+        "val_loss": val_loss,
+        "val_accuracy": 0.25,
+        "seconds": 0.5,
+    }
+
+
+def test_training_state_round_trip(tmp_path: Path) -> None:
+    assert TrainingState.load(tmp_path) is None  # no checkpoint yet
+    state = TrainingState(identity={"lr": 1e-3, "classes": ["a", "b"]})
+    assert state.save(tmp_path) == tmp_path / "state.json"
+    assert TrainingState.load(tmp_path) == state
+    for epoch, val_loss in enumerate([0.9, 0.7, 0.8], start=1):
+        state.end_epoch(_record(epoch, val_loss), patience=5)
+    state.save(tmp_path)
+    loaded = TrainingState.load(tmp_path)
+    assert loaded == state and loaded is not state
+    # the file keeps the version-1 layout, so checkpoints written before the typed state stay readable
+    data = json.loads((tmp_path / "state.json").read_text())
+    assert list(data) == [
+        "version",
+        "identity",
+        "epoch",
+        "history",
+        "best_epoch",
+        "best_val_loss",
+        "wait",
+        "checkpoint",
+        "best_weights",
+        "stopped",
+    ]
+    assert (data["version"], data["epoch"], data["best_epoch"], data["wait"]) == (1, 3, 2, 1)
+    assert (data["checkpoint"], data["best_weights"]) == ("checkpoint-e0003.keras", "best-e0002.weights.h5")
+    data["version"] = 0  # another version is not misread: the run starts over
+    (tmp_path / "state.json").write_text(json.dumps(data))
+    assert TrainingState.load(tmp_path) is None
+
+
+def test_training_state_early_stopping_bookkeeping() -> None:
+    state = TrainingState(identity={})
+    improved = [state.end_epoch(_record(e, v), patience=2) for e, v in enumerate([1.0, 0.5, 0.6, 0.4, 0.45], 1)]
+    assert improved == [True, True, False, True, False]
+    assert (state.epoch, state.best_epoch, state.best_val_loss, state.epochs_since_best) == (5, 4, 0.4, 1)
+    assert state.stopped is None
+    assert state.files() == {"checkpoint-e0005.keras", "best-e0004.weights.h5"}
+    assert [r["epoch"] for r in state.history] == [1, 2, 3, 4, 5]
+    assert not state.end_epoch(_record(6, 0.4), patience=2)  # equal is no improvement
+    assert (state.stopped, state.epochs_since_best, state.best_epoch) == ("early_stopping", 2, 4)
 
 
 def test_epoch_metrics_are_means_over_the_epoch(tmp_path: Path) -> None:
@@ -301,6 +357,7 @@ def _train_loss(classifier, x: np.ndarray, y: np.ndarray) -> float:
     return cross_entropy(np.asarray(classifier.predict_on_batch(x)), y)
 
 
+@pytest.mark.slow
 def test_model1_trains_from_cache_and_saves_feature_models(tmp_path: Path) -> None:
     """ResNet50V2 with random weights (random EfficientNet-Lite0 features vanish, ~1e-12, so they cannot learn)."""
     import keras
@@ -358,6 +415,7 @@ def test_model1_trains_from_cache_and_saves_feature_models(tmp_path: Path) -> No
     np.testing.assert_allclose(dense, np.asarray(reference.predict_on_batch(x_all[:2])), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_model2_resumes_with_augmentation(tmp_path: Path) -> None:
     root = _color_collection(tmp_path / "colors", n_train=3, n_val=1)
     cfg = FinetuneConfig(
@@ -392,6 +450,7 @@ def test_no_validation_images_is_an_error(tmp_path: Path) -> None:
         finetune(root, FinetuneConfig(backbone="efficientnet_lite0", weights=None), verbose=False)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_real_openclipart_model1(openclipart_small: Path) -> None:
     """Real images, real ImageNet weights: a few epochs of Model 1 lower the training loss."""
