@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from cbir import config
 from cbir.backbones import WeightsArg, build_model, get_backbone, resolve_weights
 from cbir.collection import Catalog, collection_id, with_rejected
+from cbir.errors import ConfigError
 from cbir.images import decode_or_reason, prefetched, resize_for_model
 from cbir.storage import ArtifactError, load_artifact, save_artifact
 
@@ -86,7 +87,7 @@ class FeatureExtractor:
     ) -> None:
         self.spec = get_backbone(backbone)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.backbone = backbone
         self.weights = weights
         self.batch_size = batch_size
