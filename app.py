@@ -1,8 +1,8 @@
 """cbir dashboard: ``streamlit run app.py``.
 
 The home page (what is loaded and built, and a button that builds it) plus the Search, Index tuning and Model
-comparison pages under ``pages/``. Layout only: every computation is in ``cbir/`` (what is built: :mod:`cbir.workspace`),
-every cache in :mod:`cbir.ui`.
+comparison pages under ``pages/``. Layout only: every computation is in ``cbir/`` (what is built:
+:mod:`cbir.workspace`), every cache in :mod:`cbir.ui`.
 """
 
 from __future__ import annotations

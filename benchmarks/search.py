@@ -38,10 +38,10 @@ import pandas as pd
 
 from cbir.evaluation import (
     EvaluationSplit,
-    average_precision_batch,
     default_bucket_width,
     evaluate_split,
     pareto_frontier,
+    recall_at_k,
     split_collection,
 )
 from cbir.index import LSHIndex, SequentialScan, warm_up
@@ -122,6 +122,7 @@ def timed_against_scan(
         "search_s": min(lsh_times),
         "scan_search_s": min(scan_times),
         "map": result.map,
+        "recall": result.recall,
         "visited": result.mean_visited,
     }
 
@@ -168,6 +169,7 @@ def lsh_grid(
                             "w": factor * base_width,
                             "probes": n_probes,
                             "map": result.map,
+                            "recall": result.recall,
                             "visited": result.mean_visited,
                             "fit_s": fit_seconds,
                             "search_s": result.search_seconds,
@@ -186,12 +188,6 @@ def faiss_rows(split: EvaluationSplit, scan_search_s: float, repeats: int) -> li
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     dim = split.index_vectors.shape[1]
     rows = []
-
-    def score(ids: np.ndarray) -> float:
-        returned = ids >= 0
-        codes = np.where(returned, split.index_label_codes[np.where(returned, ids, 0)], -1)
-        relevant = returned & (codes == split.query_label_codes[:, None]) & (codes >= 0)
-        return float(average_precision_batch(relevant, split.n_relevant).mean())
 
     def build(factory: Callable[[], Any]) -> Any:
         index = factory()
@@ -220,7 +216,8 @@ def faiss_rows(split: EvaluationSplit, scan_search_s: float, repeats: int) -> li
         rows.append(
             {
                 "method": name,
-                "map": score(ids),
+                "map": float(split.average_precision(ids).mean()),
+                "recall": float(recall_at_k(ids, split.exact_ids("euclidean", K)).mean()),
                 "visited": visited,
                 "fit_s": fit_seconds,
                 "search_s": search_seconds,
@@ -357,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                     "w": params["bucket_width"],
                     "probes": params["probes"],
                     "map": timed["map"],
+                    "recall": timed["recall"],
                     "map_ratio": timed["map"] / scan_result.map,
                     "visited": timed["visited"],
                     "fit_s": timed["fit_s"],
@@ -405,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if not rows.empty:
             comparison.append({"choice": label, **rows.sort_values(order).iloc[0].to_dict()})
-    columns = ["choice", "g", "h", "w", "probes", "map", "visited", "fit_s", "search_s", "query_ms"]
+    columns = ["choice", "g", "h", "w", "probes", "map", "recall", "visited", "fit_s", "search_s", "query_ms"]
     print(pd.DataFrame(comparison)[columns].to_string(**fmt))
 
     # ---- faiss ---------------------------------------------------------------------------------------------------

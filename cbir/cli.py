@@ -11,6 +11,7 @@ import pandas as pd
 from cbir import config
 from cbir.cli_finetune import add_finetune_parser
 from cbir.cli_search import add_evaluate_parsers, add_feature_selection_args, load_selected_features
+from cbir.errors import CbirError
 
 DESCRIPTION = """\
 cbir — content-based image retrieval workbench.
@@ -148,7 +149,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     table = report(args.collection, k=args.k)
     print(
-        f"mAP@{args.k}; LSH: euclidean sweep over g={REPORT_GRID['n_tables']}, h={REPORT_GRID['n_projections']}, "
+        f"mAP@{args.k}, recall@{args.k} against the exact scan; LSH: euclidean sweep over "
+        f"g={REPORT_GRID['n_tables']}, h={REPORT_GRID['n_projections']}, "
         f"w={list(WIDTH_MULTIPLIERS)}× the data-driven width, probes={list(REPORT_PROBES)}; best mAP visiting "
         f"≤ {BUDGET_FRACTION:.0%} of the indexed objects\n"
     )
@@ -207,9 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a :class:`~cbir.errors.CbirError` (the user's input or machine) is printed as one line
+    ``error: …`` on stderr with exit code 2, anything else is a bug and raises with its traceback."""
+    config.quiet_native_libraries()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except CbirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

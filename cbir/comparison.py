@@ -119,7 +119,9 @@ def comparison_table(jobs: Sequence[ComparisonJob], results: Sequence[Evaluation
         per_class.append(result.per_class.assign(feature_set=job.label, index=index_name, distractors=distractors))
     table = pd.DataFrame(rows).reindex(columns=COMPARISON_COLUMNS)
     per_class_table = (
-        pd.concat(per_class, ignore_index=True)[PER_CLASS_COLUMNS] if per_class else pd.DataFrame(columns=PER_CLASS_COLUMNS)
+        pd.concat(per_class, ignore_index=True)[PER_CLASS_COLUMNS]
+        if per_class
+        else pd.DataFrame(columns=PER_CLASS_COLUMNS)
     )
     return Comparison(table=table, per_class=per_class_table)
 

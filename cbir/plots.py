@@ -223,7 +223,9 @@ def fig_per_class_map(per_class_df: pd.DataFrame) -> go.Figure:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _grouped_bars(frame: pd.DataFrame, x: str, y: str, color: str, layout: Mapping[str, Any], **options: Any) -> go.Figure:
+def _grouped_bars(
+    frame: pd.DataFrame, x: str, y: str, color: str, layout: Mapping[str, Any], **options: Any
+) -> go.Figure:
     """Bars of ``y`` per ``x``, side by side per ``color`` (``options``: more ``px.bar`` arguments), then
     ``fig.update_layout(**layout)``."""
     fig = px.bar(frame, x=x, y=y, color=color, barmode="group", **options)
