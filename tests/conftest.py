@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from cbir import config
+from cbir.features import FeatureSet, load_features
 from cbir.openclipart import OPENCLIPART_DIR
 
 REQUIRE_REAL = os.environ.get("CBIR_REQUIRE_REAL_DATA") == "1"
@@ -89,3 +90,16 @@ def write_image(
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format=fmt, **save_kwargs)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_features_file(openclipart_small: Path) -> Path:
+    """EfficientNet-Lite0 features of :func:`openclipart_small` (extracted once per session)."""
+    from builders import small_feature_path
+
+    return small_feature_path(openclipart_small)
+
+
+@pytest.fixture(scope="session")
+def small_features(small_features_file: Path) -> FeatureSet:
+    return load_features(small_features_file)

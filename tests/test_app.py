@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from builders import bad_uploads, install_feature_set, unusual_uploads
 from streamlit.testing.v1 import AppTest
-from test_engine import bad_uploads, install_feature_set, small_feature_path, unusual_uploads
 
 from cbir import config
 from cbir.features import load_features
@@ -20,11 +20,6 @@ TIMEOUT = 180  # the first run of a page may load the model and compile numba ke
 N_RESULTS = 10
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture(scope="session")
-def small_features_file(openclipart_small: Path) -> Path:
-    return small_feature_path(openclipart_small)
 
 
 @pytest.fixture(scope="session")
