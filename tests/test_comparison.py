@@ -45,10 +45,12 @@ def test_comparison_table_shape(tmp_path: Path) -> None:
 def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> None:
     feature_sets = _two_feature_sets(tmp_path)
     sweeps, evaluations = [], []
+    width = evaluation.default_width(tuning.searchable_features(synthetic_feature_set()))
+    grid = {"n_tables": [2, 7], "n_projections": [1, 2], "bucket_width": [width]}
 
     def sweep(path: str, version: int, metric: str) -> pd.DataFrame:  # the app passes its cached sweep
         sweeps.append(path)
-        return tuning.sweep_for(path, version, metric)
+        return tuning.sweep_table(tuning.split_for(path, version), metric, grid)
 
     def evaluate(path: str, version: int, config: search.IndexConfig, with_distractors: bool) -> EvaluationResult:
         evaluations.append(config)
@@ -57,7 +59,7 @@ def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> No
     result = comparison.compare(feature_sets, sweep=sweep, evaluate=evaluate)
     assert sweeps == [path for _, path, _ in feature_sets] and len(evaluations) == len(result.table) == 6
     _, path, version = feature_sets[0]
-    recommended = tuning.recommended_config(tuning.sweep_for(path, version), 100)
+    recommended = tuning.recommended_config(sweep(path, version, "euclidean"), 100)
     assert recommended is not None and recommended.label in result.table["config"].tolist()
 
 

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 from builders import bad_uploads, gradient, unusual_uploads
 
-from cbir import query
 from cbir.images import ImageDecodeError
+from cbir.query import decode_query, tile
 
 
 @pytest.mark.parametrize("name", list(bad_uploads()))
 def test_bad_uploads_raise_user_messages(name: str) -> None:
     data, words = bad_uploads()[name]
     with pytest.raises(ImageDecodeError) as info:
-        query.decode_query(data)
+        decode_query(data)
     message = str(info.value)
     assert words in message
     assert "uploaded data" not in message  # no internal wording
@@ -24,7 +24,7 @@ def test_bad_uploads_raise_user_messages(name: str) -> None:
 @pytest.mark.parametrize("name", list(unusual_uploads()))
 def test_unusual_uploads_decode_with_a_note(name: str) -> None:
     data, words = unusual_uploads()[name]
-    query = query.decode_query(data)
+    query = decode_query(data)
     assert query.image.mode == "RGB"
     assert min(query.image.size) >= 8
     assert any(words in note for note in query.notes), query.notes
@@ -36,14 +36,14 @@ def test_unusual_uploads_decode_with_a_note(name: str) -> None:
 def test_plain_images_have_no_notes(tmp_path: Path) -> None:
     path = tmp_path / "plain.jpg"
     gradient().save(path)
-    query = query.decode_query(path)
+    query = decode_query(path)
     assert query.notes == [] and query.image.size == (96, 64)
-    assert query.decode_query(gradient()).image.size == (96, 64)
+    assert decode_query(gradient()).image.size == (96, 64)
     with pytest.raises(ImageDecodeError, match="no such file"):
-        query.decode_query(tmp_path / "missing.png")
+        decode_query(tmp_path / "missing.png")
 
 
 def test_tile_is_square() -> None:
-    tile = query.tile(gradient((300, 100)), side=128)
-    assert tile.size == (128, 128) and tile.mode == "RGB"
-    assert tile.getpixel((64, 2)) == (255, 255, 255)  # padding above a wide image
+    square = tile(gradient((300, 100)), side=128)
+    assert square.size == (128, 128) and square.mode == "RGB"
+    assert square.getpixel((64, 2)) == (255, 255, 255)  # padding above a wide image

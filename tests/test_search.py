@@ -11,52 +11,41 @@ import pytest
 from builders import BACKBONE, encode, synthetic_feature_set
 from PIL import Image
 
-from cbir import search, tuning
+from cbir import tuning
 from cbir.backbones import WeightsNotFoundError
 from cbir.features import FeatureSet
+from cbir.search import DEFAULT_K, ExtractorSpec, IndexConfig, SearchEngine, extractor_spec, make_extractor
 
 
 @pytest.fixture(scope="session")
-def search_engine(small_features: FeatureSet) -> search.SearchEngine:
-    extractor = search.make_extractor(search.extractor_spec(small_features.meta))
-    return search.SearchEngine(small_features, extractor)
+def search_engine(small_features: FeatureSet) -> SearchEngine:
+    extractor = make_extractor(extractor_spec(small_features.meta))
+    return SearchEngine(small_features, extractor)
 
 
 def test_index_config_builds_and_validates() -> None:
     from cbir.index import LSHIndex, SequentialScan
 
-    assert isinstance(search.IndexConfig().build(), SequentialScan)
-    lsh = search.IndexConfig("lsh", "cosine", 3, 2, 0.5, probes=2).build()
+    assert isinstance(IndexConfig().build(), SequentialScan)
+    lsh = IndexConfig("lsh", "cosine", 3, 2, 0.5, probes=2).build()
     assert isinstance(lsh, LSHIndex) and lsh.params["probes"] == 2 and lsh.metric == "cosine"
-    assert search.IndexConfig("lsh").label.startswith("LSH g=7 h=2")
-    assert search.IndexConfig(metric="cosine").score_name == "similarity"
+    assert IndexConfig("lsh").label.startswith("LSH g=7 h=2")
+    assert IndexConfig(metric="cosine").score_name == "similarity"
     with pytest.raises(ValueError, match="kind"):
-        search.IndexConfig("tree")
+        IndexConfig("tree")
     with pytest.raises(ValueError, match="metric"):
-        search.IndexConfig(metric="manhattan")
+        IndexConfig(metric="manhattan")
     # hashable and equal by value: the cache key of the tuning page
-    assert hash(search.IndexConfig("lsh", bucket_width=1.0)) == hash(search.IndexConfig("lsh", bucket_width=1.0))
-
-
-def test_default_width_and_slider_range() -> None:
-    feature_set = synthetic_feature_set()
-    features = tuning.searchable_features(feature_set)
-    width = evaluation.default_width(features)
-    low, high, step = tuning.width_range(width)
-    assert low < width < high and 0 < step < high - low
-    grid = tuning.default_grid(features)
-    assert width in grid["bucket_width"]  # the tuning page's default setting is a sweep point
-    cosine = evaluation.default_width(features, "cosine")
-    assert 0 < cosine < 2  # unit-sphere distances
+    assert hash(IndexConfig("lsh", bucket_width=1.0)) == hash(IndexConfig("lsh", bucket_width=1.0))
 
 
 def test_query_vector_finds_the_row_itself_first() -> None:
     feature_set = synthetic_feature_set()
-    search = search.SearchEngine(feature_set)
+    search = SearchEngine(feature_set)
     for row in (0, 21, len(feature_set.features) - 1):  # an index image, a query image, a distractor
         for config in (
-            search.IndexConfig(),
-            search.IndexConfig(metric="cosine"),
+            IndexConfig(),
+            IndexConfig(metric="cosine"),
             tuning.default_lsh_config(feature_set.features),
         ):
             result = search.query_vector(feature_set.features[row], config)
@@ -70,12 +59,12 @@ def test_query_vector_finds_the_row_itself_first() -> None:
 
 
 def test_search_engine_caches_indexes() -> None:
-    search = search.SearchEngine(synthetic_feature_set(), max_indexes=2)
-    a = search.index(search.IndexConfig())
-    assert search.index(search.IndexConfig()) is a
-    search.index(search.IndexConfig(metric="cosine"))
-    search.index(search.IndexConfig("lsh", bucket_width=5.0))
-    assert search.index(search.IndexConfig()) is not a  # evicted beyond max_indexes
+    search = SearchEngine(synthetic_feature_set(), max_indexes=2)
+    a = search.index(IndexConfig())
+    assert search.index(IndexConfig()) is a
+    search.index(IndexConfig(metric="cosine"))
+    search.index(IndexConfig("lsh", bucket_width=5.0))
+    assert search.index(IndexConfig()) is not a  # evicted beyond max_indexes
 
 
 def test_search_engine_is_safe_under_concurrent_sessions() -> None:
@@ -83,11 +72,11 @@ def test_search_engine_is_safe_under_concurrent_sessions() -> None:
     holds, so entries are evicted while others are built) all get a fitted index of their own config, and the
     threads asking for the same config while it is built get the same object."""
     feature_set = synthetic_feature_set()
-    engine = search.SearchEngine(feature_set, max_indexes=3)
-    configs = [search.IndexConfig("lsh", bucket_width=float(w), n_tables=4) for w in (2, 4, 8, 16, 32)]
-    configs.append(search.IndexConfig())
+    engine = SearchEngine(feature_set, max_indexes=3)
+    configs = [IndexConfig("lsh", bucket_width=float(w), n_tables=4) for w in (2, 4, 8, 16, 32)]
+    configs.append(IndexConfig())
     barrier = threading.Barrier(12)
-    got: list[tuple[search.IndexConfig, object]] = []
+    got: list[tuple[IndexConfig, object]] = []
     errors: list[BaseException] = []
 
     def session(worker: int) -> None:
@@ -117,16 +106,14 @@ def test_search_engine_is_safe_under_concurrent_sessions() -> None:
 
 
 def test_extractor_spec_follows_the_feature_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert search.extractor_spec({"backbone": "resnet50", "weights_id": "random-seed3"}) == search.ExtractorSpec(
-        "resnet50", None, 3
-    )
-    spec = search.extractor_spec({"backbone": BACKBONE, "weights_id": "efficientnet_lite0_imagenet-a539f384b6"})
-    assert spec == search.ExtractorSpec(BACKBONE, "imagenet")
+    assert extractor_spec({"backbone": "resnet50", "weights_id": "random-seed3"}) == ExtractorSpec("resnet50", None, 3)
+    spec = extractor_spec({"backbone": BACKBONE, "weights_id": "efficientnet_lite0_imagenet-a539f384b6"})
+    assert spec == ExtractorSpec(BACKBONE, "imagenet")
     weights = tmp_path / "mine.keras"
     weights.write_bytes(b"x")
-    assert search.extractor_spec(
-        {"backbone": "resnet50v2", "weights_id": "x", "weights_path": str(weights)}
-    ) == search.ExtractorSpec("resnet50v2", str(weights))
+    assert extractor_spec({"backbone": "resnet50v2", "weights_id": "x", "weights_path": str(weights)}) == ExtractorSpec(
+        "resnet50v2", str(weights)
+    )
     # a fine-tuned model is found by its identity among the fine-tuning outputs
     from cbir import config
     from cbir.backbones import weights_identity
@@ -134,23 +121,21 @@ def test_extractor_spec_follows_the_feature_set(tmp_path: Path, monkeypatch: pyt
     model = config.artifacts_dir() / "finetune" / "c" / "resnet50v2-model2" / "model2-pool.keras"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"model")
-    found = search.extractor_spec({"backbone": "resnet50v2", "weights_id": weights_identity(str(model))})
-    assert found == search.ExtractorSpec("resnet50v2", str(model))
+    found = extractor_spec({"backbone": "resnet50v2", "weights_id": weights_identity(str(model))})
+    assert found == ExtractorSpec("resnet50v2", str(model))
     with pytest.raises(WeightsNotFoundError, match="cannot find the weights"):
-        search.extractor_spec({"backbone": "resnet50v2", "weights_id": "model9-pool-0123456789"})
+        extractor_spec({"backbone": "resnet50v2", "weights_id": "model9-pool-0123456789"})
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_collection_images_find_themselves_first(
-    search_engine: search.SearchEngine, small_features: FeatureSet
-) -> None:
+def test_collection_images_find_themselves_first(search_engine: SearchEngine, small_features: FeatureSet) -> None:
     catalog = small_features.catalog
     rows = [int(catalog.index[catalog["role"] == role][0]) for role in ("index", "query", "distractor")]
     features = small_features.features
     for row in rows:
         path = catalog.loc[row, "path"]
-        for config in (search.IndexConfig(), search.IndexConfig(metric="cosine"), tuning.default_lsh_config(features)):
+        for config in (IndexConfig(), IndexConfig(metric="cosine"), tuning.default_lsh_config(features)):
             result = search_engine.query(Path(path).read_bytes(), config)
             top = result.results
             assert len(top) >= 1 and top.iloc[0]["rank"] == 1
@@ -162,14 +147,14 @@ def test_collection_images_find_themselves_first(
             assert np.allclose(features[tied["id"].to_numpy()], features[row], atol=1e-3)
             assert result.seconds >= result.search_seconds > 0 and result.embed_seconds > 0
     exact = search_engine.query(Path(catalog.loc[rows[0], "path"]))
-    assert len(exact.results) == search.DEFAULT_K and exact.visited == len(features)
+    assert len(exact.results) == DEFAULT_K and exact.visited == len(features)
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_real_query_from_an_upload_with_notes(search_engine: search.SearchEngine, small_features: FeatureSet) -> None:
+def test_real_query_from_an_upload_with_notes(search_engine: SearchEngine, small_features: FeatureSet) -> None:
     source = Image.open(small_features.catalog["path"].iloc[0]).convert("RGBA")
     result = search_engine.query(encode(source, "PNG"))
     assert any("transparent" in note for note in result.notes)
     assert result.results.iloc[0]["score"] < 1e-3  # the same pixels, composited on white: the same features
-    assert len(result.results) == search.DEFAULT_K
+    assert len(result.results) == DEFAULT_K

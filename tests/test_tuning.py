@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from builders import save_feature_set, synthetic_feature_set
 
 from cbir import evaluation, search, tuning, workspace
@@ -44,7 +45,8 @@ def test_evaluate_config_scan_vs_lsh_and_slider_directions() -> None:
     assert visited(probes=10) >= visited(probes=0)
 
 
-def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_background_sweep_of_a_feature_set(tmp_path: Path) -> None:
     feature_set = synthetic_feature_set()
     path = save_feature_set(feature_set, tmp_path / "synthetic.joblib")
     version = workspace.file_version(path)
@@ -52,6 +54,17 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     assert len(background) == 1 + 5 * 4 * 3  # the default grid, plus the exact scan
     # the sliders' default setting is one of the background sweep's points
     assert tuning.lsh_defaults_for(path, version).label in background["label"].tolist()
+    # the path-keyed sweep is the in-memory one
+    split = tuning.evaluation_split(feature_set)
+    in_memory = tuning.sweep_table(split, grid=tuning.default_grid(tuning.searchable_features(feature_set)))
+    figures = ["label", "map", "recall", "mean_visited", "pareto"]
+    pd.testing.assert_frame_equal(background[figures], in_memory[figures])
+
+
+def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
+    feature_set = synthetic_feature_set()
+    path = save_feature_set(feature_set, tmp_path / "synthetic.joblib")
+    version = workspace.file_version(path)
     width = evaluation.default_width(tuning.searchable_features(feature_set))
     grid = {"n_tables": [1, 7], "n_projections": [2, 8], "bucket_width": [width, 2 * width]}
     seen = []
@@ -70,10 +83,6 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     for _, row in table.iterrows():
         result = tuning.evaluate_for(path, version, search.IndexConfig.from_row(row))
         assert (result.map, result.recall, result.mean_visited) == (row["map"], row["recall"], row["mean_visited"])
-    # the path-keyed sweep is the in-memory one
-    in_memory = tuning.sweep_table(split, grid=tuning.default_grid(tuning.searchable_features(feature_set)))
-    figures = ["label", "map", "recall", "mean_visited", "pareto"]
-    pd.testing.assert_frame_equal(background[figures], in_memory[figures])
 
 
 def test_nearest_grid_point() -> None:
