@@ -45,6 +45,7 @@ from cbir.evaluation import (
     split_collection,
 )
 from cbir.index import LSHIndex, SequentialScan, warm_up
+from cbir.names import METRICS
 
 K = 10
 SPEEDUP_GOAL = 20.0
@@ -231,7 +232,7 @@ def faiss_rows(split: EvaluationSplit, scan_search_s: float, repeats: int) -> li
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", type=Path, default=None, help="feature artifact; default: synthetic data")
-    parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
+    parser.add_argument("--metric", choices=METRICS, default="euclidean")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats for the headline rows")
     parser.add_argument("--quick", action="store_true", help="smaller LSH grid")

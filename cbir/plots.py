@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from cbir.evaluation import pareto_frontier
+from cbir.names import METRIC_LABELS
 
 # what a figure calls a result column: in a title, on an axis
 _NAMES = {"map": "mAP", "recall": "Recall"}
@@ -294,7 +295,7 @@ def fig_distance_histograms(samples: Mapping[str, pd.DataFrame], column: str = "
     fig = go.Figure()
     for name, sample in samples.items():
         fig.add_trace(go.Histogram(x=sample[column], name=name, opacity=0.6, nbinsx=60, histnorm="probability"))
-    title = "Euclidean distance" if column == "euclidean" else "Cosine similarity"
+    title = METRIC_LABELS[column]
     fig.update_layout(
         barmode="overlay",
         title=f"{title}, random pairs",
