@@ -71,7 +71,7 @@ def evaluation_split(feature_set: FeatureSet, with_distractors: bool = True) -> 
     return split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)  # a split copies the feature rows: keep a few (the app's feature sets)
 def split_for(path: str, version: int, with_distractors: bool = True) -> EvaluationSplit:
     """:func:`evaluation_split` of the feature set at ``path``, memoised: every evaluation of it shares the split
     and so its exact-scan answers (the recall reference), computed once per metric and k."""
