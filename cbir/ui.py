@@ -43,6 +43,13 @@ def search_engine(path: str, version: int, _extractor: FeatureExtractor | None =
     return search.search_engine_for(path, version, _extractor)
 
 
+def search_engine_with_model(path: str, version: int) -> search.SearchEngine:
+    """The shared :func:`search_engine` of the feature set at ``path``, with the (cached) model that computed it.
+    Raises :class:`~cbir.errors.CbirError` (or ``FileNotFoundError``) when that model cannot be loaded."""
+    extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path, version).meta))
+    return search_engine(path, version, _extractor=extractor)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -> pd.DataFrame:
     """:func:`cbir.tuning.sweep_for` behind a progress bar (the bar is part of the cached run: Streamlit replays

@@ -11,9 +11,8 @@ from cbir.errors import CbirError
 from cbir.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
 from cbir.names import METRIC_LABELS, METRICS
 from cbir.query import decode_query
-from cbir.search import DEFAULT_K, IndexConfig, extractor_spec
+from cbir.search import DEFAULT_K, IndexConfig
 from cbir.tuning import width_range
-from cbir.workspace import load_feature_set
 
 SOURCES = ("Upload a file", "Camera", "Pick from the collection")
 GRID_COLUMNS = 5
@@ -25,14 +24,12 @@ ui.page_header(
     "collection are shown, with the time the query took and how many images the index compared.",
 )
 label, path, version = ui.chosen_feature_set()
-feature_set = load_feature_set(path, version)
-
 try:
-    extractor = ui.make_extractor(extractor_spec(feature_set.meta))
+    search = ui.search_engine_with_model(path, version)
 except (CbirError, FileNotFoundError) as exc:
     st.error(f"The model of this feature set cannot be loaded, so images cannot be searched: {exc}")
     st.stop()
-search = ui.search_engine(path, version, _extractor=extractor)
+feature_set = search.feature_set
 if search.warning:
     st.warning(search.warning)
 

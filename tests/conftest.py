@@ -16,6 +16,16 @@ from cbir.features import FeatureSet, load_features
 from cbir.openclipart import OPENCLIPART_DIR
 
 REQUIRE_REAL = os.environ.get("CBIR_REQUIRE_REAL_DATA") == "1"
+# Fixtures that cost tens of seconds per session (the small Open Clip Art collection is converted and its features
+# extracted): every test that uses one, directly or through another fixture, is slow.
+SLOW_FIXTURES = frozenset({"openclipart_small"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need a :data:`SLOW_FIXTURES` fixture ``slow``, so ``-m "not slow"`` stays quick."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def require(condition: bool, reason: str) -> None:
