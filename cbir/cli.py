@@ -65,8 +65,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_openclipart(args: argparse.Namespace) -> int:
-    from cbir.openclipart import build_collection
+    from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR, build_collection
+    from cbir.workspace import WorkspaceError
 
+    if not OPENCLIPART_DIR.is_dir():  # a user's problem: one line (the builder raises a plain FileNotFoundError)
+        raise WorkspaceError(f"Open Clip Art not found at {OPENCLIPART_DIR}. Install it with: {INSTALL_HINT}")
     out = args.out or config.default_collection()
     table = build_collection(out, workers=args.workers, limit_per_class=args.limit_per_class)
     failed = table[table["error"].notna()]

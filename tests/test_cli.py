@@ -57,3 +57,13 @@ def test_entry_points_quiet_the_native_libraries(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # an explicit choice wins
     config.quiet_native_libraries()
     assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "4" and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
+def test_missing_open_clip_art_is_a_user_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cbir.openclipart
+
+    monkeypatch.setattr(cbir.openclipart, "OPENCLIPART_DIR", tmp_path / "not-installed")
+    assert cli.main(["openclipart", "--out", str(tmp_path / "out")]) == 2
+    assert "apt-get install openclipart-png" in capsys.readouterr().err
