@@ -1,4 +1,8 @@
-"""The paper's evaluation: mAP@k of k-NN queries, visited objects, and hyper-parameter sweeps.
+"""The paper's evaluation: mAP@k of k-NN queries, recall@k against the exact scan, visited objects, and the
+hyper-parameter sweep (the only one: the CLI, the report and the pages all run :func:`sweep_split`).
+
+An :class:`EvaluationResult` is one index on one split; :meth:`EvaluationResult.row` is its row in every results
+table. The exact scan's answers, the reference of recall, are computed once per split, metric and k.
 
 Data layout shared by every function here:
 
