@@ -1,26 +1,30 @@
 """cbir dashboard: ``streamlit run app.py``.
 
 The home page (what is loaded and built, and a button that builds it) plus the Search, Index tuning and Model
-comparison pages under ``pages/``. Layout only: every computation is in :mod:`cbir.engine`.
+comparison pages under ``pages/``. Layout only: every computation is in ``cbir/`` (what is built:
+:mod:`cbir.workspace`), every cache in :mod:`cbir.ui`.
 """
 
 from __future__ import annotations
 
-import streamlit as st
+from cbir import config
 
-from cbir import config, engine
-from cbir.backbones import BACKBONES, available_backbones
-from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR
-from cbir.ui import FEATURE_SET_KEY, GOTO_KEY, NAV_KEY, feature_set_choices
+config.quiet_native_libraries()  # before TensorFlow loads (it does lazily, with the first model)
+
+import streamlit as st  # noqa: E402
+
+from cbir import plots, workspace  # noqa: E402
+from cbir.backbones import BACKBONES, available_backbones  # noqa: E402
+from cbir.errors import CbirError  # noqa: E402
+from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR  # noqa: E402
+from cbir.ui import FEATURE_SET_KEY, GOTO_KEY, NAV_KEY, collection_status, feature_set_choices  # noqa: E402
 
 st.set_page_config(page_title="cbir — image search", page_icon=":material/image_search:", layout="wide")
-
-collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection…")(engine.collection_status)
 
 
 def home() -> None:
     root = config.default_collection()
-    version = engine.workspace_version(root)
+    version = workspace.workspace_version(root)
     st.title("Content-based image retrieval")
     st.caption(
         "Deep CNN features + an E2LSH index (numba), after *Web image search engine based on LSH index and "
@@ -43,7 +47,7 @@ def home() -> None:
         cols[3].metric("Distractors", f"{int((catalog.images['role'] == 'distractor').sum()):,}")
         left, right = st.columns([2, 3])
         left.dataframe(counts, width="stretch")
-        right.plotly_chart(engine.fig_collection_counts(status.counts_long()), width="stretch")
+        right.plotly_chart(plots.fig_collection_counts(status.counts_long()), width="stretch")
 
     if not status.ready:
         render_build(root, status)
@@ -85,7 +89,7 @@ def home() -> None:
         st.success("Every image of the collection decoded fine.")
 
 
-def render_build(root: object, status: engine.CollectionStatus) -> None:
+def render_build(root: object, status: workspace.CollectionStatus) -> None:
     st.subheader("Get started")
     if status.catalog is None and not status.openclipart_installed:
         st.error(
@@ -109,8 +113,8 @@ def render_build(root: object, status: engine.CollectionStatus) -> None:
         bars[stage].progress(done / max(total, 1), text=f"{label}: {done:,} / {total:,}")
 
     try:
-        result = engine.build_default(root, progress=progress)  # type: ignore[arg-type]
-    except engine.EngineError as exc:
+        result = workspace.build_default(root, progress=progress)  # type: ignore[arg-type]
+    except CbirError as exc:
         st.error(str(exc))
         return
     st.cache_data.clear()
@@ -121,7 +125,7 @@ def render_build(root: object, status: engine.CollectionStatus) -> None:
 def sidebar() -> None:
     choices = feature_set_choices()
     if choices:
-        current = engine.pick_feature_set(choices, st.session_state.get(FEATURE_SET_KEY))
+        current = workspace.pick_feature_set(choices, st.session_state.get(FEATURE_SET_KEY))
         assert current is not None
         st.session_state[FEATURE_SET_KEY] = current[0]
         st.sidebar.selectbox(

@@ -38,13 +38,14 @@ import pandas as pd
 
 from cbir.evaluation import (
     EvaluationSplit,
-    average_precision_batch,
     default_bucket_width,
     evaluate_split,
     pareto_frontier,
+    recall_at_k,
     split_collection,
 )
 from cbir.index import LSHIndex, SequentialScan, warm_up
+from cbir.names import METRICS
 
 K = 10
 SPEEDUP_GOAL = 20.0
@@ -122,6 +123,7 @@ def timed_against_scan(
         "search_s": min(lsh_times),
         "scan_search_s": min(scan_times),
         "map": result.map,
+        "recall": result.recall,
         "visited": result.mean_visited,
     }
 
@@ -168,6 +170,7 @@ def lsh_grid(
                             "w": factor * base_width,
                             "probes": n_probes,
                             "map": result.map,
+                            "recall": result.recall,
                             "visited": result.mean_visited,
                             "fit_s": fit_seconds,
                             "search_s": result.search_seconds,
@@ -186,12 +189,6 @@ def faiss_rows(split: EvaluationSplit, scan_search_s: float, repeats: int) -> li
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     dim = split.index_vectors.shape[1]
     rows = []
-
-    def score(ids: np.ndarray) -> float:
-        returned = ids >= 0
-        codes = np.where(returned, split.index_label_codes[np.where(returned, ids, 0)], -1)
-        relevant = returned & (codes == split.query_label_codes[:, None]) & (codes >= 0)
-        return float(average_precision_batch(relevant, split.n_relevant).mean())
 
     def build(factory: Callable[[], Any]) -> Any:
         index = factory()
@@ -220,7 +217,8 @@ def faiss_rows(split: EvaluationSplit, scan_search_s: float, repeats: int) -> li
         rows.append(
             {
                 "method": name,
-                "map": score(ids),
+                "map": float(split.average_precision(ids).mean()),
+                "recall": float(recall_at_k(ids, split.exact_ids("euclidean", K)).mean()),
                 "visited": visited,
                 "fit_s": fit_seconds,
                 "search_s": search_seconds,
@@ -234,7 +232,7 @@ def faiss_rows(split: EvaluationSplit, scan_search_s: float, repeats: int) -> li
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", type=Path, default=None, help="feature artifact; default: synthetic data")
-    parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
+    parser.add_argument("--metric", choices=METRICS, default="euclidean")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats for the headline rows")
     parser.add_argument("--quick", action="store_true", help="smaller LSH grid")
@@ -357,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                     "w": params["bucket_width"],
                     "probes": params["probes"],
                     "map": timed["map"],
+                    "recall": timed["recall"],
                     "map_ratio": timed["map"] / scan_result.map,
                     "visited": timed["visited"],
                     "fit_s": timed["fit_s"],
@@ -405,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if not rows.empty:
             comparison.append({"choice": label, **rows.sort_values(order).iloc[0].to_dict()})
-    columns = ["choice", "g", "h", "w", "probes", "map", "visited", "fit_s", "search_s", "query_ms"]
+    columns = ["choice", "g", "h", "w", "probes", "map", "recall", "visited", "fit_s", "search_s", "query_ms"]
     print(pd.DataFrame(comparison)[columns].to_string(**fmt))
 
     # ---- faiss ---------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cbir import config
-from cbir.errors import CbirError
+from cbir.errors import CbirError, ConfigError
 
 WeightsArg = str | os.PathLike[str] | None
 
@@ -124,7 +124,7 @@ def get_backbone(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}") from None
+        raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}") from None
 
 
 def imagenet_search_paths(spec: BackboneSpec) -> list[Path]:

@@ -11,6 +11,7 @@ import pandas as pd
 from cbir import config
 from cbir.cli_finetune import add_finetune_parser
 from cbir.cli_search import add_evaluate_parsers, add_feature_selection_args, load_selected_features
+from cbir.errors import CbirError
 
 DESCRIPTION = """\
 cbir — content-based image retrieval workbench.
@@ -64,8 +65,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_openclipart(args: argparse.Namespace) -> int:
-    from cbir.openclipart import build_collection
+    from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR, build_collection
+    from cbir.workspace import WorkspaceError
 
+    if not OPENCLIPART_DIR.is_dir():  # a user's problem: one line (the builder raises a plain FileNotFoundError)
+        raise WorkspaceError(f"Open Clip Art not found at {OPENCLIPART_DIR}. Install it with: {INSTALL_HINT}")
     out = args.out or config.default_collection()
     table = build_collection(out, workers=args.workers, limit_per_class=args.limit_per_class)
     failed = table[table["error"].notna()]
@@ -148,7 +152,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     table = report(args.collection, k=args.k)
     print(
-        f"mAP@{args.k}; LSH: euclidean sweep over g={REPORT_GRID['n_tables']}, h={REPORT_GRID['n_projections']}, "
+        f"mAP@{args.k}, recall@{args.k} against the exact scan; LSH: euclidean sweep over "
+        f"g={REPORT_GRID['n_tables']}, h={REPORT_GRID['n_projections']}, "
         f"w={list(WIDTH_MULTIPLIERS)}× the data-driven width, probes={list(REPORT_PROBES)}; best mAP visiting "
         f"≤ {BUDGET_FRACTION:.0%} of the indexed objects\n"
     )
@@ -207,9 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a :class:`~cbir.errors.CbirError` (the user's input or machine) is printed as one line
+    ``error: …`` on stderr with exit code 2, anything else is a bug and raises with its traceback."""
+    config.quiet_native_libraries()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except CbirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,9 +10,14 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pandas as pd
+
+from cbir.names import INDEX_KINDS, METRICS
+
+if TYPE_CHECKING:
+    from cbir.features import FeatureSet
 
 T = TypeVar("T")
 
@@ -50,7 +55,7 @@ def add_feature_selection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collection", type=Path, default=None, help="collection folder (default: the default)")
 
 
-def load_selected_features(args: argparse.Namespace) -> Any:
+def load_selected_features(args: argparse.Namespace) -> FeatureSet:
     """The :class:`cbir.features.FeatureSet` named by the :func:`add_feature_selection_args` options."""
     from cbir.workspace import resolve_feature_set  # imported late: pulls in the feature-extraction stack
 
@@ -59,7 +64,7 @@ def load_selected_features(args: argparse.Namespace) -> Any:
 
 def _add_common_args(parser: argparse.ArgumentParser) -> None:
     add_feature_selection_args(parser)
-    parser.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
+    parser.add_argument("--metric", choices=METRICS, default="euclidean")
     parser.add_argument("--k", type=int, default=10, help="results per query and AP cut-off (default 10)")
     parser.add_argument("--no-distractors", action="store_true", help="do not index the distractor images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the LSH projections")
@@ -67,9 +72,11 @@ def _add_common_args(parser: argparse.ArgumentParser) -> None:
 
 def add_evaluate_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``evaluate`` and ``sweep`` on the main CLI's subparsers."""
-    p = subparsers.add_parser("evaluate", help="mAP@k, per-class mAP and visited objects of one index")
+    p = subparsers.add_parser(
+        "evaluate", help="mAP@k, recall@k against the exact scan, per-class mAP and visited objects of one index"
+    )
     _add_common_args(p)
-    p.add_argument("--index", choices=["scan", "lsh"], default="lsh")
+    p.add_argument("--index", choices=INDEX_KINDS, default="lsh")
     p.add_argument("-g", "--n-tables", type=int, default=7, help="LSH hash tables (default 7, the paper's app)")
     p.add_argument("-H", "--n-projections", type=int, default=2, help="hash functions per table (default 2)")
     p.add_argument("-w", "--bucket-width", type=float, default=None, help="default: data-driven (see sweep)")
@@ -95,7 +102,7 @@ def _print_table(title: str, table: pd.DataFrame) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Fit one index on the index split (+ distractors) and print the summary and per-class tables."""
-    from cbir.evaluation import default_bucket_width, evaluate_split, split_collection
+    from cbir.evaluation import default_width, evaluate_split, split_collection
     from cbir.index import LSHIndex, SequentialScan
 
     feature_set = load_selected_features(args)
@@ -105,16 +112,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         width = args.bucket_width
         if width is None:
-            width = default_bucket_width(split.index_vectors, args.metric, seed=args.seed)
+            width = default_width(split.index_vectors, args.metric, seed=args.seed)
             print(f"bucket width w = {width:.4g} (data-driven default; set it with -w)")
         index = LSHIndex(
             args.n_tables, args.n_projections, width, metric=args.metric, seed=args.seed, probes=args.probes
         )
     result = evaluate_split(index, split, k=args.k)
     backbone = feature_set.meta.get("backbone", "?")
+    # the scan has no LSH settings; the score column is named after what it is (mean_distance, mean_similarity)
+    row = {name: value for name, value in result.row().items() if value is not None and name != "score_name"}
     _print_table(
         f"{backbone}, k={args.k}, {'with' if not args.no_distractors else 'without'} distractors:",
-        pd.DataFrame([result.summary()]),
+        pd.DataFrame([row]).rename(columns={"mean_score": f"mean_{result.score_name}"}),
     )
     _print_table("per class:", result.per_class)
     return 0
@@ -122,26 +131,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Evaluate the grid, print it with its Pareto frontier, and optionally a recommendation for ``--budget``."""
-    from cbir.evaluation import default_bucket_width, pareto_frontier, recommend, split_collection, sweep
+    from cbir.evaluation import default_width, pareto_frontier, recommend, split_collection, sweep_split, width_grid
 
     feature_set = load_selected_features(args)
-    widths = args.grid_w
-    if widths is None:
-        rows = split_collection(feature_set.features, feature_set.labels, feature_set.roles, not args.no_distractors)
-        auto = default_bucket_width(rows.index_vectors, args.metric, seed=args.seed)
-        widths = [round(auto * factor, 4) for factor in (0.5, 1.0, 2.0)]
+    split = split_collection(feature_set.features, feature_set.labels, feature_set.roles, not args.no_distractors)
+    widths = args.grid_w or width_grid(default_width(split.index_vectors, args.metric, seed=args.seed))
     grid = {"n_tables": args.grid_g, "n_projections": args.grid_h, "bucket_width": widths}
-    total = (len(args.grid_g) * len(args.grid_h) * len(widths)) * len(args.grid_probes) + (not args.no_scan)
-    progress = _ProgressBar(total)
+    progress = _ProgressBar()
     try:
-        table = sweep(
-            feature_set.features,
-            feature_set.labels,
-            feature_set.roles,
+        table = sweep_split(
+            split,
             grid,
             metric=args.metric,
             k=args.k,
-            with_distractors=not args.no_distractors,
             probes=args.grid_probes,
             seed=args.seed,
             progress=progress,
@@ -164,7 +166,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(
             f"\nrecommended for <= {args.budget:g} visited objects per query: g={best['n_tables']:.0f} "
             f"h={best['n_projections']:.0f} w={best['bucket_width']:.4g} probes={best['probes']:.0f} "
-            f"-> mAP {best['map']:.4f}, {best['mean_visited']:.1f} visited"
+            f"-> mAP {best['map']:.4f}, recall {best['recall']:.4f}, {best['mean_visited']:.1f} visited"
         )
     return 0
 
@@ -172,12 +174,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 class _ProgressBar:
     """``progress(done, total)`` callable over tqdm (stderr), with ``close()``."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, desc="configurations", file=sys.stderr, leave=False)
+        self._bar = tqdm(desc="configurations", file=sys.stderr, leave=False)
 
     def __call__(self, done: int, total: int) -> None:
+        self._bar.total = total
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cbir import config
+from cbir.errors import ConfigError
 from cbir.storage import atomic_output
 
 WEIGHTS_FILE_NAME = "efficientnet_lite0_imagenet.weights.h5"
@@ -432,4 +433,4 @@ def _load_weights_into(full: Any, model: Any, weights: str | os.PathLike[str]) -
             # Saved from an ``include_top=False`` model: no classifier in the file, which fits ``model``.
             model.load_weights(path)
     else:
-        raise ValueError(f"weights must be 'imagenet', None or a .weights.h5/.keras/.pth file, got {path}")
+        raise ConfigError(f"weights must be 'imagenet', None or a .weights.h5/.keras/.pth file, got {path}")

@@ -1,4 +1,8 @@
-"""The paper's evaluation: mAP@k of k-NN queries, visited objects, and hyper-parameter sweeps.
+"""The paper's evaluation: mAP@k of k-NN queries, recall@k against the exact scan, visited objects, and the
+hyper-parameter sweep (the only one: the CLI, the report and the pages all run :func:`sweep_split`).
+
+An :class:`EvaluationResult` is one index on one split; :meth:`EvaluationResult.row` is its row in every results
+table. The exact scan's answers, the reference of recall, are computed once per split, metric and k.
 
 Data layout shared by every function here:
 
@@ -12,6 +16,7 @@ Data layout shared by every function here:
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,17 +25,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cbir.errors import ConfigError
 from cbir.index import BaseIndex, LSHIndex, SequentialScan, l2_normalize, warm_up
+from cbir.names import score_name
 
 ROLES = ("index", "query", "distractor")
-SWEEP_COLUMNS = [
-    "index",
-    "n_tables",
-    "n_projections",
-    "bucket_width",
-    "probes",
-    "metric",
+# the index setting of a result row (NaN / NA for the LSH parameters of an exact scan)
+SETTING_COLUMNS = ["index", "n_tables", "n_projections", "bucket_width", "probes", "metric"]
+# every column of EvaluationResult.row(), in order; the tables below are selections of it
+ROW_COLUMNS = [
+    *SETTING_COLUMNS,
+    "k",
     "map",
+    "recall",
+    "mean_score",
+    "score_name",
+    "mean_visited",
+    "visited_fraction",
+    "n_indexed",
+    "n_queries",
+    "fit_seconds",
+    "search_seconds",
+    "query_ms",
+]
+SWEEP_COLUMNS = [
+    *SETTING_COLUMNS,
+    "map",
+    "recall",
     "mean_score",
     "mean_visited",
     "visited_fraction",
@@ -40,6 +61,8 @@ SWEEP_COLUMNS = [
 ]
 _GRID_ALIASES = {"g": "n_tables", "h": "n_projections", "w": "bucket_width"}
 _DEFAULT_WIDTH_FRACTION = 0.25
+# the background sweeps' bucket widths, as multiples of the data-driven default (so the default is a sweep point)
+DEFAULT_WIDTH_FACTORS = (0.5, 1.0, 2.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -157,6 +180,8 @@ class EvaluationSplit:
     class_names: np.ndarray  # class name of each code
     index_rows: np.ndarray  # positions of indexed rows in the collection
     query_rows: np.ndarray  # positions of query rows in the collection
+    # (metric, k) -> the exact scan's (n_queries, k) int64 ids: computed once, shared by every evaluation
+    _exact_ids: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n_indexed(self) -> int:
@@ -165,6 +190,23 @@ class EvaluationSplit:
     @property
     def n_queries(self) -> int:
         return len(self.query_vectors)
+
+    def exact_ids(self, metric: str, k: int) -> np.ndarray:
+        """(n_queries, k) int64: the exact scan's top-k ids of every query under ``metric`` (-1 pads a short list),
+        the reference of recall@k. Computed on first use and kept on the split."""
+        key = (metric, int(k))
+        if key not in self._exact_ids:
+            _, ids, _ = SequentialScan(metric).fit(self.index_vectors).search(self.query_vectors, int(k))  # type: ignore[arg-type]
+            self._exact_ids[key] = ids
+        return self._exact_ids[key]
+
+    def average_precision(self, ids: np.ndarray) -> np.ndarray:
+        """AP@k of every query from its result ids: ``ids`` (n_queries, k) int positions in the indexed rows, best
+        first, -1 for padding. Returns (n_queries,) float64 (see :func:`average_precision_batch`)."""
+        returned = ids >= 0
+        result_codes = np.where(returned, self.index_label_codes[np.where(returned, ids, 0)], -1)
+        relevant = returned & (result_codes == self.query_label_codes[:, None]) & (result_codes >= 0)
+        return average_precision_batch(relevant, self.n_relevant)
 
 
 def split_collection(
@@ -182,16 +224,16 @@ def split_collection(
         )
     unknown = sorted(set(np.unique(roles)) - set(ROLES))
     if unknown:
-        raise ValueError(f"roles must be in {ROLES}, found {unknown}")
+        raise ConfigError(f"roles must be in {ROLES}, found {unknown}")
     is_query = roles == "query"
     is_indexed = (roles == "index") | ((roles == "distractor") & with_distractors)
     if not is_query.any():
-        raise ValueError('no rows with role "query"')
+        raise ConfigError('no rows with role "query"')
     if not is_indexed.any():
-        raise ValueError('no rows to index (role "index", or "distractor" with distractors enabled)')
+        raise ConfigError('no rows to index (role "index", or "distractor" with distractors enabled)')
     unlabelled = _unlabelled_mask(labels) | (roles == "distractor")
     if (unlabelled & is_query).any():
-        raise ValueError(f"{int((unlabelled & is_query).sum())} query rows have no label; queries need a class")
+        raise ConfigError(f"{int((unlabelled & is_query).sum())} query rows have no label; queries need a class")
     codes = np.full(len(labels), -1, dtype=np.int64)
     labelled_codes, class_names = pd.factorize(pd.Series(labels[~unlabelled], dtype=object), sort=True)
     codes[~unlabelled] = labelled_codes
@@ -222,16 +264,19 @@ class EvaluationResult:
     """Quality and cost of one index on one collection (the paper's result tables).
 
     ``mean_score`` is the mean over all returned results of the Euclidean distance or of the cosine
-    similarity (``score_name`` says which); ``visited_fraction = mean_visited / n_indexed``.
+    similarity (``score_name`` says which); ``visited_fraction = mean_visited / n_indexed``; ``recall`` is the mean
+    recall@k against the exact scan with the same metric on the same split (1.0 for the scan itself).
     """
 
     map: float
+    recall: float
     mean_score: float
     score_name: str
     mean_visited: float
     visited_fraction: float
     per_class: pd.DataFrame  # columns: class, n_queries, map
     ap: np.ndarray  # (n_queries,) float64
+    recall_per_query: np.ndarray  # (n_queries,) float64, recall@k against the exact scan
     fit_seconds: float
     search_seconds: float
     n_indexed: int
@@ -245,13 +290,22 @@ class EvaluationResult:
         """Search time per query in milliseconds."""
         return 1000.0 * self.search_seconds / max(self.n_queries, 1)
 
-    def summary(self) -> dict[str, Any]:
-        """One row for a results table."""
+    def row(self) -> dict[str, Any]:
+        """This result as one row of a results table, columns :data:`ROW_COLUMNS`: the index setting (``index``
+        "scan" or "lsh", the LSH parameters, ``None`` for a scan), then quality and cost. Every table (sweep,
+        comparison, report, CLI) is made of these rows."""
+        params = self.index_params
+        lsh = params.get("index") == "lsh"
         return {
-            **self.index_params,
+            "index": params.get("index"),
+            **{name: params.get(name) if lsh else None for name in ("n_tables", "n_projections", "bucket_width")},
+            "probes": params.get("probes") if lsh else None,
+            "metric": self.metric,
             "k": self.k,
             "map": self.map,
-            f"mean_{self.score_name}": self.mean_score,
+            "recall": self.recall,
+            "mean_score": self.mean_score,
+            "score_name": self.score_name,
             "mean_visited": self.mean_visited,
             "visited_fraction": self.visited_fraction,
             "n_indexed": self.n_indexed,
@@ -274,9 +328,8 @@ def _score(
     index_params: dict[str, Any],
 ) -> EvaluationResult:
     returned = ids >= 0
-    result_codes = np.where(returned, split.index_label_codes[np.where(returned, ids, 0)], -1)
-    relevant = returned & (result_codes == split.query_label_codes[:, None]) & (result_codes >= 0)
-    ap = average_precision_batch(relevant, split.n_relevant)
+    ap = split.average_precision(ids)
+    recall = recall_at_k(ids, split.exact_ids(metric, k), k)
     per_class = (
         pd.DataFrame({"class": split.class_names[split.query_label_codes], "ap": ap})
         .groupby("class", sort=True)["ap"]
@@ -286,12 +339,14 @@ def _score(
     mean_visited = float(visited.mean())
     return EvaluationResult(
         map=float(ap.mean()),
+        recall=float(recall.mean()),
         mean_score=float(scores[returned].mean()) if returned.any() else float("nan"),
-        score_name="distance" if metric == "euclidean" else "similarity",
+        score_name=score_name(metric),
         mean_visited=mean_visited,
         visited_fraction=mean_visited / split.n_indexed,
         per_class=per_class,
         ap=ap,
+        recall_per_query=recall,
         fit_seconds=fit_seconds,
         search_seconds=search_seconds,
         n_indexed=split.n_indexed,
@@ -305,7 +360,7 @@ def _score(
 def evaluate_split(index: BaseIndex, split: EvaluationSplit, k: int = 10, refit: bool = True) -> EvaluationResult:
     """Fit ``index`` on the split's indexed rows (unless ``refit=False``), search all queries and score them."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        raise ConfigError(f"k must be an integer >= 1, got {k!r}")
     warm_up()
     fit_seconds = 0.0
     if refit:
@@ -317,6 +372,8 @@ def evaluate_split(index: BaseIndex, split: EvaluationSplit, k: int = 10, refit:
     started = time.perf_counter()
     scores, ids, visited = index.search(split.query_vectors, int(k))
     search_seconds = time.perf_counter() - started
+    if isinstance(index, SequentialScan):  # the scan is its own reference: recall 1 without a second search
+        split._exact_ids.setdefault((index.metric, int(k)), ids)
     params = {"index": "scan" if isinstance(index, SequentialScan) else "lsh", **index.params}
     return _score(split, scores, ids, visited, index.metric, int(k), fit_seconds, search_seconds, params)
 
@@ -345,7 +402,7 @@ def evaluate(
         :class:`EvaluationResult` (mAP, per-class mAP, mean distance/similarity, visited objects, timings).
     """
     if metric is not None and metric != index.metric:
-        raise ValueError(f"metric={metric!r} but the index was built with metric={index.metric!r}")
+        raise ConfigError(f"metric={metric!r} but the index was built with metric={index.metric!r}")
     return evaluate_split(index, split_collection(features, labels, roles, with_distractors), k=k)
 
 
@@ -370,7 +427,7 @@ def default_bucket_width(
     """
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or len(features) < 2:
-        raise ValueError(f"need a 2-D array with at least 2 rows, got shape {features.shape}")
+        raise ConfigError(f"need a 2-D array with at least 2 rows, got shape {features.shape}")
     rng = np.random.default_rng(seed)
     sample = features[rng.choice(len(features), size=min(sample_size, len(features)), replace=False)]
     if metric == "cosine":
@@ -381,14 +438,33 @@ def default_bucket_width(
     upper = np.triu_indices(len(sample), k=1)
     median = float(np.sqrt(np.maximum(np.median(sq_distances[upper]), 0.0)))
     if median <= 0.0:
-        raise ValueError("all sampled features are identical; cannot derive a bucket width")
+        raise ConfigError("all sampled features are identical; cannot derive a bucket width")
     return fraction * median
+
+
+def round_sig(value: float, digits: int = 3) -> float:
+    """``value`` rounded to ``digits`` significant digits: bucket widths that read well and are stable cache keys."""
+    if value == 0 or not math.isfinite(value):
+        return float(value)
+    return float(round(value, digits - 1 - math.floor(math.log10(abs(value)))))
+
+
+def default_width(features: np.ndarray, metric: str = "euclidean", seed: int = 0) -> float:
+    """:func:`default_bucket_width` rounded to 3 significant digits: the bucket width every tool starts from (the
+    CLI, the report, the pages' sliders and background sweeps)."""
+    return round_sig(default_bucket_width(features, metric, seed=seed))
+
+
+def width_grid(base: float, factors: Sequence[float] = DEFAULT_WIDTH_FACTORS) -> list[float]:
+    """The bucket widths of a sweep: ``base`` × each factor, rounded to 3 significant digits (so ``base`` itself,
+    already rounded by :func:`default_width`, is one of them)."""
+    return [round_sig(base * factor) for factor in factors]
 
 
 def _as_values(values: Iterable[Any], name: str) -> list[Any]:
     values = [values] if np.isscalar(values) else list(values)
     if not values:
-        raise ValueError(f"grid[{name!r}] is empty")
+        raise ConfigError(f"grid[{name!r}] is empty")
     return values
 
 
@@ -405,29 +481,46 @@ def sweep(
     progress: Callable[[int, int], Any] | None = None,
     include_scan: bool = False,
 ) -> pd.DataFrame:
-    """Evaluate an :class:`~cbir.index.LSHIndex` for every combination of the grid (and of ``probes``).
+    """:func:`sweep_split` of the collection ``features`` (n, d) float32, ``labels`` (n,), ``roles`` (n,) split by
+    :func:`split_collection`."""
+    split = split_collection(features, labels, roles, with_distractors)
+    return sweep_split(split, grid, metric, k, probes, seed, progress, include_scan)
+
+
+def sweep_split(
+    split: EvaluationSplit,
+    grid: Mapping[str, Sequence[float]],
+    metric: str = "euclidean",
+    k: int = 10,
+    probes: Sequence[int] = (0,),
+    seed: int = 0,
+    progress: Callable[[int, int], Any] | None = None,
+    include_scan: bool = False,
+) -> pd.DataFrame:
+    """Evaluate an :class:`~cbir.index.LSHIndex` for every combination of the grid (and of ``probes``): the one
+    sweep of the project (CLI ``sweep``, ``report``, the tuning and comparison pages).
 
     Args:
         grid: lists of values for ``n_tables`` (alias ``g``), ``n_projections`` (``h``) and optionally
-            ``bucket_width`` (``w``; default: :func:`default_bucket_width` of the indexed rows).
+            ``bucket_width`` (``w``; default: :func:`default_width` of the indexed rows).
         probes: multi-probe settings; each is evaluated on the same fitted index (probing needs no refit).
         progress: called as ``progress(done, total)`` after each configuration.
-        include_scan: add one exact-scan row first (reference mAP; LSH columns are NaN).
+        include_scan: add one exact-scan row first (reference mAP; LSH columns are NA).
 
     Returns:
-        One row per configuration with columns :data:`SWEEP_COLUMNS`.
+        One row per configuration (:meth:`EvaluationResult.row`) with columns :data:`SWEEP_COLUMNS`; ``n_tables``,
+        ``n_projections`` and ``probes`` are nullable integers.
     """
     unknown = set(grid) - set(_GRID_ALIASES) - set(_GRID_ALIASES.values())
     if unknown:
-        raise ValueError(f"unknown grid keys {sorted(unknown)}; use n_tables/g, n_projections/h, bucket_width/w")
+        raise ConfigError(f"unknown grid keys {sorted(unknown)}; use n_tables/g, n_projections/h, bucket_width/w")
     canonical = {_GRID_ALIASES.get(key, key): value for key, value in grid.items()}
     for name in ("n_tables", "n_projections"):
         if name not in canonical:
-            raise ValueError(f"grid needs values for {name!r}")
-    split = split_collection(features, labels, roles, with_distractors)
+            raise ConfigError(f"grid needs values for {name!r}")
     widths = canonical.get("bucket_width")
     if widths is None:
-        widths = [default_bucket_width(split.index_vectors, metric, seed=seed)]
+        widths = [default_width(split.index_vectors, metric, seed=seed)]
     combos = list(
         itertools.product(
             _as_values(canonical["n_tables"], "n_tables"),
@@ -439,46 +532,27 @@ def sweep(
     total = len(combos) * len(probe_values) + int(include_scan)
     rows: list[dict[str, Any]] = []
 
-    def add_row(result: EvaluationResult, **params: Any) -> None:
-        rows.append(
-            {
-                **params,
-                "metric": metric,
-                "map": result.map,
-                "mean_score": result.mean_score,
-                "mean_visited": result.mean_visited,
-                "visited_fraction": result.visited_fraction,
-                "fit_seconds": result.fit_seconds,
-                "search_seconds": result.search_seconds,
-                "query_ms": result.query_ms,
-            }
-        )
+    def add_row(result: EvaluationResult) -> None:
+        rows.append(result.row())
         if progress is not None:
             progress(len(rows), total)
 
     if include_scan:
-        add_row(evaluate_split(SequentialScan(metric), split, k=k), index="scan")
+        add_row(evaluate_split(SequentialScan(metric), split, k=k))  # type: ignore[arg-type]
     for n_tables, n_projections, bucket_width in combos:
-        index = LSHIndex(n_tables, n_projections, bucket_width, metric=metric, seed=seed)
+        index = LSHIndex(int(n_tables), int(n_projections), float(bucket_width), metric=metric, seed=seed)  # type: ignore[arg-type]
         fit_seconds = None
         for n_probes in probe_values:
-            index.probes = n_probes
+            index.probes = int(n_probes)
             result = evaluate_split(index, split, k=k, refit=fit_seconds is None)
             if fit_seconds is None:
                 fit_seconds = result.fit_seconds
             else:  # later probe settings reuse the fitted index; report the fit it cost
                 result = replace(result, fit_seconds=fit_seconds)
-            add_row(
-                result,
-                index="lsh",
-                n_tables=n_tables,
-                n_projections=n_projections,
-                bucket_width=float(bucket_width),
-                probes=n_probes,
-            )
+            add_row(result)
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     # nullable integers: the scan row has no g/h/probes, and the others should not print as 4.0000
-    return table.astype({"n_tables": "Int64", "n_projections": "Int64", "probes": "Int64"})
+    return table.astype({"n_tables": "Int64", "n_projections": "Int64", "probes": "Int64", "bucket_width": float})
 
 
 def pareto_frontier(df: pd.DataFrame, x: str = "mean_visited", y: str = "map") -> pd.Series:
@@ -504,13 +578,13 @@ def recommend(df: pd.DataFrame, budget: float) -> pd.Series:
     """The configuration with the best mAP among those with ``mean_visited <= budget`` (ties: fewer visited).
 
     Raises:
-        ValueError: when no row fits the budget (the message gives the cheapest available).
+        ConfigError: when no row fits the budget (the message gives the cheapest available).
     """
     if df.empty:
-        raise ValueError("the sweep table is empty")
+        raise ConfigError("the sweep table is empty")
     fits = df[df["mean_visited"] <= budget]
     if fits.empty:
-        raise ValueError(
+        raise ConfigError(
             f"no configuration visits at most {budget:g} objects per query; "
             f"the cheapest visits {df['mean_visited'].min():.1f}"
         )

@@ -9,11 +9,11 @@ Progress is checkpointed (atomically) every ``checkpoint_every`` images, so an i
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from cbir import config
 from cbir.backbones import WeightsArg, build_model, get_backbone, resolve_weights
 from cbir.collection import Catalog, collection_id, with_rejected
-from cbir.images import ImageDecodeError, load_image, resize_for_model
+from cbir.errors import ConfigError
+from cbir.images import decode_or_reason, prefetched, resize_for_model
 from cbir.storage import ArtifactError, load_artifact, save_artifact
 
 FEATURES_KIND = "features"
@@ -86,7 +87,7 @@ class FeatureExtractor:
     ) -> None:
         self.spec = get_backbone(backbone)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.backbone = backbone
         self.weights = weights
         self.batch_size = batch_size
@@ -137,26 +138,17 @@ class FeatureExtractor:
         return np.concatenate(out)
 
     def _decode(self, path: str) -> np.ndarray | str:
-        try:
-            return self.prepare(load_image(path))
-        except ImageDecodeError as exc:
-            return str(exc)
+        return decode_or_reason(path, self.prepare)
 
     def iter_batches(self, paths: Sequence[str]) -> Iterator[tuple[list[str], np.ndarray | None, dict[str, str]]]:
-        """Yield ``(batch_paths_ok, features, rejected)``; decoding of later batches overlaps the model."""
-        chunks = [list(paths[i : i + self.batch_size]) for i in range(0, len(paths), self.batch_size)]
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            pending: list[list[Future]] = []
-            prefetch = 2
-            for chunk in chunks[:prefetch]:
-                pending.append([pool.submit(self._decode, p) for p in chunk])
-            for index, chunk in enumerate(chunks):
-                futures = pending.pop(0)
-                if index + prefetch < len(chunks):
-                    pending.append([pool.submit(self._decode, p) for p in chunks[index + prefetch]])
-                decoded = [f.result() for f in futures]
-                rejected = {p: d for p, d in zip(chunk, decoded, strict=True) if isinstance(d, str)}
-                good = [(p, d) for p, d in zip(chunk, decoded, strict=True) if not isinstance(d, str)]
+        """Yield ``(batch_paths_ok, features, rejected)``; decoding of the next two batches overlaps the model."""
+        # closing: a consumer that stops early also stops the decoding threads
+        with contextlib.closing(prefetched(self._decode, paths, 2 * self.batch_size, self.workers)) as decoded:
+            for start in range(0, len(paths), self.batch_size):
+                chunk = list(paths[start : start + self.batch_size])
+                items = [next(decoded) for _ in chunk]
+                rejected = {p: d for p, d in zip(chunk, items, strict=True) if isinstance(d, str)}
+                good = [(p, d) for p, d in zip(chunk, items, strict=True) if not isinstance(d, str)]
                 features = self.predict_arrays(np.stack([d for _, d in good])) if good else None
                 yield [p for p, _ in good], features, rejected
 

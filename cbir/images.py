@@ -10,7 +10,10 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -31,6 +34,13 @@ MAX_JPEG_SCALE = 8
 MAX_JPEG_PIXELS = MAX_JPEG_SCALE**2 * MAX_PIXELS
 REDUCED_MIN_PIXELS = 1_000_000
 MIN_SIDE = 8
+# Pillow modes that need more than a plain .convert("RGB"): 16/32-bit greyscale is rescaled by its own range, and
+# modes with an alpha channel are composited on white. The query notes (cbir.query) name the same modes.
+HIGH_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I", "F"})
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ImageDecodeError(CbirError, ValueError):
@@ -42,7 +52,7 @@ def _source_name(source: str | os.PathLike[str] | bytes) -> str:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in HIGH_BIT_MODES:
         # 16/32-bit greyscale: rescale to 8 bit by the image's own range, not by clipping at 255.
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
@@ -50,7 +60,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if image.mode in ALPHA_MODES:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -112,6 +122,28 @@ def load_image(source: str | os.PathLike[str] | bytes, max_pixels: int = MAX_PIX
             f"{name}: the image is too small ({image.size[0]}×{image.size[1]} pixels; at least {MIN_SIDE} per side)"
         )
     return image
+
+
+def decode_or_reason(path: str | os.PathLike[str], prepare: Callable[[Image.Image], T]) -> T | str:
+    """``prepare(load_image(path))``, or the reason the file cannot be used (``str(ImageDecodeError)``): what the
+    collection checks, feature extraction and the fine-tuning image cache record for an unusable file."""
+    try:
+        return prepare(load_image(path))
+    except ImageDecodeError as exc:
+        return str(exc)
+
+
+def prefetched(fn: Callable[[T], R], items: Iterable[T], depth: int = 2, workers: int = 1) -> Iterator[R]:
+    """``fn(item)`` for each item, in order, computed up to ``depth`` items ahead by ``workers`` threads, so that
+    decoding (I/O, Pillow: both release the GIL) overlaps the model working on the previous results."""
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: list[Future[R]] = [pool.submit(fn, item) for item in items[:depth]]
+        for i in range(len(items)):
+            result = pending.pop(0).result()
+            if i + depth < len(items):
+                pending.append(pool.submit(fn, items[i + depth]))
+            yield result
 
 
 def resize_for_model(image: Image.Image, size: tuple[int, int]) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""plotly figures of sweep results (the paper's Figures 12-15) and of per-class mAP.
+"""Every plotly figure of the project: sweep results (the paper's Figures 12-15, mAP and recall against visited
+objects), per-class mAP, the collection counts, the model comparison and the distance histograms.
 
-Every function takes the DataFrames produced by :func:`cbir.evaluation.sweep` / ``EvaluationResult.per_class``
-and returns a ``go.Figure``; nothing here computes results.
+Every function takes the DataFrames produced by :func:`cbir.evaluation.sweep`, ``EvaluationResult.per_class``,
+:mod:`cbir.comparison` or :mod:`cbir.workspace` and returns a ``go.Figure``; nothing here computes results.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from cbir.evaluation import pareto_frontier
+from cbir.names import METRIC_LABELS
 
-_HOVER_COLUMNS = ["n_tables", "n_projections", "bucket_width", "probes", "map", "mean_visited"]
+# what a figure calls a result column: in a title, on an axis
+_NAMES = {"map": "mAP", "recall": "Recall"}
+_AXIS_TITLES = {"map": "mAP@k", "recall": "recall@k vs exact scan"}
 
 
 def _require(df: pd.DataFrame, columns: list[str]) -> None:
@@ -35,21 +40,24 @@ def _lsh_rows(sweep_df: pd.DataFrame) -> pd.DataFrame:
 
 def _hover_text(rows: pd.DataFrame) -> list[str]:
     def one(row: pd.Series) -> str:
+        figures = f"mAP {row['map']:.3f}"
+        if "recall" in row and pd.notna(row["recall"]):
+            figures += f"<br>recall {row['recall']:.3f}"
         if row.get("index") == "scan":
-            return f"exact scan<br>mAP {row['map']:.3f}<br>visited {row['mean_visited']:.0f}"
+            return f"exact scan<br>{figures}<br>visited {row['mean_visited']:.0f}"
         return (
             f"g={row['n_tables']:.0f} h={row['n_projections']:.0f} w={row['bucket_width']:.3g}"
-            f" probes={row.get('probes', 0):.0f}<br>mAP {row['map']:.3f}<br>visited {row['mean_visited']:.1f}"
+            f" probes={row.get('probes', 0):.0f}<br>{figures}<br>visited {row['mean_visited']:.1f}"
         )
 
     return [one(row) for _, row in rows.iterrows()]
 
 
-def _sweep_points(rows: pd.DataFrame, mode: str, name: str, **style: Any) -> go.Scatter:
-    """Rows of a sweep as one trace (x: mean visited objects, y: mAP) with the configuration as hover text."""
+def _sweep_points(rows: pd.DataFrame, mode: str, name: str, y: str = "map", **style: Any) -> go.Scatter:
+    """Rows of a sweep as one trace (x: mean visited objects, y: ``y``) with the configuration as hover text."""
     return go.Scatter(
         x=rows["mean_visited"],
-        y=rows["map"],
+        y=rows[y],
         mode=mode,
         name=name,
         text=_hover_text(rows),
@@ -66,25 +74,30 @@ def _pick(rows: pd.DataFrame, column: str, value: float, label: str) -> pd.DataF
     return picked
 
 
-def fig_map_vs_visited(sweep_df: pd.DataFrame, current: Mapping[str, Any] | pd.Series | None = None) -> go.Figure:
-    """Every configuration as a point (x: mean visited objects, log scale; y: mAP), Pareto frontier as a line.
+def fig_map_vs_visited(
+    sweep_df: pd.DataFrame, current: Mapping[str, Any] | pd.Series | None = None, y: str = "map"
+) -> go.Figure:
+    """Every configuration as a point (x: mean visited objects, log scale; y: ``y``, ``"map"`` or ``"recall"``),
+    the Pareto frontier of (visited, ``y``) as a line.
 
     Traces: "configurations" (all LSH rows), "Pareto frontier" (non-dominated rows joined by x), "exact scan"
-    (if the table has a scan row), and "current" (``current`` given as a mapping with ``mean_visited``, ``map``).
+    (if the table has a scan row), and "current" (``current`` given as a mapping with ``mean_visited`` and ``y``,
+    e.g. :meth:`cbir.evaluation.EvaluationResult.row`).
     """
-    _require(sweep_df, ["mean_visited", "map"])
+    _require(sweep_df, ["mean_visited", y])
     is_scan = sweep_df["index"] == "scan" if "index" in sweep_df.columns else pd.Series(False, index=sweep_df.index)
     lsh = sweep_df[~is_scan]
     fig = go.Figure()
     fig.add_trace(
-        _sweep_points(lsh, "markers", "configurations", marker={"size": 8, "color": "#7f8c8d", "opacity": 0.7})
+        _sweep_points(lsh, "markers", "configurations", y, marker={"size": 8, "color": "#7f8c8d", "opacity": 0.7})
     )
-    frontier = sweep_df[pareto_frontier(sweep_df)].sort_values("mean_visited")
+    frontier = sweep_df[pareto_frontier(sweep_df, y=y)].sort_values("mean_visited")
     fig.add_trace(
         _sweep_points(
             frontier,
             "lines+markers",
             "Pareto frontier",
+            y,
             line={"color": "#e74c3c", "width": 2},
             marker={"size": 9},
         )
@@ -95,6 +108,7 @@ def fig_map_vs_visited(sweep_df: pd.DataFrame, current: Mapping[str, Any] | pd.S
                 sweep_df[is_scan],
                 "markers",
                 "exact scan",
+                y,
                 marker={"size": 12, "symbol": "square", "color": "#2c3e50"},
             )
         )
@@ -102,16 +116,16 @@ def fig_map_vs_visited(sweep_df: pd.DataFrame, current: Mapping[str, Any] | pd.S
         fig.add_trace(
             go.Scatter(
                 x=[float(current["mean_visited"])],
-                y=[float(current["map"])],
+                y=[float(current[y])],
                 mode="markers",
                 name="current",
                 marker={"size": 16, "symbol": "star", "color": "#f1c40f", "line": {"width": 1, "color": "black"}},
             )
         )
     fig.update_layout(
-        title="mAP vs objects visited per query",
+        title=f"{_NAMES.get(y, y)} vs objects visited per query",
         xaxis={"title": "mean visited objects per query", "type": "log"},
-        yaxis={"title": "mAP@k", "rangemode": "tozero"},
+        yaxis={"title": _AXIS_TITLES.get(y, y), "rangemode": "tozero"},
         legend={"orientation": "h", "y": -0.2},
     )
     return fig
@@ -203,3 +217,108 @@ def fig_per_class_map(per_class_df: pd.DataFrame) -> go.Figure:
     )
     fig.update_layout(title="mAP per class", xaxis={"title": "class"}, yaxis={"title": "mAP@k", "range": [0, 1.05]})
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The app's other figures: collection, comparison, distances
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _grouped_bars(
+    frame: pd.DataFrame, x: str, y: str, color: str, layout: Mapping[str, Any], **options: Any
+) -> go.Figure:
+    """Bars of ``y`` per ``x``, side by side per ``color`` (``options``: more ``px.bar`` arguments), then
+    ``fig.update_layout(**layout)``."""
+    fig = px.bar(frame, x=x, y=y, color=color, barmode="group", **options)
+    fig.update_layout(**layout)
+    return fig
+
+
+def fig_collection_counts(counts_long: pd.DataFrame) -> go.Figure:
+    """Grouped bars: images per class and role."""
+    return _grouped_bars(
+        counts_long,
+        "class",
+        "images",
+        "role",
+        {"xaxis_tickangle": -35, "legend_title_text": "", "margin": {"t": 50, "b": 10}},
+        title="Images per class and role",
+    )
+
+
+def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) -> go.Figure:
+    """Bars of ``value`` (map, recall, mean_visited, visited_fraction, mean_score…) per feature set, grouped by index,
+    one facet per distractor setting."""
+    labels = {
+        "map": "mAP@10",
+        "recall": "recall@10 vs exact scan",
+        "mean_visited": "visited objects / query",
+        "visited_fraction": "share visited",
+        "mean_score": "mean " + (str(table["score_name"].iloc[0]) if len(table) else "score"),
+        "query_ms": "ms / query",
+        "feature_set": "feature set",
+    }
+    fig = _grouped_bars(
+        table.assign(distractors=table["distractors"] + " distractors"),
+        "feature_set",
+        value,
+        "index",
+        {"legend_title_text": "", "margin": {"t": 60, "b": 10}},
+        facet_col="distractors",
+        title=title or labels.get(value, value),
+        labels=labels,
+        text_auto=".3g",
+        category_orders={"distractors": ["with distractors", "without distractors"]},
+    )
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    return fig
+
+
+def fig_comparison_per_class(per_class: pd.DataFrame, distractors: str = "with") -> go.Figure:
+    """Per-class mAP bars, one colour per feature set × index."""
+    frame = per_class[per_class["distractors"] == distractors].assign(
+        setting=lambda df: df["feature_set"] + " — " + df["index"]
+    )
+    return _grouped_bars(
+        frame,
+        "class",
+        "map",
+        "setting",
+        {"xaxis_tickangle": -35, "yaxis_range": [0, 1], "margin": {"t": 50, "b": 10}},
+        title=f"Per-class mAP@10 ({distractors} distractors)",
+        labels={"map": "mAP@10", "setting": ""},
+    )
+
+
+def fig_distance_histograms(samples: Mapping[str, pd.DataFrame], column: str = "euclidean") -> go.Figure:
+    """Overlaid histograms of pairwise ``column`` (euclidean or cosine) per feature set."""
+    fig = go.Figure()
+    for name, sample in samples.items():
+        fig.add_trace(go.Histogram(x=sample[column], name=name, opacity=0.6, nbinsx=60, histnorm="probability"))
+    title = METRIC_LABELS[column]
+    fig.update_layout(
+        barmode="overlay",
+        title=f"{title}, random pairs",
+        xaxis_title=title.lower(),
+        yaxis_title="share of pairs",
+        legend_title_text="",
+        margin={"t": 50, "b": 10},
+    )
+    return fig
+
+
+def fig_per_class(per_class: pd.DataFrame, reference: pd.DataFrame | None = None) -> go.Figure:
+    """Per-class mAP bars of the current setting, beside the exact scan's (``reference``) when given."""
+    frames = [per_class.assign(index="current setting")]
+    if reference is not None:
+        frames.append(reference.assign(index="exact scan"))
+    return _grouped_bars(
+        pd.concat(frames, ignore_index=True),
+        "class",
+        "map",
+        "index",
+        {"xaxis_tickangle": -35, "yaxis_range": [0, 1], "margin": {"t": 20, "b": 10}},
+        labels={"map": "mAP@10", "index": ""},
+        hover_data=["n_queries"],
+        color_discrete_map={"current setting": "#d62728", "exact scan": "#2ca02c"},
+    )

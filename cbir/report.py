@@ -3,7 +3,8 @@
 For each complete feature set of a collection: the exact scan's mAP@k with the euclidean distance and with the
 cosine similarity (with and without distractors, as in the paper's Section 4 tables), then an LSH sweep
 (euclidean) over :data:`REPORT_GRID` whose best configuration visiting at most ``budget_fraction`` of the indexed
-objects per query is reported with its mAP and visited objects. ``python -m cbir report`` prints it.
+objects per query is reported with its mAP, its recall@k against the exact scan and its visited objects.
+``python -m cbir report`` prints it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from cbir.evaluation import default_bucket_width, evaluate, recommend, split_collection, sweep
+from cbir.evaluation import default_width, evaluate_split, recommend, split_collection, sweep_split, width_grid
 from cbir.features import FeatureSet
 from cbir.index import SequentialScan
-from cbir.workspace import list_feature_sets, load_features
+from cbir.names import METRICS
+from cbir.workspace import FeatureSetNotFoundError, list_feature_sets, load_features
 
 REPORT_GRID = {"n_tables": [2, 4, 6, 8, 10], "n_projections": [2, 4, 6, 8]}
 WIDTH_MULTIPLIERS = (0.5, 1.0, 2.0, 4.0)  # × the data-driven default width
@@ -48,17 +50,17 @@ def feature_set_row(
         "weights": feature_set.meta["weights_id"],
         **training_metrics(feature_set.meta.get("weights_path")),
     }
-    for distractors in (True, False):
+    splits = {distractors: split_collection(x, labels, roles, distractors) for distractors in (True, False)}
+    for distractors, split in splits.items():
         suffix = "" if distractors else " (no distractors)"
-        for metric in ("euclidean", "cosine"):
-            result = evaluate(SequentialScan(metric), x, labels, roles, k=k, with_distractors=distractors)
+        for metric in METRICS:
+            result = evaluate_split(SequentialScan(metric), split, k=k)
             row[f"scan mAP {metric}{suffix}"] = result.map
             if distractors:
                 row[f"scan mean {result.score_name}"] = result.mean_score
-    split = split_collection(x, labels, roles, with_distractors=True)
-    base_width = default_bucket_width(split.index_vectors)
-    grid = {**REPORT_GRID, "bucket_width": [round(base_width * m, 4) for m in WIDTH_MULTIPLIERS]}
-    table = sweep(x, labels, roles, grid, metric="euclidean", k=k, probes=REPORT_PROBES, progress=progress)
+    split = splits[True]  # its euclidean scan answers are the recall reference of the sweep
+    grid = {**REPORT_GRID, "bucket_width": width_grid(default_width(split.index_vectors), WIDTH_MULTIPLIERS)}
+    table = sweep_split(split, grid, metric="euclidean", k=k, probes=REPORT_PROBES, progress=progress)
     budget = budget_fraction * split.n_indexed
     best = recommend(table, budget)
     row.update(
@@ -66,6 +68,7 @@ def feature_set_row(
             "indexed": split.n_indexed,
             "queries": split.n_queries,
             f"LSH best mAP (≤{budget_fraction:.0%} visited)": best["map"],
+            "LSH recall": best["recall"],
             "LSH visited": best["mean_visited"],
             "LSH visited %": 100 * best["visited_fraction"],
             "LSH g,h,w,probes": (
@@ -95,6 +98,6 @@ def report(
     sets = list_feature_sets(collection)
     sets = sets[sets["status"] == "complete"].drop_duplicates(["backbone", "weights"])
     if sets.empty:
-        raise FileNotFoundError("no feature sets yet: run `python -m cbir extract` first")
+        raise FeatureSetNotFoundError("no feature sets yet: run `python -m cbir extract` first")
     rows = [feature_set_row(load_features(path), k=k, budget_fraction=budget_fraction)[0] for path in sets["path"]]
     return pd.DataFrame(rows)

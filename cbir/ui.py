@@ -1,17 +1,98 @@
-"""Streamlit layout pieces shared by ``app.py`` and the pages under ``pages/`` (layout only: every computation is in
-:mod:`cbir.engine`)."""
+"""Streamlit pieces shared by ``app.py`` and the pages under ``pages/``: every cache wrapper of the app, and the
+layout helpers every page uses. The only module of ``cbir`` that imports Streamlit.
+
+The cached functions take plain, hashable arguments (paths, file versions, frozen configs); Streamlit keys a cache
+by the wrapped function, so a sweep or an evaluation computed on one page is reused on every other one. A leading
+underscore marks an argument Streamlit must not hash.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
 import streamlit as st
 
-from cbir import config, engine
+from cbir import comparison, config, query, search, tuning, workspace
+
+if TYPE_CHECKING:
+    from cbir.features import FeatureExtractor
 
 FEATURE_SET_KEY = "feature_set"  # session-state key of the feature set chosen in the sidebar, read by every page
 NAV_KEY, GOTO_KEY = "cbir-nav", "cbir-goto"  # "app.py routed this session" / "page to open after routing"
 NO_FEATURE_SET = "No feature set yet: open the Home page and build the collection and its features first."
 
-feature_sets = st.cache_data(ttl=60, show_spinner=False)(engine.complete_feature_sets)
+# ----------------------------------------------------------------------------------------------------------
+# Caches
+# ----------------------------------------------------------------------------------------------------------
+
+feature_sets = st.cache_data(ttl=60, show_spinner=False)(workspace.complete_feature_sets)
+collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection…")(workspace.collection_status)
+lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
+# every setting evaluated once stays cached, so moving a slider back to it is instant
+evaluate = st.cache_data(show_spinner=False, max_entries=1024)(tuning.evaluate_for)
+distance_analysis = st.cache_data(show_spinner="Sampling pairwise distances…")(comparison.distance_analysis_for)
+make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.make_extractor)
+tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
+
+
+@st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)
+def search_engine(path: str, version: int, _extractor: FeatureExtractor | None = None) -> search.SearchEngine:
+    """:func:`cbir.search.search_engine_for`, one per feature set shared by every session (it is thread-safe)."""
+    return search.search_engine_for(path, version, _extractor)
+
+
+def search_engine_with_model(path: str, version: int) -> search.SearchEngine:
+    """The shared :func:`search_engine` of the feature set at ``path``, with the (cached) model that computed it.
+    Raises :class:`~cbir.errors.CbirError` (or ``FileNotFoundError``) when that model cannot be loaded."""
+    extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path, version).meta))
+    return search_engine(path, version, _extractor=extractor)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -> pd.DataFrame:
+    """:func:`cbir.tuning.sweep_for` behind a progress bar (the bar is part of the cached run: Streamlit replays
+    it, already finished, on a cache hit)."""
+    bar = st.progress(0.0, text="Background sweep…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"Background sweep: {done} / {total} settings")
+
+    table = tuning.sweep_for(path, version, metric, with_distractors, progress=progress)
+    bar.empty()
+    return table
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def compare(feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool) -> comparison.Comparison:
+    """:func:`cbir.comparison.compare` of ``(label, path, version)`` feature sets behind a progress bar, through the
+    cached :func:`sweep` and :func:`evaluate` that the tuning page shares."""
+    bar = st.progress(0.0, text="Evaluating…")
+
+    def progress(what: str, done: int, total: int) -> None:
+        bar.progress(done / total, text=f"{what}: {done} / {total}")
+
+    result = comparison.compare(
+        feature_sets,
+        metric,
+        recommended,
+        progress=progress,
+        sweep=lambda path, version, metric: sweep(path, version, metric, True),
+        evaluate=evaluate,
+    )
+    bar.empty()
+    return result
+
+
+def distance_analyses(feature_sets: Sequence[tuple[str, str, int]]) -> dict[str, comparison.DistanceAnalysis]:
+    """``{label: cached distance analysis}`` of ``(label, path, version)`` feature sets."""
+    return {label: distance_analysis(path, version) for label, path, version in feature_sets}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layout helpers
+# ----------------------------------------------------------------------------------------------------------
 
 
 def page_header(page: str, title: str, caption: str) -> None:
@@ -30,7 +111,7 @@ def page_header(page: str, title: str, caption: str) -> None:
 
 def feature_set_choices() -> dict[str, str]:
     """``{label: artifact path}`` of the complete feature sets of the default collection, newest first."""
-    return feature_sets(str(config.default_collection()), engine.workspace_version())
+    return feature_sets(str(config.default_collection()), workspace.workspace_version())
 
 
 def require_feature_set_choices() -> dict[str, str]:
@@ -45,7 +126,12 @@ def require_feature_set_choices() -> dict[str, str]:
 def chosen_feature_set() -> tuple[str, str, int]:
     """``(label, path, version)`` of the feature set chosen in the sidebar (else the newest); when there is none, a
     warning and the page stops."""
-    picked = engine.pick_feature_set(require_feature_set_choices(), st.session_state.get(FEATURE_SET_KEY))
+    picked = workspace.pick_feature_set(require_feature_set_choices(), st.session_state.get(FEATURE_SET_KEY))
     assert picked is not None  # there are choices
     label, path = picked
-    return label, path, engine.file_version(path)
+    return label, path, workspace.file_version(path)
+
+
+def with_versions(choices: dict[str, str], labels: Sequence[str]) -> tuple[tuple[str, str, int], ...]:
+    """``(label, path, file version)`` of the chosen ``labels`` (hashable: a cache key)."""
+    return tuple((label, choices[label], workspace.file_version(choices[label])) for label in labels)

@@ -1,20 +1,36 @@
-"""What is built: the feature sets under ``artifacts/features`` and how to pick one.
+"""What is built: the collection, its feature sets under ``artifacts/features``, the saved indexes, and how to pick
+and load a feature set.
 
 The CLI, the benchmarks and the app all find feature sets through here, so "which features does the default
-collection have" has one answer.
+collection have" has one answer. The home page shows :func:`collection_status` and runs :func:`build_default`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from cbir import config
-from cbir.collection import collection_id
-from cbir.features import FEATURES_KIND, FeatureSet, load_features
+from cbir.collection import Catalog, CollectionError, collection_id, scan_collection
+from cbir.errors import CbirError
+from cbir.features import FEATURES_KIND, FeatureExtractor, FeatureSet, extract_collection, load_features
 from cbir.storage import ArtifactError, load_artifact
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+class WorkspaceError(CbirError, RuntimeError):
+    """The workspace cannot be built as asked (Open Clip Art or model weights missing); ``str(err)`` says the fix."""
+
+
+class FeatureSetNotFoundError(CbirError, FileNotFoundError):
+    """No feature set matches what was asked for; ``str(err)`` gives the command that extracts one."""
 
 
 def feature_files(collection: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -61,7 +77,8 @@ def resolve_feature_set(
 ) -> FeatureSet:
     """Load ``features`` if given, else the newest complete feature set of ``backbone`` (any when ``None``) whose
     weights id contains ``weights`` (e.g. ``"imagenet"``, ``"model1-dense256"``; any when ``None``) for
-    ``collection`` (default collection when ``None``). Raises ``FileNotFoundError`` with the command to run."""
+    ``collection`` (default collection when ``None``). Raises :class:`FeatureSetNotFoundError` with the command to
+    run."""
     if features is not None:
         return load_features(features)
     collection = collection if collection is not None else config.default_collection()
@@ -73,8 +90,214 @@ def resolve_feature_set(
         table = table[table["weights"].str.contains(weights, regex=False)]
     if table.empty:
         wanted = " ".join(part for part in (backbone, weights and f"weights~{weights}") if part)
-        raise FileNotFoundError(
+        raise FeatureSetNotFoundError(
             f"no feature set{' for ' + wanted if wanted else ''} of collection {collection}; run: "
             f"python -m cbir extract --collection {collection} --backbone {backbone or 'efficientnet_lite0'}"
         )
     return load_features(table.iloc[0]["path"])
+
+
+@dataclass
+class CollectionStatus:
+    """The home page's answer to "what is loaded": ``catalog`` is ``None`` when the collection is unusable."""
+
+    root: Path
+    catalog: Catalog | None
+    error: str | None
+    feature_sets: pd.DataFrame
+    indexes: pd.DataFrame
+    openclipart_installed: bool
+
+    @property
+    def ready(self) -> bool:
+        """A collection and at least one complete feature set of it exist."""
+        return self.catalog is not None and bool((self.feature_sets["status"] == "complete").any())
+
+    def counts(self) -> pd.DataFrame:
+        """Images per class (rows) and role (columns: index, query, distractor) plus a total column."""
+        if self.catalog is None:
+            return pd.DataFrame()
+        counts = self.catalog.counts()
+        return counts.assign(total=counts.sum(axis=1))
+
+    def counts_long(self) -> pd.DataFrame:
+        """The same counts in long form (class, role, images), for a grouped bar chart."""
+        counts = self.counts().drop(columns="total", errors="ignore")
+        if counts.empty:
+            return pd.DataFrame(columns=["class", "role", "images"])
+        return (
+            counts.rename_axis(index="class", columns="role")
+            .stack()
+            .rename("images")
+            .reset_index()
+            .astype({"images": int})
+        )
+
+
+def list_indexes() -> pd.DataFrame:
+    """Index artifacts saved under ``<artifacts>/indexes`` (by the CLI or benchmarks): file, size, modified."""
+    root = config.artifacts_dir() / "indexes"
+    files = sorted(root.rglob("*.joblib")) if root.is_dir() else []
+    rows = [
+        {
+            "index": str(path.relative_to(root)),
+            "size_mb": path.stat().st_size / 1e6,
+            "modified": pd.Timestamp(path.stat().st_mtime, unit="s").floor("s"),
+        }
+        for path in files
+    ]
+    return pd.DataFrame(rows, columns=["index", "size_mb", "modified"])
+
+
+def collection_status(root: str | os.PathLike[str] | None = None, version: int = 0) -> CollectionStatus:
+    """Scan the collection (default: ``CBIR_COLLECTION`` or the Open Clip Art build) and list what is built
+    (``version``: :func:`workspace_version`, only a cache key)."""
+    from cbir.openclipart import OPENCLIPART_DIR
+
+    del version
+    root = Path(root) if root is not None else config.default_collection()
+    catalog: Catalog | None = None
+    error: str | None = None
+    try:
+        catalog = scan_collection(root)
+    except CollectionError as exc:
+        error = str(exc)
+    feature_sets = list_feature_sets(root)
+    if catalog is not None and not feature_sets.empty:
+        # the extraction report lists the images that could not be decoded: the corrupt-image report
+        catalog = Catalog(root=catalog.root, images=catalog.images, report=_extraction_report(feature_sets))
+    return CollectionStatus(
+        root=root,
+        catalog=catalog,
+        error=error,
+        feature_sets=feature_sets,
+        indexes=list_indexes(),
+        openclipart_installed=OPENCLIPART_DIR.is_dir(),
+    )
+
+
+def _extraction_report(feature_sets: pd.DataFrame) -> pd.DataFrame:
+    reports = []
+    for path in feature_sets.loc[feature_sets["status"] == "complete", "path"]:
+        try:
+            reports.append(load_features(path).report)
+        except (ArtifactError, KeyError, OSError):  # already flagged in the feature-set table
+            continue
+    if not reports:
+        return pd.DataFrame(columns=["path", "reason"])
+    return pd.concat(reports, ignore_index=True).drop_duplicates("path").reset_index(drop=True)
+
+
+def build_default(
+    root: str | os.PathLike[str] | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> FeatureSet:
+    """Make the dashboard usable from nothing: build the Open Clip Art collection at ``root`` when it has no
+    images yet, then extract ``backbone`` features (cached and resumable), then those of every other backbone whose
+    ImageNet weights are on this machine (the ResNets once ``CBIR_WEIGHTS_DIR`` holds their files).
+    ``progress(stage, done, total)`` with stage ``"collection"`` or ``"features"``. Returns the ``backbone`` feature
+    set. Raises :class:`WorkspaceError` with the fix when something is missing."""
+    from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR, build_collection
+
+    root = Path(root) if root is not None else config.default_collection()
+    try:
+        catalog = scan_collection(root)
+    except CollectionError:
+        if not OPENCLIPART_DIR.is_dir():
+            raise WorkspaceError(
+                f"No collection at {root} and Open Clip Art is not installed ({OPENCLIPART_DIR} is "
+                f"missing). Install it with: {INSTALL_HINT}"
+            ) from None
+        build_collection(root, progress=None if progress is None else lambda d, t: progress("collection", d, t))
+        catalog = scan_collection(root)
+    extractor = FeatureExtractor(backbone, "imagenet")
+    try:
+        extractor.weights_id  # noqa: B018 - builds the model now so that a missing weights file is reported here
+    except FileNotFoundError as exc:
+        raise WorkspaceError(str(exc)) from exc
+    on_progress = None if progress is None else lambda d, t: progress("features", d, t)
+    result = extract_collection(catalog, extractor, progress=on_progress)
+    from cbir.backbones import available_backbones
+
+    for name, local in available_backbones().items():
+        if local and name != backbone:
+            extract_collection(catalog, FeatureExtractor(name, "imagenet"), progress=on_progress)
+    return result
+
+
+def feature_set_label(row: Mapping[str, Any]) -> str:
+    """A short name for a feature set row of :func:`list_feature_sets` (or a meta dict):
+    ``"resnet50v2 · ImageNet"``, ``"resnet50v2 · fine-tuned model2-pool"``."""
+    weights = str(row.get("weights") or row.get("weights_id") or "?")
+    kind = weights_kind(weights)
+    if kind == "fine-tuned":
+        kind = f"fine-tuned {weights.rsplit('-', 1)[0]}"
+    elif kind == "random":
+        kind = weights
+    return f"{row.get('backbone')} · {kind}"
+
+
+def weights_kind(weights_id: str) -> str:
+    """``"ImageNet"``, ``"random"`` or ``"fine-tuned"`` from a weights id: ``<file stem>-<digest>`` (see
+    :func:`cbir.backbones.weights_identity`); ImageNet ids carry the stem of a backbone's ImageNet weights file."""
+    from cbir.backbones import BACKBONES
+
+    if weights_id.startswith("random-"):
+        return "random"
+    imagenet_stems = {
+        Path(spec.imagenet_file).stem.replace(".weights", "") for spec in BACKBONES.values() if spec.imagenet_file
+    }
+    if weights_id == "imagenet-download" or weights_id.rsplit("-", 1)[0] in imagenet_stems:
+        return "ImageNet"
+    return "fine-tuned"
+
+
+def workspace_version(root: str | os.PathLike[str] | None = None) -> int:
+    """Changes whenever a feature artifact of the collection is written or removed (a cache key part)."""
+    files = feature_files(root if root is not None else config.default_collection())
+    return hash(tuple((str(f), file_version(f)) for f in files)) & 0x7FFFFFFFFFFFFFFF
+
+
+def pick_feature_set(choices: Mapping[str, str], preferred: str | None) -> tuple[str, str] | None:
+    """``(label, path)`` of ``preferred`` when it is among ``choices``, else of the first (newest); ``None``
+    when there is none. The pages share the selection through the session state."""
+    if not choices:
+        return None
+    label = preferred if preferred in choices else next(iter(choices))
+    return label, choices[label]
+
+
+def complete_feature_sets(root: str | os.PathLike[str] | None = None, version: int = 0) -> dict[str, str]:
+    """``{label: artifact path}`` of the complete feature sets of the collection, newest first (``version``:
+    :func:`workspace_version`, only a cache key)."""
+    del version
+    table = list_feature_sets(root if root is not None else config.default_collection())
+    table = table[table["status"] == "complete"]
+    labels = [feature_set_label(row) for _, row in table.iterrows()]
+    # the short label is enough unless two feature sets share it (e.g. extracted with two weights files)
+    labels = [
+        label if labels.count(label) == 1 else f"{label} [{weights}]"
+        for label, weights in zip(labels, table["weights"], strict=True)
+    ]
+    return dict(zip(labels, table["path"].astype(str), strict=True))
+
+
+def load_feature_set(path: str | os.PathLike[str], version: int | None = None) -> FeatureSet:
+    """Load a feature artifact (memoised per ``(path, version)``; ``version`` defaults to the file's mtime, so a
+    re-extraction is picked up). The returned object is shared: do not modify it."""
+    return _load_feature_set(str(path), file_version(path) if version is None else version)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_feature_set(path: str, version: int) -> FeatureSet:
+    del version  # only part of the memo key
+    return load_features(path)
+
+
+def file_version(path: str | os.PathLike[str]) -> int:
+    """Modification time (ns) of ``path``, 0 when missing: the cache key part that changes with the file."""
+    try:
+        return Path(path).stat().st_mtime_ns
+    except OSError:
+        return 0

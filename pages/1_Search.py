@@ -6,17 +6,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from cbir import engine, ui
-from cbir.backbones import WeightsNotFoundError
+from cbir import ui
+from cbir.errors import CbirError
 from cbir.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
+from cbir.names import METRIC_LABELS, METRICS
+from cbir.query import decode_query
+from cbir.search import DEFAULT_K, IndexConfig
+from cbir.tuning import width_range
 
 SOURCES = ("Upload a file", "Camera", "Pick from the collection")
 GRID_COLUMNS = 5
-
-lsh_defaults = st.cache_data(show_spinner=False)(engine.lsh_defaults_for)
-make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(engine.make_extractor)
-tile = st.cache_data(show_spinner=False, max_entries=2000)(engine.tile)
-search_engine = st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)(engine.search_engine_for)
 
 ui.page_header(
     "pages/1_Search.py",
@@ -25,15 +24,12 @@ ui.page_header(
     "collection are shown, with the time the query took and how many images the index compared.",
 )
 label, path, version = ui.chosen_feature_set()
-feature_set = engine.load_feature_set(path, version)
-
 try:
-    spec = engine.extractor_spec(feature_set.meta)
-    extractor = make_extractor(spec)
-except (engine.EngineError, WeightsNotFoundError, FileNotFoundError) as exc:
+    search = ui.search_engine_with_model(path, version)
+except (CbirError, FileNotFoundError) as exc:
     st.error(f"The model of this feature set cannot be loaded, so images cannot be searched: {exc}")
     st.stop()
-search = search_engine(path, version, _extractor=extractor)
+feature_set = search.feature_set
 if search.warning:
     st.warning(search.warning)
 
@@ -48,10 +44,10 @@ with index_col:
         key="search-kind",
         help="The exact scan compares the query with every image; LSH only with those in its buckets.",
     )
-    metric = st.selectbox("Metric", engine.METRICS, key="search-metric", format_func=engine.METRIC_NAMES.get)
+    metric = st.selectbox("Metric", METRICS, key="search-metric", format_func=METRIC_LABELS.get)
     if kind == "LSH":
-        defaults = lsh_defaults(path, version, metric)
-        low, high, step = engine.width_range(defaults.bucket_width)
+        defaults = ui.lsh_defaults(path, version, metric)
+        low, high, step = width_range(defaults.bucket_width)
         g = st.slider("g — hash tables", 1, 20, defaults.n_tables, key="search-g")
         h = st.slider("h — projections per table", 1, 16, defaults.n_projections, key="search-h")
         w = st.slider(
@@ -64,9 +60,9 @@ with index_col:
             help=f"Default {defaults.bucket_width:g}: a quarter of the median distance between images.",
         )
         probes = st.slider("probes — extra buckets per table", 0, 20, 0, key="search-probes")
-        index_config = engine.IndexConfig("lsh", metric, g, h, w, probes)
+        index_config = IndexConfig("lsh", metric, g, h, w, probes)
     else:
-        index_config = engine.IndexConfig("scan", metric)
+        index_config = IndexConfig("scan", metric)
 
 with query_col:
     source = st.radio("Query", SOURCES, horizontal=True, label_visibility="collapsed", key="search-source")
@@ -103,7 +99,7 @@ if query_bytes is None:
     st.stop()
 
 try:
-    query = engine.decode_query(query_bytes)
+    query = decode_query(query_bytes)
 except ImageDecodeError as exc:
     st.error(f"**{query_name}** cannot be used as a query: {exc}. Please try another image.")
     st.stop()
@@ -111,7 +107,7 @@ for note in query.notes:
     st.info(note)
 
 with st.spinner("Searching…"):
-    result = search.query(query, index_config, k=engine.DEFAULT_K)
+    result = search.query(query, index_config, k=DEFAULT_K)
 
 st.divider()
 left, right = st.columns([1, 4], gap="large")
@@ -132,7 +128,7 @@ with right:
     m[2].metric("Objects visited", f"{result.visited:,}", help="Images whose distance to the query was computed")
     m[3].metric("Share of the collection", f"{result.visited_fraction:.1%}", help=f"of {result.n_objects:,} images")
     st.caption(f"{result.index_label} over {result.n_objects:,} images · {label}")
-    if len(result.results) < engine.DEFAULT_K:
+    if len(result.results) < DEFAULT_K:
         st.warning(f"The index found only {len(result.results)} candidates: raise g, w or probes to see more.")
 
 st.subheader("Most similar images")
@@ -142,7 +138,7 @@ for start in range(0, len(rows), GRID_COLUMNS):
     cols = st.columns(GRID_COLUMNS)
     for col, row in zip(cols, rows[start : start + GRID_COLUMNS], strict=False):
         with col.container(border=True):
-            st.image(tile(row.path), width="stretch")
+            st.image(ui.tile(row.path), width="stretch")
             st.markdown(f"**#{row.rank}** · {row.label}  \n{score_name} {row.score:.3f}")
             st.caption(row.relpath)
 with st.expander("Results as a table"):

@@ -1,27 +1,25 @@
 """Index tuning page: move g / h / w / probes and see the LSH index rebuilt and evaluated on the validation queries,
-placed over a background sweep and its Pareto frontier."""
+placed over a background sweep and its Pareto frontiers (mAP and recall against visited objects)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from cbir import engine, plots, ui
-
-lsh_defaults = st.cache_data(show_spinner=False)(engine.lsh_defaults_for)
-# every setting evaluated once stays cached, so moving back to it is instant
-evaluate = st.cache_data(show_spinner=False, max_entries=1024)(engine.evaluate_for)
-sweep_configs = st.cache_data(show_spinner=False)(engine.sweep_configs_for)
+from cbir import plots, ui
+from cbir.names import METRIC_LABELS, METRICS
+from cbir.search import IndexConfig
+from cbir.tuning import RECOMMEND_BUDGET_FRACTION, nearest, recommended_config, width_range
 
 ui.page_header(
     "pages/2_Index_tuning.py",
     "Index tuning",
     "Every change rebuilds the numba E2LSH index on the index split and runs all validation queries "
-    "(role *query*): mAP@10, objects visited per query and latency, against the exact scan.",
+    "(role *query*): mAP@10, recall@10 against the exact scan, objects visited per query and latency.",
 )
 label, path, version = ui.chosen_feature_set()
 
 top = st.columns([2, 2, 3])
-metric = top[0].selectbox("Metric", engine.METRICS, key="tune-metric", format_func=engine.METRIC_NAMES.get)
+metric = top[0].selectbox("Metric", METRICS, key="tune-metric", format_func=METRIC_LABELS.get)
 with_distractors = top[1].toggle(
     "Index the distractors",
     value=True,
@@ -30,8 +28,8 @@ with_distractors = top[1].toggle(
 )
 top[2].caption(f"Feature set: {label}")
 
-defaults = lsh_defaults(path, version, metric)
-low, high, step = engine.width_range(defaults.bucket_width)
+defaults = ui.lsh_defaults(path, version, metric)
+low, high, step = width_range(defaults.bucket_width)
 w_key = f"tune-w-{path}-{metric}"
 # defaults go through the session state (not the sliders' value=) so that "Use it" below can move the sliders
 for key, value in {
@@ -64,45 +62,42 @@ probes = sliders[3].slider(
     help="Multi-probe LSH: also visit the nearest neighbouring buckets of each table",
 )
 
-current = engine.IndexConfig("lsh", metric, g, h, w, probes)
-result = evaluate(path, version, current, with_distractors)
-scan = evaluate(path, version, engine.IndexConfig("scan", metric), with_distractors)
+result = ui.evaluate(path, version, IndexConfig("lsh", metric, g, h, w, probes), with_distractors)
+scan = ui.evaluate(path, version, IndexConfig("scan", metric), with_distractors)
 
-m = st.columns(5)
+m = st.columns(6)
 m[0].metric(
     "mAP@10", f"{result.map:.3f}", f"{result.map - scan.map:+.3f} vs exact scan", help=f"Exact scan: {scan.map:.3f}"
+)
+m[1].metric(
+    "Recall@10",
+    f"{result.recall:.3f}",
+    help="Share of the exact scan's ten nearest images that the index returns (the exact scan has 1.000)",
 )
 # the costs: lower is better, so a rise over the exact scan shows in red
 for column, name, value, delta in (
     (
-        m[1],
+        m[2],
         "Objects visited / query",
         f"{result.mean_visited:,.1f}",
         f"{result.mean_visited - scan.mean_visited:+,.0f} vs exact scan",
     ),
-    (m[3], "Latency / query", f"{result.query_ms:.3f} ms", f"{result.query_ms - scan.query_ms:+.3f} ms vs scan"),
+    (m[4], "Latency / query", f"{result.query_ms:.3f} ms", f"{result.query_ms - scan.query_ms:+.3f} ms vs scan"),
 ):
     column.metric(name, value, delta, delta_color="inverse")
-m[2].metric("Share of the index visited", f"{result.visited_fraction:.1%}")
-m[4].metric("Index build", f"{result.fit_seconds * 1000:.0f} ms")
+m[3].metric("Share of the index visited", f"{result.visited_fraction:.1%}")
+m[5].metric("Index build", f"{result.fit_seconds * 1000:.0f} ms")
 st.caption(
     f"{result.n_queries:,} validation queries against {result.n_indexed:,} indexed images · "
     f"mean {result.score_name} of the results {result.mean_score:.3f} (scan {scan.mean_score:.3f})"
 )
 
 st.subheader("Where this setting sits")
-# The background sweep goes through the same cached evaluation as the sliders: computed once, and moving a slider
-# onto a grid point is instant.
-configs = sweep_configs(path, version, metric)
-bar = st.progress(0.0, text="Background sweep…")
-results = []
-for done, config_ in enumerate(configs, start=1):
-    results.append(evaluate(path, version, config_, with_distractors))
-    bar.progress(done / len(configs), text=f"Background sweep: {done} / {len(configs)} settings")
-bar.empty()
-table = engine.sweep_table(configs, results)
-st.plotly_chart(plots.fig_map_vs_visited(table, engine.result_metrics(result)), width="stretch")
-recommended = engine.recommended_config(table, result.n_indexed)
+table = ui.sweep(path, version, metric, with_distractors)
+charts = st.columns(2)
+charts[0].plotly_chart(plots.fig_map_vs_visited(table, result.row()), width="stretch")
+charts[1].plotly_chart(plots.fig_map_vs_visited(table, result.row(), y="recall"), width="stretch")
+recommended = recommended_config(table, result.n_indexed)
 
 
 def use_recommended() -> None:
@@ -117,19 +112,19 @@ if recommended is not None:
     left, right = st.columns([3, 1])
     left.info(
         f"Best mAP among the sweep settings that visit at most "
-        f"{engine.RECOMMEND_BUDGET_FRACTION:.0%} of the index: **{recommended.label}**"
+        f"{RECOMMEND_BUDGET_FRACTION:.0%} of the index: **{recommended.label}**"
     )
     right.button("Use it", on_click=use_recommended, key="tune-use-recommended")
 with st.expander("Sweep table (Pareto-optimal settings first)"):
     st.dataframe(table.sort_values(["pareto", "map"], ascending=[False, False]), width="stretch", hide_index=True)
 
 st.subheader("mAP@10 per class")
-st.plotly_chart(engine.fig_per_class(result.per_class, scan.per_class), width="stretch")
+st.plotly_chart(plots.fig_per_class(result.per_class, scan.per_class), width="stretch")
 
 with st.expander("Hyper-parameter trends (the paper's Section 6), at the sweep point nearest to the sliders"):
     lsh_rows = table[table["index"] == "lsh"]
-    st.plotly_chart(plots.fig_map_vs_h(table, g=engine.nearest(lsh_rows["n_tables"].unique(), g)), width="stretch")
+    st.plotly_chart(plots.fig_map_vs_h(table, g=nearest(lsh_rows["n_tables"].unique(), g)), width="stretch")
     st.plotly_chart(
-        plots.fig_map_visited_vs_g(table, h=engine.nearest(lsh_rows["n_projections"].unique(), h)), width="stretch"
+        plots.fig_map_visited_vs_g(table, h=nearest(lsh_rows["n_projections"].unique(), h)), width="stretch"
     )
     st.plotly_chart(plots.fig_map_vs_w(table), width="stretch")

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cbir import engine, ui
+from cbir import plots, ui
+from cbir.comparison import distance_summary
 from cbir.finetune import finished_runs, training_figure
-
-# the same cached functions as the Index tuning page: evaluations and sweeps done there are reused here
-evaluate = st.cache_data(show_spinner=False, max_entries=1024)(engine.evaluate_for)
-sweep_configs = st.cache_data(show_spinner=False)(engine.sweep_configs_for)
-comparison_configs = st.cache_data(show_spinner=False)(engine.comparison_configs_for)
-distance_analysis = st.cache_data(show_spinner="Sampling pairwise distances…")(engine.distance_analysis_for)
+from cbir.names import METRIC_LABELS, METRICS, score_name
+from cbir.tuning import RECOMMEND_BUDGET_FRACTION
 
 ui.page_header(
     "pages/3_Model_comparison.py",
@@ -24,48 +21,23 @@ choices = ui.require_feature_set_choices()
 
 top = st.columns([3, 1, 1])
 selected = top[0].multiselect("Feature sets", list(choices), default=list(choices), key="compare-sets")
-metric = top[1].selectbox("Metric", engine.METRICS, key="compare-metric", format_func=engine.METRIC_NAMES.get)
+metric = top[1].selectbox("Metric", METRICS, key="compare-metric", format_func=METRIC_LABELS.get)
 lsh_choice = top[2].radio(
     "LSH setting",
     ["recommended", "default"],
     key="compare-lsh",
     help="recommended: best mAP of the background sweep visiting at most "
-    f"{engine.RECOMMEND_BUDGET_FRACTION:.0%} of the index; default: g=7, h=2, data-driven w",
+    f"{RECOMMEND_BUDGET_FRACTION:.0%} of the index; default: g=7, h=2, data-driven w",
 )
 if not selected:
     st.info("Select at least one feature set.")
     st.stop()
 
-bar = st.progress(0.0, text="Evaluating…")
-
-
-def run(configs: list[engine.IndexConfig], path: str, version: int, with_distractors: bool, text: str) -> list:
-    results = []
-    for done, config_ in enumerate(configs, start=1):
-        results.append(evaluate(path, version, config_, with_distractors))
-        bar.progress(done / len(configs), text=f"{text}: {done} / {len(configs)}")
-    return results
-
-
-items = []
-for label in selected:
-    path = choices[label]
-    version = engine.file_version(path)
-    sweep = None
-    if lsh_choice == "recommended":  # the background sweep of the tuning page (cached, shared)
-        grid = sweep_configs(path, version, metric)
-        sweep = engine.sweep_table(grid, run(grid, path, version, True, f"Sweep of {label}"))
-    items.append((label, path, version, tuple(comparison_configs(path, version, metric, sweep))))
-jobs = engine.comparison_jobs(items)
-results = []
-for done, job in enumerate(jobs, start=1):
-    results.append(evaluate(job.path, job.version, job.config, job.with_distractors))
-    bar.progress(done / len(jobs), text=f"Comparison: {done} / {len(jobs)}")
-bar.empty()
-comparison = engine.comparison_table(jobs, results)
+feature_sets = ui.with_versions(choices, selected)
+comparison = ui.compare(feature_sets, metric, lsh_choice == "recommended")
 table = comparison.table
 
-score = "mean distance" if metric == "euclidean" else "mean similarity"
+score = f"mean {score_name(metric)}"
 st.subheader("Results")
 st.dataframe(
     table,
@@ -76,6 +48,7 @@ st.dataframe(
         "index",
         "distractors",
         "map",
+        "recall",
         "mean_visited",
         "visited_fraction",
         "mean_score",
@@ -87,6 +60,9 @@ st.dataframe(
     column_config={
         "feature_set": "feature set",
         "map": st.column_config.NumberColumn("mAP@10", format="%.3f"),
+        "recall": st.column_config.NumberColumn(
+            "recall@10", format="%.3f", help="Share of the exact scan's top 10 that the index returns"
+        ),
         "mean_score": st.column_config.NumberColumn(score, format="%.3f"),
         "mean_visited": st.column_config.NumberColumn("visited / query", format="%.1f"),
         "visited_fraction": st.column_config.NumberColumn("share visited", format="percent"),
@@ -95,28 +71,26 @@ st.dataframe(
 )
 st.download_button("Download as CSV", table.to_csv(index=False), "comparison.csv", "text/csv")
 
-tabs = st.tabs(["mAP@10", "Visited objects", score.capitalize(), "Per-class mAP"])
-tabs[0].plotly_chart(engine.fig_comparison(table, "map", "mAP@10"), width="stretch")
-tabs[1].plotly_chart(engine.fig_comparison(table, "mean_visited", "Objects visited per query"), width="stretch")
-tabs[2].plotly_chart(engine.fig_comparison(table, "mean_score", f"{score.capitalize()} of the top-10"), width="stretch")
-with tabs[3]:
+tabs = st.tabs(["mAP@10", "Recall@10", "Visited objects", score.capitalize(), "Per-class mAP"])
+tabs[0].plotly_chart(plots.fig_comparison(table, "map", "mAP@10"), width="stretch")
+tabs[1].plotly_chart(plots.fig_comparison(table, "recall", "Recall@10 against the exact scan"), width="stretch")
+tabs[2].plotly_chart(plots.fig_comparison(table, "mean_visited", "Objects visited per query"), width="stretch")
+tabs[3].plotly_chart(plots.fig_comparison(table, "mean_score", f"{score.capitalize()} of the top-10"), width="stretch")
+with tabs[4]:
     setting = st.radio("Distractors", ["with", "without"], horizontal=True, key="compare-per-class")
-    st.plotly_chart(engine.fig_comparison_per_class(comparison.per_class, setting), width="stretch")
+    st.plotly_chart(plots.fig_comparison_per_class(comparison.per_class, setting), width="stretch")
 
 st.subheader("Distance distributions (Section 4.1)")
 st.caption(
     "Between the index-split images of each feature set: the scale of the distances explains why w must "
     "be chosen per backbone."
 )
-analyses = {label: distance_analysis(choices[label], engine.file_version(choices[label])) for label in selected}
+analyses = ui.distance_analyses(feature_sets)
+samples = {name: analysis.sample for name, analysis in analyses.items()}
 hist = st.columns(2)
-hist[0].plotly_chart(
-    engine.fig_distance_histograms({k: a.sample for k, a in analyses.items()}, "euclidean"), width="stretch"
-)
-hist[1].plotly_chart(
-    engine.fig_distance_histograms({k: a.sample for k, a in analyses.items()}, "cosine"), width="stretch"
-)
-st.dataframe(engine.distance_summary(analyses), width="stretch", hide_index=True)
+hist[0].plotly_chart(plots.fig_distance_histograms(samples, "euclidean"), width="stretch")
+hist[1].plotly_chart(plots.fig_distance_histograms(samples, "cosine"), width="stretch")
+st.dataframe(distance_summary(analyses), width="stretch", hide_index=True)
 
 st.subheader("Fine-tuning (Section 5)")
 runs = finished_runs()

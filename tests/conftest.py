@@ -12,9 +12,20 @@ import pytest
 from PIL import Image
 
 from cbir import config
+from cbir.features import FeatureSet, load_features
 from cbir.openclipart import OPENCLIPART_DIR
 
 REQUIRE_REAL = os.environ.get("CBIR_REQUIRE_REAL_DATA") == "1"
+# Fixtures that cost tens of seconds per session (the small Open Clip Art collection is converted and its features
+# extracted): every test that uses one, directly or through another fixture, is slow.
+SLOW_FIXTURES = frozenset({"openclipart_small"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need a :data:`SLOW_FIXTURES` fixture ``slow``, so ``-m "not slow"`` stays quick."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def require(condition: bool, reason: str) -> None:
@@ -89,3 +100,16 @@ def write_image(
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format=fmt, **save_kwargs)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_features_file(openclipart_small: Path) -> Path:
+    """EfficientNet-Lite0 features of :func:`openclipart_small` (extracted once per session)."""
+    from builders import small_feature_path
+
+    return small_feature_path(openclipart_small)
+
+
+@pytest.fixture(scope="session")
+def small_features(small_features_file: Path) -> FeatureSet:
+    return load_features(small_features_file)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from builders import bad_uploads, install_feature_set, unusual_uploads
 from streamlit.testing.v1 import AppTest
-from test_engine import bad_uploads, install_feature_set, small_feature_path, unusual_uploads
 
 from cbir import config
 from cbir.features import load_features
@@ -20,11 +20,6 @@ TIMEOUT = 180  # the first run of a page may load the model and compile numba ke
 N_RESULTS = 10
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture(scope="session")
-def small_features_file(openclipart_small: Path) -> Path:
-    return small_feature_path(openclipart_small)
 
 
 @pytest.fixture(scope="session")
@@ -206,7 +201,8 @@ def test_tuning_sliders_move_the_metrics_consistently(app_env: Path) -> None:
     assert not at.error
     start = metrics(at)
     assert 0 <= start["mAP@10"] <= 1 and 0 < start["Share of the index visited"] < 100
-    assert len(at.get("plotly_chart")) >= 2  # mAP vs visited over the sweep, per-class mAP
+    assert 0 < start["Recall@10"] <= 1  # against the exact scan
+    assert len(at.get("plotly_chart")) >= 3  # mAP and recall vs visited over the sweep, per-class mAP
 
     def visited_after(key: str, value: float) -> float:
         at.slider(key=key).set_value(value).run()
@@ -259,9 +255,10 @@ def test_comparison_page_renders_its_table(app_env: Path) -> None:
     assert len(table) == 4  # 1 feature set × (exact scan, LSH) × (with, without distractors)
     assert set(table["index"]) == {"exact scan", "LSH"} and set(table["distractors"]) == {"with", "without"}
     assert table["map"].between(0, 1).all()
+    assert (table.loc[table["index"] == "exact scan", "recall"] == 1.0).all() and table["recall"].between(0, 1).all()
     distances = at.dataframe[1].value
     assert distances["class"].iloc[0] == "(all)" and len(distances) == 1 + 13
-    assert len(at.get("plotly_chart")) >= 6  # 3 comparison bars, per-class, 2 histograms
+    assert len(at.get("plotly_chart")) >= 7  # 4 comparison bars (mAP, recall, visited, score), per-class, 2 histograms
     at.radio(key="compare-lsh").set_value("default").run()
     check_ok(at)
     assert at.dataframe[0].value["config"].str.contains("g=7 h=2").sum() == 2

@@ -65,6 +65,7 @@ def test_missing_imagenet_weights_error_names_file_and_places(tmp_path: Path, mo
         assert model.output_shape == (None, 2048)
 
 
+@pytest.mark.slow
 def test_keras_model_file_as_weights(tmp_path: Path) -> None:
     model, weights_id = build_model("resnet50v2", None, seed=3)
     assert weights_id == "random-seed3"

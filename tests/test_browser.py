@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_engine import install_feature_set, small_feature_path
+from builders import install_feature_set, small_feature_path
 
 from cbir import config
 

@@ -248,6 +248,7 @@ def test_missing_weights_error_names_every_file(tmp_path: Path, monkeypatch: pyt
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_state_dict_layout_is_lukemelas_lite0(converted: dict[str, Any]) -> None:
     state = converted["state"]
     assert len(state) == 296
@@ -265,6 +266,7 @@ def test_state_dict_layout_is_lukemelas_lite0(converted: dict[str, Any]) -> None
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("photo", list(PHOTOS))
 def test_imagenet_top1_on_real_photos(photo: str, photo_logits: np.ndarray) -> None:
     probs = softmax(photo_logits[list(PHOTOS).index(photo)])
@@ -274,6 +276,7 @@ def test_imagenet_top1_on_real_photos(photo: str, photo_logits: np.ndarray) -> N
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_logits_and_features_match_pytorch_forward(
     converted: dict[str, Any], photos: np.ndarray, photo_logits: np.ndarray
 ) -> None:
@@ -297,6 +300,7 @@ def test_logits_and_features_match_pytorch_forward(
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_preprocessing_matches_the_stem_batchnorm_statistics(converted: dict[str, Any], photos: np.ndarray) -> None:
     """The stem BN's moving variance records the conv-output scale seen in training: (x-127)/128 reproduces it,
     ImageNet mean/std gives ~4x too much variance (inputs twice as spread)."""
@@ -323,6 +327,7 @@ def test_preprocessing_matches_the_stem_batchnorm_statistics(converted: dict[str
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_cache_is_written_and_later_builds_need_no_torch(
     converted: dict[str, Any], photos: np.ndarray, photo_logits: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -353,6 +358,7 @@ def test_cache_is_written_and_later_builds_need_no_torch(
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_corrupt_cache_is_reconverted(
     converted: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from cbir.evaluation import (
+    ROW_COLUMNS,
     SWEEP_COLUMNS,
     average_precision_at_k,
     average_precision_batch,
@@ -105,8 +106,10 @@ def test_scan_on_separated_clusters_has_map_one(collection: tuple, metric: str) 
     assert list(result.per_class.columns) == ["class", "n_queries", "map"]
     assert result.per_class["class"].tolist() == ["class0", "class1", "class2", "class3"]
     assert result.per_class["n_queries"].tolist() == [5, 5, 5, 5]
-    summary = result.summary()
-    assert summary["map"] == result.map and f"mean_{result.score_name}" in summary and summary["index"] == "scan"
+    row = result.row()
+    assert list(row) == ROW_COLUMNS
+    assert row["map"] == result.map and row["score_name"] == result.score_name and row["index"] == "scan"
+    assert row["recall"] == result.recall == 1.0 and row["n_tables"] is None  # the scan is its own reference
 
 
 def test_distractors_are_indexed_only_on_request_and_never_relevant(collection: tuple) -> None:
@@ -327,3 +330,37 @@ def test_recall_at_k_counts_exact_neighbours_found() -> None:
     np.testing.assert_allclose(recall_at_k(approx, exact, k=1), [0.0, 0.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="k must be"):
         recall_at_k(approx, exact, k=4)
+
+
+def test_recall_of_the_scan_is_one_and_of_a_tiny_lsh_matches_brute_force(collection: tuple) -> None:
+    features, labels, roles = collection
+    split = split_collection(features, labels, roles)
+    k = 10
+    for metric in ("euclidean", "cosine"):
+        scan = evaluate(SequentialScan(metric), features, labels, roles, k=k)
+        assert scan.recall == 1.0 and (scan.recall_per_query == 1.0).all()
+    # a tiny LSH (one table, narrow buckets) misses true neighbours
+    index = LSHIndex(1, 4, 2.0, seed=0)
+    from cbir.evaluation import evaluate_split
+
+    result = evaluate_split(index, split, k=k)
+    _, ids, _ = index.search(split.query_vectors, k)
+    # brute force: the exact top-k by euclidean distance, in numpy
+    distances = ((split.query_vectors[:, None, :] - split.index_vectors[None, :, :]) ** 2).sum(axis=2)
+    exact = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    expected = np.array([len(set(row[row >= 0]) & set(truth)) / k for row, truth in zip(ids, exact, strict=True)])
+    np.testing.assert_allclose(result.recall_per_query, expected)
+    assert result.recall == pytest.approx(expected.mean())
+    assert 0 < result.recall < 1
+    # the exact answers were computed once for the split and metric, and are shared
+    assert split.exact_ids("euclidean", k) is split.exact_ids("euclidean", k)
+    np.testing.assert_array_equal(split.exact_ids("euclidean", k), exact)
+
+
+def test_sweep_rows_carry_recall(collection: tuple) -> None:
+    features, labels, roles = collection
+    df = sweep(features, labels, roles, {"g": [1], "h": [4], "w": [2.0, 1e9]}, include_scan=True)
+    assert df["recall"].iloc[0] == 1.0 and df["recall"].between(0, 1).all()
+    assert df.loc[df["bucket_width"] == 1e9, "recall"].item() == 1.0  # one bucket holds everything: exact
+    assert df.loc[df["bucket_width"] == 2.0, "recall"].item() < 1.0
+    assert pareto_frontier(df, y="recall").iloc[0]  # the scan: best recall (ties broken by visits only)

@@ -67,6 +67,7 @@ def test_broken_files_are_reported_not_fatal(tmp_path: Path, extractor: FeatureE
     assert again.meta["computed"] == 0 and len(again.report) == 2  # rejections are cached too
 
 
+@pytest.mark.slow
 def test_half_written_or_foreign_artifact_is_rebuilt(tmp_path: Path, extractor: FeatureExtractor) -> None:
     root = _collection(tmp_path / "c", per_class=2)
     out = tmp_path / "f.joblib"
@@ -83,6 +84,7 @@ def test_half_written_or_foreign_artifact_is_rebuilt(tmp_path: Path, extractor: 
     assert extract_collection(scan_collection(root), extractor, out_path=out).meta["computed"] == 4
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes(tmp_path: Path, extractor: FeatureExtractor) -> None:
     root = _collection(tmp_path / "c", per_class=6)
     out = tmp_path / "f.joblib"

@@ -162,3 +162,29 @@ def test_big_jpeg_is_decoded_at_reduced_scale(tmp_path: Path) -> None:
     assert np.asarray(image)[10, 10].tolist() == pytest.approx([30, 120, 200], abs=3)
     with pytest.raises(ImageDecodeError, match="too large"):
         load_image(path, max_pixels=500_000)  # 50 MP is more than 64 × 0.5 MP: refused
+
+
+def test_decode_or_reason_and_prefetched(tmp_path: Path) -> None:
+    import threading
+
+    from cbir.images import decode_or_reason, prefetched
+
+    good = write_image(tmp_path / "good.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert decode_or_reason(str(good), lambda image: image.size) == (64, 48)
+    reason = decode_or_reason(str(bad), lambda image: image.size)
+    assert isinstance(reason, str) and "not an image" in reason
+    # in order, whatever the threads finish first; at most `depth` items ahead of the consumer
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(item: int) -> int:
+        with lock:
+            started.append(item)
+        return item * item
+
+    results = prefetched(work, range(10), depth=3, workers=2)
+    assert next(results) == 0
+    assert max(started) <= 3
+    assert list(results) == [i * i for i in range(1, 10)]

@@ -89,3 +89,15 @@ def test_per_class_bars() -> None:
     assert list(fig.data[0].x) == ["drawings", "sculpture"] and list(fig.data[0].y) == [0.5, 0.75]
     with pytest.raises(ValueError, match="lacks columns"):
         fig_per_class_map(per_class.drop(columns="n_queries"))
+
+
+def test_recall_vs_visited_has_its_own_frontier(sweep_df: pd.DataFrame) -> None:
+    from cbir.evaluation import pareto_frontier
+
+    sweep_df = sweep_df.assign(recall=np.where(sweep_df["index"] == "scan", 1.0, 1 - 1 / sweep_df["mean_visited"]))
+    fig = fig_map_vs_visited(sweep_df, current={"mean_visited": 150.0, "recall": 0.7, "map": 0.5}, y="recall")
+    assert [t.name for t in fig.data] == ["configurations", "Pareto frontier", "exact scan", "current"]
+    frontier = sweep_df[pareto_frontier(sweep_df, y="recall")].sort_values("mean_visited")
+    assert list(trace(fig, "Pareto frontier").y) == frontier["recall"].tolist()
+    assert trace(fig, "current").y == (0.7,) and "recall" in fig.layout.yaxis.title.text
+    assert "recall" in trace(fig, "configurations").text[0]

@@ -20,7 +20,7 @@ from cbir.openclipart import OPENCLIPART_DIR, build_collection
 from cbir.report import feature_set_row
 from tests.conftest import require
 
-pytestmark = [pytest.mark.integration, pytest.mark.real_artifacts]
+pytestmark = [pytest.mark.integration, pytest.mark.real_artifacts, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

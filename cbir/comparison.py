@@ -1,0 +1,207 @@
+"""Model comparison: feature sets × (exact scan, LSH) × (with, without distractors) on the validation queries, and
+the distance distributions of the paper's Section 4.1.
+
+:func:`compare` is the one loop; it takes the sweep and evaluation functions as arguments so that the app can hand
+it its cached ones (shared with the tuning page) while the tests and scripts use the plain ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from cbir.analysis import distance_table, pairwise_distance_sample
+from cbir.evaluation import EvaluationResult
+from cbir.features import FeatureSet
+from cbir.names import INDEX_LABELS
+from cbir.search import DEFAULT_K, IndexConfig
+from cbir.tuning import (
+    default_lsh_config,
+    evaluate_for,
+    recommended_config,
+    searchable_features,
+    sweep_for,
+)
+from cbir.workspace import load_feature_set, weights_kind
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+SweepFn = Callable[[str, int, str], pd.DataFrame]  # (path, version, metric) -> sweep table with distractors
+EvaluateFn = Callable[[str, int, IndexConfig, bool], EvaluationResult]  # (path, version, config, with_distractors)
+
+COMPARISON_COLUMNS = [
+    "feature_set",
+    "backbone",
+    "weights",
+    "index",
+    "config",
+    "metric",
+    "distractors",
+    "map",
+    "recall",
+    "mean_score",
+    "score_name",
+    "mean_visited",
+    "visited_fraction",
+    "n_indexed",
+    "n_queries",
+    "query_ms",
+]
+PER_CLASS_COLUMNS = ["feature_set", "index", "distractors", "class", "n_queries", "map"]
+
+
+@dataclass(frozen=True)
+class ComparisonJob:
+    """One cell of the comparison: a feature set (label, path, version) × index config × distractor setting."""
+
+    label: str
+    path: str
+    version: int
+    config: IndexConfig
+    with_distractors: bool
+
+
+@dataclass
+class Comparison:
+    """``table``: one row per job (:data:`COMPARISON_COLUMNS`); ``per_class``: :data:`PER_CLASS_COLUMNS`."""
+
+    table: pd.DataFrame
+    per_class: pd.DataFrame
+
+
+def comparison_configs(
+    feature_set: FeatureSet, metric: str = "euclidean", sweep: pd.DataFrame | None = None
+) -> list[IndexConfig]:
+    """Exact scan plus LSH at the configuration recommended by ``sweep`` (when given and one fits the budget),
+    else at :func:`cbir.tuning.default_lsh_config`."""
+    lsh = None
+    if sweep is not None:
+        lsh = recommended_config(sweep, int((feature_set.roles != "query").sum()))
+    return [IndexConfig("scan", metric), lsh or default_lsh_config(searchable_features(feature_set), metric)]  # type: ignore[arg-type]
+
+
+def comparison_jobs(
+    items: Sequence[tuple[str, str, int, Sequence[IndexConfig]]], distractor_settings: Sequence[bool] = (True, False)
+) -> list[ComparisonJob]:
+    """Jobs for ``(label, path, version, configs)`` items × distractor settings; "without distractors" is skipped
+    for a collection that has none (it would index the same objects as "with")."""
+    jobs = []
+    for label, path, version, configs in items:
+        has_distractors = bool((load_feature_set(path, version).roles == "distractor").any())
+        for config in configs:
+            for with_distractors in distractor_settings:
+                if not with_distractors and not has_distractors and True in distractor_settings:
+                    continue
+                jobs.append(ComparisonJob(label, path, version, config, with_distractors))
+    return jobs
+
+
+def comparison_table(jobs: Sequence[ComparisonJob], results: Sequence[EvaluationResult]) -> Comparison:
+    """Assemble evaluated jobs into the comparison table and the long per-class table."""
+    rows, per_class = [], []
+    for job, result in zip(jobs, results, strict=True):
+        meta = load_feature_set(job.path, job.version).meta
+        index_name = INDEX_LABELS[job.config.kind]
+        distractors = "with" if job.with_distractors else "without"
+        row = result.row()
+        rows.append(
+            {
+                **row,
+                "feature_set": job.label,
+                "backbone": meta.get("backbone"),
+                "weights": weights_kind(str(meta.get("weights_id", ""))),
+                "index": index_name,
+                "config": job.config.label,
+                "distractors": distractors,
+            }
+        )
+        per_class.append(result.per_class.assign(feature_set=job.label, index=index_name, distractors=distractors))
+    table = pd.DataFrame(rows).reindex(columns=COMPARISON_COLUMNS)
+    per_class_table = (
+        pd.concat(per_class, ignore_index=True)[PER_CLASS_COLUMNS]
+        if per_class
+        else pd.DataFrame(columns=PER_CLASS_COLUMNS)
+    )
+    return Comparison(table=table, per_class=per_class_table)
+
+
+def compare(
+    feature_sets: Sequence[tuple[str, str, int]],
+    metric: str = "euclidean",
+    recommended: bool = True,
+    k: int = DEFAULT_K,
+    distractor_settings: Sequence[bool] = (True, False),
+    progress: Progress | None = None,
+    sweep: SweepFn | None = None,
+    evaluate: EvaluateFn | None = None,
+) -> Comparison:
+    """Evaluate every ``(label, path, version)`` feature set with the exact scan and LSH, with and without its
+    distractors.
+
+    LSH runs at the setting :func:`cbir.tuning.recommended_config` picks from the feature set's background sweep
+    when ``recommended`` (else at the default setting). ``sweep(path, version, metric)`` and ``evaluate(path,
+    version, config, with_distractors)`` default to :func:`cbir.tuning.sweep_for` and
+    :func:`cbir.tuning.evaluate_for` at ``k``; the app passes its cached versions. ``progress(what, done, total)``
+    after each sweep and each evaluation.
+    """
+
+    def default_sweep(path: str, version: int, metric: str) -> pd.DataFrame:
+        return sweep_for(path, version, metric, True, k)
+
+    def default_evaluate(path: str, version: int, config: IndexConfig, with_distractors: bool) -> EvaluationResult:
+        return evaluate_for(path, version, config, with_distractors, k)
+
+    sweep = sweep or default_sweep
+    evaluate = evaluate or default_evaluate
+    items = []
+    for done, (label, path, version) in enumerate(feature_sets, start=1):
+        table = sweep(path, version, metric) if recommended else None
+        if progress is not None and recommended:
+            progress("Sweeps", done, len(feature_sets))
+        items.append((label, path, version, comparison_configs(load_feature_set(path, version), metric, table)))
+    jobs = comparison_jobs(items, distractor_settings)
+    results = []
+    for done, job in enumerate(jobs, start=1):
+        results.append(evaluate(job.path, job.version, job.config, job.with_distractors))
+        if progress is not None:
+            progress("Comparison", done, len(jobs))
+    return comparison_table(jobs, results)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distance analysis (Section 4.1)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DistanceAnalysis:
+    """Section 4.1 for one feature set (index split): ``table`` overall + per class means, ``sample`` pairs."""
+
+    table: pd.DataFrame
+    sample: pd.DataFrame
+
+
+def distance_analysis(feature_set: FeatureSet, n_pairs: int = 20000, max_samples: int = 2000) -> DistanceAnalysis:
+    """Mean euclidean distance / cosine similarity (overall, per class) and a random pair sample for histograms,
+    on the index split like the paper's training-set analysis."""
+    rows = feature_set.roles == "index"
+    features = feature_set.features[rows]
+    return DistanceAnalysis(
+        table=distance_table(features, feature_set.labels[rows], max_samples=max_samples),
+        sample=pairwise_distance_sample(features, n_pairs=n_pairs),
+    )
+
+
+def distance_analysis_for(path: str, version: int) -> DistanceAnalysis:
+    """:func:`distance_analysis` of the feature set at ``path``."""
+    return distance_analysis(load_feature_set(path, version))
+
+
+def distance_summary(analyses: Mapping[str, DistanceAnalysis]) -> pd.DataFrame:
+    """The distance tables of several feature sets stacked, with a ``feature_set`` column first."""
+    frames = [analysis.table.assign(feature_set=name) for name, analysis in analyses.items()]
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    return table[["feature_set", *[c for c in table.columns if c != "feature_set"]]]

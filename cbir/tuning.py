@@ -1,0 +1,154 @@
+"""Index tuning on a feature set: evaluate one :class:`~cbir.search.IndexConfig` on the validation queries, sweep a
+grid of LSH settings around the data-driven bucket width, and recommend the best setting under a visit budget.
+
+The computations are :mod:`cbir.evaluation`'s; this module speaks in feature sets (by path and file version, so
+that the app can cache by plain arguments) and in :class:`~cbir.search.IndexConfig`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cbir.evaluation import (
+    DEFAULT_WIDTH_FACTORS,
+    EvaluationResult,
+    EvaluationSplit,
+    default_width,
+    evaluate_split,
+    pareto_frontier,
+    recommend,
+    round_sig,
+    split_collection,
+    sweep_split,
+    width_grid,
+)
+from cbir.features import FeatureSet
+from cbir.search import DEFAULT_K, DEFAULT_PROJECTIONS, DEFAULT_TABLES, IndexConfig
+from cbir.workspace import load_feature_set
+
+Progress = Callable[[int, int], None]
+# Budget for the recommended LSH configuration: at most this share of the indexed objects visited per query.
+RECOMMEND_BUDGET_FRACTION = 0.2
+# The background sweep of the tuning page: g and h values (w: DEFAULT_WIDTH_FACTORS × the default width), chosen so
+# that the page's default setting g=7, h=2, default w is one of its points.
+DEFAULT_GRID_TABLES = (1, 2, 4, 7, 10)
+DEFAULT_GRID_PROJECTIONS = (1, 2, 4, 8)
+
+
+def searchable_features(feature_set: FeatureSet) -> np.ndarray:
+    """(n_indexed, d) float32: the rows an index holds in the evaluation (index split + distractors), what default
+    widths come from."""
+    return feature_set.features[feature_set.roles != "query"]
+
+
+def default_lsh_config(features: np.ndarray, metric: str = "euclidean") -> IndexConfig:
+    """The paper's web-app setting g=7, h=2 with the data-driven w (the paper's w=6 was for its features)."""
+    return IndexConfig("lsh", metric, DEFAULT_TABLES, DEFAULT_PROJECTIONS, default_width(features, metric))  # type: ignore[arg-type]
+
+
+def width_range(default: float) -> tuple[float, float, float]:
+    """Slider bounds ``(low, high, step)`` for w around its default: 1/10× to 4×, 100 steps."""
+    low, high = round_sig(default / 10), round_sig(default * 4)
+    return low, high, round_sig((high - low) / 100, 2)
+
+
+def default_grid(features: np.ndarray, metric: str = "euclidean") -> dict[str, list[float]]:
+    """The background sweep: g ∈ :data:`DEFAULT_GRID_TABLES`, h ∈ :data:`DEFAULT_GRID_PROJECTIONS`, w ∈
+    :func:`cbir.evaluation.width_grid` of the default width."""
+    return {
+        "n_tables": list(DEFAULT_GRID_TABLES),
+        "n_projections": list(DEFAULT_GRID_PROJECTIONS),
+        "bucket_width": width_grid(default_width(features, metric), DEFAULT_WIDTH_FACTORS),
+    }
+
+
+def evaluation_split(feature_set: FeatureSet, with_distractors: bool = True) -> EvaluationSplit:
+    """The index/query split of a feature set (:func:`cbir.evaluation.split_collection`)."""
+    return split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors)
+
+
+@functools.lru_cache(maxsize=4)  # a split copies the feature rows: keep a few (the app's feature sets)
+def split_for(path: str, version: int, with_distractors: bool = True) -> EvaluationSplit:
+    """:func:`evaluation_split` of the feature set at ``path``, memoised: every evaluation of it shares the split
+    and so its exact-scan answers (the recall reference), computed once per metric and k."""
+    return evaluation_split(load_feature_set(path, version), with_distractors)
+
+
+def evaluate_config(
+    feature_set: FeatureSet,
+    config: IndexConfig,
+    k: int = DEFAULT_K,
+    with_distractors: bool = True,
+    split: EvaluationSplit | None = None,
+) -> EvaluationResult:
+    """Fit the index of ``config`` on the index split and run every validation query: mAP@k, recall@k against the
+    exact scan, per-class mAP, visited objects, latency."""
+    split = split if split is not None else evaluation_split(feature_set, with_distractors)
+    return evaluate_split(config.build(), split, k=k)
+
+
+def evaluate_for(
+    path: str, version: int, config: IndexConfig, with_distractors: bool = True, k: int = DEFAULT_K
+) -> EvaluationResult:
+    """:func:`evaluate_config` of the feature set at ``path`` (on its memoised split)."""
+    return evaluate_split(config.build(), split_for(path, version, with_distractors), k=k)
+
+
+def sweep_table(
+    split: EvaluationSplit,
+    metric: str = "euclidean",
+    grid: Mapping[str, Sequence[float]] | None = None,
+    k: int = DEFAULT_K,
+    probes: Sequence[int] = (0,),
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """The exact scan and every LSH setting of ``grid`` (default :func:`default_grid` of the indexed rows) ×
+    ``probes``, by :func:`cbir.evaluation.sweep_split`: :data:`cbir.evaluation.SWEEP_COLUMNS` plus ``pareto``
+    (on the mAP-vs-visited frontier), ``recall_pareto`` (on the recall-vs-visited frontier) and ``label``."""
+    grid = grid if grid is not None else default_grid(split.index_vectors, metric)
+    table = sweep_split(split, grid, metric, k, probes, progress=progress, include_scan=True)
+    table["pareto"] = pareto_frontier(table)
+    table["recall_pareto"] = pareto_frontier(table, y="recall")
+    table["label"] = [IndexConfig.from_row(row).label for _, row in table.iterrows()]
+    return table
+
+
+def sweep_for(
+    path: str,
+    version: int,
+    metric: str = "euclidean",
+    with_distractors: bool = True,
+    k: int = DEFAULT_K,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """:func:`sweep_table` of the feature set at ``path`` over :func:`default_grid` of its searchable rows (with
+    the distractors whatever ``with_distractors``, so the grid holds the sliders' default setting)."""
+    grid = default_grid(searchable_features(load_feature_set(path, version)), metric)
+    return sweep_table(split_for(path, version, with_distractors), metric, grid, k=k, progress=progress)
+
+
+def recommended_config(
+    sweep: pd.DataFrame, n_indexed: int, budget_fraction: float = RECOMMEND_BUDGET_FRACTION
+) -> IndexConfig | None:
+    """The best-mAP LSH configuration of a sweep visiting at most ``budget_fraction`` of the indexed objects;
+    ``None`` when none fits."""
+    lsh = sweep[sweep["index"] == "lsh"]
+    try:
+        best = recommend(lsh, budget_fraction * n_indexed)
+    except ValueError:
+        return None
+    return IndexConfig.from_row(best)
+
+
+def lsh_defaults_for(path: str, version: int, metric: str = "euclidean") -> IndexConfig:
+    """:func:`default_lsh_config` on the indexed rows of the feature set at ``path``."""
+    return default_lsh_config(searchable_features(load_feature_set(path, version)), metric)
+
+
+def nearest(values: Sequence[float], target: float) -> float:
+    """The element of ``values`` closest to ``target`` (the sweep grid point nearest to a slider setting)."""
+    return min(values, key=lambda value: abs(float(value) - float(target)))

@@ -1,0 +1,69 @@
+"""The command line's error contract: a user-facing error (CbirError) is one line on stderr with exit code 2, a bug
+raises with its traceback; and importing cbir leaves the environment alone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cbir import cli, config
+from cbir.errors import CbirError, ConfigError
+
+
+def test_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["evaluate", "--features", str(tmp_path / "missing.joblib")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "missing.joblib" in err
+    assert "Traceback" not in err
+
+
+def test_bugs_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(args: object) -> int:
+        raise ValueError("a bug, not the user's fault")
+
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        cli.main(["info"])
+
+
+def test_user_caused_argument_errors_are_cbir_errors() -> None:
+    from cbir.evaluation import recommend
+    from cbir.search import IndexConfig
+
+    assert issubclass(ConfigError, CbirError) and issubclass(ConfigError, ValueError)
+    with pytest.raises(ConfigError, match="metric"):
+        IndexConfig(metric="manhattan")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="no configuration visits"):
+        recommend(pd.DataFrame({"mean_visited": [10.0], "map": [0.5]}), budget=1)
+
+
+def test_import_sets_no_environment_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "TF_CPP_MIN_LOG_LEVEL")}
+    code = (
+        "import os, cbir, cbir.evaluation, cbir.search, cbir.workspace; "
+        "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["None", "None"]
+
+
+def test_entry_points_quiet_the_native_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # an explicit choice wins
+    config.quiet_native_libraries()
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "4" and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
+def test_missing_open_clip_art_is_a_user_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cbir.openclipart
+
+    monkeypatch.setattr(cbir.openclipart, "OPENCLIPART_DIR", tmp_path / "not-installed")
+    assert cli.main(["openclipart", "--out", str(tmp_path / "out")]) == 2
+    assert "apt-get install openclipart-png" in capsys.readouterr().err

@@ -1,0 +1,85 @@
+"""cbir.comparison on synthetic feature sets: the comparison table through the one loop (compare), the recommended
+LSH setting, and the distance analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from builders import save_feature_set, synthetic_feature_set
+
+from cbir import comparison, evaluation, plots, search, tuning, workspace
+from cbir.evaluation import EvaluationResult
+
+
+def _two_feature_sets(tmp_path: Path) -> list[tuple[str, str, int]]:
+    with_distractors = save_feature_set(synthetic_feature_set(), tmp_path / "a.joblib")
+    without = save_feature_set(synthetic_feature_set(n_distractors=0, seed=1), tmp_path / "b.joblib")
+    return [(label, path, workspace.file_version(path)) for label, path in (("A", with_distractors), ("B", without))]
+
+
+def test_comparison_table_shape(tmp_path: Path) -> None:
+    seen = []
+    result = comparison.compare(
+        _two_feature_sets(tmp_path), recommended=False, progress=lambda what, done, total: seen.append((what, total))
+    )
+    table = result.table
+    # A: 2 indexes × (with, without); B has no distractors: 2 indexes × (with) only
+    assert len(table) == 6 and seen[-1] == ("Comparison", 6)
+    assert list(table.columns) == comparison.COMPARISON_COLUMNS
+    assert set(table["index"]) == {"exact scan", "LSH"}
+    assert (table.loc[table["index"] == "exact scan", "visited_fraction"] == 1.0).all()
+    assert (table.loc[table["index"] == "LSH", "visited_fraction"] < 1.0).all()
+    assert (table.loc[table["index"] == "exact scan", "recall"] == 1.0).all()
+    assert table["recall"].between(0, 1).all()
+    assert table["map"].between(0, 1).all() and (table["score_name"] == "distance").all()
+    assert table["config"].str.contains("g=7 h=2").sum() == 3  # the default LSH setting
+    assert len(result.per_class) == 6 * 4  # one row per job and class
+    assert list(result.per_class.columns) == ["feature_set", "index", "distractors", "class", "n_queries", "map"]
+    for name, value in (("map", "mAP@10"), ("recall", None), ("mean_visited", None), ("mean_score", None)):
+        figure = plots.fig_comparison(table, name, value)
+        assert {trace.name for trace in figure.data} == {"exact scan", "LSH"}
+    assert len(plots.fig_comparison_per_class(result.per_class).data) == 4  # A, B × scan, LSH
+
+
+def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> None:
+    feature_sets = _two_feature_sets(tmp_path)
+    sweeps, evaluations = [], []
+    width = evaluation.default_width(tuning.searchable_features(synthetic_feature_set()))
+    grid = {"n_tables": [2, 7], "n_projections": [1, 2], "bucket_width": [width]}
+
+    def sweep(path: str, version: int, metric: str) -> pd.DataFrame:  # the app passes its cached sweep
+        sweeps.append(path)
+        return tuning.sweep_table(tuning.split_for(path, version), metric, grid)
+
+    def evaluate(path: str, version: int, config: search.IndexConfig, with_distractors: bool) -> EvaluationResult:
+        evaluations.append(config)
+        return tuning.evaluate_for(path, version, config, with_distractors)
+
+    result = comparison.compare(feature_sets, sweep=sweep, evaluate=evaluate)
+    assert sweeps == [path for _, path, _ in feature_sets] and len(evaluations) == len(result.table) == 6
+    _, path, version = feature_sets[0]
+    recommended = tuning.recommended_config(sweep(path, version, "euclidean"), 100)
+    assert recommended is not None and recommended.label in result.table["config"].tolist()
+
+
+def test_comparison_uses_the_recommended_lsh_setting() -> None:
+    feature_set = synthetic_feature_set()
+    width = evaluation.default_width(tuning.searchable_features(feature_set))
+    grid = {"n_tables": [2, 7], "n_projections": [1, 2], "bucket_width": [width]}
+    sweep = tuning.sweep_table(tuning.evaluation_split(feature_set), grid=grid)
+    configs = comparison.comparison_configs(feature_set, sweep=sweep)
+    assert configs[0] == search.IndexConfig("scan") and configs[1] == tuning.recommended_config(sweep, 100)
+    assert comparison.comparison_configs(feature_set)[1] == tuning.default_lsh_config(
+        feature_set.features[feature_set.roles != "query"]
+    )
+
+
+def test_distance_analysis() -> None:
+    analysis = comparison.distance_analysis(synthetic_feature_set(), n_pairs=500)
+    assert analysis.table.iloc[0]["class"] == "(all)" and len(analysis.table) == 5
+    assert list(analysis.sample.columns) == ["euclidean", "cosine"] and len(analysis.sample) == 500
+    summary = comparison.distance_summary({"A": analysis, "B": analysis})
+    assert summary.columns[0] == "feature_set" and len(summary) == 10
+    figure = plots.fig_distance_histograms({"A": analysis.sample}, "cosine")
+    assert figure.data[0].type == "histogram"

@@ -1,0 +1,49 @@
+"""Query decoding (cbir.query): bad uploads get a message for the user, unusual ones a note, and result tiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from builders import bad_uploads, gradient, unusual_uploads
+
+from cbir.images import ImageDecodeError
+from cbir.query import decode_query, tile
+
+
+@pytest.mark.parametrize("name", list(bad_uploads()))
+def test_bad_uploads_raise_user_messages(name: str) -> None:
+    data, words = bad_uploads()[name]
+    with pytest.raises(ImageDecodeError) as info:
+        decode_query(data)
+    message = str(info.value)
+    assert words in message
+    assert "uploaded data" not in message  # no internal wording
+
+
+@pytest.mark.parametrize("name", list(unusual_uploads()))
+def test_unusual_uploads_decode_with_a_note(name: str) -> None:
+    data, words = unusual_uploads()[name]
+    query = decode_query(data)
+    assert query.image.mode == "RGB"
+    assert min(query.image.size) >= 8
+    assert any(words in note for note in query.notes), query.notes
+    if name == "50 MP photo":  # decoded at reduced scale, not at 50 MP
+        assert query.image.size[0] * query.image.size[1] < 4_000_000
+        assert query.original_size == (8200, 6150)
+
+
+def test_plain_images_have_no_notes(tmp_path: Path) -> None:
+    path = tmp_path / "plain.jpg"
+    gradient().save(path)
+    query = decode_query(path)
+    assert query.notes == [] and query.image.size == (96, 64)
+    assert decode_query(gradient()).image.size == (96, 64)
+    with pytest.raises(ImageDecodeError, match="no such file"):
+        decode_query(tmp_path / "missing.png")
+
+
+def test_tile_is_square() -> None:
+    square = tile(gradient((300, 100)), side=128)
+    assert square.size == (128, 128) and square.mode == "RGB"
+    assert square.getpixel((64, 2)) == (255, 255, 255)  # padding above a wide image

@@ -1,0 +1,89 @@
+"""cbir.tuning on synthetic features (fast, exact expectations): default widths and slider ranges, evaluation of a
+setting, the background sweep with its Pareto frontiers and the recommended setting."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from builders import save_feature_set, synthetic_feature_set
+
+from cbir import evaluation, search, tuning, workspace
+
+
+def test_default_width_and_slider_range() -> None:
+    feature_set = synthetic_feature_set()
+    features = tuning.searchable_features(feature_set)
+    width = evaluation.default_width(features)
+    low, high, step = tuning.width_range(width)
+    assert low < width < high and 0 < step < high - low
+    grid = tuning.default_grid(features)
+    assert width in grid["bucket_width"]  # the tuning page's default setting is a sweep point
+    assert grid["bucket_width"] == evaluation.width_grid(width)  # the one width grid, the one rounding rule
+    assert evaluation.width_grid(1234.5678, (0.5, 1.0)) == [617.0, 1230.0]
+    cosine = evaluation.default_width(features, "cosine")
+    assert 0 < cosine < 2  # unit-sphere distances
+
+
+def test_evaluate_config_scan_vs_lsh_and_slider_directions() -> None:
+    feature_set = synthetic_feature_set()
+    scan = tuning.evaluate_config(feature_set, search.IndexConfig())
+    assert scan.map > 0.9 and scan.visited_fraction == 1.0 and scan.n_queries == 20
+    assert scan.recall == 1.0  # the scan is its own reference
+    assert scan.n_indexed == 100  # 80 index + 20 distractors
+    assert tuning.evaluate_config(feature_set, search.IndexConfig(), with_distractors=False).n_indexed == 80
+    base = tuning.default_lsh_config(tuning.searchable_features(feature_set))
+
+    def visited(**changes: float) -> float:
+        return tuning.evaluate_config(feature_set, dataclasses.replace(base, **changes)).mean_visited
+
+    assert visited(n_tables=10) > visited(n_tables=1)
+    assert visited(n_projections=1) > visited(n_projections=8)
+    assert visited(bucket_width=base.bucket_width * 4) > visited(bucket_width=base.bucket_width / 4)
+    assert visited(probes=10) >= visited(probes=0)
+
+
+@pytest.mark.slow
+def test_background_sweep_of_a_feature_set(tmp_path: Path) -> None:
+    feature_set = synthetic_feature_set()
+    path = save_feature_set(feature_set, tmp_path / "synthetic.joblib")
+    version = workspace.file_version(path)
+    background = tuning.sweep_for(path, version)
+    assert len(background) == 1 + 5 * 4 * 3  # the default grid, plus the exact scan
+    # the sliders' default setting is one of the background sweep's points
+    assert tuning.lsh_defaults_for(path, version).label in background["label"].tolist()
+    # the path-keyed sweep is the in-memory one
+    split = tuning.evaluation_split(feature_set)
+    in_memory = tuning.sweep_table(split, grid=tuning.default_grid(tuning.searchable_features(feature_set)))
+    figures = ["label", "map", "recall", "mean_visited", "pareto"]
+    pd.testing.assert_frame_equal(background[figures], in_memory[figures])
+
+
+def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
+    feature_set = synthetic_feature_set()
+    path = save_feature_set(feature_set, tmp_path / "synthetic.joblib")
+    version = workspace.file_version(path)
+    width = evaluation.default_width(tuning.searchable_features(feature_set))
+    grid = {"n_tables": [1, 7], "n_projections": [2, 8], "bucket_width": [width, 2 * width]}
+    seen = []
+    split = tuning.evaluation_split(feature_set)
+    table = tuning.sweep_table(split, grid=grid, progress=lambda done, total: seen.append((done, total)))
+    assert len(table) == 9 and seen[-1] == (9, 9)
+    assert table.iloc[0]["index"] == "scan" and table["pareto"].any() and table["recall_pareto"].any()
+    assert {"map", "recall", "mean_visited", "pareto", "recall_pareto", "label", "n_tables"} <= set(table.columns)
+    assert table.iloc[0]["recall"] == 1.0 and table["recall"].between(0, 1).all()
+    recommended = tuning.recommended_config(table, n_indexed=100)
+    assert recommended is not None and recommended.kind == "lsh"
+    row = table[table["label"] == recommended.label].iloc[0]
+    assert row["mean_visited"] <= tuning.RECOMMEND_BUDGET_FRACTION * 100
+    assert tuning.recommended_config(table, n_indexed=100, budget_fraction=-1.0) is None
+    # the tuning page's slider evaluation of a sweep point gives the sweep's figures
+    for _, row in table.iterrows():
+        result = tuning.evaluate_for(path, version, search.IndexConfig.from_row(row))
+        assert (result.map, result.recall, result.mean_visited) == (row["map"], row["recall"], row["mean_visited"])
+
+
+def test_nearest_grid_point() -> None:
+    assert tuning.nearest([1, 2, 4, 7, 10], 8) == 7
