@@ -10,11 +10,11 @@ Cache files are written under a temporary name and renamed when complete, so a r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from cbir.backbones import get_backbone
 from cbir.collection import Catalog
 from cbir.finetune.errors import FinetuneError
 from cbir.finetune.models import FIRST_TRAINABLE
-from cbir.images import ImageDecodeError, load_image, resize_for_model
+from cbir.images import decode_or_reason, prefetched, resize_for_model
 from cbir.storage import atomic_output, atomic_write_bytes
 
 
@@ -78,11 +78,8 @@ def labelled_rows(catalog: Catalog) -> pd.DataFrame:
 
 
 def _decode(path: str, size: tuple[int, int]) -> np.ndarray | str:
-    try:
-        # resize_for_model gives float32 holding exact 0..255 integers: uint8 stores them losslessly
-        return resize_for_model(load_image(path), size).astype(np.uint8)
-    except ImageDecodeError as exc:
-        return str(exc)
+    # resize_for_model gives float32 holding exact 0..255 integers: uint8 stores them losslessly
+    return decode_or_reason(path, lambda image: resize_for_model(image, size).astype(np.uint8))
 
 
 def image_cache(
@@ -114,15 +111,14 @@ def image_cache(
         rejected: dict[str, str] = {}
 
         def fill(array: np.ndarray) -> None:
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                decoded = pool.map(_decode, paths, [size] * len(paths))
-                for i, item in enumerate(
-                    tqdm(decoded, total=len(paths), desc="decoding images", unit="img", disable=not progress)
-                ):
-                    if isinstance(item, str):
-                        rejected[paths[i]] = item
-                    else:
-                        array[i] = item
+            decoded = prefetched(functools.partial(_decode, size=size), paths, depth=2 * workers, workers=workers)
+            for i, item in enumerate(
+                tqdm(decoded, total=len(paths), desc="decoding images", unit="img", disable=not progress)
+            ):
+                if isinstance(item, str):
+                    rejected[paths[i]] = item
+                else:
+                    array[i] = item
             # the sidecar goes first: the .npy's final name is the commit point of the pair
             atomic_write_bytes(sidecar, json.dumps({"rejected": rejected, "n": len(paths)}).encode())
 
@@ -166,7 +162,7 @@ def activation_cache(
             starts = range(0, n, batch_size)
             load = lambda s: spec.preprocess(np.asarray(images.images[s : s + batch_size], dtype=np.float32))  # noqa: E731
             for start, batch in tqdm(
-                zip(starts, _prefetched(load, starts), strict=True),
+                zip(starts, prefetched(load, starts), strict=True),
                 total=len(starts),
                 desc=f"{backbone} frozen part",
                 unit="batch",
@@ -180,20 +176,6 @@ def activation_cache(
         write_memmap_atomic(path, (n, *shape), dtype, fill)
         _remove_stale(Path(cache_dir), prefix, path)
     return np.load(path, mmap_mode="r")
-
-
-# TODO(prefetch): the same look-ahead loop as cbir.features.FeatureExtractor.iter_batches (decode 2 batches ahead
-# in a thread pool); replace both with the shared prefetch helper once it exists.
-def _prefetched(fn: Callable[[Any], Any], items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
-    """``fn(item)`` for each item, computed ``depth`` items ahead in a thread so I/O overlaps the model."""
-    items = list(items)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = [pool.submit(fn, item) for item in items[:depth]]
-        for i in range(len(items)):
-            result = pending.pop(0).result()
-            if i + depth < len(items):
-                pending.append(pool.submit(fn, items[i + depth]))
-            yield result
 
 
 @dataclass(frozen=True)

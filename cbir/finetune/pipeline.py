@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from cbir import config
 from cbir.backbones import WeightsArg, get_backbone, resolve_weights, weights_identity
 from cbir.collection import Catalog, scan_collection
-from cbir.finetune.data import Augmentation, ImageCache, _prefetched, activation_cache, augment_batch, image_cache
+from cbir.finetune.data import Augmentation, ImageCache, activation_cache, augment_batch, image_cache
 from cbir.finetune.errors import FinetuneError
 from cbir.finetune.metrics import classification_report, cross_entropy
 from cbir.finetune.models import (
@@ -44,6 +44,7 @@ from cbir.finetune.runs import (
     shared_cache_dir,
 )
 from cbir.finetune.training import LoopSettings, check_resumable, train_loop
+from cbir.images import prefetched
 from cbir.storage import atomic_write_bytes
 
 
@@ -97,7 +98,7 @@ def _batched_predict(
 ) -> np.ndarray:
     """``model``'s (len(rows), n_out) output on ``load(chunk)`` for each ``batch_size`` chunk of ``rows``."""
     chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    out = [np.asarray(model.predict_on_batch(x)) for x in _prefetched(load, chunks)]
+    out = [np.asarray(model.predict_on_batch(x)) for x in prefetched(load, chunks)]
     return np.concatenate(out) if out else np.zeros((0, int(model.output.shape[-1])), dtype=np.float32)
 
 
@@ -168,9 +169,9 @@ def finetune(
     """
     cfg = cfg or FinetuneConfig()
     if cfg.model not in (1, 2):
-        raise ValueError(f"model must be 1 or 2, got {cfg.model}")
+        raise FinetuneError(f"model must be 1 or 2, got {cfg.model}")
     if cfg.backbone not in FIRST_TRAINABLE:
-        raise ValueError(f"no fine-tuning split defined for backbone {cfg.backbone!r}")
+        raise FinetuneError(f"no fine-tuning split defined for backbone {cfg.backbone!r}")
     spec = get_backbone(cfg.backbone)
     catalog = (
         collection

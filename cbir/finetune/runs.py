@@ -19,6 +19,7 @@ import pandas as pd
 
 from cbir import config
 from cbir.collection import collection_id
+from cbir.finetune.errors import FinetuneError
 
 STATE_FILE = "state.json"  # the checkpoint's commit point: it names the files below
 HISTORY_FILE = "history.json"
@@ -63,7 +64,7 @@ def load_history(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
         if path.is_file():
             data = json.loads(path.read_text())
             return pd.DataFrame(data[key] if key else data)
-    raise FileNotFoundError(f"no training history in {run_dir}")
+    raise FinetuneError(f"no training history in {run_dir}")
 
 
 @dataclass

@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cbir.finetune.data import _prefetched, epoch_batches
+from cbir.finetune.data import epoch_batches
 from cbir.finetune.errors import FinetuneError
 from cbir.finetune.metrics import cross_entropy
 from cbir.finetune.models import save_model_atomic
 from cbir.finetune.runs import STATE_FILE, best_weights_name, checkpoint_name, discard_checkpoint
+from cbir.images import prefetched
 from cbir.storage import atomic_write_bytes
 
 STATE_VERSION = 1  # a state.json of another version is ignored (the run starts over) rather than misread
@@ -196,7 +197,7 @@ def _train_epoch(
     # batch size, as fit() reports them (training mode, i.e. with dropout, each batch before its update)
     seen, loss_sum, correct_sum = 0, 0.0, 0.0
     with tqdm(total=len(batches), desc=bar_label, unit="batch", disable=not progress, leave=False) as bar:
-        for x, y in _prefetched(lambda rows: train_batch(rows, epoch), batches):
+        for x, y in prefetched(lambda rows: train_batch(rows, epoch), batches):
             logs = model.train_on_batch(x, y, return_dict=True)
             seen += len(y)
             loss_sum += float(logs["loss"]) * len(y)
