@@ -150,9 +150,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from cbir.report import BUDGET_FRACTION, REPORT_GRID, REPORT_PROBES, WIDTH_MULTIPLIERS, report, to_markdown
 
-    table = report(args.collection, k=args.k)
+    photos = None
+    if not args.no_photos:
+        from cbir.samples import sample_photos
+
+        photos = sample_photos()
+    table = report(args.collection, k=args.k, photos=photos)
+    hubness = "" if photos is None else f"; hubness over {len(photos)} out-of-domain photos ({', '.join(photos)})"
     print(
-        f"mAP@{args.k}, recall@{args.k} against the exact scan; LSH: euclidean sweep over "
+        f"mAP@{args.k}, recall@{args.k} against the exact scan{hubness}; LSH: euclidean sweep over "
         f"g={REPORT_GRID['n_tables']}, h={REPORT_GRID['n_projections']}, "
         f"w={list(WIDTH_MULTIPLIERS)}× the data-driven width, probes={list(REPORT_PROBES)}; best mAP visiting "
         f"≤ {BUDGET_FRACTION:.0%} of the indexed objects\n"
@@ -204,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--transpose", action="store_true", help="one column per feature set")
+    p.add_argument("--no-photos", action="store_true", help="skip the hubness columns (out-of-domain photos)")
     p.set_defaults(func=cmd_report)
 
     add_evaluate_parsers(sub)

@@ -11,10 +11,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
+from PIL import Image
 
 from cbir.analysis import distance_table, pairwise_distance_sample
-from cbir.evaluation import EvaluationResult
-from cbir.features import FeatureSet
+from cbir.evaluation import EvaluationResult, split_collection
+from cbir.features import FeatureExtractor, FeatureSet
+from cbir.hubness import hubness_summary, top_hubs
+from cbir.index import SequentialScan
 from cbir.names import INDEX_LABELS
 from cbir.search import DEFAULT_K, IndexConfig
 from cbir.tuning import (
@@ -205,3 +208,51 @@ def distance_summary(analyses: Mapping[str, DistanceAnalysis]) -> pd.DataFrame:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)
     return table[["feature_set", *[c for c in table.columns if c != "feature_set"]]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hubness (are the answers concentrated on a few objects?)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HubnessAnalysis:
+    """Hubness of the exact scan's top-k over one feature set (indexed rows incl. distractors).
+
+    ``summary``: :func:`cbir.hubness.hubness_summary` (``hub_share``, ``k_skewness`` over the validation queries;
+    ``ood_hub_share``, ``ood_distinct`` over the out-of-domain photos when any were given); ``hubs``: the most
+    frequent answers with their relpath and label; ``photo_answers``: relpaths answered to each photo.
+    """
+
+    summary: dict[str, float]
+    hubs: pd.DataFrame
+    photo_answers: dict[str, list[str]]
+
+
+def hubness_analysis(
+    feature_set: FeatureSet,
+    extractor: FeatureExtractor | None = None,
+    photos: Mapping[str, Image.Image] | None = None,
+    metric: str = "euclidean",
+    k: int = DEFAULT_K,
+) -> HubnessAnalysis:
+    """Hubness of the exact ``metric`` scan: over the validation queries, and over ``photos`` (embedded with
+    ``extractor``, which must be the feature set's model) when both are given."""
+    split = split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors=True)
+    ids = split.exact_ids(metric, k)
+    indexed = feature_set.catalog.iloc[split.index_rows].reset_index(drop=True)
+    photo_ids = None
+    photo_answers: dict[str, list[str]] = {}
+    if photos and extractor is not None:
+        vectors = extractor.transform(list(photos.values()))
+        photo_ids = SequentialScan(metric).fit(split.index_vectors).search(vectors, k)[1]
+        photo_answers = {
+            name: indexed["relpath"].iloc[row[row >= 0]].tolist() for name, row in zip(photos, photo_ids, strict=True)
+        }
+    hubs = top_hubs(ids, split.n_indexed)
+    hubs = hubs.assign(
+        relpath=indexed["relpath"].iloc[hubs["id"]].to_numpy(),
+        label=indexed["label"].iloc[hubs["id"]].fillna("(distractor)").to_numpy(),
+    )
+    summary = hubness_summary(ids, split.n_indexed, out_of_domain_ids=photo_ids)
+    return HubnessAnalysis(summary=summary, hubs=hubs, photo_answers=photo_answers)

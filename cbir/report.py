@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
+from cbir.comparison import hubness_analysis
 from cbir.evaluation import default_width, evaluate_split, recommend, split_collection, sweep_split, width_grid
 from cbir.features import FeatureSet
 from cbir.index import SequentialScan
 from cbir.names import METRICS
+from cbir.search import extractor_spec, make_extractor
 from cbir.workspace import FeatureSetNotFoundError, list_feature_sets, load_features
 
 REPORT_GRID = {"n_tables": [2, 4, 6, 8, 10], "n_projections": [2, 4, 6, 8]}
@@ -42,8 +45,12 @@ def feature_set_row(
     k: int = 10,
     budget_fraction: float = BUDGET_FRACTION,
     progress: Callable[[int, int], object] | None = None,
+    photos: Mapping[str, Image.Image] | None = None,
 ) -> tuple[dict, pd.DataFrame]:
-    """One results row for ``feature_set`` and the LSH sweep it came from."""
+    """One results row for ``feature_set`` and the LSH sweep it came from. With ``photos`` (out-of-domain
+    queries), the row also gives the hubness of the exact euclidean scan: ``scan hub share`` (share of the
+    validation queries' top-k slots held by the 1 % most frequent answers) and ``photos on hubs`` (share of the
+    photos' answers that are among those hubs)."""
     x, labels, roles = feature_set.features, feature_set.labels, feature_set.roles
     row: dict = {
         "backbone": feature_set.meta["backbone"],
@@ -58,6 +65,10 @@ def feature_set_row(
             row[f"scan mAP {metric}{suffix}"] = result.map
             if distractors:
                 row[f"scan mean {result.score_name}"] = result.mean_score
+    if photos is not None:
+        extractor = make_extractor(extractor_spec(feature_set.meta), warm_up=False)
+        hubness = hubness_analysis(feature_set, extractor, photos, k=k).summary
+        row.update({"scan hub share": hubness["hub_share"], "photos on hubs": hubness["ood_hub_share"]})
     split = splits[True]  # its euclidean scan answers are the recall reference of the sweep
     grid = {**REPORT_GRID, "bucket_width": width_grid(default_width(split.index_vectors), WIDTH_MULTIPLIERS)}
     table = sweep_split(split, grid, metric="euclidean", k=k, probes=REPORT_PROBES, progress=progress)
@@ -92,12 +103,19 @@ def to_markdown(table: pd.DataFrame, float_format: str = "{:.3f}") -> str:
 
 
 def report(
-    collection: str | os.PathLike[str] | None = None, k: int = 10, budget_fraction: float = BUDGET_FRACTION
+    collection: str | os.PathLike[str] | None = None,
+    k: int = 10,
+    budget_fraction: float = BUDGET_FRACTION,
+    photos: Mapping[str, Image.Image] | None = None,
 ) -> pd.DataFrame:
-    """The results table for every complete feature set of ``collection`` (default collection when ``None``)."""
+    """The results table for every complete feature set of ``collection`` (default collection when ``None``);
+    ``photos``: out-of-domain queries for the hubness columns (see :func:`feature_set_row`)."""
     sets = list_feature_sets(collection)
     sets = sets[sets["status"] == "complete"].drop_duplicates(["backbone", "weights"])
     if sets.empty:
         raise FeatureSetNotFoundError("no feature sets yet: run `python -m cbir extract` first")
-    rows = [feature_set_row(load_features(path), k=k, budget_fraction=budget_fraction)[0] for path in sets["path"]]
+    rows = [
+        feature_set_row(load_features(path), k=k, budget_fraction=budget_fraction, photos=photos)[0]
+        for path in sets["path"]
+    ]
     return pd.DataFrame(rows)

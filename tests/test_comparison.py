@@ -3,8 +3,10 @@ LSH setting, and the distance analysis."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from builders import save_feature_set, synthetic_feature_set
 
@@ -83,3 +85,35 @@ def test_distance_analysis() -> None:
     assert summary.columns[0] == "feature_set" and len(summary) == 10
     figure = plots.fig_distance_histograms({"A": analysis.sample}, "cosine")
     assert figure.data[0].type == "histogram"
+
+
+class _FixedExtractor:
+    """Stands in for the feature set's model: every photo is embedded as the same given vector."""
+
+    def __init__(self, vector: np.ndarray) -> None:
+        self.vector = vector
+
+    def transform(self, images: list) -> np.ndarray:
+        return np.repeat(self.vector[None, :], len(images), axis=0).astype(np.float32)
+
+
+def test_hubness_analysis_finds_the_object_every_query_lands_on() -> None:
+    from PIL import Image
+
+    feature_set = synthetic_feature_set()
+    features = feature_set.features.copy()
+    hub_row = int(np.flatnonzero(feature_set.roles == "index")[0])
+    queries = feature_set.roles == "query"
+    # every query sits right next to one indexed object: that object fills one slot of every top-10
+    features[queries] = features[hub_row] + np.random.default_rng(0).normal(0, 1e-3, (int(queries.sum()), 16))
+    feature_set = replace(feature_set, features=features)
+    photos = {"a": Image.new("RGB", (8, 8)), "b": Image.new("RGB", (8, 8), "white")}
+    analysis = comparison.hubness_analysis(feature_set, _FixedExtractor(features[hub_row]), photos)
+    assert analysis.hubs["relpath"].iloc[0] == feature_set.catalog["relpath"].iloc[hub_row]
+    assert analysis.hubs["count"].iloc[0] == int(queries.sum())
+    assert analysis.summary["hub_share"] >= 0.1
+    assert analysis.summary["ood_hub_share"] > 0
+    assert sorted(analysis.photo_answers) == ["a", "b"]
+    assert len(analysis.photo_answers["a"]) == 10
+    without_photos = comparison.hubness_analysis(feature_set)
+    assert "ood_hub_share" not in without_photos.summary
