@@ -221,7 +221,8 @@ class HubnessAnalysis:
 
     ``summary``: :func:`cbir.hubness.hubness_summary` (``hub_share``, ``k_skewness`` over the validation queries;
     ``ood_hub_share``, ``ood_distinct`` over the out-of-domain photos when any were given); ``hubs``: the most
-    frequent answers with their relpath and label; ``photo_answers``: relpaths answered to each photo.
+    frequent answers (:func:`cbir.hubness.top_hubs` plus path, relpath, label); ``photo_answers``: the relpaths
+    answered to each photo.
     """
 
     summary: dict[str, float]
@@ -251,8 +252,30 @@ def hubness_analysis(
         }
     hubs = top_hubs(ids, split.n_indexed)
     hubs = hubs.assign(
+        path=indexed["path"].iloc[hubs["id"]].to_numpy(),
         relpath=indexed["relpath"].iloc[hubs["id"]].to_numpy(),
         label=indexed["label"].iloc[hubs["id"]].fillna("(distractor)").to_numpy(),
     )
     summary = hubness_summary(ids, split.n_indexed, out_of_domain_ids=photo_ids)
     return HubnessAnalysis(summary=summary, hubs=hubs, photo_answers=photo_answers)
+
+
+def hubness_analysis_for(
+    path: str, version: int, metric: str = "euclidean", _extractor: FeatureExtractor | None = None
+) -> HubnessAnalysis:
+    """:func:`hubness_analysis` of the feature set at ``path``, over the sample photos of :mod:`cbir.samples` when
+    ``_extractor`` (the feature set's model) is given and scikit-image is installed."""
+    from cbir.samples import SamplesUnavailableError, sample_photos
+
+    photos = None
+    if _extractor is not None:
+        try:
+            photos = sample_photos()
+        except SamplesUnavailableError:
+            photos = None
+    return hubness_analysis(load_feature_set(path, version), _extractor, photos, metric)
+
+
+def hubness_summary_table(analyses: Mapping[str, HubnessAnalysis]) -> pd.DataFrame:
+    """One row per feature set: ``feature_set`` and the :attr:`HubnessAnalysis.summary` figures."""
+    return pd.DataFrame([{"feature_set": name, **analysis.summary} for name, analysis in analyses.items()])

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from cbir import comparison, config, query, search, tuning, workspace
+from cbir.errors import CbirError
 
 if TYPE_CHECKING:
     from cbir.features import FeatureExtractor
@@ -33,6 +34,7 @@ lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
 # every setting evaluated once stays cached, so moving a slider back to it is instant
 evaluate = st.cache_data(show_spinner=False, max_entries=1024)(tuning.evaluate_for)
 distance_analysis = st.cache_data(show_spinner="Sampling pairwise distances…")(comparison.distance_analysis_for)
+hubness_analysis = st.cache_data(show_spinner="Measuring hubness…")(comparison.hubness_analysis_for)
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.make_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
 
@@ -88,6 +90,21 @@ def compare(feature_sets: tuple[tuple[str, str, int], ...], metric: str, recomme
 def distance_analyses(feature_sets: Sequence[tuple[str, str, int]]) -> dict[str, comparison.DistanceAnalysis]:
     """``{label: cached distance analysis}`` of ``(label, path, version)`` feature sets."""
     return {label: distance_analysis(path, version) for label, path, version in feature_sets}
+
+
+def hubness_analyses(
+    feature_sets: Sequence[tuple[str, str, int]], metric: str
+) -> dict[str, comparison.HubnessAnalysis]:
+    """``{label: cached hubness analysis}``, with the out-of-domain photos embedded by each feature set's cached
+    model (without them when the model cannot be loaded)."""
+    analyses = {}
+    for label, path, version in feature_sets:
+        try:
+            extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path, version).meta))
+        except (CbirError, FileNotFoundError):
+            extractor = None
+        analyses[label] = hubness_analysis(path, version, metric, _extractor=extractor)
+    return analyses
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cbir import plots, ui
-from cbir.comparison import distance_summary
+from cbir.comparison import distance_summary, hubness_summary_table
 from cbir.finetune import finished_runs, training_figure
 from cbir.names import METRIC_LABELS, METRICS, score_name
 from cbir.tuning import RECOMMEND_BUDGET_FRACTION
@@ -79,6 +79,32 @@ tabs[3].plotly_chart(plots.fig_comparison(table, "mean_score", f"{score.capitali
 with tabs[4]:
     setting = st.radio("Distractors", ["with", "without"], horizontal=True, key="compare-per-class")
     st.plotly_chart(plots.fig_comparison_per_class(comparison.per_class, setting), width="stretch")
+
+st.subheader("Hubness")
+st.caption(
+    "How concentrated the exact scan's answers are: the share of all top-10 slots of the validation queries held "
+    "by the 1 % most frequent answers (about 1 % without hubs), the skewness of how often each image is returned, "
+    "and, for a few out-of-domain photos (a cat, coffee, an astronaut, a rocket), the share of their answers that "
+    "are those hubs and the share of distinct answers. Blank or near-empty images make hubs."
+)
+hubness = ui.hubness_analyses(feature_sets, metric)
+st.dataframe(
+    hubness_summary_table(hubness),
+    width="stretch",
+    hide_index=True,
+    column_config={
+        "feature_set": "feature set",
+        "hub_share": st.column_config.NumberColumn("top-10 slots held by the 1 % hubs", format="percent"),
+        "k_skewness": st.column_config.NumberColumn("N10 skewness", format="%.2f"),
+        "ood_hub_share": st.column_config.NumberColumn("photo answers that are hubs", format="percent"),
+        "ood_distinct": st.column_config.NumberColumn("distinct photo answers", format="percent"),
+    },
+)
+hub_set = st.selectbox("Most frequent answers of", list(hubness), key="compare-hubs")
+hub_cols = st.columns(5)
+for col, hub in zip(hub_cols, hubness[hub_set].hubs.head(5).itertuples(), strict=False):
+    col.image(ui.tile(hub.path), width="stretch")
+    col.caption(f"{hub.label} · {hub.count} queries ({hub.share:.1%})  \n{hub.relpath}")
 
 st.subheader("Distance distributions (Section 4.1)")
 st.caption(

@@ -256,7 +256,12 @@ def test_comparison_page_renders_its_table(app_env: Path) -> None:
     assert set(table["index"]) == {"exact scan", "LSH"} and set(table["distractors"]) == {"with", "without"}
     assert table["map"].between(0, 1).all()
     assert (table.loc[table["index"] == "exact scan", "recall"] == 1.0).all() and table["recall"].between(0, 1).all()
-    distances = at.dataframe[1].value
+    hubness = at.dataframe[1].value
+    assert len(hubness) == 1 and hubness["hub_share"].between(0, 1).all()
+    # the real model embedded the four sample photos: their answers are measured too
+    assert hubness["ood_hub_share"].between(0, 1).all() and hubness["ood_distinct"].between(0, 1).all()
+    assert images(at) == 5  # the five most frequent answers, as tiles
+    distances = at.dataframe[2].value
     assert distances["class"].iloc[0] == "(all)" and len(distances) == 1 + 13
     assert len(at.get("plotly_chart")) >= 7  # 4 comparison bars (mAP, recall, visited, score), per-class, 2 histograms
     at.radio(key="compare-lsh").set_value("default").run()
