@@ -46,6 +46,7 @@ EXACT_DUPLICATE = "exact duplicate"
 NEAR_DUPLICATE = "near duplicate"
 BLANK = "blank"
 NEAR_BLANK = "near blank"
+REASONS = (EXACT_DUPLICATE, NEAR_DUPLICATE, BLANK, NEAR_BLANK)
 REPORT_COLUMNS = ["path", "reason", "duplicate_of"]
 
 # A pixel is content when one of its channels differs from the background by more than this (of 255): above JPEG
@@ -436,8 +437,7 @@ def assess(
 
 def summarize(report: pd.DataFrame) -> pd.Series:
     """How many images per reason (a report of :func:`clean` or :func:`assess`)."""
-    reasons = [EXACT_DUPLICATE, NEAR_DUPLICATE, BLANK, NEAR_BLANK]
-    return report["reason"].value_counts().reindex(reasons, fill_value=0).rename("images")
+    return report["reason"].value_counts().reindex(list(REASONS), fill_value=0).rename("images")
 
 
 def _catalog_preference(images: pd.DataFrame) -> list[tuple[Any, ...]]:
