@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.real_artifacts]
 
 @pytest.fixture(scope="module")
 def default_features() -> FeatureSet:
-    require(config.openclipart_dir().is_dir(), f"no Open Clip Art at {config.openclipart_dir()} (apt-get install it)")
+    source = config.openclipart_dir()
+    require(source.is_dir(), f"no Open Clip Art at {source} (apt-get install openclipart-png)")
     collection = config.default_collection()
     build_collection(collection, workers=2)  # no-op when already built
     return extract_collection(scan_collection(collection), FeatureExtractor("efficientnet_lite0", batch_size=32))
