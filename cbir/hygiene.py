@@ -336,6 +336,16 @@ def _components(n: int, pairs: np.ndarray) -> np.ndarray:
     return np.array([root(i) for i in range(n)], dtype=np.int64)
 
 
+def duplicate_groups(fingerprints: Sequence[ImageFingerprint], radius: int = NEAR_DUPLICATE_RADIUS) -> np.ndarray:
+    """(n,) int64: connected components of "exact or near copy of" (same pixels, or perceptual hashes within
+    ``radius`` bits) among these images, named by their first member. Give it the images that are actually in a
+    collection: :func:`cbir.collection.stratified_split` keeps each group in one split, so no query has a copy
+    among the indexed images. (Kept by :func:`clean`, images are pairwise more than ``radius`` apart: singletons.)
+    """
+    codes = np.array([fp.phash for fp in fingerprints], dtype=np.uint64)
+    return _components(len(codes), near_pairs(codes, radius))
+
+
 def find_duplicates(
     fingerprints: Sequence[ImageFingerprint],
     names: Sequence[str],
@@ -361,7 +371,7 @@ def find_duplicates(
     order = sorted(range(n), key=lambda i: (keys[i], names[i]))
     codes = np.array([fp.phash for fp in fingerprints], dtype=np.uint64)
     pairs = near_pairs(codes, radius)
-    group = _components(n, pairs)
+    group = _components(n, pairs)  # exact copies share their perceptual hash: included
     neighbours: dict[int, list[int]] = {}
     for i, j in pairs:
         neighbours.setdefault(int(i), []).append(int(j))

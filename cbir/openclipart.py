@@ -130,11 +130,11 @@ def plan(
     role = np.where(table["is_class"], "index", "distractor").astype(object)
     classes = np.flatnonzero(kept & table["is_class"].to_numpy())
     fraction = 0.5 if limit_per_class is not None else VALIDATION_FRACTION
+    # groups among the drawings actually written: what is kept by default is pairwise distinct (singletons), but
+    # with keep_all a drawing and its copies must share a split
+    groups = hygiene.duplicate_groups([fingerprints[i] for i in classes])  # type: ignore[misc]
     is_query = stratified_split(
-        table["relpath"].iloc[classes].tolist(),
-        table["category"].iloc[classes].tolist(),
-        fraction,
-        groups=verdicts["group"].iloc[classes].tolist(),
+        table["relpath"].iloc[classes].tolist(), table["category"].iloc[classes].tolist(), fraction, groups=groups
     )
     role[classes[is_query]] = "query"
     role[~kept] = REMOVED

@@ -237,6 +237,7 @@ def test_split_keeps_duplicate_groups_together(tmp_path: Path) -> None:
     fingerprints, _ = hygiene.fingerprint_files(paths, workers=2)
     verdicts = hygiene.assess(fingerprints, paths, radius=hygiene.NEAR_DUPLICATE_RADIUS)
     groups = verdicts["group"].to_numpy()
+    assert hygiene.duplicate_groups(fingerprints).tolist() == groups.tolist()  # type: ignore[arg-type]
     assert verdicts["reason"].notna().sum() == 21  # 20 resized copies + 1 exact copy
     assert groups[-1] == groups[0]
     relpaths = [Path(p).relative_to(tmp_path).as_posix() for p in paths]
@@ -322,6 +323,7 @@ def test_real_open_clip_art_build_has_no_copies_across_splits(openclipart_small:
     assert all(fp.blank_reason is None for fp in fingerprints)
     codes = np.array([fp.phash for fp in fingerprints], dtype=np.uint64)
     roles = images["role"].to_numpy()
+    assert (roles == "query").sum() >= 50 and (roles == "index").sum() >= 50 and catalog.report.empty
     pairs = hygiene.near_pairs(codes, radius=hygiene.NEAR_DUPLICATE_RADIUS)
     across = [(i, j) for i, j in pairs if (roles[i] == "query") != (roles[j] == "query")]
     leaks = pd.DataFrame(across, columns=["a", "b"]).map(lambda i: images["relpath"].iloc[i])
