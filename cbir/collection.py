@@ -130,6 +130,19 @@ def stratified_split(
     return mask
 
 
+def _duplicate_groups(paths: list[str], workers: int) -> list[Hashable]:
+    """Duplicate group of each file; an undecodable file is a group of its own (extraction reports it)."""
+    from cbir import config, hygiene
+
+    cache = hygiene.FingerprintCache(config.fingerprint_cache_path())
+    fingerprints, _ = hygiene.fingerprint_files(paths, workers=min(workers, 2), cache=cache)
+    usable = [i for i, fp in enumerate(fingerprints) if fp is not None]
+    groups: list[Hashable] = [("unusable", i) for i in range(len(paths))]
+    for i, group in zip(usable, hygiene.duplicate_groups([fingerprints[i] for i in usable]), strict=True):  # type: ignore[misc]
+        groups[i] = int(usable[group])
+    return groups
+
+
 def _stat_rows(files: list[Path], root: Path, label: str | None, split: str | None, role: str) -> list[dict]:
     rows = []
     for path in files:
@@ -154,12 +167,15 @@ def scan_collection(
     validation_fraction: float = 0.1,
     validate: bool = False,
     workers: int = 4,
+    group_duplicates: bool = False,
 ) -> Catalog:
     """List a collection's images with their label, split and role.
 
     With ``validate=True`` every image is fully decoded (in ``workers`` threads, with a progress bar) and the
     unusable ones are moved to ``Catalog.report``. Feature extraction decodes every image anyway and reports
-    failures the same way, so validation here is optional.
+    failures the same way, so validation here is optional. With ``group_duplicates=True`` a split made here
+    (one folder per class) keeps exact and near copies in one split (:func:`cbir.hygiene.duplicate_groups`;
+    fingerprints are cached, so only new files are decoded); the paper's layout has its split already.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -193,8 +209,9 @@ def scan_collection(
                 continue
             class_rows += _stat_rows(list(_iter_images(class_dir)), root, class_dir.name, "train", "index")
         if class_rows:
+            groups = _duplicate_groups([r["path"] for r in class_rows], workers) if group_duplicates else None
             is_val = stratified_split(
-                [r["relpath"] for r in class_rows], [r["label"] for r in class_rows], validation_fraction
+                [r["relpath"] for r in class_rows], [r["label"] for r in class_rows], validation_fraction, groups
             )
             for row, val in zip(class_rows, is_val, strict=True):
                 if val:

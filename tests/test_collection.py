@@ -57,6 +57,19 @@ def test_stratified_split_keeps_groups_whole_within_quota() -> None:
         stratified_split(keys, labels, 1.5)
 
 
+def test_flat_layout_split_keeps_copies_together_on_request(tmp_path: Path) -> None:
+    root = _flat(tmp_path, per_class=20)
+    originals = sorted((root / "cats").glob("*.png"))
+    for i, original in enumerate(originals):  # every cat has an exact copy under another name
+        (root / "cats" / f"copy_{i}.png").write_bytes(original.read_bytes())
+    plain = scan_collection(root).images.set_index("relpath")["role"]
+    grouped = scan_collection(root, group_duplicates=True, workers=2).images.set_index("relpath")["role"]
+    pairs = [(f"cats/{p.name}", f"cats/copy_{i}.png") for i, p in enumerate(originals)]
+    assert any(plain[a] != plain[b] for a, b in pairs)  # by path hash alone, some copies are split apart
+    assert all(grouped[a] == grouped[b] for a, b in pairs)
+    assert (grouped[grouped.index.str.startswith("cats")] == "query").sum() == 4  # 10 % of 40: two pairs
+
+
 def test_paper_layout_with_distractors_nested(tmp_path: Path) -> None:
     base = tmp_path / "dataset" / "dataset_updated"
     for split, n in (("training_set", 5), ("validation_set", 2)):
