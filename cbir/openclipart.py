@@ -128,11 +128,15 @@ def plan(
     kept = usable if keep_all else verdicts["keep"].to_numpy()
 
     role = np.where(table["is_class"], "index", "distractor").astype(object)
-    classes = np.flatnonzero(kept & table["is_class"].to_numpy())
-    fraction = 0.5 if limit_per_class is not None else VALIDATION_FRACTION
     # groups among the drawings actually written: what is kept by default is pairwise distinct (singletons), but
-    # with keep_all a drawing and its copies must share a split
-    groups = hygiene.duplicate_groups([fingerprints[i] for i in classes])  # type: ignore[misc]
+    # with keep_all a drawing and its copies must share a split, and one with a copy among the (indexed)
+    # distractors cannot be a query
+    written = np.flatnonzero(kept)
+    groups = hygiene.duplicate_groups([fingerprints[i] for i in written])  # type: ignore[misc]
+    is_class = table["is_class"].to_numpy()[written]
+    pinned = np.isin(groups, groups[~is_class])
+    classes, groups = written[is_class & ~pinned], groups[is_class & ~pinned]
+    fraction = 0.5 if limit_per_class is not None else VALIDATION_FRACTION
     is_query = stratified_split(
         table["relpath"].iloc[classes].tolist(), table["category"].iloc[classes].tolist(), fraction, groups=groups
     )

@@ -294,15 +294,20 @@ def test_builder_crops_cleans_and_splits(tmp_path: Path, monkeypatch: pytest.Mon
     assert 40 <= stored.width <= 90 and 40 <= stored.height <= 70
     catalog = scan_collection(out)
     assert len(catalog.images) == 25 and catalog.counts().loc["animals", "query"] == 3
-    # a rebuild with everything kept moves nothing that was already there, and the rebuild back removes the extras
+    # a rebuild with everything kept moves nothing that was already there, and the rebuild back removes the extras;
+    # a query whose copy is among the distractors (indexed) becomes an indexed image when both are kept
+    query = table.loc[(table["role"] == "query") & (table["category"] == "animals"), "source"].iloc[0]
+    save(load_image(query), source / "unsorted" / "copy_of_a_query.png")
     everything = openclipart.build_collection(out, workers=2, keep_all=True)
-    assert (everything["role"] != openclipart.REMOVED).all() and everything["reason"].notna().sum() == 3
+    assert (everything["role"] != openclipart.REMOVED).all() and everything["reason"].notna().sum() == 4
     relpaths = everything["source"].map(lambda p: Path(p).relative_to(source).as_posix())
     role = dict(zip(relpaths, everything["role"], strict=True))
     assert role["food/zz_same_as_animals_d03.png"] == role["animals/d03.png"]  # one split
-    assert len(scan_collection(out).images) == 28
-    openclipart.build_collection(out, workers=2)
+    assert role[Path(query).relative_to(source).as_posix()] == "index"
+    assert len(scan_collection(out).images) == 29
+    again = openclipart.build_collection(out, workers=2)
     assert len(scan_collection(out).images) == 25
+    assert again.set_index("source").loc[query, "role"] == "query"
     assert json.loads((out / openclipart.MANIFEST).read_text())["version"] == openclipart.BUILD_VERSION
 
 
