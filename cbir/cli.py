@@ -73,7 +73,7 @@ def cmd_openclipart(args: argparse.Namespace) -> int:
     counts, removed = summary(table)  # left out by hygiene: blank, near blank, exact/near duplicate, undecodable
     if len(removed):
         print(f"{len(removed)} source files left out:")
-        print(removed.fillna("").to_string(index=False))
+        print(removed.fillna("").to_string(index=False, max_colwidth=90))
     if len(failed):
         print(f"\n{len(failed)} source files could not be converted:")
         print(failed[["source", "error"]].to_string(index=False))
