@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cbir.collection import CollectionError, scan_collection, stratified_split
 from tests.conftest import write_image
@@ -58,7 +59,12 @@ def test_stratified_split_keeps_groups_whole_within_quota() -> None:
 
 
 def test_flat_layout_split_keeps_copies_together_on_request(tmp_path: Path) -> None:
-    root = _flat(tmp_path, per_class=20)
+    rng = np.random.default_rng(0)
+    root = tmp_path
+    for label in ("cats", "dogs"):  # noise: every image unlike every other (the gradients of write_image are alike)
+        for i in range(20):
+            (root / label).mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
     originals = sorted((root / "cats").glob("*.png"))
     for i, original in enumerate(originals):  # every cat has an exact copy under another name
         (root / "cats" / f"copy_{i}.png").write_bytes(original.read_bytes())
