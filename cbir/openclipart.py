@@ -223,7 +223,10 @@ def build_collection(
                     "limit_per_class": limit_per_class,
                     "stale_removed": stale,
                     "roles": table["role"].value_counts().to_dict(),
-                    "reasons": table["reason"].value_counts().to_dict(),
+                    "reasons": table["reason"]
+                    .where(table["reason"].isin(hygiene.REASONS) | table["reason"].isna(), "undecodable")
+                    .value_counts()
+                    .to_dict(),
                 },
                 indent=1,
             )

@@ -267,6 +267,7 @@ def _fake_source(root: Path) -> Path:
     save(recolour(load_image(root / "food" / "d05.png")), root / "food" / "d05_recoloured.png")
     save(Image.new("RGBA", (100, 100), (0, 0, 0, 0)), root / "animals" / "empty.png")
     save(drawing(500), root / "unsorted" / "misc.png")
+    (root / "food" / "broken.png").write_text("not a PNG")
     return root
 
 
@@ -280,15 +281,17 @@ def test_builder_crops_cleans_and_splits(tmp_path: Path, monkeypatch: pytest.Mon
     table = openclipart.build_collection(out, workers=2)
     removed = table[table["role"] == openclipart.REMOVED]
     removed = removed.set_index(removed["source"].map(lambda p: Path(p).name))
-    assert removed["reason"].to_dict() == {
+    reasons = removed["reason"].to_dict()
+    assert "not an image" in reasons.pop("broken.png")
+    assert reasons == {
         "empty.png": hygiene.BLANK,
         "zz_same_as_animals_d03.png": hygiene.EXACT_DUPLICATE,
         "d05_recoloured.png": hygiene.NEAR_DUPLICATE,
     }
     assert Path(removed.loc["zz_same_as_animals_d03.png", "duplicate_of"]).name == "d03.png"
     counts, listed = openclipart.summary(table)
-    assert counts.loc["animals"].tolist() == [9, 3, 0, 1] and counts.loc["food"].tolist() == [9, 3, 0, 2]
-    assert counts.loc["unsorted", "distractor"] == 1 and len(listed) == 3
+    assert counts.loc["animals"].tolist() == [9, 3, 0, 1] and counts.loc["food"].tolist() == [9, 3, 0, 3]
+    assert counts.loc["unsorted", "distractor"] == 1 and len(listed) == 4
     # cropped: the 80×60 drawing (not the 400×300 page) fills the stored image, a few pixels of margin around it
     stored = Image.open(out / "training_set" / "animals" / "d00.jpg")
     assert 40 <= stored.width <= 90 and 40 <= stored.height <= 70
@@ -299,7 +302,8 @@ def test_builder_crops_cleans_and_splits(tmp_path: Path, monkeypatch: pytest.Mon
     query = table.loc[(table["role"] == "query") & (table["category"] == "animals"), "source"].iloc[0]
     save(load_image(query), source / "unsorted" / "copy_of_a_query.png")
     everything = openclipart.build_collection(out, workers=2, keep_all=True)
-    assert (everything["role"] != openclipart.REMOVED).all() and everything["reason"].notna().sum() == 4
+    assert everything["role"].value_counts()[openclipart.REMOVED] == 1  # the broken file: nothing to keep
+    assert everything["reason"].notna().sum() == 5
     relpaths = everything["source"].map(lambda p: Path(p).relative_to(source).as_posix())
     role = dict(zip(relpaths, everything["role"], strict=True))
     assert role["food/zz_same_as_animals_d03.png"] == role["animals/d03.png"]  # one split
@@ -308,7 +312,9 @@ def test_builder_crops_cleans_and_splits(tmp_path: Path, monkeypatch: pytest.Mon
     again = openclipart.build_collection(out, workers=2)
     assert len(scan_collection(out).images) == 25
     assert again.set_index("source").loc[query, "role"] == "query"
-    assert json.loads((out / openclipart.MANIFEST).read_text())["version"] == openclipart.BUILD_VERSION
+    manifest = json.loads((out / openclipart.MANIFEST).read_text())
+    assert manifest["version"] == openclipart.BUILD_VERSION
+    assert manifest["reasons"] == {"exact duplicate": 2, "near duplicate": 1, "blank": 1, "undecodable": 1}
 
 
 def test_builder_reports_a_missing_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
