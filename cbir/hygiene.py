@@ -90,12 +90,12 @@ class ImageFingerprint:
     pixel_std: float
     dhash: int
 
-    @property
-    def blank_reason(self) -> str | None:
-        """:data:`BLANK`, :data:`NEAR_BLANK` or ``None`` (the image has content)."""
+    def blank_reason(self, near_blank_fraction: float = NEAR_BLANK_FRACTION) -> str | None:
+        """:data:`BLANK` (one colour), :data:`NEAR_BLANK` (content on less than ``near_blank_fraction`` of the
+        pixels) or ``None`` (the image has content)."""
         if self.pixel_std < BLANK_STD or self.content_fraction == 0.0:
             return BLANK
-        if self.content_fraction < NEAR_BLANK_FRACTION:
+        if self.content_fraction < near_blank_fraction:
             return NEAR_BLANK
         return None
 
@@ -190,13 +190,14 @@ def difference_hash(image: Image.Image) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
-def fingerprint(image: Image.Image) -> ImageFingerprint:
-    """The :class:`ImageFingerprint` of a decoded RGB image."""
+def fingerprint(image: Image.Image, background: Sequence[float] | None = None) -> ImageFingerprint:
+    """The :class:`ImageFingerprint` of a decoded RGB image; content is measured against ``background``
+    (default: the border's median colour, see :func:`content_mask`)."""
     reduced = _reduced(image)
     return ImageFingerprint(
         pixel_hash=pixel_hash(image),
         phash=perceptual_hash(image),
-        content_fraction=float(content_mask(reduced).mean()),
+        content_fraction=float(content_mask(reduced, background).mean()),
         pixel_std=float(reduced.std()),
         dhash=difference_hash(image),
     )
@@ -253,8 +254,10 @@ def fingerprint_file(
     transform: Callable[[Image.Image], Image.Image] | None = None,
     cache: FingerprintCache | None = None,
     variant: str = "",
+    background: Sequence[float] | None = None,
 ) -> ImageFingerprint:
-    """Decode ``path`` (:func:`cbir.images.load_image`), apply ``transform`` and fingerprint it.
+    """Decode ``path`` (:func:`cbir.images.load_image`), apply ``transform`` and fingerprint it (``variant``
+    names the transform and background in the cache).
 
     Raises :class:`cbir.images.ImageDecodeError` when the file cannot be used."""
     key = None
@@ -266,7 +269,7 @@ def fingerprint_file(
     image = load_image(path)
     if transform is not None:
         image = transform(image)
-    result = fingerprint(image)
+    result = fingerprint(image, background)
     if cache is not None and key is not None:
         cache.put(key, result)
     return result
@@ -279,6 +282,7 @@ def fingerprint_files(
     cache: FingerprintCache | None = None,
     variant: str = "",
     progress: Callable[[int, int], None] | None = None,
+    background: Sequence[float] | None = None,
 ) -> tuple[list[ImageFingerprint | None], dict[str, str]]:
     """Fingerprint files in ``workers`` threads (decoding releases the GIL), with a progress bar and
     ``progress(done, total)``. Returns one fingerprint per path (``None`` for unusable files) and
@@ -288,7 +292,7 @@ def fingerprint_files(
 
     def one(path: str | os.PathLike[str]) -> ImageFingerprint | str:
         try:
-            return fingerprint_file(path, transform, cache, variant)
+            return fingerprint_file(path, transform, cache, variant, background)
         except ImageDecodeError as exc:
             return str(exc)
 
@@ -429,8 +433,10 @@ def assess(
     names: Sequence[str],
     preference: Sequence[Any] | None = None,
     radius: int = NEAR_DUPLICATE_RADIUS,
+    near_blank_fraction: float = NEAR_BLANK_FRACTION,
 ) -> pd.DataFrame:
-    """Blank and duplicate verdicts of every image, in input order.
+    """Blank and duplicate verdicts of every image, in input order (``near_blank_fraction``: see
+    :meth:`ImageFingerprint.blank_reason`).
 
     Columns ``path``, ``group`` (duplicate group; blanks and unusable images are groups of their own),
     ``reason`` (``None`` or one of :data:`BLANK`, :data:`NEAR_BLANK`, :data:`EXACT_DUPLICATE`,
@@ -452,7 +458,7 @@ def assess(
         }
     )
     usable = [i for i, fp in enumerate(fingerprints) if fp is not None]
-    blank = {i: fingerprints[i].blank_reason for i in usable}  # type: ignore[union-attr]
+    blank = {i: fingerprints[i].blank_reason(near_blank_fraction) for i in usable}  # type: ignore[union-attr]
     candidates = [i for i in usable if blank[i] is None]
     for i in usable:
         table.at[i, "reason"] = blank[i]

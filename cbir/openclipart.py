@@ -42,6 +42,9 @@ VALIDATION_FRACTION = 0.1
 MAX_SIDE = 512
 INSTALL_HINT = "sudo apt-get install openclipart-png   (Debian/Ubuntu; about 131 MB)"
 WHITE = (255.0, 255.0, 255.0)
+# A cropped drawing whose strokes cover less than this share of its frame (a thin outline: a map's border, a
+# circle) is mostly white page: to a CNN it looks like the blank images and it becomes an answer to any photo.
+MIN_CONTENT_FRACTION = 0.05
 # Bumped whenever what a build writes changes (v2: crop to content, hygiene): outputs of another version are
 # rewritten rather than kept.
 BUILD_VERSION = 2
@@ -114,12 +117,15 @@ def plan(
         workers=workers,
         transform=prepare,
         cache=cache,
-        variant=f"openclipart-crop{hygiene.CROP_MARGIN}",
+        variant=f"openclipart-crop{hygiene.CROP_MARGIN}-on-white",
         progress=progress,
+        background=WHITE,  # the page is white (transparency composited on it), whatever colour the border has
     )
     # keep a class drawing before a distractor, then the shortest path (the least nested, most canonical file)
     preference = [(not c, len(r), r) for c, r in zip(table["is_class"], table["relpath"], strict=True)]
-    verdicts = hygiene.assess(fingerprints, table["source"].tolist(), preference)
+    verdicts = hygiene.assess(
+        fingerprints, table["source"].tolist(), preference, near_blank_fraction=MIN_CONTENT_FRACTION
+    )
     table["reason"] = verdicts["reason"].to_numpy()
     table["duplicate_of"] = verdicts["duplicate_of"].to_numpy()
     table["content_fraction"] = verdicts["content_fraction"].to_numpy()

@@ -61,7 +61,7 @@ def test_fingerprint_of_the_same_pixels_in_two_files_is_equal(tmp_path: Path) ->
     assert fa == fb
     assert fc.pixel_hash != fa.pixel_hash  # JPEG changes pixels: not an exact copy ...
     assert bin(fc.phash ^ fa.phash).count("1") <= hygiene.NEAR_DUPLICATE_RADIUS  # ... but a near one
-    assert 0.1 < fa.content_fraction < 0.9 and fa.pixel_std > 20 and fa.blank_reason is None
+    assert 0.1 < fa.content_fraction < 0.9 and fa.pixel_std > 20 and fa.blank_reason() is None
 
 
 def test_exact_duplicates_keep_the_shortest_path(tmp_path: Path) -> None:
@@ -266,6 +266,12 @@ def _fake_source(root: Path) -> Path:
     save(Image.open(root / "animals" / "d03.png"), root / "food" / "zz_same_as_animals_d03.png")
     save(recolour(load_image(root / "food" / "d05.png")), root / "food" / "d05_recoloured.png")
     save(Image.new("RGBA", (100, 100), (0, 0, 0, 0)), root / "animals" / "empty.png")
+    flag = Image.new("RGB", (120, 80), (200, 0, 0))  # fills its page: its border is red, its content all of it
+    ImageDraw.Draw(flag).rectangle((10, 10, 25, 25), fill=(255, 220, 0))
+    save(flag, root / "animals" / "flag.png")
+    outline = Image.new("RGBA", (300, 300), (0, 0, 0, 0))  # a thin circle: cropped, still mostly white page
+    ImageDraw.Draw(outline).ellipse((100, 100, 199, 199), outline=(0, 0, 0, 255), width=1)
+    save(outline, root / "animals" / "outline.png")
     save(drawing(500), root / "unsorted" / "misc.png")
     (root / "food" / "broken.png").write_text("not a PNG")
     return root
@@ -285,36 +291,43 @@ def test_builder_crops_cleans_and_splits(tmp_path: Path, monkeypatch: pytest.Mon
     assert "not an image" in reasons.pop("broken.png")
     assert reasons == {
         "empty.png": hygiene.BLANK,
+        "outline.png": hygiene.NEAR_BLANK,
         "zz_same_as_animals_d03.png": hygiene.EXACT_DUPLICATE,
         "d05_recoloured.png": hygiene.NEAR_DUPLICATE,
     }
     assert Path(removed.loc["zz_same_as_animals_d03.png", "duplicate_of"]).name == "d03.png"
     counts, listed = openclipart.summary(table)
-    assert counts.loc["animals"].tolist() == [9, 3, 0, 1] and counts.loc["food"].tolist() == [9, 3, 0, 3]
-    assert counts.loc["unsorted", "distractor"] == 1 and len(listed) == 4
+    assert counts.loc["animals"].tolist() == [10, 3, 0, 2] and counts.loc["food"].tolist() == [9, 3, 0, 3]
+    assert counts.loc["unsorted", "distractor"] == 1 and len(listed) == 5
     # cropped: the 80×60 drawing (not the 400×300 page) fills the stored image, a few pixels of margin around it
     stored = Image.open(out / "training_set" / "animals" / "d00.jpg")
     assert 40 <= stored.width <= 90 and 40 <= stored.height <= 70
     catalog = scan_collection(out)
-    assert len(catalog.images) == 25 and catalog.counts().loc["animals", "query"] == 3
+    assert len(catalog.images) == 26 and catalog.counts().loc["animals", "query"] == 3
     # a rebuild with everything kept moves nothing that was already there, and the rebuild back removes the extras;
     # a query whose copy is among the distractors (indexed) becomes an indexed image when both are kept
     query = table.loc[(table["role"] == "query") & (table["category"] == "animals"), "source"].iloc[0]
     save(load_image(query), source / "unsorted" / "copy_of_a_query.png")
     everything = openclipart.build_collection(out, workers=2, keep_all=True)
     assert everything["role"].value_counts()[openclipart.REMOVED] == 1  # the broken file: nothing to keep
-    assert everything["reason"].notna().sum() == 5
+    assert everything["reason"].notna().sum() == 6
     relpaths = everything["source"].map(lambda p: Path(p).relative_to(source).as_posix())
     role = dict(zip(relpaths, everything["role"], strict=True))
     assert role["food/zz_same_as_animals_d03.png"] == role["animals/d03.png"]  # one split
     assert role[Path(query).relative_to(source).as_posix()] == "index"
-    assert len(scan_collection(out).images) == 29
+    assert len(scan_collection(out).images) == 31
     again = openclipart.build_collection(out, workers=2)
-    assert len(scan_collection(out).images) == 25
+    assert len(scan_collection(out).images) == 26
     assert again.set_index("source").loc[query, "role"] == "query"
     manifest = json.loads((out / openclipart.MANIFEST).read_text())
     assert manifest["version"] == openclipart.BUILD_VERSION
-    assert manifest["reasons"] == {"exact duplicate": 2, "near duplicate": 1, "blank": 1, "undecodable": 1}
+    assert manifest["reasons"] == {
+        "exact duplicate": 2,
+        "near duplicate": 1,
+        "blank": 1,
+        "near blank": 1,
+        "undecodable": 1,
+    }
 
 
 def test_builder_reports_a_missing_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -327,11 +340,11 @@ def test_builder_reports_a_missing_source(tmp_path: Path, monkeypatch: pytest.Mo
 def test_real_open_clip_art_build_has_no_copies_across_splits(openclipart_small: Path) -> None:
     catalog = scan_collection(openclipart_small)
     images = catalog.images
-    fingerprints, errors = hygiene.fingerprint_files(images["path"].tolist(), workers=2)
+    fingerprints, errors = hygiene.fingerprint_files(images["path"].tolist(), workers=2, background=openclipart.WHITE)
     assert not errors
     pixel_hashes = [fp.pixel_hash for fp in fingerprints]
     assert len(set(pixel_hashes)) == len(pixel_hashes)
-    assert all(fp.blank_reason is None for fp in fingerprints)
+    assert all(fp.blank_reason(openclipart.MIN_CONTENT_FRACTION) is None for fp in fingerprints)
     codes = np.array([fp.phash for fp in fingerprints], dtype=np.uint64)
     roles = images["role"].to_numpy()
     assert (roles == "query").sum() >= 50 and (roles == "index").sum() >= 50 and catalog.report.empty
