@@ -12,6 +12,10 @@ copy of a query among the indexed images is a free hit that inflates every figur
   the background colour, the median of the border, by more than :data:`CONTENT_THRESHOLD` in some channel) on
   less than :data:`NEAR_BLANK_FRACTION` of the pixels.
 
+For splits, :func:`duplicate_groups` groups more widely (also a difference hash within
+:data:`SPLIT_DHASH_RADIUS` bits): a group kept on one side of the split costs only balance, a copy across it
+inflates every figure. Fingerprints are cached per file (:class:`FingerprintCache`: path, size, mtime).
+
 Every image is decoded by :func:`cbir.images.load_image`, the project's one decoder. :func:`clean` keeps one image
 of each duplicate group (deterministically: a labelled one first, then the shortest relative path) and leaves
 blanks out; ``keep_all=True`` keeps everything and only reports.
