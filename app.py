@@ -16,7 +16,7 @@ import streamlit as st  # noqa: E402
 from cbir import plots, workspace  # noqa: E402
 from cbir.backbones import BACKBONES, available_backbones  # noqa: E402
 from cbir.errors import CbirError  # noqa: E402
-from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR  # noqa: E402
+from cbir.openclipart import INSTALL_HINT  # noqa: E402
 from cbir.ui import FEATURE_SET_KEY, GOTO_KEY, NAV_KEY, collection_status, feature_set_choices  # noqa: E402
 
 st.set_page_config(page_title="cbir — image search", page_icon=":material/image_search:", layout="wide")
@@ -93,7 +93,7 @@ def render_build(root: object, status: workspace.CollectionStatus) -> None:
     st.subheader("Get started")
     if status.catalog is None and not status.openclipart_installed:
         st.error(
-            f"Open Clip Art is not installed ({OPENCLIPART_DIR} is missing), so the default collection cannot "
+            f"Open Clip Art is not installed ({config.openclipart_dir()} is missing), so the default collection cannot "
             "be built. Install it, then reload this page:"
         )
         st.code(INSTALL_HINT.split("   ")[0], language="bash")

@@ -65,19 +65,28 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_openclipart(args: argparse.Namespace) -> int:
-    from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR, build_collection
+    from cbir import hygiene
+    from cbir.openclipart import INSTALL_HINT, build_collection, summary
     from cbir.workspace import WorkspaceError
 
-    if not OPENCLIPART_DIR.is_dir():  # a user's problem: one line (the builder raises a plain FileNotFoundError)
-        raise WorkspaceError(f"Open Clip Art not found at {OPENCLIPART_DIR}. Install it with: {INSTALL_HINT}")
+    source = config.openclipart_dir()
+    if not source.is_dir():  # a user's problem: one line (the builder raises a plain FileNotFoundError)
+        raise WorkspaceError(f"Open Clip Art not found at {source}. Install it with: {INSTALL_HINT}")
     out = args.out or config.default_collection()
     table = build_collection(out, workers=args.workers, limit_per_class=args.limit_per_class)
     failed = table[table["error"].notna()]
-    print(f"collection written to {out}")
-    print(table.groupby(["role", "category"]).size().rename("images").to_string())
+    counts, removed = summary(table)  # left out by hygiene: blank, near blank, exact/near duplicate, undecodable
+    if len(removed):
+        print(f"{len(removed)} source files left out:")
+        print(removed.fillna("").to_string(index=False, max_colwidth=90))
     if len(failed):
         print(f"\n{len(failed)} source files could not be converted:")
         print(failed[["source", "error"]].to_string(index=False))
+    print(f"\n{counts.to_string()}\ncollection written to {out}")
+    totals = ", ".join(f"{n} {role}" for role, n in counts.sum().items())
+    reasons = table.loc[table["role"] == "removed", "reason"]
+    reasons = reasons.where(reasons.isin(hygiene.REASONS), "undecodable")
+    print(f"{totals}; left out: {', '.join(f'{n} {r}' for r, n in reasons.value_counts().items()) or 'none'}")
     return 0
 
 
@@ -90,6 +99,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if len(catalog.report):
         print("\nrejected files:")
         print(catalog.report.to_string(index=False))
+    # collection hygiene (cbir.hygiene): duplicates and blank images are reported here, not removed
+    from cbir.hygiene import FingerprintCache, clean, summarize
+
+    _, flagged = clean(catalog, keep_all=True, cache=FingerprintCache(config.fingerprint_cache_path()))
+    print(f"\nhygiene: {', '.join(f'{n} {reason}' for reason, n in summarize(flagged).items())}")
+    if len(flagged):
+        print(flagged.fillna("").to_string(index=False))
     return 0
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,14 +92,55 @@ def _find_split_root(root: Path, max_depth: int = 3) -> Path | None:
     return None
 
 
-def _validation_mask(relpaths: Sequence[str], labels: Sequence[str], fraction: float) -> np.ndarray:
-    """Deterministic stratified split: per class, the ``fraction`` of files with the smallest path hash."""
-    frame = pd.DataFrame({"relpath": relpaths, "label": labels})
-    frame["key"] = [hashlib.sha1(p.encode()).hexdigest() for p in relpaths]
-    frame["rank"] = frame.groupby("label")["key"].rank(method="first") - 1
-    frame["n"] = frame.groupby("label")["key"].transform("size")
-    n_val = np.maximum(1, np.round(frame["n"] * fraction)).where(frame["n"] > 1, 0)
-    return (frame["rank"] < n_val).to_numpy()
+def stratified_split(
+    keys: Sequence[str],
+    labels: Sequence[str],
+    fraction: float = 0.1,
+    groups: Sequence[Hashable] | None = None,
+) -> np.ndarray:
+    """Deterministic, stratified, duplicate-aware validation split. Returns an (n,) bool mask (``True``:
+    validation).
+
+    Per class, ``max(1, round(n * fraction))`` images go to validation (none for a class of one image): the
+    groups with the smallest hash first (a group's hash is the smallest SHA-1 of its members' ``keys``, e.g.
+    relative paths). ``groups`` (one id per image, e.g. :func:`cbir.hygiene.assess`'s ``group``) keeps each
+    duplicate group whole: a group goes to validation only if it fits within the quota of every class it spans,
+    else it stays in training, so no validation image has a copy in training. Without groups every image is its
+    own group and the split is the plain per-class hash rank.
+    """
+    n = len(keys)
+    if len(labels) != n or (groups is not None and len(groups) != n):
+        raise CollectionError("keys, labels and groups must have the same length")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    hashes = [hashlib.sha1(k.encode()).hexdigest() for k in keys]
+    members: dict[Hashable, list[int]] = {}
+    for i, group in enumerate(range(n) if groups is None else groups):
+        members.setdefault(group, []).append(i)
+    sizes = Counter(labels)
+    quota = {label: (max(1, round(size * fraction)) if size > 1 else 0) for label, size in sizes.items()}
+    taken = dict.fromkeys(quota, 0)
+    mask = np.zeros(n, dtype=bool)
+    for indices in sorted(members.values(), key=lambda idx: min(hashes[i] for i in idx)):
+        need = Counter(labels[i] for i in indices)
+        if all(taken[label] + count <= quota[label] for label, count in need.items()):
+            mask[indices] = True
+            for label, count in need.items():
+                taken[label] += count
+    return mask
+
+
+def _duplicate_groups(paths: list[str], workers: int) -> list[Hashable]:
+    """Duplicate group of each file; an undecodable file is a group of its own (extraction reports it)."""
+    from cbir import config, hygiene
+
+    cache = hygiene.FingerprintCache(config.fingerprint_cache_path())
+    fingerprints, _ = hygiene.fingerprint_files(paths, workers=min(workers, 2), cache=cache)
+    usable = [i for i, fp in enumerate(fingerprints) if fp is not None]
+    groups: list[Hashable] = [("unusable", i) for i in range(len(paths))]
+    for i, group in zip(usable, hygiene.duplicate_groups([fingerprints[i] for i in usable]), strict=True):  # type: ignore[misc]
+        groups[i] = int(usable[group])
+    return groups
 
 
 def _stat_rows(files: list[Path], root: Path, label: str | None, split: str | None, role: str) -> list[dict]:
@@ -125,12 +167,15 @@ def scan_collection(
     validation_fraction: float = 0.1,
     validate: bool = False,
     workers: int = 4,
+    group_duplicates: bool = False,
 ) -> Catalog:
     """List a collection's images with their label, split and role.
 
     With ``validate=True`` every image is fully decoded (in ``workers`` threads, with a progress bar) and the
     unusable ones are moved to ``Catalog.report``. Feature extraction decodes every image anyway and reports
-    failures the same way, so validation here is optional.
+    failures the same way, so validation here is optional. With ``group_duplicates=True`` a split made here
+    (one folder per class) keeps exact and near copies in one split (:func:`cbir.hygiene.duplicate_groups`;
+    fingerprints are cached, so only new files are decoded); the paper's layout has its split already.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -164,8 +209,9 @@ def scan_collection(
                 continue
             class_rows += _stat_rows(list(_iter_images(class_dir)), root, class_dir.name, "train", "index")
         if class_rows:
-            is_val = _validation_mask(
-                [r["relpath"] for r in class_rows], [r["label"] for r in class_rows], validation_fraction
+            groups = _duplicate_groups([r["path"] for r in class_rows], workers) if group_duplicates else None
+            is_val = stratified_split(
+                [r["relpath"] for r in class_rows], [r["label"] for r in class_rows], validation_fraction, groups
             )
             for row, val in zip(class_rows, is_val, strict=True):
                 if val:

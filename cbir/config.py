@@ -45,6 +45,19 @@ def default_collection() -> Path:
     return path
 
 
+def openclipart_dir() -> Path:
+    """Debian's ``openclipart-png`` drawings, the default collection's source: ``CBIR_OPENCLIPART_DIR`` or
+    ``/usr/share/openclipart/png`` (read at each call, so a changed environment is honoured)."""
+    path = _env_path("CBIR_OPENCLIPART_DIR", Path("/usr/share/openclipart/png"))
+    assert path is not None
+    return path
+
+
+def fingerprint_cache_path() -> Path:
+    """Cache of image fingerprints (collection hygiene: duplicates, blanks), keyed by file path, size and mtime."""
+    return artifacts_dir() / "hygiene" / "fingerprints.json"
+
+
 def keras_cache_dir() -> Path:
     """Keras' own download cache (``KERAS_HOME`` or ``~/.keras``) holds ``models/<file>``."""
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"

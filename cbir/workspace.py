@@ -152,7 +152,6 @@ def list_indexes() -> pd.DataFrame:
 def collection_status(root: str | os.PathLike[str] | None = None, version: int = 0) -> CollectionStatus:
     """Scan the collection (default: ``CBIR_COLLECTION`` or the Open Clip Art build) and list what is built
     (``version``: :func:`workspace_version`, only a cache key)."""
-    from cbir.openclipart import OPENCLIPART_DIR
 
     del version
     root = Path(root) if root is not None else config.default_collection()
@@ -172,7 +171,7 @@ def collection_status(root: str | os.PathLike[str] | None = None, version: int =
         error=error,
         feature_sets=feature_sets,
         indexes=list_indexes(),
-        openclipart_installed=OPENCLIPART_DIR.is_dir(),
+        openclipart_installed=config.openclipart_dir().is_dir(),
     )
 
 
@@ -198,15 +197,16 @@ def build_default(
     ImageNet weights are on this machine (the ResNets once ``CBIR_WEIGHTS_DIR`` holds their files).
     ``progress(stage, done, total)`` with stage ``"collection"`` or ``"features"``. Returns the ``backbone`` feature
     set. Raises :class:`WorkspaceError` with the fix when something is missing."""
-    from cbir.openclipart import INSTALL_HINT, OPENCLIPART_DIR, build_collection
+    from cbir.openclipart import INSTALL_HINT, build_collection
 
     root = Path(root) if root is not None else config.default_collection()
     try:
         catalog = scan_collection(root)
     except CollectionError:
-        if not OPENCLIPART_DIR.is_dir():
+        source = config.openclipart_dir()
+        if not source.is_dir():
             raise WorkspaceError(
-                f"No collection at {root} and Open Clip Art is not installed ({OPENCLIPART_DIR} is "
+                f"No collection at {root} and Open Clip Art is not installed ({source} is "
                 f"missing). Install it with: {INSTALL_HINT}"
             ) from None
         build_collection(root, progress=None if progress is None else lambda d, t: progress("collection", d, t))

@@ -13,7 +13,6 @@ from PIL import Image
 
 from cbir import config
 from cbir.features import FeatureSet, load_features
-from cbir.openclipart import OPENCLIPART_DIR
 
 REQUIRE_REAL = os.environ.get("CBIR_REQUIRE_REAL_DATA") == "1"
 # Fixtures that cost tens of seconds per session (the small Open Clip Art collection is converted and its features
@@ -53,7 +52,8 @@ def _isolated_artifacts(
 @pytest.fixture(scope="session")
 def openclipart_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real collection: up to 6 index + 6 query images per Open Clip Art category (+ distractors)."""
-    require(OPENCLIPART_DIR.is_dir(), f"no Open Clip Art at {OPENCLIPART_DIR} (apt-get install openclipart-png)")
+    source = config.openclipart_dir()
+    require(source.is_dir(), f"no Open Clip Art at {source} (apt-get install openclipart-png)")
     from cbir.openclipart import build_collection
 
     out = tmp_path_factory.mktemp("openclipart_small")

@@ -87,10 +87,9 @@ def test_home_page_shows_the_collection(app_env: Path) -> None:
 
 
 def test_home_page_without_open_clip_art(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cbir.openclipart
 
     monkeypatch.setenv("CBIR_COLLECTION", str(tmp_path / "none"))
-    monkeypatch.setattr(cbir.openclipart, "OPENCLIPART_DIR", tmp_path / "not-installed")
+    monkeypatch.setenv("CBIR_OPENCLIPART_DIR", str(tmp_path / "not-installed"))
     at = open_app()
     assert "No usable collection" in at.warning[0].value
     assert "not installed" in at.error[0].value

@@ -62,8 +62,7 @@ def test_entry_points_quiet_the_native_libraries(monkeypatch: pytest.MonkeyPatch
 def test_missing_open_clip_art_is_a_user_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import cbir.openclipart
 
-    monkeypatch.setattr(cbir.openclipart, "OPENCLIPART_DIR", tmp_path / "not-installed")
+    monkeypatch.setenv("CBIR_OPENCLIPART_DIR", str(tmp_path / "not-installed"))
     assert cli.main(["openclipart", "--out", str(tmp_path / "out")]) == 2
     assert "apt-get install openclipart-png" in capsys.readouterr().err

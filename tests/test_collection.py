@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from cbir.collection import CollectionError, scan_collection
+from cbir.collection import CollectionError, scan_collection, stratified_split
 from tests.conftest import write_image
 
 
@@ -26,6 +29,51 @@ def test_flat_layout_gets_deterministic_stratified_split(tmp_path: Path) -> None
     again = scan_collection(root)
     assert catalog.images["role"].tolist() == again.images["role"].tolist()
     assert catalog.classes == ["cats", "dogs"]
+
+
+def test_stratified_split_without_groups_takes_the_smallest_path_hashes() -> None:
+    keys = [f"{label}/{i}.png" for label in ("a", "b") for i in range(30)] + ["c/only.png"]
+    labels = [k.split("/")[0] for k in keys]
+    is_val = stratified_split(keys, labels, 0.1)
+    for label in ("a", "b"):
+        ranked = sorted((k for k in keys if k.startswith(label)), key=lambda k: hashlib.sha1(k.encode()).hexdigest())
+        assert {k for k, v in zip(keys, is_val, strict=True) if v and k.startswith(label)} == set(ranked[:3])
+    assert not is_val[-1]  # a class of one image has no query
+
+
+def test_stratified_split_keeps_groups_whole_within_quota() -> None:
+    keys = [f"x/{i}.png" for i in range(40)]
+    labels = ["a"] * 20 + ["b"] * 20
+    groups = [i // 5 for i in range(20)] + list(range(100, 120))  # class a: groups of five
+    groups[20] = 0  # one member of a's group 0 is filed under b
+    is_val = stratified_split(keys, labels, 0.25, groups=groups)
+    groups_arr = np.array(groups)
+    for group in set(groups):
+        assert len(set(is_val[groups_arr == group])) == 1
+    assert is_val[:20].sum() == 5 and is_val[20:].sum() <= 5  # a: one group of five; b: up to its quota
+    assert stratified_split(keys, labels, 0.25, groups=groups).tolist() == is_val.tolist()
+    with pytest.raises(CollectionError, match="same length"):
+        stratified_split(keys, labels[:-1], 0.1)
+    with pytest.raises(ValueError, match="fraction"):
+        stratified_split(keys, labels, 1.5)
+
+
+def test_flat_layout_split_keeps_copies_together_on_request(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    root = tmp_path
+    for label in ("cats", "dogs"):  # noise: every image unlike every other (the gradients of write_image are alike)
+        for i in range(20):
+            (root / label).mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    originals = sorted((root / "cats").glob("*.png"))
+    for i, original in enumerate(originals):  # every cat has an exact copy under another name
+        (root / "cats" / f"copy_{i}.png").write_bytes(original.read_bytes())
+    plain = scan_collection(root).images.set_index("relpath")["role"]
+    grouped = scan_collection(root, group_duplicates=True, workers=2).images.set_index("relpath")["role"]
+    pairs = [(f"cats/{p.name}", f"cats/copy_{i}.png") for i, p in enumerate(originals)]
+    assert any(plain[a] != plain[b] for a, b in pairs)  # by path hash alone, some copies are split apart
+    assert all(grouped[a] == grouped[b] for a, b in pairs)
+    assert (grouped[grouped.index.str.startswith("cats")] == "query").sum() == 4  # 10 % of 40: two pairs
 
 
 def test_paper_layout_with_distractors_nested(tmp_path: Path) -> None:

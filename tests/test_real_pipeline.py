@@ -16,7 +16,7 @@ from cbir.collection import scan_collection
 from cbir.evaluation import default_bucket_width, evaluate, split_collection
 from cbir.features import FeatureExtractor, FeatureSet, extract_collection
 from cbir.index import LSHIndex, SequentialScan
-from cbir.openclipart import OPENCLIPART_DIR, build_collection
+from cbir.openclipart import build_collection
 from cbir.report import feature_set_row
 from tests.conftest import require
 
@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.real_artifacts, pytest.mark.s
 
 @pytest.fixture(scope="module")
 def default_features() -> FeatureSet:
-    require(OPENCLIPART_DIR.is_dir(), f"no Open Clip Art at {OPENCLIPART_DIR} (apt-get install openclipart-png)")
+    source = config.openclipart_dir()
+    require(source.is_dir(), f"no Open Clip Art at {source} (apt-get install openclipart-png)")
     collection = config.default_collection()
     build_collection(collection, workers=2)  # no-op when already built
     return extract_collection(scan_collection(collection), FeatureExtractor("efficientnet_lite0", batch_size=32))

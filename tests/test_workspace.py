@@ -30,9 +30,8 @@ def test_feature_set_labels() -> None:
 
 
 def test_build_default_without_openclipart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cbir.openclipart
 
-    monkeypatch.setattr(cbir.openclipart, "OPENCLIPART_DIR", tmp_path / "not-installed")
+    monkeypatch.setenv("CBIR_OPENCLIPART_DIR", str(tmp_path / "not-installed"))
     status = workspace.collection_status(tmp_path / "empty")
     assert status.catalog is None and not status.ready and not status.openclipart_installed
     assert "not found" in (status.error or "")
