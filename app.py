@@ -106,10 +106,15 @@ def render_build(root: object, status: workspace.CollectionStatus) -> None:
     )
     if not st.button("Build collection and features", type="primary"):
         return
-    bars = {"collection": st.progress(0.0, text="Collection"), "features": st.progress(0.0, text="Features")}
+    labels = {
+        "collection": "Converting Open Clip Art",
+        "hygiene": "Checking for duplicates and blank images",
+        "features": "Extracting features",
+    }
+    bars = {stage: st.progress(0.0, text=label) for stage, label in labels.items()}
 
     def progress(stage: str, done: int, total: int) -> None:
-        label = "Converting Open Clip Art" if stage == "collection" else "Extracting features"
+        label = labels[stage]
         bars[stage].progress(done / max(total, 1), text=f"{label}: {done:,} / {total:,}")
 
     try:

@@ -110,10 +110,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from cbir.collection import scan_collection
     from cbir.features import FeatureExtractor, extract_collection
+    from cbir.hygiene import clean_collection, summarize
 
-    catalog = scan_collection(args.collection or config.default_collection(), args.distractors)
+    root = args.collection or config.default_collection()
+    catalog, flagged = clean_collection(root, args.distractors, keep_all=args.keep_all)
+    if len(flagged):
+        verb = "kept (--keep-all)" if args.keep_all else "left out"
+        print(f"hygiene, {verb}: {', '.join(f'{n} {reason}' for reason, n in summarize(flagged).items())}")
     extractor = FeatureExtractor(args.backbone, args.weights, batch_size=args.batch_size, workers=args.workers)
     result = extract_collection(catalog, extractor, out_path=args.out)
     meta = result.meta
@@ -211,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
     p.add_argument("--out", type=Path, default=None, help="feature artifact path (default: under artifacts/)")
+    p.add_argument(
+        "--keep-all", action="store_true", help="also extract blank images and every copy of a duplicate group"
+    )
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("info", help="what is configured and built")

@@ -544,3 +544,23 @@ def clean(
         )
         return kept_catalog, report.reset_index(drop=True)
     return [p for p, k in zip(paths, keep, strict=True) if k], report.reset_index(drop=True)
+
+
+def clean_collection(
+    root: str | os.PathLike[str],
+    distractor_dirs: Sequence[str | os.PathLike[str]] = (),
+    keep_all: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Catalog, pd.DataFrame]:
+    """Scan a collection for feature extraction: a duplicate-aware split (for a one-folder-per-class layout) and,
+    unless ``keep_all``, blanks and all but one image of each duplicate group left out (listed in the catalog's
+    report with their reason). Fingerprints are cached under the artifacts folder, so a rescan decodes only new
+    files. Returns ``(catalog, flagged)`` as :func:`clean` does."""
+    from cbir import config
+    from cbir.collection import Catalog, scan_collection
+
+    catalog = scan_collection(root, distractor_dirs, group_duplicates=True)
+    cache = FingerprintCache(config.fingerprint_cache_path())
+    kept, flagged = clean(catalog, keep_all=keep_all, cache=cache, progress=progress)
+    assert isinstance(kept, Catalog)
+    return kept, flagged

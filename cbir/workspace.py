@@ -193,15 +193,17 @@ def build_default(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> FeatureSet:
     """Make the dashboard usable from nothing: build the Open Clip Art collection at ``root`` when it has no
-    images yet, then extract ``backbone`` features (cached and resumable), then those of every other backbone whose
-    ImageNet weights are on this machine (the ResNets once ``CBIR_WEIGHTS_DIR`` holds their files).
-    ``progress(stage, done, total)`` with stage ``"collection"`` or ``"features"``. Returns the ``backbone`` feature
-    set. Raises :class:`WorkspaceError` with the fix when something is missing."""
+        images yet, then extract ``backbone`` features (cached and resumable), then those of every other backbone whose
+        ImageNet weights are on this machine (the ResNets once ``CBIR_WEIGHTS_DIR`` holds their files).
+        ``progress(stage, done, total)`` with stage ``"collection"``, ``"hygiene"`` (duplicates and blanks are left out,
+    see :func:`cbir.hygiene.clean_collection`) or ``"features"``. Returns the ``backbone`` feature
+        set. Raises :class:`WorkspaceError` with the fix when something is missing."""
+    from cbir.hygiene import clean_collection
     from cbir.openclipart import INSTALL_HINT, build_collection
 
     root = Path(root) if root is not None else config.default_collection()
     try:
-        catalog = scan_collection(root)
+        scan_collection(root)
     except CollectionError:
         source = config.openclipart_dir()
         if not source.is_dir():
@@ -210,7 +212,8 @@ def build_default(
                 f"missing). Install it with: {INSTALL_HINT}"
             ) from None
         build_collection(root, progress=None if progress is None else lambda d, t: progress("collection", d, t))
-        catalog = scan_collection(root)
+    # the Open Clip Art build is clean already (its fingerprints are cached); a user's own collection is not
+    catalog, _ = clean_collection(root, progress=None if progress is None else lambda d, t: progress("hygiene", d, t))
     extractor = FeatureExtractor(backbone, "imagenet")
     try:
         extractor.weights_id  # noqa: B018 - builds the model now so that a missing weights file is reported here
