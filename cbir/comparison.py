@@ -76,12 +76,16 @@ class Comparison:
 def comparison_configs(
     feature_set: FeatureSet, metric: str = "euclidean", sweep: pd.DataFrame | None = None
 ) -> list[IndexConfig]:
-    """Exact scan plus LSH at the configuration recommended by ``sweep`` (when given and one fits the budget),
-    else at :func:`cbir.tuning.default_lsh_config`."""
+    """Exact scan, LSH at the configuration recommended by ``sweep`` (when given and one fits the budget, else at
+    :func:`cbir.tuning.default_lsh_config`), and the reference index, FAISS HNSW at its default ``ef_search``."""
     lsh = None
     if sweep is not None:
         lsh = recommended_config(sweep, int((feature_set.roles != "query").sum()))
-    return [IndexConfig("scan", metric), lsh or default_lsh_config(searchable_features(feature_set), metric)]  # type: ignore[arg-type]
+    return [
+        IndexConfig("scan", metric),  # type: ignore[arg-type]
+        lsh or default_lsh_config(searchable_features(feature_set), metric),
+        IndexConfig("hnsw", metric),  # type: ignore[arg-type]
+    ]
 
 
 def comparison_jobs(

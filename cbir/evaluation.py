@@ -31,7 +31,7 @@ from cbir.names import score_name
 
 ROLES = ("index", "query", "distractor")
 # the index setting of a result row (NaN / NA for the LSH parameters of an exact scan)
-SETTING_COLUMNS = ["index", "n_tables", "n_projections", "bucket_width", "probes", "metric"]
+SETTING_COLUMNS = ["index", "n_tables", "n_projections", "bucket_width", "probes", "ef_search", "metric"]
 # every column of EvaluationResult.row(), in order; the tables below are selections of it
 ROW_COLUMNS = [
     *SETTING_COLUMNS,
@@ -292,14 +292,15 @@ class EvaluationResult:
 
     def row(self) -> dict[str, Any]:
         """This result as one row of a results table, columns :data:`ROW_COLUMNS`: the index setting (``index``
-        "scan" or "lsh", the LSH parameters, ``None`` for a scan), then quality and cost. Every table (sweep,
-        comparison, report, CLI) is made of these rows."""
+        "scan", "lsh" or "hnsw", the LSH parameters or HNSW's ``ef_search``, ``None`` where they do not apply),
+        then quality and cost. Every table (sweep, comparison, report, CLI) is made of these rows."""
         params = self.index_params
         lsh = params.get("index") == "lsh"
         return {
             "index": params.get("index"),
             **{name: params.get(name) if lsh else None for name in ("n_tables", "n_projections", "bucket_width")},
             "probes": params.get("probes") if lsh else None,
+            "ef_search": params.get("ef_search") if params.get("index") == "hnsw" else None,
             "metric": self.metric,
             "k": self.k,
             "map": self.map,
@@ -374,7 +375,7 @@ def evaluate_split(index: BaseIndex, split: EvaluationSplit, k: int = 10, refit:
     search_seconds = time.perf_counter() - started
     if isinstance(index, SequentialScan):  # the scan is its own reference: recall 1 without a second search
         split._exact_ids.setdefault((index.metric, int(k)), ids)
-    params = {"index": "scan" if isinstance(index, SequentialScan) else "lsh", **index.params}
+    params = {"index": index.kind.removesuffix("_index"), **index.params}  # "scan", "lsh", "hnsw"
     return _score(split, scores, ids, visited, index.metric, int(k), fit_seconds, search_seconds, params)
 
 
@@ -552,7 +553,9 @@ def sweep_split(
             add_row(result)
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     # nullable integers: the scan row has no g/h/probes, and the others should not print as 4.0000
-    return table.astype({"n_tables": "Int64", "n_projections": "Int64", "probes": "Int64", "bucket_width": float})
+    return table.astype(
+        {"n_tables": "Int64", "n_projections": "Int64", "probes": "Int64", "ef_search": "Int64", "bucket_width": float}
+    )
 
 
 def pareto_frontier(df: pd.DataFrame, x: str = "mean_visited", y: str = "map") -> pd.Series:

@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Literal
 
 Metric = Literal["euclidean", "cosine"]
-IndexKind = Literal["scan", "lsh"]
+IndexKind = Literal["scan", "lsh", "hnsw"]
 
 METRICS: tuple[Metric, ...] = ("euclidean", "cosine")
-INDEX_KINDS: tuple[IndexKind, ...] = ("scan", "lsh")
+INDEX_KINDS: tuple[IndexKind, ...] = ("scan", "lsh", "hnsw")
 # what the pages and tables call them
 METRIC_LABELS: dict[str, str] = {"euclidean": "Euclidean distance", "cosine": "Cosine similarity"}
-INDEX_LABELS: dict[str, str] = {"scan": "exact scan", "lsh": "LSH"}
+INDEX_LABELS: dict[str, str] = {"scan": "exact scan", "lsh": "LSH", "hnsw": "HNSW (faiss)"}
 
 
 def score_name(metric: str) -> str:

@@ -32,7 +32,7 @@ def _require(df: pd.DataFrame, columns: list[str]) -> None:
 
 def _lsh_rows(sweep_df: pd.DataFrame) -> pd.DataFrame:
     """LSH configurations only; with several probe settings, the line plots use plain LSH (fewest probes)."""
-    rows = sweep_df[sweep_df["index"] != "scan"] if "index" in sweep_df.columns else sweep_df
+    rows = sweep_df[sweep_df["index"] == "lsh"] if "index" in sweep_df.columns else sweep_df
     if "probes" in rows.columns and rows["probes"].notna().any():
         rows = rows[rows["probes"] == rows["probes"].min()]
     return rows
@@ -45,6 +45,8 @@ def _hover_text(rows: pd.DataFrame) -> list[str]:
             figures += f"<br>recall {row['recall']:.3f}"
         if row.get("index") == "scan":
             return f"exact scan<br>{figures}<br>visited {row['mean_visited']:.0f}"
+        if row.get("index") == "hnsw":
+            return f"HNSW (faiss) ef={row['ef_search']:.0f}<br>{figures}<br>visited {row['mean_visited']:.1f}"
         return (
             f"g={row['n_tables']:.0f} h={row['n_projections']:.0f} w={row['bucket_width']:.3g}"
             f" probes={row.get('probes', 0):.0f}<br>{figures}<br>visited {row['mean_visited']:.1f}"
@@ -80,18 +82,26 @@ def fig_map_vs_visited(
     """Every configuration as a point (x: mean visited objects, log scale; y: ``y``, ``"map"`` or ``"recall"``),
     the Pareto frontier of (visited, ``y``) as a line.
 
-    Traces: "configurations" (all LSH rows), "Pareto frontier" (non-dominated rows joined by x), "exact scan"
-    (if the table has a scan row), and "current" (``current`` given as a mapping with ``mean_visited`` and ``y``,
-    e.g. :meth:`cbir.evaluation.EvaluationResult.row`).
+    Traces: "configurations" (all LSH rows), "Pareto frontier" (non-dominated scan and LSH rows joined by x),
+    "exact scan" (if the table has a scan row), "HNSW (faiss), reference" (rows with ``index="hnsw"``, the field's
+    reference index, not part of the frontier), and "current" (``current`` given as a mapping with
+    ``mean_visited`` and ``y``, e.g. :meth:`cbir.evaluation.EvaluationResult.row`).
     """
     _require(sweep_df, ["mean_visited", y])
-    is_scan = sweep_df["index"] == "scan" if "index" in sweep_df.columns else pd.Series(False, index=sweep_df.index)
-    lsh = sweep_df[~is_scan]
+    kinds = sweep_df["index"] if "index" in sweep_df.columns else pd.Series("lsh", index=sweep_df.index)
+    is_scan, is_reference = kinds == "scan", kinds == "hnsw"
+    own = sweep_df[~is_reference]
     fig = go.Figure()
     fig.add_trace(
-        _sweep_points(lsh, "markers", "configurations", y, marker={"size": 8, "color": "#7f8c8d", "opacity": 0.7})
+        _sweep_points(
+            sweep_df[~is_scan & ~is_reference],
+            "markers",
+            "configurations",
+            y,
+            marker={"size": 8, "color": "#7f8c8d", "opacity": 0.7},
+        )
     )
-    frontier = sweep_df[pareto_frontier(sweep_df, y=y)].sort_values("mean_visited")
+    frontier = own[pareto_frontier(own, y=y)].sort_values("mean_visited")
     fig.add_trace(
         _sweep_points(
             frontier,
@@ -110,6 +120,17 @@ def fig_map_vs_visited(
                 "exact scan",
                 y,
                 marker={"size": 12, "symbol": "square", "color": "#2c3e50"},
+            )
+        )
+    if is_reference.any():
+        fig.add_trace(
+            _sweep_points(
+                sweep_df[is_reference].sort_values("mean_visited"),
+                "lines+markers",
+                "HNSW (faiss), reference",
+                y,
+                line={"color": "#2980b9", "width": 1, "dash": "dot"},
+                marker={"size": 10, "symbol": "diamond", "color": "#2980b9"},
             )
         )
     if current is not None:

@@ -7,6 +7,8 @@ as example queries, and the hubness figures of ``report`` and the comparison pag
 
 from __future__ import annotations
 
+import io
+
 from PIL import Image
 
 from cbir.errors import CbirError
@@ -35,3 +37,10 @@ def sample_photo(name: str) -> Image.Image:
 def sample_photos() -> dict[str, Image.Image]:
     """Every sample photo, by name."""
     return {name: sample_photo(name) for name in SAMPLE_PHOTOS}
+
+
+def sample_photo_png(name: str) -> bytes:
+    """One of :data:`SAMPLE_PHOTOS` encoded as PNG: what an upload of it would send."""
+    buffer = io.BytesIO()
+    sample_photo(name).save(buffer, format="PNG")
+    return buffer.getvalue()

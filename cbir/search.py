@@ -23,6 +23,7 @@ from cbir.backbones import WeightsNotFoundError
 from cbir.errors import ConfigError
 from cbir.index import BaseIndex, LSHIndex, SequentialScan
 from cbir.names import INDEX_KINDS, METRICS, IndexKind, Metric, score_name
+from cbir.peers import DEFAULT_EF_SEARCH, DEFAULT_LINKS, HNSWIndex
 from cbir.query import QueryImage, decode_query
 from cbir.workspace import load_feature_set, weights_kind
 
@@ -39,7 +40,8 @@ DEFAULT_PROJECTIONS = 2
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """One index setting (hashable: a cache key). ``kind="scan"`` ignores the LSH fields."""
+    """One index setting (hashable: a cache key). The LSH fields (g, h, w, probes, seed) matter for ``kind="lsh"``
+    only, ``ef_search`` for the reference index ``kind="hnsw"`` (:class:`cbir.peers.HNSWIndex`) only."""
 
     kind: IndexKind = "scan"
     metric: Metric = "euclidean"
@@ -48,6 +50,7 @@ class IndexConfig:
     bucket_width: float = 1.0
     probes: int = 0
     seed: int = 0
+    ef_search: int = DEFAULT_EF_SEARCH
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
@@ -60,6 +63,8 @@ class IndexConfig:
         """The setting of a results-table row (:meth:`cbir.evaluation.EvaluationResult.row`, a sweep row)."""
         if row["index"] == "scan":
             return cls("scan", row["metric"])
+        if row["index"] == "hnsw":
+            return cls("hnsw", row["metric"], ef_search=int(row["ef_search"]))
         return cls(
             "lsh",
             row["metric"],
@@ -73,6 +78,8 @@ class IndexConfig:
         """A new, unfitted index."""
         if self.kind == "scan":
             return SequentialScan(self.metric)
+        if self.kind == "hnsw":
+            return HNSWIndex(self.metric, ef_search=self.ef_search)
         return LSHIndex(
             self.n_tables,
             self.n_projections,
@@ -90,6 +97,8 @@ class IndexConfig:
     def label(self) -> str:
         if self.kind == "scan":
             return f"exact scan ({self.metric})"
+        if self.kind == "hnsw":
+            return f"HNSW (faiss) M={DEFAULT_LINKS} ef={self.ef_search} ({self.metric})"
         probes = f", probes={self.probes}" if self.probes else ""
         return f"LSH g={self.n_tables} h={self.n_projections} w={self.bucket_width:.3g}{probes} ({self.metric})"
 

@@ -1,5 +1,6 @@
 """Index tuning on a feature set: evaluate one :class:`~cbir.search.IndexConfig` on the validation queries, sweep a
-grid of LSH settings around the data-driven bucket width, and recommend the best setting under a visit budget.
+grid of LSH settings around the data-driven bucket width beside the field's reference index (FAISS HNSW), recommend
+the best LSH setting under a visit budget, and pick the fastest index that reaches a recall.
 
 The computations are :mod:`cbir.evaluation`'s; this module speaks in feature sets (by path and file version, so
 that the app can cache by plain arguments) and in :class:`~cbir.search.IndexConfig`.
@@ -13,8 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from cbir.errors import ConfigError
 from cbir.evaluation import (
     DEFAULT_WIDTH_FACTORS,
+    SWEEP_COLUMNS,
     EvaluationResult,
     EvaluationSplit,
     default_width,
@@ -27,6 +30,7 @@ from cbir.evaluation import (
     width_grid,
 )
 from cbir.features import FeatureSet
+from cbir.peers import HNSWIndex
 from cbir.search import DEFAULT_K, DEFAULT_PROJECTIONS, DEFAULT_TABLES, IndexConfig
 from cbir.workspace import load_feature_set
 
@@ -37,6 +41,8 @@ RECOMMEND_BUDGET_FRACTION = 0.2
 # that the page's default setting g=7, h=2, default w is one of its points.
 DEFAULT_GRID_TABLES = (1, 2, 4, 7, 10)
 DEFAULT_GRID_PROJECTIONS = (1, 2, 4, 8)
+# The reference index beside the sweep: FAISS HNSW at these efSearch values (recall from ~0.8 to ~1 on real features)
+REFERENCE_EF = (16, 32, 64, 128, 256)
 
 
 def searchable_features(feature_set: FeatureSet) -> np.ndarray:
@@ -111,10 +117,43 @@ def sweep_table(
     (on the mAP-vs-visited frontier), ``recall_pareto`` (on the recall-vs-visited frontier) and ``label``."""
     grid = grid if grid is not None else default_grid(split.index_vectors, metric)
     table = sweep_split(split, grid, metric, k, probes, progress=progress, include_scan=True)
-    table["pareto"] = pareto_frontier(table)
-    table["recall_pareto"] = pareto_frontier(table, y="recall")
+    table = pd.concat([table, reference_sweep(split, metric, k)], ignore_index=True)
+    # the frontiers are the scan's and LSH's own; the reference index is shown beside them, not folded in
+    own = table["index"] != "hnsw"
+    table["pareto"] = pareto_frontier(table[own]).reindex(table.index, fill_value=False)
+    table["recall_pareto"] = pareto_frontier(table[own], y="recall").reindex(table.index, fill_value=False)
     table["label"] = [IndexConfig.from_row(row).label for _, row in table.iterrows()]
     return table
+
+
+def reference_sweep(
+    split: EvaluationSplit, metric: str = "euclidean", k: int = DEFAULT_K, ef_values: Sequence[int] = REFERENCE_EF
+) -> pd.DataFrame:
+    """The field's reference index, FAISS HNSW (:class:`cbir.peers.HNSWIndex`, M=32), fitted once on the split
+    and evaluated at each ``ef_search`` of ``ef_values``: rows of :data:`cbir.evaluation.SWEEP_COLUMNS` with
+    ``index="hnsw"``, to set beside the LSH sweep."""
+    index = HNSWIndex(metric, ef_search=ef_values[0])  # type: ignore[arg-type]
+    rows = []
+    fit_seconds = None
+    for ef in ef_values:
+        index.ef_search = int(ef)
+        result = evaluate_split(index, split, k=k, refit=fit_seconds is None)
+        if fit_seconds is None:
+            fit_seconds = result.fit_seconds
+        rows.append({**result.row(), "fit_seconds": fit_seconds})
+    return pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS).astype({"ef_search": "Int64"})
+
+
+def fastest_config(sweep: pd.DataFrame, target_recall: float) -> pd.Series:
+    """The row of ``sweep`` (:func:`sweep_table`: the scan, every LSH setting, the HNSW reference) that answers
+    fastest (``query_ms``) among those returning at least ``target_recall`` of the exact top-k; the exact scan
+    (recall 1) always qualifies. ``IndexConfig.from_row`` of it is the index to search with."""
+    if not 0.0 <= target_recall <= 1.0:
+        raise ConfigError(f"target recall must be in [0, 1], got {target_recall}")
+    reach = sweep[sweep["recall"] >= target_recall - 1e-12]
+    if reach.empty:
+        raise ConfigError("the sweep has no setting at that recall (it lacks the exact scan row)")
+    return reach.sort_values(["query_ms", "mean_visited"], kind="stable").iloc[0]
 
 
 def sweep_for(

@@ -10,11 +10,14 @@ from cbir import ui
 from cbir.errors import CbirError
 from cbir.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
 from cbir.names import METRIC_LABELS, METRICS
+from cbir.peers import DEFAULT_EF_SEARCH
 from cbir.query import decode_query
+from cbir.samples import SAMPLE_PHOTOS, sample_photo_png
 from cbir.search import DEFAULT_K, IndexConfig
-from cbir.tuning import width_range
+from cbir.tuning import fastest_config, width_range
 
-SOURCES = ("Upload a file", "Camera", "Pick from the collection")
+SOURCES = ("Upload a file", "Camera", "Pick from the collection", "Example photo")
+INDEX_CHOICES = ("Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall")
 GRID_COLUMNS = 5
 
 ui.page_header(
@@ -38,14 +41,35 @@ with index_col:
     st.markdown("**Index**")
     kind = st.radio(
         "Index",
-        ["Exact scan", "LSH"],
+        INDEX_CHOICES,
         horizontal=True,
         label_visibility="collapsed",
         key="search-kind",
-        help="The exact scan compares the query with every image; LSH only with those in its buckets.",
+        help="The exact scan compares the query with every image; LSH only with those in its buckets; HNSW (FAISS, "
+        "the field's reference) walks a neighbour graph; the last choice takes the fastest of them that returns "
+        "at least the recall you pick, as measured on the validation queries.",
     )
     metric = st.selectbox("Metric", METRICS, key="search-metric", format_func=METRIC_LABELS.get)
-    if kind == "LSH":
+    if kind == INDEX_CHOICES[3]:
+        target = st.slider(
+            "recall@10 at least",
+            0.5,
+            1.0,
+            0.9,
+            0.05,
+            key="search-target-recall",
+            help="Share of the exact scan's ten nearest images the index must return (on the validation queries)",
+        )
+        fastest = fastest_config(ui.sweep(path, version, metric), target)
+        index_config = IndexConfig.from_row(fastest)
+        st.caption(
+            f"**{index_config.label}**: recall@10 {fastest['recall']:.3f}, {fastest['query_ms']:.3f} ms per "
+            f"validation query, {fastest['visited_fraction']:.1%} of the index visited"
+        )
+    elif kind == INDEX_CHOICES[2]:
+        ef = st.slider("ef — candidates kept while walking the graph", 8, 512, DEFAULT_EF_SEARCH, key="search-ef")
+        index_config = IndexConfig("hnsw", metric, ef_search=ef)
+    elif kind == "LSH":
         defaults = ui.lsh_defaults(path, version, metric)
         low, high, step = width_range(defaults.bucket_width)
         g = st.slider("g — hash tables", 1, 20, defaults.n_tables, key="search-g")
@@ -81,6 +105,14 @@ with query_col:
         photo = st.camera_input("Take a photo", key="search-camera")
         if photo is not None:
             query_bytes, query_name = photo.getvalue(), "camera photo"
+    elif source == SOURCES[3]:
+        query_name = st.selectbox(
+            "Example photo",
+            SAMPLE_PHOTOS,
+            key="search-example",
+            help="scikit-image's sample photos: out-of-domain queries for a collection of drawings",
+        )
+        query_bytes = sample_photo_png(query_name)
     else:
         relpaths = feature_set.catalog["relpath"].tolist()
         chosen = st.selectbox(
