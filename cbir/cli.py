@@ -99,7 +99,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     catalog = scan_collection(args.collection or config.default_collection(), args.distractors)
     extractor = FeatureExtractor(args.backbone, args.weights, batch_size=args.batch_size, workers=args.workers)
-    result = extract_collection(catalog, extractor, out_path=args.out)
+    engine = None
+    if args.engine == "ray":
+        from cbir.ray_extract import ray_engine
+
+        engine = ray_engine(address=args.address)
+    result = extract_collection(catalog, extractor, out_path=args.out, dtype=args.dtype, engine=engine)
     meta = result.meta
     print(
         f"{meta['backbone']} ({meta['weights_id']}): {meta['n_images']} images × {meta['dim']} features, "
@@ -188,7 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
-    p.add_argument("--out", type=Path, default=None, help="feature artifact path (default: under artifacts/)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="feature store folder, or a .joblib file (default: under artifacts/)"
+    )
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored feature type")
+    p.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="in-process pipeline (default) or Ray Data"
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("info", help="what is configured and built")
