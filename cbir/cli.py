@@ -118,11 +118,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from cbir.backbones import BACKBONES, available_backbones
+    from cbir.features import model_device
     from cbir.workspace import list_feature_sets
 
     print(f"artifacts:  {config.artifacts_dir()}")
     print(f"collection: {config.default_collection()} (default)")
-    print(f"weights:    {config.weights_dir()} (CBIR_WEIGHTS_DIR)\n")
+    print(f"weights:    {config.weights_dir()} (CBIR_WEIGHTS_DIR)")
+    print(f"models on:  {model_device()}\n")
     available = available_backbones()
     print(
         pd.DataFrame(

@@ -87,6 +87,19 @@ def feature_path(root: str | os.PathLike[str], backbone: str, weights_id: str) -
     return config.artifacts_dir() / "features" / collection_id(root) / f"{backbone}-{weights_id}"
 
 
+def model_device() -> str:
+    """Where TensorFlow runs the models: ``"GPU: <name>"`` (the first GPU TensorFlow sees; several are listed by
+    count) or ``"CPU (no GPU found)"``. Extraction and fine-tuning use a visible GPU without being asked."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU (no GPU found)"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    name = details.get("device_name", gpus[0].name)
+    return f"GPU: {name}" + (f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else "")
+
+
 class FeatureExtractor:
     """Pooled CNN features of images (scikit-learn style: configure, then ``transform``).
 

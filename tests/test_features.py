@@ -18,6 +18,7 @@ from cbir.features import (
     feature_path,
     legacy_path,
     load_features,
+    model_device,
     read_meta,
 )
 from cbir.storage import ArtifactError
@@ -224,3 +225,11 @@ def test_real_images_real_imagenet_features(openclipart_small: Path) -> None:
     np.fill_diagonal(same, False)
     different = labels[:, None] != labels[None]
     assert d[same].mean() < d[different].mean()
+
+
+def test_model_device_names_the_device() -> None:
+    import tensorflow as tf
+
+    device = model_device()
+    gpus = tf.config.list_physical_devices("GPU")
+    assert device.startswith("GPU: ") if gpus else device == "CPU (no GPU found)"
