@@ -153,10 +153,7 @@ def bench_indexes(n: int, n_queries: int, lsh: tuple[int, int, int], faiss_on: b
         build_s = time.perf_counter() - start
         added = rss_mib() - before
         start = time.perf_counter()
-        if name.startswith("faiss"):
-            ids = index.search(queries, K)[1]  # type: ignore[attr-defined]
-        else:
-            ids = index.search(queries, K).ids  # type: ignore[attr-defined]
+        ids = index.search(queries, K)[1]  # type: ignore[attr-defined]  # cbir: (scores, ids, visited); faiss: (D, I)
         query_ms = (time.perf_counter() - start) * 1000 / n_queries
         exact = ids if exact is None else exact
         rows.append(
