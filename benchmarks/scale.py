@@ -11,10 +11,11 @@
    < 4 GiB resident).
 2. **Indexes** at N × 256 float32: synthetic and hard (non-negative, a decaying spectrum: the ReLU of a randomly
    rotated Gaussian whose j-th axis has scale (j + 1)^-0.75, like pooled CNN features), ``--queries`` held-out
-   queries. For each of ``SequentialScan``, ``LSHIndex`` (g, h, probes from ``--lsh``; w the data-driven
-   default) and faiss HNSW (when installed): build seconds, the resident memory the build added (current RSS
-   after − before, MiB), query milliseconds per query (batch search) and recall@10 against the exact scan
-   (:func:`cbir.evaluation.recall_at_k`).
+   queries. For each of ``SequentialScan``, ``LSHIndex`` (g, h, probes and w as a multiple of the data-driven
+   width from ``--lsh``) and faiss HNSW (when installed; ``--no-faiss``: its build takes ~45 s per 100k on 2
+   cores): build seconds, the resident memory the build added (current RSS after − before, MiB), query
+   milliseconds per query (batch search), recall@10 against the exact scan (:func:`cbir.evaluation.recall_at_k`)
+   and the objects visited per query.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,7 +50,16 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
+    """Peak resident memory of this process (MiB), ``resource.getrusage`` (Linux keeps it across fork and exec, so
+    the store is built and opened in child processes of a small parent)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def hwm_mib() -> float:
+    """Peak resident memory since this program started (``VmHWM``, MiB): unlike getrusage, not inherited."""
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def synthetic_catalog(n: int) -> pd.DataFrame:
@@ -85,11 +96,11 @@ def open_store(path: str) -> dict[str, float]:
     """Run in a fresh process: open the store, then read every row once."""
     from cbir.features import load_features
 
-    before = peak_rss_mib()
+    before, hwm_before = peak_rss_mib(), hwm_mib()
     start = time.perf_counter()
     feature_set = load_features(path)
     seconds = time.perf_counter() - start
-    opened = peak_rss_mib()
+    opened, hwm_opened = peak_rss_mib(), hwm_mib()
     assert isinstance(feature_set.features, np.memmap)
     start = time.perf_counter()
     means = np.zeros(feature_set.features.shape[1], dtype=np.float64)
@@ -100,8 +111,11 @@ def open_store(path: str) -> dict[str, float]:
         "open_s": seconds,
         "peak_rss_before_open_mib": before,
         "peak_rss_after_open_mib": opened,
+        "hwm_before_open_mib": hwm_before,
+        "hwm_after_open_mib": hwm_opened,
         "full_pass_s": time.perf_counter() - start,
         "peak_rss_after_full_pass_mib": peak_rss_mib(),
+        "hwm_after_full_pass_mib": hwm_mib(),
     }
 
 
@@ -118,16 +132,17 @@ def hard_vectors(n: int, dim: int, seed: int, chunk: int = 100_000) -> np.ndarra
     return out
 
 
-def bench_indexes(n: int, n_queries: int, lsh: tuple[int, int, int], faiss_on: bool) -> pd.DataFrame:
+def bench_indexes(n: int, n_queries: int, lsh: tuple[float, ...], faiss_on: bool) -> pd.DataFrame:
     from cbir.evaluation import default_width, recall_at_k
     from cbir.index import LSHIndex, SequentialScan, warm_up
 
     warm_up()
     data, queries = hard_vectors(n, INDEX_DIM, seed=0), hard_vectors(n_queries, INDEX_DIM, seed=1)
-    g, h, probes = lsh
+    g, h, probes, factor = (int(lsh[0]), int(lsh[1]), int(lsh[2]), lsh[3])
+    width = float(default_width(data)) * factor
     builders = {
         "SequentialScan": lambda: SequentialScan().fit(data),
-        f"LSHIndex g={g} h={h} probes={probes}": lambda: LSHIndex(g, h, default_width(data), probes=probes, seed=0).fit(
+        f"LSHIndex g={g} h={h} probes={probes} w={width:.3g}": lambda: LSHIndex(g, h, width, probes=probes, seed=0).fit(
             data
         ),
     }
@@ -153,7 +168,8 @@ def bench_indexes(n: int, n_queries: int, lsh: tuple[int, int, int], faiss_on: b
         build_s = time.perf_counter() - start
         added = rss_mib() - before
         start = time.perf_counter()
-        ids = index.search(queries, K)[1]  # type: ignore[attr-defined]  # cbir: (scores, ids, visited); faiss: (D, I)
+        answer = index.search(queries, K)  # type: ignore[attr-defined]  # cbir: (scores, ids, visited); faiss: (D, I)
+        ids = answer[1]
         query_ms = (time.perf_counter() - start) * 1000 / n_queries
         exact = ids if exact is None else exact
         rows.append(
@@ -163,6 +179,7 @@ def bench_indexes(n: int, n_queries: int, lsh: tuple[int, int, int], faiss_on: b
                 "build_added_rss_mib": added,
                 "query_ms": query_ms,
                 f"recall@{K}": float(recall_at_k(ids, exact, K).mean()),
+                "visited": float(np.mean(answer[2])) if len(answer) == 3 else float("nan"),
                 "peak_rss_mib": peak_rss_mib(),
             }
         )
@@ -171,41 +188,54 @@ def bench_indexes(n: int, n_queries: int, lsh: tuple[int, int, int], faiss_on: b
     return pd.DataFrame(rows)
 
 
+def child(args: list[str]) -> Any:
+    """Run this script with ``args`` in a fresh process; its last stdout line, parsed as JSON."""
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000, help="objects (1000000 for the issue's goal)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--out", type=Path, default=None, help="store folder (default: a temp folder, removed)")
-    parser.add_argument("--lsh", default="10,8,8", help="g,h,probes of the LSH index")
+    parser.add_argument(
+        "--lsh", default="16,4,16,2", help="g,h,probes,width factor (× the data-driven width) of the LSH index"
+    )
     parser.add_argument("--no-faiss", action="store_true")
     parser.add_argument("--skip-store", action="store_true")
     parser.add_argument("--skip-indexes", action="store_true")
-    parser.add_argument("--open-only", default=None, help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--open-only", default=None, help=argparse.SUPPRESS)  # child processes
+    parser.add_argument("--build-only", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.open_only:
         print(json.dumps(open_store(args.open_only)))
         return
+    if args.build_only:
+        print(json.dumps(build_store(Path(args.build_only), args.n)))
+        return
     if not args.skip_store:
         with tempfile.TemporaryDirectory(prefix="cbir-scale-") as tmp:
             out = args.out or Path(tmp) / "store"
-            write_s = build_store(out, args.n)
+            write_s = child([f"--n={args.n}", "--build-only", str(out)])
             size = sum(f.stat().st_size for f in out.iterdir()) / 2**30
-            child = subprocess.run(
-                [sys.executable, __file__, "--open-only", str(out)], capture_output=True, text=True, check=True
-            )
-            result = json.loads(child.stdout.strip().splitlines()[-1])
+            result = child(["--open-only", str(out)])
             print(f"feature store {args.n:,} × {STORE_DIM} float16: {size:.2f} GiB on disk, written in {write_s:.1f} s")
             print(
-                f"open: {result['open_s']:.2f} s (goal < 5 s at 1M); peak RSS {result['peak_rss_after_open_mib']:.0f} "
-                f"MiB after the open ({result['peak_rss_before_open_mib']:.0f} MiB before it; goal < 4096 MiB); "
-                f"one full pass over the rows {result['full_pass_s']:.1f} s, peak RSS then "
-                f"{result['peak_rss_after_full_pass_mib']:.0f} MiB (mapped pages of the file count as resident)\n",
+                f"open: {result['open_s']:.2f} s (goal < 5 s at 1M); peak RSS (getrusage) "
+                f"{result['peak_rss_after_open_mib']:.0f} MiB after the open, {result['peak_rss_before_open_mib']:.0f} "
+                f"MiB before it (goal < 4096 MiB); VmHWM {result['hwm_after_open_mib']:.0f} MiB after the open, "
+                f"{result['hwm_before_open_mib']:.0f} MiB before it\none full pass over the rows "
+                f"{result['full_pass_s']:.1f} s, then peak RSS {result['peak_rss_after_full_pass_mib']:.0f} MiB, VmHWM "
+                f"{result['hwm_after_full_pass_mib']:.0f} MiB (the mapped pages of the file count as resident)\n",
                 flush=True,
             )
     if not args.skip_indexes:
-        g, h, probes = (int(v) for v in args.lsh.split(","))
+        lsh = tuple(float(v) for v in args.lsh.split(","))
         print(f"indexes at {args.n:,} × {INDEX_DIM} float32 (hard synthetic), {args.queries} queries, k={K}:")
-        table = bench_indexes(args.n, args.queries, (g, h, probes), not args.no_faiss)
+        table = bench_indexes(args.n, args.queries, lsh, not args.no_faiss)
         print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
