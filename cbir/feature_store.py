@@ -33,6 +33,15 @@ STORE_KIND = "feature_store"
 STORE_VERSION = 1
 MANIFEST = "meta.json"
 DTYPES = ("float32", "float16")
+# the names of a store's files (of any generation); :func:`_commit` removes those the manifest no longer names
+STORE_FILES = (
+    "features-*.npy",
+    "catalog-*.parquet",
+    "report-*.parquet",
+    "rejected-*.json",
+    "part-*.npy",
+    "part-*.json",
+)
 
 
 def is_store(path: str | os.PathLike[str]) -> bool:
@@ -143,8 +152,8 @@ def _commit(folder: Path, manifest: dict[str, Any]) -> None:
     keep = {MANIFEST, *manifest["features"], *(p for p in (manifest.get("catalog"), manifest.get("report")) if p)}
     keep |= {manifest["rejected"]} if manifest.get("rejected") else set()
     keep |= {name for part in manifest.get("parts", []) for name in part.values()}
-    for file in folder.iterdir():
-        if file.is_file() and file.name not in keep and not file.name.startswith("."):
+    for file in folder.iterdir():  # only the store's own file names: a folder given by the user keeps its files
+        if file.is_file() and file.name not in keep and any(file.match(pattern) for pattern in STORE_FILES):
             file.unlink(missing_ok=True)
 
 

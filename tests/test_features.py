@@ -182,6 +182,16 @@ def test_store_extraction_equals_joblib_and_reuses_its_cache(tmp_path: Path, ext
     assert len(list(store.glob("*.npy"))) == 1
 
 
+def test_store_in_a_user_folder_leaves_other_files_alone(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "data.npy").write_bytes(b"mine too")
+    meta = {"backbone": "b", "weights_id": "w", "dim": 2, "complete": True}
+    for _ in range(2):
+        write_store(tmp_path, [np.ones((3, 2), np.float32)], _catalog(3), pd.DataFrame(), {}, meta)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "data.npy").is_file()
+    assert len(list(tmp_path.glob("features-*.npy"))) == 1
+
+
 def test_legacy_joblib_is_converted_to_a_store(tmp_path: Path, extractor: FeatureExtractor) -> None:
     root = _collection(tmp_path / "c", per_class=2)
     store = tmp_path / "features" / "x"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cbir import cli
 from cbir.collection import scan_collection
 from cbir.features import FeatureExtractor, extract_collection, load_features
 from cbir.storage import ArtifactError
@@ -40,12 +41,13 @@ def _collection(root: Path, per_class: int) -> Path:
 
 
 def test_ray_features_are_identical_to_in_process(tmp_path: Path, local_ray: None) -> None:
-    from cbir.ray_extract import ray_engine
-
-    catalog = scan_collection(_collection(tmp_path / "c", per_class=7))
+    root = _collection(tmp_path / "c", per_class=7)
+    catalog = scan_collection(root)
     extractor = FeatureExtractor(BACKBONE, weights=None, batch_size=4)
     local = extract_collection(catalog, extractor, out_path=tmp_path / "local")
-    on_ray = extract_collection(catalog, extractor, out_path=tmp_path / "ray", engine=ray_engine())
+    args = ["extract", "--collection", str(root), "--backbone", BACKBONE, "--weights", "none", "--batch-size", "4"]
+    assert cli.main([*args, "--engine", "ray", "--out", str(tmp_path / "ray")]) == 0
+    on_ray = load_features(tmp_path / "ray")
     assert on_ray.meta["computed"] == 16 and on_ray.features.shape == (14, 1280)
     assert np.abs(np.asarray(on_ray.features) - np.asarray(local.features)).max() == 0.0  # bitwise
     assert on_ray.catalog["path"].tolist() == local.catalog["path"].tolist()
