@@ -198,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=None, help="feature store folder, or a .joblib file (default: under artifacts/)"
     )
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored feature type")
+    p.add_argument(
+        "--dtype", choices=["float32", "float16"], default=None, help="stored type (default: the store's, or float32)"
+    )
     p.add_argument(
         "--engine", choices=["local", "ray"], default="local", help="in-process pipeline (default) or Ray Data"
     )

@@ -341,14 +341,15 @@ def extract_collection(
     out_path: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     checkpoint_every: int = 1024,
-    dtype: str = "float32",
+    dtype: str | None = None,
     engine: Callable[[FeatureExtractor, list[str]], Batches] | None = None,
 ) -> FeatureSet:
     """Features of every image of ``catalog``, computing only those not already cached at ``out_path``.
 
     ``out_path``: a store folder (default: :func:`feature_path`; features stored as ``dtype``, ``"float32"`` or
-    ``"float16"``) or a ``.joblib`` file (the single-file format, float32). ``engine(extractor, paths)`` yields
-    ``(ok_paths, features, rejected)`` per batch of ``extractor.batch_size`` paths, like
+    ``"float16"``; ``None``: the existing store's, else float32) or a ``.joblib`` file (the single-file format,
+    float32). ``engine(extractor, paths)`` yields ``(ok_paths, features, rejected)`` per batch of
+    ``extractor.batch_size`` paths, like
     :meth:`FeatureExtractor.iter_batches` (the default; :func:`cbir.ray_extract.ray_engine` runs on Ray Data).
     ``progress(done, total)`` is called after each batch (the app passes ``st.progress``); the CLI shows tqdm.
     Returns the :class:`FeatureSet` that was written (``meta["computed"]`` = images computed by this call).
@@ -389,6 +390,8 @@ def extract_collection(
                 progress(computed, len(todo))
     bar.close()
     if store:
+        if dtype is None:
+            dtype = read_manifest(source).get("dtype", "float32") if source is not None and source == out else "float32"
         result = _save_store(out, catalog, extractor, cache, rejected, computed, dtype)
         if source is not None and source.suffix == ".joblib" and source != out:
             source.unlink(missing_ok=True)  # converted: the store replaces the legacy artifact

@@ -180,6 +180,10 @@ def test_store_extraction_equals_joblib_and_reuses_its_cache(tmp_path: Path, ext
     assert added.meta["computed"] == 1 and len(load_features(store).features) == 7
     assert {p.suffix for p in store.iterdir()} == {".json", ".npy", ".parquet"}  # old generations removed
     assert len(list(store.glob("*.npy"))) == 1
+    half = extract_collection(scan_collection(root), extractor, out_path=store, dtype="float16")
+    assert half.features.dtype == np.float16 and np.array_equal(half.features, added.features.astype(np.float16))
+    write_image(root / "b" / "newer.png", seed=78)
+    assert extract_collection(scan_collection(root), extractor, out_path=store).features.dtype == np.float16  # kept
 
 
 def test_store_in_a_user_folder_leaves_other_files_alone(tmp_path: Path) -> None:
