@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -60,6 +61,7 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RayExtractError(f"cannot start or reach Ray at {address or 'a local instance'}: {exc}") from exc
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset execution plans in the CLI's output
     return True
 
 
