@@ -103,7 +103,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from cbir.ray_extract import ray_engine
 
-        engine = ray_engine(address=args.address)
+        engine = ray_engine(address=args.address, actors=args.actors)
     result = extract_collection(catalog, extractor, out_path=args.out, dtype=args.dtype, engine=engine)
     meta = result.meta
     print(
@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine", choices=["local", "ray"], default="local", help="in-process pipeline (default) or Ray Data"
     )
     p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--actors", type=int, default=1, help="model replicas on Ray (one CPU reserved each)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("info", help="what is configured and built")
