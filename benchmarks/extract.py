@@ -1,9 +1,15 @@
-"""Feature-extraction throughput: the full pipeline (decode + resize + model) vs the bare model, same images.
+"""Feature-extraction throughput: the full pipeline (decode + resize + model) vs the bare model, same images, and
+Ray Data against the in-process pipeline.
 
     .venv/bin/python benchmarks/extract.py [--backbone efficientnet_lite0] [--n-images 256] [--collection DIR]
+        [--ray] [--ray-address ADDRESS] [--ray-cpus 2]
 
-Both are measured in one run on the same real images: the bare model gets the already-decoded, resized batches,
-so the ratio full/bare tells how much decoding costs once it is overlapped with the model (goal: ≥ 0.9).
+All are measured in one run on the same real images: the bare model gets the already-decoded, resized batches,
+so the ratio full/bare tells how much decoding costs once it is overlapped with the model (goal: ≥ 0.9). With
+``--ray`` the same paths then go through :func:`cbir.ray_extract.ray_batches` (decode tasks + one model actor on a
+local Ray with ``--ray-cpus`` CPUs): its throughput end to end (Ray start, actor start and model build included) and
+in steady state (from its first batch to its last) against the in-process pipeline's (goal: ≥ 0.8), and the largest
+difference between the two engines' features (goal: 0).
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ray", action="store_true", help="also time Ray Data on the same images")
+    parser.add_argument("--ray-address", default=None, help="a Ray cluster (default: start Ray locally)")
+    parser.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--ray-actors", type=int, default=1, help="model actors")
     args = parser.parse_args()
     weights = None if args.weights == "none" else args.weights
 
@@ -70,6 +80,44 @@ def main() -> None:
     print(
         f"\nover all repeats: bare model {len(table) * len(paths) / total_bare:.1f} img/s, full pipeline "
         f"{len(table) * len(paths) / total_full:.1f} img/s, ratio {total_bare / total_full:.2f} (goal ≥ 0.9)"
+    )
+    if args.ray:
+        compare_ray(extractor, paths, len(table) * len(paths) / total_full, args)
+
+
+def compare_ray(extractor: FeatureExtractor, paths: list[str], local_rate: float, args: argparse.Namespace) -> None:
+    """Ray Data on ``paths`` against the in-process rate measured just before; features compared row by row."""
+    from cbir.ray_extract import ray_batches
+
+    start = time.perf_counter()
+    local = {p: row for ok, features, _ in extractor.iter_batches(paths) for p, row in zip(ok, features, strict=True)}
+    adjacent_rate = len(paths) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    first = None
+    on_ray: dict[str, np.ndarray] = {}
+    n_first = 0
+    for ok, features, bad in ray_batches(
+        extractor, paths, address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors
+    ):
+        if first is None:
+            first, n_first = time.perf_counter(), len(ok) + len(bad)
+        on_ray.update(zip(ok, features if features is not None else [], strict=True))
+    end = time.perf_counter()
+    assert first is not None and on_ray.keys() == local.keys()
+    diff = max(float(np.abs(on_ray[p] - local[p]).max()) for p in local)
+    total_rate = len(paths) / (end - start)
+    steady_rate = (len(paths) - n_first) / (end - first)
+    print(
+        f"\nRay Data ({args.ray_actors} model actor(s), {args.ray_cpus} CPUs): end to end {total_rate:.1f} img/s "
+        f"({end - start:.1f} s, of which {first - start:.1f} s until the first batch: Ray, actor and model start), "
+        f"steady state {steady_rate:.1f} img/s"
+    )
+    reference = (local_rate + adjacent_rate) / 2
+    print(
+        f"in-process pipeline: {local_rate:.1f} img/s over the repeats, {adjacent_rate:.1f} img/s just before Ray; "
+        f"ratio Ray/in-process (their mean): steady state {steady_rate / reference:.2f}, "
+        f"end to end {total_rate / reference:.2f} (goal ≥ 0.8); max abs feature difference "
+        f"{diff:g} (goal 0)"
     )
 
 

@@ -119,7 +119,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
         verb = "kept (--keep-all)" if args.keep_all else "left out"
         print(f"hygiene, {verb}: {', '.join(f'{n} {reason}' for reason, n in summarize(flagged).items())}")
     extractor = FeatureExtractor(args.backbone, args.weights, batch_size=args.batch_size, workers=args.workers)
-    result = extract_collection(catalog, extractor, out_path=args.out)
+    engine = None
+    if args.engine == "ray":
+        from cbir.ray_extract import ray_engine
+
+        engine = ray_engine(address=args.address, actors=args.actors)
+    result = extract_collection(catalog, extractor, out_path=args.out, dtype=args.dtype, engine=engine)
     meta = result.meta
     print(
         f"{meta['backbone']} ({meta['weights_id']}): {meta['n_images']} images × {meta['dim']} features, "
@@ -133,11 +138,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from cbir.backbones import BACKBONES, available_backbones
+    from cbir.features import model_device
     from cbir.workspace import list_feature_sets
 
     print(f"artifacts:  {config.artifacts_dir()}")
     print(f"collection: {config.default_collection()} (default)")
-    print(f"weights:    {config.weights_dir()} (CBIR_WEIGHTS_DIR)\n")
+    print(f"weights:    {config.weights_dir()} (CBIR_WEIGHTS_DIR)")
+    print(f"models on:  {model_device()}\n")
     available = available_backbones()
     print(
         pd.DataFrame(
@@ -214,7 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
-    p.add_argument("--out", type=Path, default=None, help="feature artifact path (default: under artifacts/)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="feature store folder, or a .joblib file (default: under artifacts/)"
+    )
+    p.add_argument(
+        "--dtype", choices=["float32", "float16"], default=None, help="stored type (default: the store's, or float32)"
+    )
+    p.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="in-process pipeline (default) or Ray Data"
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--actors", type=int, default=1, help="model replicas on Ray (one CPU reserved each)")
     p.add_argument(
         "--keep-all", action="store_true", help="also extract blank images and every copy of a duplicate group"
     )

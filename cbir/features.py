@@ -1,10 +1,12 @@
 """Feature extraction: images → pooled CNN features, batched, overlapped, cached per image, resumable.
 
-The cache of one (collection, backbone, weights) lives in one joblib artifact
-``artifacts/features/<collection-id>/<backbone>-<weights-id>.joblib`` holding the features of every image keyed
-by ``path|size|mtime_ns``, the reasons images were rejected (same keys), the catalog and metadata. A rerun reuses
-every key that is still valid, so an unchanged collection computes nothing and an added image computes one.
-Progress is checkpointed (atomically) every ``checkpoint_every`` images, so an interrupted run resumes.
+The features of one (collection, backbone, weights) live in a feature store
+``artifacts/features/<collection-id>/<backbone>-<weights-id>/`` (:mod:`cbir.feature_store`: ``.npy`` shards
+opened as memory maps, a parquet catalog, a JSON manifest written last), or, when asked for a ``.joblib`` path, in
+one joblib artifact (the earlier format, still read). Every image is cached by ``path|size|mtime_ns``, and so are the
+reasons images were rejected. A rerun reuses every key that is still valid, so an unchanged collection computes
+nothing and an added image computes one; a legacy ``<store>.joblib`` beside a new store seeds its cache and is then
+removed. Progress is checkpointed (atomically) every ``checkpoint_every`` images, so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ from cbir import config
 from cbir.backbones import WeightsArg, build_model, get_backbone, resolve_weights
 from cbir.collection import Catalog, collection_id, with_rejected
 from cbir.errors import ConfigError
+from cbir.feature_store import (
+    MANIFEST,
+    append_part,
+    cached_rows,
+    is_store,
+    open_features,
+    read_manifest,
+    read_rejected,
+    read_table,
+    store_dir,
+    write_store,
+)
 from cbir.images import decode_or_reason, prefetched, resize_for_model
 from cbir.storage import ArtifactError, load_artifact, save_artifact
 
@@ -38,9 +52,11 @@ Progress = Callable[[int, int], None]
 class FeatureSet:
     """Features aligned with a catalog.
 
-    ``features``: (n, dim) float32, row i is the image ``catalog.iloc[i]``. ``catalog``: columns path, relpath,
-    label, split, role, size, mtime_ns. ``report``: rejected files (path, reason). ``meta``: backbone, weights_id,
-    collection root/id, n_images, created (ISO date), computed (images computed by the last run).
+    ``features``: (n, dim) float32 (float16 from a float16 store), row i is the image ``catalog.iloc[i]``; loaded
+    from a store it is a read-only ``np.memmap`` (do not modify it; ``np.array(x, np.float32)`` for a copy).
+    ``catalog``: columns path, relpath, label, split, role, size, mtime_ns. ``report``: rejected files (path,
+    reason). ``meta``: backbone, weights_id, collection root/id, n_images, created (ISO date), computed (images
+    computed by the last run), dtype (stores).
     """
 
     features: np.ndarray
@@ -67,7 +83,21 @@ def catalog_keys(images: pd.DataFrame) -> list[str]:
 
 
 def feature_path(root: str | os.PathLike[str], backbone: str, weights_id: str) -> Path:
-    return config.artifacts_dir() / "features" / collection_id(root) / f"{backbone}-{weights_id}.joblib"
+    """The default feature store (a folder) of a collection and model."""
+    return config.artifacts_dir() / "features" / collection_id(root) / f"{backbone}-{weights_id}"
+
+
+def model_device() -> str:
+    """Where TensorFlow runs the models: ``"GPU: <name>"`` (the first GPU TensorFlow sees; several are listed by
+    count) or ``"CPU (no GPU found)"``. Extraction and fine-tuning use a visible GPU without being asked."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU (no GPU found)"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    name = details.get("device_name", gpus[0].name)
+    return f"GPU: {name}" + (f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else "")
 
 
 class FeatureExtractor:
@@ -153,8 +183,27 @@ class FeatureExtractor:
                 yield [p for p, _ in good], features, rejected
 
 
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a feature set (a store's manifest only, cheap at any size; a joblib artifact is loaded)."""
+    if is_store(path):
+        return dict(read_manifest(path)["meta"])
+    return dict(load_artifact(path, FEATURES_KIND)["meta"])
+
+
 def load_features(path: str | os.PathLike[str]) -> FeatureSet:
-    """Load a feature artifact written by :func:`extract_collection` (raises ``ArtifactError`` when unusable)."""
+    """Load a feature set written by :func:`extract_collection`: a store folder (its features memory-mapped,
+    read-only) or a joblib artifact (read into memory). Raises ``ArtifactError`` when unusable."""
+    if is_store(path):
+        manifest = read_manifest(path)
+        meta = dict(manifest["meta"])
+        if not meta.get("complete", False) or manifest.get("catalog") is None:
+            raise ArtifactError(f"{path}: extraction was interrupted; rerun `python -m cbir extract` to finish it")
+        catalog = read_table(path, manifest["catalog"], [])
+        report = read_table(path, manifest["report"], ["path", "reason"])
+        features = open_features(path, manifest)
+        if features.ndim != 2 or len(features) != len(catalog):
+            raise ArtifactError(f"{path}: {len(features)} feature rows for {len(catalog)} catalog rows")
+        return FeatureSet(features=features, catalog=catalog, report=report, meta=meta)
     payload = load_artifact(path, FEATURES_KIND)
     try:
         features = np.asarray(payload["features"], dtype=np.float32)
@@ -168,12 +217,30 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         raise ArtifactError(f"{path}: missing field {exc}") from exc
 
 
-def _load_cache(path: Path, backbone: str, weights_id: str, dim: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The per-image cache at ``path``; empty when absent, unreadable or made by another model."""
-    if not path.exists():
-        return {}, {}
+def legacy_path(store: str | os.PathLike[str]) -> Path:
+    """The joblib artifact a store replaces (``<store>.joblib``): its cache seeds the store, which then removes it."""
+    store = Path(store)
+    return store.parent / f"{store.name}.joblib"
+
+
+def _load_cache(
+    path: Path, backbone: str, weights_id: str, dim: int
+) -> tuple[dict[str, np.ndarray], dict[str, str], Path | None]:
+    """The per-image cache at ``path`` (a store, or its legacy joblib artifact when the store does not exist yet):
+    ``(key → row, key → rejection reason, the source read)``; empty when absent, unreadable or of another model."""
+    source = path
+    if is_store(path) and not (store_dir(path) / MANIFEST).is_file():
+        source = legacy_path(store_dir(path))
+    if not source.exists():
+        return {}, {}, None
     try:
-        payload = load_artifact(path, FEATURES_KIND)
+        if is_store(source):
+            manifest = read_manifest(source)
+            meta = manifest["meta"]
+            if meta.get("backbone") != backbone or meta.get("weights_id") != weights_id or meta.get("dim") != dim:
+                raise ArtifactError(f"made by {meta.get('backbone')}/{meta.get('weights_id')}")
+            return cached_rows(source, manifest), read_rejected(source, manifest), source
+        payload = load_artifact(source, FEATURES_KIND)
         meta = payload["meta"]
         if meta.get("backbone") != backbone or meta.get("weights_id") != weights_id:
             raise ArtifactError(f"made by {meta.get('backbone')}/{meta.get('weights_id')}")
@@ -181,34 +248,14 @@ def _load_cache(path: Path, backbone: str, weights_id: str, dim: int) -> tuple[d
         keys = list(payload["cache_keys"])
         if cached.ndim != 2 or cached.shape != (len(keys), dim):
             raise ArtifactError(f"cache shape {cached.shape} does not match {len(keys)} keys × {dim}")
-        return dict(zip(keys, cached, strict=True)), dict(payload["cache_rejected"])
-    except (ArtifactError, KeyError, TypeError, ValueError) as exc:
-        tqdm.write(f"feature cache {path} is not usable ({exc}); rebuilding it")
-        return {}, {}
+        return dict(zip(keys, cached, strict=True)), dict(payload["cache_rejected"]), source
+    except (ArtifactError, KeyError, TypeError, ValueError, OSError) as exc:
+        tqdm.write(f"feature cache {source} is not usable ({exc}); rebuilding it")
+        return {}, {}, None
 
 
-def _save(
-    path: Path,
-    catalog: Catalog,
-    extractor: FeatureExtractor,
-    cache: dict[str, np.ndarray],
-    rejected: dict[str, str],
-    computed: int,
-    complete: bool,
-) -> FeatureSet:
-    images = catalog.images
-    keys = catalog_keys(images)
-    reasons = {path: rejected.get(key) for path, key in zip(images["path"], keys, strict=True)}
-    done = with_rejected(catalog, reasons)
-    if complete:
-        done_keys = [k for k, r in zip(keys, reasons.values(), strict=True) if r is None]
-        features = (
-            np.stack([cache[k] for k in done_keys]) if done_keys else np.zeros((0, extractor.dim), dtype=np.float32)
-        )
-    else:
-        done = Catalog(root=catalog.root, images=catalog.images.iloc[:0], report=done.report)
-        features = np.zeros((0, extractor.dim), dtype=np.float32)
-    meta = {
+def _meta(catalog: Catalog, extractor: FeatureExtractor, done: Catalog, computed: int, complete: bool) -> dict:
+    return {
         "backbone": extractor.backbone,
         "weights_id": extractor.weights_id,
         "weights_path": extractor.weights_path,
@@ -221,10 +268,38 @@ def _save(
         "computed": computed,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    # a finished run keeps only the current images' entries, so deleted or changed files do not pile up
-    cache_keys = [k for k in keys if k in cache] if complete else list(cache)
+
+
+def _finished(catalog: Catalog, rejected: dict[str, str]) -> tuple[Catalog, list[str], dict[str, str]]:
+    """The catalog of the usable images (rejected ones moved to its report), their keys, and the rejections of
+    current images only (so deleted or changed files do not pile up)."""
+    images = catalog.images
+    keys = catalog_keys(images)
+    reasons = {path: rejected.get(key) for path, key in zip(images["path"], keys, strict=True)}
+    done = with_rejected(catalog, reasons)
+    done_keys = [k for k, r in zip(keys, reasons.values(), strict=True) if r is None]
+    return done, done_keys, {k: rejected[k] for k in keys if k in rejected}
+
+
+def _save_joblib(
+    path: Path,
+    catalog: Catalog,
+    extractor: FeatureExtractor,
+    cache: dict[str, np.ndarray],
+    rejected: dict[str, str],
+    computed: int,
+    complete: bool,
+) -> FeatureSet:
+    """The single-file format: every row, the cache and the catalog in one joblib artifact (small collections)."""
+    done, done_keys, current_rejected = _finished(catalog, rejected)
+    empty = np.zeros((0, extractor.dim), dtype=np.float32)
     if complete:
-        rejected = {k: rejected[k] for k in keys if k in rejected}
+        features = np.stack([cache[k] for k in done_keys]) if done_keys else empty
+    else:
+        done = Catalog(root=catalog.root, images=catalog.images.iloc[:0], report=done.report)
+        features = empty
+    meta = _meta(catalog, extractor, done, computed, complete)
+    cache_keys = [k for k in catalog_keys(catalog.images) if k in cache] if complete else list(cache)
     save_artifact(
         path,
         FEATURES_KIND,
@@ -234,15 +309,30 @@ def _save(
             "report": done.report,
             "meta": meta,
             "cache_keys": cache_keys,
-            "cache_features": (
-                np.stack([cache[k] for k in cache_keys])
-                if cache_keys
-                else np.zeros((0, extractor.dim), dtype=np.float32)
-            ),
-            "cache_rejected": rejected,
+            "cache_features": np.stack([cache[k] for k in cache_keys]) if cache_keys else empty,
+            "cache_rejected": current_rejected if complete else rejected,
         },
     )
     return FeatureSet(features=features, catalog=done.images, report=done.report, meta=meta)
+
+
+def _save_store(
+    path: Path,
+    catalog: Catalog,
+    extractor: FeatureExtractor,
+    cache: dict[str, np.ndarray],
+    rejected: dict[str, str],
+    computed: int,
+    dtype: str,
+) -> FeatureSet:
+    done, done_keys, current_rejected = _finished(catalog, rejected)
+    meta = _meta(catalog, extractor, done, computed, complete=True)
+    chunks = (np.stack([cache[k] for k in done_keys[i : i + 4096]]) for i in range(0, len(done_keys), 4096))
+    write_store(path, chunks, done.images, done.report, current_rejected, meta, dtype=dtype)
+    return load_features(path)
+
+
+Batches = Iterator[tuple[list[str], "np.ndarray | None", dict[str, str]]]
 
 
 def extract_collection(
@@ -251,16 +341,24 @@ def extract_collection(
     out_path: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     checkpoint_every: int = 1024,
+    dtype: str | None = None,
+    engine: Callable[[FeatureExtractor, list[str]], Batches] | None = None,
 ) -> FeatureSet:
     """Features of every image of ``catalog``, computing only those not already cached at ``out_path``.
 
+    ``out_path``: a store folder (default: :func:`feature_path`; features stored as ``dtype``, ``"float32"`` or
+    ``"float16"``; ``None``: the existing store's, else float32) or a ``.joblib`` file (the single-file format,
+    float32). ``engine(extractor, paths)`` yields ``(ok_paths, features, rejected)`` per batch of
+    ``extractor.batch_size`` paths, like
+    :meth:`FeatureExtractor.iter_batches` (the default; :func:`cbir.ray_extract.ray_engine` runs on Ray Data).
     ``progress(done, total)`` is called after each batch (the app passes ``st.progress``); the CLI shows tqdm.
     Returns the :class:`FeatureSet` that was written (``meta["computed"]`` = images computed by this call).
     """
     out = (
         Path(out_path) if out_path is not None else feature_path(catalog.root, extractor.backbone, extractor.weights_id)
     )
-    cache, rejected = _load_cache(out, extractor.backbone, extractor.weights_id, extractor.dim)
+    store = is_store(out)
+    cache, rejected, source = _load_cache(out, extractor.backbone, extractor.weights_id, extractor.dim)
     images = catalog.images
     todo = [
         (path, key)
@@ -268,26 +366,57 @@ def extract_collection(
         if key not in cache and key not in rejected
     ]
     key_of = dict(todo)
-    computed = 0
-    since_checkpoint = 0
+    computed = since_checkpoint = 0
+    pending: list[str] = []  # keys computed since the last checkpoint
     bar = tqdm(total=len(todo), desc=f"{extractor.backbone} features", unit="img", disable=not todo)
     start = time.perf_counter()
-    for ok_paths, features, bad in extractor.iter_batches([p for p, _ in todo]):
-        for path, reason in bad.items():
-            rejected[key_of[path]] = reason
-        if features is not None:
-            for path, row in zip(ok_paths, features, strict=True):
-                cache[key_of[path]] = row
-        n_batch = len(ok_paths) + len(bad)
-        computed += n_batch
-        since_checkpoint += n_batch
-        bar.update(n_batch)
-        if since_checkpoint >= checkpoint_every and computed < len(todo):
-            _save(out, catalog, extractor, cache, rejected, computed, complete=False)
-            since_checkpoint = 0
-        if progress is not None:
-            progress(computed, len(todo))
+    batches = (engine or FeatureExtractor.iter_batches)(extractor, [p for p, _ in todo])
+    with contextlib.closing(batches):
+        for ok_paths, features, bad in batches:
+            for path, reason in bad.items():
+                rejected[key_of[path]] = reason
+            if features is not None:
+                for path, row in zip(ok_paths, features, strict=True):
+                    cache[key_of[path]] = row
+                    pending.append(key_of[path])
+            n_batch = len(ok_paths) + len(bad)
+            computed += n_batch
+            bar.update(n_batch)
+            since_checkpoint += n_batch
+            if since_checkpoint >= checkpoint_every and computed < len(todo):
+                _checkpoint(out, store, catalog, extractor, cache, rejected, pending, computed)
+                pending, since_checkpoint = [], 0
+            if progress is not None:
+                progress(computed, len(todo))
     bar.close()
-    result = _save(out, catalog, extractor, cache, rejected, computed, complete=True)
+    if store:
+        if dtype is None:
+            dtype = read_manifest(source).get("dtype", "float32") if source is not None and source == out else "float32"
+        result = _save_store(out, catalog, extractor, cache, rejected, computed, dtype)
+        if source is not None and source.suffix == ".joblib" and source != out:
+            source.unlink(missing_ok=True)  # converted: the store replaces the legacy artifact
+    else:
+        result = _save_joblib(out, catalog, extractor, cache, rejected, computed, complete=True)
     result.meta["seconds"] = time.perf_counter() - start
     return result
+
+
+def _checkpoint(
+    out: Path,
+    store: bool,
+    catalog: Catalog,
+    extractor: FeatureExtractor,
+    cache: dict[str, np.ndarray],
+    rejected: dict[str, str],
+    pending: list[str],
+    computed: int,
+) -> None:
+    """Save progress so that an interrupted run resumes; a store appends only the new rows (one part)."""
+    if not store:
+        _save_joblib(out, catalog, extractor, cache, rejected, computed, complete=False)
+        return
+    empty = Catalog(root=catalog.root, images=catalog.images.iloc[:0], report=catalog.report.iloc[:0])
+    meta = _meta(catalog, extractor, empty, computed, complete=False)
+    rows = np.stack([cache[k] for k in pending]) if pending else np.zeros((0, extractor.dim), np.float32)
+    mapped = append_part(out, pending, rows, rejected, meta)
+    cache.update(zip(pending, mapped, strict=True))  # rows now live on disk; the in-memory copies can go

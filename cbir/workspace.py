@@ -19,8 +19,9 @@ import pandas as pd
 from cbir import config
 from cbir.collection import Catalog, CollectionError, collection_id, scan_collection
 from cbir.errors import CbirError
-from cbir.features import FEATURES_KIND, FeatureExtractor, FeatureSet, extract_collection, load_features
-from cbir.storage import ArtifactError, load_artifact
+from cbir.feature_store import MANIFEST, is_store, store_dir
+from cbir.features import FeatureExtractor, FeatureSet, extract_collection, load_features, read_meta
+from cbir.storage import ArtifactError
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -34,12 +35,15 @@ class FeatureSetNotFoundError(CbirError, FileNotFoundError):
 
 
 def feature_files(collection: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Feature artifacts, newest first; only those of ``collection`` when given."""
+    """Feature sets, newest first: store folders (those holding a ``meta.json``) and joblib artifacts; only those of
+    ``collection`` when given."""
     root = config.artifacts_dir() / "features"
     if collection is not None:
         root = root / collection_id(collection)
-    files = root.rglob("*.joblib") if root.is_dir() else []
-    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+    if not root.is_dir():
+        return []
+    files = [*root.rglob("*.joblib"), *(manifest.parent for manifest in root.rglob(MANIFEST))]
+    return sorted(files, key=file_version, reverse=True)
 
 
 def list_feature_sets(collection: str | os.PathLike[str] | None = None) -> pd.DataFrame:
@@ -47,7 +51,7 @@ def list_feature_sets(collection: str | os.PathLike[str] | None = None) -> pd.Da
     rows = []
     for path in feature_files(collection):
         try:
-            meta = load_artifact(path, FEATURES_KIND)["meta"]
+            meta = read_meta(path)
             status = "complete" if meta.get("complete") else "interrupted"
         except (ArtifactError, KeyError) as exc:
             meta, status = {}, f"unusable: {exc}"
@@ -299,8 +303,11 @@ def _load_feature_set(path: str, version: int) -> FeatureSet:
 
 
 def file_version(path: str | os.PathLike[str]) -> int:
-    """Modification time (ns) of ``path``, 0 when missing: the cache key part that changes with the file."""
+    """Modification time (ns) of ``path`` (of a store's ``meta.json``, its commit point), 0 when missing: the cache
+    key part that changes with the file."""
     try:
+        if is_store(path):
+            return (store_dir(path) / MANIFEST).stat().st_mtime_ns
         return Path(path).stat().st_mtime_ns
     except OSError:
         return 0
