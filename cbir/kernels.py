@@ -31,7 +31,7 @@ Multi-probe (Lv et al., VLDB 2007, query-directed probing)
 from __future__ import annotations
 
 import itertools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -300,50 +300,61 @@ def _heap_pop(keys, ids, size, largest_first):
     return key, item, size
 
 
-@njit(cache=True)
-def _probe_workspace(n_probes: int, n_projections: int):
-    """Scratch arrays of :func:`_perturbation_sets` for ``h = n_projections`` (allocated once per worker).
+class ProbeWorkspace(NamedTuple):
+    """Scratch arrays of :func:`_perturbation_sets` (allocated once per worker by :func:`_probe_workspace`).
 
-    Returns (single_cost (2h,), single_coord (2h,), single_delta (2h,), heap_score (c,), heap_node (c,),
-    pool (c, 2h), pool_size (c,), coord_used (h,), out_deltas (T, h), out_scores (T,)) with
-    ``c = max_heap_nodes(T, h)`` and ``T = max(n_probes, 1)``.
+    With ``h = n_projections``, ``T = max(n_probes, 1)`` and ``c = max_heap_nodes(T, h)``.
     """
+
+    single_cost: np.ndarray  # (2h,) float64 cost of moving one coordinate one slot
+    single_coord: np.ndarray  # (2h,) int64 the coordinate moved
+    single_delta: np.ndarray  # (2h,) int64 the move, -1 or +1
+    heap_score: np.ndarray  # (c,) float64 min-heap of perturbation-set costs
+    heap_node: np.ndarray  # (c,) int64 pool row of each heap entry
+    pool: np.ndarray  # (c, 2h) int64 perturbation sets as indices into the sorted singles
+    pool_size: np.ndarray  # (c,) int64 elements of each pool row
+    coord_used: np.ndarray  # (h,) int64 all zero between sets
+    out_deltas: np.ndarray  # (T, h) int64 the perturbation vectors found, cheapest first
+    out_scores: np.ndarray  # (T,) float64 their costs
+
+
+@njit(cache=True)
+def _probe_workspace(n_probes: int, n_projections: int) -> ProbeWorkspace:
+    """A :class:`ProbeWorkspace` for ``n_probes`` probes of tables of ``h = n_projections`` functions."""
     h = n_projections
     capacity = max_heap_nodes(n_probes, h)
     rows = max(n_probes, 1)
-    return (
-        np.empty(2 * h, dtype=np.float64),
-        np.empty(2 * h, dtype=np.int64),
-        np.empty(2 * h, dtype=np.int64),
-        np.empty(capacity, dtype=np.float64),
-        np.empty(capacity, dtype=np.int64),
-        np.empty((capacity, 2 * h), dtype=np.int64),
-        np.empty(capacity, dtype=np.int64),
-        np.zeros(h, dtype=np.int64),
-        np.zeros((rows, h), dtype=np.int64),
-        np.zeros(rows, dtype=np.float64),
+    return ProbeWorkspace(
+        single_cost=np.empty(2 * h, dtype=np.float64),
+        single_coord=np.empty(2 * h, dtype=np.int64),
+        single_delta=np.empty(2 * h, dtype=np.int64),
+        heap_score=np.empty(capacity, dtype=np.float64),
+        heap_node=np.empty(capacity, dtype=np.int64),
+        pool=np.empty((capacity, 2 * h), dtype=np.int64),
+        pool_size=np.empty(capacity, dtype=np.int64),
+        coord_used=np.zeros(h, dtype=np.int64),
+        out_deltas=np.zeros((rows, h), dtype=np.int64),
+        out_scores=np.zeros(rows, dtype=np.float64),
     )
 
 
 @njit(cache=True)
-def _perturbation_sets(fractions: np.ndarray, bucket_width: float, n_probes: int, workspace) -> int:
-    """Write the ``n_probes`` cheapest valid perturbation vectors into the workspace; return how many.
+def _perturbation_sets(fractions: np.ndarray, bucket_width: float, n_probes: int, workspace: ProbeWorkspace) -> int:
+    """Write the ``n_probes`` cheapest valid perturbation vectors into ``workspace``; return how many.
 
-    ``workspace`` comes from :func:`_probe_workspace`; the vectors land in its ``out_deltas`` rows and their
-    costs in ``out_scores``.
+    ``workspace`` is a :class:`ProbeWorkspace`; the vectors land in its ``out_deltas`` rows and their costs in
+    ``out_scores``.
     """
-    (
-        single_cost,
-        single_coord,
-        single_delta,
-        heap_score,
-        heap_node,
-        pool,
-        pool_size,
-        coord_used,
-        out_deltas,
-        out_scores,
-    ) = workspace
+    single_cost = workspace.single_cost
+    single_coord = workspace.single_coord
+    single_delta = workspace.single_delta
+    heap_score = workspace.heap_score
+    heap_node = workspace.heap_node
+    pool = workspace.pool
+    pool_size = workspace.pool_size
+    coord_used = workspace.coord_used
+    out_deltas = workspace.out_deltas
+    out_scores = workspace.out_scores
     h = fractions.shape[0]
     n_single = 2 * h
     # costs of moving one coordinate one slot left (-1) or right (+1)
@@ -423,9 +434,9 @@ def perturbation_sequence(fractions: np.ndarray, bucket_width: float, n_probes: 
     Returns:
         deltas (T, h) int64 in {-1, 0, 1} and their costs (T,) float64, ``T <= min(n_probes, 3**h - 1)``.
     """
-    workspace = _probe_workspace(n_probes, fractions.shape[0])
-    found = _perturbation_sets(fractions, bucket_width, n_probes, workspace)
-    return workspace[8][:found], workspace[9][:found]
+    workspace = _probe_workspace(n_probes=n_probes, n_projections=fractions.shape[0])
+    found = _perturbation_sets(fractions=fractions, bucket_width=bucket_width, n_probes=n_probes, workspace=workspace)
+    return workspace.out_deltas[:found], workspace.out_scores[:found]
 
 
 def perturbation_sequence_reference(
@@ -541,7 +552,17 @@ def _empty_results(m: int, k: int, metric: int) -> tuple[np.ndarray, np.ndarray]
 
 
 @njit(cache=True, parallel=True)
-def _rerank_kernel(queries, data, cand_offsets, cand_ids, metric, n_chunks, out_scores, out_ids):
+def _rerank_kernel(
+    queries: np.ndarray,
+    data: np.ndarray,
+    cand_offsets: np.ndarray,
+    cand_ids: np.ndarray,
+    metric: int,
+    n_chunks: int,
+    out_scores: np.ndarray,
+    out_ids: np.ndarray,
+) -> None:
+    """Parallel loop of :func:`rerank_candidates` (arguments as there; results written to ``out_*``)."""
     m = queries.shape[0]
     k = out_ids.shape[1]
     for chunk in prange(n_chunks):
@@ -549,7 +570,16 @@ def _rerank_kernel(queries, data, cand_offsets, cand_ids, metric, n_chunks, out_
         top_id = np.empty(k, dtype=np.int64)
         for i in range(chunk * m // n_chunks, (chunk + 1) * m // n_chunks):
             candidates = cand_ids[cand_offsets[i] : cand_offsets[i + 1]]
-            _rerank_into(queries[i], data, candidates, metric, top_key, top_id, out_scores[i], out_ids[i])
+            _rerank_into(
+                query=queries[i],
+                data=data,
+                candidates=candidates,
+                metric=metric,
+                top_key=top_key,
+                top_id=top_id,
+                out_scores=out_scores[i],
+                out_ids=out_ids[i],
+            )
 
 
 def _n_chunks(m: int) -> int:
@@ -574,7 +604,16 @@ def rerank_candidates(
     """
     m = queries.shape[0]
     scores, ids = _empty_results(m, k, metric)
-    _rerank_kernel(queries, data, cand_offsets, cand_ids, metric, _n_chunks(m), scores, ids)
+    _rerank_kernel(
+        queries=queries,
+        data=data,
+        cand_offsets=cand_offsets,
+        cand_ids=cand_ids,
+        metric=metric,
+        n_chunks=_n_chunks(m),
+        out_scores=scores,
+        out_ids=ids,
+    )
     return scores, ids
 
 
@@ -587,8 +626,49 @@ _MODE_COUNT = 1  # visited only
 _MODE_FILL = 2  # visited and the sorted candidates, written to cand_ids at cand_offsets
 
 
+class ProbeArgs(NamedTuple):
+    """What a batch LSH query needs: the queries, the indexed data, the query slots and the index's tables.
+
+    The arguments of :func:`lsh_search`, :func:`lsh_candidates` and :func:`query_reference`.
+    """
+
+    queries: np.ndarray  # (m, d) float32 C-contiguous (unit rows for cosine)
+    data: np.ndarray  # (n, d) float32 C-contiguous indexed vectors
+    codes: np.ndarray  # (m, g*h) int64 slot codes of the queries (slot_positions)
+    fractions: np.ndarray  # (m, g*h) float64 positions inside the slots (slot_positions)
+    n_tables: int
+    n_projections: int
+    bucket_width: float
+    n_probes: int
+    tables: BucketTables  # the index's bucket layout
+
+
+class Shortlist(NamedTuple):
+    """A cheaper candidate phase: score every candidate in a small space first, re-rank only the best exactly.
+
+    The scoring space is any (n, r) float32 embedding whose squared L2 distance approximates the ranking
+    (:class:`cbir.index.LSHIndex` uses PCA coordinates, a lower bound of the Euclidean distance).
+    """
+
+    queries: np.ndarray  # (m, r) float32 C-contiguous queries in the scoring space
+    data: np.ndarray  # (n, r) float32 C-contiguous indexed objects in the scoring space
+    size: int  # >= 1: candidates (best by scoring distance, ties by id) kept for the exact re-rank
+
+
 @njit(cache=True)
-def _probe_bucket(codes, start, n_projections, deltas, tables, lo, hi, marks, stamp, buffer, count):
+def _probe_bucket(
+    codes: np.ndarray,
+    start: int,
+    n_projections: int,
+    deltas: np.ndarray,
+    tables: BucketTables,
+    lo: int,
+    hi: int,
+    marks: np.ndarray,
+    stamp: int,
+    buffer: np.ndarray,
+    count: int,
+) -> int:
     """Append the ids of bucket ``codes[start:start+h] + deltas`` of the table ``bucket_keys[lo:hi]`` that
     are not marked with ``stamp`` yet to ``buffer[count:]``; returns the new count."""
     bucket = _find_bucket(tables.bucket_keys, lo, hi, _tuple_key(codes, start, n_projections, deltas))
@@ -612,53 +692,119 @@ def _collect_candidates(
     n_projections: int,
     bucket_width: float,
     n_probes: int,
-    tables,
+    tables: BucketTables,
     marks: np.ndarray,
     stamp: int,
     buffer: np.ndarray,
     zero_deltas: np.ndarray,
-    workspace,
+    workspace: ProbeWorkspace,
 ) -> int:
     """Distinct ids in the query's buckets (plus probed neighbours), written to ``buffer``; returns the count.
 
-    ``marks`` (n,) dedups ids across tables: an id is taken when its mark differs from this query's
-    ``stamp`` (a value no other query of the worker uses), so the array is never cleared.
+    ``codes`` / ``fractions`` (g*h,) are the query's slots. ``marks`` (n,) dedups ids across tables: an id is
+    taken when its mark differs from this query's ``stamp`` (a value no other query of the worker uses), so
+    the array is never cleared. ``zero_deltas`` (h,) is all zero.
     """
     h = n_projections
-    probe_deltas = workspace[8]
     count = 0
     for t in range(n_tables):
         lo = tables.table_offsets[t]
         hi = tables.table_offsets[t + 1]
-        count = _probe_bucket(codes, t * h, h, zero_deltas, tables, lo, hi, marks, stamp, buffer, count)
+        count = _probe_bucket(
+            codes=codes,
+            start=t * h,
+            n_projections=h,
+            deltas=zero_deltas,
+            tables=tables,
+            lo=lo,
+            hi=hi,
+            marks=marks,
+            stamp=stamp,
+            buffer=buffer,
+            count=count,
+        )
         if n_probes > 0:
-            n_found = _perturbation_sets(fractions[t * h : (t + 1) * h], bucket_width, n_probes, workspace)
+            n_found = _perturbation_sets(
+                fractions=fractions[t * h : (t + 1) * h],
+                bucket_width=bucket_width,
+                n_probes=n_probes,
+                workspace=workspace,
+            )
             for p in range(n_found):
-                count = _probe_bucket(codes, t * h, h, probe_deltas[p], tables, lo, hi, marks, stamp, buffer, count)
+                count = _probe_bucket(
+                    codes=codes,
+                    start=t * h,
+                    n_projections=h,
+                    deltas=workspace.out_deltas[p],
+                    tables=tables,
+                    lo=lo,
+                    hi=hi,
+                    marks=marks,
+                    stamp=stamp,
+                    buffer=buffer,
+                    count=count,
+                )
     return count
+
+
+@njit(cache=True)
+def _shortlist_into(
+    query: np.ndarray, data: np.ndarray, candidates: np.ndarray, heap_key: np.ndarray, heap_id: np.ndarray
+) -> int:
+    """The ``len(heap_key)`` candidates nearest to ``query`` by squared L2 in the scoring space (ties by id).
+
+    Args:
+        query: (r,) float32; data: (n, r) float32; candidates: (c,) int64 rows of ``data``.
+        heap_key, heap_id: (s,) float32 / int64 scratch space; on return ``heap_id[:size]`` holds the kept ids
+            (in heap order).
+
+    Returns:
+        size = min(s, c).
+    """
+    limit = heap_key.shape[0]
+    size = 0
+    bound = np.float32(np.inf)
+    for c in range(candidates.shape[0]):
+        obj = candidates[c]
+        key = _squared_l2(query, data[obj], bound)
+        if size < limit:
+            size = _heap_push(heap_key, heap_id, size, key, obj, True)
+        elif _above(heap_key[0], heap_id[0], key, obj, True):
+            _heap_replace_top(heap_key, heap_id, size, key, obj, True)
+        if size == limit:
+            bound = heap_key[0]
+    return size
 
 
 @njit(cache=True, parallel=True)
 def _lsh_kernel(
-    queries,
-    data,
-    codes,
-    fractions,
-    n_tables,
-    n_projections,
-    bucket_width,
-    n_probes,
-    tables,
-    metric,
-    mode,
-    n_chunks,
-    out_scores,
-    out_ids,
-    out_visited,
-    cand_offsets,
-    cand_ids,
-):
-    """Candidates of every query, then (by ``mode``) their exact top-k, only their count, or their ids."""
+    queries: np.ndarray,
+    data: np.ndarray,
+    codes: np.ndarray,
+    fractions: np.ndarray,
+    n_tables: int,
+    n_projections: int,
+    bucket_width: float,
+    n_probes: int,
+    tables: BucketTables,
+    short_queries: np.ndarray,
+    short_data: np.ndarray,
+    shortlist: int,
+    metric: int,
+    mode: int,
+    n_chunks: int,
+    out_scores: np.ndarray,
+    out_ids: np.ndarray,
+    out_visited: np.ndarray,
+    cand_offsets: np.ndarray,
+    cand_ids: np.ndarray,
+) -> None:
+    """Candidates of every query, then (by ``mode``) their exact top-k, only their count, or their ids.
+
+    The leading arguments are the fields of :class:`ProbeArgs` (numba's parallel loops do not take nested
+    named tuples); ``short_queries`` / ``short_data`` / ``shortlist`` those of :class:`Shortlist`
+    (``shortlist = 0``: every candidate is re-ranked exactly). Called with keywords only.
+    """
     m = codes.shape[0]
     n = data.shape[0]
     h = n_projections
@@ -668,23 +814,25 @@ def _lsh_kernel(
         marks = np.zeros(n, dtype=np.int64)
         buffer = np.empty(n, dtype=np.int64)
         zero_deltas = np.zeros(h, dtype=np.int64)
-        workspace = _probe_workspace(n_probes, h)
+        workspace = _probe_workspace(n_probes=n_probes, n_projections=h)
         top_key = np.empty(k, dtype=np.float32)
         top_id = np.empty(k, dtype=np.int64)
+        short_key = np.empty(max(shortlist, 1), dtype=np.float32)
+        short_id = np.empty(max(shortlist, 1), dtype=np.int64)
         for i in range(chunk * m // n_chunks, (chunk + 1) * m // n_chunks):
             count = _collect_candidates(
-                codes[i],
-                fractions[i],
-                n_tables,
-                h,
-                bucket_width,
-                n_probes,
-                tables,
-                marks,
-                i + 1,
-                buffer,
-                zero_deltas,
-                workspace,
+                codes=codes[i],
+                fractions=fractions[i],
+                n_tables=n_tables,
+                n_projections=h,
+                bucket_width=bucket_width,
+                n_probes=n_probes,
+                tables=tables,
+                marks=marks,
+                stamp=i + 1,
+                buffer=buffer,
+                zero_deltas=zero_deltas,
+                workspace=workspace,
             )
             out_visited[i] = count
             if mode == _MODE_COUNT:
@@ -694,26 +842,35 @@ def _lsh_kernel(
             candidates.sort()
             if mode == _MODE_FILL:
                 cand_ids[cand_offsets[i] : cand_offsets[i] + count] = candidates
-            else:
-                _rerank_into(queries[i], data, candidates, metric, top_key, top_id, out_scores[i], out_ids[i])
+                continue
+            if shortlist > 0 and count > shortlist:
+                kept = _shortlist_into(
+                    query=short_queries[i], data=short_data, candidates=candidates, heap_key=short_key, heap_id=short_id
+                )
+                candidates = short_id[:kept]
+                candidates.sort()
+            _rerank_into(
+                query=queries[i],
+                data=data,
+                candidates=candidates,
+                metric=metric,
+                top_key=top_key,
+                top_id=top_id,
+                out_scores=out_scores[i],
+                out_ids=out_ids[i],
+            )
 
 
-class ProbeArgs(NamedTuple):
-    """The leading arguments of :func:`lsh_search`, :func:`lsh_candidates` and :func:`query_reference`."""
-
-    queries: np.ndarray  # (m, d) float32 C-contiguous (unit rows for cosine)
-    data: np.ndarray  # (n, d) float32 C-contiguous indexed vectors
-    codes: np.ndarray  # (m, g*h) int64 slot codes of the queries (slot_positions)
-    fractions: np.ndarray  # (m, g*h) float64 positions inside the slots (slot_positions)
-    n_tables: int
-    n_projections: int
-    bucket_width: float
-    n_probes: int
-    tables: BucketTables  # the index's bucket layout
+_NO_SHORTLIST = Shortlist(queries=np.zeros((0, 1), dtype=np.float32), data=np.zeros((0, 1), dtype=np.float32), size=0)
 
 
 def _lsh_call(
-    probe: ProbeArgs, k: int, metric: int, mode: int, cand_offsets: np.ndarray | None = None
+    probe: ProbeArgs,
+    k: int,
+    metric: int,
+    mode: int,
+    shortlist: Shortlist | None = None,
+    cand_offsets: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Run :func:`_lsh_kernel` in ``mode``; returns (scores, ids, visited, cand_ids)."""
     m = probe.codes.shape[0]
@@ -721,38 +878,54 @@ def _lsh_call(
     visited = np.zeros(m, dtype=np.int64)
     offsets = np.zeros(m + 1, dtype=np.int64) if cand_offsets is None else cand_offsets
     cand_ids = np.empty(int(offsets[-1]), dtype=np.int64)
+    short = _NO_SHORTLIST if shortlist is None else shortlist
+    if short.size < 0 or (short.size > 0 and (len(short.queries) != m or len(short.data) != len(probe.data))):
+        raise ValueError("the shortlist's queries and data must have the rows of the probe's queries and data")
     _lsh_kernel(
-        *probe[:6],
-        float(probe.bucket_width),
-        probe.n_probes,
-        BucketTables(*probe.tables),
-        metric,
-        mode,
-        _n_chunks(m),
-        scores,
-        ids,
-        visited,
-        offsets,
-        cand_ids,
+        queries=probe.queries,
+        data=probe.data,
+        codes=probe.codes,
+        fractions=probe.fractions,
+        n_tables=int(probe.n_tables),
+        n_projections=int(probe.n_projections),
+        bucket_width=float(probe.bucket_width),
+        n_probes=int(probe.n_probes),
+        tables=BucketTables(*probe.tables),
+        short_queries=short.queries,
+        short_data=short.data,
+        shortlist=int(short.size),
+        metric=metric,
+        mode=mode,
+        n_chunks=_n_chunks(m),
+        out_scores=scores,
+        out_ids=ids,
+        out_visited=visited,
+        cand_offsets=offsets,
+        cand_ids=cand_ids,
     )
     return scores, ids, visited, cand_ids
 
 
-def lsh_search(*args: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Batch E2LSH query (numba, parallel over queries): ``lsh_search(*ProbeArgs(...), k, metric)``.
+def lsh_search(
+    probe: ProbeArgs, k: int, metric: int, shortlist: Shortlist | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch E2LSH query (numba, parallel over queries).
+
+    Args:
+        probe: the queries, data, query slots and tables.
+        k: results per query; metric: ``METRIC_EUCLIDEAN`` or ``METRIC_COSINE``.
+        shortlist: optional cheaper candidate phase; ``None`` re-ranks every candidate exactly.
 
     Returns:
-        scores (m, k) float32, ids (m, k) int64 (-1 padded), visited (m,) int64 = distinct candidates.
+        scores (m, k) float32, ids (m, k) int64 (-1 padded), visited (m,) int64 = distinct candidates (each had
+        a distance computed: in the scoring space, and in the full space if it reached the shortlist).
     """
-    *probe, k, metric = args
-    scores, ids, visited, _ = _lsh_call(ProbeArgs(*probe), k, metric, _MODE_SEARCH)
+    scores, ids, visited, _ = _lsh_call(probe, k, metric, _MODE_SEARCH, shortlist=shortlist)
     return scores, ids, visited
 
 
-def lsh_candidates(*args: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate sets of each query as CSR ``(offsets (m+1,), ids)``, ids ascending within a query:
-    ``lsh_candidates(*ProbeArgs(...))``."""
-    probe = ProbeArgs(*args)
+def lsh_candidates(probe: ProbeArgs) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate sets of each query as CSR ``(offsets (m+1,) int64, ids int64)``, ids ascending within a query."""
     _, _, visited, _ = _lsh_call(probe, 1, METRIC_EUCLIDEAN, _MODE_COUNT)
     offsets = np.zeros(len(visited) + 1, dtype=np.int64)
     np.cumsum(visited, out=offsets[1:])
@@ -760,10 +933,11 @@ def lsh_candidates(*args: Any) -> tuple[np.ndarray, np.ndarray]:
     return offsets, cand_ids
 
 
-def query_reference(*args: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+def query_reference(
+    probe: ProbeArgs, k: int, metric: int, shortlist: Shortlist | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """numpy version of :func:`lsh_search` (same arguments); also returns each query's sorted candidate ids."""
-    *probe, k, metric = args
-    queries, data, codes, fractions, n_tables, n_projections, bucket_width, n_probes, tables = ProbeArgs(*probe)
+    queries, data, codes, fractions, n_tables, n_projections, bucket_width, n_probes, tables = probe
     m = queries.shape[0]
     scores, ids = _empty_results(m, k, metric)
     visited = np.zeros(m, dtype=np.int64)
@@ -790,6 +964,9 @@ def query_reference(*args: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, lis
         candidates = np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
         candidates_per_query.append(candidates)
         visited[i] = len(candidates)
+        if shortlist is not None and shortlist.size > 0 and len(candidates) > shortlist.size:
+            low = ((shortlist.data[candidates].astype(np.float64) - shortlist.queries[i]) ** 2).sum(axis=1)
+            candidates = np.sort(candidates[np.lexsort((candidates, low))[: shortlist.size]])
         if len(candidates) == 0:
             continue
         rows = data[candidates].astype(np.float64)
