@@ -664,24 +664,80 @@ def _probe_bucket(
     tables: BucketTables,
     lo: int,
     hi: int,
-    marks: np.ndarray,
-    stamp: int,
+    seen: np.ndarray,
     buffer: np.ndarray,
     count: int,
 ) -> int:
-    """Append the ids of bucket ``codes[start:start+h] + deltas`` of the table ``bucket_keys[lo:hi]`` that
-    are not marked with ``stamp`` yet to ``buffer[count:]``; returns the new count."""
+    """Append the ids of bucket ``codes[start:start+h] + deltas`` of the table ``bucket_keys[lo:hi]`` whose bit
+    in ``seen`` is not set yet to ``buffer[count:]`` (setting it); returns the new count."""
     bucket = _find_bucket(tables.bucket_keys, lo, hi, _tuple_key(codes, start, n_projections, deltas))
     if bucket < 0:
         return count
     bucket_ids = tables.bucket_ids
     for p in range(tables.bucket_starts[bucket], tables.bucket_starts[bucket + 1]):
         obj = bucket_ids[p]
-        if marks[obj] != stamp:
-            marks[obj] = stamp
+        word = obj >> 6
+        bit = np.uint64(1) << np.uint64(obj & 63)
+        if not seen[word] & bit:
+            seen[word] |= bit
             buffer[count] = obj
             count += 1
     return count
+
+
+@njit(cache=True)
+def _sorted_candidates(seen: np.ndarray, buffer: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` ids gathered in ``buffer``, ascending, and ``seen`` cleared for the next query.
+
+    Small sets are sorted; a set large against the bitmap's ``n / 64`` words is read off the bitmap in id order
+    instead (one pass over the words, no comparison sort: at a million objects and 20,000 candidates this
+    is ~50x cheaper than sorting).
+    """
+    n_words = seen.shape[0]
+    if count * 8 < n_words:
+        candidates = buffer[:count]
+        candidates.sort()
+        for c in range(count):
+            seen[candidates[c] >> 6] = 0
+        return candidates
+    position = 0
+    for word in range(n_words):
+        bits = seen[word]
+        if bits == 0:
+            continue
+        seen[word] = 0
+        base = word << 6
+        while bits:
+            low = bits & (~bits + np.uint64(1))  # lowest set bit
+            buffer[position] = base + _bit_index(low)
+            position += 1
+            bits ^= low
+    return buffer[:position]
+
+
+@njit(cache=True, inline="always")
+def _bit_index(single_bit: np.uint64) -> int:
+    """Index (0-63) of the one set bit of ``single_bit`` (binary search over halves)."""
+    index = 0
+    x = single_bit
+    if x >= np.uint64(1) << np.uint64(32):
+        x >>= np.uint64(32)
+        index += 32
+    if x >= np.uint64(1) << np.uint64(16):
+        x >>= np.uint64(16)
+        index += 16
+    if x >= np.uint64(1) << np.uint64(8):
+        x >>= np.uint64(8)
+        index += 8
+    if x >= np.uint64(1) << np.uint64(4):
+        x >>= np.uint64(4)
+        index += 4
+    if x >= np.uint64(1) << np.uint64(2):
+        x >>= np.uint64(2)
+        index += 2
+    if x >= np.uint64(1) << np.uint64(1):
+        index += 1
+    return index
 
 
 @njit(cache=True)
@@ -693,17 +749,16 @@ def _collect_candidates(
     bucket_width: float,
     n_probes: int,
     tables: BucketTables,
-    marks: np.ndarray,
-    stamp: int,
+    seen: np.ndarray,
     buffer: np.ndarray,
     zero_deltas: np.ndarray,
     workspace: ProbeWorkspace,
 ) -> int:
     """Distinct ids in the query's buckets (plus probed neighbours), written to ``buffer``; returns the count.
 
-    ``codes`` / ``fractions`` (g*h,) are the query's slots. ``marks`` (n,) dedups ids across tables: an id is
-    taken when its mark differs from this query's ``stamp`` (a value no other query of the worker uses), so
-    the array is never cleared. ``zero_deltas`` (h,) is all zero.
+    ``codes`` / ``fractions`` (g*h,) are the query's slots. ``seen`` ((n + 63) // 64,) uint64 is a bitmap that
+    dedups ids across tables (all zero on entry; :func:`_sorted_candidates` clears it again).
+    ``zero_deltas`` (h,) is all zero.
     """
     h = n_projections
     count = 0
@@ -718,8 +773,7 @@ def _collect_candidates(
             tables=tables,
             lo=lo,
             hi=hi,
-            marks=marks,
-            stamp=stamp,
+            seen=seen,
             buffer=buffer,
             count=count,
         )
@@ -739,8 +793,7 @@ def _collect_candidates(
                     tables=tables,
                     lo=lo,
                     hi=hi,
-                    marks=marks,
-                    stamp=stamp,
+                    seen=seen,
                     buffer=buffer,
                     count=count,
                 )
@@ -811,7 +864,7 @@ def _lsh_kernel(
     k = out_ids.shape[1]
     for chunk in prange(n_chunks):
         # per-worker scratch space, allocated once for the chunk's queries
-        marks = np.zeros(n, dtype=np.int64)
+        seen = np.zeros((n + 63) // 64, dtype=np.uint64)
         buffer = np.empty(n, dtype=np.int64)
         zero_deltas = np.zeros(h, dtype=np.int64)
         workspace = _probe_workspace(n_probes=n_probes, n_projections=h)
@@ -828,18 +881,16 @@ def _lsh_kernel(
                 bucket_width=bucket_width,
                 n_probes=n_probes,
                 tables=tables,
-                marks=marks,
-                stamp=i + 1,
+                seen=seen,
                 buffer=buffer,
                 zero_deltas=zero_deltas,
                 workspace=workspace,
             )
             out_visited[i] = count
+            # ascending ids: rows are then read in memory order, which the prefetcher likes
+            candidates = _sorted_candidates(seen=seen, buffer=buffer, count=count)
             if mode == _MODE_COUNT:
                 continue
-            # ascending ids: rows are then read in memory order, which the prefetcher likes
-            candidates = buffer[:count]
-            candidates.sort()
             if mode == _MODE_FILL:
                 cand_ids[cand_offsets[i] : cand_offsets[i] + count] = candidates
                 continue

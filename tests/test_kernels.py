@@ -214,3 +214,18 @@ def test_probe_workspace_is_named() -> None:
     assert isinstance(workspace, kernels.ProbeWorkspace)
     assert workspace.out_deltas.shape == (5, 3) and workspace.single_cost.shape == (6,)
     assert workspace.heap_score.shape == (kernels.max_heap_nodes(5, 3),)
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 40, 300, 2000])
+def test_sorted_candidates_reads_sets_back_in_order_and_clears_the_bitmap(count: int) -> None:
+    # 5000 objects = 79 bitmap words: small sets take the sort path, large ones the bitmap pass
+    rng = np.random.default_rng(count)
+    ids = rng.choice(5000, count, replace=False).astype(np.int64)
+    seen = np.zeros((5000 + 63) // 64, dtype=np.uint64)
+    for obj in ids:
+        seen[obj >> 6] |= np.uint64(1) << np.uint64(obj & 63)
+    buffer = np.empty(5000, dtype=np.int64)
+    buffer[:count] = ids
+    result = kernels._sorted_candidates(seen=seen, buffer=buffer, count=count)
+    np.testing.assert_array_equal(result, np.sort(ids))
+    assert not seen.any()
