@@ -454,7 +454,8 @@ class LSHIndex(BaseIndex):
         )
         shortlist = None
         if self.rerank and self._reduced is not None:
-            shortlist = kernels.Shortlist(queries=hashed, data=self._reduced, size=self.rerank)
+            # PCA is an orthogonal projection: reduced distances are lower bounds of the true ones
+            shortlist = kernels.Shortlist(queries=hashed, data=self._reduced, size=self.rerank, lower_bound=True)
         return probe, shortlist
 
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:

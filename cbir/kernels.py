@@ -647,12 +647,17 @@ class Shortlist(NamedTuple):
     """A cheaper candidate phase: score every candidate in a small space first, re-rank only the best exactly.
 
     The scoring space is any (n, r) float32 embedding whose squared L2 distance approximates the ranking
-    (:class:`cbir.index.LSHIndex` uses PCA coordinates, a lower bound of the Euclidean distance).
+    (:class:`cbir.index.LSHIndex` uses PCA coordinates). The kept candidates are ranked exactly in increasing
+    scoring distance. With ``lower_bound=True`` the caller guarantees that the scoring space is an orthogonal
+    projection (so the scoring distance never exceeds the true one, unit rows for cosine): the exact ranking then
+    stops at the first candidate whose scoring distance already exceeds the k-th best exact one, since no later
+    candidate can enter the top k. The answer is the exact top-k of the kept candidates either way.
     """
 
     queries: np.ndarray  # (m, r) float32 C-contiguous queries in the scoring space
     data: np.ndarray  # (n, r) float32 C-contiguous indexed objects in the scoring space
     size: int  # >= 1: candidates (best by scoring distance, ties by id) kept for the exact re-rank
+    lower_bound: bool = False
 
 
 @njit(cache=True)
@@ -829,6 +834,54 @@ def _shortlist_into(
     return size
 
 
+# Relative slack of the lower-bound stop: the scoring distance is summed in float32 in another order than the
+# exact one, so it may exceed the exact value by a few ulps; stopping only clearly above the bound stays safe.
+_BOUND_SLACK = np.float32(1e-4)
+
+
+@njit(cache=True)
+def _rerank_ordered_into(
+    query: np.ndarray,
+    data: np.ndarray,
+    candidates: np.ndarray,
+    low_keys: np.ndarray,
+    metric: int,
+    lower_bound: bool,
+    top_key: np.ndarray,
+    top_id: np.ndarray,
+    out_scores: np.ndarray,
+    out_ids: np.ndarray,
+) -> None:
+    """:func:`_rerank_into` for candidates in increasing scoring distance ``low_keys`` (squared, float32).
+
+    Good candidates come first, so the k-th best bound is tight early and most rows stop after their first
+    distance block. With ``lower_bound`` the loop ends once a scoring distance proves that no remaining
+    candidate can beat the k-th best (see :class:`Shortlist`).
+    """
+    k = out_ids.shape[0]
+    size = 0
+    bound = np.float32(np.inf)
+    for c in range(candidates.shape[0]):
+        if lower_bound and size == k:
+            # smallest exact key the candidate can have: squared distance, or -(1 - d²/2) for unit vectors
+            low = low_keys[c] * (np.float32(1.0) - _BOUND_SLACK)
+            floor = low if metric == METRIC_EUCLIDEAN else np.float32(0.5) * low - np.float32(1.0)
+            if floor > bound + _BOUND_SLACK * abs(bound):
+                break
+        obj = candidates[c]
+        key = _ranking_key(query, data[obj], metric, bound)
+        if size < k:
+            size = _heap_push(top_key, top_id, size, key, obj, True)
+        elif _above(top_key[0], top_id[0], key, obj, True):
+            _heap_replace_top(top_key, top_id, size, key, obj, True)
+        if size == k:
+            bound = top_key[0]
+    for position in range(size - 1, -1, -1):
+        key, obj, _ = _heap_pop(top_key, top_id, position + 1, True)
+        out_ids[position] = obj
+        out_scores[position] = np.sqrt(key) if metric == METRIC_EUCLIDEAN else -key
+
+
 @njit(cache=True, parallel=True)
 def _lsh_kernel(
     queries: np.ndarray,
@@ -843,6 +896,7 @@ def _lsh_kernel(
     short_queries: np.ndarray,
     short_data: np.ndarray,
     shortlist: int,
+    lower_bound: bool,
     metric: int,
     mode: int,
     n_chunks: int,
@@ -872,6 +926,8 @@ def _lsh_kernel(
         top_id = np.empty(k, dtype=np.int64)
         short_key = np.empty(max(shortlist, 1), dtype=np.float32)
         short_id = np.empty(max(shortlist, 1), dtype=np.int64)
+        ordered_key = np.empty(max(shortlist, 1), dtype=np.float32)
+        ordered_id = np.empty(max(shortlist, 1), dtype=np.int64)
         for i in range(chunk * m // n_chunks, (chunk + 1) * m // n_chunks):
             count = _collect_candidates(
                 codes=codes[i],
@@ -894,17 +950,31 @@ def _lsh_kernel(
             if mode == _MODE_FILL:
                 cand_ids[cand_offsets[i] : cand_offsets[i] + count] = candidates
                 continue
-            if shortlist > 0 and count > shortlist:
-                kept = _shortlist_into(
-                    query=short_queries[i], data=short_data, candidates=candidates, heap_key=short_key, heap_id=short_id
+            if shortlist == 0:
+                _rerank_into(
+                    query=queries[i],
+                    data=data,
+                    candidates=candidates,
+                    metric=metric,
+                    top_key=top_key,
+                    top_id=top_id,
+                    out_scores=out_scores[i],
+                    out_ids=out_ids[i],
                 )
-                candidates = short_id[:kept]
-                candidates.sort()
-            _rerank_into(
+                continue
+            kept = _shortlist_into(
+                query=short_queries[i], data=short_data, candidates=candidates, heap_key=short_key, heap_id=short_id
+            )
+            # best scoring distance first (ties by id)
+            for position in range(kept - 1, -1, -1):
+                ordered_key[position], ordered_id[position], _ = _heap_pop(short_key, short_id, position + 1, True)
+            _rerank_ordered_into(
                 query=queries[i],
                 data=data,
-                candidates=candidates,
+                candidates=ordered_id[:kept],
+                low_keys=ordered_key[:kept],
                 metric=metric,
+                lower_bound=lower_bound,
                 top_key=top_key,
                 top_id=top_id,
                 out_scores=out_scores[i],
@@ -945,6 +1015,7 @@ def _lsh_call(
         short_queries=short.queries,
         short_data=short.data,
         shortlist=int(short.size),
+        lower_bound=bool(short.lower_bound),
         metric=metric,
         mode=mode,
         n_chunks=_n_chunks(m),
@@ -1015,6 +1086,7 @@ def query_reference(
         candidates = np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
         candidates_per_query.append(candidates)
         visited[i] = len(candidates)
+        # the kernel's lower-bound stop and candidate order do not change the answer: the exact top-k of the kept
         if shortlist is not None and shortlist.size > 0 and len(candidates) > shortlist.size:
             low = ((shortlist.data[candidates].astype(np.float64) - shortlist.queries[i]) ** 2).sum(axis=1)
             candidates = np.sort(candidates[np.lexsort((candidates, low))[: shortlist.size]])

@@ -181,10 +181,18 @@ def test_squared_distance_stops_only_above_the_bound() -> None:
     assert 1.0 < partial < full, "stops after the first block that exceeds the bound"
 
 
+@pytest.mark.parametrize("lower_bound", [False, True])
 @pytest.mark.parametrize("metric", [kernels.METRIC_EUCLIDEAN, kernels.METRIC_COSINE])
-def test_lsh_search_with_a_shortlist_matches_numpy_reference(hashed: dict[str, np.ndarray], metric: int) -> None:
+def test_lsh_search_with_a_shortlist_matches_numpy_reference(
+    hashed: dict[str, np.ndarray], metric: int, lower_bound: bool
+) -> None:
     data, queries = hashed["data"], hashed["queries"]
-    embedding = np.random.default_rng(9).standard_normal((24, 6)).astype(np.float32)
+    if metric == kernels.METRIC_COSINE:
+        data = np.ascontiguousarray(data / np.linalg.norm(data, axis=1, keepdims=True))
+        queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True))
+    # an orthogonal projection (the lower-bound stop needs one) or any linear map
+    embedding = np.random.default_rng(9).standard_normal((24, 6))
+    embedding = (np.linalg.qr(embedding)[0] if lower_bound else embedding).astype(np.float32)
     probe = kernels.ProbeArgs(
         queries=queries,
         data=data,
@@ -197,7 +205,10 @@ def test_lsh_search_with_a_shortlist_matches_numpy_reference(hashed: dict[str, n
         tables=kernels.build_tables(hashed["keys"]),
     )
     shortlist = kernels.Shortlist(
-        queries=np.ascontiguousarray(queries @ embedding), data=np.ascontiguousarray(data @ embedding), size=7
+        queries=np.ascontiguousarray(queries @ embedding),
+        data=np.ascontiguousarray(data @ embedding),
+        size=7,
+        lower_bound=lower_bound,
     )
     scores, ids, visited = kernels.lsh_search(probe=probe, k=5, metric=metric, shortlist=shortlist)
     ref_scores, ref_ids, ref_visited, _ = kernels.query_reference(probe=probe, k=5, metric=metric, shortlist=shortlist)
