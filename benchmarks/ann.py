@@ -225,7 +225,7 @@ def hnswlib_methods(X: np.ndarray, threads: int, quick: bool) -> list[Method]:
     index = hnswlib.Index(space="l2", dim=X.shape[1])
 
     def build() -> None:
-        index.init_index(max_elements=len(X), M=32, ef_construction=100, random_seed=0)
+        index.init_index(max_elements=len(X), M=32, ef_construction=40, random_seed=0)  # faiss' default
         index.set_num_threads(threads)
         index.add_items(X)
 
@@ -267,15 +267,15 @@ def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tup
 
         grid.append((family, setting, factory))
 
-    factors = (0.25, 0.5, 1.0) if quick else (0.2, 0.3, 0.45, 0.7, 1.0)
-    for g, h in ((8, 4), (16, 8)) if quick else ((8, 4), (16, 6), (32, 8)):
-        for factor in factors:
+    factors = (0.7, 1.0, 1.4) if quick else (0.5, 0.7, 1.0, 1.4, 2.0)
+    for factor in factors:
+        for g, h in ((8, 4),) if quick else ((8, 4), (16, 6)):
             add("LSH plain", g, h, factor)
-            add("LSH multi-probe", g, h, factor, probes=8)
-            add("LSH PCA", g, h, factor, probes=8, reduce_dim=reduce_dim)
-            add("LSH PCA+shortlist", g, h, factor, probes=8, reduce_dim=reduce_dim, rerank=rerank)
-    for g, h in ((16, 8),) if quick else ((16, 8), (32, 8)):
-        for factor in factors:
+        for g, h, probes in ((8, 8, 4),) if quick else ((8, 8, 4), (4, 8, 8)):
+            add("LSH multi-probe", g, h, factor, probes=probes)
+            add("LSH PCA", g, h, factor, probes=probes, reduce_dim=reduce_dim)
+            add("LSH PCA+shortlist", g, h, factor, probes=probes, reduce_dim=reduce_dim, rerank=rerank)
+        for g, h in ((8, 8),) if quick else ((8, 8), (4, 8)):
             add(
                 "LSH PCA+shortlist+auto-probes",
                 g,
@@ -283,8 +283,8 @@ def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tup
                 factor,
                 reduce_dim=reduce_dim,
                 rerank=rerank,
-                target_recall=0.9,
-                max_probes=64,
+                target_recall=RECALL_GOAL,
+                max_probes=32,
             )
     return grid
 
