@@ -289,7 +289,8 @@ class LSHIndex(BaseIndex):
     (r floats instead of d) and only the best ``R`` are ranked exactly in the full space; ``visited`` still
     counts every candidate. ``target_recall`` chooses ``probes`` at fit time: the fewest (from 0, 1, 2, 4, ...,
     ``max_probes``) whose recall@10 against the exact scan reaches it on a sample of the indexed objects used
-    as queries (each ignoring itself).
+    as queries (each ignoring itself). ``min_collisions=c`` keeps only the objects found in at least c probed
+    buckets (collision counting, as in C2LSH): ``visited`` then counts those.
 
     With ``metric="cosine"`` the vectors are L2-normalised before hashing and ranking (Euclidean distance and
     cosine similarity are monotone on the unit sphere), so ``bucket_width`` is in units of the unit sphere.
@@ -307,6 +308,9 @@ class LSHIndex(BaseIndex):
             the exact ranking; needs ``reduce_dim``.
         target_recall: None, or a recall@10 in (0, 1] that chooses ``probes`` at fit time.
         max_probes: the largest ``probes`` ``target_recall`` may choose.
+        min_collisions: c >= 1; the candidates are the objects found in at least c of the probed buckets
+            (1 = the union, the paper's E2LSH; 2 or more keeps the objects that collide with the query in several
+            tables, which are far more likely to be near, and computes no distance for the others).
     """
 
     kind: ClassVar[str] = "lsh_index"
@@ -325,6 +329,7 @@ class LSHIndex(BaseIndex):
         rerank: int = 0,
         target_recall: float | None = None,
         max_probes: int = 64,
+        min_collisions: int = 1,
     ) -> None:
         super().__init__()
         self.n_tables = _check_int(n_tables, "n_tables", 1)
@@ -349,6 +354,7 @@ class LSHIndex(BaseIndex):
             target_recall = float(target_recall)
         self.target_recall = target_recall
         self.max_probes = _check_int(max_probes, "max_probes", 0)
+        self.min_collisions = _check_int(min_collisions, "min_collisions", 1)
         self._directions: np.ndarray | None = None
         self._offsets: np.ndarray | None = None
         self._tables: kernels.BucketTables | None = None
@@ -382,6 +388,8 @@ class LSHIndex(BaseIndex):
             params["rerank"] = self.rerank
         if self.target_recall is not None:
             params.update(target_recall=self.target_recall, max_probes=self.max_probes)
+        if self.min_collisions > 1:
+            params["min_collisions"] = self.min_collisions
         return params
 
     @property
@@ -451,6 +459,7 @@ class LSHIndex(BaseIndex):
             bucket_width=self.bucket_width,
             n_probes=self.probes,
             tables=self.tables,
+            min_collisions=self.min_collisions,
         )
         shortlist = None
         if self.rerank and self._reduced is not None:

@@ -641,6 +641,7 @@ class ProbeArgs(NamedTuple):
     bucket_width: float
     n_probes: int
     tables: BucketTables  # the index's bucket layout
+    min_collisions: int = 1  # candidates are the ids found in at least this many probed buckets (1: the union)
 
 
 class Shortlist(NamedTuple):
@@ -672,15 +673,31 @@ def _probe_bucket(
     seen: np.ndarray,
     buffer: np.ndarray,
     count: int,
+    min_collisions: int,
+    counts: np.ndarray,
+    touched: np.ndarray,
+    n_touched: np.ndarray,
 ) -> int:
     """Append the ids of bucket ``codes[start:start+h] + deltas`` of the table ``bucket_keys[lo:hi]`` whose bit
-    in ``seen`` is not set yet to ``buffer[count:]`` (setting it); returns the new count."""
+    in ``seen`` is not set yet to ``buffer[count:]`` (setting it); returns the new count.
+
+    With ``min_collisions > 1`` an id is appended when the bucket is the ``min_collisions``-th one it is found in:
+    ``counts`` (n,) int32 counts the finds, ``touched[:n_touched[0]]`` lists the ids counted so far.
+    """
     bucket = _find_bucket(tables.bucket_keys, lo, hi, _tuple_key(codes, start, n_projections, deltas))
     if bucket < 0:
         return count
     bucket_ids = tables.bucket_ids
     for p in range(tables.bucket_starts[bucket], tables.bucket_starts[bucket + 1]):
         obj = bucket_ids[p]
+        if min_collisions > 1:
+            found = counts[obj] + 1
+            counts[obj] = found
+            if found == 1:
+                touched[n_touched[0]] = obj
+                n_touched[0] += 1
+            if found != min_collisions:
+                continue
         word = obj >> 6
         bit = np.uint64(1) << np.uint64(obj & 63)
         if not seen[word] & bit:
@@ -758,12 +775,17 @@ def _collect_candidates(
     buffer: np.ndarray,
     zero_deltas: np.ndarray,
     workspace: ProbeWorkspace,
+    min_collisions: int,
+    counts: np.ndarray,
+    touched: np.ndarray,
+    n_touched: np.ndarray,
 ) -> int:
     """Distinct ids in the query's buckets (plus probed neighbours), written to ``buffer``; returns the count.
 
     ``codes`` / ``fractions`` (g*h,) are the query's slots. ``seen`` ((n + 63) // 64,) uint64 is a bitmap that
     dedups ids across tables (all zero on entry; :func:`_sorted_candidates` clears it again).
-    ``zero_deltas`` (h,) is all zero.
+    ``zero_deltas`` (h,) is all zero. With ``min_collisions > 1`` only ids found in that many probed buckets are
+    kept (see :func:`_probe_bucket`); ``counts`` is all zero on entry and the caller clears the ``touched`` ids.
     """
     h = n_projections
     count = 0
@@ -781,6 +803,10 @@ def _collect_candidates(
             seen=seen,
             buffer=buffer,
             count=count,
+            min_collisions=min_collisions,
+            counts=counts,
+            touched=touched,
+            n_touched=n_touched,
         )
         if n_probes > 0:
             n_found = _perturbation_sets(
@@ -801,6 +827,10 @@ def _collect_candidates(
                     seen=seen,
                     buffer=buffer,
                     count=count,
+                    min_collisions=min_collisions,
+                    counts=counts,
+                    touched=touched,
+                    n_touched=n_touched,
                 )
     return count
 
@@ -893,6 +923,7 @@ def _lsh_kernel(
     bucket_width: float,
     n_probes: int,
     tables: BucketTables,
+    min_collisions: int,
     short_queries: np.ndarray,
     short_data: np.ndarray,
     shortlist: int,
@@ -919,6 +950,10 @@ def _lsh_kernel(
     for chunk in prange(n_chunks):
         # per-worker scratch space, allocated once for the chunk's queries
         seen = np.zeros((n + 63) // 64, dtype=np.uint64)
+        counting = n if min_collisions > 1 else 1
+        counts = np.zeros(counting, dtype=np.int32)
+        touched = np.empty(counting, dtype=np.int64)
+        n_touched = np.zeros(1, dtype=np.int64)
         buffer = np.empty(n, dtype=np.int64)
         zero_deltas = np.zeros(h, dtype=np.int64)
         workspace = _probe_workspace(n_probes=n_probes, n_projections=h)
@@ -941,7 +976,14 @@ def _lsh_kernel(
                 buffer=buffer,
                 zero_deltas=zero_deltas,
                 workspace=workspace,
+                min_collisions=min_collisions,
+                counts=counts,
+                touched=touched,
+                n_touched=n_touched,
             )
+            for j in range(n_touched[0]):
+                counts[touched[j]] = 0
+            n_touched[0] = 0
             out_visited[i] = count
             # ascending ids: rows are then read in memory order, which the prefetcher likes
             candidates = _sorted_candidates(seen=seen, buffer=buffer, count=count)
@@ -1012,6 +1054,7 @@ def _lsh_call(
         bucket_width=float(probe.bucket_width),
         n_probes=int(probe.n_probes),
         tables=BucketTables(*probe.tables),
+        min_collisions=int(probe.min_collisions),
         short_queries=short.queries,
         short_data=short.data,
         shortlist=int(short.size),
@@ -1059,7 +1102,7 @@ def query_reference(
     probe: ProbeArgs, k: int, metric: int, shortlist: Shortlist | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """numpy version of :func:`lsh_search` (same arguments); also returns each query's sorted candidate ids."""
-    queries, data, codes, fractions, n_tables, n_projections, bucket_width, n_probes, tables = probe
+    queries, data, codes, fractions, n_tables, n_projections, bucket_width, n_probes, tables, min_collisions = probe
     m = queries.shape[0]
     scores, ids = _empty_results(m, k, metric)
     visited = np.zeros(m, dtype=np.int64)
@@ -1083,7 +1126,8 @@ def query_reference(
                 if position < len(table_keys) and table_keys[position] == key:
                     bucket = lo + position
                     found.append(tables.bucket_ids[tables.bucket_starts[bucket] : tables.bucket_starts[bucket + 1]])
-        candidates = np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+        candidates, finds = np.unique(np.concatenate(found), return_counts=True) if found else (np.empty(0, int), [])
+        candidates = candidates[np.asarray(finds) >= min_collisions].astype(np.int64)
         candidates_per_query.append(candidates)
         visited[i] = len(candidates)
         # the kernel's lower-bound stop and candidate order do not change the answer: the exact top-k of the kept

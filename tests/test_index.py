@@ -190,6 +190,7 @@ def test_describe_reports_bucket_statistics(data: tuple[np.ndarray, np.ndarray])
         ({"reduce_dim": 4, "rerank": -1}, "rerank must be >= 0"),
         ({"target_recall": 1.5}, "target_recall must be in"),
         ({"target_recall": "high"}, "target_recall must be a number"),
+        ({"min_collisions": 0}, "min_collisions must be >= 1"),
     ],
 )
 def test_lsh_rejects_bad_parameters(kwargs: dict, message: str) -> None:
@@ -301,3 +302,23 @@ def test_target_recall_chooses_the_fewest_probes_that_reach_it(data: tuple[np.nd
     unreachable = LSHIndex(1, 8, 0.5, seed=3, target_recall=1.0, max_probes=4).fit(points)
     assert unreachable.probes == 4 and unreachable.tuned_recall < 1.0
     assert LSHIndex(**index.params).fit(points).probes == index.probes
+
+
+@pytest.mark.parametrize("min_collisions", [2, 3])
+def test_min_collisions_keeps_the_objects_found_in_that_many_buckets(
+    data: tuple[np.ndarray, np.ndarray], min_collisions: int
+) -> None:
+    points, queries = data
+    params = {"n_tables": 6, "n_projections": 2, "bucket_width": 4.0, "seed": 1, "probes": 2}
+    union = LSHIndex(**params).fit(points)
+    counted = LSHIndex(**params, min_collisions=min_collisions).fit(points)
+    probe, _ = counted._probe_args(queries)
+    _, ref_ids, ref_visited, ref_candidates = kernels.query_reference(probe, 5, kernels.METRIC_EUCLIDEAN)
+    result = counted.search(queries, 5)
+    np.testing.assert_array_equal(result.ids, ref_ids)
+    np.testing.assert_array_equal(result.visited, ref_visited)
+    for few, many, expected in zip(counted.candidates(queries), union.candidates(queries), ref_candidates, strict=True):
+        np.testing.assert_array_equal(few, expected)
+        assert set(few.tolist()) <= set(many.tolist())
+    assert result.visited.sum() < union.search(queries, 5).visited.sum()
+    assert counted.params["min_collisions"] == min_collisions
