@@ -15,7 +15,8 @@ Data sets
 Methods
     the exact scan (BLAS shortlist + exact re-rank); our E2LSH: plain, multi-probe, hashing in a PCA-reduced space
     (``reduce_dim``), plus a shortlist scored in that space (``rerank``), plus probes chosen for a target recall
-    (``target_recall``); faiss IndexHNSWFlat (M=32) at several efSearch, IndexIVFFlat at several nprobe, IndexLSH
+    (``target_recall``) or plus collision counting (``min_collisions``: only objects found in c probed buckets);
+    faiss IndexHNSWFlat (M=32) at several efSearch, IndexIVFFlat at several nprobe, IndexLSH
     (binary codes, Hamming ranking of every object, then exact re-rank of 10·k); hnswlib (M=32) at several ef.
 
 Measurement
@@ -66,7 +67,14 @@ VISITED_GOAL = 0.10  # real features: share of the distances computed
 REAL_SPEEDUP_GOAL = 2.0
 LARGE_SPEEDUP_GOAL = 10.0
 HNSW_RATIO_GOAL = 3.0
-LSH_FAMILIES = ("LSH plain", "LSH multi-probe", "LSH PCA", "LSH PCA+shortlist", "LSH PCA+shortlist+auto-probes")
+LSH_FAMILIES = (
+    "LSH plain",
+    "LSH multi-probe",
+    "LSH PCA",
+    "LSH PCA+shortlist",
+    "LSH PCA+shortlist+auto-probes",
+    "LSH PCA+shortlist+counting",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -261,6 +269,8 @@ def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tup
             setting += f" R={options['rerank']}"
         if options.get("target_recall"):
             setting += f" target={options['target_recall']}"
+        if options.get("min_collisions"):
+            setting += f" c={options['min_collisions']}"
 
         def factory() -> LSHIndex:
             return LSHIndex(g, h, width, probes=probes, seed=seed, **options)
@@ -285,6 +295,18 @@ def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tup
                 rerank=rerank,
                 target_recall=RECALL_GOAL,
                 max_probes=32,
+            )
+    for factor in (1.0, 1.4, 2.0):
+        for g, h, probes, collisions in ((16, 6, 2, 3),) if quick else ((16, 6, 2, 3), (24, 8, 2, 3), (16, 8, 2, 2)):
+            add(
+                "LSH PCA+shortlist+counting",
+                g,
+                h,
+                factor,
+                probes=probes,
+                reduce_dim=reduce_dim,
+                rerank=rerank,
+                min_collisions=collisions,
             )
     return grid
 
