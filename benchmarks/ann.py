@@ -296,7 +296,7 @@ def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tup
                 target_recall=RECALL_GOAL,
                 max_probes=32,
             )
-    for factor in (1.0, 1.4, 2.0):
+    for factor in (1.0, 1.4, 1.7, 2.0):
         for g, h, probes, collisions in ((16, 6, 2, 3),) if quick else ((16, 6, 2, 3), (24, 8, 2, 3), (16, 8, 2, 2)):
             add(
                 "LSH PCA+shortlist+counting",
