@@ -21,6 +21,14 @@ Bucket layout (CSR, per table)
     ``table_offsets`` (g+1,) slices ``bucket_keys`` (sorted unique keys of each table) and
     ``bucket_starts`` (n_buckets+1,) slices ``bucket_ids`` (g*n,): the ids of one bucket, ascending.
 
+Candidate phase
+    The ids of the probed buckets are deduplicated with a per-worker bitmap (n/64 words) and read back in
+    ascending id order (sorted when few, off the bitmap when many), so rows are fetched in memory order.
+    Optionally (``ProbeArgs.min_collisions = c > 1``) only ids found in at least c probed buckets are kept
+    (collision counting). Optionally (:class:`Shortlist`) every candidate is first scored in a small space
+    (PCA coordinates) and only the best ``size`` are ranked exactly, best first, stopping early when the small
+    space gives a lower bound that no remaining candidate can beat.
+
 Multi-probe (Lv et al., VLDB 2007, query-directed probing)
     For slot coordinate ``j`` with fractional position ``f_j`` inside its slot, moving to the left
     neighbour costs ``(f_j*w)²`` and to the right one ``((1-f_j)*w)²``. Perturbation sets are generated
