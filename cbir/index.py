@@ -362,6 +362,29 @@ class LSHIndex(BaseIndex):
         self._reduced: np.ndarray | None = None
         self.tuned_recall: float | None = None
 
+    @classmethod
+    def for_data(cls, X: np.ndarray, width_factor: float, **params: Any) -> LSHIndex:
+        """An unfitted index whose ``bucket_width`` is ``width_factor`` × the median pairwise distance of a sample
+        of ``X`` in the space the index hashes in (PCA coordinates with ``reduce_dim``, unit rows for cosine).
+
+        ``params`` are the other constructor arguments. Example (the best real-feature setting of
+        ``benchmarks/ann.py``)::
+
+            LSHIndex.for_data(X, 1.4, n_tables=16, n_projections=6, probes=2, reduce_dim=48, rerank=100,
+                              min_collisions=3).fit(X)
+        """
+        from cbir.evaluation import default_bucket_width  # evaluation imports this module
+
+        vectors = _as_matrix(X, "X")
+        if params.get("metric", "euclidean") == "cosine":
+            vectors = l2_normalize(vectors)
+        seed = params.get("seed", 0)
+        if params.get("reduce_dim") is not None:
+            sample = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), min(len(vectors), 4096), False))]
+            vectors = project(fit_pca(vectors, params["reduce_dim"], seed=seed), sample)
+        width = default_bucket_width(vectors, "euclidean", fraction=float(width_factor), seed=seed)
+        return cls(bucket_width=width, **params)
+
     @property
     def probes(self) -> int:
         """Neighbouring buckets probed per table; may be changed on a fitted index (no refit needed)."""

@@ -322,3 +322,16 @@ def test_min_collisions_keeps_the_objects_found_in_that_many_buckets(
         assert set(few.tolist()) <= set(many.tolist())
     assert result.visited.sum() < union.search(queries, 5).visited.sum()
     assert counted.params["min_collisions"] == min_collisions
+
+
+def test_for_data_scales_the_width_by_the_median_distance_of_the_hashed_space(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    points, _ = data
+    full = LSHIndex.for_data(points, 0.5, n_tables=2)
+    double = LSHIndex.for_data(points, 1.0, n_tables=2)
+    assert double.bucket_width == pytest.approx(2 * full.bucket_width)
+    assert full.n_tables == 2 and full.reduce_dim is None
+    reduced = LSHIndex.for_data(points, 0.5, reduce_dim=4, rerank=10)
+    assert reduced.bucket_width < full.bucket_width  # distances shrink under projection
+    assert reduced.fit(points).search(points[:3], 2).ids[:, 0].tolist() == [0, 1, 2]
