@@ -379,7 +379,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
         seconds, (ids, visited) = best_of(1, lambda method=method: method.search(Q))
         recall = recall_at_k(ids, exact_ids, K).mean()
         sweep.append((method, seconds, recall, float(np.mean(visited)) / n))
-    print(f"  LSH grid: {len(sweep)} settings evaluated in {time.perf_counter() - started:.0f}s")
+    print(f"  LSH grid: {len(sweep)} settings evaluated in {time.perf_counter() - started:.0f}s", flush=True)
     frame = pd.DataFrame(
         [
             {"i": i, "family": meth.family, "recall": rec, "visited": vis, "seconds": sec}
@@ -396,6 +396,11 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
         else:
             ids, visited = method.search(Q)
             record(method, seconds, ids, visited, "single (sweep)")
+
+    # progress for long runs (1M): our rows before the peers' index builds
+    ours_so_far = pd.DataFrame(rows).drop(columns=["params"])
+    ours_so_far["speedup_vs_scan"] = 1000.0 * min(scan_times) / m / ours_so_far["ms_per_query"]
+    print("  LSH (timed so far):\n" + ours_so_far.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
 
     # ---- peers --------------------------------------------------------------------------------------------------
     peers: list[Method] = [Method("exact scan", "BLAS + exact re-rank", lambda q: (scan.search(q, K).ids, None))]
