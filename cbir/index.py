@@ -1,10 +1,11 @@
 """Nearest-neighbour indexes with one contract: exact sequential scan and the paper's E2LSH index.
 
-Every index has ``fit(X)`` and ``search(Q, k) -> (scores, ids, visited)``:
+Every index has ``fit(X)`` and ``search(Q, k) -> SearchResult(distances, ids, visited)`` (a named tuple, so
+``scores, ids, visited = index.search(Q, k)`` works too):
 
 * ``X`` (n, d) and ``Q`` (m, d) are converted to C-contiguous float32; NaN/inf, wrong ranks and dimension
   mismatches raise :class:`ValueError`.
-* ``scores`` (m, k) float32: Euclidean distance (ascending) or cosine similarity (descending).
+* ``distances`` (m, k) float32: Euclidean distance (ascending) or cosine similarity (descending).
 * ``ids`` (m, k) int64 row numbers into ``X``; ties are ordered by id; slots with no answer hold -1 and a
   score of +inf (euclidean) or -inf (cosine).
 * ``visited`` (m,) int64: how many distinct objects had their distance computed for each query (the paper's
@@ -19,15 +20,25 @@ import os
 from collections.abc import Mapping
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import numpy as np
 
 from cbir import kernels
+from cbir.pca import PCA, fit_pca, project
 from cbir.storage import ArtifactError, load_artifact, save_artifact
 
 Metric = Literal["euclidean", "cosine"]
-SearchResult = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class SearchResult(NamedTuple):
+    """What every index's ``search(Q, k)`` returns (m queries, k results each)."""
+
+    distances: np.ndarray  # (m, k) float32 distance ascending (euclidean) or similarity descending (cosine)
+    ids: np.ndarray  # (m, k) int64 row numbers into the fitted X, -1 where no answer
+    visited: np.ndarray  # (m,) int64 distinct objects whose distance was computed per query
+
+
 IndexT = TypeVar("IndexT", bound="BaseIndex")
 
 # Rows of the query block times n: bounds the scan's temporary similarity matrix to ~128 MiB.
@@ -94,6 +105,7 @@ def warm_up() -> None:
         index.probes = 0
         index.search(points[:2], 3)
         index.candidates(points[:2])
+        LSHIndex(2, 2, 1.0, metric=metric, reduce_dim=2, rerank=2).fit(points).search(points[:2], 3)
     _WARM = True
 
 
@@ -249,21 +261,36 @@ class SequentialScan(BaseIndex):
                 candidates = np.broadcast_to(np.arange(n), (len(chunk), n))
             offsets = np.arange(0, (len(chunk) + 1) * shortlist, shortlist, dtype=np.int64)
             chunk_scores, chunk_ids = kernels.rerank_candidates(
-                chunk, data, offsets, np.ascontiguousarray(candidates, dtype=np.int64).ravel(), k, metric
+                queries=chunk,
+                data=data,
+                cand_offsets=offsets,
+                cand_ids=np.ascontiguousarray(candidates, dtype=np.int64).ravel(),
+                k=k,
+                metric=metric,
             )
             scores[start : start + block] = chunk_scores
             ids[start : start + block] = chunk_ids
-        return scores, ids, np.full(m, n, dtype=np.int64)
+        return SearchResult(scores, ids, np.full(m, n, dtype=np.int64))
 
 
 class LSHIndex(BaseIndex):
-    """The paper's E2LSH index (Datar et al.), with optional query-directed multi-probe (Lv et al.).
+    """The paper's E2LSH index (Datar et al.), with optional query-directed multi-probe (Lv et al.), hashing in
+    a PCA-reduced space and a cheap candidate phase.
 
     Each of ``n_tables`` (g) hash tables keys an object by ``h = n_projections`` slot numbers
     ``floor((p · a_i + b_i) / w)``, ``a_i ~ N(0, I)``, ``b_i ~ U[0, w)`` drawn from ``seed``. A query visits the
     union of its g buckets (plus, with ``probes=T``, the T cheapest neighbouring buckets of every table),
     and the distinct visited objects are ranked exactly with the metric. Fewer than k candidates is a normal
     answer: the rest of the row is padded with id -1.
+
+    With ``reduce_dim=r`` the vectors are hashed by their coordinates on the top ``r`` principal axes of the
+    indexed data (the same E2LSH functions, drawn in r dimensions), so ``bucket_width`` is in units of that
+    space. With ``rerank=R`` as well, every candidate is first scored by its distance in the reduced space
+    (r floats instead of d) and only the best ``R`` are ranked exactly in the full space; ``visited`` still
+    counts every candidate. ``target_recall`` chooses ``probes`` at fit time: the fewest (from 0, 1, 2, 4, ...,
+    ``max_probes``) whose recall@10 against the exact scan reaches it on a sample of the indexed objects used
+    as queries (each ignoring itself). ``min_collisions=c`` keeps only the objects found in at least c probed
+    buckets (collision counting, as in C2LSH): ``visited`` then counts those.
 
     With ``metric="cosine"`` the vectors are L2-normalised before hashing and ranking (Euclidean distance and
     cosine similarity are monotone on the unit sphere), so ``bucket_width`` is in units of the unit sphere.
@@ -276,9 +303,19 @@ class LSHIndex(BaseIndex):
         metric: ``"euclidean"`` or ``"cosine"``.
         seed: seed of the random projections; same seed and data give the same index.
         probes: T >= 0 extra buckets probed per table per query (0 = plain E2LSH).
+        reduce_dim: None (hash the full vectors) or r >= 1 principal axes to hash in (capped at the dimension).
+        rerank: 0 (rank every candidate exactly) or R >= 1 candidates kept by their reduced-space distance for
+            the exact ranking; needs ``reduce_dim``.
+        target_recall: None, or a recall@10 in (0, 1] that chooses ``probes`` at fit time.
+        max_probes: the largest ``probes`` ``target_recall`` may choose.
+        min_collisions: c >= 1; the candidates are the objects found in at least c of the probed buckets
+            (1 = the union, the paper's E2LSH; 2 or more keeps the objects that collide with the query in several
+            tables, which are far more likely to be near, and computes no distance for the others).
     """
 
     kind: ClassVar[str] = "lsh_index"
+    _TUNE_SAMPLE: ClassVar[int] = 200
+    _TUNE_K: ClassVar[int] = 10
 
     def __init__(
         self,
@@ -288,6 +325,11 @@ class LSHIndex(BaseIndex):
         metric: Metric = "euclidean",
         seed: int = 0,
         probes: int = 0,
+        reduce_dim: int | None = None,
+        rerank: int = 0,
+        target_recall: float | None = None,
+        max_probes: int = 64,
+        min_collisions: int = 1,
     ) -> None:
         super().__init__()
         self.n_tables = _check_int(n_tables, "n_tables", 1)
@@ -300,9 +342,48 @@ class LSHIndex(BaseIndex):
         self.metric = _check_metric(metric)
         self.seed = _check_int(seed, "seed", 0)
         self.probes = probes
+        self.reduce_dim = None if reduce_dim is None else _check_int(reduce_dim, "reduce_dim", 1)
+        self.rerank = _check_int(rerank, "rerank", 0)
+        if self.rerank and self.reduce_dim is None:
+            raise ValueError("rerank needs reduce_dim: candidates are scored in the reduced space first")
+        if target_recall is not None:
+            if isinstance(target_recall, bool) or not isinstance(target_recall, Real):
+                raise ValueError(f"target_recall must be a number in (0, 1], got {target_recall!r}")
+            if not 0.0 < target_recall <= 1.0:
+                raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+            target_recall = float(target_recall)
+        self.target_recall = target_recall
+        self.max_probes = _check_int(max_probes, "max_probes", 0)
+        self.min_collisions = _check_int(min_collisions, "min_collisions", 1)
         self._directions: np.ndarray | None = None
         self._offsets: np.ndarray | None = None
         self._tables: kernels.BucketTables | None = None
+        self._pca: PCA | None = None
+        self._reduced: np.ndarray | None = None
+        self.tuned_recall: float | None = None
+
+    @classmethod
+    def for_data(cls, X: np.ndarray, width_factor: float, **params: Any) -> LSHIndex:
+        """An unfitted index whose ``bucket_width`` is ``width_factor`` × the median pairwise distance of a sample
+        of ``X`` in the space the index hashes in (PCA coordinates with ``reduce_dim``, unit rows for cosine).
+
+        ``params`` are the other constructor arguments. Example (the best real-feature setting of
+        ``benchmarks/ann.py``)::
+
+            LSHIndex.for_data(X, 1.4, n_tables=16, n_projections=6, probes=2, reduce_dim=48, rerank=100,
+                              min_collisions=3).fit(X)
+        """
+        from cbir.evaluation import default_bucket_width  # evaluation imports this module
+
+        vectors = _as_matrix(X, "X")
+        if params.get("metric", "euclidean") == "cosine":
+            vectors = l2_normalize(vectors)
+        seed = params.get("seed", 0)
+        if params.get("reduce_dim") is not None:
+            sample = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), min(len(vectors), 4096), False))]
+            vectors = project(fit_pca(vectors, params["reduce_dim"], seed=seed), sample)
+        width = default_bucket_width(vectors, "euclidean", fraction=float(width_factor), seed=seed)
+        return cls(bucket_width=width, **params)
 
     @property
     def probes(self) -> int:
@@ -315,7 +396,7 @@ class LSHIndex(BaseIndex):
 
     @property
     def params(self) -> dict[str, Any]:
-        return {
+        params = {
             "n_tables": self.n_tables,
             "n_projections": self.n_projections,
             "bucket_width": self.bucket_width,
@@ -323,6 +404,16 @@ class LSHIndex(BaseIndex):
             "seed": self.seed,
             "probes": self.probes,
         }
+        # the options below appear only when used, so that plain E2LSH rows keep the paper's parameters
+        if self.reduce_dim is not None:
+            params["reduce_dim"] = self.reduce_dim
+        if self.rerank:
+            params["rerank"] = self.rerank
+        if self.target_recall is not None:
+            params.update(target_recall=self.target_recall, max_probes=self.max_probes)
+        if self.min_collisions > 1:
+            params["min_collisions"] = self.min_collisions
+        return params
 
     @property
     def tables(self) -> kernels.BucketTables:
@@ -341,43 +432,91 @@ class LSHIndex(BaseIndex):
                 max_bucket_size=int(bucket_sizes.max()),
                 table_bytes=int(sum(array.nbytes for array in self._tables)),
             )
+        if self._pca is not None:
+            info["pca_explained_variance"] = float(self._pca.explained.sum())
+        if self.tuned_recall is not None:
+            info["tuned_recall"] = self.tuned_recall
         return info
 
-    def _project(self, vectors: np.ndarray) -> np.ndarray:
-        assert self._directions is not None
-        return np.ascontiguousarray(vectors @ self._directions, dtype=np.float32)
+    def fit(self, X: np.ndarray) -> LSHIndex:
+        """Index the rows of ``X`` (see :meth:`BaseIndex.fit`); with ``target_recall``, choose ``probes`` too."""
+        super().fit(X)
+        if self.target_recall is not None:
+            self._tune_probes()
+        return self
+
+    def _hash_space(self, vectors: np.ndarray) -> np.ndarray:
+        """The vectors hashing works on: their PCA coordinates with ``reduce_dim``, else themselves."""
+        return vectors if self._pca is None else project(self._pca, vectors)
 
     def _fit(self, data: np.ndarray) -> None:
+        self._pca = None if self.reduce_dim is None else fit_pca(data, self.reduce_dim, seed=self.seed)
+        hashed = self._hash_space(data)
+        self._reduced = hashed if self._pca is not None else None
         self._directions, self._offsets = kernels.draw_hash_functions(
-            data.shape[1], self.n_tables, self.n_projections, self.bucket_width, self.seed
+            hashed.shape[1], self.n_tables, self.n_projections, self.bucket_width, self.seed
         )
         keys = kernels.hash_keys(
-            self._project(data), self._offsets, self.bucket_width, self.n_tables, self.n_projections
-        )
-        self._tables = kernels.build_tables(keys)
-
-    def _query_slots(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        assert self._offsets is not None
-        return kernels.slot_positions(self._project(queries), self._offsets, self.bucket_width)
-
-    def _probe_args(self, queries: np.ndarray) -> tuple[Any, ...]:
-        """The leading arguments of :func:`kernels.lsh_search` / :func:`kernels.lsh_candidates` for ``queries``
-        (already normalised for cosine): the queries, the data, their slots and the index parameters."""
-        codes, fractions = self._query_slots(queries)
-        return (
-            queries,
-            self._data,
-            codes,
-            fractions,
+            np.ascontiguousarray(hashed @ self._directions, dtype=np.float32),
+            self._offsets,
+            self.bucket_width,
             self.n_tables,
             self.n_projections,
-            self.bucket_width,
-            self.probes,
-            self.tables,
         )
+        self._tables = kernels.build_tables(keys)
+        self.tuned_recall = None
+
+    def _probe_args(self, queries: np.ndarray) -> tuple[kernels.ProbeArgs, kernels.Shortlist | None]:
+        """The probe and the shortlist of :func:`kernels.lsh_search` for ``queries`` (normalised for cosine)."""
+        assert self._offsets is not None and self._directions is not None
+        hashed = self._hash_space(queries)
+        projected = np.ascontiguousarray(hashed @ self._directions, dtype=np.float32)
+        codes, fractions = kernels.slot_positions(projected, self._offsets, self.bucket_width)
+        probe = kernels.ProbeArgs(
+            queries=queries,
+            data=self._data,
+            codes=codes,
+            fractions=fractions,
+            n_tables=self.n_tables,
+            n_projections=self.n_projections,
+            bucket_width=self.bucket_width,
+            n_probes=self.probes,
+            tables=self.tables,
+            min_collisions=self.min_collisions,
+        )
+        shortlist = None
+        if self.rerank and self._reduced is not None:
+            # PCA is an orthogonal projection: reduced distances are lower bounds of the true ones
+            shortlist = kernels.Shortlist(queries=hashed, data=self._reduced, size=self.rerank, lower_bound=True)
+        return probe, shortlist
 
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
-        return kernels.lsh_search(*self._probe_args(queries), k, kernels.METRIC_CODES[self.metric])
+        probe, shortlist = self._probe_args(queries)
+        return SearchResult(
+            *kernels.lsh_search(probe=probe, k=k, metric=kernels.METRIC_CODES[self.metric], shortlist=shortlist)
+        )
+
+    def _tune_probes(self) -> None:
+        """Set ``probes`` to the fewest of 0, 1, 2, 4, ... ``max_probes`` reaching ``target_recall`` (see class)."""
+        from cbir.evaluation import recall_at_k  # evaluation imports this module
+
+        assert self._data is not None and self.target_recall is not None
+        n = self.n_objects
+        k = min(self._TUNE_K, n - 1)
+        if k < 1:
+            self.probes, self.tuned_recall = 0, 1.0
+            return
+        rng = np.random.default_rng(self.seed)
+        sample = np.sort(rng.choice(n, min(self._TUNE_SAMPLE, n), replace=False))
+        queries = self._data[sample]
+        exact = _without_self(SequentialScan(self.metric).fit(self._data).search(queries, k + 1).ids, sample, k)
+        candidates = [0, *(2**i for i in range(max(self.max_probes, 1).bit_length()) if 2**i <= self.max_probes)]
+        for probes in candidates:
+            self.probes = probes
+            found = _without_self(self._search(queries, k + 1).ids, sample, k)
+            self.tuned_recall = float(recall_at_k(found, exact, k).mean())
+            if self.tuned_recall >= self.target_recall:
+                break
 
     def hash_codes(self, X: np.ndarray) -> np.ndarray:
         """Slot numbers of rows of ``X`` (m, d): (m, g, h) int64 (normalised first for cosine)."""
@@ -385,8 +524,8 @@ class LSHIndex(BaseIndex):
         vectors = _as_matrix(X, "X", dim=self.dim, allow_empty=True)
         if self.metric == "cosine":
             vectors = l2_normalize(vectors)
-        codes, _ = self._query_slots(vectors)
-        return codes.reshape(len(vectors), self.n_tables, self.n_projections)
+        probe, _ = self._probe_args(vectors)
+        return probe.codes.reshape(len(vectors), self.n_tables, self.n_projections)
 
     def candidates(self, Q: np.ndarray) -> list[np.ndarray]:
         """Distinct candidate ids (ascending int64 arrays) each query would visit with the current ``probes``."""
@@ -394,7 +533,8 @@ class LSHIndex(BaseIndex):
         queries = _as_matrix(Q, "Q", dim=self.dim, allow_empty=True)
         if self.metric == "cosine":
             queries = l2_normalize(queries)
-        offsets, ids = kernels.lsh_candidates(*self._probe_args(queries))
+        probe, _ = self._probe_args(queries)
+        offsets, ids = kernels.lsh_candidates(probe=probe)
         return [ids[offsets[i] : offsets[i + 1]] for i in range(len(queries))]
 
     def _state(self) -> dict[str, Any]:
@@ -403,6 +543,10 @@ class LSHIndex(BaseIndex):
             "directions": self._directions,
             "offsets": self._offsets,
             "tables": self.tables._asdict(),
+            "pca": None if self._pca is None else self._pca._asdict(),
+            "reduced": self._reduced,
+            "tuned_probes": self.probes,
+            "tuned_recall": self.tuned_recall,
         }
 
     def _restore(self, state: Mapping[str, Any]) -> None:
@@ -410,6 +554,26 @@ class LSHIndex(BaseIndex):
         self._directions = np.ascontiguousarray(state["directions"], dtype=np.float32)
         self._offsets = np.ascontiguousarray(state["offsets"], dtype=np.float64)
         self._tables = kernels.BucketTables(**state["tables"])
-        expected = (self.dim, self.n_tables * self.n_projections)
+        pca = state.get("pca")
+        self._pca = None if pca is None else PCA(**pca)
+        reduced = state.get("reduced")
+        self._reduced = None if reduced is None else np.ascontiguousarray(reduced, dtype=np.float32)
+        if (self._pca is None) != (self.reduce_dim is None):
+            raise ValueError("stored PCA does not match reduce_dim")
+        if "tuned_probes" in state:
+            self.probes = state["tuned_probes"]
+            self.tuned_recall = state.get("tuned_recall")
+        hash_dim = self.dim if self._pca is None else self._pca.components.shape[1]
+        expected = (hash_dim, self.n_tables * self.n_projections)
         if self._directions.shape != expected or len(self._tables.bucket_ids) != self.n_tables * self.n_objects:
             raise ValueError(f"stored arrays do not match the parameters (directions {self._directions.shape})")
+
+
+def _without_self(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` ids of each row that are not the row's own id (rows of ``ids``: (m, >= k+1))."""
+    mask = ids != own[:, None]
+    kept = np.full((len(ids), k), -1, dtype=np.int64)
+    for row in range(len(ids)):
+        values = ids[row][mask[row]][:k]
+        kept[row, : len(values)] = values
+    return kept

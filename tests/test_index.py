@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir.index import BaseIndex, LSHIndex, SequentialScan, l2_normalize
+from cbir import kernels
+from cbir.index import BaseIndex, LSHIndex, SearchResult, SequentialScan, l2_normalize
+from cbir.pca import fit_pca, project
 from cbir.storage import ArtifactError, save_artifact
 
 
@@ -135,7 +137,13 @@ def test_empty_query_batch(data: tuple[np.ndarray, np.ndarray]) -> None:
 
 
 @pytest.mark.parametrize(
-    "index", [SequentialScan("cosine"), LSHIndex(5, 3, 2.0, metric="euclidean", seed=4, probes=2)], ids=repr
+    "index",
+    [
+        SequentialScan("cosine"),
+        LSHIndex(5, 3, 2.0, metric="euclidean", seed=4, probes=2),
+        LSHIndex(5, 3, 2.0, metric="cosine", seed=4, reduce_dim=6, rerank=15, target_recall=0.5),
+    ],
+    ids=repr,
 )
 def test_save_load_gives_identical_answers(
     data: tuple[np.ndarray, np.ndarray], tmp_path: Path, index: BaseIndex
@@ -177,6 +185,12 @@ def test_describe_reports_bucket_statistics(data: tuple[np.ndarray, np.ndarray])
         ({"metric": "manhattan"}, "metric must be one of"),
         ({"probes": -1}, "probes must be >= 0"),
         ({"seed": True}, "seed must be an integer"),
+        ({"reduce_dim": 0}, "reduce_dim must be >= 1"),
+        ({"rerank": 5}, "rerank needs reduce_dim"),
+        ({"reduce_dim": 4, "rerank": -1}, "rerank must be >= 0"),
+        ({"target_recall": 1.5}, "target_recall must be in"),
+        ({"target_recall": "high"}, "target_recall must be a number"),
+        ({"min_collisions": 0}, "min_collisions must be >= 1"),
     ],
 )
 def test_lsh_rejects_bad_parameters(kwargs: dict, message: str) -> None:
@@ -208,3 +222,116 @@ def test_boundary_validation(data: tuple[np.ndarray, np.ndarray], index_class: t
     for bad_k in (0, -2, 2.0, True):
         with pytest.raises(ValueError, match="k must be"):
             index.search(queries, bad_k)
+
+
+def test_search_returns_a_named_result(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, queries = data
+    for index in (SequentialScan().fit(points), LSHIndex(3, 2, 4.0, reduce_dim=8, rerank=20).fit(points)):
+        result = index.search(queries, 4)
+        assert isinstance(result, SearchResult)
+        distances, ids, visited = result
+        assert distances is result.distances and ids is result.ids and visited is result.visited
+        assert result.distances.shape == result.ids.shape == (len(queries), 4)
+
+
+def test_pca_axes_are_orthonormal_and_distances_a_lower_bound(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, queries = data
+    scaled = points * np.linspace(3.0, 0.1, points.shape[1], dtype=np.float32)  # a decaying spectrum
+    pca = fit_pca(scaled, 6)
+    np.testing.assert_allclose(pca.components.T @ pca.components, np.eye(6), atol=1e-5)
+    assert np.all(np.diff(pca.explained) <= 1e-12) and 0 < pca.explained.sum() <= 1
+    # the leading axes follow the coordinates of largest variance
+    assert set(np.abs(pca.components).argmax(axis=0)) <= set(range(10))
+    low_points, low_queries = project(pca, scaled), project(pca, queries)
+    full = np.linalg.norm(scaled[None, :50] - queries[:, None], axis=2)
+    low = np.linalg.norm(low_points[None, :50] - low_queries[:, None], axis=2)
+    assert np.all(low <= full * (1 + 1e-5) + 1e-4)
+    again = fit_pca(scaled, 6)
+    np.testing.assert_array_equal(again.components, pca.components)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_reduced_lsh_matches_a_numpy_reference(data: tuple[np.ndarray, np.ndarray], metric: str) -> None:
+    points, queries = data
+    width = 3.0 if metric == "euclidean" else 0.6
+    index = LSHIndex(5, 3, width, metric=metric, seed=2, probes=3, reduce_dim=8, rerank=12).fit(points)
+    result = index.search(queries, 6)
+    # reference: hash the PCA coordinates with the index's own functions, then numpy candidates and ranking
+    vectors = l2_normalize(points) if metric == "cosine" else points
+    query_vectors = l2_normalize(queries) if metric == "cosine" else queries
+    pca = fit_pca(vectors, 8, seed=2)
+    low_points, low_queries = project(pca, vectors), project(pca, query_vectors)
+    codes, fractions = kernels.slot_positions(low_queries @ index._directions, index._offsets, width)
+    probe = kernels.ProbeArgs(query_vectors, vectors, codes, fractions, 5, 3, width, 3, index.tables)
+    shortlist = kernels.Shortlist(low_queries, low_points, 12)
+    ref_scores, ref_ids, ref_visited, ref_candidates = kernels.query_reference(
+        probe, 6, kernels.METRIC_CODES[metric], shortlist
+    )
+    np.testing.assert_array_equal(result.visited, ref_visited)
+    np.testing.assert_array_equal(result.ids, ref_ids)
+    np.testing.assert_allclose(result.distances, ref_scores, rtol=1e-5, atol=1e-6)
+    for mine, expected in zip(index.candidates(queries), ref_candidates, strict=True):
+        np.testing.assert_array_equal(mine, expected)
+    # the tables hash the reduced coordinates
+    key_codes, _ = kernels.slot_positions(low_points @ index._directions, index._offsets, width)
+    np.testing.assert_array_equal(index.hash_codes(points), key_codes.reshape(len(points), 5, 3))
+
+
+def test_rerank_keeps_the_exact_answer_when_the_shortlist_holds_every_candidate(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    points, queries = data
+    plain = LSHIndex(4, 3, 3.0, seed=1, reduce_dim=10).fit(points).search(queries, 5)
+    shortlisted = LSHIndex(4, 3, 3.0, seed=1, reduce_dim=10, rerank=len(points)).fit(points).search(queries, 5)
+    for a, b in zip(plain, shortlisted, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_target_recall_chooses_the_fewest_probes_that_reach_it(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, _ = data
+    index = LSHIndex(4, 4, 10.0, seed=3, target_recall=0.85, max_probes=32).fit(points)
+    assert index.tuned_recall is not None and index.tuned_recall >= 0.85
+    assert index.probes == 8  # recall 0.33, 0.51, 0.64, 0.77 with 0, 1, 2, 4 probes on this data
+    if index.probes > 1:  # the next smaller candidate falls short
+        smaller = LSHIndex(4, 4, 10.0, seed=3, probes=index.probes // 2).fit(points)
+        sample = np.sort(np.random.default_rng(3).choice(len(points), 200, replace=False))
+        exact = SequentialScan().fit(points).search(points[sample], 11).ids[:, 1:]
+        found = smaller.search(points[sample], 11).ids
+        hits = [len(set(e) & (set(f) - {s})) / 10 for e, f, s in zip(exact, found, sample, strict=True)]
+        assert np.mean(hits) < 0.85
+    unreachable = LSHIndex(1, 8, 0.5, seed=3, target_recall=1.0, max_probes=4).fit(points)
+    assert unreachable.probes == 4 and unreachable.tuned_recall < 1.0
+    assert LSHIndex(**index.params).fit(points).probes == index.probes
+
+
+@pytest.mark.parametrize("min_collisions", [2, 3])
+def test_min_collisions_keeps_the_objects_found_in_that_many_buckets(
+    data: tuple[np.ndarray, np.ndarray], min_collisions: int
+) -> None:
+    points, queries = data
+    params = {"n_tables": 6, "n_projections": 2, "bucket_width": 4.0, "seed": 1, "probes": 2}
+    union = LSHIndex(**params).fit(points)
+    counted = LSHIndex(**params, min_collisions=min_collisions).fit(points)
+    probe, _ = counted._probe_args(queries)
+    _, ref_ids, ref_visited, ref_candidates = kernels.query_reference(probe, 5, kernels.METRIC_EUCLIDEAN)
+    result = counted.search(queries, 5)
+    np.testing.assert_array_equal(result.ids, ref_ids)
+    np.testing.assert_array_equal(result.visited, ref_visited)
+    for few, many, expected in zip(counted.candidates(queries), union.candidates(queries), ref_candidates, strict=True):
+        np.testing.assert_array_equal(few, expected)
+        assert set(few.tolist()) <= set(many.tolist())
+    assert result.visited.sum() < union.search(queries, 5).visited.sum()
+    assert counted.params["min_collisions"] == min_collisions
+
+
+def test_for_data_scales_the_width_by_the_median_distance_of_the_hashed_space(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    points, _ = data
+    full = LSHIndex.for_data(points, 0.5, n_tables=2)
+    double = LSHIndex.for_data(points, 1.0, n_tables=2)
+    assert double.bucket_width == pytest.approx(2 * full.bucket_width)
+    assert full.n_tables == 2 and full.reduce_dim is None
+    reduced = LSHIndex.for_data(points, 0.5, reduce_dim=4, rerank=10)
+    assert reduced.bucket_width < full.bucket_width  # distances shrink under projection
+    assert reduced.fit(points).search(points[:3], 2).ids[:, 0].tolist() == [0, 1, 2]

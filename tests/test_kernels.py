@@ -120,23 +120,23 @@ def test_lsh_search_matches_numpy_reference(hashed: dict[str, np.ndarray], metri
         data = data / np.linalg.norm(data, axis=1, keepdims=True)
         queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     tables = kernels.build_tables(hashed["keys"])
-    args = (
-        np.ascontiguousarray(queries, dtype=np.float32),
-        np.ascontiguousarray(data, dtype=np.float32),
-        hashed["query_codes"],
-        hashed["query_fractions"],
-        N_TABLES,
-        N_PROJECTIONS,
-        WIDTH,
-        n_probes,
-        tables,
+    probe = kernels.ProbeArgs(
+        queries=np.ascontiguousarray(queries, dtype=np.float32),
+        data=np.ascontiguousarray(data, dtype=np.float32),
+        codes=hashed["query_codes"],
+        fractions=hashed["query_fractions"],
+        n_tables=N_TABLES,
+        n_projections=N_PROJECTIONS,
+        bucket_width=WIDTH,
+        n_probes=n_probes,
+        tables=tables,
     )
-    scores, ids, visited = kernels.lsh_search(*args, 5, metric)
-    ref_scores, ref_ids, ref_visited, ref_candidates = kernels.query_reference(*args, 5, metric)
+    scores, ids, visited = kernels.lsh_search(probe=probe, k=5, metric=metric)
+    ref_scores, ref_ids, ref_visited, ref_candidates = kernels.query_reference(probe=probe, k=5, metric=metric)
     np.testing.assert_array_equal(visited, ref_visited)
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
-    offsets, candidate_ids = kernels.lsh_candidates(*args)
+    offsets, candidate_ids = kernels.lsh_candidates(probe=probe)
     for i, expected in enumerate(ref_candidates):
         np.testing.assert_array_equal(candidate_ids[offsets[i] : offsets[i + 1]], expected)
     assert visited.sum() > 0 and (ids == -1).any(), "fixture should produce both hits and short answers"
@@ -146,10 +146,11 @@ def test_rerank_breaks_ties_by_id_and_pads() -> None:
     data = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [3.0, 0.0]], dtype=np.float32)
     query = np.array([[1.0, 0.0]], dtype=np.float32)
     candidates = np.array([3, 2, 0], dtype=np.int64)  # unsorted on purpose; id 1 is not a candidate
-    scores, ids = kernels.rerank_candidates(query, data, np.array([0, 3]), candidates, 5, kernels.METRIC_EUCLIDEAN)
+    offsets = np.array([0, 3])
+    scores, ids = kernels.rerank_candidates(query, data, offsets, candidates, 5, kernels.METRIC_EUCLIDEAN)
     np.testing.assert_array_equal(ids, [[0, 2, 3, -1, -1]])
     np.testing.assert_array_equal(scores, [[0.0, 0.0, 2.0, np.inf, np.inf]])
-    sims, ids = kernels.rerank_candidates(query, data, np.array([0, 3]), candidates, 2, kernels.METRIC_COSINE)
+    sims, ids = kernels.rerank_candidates(query, data, offsets, candidates, 2, kernels.METRIC_COSINE)
     np.testing.assert_array_equal(ids, [[3, 0]])  # larger dot product first
     np.testing.assert_array_equal(sims, [[3.0, 1.0]])
 
@@ -178,3 +179,64 @@ def test_squared_distance_stops_only_above_the_bound() -> None:
     assert kernels._squared_l2(a, b, full) == full, "a bound the sum does not exceed changes nothing"
     partial = kernels._squared_l2(a, b, np.float32(1.0))
     assert 1.0 < partial < full, "stops after the first block that exceeds the bound"
+
+
+@pytest.mark.parametrize("lower_bound", [False, True])
+@pytest.mark.parametrize("metric", [kernels.METRIC_EUCLIDEAN, kernels.METRIC_COSINE])
+def test_lsh_search_with_a_shortlist_matches_numpy_reference(
+    hashed: dict[str, np.ndarray], metric: int, lower_bound: bool
+) -> None:
+    data, queries = hashed["data"], hashed["queries"]
+    if metric == kernels.METRIC_COSINE:
+        data = np.ascontiguousarray(data / np.linalg.norm(data, axis=1, keepdims=True))
+        queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True))
+    # an orthogonal projection (the lower-bound stop needs one) or any linear map
+    embedding = np.random.default_rng(9).standard_normal((24, 6))
+    embedding = (np.linalg.qr(embedding)[0] if lower_bound else embedding).astype(np.float32)
+    probe = kernels.ProbeArgs(
+        queries=queries,
+        data=data,
+        codes=hashed["query_codes"],
+        fractions=hashed["query_fractions"],
+        n_tables=N_TABLES,
+        n_projections=N_PROJECTIONS,
+        bucket_width=WIDTH,
+        n_probes=4,
+        tables=kernels.build_tables(hashed["keys"]),
+    )
+    shortlist = kernels.Shortlist(
+        queries=np.ascontiguousarray(queries @ embedding),
+        data=np.ascontiguousarray(data @ embedding),
+        size=7,
+        lower_bound=lower_bound,
+    )
+    scores, ids, visited = kernels.lsh_search(probe=probe, k=5, metric=metric, shortlist=shortlist)
+    ref_scores, ref_ids, ref_visited, _ = kernels.query_reference(probe=probe, k=5, metric=metric, shortlist=shortlist)
+    np.testing.assert_array_equal(visited, ref_visited)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+    assert (visited > 7).any(), "the fixture should have queries with more candidates than the shortlist"
+    plain, _, _ = kernels.lsh_search(probe=probe, k=5, metric=metric)[1], None, None
+    assert not np.array_equal(plain, ids), "the shortlist should change some answers on random data"
+
+
+def test_probe_workspace_is_named() -> None:
+    workspace = kernels._probe_workspace(n_probes=5, n_projections=3)
+    assert isinstance(workspace, kernels.ProbeWorkspace)
+    assert workspace.out_deltas.shape == (5, 3) and workspace.single_cost.shape == (6,)
+    assert workspace.heap_score.shape == (kernels.max_heap_nodes(5, 3),)
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 40, 300, 2000])
+def test_sorted_candidates_reads_sets_back_in_order_and_clears_the_bitmap(count: int) -> None:
+    # 5000 objects = 79 bitmap words: small sets take the sort path, large ones the bitmap pass
+    rng = np.random.default_rng(count)
+    ids = rng.choice(5000, count, replace=False).astype(np.int64)
+    seen = np.zeros((5000 + 63) // 64, dtype=np.uint64)
+    for obj in ids:
+        seen[obj >> 6] |= np.uint64(1) << np.uint64(obj & 63)
+    buffer = np.empty(5000, dtype=np.int64)
+    buffer[:count] = ids
+    result = kernels._sorted_candidates(seen=seen, buffer=buffer, count=count)
+    np.testing.assert_array_equal(result, np.sort(ids))
+    assert not seen.any()
