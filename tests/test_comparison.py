@@ -26,22 +26,24 @@ def test_comparison_table_shape(tmp_path: Path) -> None:
         _two_feature_sets(tmp_path), recommended=False, progress=lambda what, done, total: seen.append((what, total))
     )
     table = result.table
-    # A: 2 indexes × (with, without); B has no distractors: 2 indexes × (with) only
-    assert len(table) == 6 and seen[-1] == ("Comparison", 6)
+    # A: 3 indexes (scan, LSH, HNSW reference) × (with, without); B has no distractors: 3 indexes × (with) only
+    assert len(table) == 9 and seen[-1] == ("Comparison", 9)
     assert list(table.columns) == comparison.COMPARISON_COLUMNS
-    assert set(table["index"]) == {"exact scan", "LSH"}
+    assert set(table["index"]) == {"exact scan", "LSH", "HNSW (faiss)"}
+    # the graph index finds the true neighbours (on 100 objects it compares them all: see test_peers for fewer)
+    assert (table.loc[table["index"] == "HNSW (faiss)", "recall"] > 0.9).all()
     assert (table.loc[table["index"] == "exact scan", "visited_fraction"] == 1.0).all()
     assert (table.loc[table["index"] == "LSH", "visited_fraction"] < 1.0).all()
     assert (table.loc[table["index"] == "exact scan", "recall"] == 1.0).all()
     assert table["recall"].between(0, 1).all()
     assert table["map"].between(0, 1).all() and (table["score_name"] == "distance").all()
     assert table["config"].str.contains("g=7 h=2").sum() == 3  # the default LSH setting
-    assert len(result.per_class) == 6 * 4  # one row per job and class
+    assert len(result.per_class) == 9 * 4  # one row per job and class
     assert list(result.per_class.columns) == ["feature_set", "index", "distractors", "class", "n_queries", "map"]
     for name, value in (("map", "mAP@10"), ("recall", None), ("mean_visited", None), ("mean_score", None)):
         figure = plots.fig_comparison(table, name, value)
-        assert {trace.name for trace in figure.data} == {"exact scan", "LSH"}
-    assert len(plots.fig_comparison_per_class(result.per_class).data) == 4  # A, B × scan, LSH
+        assert {trace.name for trace in figure.data} == {"exact scan", "LSH", "HNSW (faiss)"}
+    assert len(plots.fig_comparison_per_class(result.per_class).data) == 6  # A, B × scan, LSH, HNSW
 
 
 def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> None:
@@ -59,7 +61,7 @@ def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> No
         return tuning.evaluate_for(path, version, config, with_distractors)
 
     result = comparison.compare(feature_sets, sweep=sweep, evaluate=evaluate)
-    assert sweeps == [path for _, path, _ in feature_sets] and len(evaluations) == len(result.table) == 6
+    assert sweeps == [path for _, path, _ in feature_sets] and len(evaluations) == len(result.table) == 9
     _, path, version = feature_sets[0]
     recommended = tuning.recommended_config(sweep(path, version, "euclidean"), 100)
     assert recommended is not None and recommended.label in result.table["config"].tolist()
@@ -72,6 +74,7 @@ def test_comparison_uses_the_recommended_lsh_setting() -> None:
     sweep = tuning.sweep_table(tuning.evaluation_split(feature_set), grid=grid)
     configs = comparison.comparison_configs(feature_set, sweep=sweep)
     assert configs[0] == search.IndexConfig("scan") and configs[1] == tuning.recommended_config(sweep, 100)
+    assert configs[2] == search.IndexConfig("hnsw")
     assert comparison.comparison_configs(feature_set)[1] == tuning.default_lsh_config(
         feature_set.features[feature_set.roles != "query"]
     )
