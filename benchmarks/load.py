@@ -504,7 +504,10 @@ def run_load(
         images = query_images(work / "queries-warm-up", pictures, sessions, 1)
         warm = run_session(url, -1, images, work / "profile-warm-up", time.monotonic() + PAGE_S)
         print(f"warm-up: {time.monotonic() - started:.0f} s, errors: {warm.errors or 'none'}", flush=True)
+        warm_errors = [f"warm-up: {error}" for error in warm.errors]
         deadline += time.monotonic() - started
+    else:
+        warm_errors = []
     threads = []
     for n in range(sessions):
         thread = threading.Thread(target=one, args=(n,), name=f"load-session-{n}")
@@ -514,7 +517,10 @@ def run_load(
     for thread in threads:
         # a session may finish its current page after the deadline: allow that, bounded
         thread.join(timeout=max(1.0, deadline - time.monotonic()) + 2 * PAGE_S)
-    return [r if r is not None else SessionReport(n, errors=["did not finish"]) for n, r in enumerate(reports)]
+    done = [r if r is not None else SessionReport(n, errors=["did not finish"]) for n, r in enumerate(reports)]
+    if warm_errors:  # the warm-up's errors count, its times do not
+        done[0].errors[:0] = warm_errors
+    return done
 
 
 def main(argv: Sequence[str] | None = None) -> int:

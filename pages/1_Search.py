@@ -105,6 +105,8 @@ except ImageDecodeError as exc:
     st.stop()
 for note in query.notes:
     st.info(note)
+for warning in query.warnings:
+    st.warning(warning)
 
 with st.spinner("Searching…"):
     result = search.query(query, index_config, k=DEFAULT_K)
