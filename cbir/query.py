@@ -77,7 +77,7 @@ def _too_large(pixels: int, size: tuple[int, int] | None = None) -> ImageDecodeE
     dimensions = f"{size[0]}×{size[1]} = " if size else ""
     return ImageDecodeError(
         f"the image is too large ({dimensions}{pixels / 1e6:.0f} megapixels; the limit is "
-        f"{MAX_PIXELS / 1e6:.0f} megapixels). Please use a smaller version of it."
+        f"{MAX_PIXELS / 1e6:.0f} megapixels): use a smaller version of it"
     )
 
 

@@ -10,7 +10,7 @@ from cbir import ui
 from cbir.errors import CbirError
 from cbir.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
 from cbir.names import METRIC_LABELS, METRICS
-from cbir.query import decode_query
+from cbir.query import MAX_UPLOAD_BYTES, decode_query
 from cbir.search import DEFAULT_K, IndexConfig
 from cbir.tuning import width_range
 
@@ -73,7 +73,11 @@ with query_col:
             "Drag and drop an image",
             key="search-upload",
             type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
-            help="JPEG, PNG, WebP, BMP, GIF or TIFF, up to 20 MB",
+            help=f"JPEG, PNG, WebP, BMP, GIF or TIFF, up to {MAX_UPLOAD_BYTES // 2**20} MB",
+        )
+        st.caption(
+            f"Up to {MAX_UPLOAD_BYTES // 2**20} MB: the browser refuses a bigger file (it is listed with a red mark "
+            "and not searched)."
         )
         if upload is not None:
             query_bytes, query_name = upload.getvalue(), upload.name

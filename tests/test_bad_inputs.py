@@ -168,7 +168,7 @@ def test_corpus_through_the_search_page(server: Any, browser: Any, bad_inputs: l
             wait_for(lambda case=case: shown(case), PAGE_S, f"the message for {case.name}")
             time.sleep(0.5)  # let the images paint for the screenshot
         finally:
-            driver.save_screenshot(str(SCREENSHOTS / f"bad-input-{case.path.stem}.png"))
+            driver.save_screenshot(str(SCREENSHOTS / f"bad-input-{case.path.name.replace('.', '-')}.png"))
         exceptions = alerts('[data-testid="stException"]')
         assert exceptions == [], (case.name, exceptions)
         errors = alerts('[data-testid="stAlertContentError"]')
