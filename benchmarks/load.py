@@ -53,6 +53,8 @@ PAGE_S = 120  # the first query of a server loads the model
 ERROR_SELECTORS = ('[data-testid="stException"]', '[data-testid="stAlertContentError"]')
 # Lines of the server log that mean an exception reached Streamlit (it logs uncaught script errors).
 SERVER_ERROR_PATTERN = re.compile(r"Traceback|Exception|Error:|Uncaught", re.IGNORECASE)
+# Script states of the app root (``data-test-script-state``) in which a rerun is under way or about to start.
+RUNNING_STATES = frozenset({"initial", "running", "rerunRequested"})
 QUERY_TIME_PATTERN = re.compile(r"([\d,.]+)\s*ms")
 
 
@@ -214,8 +216,16 @@ def page_notes(driver: Any) -> list[str]:
 
 
 def app_running(driver: Any) -> bool:
-    """Whether the script is running for this session (Streamlit's status widget shows "Running…")."""
-    return any("Running" in str(e.text) for e in elements(driver, '[data-testid="stStatusWidget"]'))
+    """Whether the script is (about to be) running for this session: the app root's ``data-test-script-state``
+    (Streamlit's own test hook), or its "Running…" icon."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        roots = elements(driver, '[data-testid="stApp"]')
+        state = str(roots[0].get_attribute("data-test-script-state")) if roots else "initial"
+    except WebDriverException:  # redrawn under us: ask again
+        return True
+    return state in RUNNING_STATES or bool(elements(driver, '[data-testid="stStatusWidgetRunningIcon"]'))
 
 
 def wait_until_idle(driver: Any, timeout: float, what: str) -> None:
@@ -267,14 +277,23 @@ def query_time_ms(driver: Any) -> float | None:
     return None
 
 
+SLIDER_INPUT = '[data-testid="stSlider"] input[type="range"]'  # React Aria's visually hidden range input
+
+
+def slider_values(driver: Any) -> list[str]:
+    """The values of the page's sliders, as shown."""
+    return [str(e.get_attribute("aria-valuetext")) for e in elements(driver, SLIDER_INPUT)]
+
+
 def move_first_slider(driver: Any, steps: int = 1) -> None:
-    """Focus the page's first slider and press the right arrow ``steps`` times (left when negative)."""
+    """Focus the page's first slider and press the right arrow ``steps`` times (left when negative), as a keyboard
+    user does (the range input itself is visually hidden, so it is focused by script)."""
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    handle = elements(driver, '[data-testid="stSlider"] [role="slider"]')[0]
-    handle.click()
-    for _ in range(abs(steps)):
-        handle.send_keys(Keys.ARROW_RIGHT if steps > 0 else Keys.ARROW_LEFT)
+    driver.execute_script("arguments[0].focus();", elements(driver, SLIDER_INPUT)[0])
+    key = Keys.ARROW_RIGHT if steps > 0 else Keys.ARROW_LEFT
+    ActionChains(driver).send_keys(*([key] * abs(steps))).perform()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -368,10 +387,12 @@ def run_session(
             screenshots.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(screenshots / f"load-session{session}-search.png"))
         if tuning:
-            open_page(driver, f"{url}/Index_tuning", '[data-testid="stSlider"] [role="slider"]')
+            open_page(driver, f"{url}/Index_tuning", SLIDER_INPUT)
             wait_until_idle(driver, PAGE_S, "the Index tuning page")
             for steps in (1, -1):
+                before = slider_values(driver)[0]
                 move_first_slider(driver, steps)
+                wait_for(lambda before=before: slider_values(driver)[0] != before, 10, "the slider to move")
                 wait_until_idle(driver, PAGE_S, "the Index tuning page after a slider move")
                 report.slider_moves += 1
                 if errors := page_errors(driver):
