@@ -355,10 +355,14 @@ def run_session(
                 break
             kind = "LSH" if i % 2 else "Exact scan"
             started = time.monotonic()
+            marker = "LSH g=" if kind == "LSH" else "exact scan ("
             if choose_radio(driver, kind):  # reruns the previous query (if any) on the other index
+                # wait for that answer, not just an idle moment: a loaded browser may not have sent the rerun yet,
+                # and a file given to the uploader while the page reruns can be dropped (seen with 8 sessions)
+                if report.queries:
+                    wait_for(lambda marker=marker: marker in body_text(driver), PAGE_S, f"the switch to {kind}")
                 wait_until_idle(driver, PAGE_S, f"the switch to {kind}")
             upload(driver, image)
-            marker = "LSH g=" if kind == "LSH" else "exact scan ("
 
             def answered(image: Path = image, marker: str = marker) -> bool:
                 text = body_text(driver)
