@@ -11,7 +11,7 @@ from cbir.errors import CbirError
 from cbir.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
 from cbir.names import METRIC_LABELS, METRICS
 from cbir.peers import DEFAULT_EF_SEARCH
-from cbir.query import decode_query
+from cbir.query import MAX_UPLOAD_BYTES, decode_query
 from cbir.samples import SAMPLE_PHOTOS, sample_photo_png
 from cbir.search import DEFAULT_K, IndexConfig
 from cbir.tuning import fastest_config, width_range
@@ -97,7 +97,11 @@ with query_col:
             "Drag and drop an image",
             key="search-upload",
             type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
-            help="JPEG, PNG, WebP, BMP, GIF or TIFF, up to 20 MB",
+            help=f"JPEG, PNG, WebP, BMP, GIF or TIFF, up to {MAX_UPLOAD_BYTES // 2**20} MB",
+        )
+        st.caption(
+            f"Up to {MAX_UPLOAD_BYTES // 2**20} MB: the browser refuses a bigger file (it is listed with a red mark "
+            "and not searched)."
         )
         if upload is not None:
             query_bytes, query_name = upload.getvalue(), upload.name
@@ -137,6 +141,8 @@ except ImageDecodeError as exc:
     st.stop()
 for note in query.notes:
     st.info(note)
+for warning in query.warnings:
+    st.warning(warning)
 
 with st.spinner("Searching…"):
     result = search.query(query, index_config, k=DEFAULT_K)

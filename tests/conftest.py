@@ -5,7 +5,9 @@ are required whenever those folders exist."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,3 +115,40 @@ def small_features_file(openclipart_small: Path) -> Path:
 @pytest.fixture(scope="session")
 def small_features(small_features_file: Path) -> FeatureSet:
     return load_features(small_features_file)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The app in a real browser (test_browser, test_bad_inputs, test_load): the helpers are benchmarks/load.py's
+# ----------------------------------------------------------------------------------------------------------
+
+SCREENSHOTS = config.PROJECT_ROOT / "artifacts" / "screenshots"
+
+
+@pytest.fixture
+def server(tmp_path: Path, openclipart_small: Path) -> Iterator[Any]:
+    """``streamlit run app.py`` on a free loopback port against the small collection (a
+    :class:`benchmarks.load.Server`: ``.url``, ``.log()``); always stopped afterwards."""
+    from builders import install_feature_set, small_feature_path
+
+    from benchmarks.load import chromium_available, streamlit_server
+
+    if not chromium_available():
+        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+    install_feature_set(small_feature_path(openclipart_small), openclipart_small)
+    env = {"CBIR_COLLECTION": str(openclipart_small), "CBIR_ARTIFACTS": str(config.artifacts_dir())}
+    with streamlit_server(tmp_path / "streamlit.log", env) as running:
+        yield running
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """A headless Chromium (selenium WebDriver), quit afterwards."""
+    from benchmarks.load import chromium, chromium_available
+
+    if not chromium_available():
+        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+    driver = chromium(tmp_path / "chromium-profile")
+    try:
+        yield driver
+    finally:
+        driver.quit()
