@@ -16,7 +16,7 @@ from cbir.collection import scan_collection
 from cbir.config import fingerprint_cache_path
 from cbir.evaluation import default_bucket_width, evaluate, split_collection
 from cbir.features import FeatureExtractor, FeatureSet, extract_collection
-from cbir.hygiene import FingerprintCache, content_fraction, fingerprint_files
+from cbir.hygiene import FingerprintCache, clean_collection, content_fraction, fingerprint_files
 from cbir.images import load_image
 from cbir.index import LSHIndex, SequentialScan, l2_normalize
 from cbir.openclipart import build_collection
@@ -33,7 +33,8 @@ def default_features() -> FeatureSet:
     require(source.is_dir(), f"no Open Clip Art at {source} (apt-get install openclipart-png)")
     collection = config.default_collection()
     build_collection(collection, workers=2)  # no-op when already built
-    return extract_collection(scan_collection(collection), FeatureExtractor("efficientnet_lite0", batch_size=32))
+    catalog, _ = clean_collection(collection)  # what `python -m cbir extract` indexes
+    return extract_collection(catalog, FeatureExtractor("efficientnet_lite0", batch_size=32))
 
 
 def test_collection_and_features_are_real(default_features: FeatureSet) -> None:
