@@ -79,9 +79,13 @@ def home() -> None:
     else:
         st.dataframe(status.indexes, width="stretch", hide_index=True)
 
-    st.subheader("Unusable images")
+    st.subheader("Images left out")
     if status.catalog is not None and len(status.catalog.report):
-        st.warning(f"{len(status.catalog.report)} images could not be decoded and are left out:")
+        st.warning(
+            f"{len(status.catalog.report)} images are not indexed: files that cannot be decoded, blank images and "
+            "copies of another image (exact or near duplicates: one of each group is kept). The reason is given "
+            "for each; `python -m cbir extract --keep-all` indexes blanks and copies too."
+        )
         st.dataframe(status.catalog.report, width="stretch", hide_index=True)
     elif status.feature_sets.empty:
         st.caption("Images are checked when features are extracted.")

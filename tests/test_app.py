@@ -77,7 +77,7 @@ def test_home_page_shows_the_collection(app_env: Path) -> None:
     n_images = len(load_features(next(iter(config.artifacts_dir().rglob("*.joblib")))).catalog)
     values = metrics(at)
     assert values["Images"] == n_images and values["Classes"] == 13
-    assert [s.value for s in at.subheader] == ["Collection", "Feature sets", "Indexes", "Unusable images"]
+    assert [s.value for s in at.subheader] == ["Collection", "Feature sets", "Indexes", "Images left out"]
     counts = at.dataframe[0].value
     assert {"index", "query", "distractor", "total"} <= set(counts.columns)
     assert at.dataframe[1].value["backbone"].tolist() == ["efficientnet_lite0"]
