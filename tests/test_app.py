@@ -251,8 +251,9 @@ def test_comparison_page_renders_its_table(app_env: Path) -> None:
     at = open_app("pages/3_Model_comparison.py")
     assert not at.error
     table = at.dataframe[0].value
-    assert len(table) == 4  # 1 feature set × (exact scan, LSH) × (with, without distractors)
-    assert set(table["index"]) == {"exact scan", "LSH"} and set(table["distractors"]) == {"with", "without"}
+    assert len(table) == 6  # 1 feature set × (exact scan, LSH, HNSW reference) × (with, without distractors)
+    assert set(table["index"]) == {"exact scan", "LSH", "HNSW (faiss)"}
+    assert set(table["distractors"]) == {"with", "without"}
     assert table["map"].between(0, 1).all()
     assert (table.loc[table["index"] == "exact scan", "recall"] == 1.0).all() and table["recall"].between(0, 1).all()
     hubness = at.dataframe[1].value
