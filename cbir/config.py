@@ -130,6 +130,11 @@ class _QuietLoader(importlib.abc.Loader):
     def exec_module(self, module: types.ModuleType) -> None:
         with filtered_stderr():
             self.loader.exec_module(module)
+            # the GPU platform is probed on first use, not on import: probe it here, where the "no CUDA driver"
+            # line of a CPU-only machine is filtered (on a GPU machine this finds the GPU)
+            probe_devices = getattr(getattr(module, "config", None), "list_physical_devices", None)
+            if probe_devices is not None:
+                probe_devices("GPU")
         # TensorFlow's Python logging (absl) says "errors only" too, like TF_CPP_MIN_LOG_LEVEL for its C++ side.
         for name in ("tensorflow", "absl"):
             logging.getLogger(name).setLevel(logging.ERROR)
