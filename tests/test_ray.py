@@ -12,6 +12,7 @@ import pytest
 from cbir import cli
 from cbir.collection import scan_collection
 from cbir.features import FeatureExtractor, extract_collection, load_features
+from cbir.hygiene import clean_collection
 from cbir.storage import ArtifactError
 from tests.conftest import write_image
 
@@ -42,13 +43,14 @@ def _collection(root: Path, per_class: int) -> Path:
 
 def test_ray_features_are_identical_to_in_process(tmp_path: Path, local_ray: None) -> None:
     root = _collection(tmp_path / "c", per_class=7)
-    catalog = scan_collection(root)
+    # what `extract --keep-all` indexes: every decodable image (the engine is under test here, not hygiene)
+    catalog, _ = clean_collection(root, keep_all=True)
     extractor = FeatureExtractor(BACKBONE, weights=None, batch_size=4)
     local = extract_collection(catalog, extractor, out_path=tmp_path / "local")
     args = ["extract", "--collection", str(root), "--backbone", BACKBONE, "--weights", "none", "--batch-size", "4"]
-    assert cli.main([*args, "--engine", "ray", "--out", str(tmp_path / "ray")]) == 0
+    assert cli.main([*args, "--keep-all", "--engine", "ray", "--out", str(tmp_path / "ray")]) == 0
     on_ray = load_features(tmp_path / "ray")
-    assert on_ray.meta["computed"] == 16 and on_ray.features.shape == (14, 1280)
+    assert on_ray.meta["computed"] == local.meta["computed"] == 14 and on_ray.features.shape == (14, 1280)
     assert np.abs(np.asarray(on_ray.features) - np.asarray(local.features)).max() == 0.0  # bitwise
     assert on_ray.catalog["path"].tolist() == local.catalog["path"].tolist()
     assert sorted(on_ray.report["path"]) == sorted(local.report["path"])
