@@ -250,16 +250,28 @@ def upload(driver: Any, path: Path) -> None:
     elements(driver, "input[type=file]")[0].send_keys(str(path))
 
 
-def choose_radio(driver: Any, option: str) -> bool:
-    """Click the radio option labelled ``option``; whether it was not already chosen."""
-    for label in elements(driver, '[data-testid="stRadio"] label'):
-        if str(label.text).strip() == option:
-            chosen = label.find_elements("css selector", "input")
-            if chosen and chosen[0].is_selected():
-                return False
-            label.click()
-            return True
-    raise LookupError(f"no radio option {option!r}")
+def choose_radio(driver: Any, option: str, timeout: float = PAGE_S) -> bool:
+    """Click the radio option labelled ``option``; whether it was not already chosen. The page may still be
+    drawing its widgets (a loaded browser renders the uploader before the radio): wait up to ``timeout`` s for it."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def find() -> Any:
+        try:
+            labels = elements(driver, '[data-testid="stRadio"] label')
+            return next((label for label in labels if str(label.text).strip() == option), None)
+        except StaleElementReferenceException:  # redrawn while being read: look again
+            return None
+
+    try:
+        wait_for(find, timeout, f"radio option {option!r}")
+    except TimeoutError as exc:
+        raise LookupError(f"no radio option {option!r}") from exc
+    label = find()
+    chosen = label.find_elements("css selector", "input")
+    if chosen and chosen[0].is_selected():
+        return False
+    label.click()
+    return True
 
 
 def result_images(driver: Any) -> int:
