@@ -21,6 +21,7 @@ Indexes persist with :meth:`save` / :meth:`load` through :mod:`cbir.storage` (at
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -223,6 +224,11 @@ class BaseIndex:
             distances[row, : len(kept)] = wider.distances[row, kept]
             ids[row, : len(kept)] = wider.ids[row, kept]
         return SearchResult(distances, ids, wider.visited)
+
+    def copy(self: IndexT) -> IndexT:
+        """An independent copy (arrays shared: ``add`` and ``remove`` replace them, never write into them), to grow
+        while the original keeps answering."""
+        return copy.copy(self)
 
     def describe(self) -> dict[str, Any]:
         """Parameters plus size information, for display."""

@@ -315,9 +315,7 @@ def merge_tables(tables: BucketTables, new_keys: np.ndarray, n_old: int) -> Buck
     """The buckets of ``n_old`` objects (``tables``) plus ``m`` new objects with ids ``n_old .. n_old+m-1`` and
     keys ``new_keys`` (g, m) uint64: the same arrays :func:`build_tables` gives for the concatenated keys, in one
     merge pass per table (the old objects are not re-hashed, their buckets are copied in order)."""
-    return BucketTables(
-        *_merge_tables(*tables, np.ascontiguousarray(new_keys, dtype=np.uint64), np.int64(n_old))
-    )
+    return BucketTables(*_merge_tables(*tables, np.ascontiguousarray(new_keys, dtype=np.uint64), np.int64(n_old)))
 
 
 def table_keys_reference(tables: BucketTables, n: int) -> np.ndarray:

@@ -75,6 +75,11 @@ class HNSWIndex(BaseIndex):
         index.add(data)
         self._index = index
 
+    def copy(self) -> HNSWIndex:
+        twin = super().copy()
+        twin._index = _faiss().clone_index(self._index)  # faiss adds into the graph in place: copy it first
+        return twin
+
     def _add(self, rows: np.ndarray) -> None:
         self._index.add(rows)  # HNSW inserts natively: each new node is linked into the existing graph
 

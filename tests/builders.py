@@ -132,3 +132,59 @@ def unusual_uploads() -> dict[str, tuple[bytes, str]]:
         "animated gif": (gif.getvalue(), "animated (2 frames)"),
         "50 MP photo": (encode(Image.new("RGB", (8200, 6150), (120, 180, 60)), "JPEG", quality=80), "megapixels"),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Growing collections (test_growth): a few real images, a model-free extractor, a real feature store copy
+# ----------------------------------------------------------------------------------------------------------
+
+REAL_COLLECTION = Path(__file__).resolve().parents[1] / "artifacts" / "collections" / "openclipart"
+
+
+class PixelExtractor:
+    """A model-free stand-in for :class:`cbir.features.FeatureExtractor` (the same decoding and batching): the
+    features of an image are its 16×16 grey thumbnail (256-d). Fast enough for the quick test loop."""
+
+    backbone = "efficientnet_lite0"
+    weights_id = "pixels-16"
+    weights_path = None
+    dim = 256
+    batch_size = 8
+    workers = 1
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(image.convert("L").resize((16, 16)), dtype=np.float32)
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        return (np.asarray(batch, dtype=np.float32).reshape(len(batch), -1) / 16.0).astype(np.float32)
+
+    def transform(self, images: list[Image.Image]) -> np.ndarray:
+        return self.predict_arrays(np.stack([self.prepare(image) for image in images]))
+
+    def iter_batches(self, paths: list[str]):  # noqa: ANN201 - FeatureExtractor.iter_batches
+        from cbir.features import FeatureExtractor
+
+        return FeatureExtractor.iter_batches(self, paths)  # type: ignore[arg-type]
+
+    def _decode(self, path: str) -> np.ndarray | str:
+        from cbir.images import decode_or_reason
+
+        return decode_or_reason(path, self.prepare)
+
+
+def real_images(per_class: int, classes: int, split: str = "training_set") -> list[Path]:
+    """The first ``per_class`` images of the first ``classes`` classes of the real default collection's split."""
+    folders = sorted(p for p in (REAL_COLLECTION / split).iterdir() if p.is_dir())[:classes]
+    return [image for folder in folders for image in sorted(folder.iterdir())[:per_class]]
+
+
+def copy_real_collection(out: Path, per_class: int = 4, classes: int = 3, distractors: int = 3) -> Path:
+    """A small collection in the paper's layout made of copies (same bytes and mtimes) of real default-collection
+    images: ``per_class`` training and 1 validation image per class, and ``distractors`` distractors."""
+    chosen = real_images(per_class, classes) + real_images(1, classes, "validation_set")
+    chosen += sorted((REAL_COLLECTION / "distractors").rglob("*.jpg"))[:distractors]
+    for image in chosen:
+        target = out / image.relative_to(REAL_COLLECTION)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(image, target)
+    return out

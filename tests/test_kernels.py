@@ -99,7 +99,6 @@ def test_merge_tables_with_colliding_small_keys() -> None:
             np.testing.assert_array_equal(got, full)
 
 
-
 @pytest.mark.parametrize("n_projections", [1, 2, 3, 5])
 def test_perturbation_sequence_matches_brute_force(n_projections: int) -> None:
     rng = np.random.default_rng(n_projections)
