@@ -161,7 +161,7 @@ class PixelExtractor:
     def transform(self, images: list[Image.Image]) -> np.ndarray:
         return self.predict_arrays(np.stack([self.prepare(image) for image in images]))
 
-    def iter_batches(self, paths: list[str]):  # noqa: ANN201 - FeatureExtractor.iter_batches
+    def iter_batches(self, paths: list[str]):
         from cbir.features import FeatureExtractor
 
         return FeatureExtractor.iter_batches(self, paths)  # type: ignore[arg-type]

@@ -177,7 +177,7 @@ def test_legacy_joblib_feature_sets_say_how_to_convert(grown: tuple[Path, Path],
 
 
 def test_the_shared_engine_follows_the_store_without_refitting(grown: tuple[Path, Path]) -> None:
-    root, store = grown
+    _root, store = grown
     engine = search_engine_for(str(store), 0, extractor=PixelExtractor())  # type: ignore[arg-type]
     scan, lsh = IndexConfig("scan"), IndexConfig("lsh", bucket_width=40.0, n_tables=4, n_projections=2)
     engine.query_vector(engine.feature_set.features[0], lsh)
@@ -216,7 +216,7 @@ def test_engine_answers_while_another_thread_adds(grown: tuple[Path, Path]) -> N
                 for config in (IndexConfig("scan"), IndexConfig("lsh", bucket_width=40.0)):
                     answer = engine.query_vector(engine.feature_set.features[0], config)
                     assert len(answer.results) and answer.results["path"].notna().all()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=keep_querying) for _ in range(3)]
@@ -232,8 +232,8 @@ def test_engine_answers_while_another_thread_adds(grown: tuple[Path, Path]) -> N
     assert engine.n_objects == len(load_features(store).catalog)
 
 
-def test_cli_add_and_remove(grown: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # noqa: ANN001
-    root, store = grown
+def test_cli_add_and_remove(grown: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    _root, store = grown
     monkeypatch.setattr("cbir.search.make_extractor", lambda spec, warm_up=True: PixelExtractor())
     monkeypatch.setattr("cbir.search.extractor_spec", lambda meta: None)
     image = _new_image()
