@@ -107,6 +107,15 @@ def _store_of(path: str | os.PathLike[str]) -> Path:
     return folder
 
 
+def cannot_grow(path: str | os.PathLike[str]) -> str | None:
+    """Why images cannot be added to the feature set at ``path`` (a sentence for the user), or ``None``."""
+    try:
+        _store_of(path)
+    except CbirError as exc:
+        return str(exc)
+    return None
+
+
 def check_label(label: str | None, classes: Sequence[str] = ()) -> str | None:
     """``None`` (unlabelled) or a usable class name: an existing class, or a new name that is a plain folder name."""
     if label is None or label in classes:

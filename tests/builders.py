@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cbir.collection import collection_id, scan_collection
-from cbir.features import FEATURES_KIND, FeatureSet, extract_collection
+from cbir.features import FEATURES_KIND, FeatureSet, extract_collection, load_features
 from cbir.query import MAX_UPLOAD_BYTES
 from cbir.storage import save_artifact
 
@@ -187,4 +187,26 @@ def copy_real_collection(out: Path, per_class: int = 4, classes: int = 3, distra
         target = out / image.relative_to(REAL_COLLECTION)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(image, target)
+    return out
+
+
+def real_store_copy(root: Path, out: Path, backbone: str = BACKBONE) -> Path:
+    """A feature store at ``out`` for the collection ``root`` made by :func:`copy_real_collection`, holding the real
+    default-collection features (ImageNet ``backbone``) of its images: no extraction, the rows are copied."""
+    from cbir.collection import collection_id
+    from cbir.feature_store import write_store
+    from cbir.features import catalog_keys
+
+    stores = sorted((REAL_COLLECTION.parents[1] / "features").glob(f"*/{backbone}-*imagenet*/meta.json"))
+    if not stores:
+        pytest.skip(f"no real {backbone} ImageNet feature store under {REAL_COLLECTION.parents[1]}")
+    real = load_features(stores[0].parent)
+    catalog = scan_collection(root).images
+    rows = real.catalog.reset_index(drop=True).reset_index().set_index("relpath").loc[catalog["relpath"], "index"]
+    meta = {**real.meta, "collection_root": str(root.resolve()), "collection_id": collection_id(root)}
+    meta["n_images"] = len(catalog)
+    assert len(set(catalog_keys(catalog))) == len(catalog)
+    write_store(
+        out, [np.asarray(real.features[rows.to_numpy()])], catalog, pd.DataFrame(columns=["path", "reason"]), {}, meta
+    )
     return out

@@ -246,3 +246,91 @@ def test_cli_add_and_remove(grown: tuple[Path, Path], monkeypatch: pytest.Monkey
     assert "removed 1 image" in capsys.readouterr().out
     assert main(["remove", "no/such.jpg", "--features", str(store)]) == 2
     assert "not in the feature set" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Real features, the real model and the Search page (EfficientNet-Lite0 loads in a few seconds: slow)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def real_grown(tmp_path: Path) -> tuple[Path, Path]:
+    """(collection, store): 18 real images with their real EfficientNet-Lite0 ImageNet features, the store where the
+    app looks for the collection's feature sets."""
+    from builders import real_store_copy
+
+    from cbir import config
+    from cbir.collection import collection_id
+
+    require(REAL_COLLECTION.is_dir(), f"no default collection at {REAL_COLLECTION} (python -m cbir openclipart)")
+    root = copy_real_collection(tmp_path / "collection")
+    out = config.artifacts_dir() / "features" / collection_id(root) / "efficientnet_lite0-imagenet"
+    return root, real_store_copy(root, out)
+
+
+def _real_row(relpath: str) -> np.ndarray:
+    store = next((REAL_COLLECTION.parents[1] / "features").glob("*/efficientnet_lite0-*imagenet*/meta.json")).parent
+    real = load_features(store)
+    return np.asarray(real.features[real.catalog["relpath"].tolist().index(relpath)])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_real_model_adds_the_features_extraction_computed(real_grown: tuple[Path, Path]) -> None:
+    """An image of the default collection added with the feature set's own model gets the row the full extraction
+    computed for it, and finds itself first; a recompressed copy of an indexed drawing is refused."""
+    _, store = real_grown
+    image = real_images(1, 5, "validation_set")[4]  # a query image of a class the small collection lacks
+    report = growth.add_images(store, [image], label=image.parent.name)
+    added = load_features(store)
+    np.testing.assert_allclose(added.features[-1], _real_row(image.relative_to(REAL_COLLECTION).as_posix()), atol=2e-4)
+    engine = search_engine_for(str(store), 0)
+    assert engine.query(image).results["relpath"].iloc[0] == report.images["relpath"].iloc[0]
+    indexed = real_images(1, 2)[1]
+    near = io.BytesIO()
+    Image.open(indexed).convert("RGB").save(near, "JPEG", quality=60)
+    with pytest.raises(
+        growth.GrowthError, match=r"near duplicate \(perceptual hashes \d bits apart\) of training_set/"
+    ):
+        growth.add_images(store, [("recompressed.jpg", near.getvalue())], label="animals", extractor=engine.extractor)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_search_page_adds_an_upload_and_other_sessions_find_it(
+    real_grown: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from cbir import config, ui, workspace
+
+    root, store = real_grown
+    monkeypatch.setenv("CBIR_COLLECTION", str(root))
+    image = real_images(1, 5, "validation_set")[4]
+    relpath = f"training_set/{image.parent.name}/{image.name}"
+
+    def session() -> AppTest:
+        at = AppTest.from_file(str(config.PROJECT_ROOT / "app.py"), default_timeout=180).run()
+        at.switch_page("pages/1_Search.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    first = session()
+    first.file_uploader(key="search-upload").set_value((image.name, image.read_bytes(), "image/jpeg")).run()
+    assert relpath not in first.dataframe[-1].value["relpath"].tolist()
+    first.selectbox(key="search-add-class").set_value("New class…").run()
+    first.text_input(key="search-add-new").set_value(image.parent.name).run()
+    first.button(key="search-add").click().run()
+    assert not first.exception and not first.error, [e.value for e in first.error]
+    assert relpath in first.success[0].value
+    table = first.dataframe[-1].value  # the page searched again: the image finds itself first
+    assert table["relpath"].iloc[0] == relpath and table["score"].iloc[0] < 1e-3
+    first.button(key="search-add").click().run()  # twice: refused, with the reason
+    assert "exact duplicate" in first.error[0].value
+    # another session sees it in the pick list and in its answers; the shared engine was updated, not rebuilt
+    second = session()
+    second.radio(key="search-source").set_value("Pick from the collection").run()
+    assert relpath in second.selectbox(key="search-pick").options
+    engine = ui.search_engine(str(store), workspace.base_version(store))
+    assert engine.generations == 1 and engine.n_objects == len(load_features(store).catalog) == 19
+    assert (root / relpath).read_bytes() == image.read_bytes()
