@@ -46,8 +46,9 @@ def link_tree(source: Path, target: Path) -> None:
 
 
 def copy_workspace(collection: Path, store: Path, out: Path) -> tuple[Path, Path]:
-    """``(collection copy, store copy)`` under ``out``: the store's rows and catalog (paths moved to the copy),
-    written as a new store where the copy's feature sets live (``out/artifacts``)."""
+    """``(collection copy, store copy)`` under ``out``: the feature set's rows and catalog (paths moved to the copy),
+    written as a new store where the copy's feature sets live (``out/artifacts``); ``store`` may be a legacy
+    ``.joblib`` feature set."""
     from cbir.collection import collection_id
     from cbir.feature_store import write_store
     from cbir.features import load_features
@@ -59,7 +60,8 @@ def copy_workspace(collection: Path, store: Path, out: Path) -> tuple[Path, Path
     prefix = str(collection.resolve())
     catalog["path"] = [str(root.resolve()) + p[len(prefix) :] for p in catalog["path"]]
     meta = {**real.meta, "collection_root": str(root.resolve()), "collection_id": collection_id(root)}
-    target = out / "artifacts" / "features" / collection_id(root) / store.name
+    name = store.name if store.suffix != ".joblib" else store.stem  # a legacy .joblib becomes a store
+    target = out / "artifacts" / "features" / collection_id(root) / name
     chunks = (np.asarray(real.features[i : i + 4096]) for i in range(0, len(catalog), 4096))
     write_store(target, chunks, catalog, real.report, {}, meta, dtype=real.meta.get("dtype", "float32"))
     return root, target
@@ -145,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         catalog = scan_collection(root)
         sample = catalog.images.iloc[np.linspace(0, len(catalog.images) - 1, args.sample).astype(int)]
         sample_catalog = type(catalog)(root=root, images=sample.reset_index(drop=True))
+        extractor.batch_size = 32  # the search engine's model embeds one query at a time; extraction batches
         started = time.perf_counter()
         extracted = extract_collection(sample_catalog, extractor, out_path=Path(tmp) / "sample-store")
         per_image = (time.perf_counter() - started) / max(int(extracted.meta["computed"]), 1)
