@@ -261,13 +261,18 @@ def _finished_manifest(folder: Path) -> dict[str, Any]:
 
 
 def append_rows(
-    path: str | os.PathLike[str], features: np.ndarray, rows: pd.DataFrame, meta: dict[str, Any] | None = None
+    path: str | os.PathLike[str],
+    features: np.ndarray,
+    rows: pd.DataFrame,
+    meta: dict[str, Any] | None = None,
+    lock: bool = True,
 ) -> dict[str, Any]:
     """Append ``features`` (m, dim) and their catalog ``rows`` to a finished store: one new shard with those rows
     only, the catalog with the rows appended, then the manifest (the commit point; ``meta`` entries are merged
-    into its meta). Until the manifest is replaced readers see the previous generation. Returns the new manifest."""
+    into its meta). Until the manifest is replaced readers see the previous generation. Returns the new manifest.
+    ``lock=False``: the caller holds :func:`store_lock` already (it checked the rows against the store under it)."""
     folder = store_dir(path)
-    with store_lock(folder):
+    with store_lock(folder) if lock else contextlib.nullcontext():
         manifest = _finished_manifest(folder)
         dim = int(manifest["meta"]["dim"])
         features = np.asarray(features, dtype=manifest.get("dtype", "float32"))

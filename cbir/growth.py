@@ -42,7 +42,7 @@ from cbir.collection import (
     _find_split_root,
 )
 from cbir.errors import CbirError
-from cbir.feature_store import append_rows, is_store, read_manifest, remove_rows, store_dir
+from cbir.feature_store import append_rows, is_store, read_manifest, remove_rows, store_dir, store_lock
 from cbir.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_or_reason, load_image
 from cbir.query import MAX_UPLOAD_BYTES
 from cbir.storage import ArtifactError
@@ -221,10 +221,24 @@ def add_images(
     within the batch; ``allow_duplicates`` lets copies through) raises :class:`GrowthError` naming each file and
     why, and nothing changes. Returns a :class:`GrowthReport`.
     """
-    from cbir.features import catalog_keys, load_features
-
     started = time.perf_counter()
     folder = _store_of(store_path)
+    # the whole check and commit under the store's writer lock: two sessions adding the same image at once get one
+    # copy in, the other a duplicate refusal
+    with store_lock(folder):
+        return _add_locked(folder, files, label, extractor, allow_duplicates, started)
+
+
+def _add_locked(
+    folder: Path,
+    files: Sequence[Source],
+    label: str | None,
+    extractor: FeatureExtractor | None,
+    allow_duplicates: bool,
+    started: float,
+) -> GrowthReport:
+    from cbir.features import catalog_keys, load_features
+
     feature_set = load_features(folder)
     meta = feature_set.meta
     root = Path(meta.get("collection_root", ""))
@@ -317,7 +331,7 @@ def add_images(
             )
             known = set(catalog_keys(feature_set.catalog))
             assert not known & set(catalog_keys(rows)), "a new file has the key of an indexed one"
-            manifest = append_rows(folder, features, rows, {"computed": len(rows)})
+            manifest = append_rows(folder, features, rows, {"computed": len(rows)}, lock=False)
         except BaseException:
             for final in finals:
                 final.unlink(missing_ok=True)

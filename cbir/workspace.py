@@ -44,7 +44,19 @@ def feature_files(collection: str | os.PathLike[str] | None = None) -> list[Path
     if not root.is_dir():
         return []
     files = [*root.rglob("*.joblib"), *(manifest.parent for manifest in root.rglob(MANIFEST))]
-    return sorted(files, key=file_version, reverse=True)
+    return sorted(files, key=written, reverse=True)
+
+
+def written(path: str | os.PathLike[str]) -> int:
+    """When a feature set was last written in full (ns): a store's first shard (images added or removed in place
+    do not rewrite it, so growing a feature set does not make it the newest), a joblib's mtime; 0 when missing."""
+    try:
+        if is_store(path):
+            shards = read_manifest(path).get("features") or [MANIFEST]
+            return (store_dir(path) / shards[0]).stat().st_mtime_ns
+        return Path(path).stat().st_mtime_ns
+    except (OSError, ArtifactError):
+        return 0
 
 
 def list_feature_sets(collection: str | os.PathLike[str] | None = None) -> pd.DataFrame:

@@ -40,7 +40,7 @@ def _new_image() -> Path:
 
 def _snapshot(root: Path, store: Path) -> tuple[list[str], bytes, list[str]]:
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    return files, (store / "meta.json").read_bytes(), sorted(p.name for p in store.iterdir())
+    return files, (store / "meta.json").read_bytes(), sorted(p.name for p in store.iterdir() if p.name != ".lock")
 
 
 def test_add_copies_the_image_computes_its_features_once_and_appends(grown: tuple[Path, Path]) -> None:
@@ -334,3 +334,41 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
     engine = ui.search_engine(str(store), workspace.base_version(store))
     assert engine.generations == 1 and engine.n_objects == len(load_features(store).catalog) == 19
     assert (root / relpath).read_bytes() == image.read_bytes()
+
+
+def test_two_sessions_adding_the_same_image_at_once_add_it_once(grown: tuple[Path, Path]) -> None:
+    import threading
+
+    _, store = grown
+    image, outcomes = _new_image(), []
+
+    def add() -> None:
+        try:
+            growth.add_images(store, [image], label="animals", extractor=PixelExtractor())
+            outcomes.append("added")
+        except growth.GrowthError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=add) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes)[0] == "added" and "exact duplicate" in sorted(outcomes)[1], outcomes
+    assert load_features(store).catalog["relpath"].str.endswith(image.name).sum() == 1
+
+
+def test_a_grown_feature_set_keeps_its_place_in_the_list(grown: tuple[Path, Path], tmp_path: Path) -> None:
+    from cbir import config, workspace
+    from cbir.collection import collection_id
+
+    root, store = grown
+    home = config.artifacts_dir() / "features" / collection_id(root)
+    home.mkdir(parents=True)
+    older, newer = shutil.copytree(store, home / "older"), shutil.copytree(store, home / "newer")
+    import os
+
+    os.utime(next(older.glob("features-*.npy")), ns=(1, 1))
+    assert workspace.feature_files(root) == [newer, older]
+    growth.add_images(older, [_new_image()], label="animals", extractor=PixelExtractor())
+    assert workspace.feature_files(root) == [newer, older]  # growing it in place did not make it the newest
