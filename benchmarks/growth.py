@@ -57,8 +57,7 @@ def copy_workspace(collection: Path, store: Path, out: Path) -> tuple[Path, Path
     link_tree(collection, root)
     real = load_features(store)
     catalog = real.catalog.copy()
-    prefix = str(collection.resolve())
-    catalog["path"] = [str(root.resolve()) + p[len(prefix) :] for p in catalog["path"]]
+    catalog["path"] = [str(root.resolve() / relpath) for relpath in catalog["relpath"]]
     meta = {**real.meta, "collection_root": str(root.resolve()), "collection_id": collection_id(root)}
     name = store.name if store.suffix != ".joblib" else store.stem  # a legacy .joblib becomes a store
     target = out / "artifacts" / "features" / collection_id(root) / name

@@ -346,8 +346,16 @@ def add_to_collection(driver: Any, option: str = "Unlabelled") -> str:
     """On the Search page, after a query from an upload: open "Add this image to the collection", choose the class
     ``option`` (the first option containing that text), click the button and wait; the success or error text."""
     click_text(driver, '[data-testid="stExpander"] summary', "Add this image to the collection")
-    click_text(driver, '[data-testid="stExpander"] [data-testid="stSelectbox"]', "Choose its class")
-    click_text(driver, 'li[role="option"]', option)
+    # Streamlit's selectbox is a combo box: type to filter its list, then take the option
+    from selenium.webdriver.common.keys import Keys
+
+    combo = '[data-testid="stExpander"] [data-testid="stSelectbox"] input[role="combobox"]'
+    click_text(driver, combo, "")
+    elements(driver, combo)[0].send_keys(option)
+    try:
+        click_text(driver, '[role="option"]', option, timeout=10)
+    except TimeoutError:  # the list did not open: let the keyboard choose the filtered option
+        elements(driver, combo)[0].send_keys(Keys.ARROW_DOWN, Keys.ENTER)
     wait_until_idle(driver, PAGE_S, "the class choice")
     click_text(driver, '[data-testid="stExpander"] button', "Add to the collection")
 
