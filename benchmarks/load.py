@@ -356,8 +356,14 @@ def add_to_collection(driver: Any, option: str = "Unlabelled") -> str:
         click_text(driver, '[role="option"]', option, timeout=10)
     except TimeoutError:  # the list did not open: let the keyboard choose the filtered option
         elements(driver, combo)[0].send_keys(Keys.ARROW_DOWN, Keys.ENTER)
-    wait_until_idle(driver, PAGE_S, "the class choice")
-    click_text(driver, '[data-testid="stExpander"] button', "Add to the collection")
+    button = '[data-testid="stExpander"] button'
+
+    def enabled() -> bool:  # the choice reruns the page, which enables the button
+        found = [e for e in elements(driver, button) if "Add to the collection" in str(e.text)]
+        return bool(found) and found[0].is_enabled() and not app_running(driver)
+
+    wait_for(enabled, PAGE_S, "the add button to be enabled")
+    click_text(driver, button, "Add to the collection")
 
     def done() -> bool:
         return "every session finds it" in body_text(driver) or bool(page_errors(driver))
@@ -483,7 +489,13 @@ def run_session(
             wait_until_idle(driver, PAGE_S, "the switch to the exact scan")
             upload(driver, add)
             wait_for(lambda: f"Query: {add.name}" in body_text(driver) and not app_running(driver), PAGE_S, add.name)
-            outcome = add_to_collection(driver)
+            try:
+                outcome = add_to_collection(driver)
+            except (TimeoutError, LookupError) as exc:
+                outcome = str(exc)
+                if screenshots is not None:
+                    screenshots.mkdir(parents=True, exist_ok=True)
+                    driver.save_screenshot(str(screenshots / f"load-session{session}-add.png"))
             if outcome != "added":
                 report.errors.append(f"add ({add.name}): {outcome}")
             else:
