@@ -65,6 +65,16 @@ def add_to_collection(engine: search.SearchEngine, name: str, data: bytes, label
     return report
 
 
+def remove_from_collection(engine: search.SearchEngine, relpath: str) -> growth.GrowthReport:
+    """Remove an image of the engine's collection (:func:`cbir.growth.remove_images`), as :func:`add_to_collection`."""
+    assert engine.path is not None
+    report = growth.remove_images(engine.path, [relpath])
+    engine.refresh()
+    feature_sets.clear()
+    collection_status.clear()
+    return report
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -> pd.DataFrame:
     """:func:`cbir.tuning.sweep_for` behind a progress bar (the bar is part of the cached run: Streamlit replays

@@ -132,9 +132,9 @@ with query_col:
             query_name = chosen
             query_bytes = Path(catalog["path"].iloc[relpaths.index(chosen)]).read_bytes()
 
-added = st.session_state.pop("search-added", None)
-if added:
-    st.success(added)
+growth_message = st.session_state.pop("search-growth", None)
+if growth_message:
+    st.success(growth_message)
 if query_bytes is None:
     st.info("Choose a query image to search.")
     st.stop()
@@ -213,9 +213,32 @@ if source in SOURCES[:2]:  # an upload or a camera photo can join the collection
                     st.error(str(exc))
                 else:
                     row = report.images.iloc[0]
-                    st.session_state["search-added"] = (
+                    st.session_state["search-growth"] = (
                         f"Added **{row.relpath}** ({row.label if isinstance(row.label, str) else 'unlabelled'}) in "
                         f"{report.seconds:.2f} s: every session finds it from its next query "
                         f"({report.n_images:,} images)."
                     )
                     st.rerun()
+
+with st.expander("Remove a result from the collection"):
+    reason = growth.cannot_grow(path)
+    if reason:
+        st.caption(reason)
+    else:
+        gone = st.selectbox(
+            "Image", result.results["relpath"], index=None, key="search-remove-pick", placeholder="Choose a result"
+        )
+        st.caption(
+            "It leaves every feature set of the collection; its file moves to the collection's .removed/ folder."
+        )
+        if st.button("Remove from the collection", key="search-remove", disabled=gone is None):
+            try:
+                report = ui.remove_from_collection(search, gone)
+            except CbirError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state["search-growth"] = (
+                    f"Removed **{gone}** in {report.seconds:.2f} s: no session finds it from its next query "
+                    f"({report.n_images:,} images)."
+                )
+                st.rerun()

@@ -334,6 +334,14 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
     engine = ui.search_engine(str(store), workspace.base_version(store))
     assert engine.generations == 1 and engine.n_objects == len(load_features(store).catalog) == 19
     assert (root / relpath).read_bytes() == image.read_bytes()
+    # and a session removes it again: gone from the answers and the pick list, its file in .removed/
+    first.selectbox(key="search-remove-pick").set_value(relpath).run()
+    first.button(key="search-remove").click().run()
+    assert not first.exception and not first.error, [e.value for e in first.error]
+    assert relpath in first.success[0].value and relpath not in first.dataframe[-1].value["relpath"].tolist()
+    second.selectbox(key="search-pick").set_value(second.selectbox(key="search-pick").options[0]).run()
+    assert relpath not in second.selectbox(key="search-pick").options
+    assert not (root / relpath).exists() and (root / growth.REMOVED_FOLDER / relpath).is_file()
 
 
 def test_two_sessions_adding_the_same_image_at_once_add_it_once(grown: tuple[Path, Path]) -> None:
