@@ -111,6 +111,7 @@ def warm_up() -> None:
         index.probes = 0
         index.search(points[:2], 3)
         index.candidates(points[:2])
+        index.add(points[:2])  # merge_tables
         LSHIndex(2, 2, 1.0, metric=metric, reduce_dim=2, rerank=2).fit(points).search(points[:2], 3)
     _WARM = True
 
