@@ -156,7 +156,7 @@ def _read_source(source: Source) -> tuple[str, bytes]:
 def _file_name(name: str, data: bytes) -> str:
     """A safe file name with an image extension (a camera photo has none: it is named by its bytes' format)."""
     stem, suffix = os.path.splitext(Path(name).name)
-    stem = re.sub(r"[^\w.+-]+", "_", stem).strip("._") or "image"
+    stem = re.sub(r"[^\w.+-]+", "_", stem).lstrip(".") or "image"  # no hidden file: a scan would skip it
     if suffix.lower() not in IMAGE_EXTENSIONS:
         suffix = ".png" if data.startswith(b"\x89PNG") else ".jpg"
     return f"{stem}{suffix.lower()}"

@@ -84,6 +84,13 @@ def test_new_class_and_unlabelled_images_go_to_their_folders(grown: tuple[Path, 
             growth.add_images(store, [_new_image()], label=bad, extractor=PixelExtractor())
 
 
+def test_file_names_are_kept_when_safe() -> None:
+    assert growth._file_name("beverages__icecube_.jpg", b"") == "beverages__icecube_.jpg"
+    assert growth._file_name(".hidden.PNG", b"") == "hidden.png"
+    assert growth._file_name("camera photo", b"\x89PNG....") == "camera_photo.png"
+    assert growth._file_name("a/b/../c d?.jpeg", b"") == "c_d_.jpeg"
+
+
 def test_bad_files_and_copies_are_refused_and_nothing_changes(grown: tuple[Path, Path], tmp_path: Path) -> None:
     root, store = grown
     before = _snapshot(root, store)
