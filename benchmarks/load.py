@@ -7,8 +7,13 @@ on 127.0.0.1.
 Each session opens the Search page and, for each of its queries, switches the index (exact scan ↔ LSH) and
 uploads a photo (scikit-image's sample photos, :mod:`cbir.samples`, and images of the collection, under names
 unique to the session and query), waits for the ten results and reads the page's own "Query time" metric; then it
-opens the Index tuning page and moves a slider. It is bounded in count (``--queries``) and time (``--max-seconds``:
-a session stops starting queries after it).
+opens the Index tuning page and moves a slider. With ``--adds N`` the first N sessions also upload a drawing of
+their own and add it to the collection from the Search page (unlabelled), and check that their next query finds it
+first. It is bounded in count (``--queries``) and time (``--max-seconds``: a session stops starting queries after it).
+
+Adds change the collection, so a server started here serves a temporary copy of the default collection and of its
+feature store (hard links; :func:`benchmarks.growth.copy_workspace`), never the real ones; with ``--url`` (a server
+started elsewhere) ``--adds`` must be 0 unless ``--allow-adds`` says that server's collection is a copy.
 
 Reported: per session the queries done and the errors seen (any exception or ``st.error`` box on a page, and a
 page that did not finish in time), the exceptions in the server log, p50/p95 of the query time, and the check of
@@ -308,6 +313,67 @@ def move_first_slider(driver: Any, steps: int = 1) -> None:
     ActionChains(driver).send_keys(*([key] * abs(steps))).perform()
 
 
+def unique_drawing(path: Path, seed: int) -> Path:
+    """A drawing no collection holds (random coloured strokes on white, seeded): an image a session can add."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed + 1000)
+    image = Image.new("RGB", (320, 320), "white")
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        points = [tuple(int(v) for v in rng.integers(10, 310, 2)) for _ in range(4)]
+        draw.line(points, fill=tuple(int(v) for v in rng.integers(0, 200, 3)), width=int(rng.integers(3, 12)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def click_text(driver: Any, selector: str, text: str, timeout: float = PAGE_S) -> None:
+    """Click the first element matching ``selector`` whose text contains ``text`` (waiting for it to be drawn)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def find() -> Any:
+        try:
+            return next((e for e in elements(driver, selector) if text in str(e.text)), None)
+        except StaleElementReferenceException:
+            return None
+
+    wait_for(find, timeout, f"{selector} {text!r}")
+    find().click()
+
+
+def add_to_collection(driver: Any, option: str = "Unlabelled") -> str:
+    """On the Search page, after a query from an upload: open "Add this image to the collection", choose the class
+    ``option`` (the first option containing that text), click the button and wait; the success or error text."""
+    click_text(driver, '[data-testid="stExpander"] summary', "Add this image to the collection")
+    # Streamlit's selectbox is a combo box: type to filter its list, then take the option
+    from selenium.webdriver.common.keys import Keys
+
+    combo = '[data-testid="stExpander"] [data-testid="stSelectbox"] input[role="combobox"]'
+    click_text(driver, combo, "")
+    elements(driver, combo)[0].send_keys(option)
+    try:
+        click_text(driver, '[role="option"]', option, timeout=10)
+    except TimeoutError:  # the list did not open: let the keyboard choose the filtered option
+        elements(driver, combo)[0].send_keys(Keys.ARROW_DOWN, Keys.ENTER)
+    button = '[data-testid="stExpander"] button'
+
+    def enabled() -> bool:  # the choice reruns the page, which enables the button
+        found = [e for e in elements(driver, button) if "Add to the collection" in str(e.text)]
+        return bool(found) and found[0].is_enabled() and not app_running(driver)
+
+    wait_for(enabled, PAGE_S, "the add button to be enabled")
+    click_text(driver, button, "Add to the collection")
+
+    def done() -> bool:
+        return "every session finds it" in body_text(driver) or bool(page_errors(driver))
+
+    wait_for(done, PAGE_S, "the image to be added")
+    wait_until_idle(driver, PAGE_S, "the search after adding")
+    errors = page_errors(driver)
+    return errors[0] if errors else "added"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # One session, many sessions
 # ----------------------------------------------------------------------------------------------------------
@@ -320,6 +386,7 @@ class SessionReport:
     session: int
     queries: int = 0
     slider_moves: int = 0
+    adds: int = 0
     query_ms: list[float] = field(default_factory=list)
     wall_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -353,10 +420,12 @@ def run_session(
     deadline: float,
     screenshots: Path | None = None,
     tuning: bool = True,
+    add: Path | None = None,
 ) -> SessionReport:
-    """One user: on the Search page, per image switch the index and upload it, wait for the results; then (with
-    ``tuning``) move a slider on the Index tuning page, right and back. Errors are recorded, not raised; no query
-    starts after ``deadline`` (the tuning step still runs, each page bounded by :data:`PAGE_S`)."""
+    """One user: on the Search page, per image switch the index and upload it, wait for the results; then (given
+    ``add``, an image no collection holds) upload ``add``, add it to the collection and check it comes first; then
+    (with ``tuning``) move a slider on the Index tuning page, right and back. Errors are recorded, not raised; no query
+    starts after ``deadline`` (the add and tuning steps still run, each page bounded by :data:`PAGE_S`)."""
     report = SessionReport(session)
     driver = None
     try:
@@ -415,6 +484,26 @@ def run_session(
             if kind == "Exact scan" and result_images(driver) < 11:
                 report.errors.append(f"query {i} ({image.name}): {result_images(driver) - 1} results, not 10")
             report.queries += 1
+        if add is not None:
+            choose_radio(driver, "Exact scan")
+            wait_until_idle(driver, PAGE_S, "the switch to the exact scan")
+            upload(driver, add)
+            wait_for(lambda: f"Query: {add.name}" in body_text(driver) and not app_running(driver), PAGE_S, add.name)
+            try:
+                outcome = add_to_collection(driver)
+            except (TimeoutError, LookupError) as exc:
+                outcome = str(exc)
+                if screenshots is not None:
+                    screenshots.mkdir(parents=True, exist_ok=True)
+                    driver.save_screenshot(str(screenshots / f"load-session{session}-add.png"))
+            if outcome != "added":
+                report.errors.append(f"add ({add.name}): {outcome}")
+            else:
+                report.adds += 1
+                # the page searched again with the same upload: the added image is its own nearest neighbour
+                captions = [str(e.text) for e in elements(driver, '[data-testid="stCaptionContainer"]')]
+                if not any(add.stem in caption for caption in captions):
+                    report.errors.append(f"add ({add.name}): not among the results after adding it")
         if screenshots is not None:
             screenshots.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(screenshots / f"load-session{session}-search.png"))
@@ -465,15 +554,17 @@ class LoadReport:
 
     def table(self) -> str:
         """A Markdown table: one row per session and a total row."""
-        rows = ["| session | queries | slider moves | errors | p50 query ms | p95 query ms | p50 wall ms |"]
-        rows.append("|---|---|---|---|---|---|---|")
+        rows = ["| session | queries | adds | slider moves | errors | p50 query ms | p95 query ms | p50 wall ms |"]
+        rows.append("|---|---|---|---|---|---|---|---|")
         for s in self.sessions:
             p50 = f"{np.percentile(s.query_ms, 50):.0f}" if s.query_ms else "–"
             p95 = f"{np.percentile(s.query_ms, 95):.0f}" if s.query_ms else "–"
             wall = f"{np.percentile(s.wall_ms, 50):.0f}" if s.wall_ms else "–"
-            rows.append(f"| {s.session} | {s.queries} | {s.slider_moves} | {len(s.errors)} | {p50} | {p95} | {wall} |")
+            counts = f"{s.queries} | {s.adds} | {s.slider_moves} | {len(s.errors)}"
+            rows.append(f"| {s.session} | {counts} | {p50} | {p95} | {wall} |")
         rows.append(
-            f"| all {len(self.sessions)} | {self.queries} | {sum(s.slider_moves for s in self.sessions)} | "
+            f"| all {len(self.sessions)} | {self.queries} | {sum(s.adds for s in self.sessions)} | "
+            f"{sum(s.slider_moves for s in self.sessions)} | "
             f"{len(self.errors)} | {self.percentile_ms(50):.0f} | {self.percentile_ms(95):.0f} | "
             f"{self.percentile_ms(50, wall=True):.0f} |"
         )
@@ -539,10 +630,12 @@ def run_load(
     stagger_s: float = 0.5,
     pictures: Sequence[Path] | None = None,
     warm_up: bool = True,
+    adds: int = 0,
 ) -> list[SessionReport]:
     """Run ``sessions`` users at once against ``url`` (threads, one Chromium each); their reports in order.
     ``pictures``: the collection images queries are drawn from (default: :func:`collection_images`); ``warm_up``:
-    one user goes through both pages first (not counted), so that the times are those of a running app."""
+    one user goes through both pages first (not counted), so that the times are those of a running app; ``adds``:
+    how many of the sessions add an image of their own to the collection (the server must serve a copy)."""
     work = Path(tempfile.mkdtemp(prefix="cbir-load-")) if work is None else work
     pictures = collection_images() if pictures is None else pictures
     deadline = time.monotonic() + max_seconds
@@ -550,7 +643,8 @@ def run_load(
 
     def one(n: int) -> None:
         images = query_images(work / f"queries-{n}", pictures, n, queries)
-        reports[n] = run_session(url, n, images, work / f"profile-{n}", deadline, screenshots)
+        new = unique_drawing(work / f"queries-{n}" / f"s{n}-new-drawing.png", n) if n < adds else None
+        reports[n] = run_session(url, n, images, work / f"profile-{n}", deadline, screenshots, add=new)
 
     if warm_up:  # the first query loads the model and the engine, the tuning page its background sweep
         started = time.monotonic()
@@ -576,6 +670,28 @@ def run_load(
     return done
 
 
+def serve_a_copy(work: Path) -> tuple[dict[str, str], Path]:
+    """``(server environment, feature store)`` of a temporary copy of the default collection and its newest complete
+    feature store, for a run that adds images."""
+    from benchmarks.growth import copy_workspace
+    from cbir import config
+    from cbir.workspace import resolve_feature_path
+
+    store = resolve_feature_path()
+    root, copy = copy_workspace(config.default_collection(), store, work / "copy")
+    return {"CBIR_COLLECTION": str(root), "CBIR_ARTIFACTS": str(work / "copy" / "artifacts")}, copy
+
+
+def growth_check(store: Path, adds: int) -> str:
+    """A line saying whether the copied store loads and holds the added images."""
+    from cbir.feature_store import read_manifest
+    from cbir.features import load_features
+
+    manifest = read_manifest(store)
+    rows = len(load_features(store).catalog)
+    return f"feature store copy: generation {manifest.get('generation')}, {rows:,} rows, {adds} images added, loads"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=8, help="concurrent users (default 8)")
@@ -583,7 +699,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=120.0, help="no query starts after this (default 120)")
     parser.add_argument("--url", help="a running app (default: start one on a free loopback port)")
     parser.add_argument("--screenshots", type=Path, help="folder for one screenshot per session")
+    parser.add_argument("--adds", type=int, default=2, help="sessions that add an image of their own (default 2)")
+    parser.add_argument("--allow-adds", action="store_true", help="--url serves a copy: let --adds change it")
     args = parser.parse_args(argv)
+    if args.url and args.adds and not args.allow_adds:
+        parser.error("--adds changes the collection the server at --url serves: pass --adds 0, or --allow-adds")
 
     from cbir import config
 
@@ -594,12 +714,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cbir-load-") as tmp:
         work = Path(tmp)
         if args.url:
-            reports = run_load(args.url, args.sessions, args.queries, args.max_seconds, work, args.screenshots)
+            reports = run_load(
+                args.url, args.sessions, args.queries, args.max_seconds, work, args.screenshots, adds=args.adds
+            )
             log = ""
         else:
-            with streamlit_server(work / "streamlit.log") as server:
-                reports = run_load(server.url, args.sessions, args.queries, args.max_seconds, work, args.screenshots)
+            env, store = serve_a_copy(work) if args.adds else ({}, None)
+            with streamlit_server(work / "streamlit.log", env) as server:
+                reports = run_load(
+                    server.url, args.sessions, args.queries, args.max_seconds, work, args.screenshots, adds=args.adds
+                )
                 log = server.log()
+            if store is not None:
+                grown = growth_check(store, sum(r.adds for r in reports))
+                print(grown)
     report = LoadReport(reports, server_errors(log), check_artifacts(root, before), time.monotonic() - started)
     print(f"{args.sessions} sessions × up to {args.queries} queries against {args.url or 'a new server'}, ")
     print(f"{report.seconds:.0f} s in all; artifacts: {root}\n")

@@ -10,6 +10,7 @@ import pandas as pd
 
 from cbir import config
 from cbir.cli_finetune import add_finetune_parser
+from cbir.cli_growth import add_growth_parsers
 from cbir.cli_search import add_evaluate_parsers, add_feature_selection_args, load_selected_features
 from cbir.errors import CbirError
 
@@ -21,6 +22,7 @@ Typical first run (Open Clip Art + EfficientNet-Lite0 install offline):
   python -m cbir extract --backbone efficientnet_lite0
   python -m cbir evaluate --backbone efficientnet_lite0 --index lsh -g 6 -H 4
   python -m cbir info                             # what is built
+  python -m cbir add photo.jpg --label animals    # grow the collection in place (remove: the reverse)
 
 A collection is a folder with one subfolder per class (or training_set/ and validation_set/ with one subfolder
 per class, as in the paper), optionally a distractors/ folder of unlabelled images.
@@ -254,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     add_evaluate_parsers(sub)
+    add_growth_parsers(sub)
     add_finetune_parser(sub)
     return parser
 

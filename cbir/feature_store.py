@@ -9,6 +9,14 @@ A store is a folder::
     <store>/rejected-<gen>.json          cache key → reason of every rejected file
     <store>/part-<gen>-<i>.npy/.keys.json  rows computed by an unfinished extraction (checkpoints) and their keys
 
+A finished store grows and shrinks in place (:func:`append_rows`, :func:`remove_rows`, used by
+:mod:`cbir.growth`): an append writes one more shard with the new rows only and a new catalog generation; a removal
+lists the catalog rows in the manifest's ``removed`` (tombstones: the rows stay on disk, :func:`cbir.features.
+load_features` leaves them out, the next full extraction drops them). ``base`` names the full write the store comes
+from and ``generation`` counts the appends and removals since, so a reader holding the store (the app's shared
+search engine) can tell that only rows were added or removed. Writers of one store take its lock (``.lock``,
+``flock``), so the app and the command line never lose each other's change.
+
 Every file is written under a temporary name and renamed; ``meta.json`` is replaced last, so it is the commit point:
 a reader sees the previous generation or the new one, never a mix. Files no manifest names are removed after a
 commit. Opening a store maps the shards (``np.load(mmap_mode="r")``): nothing is read until it is used, so a
@@ -17,10 +25,12 @@ commit. Opening a store maps the shards (``np.load(mmap_mode="r")``): nothing is
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +132,9 @@ def cached_rows(path: str | os.PathLike[str], manifest: dict[str, Any]) -> dict[
         features = open_features(folder, manifest)
         if len(features) != len(catalog):
             raise ArtifactError(f"feature store {folder}: {len(features)} rows for {len(catalog)} catalog rows")
-        rows.update(zip(catalog_keys(catalog), features, strict=True))
+        gone = set(manifest.get("removed", []))
+        rows.update((key, row) for i, (key, row) in enumerate(zip(catalog_keys(catalog), features, strict=True))
+                    if i not in gone)  # fmt: skip
     for part in manifest.get("parts", []):
         keys = json.loads((folder / part["keys"]).read_text())
         features = _load_npy(folder, part["features"])
@@ -202,9 +214,106 @@ def write_store(
         "features": [name],
         **files,
         "parts": [],
+        "base": gen,
+        "generation": 0,
+        "removed": [],
     }
     _commit(folder, manifest)
     return folder
+
+
+@contextlib.contextmanager
+def store_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the store's writer lock (an exclusive ``flock`` on ``<store>/.lock``; readers never take it)."""
+    folder = store_dir(path)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def removed_rows(manifest: dict[str, Any]) -> np.ndarray:
+    """The catalog rows the manifest marks removed, ascending int64."""
+    return np.asarray(sorted(manifest.get("removed", [])), dtype=np.int64)
+
+
+def read_rows(path: str | os.PathLike[str], manifest: dict[str, Any], rows: np.ndarray) -> np.ndarray:
+    """Feature rows ``rows`` (catalog row numbers) read from the shards that hold them (only those pages are read)."""
+    folder = store_dir(path)
+    rows = np.asarray(rows, dtype=np.int64)
+    shards = [_load_npy(folder, name) for name in manifest["features"]]
+    starts = np.cumsum([0] + [len(shard) for shard in shards])
+    out = np.empty((len(rows), int(manifest["meta"]["dim"])), dtype=manifest.get("dtype", "float32"))
+    for i, shard in enumerate(shards):
+        inside = (rows >= starts[i]) & (rows < starts[i + 1])
+        if inside.any():
+            out[inside] = shard[rows[inside] - starts[i]]
+    return out
+
+
+def _finished_manifest(folder: Path) -> dict[str, Any]:
+    manifest = read_manifest(folder)
+    if not manifest["meta"].get("complete", False) or manifest.get("catalog") is None:
+        raise ArtifactError(f"{folder}: extraction was interrupted; rerun `python -m cbir extract` to finish it")
+    return manifest
+
+
+def append_rows(
+    path: str | os.PathLike[str],
+    features: np.ndarray,
+    rows: pd.DataFrame,
+    meta: dict[str, Any] | None = None,
+    lock: bool = True,
+) -> dict[str, Any]:
+    """Append ``features`` (m, dim) and their catalog ``rows`` to a finished store: one new shard with those rows
+    only, the catalog with the rows appended, then the manifest (the commit point; ``meta`` entries are merged
+    into its meta). Until the manifest is replaced readers see the previous generation. Returns the new manifest.
+    ``lock=False``: the caller holds :func:`store_lock` already (it checked the rows against the store under it)."""
+    folder = store_dir(path)
+    with store_lock(folder) if lock else contextlib.nullcontext():
+        manifest = _finished_manifest(folder)
+        dim = int(manifest["meta"]["dim"])
+        features = np.asarray(features, dtype=manifest.get("dtype", "float32"))
+        if features.ndim != 2 or features.shape[1] != dim or len(features) != len(rows):
+            raise ArtifactError(f"{folder}: cannot append {features.shape} features for {len(rows)} rows to dim {dim}")
+        catalog = read_table(folder, manifest["catalog"], [])
+        gen = uuid.uuid4().hex[:8]
+        shard = f"features-{gen}-{len(manifest['features'])}.npy"
+        _write_npy(folder / shard, features)
+        name = f"catalog-{gen}.parquet"
+        _write_parquet(folder / name, pd.concat([catalog, rows.reindex(columns=catalog.columns)], ignore_index=True))
+        n_live = len(catalog) + len(rows) - len(manifest.get("removed", []))
+        manifest = {
+            **manifest,
+            "meta": {**manifest["meta"], **(meta or {}), "n_images": n_live},
+            "features": [*manifest["features"], shard],
+            "catalog": name,
+            "generation": int(manifest.get("generation", 0)) + 1,
+        }
+        _commit(folder, manifest)
+        return manifest
+
+
+def remove_rows(path: str | os.PathLike[str], rows: Iterable[int], meta: dict[str, Any] | None = None) -> dict:
+    """Mark catalog rows removed (tombstones in the manifest, the commit point); the shards are not rewritten.
+    Returns the new manifest."""
+    folder = store_dir(path)
+    with store_lock(folder):
+        manifest = _finished_manifest(folder)
+        catalog_rows = len(read_table(folder, manifest["catalog"], []))
+        removed = sorted({*manifest.get("removed", []), *(int(r) for r in rows)})
+        if removed and (removed[0] < 0 or removed[-1] >= catalog_rows):
+            raise ArtifactError(f"{folder}: rows to remove must be in [0, {catalog_rows})")
+        manifest = {
+            **manifest,
+            "meta": {**manifest["meta"], **(meta or {}), "n_images": catalog_rows - len(removed)},
+            "removed": removed,
+            "generation": int(manifest.get("generation", 0)) + 1,
+        }
+        _commit(folder, manifest)
+        return manifest
 
 
 def append_part(

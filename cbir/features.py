@@ -38,6 +38,7 @@ from cbir.feature_store import (
     read_manifest,
     read_rejected,
     read_table,
+    removed_rows,
     store_dir,
     write_store,
 )
@@ -203,6 +204,10 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         features = open_features(path, manifest)
         if features.ndim != 2 or len(features) != len(catalog):
             raise ArtifactError(f"{path}: {len(features)} feature rows for {len(catalog)} catalog rows")
+        removed = removed_rows(manifest)
+        if len(removed):  # rows removed since the last full write (cbir.growth): left out, the others keep order
+            keep = np.setdiff1d(np.arange(len(catalog)), removed)
+            features, catalog = features[keep], catalog.iloc[keep].reset_index(drop=True)
         return FeatureSet(features=features, catalog=catalog, report=report, meta=meta)
     payload = load_artifact(path, FEATURES_KIND)
     try:

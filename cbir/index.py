@@ -11,11 +11,17 @@ Every index has ``fit(X)`` and ``search(Q, k) -> SearchResult(distances, ids, vi
 * ``visited`` (m,) int64: how many distinct objects had their distance computed for each query (the paper's
   "#Items"): ``n`` for the scan, the size of the candidate union for LSH.
 
+Indexes grow and shrink in place: ``add(X)`` appends rows (ids ``n .. n+m-1``; the scan appends to its matrix,
+LSH hashes only the new rows with its fitted functions and merges them into its buckets, HNSW inserts them in its
+graph) and ``remove(ids)`` marks rows deleted (tombstones, as FAISS' and hnswlib's ``mark_deleted``): a search asks
+the index for ``k`` + the number of removed rows and drops them, so the ids of the other rows never change.
+
 Indexes persist with :meth:`save` / :meth:`load` through :mod:`cbir.storage` (atomic, kind-checked).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -105,6 +111,7 @@ def warm_up() -> None:
         index.probes = 0
         index.search(points[:2], 3)
         index.candidates(points[:2])
+        index.add(points[:2])  # merge_tables
         LSHIndex(2, 2, 1.0, metric=metric, reduce_dim=2, rerank=2).fit(points).search(points[:2], 3)
     _WARM = True
 
@@ -117,6 +124,7 @@ class BaseIndex:
 
     def __init__(self) -> None:
         self._data: np.ndarray | None = None
+        self._removed = np.zeros(0, dtype=np.int64)  # sorted ids marked deleted
 
     # ---- public contract ---------------------------------------------------------------------------------
     @property
@@ -127,6 +135,16 @@ class BaseIndex:
     def n_objects(self) -> int:
         """Number of indexed objects (0 before ``fit``)."""
         return 0 if self._data is None else int(self._data.shape[0])
+
+    @property
+    def n_removed(self) -> int:
+        """Rows marked deleted by :meth:`remove` (still counted by :attr:`n_objects`, never returned)."""
+        return len(self._removed)
+
+    @property
+    def removed(self) -> np.ndarray:
+        """The ids marked deleted, ascending (a copy)."""
+        return self._removed.copy()
 
     @property
     def dim(self) -> int:
@@ -149,7 +167,35 @@ class BaseIndex:
             data = l2_normalize(data)
         self._fit(data)
         self._data = data
+        self._removed = np.zeros(0, dtype=np.int64)
         return self
+
+    def add(self, X: np.ndarray) -> np.ndarray:
+        """Append the rows of ``X`` (m, d) to the fitted index without refitting; returns their ids
+        (``n_objects .. n_objects + m - 1``). The fitted parameters (LSH's hash functions and PCA, its tuned probes)
+        are kept: adding to an index fitted on ``A`` gives the index of ``A`` + ``X`` built with ``A``'s functions.
+        """
+        self._check_fitted()
+        assert self._data is not None
+        rows = _as_matrix(X, "X", dim=self.dim, allow_empty=True)
+        if self.metric == "cosine":
+            rows = l2_normalize(rows)
+        first = self.n_objects
+        if len(rows):
+            self._add(rows)
+            self._data = np.concatenate([self._data, rows])
+        return np.arange(first, first + len(rows), dtype=np.int64)
+
+    def remove(self, ids: Any) -> int:
+        """Mark rows deleted (tombstones): they are never returned again, the other ids do not change. Returns how
+        many were newly removed; an id out of range raises :class:`ValueError`."""
+        self._check_fitted()
+        ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+        if len(ids) and (ids[0] < 0 or ids[-1] >= self.n_objects):
+            raise ValueError(f"ids must be in [0, {self.n_objects}), got {ids[0]}..{ids[-1]}")
+        before = len(self._removed)
+        self._removed = np.union1d(self._removed, ids)
+        return len(self._removed) - before
 
     def search(self, Q: np.ndarray, k: int) -> SearchResult:
         """k nearest indexed objects of each query row.
@@ -167,7 +213,23 @@ class BaseIndex:
         queries = _as_matrix(Q, "Q", dim=self.dim, allow_empty=True)
         if self.metric == "cosine":
             queries = l2_normalize(queries)
-        return self._search(queries, k)
+        if not len(self._removed):
+            return self._search(queries, k)
+        # tombstones: ask for enough rows that k live ones remain, then drop the removed ones (order kept)
+        wider = self._search(queries, min(k + len(self._removed), max(self.n_objects, k)))
+        live = (wider.ids >= 0) & ~np.isin(wider.ids, self._removed)
+        distances = np.full((len(queries), k), np.inf if self.metric == "euclidean" else -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for row in range(len(queries)):
+            kept = np.flatnonzero(live[row])[:k]
+            distances[row, : len(kept)] = wider.distances[row, kept]
+            ids[row, : len(kept)] = wider.ids[row, kept]
+        return SearchResult(distances, ids, wider.visited)
+
+    def copy(self: IndexT) -> IndexT:
+        """An independent copy (arrays shared: ``add`` and ``remove`` replace them, never write into them), to grow
+        while the original keeps answering."""
+        return copy.copy(self)
 
     def describe(self) -> dict[str, Any]:
         """Parameters plus size information, for display."""
@@ -200,11 +262,16 @@ class BaseIndex:
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
         raise NotImplementedError
 
+    def _add(self, rows: np.ndarray) -> None:
+        """Index ``rows`` (m, d), normalised for cosine, as ids ``n_objects ..`` (``_data`` is extended after)."""
+        raise NotImplementedError
+
     def _state(self) -> dict[str, Any]:
-        return {"data": self._data}
+        return {"data": self._data, "removed": self._removed}
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         self._data = np.ascontiguousarray(state["data"], dtype=np.float32)
+        self._removed = np.asarray(state.get("removed", np.zeros(0)), dtype=np.int64)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={value!r}" for key, value in self.params.items())
@@ -234,6 +301,10 @@ class SequentialScan(BaseIndex):
 
     def _fit(self, data: np.ndarray) -> None:
         self._sq_norms = np.einsum("ij,ij->i", data, data, dtype=np.float32) if self.metric == "euclidean" else None
+
+    def _add(self, rows: np.ndarray) -> None:
+        if self._sq_norms is not None:
+            self._sq_norms = np.concatenate([self._sq_norms, np.einsum("ij,ij->i", rows, rows, dtype=np.float32)])
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         super()._restore(state)
@@ -456,15 +527,26 @@ class LSHIndex(BaseIndex):
         self._directions, self._offsets = kernels.draw_hash_functions(
             hashed.shape[1], self.n_tables, self.n_projections, self.bucket_width, self.seed
         )
-        keys = kernels.hash_keys(
+        self._tables = kernels.build_tables(self._keys(hashed))
+        self.tuned_recall = None
+
+    def _keys(self, hashed: np.ndarray) -> np.ndarray:
+        """Bucket keys (g, n) of vectors already in the hashing space."""
+        assert self._directions is not None and self._offsets is not None
+        return kernels.hash_keys(
             np.ascontiguousarray(hashed @ self._directions, dtype=np.float32),
             self._offsets,
             self.bucket_width,
             self.n_tables,
             self.n_projections,
         )
-        self._tables = kernels.build_tables(keys)
-        self.tuned_recall = None
+
+    def _add(self, rows: np.ndarray) -> None:
+        """Hash the new rows with the fitted functions (and PCA) and merge them into the buckets."""
+        hashed = self._hash_space(rows)
+        self._tables = kernels.merge_tables(self.tables, self._keys(hashed), self.n_objects)
+        if self._reduced is not None:
+            self._reduced = np.concatenate([self._reduced, np.ascontiguousarray(hashed, dtype=np.float32)])
 
     def _probe_args(self, queries: np.ndarray) -> tuple[kernels.ProbeArgs, kernels.Shortlist | None]:
         """The probe and the shortlist of :func:`kernels.lsh_search` for ``queries`` (normalised for cosine)."""

@@ -221,6 +221,120 @@ def build_tables_reference(keys: np.ndarray) -> BucketTables:
 
 
 @njit(cache=True)
+def _merge_table(
+    bucket_keys: np.ndarray,
+    bucket_starts: np.ndarray,
+    bucket_ids: np.ndarray,
+    lo: int,
+    hi: int,
+    new_keys: np.ndarray,
+    order: np.ndarray,
+    n_old: int,
+    out_keys: np.ndarray,
+    out_starts: np.ndarray,
+    out_ids: np.ndarray,
+    bucket: int,
+    position: int,
+    write: bool,
+) -> int:
+    """Merge the old buckets ``bucket_keys[lo:hi]`` of one table with the new objects (keys ``new_keys``, visited in
+    ``order``: keys ascending, ids ascending among equal keys; ids ``n_old + j``). With ``write`` the merged buckets
+    are written from ``out_keys[bucket]`` / ``out_ids[position]``. Returns the number of merged buckets."""
+    m = len(new_keys)
+    i = lo
+    j = 0
+    count = 0
+    while i < hi or j < m:
+        if j >= m or (i < hi and bucket_keys[i] < new_keys[order[j]]):
+            key = bucket_keys[i]
+            take_old = True
+            take_new = False
+        elif i >= hi or new_keys[order[j]] < bucket_keys[i]:
+            key = new_keys[order[j]]
+            take_old = False
+            take_new = True
+        else:
+            key = bucket_keys[i]
+            take_old = True
+            take_new = True
+        if write:
+            out_keys[bucket + count] = key
+            out_starts[bucket + count] = position
+            if take_old:
+                for p in range(bucket_starts[i], bucket_starts[i + 1]):
+                    out_ids[position] = bucket_ids[p]
+                    position += 1
+        if take_old:
+            i += 1
+        if take_new:
+            while j < m and new_keys[order[j]] == key:
+                if write:
+                    out_ids[position] = n_old + order[j]
+                    position += 1
+                j += 1
+        count += 1
+    return count
+
+
+@njit(cache=True)
+def _merge_tables(
+    table_offsets: np.ndarray,
+    bucket_keys: np.ndarray,
+    bucket_starts: np.ndarray,
+    bucket_ids: np.ndarray,
+    new_keys: np.ndarray,
+    n_old: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    n_tables, m = new_keys.shape
+    n = n_old + m
+    orders = np.empty((n_tables, m), dtype=np.int64)
+    out_offsets = np.zeros(n_tables + 1, dtype=np.int64)
+    empty_keys = np.empty(0, dtype=np.uint64)
+    empty_ids = np.empty(0, dtype=np.int64)
+    for t in range(n_tables):
+        orders[t] = np.argsort(new_keys[t], kind="mergesort")  # stable: new ids ascending inside a bucket
+        found = _merge_table(
+            bucket_keys, bucket_starts, bucket_ids, table_offsets[t], table_offsets[t + 1], new_keys[t], orders[t],
+            n_old, empty_keys, empty_ids, empty_ids, 0, 0, False,
+        )  # fmt: skip
+        out_offsets[t + 1] = out_offsets[t] + found
+    n_buckets = out_offsets[n_tables]
+    out_keys = np.empty(n_buckets, dtype=np.uint64)
+    out_starts = np.empty(n_buckets + 1, dtype=np.int64)
+    out_starts[n_buckets] = n_tables * n
+    out_ids = np.empty(n_tables * n, dtype=np.int64)
+    for t in range(n_tables):
+        _merge_table(
+            bucket_keys, bucket_starts, bucket_ids, table_offsets[t], table_offsets[t + 1], new_keys[t], orders[t],
+            n_old, out_keys, out_starts, out_ids, out_offsets[t], t * n, True,
+        )  # fmt: skip
+    return out_offsets, out_keys, out_starts, out_ids
+
+
+def merge_tables(tables: BucketTables, new_keys: np.ndarray, n_old: int) -> BucketTables:
+    """The buckets of ``n_old`` objects (``tables``) plus ``m`` new objects with ids ``n_old .. n_old+m-1`` and
+    keys ``new_keys`` (g, m) uint64: the same arrays :func:`build_tables` gives for the concatenated keys, in one
+    merge pass per table (the old objects are not re-hashed, their buckets are copied in order)."""
+    return BucketTables(*_merge_tables(*tables, np.ascontiguousarray(new_keys, dtype=np.uint64), np.int64(n_old)))
+
+
+def table_keys_reference(tables: BucketTables, n: int) -> np.ndarray:
+    """numpy: the (g, n) key of every object in every table, read back from the CSR layout."""
+    n_tables = len(tables.table_offsets) - 1
+    keys = np.zeros((n_tables, n), dtype=np.uint64)
+    for t in range(n_tables):
+        for bucket in range(tables.table_offsets[t], tables.table_offsets[t + 1]):
+            ids = tables.bucket_ids[tables.bucket_starts[bucket] : tables.bucket_starts[bucket + 1]]
+            keys[t, ids] = tables.bucket_keys[bucket]
+    return keys
+
+
+def merge_tables_reference(tables: BucketTables, new_keys: np.ndarray, n_old: int) -> BucketTables:
+    """numpy version of :func:`merge_tables`: rebuild from all keys."""
+    return build_tables_reference(np.concatenate([table_keys_reference(tables, n_old), new_keys], axis=1))
+
+
+@njit(cache=True)
 def _find_bucket(bucket_keys: np.ndarray, lo: int, hi: int, key: np.uint64) -> int:
     """Index of ``key`` in the sorted slice ``bucket_keys[lo:hi]``, or -1.
 

@@ -75,6 +75,14 @@ class HNSWIndex(BaseIndex):
         index.add(data)
         self._index = index
 
+    def copy(self) -> HNSWIndex:
+        twin = super().copy()
+        twin._index = _faiss().clone_index(self._index)  # faiss adds into the graph in place: copy it first
+        return twin
+
+    def _add(self, rows: np.ndarray) -> None:
+        self._index.add(rows)  # HNSW inserts natively: each new node is linked into the existing graph
+
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
         faiss = _faiss()
         m = len(queries)
@@ -100,7 +108,7 @@ class HNSWIndex(BaseIndex):
         return SearchResult(scores, ids, np.minimum(visited, self.n_objects))
 
     def _state(self) -> dict[str, Any]:
-        return {"data": self._data, "graph": _faiss().serialize_index(self._index)}
+        return {**super()._state(), "graph": _faiss().serialize_index(self._index)}
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         super()._restore(state)

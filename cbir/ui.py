@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from cbir import comparison, config, query, search, tuning, workspace
+from cbir import comparison, config, growth, query, search, tuning, workspace
 from cbir.errors import CbirError
 
 if TYPE_CHECKING:
@@ -45,11 +45,34 @@ def search_engine(path: str, version: int, _extractor: FeatureExtractor | None =
     return search.search_engine_for(path, version, _extractor)
 
 
-def search_engine_with_model(path: str, version: int) -> search.SearchEngine:
+def search_engine_with_model(path: str) -> search.SearchEngine:
     """The shared :func:`search_engine` of the feature set at ``path``, with the (cached) model that computed it.
-    Raises :class:`~cbir.errors.CbirError` (or ``FileNotFoundError``) when that model cannot be loaded."""
-    extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path, version).meta))
-    return search_engine(path, version, _extractor=extractor)
+    Keyed by :func:`cbir.workspace.base_version`: images added or removed in place do not rebuild it (the engine
+    applies them itself on its next query), a new extraction does. Raises :class:`~cbir.errors.CbirError` (or
+    ``FileNotFoundError``) when that model cannot be loaded."""
+    extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path).meta))
+    return search_engine(path, workspace.base_version(path), _extractor=extractor)
+
+
+def add_to_collection(engine: search.SearchEngine, name: str, data: bytes, label: str | None) -> growth.GrowthReport:
+    """Add an uploaded image to the collection of the engine's feature set (:func:`cbir.growth.add_images`) with
+    the engine's model; the feature-set list and collection caches are cleared so every page sees it."""
+    assert engine.path is not None
+    report = growth.add_images(engine.path, [(name, data)], label, extractor=engine.extractor)
+    engine.refresh()
+    feature_sets.clear()
+    collection_status.clear()
+    return report
+
+
+def remove_from_collection(engine: search.SearchEngine, relpath: str) -> growth.GrowthReport:
+    """Remove an image of the engine's collection (:func:`cbir.growth.remove_images`), as :func:`add_to_collection`."""
+    assert engine.path is not None
+    report = growth.remove_images(engine.path, [relpath])
+    engine.refresh()
+    feature_sets.clear()
+    collection_status.clear()
+    return report
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -8,6 +8,7 @@ collection have" has one answer. The home page shows :func:`collection_status` a
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import pandas as pd
 from cbir import config
 from cbir.collection import Catalog, CollectionError, collection_id, scan_collection
 from cbir.errors import CbirError
-from cbir.feature_store import MANIFEST, is_store, store_dir
+from cbir.feature_store import MANIFEST, is_store, read_manifest, store_dir
 from cbir.features import FeatureExtractor, FeatureSet, extract_collection, load_features, read_meta
 from cbir.storage import ArtifactError
 
@@ -43,7 +44,19 @@ def feature_files(collection: str | os.PathLike[str] | None = None) -> list[Path
     if not root.is_dir():
         return []
     files = [*root.rglob("*.joblib"), *(manifest.parent for manifest in root.rglob(MANIFEST))]
-    return sorted(files, key=file_version, reverse=True)
+    return sorted(files, key=written, reverse=True)
+
+
+def written(path: str | os.PathLike[str]) -> int:
+    """When a feature set was last written in full (ns): a store's first shard (images added or removed in place
+    do not rewrite it, so growing a feature set does not make it the newest), a joblib's mtime; 0 when missing."""
+    try:
+        if is_store(path):
+            shards = read_manifest(path).get("features") or [MANIFEST]
+            return (store_dir(path) / shards[0]).stat().st_mtime_ns
+        return Path(path).stat().st_mtime_ns
+    except (OSError, ArtifactError):
+        return 0
 
 
 def list_feature_sets(collection: str | os.PathLike[str] | None = None) -> pd.DataFrame:
@@ -83,8 +96,18 @@ def resolve_feature_set(
     weights id contains ``weights`` (e.g. ``"imagenet"``, ``"model1-dense256"``; any when ``None``) for
     ``collection`` (default collection when ``None``). Raises :class:`FeatureSetNotFoundError` with the command to
     run."""
+    return load_features(resolve_feature_path(features, backbone, collection, weights))
+
+
+def resolve_feature_path(
+    features: str | os.PathLike[str] | None = None,
+    backbone: str | None = None,
+    collection: str | os.PathLike[str] | None = None,
+    weights: str | None = None,
+) -> Path:
+    """The path :func:`resolve_feature_set` loads (same arguments, same errors)."""
     if features is not None:
-        return load_features(features)
+        return Path(features)
     collection = collection if collection is not None else config.default_collection()
     table = list_feature_sets(collection)
     table = table[table["status"] == "complete"]
@@ -98,7 +121,7 @@ def resolve_feature_set(
             f"no feature set{' for ' + wanted if wanted else ''} of collection {collection}; run: "
             f"python -m cbir extract --collection {collection} --backbone {backbone or 'efficientnet_lite0'}"
         )
-    return load_features(table.iloc[0]["path"])
+    return Path(table.iloc[0]["path"])
 
 
 @dataclass
@@ -300,6 +323,20 @@ def load_feature_set(path: str | os.PathLike[str], version: int | None = None) -
 def _load_feature_set(path: str, version: int) -> FeatureSet:
     del version  # only part of the memo key
     return load_features(path)
+
+
+def base_version(path: str | os.PathLike[str]) -> int:
+    """A cache key part that changes when a feature set is written anew (a full extraction) but not when images are
+    added or removed in place (:mod:`cbir.growth`): the shared search engine follows those itself. For a store, the id
+    of its last full write; for a joblib artifact, its :func:`file_version`."""
+    if not is_store(path):
+        return file_version(path)
+    try:
+        manifest = read_manifest(path)
+    except ArtifactError:
+        return 0
+    base = manifest.get("base") or (manifest.get("features") or [""])[0]
+    return int.from_bytes(hashlib.sha1(str(base).encode()).digest()[:7], "big")
 
 
 def file_version(path: str | os.PathLike[str]) -> int:

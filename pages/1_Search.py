@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from cbir import ui
+from cbir import growth, ui
 from cbir.errors import CbirError
 from cbir.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
 from cbir.names import METRIC_LABELS, METRICS
@@ -19,6 +19,7 @@ from cbir.tuning import fastest_config, width_range
 SOURCES = ("Upload a file", "Camera", "Pick from the collection", "Example photo")
 INDEX_CHOICES = ("Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall")
 GRID_COLUMNS = 5
+NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
 
 ui.page_header(
     "pages/1_Search.py",
@@ -28,11 +29,12 @@ ui.page_header(
 )
 label, path, version = ui.chosen_feature_set()
 try:
-    search = ui.search_engine_with_model(path, version)
+    search = ui.search_engine_with_model(path)
 except (CbirError, FileNotFoundError) as exc:
     st.error(f"The model of this feature set cannot be loaded, so images cannot be searched: {exc}")
     st.stop()
-feature_set = search.feature_set
+search.refresh()  # images added or removed since this session's last action (by any session or the CLI)
+catalog = search.catalog
 if search.warning:
     st.warning(search.warning)
 
@@ -118,7 +120,7 @@ with query_col:
         )
         query_bytes = sample_photo_png(query_name)
     else:
-        relpaths = feature_set.catalog["relpath"].tolist()
+        relpaths = catalog["relpath"].tolist()
         chosen = st.selectbox(
             "or pick an image from the collection",
             relpaths,
@@ -128,8 +130,11 @@ with query_col:
         )
         if chosen is not None:
             query_name = chosen
-            query_bytes = Path(feature_set.catalog["path"].iloc[relpaths.index(chosen)]).read_bytes()
+            query_bytes = Path(catalog["path"].iloc[relpaths.index(chosen)]).read_bytes()
 
+growth_message = st.session_state.pop("search-growth", None)
+if growth_message:
+    st.success(growth_message)
 if query_bytes is None:
     st.info("Choose a query image to search.")
     st.stop()
@@ -181,3 +186,59 @@ for start in range(0, len(rows), GRID_COLUMNS):
             st.caption(row.relpath)
 with st.expander("Results as a table"):
     st.dataframe(result.results.drop(columns=["path"]), width="stretch", hide_index=True)
+
+if source in SOURCES[:2]:  # an upload or a camera photo can join the collection
+    with st.expander("Add this image to the collection"):
+        reason = growth.cannot_grow(path)
+        if reason:
+            st.caption(reason)
+        else:
+            classes = sorted(catalog["label"].dropna().unique())
+            choice = st.selectbox(
+                "Class",
+                [*classes, NEW_CLASS, UNLABELLED],
+                index=None,
+                key="search-add-class",
+                placeholder="Choose its class",
+                help="A labelled image is indexed in its class's training folder; an unlabelled one is indexed like "
+                "a distractor (never counted as relevant).",
+            )
+            new_class = st.text_input("New class name", key="search-add-new") if choice == NEW_CLASS else ""
+            if st.button("Add to the collection", key="search-add", disabled=choice is None):
+                target = None if choice == UNLABELLED else new_class if choice == NEW_CLASS else choice
+                try:
+                    with st.spinner("Checking the image and computing its features…"):
+                        report = ui.add_to_collection(search, query_name, query_bytes, target)
+                except CbirError as exc:
+                    st.error(str(exc))
+                else:
+                    row = report.images.iloc[0]
+                    st.session_state["search-growth"] = (
+                        f"Added **{row.relpath}** ({row.label if isinstance(row.label, str) else 'unlabelled'}) in "
+                        f"{report.seconds:.2f} s: every session finds it from its next query "
+                        f"({report.n_images:,} images)."
+                    )
+                    st.rerun()
+
+with st.expander("Remove a result from the collection"):
+    reason = growth.cannot_grow(path)
+    if reason:
+        st.caption(reason)
+    else:
+        gone = st.selectbox(
+            "Image", result.results["relpath"], index=None, key="search-remove-pick", placeholder="Choose a result"
+        )
+        st.caption(
+            "It leaves every feature set of the collection; its file moves to the collection's .removed/ folder."
+        )
+        if st.button("Remove from the collection", key="search-remove", disabled=gone is None):
+            try:
+                report = ui.remove_from_collection(search, gone)
+            except CbirError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state["search-growth"] = (
+                    f"Removed **{gone}** in {report.seconds:.2f} s: no session finds it from its next query "
+                    f"({report.n_images:,} images)."
+                )
+                st.rerun()

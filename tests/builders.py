@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cbir.collection import collection_id, scan_collection
-from cbir.features import FEATURES_KIND, FeatureSet, extract_collection
+from cbir.features import FEATURES_KIND, FeatureSet, extract_collection, load_features
 from cbir.query import MAX_UPLOAD_BYTES
 from cbir.storage import save_artifact
 
@@ -132,3 +132,81 @@ def unusual_uploads() -> dict[str, tuple[bytes, str]]:
         "animated gif": (gif.getvalue(), "animated (2 frames)"),
         "50 MP photo": (encode(Image.new("RGB", (8200, 6150), (120, 180, 60)), "JPEG", quality=80), "megapixels"),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Growing collections (test_growth): a few real images, a model-free extractor, a real feature store copy
+# ----------------------------------------------------------------------------------------------------------
+
+REAL_COLLECTION = Path(__file__).resolve().parents[1] / "artifacts" / "collections" / "openclipart"
+
+
+class PixelExtractor:
+    """A model-free stand-in for :class:`cbir.features.FeatureExtractor` (the same decoding and batching): the
+    features of an image are its 16×16 grey thumbnail (256-d). Fast enough for the quick test loop."""
+
+    backbone = "efficientnet_lite0"
+    weights_id = "pixels-16"
+    weights_path = None
+    dim = 256
+    batch_size = 8
+    workers = 1
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(image.convert("L").resize((16, 16)), dtype=np.float32)
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        return (np.asarray(batch, dtype=np.float32).reshape(len(batch), -1) / 16.0).astype(np.float32)
+
+    def transform(self, images: list[Image.Image]) -> np.ndarray:
+        return self.predict_arrays(np.stack([self.prepare(image) for image in images]))
+
+    def iter_batches(self, paths: list[str]):
+        from cbir.features import FeatureExtractor
+
+        return FeatureExtractor.iter_batches(self, paths)  # type: ignore[arg-type]
+
+    def _decode(self, path: str) -> np.ndarray | str:
+        from cbir.images import decode_or_reason
+
+        return decode_or_reason(path, self.prepare)
+
+
+def real_images(per_class: int, classes: int, split: str = "training_set") -> list[Path]:
+    """The first ``per_class`` images of the first ``classes`` classes of the real default collection's split."""
+    folders = sorted(p for p in (REAL_COLLECTION / split).iterdir() if p.is_dir())[:classes]
+    return [image for folder in folders for image in sorted(folder.iterdir())[:per_class]]
+
+
+def copy_real_collection(out: Path, per_class: int = 4, classes: int = 3, distractors: int = 3) -> Path:
+    """A small collection in the paper's layout made of copies (same bytes and mtimes) of real default-collection
+    images: ``per_class`` training and 1 validation image per class, and ``distractors`` distractors."""
+    chosen = real_images(per_class, classes) + real_images(1, classes, "validation_set")
+    chosen += sorted((REAL_COLLECTION / "distractors").rglob("*.jpg"))[:distractors]
+    for image in chosen:
+        target = out / image.relative_to(REAL_COLLECTION)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(image, target)
+    return out
+
+
+def real_store_copy(root: Path, out: Path, backbone: str = BACKBONE) -> Path:
+    """A feature store at ``out`` for the collection ``root`` made by :func:`copy_real_collection`, holding the real
+    default-collection features (ImageNet ``backbone``) of its images: no extraction, the rows are copied."""
+    from cbir.collection import collection_id
+    from cbir.feature_store import write_store
+    from cbir.features import catalog_keys
+
+    stores = sorted((REAL_COLLECTION.parents[1] / "features").glob(f"*/{backbone}-*imagenet*/meta.json"))
+    if not stores:
+        pytest.skip(f"no real {backbone} ImageNet feature store under {REAL_COLLECTION.parents[1]}")
+    real = load_features(stores[0].parent)
+    catalog = scan_collection(root).images
+    rows = real.catalog.reset_index(drop=True).reset_index().set_index("relpath").loc[catalog["relpath"], "index"]
+    meta = {**real.meta, "collection_root": str(root.resolve()), "collection_id": collection_id(root)}
+    meta["n_images"] = len(catalog)
+    assert len(set(catalog_keys(catalog))) == len(catalog)
+    write_store(
+        out, [np.asarray(real.features[rows.to_numpy()])], catalog, pd.DataFrame(columns=["path", "reason"]), {}, meta
+    )
+    return out

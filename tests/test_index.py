@@ -335,3 +335,92 @@ def test_for_data_scales_the_width_by_the_median_distance_of_the_hashed_space(
     reduced = LSHIndex.for_data(points, 0.5, reduce_dim=4, rerank=10)
     assert reduced.bucket_width < full.bucket_width  # distances shrink under projection
     assert reduced.fit(points).search(points[:3], 2).ids[:, 0].tolist() == [0, 1, 2]
+
+
+# ---- growing and shrinking in place --------------------------------------------------------------------
+
+
+def _index(kind: str, metric: str) -> BaseIndex:
+    if kind == "scan":
+        return SequentialScan(metric)
+    if kind == "hnsw":
+        from cbir.peers import HNSWIndex
+
+        return HNSWIndex(metric, ef_search=256)
+    if kind == "lsh-pca":
+        return LSHIndex(4, 3, 2.0, metric=metric, seed=1, probes=2, reduce_dim=8, rerank=50)
+    return LSHIndex(4, 3, 2.0 if metric == "euclidean" else 0.5, metric=metric, seed=1, probes=2)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("kind", ["scan", "lsh"])
+def test_add_after_fit_equals_fit_on_the_concatenation(
+    data: tuple[np.ndarray, np.ndarray], kind: str, metric: str
+) -> None:
+    points, queries = data
+    grown = _index(kind, metric).fit(points[:300])
+    np.testing.assert_array_equal(grown.add(points[300:450]), np.arange(300, 450))
+    np.testing.assert_array_equal(grown.add(points[450:]), np.arange(450, 500))
+    whole = _index(kind, metric).fit(points)
+    assert grown.n_objects == whole.n_objects == 500
+    if kind == "lsh":  # same hash functions, so the merged buckets are exactly the buckets of a fit on all rows
+        for got, expected in zip(grown.tables, whole.tables, strict=True):
+            np.testing.assert_array_equal(got, expected)
+    for got, expected in zip(grown.search(queries, 7), whole.search(queries, 7), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_pca_lsh_adds_in_the_fitted_space(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """With reduce_dim the PCA is not refitted: the new rows are projected on the fitted axes, and the index equals
+    a numpy rebuild of the buckets from the projected keys of every row."""
+    points, queries = data
+    grown = _index("lsh-pca", "euclidean").fit(points[:400])
+    grown.add(points[400:])
+    keys = grown._keys(grown._hash_space(points))
+    for got, expected in zip(grown.tables, kernels.build_tables_reference(keys), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(grown._reduced, grown._hash_space(points), rtol=1e-5, atol=1e-5)
+    scores, ids, _ = grown.search(queries, 5)
+    assert (ids >= 0).all()
+    # every answer is the exact distance of that row
+    np.testing.assert_allclose(scores[:, 0], np.linalg.norm(queries - points[ids[:, 0]], axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["scan", "lsh", "hnsw"])
+def test_removed_rows_are_never_returned_and_other_ids_stay(data: tuple[np.ndarray, np.ndarray], kind: str) -> None:
+    points, queries = data
+    index = _index(kind, "euclidean").fit(points)
+    first = index.search(queries, 5).ids
+    gone = np.unique(first[:, 0])
+    assert index.remove(gone) == len(gone) and index.remove(gone[:1]) == 0
+    scores, ids, _ = index.search(queries, 5)
+    assert not np.isin(ids, gone).any()
+    keep = np.setdiff1d(np.arange(len(points)), gone)
+    if kind == "scan":  # exact: the answer is the scan of the remaining rows, in the original ids
+        expected = SequentialScan().fit(points[keep]).search(queries, 5).ids
+        np.testing.assert_array_equal(ids, keep[expected])
+    assert all(np.all(np.diff(row[np.isfinite(row)]) >= 0) for row in scores)
+    with pytest.raises(ValueError, match="ids must be in"):
+        index.remove([len(points)])
+
+
+def test_hnsw_add_finds_the_new_rows(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, _ = data
+    index = _index("hnsw", "cosine").fit(points[:450])
+    new_ids = index.add(points[450:])
+    _, ids, _ = index.search(points[450:], 1)
+    np.testing.assert_array_equal(ids[:, 0], new_ids)
+
+
+@pytest.mark.parametrize("kind", ["scan", "lsh"])
+def test_grown_and_shrunk_index_survives_save_and_load(
+    data: tuple[np.ndarray, np.ndarray], kind: str, tmp_path: Path
+) -> None:
+    points, queries = data
+    index = _index(kind, "euclidean").fit(points[:450])
+    index.add(points[450:])
+    index.remove([3, 460])
+    loaded = type(index).load(index.save(tmp_path / "index.joblib"))
+    assert loaded.n_removed == 2 and loaded.n_objects == 500
+    for got, expected in zip(loaded.search(queries, 6), index.search(queries, 6), strict=True):
+        np.testing.assert_array_equal(got, expected)

@@ -79,6 +79,26 @@ def test_build_tables_matches_reference_and_groups_equal_keys(hashed: dict[str, 
     assert tables.bucket_starts[-1] == N_TABLES * n
 
 
+@pytest.mark.parametrize("n_old", [0, 1, 350, 599])
+def test_merge_tables_appends_like_a_build_on_the_concatenation(hashed: dict[str, np.ndarray], n_old: int) -> None:
+    keys = hashed["keys"]
+    old = kernels.build_tables(keys[:, :n_old])
+    merged = kernels.merge_tables(old, keys[:, n_old:], n_old)
+    reference = kernels.merge_tables_reference(old, keys[:, n_old:], n_old)
+    for got, ref, full in zip(merged, reference, kernels.build_tables(keys), strict=True):
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(got, full)
+
+
+def test_merge_tables_with_colliding_small_keys() -> None:
+    """Few distinct keys: most new objects land in existing buckets, after the old ids."""
+    keys = np.random.default_rng(1).integers(0, 5, (4, 300)).astype(np.uint64)
+    for n_old in (120, 299):
+        merged = kernels.merge_tables(kernels.build_tables(keys[:, :n_old]), keys[:, n_old:], n_old)
+        for got, full in zip(merged, kernels.build_tables_reference(keys), strict=True):
+            np.testing.assert_array_equal(got, full)
+
+
 @pytest.mark.parametrize("n_projections", [1, 2, 3, 5])
 def test_perturbation_sequence_matches_brute_force(n_projections: int) -> None:
     rng = np.random.default_rng(n_projections)

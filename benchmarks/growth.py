@@ -1,0 +1,178 @@
+"""Growing a collection in place versus rebuilding it: the cost of adding and removing one image.
+
+    .venv/bin/python benchmarks/growth.py                       # the default collection's ImageNet feature set
+    .venv/bin/python benchmarks/growth.py --sample 64 --repeats 3
+
+Works on a temporary copy (hard links where possible) of the default collection and of its EfficientNet-Lite0
+ImageNet feature store, never on the real ones. Measured, on that copy:
+
+- ``remove`` of one indexed image and ``add`` of it back (:mod:`cbir.growth`: checks, features of that image only,
+  one appended shard, the manifest last), and the same through ``python -m cbir add`` in a new process (which also
+  loads the model);
+- the shared search engine catching up (:meth:`cbir.search.SearchEngine.refresh` with the exact scan, an LSH index and
+  HNSW fitted) against fitting those indexes again on every row;
+- a full re-extraction, from the model's measured rate on ``--sample`` images of the collection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir importable
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Copy a folder as hard links (same bytes and mtimes, no space), or as copies across file systems."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link)
+
+
+def copy_workspace(collection: Path, store: Path, out: Path) -> tuple[Path, Path]:
+    """``(collection copy, store copy)`` under ``out``: the feature set's rows and catalog (paths moved to the copy),
+    written as a new store where the copy's feature sets live (``out/artifacts``); ``store`` may be a legacy
+    ``.joblib`` feature set."""
+    from cbir.collection import collection_id
+    from cbir.feature_store import write_store
+    from cbir.features import load_features
+
+    root = out / "collection"
+    link_tree(collection, root)
+    real = load_features(store)
+    catalog = real.catalog.copy()
+    catalog["path"] = [str(root.resolve() / relpath) for relpath in catalog["relpath"]]
+    meta = {**real.meta, "collection_root": str(root.resolve()), "collection_id": collection_id(root)}
+    name = store.name if store.suffix != ".joblib" else store.stem  # a legacy .joblib becomes a store
+    target = out / "artifacts" / "features" / collection_id(root) / name
+    chunks = (np.asarray(real.features[i : i + 4096]) for i in range(0, len(catalog), 4096))
+    write_store(target, chunks, catalog, real.report, {}, meta, dtype=real.meta.get("dtype", "float32"))
+    return root, target
+
+
+def best_of(repeats: int, run: Callable[[], object]) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--features", type=Path, default=None, help="feature store (default: the newest ImageNet one)")
+    parser.add_argument("--sample", type=int, default=64, help="images extracted to measure the model's rate")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N for the in-process timings")
+    parser.add_argument("--no-cli", action="store_true", help="skip the `python -m cbir add` timing")
+    args = parser.parse_args(argv)
+
+    from cbir import config
+
+    config.quiet_native_libraries()
+    from cbir import growth
+    from cbir.collection import scan_collection
+    from cbir.features import extract_collection, load_features
+    from cbir.search import IndexConfig, SearchEngine, extractor_spec, make_extractor
+    from cbir.workspace import resolve_feature_path
+
+    real_store = args.features or resolve_feature_path(None, "efficientnet_lite0", None, "imagenet")
+    real_root = Path(load_features(real_store).meta["collection_root"])
+    with tempfile.TemporaryDirectory(prefix="cbir-growth-") as tmp:
+        started = time.perf_counter()
+        root, store = copy_workspace(real_root, Path(real_store), Path(tmp))
+        os.environ["CBIR_ARTIFACTS"] = str(Path(tmp) / "artifacts")
+        os.environ["CBIR_COLLECTION"] = str(root)
+        print(f"copy of {root.name} and its feature store: {time.perf_counter() - started:.1f} s")
+        feature_set = load_features(store)
+        n = len(feature_set.catalog)
+        started = time.perf_counter()
+        extractor = make_extractor(extractor_spec(feature_set.meta))
+        model_s = time.perf_counter() - started
+
+        lsh = IndexConfig("lsh", n_tables=7, n_projections=2, bucket_width=4.0)
+        configs = (IndexConfig("scan"), lsh, IndexConfig("hnsw"))
+        engine = SearchEngine(feature_set, extractor, path=store)
+        for config_ in configs:
+            engine.index(config_)
+        # one indexed image goes out and comes back in, repeatedly: the same work every round
+        victim = feature_set.catalog[feature_set.catalog["role"] == "index"].iloc[n // 3]
+        removed_file = root / growth.REMOVED_FOLDER / victim["relpath"]
+        timings: dict[str, list[float]] = {"remove": [], "add": [], "add_embed": [], "refresh": [], "refit": []}
+        for _ in range(args.repeats):
+            report = growth.remove_images(store, [victim["relpath"]])
+            timings["remove"].append(report.seconds)
+            engine.refresh()
+            report = growth.add_images(store, [removed_file], label=victim["label"], extractor=extractor)
+            timings["add"].append(report.seconds)
+            timings["add_embed"].append(report.embed_seconds)
+            started = time.perf_counter()
+            engine.refresh()
+            timings["refresh"].append(time.perf_counter() - started)
+            victim = report.images.iloc[0]
+            victim = {"relpath": victim["relpath"], "label": victim["label"]}
+            removed_file = root / growth.REMOVED_FOLDER / victim["relpath"]
+        grown = load_features(store)
+        timings["refit"] = [
+            best_of(1, lambda: [c.build().fit(grown.features) for c in configs]) for _ in range(args.repeats)
+        ]
+        assert len(grown.catalog) == n, "the copy should end where it started"
+
+        cli_s = float("nan")
+        if not args.no_cli:
+            growth.remove_images(store, [victim["relpath"]])
+            started = time.perf_counter()
+            command = [sys.executable, "-m", "cbir", "add", str(removed_file), "--label", str(victim["label"])]
+            command += ["--features", str(store)]
+            subprocess.run(command, check=True, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
+            cli_s = time.perf_counter() - started
+
+        catalog = scan_collection(root)
+        sample = catalog.images.iloc[np.linspace(0, len(catalog.images) - 1, args.sample).astype(int)]
+        sample_catalog = type(catalog)(root=root, images=sample.reset_index(drop=True))
+        extractor.batch_size = 32  # the search engine's model embeds one query at a time; extraction batches
+        started = time.perf_counter()
+        extracted = extract_collection(sample_catalog, extractor, out_path=Path(tmp) / "sample-store")
+        per_image = (time.perf_counter() - started) / max(int(extracted.meta["computed"]), 1)
+
+    full = per_image * n
+    add = min(timings["add"])
+    print(f"\nfeature set: {real_store} ({n:,} images, copied)\n")
+    rows = [
+        ("add one image (checks, features, copy, append; model loaded)", add),
+        ("  of which decoding + features", min(timings["add_embed"])),
+        ("remove one image (tombstone in every store, move the file)", min(timings["remove"])),
+        ("search engine catches up (scan + LSH + HNSW, in place)", min(timings["refresh"])),
+        ("refit scan + LSH + HNSW on every row instead", min(timings["refit"])),
+        ("`python -m cbir add` in a new process (loads the model)", cli_s),
+        ("loading the model (in process)", model_s),
+        (f"full re-extraction ({n:,} images at {1 / per_image:.1f} img/s, from {args.sample})", full),
+    ]
+    print("| step | seconds |\n|---|---|")
+    for what, seconds in rows:
+        print(f"| {what} | {seconds:.3f} |")
+    print(
+        f"\nadding one image in place: {add:.2f} s, {full / add:.0f}× faster than a full re-extraction ({full:.0f} s); "
+        f"the engine catches up {min(timings['refit']) / min(timings['refresh']):.0f}× faster than refitting"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
