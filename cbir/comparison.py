@@ -14,7 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from cbir.analysis import distance_table, pairwise_distance_sample
-from cbir.evaluation import EvaluationResult, split_collection
+from cbir.evaluation import EvaluationResult, EvaluationSplit, split_collection
 from cbir.features import FeatureExtractor, FeatureSet
 from cbir.hubness import hubness_summary, top_hubs
 from cbir.index import SequentialScan
@@ -25,6 +25,7 @@ from cbir.tuning import (
     evaluate_for,
     recommended_config,
     searchable_features,
+    split_for,
     sweep_for,
 )
 from cbir.workspace import load_feature_set, weights_kind
@@ -240,10 +241,13 @@ def hubness_analysis(
     photos: Mapping[str, Image.Image] | None = None,
     metric: str = "euclidean",
     k: int = DEFAULT_K,
+    split: EvaluationSplit | None = None,
 ) -> HubnessAnalysis:
-    """Hubness of the exact ``metric`` scan: over the validation queries, and over ``photos`` (embedded with
-    ``extractor``, which must be the feature set's model) when both are given."""
-    split = split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors=True)
+    """Hubness of the exact ``metric`` scan: over the validation queries (those of ``split`` when given: the
+    tuning page's, whose exact answers are computed once), and over ``photos`` (embedded with ``extractor``,
+    which must be the feature set's model) when both are given."""
+    if split is None:
+        split = split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors=True)
     ids = split.exact_ids(metric, k)
     indexed = feature_set.catalog.iloc[split.index_rows].reset_index(drop=True)
     photo_ids = None
@@ -277,7 +281,8 @@ def hubness_analysis_for(
             photos = sample_photos()
         except SamplesUnavailableError:
             photos = None
-    return hubness_analysis(load_feature_set(path, version), _extractor, photos, metric)
+    split = split_for(path, version, True)  # the tuning page's split: a sample of the queries when there are many
+    return hubness_analysis(load_feature_set(path, version), _extractor, photos, metric, split=split)
 
 
 def hubness_summary_table(analyses: Mapping[str, HubnessAnalysis]) -> pd.DataFrame:

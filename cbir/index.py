@@ -17,7 +17,7 @@ Indexes persist with :meth:`save` / :meth:`load` through :mod:`cbir.storage` (at
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
@@ -27,6 +27,8 @@ import numpy as np
 from cbir import kernels
 from cbir.pca import PCA, fit_pca, project
 from cbir.storage import ArtifactError, load_artifact, save_artifact
+
+BUILD_STAGE = "building the index"  # the stage name of fit's progress
 
 Metric = Literal["euclidean", "cosine"]
 
@@ -138,18 +140,25 @@ class BaseIndex:
         """Constructor parameters (enough to rebuild an equal, unfitted index)."""
         raise NotImplementedError
 
-    def fit(self: IndexT, X: np.ndarray) -> IndexT:
+    def fit(self: IndexT, X: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> IndexT:
         """Index the rows of ``X`` (n, d) float; replaces any previous content. Returns ``self``.
 
         A float32 C-contiguous ``X`` is referenced, not copied (collections are large): do not modify it in
-        place while the index is in use.
+        place while the index is in use. ``progress("building the index", rows done, n)``: at least at the end;
+        an index whose build takes long (HNSW) reports as it goes.
         """
         data = _as_matrix(X, "X")
         if self.metric == "cosine":
             data = l2_normalize(data)
-        self._fit(data)
+        self._fit_reporting(data, progress)
         self._data = data
         return self
+
+    def _fit_reporting(self, data: np.ndarray, progress: Callable[[str, int, int], None] | None) -> None:
+        """``_fit``, then ``progress`` (an index with a long build overrides this to report as it goes)."""
+        self._fit(data)
+        if progress is not None:
+            progress(BUILD_STAGE, len(data), len(data))
 
     def search(self, Q: np.ndarray, k: int) -> SearchResult:
         """k nearest indexed objects of each query row.
@@ -438,9 +447,9 @@ class LSHIndex(BaseIndex):
             info["tuned_recall"] = self.tuned_recall
         return info
 
-    def fit(self, X: np.ndarray) -> LSHIndex:
+    def fit(self, X: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> LSHIndex:
         """Index the rows of ``X`` (see :meth:`BaseIndex.fit`); with ``target_recall``, choose ``probes`` too."""
-        super().fit(X)
+        super().fit(X, progress)
         if self.target_recall is not None:
             self._tune_probes()
         return self

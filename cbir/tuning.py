@@ -9,17 +9,23 @@ that the app can cache by plain arguments) and in :class:`~cbir.search.IndexConf
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cbir import config as cbir_config
 from cbir.errors import ConfigError
 from cbir.evaluation import (
     DEFAULT_WIDTH_FACTORS,
+    MAX_EVAL_QUERIES,
+    QUERY_SAMPLE_SEED,
     SWEEP_COLUMNS,
     EvaluationResult,
     EvaluationSplit,
+    StageProgress,
     default_width,
     evaluate_split,
     pareto_frontier,
@@ -77,11 +83,30 @@ def evaluation_split(feature_set: FeatureSet, with_distractors: bool = True) -> 
     return split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors)
 
 
+def exact_cache_dir(path: str, version: int, with_distractors: bool, max_queries: int | None) -> Path:
+    """Where the exact scan's answers on the (sampled) queries of a feature set are kept across processes:
+    ``<artifacts>/cache/exact/<digest of the feature set, its version and the split>``."""
+    key = f"{Path(path).resolve()}|{version}|{with_distractors}|{max_queries}|{QUERY_SAMPLE_SEED}"
+    return cbir_config.artifacts_dir() / "cache" / "exact" / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=4)  # a split copies the feature rows: keep a few (the app's feature sets)
-def split_for(path: str, version: int, with_distractors: bool = True) -> EvaluationSplit:
-    """:func:`evaluation_split` of the feature set at ``path``, memoised: every evaluation of it shares the split
-    and so its exact-scan answers (the recall reference), computed once per metric and k."""
-    return evaluation_split(load_feature_set(path, version), with_distractors)
+def split_for(
+    path: str, version: int, with_distractors: bool = True, max_queries: int | None = MAX_EVAL_QUERIES
+) -> EvaluationSplit:
+    """The index/query split of the feature set at ``path``, memoised: every evaluation of it shares the split and
+    so its exact-scan answers (the recall reference), computed once per metric and k and kept on disk
+    (:func:`exact_cache_dir`). Its queries are a fixed random sample of ``max_queries`` when the collection has
+    more (:attr:`EvaluationSplit.sampled`)."""
+    feature_set = load_feature_set(path, version)
+    return split_collection(
+        feature_set.features,
+        feature_set.labels,
+        feature_set.roles,
+        with_distractors,
+        max_queries=max_queries,
+        cache_dir=exact_cache_dir(path, version, with_distractors, max_queries),
+    )
 
 
 def evaluate_config(
@@ -98,10 +123,16 @@ def evaluate_config(
 
 
 def evaluate_for(
-    path: str, version: int, config: IndexConfig, with_distractors: bool = True, k: int = DEFAULT_K
+    path: str,
+    version: int,
+    config: IndexConfig,
+    with_distractors: bool = True,
+    k: int = DEFAULT_K,
+    progress: StageProgress | None = None,
 ) -> EvaluationResult:
-    """:func:`evaluate_config` of the feature set at ``path`` (on its memoised split)."""
-    return evaluate_split(config.build(), split_for(path, version, with_distractors), k=k)
+    """:func:`evaluate_config` of the feature set at ``path`` (on its memoised, possibly sampled split);
+    ``progress(stage, done, total)`` as it builds, searches and (once) runs the exact scan."""
+    return evaluate_split(config.build(), split_for(path, version, with_distractors), k=k, progress=progress)
 
 
 def sweep_table(
@@ -111,13 +142,24 @@ def sweep_table(
     k: int = DEFAULT_K,
     probes: Sequence[int] = (0,),
     progress: Progress | None = None,
+    detail: StageProgress | None = None,
 ) -> pd.DataFrame:
     """The exact scan and every LSH setting of ``grid`` (default :func:`default_grid` of the indexed rows) ×
-    ``probes``, by :func:`cbir.evaluation.sweep_split`: :data:`cbir.evaluation.SWEEP_COLUMNS` plus ``pareto``
-    (on the mAP-vs-visited frontier), ``recall_pareto`` (on the recall-vs-visited frontier) and ``label``."""
+    ``probes``, by :func:`cbir.evaluation.sweep_split`, then the HNSW reference (:func:`reference_sweep`):
+    :data:`cbir.evaluation.SWEEP_COLUMNS` plus ``pareto`` (on the mAP-vs-visited frontier), ``recall_pareto`` (on
+    the recall-vs-visited frontier) and ``label``. ``progress(rows done, rows in all)`` after each row, ``detail``
+    (:func:`cbir.evaluation.evaluate_split`'s) within each."""
     grid = grid if grid is not None else default_grid(split.index_vectors, metric)
-    table = sweep_split(split, grid, metric, k, probes, progress=progress, include_scan=True)
-    table = pd.concat([table, reference_sweep(split, metric, k)], ignore_index=True)
+    n_rows = 1 + len(probes) * int(np.prod([len(list(values)) for values in grid.values()]))
+    total = n_rows + len(REFERENCE_EF)
+
+    def step(done: int, _: int) -> None:
+        if progress is not None:
+            progress(done, total)
+
+    table = sweep_split(split, grid, metric, k, probes, progress=step, include_scan=True, detail=detail)
+    reference = reference_sweep(split, metric, k, progress=lambda done: step(n_rows + done, total), detail=detail)
+    table = pd.concat([table, reference], ignore_index=True)
     # the frontiers are the scan's and LSH's own; the reference index is shown beside them, not folded in
     own = table["index"] != "hnsw"
     table["pareto"] = pareto_frontier(table[own]).reindex(table.index, fill_value=False)
@@ -127,20 +169,27 @@ def sweep_table(
 
 
 def reference_sweep(
-    split: EvaluationSplit, metric: str = "euclidean", k: int = DEFAULT_K, ef_values: Sequence[int] = REFERENCE_EF
+    split: EvaluationSplit,
+    metric: str = "euclidean",
+    k: int = DEFAULT_K,
+    ef_values: Sequence[int] = REFERENCE_EF,
+    progress: Callable[[int], None] | None = None,
+    detail: StageProgress | None = None,
 ) -> pd.DataFrame:
     """The field's reference index, FAISS HNSW (:class:`cbir.peers.HNSWIndex`, M=32), fitted once on the split
     and evaluated at each ``ef_search`` of ``ef_values``: rows of :data:`cbir.evaluation.SWEEP_COLUMNS` with
-    ``index="hnsw"``, to set beside the LSH sweep."""
+    ``index="hnsw"``, to set beside the LSH sweep. ``progress(rows done)`` after each row, ``detail`` within."""
     index = HNSWIndex(metric, ef_search=ef_values[0])  # type: ignore[arg-type]
     rows = []
     fit_seconds = None
     for ef in ef_values:
         index.ef_search = int(ef)
-        result = evaluate_split(index, split, k=k, refit=fit_seconds is None)
+        result = evaluate_split(index, split, k=k, refit=fit_seconds is None, progress=detail)
         if fit_seconds is None:
             fit_seconds = result.fit_seconds
         rows.append({**result.row(), "fit_seconds": fit_seconds})
+        if progress is not None:
+            progress(len(rows))
     return pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS).astype({"ef_search": "Int64"})
 
 
@@ -163,11 +212,14 @@ def sweep_for(
     with_distractors: bool = True,
     k: int = DEFAULT_K,
     progress: Progress | None = None,
+    detail: StageProgress | None = None,
 ) -> pd.DataFrame:
-    """:func:`sweep_table` of the feature set at ``path`` over :func:`default_grid` of its searchable rows (with
-    the distractors whatever ``with_distractors``, so the grid holds the sliders' default setting)."""
+    """:func:`sweep_table` of the feature set at ``path`` (on its memoised, possibly sampled split) over
+    :func:`default_grid` of its searchable rows (with the distractors whatever ``with_distractors``, so the grid
+    holds the sliders' default setting)."""
     grid = default_grid(searchable_features(load_feature_set(path, version)), metric)
-    return sweep_table(split_for(path, version, with_distractors), metric, grid, k=k, progress=progress)
+    split = split_for(path, version, with_distractors)
+    return sweep_table(split, metric, grid, k=k, progress=progress, detail=detail)
 
 
 def recommended_config(

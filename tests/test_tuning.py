@@ -72,7 +72,7 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     seen = []
     split = tuning.evaluation_split(feature_set)
     table = tuning.sweep_table(split, grid=grid, progress=lambda done, total: seen.append((done, total)))
-    assert len(table) == 9 + len(tuning.REFERENCE_EF) and seen[-1] == (9, 9)  # + the HNSW reference rows
+    assert len(table) == 9 + len(tuning.REFERENCE_EF) == seen[-1][0] == seen[-1][1]  # progress counts the HNSW rows
     assert table.iloc[0]["index"] == "scan" and table["pareto"].any() and table["recall_pareto"].any()
     assert {"map", "recall", "mean_visited", "pareto", "recall_pareto", "label", "n_tables"} <= set(table.columns)
     assert table.iloc[0]["recall"] == 1.0 and table["recall"].between(0, 1).all()
