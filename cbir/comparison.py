@@ -50,6 +50,7 @@ COMPARISON_COLUMNS = [
     "visited_fraction",
     "n_indexed",
     "n_queries",
+    "n_all_queries",
     "query_ms",
 ]
 PER_CLASS_COLUMNS = ["feature_set", "index", "distractors", "class", "n_queries", "map"]
@@ -122,6 +123,7 @@ def comparison_table(jobs: Sequence[ComparisonJob], results: Sequence[Evaluation
                 "index": index_name,
                 "config": job.config.label,
                 "distractors": distractors,
+                "n_all_queries": result.n_all_queries if result.sampled else result.n_queries,
             }
         )
         per_class.append(result.per_class.assign(feature_set=job.label, index=index_name, distractors=distractors))

@@ -27,14 +27,13 @@ import numpy as np
 import pandas as pd
 
 from cbir.errors import ConfigError
-from cbir.index import BaseIndex, LSHIndex, SequentialScan, l2_normalize, warm_up
+from cbir.index import PROGRESS_SECONDS, BaseIndex, LSHIndex, SequentialScan, l2_normalize, warm_up
 from cbir.names import score_name
 from cbir.storage import atomic_output
 
 # (stage, done, total) of a long evaluation step: stage "building the index" (rows added), "searching" or "exact
-# scan" (queries answered); called at least every PROGRESS_SECONDS or so, so that a page's progress bar keeps moving
+# scan" (queries answered); called about every PROGRESS_SECONDS, so that a page's progress bar keeps moving
 StageProgress = Callable[[str, int, int], None]
-PROGRESS_SECONDS = 0.5
 # Collections with more validation queries than this are evaluated on a fixed random sample of them (seeded by
 # QUERY_SAMPLE_SEED): at 1M objects, 1,000 exact-scan queries take about a minute on two cores, and mAP and recall
 # over 1,000 queries are within about ±0.02 of the full figures.

@@ -29,6 +29,8 @@ from cbir.pca import PCA, fit_pca, project
 from cbir.storage import ArtifactError, load_artifact, save_artifact
 
 BUILD_STAGE = "building the index"  # the stage name of fit's progress
+# long work reports progress about this often (seconds), so that a page's progress bar keeps moving
+PROGRESS_SECONDS = 0.5
 
 Metric = Literal["euclidean", "cosine"]
 

@@ -13,19 +13,19 @@ FAISS is a well-kept C++ library (``faiss-cpu`` on PyPI); cbir does not write it
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.index import BUILD_STAGE, BaseIndex, SearchResult, _check_int
+from cbir.index import BUILD_STAGE, PROGRESS_SECONDS, BaseIndex, SearchResult, _check_int
 from cbir.names import Metric
 
 DEFAULT_LINKS = 32  # M: neighbours per node; FAISS' and hnswlib's usual setting
 DEFAULT_EF_SEARCH = 64
 EF_CONSTRUCTION = 40  # FAISS' default
-ADD_CHUNK = 10_000  # rows added to the graph between two progress reports (~2 s per 10k on 2 cores at 1M)
 # faiss.cvar.hnsw_stats is process-global: searches that read it must not interleave (the app's sessions share it)
 _STATS_LOCK = threading.Lock()
 
@@ -73,7 +73,8 @@ class HNSWIndex(BaseIndex):
         self._fit_reporting(data, None)
 
     def _fit_reporting(self, data: np.ndarray, progress: Callable[[str, int, int], None] | None) -> None:
-        """Build the graph, :data:`ADD_CHUNK` rows at a time when ``progress`` is given (a 1M graph takes minutes)."""
+        """Build the graph; with ``progress``, in chunks of rows sized to take about
+        :data:`cbir.index.PROGRESS_SECONDS` each (a 1M graph takes minutes)."""
         faiss = _faiss()
         index = faiss.IndexHNSWFlat(data.shape[1], self.n_links)
         index.hnsw.efConstruction = EF_CONSTRUCTION
@@ -81,9 +82,14 @@ class HNSWIndex(BaseIndex):
             index.add(data)
         else:
             progress(BUILD_STAGE, 0, len(data))
-            for start in range(0, len(data), ADD_CHUNK):
-                index.add(data[start : start + ADD_CHUNK])
-                progress(BUILD_STAGE, min(start + ADD_CHUNK, len(data)), len(data))
+            start, chunk = 0, 256
+            while start < len(data):
+                started = time.perf_counter()
+                index.add(data[start : start + chunk])
+                elapsed = time.perf_counter() - started
+                start += chunk
+                progress(BUILD_STAGE, min(start, len(data)), len(data))
+                chunk = int(np.clip(chunk * PROGRESS_SECONDS / max(elapsed, 1e-4), 64, 2 * chunk))
         self._index = index
 
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:

@@ -30,6 +30,7 @@ from cbir.workspace import load_feature_set, weights_kind
 if TYPE_CHECKING:
     import os
 
+    from cbir.evaluation import StageProgress
     from cbir.features import FeatureExtractor, FeatureSet
 
 DEFAULT_K = 10
@@ -229,15 +230,20 @@ class SearchEngine:
     def n_objects(self) -> int:
         return len(self.feature_set.features)
 
-    def index(self, config: IndexConfig) -> BaseIndex:
-        """The fitted index of ``config`` over all rows (built once, least recently built evicted first)."""
+    def index(self, config: IndexConfig, progress: StageProgress | None = None) -> BaseIndex:
+        """The fitted index of ``config`` over all rows (built once, least recently built evicted first);
+        ``progress(stage, done, total)`` while it is built (see :meth:`cbir.index.BaseIndex.fit`)."""
         with self._lock:
             index = self._indexes.get(config)
             if index is None:
                 while len(self._indexes) >= self.max_indexes:
                     self._indexes.pop(next(iter(self._indexes)))
-                index = self._indexes[config] = config.build().fit(self.feature_set.features)
+                index = self._indexes[config] = config.build().fit(self.feature_set.features, progress=progress)
             return index
+
+    def has_index(self, config: IndexConfig) -> bool:
+        """Whether the index of ``config`` is built already (a query with it answers at once)."""
+        return config in self._indexes
 
     def embed(self, image: Image.Image) -> np.ndarray:
         """(1, dim) float32 features of one RGB image."""

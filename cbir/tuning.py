@@ -157,6 +157,7 @@ def sweep_table(
         if progress is not None:
             progress(done, total)
 
+    step(0, total)
     table = sweep_split(split, grid, metric, k, probes, progress=step, include_scan=True, detail=detail)
     reference = reference_sweep(split, metric, k, progress=lambda done: step(n_rows + done, total), detail=detail)
     table = pd.concat([table, reference], ignore_index=True)

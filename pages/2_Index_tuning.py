@@ -13,8 +13,9 @@ from cbir.tuning import RECOMMEND_BUDGET_FRACTION, nearest, recommended_config, 
 ui.page_header(
     "pages/2_Index_tuning.py",
     "Index tuning",
-    "Every change rebuilds the numba E2LSH index on the index split and runs all validation queries "
-    "(role *query*): mAP@10, recall@10 against the exact scan, objects visited per query and latency.",
+    "Every change rebuilds the numba E2LSH index on the index split and runs the validation queries "
+    "(role *query*; a fixed random sample of them when there are many): mAP@10, recall@10 against the exact scan, "
+    "objects visited per query and latency.",
 )
 label, path, version = ui.chosen_feature_set()
 
@@ -91,6 +92,8 @@ st.caption(
     f"{result.n_queries:,} validation queries against {result.n_indexed:,} indexed images · "
     f"mean {result.score_name} of the results {result.mean_score:.3f} (scan {scan.mean_score:.3f})"
 )
+if result.sampled:
+    st.info(ui.sample_note(result.n_queries, result.n_all_queries))
 
 st.subheader("Where this setting sits")
 table = ui.sweep(path, version, metric, with_distractors)

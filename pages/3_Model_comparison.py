@@ -39,6 +39,9 @@ table = comparison.table
 
 score = f"mean {score_name(metric)}"
 st.subheader("Results")
+sampled = table[table["n_all_queries"] > table["n_queries"]]
+if not sampled.empty:
+    st.info(ui.sample_note(int(sampled["n_queries"].iloc[0]), int(sampled["n_all_queries"].max())))
 st.dataframe(
     table,
     width="stretch",
