@@ -58,15 +58,20 @@ def hard_vectors(n: int, dim: int, seed: int, chunk: int = CHUNK) -> np.ndarray:
     return out
 
 
+def synthetic_classes(n: int) -> np.ndarray:
+    """(n,) int: the class of each row, uniform at random over :data:`N_CLASSES` (fixed seed)."""
+    return np.random.default_rng(7).integers(0, N_CLASSES, size=n)
+
+
 def synthetic_catalog(n: int, root: str = "/synthetic") -> pd.DataFrame:
     """``n`` catalog rows with made-up paths under ``root`` (no file exists): every :data:`DISTRACTOR_EVERY`-th row
     an unlabelled distractor, every :data:`QUERY_EVERY`-th of the others a query, the rest indexed; labels
-    ``class0`` … ``class99`` (row i has class i % 100)."""
+    ``class0`` … ``class99`` (:func:`synthetic_classes`)."""
     ids = np.arange(n)
     distractor = ids % DISTRACTOR_EVERY == 0
     query = ~distractor & (ids % QUERY_EVERY == 1)
     relpaths = [f"{i // 1000:04d}/img{i:07d}.jpg" for i in ids]
-    labels = np.array([f"class{c}" for c in range(N_CLASSES)], dtype=object)[ids % N_CLASSES]
+    labels = np.array([f"class{c}" for c in range(N_CLASSES)], dtype=object)[synthetic_classes(n)]
     labels[distractor] = None
     return pd.DataFrame(
         {
@@ -85,10 +90,11 @@ def labelled_chunks(n: int, dim: int, seed: int = 0, chunk: int = CHUNK) -> Iter
     """A store's rows: :func:`hard_vector_chunks` plus :data:`CLASS_SHIFT` × the centroid of the row's class (a
     hard vector too); distractor rows get no shift."""
     centroids = hard_vectors(N_CLASSES, dim, seed=seed + 1_000_003) * np.float32(CLASS_SHIFT)
+    classes = synthetic_classes(n)
     start = 0
     for rows in hard_vector_chunks(n, dim, seed, chunk):
         ids = np.arange(start, start + len(rows))
-        shift = centroids[ids % N_CLASSES]
+        shift = centroids[classes[start : start + len(rows)]]
         shift[ids % DISTRACTOR_EVERY == 0] = 0
         yield rows + shift
         start += len(rows)
