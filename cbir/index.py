@@ -461,6 +461,11 @@ class LSHIndex(BaseIndex):
         return vectors if self._pca is None else project(self._pca, vectors)
 
     def _fit(self, data: np.ndarray) -> None:
+        self._fit_reporting(data, None)
+
+    def _fit_reporting(self, data: np.ndarray, progress: Callable[[str, int, int], None] | None) -> None:
+        """Hash every row and build the bucket tables; with ``progress``, a few tables at a time (reported as the
+        share of rows done: tables done × n / g)."""
         self._pca = None if self.reduce_dim is None else fit_pca(data, self.reduce_dim, seed=self.seed)
         hashed = self._hash_space(data)
         self._reduced = hashed if self._pca is not None else None
@@ -474,7 +479,12 @@ class LSHIndex(BaseIndex):
             self.n_tables,
             self.n_projections,
         )
-        self._tables = kernels.build_tables(keys)
+        if progress is None:
+            self._tables = kernels.build_tables(keys)
+        else:
+            n, g = len(data), self.n_tables
+            progress(BUILD_STAGE, 0, n)
+            self._tables = kernels.build_tables_in_steps(keys, lambda done: progress(BUILD_STAGE, done * n // g, n))
         self.tuned_recall = None
 
     def _probe_args(self, queries: np.ndarray) -> tuple[kernels.ProbeArgs, kernels.Shortlist | None]:
