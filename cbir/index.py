@@ -326,6 +326,7 @@ class LSHIndex(BaseIndex):
 
     kind: ClassVar[str] = "lsh_index"
     _TUNE_SAMPLE: ClassVar[int] = 200
+    _HASH_CHUNK: ClassVar[int] = 1 << 17  # rows hashed between two progress reports (~0.2 s at 256 dimensions)
     _TUNE_K: ClassVar[int] = 10
 
     def __init__(
@@ -464,27 +465,32 @@ class LSHIndex(BaseIndex):
         self._fit_reporting(data, None)
 
     def _fit_reporting(self, data: np.ndarray, progress: Callable[[str, int, int], None] | None) -> None:
-        """Hash every row and build the bucket tables; with ``progress``, a few tables at a time (reported as the
-        share of rows done: tables done × n / g)."""
+        """Hash every row and build the bucket tables; with ``progress``, :data:`_HASH_CHUNK` rows then a few tables
+        at a time (reported in rows: the hashing is the first half of the build, the tables the second)."""
+        n, g = len(data), self.n_tables
+        if progress is not None:
+            progress(BUILD_STAGE, 0, n)
         self._pca = None if self.reduce_dim is None else fit_pca(data, self.reduce_dim, seed=self.seed)
         hashed = self._hash_space(data)
         self._reduced = hashed if self._pca is not None else None
         self._directions, self._offsets = kernels.draw_hash_functions(
             hashed.shape[1], self.n_tables, self.n_projections, self.bucket_width, self.seed
         )
-        keys = kernels.hash_keys(
-            np.ascontiguousarray(hashed @ self._directions, dtype=np.float32),
-            self._offsets,
-            self.bucket_width,
-            self.n_tables,
-            self.n_projections,
-        )
+        keys = np.empty((g, n), dtype=np.uint64)
+        for start in range(0, n, self._HASH_CHUNK):
+            rows = hashed[start : start + self._HASH_CHUNK]
+            projected = np.ascontiguousarray(rows @ self._directions, dtype=np.float32)
+            keys[:, start : start + len(rows)] = kernels.hash_keys(
+                projected, self._offsets, self.bucket_width, g, self.n_projections
+            )
+            if progress is not None:
+                progress(BUILD_STAGE, (start + len(rows)) // 2, n)
         if progress is None:
             self._tables = kernels.build_tables(keys)
         else:
-            n, g = len(data), self.n_tables
-            progress(BUILD_STAGE, 0, n)
-            self._tables = kernels.build_tables_in_steps(keys, lambda done: progress(BUILD_STAGE, done * n // g, n))
+            self._tables = kernels.build_tables_in_steps(
+                keys, lambda done: progress(BUILD_STAGE, n // 2 + (n - n // 2) * done // g, n)
+            )
         self.tuned_recall = None
 
     def _probe_args(self, queries: np.ndarray) -> tuple[kernels.ProbeArgs, kernels.Shortlist | None]:

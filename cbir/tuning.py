@@ -47,8 +47,14 @@ RECOMMEND_BUDGET_FRACTION = 0.2
 # that the page's default setting g=7, h=2, default w is one of its points.
 DEFAULT_GRID_TABLES = (1, 2, 4, 7, 10)
 DEFAULT_GRID_PROJECTIONS = (1, 2, 4, 8)
+# Above this many indexed objects the tuning page runs the background sweep only when asked (at 1M it takes hours)
+SWEEP_ON_REQUEST = 250_000
 # The reference index beside the sweep: FAISS HNSW at these efSearch values (recall from ~0.8 to ~1 on real features)
 REFERENCE_EF = (16, 32, 64, 128, 256)
+# Rows of the default background sweep (sweep_for): the exact scan, the LSH grid, the HNSW points
+DEFAULT_SWEEP_SIZE = (
+    1 + len(DEFAULT_GRID_TABLES) * len(DEFAULT_GRID_PROJECTIONS) * len(DEFAULT_WIDTH_FACTORS) + len(REFERENCE_EF)
+)
 
 
 def searchable_features(feature_set: FeatureSet) -> np.ndarray:
