@@ -21,6 +21,7 @@ from cbir.index import SequentialScan
 from cbir.names import INDEX_LABELS
 from cbir.search import DEFAULT_K, IndexConfig
 from cbir.tuning import (
+    SWEEP_ON_REQUEST,
     default_lsh_config,
     evaluate_for,
     recommended_config,
@@ -104,6 +105,16 @@ def comparison_jobs(
                     continue
                 jobs.append(ComparisonJob(label, path, version, config, with_distractors))
     return jobs
+
+
+def large_feature_sets(feature_sets: Sequence[tuple[str, str, int]]) -> list[str]:
+    """Labels of the ``(label, path, version)`` feature sets with more than :data:`cbir.tuning.SWEEP_ON_REQUEST`
+    rows, whose background sweep takes too long to run unasked."""
+    return [
+        label
+        for label, path, version in feature_sets
+        if len(load_feature_set(path, version).features) > SWEEP_ON_REQUEST
+    ]
 
 
 def comparison_table(jobs: Sequence[ComparisonJob], results: Sequence[EvaluationResult]) -> Comparison:
