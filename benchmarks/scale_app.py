@@ -89,7 +89,8 @@ def one_pass(artifacts: Path, collection: Path, workdir: Path, row: int) -> dict
             tuning = watch_page(driver, '[data-testid="stPlotlyChart"]')
             text = body_text(driver)
             result["tuning"] = tuning
-            result["tuning_sample_note"] = next((line for line in text.splitlines() if "random sample" in line), None)
+            notes = [line for line in text.splitlines() if line.startswith("Evaluated on a random sample")]
+            result["tuning_sample_note"] = notes[0] if notes else None
             driver.get(f"{server.url}/Search")
             wait_for(lambda: elements(driver, '[data-testid="stNumberInput"] input'), 300, "the row picker")
             field = elements(driver, '[data-testid="stNumberInput"] input')[0]

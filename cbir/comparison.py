@@ -25,9 +25,9 @@ from cbir.tuning import (
     default_lsh_config,
     evaluate_for,
     recommended_config,
-    searchable_features,
     split_for,
     sweep_for,
+    width_sample,
 )
 from cbir.workspace import load_feature_set, weights_kind
 
@@ -86,7 +86,7 @@ def comparison_configs(
         lsh = recommended_config(sweep, int((feature_set.roles != "query").sum()))
     return [
         IndexConfig("scan", metric),  # type: ignore[arg-type]
-        lsh or default_lsh_config(searchable_features(feature_set), metric),
+        lsh or default_lsh_config(width_sample(feature_set), metric),
         IndexConfig("hnsw", metric),  # type: ignore[arg-type]
     ]
 

@@ -92,3 +92,16 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
 
 def test_nearest_grid_point() -> None:
     assert tuning.nearest([1, 2, 4, 7, 10], 8) == 7
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_width_sample_gives_the_default_width_of_all_searchable_rows(metric: str) -> None:
+    from cbir.features import FeatureSet
+    from cbir.synthetic import hard_vectors, synthetic_catalog
+
+    for n in (300, 3000):  # fewer and more searchable rows than the sample
+        feature_set = FeatureSet(hard_vectors(n, 16, seed=n), synthetic_catalog(n), pd.DataFrame())
+        sample = tuning.width_sample(feature_set)
+        assert len(sample) == min(tuning.WIDTH_SAMPLE_SIZE, int((feature_set.roles != "query").sum()))
+        expected = evaluation.default_width(tuning.searchable_features(feature_set), metric)
+        assert evaluation.default_width(sample, metric) == expected
