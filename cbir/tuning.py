@@ -109,7 +109,6 @@ def exact_cache_dir(path: str, version: int, with_distractors: bool, max_queries
     return cbir_config.artifacts_dir() / "cache" / "exact" / hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=4)  # a split copies the feature rows: keep a few (the app's feature sets)
 def split_for(
     path: str, version: int, with_distractors: bool = True, max_queries: int | None = MAX_EVAL_QUERIES
 ) -> EvaluationSplit:
@@ -117,6 +116,11 @@ def split_for(
     so its exact-scan answers (the recall reference), computed once per metric and k and kept on disk
     (:func:`exact_cache_dir`). Its queries are a fixed random sample of ``max_queries`` when the collection has
     more (:attr:`EvaluationSplit.sampled`)."""
+    return _split_for(str(path), int(version), bool(with_distractors), max_queries)  # one memo key per split
+
+
+@functools.lru_cache(maxsize=4)  # a split copies the feature rows: keep a few (the app's feature sets)
+def _split_for(path: str, version: int, with_distractors: bool, max_queries: int | None) -> EvaluationSplit:
     feature_set = load_feature_set(path, version)
     return split_collection(
         feature_set.features,

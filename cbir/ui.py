@@ -118,7 +118,7 @@ def sample_note(n_queries: int, n_all_queries: int) -> str:
     """What the pages say when the queries were sampled (:data:`cbir.evaluation.MAX_EVAL_QUERIES`)."""
     return (
         f"Evaluated on a random sample of {n_queries:,} of the {n_all_queries:,} validation queries (the same fixed "
-        "sample for every setting), so that each evaluation takes seconds at this size."
+        "sample for every setting and page; the exact scan's answers to it are computed once and kept)."
     )
 
 
