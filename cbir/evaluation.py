@@ -318,10 +318,12 @@ def split_collection(
     with_distractors: bool = True,
     max_queries: int | None = None,
     cache_dir: Path | None = None,
+    progress: StageProgress | None = None,
 ) -> EvaluationSplit:
     """Validate the collection arrays and split them into indexed rows and queries (see module docstring); with
     ``max_queries``, the queries are a fixed random sample (:func:`sample_rows`) of at most that many query rows.
-    ``cache_dir``: see :attr:`EvaluationSplit.cache_dir`."""
+    ``cache_dir``: see :attr:`EvaluationSplit.cache_dir`. ``progress("reading the rows", done, total)`` as the rows
+    are copied (in chunks: a 1M-row memory map takes seconds)."""
     features = np.asarray(features)
     if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
         raise ValueError(f"features must be a non-empty 2-D array (n, d), got shape {features.shape}")
@@ -353,7 +355,7 @@ def split_collection(
     query_codes = codes[query_rows]
     class_sizes = np.bincount(index_codes[index_codes >= 0], minlength=len(class_names))
     return EvaluationSplit(
-        index_vectors=np.ascontiguousarray(features[index_rows], dtype=np.float32),
+        index_vectors=_gather(features, index_rows, progress),
         query_vectors=np.ascontiguousarray(features[query_rows], dtype=np.float32),
         index_label_codes=index_codes,
         query_label_codes=query_codes,
@@ -364,6 +366,17 @@ def split_collection(
         n_queries_total=len(all_query_rows),
         cache_dir=cache_dir,
     )
+
+
+def _gather(features: np.ndarray, rows: np.ndarray, progress: StageProgress | None, chunk: int = 1 << 17) -> np.ndarray:
+    """``features[rows]`` as a C-contiguous float32 array, copied ``chunk`` rows at a time (one float32 copy, never a
+    float16 one beside it) with ``progress("reading the rows", done, total)``."""
+    out = np.empty((len(rows), features.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), chunk):
+        out[start : start + chunk] = features[rows[start : start + chunk]]
+        if progress is not None:
+            progress("reading the rows", min(start + chunk, len(rows)), len(rows))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ that the app can cache by plain arguments) and in :class:`~cbir.search.IndexConf
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -109,27 +109,48 @@ def exact_cache_dir(path: str, version: int, with_distractors: bool, max_queries
     return cbir_config.artifacts_dir() / "cache" / "exact" / hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
+# split_for's memo: a split copies the indexed rows (1 GB at 1M × 256), so only the last few are kept
+_SPLITS: dict[tuple[str, int, bool, int | None], EvaluationSplit] = {}
+_SPLITS_KEPT = 4
+_SPLITS_LOCK = threading.Lock()
+
+
 def split_for(
-    path: str, version: int, with_distractors: bool = True, max_queries: int | None = MAX_EVAL_QUERIES
+    path: str,
+    version: int,
+    with_distractors: bool = True,
+    max_queries: int | None = MAX_EVAL_QUERIES,
+    progress: StageProgress | None = None,
 ) -> EvaluationSplit:
     """The index/query split of the feature set at ``path``, memoised: every evaluation of it shares the split and
     so its exact-scan answers (the recall reference), computed once per metric and k and kept on disk
     (:func:`exact_cache_dir`). Its queries are a fixed random sample of ``max_queries`` when the collection has
-    more (:attr:`EvaluationSplit.sampled`)."""
-    return _split_for(str(path), int(version), bool(with_distractors), max_queries)  # one memo key per split
+    more (:attr:`EvaluationSplit.sampled`). ``progress`` while the rows are copied (the first time); a second
+    caller of the same split waits for the first one instead of copying again."""
+    key = (str(path), int(version), bool(with_distractors), max_queries)
+    with _SPLITS_LOCK:
+        split = _SPLITS.get(key)
+        if split is None:
+            feature_set = load_feature_set(path, version)
+            split = split_collection(
+                feature_set.features,
+                feature_set.labels,
+                feature_set.roles,
+                with_distractors,
+                max_queries=max_queries,
+                cache_dir=exact_cache_dir(path, version, with_distractors, max_queries),
+                progress=progress,
+            )
+            while len(_SPLITS) >= _SPLITS_KEPT:
+                _SPLITS.pop(next(iter(_SPLITS)))
+            _SPLITS[key] = split
+        return split
 
 
-@functools.lru_cache(maxsize=4)  # a split copies the feature rows: keep a few (the app's feature sets)
-def _split_for(path: str, version: int, with_distractors: bool, max_queries: int | None) -> EvaluationSplit:
-    feature_set = load_feature_set(path, version)
-    return split_collection(
-        feature_set.features,
-        feature_set.labels,
-        feature_set.roles,
-        with_distractors,
-        max_queries=max_queries,
-        cache_dir=exact_cache_dir(path, version, with_distractors, max_queries),
-    )
+def clear_splits() -> None:
+    """Forget the memoised splits (their exact answers stay on disk)."""
+    with _SPLITS_LOCK:
+        _SPLITS.clear()
 
 
 def evaluate_config(
@@ -155,7 +176,8 @@ def evaluate_for(
 ) -> EvaluationResult:
     """:func:`evaluate_config` of the feature set at ``path`` (on its memoised, possibly sampled split);
     ``progress(stage, done, total)`` as it builds, searches and (once) runs the exact scan."""
-    return evaluate_split(config.build(), split_for(path, version, with_distractors), k=k, progress=progress)
+    split = split_for(path, version, with_distractors, progress=progress)
+    return evaluate_split(config.build(), split, k=k, progress=progress)
 
 
 def sweep_table(
@@ -242,7 +264,7 @@ def sweep_for(
     :func:`default_grid` of its searchable rows (with the distractors whatever ``with_distractors``, so the grid
     holds the sliders' default setting)."""
     grid = default_grid(width_sample(load_feature_set(path, version)), metric)
-    split = split_for(path, version, with_distractors)
+    split = split_for(path, version, with_distractors, progress=detail)
     return sweep_table(split, metric, grid, k=k, progress=progress, detail=detail)
 
 

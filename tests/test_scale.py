@@ -108,7 +108,7 @@ def test_every_index_builds_saves_loads_and_answers(store: tuple[Path, Path], tm
 def test_tuning_evaluates_on_a_fixed_query_sample_with_progress(store: tuple[Path, Path]) -> None:
     folder = str(store[1])
     version = workspace.file_version(folder)
-    tuning._split_for.cache_clear()
+    tuning.clear_splits()
     split = tuning.split_for(folder, version)
     assert split.sampled and split.n_queries == MAX_EVAL_QUERIES and split.n_all_queries == N // QUERY_EVERY
     feature_set = workspace.load_feature_set(folder)
@@ -131,7 +131,7 @@ def test_tuning_evaluates_on_a_fixed_query_sample_with_progress(store: tuple[Pat
     assert scan.recall == 1.0 and scan.map >= result.map and scan.search_seconds > 0
 
     # the exact answers are kept on disk: a fresh process (a cleared memo here) reads them instead of scanning
-    tuning._split_for.cache_clear()
+    tuning.clear_splits()
     progress = Recorder()
     tuning.evaluate_for(folder, version, IndexConfig("scan"), progress=progress)
     assert not any(stage == "exact scan" for stage, _, _ in progress.calls)
