@@ -31,12 +31,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # this checkout's cbir, not an installed one
 
 K = 10
 STORE_DIM = 1280
@@ -62,33 +65,12 @@ def hwm_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
-def synthetic_catalog(n: int) -> pd.DataFrame:
-    ids = np.arange(n)
-    return pd.DataFrame(
-        {
-            "path": [f"/photos/{i // 1000:04d}/img{i:07d}.jpg" for i in ids],
-            "relpath": [f"{i // 1000:04d}/img{i:07d}.jpg" for i in ids],
-            "label": pd.Series(np.where(ids % 10 == 0, None, [f"class{i % 100}" for i in ids]), dtype=object),
-            "split": "train",
-            "role": np.where(ids % 10 == 0, "distractor", "index"),
-            "size": (ids * 7919 % 100_000 + 10_000).astype(np.int64),
-            "mtime_ns": (ids + 1_700_000_000_000_000_000).astype(np.int64),
-        }
-    )
+def build_store(out: Path, n: int, dtype: str = "float16") -> float:
+    """Write the synthetic store (:func:`cbir.synthetic.write_synthetic_store`, N × 1280); returns seconds."""
+    from cbir.synthetic import write_synthetic_store
 
-
-def build_store(out: Path, n: int, dtype: str = "float16", chunk: int = 65_536) -> float:
-    """Write the synthetic store; returns seconds."""
-    from cbir.feature_store import write_store
-
-    def rows() -> Iterator[np.ndarray]:
-        rng = np.random.default_rng(0)
-        for start in range(0, n, chunk):
-            yield np.abs(rng.standard_normal((min(chunk, n - start), STORE_DIM), dtype=np.float32))
-
-    meta = {"backbone": "synthetic", "weights_id": "synthetic", "dim": STORE_DIM, "complete": True, "n_images": n}
     start = time.perf_counter()
-    write_store(out, rows(), synthetic_catalog(n), pd.DataFrame(columns=["path", "reason"]), {}, meta, dtype=dtype)
+    write_synthetic_store(out, n, STORE_DIM, dtype)
     return time.perf_counter() - start
 
 
@@ -119,73 +101,77 @@ def open_store(path: str) -> dict[str, float]:
     }
 
 
-def hard_vectors(n: int, dim: int, seed: int, chunk: int = 100_000) -> np.ndarray:
-    """(n, dim) float32: ReLU of a randomly rotated Gaussian with a decaying spectrum (see the module docstring)."""
-    rotation = np.linalg.qr(np.random.default_rng(12345).standard_normal((dim, dim)))[0].astype(np.float32)
-    scale = ((np.arange(dim) + 1.0) ** -0.75).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        latent = rng.standard_normal((stop - start, dim), dtype=np.float32) * scale
-        np.maximum(latent @ rotation, 0, out=out[start:stop])
-    return out
-
-
-def bench_indexes(n: int, n_queries: int, lsh: tuple[float, ...], faiss_on: bool) -> pd.DataFrame:
+def bench_indexes(
+    n: int, n_queries: int, lsh: tuple[float, ...], faiss_on: bool, save_dir: Path | None = None
+) -> pd.DataFrame:
     from cbir.evaluation import default_width, recall_at_k
-    from cbir.index import LSHIndex, SequentialScan, warm_up
+    from cbir.index import BaseIndex, LSHIndex, SequentialScan, warm_up
+    from cbir.peers import HNSWIndex
+    from cbir.synthetic import hard_vectors
 
     warm_up()
     data, queries = hard_vectors(n, INDEX_DIM, seed=0), hard_vectors(n_queries, INDEX_DIM, seed=1)
     g, h, probes, factor = (int(lsh[0]), int(lsh[1]), int(lsh[2]), lsh[3])
     width = float(default_width(data)) * factor
-    builders = {
+    builders: dict[str, Any] = {
         "SequentialScan": lambda: SequentialScan().fit(data),
         f"LSHIndex g={g} h={h} probes={probes} w={width:.3g}": lambda: LSHIndex(g, h, width, probes=probes, seed=0).fit(
             data
         ),
     }
     if faiss_on:
-        try:
-            import faiss
-
-            def hnsw() -> object:
-                index = faiss.IndexHNSWFlat(INDEX_DIM, 32)
-                index.hnsw.efConstruction = 40
-                index.add(data)
-                index.hnsw.efSearch = 64
-                return index
-
-            builders["faiss HNSW M=32 ef=64"] = hnsw
-        except ImportError:
-            print("faiss is not installed: HNSW skipped")
+        builders["HNSWIndex (faiss) M=32 ef=64"] = lambda: HNSWIndex(ef_search=64).fit(data)
     rows, exact = [], None
     for name, build in builders.items():
         before = rss_mib()
         start = time.perf_counter()
-        index = build()
+        index: BaseIndex = build()
         build_s = time.perf_counter() - start
         added = rss_mib() - before
+        row: dict[str, Any] = {"index": name, "build_s": build_s, "build_added_rss_mib": added}
+        if save_dir is not None:  # save, drop, load, and answer with the loaded index
+            file = save_dir / f"{type(index).__name__}.joblib"
+            start = time.perf_counter()
+            index.save(file)
+            row["save_s"] = time.perf_counter() - start
+            row["file_gib"] = file.stat().st_size / 2**30
+            kind = type(index)
+            del index
+            start = time.perf_counter()
+            index = kind.load(file)
+            row["load_s"] = time.perf_counter() - start
+            file.unlink()
         start = time.perf_counter()
-        answer = index.search(queries, K)  # type: ignore[attr-defined]  # cbir: (scores, ids, visited); faiss: (D, I)
-        ids = answer[1]
-        query_ms = (time.perf_counter() - start) * 1000 / n_queries
+        _, ids, visited = index.search(queries, K)
+        row["query_ms"] = (time.perf_counter() - start) * 1000 / n_queries
+        start = time.perf_counter()
+        index.search(queries[:1], K)
+        row["one_query_ms"] = (time.perf_counter() - start) * 1000
         exact = ids if exact is None else exact
-        rows.append(
+        row.update(
             {
-                "index": name,
-                "build_s": build_s,
-                "build_added_rss_mib": added,
-                "query_ms": query_ms,
                 f"recall@{K}": float(recall_at_k(ids, exact, K).mean()),
-                "visited": float(np.mean(answer[2])) if len(answer) == 3 else float("nan"),
+                "visited": float(np.mean(visited)),
                 "peak_rss_mib": peak_rss_mib(),
             }
         )
+        rows.append(row)
         print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
         del index
     return pd.DataFrame(rows)
+
+
+def write_workspace(artifacts: Path, n: int) -> None:
+    from tqdm import tqdm
+
+    from cbir.synthetic import write_synthetic_workspace
+
+    with tqdm(total=n, unit="row", desc="synthetic store") as bar:
+        collection, store = write_synthetic_workspace(artifacts, n, progress=lambda done, _: bar.update(done - bar.n))
+    print(
+        f"store: {store}\nopen the app on it:\n  CBIR_ARTIFACTS={artifacts} CBIR_COLLECTION={collection} "
+        ".venv/bin/streamlit run app.py"
+    )
 
 
 def child(args: list[str]) -> Any:
@@ -207,11 +193,25 @@ def main() -> None:
     parser.add_argument("--no-faiss", action="store_true")
     parser.add_argument("--skip-store", action="store_true")
     parser.add_argument("--skip-indexes", action="store_true")
+    parser.add_argument(
+        "--save", action="store_true", help="save each index, load it back (timed) and answer with the loaded one"
+    )
+    parser.add_argument(
+        "--write-workspace",
+        type=Path,
+        default=None,
+        metavar="ARTIFACTS",
+        help="only write a synthetic N × 256 float32 collection the app can open under this artifacts folder, and "
+        "print the command that opens the app on it",
+    )
     parser.add_argument("--open-only", default=None, help=argparse.SUPPRESS)  # child processes
     parser.add_argument("--build-only", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.open_only:
         print(json.dumps(open_store(args.open_only)))
+        return
+    if args.write_workspace is not None:
+        write_workspace(args.write_workspace, args.n)
         return
     if args.build_only:
         print(json.dumps(build_store(Path(args.build_only), args.n)))
@@ -235,7 +235,8 @@ def main() -> None:
     if not args.skip_indexes:
         lsh = tuple(float(v) for v in args.lsh.split(","))
         print(f"indexes at {args.n:,} × {INDEX_DIM} float32 (hard synthetic), {args.queries} queries, k={K}:")
-        table = bench_indexes(args.n, args.queries, lsh, not args.no_faiss)
+        with tempfile.TemporaryDirectory(prefix="cbir-scale-indexes-", dir=args.out) as tmp:
+            table = bench_indexes(args.n, args.queries, lsh, not args.no_faiss, Path(tmp) if args.save else None)
         print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 

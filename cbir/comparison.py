@@ -14,18 +14,20 @@ import pandas as pd
 from PIL import Image
 
 from cbir.analysis import distance_table, pairwise_distance_sample
-from cbir.evaluation import EvaluationResult, split_collection
+from cbir.evaluation import EvaluationResult, EvaluationSplit, split_collection
 from cbir.features import FeatureExtractor, FeatureSet
 from cbir.hubness import hubness_summary, top_hubs
 from cbir.index import SequentialScan
 from cbir.names import INDEX_LABELS
 from cbir.search import DEFAULT_K, IndexConfig
 from cbir.tuning import (
+    SWEEP_ON_REQUEST,
     default_lsh_config,
     evaluate_for,
     recommended_config,
-    searchable_features,
+    split_for,
     sweep_for,
+    width_sample,
 )
 from cbir.workspace import load_feature_set, weights_kind
 
@@ -49,6 +51,7 @@ COMPARISON_COLUMNS = [
     "visited_fraction",
     "n_indexed",
     "n_queries",
+    "n_all_queries",
     "query_ms",
 ]
 PER_CLASS_COLUMNS = ["feature_set", "index", "distractors", "class", "n_queries", "map"]
@@ -83,7 +86,7 @@ def comparison_configs(
         lsh = recommended_config(sweep, int((feature_set.roles != "query").sum()))
     return [
         IndexConfig("scan", metric),  # type: ignore[arg-type]
-        lsh or default_lsh_config(searchable_features(feature_set), metric),
+        lsh or default_lsh_config(width_sample(feature_set), metric),
         IndexConfig("hnsw", metric),  # type: ignore[arg-type]
     ]
 
@@ -104,6 +107,16 @@ def comparison_jobs(
     return jobs
 
 
+def large_feature_sets(feature_sets: Sequence[tuple[str, str, int]]) -> list[str]:
+    """Labels of the ``(label, path, version)`` feature sets with more than :data:`cbir.tuning.SWEEP_ON_REQUEST`
+    rows, whose background sweep takes too long to run unasked."""
+    return [
+        label
+        for label, path, version in feature_sets
+        if len(load_feature_set(path, version).features) > SWEEP_ON_REQUEST
+    ]
+
+
 def comparison_table(jobs: Sequence[ComparisonJob], results: Sequence[EvaluationResult]) -> Comparison:
     """Assemble evaluated jobs into the comparison table and the long per-class table."""
     rows, per_class = [], []
@@ -121,6 +134,7 @@ def comparison_table(jobs: Sequence[ComparisonJob], results: Sequence[Evaluation
                 "index": index_name,
                 "config": job.config.label,
                 "distractors": distractors,
+                "n_all_queries": result.n_all_queries if result.sampled else result.n_queries,
             }
         )
         per_class.append(result.per_class.assign(feature_set=job.label, index=index_name, distractors=distractors))
@@ -240,10 +254,13 @@ def hubness_analysis(
     photos: Mapping[str, Image.Image] | None = None,
     metric: str = "euclidean",
     k: int = DEFAULT_K,
+    split: EvaluationSplit | None = None,
 ) -> HubnessAnalysis:
-    """Hubness of the exact ``metric`` scan: over the validation queries, and over ``photos`` (embedded with
-    ``extractor``, which must be the feature set's model) when both are given."""
-    split = split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors=True)
+    """Hubness of the exact ``metric`` scan: over the validation queries (those of ``split`` when given: the
+    tuning page's, whose exact answers are computed once), and over ``photos`` (embedded with ``extractor``,
+    which must be the feature set's model) when both are given."""
+    if split is None:
+        split = split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors=True)
     ids = split.exact_ids(metric, k)
     indexed = feature_set.catalog.iloc[split.index_rows].reset_index(drop=True)
     photo_ids = None
@@ -277,7 +294,8 @@ def hubness_analysis_for(
             photos = sample_photos()
         except SamplesUnavailableError:
             photos = None
-    return hubness_analysis(load_feature_set(path, version), _extractor, photos, metric)
+    split = split_for(path, version, True)  # the tuning page's split: a sample of the queries when there are many
+    return hubness_analysis(load_feature_set(path, version), _extractor, photos, metric, split=split)
 
 
 def hubness_summary_table(analyses: Mapping[str, HubnessAnalysis]) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
@@ -33,6 +33,10 @@ import numpy as np
 from cbir import kernels
 from cbir.pca import PCA, fit_pca, project
 from cbir.storage import ArtifactError, load_artifact, save_artifact
+
+BUILD_STAGE = "building the index"  # the stage name of fit's progress
+# long work reports progress about this often (seconds), so that a page's progress bar keeps moving
+PROGRESS_SECONDS = 0.5
 
 Metric = Literal["euclidean", "cosine"]
 
@@ -156,16 +160,17 @@ class BaseIndex:
         """Constructor parameters (enough to rebuild an equal, unfitted index)."""
         raise NotImplementedError
 
-    def fit(self: IndexT, X: np.ndarray) -> IndexT:
+    def fit(self: IndexT, X: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> IndexT:
         """Index the rows of ``X`` (n, d) float; replaces any previous content. Returns ``self``.
 
         A float32 C-contiguous ``X`` is referenced, not copied (collections are large): do not modify it in
-        place while the index is in use.
+        place while the index is in use. ``progress("building the index", rows done, n)``: at least at the end;
+        an index whose build takes long (HNSW) reports as it goes.
         """
         data = _as_matrix(X, "X")
         if self.metric == "cosine":
             data = l2_normalize(data)
-        self._fit(data)
+        self._fit_reporting(data, progress)
         self._data = data
         self._removed = np.zeros(0, dtype=np.int64)
         return self
@@ -196,6 +201,12 @@ class BaseIndex:
         before = len(self._removed)
         self._removed = np.union1d(self._removed, ids)
         return len(self._removed) - before
+
+    def _fit_reporting(self, data: np.ndarray, progress: Callable[[str, int, int], None] | None) -> None:
+        """``_fit``, then ``progress`` (an index with a long build overrides this to report as it goes)."""
+        self._fit(data)
+        if progress is not None:
+            progress(BUILD_STAGE, len(data), len(data))
 
     def search(self, Q: np.ndarray, k: int) -> SearchResult:
         """k nearest indexed objects of each query row.
@@ -386,6 +397,7 @@ class LSHIndex(BaseIndex):
 
     kind: ClassVar[str] = "lsh_index"
     _TUNE_SAMPLE: ClassVar[int] = 200
+    _HASH_CHUNK: ClassVar[int] = 1 << 17  # rows hashed between two progress reports (~0.2 s at 256 dimensions)
     _TUNE_K: ClassVar[int] = 10
 
     def __init__(
@@ -509,9 +521,9 @@ class LSHIndex(BaseIndex):
             info["tuned_recall"] = self.tuned_recall
         return info
 
-    def fit(self, X: np.ndarray) -> LSHIndex:
+    def fit(self, X: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> LSHIndex:
         """Index the rows of ``X`` (see :meth:`BaseIndex.fit`); with ``target_recall``, choose ``probes`` too."""
-        super().fit(X)
+        super().fit(X, progress)
         if self.target_recall is not None:
             self._tune_probes()
         return self
@@ -521,13 +533,32 @@ class LSHIndex(BaseIndex):
         return vectors if self._pca is None else project(self._pca, vectors)
 
     def _fit(self, data: np.ndarray) -> None:
+        self._fit_reporting(data, None)
+
+    def _fit_reporting(self, data: np.ndarray, progress: Callable[[str, int, int], None] | None) -> None:
+        """Hash every row and build the bucket tables; with ``progress``, :data:`_HASH_CHUNK` rows then a few tables
+        at a time (reported in rows: the hashing is the first half of the build, the tables the second)."""
+        n, g = len(data), self.n_tables
+        if progress is not None:
+            progress(BUILD_STAGE, 0, n)
         self._pca = None if self.reduce_dim is None else fit_pca(data, self.reduce_dim, seed=self.seed)
         hashed = self._hash_space(data)
         self._reduced = hashed if self._pca is not None else None
         self._directions, self._offsets = kernels.draw_hash_functions(
             hashed.shape[1], self.n_tables, self.n_projections, self.bucket_width, self.seed
         )
-        self._tables = kernels.build_tables(self._keys(hashed))
+        keys = np.empty((g, n), dtype=np.uint64)
+        for start in range(0, n, self._HASH_CHUNK):
+            rows = hashed[start : start + self._HASH_CHUNK]
+            keys[:, start : start + len(rows)] = self._keys(rows)
+            if progress is not None:
+                progress(BUILD_STAGE, (start + len(rows)) // 2, n)
+        if progress is None:
+            self._tables = kernels.build_tables(keys)
+        else:
+            self._tables = kernels.build_tables_in_steps(
+                keys, lambda done: progress(BUILD_STAGE, n // 2 + (n - n // 2) * done // g, n)
+            )
         self.tuned_recall = None
 
     def _keys(self, hashed: np.ndarray) -> np.ndarray:

@@ -13,13 +13,14 @@ FAISS is a well-kept C++ library (``faiss-cpu`` on PyPI); cbir does not write it
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.index import BaseIndex, SearchResult, _check_int
+from cbir.index import BUILD_STAGE, PROGRESS_SECONDS, BaseIndex, SearchResult, _check_int
 from cbir.names import Metric
 
 DEFAULT_LINKS = 32  # M: neighbours per node; FAISS' and hnswlib's usual setting
@@ -69,10 +70,26 @@ class HNSWIndex(BaseIndex):
         return {"metric": self.metric, "n_links": self.n_links, "ef_search": self.ef_search}
 
     def _fit(self, data: np.ndarray) -> None:
+        self._fit_reporting(data, None)
+
+    def _fit_reporting(self, data: np.ndarray, progress: Callable[[str, int, int], None] | None) -> None:
+        """Build the graph; with ``progress``, in chunks of rows sized to take about
+        :data:`cbir.index.PROGRESS_SECONDS` each (a 1M graph takes minutes)."""
         faiss = _faiss()
         index = faiss.IndexHNSWFlat(data.shape[1], self.n_links)
         index.hnsw.efConstruction = EF_CONSTRUCTION
-        index.add(data)
+        if progress is None:
+            index.add(data)
+        else:
+            progress(BUILD_STAGE, 0, len(data))
+            start, chunk = 0, 256
+            while start < len(data):
+                started = time.perf_counter()
+                index.add(data[start : start + chunk])
+                elapsed = time.perf_counter() - started
+                start += chunk
+                progress(BUILD_STAGE, min(start, len(data)), len(data))
+                chunk = int(np.clip(chunk * PROGRESS_SECONDS / max(elapsed, 1e-4), 64, 2 * chunk))
         self._index = index
 
     def copy(self) -> HNSWIndex:

@@ -328,9 +328,10 @@ def fig_distance_histograms(samples: Mapping[str, pd.DataFrame], column: str = "
     return fig
 
 
-def fig_per_class(per_class: pd.DataFrame, reference: pd.DataFrame | None = None) -> go.Figure:
-    """Per-class mAP bars of the current setting, beside the exact scan's (``reference``) when given."""
-    frames = [per_class.assign(index="current setting")]
+def fig_per_class(per_class: pd.DataFrame | None, reference: pd.DataFrame | None = None) -> go.Figure:
+    """Per-class mAP bars of the current setting, beside the exact scan's (``reference``) when given; the exact
+    scan's alone when ``per_class`` is ``None`` (what the tuning page shows while the setting is evaluated)."""
+    frames = [] if per_class is None else [per_class.assign(index="current setting")]
     if reference is not None:
         frames.append(reference.assign(index="exact scan"))
     return _grouped_bars(

@@ -26,6 +26,7 @@ from cbir.images import ALPHA_MODES, HIGH_BIT_MODES, MAX_JPEG_PIXELS, MAX_PIXELS
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # Pillow's decompression-bomb error names the pixel count: "Image size (900000000 pixels) exceeds limit of …"
 _BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
+MISSING_TILE_COLOR = "#d0d0d0"  # the tile of an image that cannot be read
 
 
 @dataclass
@@ -142,8 +143,13 @@ def _with_content_check(query: QueryImage) -> QueryImage:
 
 
 def tile(source: str | os.PathLike[str] | Image.Image, side: int = 256) -> Image.Image:
-    """A ``side``×``side`` RGB tile: the image fitted inside, centred on white, so result grids line up."""
-    image = source if isinstance(source, Image.Image) else load_image(source)
+    """A ``side``×``side`` RGB tile: the image fitted inside, centred on white, so result grids line up; a plain
+    grey tile when the file is missing or unreadable (a synthetic feature set has no images; a file may have been
+    removed since the extraction)."""
+    try:
+        image = source if isinstance(source, Image.Image) else load_image(source)
+    except ImageDecodeError:
+        return Image.new("RGB", (side, side), MISSING_TILE_COLOR)
     fitted = image.convert("RGB")
     fitted.thumbnail((side, side))
     canvas = Image.new("RGB", (side, side), "white")

@@ -36,6 +36,7 @@ from cbir.workspace import file_version, load_feature_set, weights_kind
 if TYPE_CHECKING:
     import os
 
+    from cbir.evaluation import StageProgress
     from cbir.features import FeatureExtractor, FeatureSet
 
 DEFAULT_K = 10
@@ -305,22 +306,27 @@ class SearchEngine:
             self.generations += 1
             return True
 
-    def index(self, config: IndexConfig) -> BaseIndex:
-        """The fitted index of ``config`` over all rows (built once, least recently built evicted first)."""
-        return self._snapshot(config)[0]
+    def index(self, config: IndexConfig, progress: StageProgress | None = None) -> BaseIndex:
+        """The fitted index of ``config`` over all rows (built once, least recently built evicted first);
+        ``progress(stage, done, total)`` while it is built (see :meth:`cbir.index.BaseIndex.fit`)."""
+        return self._snapshot(config, progress)[0]
 
-    def _snapshot(self, config: IndexConfig) -> tuple[BaseIndex, pd.DataFrame]:
+    def _snapshot(self, config: IndexConfig, progress: StageProgress | None = None) -> tuple[BaseIndex, pd.DataFrame]:
         """The index of ``config`` and the catalog its ids refer to, taken together (a refresh replaces both)."""
         with self._lock:
             index = self._indexes.get(config)
             if index is None:
                 while len(self._indexes) >= self.max_indexes:
                     self._indexes.pop(next(iter(self._indexes)))
-                index = config.build().fit(self.feature_set.features)
+                index = config.build().fit(self.feature_set.features, progress=progress)
                 if len(self._removed):
                     index.remove(self._removed)
                 self._indexes[config] = index
             return index, self.feature_set.catalog
+
+    def has_index(self, config: IndexConfig) -> bool:
+        """Whether the index of ``config`` is built already (a query with it answers at once)."""
+        return config in self._indexes
 
     def embed(self, image: Image.Image) -> np.ndarray:
         """(1, dim) float32 features of one RGB image."""

@@ -8,18 +8,24 @@ that the app can cache by plain arguments) and in :class:`~cbir.search.IndexConf
 
 from __future__ import annotations
 
-import functools
+import hashlib
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cbir import config as cbir_config
 from cbir.errors import ConfigError
 from cbir.evaluation import (
     DEFAULT_WIDTH_FACTORS,
+    MAX_EVAL_QUERIES,
+    QUERY_SAMPLE_SEED,
     SWEEP_COLUMNS,
     EvaluationResult,
     EvaluationSplit,
+    StageProgress,
     default_width,
     evaluate_split,
     pareto_frontier,
@@ -41,14 +47,33 @@ RECOMMEND_BUDGET_FRACTION = 0.2
 # that the page's default setting g=7, h=2, default w is one of its points.
 DEFAULT_GRID_TABLES = (1, 2, 4, 7, 10)
 DEFAULT_GRID_PROJECTIONS = (1, 2, 4, 8)
+# Above this many indexed objects the tuning page runs the background sweep only when asked (at 1M it takes hours)
+SWEEP_ON_REQUEST = 250_000
 # The reference index beside the sweep: FAISS HNSW at these efSearch values (recall from ~0.8 to ~1 on real features)
 REFERENCE_EF = (16, 32, 64, 128, 256)
+# Rows of the default background sweep (sweep_for): the exact scan, the LSH grid, the HNSW points
+DEFAULT_SWEEP_SIZE = (
+    1 + len(DEFAULT_GRID_TABLES) * len(DEFAULT_GRID_PROJECTIONS) * len(DEFAULT_WIDTH_FACTORS) + len(REFERENCE_EF)
+)
+
+
+WIDTH_SAMPLE_SIZE = 512  # cbir.evaluation.default_bucket_width's sample_size
 
 
 def searchable_features(feature_set: FeatureSet) -> np.ndarray:
     """(n_indexed, d) float32: the rows an index holds in the evaluation (index split + distractors), what default
     widths come from."""
     return feature_set.features[feature_set.roles != "query"]
+
+
+def width_sample(feature_set: FeatureSet, seed: int = 0) -> np.ndarray:
+    """The searchable rows that :func:`cbir.evaluation.default_width` draws its sample from, and only those (float32):
+    ``default_width(width_sample(fs)) == default_width(searchable_features(fs))`` (the median distance does not
+    depend on the rows' order) without copying a million rows first."""
+    rows = np.flatnonzero(feature_set.roles != "query")
+    size = min(WIDTH_SAMPLE_SIZE, len(rows))
+    picked = rows[np.random.default_rng(seed).choice(len(rows), size=size, replace=False)]
+    return np.asarray(feature_set.features[np.sort(picked)], dtype=np.float32)
 
 
 def default_lsh_config(features: np.ndarray, metric: str = "euclidean") -> IndexConfig:
@@ -77,11 +102,55 @@ def evaluation_split(feature_set: FeatureSet, with_distractors: bool = True) -> 
     return split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors)
 
 
-@functools.lru_cache(maxsize=4)  # a split copies the feature rows: keep a few (the app's feature sets)
-def split_for(path: str, version: int, with_distractors: bool = True) -> EvaluationSplit:
-    """:func:`evaluation_split` of the feature set at ``path``, memoised: every evaluation of it shares the split
-    and so its exact-scan answers (the recall reference), computed once per metric and k."""
-    return evaluation_split(load_feature_set(path, version), with_distractors)
+def exact_cache_dir(path: str, version: int, with_distractors: bool, max_queries: int | None) -> Path:
+    """Where the exact scan's answers on the (sampled) queries of a feature set are kept across processes:
+    ``<artifacts>/cache/exact/<digest of the feature set, its version and the split>``."""
+    key = f"{Path(path).resolve()}|{version}|{with_distractors}|{max_queries}|{QUERY_SAMPLE_SEED}"
+    return cbir_config.artifacts_dir() / "cache" / "exact" / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+# split_for's memo: a split copies the indexed rows (1 GB at 1M × 256), so only the last few are kept
+_SPLITS: dict[tuple[str, int, bool, int | None], EvaluationSplit] = {}
+_SPLITS_KEPT = 4
+_SPLITS_LOCK = threading.Lock()
+
+
+def split_for(
+    path: str,
+    version: int,
+    with_distractors: bool = True,
+    max_queries: int | None = MAX_EVAL_QUERIES,
+    progress: StageProgress | None = None,
+) -> EvaluationSplit:
+    """The index/query split of the feature set at ``path``, memoised: every evaluation of it shares the split and
+    so its exact-scan answers (the recall reference), computed once per metric and k and kept on disk
+    (:func:`exact_cache_dir`). Its queries are a fixed random sample of ``max_queries`` when the collection has
+    more (:attr:`EvaluationSplit.sampled`). ``progress`` while the rows are copied (the first time); a second
+    caller of the same split waits for the first one instead of copying again."""
+    key = (str(path), int(version), bool(with_distractors), max_queries)
+    with _SPLITS_LOCK:
+        split = _SPLITS.get(key)
+        if split is None:
+            feature_set = load_feature_set(path, version)
+            split = split_collection(
+                feature_set.features,
+                feature_set.labels,
+                feature_set.roles,
+                with_distractors,
+                max_queries=max_queries,
+                cache_dir=exact_cache_dir(path, version, with_distractors, max_queries),
+                progress=progress,
+            )
+            while len(_SPLITS) >= _SPLITS_KEPT:
+                _SPLITS.pop(next(iter(_SPLITS)))
+            _SPLITS[key] = split
+        return split
+
+
+def clear_splits() -> None:
+    """Forget the memoised splits (their exact answers stay on disk)."""
+    with _SPLITS_LOCK:
+        _SPLITS.clear()
 
 
 def evaluate_config(
@@ -98,10 +167,17 @@ def evaluate_config(
 
 
 def evaluate_for(
-    path: str, version: int, config: IndexConfig, with_distractors: bool = True, k: int = DEFAULT_K
+    path: str,
+    version: int,
+    config: IndexConfig,
+    with_distractors: bool = True,
+    k: int = DEFAULT_K,
+    progress: StageProgress | None = None,
 ) -> EvaluationResult:
-    """:func:`evaluate_config` of the feature set at ``path`` (on its memoised split)."""
-    return evaluate_split(config.build(), split_for(path, version, with_distractors), k=k)
+    """:func:`evaluate_config` of the feature set at ``path`` (on its memoised, possibly sampled split);
+    ``progress(stage, done, total)`` as it builds, searches and (once) runs the exact scan."""
+    split = split_for(path, version, with_distractors, progress=progress)
+    return evaluate_split(config.build(), split, k=k, progress=progress)
 
 
 def sweep_table(
@@ -111,13 +187,25 @@ def sweep_table(
     k: int = DEFAULT_K,
     probes: Sequence[int] = (0,),
     progress: Progress | None = None,
+    detail: StageProgress | None = None,
 ) -> pd.DataFrame:
     """The exact scan and every LSH setting of ``grid`` (default :func:`default_grid` of the indexed rows) ×
-    ``probes``, by :func:`cbir.evaluation.sweep_split`: :data:`cbir.evaluation.SWEEP_COLUMNS` plus ``pareto``
-    (on the mAP-vs-visited frontier), ``recall_pareto`` (on the recall-vs-visited frontier) and ``label``."""
+    ``probes``, by :func:`cbir.evaluation.sweep_split`, then the HNSW reference (:func:`reference_sweep`):
+    :data:`cbir.evaluation.SWEEP_COLUMNS` plus ``pareto`` (on the mAP-vs-visited frontier), ``recall_pareto`` (on
+    the recall-vs-visited frontier) and ``label``. ``progress(rows done, rows in all)`` after each row, ``detail``
+    (:func:`cbir.evaluation.evaluate_split`'s) within each."""
     grid = grid if grid is not None else default_grid(split.index_vectors, metric)
-    table = sweep_split(split, grid, metric, k, probes, progress=progress, include_scan=True)
-    table = pd.concat([table, reference_sweep(split, metric, k)], ignore_index=True)
+    n_rows = 1 + len(probes) * int(np.prod([len(list(values)) for values in grid.values()]))
+    total = n_rows + len(REFERENCE_EF)
+
+    def step(done: int, _: int) -> None:
+        if progress is not None:
+            progress(done, total)
+
+    step(0, total)
+    table = sweep_split(split, grid, metric, k, probes, progress=step, include_scan=True, detail=detail)
+    reference = reference_sweep(split, metric, k, progress=lambda done: step(n_rows + done, total), detail=detail)
+    table = pd.concat([table, reference], ignore_index=True)
     # the frontiers are the scan's and LSH's own; the reference index is shown beside them, not folded in
     own = table["index"] != "hnsw"
     table["pareto"] = pareto_frontier(table[own]).reindex(table.index, fill_value=False)
@@ -127,20 +215,27 @@ def sweep_table(
 
 
 def reference_sweep(
-    split: EvaluationSplit, metric: str = "euclidean", k: int = DEFAULT_K, ef_values: Sequence[int] = REFERENCE_EF
+    split: EvaluationSplit,
+    metric: str = "euclidean",
+    k: int = DEFAULT_K,
+    ef_values: Sequence[int] = REFERENCE_EF,
+    progress: Callable[[int], None] | None = None,
+    detail: StageProgress | None = None,
 ) -> pd.DataFrame:
     """The field's reference index, FAISS HNSW (:class:`cbir.peers.HNSWIndex`, M=32), fitted once on the split
     and evaluated at each ``ef_search`` of ``ef_values``: rows of :data:`cbir.evaluation.SWEEP_COLUMNS` with
-    ``index="hnsw"``, to set beside the LSH sweep."""
+    ``index="hnsw"``, to set beside the LSH sweep. ``progress(rows done)`` after each row, ``detail`` within."""
     index = HNSWIndex(metric, ef_search=ef_values[0])  # type: ignore[arg-type]
     rows = []
     fit_seconds = None
     for ef in ef_values:
         index.ef_search = int(ef)
-        result = evaluate_split(index, split, k=k, refit=fit_seconds is None)
+        result = evaluate_split(index, split, k=k, refit=fit_seconds is None, progress=detail)
         if fit_seconds is None:
             fit_seconds = result.fit_seconds
         rows.append({**result.row(), "fit_seconds": fit_seconds})
+        if progress is not None:
+            progress(len(rows))
     return pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS).astype({"ef_search": "Int64"})
 
 
@@ -163,11 +258,14 @@ def sweep_for(
     with_distractors: bool = True,
     k: int = DEFAULT_K,
     progress: Progress | None = None,
+    detail: StageProgress | None = None,
 ) -> pd.DataFrame:
-    """:func:`sweep_table` of the feature set at ``path`` over :func:`default_grid` of its searchable rows (with
-    the distractors whatever ``with_distractors``, so the grid holds the sliders' default setting)."""
-    grid = default_grid(searchable_features(load_feature_set(path, version)), metric)
-    return sweep_table(split_for(path, version, with_distractors), metric, grid, k=k, progress=progress)
+    """:func:`sweep_table` of the feature set at ``path`` (on its memoised, possibly sampled split) over
+    :func:`default_grid` of its searchable rows (with the distractors whatever ``with_distractors``, so the grid
+    holds the sliders' default setting)."""
+    grid = default_grid(width_sample(load_feature_set(path, version)), metric)
+    split = split_for(path, version, with_distractors, progress=detail)
+    return sweep_table(split, metric, grid, k=k, progress=progress, detail=detail)
 
 
 def recommended_config(
@@ -185,7 +283,7 @@ def recommended_config(
 
 def lsh_defaults_for(path: str, version: int, metric: str = "euclidean") -> IndexConfig:
     """:func:`default_lsh_config` on the indexed rows of the feature set at ``path``."""
-    return default_lsh_config(searchable_features(load_feature_set(path, version)), metric)
+    return default_lsh_config(width_sample(load_feature_set(path, version)), metric)
 
 
 def nearest(values: Sequence[float], target: float) -> float:

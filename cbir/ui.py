@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from cbir import comparison, config, growth, query, search, tuning, workspace
+from cbir import comparison, config, evaluation, growth, query, search, tuning, workspace
 from cbir.errors import CbirError
 
 if TYPE_CHECKING:
@@ -31,8 +31,6 @@ NO_FEATURE_SET = "No feature set yet: open the Home page and build the collectio
 feature_sets = st.cache_data(ttl=60, show_spinner=False)(workspace.complete_feature_sets)
 collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection…")(workspace.collection_status)
 lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
-# every setting evaluated once stays cached, so moving a slider back to it is instant
-evaluate = st.cache_data(show_spinner=False, max_entries=1024)(tuning.evaluate_for)
 distance_analysis = st.cache_data(show_spinner="Sampling pairwise distances…")(comparison.distance_analysis_for)
 hubness_analysis = st.cache_data(show_spinner="Measuring hubness…")(comparison.hubness_analysis_for)
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.make_extractor)
@@ -52,6 +50,12 @@ def search_engine_with_model(path: str) -> search.SearchEngine:
     ``FileNotFoundError``) when that model cannot be loaded."""
     extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path).meta))
     return search_engine(path, workspace.base_version(path), _extractor=extractor)
+
+
+def search_engine_without_model(path: str) -> search.SearchEngine:
+    """The shared :func:`search_engine` of the feature set at ``path`` without a model: it searches by stored
+    features only (a synthetic set, or a model that cannot be loaded)."""
+    return search_engine(path, workspace.base_version(path))
 
 
 def add_to_collection(engine: search.SearchEngine, name: str, data: bytes, label: str | None) -> growth.GrowthReport:
@@ -75,16 +79,45 @@ def remove_from_collection(engine: search.SearchEngine, relpath: str) -> growth.
     return report
 
 
+def _stage_text(stage: str, done: int, total: int) -> str:
+    return f"{stage} {done:,} / {total:,}"
+
+
+# every setting evaluated once stays cached, so moving a slider back to it is instant
+@st.cache_data(show_spinner=False, max_entries=1024)
+def evaluate(
+    path: str, version: int, config: search.IndexConfig, with_distractors: bool = True
+) -> evaluation.EvaluationResult:
+    """:func:`cbir.tuning.evaluate_for` behind a progress bar that moves at least every second or so while the
+    index is built, the queries answered and (once per feature set) the exact scan run (the bar is part of the
+    cached run: Streamlit replays it, already finished, on a cache hit)."""
+    bar = st.progress(0.0, text=f"{config.label}…")
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"{config.label}: {_stage_text(stage, done, total)}")
+
+    result = tuning.evaluate_for(path, version, config, with_distractors, progress=progress)
+    bar.empty()
+    return result
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -> pd.DataFrame:
-    """:func:`cbir.tuning.sweep_for` behind a progress bar (the bar is part of the cached run: Streamlit replays
-    it, already finished, on a cache hit)."""
+    """:func:`cbir.tuning.sweep_for` behind a progress bar that moves within each setting too (see
+    :func:`evaluate`)."""
     bar = st.progress(0.0, text="Background sweep…")
+    rows = [0, 1]  # settings done, settings in all
 
     def progress(done: int, total: int) -> None:
+        rows[:] = [done, total]
         bar.progress(done / total, text=f"Background sweep: {done} / {total} settings")
 
-    table = tuning.sweep_for(path, version, metric, with_distractors, progress=progress)
+    def detail(stage: str, done: int, total: int) -> None:
+        share = (rows[0] + done / max(total, 1)) / rows[1]
+        text = f"Background sweep: setting {rows[0] + 1} of {rows[1]}, {_stage_text(stage, done, total)}"
+        bar.progress(min(share, 1.0), text=text)
+
+    table = tuning.sweep_for(path, version, metric, with_distractors, progress=progress, detail=detail)
     bar.empty()
     return table
 
@@ -108,6 +141,14 @@ def compare(feature_sets: tuple[tuple[str, str, int], ...], metric: str, recomme
     )
     bar.empty()
     return result
+
+
+def sample_note(n_queries: int, n_all_queries: int) -> str:
+    """What the pages say when the queries were sampled (:data:`cbir.evaluation.MAX_EVAL_QUERIES`)."""
+    return (
+        f"Evaluated on a random sample of {n_queries:,} of the {n_all_queries:,} validation queries (the same fixed "
+        "sample for every setting and page; the exact scan's answers to it are computed once and kept)."
+    )
 
 
 def distance_analyses(feature_sets: Sequence[tuple[str, str, int]]) -> dict[str, comparison.DistanceAnalysis]:

@@ -263,18 +263,21 @@ def feature_set_label(row: Mapping[str, Any]) -> str:
     kind = weights_kind(weights)
     if kind == "fine-tuned":
         kind = f"fine-tuned {weights.rsplit('-', 1)[0]}"
-    elif kind == "random":
+    elif kind in ("random", "synthetic"):
         kind = weights
     return f"{row.get('backbone')} · {kind}"
 
 
 def weights_kind(weights_id: str) -> str:
-    """``"ImageNet"``, ``"random"`` or ``"fine-tuned"`` from a weights id: ``<file stem>-<digest>`` (see
-    :func:`cbir.backbones.weights_identity`); ImageNet ids carry the stem of a backbone's ImageNet weights file."""
+    """``"ImageNet"``, ``"random"``, ``"synthetic"`` or ``"fine-tuned"`` from a weights id: ``<file stem>-<digest>``
+    (see :func:`cbir.backbones.weights_identity`); ImageNet ids carry the stem of a backbone's ImageNet weights
+    file."""
     from cbir.backbones import BACKBONES
 
     if weights_id.startswith("random-"):
         return "random"
+    if weights_id.startswith("synthetic-"):  # cbir.synthetic: made-up features, no model
+        return "synthetic"
     imagenet_stems = {
         Path(spec.imagenet_file).stem.replace(".weights", "") for spec in BACKBONES.values() if spec.imagenet_file
     }

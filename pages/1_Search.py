@@ -20,6 +20,7 @@ SOURCES = ("Upload a file", "Camera", "Pick from the collection", "Example photo
 INDEX_CHOICES = ("Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall")
 GRID_COLUMNS = 5
 NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
+PICK_LIST_LIMIT = 20_000  # larger collections are picked from by row number, not from a list of names
 
 ui.page_header(
     "pages/1_Search.py",
@@ -28,13 +29,18 @@ ui.page_header(
     "collection are shown, with the time the query took and how many images the index compared.",
 )
 label, path, version = ui.chosen_feature_set()
+sources = SOURCES
 try:
     search = ui.search_engine_with_model(path)
 except (CbirError, FileNotFoundError) as exc:
-    st.error(f"The model of this feature set cannot be loaded, so images cannot be searched: {exc}")
-    st.stop()
+    st.warning(
+        f"The model of this feature set cannot be loaded, so only images of the collection can be searched, by "
+        f"their stored features: {exc}"
+    )
+    search = ui.search_engine_without_model(path)
+    sources = (SOURCES[2],)
 search.refresh()  # images added or removed since this session's last action (by any session or the CLI)
-catalog = search.catalog
+catalog = search.catalog  # the searchable images; its "id" column is the feature row
 if search.warning:
     st.warning(search.warning)
 
@@ -91,8 +97,9 @@ with index_col:
         index_config = IndexConfig("scan", metric)
 
 with query_col:
-    source = st.radio("Query", SOURCES, horizontal=True, label_visibility="collapsed", key="search-source")
+    source = st.radio("Query", sources, horizontal=True, label_visibility="collapsed", key="search-source")
     query_bytes: bytes | None = None
+    query_row: int | None = None  # a collection row searched by its stored features (no image file, no model)
     query_name = ""
     if source == SOURCES[0]:
         upload = st.file_uploader(
@@ -119,7 +126,7 @@ with query_col:
             help="scikit-image's sample photos: out-of-domain queries for a collection of drawings",
         )
         query_bytes = sample_photo_png(query_name)
-    else:
+    elif len(catalog) <= PICK_LIST_LIMIT:
         relpaths = catalog["relpath"].tolist()
         chosen = st.selectbox(
             "or pick an image from the collection",
@@ -128,38 +135,66 @@ with query_col:
             key="search-pick",
             placeholder="Type to filter, e.g. animals/…",
         )
-        if chosen is not None:
-            query_name = chosen
-            query_bytes = Path(catalog["path"].iloc[relpaths.index(chosen)]).read_bytes()
+        query_row = None if chosen is None else relpaths.index(chosen)
+    else:  # a list of a million names would stall the browser
+        query_row = st.number_input(
+            f"Image of the collection, by row (0 to {len(catalog) - 1:,})",
+            min_value=0,
+            max_value=len(catalog) - 1,
+            value=None,
+            step=1,
+            key="search-pick-row",
+            placeholder="e.g. 12345",
+        )
+    if source == SOURCES[2] and query_row is not None:
+        query_row = int(query_row)
+        query_name = str(catalog["relpath"].iloc[query_row])
+        file = Path(catalog["path"].iloc[query_row])
+        if sources == SOURCES and file.is_file():
+            query_bytes, query_row = file.read_bytes(), None
 
 growth_message = st.session_state.pop("search-growth", None)
 if growth_message:
     st.success(growth_message)
-if query_bytes is None:
+if query_bytes is None and query_row is None:
     st.info("Choose a query image to search.")
     st.stop()
 
-try:
-    query = decode_query(query_bytes)
-except ImageDecodeError as exc:
-    st.error(f"**{query_name}** cannot be used as a query: {exc}. Please try another image.")
-    st.stop()
-for note in query.notes:
-    st.info(note)
-for warning in query.warnings:
-    st.warning(warning)
-
-with st.spinner("Searching…"):
-    result = search.query(query, index_config, k=DEFAULT_K)
+if not search.has_index(index_config):
+    bar = st.progress(0.0, text=f"Building {index_config.label}…")
+    search.index(
+        index_config,
+        progress=lambda stage, done, total: bar.progress(
+            done / max(total, 1), text=f"{index_config.label}: {stage} {done:,} / {total:,}"
+        ),
+    )
+    bar.empty()
+if query_bytes is not None:
+    try:
+        query = decode_query(query_bytes)
+    except ImageDecodeError as exc:
+        st.error(f"**{query_name}** cannot be used as a query: {exc}. Please try another image.")
+        st.stop()
+    for note in query.notes:
+        st.info(note)
+    for warning in query.warnings:
+        st.warning(warning)
+    with st.spinner("Searching…"):
+        result = search.query(query, index_config, k=DEFAULT_K)
+    picture = thumbnail(query.image, 512)
+    caption = f"Query: {query_name} ({query.original_size[0]}×{query.original_size[1]})"
+else:
+    assert query_row is not None
+    with st.spinner("Searching…"):
+        features = search.feature_set.features[int(catalog["id"].iloc[query_row])]
+        result = search.query_vector(features, index_config, k=DEFAULT_K)
+    picture = ui.tile(str(catalog["path"].iloc[query_row]))
+    caption = f"Query: {query_name} (row {query_row:,}, by its stored features)"
 
 st.divider()
 left, right = st.columns([1, 4], gap="large")
 with left:
-    st.image(
-        thumbnail(query.image, 512),
-        width="stretch",
-        caption=f"Query: {query_name} ({query.original_size[0]}×{query.original_size[1]})",
-    )
+    st.image(picture, width="stretch", caption=caption)
 with right:
     m = st.columns(4)
     m[0].metric(

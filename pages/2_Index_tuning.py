@@ -8,13 +8,21 @@ import streamlit as st
 from cbir import plots, ui
 from cbir.names import METRIC_LABELS, METRICS
 from cbir.search import IndexConfig
-from cbir.tuning import RECOMMEND_BUDGET_FRACTION, nearest, recommended_config, width_range
+from cbir.tuning import (
+    DEFAULT_SWEEP_SIZE,
+    RECOMMEND_BUDGET_FRACTION,
+    SWEEP_ON_REQUEST,
+    nearest,
+    recommended_config,
+    width_range,
+)
 
 ui.page_header(
     "pages/2_Index_tuning.py",
     "Index tuning",
-    "Every change rebuilds the numba E2LSH index on the index split and runs all validation queries "
-    "(role *query*): mAP@10, recall@10 against the exact scan, objects visited per query and latency.",
+    "Every change rebuilds the numba E2LSH index on the index split and runs the validation queries "
+    "(role *query*; a fixed random sample of them when there are many): mAP@10, recall@10 against the exact scan, "
+    "objects visited per query and latency.",
 )
 label, path, version = ui.chosen_feature_set()
 
@@ -62,10 +70,17 @@ probes = sliders[3].slider(
     help="Multi-probe LSH: also visit the nearest neighbouring buckets of each table",
 )
 
-result = ui.evaluate(path, version, IndexConfig("lsh", metric, g, h, w, probes), with_distractors)
+# the exact scan first: its answers are computed once per feature set (and kept on disk), so its per-class figure
+# shows at once while the LSH setting is built and evaluated below it
 scan = ui.evaluate(path, version, IndexConfig("scan", metric), with_distractors)
+summary = st.container()
+st.subheader("mAP@10 per class")
+per_class_figure = st.empty()
+per_class_figure.plotly_chart(plots.fig_per_class(None, scan.per_class), width="stretch")
+result = ui.evaluate(path, version, IndexConfig("lsh", metric, g, h, w, probes), with_distractors)
+per_class_figure.plotly_chart(plots.fig_per_class(result.per_class, scan.per_class), width="stretch")
 
-m = st.columns(6)
+m = summary.columns(6)
 m[0].metric(
     "mAP@10", f"{result.map:.3f}", f"{result.map - scan.map:+.3f} vs exact scan", help=f"Exact scan: {scan.map:.3f}"
 )
@@ -87,12 +102,24 @@ for column, name, value, delta in (
     column.metric(name, value, delta, delta_color="inverse")
 m[3].metric("Share of the index visited", f"{result.visited_fraction:.1%}")
 m[5].metric("Index build", f"{result.fit_seconds * 1000:.0f} ms")
-st.caption(
+summary.caption(
     f"{result.n_queries:,} validation queries against {result.n_indexed:,} indexed images · "
     f"mean {result.score_name} of the results {result.mean_score:.3f} (scan {scan.mean_score:.3f})"
 )
+if result.sampled:
+    summary.info(ui.sample_note(result.n_queries, result.n_all_queries))
 
 st.subheader("Where this setting sits")
+sweep_key = f"tune-sweep-{path}-{version}"
+if result.n_indexed > SWEEP_ON_REQUEST and not st.session_state.get(sweep_key):
+    st.info(
+        f"The background sweep evaluates {DEFAULT_SWEEP_SIZE:,} settings (LSH grid, exact scan, HNSW): at "
+        f"{result.n_indexed:,} indexed objects it takes a long while (an HNSW graph of 1M objects alone takes ~13 "
+        "minutes on two cores), so it runs on request; its progress shows here."
+    )
+    if not st.button("Run the background sweep", key="tune-run-sweep"):
+        st.stop()
+    st.session_state[sweep_key] = True
 table = ui.sweep(path, version, metric, with_distractors)
 charts = st.columns(2)
 charts[0].plotly_chart(plots.fig_map_vs_visited(table, result.row()), width="stretch")
@@ -118,8 +145,6 @@ if recommended is not None:
 with st.expander("Sweep table (Pareto-optimal settings first)"):
     st.dataframe(table.sort_values(["pareto", "map"], ascending=[False, False]), width="stretch", hide_index=True)
 
-st.subheader("mAP@10 per class")
-st.plotly_chart(plots.fig_per_class(result.per_class, scan.per_class), width="stretch")
 
 with st.expander("Hyper-parameter trends (the paper's Section 6), at the sweep point nearest to the sliders"):
     lsh_rows = table[table["index"] == "lsh"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from cbir import plots, ui
-from cbir.comparison import distance_summary, hubness_summary_table
+from cbir.comparison import distance_summary, hubness_summary_table, large_feature_sets
 from cbir.finetune import finished_runs, training_figure
 from cbir.names import METRIC_LABELS, METRICS, score_name
 from cbir.tuning import RECOMMEND_BUDGET_FRACTION
@@ -22,12 +22,16 @@ choices = ui.require_feature_set_choices()
 top = st.columns([3, 1, 1])
 selected = top[0].multiselect("Feature sets", list(choices), default=list(choices), key="compare-sets")
 metric = top[1].selectbox("Metric", METRICS, key="compare-metric", format_func=METRIC_LABELS.get)
+# a recommendation needs the background sweep, which takes hours at 1M objects: large sets start on the default
+large = large_feature_sets(ui.with_versions(choices, selected))
 lsh_choice = top[2].radio(
     "LSH setting",
     ["recommended", "default"],
+    index=1 if large else 0,
     key="compare-lsh",
     help="recommended: best mAP of the background sweep visiting at most "
-    f"{RECOMMEND_BUDGET_FRACTION:.0%} of the index; default: g=7, h=2, data-driven w",
+    f"{RECOMMEND_BUDGET_FRACTION:.0%} of the index (a long run on large feature sets: "
+    f"{', '.join(large) or 'none here'}); default: g=7, h=2, data-driven w",
 )
 if not selected:
     st.info("Select at least one feature set.")
@@ -39,6 +43,9 @@ table = comparison.table
 
 score = f"mean {score_name(metric)}"
 st.subheader("Results")
+sampled = table[table["n_all_queries"] > table["n_queries"]]
+if not sampled.empty:
+    st.info(ui.sample_note(int(sampled["n_queries"].iloc[0]), int(sampled["n_all_queries"].max())))
 st.dataframe(
     table,
     width="stretch",

@@ -364,3 +364,16 @@ def test_sweep_rows_carry_recall(collection: tuple) -> None:
     assert df.loc[df["bucket_width"] == 1e9, "recall"].item() == 1.0  # one bucket holds everything: exact
     assert df.loc[df["bucket_width"] == 2.0, "recall"].item() < 1.0
     assert pareto_frontier(df, y="recall").iloc[0]  # the scan: best recall (ties broken by visits only)
+
+
+def test_unlabelled_mask_matches_is_unlabelled() -> None:
+    import pandas as pd
+
+    from cbir.evaluation import _unlabelled_mask, is_unlabelled
+
+    labels = np.array(
+        [None, np.nan, "", -1, -1.0, "a", 0, 1, True, False, pd.NA, "c1", 3.5, np.int64(-1), np.float32("nan"), "-1"],
+        dtype=object,
+    )
+    np.testing.assert_array_equal(_unlabelled_mask(labels), [is_unlabelled(label) for label in labels])
+    assert _unlabelled_mask(np.array([], dtype=object)).shape == (0,)

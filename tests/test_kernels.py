@@ -77,6 +77,12 @@ def test_build_tables_matches_reference_and_groups_equal_keys(hashed: dict[str, 
             expected_members = np.flatnonzero(keys[table] == tables.bucket_keys[bucket])
             np.testing.assert_array_equal(members, expected_members)
     assert tables.bucket_starts[-1] == N_TABLES * n
+    steps: list[int] = []
+    in_steps = kernels.build_tables_in_steps(keys, steps.append)  # the LSH build with progress
+    for built, expected in zip(in_steps, tables, strict=True):
+        np.testing.assert_array_equal(built, expected)
+        assert built.dtype == expected.dtype
+    assert steps[-1] == N_TABLES and steps == sorted(steps)
 
 
 @pytest.mark.parametrize("n_old", [0, 1, 350, 599])

@@ -72,7 +72,7 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     seen = []
     split = tuning.evaluation_split(feature_set)
     table = tuning.sweep_table(split, grid=grid, progress=lambda done, total: seen.append((done, total)))
-    assert len(table) == 9 + len(tuning.REFERENCE_EF) and seen[-1] == (9, 9)  # + the HNSW reference rows
+    assert len(table) == 9 + len(tuning.REFERENCE_EF) == seen[-1][0] == seen[-1][1]  # progress counts the HNSW rows
     assert table.iloc[0]["index"] == "scan" and table["pareto"].any() and table["recall_pareto"].any()
     assert {"map", "recall", "mean_visited", "pareto", "recall_pareto", "label", "n_tables"} <= set(table.columns)
     assert table.iloc[0]["recall"] == 1.0 and table["recall"].between(0, 1).all()
@@ -92,3 +92,16 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
 
 def test_nearest_grid_point() -> None:
     assert tuning.nearest([1, 2, 4, 7, 10], 8) == 7
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_width_sample_gives_the_default_width_of_all_searchable_rows(metric: str) -> None:
+    from cbir.features import FeatureSet
+    from cbir.synthetic import hard_vectors, synthetic_catalog
+
+    for n in (300, 3000):  # fewer and more searchable rows than the sample
+        feature_set = FeatureSet(hard_vectors(n, 16, seed=n), synthetic_catalog(n), pd.DataFrame())
+        sample = tuning.width_sample(feature_set)
+        assert len(sample) == min(tuning.WIDTH_SAMPLE_SIZE, int((feature_set.roles != "query").sum()))
+        expected = evaluation.default_width(tuning.searchable_features(feature_set), metric)
+        assert evaluation.default_width(sample, metric) == expected

@@ -1,0 +1,140 @@
+"""The app at scale, in a real browser: ``streamlit run app.py`` on a synthetic collection (written by
+``benchmarks/scale.py --write-workspace``) and headless Chromium (the helpers of ``benchmarks/load.py``).
+
+    .venv/bin/python benchmarks/scale.py --n 1000000 --write-workspace artifacts/scale/app
+    .venv/bin/python benchmarks/scale_app.py --artifacts artifacts/scale/app            # 2 passes: cold, warm
+
+Each pass starts a fresh server and browser, then:
+
+1. **Index tuning**: seconds until the first figure is drawn (the exact scan's per-class mAP) and until the page
+   is idle (the LSH setting evaluated; the background sweep runs on request at this size), the longest time the
+   progress bar's text stood still while the page was running, and the note on the query sample.
+2. **Search**: picks a collection row by number and times until the ten results are drawn, with the page's own
+   "Search only" figure.
+3. **Index tuning again**, in a new session of the same server: what the next user waits for.
+
+The first pass runs with an empty cache of exact answers (``--keep-cache`` keeps it), so it pays for the exact scan
+of the query sample; the second reads the answers the first one stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # this checkout's cbir, not an installed one
+
+from benchmarks.load import (  # noqa: E402
+    app_running,
+    body_text,
+    chromium,
+    elements,
+    page_errors,
+    result_images,
+    streamlit_server,
+    wait_for,
+)
+
+POLL_S = 0.1
+PAGE_LIMIT_S = 1200
+
+
+def watch_page(driver: Any, first: str, limit: float = PAGE_LIMIT_S) -> dict[str, Any]:
+    """Poll the page until it is idle: seconds to the first element matching ``first``, to idle, and the longest
+    stretch with the app running and the progress texts unchanged."""
+    start = time.perf_counter()
+    first_s = None
+    last_text, last_change, longest, calm = None, start, 0.0, 0
+    while time.perf_counter() - start < limit:
+        now = time.perf_counter()
+        if first_s is None and elements(driver, first):
+            first_s = now - start
+        running = app_running(driver)
+        try:
+            text = " | ".join(str(bar.text) for bar in elements(driver, '[data-testid="stProgress"]'))
+        except Exception:  # redrawn while read
+            text = last_text
+        if text != last_text or not running:
+            longest = max(longest, now - last_change)
+            last_text, last_change = text, now
+        calm = 0 if running else calm + 1
+        if calm >= 5 and first_s is not None:
+            break
+        if page_errors(driver):
+            break
+        time.sleep(POLL_S)
+    return {
+        "first_s": first_s,
+        "idle_s": time.perf_counter() - start,
+        "longest_still_s": longest,
+        "errors": page_errors(driver),
+    }
+
+
+def one_pass(artifacts: Path, collection: Path, workdir: Path, row: int) -> dict[str, Any]:
+    from selenium.webdriver.common.keys import Keys
+
+    env = {"CBIR_ARTIFACTS": str(artifacts.resolve()), "CBIR_COLLECTION": str(collection.resolve())}
+    result: dict[str, Any] = {}
+    with streamlit_server(workdir / "server.log", env) as server:
+        driver = chromium(workdir / "profile")
+        try:
+            driver.get(f"{server.url}/Index_tuning")
+            tuning = watch_page(driver, '[data-testid="stPlotlyChart"]')
+            text = body_text(driver)
+            result["tuning"] = tuning
+            notes = [line for line in text.splitlines() if line.startswith("Evaluated on a random sample")]
+            result["tuning_sample_note"] = notes[0] if notes else None
+            driver.get(f"{server.url}/Search")
+            wait_for(lambda: elements(driver, '[data-testid="stNumberInput"] input'), 300, "the row picker")
+            field = elements(driver, '[data-testid="stNumberInput"] input')[0]
+            started = time.perf_counter()
+            field.send_keys(str(row), Keys.ENTER)
+            wait_for(lambda: result_images(driver) >= 11 or page_errors(driver), 300, "ten results", interval=0.05)
+            result["search_s"] = time.perf_counter() - started
+            metrics = [str(m.text).replace("\n", " ") for m in elements(driver, '[data-testid="stMetric"]')]
+            result["search_metrics"] = metrics
+            result["search_errors"] = page_errors(driver)
+            driver.get(f"{server.url}/Index_tuning")  # a second visit (a new session): the cached evaluations
+            result["tuning_again"] = watch_page(driver, '[data-testid="stPlotlyChart"]')
+        finally:
+            driver.quit()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", type=Path, required=True, help="the folder given to --write-workspace")
+    parser.add_argument("--collection", type=Path, default=None, help="default: the only synthetic-* folder in it")
+    parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--row", type=int, default=123_457, help="the collection row searched for")
+    parser.add_argument("--keep-cache", action="store_true", help="keep the stored exact answers for the first pass")
+    args = parser.parse_args()
+    collection = args.collection or next(args.artifacts.glob("synthetic-*"))
+    if not args.keep_cache:
+        shutil.rmtree(args.artifacts / "cache" / "exact", ignore_errors=True)
+    for number in range(1, args.passes + 1):
+        with tempfile.TemporaryDirectory(prefix="cbir-scale-app-") as tmp:
+            result = one_pass(args.artifacts, collection, Path(tmp), args.row)
+        tuning = result["tuning"]
+        print(
+            f"pass {number}: tuning page first figure {tuning['first_s']:.1f} s, idle {tuning['idle_s']:.1f} s, "
+            f"progress text still at most {tuning['longest_still_s']:.1f} s, errors {tuning['errors']}\n"
+            f"  note: {result['tuning_sample_note']}\n"
+            f"  search by row: results drawn {result['search_s']:.2f} s after Enter; {result['search_metrics']}; "
+            f"errors {result['search_errors']}\n"
+            f"  tuning page again (a new session of the same server): first figure "
+            f"{result['tuning_again']['first_s']:.1f} s, idle {result['tuning_again']['idle_s']:.1f} s",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
