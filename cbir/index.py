@@ -106,6 +106,12 @@ def warm_up() -> None:
         index.search(points[:2], 3)
         index.candidates(points[:2])
         LSHIndex(2, 2, 1.0, metric=metric, reduce_dim=2, rerank=2).fit(points).search(points[:2], 3)
+    from cbir.polytope import CrossPolytopeIndex  # it builds on this module
+
+    for options in ({"probes": 0}, {"probes": 2, "reduce_dim": 2, "rerank": 2}):
+        polytope = CrossPolytopeIndex(2, 1, **options).fit(points)
+        polytope.search(points[:2], 3)
+        polytope.candidates(points[:2])
     _WARM = True
 
 

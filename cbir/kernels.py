@@ -701,44 +701,34 @@ def _nearest_vertex(rotated: np.ndarray, dim: int) -> tuple[int, np.float32]:
     return code, best
 
 
-def cross_polytope_codes(vectors: np.ndarray, signs: np.ndarray, n_projections: int, last_dim: int) -> np.ndarray:
-    """Cross-polytope codes of every row of ``vectors`` (n, d) float32 for every function of ``signs`` (F, R, D):
-    (n, F) int64; function ``f`` with ``f % n_projections == n_projections - 1`` uses ``last_dim`` coordinates."""
-    codes = np.empty((vectors.shape[0], signs.shape[0]), dtype=np.int64)
-    _cross_polytope_codes(
-        vectors=vectors,
-        signs=signs,
-        n_projections=n_projections,
-        last_dim=last_dim,
-        n_chunks=_n_chunks(len(vectors)),
-        out_codes=codes,
-    )
-    return codes
+def rotation_matrix(signs: np.ndarray, dim: int) -> np.ndarray:
+    """The pseudo-random rotations of ``signs`` (F, R, D) as one dense matrix (dim, F*D) float32 for vectors of
+    ``dim <= D`` coordinates: row i holds the rotations of the unit vector e_i (the map is linear).
 
-
-@njit(cache=True, parallel=True)
-def _cross_polytope_codes(
-    vectors: np.ndarray, signs: np.ndarray, n_projections: int, last_dim: int, n_chunks: int, out_codes: np.ndarray
-) -> None:
-    """Parallel loop of :func:`cross_polytope_codes` (codes written to ``out_codes``)."""
-    n = vectors.shape[0]
+    Hashing then costs one BLAS product ``X @ matrix`` for all F functions, cheaper than F fast Hadamard transforms
+    when ``dim`` is small (PCA coordinates); the rotation itself is FALCONN's HD3 (:func:`_rotate`).
+    """
     n_functions, _, size = signs.shape
-    codes = out_codes
-    for chunk in prange(n_chunks):
-        rotated = np.empty(size, dtype=np.float32)
-        for i in range(chunk * n // n_chunks, (chunk + 1) * n // n_chunks):
-            for f in range(n_functions):
-                _rotate(vectors[i], signs[f], rotated)
-                dim = last_dim if f % n_projections == n_projections - 1 else size
-                codes[i, f], _ = _nearest_vertex(rotated, dim)
-    return codes
+    matrix = np.empty((dim, n_functions * size), dtype=np.float32)
+    _rotation_matrix(signs=signs, out=matrix)
+    return matrix
 
 
-def cross_polytope_codes_reference(
-    vectors: np.ndarray, signs: np.ndarray, n_projections: int, last_dim: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """numpy version of :func:`cross_polytope_codes` with a dense Hadamard matrix; also returns the rotated
-    vectors (n, F, D) float64."""
+@njit(cache=True)
+def _rotation_matrix(signs: np.ndarray, out: np.ndarray) -> None:
+    n_functions, _, size = signs.shape
+    unit = np.zeros(out.shape[0], dtype=np.float32)
+    rotated = np.empty(size, dtype=np.float32)
+    for i in range(out.shape[0]):
+        unit[i] = 1.0
+        for f in range(n_functions):
+            _rotate(unit, signs[f], rotated)
+            out[i, f * size : (f + 1) * size] = rotated
+        unit[i] = 0.0
+
+
+def rotations_reference(vectors: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """numpy version of ``vectors @ rotation_matrix(signs, d)`` with a dense Hadamard matrix: (n, F, D) float64."""
     n_functions, n_rotations, size = signs.shape
     hadamard = np.ones((1, 1))
     while hadamard.shape[0] < size:
@@ -747,15 +737,36 @@ def cross_polytope_codes_reference(
     padded = np.zeros((len(vectors), size))
     padded[:, : vectors.shape[1]] = vectors
     rotated = np.empty((len(vectors), n_functions, size))
-    codes = np.empty((len(vectors), n_functions), dtype=np.int64)
     for f in range(n_functions):
         y = padded
         for r in range(n_rotations):
             y = (y * signs[f, r]) @ hadamard
         rotated[:, f] = y
+    return rotated
+
+
+@njit(cache=True, parallel=True)
+def cross_polytope_codes(rotated: np.ndarray, n_projections: int, last_dim: int) -> np.ndarray:
+    """Cross-polytope codes (n, F) int64 of rotated vectors (n, F, D) float32; function ``f`` with
+    ``f % n_projections == n_projections - 1`` uses the first ``last_dim`` coordinates only."""
+    n, n_functions, size = rotated.shape
+    codes = np.empty((n, n_functions), dtype=np.int64)
+    for i in prange(n):
+        for f in range(n_functions):
+            dim = last_dim if f % n_projections == n_projections - 1 else size
+            codes[i, f], _ = _nearest_vertex(rotated[i, f], dim)
+    return codes
+
+
+def cross_polytope_codes_reference(rotated: np.ndarray, n_projections: int, last_dim: int) -> np.ndarray:
+    """numpy version of :func:`cross_polytope_codes`."""
+    n, n_functions, size = rotated.shape
+    codes = np.empty((n, n_functions), dtype=np.int64)
+    for f in range(n_functions):
         dim = last_dim if f % n_projections == n_projections - 1 else size
-        codes[:, f] = np.argmax(np.concatenate([y[:, :dim], -y[:, :dim]], axis=1), axis=1)
-    return codes, rotated
+        y = rotated[:, f, :dim]
+        codes[:, f] = np.argmax(np.concatenate([y, -y], axis=1), axis=1)
+    return codes
 
 
 @njit(cache=True, parallel=True)
@@ -770,26 +781,66 @@ def fold_keys(codes: np.ndarray, n_tables: int, n_projections: int) -> np.ndarra
     return keys
 
 
+# Vertices of each hash ranked before the probing starts; the rest are ranked when a probe reaches them.
+_FIRST_VERTICES = 8
+
+
+@njit(cache=True)
+def _cheapest_vertices(
+    vector: np.ndarray,
+    dim: int,
+    own: int,
+    best: np.float32,
+    kept_value: np.ndarray,
+    out_codes: np.ndarray,
+    out_costs: np.ndarray,
+) -> None:
+    """The ``len(out_codes)`` cheapest vertices of one hash (``vector[:dim]`` rotated, ``own`` its code and ``best``
+    its largest |coordinate|), cheapest first (ties by code), and their costs; +inf costs past the 2·dim vertices.
+
+    The cheapest vertices are those of the largest signed coordinates: they are kept sorted by insertion, and most
+    coordinates fail the first comparison (a heap was 4x slower). ``kept_value`` is scratch space.
+    """
+    count = out_codes.shape[0]
+    kept = 0
+    for vertex in range(2 * dim):
+        value = vector[vertex] if vertex < dim else -vector[vertex - dim]
+        if kept == count and value <= kept_value[kept - 1]:
+            continue
+        position = kept if kept < count else count - 1
+        while position > 0 and kept_value[position - 1] < value:
+            kept_value[position] = kept_value[position - 1]
+            out_codes[position] = out_codes[position - 1]
+            position -= 1
+        kept_value[position] = value
+        out_codes[position] = vertex
+        kept = min(kept + 1, count)
+    for a in range(count):
+        gap = np.float64(best) - np.float64(kept_value[a])
+        out_costs[a] = gap * gap if a < kept else np.inf
+    out_codes[0] = own  # the hash itself, cost 0 (also when |coordinates| tie)
+    out_costs[0] = 0.0
+
+
 def cross_polytope_probes(
-    vectors: np.ndarray, signs: np.ndarray, n_tables: int, n_projections: int, last_dim: int, n_probes: int
+    rotated: np.ndarray, n_tables: int, n_projections: int, last_dim: int, n_probes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``n_probes`` cheapest buckets of each query over all tables (FALCONN's multi-probe sequence).
 
     Args:
-        vectors: (m, d) float32 queries in the hashed space; signs: (g*h, R, D) float32 (:func:`draw_rotation_signs`).
+        rotated: (m, g*h, D) float32 rotated queries (``queries @ rotation_matrix``).
         n_probes: P >= 1 buckets per query; the first g (cost 0) are the query's own buckets, table by table.
 
     Returns:
         tables (m, P) int64, keys (m, P) uint64 and costs (m, P) float64, cheapest first (ties: the earlier node
         of the search); rows end with table -1 when fewer than P buckets exist.
     """
-    m = vectors.shape[0]
+    m = rotated.shape[0]
     out_tables = np.full((m, n_probes), -1, dtype=np.int64)
     out_keys = np.zeros((m, n_probes), dtype=np.uint64)
     out_costs = np.full((m, n_probes), np.inf, dtype=np.float64)
     _cross_polytope_probes(
-        vectors=vectors,
-        signs=signs,
+        rotated=rotated,
         n_tables=n_tables,
         n_projections=n_projections,
         last_dim=last_dim,
@@ -803,8 +854,7 @@ def cross_polytope_probes(
 
 @njit(cache=True, parallel=True)
 def _cross_polytope_probes(
-    vectors: np.ndarray,
-    signs: np.ndarray,
+    rotated: np.ndarray,
     n_tables: int,
     n_projections: int,
     last_dim: int,
@@ -814,16 +864,15 @@ def _cross_polytope_probes(
     out_costs: np.ndarray,
 ) -> None:
     """Parallel loop of :func:`cross_polytope_probes` (results written to ``out_*``; P = their columns)."""
-    m = vectors.shape[0]
+    m, n_functions, size = rotated.shape
     n_probes = out_tables.shape[1]
-    n_functions, _, size = signs.shape
     h = n_projections
     # a probe using the a-th cheapest vertex of one hash comes after a probes of its table and g - 1 of the others
     alternatives = max(1, min(2 * size, n_probes - n_tables + 1))
     capacity = 2 * (h + 1) * (n_probes + n_tables) + 8
     for chunk in prange(n_chunks):
-        rotated = np.empty(size, dtype=np.float32)
         kept_value = np.empty(alternatives, dtype=np.float32)
+        requested = np.zeros(n_functions, dtype=np.int64)
         alt_code = np.zeros((n_functions, alternatives), dtype=np.int64)
         alt_cost = np.full((n_functions, alternatives), np.inf, dtype=np.float64)
         heap_score = np.empty(capacity, dtype=np.float64)
@@ -836,34 +885,20 @@ def _cross_polytope_probes(
         zero_deltas = np.zeros(h, dtype=np.int64)
         for i in range(chunk * m // n_chunks, (chunk + 1) * m // n_chunks):
             for f in range(n_functions):
-                _rotate(vectors[i], signs[f], rotated)
+                vector = rotated[i, f]
                 dim = last_dim if f % h == h - 1 else size
-                own, best = _nearest_vertex(rotated, dim)
-                if alternatives == 1:
-                    alt_code[f, 0] = own
-                    alt_cost[f, 0] = 0.0
-                    continue
-                # the cheapest vertices are those of the largest signed coordinates: keep the top ones sorted by
-                # insertion (ties by code); most coordinates fail the first comparison. (A heap was 4x slower.)
-                kept = 0
-                codes_row = alt_code[f]
-                for vertex in range(2 * dim):
-                    value = rotated[vertex] if vertex < dim else -rotated[vertex - dim]
-                    if kept == alternatives and value <= kept_value[kept - 1]:
-                        continue
-                    position = kept if kept < alternatives else alternatives - 1
-                    while position > 0 and kept_value[position - 1] < value:
-                        kept_value[position] = kept_value[position - 1]
-                        codes_row[position] = codes_row[position - 1]
-                        position -= 1
-                    kept_value[position] = value
-                    codes_row[position] = vertex
-                    kept = min(kept + 1, alternatives)
-                for a in range(alternatives):
-                    gap = np.float64(best) - np.float64(kept_value[a])
-                    alt_cost[f, a] = gap * gap if a < kept else np.inf
-                codes_row[0] = own  # the hash itself, cost 0 (also when |coordinates| tie)
-                alt_cost[f, 0] = 0.0
+                own, best = _nearest_vertex(vector, dim)
+                # few probes ever reach past a hash's first vertices: rank a few now, all on demand (below)
+                requested[f] = min(alternatives, _FIRST_VERTICES)
+                _cheapest_vertices(
+                    vector=vector,
+                    dim=dim,
+                    own=own,
+                    best=best,
+                    kept_value=kept_value,
+                    out_codes=alt_code[f, : requested[f]],
+                    out_costs=alt_cost[f, : requested[f]],
+                )
             size_heap = 0
             n_nodes = 0
             for t in range(n_tables):
@@ -889,7 +924,20 @@ def _cross_polytope_probes(
                     break  # sized so this does not happen; stop rather than fail
                 f = t * h + hash_index
                 rank = node_rank[node]
-                if rank + 1 < alternatives and alt_cost[f, rank + 1] < np.inf:
+                if rank + 1 == requested[f] and requested[f] < alternatives:
+                    dim = last_dim if f % h == h - 1 else size
+                    own, best = _nearest_vertex(rotated[i, f], dim)
+                    requested[f] = alternatives
+                    _cheapest_vertices(
+                        vector=rotated[i, f],
+                        dim=dim,
+                        own=own,
+                        best=best,
+                        kept_value=kept_value,
+                        out_codes=alt_code[f],
+                        out_costs=alt_cost[f],
+                    )
+                if rank + 1 < requested[f] and alt_cost[f, rank + 1] < np.inf:
                     # the same hash, its next-cheaper vertex
                     node_table[n_nodes] = t
                     node_hash[n_nodes] = hash_index
@@ -906,19 +954,19 @@ def _cross_polytope_probes(
                 node_choice[n_nodes, hash_index] = rank
                 size_heap = _heap_push(heap_score, heap_node, size_heap, score, n_nodes, False)
                 n_nodes += 1
-    return out_tables, out_keys, out_costs
 
 
 def cross_polytope_probes_reference(
-    vectors: np.ndarray, signs: np.ndarray, n_tables: int, n_projections: int, last_dim: int, n_probes: int
+    rotated: np.ndarray, n_tables: int, n_projections: int, last_dim: int, n_probes: int
 ) -> list[list[tuple[float, int, np.uint64]]]:
     """Brute force over every combination of vertices of every table: each query's ``n_probes`` cheapest
     (cost, table, key), sorted by cost (for tests; small D and h only)."""
-    codes, rotated = cross_polytope_codes_reference(vectors, signs, n_projections, last_dim)
-    size = signs.shape[2]
+    rotated = np.asarray(rotated, dtype=np.float64)
+    codes = cross_polytope_codes_reference(rotated, n_projections, last_dim)
+    size = rotated.shape[2]
     h = n_projections
     result = []
-    for i in range(len(vectors)):
+    for i in range(len(rotated)):
         probes = []
         for t in range(n_tables):
             options = []

@@ -2,10 +2,14 @@
 the index contract of :mod:`cbir.index`.
 
 A hash is the nearest vertex ±e_j of the cross-polytope to a pseudo-random rotation of the (centred) vector: an
-angular hash, asymptotically optimal for cosine similarity, computed in O(D log D) with three rounds of random signs
-and a fast Hadamard transform (:func:`cbir.kernels.cross_polytope_codes`). Because a hash has 2·D values instead
-of E2LSH's few slots, one or two hashes per table already make buckets of the right size, and the multi-probe
-sequence (the next-nearest vertices, ranked over all tables at once) is FALCONN's.
+angular hash, asymptotically optimal for cosine similarity. The rotation is FALCONN's (three rounds of random signs
+and a fast Hadamard transform); it is linear, so the index materialises it once as a (d, L·k·D) matrix and hashes a
+batch with one BLAS product (:func:`cbir.kernels.rotation_matrix`), which on PCA coordinates (d ≈ 48, D = 64) costs
+less than L·k fast transforms per vector. Without ``reduce_dim`` on high-dimensional features that matrix is large
+(d × L·k·D: 1280 × 16·2048 floats for 16 tables) and hashing is slow: use ``reduce_dim``.
+
+Because a hash has 2·D values instead of E2LSH's few slots, one or two hashes per table already make buckets of the
+right size, and the multi-probe sequence (the next-nearest vertices, ranked over all tables at once) is FALCONN's.
 
 The vectors are centred on the mean of the indexed data before hashing (FALCONN's advice: CNN features live in one
 orthant, where all directions look alike); with ``reduce_dim`` they are hashed by their PCA coordinates instead
@@ -25,8 +29,8 @@ from cbir import kernels
 from cbir.index import BaseIndex, Metric, SearchResult, _check_int, _check_metric
 from cbir.pca import PCA, fit_pca, project
 
-# Rows hashed at a time at fit: bounds the centred copy of the data.
-_HASH_BLOCK = 65_536
+# Rotated coordinates computed at a time at fit (rows x g*h*D): bounds the temporary matrix to 128 MiB.
+_HASH_ELEMENTS = 1 << 25
 
 
 def rotation_dim_for(dim: int) -> int:
@@ -96,6 +100,7 @@ class CrossPolytopeIndex(BaseIndex):
         self._pca: PCA | None = None
         self._reduced: np.ndarray | None = None
         self._signs: np.ndarray | None = None
+        self._rotation: np.ndarray | None = None
         self._tables: kernels.BucketTables | None = None
 
     @property
@@ -164,15 +169,25 @@ class CrossPolytopeIndex(BaseIndex):
         assert self._center is not None
         return np.ascontiguousarray(vectors - self._center, dtype=np.float32)
 
+    def _rotated(self, hashed: np.ndarray) -> np.ndarray:
+        """The rotations (m, g*h, D) float32 of rows already in the hashed space (:meth:`_hash_space`)."""
+        assert self._rotation is not None and self._signs is not None
+        return (hashed @ self._rotation).reshape(len(hashed), self._signs.shape[0], self._signs.shape[2])
+
     def _codes(self, vectors: np.ndarray) -> np.ndarray:
-        assert self._signs is not None
+        assert self._signs is not None and self._rotation is not None
         codes = np.empty((len(vectors), self._signs.shape[0]), dtype=np.int64)
-        for start in range(0, len(vectors), _HASH_BLOCK):
-            block = self._hash_space(vectors[start : start + _HASH_BLOCK])
-            codes[start : start + len(block)] = kernels.cross_polytope_codes(
-                block, self._signs, self.n_projections, self._last_dim()
+        block = max(1, _HASH_ELEMENTS // self._rotation.shape[1])
+        for start in range(0, len(vectors), block):
+            rotated = self._rotated(self._hash_space(vectors[start : start + block]))
+            codes[start : start + len(rotated)] = kernels.cross_polytope_codes(
+                rotated, self.n_projections, self._last_dim()
             )
         return codes
+
+    def _set_rotation(self, hashed_dim: int) -> None:
+        assert self._signs is not None
+        self._rotation = kernels.rotation_matrix(self._signs, hashed_dim)
 
     def _fit(self, data: np.ndarray) -> None:
         if self.reduce_dim is None:
@@ -187,16 +202,15 @@ class CrossPolytopeIndex(BaseIndex):
         self._signs = kernels.draw_rotation_signs(
             rotation_dim_for(hashed_dim), self.n_tables * self.n_projections, self.n_rotations, self.seed
         )
+        self._set_rotation(hashed_dim)
         keys = kernels.fold_keys(self._codes(data), self.n_tables, self.n_projections)
         self._tables = kernels.build_tables(keys)
 
     def _probe_args(self, queries: np.ndarray) -> tuple[kernels.ListedProbes, kernels.Shortlist | None]:
         """The probing sequence and the shortlist of :func:`kernels.lsh_search` for ``queries``."""
-        assert self._signs is not None
         hashed = self._hash_space(queries)
         probe_tables, probe_keys, _ = kernels.cross_polytope_probes(
-            hashed,
-            self._signs,
+            self._rotated(hashed),
             self.n_tables,
             self.n_projections,
             self._last_dim(),
@@ -256,3 +270,4 @@ class CrossPolytopeIndex(BaseIndex):
         expected = (self.n_tables * self.n_projections, self.n_rotations, rotation_dim_for(hashed_dim))
         if self._signs.shape != expected or len(self._tables.bucket_ids) != self.n_tables * self.n_objects:
             raise ValueError(f"stored arrays do not match the parameters (signs {self._signs.shape})")
+        self._set_rotation(hashed_dim)

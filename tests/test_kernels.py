@@ -262,28 +262,36 @@ def test_rotation_signs_are_balanced_plus_minus_one() -> None:
     assert set(np.unique(signs)) == {-1.0, 1.0} and abs(signs.mean()) < 0.05
 
 
+def _rotated(vectors: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    matrix = kernels.rotation_matrix(signs, vectors.shape[1])
+    return (vectors @ matrix).reshape(len(vectors), signs.shape[0], signs.shape[2])
+
+
 @pytest.mark.parametrize("last_dim", [16, 4])
 def test_cross_polytope_codes_match_dense_hadamard_reference(polytope: dict[str, np.ndarray], last_dim: int) -> None:
-    codes = kernels.cross_polytope_codes(polytope["data"], polytope["signs"], 2, last_dim)
-    reference, rotated = kernels.cross_polytope_codes_reference(polytope["data"], polytope["signs"], 2, last_dim)
-    np.testing.assert_array_equal(codes, reference)
-    # the rotation is orthogonal: it keeps norms; the last hash of a table uses 2 * last_dim codes
+    rotated = _rotated(polytope["data"], polytope["signs"])
+    reference = kernels.rotations_reference(polytope["data"], polytope["signs"])
+    np.testing.assert_allclose(rotated, reference, rtol=1e-4, atol=1e-5)
+    # the rotation is orthogonal: it keeps norms
     norms = np.linalg.norm(polytope["data"], axis=1)
     np.testing.assert_allclose(np.linalg.norm(rotated, axis=2), np.repeat(norms[:, None], 6, axis=1), rtol=1e-5)
+    codes = kernels.cross_polytope_codes(rotated, 2, last_dim)
+    np.testing.assert_array_equal(codes, kernels.cross_polytope_codes_reference(rotated, 2, last_dim))
+    # the last hash of a table uses 2 * last_dim codes
     assert codes[:, 1::2].max() < 2 * last_dim and codes[:, 0::2].max() < 32
 
 
 def test_fold_keys_match_the_e2lsh_key_fold(polytope: dict[str, np.ndarray]) -> None:
-    codes = kernels.cross_polytope_codes(polytope["data"], polytope["signs"], 2, 16)
+    codes = kernels.cross_polytope_codes(_rotated(polytope["data"], polytope["signs"]), 2, 16)
     np.testing.assert_array_equal(kernels.fold_keys(codes, 3, 2), kernels.hash_keys_reference(codes, 3, 2))
 
 
 @pytest.mark.parametrize("n_probes", [3, 4, 12, 40])
 def test_cross_polytope_probes_match_brute_force(polytope: dict[str, np.ndarray], n_probes: int) -> None:
-    queries, signs = polytope["queries"], polytope["signs"]
-    tables, keys, costs = kernels.cross_polytope_probes(queries, signs, 3, 2, 8, n_probes)
-    reference = kernels.cross_polytope_probes_reference(queries, signs, 3, 2, 8, n_probes)
-    own = kernels.fold_keys(kernels.cross_polytope_codes(queries, signs, 2, 8), 3, 2)
+    rotated = _rotated(polytope["queries"], polytope["signs"])
+    tables, keys, costs = kernels.cross_polytope_probes(rotated, 3, 2, 8, n_probes)
+    reference = kernels.cross_polytope_probes_reference(rotated, 3, 2, 8, n_probes)
+    own = kernels.fold_keys(kernels.cross_polytope_codes(rotated, 2, 8), 3, 2)
     for i, expected in enumerate(reference):
         np.testing.assert_allclose(costs[i], [cost for cost, _, _ in expected], atol=1e-6)
         assert set(zip(tables[i].tolist(), keys[i].tolist(), strict=True)) == {(t, key) for _, t, key in expected}
@@ -303,8 +311,8 @@ def test_listed_probes_search_matches_numpy_reference(
     if metric == kernels.METRIC_COSINE:
         data = np.ascontiguousarray(data / np.linalg.norm(data, axis=1, keepdims=True))
         queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True))
-    tables = kernels.build_tables(kernels.fold_keys(kernels.cross_polytope_codes(data, signs, 2, 16), 3, 2))
-    probe_tables, probe_keys, _ = kernels.cross_polytope_probes(queries, signs, 3, 2, 16, 9)
+    tables = kernels.build_tables(kernels.fold_keys(kernels.cross_polytope_codes(_rotated(data, signs), 2, 16), 3, 2))
+    probe_tables, probe_keys, _ = kernels.cross_polytope_probes(_rotated(queries, signs), 3, 2, 16, 9)
     probe_tables[0, 4:] = -1  # a shorter sequence ends with -1
     probe = kernels.ListedProbes(queries, data, probe_tables, probe_keys, tables, min_collisions)
     scores, ids, visited = kernels.lsh_search(probe=probe, k=5, metric=metric)
