@@ -4,9 +4,9 @@ the index contract of :mod:`cbir.index`.
 A hash is the nearest vertex ±e_j of the cross-polytope to a pseudo-random rotation of the (centred) vector: an
 angular hash, asymptotically optimal for cosine similarity. The rotation is FALCONN's (three rounds of random signs
 and a fast Hadamard transform); it is linear, so the index materialises it once as a (d, L·k·D) matrix and hashes a
-batch with one BLAS product (:func:`cbir.kernels.rotation_matrix`), which on PCA coordinates (d ≈ 48, D = 64) costs
-less than L·k fast transforms per vector. Without ``reduce_dim`` on high-dimensional features that matrix is large
-(d × L·k·D: 1280 × 16·2048 floats for 16 tables) and hashing is slow: use ``reduce_dim``.
+batch with one BLAS product (:func:`cbir.kernels.rotation_matrix`) when that is cheaper (PCA coordinates: d ≈ 48,
+D = 64), else applies L·k fast transforms per vector (:func:`cbir.kernels.rotate`; full CNN features: d = 1280,
+D = 2048).
 
 Because a hash has 2·D values instead of E2LSH's few slots, one or two hashes per table already make buckets of the
 right size, and the multi-probe sequence (the next-nearest vertices, ranked over all tables at once) is FALCONN's.
@@ -31,6 +31,8 @@ from cbir.pca import PCA, fit_pca, project
 
 # Rotated coordinates computed at a time at fit (rows x g*h*D): bounds the temporary matrix to 128 MiB.
 _HASH_ELEMENTS = 1 << 25
+# How many more multiply-adds a BLAS product may do than the fast Hadamard transforms and still be faster.
+_DENSE_ADVANTAGE = 8
 
 
 def rotation_dim_for(dim: int) -> int:
@@ -171,13 +173,15 @@ class CrossPolytopeIndex(BaseIndex):
 
     def _rotated(self, hashed: np.ndarray) -> np.ndarray:
         """The rotations (m, g*h, D) float32 of rows already in the hashed space (:meth:`_hash_space`)."""
-        assert self._rotation is not None and self._signs is not None
+        assert self._signs is not None
+        if self._rotation is None:
+            return kernels.rotate(hashed, self._signs)
         return (hashed @ self._rotation).reshape(len(hashed), self._signs.shape[0], self._signs.shape[2])
 
     def _codes(self, vectors: np.ndarray) -> np.ndarray:
-        assert self._signs is not None and self._rotation is not None
+        assert self._signs is not None
         codes = np.empty((len(vectors), self._signs.shape[0]), dtype=np.int64)
-        block = max(1, _HASH_ELEMENTS // self._rotation.shape[1])
+        block = max(1, _HASH_ELEMENTS // (self._signs.shape[0] * self._signs.shape[2]))
         for start in range(0, len(vectors), block):
             rotated = self._rotated(self._hash_space(vectors[start : start + block]))
             codes[start : start + len(rotated)] = kernels.cross_polytope_codes(
@@ -186,8 +190,13 @@ class CrossPolytopeIndex(BaseIndex):
         return codes
 
     def _set_rotation(self, hashed_dim: int) -> None:
+        """Materialise the rotations as a matrix when one BLAS product is cheaper than the fast transforms: a
+        d-dimensional product costs d multiply-adds per rotated coordinate (fast in BLAS), a transform about
+        n_rotations · (log2 D + 2) scalar operations."""
         assert self._signs is not None
-        self._rotation = kernels.rotation_matrix(self._signs, hashed_dim)
+        _, n_rotations, size = self._signs.shape
+        dense = hashed_dim <= _DENSE_ADVANTAGE * n_rotations * (size.bit_length() + 1)
+        self._rotation = kernels.rotation_matrix(self._signs, hashed_dim) if dense else None
 
     def _fit(self, data: np.ndarray) -> None:
         if self.reduce_dim is None:

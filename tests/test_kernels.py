@@ -272,6 +272,7 @@ def test_cross_polytope_codes_match_dense_hadamard_reference(polytope: dict[str,
     rotated = _rotated(polytope["data"], polytope["signs"])
     reference = kernels.rotations_reference(polytope["data"], polytope["signs"])
     np.testing.assert_allclose(rotated, reference, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(kernels.rotate(polytope["data"], polytope["signs"]), reference, rtol=1e-4, atol=1e-5)
     # the rotation is orthogonal: it keeps norms
     norms = np.linalg.norm(polytope["data"], axis=1)
     np.testing.assert_allclose(np.linalg.norm(rotated, axis=2), np.repeat(norms[:, None], 6, axis=1), rtol=1e-5)

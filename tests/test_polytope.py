@@ -86,6 +86,17 @@ def test_save_load_gives_identical_answers(data: tuple[np.ndarray, np.ndarray], 
         np.testing.assert_array_equal(a, b)
 
 
+def test_fast_transforms_and_the_dense_matrix_hash_alike(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, queries = data
+    dense = CrossPolytopeIndex(4, 1, probes=2).fit(points)
+    fast = CrossPolytopeIndex(4, 1, probes=2).fit(points)
+    fast._rotation = None  # force the fast transforms
+    assert dense._rotation is not None
+    hashed = dense._hash_space(queries)
+    np.testing.assert_allclose(fast._rotated(hashed), dense._rotated(hashed), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(fast.search(queries, 5).ids, dense.search(queries, 5).ids)
+
+
 def test_describe_and_empty_queries(data: tuple[np.ndarray, np.ndarray]) -> None:
     points, _ = data
     index = CrossPolytopeIndex(2, 1).fit(points)
