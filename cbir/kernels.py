@@ -29,6 +29,11 @@ Candidate phase
     (PCA coordinates) and only the best ``size`` are ranked exactly, best first, stopping early when the small
     space gives a lower bound that no remaining candidate can beat.
 
+Cross-polytope LSH (FALCONN; :mod:`cbir.polytope`)
+    Hashes are the nearest cross-polytope vertices of pseudo-random rotations (see the section's comment); their
+    codes are folded into the same keys and tables, and the query's probing sequence, computed outside the search
+    kernel, is passed to it as (table, key) pairs (:class:`ListedProbes`).
+
 Multi-probe (Lv et al., VLDB 2007, query-directed probing)
     For slot coordinate ``j`` with fractional position ``f_j`` inside its slot, moving to the left
     neighbour costs ``(f_j*w)²`` and to the right one ``((1-f_j)*w)²``. Perturbation sets are generated
