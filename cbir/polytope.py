@@ -48,7 +48,7 @@ def hashes_for_bits(rotation_dim: int, bits: int) -> tuple[int, int]:
     bits = _check_int(bits, "bits", 1)
     count, remaining = divmod(bits, bits_per_hash)
     if remaining == 0:
-        return count, rotation_dim
+        return count, rotation_dim_for(rotation_dim)
     return count + 1, 1 << (remaining - 1)
 
 

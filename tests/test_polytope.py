@@ -27,6 +27,7 @@ def test_rotation_dim_and_bits_follow_falconn() -> None:
     assert hashes_for_bits(64, 14) == (2, 64)
     assert hashes_for_bits(64, 12) == (2, 16)  # 7 bits + 5 bits from a last hash over 16 coordinates
     assert hashes_for_bits(48, 3) == (1, 4)
+    assert hashes_for_bits(48, 14) == (2, 64)  # 48 coordinates are padded to 64
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
