@@ -16,6 +16,9 @@ Methods
     the exact scan (BLAS shortlist + exact re-rank); our E2LSH: plain, multi-probe, hashing in a PCA-reduced space
     (``reduce_dim``), plus a shortlist scored in that space (``rerank``), plus probes chosen for a target recall
     (``target_recall``) or plus collision counting (``min_collisions``: only objects found in c probed buckets);
+    cross-polytope LSH (FALCONN's scheme, ``cbir.polytope``) on the centred vectors, on PCA coordinates, and on PCA
+    coordinates with the shortlist, at about log2(n) bits per table (``b``) with L tables and the global
+    multi-probe sequence (L·(1+T) buckets per query);
     faiss IndexHNSWFlat (M=32) at several efSearch, IndexIVFFlat at several nprobe, IndexLSH
     (binary codes, Hamming ranking of every object, then exact re-rank of 10·k); hnswlib (M=32) at several ef.
 
@@ -61,6 +64,7 @@ import pandas as pd  # noqa: E402
 from cbir.evaluation import default_bucket_width, pareto_frontier, recall_at_k  # noqa: E402
 from cbir.index import LSHIndex, SequentialScan, warm_up  # noqa: E402
 from cbir.pca import fit_pca, project  # noqa: E402
+from cbir.polytope import CrossPolytopeIndex, hashes_for_bits  # noqa: E402
 
 K = 10
 RECALL_GOAL = 0.9
@@ -75,6 +79,9 @@ LSH_FAMILIES = (
     "LSH PCA+shortlist",
     "LSH PCA+shortlist+auto-probes",
     "LSH PCA+shortlist+counting",
+    "CP-LSH",
+    "CP-LSH PCA",
+    "CP-LSH PCA+shortlist",
 )
 
 
@@ -162,6 +169,20 @@ class Method:
     search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]  # queries -> ids (m, k), visited (m,)
     fit_s: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepRow:
+    """One LSH setting's single sweep run: its answers, and how to build the index again."""
+
+    family: str
+    setting: str
+    params: dict[str, Any]
+    fit_s: float
+    factory: Callable[[], Any]
+    seconds: float
+    ids: np.ndarray
+    visited: np.ndarray
 
 
 def ours(index: Any, family: str, setting: str, fit_s: float) -> Method:
@@ -308,6 +329,39 @@ def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tup
                 rerank=rerank,
                 min_collisions=collisions,
             )
+    grid.extend(polytope_grid(X, quick, reduce_dim, seed, rerank))
+    return grid
+
+
+def polytope_grid(
+    X: np.ndarray, quick: bool, reduce_dim: int, seed: int, rerank: int
+) -> list[tuple[str, str, Callable[[], Any]]]:
+    """(family, setting, factory) of the cross-polytope settings: about log2(n) bits per table (FALCONN's advice
+    for buckets of a few objects), a few less for larger buckets; L tables; T extra probes per table."""
+    log_n = round(np.log2(len(X)))
+    grid: list[tuple[str, str, Callable[[], Any]]] = []
+
+    def add(family: str, tables: int, bits: int, probes: int, **options: Any) -> None:
+        hashed_dim = options.get("reduce_dim") or X.shape[1]
+        n_projections, last_dim = hashes_for_bits(hashed_dim, bits)
+        setting = f"L={tables} b={bits} (k={n_projections} last={last_dim}) T={probes}"
+        if options.get("reduce_dim"):
+            setting += f" r={options['reduce_dim']}"
+        if options.get("rerank"):
+            setting += f" R={options['rerank']}"
+
+        def factory() -> CrossPolytopeIndex:
+            return CrossPolytopeIndex(tables, n_projections, last_dim, probes=probes, seed=seed, **options)
+
+        grid.append((family, setting, factory))
+
+    for bits in (log_n,) if quick else (log_n - 2, log_n):
+        for tables in (8, 16):
+            for probes in (0, 2, 4) if quick else (0, 1, 2, 4, 8):
+                add("CP-LSH PCA", tables, bits, probes, reduce_dim=reduce_dim)
+                add("CP-LSH PCA+shortlist", tables, bits, probes, reduce_dim=reduce_dim, rerank=rerank)
+    for tables, probes in ((8, 2), (16, 4)):
+        add("CP-LSH", tables, log_n, probes)
     return grid
 
 
@@ -362,8 +416,10 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
         time_scan()
 
     # ---- our LSH: grid (one run each), then re-time the frontier ------------------------------------------------
+    # Only one fitted index is alive at a time (at 1M each holds hundreds of MB): a setting's answers are kept, and
+    # the frontier's settings are fitted again (same seed, same index) for their timed runs.
     started = time.perf_counter()
-    sweep = []
+    sweep: list[SweepRow] = []
     reduce_dim = min(args.reduce_dim, X.shape[1])
     for family, setting, factory in lsh_grid(X, args.quick, reduce_dim, args.seed):
         index = factory()
@@ -373,29 +429,44 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
         if estimate > args.max_visited:
             print(f"  skip {family} {setting}: visits ~{100 * estimate:.0f}% (> {100 * args.max_visited:.0f}%)")
             continue
-        if index.target_recall is not None:
+        if getattr(index, "target_recall", None) is not None:
             setting = setting.replace("T=0", f"T={index.probes}(auto)")
         method = ours(index, family, setting, fit_s)
         seconds, (ids, visited) = best_of(1, lambda method=method: method.search(Q))
-        recall = recall_at_k(ids, exact_ids, K).mean()
-        sweep.append((method, seconds, recall, float(np.mean(visited)) / n))
+        sweep.append(SweepRow(method.family, method.setting, method.params, fit_s, factory, seconds, ids, visited))
+        del index, method
     print(f"  LSH grid: {len(sweep)} settings evaluated in {time.perf_counter() - started:.0f}s", flush=True)
     frame = pd.DataFrame(
         [
-            {"i": i, "family": meth.family, "recall": rec, "visited": vis, "seconds": sec}
-            for i, (meth, sec, rec, vis) in enumerate(sweep)
+            {
+                "i": i,
+                "family": row.family,
+                "recall": recall_at_k(row.ids, exact_ids, K).mean(),
+                "visited": float(np.mean(row.visited)) / n,
+                "seconds": row.seconds,
+            }
+            for i, row in enumerate(sweep)
         ]
     )
     chosen: set[int] = set()
     for _, group in frame.groupby("family"):
         for x in ("visited", "seconds"):
             chosen.update(group[pareto_frontier(group, x=x, y="recall")]["i"].tolist())
-    for i, (method, seconds, _, _) in enumerate(sweep):
+    for i, row in enumerate(sweep):
         if i in chosen:
-            timed_run(method)
+            index = row.factory().fit(X)
+            timed_run(
+                Method(row.family, row.setting, ours(index, row.family, row.setting, 0.0).search, row.fit_s, row.params)
+            )
+            del index
         else:
-            ids, visited = method.search(Q)
-            record(method, seconds, ids, visited, "single (sweep)")
+            record(
+                Method(row.family, row.setting, lambda q: (None, None), row.fit_s, row.params),
+                row.seconds,
+                row.ids,
+                row.visited,
+                "single (sweep)",
+            )
 
     # progress for long runs (1M): our rows before the peers' index builds
     ours_so_far = pd.DataFrame(rows).drop(columns=["params"])

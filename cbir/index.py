@@ -117,6 +117,12 @@ def warm_up() -> None:
         index.candidates(points[:2])
         index.add(points[:2])  # merge_tables
         LSHIndex(2, 2, 1.0, metric=metric, reduce_dim=2, rerank=2).fit(points).search(points[:2], 3)
+    from cbir.polytope import CrossPolytopeIndex  # it builds on this module
+
+    for options in ({"probes": 0}, {"probes": 2, "reduce_dim": 2, "rerank": 2}):
+        polytope = CrossPolytopeIndex(2, 1, **options).fit(points)
+        polytope.search(points[:2], 3)
+        polytope.candidates(points[:2])
     _WARM = True
 
 
@@ -221,9 +227,7 @@ class BaseIndex:
         """
         self._check_fitted()
         k = _check_int(k, "k", 1)
-        queries = _as_matrix(Q, "Q", dim=self.dim, allow_empty=True)
-        if self.metric == "cosine":
-            queries = l2_normalize(queries)
+        queries = self._prepare_queries(Q)
         if not len(self._removed):
             return self._search(queries, k)
         # tombstones: ask for enough rows that k live ones remain, then drop the removed ones (order kept)
@@ -263,6 +267,11 @@ class BaseIndex:
         return index
 
     # ---- for subclasses ----------------------------------------------------------------------------------
+    def _prepare_queries(self, Q: np.ndarray, name: str = "Q") -> np.ndarray:
+        """Validated float32 query rows of the fitted dimension, normalised for cosine."""
+        queries = _as_matrix(Q, name, dim=self.dim, allow_empty=True)
+        return l2_normalize(queries) if self.metric == "cosine" else queries
+
     def _check_fitted(self) -> None:
         if self._data is None:
             raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
@@ -634,18 +643,14 @@ class LSHIndex(BaseIndex):
     def hash_codes(self, X: np.ndarray) -> np.ndarray:
         """Slot numbers of rows of ``X`` (m, d): (m, g, h) int64 (normalised first for cosine)."""
         self._check_fitted()
-        vectors = _as_matrix(X, "X", dim=self.dim, allow_empty=True)
-        if self.metric == "cosine":
-            vectors = l2_normalize(vectors)
+        vectors = self._prepare_queries(X, "X")
         probe, _ = self._probe_args(vectors)
         return probe.codes.reshape(len(vectors), self.n_tables, self.n_projections)
 
     def candidates(self, Q: np.ndarray) -> list[np.ndarray]:
         """Distinct candidate ids (ascending int64 arrays) each query would visit with the current ``probes``."""
         self._check_fitted()
-        queries = _as_matrix(Q, "Q", dim=self.dim, allow_empty=True)
-        if self.metric == "cosine":
-            queries = l2_normalize(queries)
+        queries = self._prepare_queries(Q)
         probe, _ = self._probe_args(queries)
         offsets, ids = kernels.lsh_candidates(probe=probe)
         return [ids[offsets[i] : offsets[i + 1]] for i in range(len(queries))]

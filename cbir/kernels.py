@@ -29,6 +29,11 @@ Candidate phase
     (PCA coordinates) and only the best ``size`` are ranked exactly, best first, stopping early when the small
     space gives a lower bound that no remaining candidate can beat.
 
+Cross-polytope LSH (FALCONN; :mod:`cbir.polytope`)
+    Hashes are the nearest cross-polytope vertices of pseudo-random rotations (see the section's comment); their
+    codes are folded into the same keys and tables, and the query's probing sequence, computed outside the search
+    kernel, is passed to it as (table, key) pairs (:class:`ListedProbes`).
+
 Multi-probe (Lv et al., VLDB 2007, query-directed probing)
     For slot coordinate ``j`` with fractional position ``f_j`` inside its slot, moving to the left
     neighbour costs ``(f_j*w)²`` and to the right one ``((1-f_j)*w)²``. Perturbation sets are generated
@@ -764,6 +769,380 @@ def rerank_candidates(
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Cross-polytope LSH (Andoni, Indyk, Laarhoven, Razenshteyn, Schmidt, NIPS 2015; FALCONN)
+# ----------------------------------------------------------------------------------------------------------
+#
+# A cross-polytope hash of a vector x (zero-padded to D = 2^p coordinates) is the vertex ±e_j of the
+# cross-polytope nearest to a random rotation y = R x: j = argmax |y_j|, code j if y_j > 0 else D + j. The
+# rotation is FALCONN's pseudo-random one, ``n_rotations`` rounds of (random ±1 diagonal, then the normalised
+# Walsh-Hadamard transform), O(D log D) per hash instead of D² for a Gaussian matrix. A table concatenates
+# ``h`` hashes (function ``t*h + j``); the last one may use only the first ``last_dim`` rotated coordinates
+# (codes in [0, 2*last_dim)) to tune the number of buckets between powers of two, as FALCONN does. The codes
+# are folded into 64-bit bucket keys like E2LSH's (``_tuple_key`` with no deltas).
+#
+# Multi-probe (FALCONN): for one hash, the vertex ±e_j costs (max_i |y_i| ∓ y_j)², 0 for the hash itself; a
+# probe's cost is the sum over its h hashes. The probing sequence is global over the tables: the cheapest
+# probes of all tables, by a min-heap that extends a partial probe either with the next-cheaper vertex of its
+# current hash or by fixing it and moving to the next hash (whose cheapest vertex costs 0).
+
+
+def draw_rotation_signs(rotation_dim: int, n_functions: int, n_rotations: int, seed: int) -> np.ndarray:
+    """The random diagonals of the pseudo-random rotations: (n_functions, n_rotations, rotation_dim) float32 ±1."""
+    rng = np.random.default_rng(seed)
+    return (2.0 * rng.integers(0, 2, size=(n_functions, n_rotations, rotation_dim)) - 1.0).astype(np.float32)
+
+
+@njit(cache=True)
+def _hadamard_in_place(x: np.ndarray) -> None:
+    """Unnormalised fast Walsh-Hadamard transform of ``x`` (length a power of two), in place."""
+    size = x.shape[0]
+    half = 1
+    while half < size:
+        for start in range(0, size, 2 * half):
+            for j in range(start, start + half):
+                a = x[j]
+                b = x[j + half]
+                x[j] = a + b
+                x[j + half] = a - b
+        half *= 2
+
+
+@njit(cache=True)
+def _rotate(vector: np.ndarray, signs: np.ndarray, out: np.ndarray) -> None:
+    """``out`` (D,) = the pseudo-random rotation (``signs`` (R, D)) of ``vector`` (d <= D,) zero-padded to D."""
+    dim = vector.shape[0]
+    size = out.shape[0]
+    scale = np.float32(1.0 / np.sqrt(size))
+    for j in range(dim):
+        out[j] = vector[j]
+    for j in range(dim, size):
+        out[j] = 0.0
+    for r in range(signs.shape[0]):
+        for j in range(size):
+            out[j] *= signs[r, j]
+        _hadamard_in_place(out)
+        for j in range(size):
+            out[j] *= scale
+
+
+@njit(cache=True)
+def _nearest_vertex(rotated: np.ndarray, dim: int) -> tuple[int, np.float32]:
+    """Cross-polytope code of ``rotated[:dim]`` (j for +e_j, dim + j for -e_j) and its largest |coordinate|."""
+    best = rotated[0]
+    code = 0
+    if -rotated[0] > best:
+        best = -rotated[0]
+        code = dim
+    for j in range(1, dim):
+        value = rotated[j]
+        if value > best:
+            best = value
+            code = j
+        elif -value > best:
+            best = -value
+            code = dim + j
+    return code, best
+
+
+def rotation_matrix(signs: np.ndarray, dim: int) -> np.ndarray:
+    """The pseudo-random rotations of ``signs`` (F, R, D) as one dense matrix (dim, F*D) float32 for vectors of
+    ``dim <= D`` coordinates: row i holds the rotations of the unit vector e_i (the map is linear).
+
+    Hashing then costs one BLAS product ``X @ matrix`` for all F functions, cheaper than F fast Hadamard transforms
+    when ``dim`` is small (PCA coordinates); the rotation itself is FALCONN's HD3 (:func:`_rotate`).
+    """
+    n_functions, _, size = signs.shape
+    matrix = np.empty((dim, n_functions * size), dtype=np.float32)
+    _rotation_matrix(signs=signs, out=matrix)
+    return matrix
+
+
+@njit(cache=True)
+def _rotation_matrix(signs: np.ndarray, out: np.ndarray) -> None:
+    n_functions, _, size = signs.shape
+    unit = np.zeros(out.shape[0], dtype=np.float32)
+    rotated = np.empty(size, dtype=np.float32)
+    for i in range(out.shape[0]):
+        unit[i] = 1.0
+        for f in range(n_functions):
+            _rotate(unit, signs[f], rotated)
+            out[i, f * size : (f + 1) * size] = rotated
+        unit[i] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def rotate(vectors: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """The pseudo-random rotations (n, F, D) float32 of the rows of ``vectors`` (n, d <= D) by fast Hadamard
+    transforms: equal to ``vectors @ rotation_matrix(signs, d)`` up to rounding, cheaper when d is large."""
+    n = vectors.shape[0]
+    n_functions, _, size = signs.shape
+    rotated = np.empty((n, n_functions, size), dtype=np.float32)
+    for i in prange(n):
+        for f in range(n_functions):
+            _rotate(vectors[i], signs[f], rotated[i, f])
+    return rotated
+
+
+def rotations_reference(vectors: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """numpy version of ``vectors @ rotation_matrix(signs, d)`` with a dense Hadamard matrix: (n, F, D) float64."""
+    n_functions, n_rotations, size = signs.shape
+    hadamard = np.ones((1, 1))
+    while hadamard.shape[0] < size:
+        hadamard = np.block([[hadamard, hadamard], [hadamard, -hadamard]])
+    hadamard /= np.sqrt(size)
+    padded = np.zeros((len(vectors), size))
+    padded[:, : vectors.shape[1]] = vectors
+    rotated = np.empty((len(vectors), n_functions, size))
+    for f in range(n_functions):
+        y = padded
+        for r in range(n_rotations):
+            y = (y * signs[f, r]) @ hadamard
+        rotated[:, f] = y
+    return rotated
+
+
+@njit(cache=True, parallel=True)
+def cross_polytope_codes(rotated: np.ndarray, n_projections: int, last_dim: int) -> np.ndarray:
+    """Cross-polytope codes (n, F) int64 of rotated vectors (n, F, D) float32; function ``f`` with
+    ``f % n_projections == n_projections - 1`` uses the first ``last_dim`` coordinates only."""
+    n, n_functions, size = rotated.shape
+    codes = np.empty((n, n_functions), dtype=np.int64)
+    for i in prange(n):
+        for f in range(n_functions):
+            dim = last_dim if f % n_projections == n_projections - 1 else size
+            codes[i, f], _ = _nearest_vertex(rotated[i, f], dim)
+    return codes
+
+
+def cross_polytope_codes_reference(rotated: np.ndarray, n_projections: int, last_dim: int) -> np.ndarray:
+    """numpy version of :func:`cross_polytope_codes`."""
+    n, n_functions, size = rotated.shape
+    codes = np.empty((n, n_functions), dtype=np.int64)
+    for f in range(n_functions):
+        dim = last_dim if f % n_projections == n_projections - 1 else size
+        y = rotated[:, f, :dim]
+        codes[:, f] = np.argmax(np.concatenate([y, -y], axis=1), axis=1)
+    return codes
+
+
+@njit(cache=True, parallel=True)
+def fold_keys(codes: np.ndarray, n_tables: int, n_projections: int) -> np.ndarray:
+    """Bucket keys (g, n) uint64 of integer codes (n, g*h) int64: the fold of :func:`hash_keys_reference`."""
+    n = codes.shape[0]
+    keys = np.empty((n_tables, n), dtype=np.uint64)
+    zero_deltas = np.zeros(n_projections, dtype=np.int64)
+    for i in prange(n):
+        for t in range(n_tables):
+            keys[t, i] = _tuple_key(codes[i], t * n_projections, n_projections, zero_deltas)
+    return keys
+
+
+# Vertices of each hash ranked before the probing starts; the rest are ranked when a probe reaches them.
+_FIRST_VERTICES = 8
+
+
+@njit(cache=True)
+def _cheapest_vertices(
+    vector: np.ndarray,
+    dim: int,
+    own: int,
+    best: np.float32,
+    kept_value: np.ndarray,
+    out_codes: np.ndarray,
+    out_costs: np.ndarray,
+) -> None:
+    """The ``len(out_codes)`` cheapest vertices of one hash (``vector[:dim]`` rotated, ``own`` its code and ``best``
+    its largest |coordinate|), cheapest first (ties by code), and their costs; +inf costs past the 2·dim vertices.
+
+    The cheapest vertices are those of the largest signed coordinates: they are kept sorted by insertion, and most
+    coordinates fail the first comparison (a heap was 4x slower). ``kept_value`` is scratch space.
+    """
+    count = out_codes.shape[0]
+    kept = 0
+    for vertex in range(2 * dim):
+        value = vector[vertex] if vertex < dim else -vector[vertex - dim]
+        if kept == count and value <= kept_value[kept - 1]:
+            continue
+        position = kept if kept < count else count - 1
+        while position > 0 and kept_value[position - 1] < value:
+            kept_value[position] = kept_value[position - 1]
+            out_codes[position] = out_codes[position - 1]
+            position -= 1
+        kept_value[position] = value
+        out_codes[position] = vertex
+        kept = min(kept + 1, count)
+    for a in range(count):
+        gap = np.float64(best) - np.float64(kept_value[a])
+        out_costs[a] = gap * gap if a < kept else np.inf
+    out_codes[0] = own  # the hash itself, cost 0 (also when |coordinates| tie)
+    out_costs[0] = 0.0
+
+
+def cross_polytope_probes(
+    rotated: np.ndarray, n_tables: int, n_projections: int, last_dim: int, n_probes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``n_probes`` cheapest buckets of each query over all tables (FALCONN's multi-probe sequence).
+
+    Args:
+        rotated: (m, g*h, D) float32 rotated queries (``queries @ rotation_matrix``).
+        n_probes: P >= 1 buckets per query; the first g (cost 0) are the query's own buckets, table by table.
+
+    Returns:
+        tables (m, P) int64, keys (m, P) uint64 and costs (m, P) float64, cheapest first (ties: the earlier node
+        of the search); rows end with table -1 when fewer than P buckets exist.
+    """
+    m = rotated.shape[0]
+    out_tables = np.full((m, n_probes), -1, dtype=np.int64)
+    out_keys = np.zeros((m, n_probes), dtype=np.uint64)
+    out_costs = np.full((m, n_probes), np.inf, dtype=np.float64)
+    _cross_polytope_probes(
+        rotated=rotated,
+        n_tables=n_tables,
+        n_projections=n_projections,
+        last_dim=last_dim,
+        n_chunks=_n_chunks(m),
+        out_tables=out_tables,
+        out_keys=out_keys,
+        out_costs=out_costs,
+    )
+    return out_tables, out_keys, out_costs
+
+
+@njit(cache=True, parallel=True)
+def _cross_polytope_probes(
+    rotated: np.ndarray,
+    n_tables: int,
+    n_projections: int,
+    last_dim: int,
+    n_chunks: int,
+    out_tables: np.ndarray,
+    out_keys: np.ndarray,
+    out_costs: np.ndarray,
+) -> None:
+    """Parallel loop of :func:`cross_polytope_probes` (results written to ``out_*``; P = their columns)."""
+    m, n_functions, size = rotated.shape
+    n_probes = out_tables.shape[1]
+    h = n_projections
+    # a probe using the a-th cheapest vertex of one hash comes after a probes of its table and g - 1 of the others
+    alternatives = max(1, min(2 * size, n_probes - n_tables + 1))
+    capacity = 2 * (h + 1) * (n_probes + n_tables) + 8
+    for chunk in prange(n_chunks):
+        kept_value = np.empty(alternatives, dtype=np.float32)
+        requested = np.zeros(n_functions, dtype=np.int64)
+        alt_code = np.zeros((n_functions, alternatives), dtype=np.int64)
+        alt_cost = np.full((n_functions, alternatives), np.inf, dtype=np.float64)
+        heap_score = np.empty(capacity, dtype=np.float64)
+        heap_node = np.empty(capacity, dtype=np.int64)
+        node_table = np.empty(capacity, dtype=np.int64)
+        node_hash = np.empty(capacity, dtype=np.int64)
+        node_rank = np.empty(capacity, dtype=np.int64)
+        node_choice = np.zeros((capacity, h), dtype=np.int64)
+        codes = np.empty(h, dtype=np.int64)
+        zero_deltas = np.zeros(h, dtype=np.int64)
+        for i in range(chunk * m // n_chunks, (chunk + 1) * m // n_chunks):
+            for f in range(n_functions):
+                vector = rotated[i, f]
+                dim = last_dim if f % h == h - 1 else size
+                own, best = _nearest_vertex(vector, dim)
+                # few probes ever reach past a hash's first vertices: rank a few now, all on demand (below)
+                requested[f] = min(alternatives, _FIRST_VERTICES)
+                _cheapest_vertices(
+                    vector=vector,
+                    dim=dim,
+                    own=own,
+                    best=best,
+                    kept_value=kept_value,
+                    out_codes=alt_code[f, : requested[f]],
+                    out_costs=alt_cost[f, : requested[f]],
+                )
+            size_heap = 0
+            n_nodes = 0
+            for t in range(n_tables):
+                node_table[n_nodes] = t
+                node_hash[n_nodes] = 0
+                node_rank[n_nodes] = 0
+                size_heap = _heap_push(heap_score, heap_node, size_heap, 0.0, n_nodes, False)
+                n_nodes += 1
+            found = 0
+            while found < n_probes and size_heap > 0:
+                score, node, size_heap = _heap_pop(heap_score, heap_node, size_heap, False)
+                t = node_table[node]
+                hash_index = node_hash[node]
+                if hash_index == h:
+                    for j in range(h):
+                        codes[j] = alt_code[t * h + j, node_choice[node, j]]
+                    out_tables[i, found] = t
+                    out_keys[i, found] = _tuple_key(codes, 0, h, zero_deltas)
+                    out_costs[i, found] = score
+                    found += 1
+                    continue
+                if n_nodes + 2 > capacity:
+                    break  # sized so this does not happen; stop rather than fail
+                f = t * h + hash_index
+                rank = node_rank[node]
+                if rank + 1 == requested[f] and requested[f] < alternatives:
+                    dim = last_dim if f % h == h - 1 else size
+                    own, best = _nearest_vertex(rotated[i, f], dim)
+                    requested[f] = alternatives
+                    _cheapest_vertices(
+                        vector=rotated[i, f],
+                        dim=dim,
+                        own=own,
+                        best=best,
+                        kept_value=kept_value,
+                        out_codes=alt_code[f],
+                        out_costs=alt_cost[f],
+                    )
+                if rank + 1 < requested[f] and alt_cost[f, rank + 1] < np.inf:
+                    # the same hash, its next-cheaper vertex
+                    node_table[n_nodes] = t
+                    node_hash[n_nodes] = hash_index
+                    node_rank[n_nodes] = rank + 1
+                    node_choice[n_nodes, :hash_index] = node_choice[node, :hash_index]
+                    child = score - alt_cost[f, rank] + alt_cost[f, rank + 1]
+                    size_heap = _heap_push(heap_score, heap_node, size_heap, child, n_nodes, False)
+                    n_nodes += 1
+                # this vertex fixed, on to the next hash (its cheapest vertex costs 0)
+                node_table[n_nodes] = t
+                node_hash[n_nodes] = hash_index + 1
+                node_rank[n_nodes] = 0
+                node_choice[n_nodes, :hash_index] = node_choice[node, :hash_index]
+                node_choice[n_nodes, hash_index] = rank
+                size_heap = _heap_push(heap_score, heap_node, size_heap, score, n_nodes, False)
+                n_nodes += 1
+
+
+def cross_polytope_probes_reference(
+    rotated: np.ndarray, n_tables: int, n_projections: int, last_dim: int, n_probes: int
+) -> list[list[tuple[float, int, np.uint64]]]:
+    """Brute force over every combination of vertices of every table: each query's ``n_probes`` cheapest
+    (cost, table, key), sorted by cost (for tests; small D and h only)."""
+    rotated = np.asarray(rotated, dtype=np.float64)
+    codes = cross_polytope_codes_reference(rotated, n_projections, last_dim)
+    size = rotated.shape[2]
+    h = n_projections
+    result = []
+    for i in range(len(rotated)):
+        probes = []
+        for t in range(n_tables):
+            options = []
+            for j in range(h):
+                y = rotated[i, t * h + j]
+                dim = last_dim if j == h - 1 else size
+                best = np.abs(y[:dim]).max()
+                costs = np.concatenate([(best - y[:dim]) ** 2, (best + y[:dim]) ** 2])
+                costs[codes[i, t * h + j]] = 0.0
+                options.append(list(enumerate(costs)))
+            for combination in itertools.product(*options):
+                combo_codes = np.array([[code for code, _ in combination]], dtype=np.int64)
+                key = hash_keys_reference(combo_codes, 1, h)[0, 0]
+                probes.append((float(sum(cost for _, cost in combination)), t, key))
+        probes.sort(key=lambda probe: probe[0])
+        result.append(probes[:n_probes])
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------
 # LSH query
 # ----------------------------------------------------------------------------------------------------------
 
@@ -807,6 +1186,19 @@ class Shortlist(NamedTuple):
     lower_bound: bool = False
 
 
+class ListedProbes(NamedTuple):
+    """A batch LSH query whose buckets are listed by the caller (cross-polytope LSH computes its probing sequence
+    outside the search kernel): the arguments of :func:`lsh_search` / :func:`lsh_candidates` besides
+    :class:`ProbeArgs`."""
+
+    queries: np.ndarray  # (m, d) float32 C-contiguous (unit rows for cosine)
+    data: np.ndarray  # (n, d) float32 C-contiguous indexed vectors
+    probe_tables: np.ndarray  # (m, P) int64 table of each probed bucket, best first; -1 ends a shorter sequence
+    probe_keys: np.ndarray  # (m, P) uint64 bucket key of each probe
+    tables: BucketTables
+    min_collisions: int = 1
+
+
 @njit(cache=True)
 def _probe_bucket(
     codes: np.ndarray,
@@ -824,13 +1216,43 @@ def _probe_bucket(
     touched: np.ndarray,
     n_touched: np.ndarray,
 ) -> int:
-    """Append the ids of bucket ``codes[start:start+h] + deltas`` of the table ``bucket_keys[lo:hi]`` whose bit
-    in ``seen`` is not set yet to ``buffer[count:]`` (setting it); returns the new count.
+    """:func:`_gather_bucket` of the bucket ``codes[start:start+h] + deltas`` of the table ``bucket_keys[lo:hi]``."""
+    return _gather_bucket(
+        key=_tuple_key(codes, start, n_projections, deltas),
+        tables=tables,
+        lo=lo,
+        hi=hi,
+        seen=seen,
+        buffer=buffer,
+        count=count,
+        min_collisions=min_collisions,
+        counts=counts,
+        touched=touched,
+        n_touched=n_touched,
+    )
+
+
+@njit(cache=True)
+def _gather_bucket(
+    key: np.uint64,
+    tables: BucketTables,
+    lo: int,
+    hi: int,
+    seen: np.ndarray,
+    buffer: np.ndarray,
+    count: int,
+    min_collisions: int,
+    counts: np.ndarray,
+    touched: np.ndarray,
+    n_touched: np.ndarray,
+) -> int:
+    """Append the ids of the bucket ``key`` of the table ``bucket_keys[lo:hi]`` whose bit in ``seen`` is not set
+    yet to ``buffer[count:]`` (setting it); returns the new count.
 
     With ``min_collisions > 1`` an id is appended when the bucket is the ``min_collisions``-th one it is found in:
     ``counts`` (n,) int32 counts the finds, ``touched[:n_touched[0]]`` lists the ids counted so far.
     """
-    bucket = _find_bucket(tables.bucket_keys, lo, hi, _tuple_key(codes, start, n_projections, deltas))
+    bucket = _find_bucket(tables.bucket_keys, lo, hi, key)
     if bucket < 0:
         return count
     bucket_ids = tables.bucket_ids
@@ -850,6 +1272,41 @@ def _probe_bucket(
             seen[word] |= bit
             buffer[count] = obj
             count += 1
+    return count
+
+
+@njit(cache=True)
+def _collect_listed(
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
+    tables: BucketTables,
+    seen: np.ndarray,
+    buffer: np.ndarray,
+    min_collisions: int,
+    counts: np.ndarray,
+    touched: np.ndarray,
+    n_touched: np.ndarray,
+) -> int:
+    """:func:`_collect_candidates` for a probe sequence given as (table, key) pairs (``probe_tables[p] < 0`` ends
+    it): the distinct ids of those buckets, written to ``buffer``; returns the count."""
+    count = 0
+    for p in range(probe_tables.shape[0]):
+        t = probe_tables[p]
+        if t < 0:
+            break
+        count = _gather_bucket(
+            key=probe_keys[p],
+            tables=tables,
+            lo=tables.table_offsets[t],
+            hi=tables.table_offsets[t + 1],
+            seen=seen,
+            buffer=buffer,
+            count=count,
+            min_collisions=min_collisions,
+            counts=counts,
+            touched=touched,
+            n_touched=n_touched,
+        )
     return count
 
 
@@ -1070,6 +1527,8 @@ def _lsh_kernel(
     n_probes: int,
     tables: BucketTables,
     min_collisions: int,
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
     short_queries: np.ndarray,
     short_data: np.ndarray,
     shortlist: int,
@@ -1086,10 +1545,12 @@ def _lsh_kernel(
     """Candidates of every query, then (by ``mode``) their exact top-k, only their count, or their ids.
 
     The leading arguments are the fields of :class:`ProbeArgs` (numba's parallel loops do not take nested
-    named tuples); ``short_queries`` / ``short_data`` / ``shortlist`` those of :class:`Shortlist`
-    (``shortlist = 0``: every candidate is re-ranked exactly). Called with keywords only.
+    named tuples), or, when ``probe_tables`` has columns, those of :class:`ListedProbes` (``codes`` etc. unused);
+    ``short_queries`` / ``short_data`` / ``shortlist`` those of :class:`Shortlist` (``shortlist = 0``: every
+    candidate is re-ranked exactly). Called with keywords only.
     """
-    m = codes.shape[0]
+    m = queries.shape[0]
+    listed = probe_tables.shape[1] > 0
     n = data.shape[0]
     h = n_projections
     k = out_ids.shape[1]
@@ -1110,23 +1571,36 @@ def _lsh_kernel(
         ordered_key = np.empty(max(shortlist, 1), dtype=np.float32)
         ordered_id = np.empty(max(shortlist, 1), dtype=np.int64)
         for i in range(chunk * m // n_chunks, (chunk + 1) * m // n_chunks):
-            count = _collect_candidates(
-                codes=codes[i],
-                fractions=fractions[i],
-                n_tables=n_tables,
-                n_projections=h,
-                bucket_width=bucket_width,
-                n_probes=n_probes,
-                tables=tables,
-                seen=seen,
-                buffer=buffer,
-                zero_deltas=zero_deltas,
-                workspace=workspace,
-                min_collisions=min_collisions,
-                counts=counts,
-                touched=touched,
-                n_touched=n_touched,
-            )
+            if listed:
+                count = _collect_listed(
+                    probe_tables=probe_tables[i],
+                    probe_keys=probe_keys[i],
+                    tables=tables,
+                    seen=seen,
+                    buffer=buffer,
+                    min_collisions=min_collisions,
+                    counts=counts,
+                    touched=touched,
+                    n_touched=n_touched,
+                )
+            else:
+                count = _collect_candidates(
+                    codes=codes[i],
+                    fractions=fractions[i],
+                    n_tables=n_tables,
+                    n_projections=h,
+                    bucket_width=bucket_width,
+                    n_probes=n_probes,
+                    tables=tables,
+                    seen=seen,
+                    buffer=buffer,
+                    zero_deltas=zero_deltas,
+                    workspace=workspace,
+                    min_collisions=min_collisions,
+                    counts=counts,
+                    touched=touched,
+                    n_touched=n_touched,
+                )
             for j in range(n_touched[0]):
                 counts[touched[j]] = 0
             n_touched[0] = 0
@@ -1174,7 +1648,7 @@ _NO_SHORTLIST = Shortlist(queries=np.zeros((0, 1), dtype=np.float32), data=np.ze
 
 
 def _lsh_call(
-    probe: ProbeArgs,
+    probe: ProbeArgs | ListedProbes,
     k: int,
     metric: int,
     mode: int,
@@ -1182,7 +1656,27 @@ def _lsh_call(
     cand_offsets: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Run :func:`_lsh_kernel` in ``mode``; returns (scores, ids, visited, cand_ids)."""
-    m = probe.codes.shape[0]
+    m = probe.queries.shape[0]
+    if isinstance(probe, ListedProbes):
+        if probe.probe_tables.shape != (m, max(probe.probe_tables.shape[1], 1)) or probe.probe_keys.shape != (
+            probe.probe_tables.shape
+        ):
+            raise ValueError("probe_tables and probe_keys must be (m, P >= 1) arrays, one row per query")
+        listed = (probe.probe_tables, probe.probe_keys)
+        probe = ProbeArgs(
+            queries=probe.queries,
+            data=probe.data,
+            codes=np.zeros((m, 0), dtype=np.int64),
+            fractions=np.zeros((m, 0), dtype=np.float64),
+            n_tables=0,
+            n_projections=1,
+            bucket_width=1.0,
+            n_probes=0,
+            tables=probe.tables,
+            min_collisions=probe.min_collisions,
+        )
+    else:
+        listed = (np.zeros((m, 0), dtype=np.int64), np.zeros((m, 0), dtype=np.uint64))
     scores, ids = _empty_results(m, k, metric)
     visited = np.zeros(m, dtype=np.int64)
     offsets = np.zeros(m + 1, dtype=np.int64) if cand_offsets is None else cand_offsets
@@ -1201,6 +1695,8 @@ def _lsh_call(
         n_probes=int(probe.n_probes),
         tables=BucketTables(*probe.tables),
         min_collisions=int(probe.min_collisions),
+        probe_tables=listed[0],
+        probe_keys=listed[1],
         short_queries=short.queries,
         short_data=short.data,
         shortlist=int(short.size),
@@ -1218,12 +1714,12 @@ def _lsh_call(
 
 
 def lsh_search(
-    probe: ProbeArgs, k: int, metric: int, shortlist: Shortlist | None = None
+    probe: ProbeArgs | ListedProbes, k: int, metric: int, shortlist: Shortlist | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Batch E2LSH query (numba, parallel over queries).
+    """Batch LSH query (numba, parallel over queries).
 
     Args:
-        probe: the queries, data, query slots and tables.
+        probe: the queries, data, query slots and tables (E2LSH), or the buckets to probe (:class:`ListedProbes`).
         k: results per query; metric: ``METRIC_EUCLIDEAN`` or ``METRIC_COSINE``.
         shortlist: optional cheaper candidate phase; ``None`` re-ranks every candidate exactly.
 
@@ -1235,7 +1731,7 @@ def lsh_search(
     return scores, ids, visited
 
 
-def lsh_candidates(probe: ProbeArgs) -> tuple[np.ndarray, np.ndarray]:
+def lsh_candidates(probe: ProbeArgs | ListedProbes) -> tuple[np.ndarray, np.ndarray]:
     """Candidate sets of each query as CSR ``(offsets (m+1,) int64, ids int64)``, ids ascending within a query."""
     _, _, visited, _ = _lsh_call(probe, 1, METRIC_EUCLIDEAN, _MODE_COUNT)
     offsets = np.zeros(len(visited) + 1, dtype=np.int64)
@@ -1244,34 +1740,48 @@ def lsh_candidates(probe: ProbeArgs) -> tuple[np.ndarray, np.ndarray]:
     return offsets, cand_ids
 
 
+def _reference_buckets(probe: ProbeArgs | ListedProbes, i: int) -> list[np.ndarray]:
+    """The id lists of the buckets query ``i`` probes (numpy; for :func:`query_reference`)."""
+    tables = probe.tables
+    pairs = []
+    if isinstance(probe, ListedProbes):
+        for t, key in zip(probe.probe_tables[i], probe.probe_keys[i], strict=True):
+            if t < 0:
+                break
+            pairs.append((int(t), key))
+    else:
+        h = probe.n_projections
+        for t in range(probe.n_tables):
+            table_codes = probe.codes[i, t * h : (t + 1) * h]
+            deltas = [np.zeros(h, dtype=np.int64)]
+            if probe.n_probes > 0:
+                probe_deltas, _ = perturbation_sequence_reference(
+                    probe.fractions[i, t * h : (t + 1) * h], probe.bucket_width, probe.n_probes
+                )
+                deltas.extend(probe_deltas)
+            pairs.extend((t, hash_keys_reference((table_codes + delta)[None, :], 1, h)[0, 0]) for delta in deltas)
+    found = []
+    for t, key in pairs:
+        lo, hi = tables.table_offsets[t], tables.table_offsets[t + 1]
+        table_keys = tables.bucket_keys[lo:hi]
+        position = np.searchsorted(table_keys, key)
+        if position < len(table_keys) and table_keys[position] == key:
+            bucket = lo + position
+            found.append(tables.bucket_ids[tables.bucket_starts[bucket] : tables.bucket_starts[bucket + 1]])
+    return found
+
+
 def query_reference(
-    probe: ProbeArgs, k: int, metric: int, shortlist: Shortlist | None = None
+    probe: ProbeArgs | ListedProbes, k: int, metric: int, shortlist: Shortlist | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """numpy version of :func:`lsh_search` (same arguments); also returns each query's sorted candidate ids."""
-    queries, data, codes, fractions, n_tables, n_projections, bucket_width, n_probes, tables, min_collisions = probe
+    queries, data, min_collisions = probe.queries, probe.data, probe.min_collisions
     m = queries.shape[0]
     scores, ids = _empty_results(m, k, metric)
     visited = np.zeros(m, dtype=np.int64)
     candidates_per_query = []
-    h = n_projections
     for i in range(m):
-        found = []
-        for t in range(n_tables):
-            table_codes = codes[i, t * h : (t + 1) * h]
-            deltas = [np.zeros(h, dtype=np.int64)]
-            if n_probes > 0:
-                probe_deltas, _ = perturbation_sequence_reference(
-                    fractions[i, t * h : (t + 1) * h], bucket_width, n_probes
-                )
-                deltas.extend(probe_deltas)
-            lo, hi = tables.table_offsets[t], tables.table_offsets[t + 1]
-            table_keys = tables.bucket_keys[lo:hi]
-            for delta in deltas:
-                key = hash_keys_reference((table_codes + delta)[None, :], 1, h)[0, 0]
-                position = np.searchsorted(table_keys, key)
-                if position < len(table_keys) and table_keys[position] == key:
-                    bucket = lo + position
-                    found.append(tables.bucket_ids[tables.bucket_starts[bucket] : tables.bucket_starts[bucket + 1]])
+        found = _reference_buckets(probe, i)
         candidates, finds = np.unique(np.concatenate(found), return_counts=True) if found else (np.empty(0, int), [])
         candidates = candidates[np.asarray(finds) >= min_collisions].astype(np.int64)
         candidates_per_query.append(candidates)

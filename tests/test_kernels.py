@@ -266,3 +266,88 @@ def test_sorted_candidates_reads_sets_back_in_order_and_clears_the_bitmap(count:
     result = kernels._sorted_candidates(seen=seen, buffer=buffer, count=count)
     np.testing.assert_array_equal(result, np.sort(ids))
     assert not seen.any()
+
+
+# ---- cross-polytope LSH ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def polytope() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(11)
+    signs = kernels.draw_rotation_signs(16, 3 * 2, 3, seed=5)  # 3 tables x 2 hashes, D = 16 (12-d padded)
+    return {
+        "data": rng.standard_normal((400, 12)).astype(np.float32),
+        "queries": rng.standard_normal((20, 12)).astype(np.float32),
+        "signs": signs,
+    }
+
+
+def test_rotation_signs_are_balanced_plus_minus_one() -> None:
+    signs = kernels.draw_rotation_signs(64, 20, 3, seed=0)
+    assert signs.shape == (20, 3, 64) and signs.dtype == np.float32
+    assert set(np.unique(signs)) == {-1.0, 1.0} and abs(signs.mean()) < 0.05
+
+
+def _rotated(vectors: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    matrix = kernels.rotation_matrix(signs, vectors.shape[1])
+    return (vectors @ matrix).reshape(len(vectors), signs.shape[0], signs.shape[2])
+
+
+@pytest.mark.parametrize("last_dim", [16, 4])
+def test_cross_polytope_codes_match_dense_hadamard_reference(polytope: dict[str, np.ndarray], last_dim: int) -> None:
+    rotated = _rotated(polytope["data"], polytope["signs"])
+    reference = kernels.rotations_reference(polytope["data"], polytope["signs"])
+    np.testing.assert_allclose(rotated, reference, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(kernels.rotate(polytope["data"], polytope["signs"]), reference, rtol=1e-4, atol=1e-5)
+    # the rotation is orthogonal: it keeps norms
+    norms = np.linalg.norm(polytope["data"], axis=1)
+    np.testing.assert_allclose(np.linalg.norm(rotated, axis=2), np.repeat(norms[:, None], 6, axis=1), rtol=1e-5)
+    codes = kernels.cross_polytope_codes(rotated, 2, last_dim)
+    np.testing.assert_array_equal(codes, kernels.cross_polytope_codes_reference(rotated, 2, last_dim))
+    # the last hash of a table uses 2 * last_dim codes
+    assert codes[:, 1::2].max() < 2 * last_dim and codes[:, 0::2].max() < 32
+
+
+def test_fold_keys_match_the_e2lsh_key_fold(polytope: dict[str, np.ndarray]) -> None:
+    codes = kernels.cross_polytope_codes(_rotated(polytope["data"], polytope["signs"]), 2, 16)
+    np.testing.assert_array_equal(kernels.fold_keys(codes, 3, 2), kernels.hash_keys_reference(codes, 3, 2))
+
+
+@pytest.mark.parametrize("n_probes", [3, 4, 12, 40])
+def test_cross_polytope_probes_match_brute_force(polytope: dict[str, np.ndarray], n_probes: int) -> None:
+    rotated = _rotated(polytope["queries"], polytope["signs"])
+    tables, keys, costs = kernels.cross_polytope_probes(rotated, 3, 2, 8, n_probes)
+    reference = kernels.cross_polytope_probes_reference(rotated, 3, 2, 8, n_probes)
+    own = kernels.fold_keys(kernels.cross_polytope_codes(rotated, 2, 8), 3, 2)
+    for i, expected in enumerate(reference):
+        np.testing.assert_allclose(costs[i], [cost for cost, _, _ in expected], atol=1e-6)
+        assert set(zip(tables[i].tolist(), keys[i].tolist(), strict=True)) == {(t, key) for _, t, key in expected}
+        # the query's own buckets come first, table by table, at cost 0
+        first = min(n_probes, 3)
+        np.testing.assert_array_equal(tables[i, :first], np.arange(first))
+        np.testing.assert_array_equal(keys[i, :first], own[np.arange(first), i])
+        assert np.all(np.diff(costs[i]) >= 0)
+
+
+@pytest.mark.parametrize("metric", [kernels.METRIC_EUCLIDEAN, kernels.METRIC_COSINE])
+@pytest.mark.parametrize("min_collisions", [1, 2])
+def test_listed_probes_search_matches_numpy_reference(
+    polytope: dict[str, np.ndarray], metric: int, min_collisions: int
+) -> None:
+    data, queries, signs = polytope["data"], polytope["queries"], polytope["signs"]
+    if metric == kernels.METRIC_COSINE:
+        data = np.ascontiguousarray(data / np.linalg.norm(data, axis=1, keepdims=True))
+        queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True))
+    tables = kernels.build_tables(kernels.fold_keys(kernels.cross_polytope_codes(_rotated(data, signs), 2, 16), 3, 2))
+    probe_tables, probe_keys, _ = kernels.cross_polytope_probes(_rotated(queries, signs), 3, 2, 16, 9)
+    probe_tables[0, 4:] = -1  # a shorter sequence ends with -1
+    probe = kernels.ListedProbes(queries, data, probe_tables, probe_keys, tables, min_collisions)
+    scores, ids, visited = kernels.lsh_search(probe=probe, k=5, metric=metric)
+    ref_scores, ref_ids, ref_visited, ref_candidates = kernels.query_reference(probe=probe, k=5, metric=metric)
+    np.testing.assert_array_equal(visited, ref_visited)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+    offsets, candidate_ids = kernels.lsh_candidates(probe=probe)
+    for i, expected in enumerate(ref_candidates):
+        np.testing.assert_array_equal(candidate_ids[offsets[i] : offsets[i + 1]], expected)
+    assert visited.sum() > 0 and (min_collisions > 1 or visited.min() > 0)
