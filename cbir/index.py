@@ -55,13 +55,13 @@ IndexT = TypeVar("IndexT", bound="BaseIndex")
 _SCAN_BLOCK_ELEMENTS = 1 << 25
 
 
-def _check_metric(metric: str) -> str:
+def check_metric(metric: str) -> str:
     if metric not in kernels.METRIC_CODES:
         raise ValueError(f"metric must be one of {sorted(kernels.METRIC_CODES)}, got {metric!r}")
     return metric
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
+def check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
@@ -226,7 +226,7 @@ class BaseIndex:
             -1, visited (m,) int64 distinct objects compared per query.
         """
         self._check_fitted()
-        k = _check_int(k, "k", 1)
+        k = check_int(k, "k", 1)
         queries = self._prepare_queries(Q)
         if not len(self._removed):
             return self._search(queries, k)
@@ -312,7 +312,7 @@ class SequentialScan(BaseIndex):
 
     def __init__(self, metric: Metric = "euclidean") -> None:
         super().__init__()
-        self.metric = _check_metric(metric)
+        self.metric = check_metric(metric)
         self._sq_norms: np.ndarray | None = None
 
     @property
@@ -364,7 +364,80 @@ class SequentialScan(BaseIndex):
         return SearchResult(scores, ids, np.full(m, n, dtype=np.int64))
 
 
-class LSHIndex(BaseIndex):
+class BucketIndex(BaseIndex):
+    """What the hashing indexes share (:class:`LSHIndex`, :class:`cbir.polytope.CrossPolytopeIndex`): bucket tables in
+    the CSR layout of :class:`kernels.BucketTables`, ``probes``, an optional PCA hashing space with a shortlist scored
+    in it, and the search and candidate kernels. A subclass hashes (``_fit``, :meth:`_hash_space`) and says which
+    buckets a query probes (:meth:`_probe`)."""
+
+    _probes: int
+    _tables: kernels.BucketTables | None
+    _pca: PCA | None
+    _reduced: np.ndarray | None
+    rerank: int
+
+    @property
+    def probes(self) -> int:
+        """Extra buckets probed per table; may be changed on a fitted index (no refit needed)."""
+        return self._probes
+
+    @probes.setter
+    def probes(self, value: int) -> None:
+        self._probes = check_int(value, "probes", 0)
+
+    @property
+    def tables(self) -> kernels.BucketTables:
+        """The CSR bucket layout (read-only use)."""
+        self._check_fitted()
+        assert self._tables is not None
+        return self._tables
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self._tables is not None:
+            bucket_sizes = np.diff(self._tables.bucket_starts)
+            info.update(
+                n_buckets=len(bucket_sizes),
+                mean_bucket_size=float(bucket_sizes.mean()),
+                max_bucket_size=int(bucket_sizes.max()),
+                table_bytes=int(sum(array.nbytes for array in self._tables)),
+            )
+        if self._pca is not None:
+            info["pca_explained_variance"] = float(self._pca.explained.sum())
+        return info
+
+    def _hash_space(self, vectors: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _probe(self, queries: np.ndarray, hashed: np.ndarray) -> kernels.ProbeArgs | kernels.ListedProbes:
+        """The buckets :func:`kernels.lsh_search` probes for ``queries`` (``hashed``: them in the hashing space)."""
+        raise NotImplementedError
+
+    def _probe_args(self, queries: np.ndarray) -> tuple[Any, kernels.Shortlist | None]:
+        """The probe and the shortlist of :func:`kernels.lsh_search` for ``queries`` (normalised for cosine)."""
+        hashed = self._hash_space(queries)
+        shortlist = None
+        if self.rerank and self._reduced is not None:
+            # PCA is an orthogonal projection: reduced distances are lower bounds of the true ones
+            shortlist = kernels.Shortlist(queries=hashed, data=self._reduced, size=self.rerank, lower_bound=True)
+        return self._probe(queries, hashed), shortlist
+
+    def _search(self, queries: np.ndarray, k: int) -> SearchResult:
+        probe, shortlist = self._probe_args(queries)
+        return SearchResult(
+            *kernels.lsh_search(probe=probe, k=k, metric=kernels.METRIC_CODES[self.metric], shortlist=shortlist)
+        )
+
+    def candidates(self, Q: np.ndarray) -> list[np.ndarray]:
+        """Distinct candidate ids (ascending int64 arrays) each query would visit with the current ``probes``."""
+        self._check_fitted()
+        queries = self._prepare_queries(Q)
+        probe, _ = self._probe_args(queries)
+        offsets, ids = kernels.lsh_candidates(probe=probe)
+        return [ids[offsets[i] : offsets[i + 1]] for i in range(len(queries))]
+
+
+class LSHIndex(BucketIndex):
     """The paper's E2LSH index (Datar et al.), with optional query-directed multi-probe (Lv et al.), hashing in
     a PCA-reduced space and a cheap candidate phase.
 
@@ -424,18 +497,18 @@ class LSHIndex(BaseIndex):
         min_collisions: int = 1,
     ) -> None:
         super().__init__()
-        self.n_tables = _check_int(n_tables, "n_tables", 1)
-        self.n_projections = _check_int(n_projections, "n_projections", 1)
+        self.n_tables = check_int(n_tables, "n_tables", 1)
+        self.n_projections = check_int(n_projections, "n_projections", 1)
         if isinstance(bucket_width, bool) or not isinstance(bucket_width, Real) or not np.isfinite(bucket_width):
             raise ValueError(f"bucket_width must be a finite number, got {bucket_width!r}")
         if bucket_width <= 0:
             raise ValueError(f"bucket_width must be > 0, got {bucket_width}")
         self.bucket_width = float(bucket_width)
-        self.metric = _check_metric(metric)
-        self.seed = _check_int(seed, "seed", 0)
+        self.metric = check_metric(metric)
+        self.seed = check_int(seed, "seed", 0)
         self.probes = probes
-        self.reduce_dim = None if reduce_dim is None else _check_int(reduce_dim, "reduce_dim", 1)
-        self.rerank = _check_int(rerank, "rerank", 0)
+        self.reduce_dim = None if reduce_dim is None else check_int(reduce_dim, "reduce_dim", 1)
+        self.rerank = check_int(rerank, "rerank", 0)
         if self.rerank and self.reduce_dim is None:
             raise ValueError("rerank needs reduce_dim: candidates are scored in the reduced space first")
         if target_recall is not None:
@@ -445,8 +518,8 @@ class LSHIndex(BaseIndex):
                 raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
             target_recall = float(target_recall)
         self.target_recall = target_recall
-        self.max_probes = _check_int(max_probes, "max_probes", 0)
-        self.min_collisions = _check_int(min_collisions, "min_collisions", 1)
+        self.max_probes = check_int(max_probes, "max_probes", 0)
+        self.min_collisions = check_int(min_collisions, "min_collisions", 1)
         self._directions: np.ndarray | None = None
         self._offsets: np.ndarray | None = None
         self._tables: kernels.BucketTables | None = None
@@ -478,15 +551,6 @@ class LSHIndex(BaseIndex):
         return cls(bucket_width=width, **params)
 
     @property
-    def probes(self) -> int:
-        """Neighbouring buckets probed per table; may be changed on a fitted index (no refit needed)."""
-        return self._probes
-
-    @probes.setter
-    def probes(self, value: int) -> None:
-        self._probes = _check_int(value, "probes", 0)
-
-    @property
     def params(self) -> dict[str, Any]:
         params = {
             "n_tables": self.n_tables,
@@ -507,25 +571,8 @@ class LSHIndex(BaseIndex):
             params["min_collisions"] = self.min_collisions
         return params
 
-    @property
-    def tables(self) -> kernels.BucketTables:
-        """The CSR bucket layout (read-only use)."""
-        self._check_fitted()
-        assert self._tables is not None
-        return self._tables
-
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        if self._tables is not None:
-            bucket_sizes = np.diff(self._tables.bucket_starts)
-            info.update(
-                n_buckets=len(bucket_sizes),
-                mean_bucket_size=float(bucket_sizes.mean()),
-                max_bucket_size=int(bucket_sizes.max()),
-                table_bytes=int(sum(array.nbytes for array in self._tables)),
-            )
-        if self._pca is not None:
-            info["pca_explained_variance"] = float(self._pca.explained.sum())
         if self.tuned_recall is not None:
             info["tuned_recall"] = self.tuned_recall
         return info
@@ -588,13 +635,12 @@ class LSHIndex(BaseIndex):
         if self._reduced is not None:
             self._reduced = np.concatenate([self._reduced, np.ascontiguousarray(hashed, dtype=np.float32)])
 
-    def _probe_args(self, queries: np.ndarray) -> tuple[kernels.ProbeArgs, kernels.Shortlist | None]:
-        """The probe and the shortlist of :func:`kernels.lsh_search` for ``queries`` (normalised for cosine)."""
+    def _probe(self, queries: np.ndarray, hashed: np.ndarray) -> kernels.ProbeArgs:
+        """E2LSH's probe: each table's slots and the query's place within them (for multi-probe)."""
         assert self._offsets is not None and self._directions is not None
-        hashed = self._hash_space(queries)
         projected = np.ascontiguousarray(hashed @ self._directions, dtype=np.float32)
         codes, fractions = kernels.slot_positions(projected, self._offsets, self.bucket_width)
-        probe = kernels.ProbeArgs(
+        return kernels.ProbeArgs(
             queries=queries,
             data=self._data,
             codes=codes,
@@ -605,17 +651,6 @@ class LSHIndex(BaseIndex):
             n_probes=self.probes,
             tables=self.tables,
             min_collisions=self.min_collisions,
-        )
-        shortlist = None
-        if self.rerank and self._reduced is not None:
-            # PCA is an orthogonal projection: reduced distances are lower bounds of the true ones
-            shortlist = kernels.Shortlist(queries=hashed, data=self._reduced, size=self.rerank, lower_bound=True)
-        return probe, shortlist
-
-    def _search(self, queries: np.ndarray, k: int) -> SearchResult:
-        probe, shortlist = self._probe_args(queries)
-        return SearchResult(
-            *kernels.lsh_search(probe=probe, k=k, metric=kernels.METRIC_CODES[self.metric], shortlist=shortlist)
         )
 
     def _tune_probes(self) -> None:
@@ -646,14 +681,6 @@ class LSHIndex(BaseIndex):
         vectors = self._prepare_queries(X, "X")
         probe, _ = self._probe_args(vectors)
         return probe.codes.reshape(len(vectors), self.n_tables, self.n_projections)
-
-    def candidates(self, Q: np.ndarray) -> list[np.ndarray]:
-        """Distinct candidate ids (ascending int64 arrays) each query would visit with the current ``probes``."""
-        self._check_fitted()
-        queries = self._prepare_queries(Q)
-        probe, _ = self._probe_args(queries)
-        offsets, ids = kernels.lsh_candidates(probe=probe)
-        return [ids[offsets[i] : offsets[i + 1]] for i in range(len(queries))]
 
     def _state(self) -> dict[str, Any]:
         return {

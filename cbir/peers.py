@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cbir.errors import CbirError
-from cbir.index import BUILD_STAGE, PROGRESS_SECONDS, BaseIndex, SearchResult, _check_int
+from cbir.index import BUILD_STAGE, PROGRESS_SECONDS, BaseIndex, SearchResult, check_int
 from cbir.names import Metric
 
 DEFAULT_LINKS = 32  # M: neighbours per node; FAISS' and hnswlib's usual setting
@@ -61,8 +61,8 @@ class HNSWIndex(BaseIndex):
         if metric not in ("euclidean", "cosine"):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
         self.metric = metric
-        self.n_links = _check_int(n_links, "n_links", 2)
-        self.ef_search = _check_int(ef_search, "ef_search", 1)
+        self.n_links = check_int(n_links, "n_links", 2)
+        self.ef_search = check_int(ef_search, "ef_search", 1)
         self._index: Any = None
 
     @property

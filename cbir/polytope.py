@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cbir import kernels
-from cbir.index import BaseIndex, Metric, SearchResult, _check_int, _check_metric
+from cbir.index import BucketIndex, Metric, check_int, check_metric
 from cbir.pca import PCA, fit_pca, project
 
 # Rotated coordinates computed at a time at fit (rows x g*h*D): bounds the temporary matrix to 128 MiB.
@@ -45,14 +45,14 @@ def hashes_for_bits(rotation_dim: int, bits: int) -> tuple[int, int]:
     table (a hash in D dimensions is worth log2(D) + 1 bits; the last one uses fewer coordinates to make up the
     rest). Choose bits ≈ log2(n) for buckets of a few objects."""
     bits_per_hash = rotation_dim_for(rotation_dim).bit_length()  # log2(D) + 1
-    bits = _check_int(bits, "bits", 1)
+    bits = check_int(bits, "bits", 1)
     count, remaining = divmod(bits, bits_per_hash)
     if remaining == 0:
         return count, rotation_dim_for(rotation_dim)
     return count + 1, 1 << (remaining - 1)
 
 
-class CrossPolytopeIndex(BaseIndex):
+class CrossPolytopeIndex(BucketIndex):
     """FALCONN's cross-polytope LSH index (see the module docstring).
 
     Args:
@@ -86,33 +86,24 @@ class CrossPolytopeIndex(BaseIndex):
         n_rotations: int = 3,
     ) -> None:
         super().__init__()
-        self.n_tables = _check_int(n_tables, "n_tables", 1)
-        self.n_projections = _check_int(n_projections, "n_projections", 1)
-        self.last_dim = None if last_dim is None else _check_int(last_dim, "last_dim", 1)
-        self.metric = _check_metric(metric)
-        self.seed = _check_int(seed, "seed", 0)
+        self.n_tables = check_int(n_tables, "n_tables", 1)
+        self.n_projections = check_int(n_projections, "n_projections", 1)
+        self.last_dim = None if last_dim is None else check_int(last_dim, "last_dim", 1)
+        self.metric = check_metric(metric)
+        self.seed = check_int(seed, "seed", 0)
         self.probes = probes
-        self.reduce_dim = None if reduce_dim is None else _check_int(reduce_dim, "reduce_dim", 1)
-        self.rerank = _check_int(rerank, "rerank", 0)
+        self.reduce_dim = None if reduce_dim is None else check_int(reduce_dim, "reduce_dim", 1)
+        self.rerank = check_int(rerank, "rerank", 0)
         if self.rerank and self.reduce_dim is None:
             raise ValueError("rerank needs reduce_dim: candidates are scored in the reduced space first")
-        self.min_collisions = _check_int(min_collisions, "min_collisions", 1)
-        self.n_rotations = _check_int(n_rotations, "n_rotations", 1)
+        self.min_collisions = check_int(min_collisions, "min_collisions", 1)
+        self.n_rotations = check_int(n_rotations, "n_rotations", 1)
         self._center: np.ndarray | None = None
         self._pca: PCA | None = None
         self._reduced: np.ndarray | None = None
         self._signs: np.ndarray | None = None
         self._rotation: np.ndarray | None = None
         self._tables: kernels.BucketTables | None = None
-
-    @property
-    def probes(self) -> int:
-        """Extra buckets per table (on average: the sequence is global); may be changed on a fitted index."""
-        return self._probes
-
-    @probes.setter
-    def probes(self, value: int) -> None:
-        self._probes = _check_int(value, "probes", 0)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -135,13 +126,6 @@ class CrossPolytopeIndex(BaseIndex):
         return params
 
     @property
-    def tables(self) -> kernels.BucketTables:
-        """The CSR bucket layout (read-only use)."""
-        self._check_fitted()
-        assert self._tables is not None
-        return self._tables
-
-    @property
     def rotation_dim(self) -> int:
         """D, the power of two the rotations work in (0 before ``fit``)."""
         return 0 if self._signs is None else int(self._signs.shape[2])
@@ -152,16 +136,7 @@ class CrossPolytopeIndex(BaseIndex):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         if self._tables is not None:
-            bucket_sizes = np.diff(self._tables.bucket_starts)
-            info.update(
-                rotation_dim=self.rotation_dim,
-                n_buckets=len(bucket_sizes),
-                mean_bucket_size=float(bucket_sizes.mean()),
-                max_bucket_size=int(bucket_sizes.max()),
-                table_bytes=int(sum(array.nbytes for array in self._tables)),
-            )
-        if self._pca is not None:
-            info["pca_explained_variance"] = float(self._pca.explained.sum())
+            info["rotation_dim"] = self.rotation_dim
         return info
 
     def _hash_space(self, vectors: np.ndarray) -> np.ndarray:
@@ -215,9 +190,8 @@ class CrossPolytopeIndex(BaseIndex):
         keys = kernels.fold_keys(self._codes(data), self.n_tables, self.n_projections)
         self._tables = kernels.build_tables(keys)
 
-    def _probe_args(self, queries: np.ndarray) -> tuple[kernels.ListedProbes, kernels.Shortlist | None]:
-        """The probing sequence and the shortlist of :func:`kernels.lsh_search` for ``queries``."""
-        hashed = self._hash_space(queries)
+    def _probe(self, queries: np.ndarray, hashed: np.ndarray) -> kernels.ListedProbes:
+        """The global probing sequence: L·(1 + probes) buckets, best first (FALCONN's multi-probe)."""
         probe_tables, probe_keys, _ = kernels.cross_polytope_probes(
             self._rotated(hashed),
             self.n_tables,
@@ -225,7 +199,7 @@ class CrossPolytopeIndex(BaseIndex):
             self._last_dim(),
             self.n_tables * (1 + self.probes),
         )
-        probe = kernels.ListedProbes(
+        return kernels.ListedProbes(
             queries=queries,
             data=self._data,
             probe_tables=probe_tables,
@@ -233,25 +207,6 @@ class CrossPolytopeIndex(BaseIndex):
             tables=self.tables,
             min_collisions=self.min_collisions,
         )
-        shortlist = None
-        if self.rerank and self._reduced is not None:
-            # PCA is an orthogonal projection: reduced distances are lower bounds of the true ones
-            shortlist = kernels.Shortlist(queries=hashed, data=self._reduced, size=self.rerank, lower_bound=True)
-        return probe, shortlist
-
-    def _search(self, queries: np.ndarray, k: int) -> SearchResult:
-        probe, shortlist = self._probe_args(queries)
-        return SearchResult(
-            *kernels.lsh_search(probe=probe, k=k, metric=kernels.METRIC_CODES[self.metric], shortlist=shortlist)
-        )
-
-    def candidates(self, Q: np.ndarray) -> list[np.ndarray]:
-        """Distinct candidate ids (ascending int64 arrays) each query would visit with the current ``probes``."""
-        self._check_fitted()
-        queries = self._prepare_queries(Q)
-        probe, _ = self._probe_args(queries)
-        offsets, ids = kernels.lsh_candidates(probe=probe)
-        return [ids[offsets[i] : offsets[i + 1]] for i in range(len(queries))]
 
     def _state(self) -> dict[str, Any]:
         return {
