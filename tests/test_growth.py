@@ -276,8 +276,18 @@ def real_grown(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _real_row(relpath: str) -> np.ndarray:
-    store = next((REAL_COLLECTION.parents[1] / "features").glob("*/efficientnet_lite0-*imagenet*/meta.json")).parent
-    real = load_features(store)
+    """The features the extraction pipeline computes for a default-collection image: its row in the default
+    collection's store when there is one, else computed the way ``extract`` computes it (decode, batch, model)."""
+    stores = sorted((REAL_COLLECTION.parents[1] / "features").glob("*/efficientnet_lite0-*imagenet*/meta.json"))
+    if not stores:
+        from cbir.features import FeatureExtractor
+
+        ok, features, _ = next(
+            FeatureExtractor("efficientnet_lite0", "imagenet").iter_batches([str(REAL_COLLECTION / relpath)])
+        )
+        assert ok and features is not None
+        return features[0]
+    real = load_features(stores[0].parent)
     return np.asarray(real.features[real.catalog["relpath"].tolist().index(relpath)])
 
 
