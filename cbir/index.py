@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 import numpy as np
 
 from cbir import kernels
-from cbir.pca import PCA, fit_pca, project
+from cbir.pca import PCA, Codebook, code_units, encode, fit_codebook, fit_pca, project, truncate
 from cbir.storage import ArtifactError, load_artifact, save_artifact
 
 BUILD_STAGE = "building the index"  # the stage name of fit's progress
@@ -366,15 +366,115 @@ class SequentialScan(BaseIndex):
 
 class BucketIndex(BaseIndex):
     """What the hashing indexes share (:class:`LSHIndex`, :class:`cbir.polytope.CrossPolytopeIndex`): bucket tables in
-    the CSR layout of :class:`kernels.BucketTables`, ``probes``, an optional PCA hashing space with a shortlist scored
-    in it, and the search and candidate kernels. A subclass hashes (``_fit``, :meth:`_hash_space`) and says which
-    buckets a query probes (:meth:`_probe`)."""
+    the CSR layout of :class:`kernels.BucketTables`, ``probes``, ``min_collisions``, an optional PCA hashing space with
+    a shortlist scored in it, and the search and candidate kernels. A subclass hashes (``_fit``,
+    :meth:`_hash_space`) and says which buckets a query probes (:meth:`_probe`).
+
+    The shortlist (``rerank=R``) scores every candidate in a small space and ranks only the best R exactly: by
+    default the PCA coordinates hashing uses (float32; a lower bound of the true distance, so the exact ranking
+    stops early), or with ``score_dim=s`` uint8 codes of the top s principal axes (:class:`cbir.pca.Codebook`: a
+    quarter of the bytes per coordinate, so more axes — a better shortlist, a smaller R — for the same reads).
+    """
 
     _probes: int
     _tables: kernels.BucketTables | None
     _pca: PCA | None
     _reduced: np.ndarray | None
-    rerank: int
+
+    def __init__(
+        self,
+        n_tables: int,
+        n_projections: int,
+        metric: Metric,
+        seed: int,
+        probes: int,
+        reduce_dim: int | None,
+        rerank: int,
+        min_collisions: int,
+        score_dim: int | None,
+    ) -> None:
+        super().__init__()
+        self.n_tables = check_int(n_tables, "n_tables", 1)
+        self.n_projections = check_int(n_projections, "n_projections", 1)
+        self.metric = check_metric(metric)
+        self.seed = check_int(seed, "seed", 0)
+        self.probes = probes
+        self.reduce_dim = None if reduce_dim is None else check_int(reduce_dim, "reduce_dim", 1)
+        self.rerank = check_int(rerank, "rerank", 0)
+        if self.rerank and self.reduce_dim is None:
+            raise ValueError("rerank needs reduce_dim: candidates are scored in the reduced space first")
+        self.score_dim = None if score_dim is None else check_int(score_dim, "score_dim", 1)
+        if self.score_dim is not None and not self.rerank:
+            raise ValueError("score_dim needs rerank: it sets the space the shortlist is scored in")
+        self.min_collisions = check_int(min_collisions, "min_collisions", 1)
+        self._tables = None
+        self._pca = None  # the hashing space (reduce_dim axes)
+        self._reduced: np.ndarray | None = None  # (n, r) float32 coordinates or (n, s) uint8 codes: the shortlist's
+        self._score_pca: PCA | None = None  # with score_dim: the scoring axes ...
+        self._codebook: Codebook | None = None  # ... and their quantisation
+
+    def _shared_params(self) -> dict[str, Any]:
+        """The optional parameters every bucket index reports in ``params`` when they are set."""
+        params: dict[str, Any] = {}
+        if self.reduce_dim is not None:
+            params["reduce_dim"] = self.reduce_dim
+        if self.rerank:
+            params["rerank"] = self.rerank
+        if self.score_dim is not None:
+            params["score_dim"] = self.score_dim
+        if self.min_collisions > 1:
+            params["min_collisions"] = self.min_collisions
+        return params
+
+    def _fit_reduced(self, data: np.ndarray) -> None:
+        """Fit the PCA hashing space (``reduce_dim``) and the shortlist's scoring space on the indexed rows: one PCA
+        of max(reduce_dim, score_dim) axes, the leading ones hash."""
+        self._pca = self._reduced = self._score_pca = self._codebook = None
+        if self.reduce_dim is None:
+            return
+        pca = fit_pca(data, max(self.reduce_dim, self.score_dim or 0), seed=self.seed)
+        self._pca = truncate(pca, self.reduce_dim)
+        if self.score_dim is not None:
+            self._score_pca = truncate(pca, self.score_dim)
+            scored = project(self._score_pca, data)
+            self._codebook = fit_codebook(scored)
+            self._reduced = encode(self._codebook, scored)
+        elif self.rerank:
+            self._reduced = project(self._pca, data)
+
+    def _extend_reduced(self, rows: np.ndarray, hashed: np.ndarray) -> None:
+        """Append the scoring-space rows of added ``rows`` (``hashed``: them in the hashing space)."""
+        if self._reduced is None:
+            return
+        if self._codebook is not None:
+            assert self._score_pca is not None
+            new = encode(self._codebook, project(self._score_pca, rows))
+        else:
+            new = np.ascontiguousarray(hashed, dtype=np.float32)
+        self._reduced = np.concatenate([self._reduced, new])
+
+    def _reduced_state(self) -> dict[str, Any]:
+        return {
+            "pca": None if self._pca is None else self._pca._asdict(),
+            "reduced": self._reduced,
+            "score_pca": None if self._score_pca is None else self._score_pca._asdict(),
+            "codebook": None if self._codebook is None else self._codebook._asdict(),
+        }
+
+    def _restore_reduced(self, state: Mapping[str, Any]) -> None:
+        pca, reduced = state.get("pca"), state.get("reduced")
+        score_pca, codebook = state.get("score_pca"), state.get("codebook")
+        self._pca = None if pca is None else PCA(**pca)
+        self._score_pca = None if score_pca is None else PCA(**score_pca)
+        self._codebook = None if codebook is None else Codebook(**codebook)
+        dtype = np.float32 if self._codebook is None else np.uint8
+        self._reduced = None if reduced is None else np.ascontiguousarray(reduced, dtype=dtype)
+        if (
+            (self._pca is None) != (self.reduce_dim is None)
+            or (self._codebook is None) != (self.score_dim is None)
+            or (self._reduced is None) != (not self.rerank)
+        ):
+            raise ValueError("stored PCA does not match reduce_dim / rerank / score_dim")
 
     @property
     def probes(self) -> int:
@@ -418,8 +518,13 @@ class BucketIndex(BaseIndex):
         hashed = self._hash_space(queries)
         shortlist = None
         if self.rerank and self._reduced is not None:
-            # PCA is an orthogonal projection: reduced distances are lower bounds of the true ones
-            shortlist = kernels.Shortlist(queries=hashed, data=self._reduced, size=self.rerank, lower_bound=True)
+            if self._codebook is not None:
+                assert self._score_pca is not None
+                scored = code_units(self._codebook, project(self._score_pca, queries))
+                shortlist = kernels.Shortlist(queries=scored, data=self._reduced, size=self.rerank)
+            else:
+                # PCA is an orthogonal projection: reduced distances are lower bounds of the true ones
+                shortlist = kernels.Shortlist(queries=hashed, data=self._reduced, size=self.rerank, lower_bound=True)
         return self._probe(queries, hashed), shortlist
 
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
@@ -475,6 +580,8 @@ class LSHIndex(BucketIndex):
         min_collisions: c >= 1; the candidates are the objects found in at least c of the probed buckets
             (1 = the union, the paper's E2LSH; 2 or more keeps the objects that collide with the query in several
             tables, which are far more likely to be near, and computes no distance for the others).
+        score_dim: None (score the shortlist on the float32 PCA coordinates hashing uses), or s: on uint8 codes of
+            the top s principal axes (needs ``rerank``; see :class:`BucketIndex`).
     """
 
     kind: ClassVar[str] = "lsh_index"
@@ -495,22 +602,24 @@ class LSHIndex(BucketIndex):
         target_recall: float | None = None,
         max_probes: int = 64,
         min_collisions: int = 1,
+        score_dim: int | None = None,
     ) -> None:
-        super().__init__()
-        self.n_tables = check_int(n_tables, "n_tables", 1)
-        self.n_projections = check_int(n_projections, "n_projections", 1)
+        super().__init__(
+            n_tables=n_tables,
+            n_projections=n_projections,
+            metric=metric,
+            seed=seed,
+            probes=probes,
+            reduce_dim=reduce_dim,
+            rerank=rerank,
+            min_collisions=min_collisions,
+            score_dim=score_dim,
+        )
         if isinstance(bucket_width, bool) or not isinstance(bucket_width, Real) or not np.isfinite(bucket_width):
             raise ValueError(f"bucket_width must be a finite number, got {bucket_width!r}")
         if bucket_width <= 0:
             raise ValueError(f"bucket_width must be > 0, got {bucket_width}")
         self.bucket_width = float(bucket_width)
-        self.metric = check_metric(metric)
-        self.seed = check_int(seed, "seed", 0)
-        self.probes = probes
-        self.reduce_dim = None if reduce_dim is None else check_int(reduce_dim, "reduce_dim", 1)
-        self.rerank = check_int(rerank, "rerank", 0)
-        if self.rerank and self.reduce_dim is None:
-            raise ValueError("rerank needs reduce_dim: candidates are scored in the reduced space first")
         if target_recall is not None:
             if isinstance(target_recall, bool) or not isinstance(target_recall, Real):
                 raise ValueError(f"target_recall must be a number in (0, 1], got {target_recall!r}")
@@ -519,12 +628,8 @@ class LSHIndex(BucketIndex):
             target_recall = float(target_recall)
         self.target_recall = target_recall
         self.max_probes = check_int(max_probes, "max_probes", 0)
-        self.min_collisions = check_int(min_collisions, "min_collisions", 1)
         self._directions: np.ndarray | None = None
         self._offsets: np.ndarray | None = None
-        self._tables: kernels.BucketTables | None = None
-        self._pca: PCA | None = None
-        self._reduced: np.ndarray | None = None
         self.tuned_recall: float | None = None
 
     @classmethod
@@ -561,14 +666,9 @@ class LSHIndex(BucketIndex):
             "probes": self.probes,
         }
         # the options below appear only when used, so that plain E2LSH rows keep the paper's parameters
-        if self.reduce_dim is not None:
-            params["reduce_dim"] = self.reduce_dim
-        if self.rerank:
-            params["rerank"] = self.rerank
+        params.update(self._shared_params())
         if self.target_recall is not None:
             params.update(target_recall=self.target_recall, max_probes=self.max_probes)
-        if self.min_collisions > 1:
-            params["min_collisions"] = self.min_collisions
         return params
 
     def describe(self) -> dict[str, Any]:
@@ -597,9 +697,8 @@ class LSHIndex(BucketIndex):
         n, g = len(data), self.n_tables
         if progress is not None:
             progress(BUILD_STAGE, 0, n)
-        self._pca = None if self.reduce_dim is None else fit_pca(data, self.reduce_dim, seed=self.seed)
+        self._fit_reduced(data)
         hashed = self._hash_space(data)
-        self._reduced = hashed if self._pca is not None else None
         self._directions, self._offsets = kernels.draw_hash_functions(
             hashed.shape[1], self.n_tables, self.n_projections, self.bucket_width, self.seed
         )
@@ -632,8 +731,7 @@ class LSHIndex(BucketIndex):
         """Hash the new rows with the fitted functions (and PCA) and merge them into the buckets."""
         hashed = self._hash_space(rows)
         self._tables = kernels.merge_tables(self.tables, self._keys(hashed), self.n_objects)
-        if self._reduced is not None:
-            self._reduced = np.concatenate([self._reduced, np.ascontiguousarray(hashed, dtype=np.float32)])
+        self._extend_reduced(rows, hashed)
 
     def _probe(self, queries: np.ndarray, hashed: np.ndarray) -> kernels.ProbeArgs:
         """E2LSH's probe: each table's slots and the query's place within them (for multi-probe)."""
@@ -688,8 +786,7 @@ class LSHIndex(BucketIndex):
             "directions": self._directions,
             "offsets": self._offsets,
             "tables": self.tables._asdict(),
-            "pca": None if self._pca is None else self._pca._asdict(),
-            "reduced": self._reduced,
+            **self._reduced_state(),
             "tuned_probes": self.probes,
             "tuned_recall": self.tuned_recall,
         }
@@ -699,12 +796,7 @@ class LSHIndex(BucketIndex):
         self._directions = np.ascontiguousarray(state["directions"], dtype=np.float32)
         self._offsets = np.ascontiguousarray(state["offsets"], dtype=np.float64)
         self._tables = kernels.BucketTables(**state["tables"])
-        pca = state.get("pca")
-        self._pca = None if pca is None else PCA(**pca)
-        reduced = state.get("reduced")
-        self._reduced = None if reduced is None else np.ascontiguousarray(reduced, dtype=np.float32)
-        if (self._pca is None) != (self.reduce_dim is None):
-            raise ValueError("stored PCA does not match reduce_dim")
+        self._restore_reduced(state)
         if "tuned_probes" in state:
             self.probes = state["tuned_probes"]
             self.tuned_recall = state.get("tuned_recall")

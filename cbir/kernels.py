@@ -1172,8 +1172,9 @@ class ProbeArgs(NamedTuple):
 class Shortlist(NamedTuple):
     """A cheaper candidate phase: score every candidate in a small space first, re-rank only the best exactly.
 
-    The scoring space is any (n, r) float32 embedding whose squared L2 distance approximates the ranking
-    (:class:`cbir.index.LSHIndex` uses PCA coordinates). The kept candidates are ranked exactly in increasing
+    The scoring space is any (n, r) embedding whose squared L2 distance approximates the ranking
+    (:class:`cbir.index.LSHIndex` uses PCA coordinates, as float32 or as uint8 codes of :class:`cbir.pca.Codebook`
+    with the queries in code units). The kept candidates are ranked exactly in increasing
     scoring distance. With ``lower_bound=True`` the caller guarantees that the scoring space is an orthogonal
     projection (so the scoring distance never exceeds the true one, unit rows for cosine): the exact ranking then
     stops at the first candidate whose scoring distance already exceeds the k-th best exact one, since no later
@@ -1181,7 +1182,7 @@ class Shortlist(NamedTuple):
     """
 
     queries: np.ndarray  # (m, r) float32 C-contiguous queries in the scoring space
-    data: np.ndarray  # (n, r) float32 C-contiguous indexed objects in the scoring space
+    data: np.ndarray  # (n, r) float32 or uint8 C-contiguous indexed objects in the scoring space (uint8: codes)
     size: int  # >= 1: candidates (best by scoring distance, ties by id) kept for the exact re-rank
     lower_bound: bool = False
 

@@ -1,4 +1,5 @@
-"""Principal component analysis for the indexes: a reduced space to hash in and to score candidates in.
+"""Principal component analysis for the indexes: a reduced space to hash in and to score candidates in (as float32
+coordinates, or as uint8 codes of a :class:`Codebook`).
 
 Projecting onto the top ``r`` principal axes is an orthogonal projection of the centred vectors, so the
 Euclidean distance of two projections never exceeds their distance in the full space: a cheap lower bound
@@ -58,3 +59,39 @@ def project(pca: PCA, X: np.ndarray) -> np.ndarray:
     reduced = np.asarray(X, dtype=np.float32) @ pca.components
     reduced -= pca.mean @ pca.components
     return np.ascontiguousarray(reduced, dtype=np.float32)
+
+
+def truncate(pca: PCA, n_components: int) -> PCA:
+    """The same projection onto its first ``n_components`` axes (the leading axes do not depend on how many are
+    fitted, so one fit serves a hashing space and a larger scoring space)."""
+    r = max(1, min(int(n_components), pca.components.shape[1]))
+    return PCA(pca.mean, np.ascontiguousarray(pca.components[:, :r]), pca.explained[:r])
+
+
+class Codebook(NamedTuple):
+    """Scalar quantisation of reduced coordinates to uint8 codes, ``code = round((x - low) / step)``.
+
+    One ``step`` for every axis (only the offsets differ), so the squared distance between a query in code units
+    and a code is the squared distance in the reduced space divided by ``step²``: it ranks candidates the same
+    way, up to the rounding (at most step/2 per coordinate), with a quarter of float32's bytes per coordinate.
+    """
+
+    low: np.ndarray  # (r,) float32 smallest indexed coordinate per axis
+    step: float  # > 0: the widest axis' range / 255
+
+
+def fit_codebook(reduced: np.ndarray) -> Codebook:
+    """The codebook of the indexed coordinates ``reduced`` (n, r) float32: every row encodes without clipping."""
+    low = reduced.min(axis=0).astype(np.float32)
+    width = float((reduced.max(axis=0) - low).max()) if len(reduced) else 0.0
+    return Codebook(low=low, step=max(width / 255.0, float(np.finfo(np.float32).tiny)))
+
+
+def code_units(codebook: Codebook, reduced: np.ndarray) -> np.ndarray:
+    """``(reduced - low) / step`` (m, r) float32 C-contiguous, unrounded: how queries are compared with codes."""
+    return np.ascontiguousarray((reduced - codebook.low) / np.float32(codebook.step), dtype=np.float32)
+
+
+def encode(codebook: Codebook, reduced: np.ndarray) -> np.ndarray:
+    """uint8 codes (n, r) of ``reduced``; rows added after the fit that fall outside the range are clipped."""
+    return np.clip(np.rint(code_units(codebook, reduced)), 0, 255).astype(np.uint8)

@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cbir import kernels
-from cbir.index import BucketIndex, Metric, check_int, check_metric
-from cbir.pca import PCA, fit_pca, project
+from cbir.index import BucketIndex, Metric, check_int
+from cbir.pca import project
 
 # Rotated coordinates computed at a time at fit (rows x g*h*D): bounds the temporary matrix to 128 MiB.
 _HASH_ELEMENTS = 1 << 25
@@ -65,6 +65,8 @@ class CrossPolytopeIndex(BucketIndex):
         probes: T >= 0; each query probes L·(1 + T) buckets, the cheapest over all tables (T = 0: its own L).
         reduce_dim: None (hash the centred vectors) or r principal axes to hash in.
         rerank: 0 or R >= 1 candidates kept by their PCA distance for the exact ranking (needs ``reduce_dim``).
+        score_dim: None, or s: score the shortlist on uint8 codes of the top s principal axes (needs ``rerank``;
+            see :class:`cbir.index.BucketIndex`).
         min_collisions: c >= 1; keep only the objects found in at least c probed buckets.
         n_rotations: rounds of random signs + Hadamard transform per hash (FALCONN: 3; 1 or 2 are cheaper and
             less random).
@@ -84,26 +86,24 @@ class CrossPolytopeIndex(BucketIndex):
         rerank: int = 0,
         min_collisions: int = 1,
         n_rotations: int = 3,
+        score_dim: int | None = None,
     ) -> None:
-        super().__init__()
-        self.n_tables = check_int(n_tables, "n_tables", 1)
-        self.n_projections = check_int(n_projections, "n_projections", 1)
+        super().__init__(
+            n_tables=n_tables,
+            n_projections=n_projections,
+            metric=metric,
+            seed=seed,
+            probes=probes,
+            reduce_dim=reduce_dim,
+            rerank=rerank,
+            min_collisions=min_collisions,
+            score_dim=score_dim,
+        )
         self.last_dim = None if last_dim is None else check_int(last_dim, "last_dim", 1)
-        self.metric = check_metric(metric)
-        self.seed = check_int(seed, "seed", 0)
-        self.probes = probes
-        self.reduce_dim = None if reduce_dim is None else check_int(reduce_dim, "reduce_dim", 1)
-        self.rerank = check_int(rerank, "rerank", 0)
-        if self.rerank and self.reduce_dim is None:
-            raise ValueError("rerank needs reduce_dim: candidates are scored in the reduced space first")
-        self.min_collisions = check_int(min_collisions, "min_collisions", 1)
         self.n_rotations = check_int(n_rotations, "n_rotations", 1)
         self._center: np.ndarray | None = None
-        self._pca: PCA | None = None
-        self._reduced: np.ndarray | None = None
         self._signs: np.ndarray | None = None
         self._rotation: np.ndarray | None = None
-        self._tables: kernels.BucketTables | None = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -114,13 +114,8 @@ class CrossPolytopeIndex(BucketIndex):
             "metric": self.metric,
             "seed": self.seed,
             "probes": self.probes,
+            **self._shared_params(),
         }
-        if self.reduce_dim is not None:
-            params["reduce_dim"] = self.reduce_dim
-        if self.rerank:
-            params["rerank"] = self.rerank
-        if self.min_collisions > 1:
-            params["min_collisions"] = self.min_collisions
         if self.n_rotations != 3:
             params["n_rotations"] = self.n_rotations
         return params
@@ -174,13 +169,11 @@ class CrossPolytopeIndex(BucketIndex):
         self._rotation = kernels.rotation_matrix(self._signs, hashed_dim) if dense else None
 
     def _fit(self, data: np.ndarray) -> None:
-        if self.reduce_dim is None:
-            self._pca, self._reduced = None, None
+        self._fit_reduced(data)
+        if self._pca is None:
             self._center = data.mean(axis=0, dtype=np.float64).astype(np.float32)
             hashed_dim = data.shape[1]
         else:
-            self._pca = fit_pca(data, self.reduce_dim, seed=self.seed)
-            self._reduced = project(self._pca, data) if self.rerank else None
             self._center = None
             hashed_dim = self._pca.components.shape[1]
         self._signs = kernels.draw_rotation_signs(
@@ -212,8 +205,7 @@ class CrossPolytopeIndex(BucketIndex):
         return {
             **super()._state(),
             "center": self._center,
-            "pca": None if self._pca is None else self._pca._asdict(),
-            "reduced": self._reduced,
+            **self._reduced_state(),
             "signs": self._signs,
             "tables": self.tables._asdict(),
             "probes": self.probes,
@@ -221,15 +213,12 @@ class CrossPolytopeIndex(BucketIndex):
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         super()._restore(state)
-        center, pca, reduced = state["center"], state["pca"], state["reduced"]
+        center = state["center"]
         self._center = None if center is None else np.ascontiguousarray(center, dtype=np.float32)
-        self._pca = None if pca is None else PCA(**pca)
-        self._reduced = None if reduced is None else np.ascontiguousarray(reduced, dtype=np.float32)
+        self._restore_reduced(state)
         self._signs = np.ascontiguousarray(state["signs"], dtype=np.float32)
         self._tables = kernels.BucketTables(**state["tables"])
         self.probes = state["probes"]
-        if (self._pca is None) != (self.reduce_dim is None) or (self._reduced is None) != (not self.rerank):
-            raise ValueError("stored PCA does not match reduce_dim / rerank")
         hashed_dim = self.dim if self._pca is None else self._pca.components.shape[1]
         expected = (self.n_tables * self.n_projections, self.n_rotations, rotation_dim_for(hashed_dim))
         if self._signs.shape != expected or len(self._tables.bucket_ids) != self.n_tables * self.n_objects:

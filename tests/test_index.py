@@ -9,7 +9,8 @@ import pytest
 
 from cbir import kernels
 from cbir.index import BaseIndex, LSHIndex, SearchResult, SequentialScan, l2_normalize
-from cbir.pca import fit_pca, project
+from cbir.pca import code_units, encode, fit_codebook, fit_pca, project
+from cbir.polytope import CrossPolytopeIndex
 from cbir.storage import ArtifactError, save_artifact
 
 
@@ -142,6 +143,7 @@ def test_empty_query_batch(data: tuple[np.ndarray, np.ndarray]) -> None:
         SequentialScan("cosine"),
         LSHIndex(5, 3, 2.0, metric="euclidean", seed=4, probes=2),
         LSHIndex(5, 3, 2.0, metric="cosine", seed=4, reduce_dim=6, rerank=15, target_recall=0.5),
+        LSHIndex(5, 3, 2.0, seed=4, reduce_dim=6, rerank=10, score_dim=12),
     ],
     ids=repr,
 )
@@ -191,6 +193,8 @@ def test_describe_reports_bucket_statistics(data: tuple[np.ndarray, np.ndarray])
         ({"target_recall": 1.5}, "target_recall must be in"),
         ({"target_recall": "high"}, "target_recall must be a number"),
         ({"min_collisions": 0}, "min_collisions must be >= 1"),
+        ({"reduce_dim": 4, "score_dim": 8}, "score_dim needs rerank"),
+        ({"reduce_dim": 4, "rerank": 5, "score_dim": 0}, "score_dim must be >= 1"),
     ],
 )
 def test_lsh_rejects_bad_parameters(kwargs: dict, message: str) -> None:
@@ -275,6 +279,52 @@ def test_reduced_lsh_matches_a_numpy_reference(data: tuple[np.ndarray, np.ndarra
     # the tables hash the reduced coordinates
     key_codes, _ = kernels.slot_positions(low_points @ index._directions, index._offsets, width)
     np.testing.assert_array_equal(index.hash_codes(points), key_codes.reshape(len(points), 5, 3))
+
+
+def test_codebook_codes_rank_like_the_reduced_coordinates(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, queries = data
+    pca = fit_pca(points, 12, seed=0)
+    reduced, low_queries = project(pca, points), project(pca, queries)
+    book = fit_codebook(reduced)
+    codes = encode(book, reduced)
+    assert codes.dtype == np.uint8 and codes.min() == 0 and codes.max() == 255
+    # decoding is within half a step of the coordinates, on every axis
+    assert np.abs(codes * np.float32(book.step) + book.low - reduced).max() <= book.step / 2 * (1 + 1e-4)
+    # squared code-unit distances are the reduced squared distances / step², up to the rounding
+    units = code_units(book, low_queries)
+    code_distance = np.sqrt(((units[:, None, :] - codes[None, :, :].astype(np.float64)) ** 2).sum(-1))
+    true_distance = np.sqrt(((low_queries[:, None, :] - reduced[None, :, :].astype(np.float64)) ** 2).sum(-1))
+    rounding = book.step / 2 * np.sqrt(reduced.shape[1])
+    assert np.abs(code_distance * book.step - true_distance).max() <= rounding * (1 + 1e-4)
+    # a row added outside the indexed range is clipped, not wrapped
+    assert encode(book, reduced[:1] + 1e6).max() == 255 and encode(book, reduced[:1] - 1e6).min() == 0
+
+
+@pytest.mark.parametrize("index_class", [LSHIndex, CrossPolytopeIndex])
+def test_uint8_scoring_matches_a_numpy_reference(data: tuple[np.ndarray, np.ndarray], index_class: type) -> None:
+    """score_dim: the shortlist is scored on uint8 codes of more principal axes than hashing uses; the kernel's
+    answer equals the numpy reference fed with the same codes, and the hashing space is the leading axes."""
+    points, queries = data
+    shape = {"n_tables": 5, "n_projections": 3, "bucket_width": 3.0} if index_class is LSHIndex else {"n_tables": 6}
+    index = index_class(**shape, seed=2, probes=3, reduce_dim=6, rerank=9, score_dim=14).fit(points)
+    result = index.search(queries, 6)
+    pca = fit_pca(points, 14, seed=2)
+    reduced = project(pca, points)
+    book = fit_codebook(reduced)
+    np.testing.assert_array_equal(index._reduced, encode(book, reduced))
+    np.testing.assert_allclose(index._hash_space(points), reduced[:, :6], rtol=1e-5, atol=1e-5)
+    probe, _ = index._probe_args(queries)
+    shortlist = kernels.Shortlist(code_units(book, project(pca, queries)), encode(book, reduced), 9)
+    ref_scores, ref_ids, ref_visited, _ = kernels.query_reference(probe, 6, kernels.METRIC_EUCLIDEAN, shortlist)
+    np.testing.assert_array_equal(result.visited, ref_visited)
+    np.testing.assert_array_equal(result.ids, ref_ids)
+    np.testing.assert_allclose(result.distances, ref_scores, rtol=1e-5, atol=1e-6)
+    # added rows get codes from the fitted codebook
+    grown = index_class(**shape, seed=2, reduce_dim=6, rerank=9, score_dim=14).fit(points[:400])
+    if index_class is LSHIndex:
+        grown.add(points[400:])
+        expected = encode(grown._codebook, project(grown._score_pca, points))
+        np.testing.assert_array_equal(grown._reduced, expected)
 
 
 def test_rerank_keeps_the_exact_answer_when_the_shortlist_holds_every_candidate(
