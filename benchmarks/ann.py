@@ -271,6 +271,14 @@ def hnswlib_methods(X: np.ndarray, threads: int, quick: bool) -> list[Method]:
     return methods
 
 
+OPTION_LABELS = {"reduce_dim": "r", "rerank": "R", "target_recall": "target", "min_collisions": "c"}
+
+
+def option_labels(options: dict[str, Any]) -> str:
+    """The short labels of an index's set options, e.g. " r=64 R=100", appended to a setting's name."""
+    return "".join(f" {label}={options[key]}" for key, label in OPTION_LABELS.items() if options.get(key))
+
+
 def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tuple[str, str, Callable[[], Any]]]:
     """(family, setting, factory) of the LSH settings tried. Widths are multiples of the median pairwise
     distance in the space the family hashes in (full or PCA-reduced)."""
@@ -283,15 +291,7 @@ def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tup
     def add(family: str, g: int, h: int, factor: float, probes: int = 0, **options: Any) -> None:
         median = full_median if "PCA" not in family else reduced_median
         width = factor * median
-        setting = f"g={g} h={h} w={factor:g}·med T={probes}"
-        if options.get("reduce_dim"):
-            setting += f" r={options['reduce_dim']}"
-        if options.get("rerank"):
-            setting += f" R={options['rerank']}"
-        if options.get("target_recall"):
-            setting += f" target={options['target_recall']}"
-        if options.get("min_collisions"):
-            setting += f" c={options['min_collisions']}"
+        setting = f"g={g} h={h} w={factor:g}·med T={probes}" + option_labels(options)
 
         def factory() -> LSHIndex:
             return LSHIndex(g, h, width, probes=probes, seed=seed, **options)
@@ -344,11 +344,7 @@ def polytope_grid(
     def add(family: str, tables: int, bits: int, probes: int, **options: Any) -> None:
         hashed_dim = options.get("reduce_dim") or X.shape[1]
         n_projections, last_dim = hashes_for_bits(hashed_dim, bits)
-        setting = f"L={tables} b={bits} (k={n_projections} last={last_dim}) T={probes}"
-        if options.get("reduce_dim"):
-            setting += f" r={options['reduce_dim']}"
-        if options.get("rerank"):
-            setting += f" R={options['rerank']}"
+        setting = f"L={tables} b={bits} (k={n_projections} last={last_dim}) T={probes}" + option_labels(options)
 
         def factory() -> CrossPolytopeIndex:
             return CrossPolytopeIndex(tables, n_projections, last_dim, probes=probes, seed=seed, **options)
@@ -471,7 +467,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
     # progress for long runs (1M): our rows before the peers' index builds
     ours_so_far = pd.DataFrame(rows).drop(columns=["params"])
     ours_so_far["speedup_vs_scan"] = 1000.0 * min(scan_times) / m / ours_so_far["ms_per_query"]
-    print("  LSH (timed so far):\n" + ours_so_far.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
+    print("  LSH (timed so far):\n" + table_text(ours_so_far), flush=True)
 
     # ---- peers --------------------------------------------------------------------------------------------------
     peers: list[Method] = [Method("exact scan", "BLAS + exact re-rank", lambda q: (scan.search(q, K).ids, None))]
@@ -498,7 +494,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
     )
     show = table[table["timing"] != "single (sweep)"].drop(columns=["params", "data"])
     show = show.sort_values(["family", "recall@10", "ms_per_query"])
-    print(show.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(table_text(show))
     write_charts(table, data, out_dir)
     table.drop(columns=["params"]).to_csv(out_dir / f"ann_{slug(data.name)}.csv", index=False)
     return table
@@ -507,6 +503,11 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
 # ----------------------------------------------------------------------------------------------------------
 # Charts and goals
 # ----------------------------------------------------------------------------------------------------------
+
+
+def table_text(table: pd.DataFrame) -> str:
+    """A results table as printed: no index, floats to 4 significant digits."""
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
 def slug(name: str) -> str:
@@ -607,18 +608,13 @@ def goals(tables: list[tuple[Dataset, pd.DataFrame]]) -> None:
             print(f"  NOT MET  {label}\n    best LSH frontier (recall vs time) found:\n{frontier_text(table)}")
         reach = rows[rows["recall@10"] >= RECALL_GOAL]
         if not reach.empty:
-            best = reach.sort_values("ms_per_query").iloc[0]
-            print(
-                f"    fastest LSH at recall >= {RECALL_GOAL}: {best['family']} {best['setting']} "
-                f"({best['recall@10']:.3f}, visited {best['visited_%']:.2f}%, {best['ms_per_query']:.4f} ms, "
-                f"{best['speedup_vs_scan']:.2f}x scan)"
-            )
-            fewest = reach.sort_values("visited_%").iloc[0]
-            print(
-                f"    fewest visited at recall >= {RECALL_GOAL}: {fewest['family']} {fewest['setting']} "
-                f"({fewest['recall@10']:.3f}, visited {fewest['visited_%']:.2f}%, {fewest['ms_per_query']:.4f} ms, "
-                f"{fewest['speedup_vs_scan']:.2f}x scan)"
-            )
+            for what, column in (("fastest LSH", "ms_per_query"), ("fewest visited", "visited_%")):
+                best = reach.sort_values(column).iloc[0]
+                print(
+                    f"    {what} at recall >= {RECALL_GOAL}: {best['family']} {best['setting']} "
+                    f"({best['recall@10']:.3f}, visited {best['visited_%']:.2f}%, {best['ms_per_query']:.4f} ms, "
+                    f"{best['speedup_vs_scan']:.2f}x scan)"
+                )
 
 
 # ----------------------------------------------------------------------------------------------------------

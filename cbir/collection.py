@@ -77,7 +77,7 @@ def _iter_images(folder: Path) -> Iterable[Path]:
                 yield Path(dirpath) / name
 
 
-def _find_split_root(root: Path, max_depth: int = 3) -> Path | None:
+def find_split_root(root: Path, max_depth: int = 3) -> Path | None:
     """The folder holding ``training_set``-like and validation folders, searched breadth-first."""
     frontier = [root]
     for _ in range(max_depth + 1):
@@ -184,7 +184,7 @@ def scan_collection(
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
 
     rows: list[dict] = []
-    split_root = _find_split_root(root)
+    split_root = find_split_root(root)
     extra_distractors = [Path(d).expanduser().resolve() for d in distractor_dirs]
     for folder in extra_distractors:
         if not folder.is_dir():

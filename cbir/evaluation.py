@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -627,6 +627,27 @@ def sweep(
     return sweep_split(split, grid, metric, k, probes, seed, progress, include_scan)
 
 
+def evaluate_settings(
+    index: BaseIndex,
+    split: EvaluationSplit,
+    setting: str,
+    values: Iterable[int],
+    k: int = 10,
+    detail: StageProgress | None = None,
+) -> Iterator[EvaluationResult]:
+    """:func:`evaluate_split` of one index at each value of a query-time ``setting`` (``probes``, ``ef_search``:
+    an attribute that needs no refit): fitted once, for the first value; every result reports that fit's time."""
+    fit_seconds = None
+    for value in values:
+        setattr(index, setting, int(value))
+        result = evaluate_split(index, split, k=k, refit=fit_seconds is None, progress=detail)
+        if fit_seconds is None:
+            fit_seconds = result.fit_seconds
+        else:  # later settings reuse the fitted index; report the fit it cost
+            result = replace(result, fit_seconds=fit_seconds)
+        yield result
+
+
 def sweep_split(
     split: EvaluationSplit,
     grid: Mapping[str, Sequence[float]],
@@ -683,14 +704,7 @@ def sweep_split(
         add_row(evaluate_split(SequentialScan(metric), split, k=k, progress=detail))  # type: ignore[arg-type]
     for n_tables, n_projections, bucket_width in combos:
         index = LSHIndex(int(n_tables), int(n_projections), float(bucket_width), metric=metric, seed=seed)  # type: ignore[arg-type]
-        fit_seconds = None
-        for n_probes in probe_values:
-            index.probes = int(n_probes)
-            result = evaluate_split(index, split, k=k, refit=fit_seconds is None, progress=detail)
-            if fit_seconds is None:
-                fit_seconds = result.fit_seconds
-            else:  # later probe settings reuse the fitted index; report the fit it cost
-                result = replace(result, fit_seconds=fit_seconds)
+        for result in evaluate_settings(index, split, "probes", probe_values, k=k, detail=detail):
             add_row(result)
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     # nullable integers: the scan row has no g/h/probes, and the others should not print as 4.0000

@@ -275,15 +275,31 @@ def _meta(catalog: Catalog, extractor: FeatureExtractor, done: Catalog, computed
     }
 
 
-def _finished(catalog: Catalog, rejected: dict[str, str]) -> tuple[Catalog, list[str], dict[str, str]]:
-    """The catalog of the usable images (rejected ones moved to its report), their keys, and the rejections of
-    current images only (so deleted or changed files do not pile up)."""
+def _finished(
+    catalog: Catalog,
+    extractor: FeatureExtractor,
+    rejected: dict[str, str],
+    computed: int,
+    complete: bool = True,
+) -> tuple[Catalog, list[str], dict[str, str], dict]:
+    """The catalog of the usable images (rejected ones moved to its report), their keys, the rejections of
+    current images only (so deleted or changed files do not pile up) and the artifact's meta. An incomplete run
+    keeps only the report: no image is usable until every one is done."""
     images = catalog.images
     keys = catalog_keys(images)
     reasons = {path: rejected.get(key) for path, key in zip(images["path"], keys, strict=True)}
     done = with_rejected(catalog, reasons)
     done_keys = [k for k, r in zip(keys, reasons.values(), strict=True) if r is None]
-    return done, done_keys, {k: rejected[k] for k in keys if k in rejected}
+    if not complete:
+        done = Catalog(root=catalog.root, images=catalog.images.iloc[:0], report=done.report)
+        done_keys = []
+    meta = _meta(catalog, extractor, done, computed, complete)
+    return done, done_keys, {k: rejected[k] for k in keys if k in rejected}, meta
+
+
+def _stack(cache: dict[str, np.ndarray], keys: list[str], dim: int) -> np.ndarray:
+    """The cached rows of ``keys`` in order, as one (len(keys), dim) array (no rows, float32, when empty)."""
+    return np.stack([cache[k] for k in keys]) if keys else np.zeros((0, dim), dtype=np.float32)
 
 
 def _save_joblib(
@@ -296,14 +312,8 @@ def _save_joblib(
     complete: bool,
 ) -> FeatureSet:
     """The single-file format: every row, the cache and the catalog in one joblib artifact (small collections)."""
-    done, done_keys, current_rejected = _finished(catalog, rejected)
-    empty = np.zeros((0, extractor.dim), dtype=np.float32)
-    if complete:
-        features = np.stack([cache[k] for k in done_keys]) if done_keys else empty
-    else:
-        done = Catalog(root=catalog.root, images=catalog.images.iloc[:0], report=done.report)
-        features = empty
-    meta = _meta(catalog, extractor, done, computed, complete)
+    done, done_keys, current_rejected, meta = _finished(catalog, extractor, rejected, computed, complete)
+    features = _stack(cache, done_keys, extractor.dim)
     cache_keys = [k for k in catalog_keys(catalog.images) if k in cache] if complete else list(cache)
     save_artifact(
         path,
@@ -314,7 +324,7 @@ def _save_joblib(
             "report": done.report,
             "meta": meta,
             "cache_keys": cache_keys,
-            "cache_features": np.stack([cache[k] for k in cache_keys]) if cache_keys else empty,
+            "cache_features": _stack(cache, cache_keys, extractor.dim),
             "cache_rejected": current_rejected if complete else rejected,
         },
     )
@@ -330,9 +340,8 @@ def _save_store(
     computed: int,
     dtype: str,
 ) -> FeatureSet:
-    done, done_keys, current_rejected = _finished(catalog, rejected)
-    meta = _meta(catalog, extractor, done, computed, complete=True)
-    chunks = (np.stack([cache[k] for k in done_keys[i : i + 4096]]) for i in range(0, len(done_keys), 4096))
+    done, done_keys, current_rejected, meta = _finished(catalog, extractor, rejected, computed)
+    chunks = (_stack(cache, done_keys[i : i + 4096], extractor.dim) for i in range(0, len(done_keys), 4096))
     write_store(path, chunks, done.images, done.report, current_rejected, meta, dtype=dtype)
     return load_features(path)
 
@@ -422,6 +431,6 @@ def _checkpoint(
         return
     empty = Catalog(root=catalog.root, images=catalog.images.iloc[:0], report=catalog.report.iloc[:0])
     meta = _meta(catalog, extractor, empty, computed, complete=False)
-    rows = np.stack([cache[k] for k in pending]) if pending else np.zeros((0, extractor.dim), np.float32)
+    rows = _stack(cache, pending, extractor.dim)
     mapped = append_part(out, pending, rows, rejected, meta)
     cache.update(zip(pending, mapped, strict=True))  # rows now live on disk; the in-memory copies can go

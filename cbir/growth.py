@@ -39,7 +39,7 @@ from cbir.collection import (
     DISTRACTOR_NAMES,
     TRAIN_NAMES,
     VALIDATION_NAMES,
-    _find_split_root,
+    find_split_root,
 )
 from cbir.errors import CbirError
 from cbir.feature_store import append_rows, is_store, read_manifest, remove_rows, store_dir, store_lock
@@ -134,7 +134,7 @@ def destination(root: Path, label: str | None) -> tuple[Path, str | None, str]:
     if label is None:
         existing = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in DISTRACTOR_NAMES]
         return (existing[0] if existing else root / "distractors") / ADDED_DISTRACTORS, None, "distractor"
-    split_root = _find_split_root(root)
+    split_root = find_split_root(root)
     if split_root is None:
         return root / label, "train", "index"
     train = next(p for p in sorted(split_root.iterdir()) if p.is_dir() and p.name.lower() in TRAIN_NAMES)

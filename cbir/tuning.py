@@ -27,6 +27,7 @@ from cbir.evaluation import (
     EvaluationSplit,
     StageProgress,
     default_width,
+    evaluate_settings,
     evaluate_split,
     pareto_frontier,
     recommend,
@@ -227,13 +228,8 @@ def reference_sweep(
     ``index="hnsw"``, to set beside the LSH sweep. ``progress(rows done)`` after each row, ``detail`` within."""
     index = HNSWIndex(metric, ef_search=ef_values[0])  # type: ignore[arg-type]
     rows = []
-    fit_seconds = None
-    for ef in ef_values:
-        index.ef_search = int(ef)
-        result = evaluate_split(index, split, k=k, refit=fit_seconds is None, progress=detail)
-        if fit_seconds is None:
-            fit_seconds = result.fit_seconds
-        rows.append({**result.row(), "fit_seconds": fit_seconds})
+    for result in evaluate_settings(index, split, "ef_search", ef_values, k=k, detail=detail):
+        rows.append(result.row())
         if progress is not None:
             progress(len(rows))
     return pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS).astype({"ef_search": "Int64"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from cbir.evaluation import (
     average_precision_batch,
     default_bucket_width,
     evaluate,
+    evaluate_settings,
     pareto_frontier,
     recommend,
     split_collection,
@@ -135,6 +137,24 @@ def test_lsh_evaluation_reports_partial_visits(collection: tuple) -> None:
     assert result.map > 0.9
     assert result.index_params["n_tables"] == 3 and result.fit_seconds > 0 and result.search_seconds > 0
     assert result.ap.shape == (20,)
+
+
+def test_evaluate_settings_fits_once_and_reports_that_fit_on_every_setting(collection: tuple) -> None:
+    features, labels, roles = collection
+    fits = []
+
+    class Counted(LSHIndex):
+        def fit(self, X: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> Counted:
+            fits.append(len(X))
+            return super().fit(X, progress)
+
+    split = split_collection(features, labels, roles)
+    index = Counted(n_tables=3, n_projections=4, bucket_width=5.0)
+    results = list(evaluate_settings(index, split, "probes", [0, 4], k=10))
+    assert fits == [len(split.index_vectors)]
+    assert [r.index_params["probes"] for r in results] == [0, 4]
+    assert results[0].fit_seconds > 0 and results[1].fit_seconds == results[0].fit_seconds
+    assert results[1].mean_visited >= results[0].mean_visited  # probing more buckets visits at least as many
 
 
 def test_tied_results_are_ranked_by_id() -> None:

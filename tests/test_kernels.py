@@ -30,6 +30,31 @@ def hashed() -> dict[str, np.ndarray]:
     }
 
 
+def _for_metric(metric: int, *vectors: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The vectors as the kernels expect them for ``metric``: unit rows for cosine, unchanged otherwise."""
+    if metric != kernels.METRIC_COSINE:
+        return vectors
+    return tuple(np.ascontiguousarray(v / np.linalg.norm(v, axis=1, keepdims=True)) for v in vectors)
+
+
+def _search_matches_reference(
+    probe: kernels.ProbeArgs | kernels.ListedProbes, metric: int, shortlist: kernels.Shortlist | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Assert that lsh_search finds what the numpy reference finds (visits, ids, scores) and that lsh_candidates
+    lists the reference's candidates (before any shortlist); returns lsh_search's ids and visit counts."""
+    scores, ids, visited = kernels.lsh_search(probe=probe, k=5, metric=metric, shortlist=shortlist)
+    ref_scores, ref_ids, ref_visited, ref_candidates = kernels.query_reference(
+        probe=probe, k=5, metric=metric, shortlist=shortlist
+    )
+    np.testing.assert_array_equal(visited, ref_visited)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+    offsets, candidate_ids = kernels.lsh_candidates(probe=probe)
+    for i, expected in enumerate(ref_candidates):
+        np.testing.assert_array_equal(candidate_ids[offsets[i] : offsets[i + 1]], expected)
+    return ids, visited
+
+
 def test_hash_functions_follow_e2lsh_distributions() -> None:
     directions, offsets = kernels.draw_hash_functions(64, 50, 10, 3.0, seed=1)
     assert directions.shape == (64, 500) and directions.dtype == np.float32
@@ -142,9 +167,7 @@ def test_perturbation_sequence_prefers_the_nearest_boundary() -> None:
 @pytest.mark.parametrize("n_probes", [0, 3])
 def test_lsh_search_matches_numpy_reference(hashed: dict[str, np.ndarray], metric: int, n_probes: int) -> None:
     data, queries = hashed["data"], hashed["queries"]
-    if metric == kernels.METRIC_COSINE:
-        data = data / np.linalg.norm(data, axis=1, keepdims=True)
-        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    data, queries = _for_metric(metric, data, queries)
     tables = kernels.build_tables(hashed["keys"])
     probe = kernels.ProbeArgs(
         queries=np.ascontiguousarray(queries, dtype=np.float32),
@@ -157,14 +180,7 @@ def test_lsh_search_matches_numpy_reference(hashed: dict[str, np.ndarray], metri
         n_probes=n_probes,
         tables=tables,
     )
-    scores, ids, visited = kernels.lsh_search(probe=probe, k=5, metric=metric)
-    ref_scores, ref_ids, ref_visited, ref_candidates = kernels.query_reference(probe=probe, k=5, metric=metric)
-    np.testing.assert_array_equal(visited, ref_visited)
-    np.testing.assert_array_equal(ids, ref_ids)
-    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
-    offsets, candidate_ids = kernels.lsh_candidates(probe=probe)
-    for i, expected in enumerate(ref_candidates):
-        np.testing.assert_array_equal(candidate_ids[offsets[i] : offsets[i + 1]], expected)
+    ids, visited = _search_matches_reference(probe, metric)
     assert visited.sum() > 0 and (ids == -1).any(), "fixture should produce both hits and short answers"
 
 
@@ -213,9 +229,7 @@ def test_lsh_search_with_a_shortlist_matches_numpy_reference(
     hashed: dict[str, np.ndarray], metric: int, lower_bound: bool
 ) -> None:
     data, queries = hashed["data"], hashed["queries"]
-    if metric == kernels.METRIC_COSINE:
-        data = np.ascontiguousarray(data / np.linalg.norm(data, axis=1, keepdims=True))
-        queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True))
+    data, queries = _for_metric(metric, data, queries)
     # an orthogonal projection (the lower-bound stop needs one) or any linear map
     embedding = np.random.default_rng(9).standard_normal((24, 6))
     embedding = (np.linalg.qr(embedding)[0] if lower_bound else embedding).astype(np.float32)
@@ -236,11 +250,7 @@ def test_lsh_search_with_a_shortlist_matches_numpy_reference(
         size=7,
         lower_bound=lower_bound,
     )
-    scores, ids, visited = kernels.lsh_search(probe=probe, k=5, metric=metric, shortlist=shortlist)
-    ref_scores, ref_ids, ref_visited, _ = kernels.query_reference(probe=probe, k=5, metric=metric, shortlist=shortlist)
-    np.testing.assert_array_equal(visited, ref_visited)
-    np.testing.assert_array_equal(ids, ref_ids)
-    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+    ids, visited = _search_matches_reference(probe, metric, shortlist)
     assert (visited > 7).any(), "the fixture should have queries with more candidates than the shortlist"
     plain, _, _ = kernels.lsh_search(probe=probe, k=5, metric=metric)[1], None, None
     assert not np.array_equal(plain, ids), "the shortlist should change some answers on random data"
@@ -335,19 +345,10 @@ def test_listed_probes_search_matches_numpy_reference(
     polytope: dict[str, np.ndarray], metric: int, min_collisions: int
 ) -> None:
     data, queries, signs = polytope["data"], polytope["queries"], polytope["signs"]
-    if metric == kernels.METRIC_COSINE:
-        data = np.ascontiguousarray(data / np.linalg.norm(data, axis=1, keepdims=True))
-        queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True))
+    data, queries = _for_metric(metric, data, queries)
     tables = kernels.build_tables(kernels.fold_keys(kernels.cross_polytope_codes(_rotated(data, signs), 2, 16), 3, 2))
     probe_tables, probe_keys, _ = kernels.cross_polytope_probes(_rotated(queries, signs), 3, 2, 16, 9)
     probe_tables[0, 4:] = -1  # a shorter sequence ends with -1
     probe = kernels.ListedProbes(queries, data, probe_tables, probe_keys, tables, min_collisions)
-    scores, ids, visited = kernels.lsh_search(probe=probe, k=5, metric=metric)
-    ref_scores, ref_ids, ref_visited, ref_candidates = kernels.query_reference(probe=probe, k=5, metric=metric)
-    np.testing.assert_array_equal(visited, ref_visited)
-    np.testing.assert_array_equal(ids, ref_ids)
-    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
-    offsets, candidate_ids = kernels.lsh_candidates(probe=probe)
-    for i, expected in enumerate(ref_candidates):
-        np.testing.assert_array_equal(candidate_ids[offsets[i] : offsets[i + 1]], expected)
+    _, visited = _search_matches_reference(probe, metric)
     assert visited.sum() > 0 and (min_collisions > 1 or visited.min() > 0)
