@@ -439,6 +439,8 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
     sweep: list[SweepRow] = []
     reduce_dim = min(args.reduce_dim, X.shape[1])
     for family, setting, factory in lsh_grid(X, args.quick, reduce_dim, args.seed):
+        if args.family and family not in args.family:
+            continue
         index = factory()
         # skip settings whose candidate sets are too large to be fast (counted on 50 queries: hashing only)
         fit_s, _ = best_of(1, lambda index=index: index.fit(X))
@@ -655,6 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-hard", action="store_true")
     parser.add_argument("--skip-clustered", action="store_true")
     parser.add_argument("--quick", action="store_true", help="smaller grids")
+    parser.add_argument(
+        "--family", action="append", default=[], choices=LSH_FAMILIES, help="only these LSH families (repeatable)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "benchmarks")
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 Ray Data against the in-process pipeline.
 
     .venv/bin/python benchmarks/extract.py [--backbone efficientnet_lite0] [--n-images 256] [--collection DIR]
-        [--ray] [--ray-address ADDRESS] [--ray-cpus 2]
+        [--ray | --cold] [--ray-address ADDRESS] [--ray-cpus 2]
 
 All are measured in one run on the same real images: the bare model gets the already-decoded, resized batches,
 so the ratio full/bare tells how much decoding costs once it is overlapped with the model (goal: ≥ 0.9). With
@@ -10,12 +10,21 @@ so the ratio full/bare tells how much decoding costs once it is overlapped with 
 local Ray with ``--ray-cpus`` CPUs): its throughput end to end (Ray start, actor start and model build included) and
 in steady state (from its first batch to its last) against the in-process pipeline's (goal: ≥ 0.8), and the largest
 difference between the two engines' features (goal: 0).
+
+That comparison gives the in-process pipeline a model that is already built. ``--cold`` times what a user running
+``python -m cbir extract [--engine ray]`` waits for instead: each engine in a fresh Python process (TensorFlow
+import and model build included, and for Ray its start and its actor's own import and build), on the same images,
+alternately, ``--repeats`` times each; then the same throughput ratio and feature difference.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,11 +48,19 @@ def main() -> None:
     parser.add_argument("--ray-address", default=None, help="a Ray cluster (default: start Ray locally)")
     parser.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--ray-actors", type=int, default=1, help="model actors")
+    parser.add_argument("--cold", action="store_true", help="each engine in a fresh process, start-up included")
+    parser.add_argument("--one-run", nargs=3, metavar=("ENGINE", "PATHS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     weights = None if args.weights == "none" else args.weights
+    if args.one_run:
+        one_run(*args.one_run, weights, args)
+        return
 
     catalog = scan_collection(args.collection or config.default_collection())
     paths = catalog.images["path"].sample(n=min(args.n_images, len(catalog.images)), random_state=0).tolist()
+    if args.cold:
+        compare_cold(paths, args)
+        return
     extractor = FeatureExtractor(args.backbone, weights, batch_size=args.batch_size, workers=args.workers)
     extractor.predict_arrays(np.zeros((args.batch_size, *extractor.spec.input_size, 3), np.float32))  # warm up
 
@@ -118,6 +135,67 @@ def compare_ray(extractor: FeatureExtractor, paths: list[str], local_rate: float
         f"ratio Ray/in-process (their mean): steady state {steady_rate / reference:.2f}, "
         f"end to end {total_rate / reference:.2f} (goal ≥ 0.8); max abs feature difference "
         f"{diff:g} (goal 0)"
+    )
+
+
+def one_run(engine: str, paths_file: str, out: str, weights: str | None, args: argparse.Namespace) -> None:
+    """The child of ``--cold``: build the extractor and compute the features of the listed paths with ``engine``,
+    as ``python -m cbir extract`` does, and save them (rows in the order of the list) to ``out`` (.npy)."""
+    paths = Path(paths_file).read_text().splitlines()
+    extractor = FeatureExtractor(args.backbone, weights, batch_size=args.batch_size, workers=args.workers)
+    if engine == "ray":
+        from cbir.ray_extract import ray_batches
+
+        batches = ray_batches(
+            extractor, paths, address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors
+        )
+    else:
+        batches = extractor.iter_batches(paths)
+    rows = {
+        p: row
+        for ok, features, _ in batches
+        for p, row in zip(ok, features if features is not None else [], strict=True)
+    }
+    np.save(out, np.stack([rows[p] for p in paths if p in rows]))
+
+
+def compare_cold(paths: list[str], args: argparse.Namespace) -> None:
+    """Time each engine in fresh processes (see the module docstring), alternately; print the table and ratios."""
+    rows, features = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths_file = Path(tmp) / "paths.txt"
+        paths_file.write_text("\n".join(paths))
+        for repeat in range(args.repeats):
+            for engine in ("local", "ray"):
+                out = Path(tmp) / f"{engine}.npy"
+                command = [sys.executable, __file__, "--one-run", engine, str(paths_file), str(out)]
+                command += [
+                    "--backbone",
+                    args.backbone,
+                    "--weights",
+                    args.weights,
+                    "--batch-size",
+                    str(args.batch_size),
+                ]
+                command += ["--workers", str(args.workers), "--ray-cpus", str(args.ray_cpus)]
+                command += ["--ray-actors", str(args.ray_actors)] + (
+                    ["--ray-address", args.ray_address] if args.ray_address else []
+                )
+                start = time.perf_counter()
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                seconds = time.perf_counter() - start
+                features[engine] = np.load(out)
+                rows.append({"repeat": repeat, "engine": engine, "seconds": seconds, "img/s": len(paths) / seconds})
+                print(f"repeat {repeat} {engine}: {seconds:.1f} s, {len(paths) / seconds:.1f} img/s", flush=True)
+    table = pd.DataFrame(rows)
+    rates = table.groupby("engine")["seconds"].sum().rdiv(len(paths) * args.repeats)
+    diff = float(np.abs(features["ray"] - features["local"]).max())
+    print(f"\nbackbone={args.backbone} images={len(paths)} batch={args.batch_size}, each run a fresh process")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(
+        f"cold end to end over {args.repeats} run(s) each: in-process {rates['local']:.1f} img/s, Ray Data "
+        f"{rates['ray']:.1f} img/s, ratio {rates['ray'] / rates['local']:.2f} (goal ≥ 0.8); max abs feature "
+        f"difference {diff:g} (goal 0)"
     )
 
 
