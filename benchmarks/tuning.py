@@ -1,0 +1,84 @@
+"""The Index tuning page's latency: rebuild an index and evaluate every validation query, as a slider move does.
+
+    .venv/bin/python benchmarks/tuning.py [--features PATH] [--repeats 5]
+
+On the default collection's feature set (or ``--features``), the split (index rows, validation queries, the exact
+scan's answers) is prepared once, as the page memoises it; then each setting is built and evaluated
+``--repeats`` times by :func:`cbir.evaluation.evaluate_split` (what :func:`cbir.tuning.evaluate_for`, behind the
+page, runs on the memoised split), and the best and median
+wall times are printed with the index build's share, mAP@10 and recall@10 (goal of issue 10: under 1 s at the
+default collection's size). Settings: the page's default LSH, the sweep's recommendation, the PCA settings of
+``benchmarks/ann.py`` (float32 and uint8 shortlists) and FAISS HNSW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from cbir import tuning, workspace
+from cbir.evaluation import evaluate_split
+from cbir.index import BaseIndex, LSHIndex, SequentialScan
+from cbir.peers import HNSWIndex
+
+GOAL_SECONDS = 1.0
+
+
+def settings(path: str, version: int, vectors: np.ndarray) -> dict[str, Callable[[], BaseIndex]]:
+    """The settings timed: the page's default, the PCA shortlists of the ANN benchmark, the HNSW reference."""
+    pca = {"n_tables": 16, "n_projections": 6, "probes": 2, "reduce_dim": 48, "min_collisions": 3}
+    codes = {"rerank": 30, "score_dim": 128}
+    return {
+        "default LSH (page)": tuning.lsh_defaults_for(path, version).build,
+        "scan": SequentialScan,
+        "LSH PCA+shortlist (R=100)": lambda: LSHIndex.for_data(vectors, 1.7, **pca, rerank=100),
+        "LSH PCA+uint8 shortlist (R=30, s=128)": lambda: LSHIndex.for_data(vectors, 1.7, **pca, **codes),
+        "FAISS HNSW": HNSWIndex,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", default=None, help="feature set (default: the default collection's newest)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    path = str(workspace.resolve_feature_path(args.features))
+    version = workspace.file_version(path)
+    start = time.perf_counter()
+    split = tuning.split_for(path, version, True)
+    print(
+        f"{path}: {len(split.index_rows):,} indexed, {len(split.query_rows):,} queries; split ready in "
+        f"{time.perf_counter() - start:.2f} s (once per server)"
+    )
+    rows = []
+    for name, factory in settings(path, version, split.index_vectors).items():
+        times, result = [], None
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            result = evaluate_split(factory(), split, k=10)
+            times.append(time.perf_counter() - start)
+        assert result is not None
+        rows.append(
+            {
+                "setting": name,
+                "best s": min(times),
+                "median s": float(np.median(times)),
+                "build s": result.fit_seconds,
+                "mAP@10": result.map,
+                "recall@10": result.recall,
+                "visited %": 100 * result.mean_visited / len(split.index_rows),
+            }
+        )
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    worst = table["median s"].max()
+    verdict = "MET" if worst < GOAL_SECONDS else "NOT MET"
+    print(f"rebuild + evaluation of every validation query: at most {worst:.2f} s (median) — goal < 1 s: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
