@@ -39,12 +39,12 @@ def _lsh_rows(sweep_df: pd.DataFrame) -> pd.DataFrame:
 
 
 # the reference points (cbir.names.REFERENCE_KINDS) on the sweep figures: one trace each, in these colours and
-# symbols, each point labelled with its search-time setting
-_REFERENCE_STYLES = {
-    "hnsw": ("#2980b9", "diamond"),
-    "ivf_flat": ("#27ae60", "triangle-up"),
-    "hnswlib": ("#8e44ad", "x"),
-    "cross_polytope": ("#e67e22", "triangle-down"),
+# symbols, the ends of each line labelled with their search-time setting
+_REFERENCE_STYLES = {  # colour, marker symbol, where the setting is written beside the marker
+    "hnsw": ("#2980b9", "diamond", "top left"),
+    "ivf_flat": ("#27ae60", "triangle-up", "bottom right"),
+    "hnswlib": ("#8e44ad", "x", "top right"),
+    "cross_polytope": ("#e67e22", "triangle-down", "bottom left"),
 }
 # what a figure calls an x column: title, axis
 _X_NAMES = {
@@ -122,9 +122,10 @@ def fig_map_vs_visited(
 
     Traces: "configurations" (all LSH rows), "Pareto frontier" (non-dominated scan and LSH rows joined by x),
     "exact scan" (if the table has a scan row), one per reference kind present (:data:`cbir.names.REFERENCE_KINDS`,
-    named ``INDEX_LABELS[kind] + ", reference"``, each point labelled with its search-time setting, not part of the
-    frontier; rows without ``x``, such as hnswlib's uncounted visits, are left out), and "current" (``current``
-    given as a mapping with ``x`` and ``y``, e.g. :meth:`cbir.evaluation.EvaluationResult.row`).
+    named ``INDEX_LABELS[kind] + ", reference"``, not part of the frontier, the first and last points of its line
+    labelled with their search-time setting, all of them on hover; rows without ``x``, such as hnswlib's uncounted
+    visits, are left out), and "current" (``current`` given as a mapping with ``x`` and ``y``, e.g.
+    :meth:`cbir.evaluation.EvaluationResult.row`).
     """
     _require(sweep_df, [x, y])
     kinds = sweep_df["index"] if "index" in sweep_df.columns else pd.Series("lsh", index=sweep_df.index)
@@ -164,7 +165,7 @@ def fig_map_vs_visited(
                 marker={"size": 12, "symbol": "square", "color": "#2c3e50"},
             )
         )
-    for kind, (color, symbol) in _REFERENCE_STYLES.items():
+    for kind, (color, symbol, position) in _REFERENCE_STYLES.items():
         rows = sweep_df[(kinds == kind) & sweep_df[x].notna()].sort_values(x)
         if rows.empty:
             continue
@@ -177,12 +178,15 @@ def fig_map_vs_visited(
             line={"color": color, "width": 1, "dash": "dot"},
             marker={"size": 10, "symbol": symbol, "color": color},
         )
+        # the first and last settings written beside their markers (the points between crowd): the others on hover
+        ends = {0, len(rows) - 1}
         trace.update(
-            text=[_setting_text(row) for _, row in rows.iterrows()],
+            text=[_setting_text(row) if i in ends else "" for i, (_, row) in enumerate(rows.iterrows())],
             hovertext=_hover_text(rows),
             hoverinfo="text",
-            textposition="bottom right",
-            textfont={"size": 10, "color": color},
+            textposition=position,
+            textfont={"size": 11, "color": color},
+            cliponaxis=False,
         )
         fig.add_trace(trace)
     if current is not None and pd.notna(current.get(x)):
