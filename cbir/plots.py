@@ -40,11 +40,22 @@ def _lsh_rows(sweep_df: pd.DataFrame) -> pd.DataFrame:
 
 # the reference points (cbir.names.REFERENCE_KINDS) on the sweep figures: one trace each, in these colours and
 # symbols, the ends of each line labelled with their search-time setting
+# one colour per index kind on every figure that shows several (sweep charts, comparison)
+_INDEX_COLORS = {
+    "scan": "#2c3e50",
+    "lsh": "#e74c3c",
+    "hnsw": "#2980b9",
+    "ivf_flat": "#27ae60",
+    "hnswlib": "#8e44ad",
+    "cross_polytope": "#e67e22",
+}
+# the same, keyed by the names the comparison table gives the indexes
+_LABEL_COLORS = {INDEX_LABELS[kind]: color for kind, color in _INDEX_COLORS.items()}
 _REFERENCE_STYLES = {  # colour, marker symbol, where the setting is written beside the marker
-    "hnsw": ("#2980b9", "diamond", "top left"),
-    "ivf_flat": ("#27ae60", "triangle-up", "bottom right"),
-    "hnswlib": ("#8e44ad", "x", "top right"),
-    "cross_polytope": ("#e67e22", "triangle-down", "bottom left"),
+    "hnsw": (_INDEX_COLORS["hnsw"], "diamond", "top left"),
+    "ivf_flat": (_INDEX_COLORS["ivf_flat"], "triangle-up", "bottom right"),
+    "hnswlib": (_INDEX_COLORS["hnswlib"], "x", "top right"),
+    "cross_polytope": (_INDEX_COLORS["cross_polytope"], "triangle-down", "bottom left"),
 }
 # what a figure calls an x column: title, axis
 _X_NAMES = {
@@ -150,7 +161,7 @@ def fig_map_vs_visited(
             "Pareto frontier",
             y,
             x,
-            line={"color": "#e74c3c", "width": 2},
+            line={"color": _INDEX_COLORS["lsh"], "width": 2},
             marker={"size": 9},
         )
     )
@@ -162,7 +173,7 @@ def fig_map_vs_visited(
                 "exact scan",
                 y,
                 x,
-                marker={"size": 12, "symbol": "square", "color": "#2c3e50"},
+                marker={"size": 12, "symbol": "square", "color": _INDEX_COLORS["scan"]},
             )
         )
     for kind, (color, symbol, position) in _REFERENCE_STYLES.items():
@@ -346,6 +357,7 @@ def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) ->
         title=title or labels.get(value, value),
         labels=labels,
         text_auto=".3g",
+        color_discrete_map=_LABEL_COLORS,
         category_orders={"distractors": ["with distractors", "without distractors"]},
     )
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
@@ -366,6 +378,7 @@ def fig_comparison_tradeoff(table: pd.DataFrame, y: str = "recall") -> go.Figure
         hover_name="config",
         hover_data={"mean_visited": ":.1f", "query_ms": ":.3f", y: ":.3f"},
         log_x=True,
+        color_discrete_map=_LABEL_COLORS,
         labels={
             "query_ms": "ms / query",
             "recall": "recall@10 vs exact scan",
@@ -377,7 +390,8 @@ def fig_comparison_tradeoff(table: pd.DataFrame, y: str = "recall") -> go.Figure
         category_orders={"distractors": ["with distractors", "without distractors"]},
     )
     fig.update_traces(marker={"size": 12, "line": {"width": 1, "color": "black"}})
-    fig.update_layout(margin={"t": 60, "b": 10})
+    # the legend (index × feature set) below the facets, where it has the figure's width
+    fig.update_layout(margin={"t": 60, "b": 10}, height=700, legend={"orientation": "h", "y": -0.15})
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     return fig
 
