@@ -49,7 +49,9 @@ _INDEX_COLORS = {
     "hnswlib": "#8e44ad",
     "cross_polytope": "#e67e22",
 }
-# the same, keyed by the names the comparison table gives the indexes
+# the search-time setting of each reference kind (a sweep column), the one written beside its markers
+_REFERENCE_KNOBS = {"hnsw": "ef_search", "hnswlib": "ef_search", "ivf_flat": "n_probe", "cross_polytope": "probes"}
+# the colours, keyed by the names the comparison table gives the indexes
 _LABEL_COLORS = {INDEX_LABELS[kind]: color for kind, color in _INDEX_COLORS.items()}
 _REFERENCE_STYLES = {  # colour, marker symbol, where the setting is written beside the marker
     "hnsw": (_INDEX_COLORS["hnsw"], "diamond", "top left"),
@@ -133,8 +135,8 @@ def fig_map_vs_visited(
 
     Traces: "configurations" (all LSH rows), "Pareto frontier" (non-dominated scan and LSH rows joined by x),
     "exact scan" (if the table has a scan row), one per reference kind present (:data:`cbir.names.REFERENCE_KINDS`,
-    named ``INDEX_LABELS[kind] + ", reference"``, not part of the frontier, the first and last points of its line
-    labelled with their search-time setting, all of them on hover; rows without ``x``, such as hnswlib's uncounted
+    named ``INDEX_LABELS[kind] + ", reference"``, not part of the frontier, its lowest and highest search-time
+    settings written beside their points, all of them on hover; rows without ``x``, such as hnswlib's uncounted
     visits, are left out), and "current" (``current`` given as a mapping with ``x`` and ``y``, e.g.
     :meth:`cbir.evaluation.EvaluationResult.row`).
     """
@@ -189,10 +191,11 @@ def fig_map_vs_visited(
             line={"color": color, "width": 1, "dash": "dot"},
             marker={"size": 10, "symbol": symbol, "color": color},
         )
-        # the first and last settings written beside their markers (the points between crowd): the others on hover
-        ends = {0, len(rows) - 1}
+        # the lowest and highest settings written beside their markers (the points between crowd): all on hover
+        knob = rows[_REFERENCE_KNOBS[kind]].astype(float)
+        ends = {knob.idxmin(), knob.idxmax()}
         trace.update(
-            text=[_setting_text(row) if i in ends else "" for i, (_, row) in enumerate(rows.iterrows())],
+            text=[_setting_text(row) if label in ends else "" for label, row in rows.iterrows()],
             hovertext=_hover_text(rows),
             hoverinfo="text",
             textposition=position,

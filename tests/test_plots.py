@@ -126,5 +126,9 @@ def test_reference_points_beside_the_sweep_on_both_axes(sweep_df: pd.DataFrame) 
     assert not {90.0, 210.0, 310.0} & set(trace(by_visited, "Pareto frontier").x)
     by_time = fig_map_vs_visited(table, {"mean_visited": 150.0, "query_ms": 1.5, "map": 0.5}, x="query_ms")
     assert list(trace(by_time, "HNSW (hnswlib), reference").x) == [0.05]
+    # the lowest and highest settings are written, whatever their order in time (timings are noisy)
+    slower_low = table.assign(query_ms=table["query_ms"].where(table["ef_search"] != 16, 0.4))
+    hnsw = trace(fig_map_vs_visited(slower_low, x="query_ms"), "HNSW (faiss), reference")
+    assert list(hnsw.x) == [0.3, 0.4, 0.5] and list(hnsw.text) == ["", "ef 16", "ef 64"]
     assert trace(by_time, "current").x == (1.5,) and by_time.layout.xaxis.type == "log"
     assert "time per query" in by_time.layout.title.text
