@@ -21,8 +21,9 @@ Methods
     cross-polytope LSH (FALCONN's scheme, ``cbir.polytope``) on the centred vectors, on PCA coordinates, and on PCA
     coordinates with the shortlist, at about log2(n) bits per table (``b``) with L tables and the global
     multi-probe sequence (L·(1+T) buckets per query);
-    faiss IndexHNSWFlat (M=32) at several efSearch, IndexIVFFlat at several nprobe, IndexLSH
-    (binary codes, Hamming ranking of every object, then exact re-rank of 10·k); hnswlib (M=32) at several ef.
+    the app's reference indexes (``cbir.peers``): faiss IndexHNSWFlat (M=32) at several efSearch, IndexIVFFlat at
+    several nprobe, hnswlib (M=32) at several ef; and faiss IndexLSH (binary codes, Hamming ranking of every
+    object, then exact re-rank of 10·k).
 
 Measurement
     recall@10 = share of the exact scan's top-10 returned (``cbir.evaluation.recall_at_k``). Every LSH setting of a
@@ -31,8 +32,8 @@ Measurement
     of the exact scan so that both see the same machine load; speed-ups divide the fastest scan of the data set by
     the method's fastest run. All methods search the whole query batch with the machine's threads. ``visited`` is
     the share of the indexed objects whose distance was computed (for LSH: every candidate, in the reduced space
-    when a shortlist is used; for faiss HNSW / IVF: faiss' own distance counters; for Hamming LSH: all of them;
-    hnswlib does not report it).
+    when a shortlist is used; for faiss HNSW: faiss' own distance counter; for IVF: the sizes of the probed lists;
+    for Hamming LSH: all of them; hnswlib does not report it).
 
 Output: tables (pandas) on stdout, the goals of issue 10 with MET / NOT MET, and Pareto charts (recall vs ms per
 query, recall vs visited) as plotly HTML and PNG (PNG through kaleido when it works) under artifacts/benchmarks/.
@@ -64,8 +65,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cbir.evaluation import default_bucket_width, pareto_frontier, recall_at_k  # noqa: E402
-from cbir.index import LSHIndex, SequentialScan, warm_up  # noqa: E402
+from cbir.index import NOT_COUNTED, LSHIndex, SequentialScan, warm_up  # noqa: E402
 from cbir.pca import fit_pca, project  # noqa: E402
+from cbir.peers import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError  # noqa: E402
 from cbir.polytope import CrossPolytopeIndex, hashes_for_bits  # noqa: E402
 
 K = 10
@@ -200,45 +202,37 @@ def ours(index: Any, family: str, setting: str, fit_s: float) -> Method:
     return Method(family, setting, search, fit_s, {"class": type(index).__name__, **index.params})
 
 
+def peer(index: Any, knob: str, value: int, family: str, setting: str, fit_s: float) -> Method:
+    """One search-time setting of a fitted reference index (:mod:`cbir.peers`) as a benchmark method; the methods
+    of one index share it and set ``knob`` before each search. hnswlib's uncounted visits are ``None``."""
+
+    def search(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        setattr(index, knob, value)
+        result = index.search(queries, K)
+        return result.ids, None if (result.visited == NOT_COUNTED).any() else result.visited
+
+    return Method(family, setting, search, fit_s, {"class": type(index).__name__, **index.params, knob: value})
+
+
 def faiss_methods(X: np.ndarray, threads: int, quick: bool) -> list[Method]:
+    """FAISS HNSW (M=32) and IVF-Flat (about 4·sqrt(n) lists, trained on at most 50 sampled rows per list), the
+    app's :class:`cbir.peers.HNSWIndex` and :class:`cbir.peers.IVFFlatIndex`, then IndexLSH (binary codes, Hamming
+    ranking of every object, exact re-rank of 10·k: not one of the app's indexes)."""
     import faiss
 
     faiss.omp_set_num_threads(threads)
     n, dim = X.shape
     methods = []
 
-    hnsw = faiss.IndexHNSWFlat(dim, 32)
-    fit_s, _ = best_of(1, lambda: hnsw.add(X))
+    hnsw = HNSWIndex(n_links=32)
+    fit_s, _ = best_of(1, lambda: hnsw.fit(X))
     for ef in (16, 32, 64, 128) if quick else (16, 32, 48, 64, 96, 128, 256):
+        methods.append(peer(hnsw, "ef_search", ef, "faiss HNSW", f"M=32 efSearch={ef}", fit_s))
 
-        def search_hnsw(queries: np.ndarray, ef: int = ef) -> tuple[np.ndarray, np.ndarray]:
-            hnsw.hnsw.efSearch = ef
-            faiss.cvar.hnsw_stats.reset()
-            _, ids = hnsw.search(queries, K)
-            return ids, np.full(len(queries), faiss.cvar.hnsw_stats.ndis / max(len(queries), 1))
-
-        methods.append(Method("faiss HNSW", f"M=32 efSearch={ef}", search_hnsw, fit_s, {"M": 32, "efSearch": ef}))
-
-    nlist = int(4 * np.sqrt(n))
-    quantizer = faiss.IndexFlatL2(dim)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, nlist)
-
-    def build_ivf() -> None:
-        ivf.train(X[np.random.default_rng(0).choice(n, min(n, 50 * nlist), replace=False)])
-        ivf.add(X)
-
-    fit_s, _ = best_of(1, build_ivf)
+    ivf = IVFFlatIndex()
+    fit_s, _ = best_of(1, lambda: ivf.fit(X))
     for nprobe in (1, 4, 16, 64) if quick else (1, 2, 4, 8, 16, 32, 64):
-
-        def search_ivf(queries: np.ndarray, nprobe: int = nprobe) -> tuple[np.ndarray, np.ndarray]:
-            ivf.nprobe = nprobe
-            faiss.cvar.indexIVF_stats.reset()
-            _, ids = ivf.search(queries, K)
-            return ids, np.full(len(queries), faiss.cvar.indexIVF_stats.ndis / max(len(queries), 1))
-
-        methods.append(
-            Method("faiss IVF-Flat", f"nlist={nlist} nprobe={nprobe}", search_ivf, fit_s, {"nprobe": nprobe})
-        )
+        methods.append(peer(ivf, "n_probe", nprobe, "faiss IVF-Flat", f"nlist={ivf.lists} nprobe={nprobe}", fit_s))
 
     for nbits in (2 * dim,) if quick else (dim, 4 * dim):
         lsh = faiss.IndexRefineFlat(faiss.IndexLSH(dim, nbits, True, False))
@@ -254,26 +248,14 @@ def faiss_methods(X: np.ndarray, threads: int, quick: bool) -> list[Method]:
 
 
 def hnswlib_methods(X: np.ndarray, threads: int, quick: bool) -> list[Method]:
-    import hnswlib
-
-    index = hnswlib.Index(space="l2", dim=X.shape[1])
-
-    def build() -> None:
-        index.init_index(max_elements=len(X), M=32, ef_construction=40, random_seed=0)  # faiss' default
-        index.set_num_threads(threads)
-        index.add_items(X)
-
-    fit_s, _ = best_of(1, build)
-    methods = []
-    for ef in (16, 32, 64, 128) if quick else (16, 32, 48, 64, 96, 128, 256):
-
-        def search(queries: np.ndarray, ef: int = ef) -> tuple[np.ndarray, None]:
-            index.set_ef(max(ef, K))
-            ids, _ = index.knn_query(queries, k=K)
-            return ids.astype(np.int64), None
-
-        methods.append(Method("hnswlib", f"M=32 ef={ef}", search, fit_s, {"M": 32, "ef": ef}))
-    return methods
+    """hnswlib (M=32, construction ef 40 like FAISS' default): the app's :class:`cbir.peers.HnswlibIndex`."""
+    del threads  # hnswlib searches a batch in all the machine's threads
+    index = HnswlibIndex(n_links=32)
+    fit_s, _ = best_of(1, lambda: index.fit(X))
+    return [
+        peer(index, "ef", ef, "hnswlib", f"M=32 ef={ef}", fit_s)
+        for ef in ((16, 32, 64, 128) if quick else (16, 32, 48, 64, 96, 128, 256))
+    ]
 
 
 OPTION_LABELS = {"reduce_dim": "r", "rerank": "R", "score_dim": "s", "target_recall": "target", "min_collisions": "c"}
@@ -496,11 +478,11 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
     peers: list[Method] = [Method("exact scan", "BLAS + exact re-rank", lambda q: (scan.search(q, K).ids, None))]
     try:
         peers += faiss_methods(X, threads, args.quick)
-    except ImportError as exc:
+    except (ImportError, PeerUnavailableError) as exc:
         print(f"  faiss skipped: {exc}")
     try:
         peers += hnswlib_methods(X, threads, args.quick)
-    except ImportError as exc:
+    except PeerUnavailableError as exc:
         print(f"  hnswlib skipped: {exc}")
     for method in peers:
         timed_run(method)

@@ -104,11 +104,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Fit one index on the index split (+ distractors) and print the summary and per-class tables."""
     from cbir.evaluation import default_width, evaluate_split, split_collection
     from cbir.index import LSHIndex, SequentialScan
+    from cbir.search import IndexConfig
 
     feature_set = load_selected_features(args)
     split = split_collection(feature_set.features, feature_set.labels, feature_set.roles, not args.no_distractors)
     if args.index == "scan":
         index = SequentialScan(args.metric)
+    elif args.index != "lsh":  # the reference indexes at their default settings
+        index = IndexConfig(args.index, args.metric).build()
     else:
         width = args.bucket_width
         if width is None:

@@ -1,5 +1,5 @@
-"""Model comparison: feature sets × (exact scan, LSH) × (with, without distractors) on the validation queries, and
-the distance distributions of the paper's Section 4.1.
+"""Model comparison: feature sets × (exact scan, LSH, the reference indexes) × (with, without distractors) on the
+validation queries, and the distance distributions of the paper's Section 4.1.
 
 :func:`compare` is the one loop; it takes the sweep and evaluation functions as arguments so that the app can hand
 it its cached ones (shared with the tuning page) while the tests and scripts use the plain ones.
@@ -80,15 +80,21 @@ def comparison_configs(
     feature_set: FeatureSet, metric: str = "euclidean", sweep: pd.DataFrame | None = None
 ) -> list[IndexConfig]:
     """Exact scan, LSH at the configuration recommended by ``sweep`` (when given and one fits the budget, else at
-    :func:`cbir.tuning.default_lsh_config`), and the reference index, FAISS HNSW at its default ``ef_search``."""
+    :func:`cbir.tuning.default_lsh_config`), and the reference indexes at their default settings: FAISS HNSW, and up
+    to :data:`cbir.tuning.SWEEP_ON_REQUEST` indexed objects also FAISS IVF-Flat, hnswlib and cross-polytope LSH
+    (their builds take minutes at a million objects, where the tuning page runs them on request only)."""
     lsh = None
+    n_indexed = int((feature_set.roles != "query").sum())
     if sweep is not None:
-        lsh = recommended_config(sweep, int((feature_set.roles != "query").sum()))
-    return [
+        lsh = recommended_config(sweep, n_indexed)
+    configs = [
         IndexConfig("scan", metric),  # type: ignore[arg-type]
         lsh or default_lsh_config(width_sample(feature_set), metric),
         IndexConfig("hnsw", metric),  # type: ignore[arg-type]
     ]
+    if n_indexed <= SWEEP_ON_REQUEST:
+        configs += [IndexConfig(kind, metric) for kind in ("ivf_flat", "hnswlib", "cross_polytope")]  # type: ignore[arg-type]
+    return configs
 
 
 def comparison_jobs(

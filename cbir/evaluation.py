@@ -42,7 +42,17 @@ QUERY_SAMPLE_SEED = 0
 
 ROLES = ("index", "query", "distractor")
 # the index setting of a result row (NaN / NA for the LSH parameters of an exact scan)
-SETTING_COLUMNS = ["index", "n_tables", "n_projections", "bucket_width", "probes", "ef_search", "metric"]
+SETTING_COLUMNS = [
+    "index",
+    "n_tables",
+    "n_projections",
+    "bucket_width",
+    "bits",
+    "probes",
+    "ef_search",
+    "n_probe",
+    "metric",
+]
 # every column of EvaluationResult.row(), in order; the tables below are selections of it
 ROW_COLUMNS = [
     *SETTING_COLUMNS,
@@ -423,15 +433,26 @@ class EvaluationResult:
 
     def row(self) -> dict[str, Any]:
         """This result as one row of a results table, columns :data:`ROW_COLUMNS`: the index setting (``index``
-        "scan", "lsh" or "hnsw", the LSH parameters or HNSW's ``ef_search``, ``None`` where they do not apply),
-        then quality and cost. Every table (sweep, comparison, report, CLI) is made of these rows."""
+        "scan", "lsh", "hnsw", "ivf_flat", "hnswlib" or "cross_polytope"; E2LSH's g, h, w, probes; cross-polytope's
+        L (``n_tables``), bits per table and probes; HNSW's ``ef_search`` (hnswlib's ef); IVF's ``n_probe``; ``None``
+        where they do not apply), then quality and cost. Every table (sweep, comparison, report, CLI) is made of these
+        rows."""
         params = self.index_params
-        lsh = params.get("index") == "lsh"
+        kind = params.get("index")
+        lsh, polytope = kind == "lsh", kind == "cross_polytope"
+        bits = None
+        if polytope and params.get("reduce_dim"):
+            from cbir.polytope import bits_for
+
+            bits = bits_for(int(params["reduce_dim"]), int(params["n_projections"]), params.get("last_dim"))
         return {
-            "index": params.get("index"),
-            **{name: params.get(name) if lsh else None for name in ("n_tables", "n_projections", "bucket_width")},
-            "probes": params.get("probes") if lsh else None,
-            "ef_search": params.get("ef_search") if params.get("index") == "hnsw" else None,
+            "index": kind,
+            "n_tables": params.get("n_tables") if lsh or polytope else None,
+            **{name: params.get(name) if lsh else None for name in ("n_projections", "bucket_width")},
+            "bits": bits,
+            "probes": params.get("probes") if lsh or polytope else None,
+            "ef_search": params.get("ef_search", params.get("ef")) if kind in ("hnsw", "hnswlib") else None,
+            "n_probe": params.get("n_probe") if kind == "ivf_flat" else None,
             "metric": self.metric,
             "k": self.k,
             "map": self.map,
@@ -469,7 +490,8 @@ def _score(
         .agg(n_queries="size", map="mean")
         .reset_index()
     )
-    mean_visited = float(visited.mean())
+    # an index that does not count its distance computations (hnswlib): visited is unknown, not zero
+    mean_visited = float(visited.mean()) if (visited >= 0).all() else float("nan")
     return EvaluationResult(
         map=float(ap.mean()),
         recall=float(recall.mean()),
@@ -501,7 +523,7 @@ def evaluate_split(
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k must be an integer >= 1, got {k!r}")
     warm_up()
-    params = {"index": index.kind.removesuffix("_index"), **index.params}  # "scan", "lsh", "hnsw"
+    params = {"index": index.kind.removesuffix("_index"), **index.params}  # "scan", "lsh", "hnsw", "ivf_flat"…
     if type(index) is SequentialScan and refit:  # the scan is its own reference: recall 1 without a second search
         exact = split.exact_answer(index.metric, int(k), progress)
         visited = np.full(split.n_queries, split.n_indexed, dtype=np.int64)
@@ -709,7 +731,15 @@ def sweep_split(
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     # nullable integers: the scan row has no g/h/probes, and the others should not print as 4.0000
     return table.astype(
-        {"n_tables": "Int64", "n_projections": "Int64", "probes": "Int64", "ef_search": "Int64", "bucket_width": float}
+        {
+            "n_tables": "Int64",
+            "n_projections": "Int64",
+            "bits": "Int64",
+            "probes": "Int64",
+            "ef_search": "Int64",
+            "n_probe": "Int64",
+            "bucket_width": float,
+        }
     )
 
 

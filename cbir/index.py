@@ -9,7 +9,8 @@ Every index has ``fit(X)`` and ``search(Q, k) -> SearchResult(distances, ids, vi
 * ``ids`` (m, k) int64 row numbers into ``X``; ties are ordered by id; slots with no answer hold -1 and a
   score of +inf (euclidean) or -inf (cosine).
 * ``visited`` (m,) int64: how many distinct objects had their distance computed for each query (the paper's
-  "#Items"): ``n`` for the scan, the size of the candidate union for LSH.
+  "#Items"): ``n`` for the scan, the size of the candidate union for LSH; :data:`NOT_COUNTED` (-1) from an index
+  that does not count them (hnswlib).
 
 Indexes grow and shrink in place: ``add(X)`` appends rows (ids ``n .. n+m-1``; the scan appends to its matrix,
 LSH hashes only the new rows with its fitted functions and merges them into its buckets, HNSW inserts them in its
@@ -37,6 +38,8 @@ from cbir.storage import ArtifactError, load_artifact, save_artifact
 BUILD_STAGE = "building the index"  # the stage name of fit's progress
 # long work reports progress about this often (seconds), so that a page's progress bar keeps moving
 PROGRESS_SECONDS = 0.5
+# ``visited`` of an index that does not count its distance computations (hnswlib)
+NOT_COUNTED = -1
 
 Metric = Literal["euclidean", "cosine"]
 
@@ -46,7 +49,7 @@ class SearchResult(NamedTuple):
 
     distances: np.ndarray  # (m, k) float32 distance ascending (euclidean) or similarity descending (cosine)
     ids: np.ndarray  # (m, k) int64 row numbers into the fitted X, -1 where no answer
-    visited: np.ndarray  # (m,) int64 distinct objects whose distance was computed per query
+    visited: np.ndarray  # (m,) int64 distinct objects whose distance was computed per query (NOT_COUNTED: unknown)
 
 
 IndexT = TypeVar("IndexT", bound="BaseIndex")

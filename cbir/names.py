@@ -9,13 +9,23 @@ from __future__ import annotations
 from typing import Literal
 
 Metric = Literal["euclidean", "cosine"]
-IndexKind = Literal["scan", "lsh", "hnsw"]
+IndexKind = Literal["scan", "lsh", "hnsw", "ivf_flat", "hnswlib", "cross_polytope"]
 
 METRICS: tuple[Metric, ...] = ("euclidean", "cosine")
-INDEX_KINDS: tuple[IndexKind, ...] = ("scan", "lsh", "hnsw")
+INDEX_KINDS: tuple[IndexKind, ...] = ("scan", "lsh", "hnsw", "ivf_flat", "hnswlib", "cross_polytope")
+# the reference points beside the scan and E2LSH on the tuning and comparison pages (not on E2LSH's frontier): the
+# field's indexes (cbir.peers) and our cross-polytope LSH (cbir.polytope)
+REFERENCE_KINDS: tuple[IndexKind, ...] = ("hnsw", "ivf_flat", "hnswlib", "cross_polytope")
 # what the pages and tables call them
 METRIC_LABELS: dict[str, str] = {"euclidean": "Euclidean distance", "cosine": "Cosine similarity"}
-INDEX_LABELS: dict[str, str] = {"scan": "exact scan", "lsh": "LSH", "hnsw": "HNSW (faiss)"}
+INDEX_LABELS: dict[str, str] = {
+    "scan": "exact scan",
+    "lsh": "LSH",
+    "hnsw": "HNSW (faiss)",
+    "ivf_flat": "IVF-Flat (faiss)",
+    "hnswlib": "HNSW (hnswlib)",
+    "cross_polytope": "cross-polytope LSH",
+}
 
 
 def score_name(metric: str) -> str:

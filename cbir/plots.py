@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from cbir.evaluation import pareto_frontier
-from cbir.names import METRIC_LABELS
+from cbir.names import INDEX_LABELS, METRIC_LABELS
 
 # what a figure calls a result column: in a title, on an axis
 _NAMES = {"map": "mAP", "recall": "Recall"}
@@ -38,27 +38,75 @@ def _lsh_rows(sweep_df: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
+# the reference points (cbir.names.REFERENCE_KINDS) on the sweep figures: one trace each, in these colours and
+# symbols, the ends of each line labelled with their search-time setting
+# one colour per index kind on every figure that shows several (sweep charts, comparison)
+_INDEX_COLORS = {
+    "scan": "#2c3e50",
+    "lsh": "#e74c3c",
+    "hnsw": "#2980b9",
+    "ivf_flat": "#27ae60",
+    "hnswlib": "#8e44ad",
+    "cross_polytope": "#e67e22",
+}
+# the search-time setting of each reference kind (a sweep column), the one written beside its markers
+_REFERENCE_KNOBS = {"hnsw": "ef_search", "hnswlib": "ef_search", "ivf_flat": "n_probe", "cross_polytope": "probes"}
+# the colours, keyed by the names the comparison table gives the indexes
+_LABEL_COLORS = {INDEX_LABELS[kind]: color for kind, color in _INDEX_COLORS.items()}
+_REFERENCE_STYLES = {  # colour, marker symbol, where the setting is written beside the marker
+    "hnsw": (_INDEX_COLORS["hnsw"], "diamond", "top left"),
+    "ivf_flat": (_INDEX_COLORS["ivf_flat"], "triangle-up", "bottom right"),
+    "hnswlib": (_INDEX_COLORS["hnswlib"], "x", "top right"),
+    "cross_polytope": (_INDEX_COLORS["cross_polytope"], "triangle-down", "bottom left"),
+}
+# what a figure calls an x column: title, axis
+_X_NAMES = {
+    "mean_visited": ("objects visited per query", "mean visited objects per query"),
+    "query_ms": ("time per query", "ms per query (validation queries, one batch)"),
+}
+
+
+def _setting_text(row: pd.Series) -> str:
+    """The search-time setting of a reference row, as printed beside its point."""
+    kind = row.get("index")
+    if kind in ("hnsw", "hnswlib"):
+        return f"ef {row['ef_search']:.0f}"
+    if kind == "ivf_flat":
+        return f"nprobe {row['n_probe']:.0f}"
+    if kind == "cross_polytope":
+        return f"T {row['probes']:.0f}"
+    return ""
+
+
 def _hover_text(rows: pd.DataFrame) -> list[str]:
     def one(row: pd.Series) -> str:
         figures = f"mAP {row['map']:.3f}"
         if "recall" in row and pd.notna(row["recall"]):
             figures += f"<br>recall {row['recall']:.3f}"
-        if row.get("index") == "scan":
-            return f"exact scan<br>{figures}<br>visited {row['mean_visited']:.0f}"
-        if row.get("index") == "hnsw":
-            return f"HNSW (faiss) ef={row['ef_search']:.0f}<br>{figures}<br>visited {row['mean_visited']:.1f}"
+        visited = "not counted" if pd.isna(row["mean_visited"]) else f"{row['mean_visited']:.1f}"
+        figures += f"<br>visited {visited}"
+        if "query_ms" in row and pd.notna(row["query_ms"]):
+            figures += f"<br>{row['query_ms']:.3f} ms / query"
+        kind = row.get("index")
+        if kind == "scan":
+            return f"exact scan<br>{figures}"
+        if kind in _REFERENCE_STYLES:
+            name = row["label"] if "label" in row and isinstance(row["label"], str) else INDEX_LABELS[kind]
+            return f"{name}<br>{figures}"
         return (
             f"g={row['n_tables']:.0f} h={row['n_projections']:.0f} w={row['bucket_width']:.3g}"
-            f" probes={row.get('probes', 0):.0f}<br>{figures}<br>visited {row['mean_visited']:.1f}"
+            f" probes={row.get('probes', 0):.0f}<br>{figures}"
         )
 
     return [one(row) for _, row in rows.iterrows()]
 
 
-def _sweep_points(rows: pd.DataFrame, mode: str, name: str, y: str = "map", **style: Any) -> go.Scatter:
-    """Rows of a sweep as one trace (x: mean visited objects, y: ``y``) with the configuration as hover text."""
+def _sweep_points(
+    rows: pd.DataFrame, mode: str, name: str, y: str = "map", x: str = "mean_visited", **style: Any
+) -> go.Scatter:
+    """Rows of a sweep as one trace (x: ``x``, y: ``y``) with the configuration as hover text."""
     return go.Scatter(
-        x=rows["mean_visited"],
+        x=rows[x],
         y=rows[y],
         mode=mode,
         name=name,
@@ -77,19 +125,24 @@ def _pick(rows: pd.DataFrame, column: str, value: float, label: str) -> pd.DataF
 
 
 def fig_map_vs_visited(
-    sweep_df: pd.DataFrame, current: Mapping[str, Any] | pd.Series | None = None, y: str = "map"
+    sweep_df: pd.DataFrame,
+    current: Mapping[str, Any] | pd.Series | None = None,
+    y: str = "map",
+    x: str = "mean_visited",
 ) -> go.Figure:
-    """Every configuration as a point (x: mean visited objects, log scale; y: ``y``, ``"map"`` or ``"recall"``),
-    the Pareto frontier of (visited, ``y``) as a line.
+    """Every configuration as a point (x: ``x``, ``"mean_visited"`` or ``"query_ms"``, log scale; y: ``y``,
+    ``"map"`` or ``"recall"``), the Pareto frontier of (``x``, ``y``) as a line.
 
     Traces: "configurations" (all LSH rows), "Pareto frontier" (non-dominated scan and LSH rows joined by x),
-    "exact scan" (if the table has a scan row), "HNSW (faiss), reference" (rows with ``index="hnsw"``, the field's
-    reference index, not part of the frontier), and "current" (``current`` given as a mapping with
-    ``mean_visited`` and ``y``, e.g. :meth:`cbir.evaluation.EvaluationResult.row`).
+    "exact scan" (if the table has a scan row), one per reference kind present (:data:`cbir.names.REFERENCE_KINDS`,
+    named ``INDEX_LABELS[kind] + ", reference"``, not part of the frontier, its lowest and highest search-time
+    settings written beside their points, all of them on hover; rows without ``x``, such as hnswlib's uncounted
+    visits, are left out), and "current" (``current`` given as a mapping with ``x`` and ``y``, e.g.
+    :meth:`cbir.evaluation.EvaluationResult.row`).
     """
-    _require(sweep_df, ["mean_visited", y])
+    _require(sweep_df, [x, y])
     kinds = sweep_df["index"] if "index" in sweep_df.columns else pd.Series("lsh", index=sweep_df.index)
-    is_scan, is_reference = kinds == "scan", kinds == "hnsw"
+    is_scan, is_reference = kinds == "scan", kinds.isin(list(_REFERENCE_STYLES))
     own = sweep_df[~is_reference]
     fig = go.Figure()
     fig.add_trace(
@@ -98,17 +151,19 @@ def fig_map_vs_visited(
             "markers",
             "configurations",
             y,
-            marker={"size": 8, "color": "#7f8c8d", "opacity": 0.7},
+            x,
+            marker={"size": 8, "color": "#7f8c8d", "opacity": 0.5},
         )
     )
-    frontier = own[pareto_frontier(own, y=y)].sort_values("mean_visited")
+    frontier = own[pareto_frontier(own, x=x, y=y)].sort_values(x)
     fig.add_trace(
         _sweep_points(
             frontier,
             "lines+markers",
             "Pareto frontier",
             y,
-            line={"color": "#e74c3c", "width": 2},
+            x,
+            line={"color": _INDEX_COLORS["lsh"], "width": 2},
             marker={"size": 9},
         )
     )
@@ -119,33 +174,49 @@ def fig_map_vs_visited(
                 "markers",
                 "exact scan",
                 y,
-                marker={"size": 12, "symbol": "square", "color": "#2c3e50"},
+                x,
+                marker={"size": 12, "symbol": "square", "color": _INDEX_COLORS["scan"]},
             )
         )
-    if is_reference.any():
-        fig.add_trace(
-            _sweep_points(
-                sweep_df[is_reference].sort_values("mean_visited"),
-                "lines+markers",
-                "HNSW (faiss), reference",
-                y,
-                line={"color": "#2980b9", "width": 1, "dash": "dot"},
-                marker={"size": 10, "symbol": "diamond", "color": "#2980b9"},
-            )
+    for kind, (color, symbol, position) in _REFERENCE_STYLES.items():
+        rows = sweep_df[(kinds == kind) & sweep_df[x].notna()].sort_values(x)
+        if rows.empty:
+            continue
+        trace = _sweep_points(
+            rows,
+            "lines+markers+text",
+            f"{INDEX_LABELS[kind]}, reference",
+            y,
+            x,
+            line={"color": color, "width": 1, "dash": "dot"},
+            marker={"size": 10, "symbol": symbol, "color": color},
         )
-    if current is not None:
+        # the lowest and highest settings written beside their markers (the points between crowd): all on hover
+        knob = rows[_REFERENCE_KNOBS[kind]].astype(float)
+        ends = {knob.idxmin(), knob.idxmax()}
+        trace.update(
+            text=[_setting_text(row) if label in ends else "" for label, row in rows.iterrows()],
+            hovertext=_hover_text(rows),
+            hoverinfo="text",
+            textposition=position,
+            textfont={"size": 11, "color": color},
+            cliponaxis=False,
+        )
+        fig.add_trace(trace)
+    if current is not None and pd.notna(current.get(x)):
         fig.add_trace(
             go.Scatter(
-                x=[float(current["mean_visited"])],
+                x=[float(current[x])],
                 y=[float(current[y])],
                 mode="markers",
                 name="current",
                 marker={"size": 16, "symbol": "star", "color": "#f1c40f", "line": {"width": 1, "color": "black"}},
             )
         )
+    title, axis = _X_NAMES.get(x, (x, x))
     fig.update_layout(
-        title=f"{_NAMES.get(y, y)} vs objects visited per query",
-        xaxis={"title": "mean visited objects per query", "type": "log"},
+        title=f"{_NAMES.get(y, y)} vs {title}",
+        xaxis={"title": axis, "type": "log"},
         yaxis={"title": _AXIS_TITLES.get(y, y), "rangemode": "tozero"},
         legend={"orientation": "h", "y": -0.2},
     )
@@ -289,8 +360,41 @@ def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) ->
         title=title or labels.get(value, value),
         labels=labels,
         text_auto=".3g",
+        color_discrete_map=_LABEL_COLORS,
         category_orders={"distractors": ["with distractors", "without distractors"]},
     )
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    return fig
+
+
+def fig_comparison_tradeoff(table: pd.DataFrame, y: str = "recall") -> go.Figure:
+    """``y`` (recall or mAP) against ms per query (log scale), one colour per index and one symbol per feature set,
+    one facet per distractor setting: where each index sits between speed and quality (hover: its setting)."""
+    _require(table, ["feature_set", "index", "config", "distractors", "query_ms", y])
+    fig = px.scatter(
+        table.assign(distractors=table["distractors"] + " distractors"),
+        x="query_ms",
+        y=y,
+        color="index",
+        symbol="feature_set",
+        facet_col="distractors",
+        hover_name="config",
+        hover_data={"mean_visited": ":.1f", "query_ms": ":.3f", y: ":.3f"},
+        log_x=True,
+        color_discrete_map=_LABEL_COLORS,
+        labels={
+            "query_ms": "ms / query",
+            "recall": "recall@10 vs exact scan",
+            "map": "mAP@10",
+            "mean_visited": "visited / query",
+            "feature_set": "feature set",
+        },
+        title=f"{_NAMES.get(y, y)} vs time per query",
+        category_orders={"distractors": ["with distractors", "without distractors"]},
+    )
+    fig.update_traces(marker={"size": 12, "line": {"width": 1, "color": "black"}})
+    # the legend (index × feature set) below the facets, where it has the figure's width
+    fig.update_layout(margin={"t": 60, "b": 10}, height=700, legend={"orientation": "h", "y": -0.15})
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     return fig
 

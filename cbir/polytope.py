@@ -52,6 +52,14 @@ def hashes_for_bits(rotation_dim: int, bits: int) -> tuple[int, int]:
     return count + 1, 1 << (remaining - 1)
 
 
+def bits_for(rotation_dim: int, n_projections: int, last_dim: int | None) -> int:
+    """The inverse of :func:`hashes_for_bits`: the bits per table of ``n_projections`` hashes whose last one uses
+    ``last_dim`` coordinates (``None``: all)."""
+    dim = rotation_dim_for(rotation_dim)
+    last = dim if last_dim is None else min(int(last_dim), dim)
+    return (int(n_projections) - 1) * dim.bit_length() + last.bit_length()
+
+
 class CrossPolytopeIndex(BucketIndex):
     """FALCONN's cross-polytope LSH index (see the module docstring).
 

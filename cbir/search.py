@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +28,9 @@ from cbir import config
 from cbir.backbones import WeightsNotFoundError
 from cbir.errors import ConfigError
 from cbir.index import BaseIndex, LSHIndex, SequentialScan
-from cbir.names import INDEX_KINDS, METRICS, IndexKind, Metric, score_name
-from cbir.peers import DEFAULT_EF_SEARCH, DEFAULT_LINKS, HNSWIndex
+from cbir.names import INDEX_KINDS, INDEX_LABELS, METRICS, IndexKind, Metric, score_name
+from cbir.peers import DEFAULT_EF_SEARCH, DEFAULT_LINKS, DEFAULT_N_PROBE, HNSWIndex, HnswlibIndex, IVFFlatIndex
+from cbir.polytope import CrossPolytopeIndex, hashes_for_bits
 from cbir.query import QueryImage, decode_query
 from cbir.workspace import file_version, load_feature_set, weights_kind
 
@@ -43,12 +44,20 @@ DEFAULT_K = 10
 # The paper's best web-app index (Section 7): g=7 tables, h=2 projections; w comes from the data.
 DEFAULT_TABLES = 7
 DEFAULT_PROJECTIONS = 2
+# Cross-polytope LSH as the app runs it: hashed on 48 PCA coordinates, the 100 best by their PCA distance ranked
+# exactly (benchmarks/ann.py's best family on the real features; README, "Approximate search")
+POLYTOPE_REDUCE_DIM = 48
+POLYTOPE_RERANK = 100
+DEFAULT_POLYTOPE_BITS = 10
 
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """One index setting (hashable: a cache key). The LSH fields (g, h, w, probes, seed) matter for ``kind="lsh"``
-    only, ``ef_search`` for the reference index ``kind="hnsw"`` (:class:`cbir.peers.HNSWIndex`) only."""
+    """One index setting (hashable: a cache key). Which fields matter depends on ``kind``: E2LSH (``"lsh"``) g, h, w,
+    probes, seed; the reference indexes (:mod:`cbir.peers`) FAISS HNSW (``"hnsw"``) and hnswlib (``"hnswlib"``)
+    ``ef_search``, FAISS IVF-Flat (``"ivf_flat"``) ``n_probe``; cross-polytope LSH (``"cross_polytope"``,
+    :class:`cbir.polytope.CrossPolytopeIndex` on :data:`POLYTOPE_REDUCE_DIM` PCA coordinates with a shortlist of
+    :data:`POLYTOPE_RERANK`, the README's best setting) ``n_tables`` (L), ``bits`` per table, probes, seed."""
 
     kind: IndexKind = "scan"
     metric: Metric = "euclidean"
@@ -58,6 +67,8 @@ class IndexConfig:
     probes: int = 0
     seed: int = 0
     ef_search: int = DEFAULT_EF_SEARCH
+    n_probe: int = DEFAULT_N_PROBE
+    bits: int = DEFAULT_POLYTOPE_BITS
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
@@ -68,13 +79,18 @@ class IndexConfig:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> IndexConfig:
         """The setting of a results-table row (:meth:`cbir.evaluation.EvaluationResult.row`, a sweep row)."""
-        if row["index"] == "scan":
-            return cls("scan", row["metric"])
-        if row["index"] == "hnsw":
-            return cls("hnsw", row["metric"], ef_search=int(row["ef_search"]))
+        kind, metric = row["index"], row["metric"]
+        if kind == "scan":
+            return cls("scan", metric)
+        if kind in ("hnsw", "hnswlib"):
+            return cls(kind, metric, ef_search=int(row["ef_search"]))
+        if kind == "ivf_flat":
+            return cls("ivf_flat", metric, n_probe=int(row["n_probe"]))
+        if kind == "cross_polytope":
+            return cls(kind, metric, n_tables=int(row["n_tables"]), probes=int(row["probes"]), bits=int(row["bits"]))
         return cls(
             "lsh",
-            row["metric"],
+            metric,
             int(row["n_tables"]),
             int(row["n_projections"]),
             float(row["bucket_width"]),
@@ -87,6 +103,22 @@ class IndexConfig:
             return SequentialScan(self.metric)
         if self.kind == "hnsw":
             return HNSWIndex(self.metric, ef_search=self.ef_search)
+        if self.kind == "hnswlib":
+            return HnswlibIndex(self.metric, ef=self.ef_search)
+        if self.kind == "ivf_flat":
+            return IVFFlatIndex(self.metric, n_probe=self.n_probe)
+        if self.kind == "cross_polytope":
+            hashes, last_dim = hashes_for_bits(POLYTOPE_REDUCE_DIM, self.bits)
+            return CrossPolytopeIndex(
+                self.n_tables,
+                hashes,
+                last_dim,
+                metric=self.metric,
+                seed=self.seed,
+                probes=self.probes,
+                reduce_dim=POLYTOPE_REDUCE_DIM,
+                rerank=POLYTOPE_RERANK,
+            )
         return LSHIndex(
             self.n_tables,
             self.n_projections,
@@ -97,6 +129,23 @@ class IndexConfig:
         )
 
     @property
+    def fit_key(self) -> IndexConfig:
+        """This setting without its search-time knobs (HNSW's ef, IVF's nprobe, LSH's probes): settings with the
+        same key share one fitted index, set to each by :meth:`tune`."""
+        return replace(self, ef_search=DEFAULT_EF_SEARCH, n_probe=DEFAULT_N_PROBE, probes=0)
+
+    def tune(self, index: BaseIndex) -> None:
+        """Set the search-time knobs of this setting on a fitted ``index`` of :attr:`fit_key`'s setting."""
+        if self.kind == "hnsw":
+            index.ef_search = self.ef_search  # type: ignore[attr-defined]
+        elif self.kind == "hnswlib":
+            index.ef = self.ef_search  # type: ignore[attr-defined]
+        elif self.kind == "ivf_flat":
+            index.n_probe = self.n_probe  # type: ignore[attr-defined]
+        elif self.kind in ("lsh", "cross_polytope"):
+            index.probes = self.probes  # type: ignore[attr-defined]
+
+    @property
     def score_name(self) -> str:
         return score_name(self.metric)
 
@@ -104,8 +153,15 @@ class IndexConfig:
     def label(self) -> str:
         if self.kind == "scan":
             return f"exact scan ({self.metric})"
-        if self.kind == "hnsw":
-            return f"HNSW (faiss) M={DEFAULT_LINKS} ef={self.ef_search} ({self.metric})"
+        if self.kind in ("hnsw", "hnswlib"):
+            return f"{INDEX_LABELS[self.kind]} M={DEFAULT_LINKS} ef={self.ef_search} ({self.metric})"
+        if self.kind == "ivf_flat":
+            return f"{INDEX_LABELS[self.kind]} nprobe={self.n_probe} ({self.metric})"
+        if self.kind == "cross_polytope":
+            return (
+                f"{INDEX_LABELS[self.kind]} PCA-{POLYTOPE_REDUCE_DIM} L={self.n_tables} b={self.bits} "
+                f"T={self.probes} R={POLYTOPE_RERANK} ({self.metric})"
+            )
         probes = f", probes={self.probes}" if self.probes else ""
         return f"LSH g={self.n_tables} h={self.n_projections} w={self.bucket_width:.3g}{probes} ({self.metric})"
 
@@ -371,7 +427,7 @@ class SearchEngine:
                 "score": scores[0][found].astype(np.float64),
             }
         )
-        n_visited = int(visited[0])
+        n_visited = int(visited[0])  # NOT_COUNTED (-1) from an index that does not count them (hnswlib)
         return QueryAnswer(
             results=results,
             score_name=config.score_name,
@@ -379,7 +435,7 @@ class SearchEngine:
             embed_seconds=0.0,
             search_seconds=search_seconds,
             visited=n_visited,
-            visited_fraction=n_visited / max(index.n_objects - index.n_removed, 1),
+            visited_fraction=n_visited / max(index.n_objects - index.n_removed, 1) if n_visited >= 0 else float("nan"),
             n_objects=index.n_objects - index.n_removed,
             index_label=config.label,
         )

@@ -1,6 +1,7 @@
 """Index tuning on a feature set: evaluate one :class:`~cbir.search.IndexConfig` on the validation queries, sweep a
-grid of LSH settings around the data-driven bucket width beside the field's reference index (FAISS HNSW), recommend
-the best LSH setting under a visit budget, and pick the fastest index that reaches a recall.
+grid of LSH settings around the data-driven bucket width beside the reference points (FAISS HNSW and IVF-Flat,
+hnswlib, cross-polytope LSH), recommend the best LSH setting under a visit budget, and pick the fastest index that
+reaches a recall.
 
 The computations are :mod:`cbir.evaluation`'s; this module speaks in feature sets (by path and file version, so
 that the app can cache by plain arguments) and in :class:`~cbir.search.IndexConfig`.
@@ -27,7 +28,6 @@ from cbir.evaluation import (
     EvaluationSplit,
     StageProgress,
     default_width,
-    evaluate_settings,
     evaluate_split,
     pareto_frontier,
     recommend,
@@ -37,7 +37,7 @@ from cbir.evaluation import (
     width_grid,
 )
 from cbir.features import FeatureSet
-from cbir.peers import HNSWIndex
+from cbir.names import REFERENCE_KINDS
 from cbir.search import DEFAULT_K, DEFAULT_PROJECTIONS, DEFAULT_TABLES, IndexConfig
 from cbir.workspace import load_feature_set
 
@@ -50,11 +50,41 @@ DEFAULT_GRID_TABLES = (1, 2, 4, 7, 10)
 DEFAULT_GRID_PROJECTIONS = (1, 2, 4, 8)
 # Above this many indexed objects the tuning page runs the background sweep only when asked (at 1M it takes hours)
 SWEEP_ON_REQUEST = 250_000
-# The reference index beside the sweep: FAISS HNSW at these efSearch values (recall from ~0.8 to ~1 on real features)
+# The reference points beside the sweep (cbir.names.REFERENCE_KINDS), each family fitted once and searched at each
+# of its search-time settings: FAISS HNSW at these efSearch values (recall from ~0.8 to ~1 on real features), FAISS
+# IVF-Flat (about 4·sqrt(n) lists) at these nprobe, hnswlib at these ef, and cross-polytope LSH on PCA-48 with a
+# shortlist at the README's best setting on the real features (L=8 tables, 10 bits per table) with these probes T
+# (one fit: its PCA, a 1280 x 1280 eigendecomposition, is most of its cost).
 REFERENCE_EF = (16, 32, 64, 128, 256)
-# Rows of the default background sweep (sweep_for): the exact scan, the LSH grid, the HNSW points
+REFERENCE_N_PROBE = (1, 4, 16, 64)
+REFERENCE_HNSWLIB_EF = (16, 32, 128)
+REFERENCE_POLYTOPE_TABLES, REFERENCE_POLYTOPE_BITS = 8, 10
+REFERENCE_POLYTOPE_PROBES = (2, 8, 16)
+
+
+def reference_configs(metric: str = "euclidean") -> list[IndexConfig]:
+    """The reference settings of :func:`reference_sweep`, in order (those sharing a
+    :attr:`~cbir.search.IndexConfig.fit_key` are consecutive: one fitted index serves them)."""
+    return [
+        *(IndexConfig("hnsw", metric, ef_search=ef) for ef in REFERENCE_EF),  # type: ignore[arg-type]
+        *(IndexConfig("ivf_flat", metric, n_probe=n_probe) for n_probe in REFERENCE_N_PROBE),  # type: ignore[arg-type]
+        *(IndexConfig("hnswlib", metric, ef_search=ef) for ef in REFERENCE_HNSWLIB_EF),  # type: ignore[arg-type]
+        *(
+            IndexConfig(
+                "cross_polytope",
+                metric,  # type: ignore[arg-type]
+                n_tables=REFERENCE_POLYTOPE_TABLES,
+                bits=REFERENCE_POLYTOPE_BITS,
+                probes=probes,
+            )
+            for probes in REFERENCE_POLYTOPE_PROBES
+        ),
+    ]
+
+
+# Rows of the default background sweep (sweep_for): the exact scan, the LSH grid, the reference points
 DEFAULT_SWEEP_SIZE = (
-    1 + len(DEFAULT_GRID_TABLES) * len(DEFAULT_GRID_PROJECTIONS) * len(DEFAULT_WIDTH_FACTORS) + len(REFERENCE_EF)
+    1 + len(DEFAULT_GRID_TABLES) * len(DEFAULT_GRID_PROJECTIONS) * len(DEFAULT_WIDTH_FACTORS) + len(reference_configs())
 )
 
 
@@ -189,15 +219,18 @@ def sweep_table(
     probes: Sequence[int] = (0,),
     progress: Progress | None = None,
     detail: StageProgress | None = None,
+    references: Sequence[IndexConfig] | None = None,
 ) -> pd.DataFrame:
     """The exact scan and every LSH setting of ``grid`` (default :func:`default_grid` of the indexed rows) ×
-    ``probes``, by :func:`cbir.evaluation.sweep_split`, then the HNSW reference (:func:`reference_sweep`):
-    :data:`cbir.evaluation.SWEEP_COLUMNS` plus ``pareto`` (on the mAP-vs-visited frontier), ``recall_pareto`` (on
-    the recall-vs-visited frontier) and ``label``. ``progress(rows done, rows in all)`` after each row, ``detail``
-    (:func:`cbir.evaluation.evaluate_split`'s) within each."""
+    ``probes``, by :func:`cbir.evaluation.sweep_split`, then the reference points (:func:`reference_sweep` of
+    ``references``, default :func:`reference_configs`): :data:`cbir.evaluation.SWEEP_COLUMNS` plus ``pareto`` (on
+    the mAP-vs-visited frontier), ``recall_pareto`` (on the recall-vs-visited frontier) and ``label``.
+    ``progress(rows done, rows in all)`` after each row, ``detail`` (:func:`cbir.evaluation.evaluate_split`'s)
+    within each."""
     grid = grid if grid is not None else default_grid(split.index_vectors, metric)
+    references = list(references) if references is not None else reference_configs(metric)
     n_rows = 1 + len(probes) * int(np.prod([len(list(values)) for values in grid.values()]))
-    total = n_rows + len(REFERENCE_EF)
+    total = n_rows + len(references)
 
     def step(done: int, _: int) -> None:
         if progress is not None:
@@ -205,10 +238,10 @@ def sweep_table(
 
     step(0, total)
     table = sweep_split(split, grid, metric, k, probes, progress=step, include_scan=True, detail=detail)
-    reference = reference_sweep(split, metric, k, progress=lambda done: step(n_rows + done, total), detail=detail)
-    table = pd.concat([table, reference], ignore_index=True)
-    # the frontiers are the scan's and LSH's own; the reference index is shown beside them, not folded in
-    own = table["index"] != "hnsw"
+    reference = reference_sweep(split, references, k, progress=lambda done: step(n_rows + done, total), detail=detail)
+    table = pd.concat([table, reference], ignore_index=True) if len(reference) else table
+    # the frontiers are the scan's and E2LSH's own; the reference points are shown beside them, not folded in
+    own = ~table["index"].isin(REFERENCE_KINDS)
     table["pareto"] = pareto_frontier(table[own]).reindex(table.index, fill_value=False)
     table["recall_pareto"] = pareto_frontier(table[own], y="recall").reindex(table.index, fill_value=False)
     table["label"] = [IndexConfig.from_row(row).label for _, row in table.iterrows()]
@@ -217,26 +250,37 @@ def sweep_table(
 
 def reference_sweep(
     split: EvaluationSplit,
-    metric: str = "euclidean",
+    configs: Sequence[IndexConfig] | None = None,
     k: int = DEFAULT_K,
-    ef_values: Sequence[int] = REFERENCE_EF,
     progress: Callable[[int], None] | None = None,
     detail: StageProgress | None = None,
 ) -> pd.DataFrame:
-    """The field's reference index, FAISS HNSW (:class:`cbir.peers.HNSWIndex`, M=32), fitted once on the split
-    and evaluated at each ``ef_search`` of ``ef_values``: rows of :data:`cbir.evaluation.SWEEP_COLUMNS` with
-    ``index="hnsw"``, to set beside the LSH sweep. ``progress(rows done)`` after each row, ``detail`` within."""
-    index = HNSWIndex(metric, ef_search=ef_values[0])  # type: ignore[arg-type]
+    """The reference points (default :func:`reference_configs` of euclidean): each family fitted once on the split
+    (consecutive ``configs`` with the same :attr:`~cbir.search.IndexConfig.fit_key` share one fitted index,
+    retuned by :meth:`~cbir.search.IndexConfig.tune`) and evaluated at each setting: rows of
+    :data:`cbir.evaluation.SWEEP_COLUMNS` (``fit_seconds``: the family's one fit), to set beside the LSH sweep.
+    ``progress(rows done)`` after each row, ``detail`` within."""
+    configs = list(configs) if configs is not None else reference_configs()
     rows = []
-    for result in evaluate_settings(index, split, "ef_search", ef_values, k=k, detail=detail):
-        rows.append(result.row())
+    index, fitted, fit_seconds = None, None, 0.0
+    for config in configs:
+        refit = config.fit_key != fitted
+        if refit:
+            index, fitted = config.build(), config.fit_key
+        assert index is not None
+        config.tune(index)
+        result = evaluate_split(index, split, k=k, refit=refit, progress=detail)
+        if refit:
+            fit_seconds = result.fit_seconds
+        rows.append({**result.row(), "fit_seconds": fit_seconds})
         if progress is not None:
             progress(len(rows))
-    return pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS).astype({"ef_search": "Int64"})
+    table = pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS)
+    return table.astype({name: "Int64" for name in ("n_tables", "bits", "probes", "ef_search", "n_probe")})
 
 
 def fastest_config(sweep: pd.DataFrame, target_recall: float) -> pd.Series:
-    """The row of ``sweep`` (:func:`sweep_table`: the scan, every LSH setting, the HNSW reference) that answers
+    """The row of ``sweep`` (:func:`sweep_table`: the scan, every LSH setting, the reference points) that answers
     fastest (``query_ms``) among those returning at least ``target_recall`` of the exact top-k; the exact scan
     (recall 1) always qualifies. ``IndexConfig.from_row`` of it is the index to search with."""
     if not 0.0 <= target_recall <= 1.0:

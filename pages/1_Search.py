@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from cbir import growth, ui
@@ -54,7 +55,8 @@ with index_col:
         label_visibility="collapsed",
         key="search-kind",
         help="The exact scan compares the query with every image; LSH only with those in its buckets; HNSW (FAISS, "
-        "the field's reference) walks a neighbour graph; the last choice takes the fastest of them that returns "
+        "the field's reference) walks a neighbour graph; the last choice takes the fastest index of the tuning "
+        "page's sweep (the scan, LSH settings, FAISS HNSW and IVF-Flat, hnswlib, cross-polytope LSH) that returns "
         "at least the recall you pick, as measured on the validation queries.",
     )
     metric = st.selectbox("Metric", METRICS, key="search-metric", format_func=METRIC_LABELS.get)
@@ -70,9 +72,13 @@ with index_col:
         )
         fastest = fastest_config(ui.sweep(path, version, metric), target)
         index_config = IndexConfig.from_row(fastest)
+        visited = fastest["visited_fraction"]
         st.caption(
             f"**{index_config.label}**: recall@10 {fastest['recall']:.3f}, {fastest['query_ms']:.3f} ms per "
-            f"validation query, {fastest['visited_fraction']:.1%} of the index visited"
+            "validation query, "
+            + (f"{visited:.1%} of the index visited" if pd.notna(visited) else "visited objects not counted")
+            + " (picked among the exact scan, the LSH sweep and the reference indexes: HNSW, IVF-Flat, hnswlib, "
+            "cross-polytope LSH)"
         )
     elif kind == INDEX_CHOICES[2]:
         ef = st.slider("ef — candidates kept while walking the graph", 8, 512, DEFAULT_EF_SEARCH, key="search-ef")
@@ -203,8 +209,17 @@ with right:
         help=f"Features {result.embed_seconds * 1000:.0f} ms + search {result.search_seconds * 1000:.1f} ms",
     )
     m[1].metric("Search only", f"{result.search_seconds * 1000:.2f} ms")
-    m[2].metric("Objects visited", f"{result.visited:,}", help="Images whose distance to the query was computed")
-    m[3].metric("Share of the collection", f"{result.visited_fraction:.1%}", help=f"of {result.n_objects:,} images")
+    counted = result.visited >= 0  # hnswlib does not count them
+    m[2].metric(
+        "Objects visited",
+        f"{result.visited:,}" if counted else "not counted",
+        help="Images whose distance to the query was computed",
+    )
+    m[3].metric(
+        "Share of the collection",
+        f"{result.visited_fraction:.1%}" if counted else "–",
+        help=f"of {result.n_objects:,} images",
+    )
     st.caption(f"{result.index_label} over {result.n_objects:,} images · {label}")
     if len(result.results) < DEFAULT_K:
         st.warning(f"The index found only {len(result.results)} candidates: raise g, w or probes to see more.")

@@ -190,6 +190,22 @@ def test_search_with_lsh_and_its_sliders(app_env: Path) -> None:
     assert results_table(at)["score"].iloc[0] == pytest.approx(1.0, abs=1e-3)  # similarity of itself
 
 
+def test_search_fastest_at_a_recall_picks_from_the_sweep_with_its_references(app_env: Path) -> None:
+    at = open_app("pages/1_Search.py")
+    at.radio(key="search-source").set_value("Pick from the collection").run()
+    picker = at.selectbox(key="search-pick")
+    picker.set_value(picker.options[3]).run()
+    at.radio(key="search-kind").set_value("Fastest at a recall").run()
+    check_ok(at)
+    for target in (0.5, 0.9, 1.0):
+        at.slider(key="search-target-recall").set_value(target).run()
+        check_ok(at)
+        caption = next(c.value for c in at.caption if "per validation query" in c.value)
+        recall = float(caption.split("recall@10 ")[1].split(",")[0])
+        assert recall >= target and "reference indexes" in caption
+        assert images(at) == 1 + N_RESULTS and not at.error
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Index tuning
 # ----------------------------------------------------------------------------------------------------------
@@ -201,7 +217,8 @@ def test_tuning_sliders_move_the_metrics_consistently(app_env: Path) -> None:
     start = metrics(at)
     assert 0 <= start["mAP@10"] <= 1 and 0 < start["Share of the index visited"] < 100
     assert 0 < start["Recall@10"] <= 1  # against the exact scan
-    assert len(at.get("plotly_chart")) >= 3  # mAP and recall vs visited over the sweep, per-class mAP
+    # mAP and recall vs visited and vs time over the sweep, per-class mAP
+    assert len(at.get("plotly_chart")) >= 5
 
     def visited_after(key: str, value: float) -> float:
         at.slider(key=key).set_value(value).run()
@@ -251,8 +268,11 @@ def test_comparison_page_renders_its_table(app_env: Path) -> None:
     at = open_app("pages/3_Model_comparison.py")
     assert not at.error
     table = at.dataframe[0].value
-    assert len(table) == 6  # 1 feature set × (exact scan, LSH, HNSW reference) × (with, without distractors)
-    assert set(table["index"]) == {"exact scan", "LSH", "HNSW (faiss)"}
+    # 1 feature set × (exact scan, LSH, 4 reference indexes) × (with, without distractors)
+    assert len(table) == 12
+    assert set(table["index"]) == {"exact scan", "LSH", "HNSW (faiss)", "IVF-Flat (faiss)", "HNSW (hnswlib)"} | {
+        "cross-polytope LSH"
+    }
     assert set(table["distractors"]) == {"with", "without"}
     assert table["map"].between(0, 1).all()
     assert (table.loc[table["index"] == "exact scan", "recall"] == 1.0).all() and table["recall"].between(0, 1).all()
@@ -263,7 +283,8 @@ def test_comparison_page_renders_its_table(app_env: Path) -> None:
     assert images(at) == 5  # the five most frequent answers, as tiles
     distances = at.dataframe[2].value
     assert distances["class"].iloc[0] == "(all)" and len(distances) == 1 + 13
-    assert len(at.get("plotly_chart")) >= 7  # 4 comparison bars (mAP, recall, visited, score), per-class, 2 histograms
+    # recall vs time, 4 comparison bars (mAP, recall, visited, score), per-class, 2 histograms
+    assert len(at.get("plotly_chart")) >= 8
     at.radio(key="compare-lsh").set_value("default").run()
     check_ok(at)
     assert at.dataframe[0].value["config"].str.contains("g=7 h=2").sum() == 2

@@ -12,6 +12,9 @@ from builders import save_feature_set, synthetic_feature_set
 
 from cbir import comparison, evaluation, plots, search, tuning, workspace
 from cbir.evaluation import EvaluationResult
+from cbir.names import INDEX_LABELS, REFERENCE_KINDS
+
+REFERENCES = {INDEX_LABELS[kind] for kind in REFERENCE_KINDS}
 
 
 def _two_feature_sets(tmp_path: Path) -> list[tuple[str, str, int]]:
@@ -26,24 +29,29 @@ def test_comparison_table_shape(tmp_path: Path) -> None:
         _two_feature_sets(tmp_path), recommended=False, progress=lambda what, done, total: seen.append((what, total))
     )
     table = result.table
-    # A: 3 indexes (scan, LSH, HNSW reference) × (with, without); B has no distractors: 3 indexes × (with) only
-    assert len(table) == 9 and seen[-1] == ("Comparison", 9)
+    # A: 6 indexes (scan, LSH, the 4 references) × (with, without); B has no distractors: 6 indexes × (with) only
+    assert len(table) == 18 and seen[-1] == ("Comparison", 18)
     assert list(table.columns) == comparison.COMPARISON_COLUMNS
-    assert set(table["index"]) == {"exact scan", "LSH", "HNSW (faiss)"}
-    # the graph index finds the true neighbours (on 100 objects it compares them all: see test_peers for fewer)
-    assert (table.loc[table["index"] == "HNSW (faiss)", "recall"] > 0.9).all()
+    assert set(table["index"]) == {"exact scan", "LSH", *REFERENCES}
+    # the graph indexes find the true neighbours (on 100 objects they compare them all: see test_peers for fewer)
+    assert (table.loc[table["index"].isin(["HNSW (faiss)", "HNSW (hnswlib)"]), "recall"] > 0.9).all()
+    assert table.loc[table["index"] == "HNSW (hnswlib)", "mean_visited"].isna().all()  # hnswlib does not count
     assert (table.loc[table["index"] == "exact scan", "visited_fraction"] == 1.0).all()
     assert (table.loc[table["index"] == "LSH", "visited_fraction"] < 1.0).all()
     assert (table.loc[table["index"] == "exact scan", "recall"] == 1.0).all()
     assert table["recall"].between(0, 1).all()
     assert table["map"].between(0, 1).all() and (table["score_name"] == "distance").all()
     assert table["config"].str.contains("g=7 h=2").sum() == 3  # the default LSH setting
-    assert len(result.per_class) == 9 * 4  # one row per job and class
+    assert len(result.per_class) == 18 * 4  # one row per job and class
     assert list(result.per_class.columns) == ["feature_set", "index", "distractors", "class", "n_queries", "map"]
     for name, value in (("map", "mAP@10"), ("recall", None), ("mean_visited", None), ("mean_score", None)):
         figure = plots.fig_comparison(table, name, value)
-        assert {trace.name for trace in figure.data} == {"exact scan", "LSH", "HNSW (faiss)"}
-    assert len(plots.fig_comparison_per_class(result.per_class).data) == 6  # A, B × scan, LSH, HNSW
+        assert {trace.name for trace in figure.data} == {"exact scan", "LSH", *REFERENCES}
+    assert len(plots.fig_comparison_per_class(result.per_class).data) == 12  # A, B × scan, LSH, 4 references
+    tradeoff = plots.fig_comparison_tradeoff(table)
+    # one trace per index × feature set (colour × symbol), in both distractor facets
+    assert {trace.name.split(",")[0] for trace in tradeoff.data} == {"exact scan", "LSH", *REFERENCES}
+    assert sum(len(trace.x) for trace in tradeoff.data) == len(table)
 
 
 def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> None:
@@ -61,7 +69,7 @@ def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> No
         return tuning.evaluate_for(path, version, config, with_distractors)
 
     result = comparison.compare(feature_sets, sweep=sweep, evaluate=evaluate)
-    assert sweeps == [path for _, path, _ in feature_sets] and len(evaluations) == len(result.table) == 9
+    assert sweeps == [path for _, path, _ in feature_sets] and len(evaluations) == len(result.table) == 18
     _, path, version = feature_sets[0]
     recommended = tuning.recommended_config(sweep(path, version, "euclidean"), 100)
     assert recommended is not None and recommended.label in result.table["config"].tolist()
@@ -75,6 +83,7 @@ def test_comparison_uses_the_recommended_lsh_setting() -> None:
     configs = comparison.comparison_configs(feature_set, sweep=sweep)
     assert configs[0] == search.IndexConfig("scan") and configs[1] == tuning.recommended_config(sweep, 100)
     assert configs[2] == search.IndexConfig("hnsw")
+    assert [config.kind for config in configs[3:]] == ["ivf_flat", "hnswlib", "cross_polytope"]
     assert comparison.comparison_configs(feature_set)[1] == tuning.default_lsh_config(
         feature_set.features[feature_set.roles != "query"]
     )

@@ -1,4 +1,5 @@
-"""The FAISS HNSW reference index behind the index contract, and the fastest-at-a-recall choice."""
+"""The reference indexes behind the index contract (FAISS HNSW and IVF-Flat, hnswlib), the reference rows of the
+tuning sweep, and the fastest-at-a-recall choice."""
 
 from __future__ import annotations
 
@@ -6,30 +7,75 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import synthetic_feature_set
+from builders import REAL_COLLECTION, synthetic_feature_set
 
+from cbir.errors import CbirError
 from cbir.evaluation import recall_at_k, split_collection
-from cbir.index import SequentialScan
-from cbir.peers import HNSWIndex
+from cbir.features import FeatureSet, load_features
+from cbir.index import NOT_COUNTED, BaseIndex, SequentialScan
+from cbir.names import REFERENCE_KINDS
+from cbir.peers import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError, default_lists
 from cbir.search import IndexConfig
-from cbir.tuning import fastest_config, reference_sweep, sweep_table
+from cbir.tuning import fastest_config, reference_configs, reference_sweep, sweep_table
+from tests.conftest import require
+
+PEERS = {
+    "hnsw": lambda metric: HNSWIndex(metric, ef_search=128),
+    "ivf_flat": lambda metric: IVFFlatIndex(metric, n_probe=16),
+    "hnswlib": lambda metric: HnswlibIndex(metric, ef=128),
+}
 
 
 def _points(n: int = 2000, dim: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
 
 
+@pytest.fixture(scope="module")
+def real_features() -> FeatureSet:
+    """The default collection's real EfficientNet-Lite0 ImageNet features (4,913 indexed x 1280-d)."""
+    stores = sorted((REAL_COLLECTION.parents[1] / "features").glob("*/efficientnet_lite0-*imagenet*/meta.json"))
+    require(bool(stores), "no feature store of the default collection (python -m cbir extract)")
+    return load_features(stores[0].parent)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_hnsw_answers_like_the_scan_with_far_fewer_distances(metric: str) -> None:
-    data, queries = _points(), _points(50, seed=1)
+@pytest.mark.parametrize("kind", list(PEERS))
+def test_peer_answers_like_the_scan_on_real_features(real_features: FeatureSet, kind: str, metric: str) -> None:
+    roles = real_features.roles
+    data = np.ascontiguousarray(real_features.features[roles != "query"], dtype=np.float32)
+    queries = np.ascontiguousarray(real_features.features[roles == "query"][:200], dtype=np.float32)
     exact = SequentialScan(metric).fit(data).search(queries, 10)
-    found = HNSWIndex(metric, ef_search=128).fit(data).search(queries, 10)
-    assert found.ids.shape == (50, 10) and found.distances.dtype == np.float32
+    found = PEERS[kind](metric).fit(data).search(queries, 10)
+    assert found.ids.shape == (200, 10) and found.distances.dtype == np.float32 and found.ids.dtype == np.int64
     assert recall_at_k(found.ids, exact.ids).mean() > 0.9
     # the scores are the same kind of number as the scan's: where the ids agree, so do the scores
     same = found.ids == exact.ids
     np.testing.assert_allclose(found.distances[same], exact.distances[same], rtol=1e-4, atol=1e-4)
-    assert (found.visited > 0).all() and (found.visited < len(data)).all()
+    if kind == "hnswlib":
+        assert (found.visited == NOT_COUNTED).all()  # hnswlib does not count its distance computations
+    else:
+        assert (found.visited > 0).all() and found.visited.mean() < 0.3 * len(data)
+
+
+def test_ivf_visited_is_the_probed_lists_and_grows_with_n_probe() -> None:
+    data, queries = _points(), _points(50, seed=1)
+    exact = SequentialScan().fit(data).search(queries, 10)
+    index = IVFFlatIndex(n_probe=1).fit(data)
+    assert index.lists == default_lists(len(data)) == round(4 * np.sqrt(len(data)))
+    low = index.search(queries, 10)
+    index.n_probe = 16
+    high = index.search(queries, 10)
+    assert recall_at_k(high.ids, exact.ids).mean() > recall_at_k(low.ids, exact.ids).mean()
+    assert high.visited.mean() > low.visited.mean()
+    # visited = the sizes of the probed lists: what faiss' own counter counts for the same search
+    import faiss
+
+    faiss.cvar.indexIVF_stats.reset()
+    index._index.search(queries, 10, params=faiss.SearchParametersIVF(nprobe=16))
+    assert high.visited.sum() == faiss.cvar.indexIVF_stats.ndis
+    index.n_probe = index.lists  # every list: the exact answer
+    assert recall_at_k(index.search(queries, 10).ids, exact.ids).mean() == 1.0
 
 
 def test_hnsw_more_ef_more_recall_and_more_visited() -> None:
@@ -43,27 +89,82 @@ def test_hnsw_more_ef_more_recall_and_more_visited() -> None:
     assert high.visited.mean() > low.visited.mean()
 
 
-def test_hnsw_save_load_round_trip(tmp_path: Path) -> None:
-    data, queries = _points(500), _points(5, seed=1)
-    index = HNSWIndex(ef_search=32).fit(data)
-    loaded = HNSWIndex.load(index.save(tmp_path / "hnsw.joblib"))
-    assert loaded.params == index.params
-    np.testing.assert_array_equal(loaded.search(queries, 5).ids, index.search(queries, 5).ids)
+@pytest.mark.parametrize("kind", list(PEERS))
+def test_peer_add_remove_copy_save_load(kind: str, tmp_path: Path) -> None:
+    data, queries = _points(600), _points(5, seed=1)
+    index: BaseIndex = PEERS[kind]("euclidean").fit(data[:500])
+    twin = index.copy()
+    ids = twin.add(data[500:])
+    assert ids.tolist() == list(range(500, 600)) and twin.n_objects == 600 and index.n_objects == 500
+    # an added row finds itself; the original (copied before) does not hold it
+    assert twin.search(data[550:551], 1).ids[0, 0] == 550
+    assert index.search(data[550:551], 1).ids[0, 0] != 550
+    first = twin.search(queries, 5).ids[:, 0]
+    assert twin.remove(first) == len(set(first.tolist()))
+    after = twin.search(queries, 5).ids
+    assert not np.isin(after, first).any() and (after >= 0).all()
+    loaded = type(twin).load(twin.save(tmp_path / f"{kind}.joblib"))
+    assert loaded.params == twin.params and loaded.n_removed == twin.n_removed
+    np.testing.assert_array_equal(loaded.search(queries, 5).ids, after)
+
+
+def test_peers_with_fewer_objects_than_k_pad_the_answer() -> None:
+    data = _points(6)
+    for make in PEERS.values():
+        result = make("euclidean").fit(data).search(data[:2], 10)
+        assert (result.ids[:, :6] >= 0).all() and (result.ids[:, 6:] == -1).all()
+        assert np.isinf(result.distances[:, 6:]).all()
+
+
+def test_peer_errors_are_cbir_errors() -> None:
+    assert issubclass(PeerUnavailableError, CbirError)
+    with pytest.raises(ValueError, match="metric"):
+        IVFFlatIndex("manhattan")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="n_probe"):
+        IVFFlatIndex(n_probe=0)
 
 
 def test_reference_rows_and_fastest_choice() -> None:
     fs = synthetic_feature_set(n_index=60, n_query=10)
     split = split_collection(fs.features, fs.labels, fs.roles)
-    reference = reference_sweep(split, ef_values=(8, 64))
+    reference = reference_sweep(split, [IndexConfig("hnsw", ef_search=8), IndexConfig("hnsw", ef_search=64)])
     assert reference["index"].tolist() == ["hnsw", "hnsw"] and reference["ef_search"].tolist() == [8, 64]
+    assert reference["fit_seconds"].nunique() == 1  # one graph, searched at both settings
     assert reference["recall"].between(0, 1).all()
     table = sweep_table(split, grid={"n_tables": [2], "n_projections": [2]})
-    assert set(table["index"]) == {"scan", "lsh", "hnsw"}
-    assert not table.loc[table["index"] == "hnsw", "pareto"].any()  # a reference, not part of LSH's frontier
+    # the tuning sweep holds every reference family, each at all its settings, labelled
+    assert set(table["index"]) == {"scan", "lsh", *REFERENCE_KINDS}
+    references = table[table["index"].isin(REFERENCE_KINDS)]
+    assert references["label"].tolist() == [config.label for config in reference_configs()]
+    assert (table.loc[table["index"] == "ivf_flat", "n_probe"] > 0).all()
+    assert table.loc[table["index"] == "hnswlib", "mean_visited"].isna().all()  # not counted, not zero
+    polytope = table[table["index"] == "cross_polytope"]
+    assert (polytope["bits"] == 10).all() and polytope["probes"].is_monotonic_increasing
+    assert not references["pareto"].any()  # reference points, not part of LSH's frontier
     exact_only = fastest_config(table, 1.0)
     assert exact_only["recall"] == 1.0
     loose = fastest_config(table, 0.0)
     assert loose["query_ms"] == table["query_ms"].min()
-    assert IndexConfig.from_row(fastest_config(table, 0.5)).kind in {"scan", "lsh", "hnsw"}
+    assert IndexConfig.from_row(fastest_config(table, 0.5)).kind in {"scan", "lsh", *REFERENCE_KINDS}
+    # every row rebuilds the setting it was measured with
+    for _, row in references.iterrows():
+        assert IndexConfig.from_row(row).label == row["label"]
     with pytest.raises(ValueError, match="target recall"):
         fastest_config(table, 1.5)
+
+
+@pytest.mark.parametrize("kind", REFERENCE_KINDS)
+def test_the_search_engine_answers_with_every_reference_index(kind: str) -> None:
+    """What the Search page does when "Fastest at a recall" picks a reference index."""
+    from cbir.search import SearchEngine
+
+    feature_set = synthetic_feature_set()
+    engine = SearchEngine(feature_set)
+    row = int(np.flatnonzero(feature_set.roles == "index")[3])
+    answer = engine.query_vector(feature_set.features[row], IndexConfig(kind))  # type: ignore[arg-type]
+    assert answer.results["id"].iloc[0] == row and len(answer.results) == 10
+    assert answer.index_label == IndexConfig(kind).label  # type: ignore[arg-type]
+    if kind == "hnswlib":
+        assert answer.visited == NOT_COUNTED and np.isnan(answer.visited_fraction)
+    else:
+        assert 0 < answer.visited <= answer.n_objects and 0 < answer.visited_fraction <= 1

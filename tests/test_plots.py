@@ -101,3 +101,34 @@ def test_recall_vs_visited_has_its_own_frontier(sweep_df: pd.DataFrame) -> None:
     assert list(trace(fig, "Pareto frontier").y) == frontier["recall"].tolist()
     assert trace(fig, "current").y == (0.7,) and "recall" in fig.layout.yaxis.title.text
     assert "recall" in trace(fig, "configurations").text[0]
+
+
+def test_reference_points_beside_the_sweep_on_both_axes(sweep_df: pd.DataFrame) -> None:
+    sweep_df = sweep_df.assign(query_ms=sweep_df["mean_visited"] / 100)
+    references = pd.DataFrame(
+        [
+            {"index": "hnsw", "ef_search": 16, "map": 0.8, "mean_visited": 90.0, "query_ms": 0.2},
+            {"index": "hnsw", "ef_search": 32, "map": 0.85, "mean_visited": 210.0, "query_ms": 0.3},
+            {"index": "hnsw", "ef_search": 64, "map": 0.9, "mean_visited": 310.0, "query_ms": 0.5},
+            {"index": "ivf_flat", "n_probe": 4, "map": 0.7, "mean_visited": 120.0, "query_ms": 0.1},
+            {"index": "hnswlib", "ef_search": 16, "map": 0.85, "mean_visited": np.nan, "query_ms": 0.05},
+            {"index": "cross_polytope", "probes": 8, "map": 0.88, "mean_visited": 500.0, "query_ms": 0.9},
+        ]
+    ).assign(metric="cosine")
+    table = pd.concat([sweep_df, references.reindex(columns=SWEEP_COLUMNS)], ignore_index=True)
+    by_visited = fig_map_vs_visited(table)
+    names = [t.name for t in by_visited.data]
+    # the references are labelled traces of their own, not points of the frontier; hnswlib has no visited count
+    assert names[3:] == ["HNSW (faiss), reference", "IVF-Flat (faiss), reference", "cross-polytope LSH, reference"]
+    assert list(trace(by_visited, "HNSW (faiss), reference").text) == ["ef 16", "", "ef 64"]  # the ends of a line
+    assert list(trace(by_visited, "IVF-Flat (faiss), reference").text) == ["nprobe 4"]
+    # HNSW's points dominate the grid, yet stay out of its frontier
+    assert not {90.0, 210.0, 310.0} & set(trace(by_visited, "Pareto frontier").x)
+    by_time = fig_map_vs_visited(table, {"mean_visited": 150.0, "query_ms": 1.5, "map": 0.5}, x="query_ms")
+    assert list(trace(by_time, "HNSW (hnswlib), reference").x) == [0.05]
+    # the lowest and highest settings are written, whatever their order in time (timings are noisy)
+    slower_low = table.assign(query_ms=table["query_ms"].where(table["ef_search"] != 16, 0.4))
+    hnsw = trace(fig_map_vs_visited(slower_low, x="query_ms"), "HNSW (faiss), reference")
+    assert list(hnsw.x) == [0.3, 0.4, 0.5] and list(hnsw.text) == ["", "ef 16", "ef 64"]
+    assert trace(by_time, "current").x == (1.5,) and by_time.layout.xaxis.type == "log"
+    assert "time per query" in by_time.layout.title.text

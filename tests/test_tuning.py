@@ -51,9 +51,16 @@ def test_background_sweep_of_a_feature_set(tmp_path: Path) -> None:
     path = save_feature_set(feature_set, tmp_path / "synthetic.joblib")
     version = workspace.file_version(path)
     background = tuning.sweep_for(path, version)
-    # the default grid, plus the exact scan, plus the HNSW reference at each of its efSearch values
-    assert len(background) == 1 + 5 * 4 * 3 + len(tuning.REFERENCE_EF)
-    assert background["index"].value_counts().to_dict() == {"lsh": 60, "hnsw": len(tuning.REFERENCE_EF), "scan": 1}
+    # the default grid, plus the exact scan, plus the reference indexes at each of their settings
+    assert len(background) == 1 + 5 * 4 * 3 + len(tuning.reference_configs()) == tuning.DEFAULT_SWEEP_SIZE
+    assert background["index"].value_counts().to_dict() == {
+        "lsh": 60,
+        "hnsw": len(tuning.REFERENCE_EF),
+        "ivf_flat": len(tuning.REFERENCE_N_PROBE),
+        "hnswlib": len(tuning.REFERENCE_HNSWLIB_EF),
+        "cross_polytope": len(tuning.REFERENCE_POLYTOPE_PROBES),
+        "scan": 1,
+    }
     # the sliders' default setting is one of the background sweep's points
     assert tuning.lsh_defaults_for(path, version).label in background["label"].tolist()
     # the path-keyed sweep is the in-memory one
@@ -72,7 +79,8 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     seen = []
     split = tuning.evaluation_split(feature_set)
     table = tuning.sweep_table(split, grid=grid, progress=lambda done, total: seen.append((done, total)))
-    assert len(table) == 9 + len(tuning.REFERENCE_EF) == seen[-1][0] == seen[-1][1]  # progress counts the HNSW rows
+    # progress counts the reference rows
+    assert len(table) == 9 + len(tuning.reference_configs()) == seen[-1][0] == seen[-1][1]
     assert table.iloc[0]["index"] == "scan" and table["pareto"].any() and table["recall_pareto"].any()
     assert {"map", "recall", "mean_visited", "pareto", "recall_pareto", "label", "n_tables"} <= set(table.columns)
     assert table.iloc[0]["recall"] == 1.0 and table["recall"].between(0, 1).all()
@@ -84,7 +92,7 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     # the tuning page's slider evaluation of a sweep point gives the sweep's figures
     for _, row in table.iterrows():
         result = tuning.evaluate_for(path, version, search.IndexConfig.from_row(row))
-        if row["index"] == "hnsw":  # FAISS builds its graph in parallel threads: the same up to insertion order
+        if row["index"] in ("hnsw", "hnswlib"):  # graphs built in parallel threads: the same up to insertion order
             assert abs(result.recall - row["recall"]) <= 0.05
         else:
             assert (result.map, result.recall, result.mean_visited) == (row["map"], row["recall"], row["mean_visited"])
