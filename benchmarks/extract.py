@@ -20,6 +20,7 @@ alternately, ``--repeats`` times each; then the same throughput ratio and featur
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -182,7 +183,8 @@ def compare_cold(paths: list[str], args: argparse.Namespace) -> None:
                     ["--ray-address", args.ray_address] if args.ray_address else []
                 )
                 start = time.perf_counter()
-                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                quiet = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}  # as the CLI runs it
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=quiet)
                 seconds = time.perf_counter() - start
                 features[engine] = np.load(out)
                 rows.append({"repeat": repeat, "engine": engine, "seconds": seconds, "img/s": len(paths) / seconds})

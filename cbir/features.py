@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cbir import config
-from cbir.backbones import WeightsArg, build_model, get_backbone, resolve_weights
+from cbir.backbones import WeightsArg, build_model, get_backbone, resolve_weights, weights_identity
 from cbir.collection import Catalog, collection_id, with_rejected
 from cbir.errors import ConfigError
 from cbir.feature_store import (
@@ -140,12 +140,24 @@ class FeatureExtractor:
 
     @property
     def weights_id(self) -> str:
-        self._ensure_model()
+        """The weights' id (:func:`cbir.backbones.weights_identity`), part of every cache key. Read off the weights
+        file when it is local, without building the model: a Ray driver, or a run whose features are all cached,
+        never loads TensorFlow for it (only weights still to be downloaded need the build to say which file)."""
+        if self._weights_id is None:
+            resolved = resolve_weights(self.spec, self.weights)
+            if resolved == "imagenet":
+                self._ensure_model()
+            else:
+                self._weights_id = weights_identity(resolved, self.seed)
         assert self._weights_id is not None
         return self._weights_id
 
     @property
     def dim(self) -> int:
+        """Features per image: the backbone's pooled width, or, for a whole saved model (``.keras``, e.g. a
+        fine-tuned head), its output width (built to read it)."""
+        if self._model is None and not str(self.weights_path or "").endswith(".keras"):
+            return self.spec.dim
         return int(self._ensure_model().output_shape[-1])
 
     def prepare(self, image: Image.Image) -> np.ndarray:
