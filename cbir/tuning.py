@@ -109,7 +109,8 @@ def exact_cache_dir(path: str, version: int, with_distractors: bool, max_queries
     return cbir_config.artifacts_dir() / "cache" / "exact" / hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-# split_for's memo: a split copies the indexed rows (1 GB at 1M × 256), so only the last few are kept
+# split_for's memo: a split copies the indexed rows once an index is built on it (1 GB at 1M × 256), so only the
+# last few are kept
 _SPLITS: dict[tuple[str, int, bool, int | None], EvaluationSplit] = {}
 _SPLITS_KEPT = 4
 _SPLITS_LOCK = threading.Lock()
@@ -120,13 +121,13 @@ def split_for(
     version: int,
     with_distractors: bool = True,
     max_queries: int | None = MAX_EVAL_QUERIES,
-    progress: StageProgress | None = None,
 ) -> EvaluationSplit:
     """The index/query split of the feature set at ``path``, memoised: every evaluation of it shares the split and
     so its exact-scan answers (the recall reference), computed once per metric and k and kept on disk
     (:func:`exact_cache_dir`). Its queries are a fixed random sample of ``max_queries`` when the collection has
-    more (:attr:`EvaluationSplit.sampled`). ``progress`` while the rows are copied (the first time); a second
-    caller of the same split waits for the first one instead of copying again."""
+    more (:attr:`EvaluationSplit.sampled`). The indexed rows are copied when an index is first built on the split
+    (with the ``progress`` of that evaluation), never for answers the exact scan stored; a second caller of the same
+    split waits for the first one instead of copying again."""
     key = (str(path), int(version), bool(with_distractors), max_queries)
     with _SPLITS_LOCK:
         split = _SPLITS.get(key)
@@ -139,7 +140,6 @@ def split_for(
                 with_distractors,
                 max_queries=max_queries,
                 cache_dir=exact_cache_dir(path, version, with_distractors, max_queries),
-                progress=progress,
             )
             while len(_SPLITS) >= _SPLITS_KEPT:
                 _SPLITS.pop(next(iter(_SPLITS)))
@@ -176,7 +176,7 @@ def evaluate_for(
 ) -> EvaluationResult:
     """:func:`evaluate_config` of the feature set at ``path`` (on its memoised, possibly sampled split);
     ``progress(stage, done, total)`` as it builds, searches and (once) runs the exact scan."""
-    split = split_for(path, version, with_distractors, progress=progress)
+    split = split_for(path, version, with_distractors)
     return evaluate_split(config.build(), split, k=k, progress=progress)
 
 
@@ -264,7 +264,7 @@ def sweep_for(
     :func:`default_grid` of its searchable rows (with the distractors whatever ``with_distractors``, so the grid
     holds the sliders' default setting)."""
     grid = default_grid(width_sample(load_feature_set(path, version)), metric)
-    split = split_for(path, version, with_distractors, progress=detail)
+    split = split_for(path, version, with_distractors)
     return sweep_table(split, metric, grid, k=k, progress=progress, detail=detail)
 
 

@@ -377,3 +377,35 @@ def test_unlabelled_mask_matches_is_unlabelled() -> None:
     )
     np.testing.assert_array_equal(_unlabelled_mask(labels), [is_unlabelled(label) for label in labels])
     assert _unlabelled_mask(np.array([], dtype=object)).shape == (0,)
+
+
+class _CountingRows(np.ndarray):
+    """A feature array that records every row selection made from it (``reads``: the number of rows taken)."""
+
+    reads: list[int]
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        if isinstance(key, np.ndarray):
+            self.reads.append(len(key))
+        return np.asarray(super().__getitem__(key))
+
+
+def test_split_reads_the_indexed_rows_only_when_an_index_needs_them(collection: tuple, tmp_path: Path) -> None:
+    from cbir.evaluation import evaluate_split
+
+    features, labels, roles = collection
+    n_queries = int((np.asarray(roles) == "query").sum())
+    eager = split_collection(features, labels, roles, cache_dir=tmp_path)
+    scan = evaluate_split(SequentialScan(), eager)  # computes the exact answers and stores them under tmp_path
+    counting = np.asarray(features).view(_CountingRows)
+    counting.reads = []
+    lazy = split_collection(counting, labels, roles, cache_dir=tmp_path)
+    assert counting.reads == [n_queries]  # the queries only
+    again = evaluate_split(SequentialScan(), lazy)  # answered from the stored answers: no indexed row read
+    assert counting.reads == [n_queries]
+    assert again.map == scan.map and again.per_class.equals(scan.per_class)
+    lsh = evaluate_split(LSHIndex(2, 2, 5.0, seed=0), lazy)
+    assert sum(counting.reads) == n_queries + lazy.n_indexed  # now they are read, once
+    np.testing.assert_array_equal(lazy.index_vectors, np.asarray(features)[lazy.index_rows])
+    assert lazy.index_vectors is lazy.index_vectors
+    assert lsh.map == evaluate_split(LSHIndex(2, 2, 5.0, seed=0), eager).map
