@@ -91,13 +91,27 @@ def is_unlabelled(label: Any) -> bool:
     return False
 
 
-def _unlabelled_mask(labels: np.ndarray) -> np.ndarray:
-    """:func:`is_unlabelled` of every label, vectorised (a million labels in well under a second)."""
-    labels = np.asarray(labels, dtype=object)
-    mask = np.asarray(pd.isna(labels), dtype=bool)  # None, NaN, pd.NA
-    rest = labels[~mask]
+def _unlabelled_mask(labels: Sequence[Any] | pd.Series) -> np.ndarray:
+    """:func:`is_unlabelled` of every label, vectorised (a million labels in well under a second; a column of
+    pandas strings, as a store's catalog holds, without turning it into a million Python objects)."""
+    series = _as_series(labels)
+    mask = series.isna().to_numpy(dtype=bool, copy=True)  # None, NaN, pd.NA (a copy: written below)
+    if series.dtype != object and pd.api.types.is_string_dtype(series.dtype):
+        return mask | series.eq("").to_numpy(dtype=bool, na_value=False)
+    rest = series.to_numpy(dtype=object)[~mask]
     mask[~mask] = np.asarray(rest == "", dtype=bool) | np.asarray(rest == -1, dtype=bool)  # booleans are never -1
     return mask
+
+
+def _as_series(values: Sequence[Any] | pd.Series) -> pd.Series:
+    """``values`` as a pandas Series indexed 0..n-1 (a Series is kept with its dtype; anything else becomes an
+    object Series). Raises ``ValueError`` for anything that is not one-dimensional."""
+    if isinstance(values, pd.Series):
+        return values.reset_index(drop=True)
+    array = np.asarray(values, dtype=object)
+    if array.ndim != 1:
+        raise ValueError(f"expected a one-dimensional sequence, got shape {array.shape}")
+    return pd.Series(array, dtype=object)
 
 
 def average_precision_at_k(
@@ -337,8 +351,8 @@ class EvaluationSplit:
 
 def split_collection(
     features: np.ndarray,
-    labels: Sequence[Any],
-    roles: Sequence[str],
+    labels: Sequence[Any] | pd.Series,
+    roles: Sequence[str] | pd.Series,
     with_distractors: bool = True,
     max_queries: int | None = None,
     cache_dir: Path | None = None,
@@ -350,26 +364,33 @@ def split_collection(
     features = np.asanyarray(features)  # a memory map stays one: the split reads from it
     if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
         raise ValueError(f"features must be a non-empty 2-D array (n, d), got shape {features.shape}")
-    labels = np.asarray(labels, dtype=object)
-    roles = np.asarray(roles).astype(str)
-    if labels.shape != (len(features),) or roles.shape != (len(features),):
+    shapes = np.shape(labels), np.shape(roles)
+    if shapes[0] != (len(features),) or shapes[1] != (len(features),):
         raise ValueError(
-            f"labels {labels.shape} and roles {roles.shape} must both have shape ({len(features)},) like features"
+            f"labels {shapes[0]} and roles {shapes[1]} must both have shape ({len(features)},) like features"
         )
-    unknown = sorted(set(np.unique(roles)) - set(ROLES))
+    # pandas columns are kept as they are (a store's catalog: arrow strings, hashed without a million Python objects)
+    labels, roles = _as_series(labels), _as_series(roles)
+    role_codes, role_names = pd.factorize(roles, use_na_sentinel=False)
+    role_names = [str(name) for name in role_names]
+    unknown = sorted(set(role_names) - set(ROLES))
     if unknown:
         raise ConfigError(f"roles must be in {ROLES}, found {unknown}")
-    is_query = roles == "query"
-    is_indexed = (roles == "index") | ((roles == "distractor") & with_distractors)
+    has_role = {
+        role: role_codes == role_names.index(role) if role in role_names else np.zeros(len(roles), dtype=bool)
+        for role in ROLES
+    }
+    is_query, is_distractor = has_role["query"], has_role["distractor"]
+    is_indexed = has_role["index"] | (is_distractor & with_distractors)
     if not is_query.any():
         raise ConfigError('no rows with role "query"')
     if not is_indexed.any():
         raise ConfigError('no rows to index (role "index", or "distractor" with distractors enabled)')
-    unlabelled = _unlabelled_mask(labels) | (roles == "distractor")
+    unlabelled = _unlabelled_mask(labels) | is_distractor
     if (unlabelled & is_query).any():
         raise ConfigError(f"{int((unlabelled & is_query).sum())} query rows have no label; queries need a class")
     codes = np.full(len(labels), -1, dtype=np.int64)
-    labelled_codes, class_names = pd.factorize(pd.Series(labels[~unlabelled], dtype=object), sort=True)
+    labelled_codes, class_names = pd.factorize(labels[~unlabelled], sort=True)
     codes[~unlabelled] = labelled_codes
     index_rows = np.flatnonzero(is_indexed)
     all_query_rows = np.flatnonzero(is_query)

@@ -409,3 +409,20 @@ def test_split_reads_the_indexed_rows_only_when_an_index_needs_them(collection: 
     np.testing.assert_array_equal(lazy.index_vectors, np.asarray(features)[lazy.index_rows])
     assert lazy.index_vectors is lazy.index_vectors
     assert lsh.map == evaluate_split(LSHIndex(2, 2, 5.0, seed=0), eager).map
+
+
+def test_split_of_pandas_string_columns_equals_the_split_of_object_arrays(collection: tuple) -> None:
+    features, labels, roles = collection
+    labels = np.asarray(labels, dtype=object).copy()
+    labels[[3, 5]] = ["", np.nan]  # more unlabelled markers beside None (rows 3 and 5 are not queries)
+    roles = np.asarray(roles, dtype=object)
+    assert set(roles[[3, 5]]) <= {"index", "distractor"}
+    reference = split_collection(features, labels, roles)
+    # a store's catalog: pandas (arrow-backed) strings, with a non-default index
+    columns = pd.DataFrame({"label": labels, "role": roles}, index=np.arange(len(roles)) + 100).astype("string")
+    split = split_collection(features, columns["label"], columns["role"])
+    for name in ("index_rows", "query_rows", "index_label_codes", "query_label_codes", "n_relevant"):
+        np.testing.assert_array_equal(getattr(split, name), getattr(reference, name), err_msg=name)
+    assert list(split.class_names) == list(reference.class_names)
+    with pytest.raises(ValueError, match="roles must be in"):
+        split_collection(features, columns["label"], columns["role"].replace("index", "indexed"))
