@@ -48,10 +48,11 @@ PAGE_LIMIT_S = 1200
 
 def watch_page(driver: Any, first: str, limit: float = PAGE_LIMIT_S) -> dict[str, Any]:
     """Poll the page until it is idle: seconds to the first element matching ``first``, to idle, and the longest
-    stretch with the app running and the progress texts unchanged."""
+    stretch with the app running and the progress texts unchanged (``still_at``: the text then and when it began)."""
     start = time.perf_counter()
     first_s = None
     last_text, last_change, longest, calm = None, start, 0.0, 0
+    still_at = ""
     while time.perf_counter() - start < limit:
         now = time.perf_counter()
         if first_s is None and elements(driver, first):
@@ -62,7 +63,9 @@ def watch_page(driver: Any, first: str, limit: float = PAGE_LIMIT_S) -> dict[str
         except Exception:  # redrawn while read
             text = last_text
         if text != last_text or not running:
-            longest = max(longest, now - last_change)
+            if now - last_change > longest:
+                longest = now - last_change
+                still_at = f"{last_text or '(no progress bar)'!r} from {last_change - start:.1f} s"
             last_text, last_change = text, now
         calm = 0 if running else calm + 1
         if calm >= 5 and first_s is not None:
@@ -74,6 +77,7 @@ def watch_page(driver: Any, first: str, limit: float = PAGE_LIMIT_S) -> dict[str
         "first_s": first_s,
         "idle_s": time.perf_counter() - start,
         "longest_still_s": longest,
+        "still_at": still_at,
         "errors": page_errors(driver),
     }
 
@@ -126,7 +130,8 @@ def main() -> None:
         tuning = result["tuning"]
         print(
             f"pass {number}: tuning page first figure {tuning['first_s']:.1f} s, idle {tuning['idle_s']:.1f} s, "
-            f"progress text still at most {tuning['longest_still_s']:.1f} s, errors {tuning['errors']}\n"
+            f"progress text still at most {tuning['longest_still_s']:.1f} s ({tuning['still_at']}), "
+            f"errors {tuning['errors']}\n"
             f"  note: {result['tuning_sample_note']}\n"
             f"  search by row: results drawn {result['search_s']:.2f} s after Enter; {result['search_metrics']}; "
             f"errors {result['search_errors']}\n"

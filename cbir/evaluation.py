@@ -328,7 +328,7 @@ class EvaluationSplit:
             answer = _read_exact(file, self.n_queries, int(k)) if file is not None else None
             if answer is None:
                 vectors = self.indexed_vectors(progress)
-                warm_up()  # the times below measure the scan, not the JIT
+                warm_up(progress)  # the times below measure the scan, not the JIT
                 index = SequentialScan(metric)  # type: ignore[arg-type]
                 started = time.perf_counter()
                 index.fit(vectors)
@@ -553,14 +553,14 @@ def evaluate_split(
     fit_seconds = 0.0
     if refit:
         vectors = split.indexed_vectors(progress)
-        warm_up()
+        warm_up(progress)
         started = time.perf_counter()
         index.fit(vectors, progress=progress)
         fit_seconds = time.perf_counter() - started
     elif index.n_objects != split.n_indexed:
         raise ValueError(f"index holds {index.n_objects} objects but the split indexes {split.n_indexed}")
     else:
-        warm_up()
+        warm_up(progress)
     scores, ids, visited, search_seconds = search_in_chunks(index, split.query_vectors, int(k), progress)
     return _score(split, scores, ids, visited, index.metric, int(k), fit_seconds, search_seconds, params, progress)
 
