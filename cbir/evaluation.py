@@ -412,11 +412,11 @@ def split_collection(
     )
 
 
-GATHER_CHUNK_BYTES = 32 << 20  # _gather copies this much at a time: numpy holds the GIL while it copies
+GATHER_CHUNK_BYTES = 8 << 20  # _gather copies this much at a time: numpy holds the GIL while it copies (and faults)
 
 
 def _gather(features: np.ndarray, rows: np.ndarray, progress: StageProgress | None, chunk: int = 0) -> np.ndarray:
-    """``features[rows]`` as a C-contiguous float32 array, copied ``chunk`` rows at a time (default: 32 MiB of them;
+    """``features[rows]`` as a C-contiguous float32 array, copied ``chunk`` rows at a time (default: 8 MiB of them;
     one float32 copy, never a float16 one beside it) with ``progress("reading the rows", done, total)``."""
     chunk = chunk or max(1, GATHER_CHUNK_BYTES // (4 * features.shape[1]))
     out = np.empty((len(rows), features.shape[1]), dtype=np.float32)
