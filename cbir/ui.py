@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import streamlit as st
@@ -88,31 +88,45 @@ def _stage_text(stage: str, done: int, total: int) -> str:
 
 
 TICK_SECONDS = 0.5  # how often a moving_bar's clock looks whether the bar stood still
+SEND_SECONDS = 0.25  # a moving_bar sends the browser at most one update this often (it is drawing the page too)
 
 
 @contextlib.contextmanager
 def moving_bar(text: str) -> Iterator[Callable[[float, str], None]]:
-    """An ``st.progress`` bar for the block, removed after it; yields ``update(fraction, text)``. While the block
-    runs, a clock thread appends the seconds since the last update to the text once the bar has stood still for a
-    second, so the page never stands still even in a step that reports nothing for seconds (numba's first kernel,
-    a catalog read on a busy machine). Its ticks are not part of a cached run's replay (a cache hit is instant)."""
+    """An ``st.progress`` bar for the block, removed after it; yields ``update(fraction, text)``, sent to the browser
+    at most every :data:`SEND_SECONDS` (the latest one is sent by the clock when updates stop). While the block runs,
+    a clock thread appends the seconds since the last update to the text once the bar has stood still for a second,
+    so the page never stands still even in a step that reports nothing for seconds (numba's first kernel, a catalog
+    read on a busy machine); a step that holds the GIL (a numba kernel, a numpy copy) holds the clock too. Its ticks
+    are not part of a cached run's replay (a cache hit is instant)."""
     bar = st.progress(0.0, text=text)
     lock = threading.Lock()
-    state: list = [0.0, text, time.monotonic()]  # fraction, text, when it was set
+    now = time.monotonic()
+    # the latest fraction and text, when they were set, when the bar was last sent and whether it shows the latest
+    state: dict[str, Any] = {"fraction": 0.0, "text": text, "set": now, "sent": now, "shown": True}
     stop = threading.Event()
+
+    def send(text: str) -> None:
+        bar.progress(state["fraction"], text=text)
+        state["sent"], state["shown"] = time.monotonic(), True
 
     def update(fraction: float, text: str) -> None:
         with lock:
-            state[:] = [min(max(fraction, 0.0), 1.0), text, time.monotonic()]
-            bar.progress(state[0], text=text)
+            now = time.monotonic()
+            state.update(fraction=min(max(fraction, 0.0), 1.0), text=text, set=now, shown=False)
+            if now - state["sent"] >= SEND_SECONDS:
+                send(text)
 
     def clock() -> None:
         while not stop.wait(TICK_SECONDS):
             with lock:
-                fraction, text, since = state
-                still = time.monotonic() - since
-                if still >= 2 * TICK_SECONDS and not stop.is_set():
-                    bar.progress(fraction, text=f"{text} · {still:.1f} s")
+                still = time.monotonic() - state["set"]
+                if stop.is_set():
+                    return
+                if still >= 2 * TICK_SECONDS:
+                    send(f"{state['text']} · {still:.1f} s")
+                elif not state["shown"]:
+                    send(state["text"])
 
     thread = threading.Thread(target=clock, name="cbir-moving-bar", daemon=True)
     add_script_run_ctx(thread, get_script_run_ctx())
