@@ -13,6 +13,8 @@ Each pass starts a fresh server and browser, then:
    "Search only" figure.
 3. **Index tuning again**, in a new session of the same server: what the next user waits for.
 
+``--steps`` times, in-process and without a browser, what the tuning page computes before its first figure.
+
 The first pass runs with an empty cache of exact answers (``--keep-cache`` keeps it), so it pays for the exact scan
 of the query sample; the second reads the answers the first one stored.
 """
@@ -20,6 +22,7 @@ of the query sample; the second reads the answers the first one stored.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -48,10 +51,11 @@ PAGE_LIMIT_S = 1200
 
 def watch_page(driver: Any, first: str, limit: float = PAGE_LIMIT_S) -> dict[str, Any]:
     """Poll the page until it is idle: seconds to the first element matching ``first``, to idle, and the longest
-    stretch with the app running and the progress texts unchanged."""
+    stretch with the app running and the progress texts unchanged (``still_at``: the text then and when it began)."""
     start = time.perf_counter()
     first_s = None
     last_text, last_change, longest, calm = None, start, 0.0, 0
+    still_at = ""
     while time.perf_counter() - start < limit:
         now = time.perf_counter()
         if first_s is None and elements(driver, first):
@@ -62,7 +66,9 @@ def watch_page(driver: Any, first: str, limit: float = PAGE_LIMIT_S) -> dict[str
         except Exception:  # redrawn while read
             text = last_text
         if text != last_text or not running:
-            longest = max(longest, now - last_change)
+            if now - last_change > longest:
+                longest = now - last_change
+                still_at = f"{last_text or '(no progress bar)'!r} from {last_change - start:.1f} s"
             last_text, last_change = text, now
         calm = 0 if running else calm + 1
         if calm >= 5 and first_s is not None:
@@ -74,6 +80,7 @@ def watch_page(driver: Any, first: str, limit: float = PAGE_LIMIT_S) -> dict[str
         "first_s": first_s,
         "idle_s": time.perf_counter() - start,
         "longest_still_s": longest,
+        "still_at": still_at,
         "errors": page_errors(driver),
     }
 
@@ -109,6 +116,39 @@ def one_pass(artifacts: Path, collection: Path, workdir: Path, row: int) -> dict
     return result
 
 
+def page_steps(artifacts: Path, collection: Path) -> None:
+    """What the tuning page computes before its first figure, step by step in this (fresh) process, without a
+    server or browser: the modules, the feature sets, the LSH defaults, the exact scan's evaluation (from its stored
+    answers when there are some) and the figure."""
+    os.environ.update({"CBIR_ARTIFACTS": str(artifacts.resolve()), "CBIR_COLLECTION": str(collection.resolve())})
+    started = last = time.perf_counter()
+
+    def step(what: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        print(f"{now - last:6.2f} s  {what}", flush=True)
+        last = now
+
+    import streamlit  # noqa: F401  (the server has it before the page runs)
+
+    step("import streamlit")
+    from cbir import config, plots, tuning, workspace
+    from cbir.search import IndexConfig
+
+    step("import cbir (plots, tuning)")
+    choices = workspace.complete_feature_sets(str(config.default_collection()), workspace.workspace_version())
+    label, path = next(iter(choices.items()))
+    version = workspace.file_version(path)
+    step(f"feature sets listed ({label})")
+    defaults = tuning.lsh_defaults_for(path, version)
+    step(f"LSH defaults ({defaults.label})")
+    scan = tuning.evaluate_for(path, version, IndexConfig("scan"))
+    step(f"exact scan evaluated on {scan.n_queries:,} queries (mAP {scan.map:.3f})")
+    plots.fig_per_class(None, scan.per_class).to_json()
+    step("first figure")
+    print(f"{time.perf_counter() - started:6.2f} s  in all", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", type=Path, required=True, help="the folder given to --write-workspace")
@@ -116,8 +156,14 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--row", type=int, default=123_457, help="the collection row searched for")
     parser.add_argument("--keep-cache", action="store_true", help="keep the stored exact answers for the first pass")
+    parser.add_argument(
+        "--steps", action="store_true", help="only time the tuning page's steps before its first figure, in-process"
+    )
     args = parser.parse_args()
     collection = args.collection or next(args.artifacts.glob("synthetic-*"))
+    if args.steps:
+        page_steps(args.artifacts, collection)
+        return
     if not args.keep_cache:
         shutil.rmtree(args.artifacts / "cache" / "exact", ignore_errors=True)
     for number in range(1, args.passes + 1):
@@ -126,7 +172,8 @@ def main() -> None:
         tuning = result["tuning"]
         print(
             f"pass {number}: tuning page first figure {tuning['first_s']:.1f} s, idle {tuning['idle_s']:.1f} s, "
-            f"progress text still at most {tuning['longest_still_s']:.1f} s, errors {tuning['errors']}\n"
+            f"progress text still at most {tuning['longest_still_s']:.1f} s ({tuning['still_at']}), "
+            f"errors {tuning['errors']}\n"
             f"  note: {result['tuning_sample_note']}\n"
             f"  search by row: results drawn {result['search_s']:.2f} s after Enter; {result['search_metrics']}; "
             f"errors {result['search_errors']}\n"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -100,13 +101,27 @@ def is_unlabelled(label: Any) -> bool:
     return False
 
 
-def _unlabelled_mask(labels: np.ndarray) -> np.ndarray:
-    """:func:`is_unlabelled` of every label, vectorised (a million labels in well under a second)."""
-    labels = np.asarray(labels, dtype=object)
-    mask = np.asarray(pd.isna(labels), dtype=bool)  # None, NaN, pd.NA
-    rest = labels[~mask]
+def _unlabelled_mask(labels: Sequence[Any] | pd.Series) -> np.ndarray:
+    """:func:`is_unlabelled` of every label, vectorised (a million labels in well under a second; a column of
+    pandas strings, as a store's catalog holds, without turning it into a million Python objects)."""
+    series = _as_series(labels)
+    mask = series.isna().to_numpy(dtype=bool, copy=True)  # None, NaN, pd.NA (a copy: written below)
+    if series.dtype != object and pd.api.types.is_string_dtype(series.dtype):
+        return mask | series.eq("").to_numpy(dtype=bool, na_value=False)
+    rest = series.to_numpy(dtype=object)[~mask]
     mask[~mask] = np.asarray(rest == "", dtype=bool) | np.asarray(rest == -1, dtype=bool)  # booleans are never -1
     return mask
+
+
+def _as_series(values: Sequence[Any] | pd.Series) -> pd.Series:
+    """``values`` as a pandas Series indexed 0..n-1 (a Series is kept with its dtype; anything else becomes an
+    object Series). Raises ``ValueError`` for anything that is not one-dimensional."""
+    if isinstance(values, pd.Series):
+        return values.reset_index(drop=True)
+    array = np.asarray(values, dtype=object)
+    if array.ndim != 1:
+        raise ValueError(f"expected a one-dimensional sequence, got shape {array.shape}")
+    return pd.Series(array, dtype=object)
 
 
 def average_precision_at_k(
@@ -253,9 +268,13 @@ def sample_rows(rows: np.ndarray, max_rows: int | None, seed: int = QUERY_SAMPLE
 
 @dataclass(frozen=True)
 class EvaluationSplit:
-    """Index/query rows of a collection with integer-coded labels, prepared once for many evaluations."""
+    """Index/query rows of a collection with integer-coded labels, prepared once for many evaluations.
 
-    index_vectors: np.ndarray  # (n_indexed, d) float32
+    The indexed rows are read from ``features`` on first use (:meth:`indexed_vectors`), not when the split is made:
+    at 1M rows that copy takes seconds, and an evaluation answered from the exact scan's stored answers (the
+    tuning page's first figure) never needs it."""
+
+    features: np.ndarray = field(compare=False, repr=False)  # (n, d) the collection's rows (a memory map: a store)
     query_vectors: np.ndarray  # (n_queries, d) float32
     index_label_codes: np.ndarray  # (n_indexed,) int64, -1 = never relevant
     query_label_codes: np.ndarray  # (n_queries,) int64
@@ -268,10 +287,27 @@ class EvaluationSplit:
     cache_dir: Path | None = field(default=None, compare=False)
     # (metric, k) -> the exact scan's answers: computed once, shared by every evaluation
     _exact: dict[tuple[str, int], ExactAnswer] = field(default_factory=dict, compare=False, repr=False)
+    # the indexed rows once read (indexed_vectors), and the lock that makes two readers share one copy
+    _gathered: list[np.ndarray] = field(default_factory=list, compare=False, repr=False)
+    _gather_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
     def n_indexed(self) -> int:
-        return len(self.index_vectors)
+        return len(self.index_rows)
+
+    @property
+    def index_vectors(self) -> np.ndarray:
+        """(n_indexed, d) float32, C-contiguous: the indexed rows (:meth:`indexed_vectors`)."""
+        return self.indexed_vectors()
+
+    def indexed_vectors(self, progress: StageProgress | None = None) -> np.ndarray:
+        """The indexed rows as one (n_indexed, d) float32 C-contiguous array, copied from :attr:`features` on the
+        first call (``progress("reading the rows", done, total)`` as it goes) and kept; a concurrent caller waits
+        for that copy instead of making a second one."""
+        with self._gather_lock:
+            if not self._gathered:
+                self._gathered.append(_gather(self.features, self.index_rows, progress))
+            return self._gathered[0]
 
     @property
     def n_queries(self) -> int:
@@ -301,9 +337,11 @@ class EvaluationSplit:
             file = None if self.cache_dir is None else self.cache_dir / f"exact-{metric}-k{int(k)}.npz"
             answer = _read_exact(file, self.n_queries, int(k)) if file is not None else None
             if answer is None:
+                vectors = self.indexed_vectors(progress)
+                warm_up(progress)  # the times below measure the scan, not the JIT
                 index = SequentialScan(metric)  # type: ignore[arg-type]
                 started = time.perf_counter()
-                index.fit(self.index_vectors)
+                index.fit(vectors)
                 fit_seconds = time.perf_counter() - started
                 scores, ids, _, seconds = search_in_chunks(index, self.query_vectors, int(k), progress, "exact scan")
                 answer = ExactAnswer(scores, ids, fit_seconds, seconds)
@@ -323,40 +361,46 @@ class EvaluationSplit:
 
 def split_collection(
     features: np.ndarray,
-    labels: Sequence[Any],
-    roles: Sequence[str],
+    labels: Sequence[Any] | pd.Series,
+    roles: Sequence[str] | pd.Series,
     with_distractors: bool = True,
     max_queries: int | None = None,
     cache_dir: Path | None = None,
-    progress: StageProgress | None = None,
 ) -> EvaluationSplit:
     """Validate the collection arrays and split them into indexed rows and queries (see module docstring); with
     ``max_queries``, the queries are a fixed random sample (:func:`sample_rows`) of at most that many query rows.
-    ``cache_dir``: see :attr:`EvaluationSplit.cache_dir`. ``progress("reading the rows", done, total)`` as the rows
-    are copied (in chunks: a 1M-row memory map takes seconds)."""
-    features = np.asarray(features)
+    ``cache_dir``: see :attr:`EvaluationSplit.cache_dir`. The query rows are copied at once, the indexed rows when
+    first used (:meth:`EvaluationSplit.indexed_vectors`: a 1M-row memory map takes seconds)."""
+    features = np.asanyarray(features)  # a memory map stays one: the split reads from it
     if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
         raise ValueError(f"features must be a non-empty 2-D array (n, d), got shape {features.shape}")
-    labels = np.asarray(labels, dtype=object)
-    roles = np.asarray(roles).astype(str)
-    if labels.shape != (len(features),) or roles.shape != (len(features),):
+    shapes = np.shape(labels), np.shape(roles)
+    if shapes[0] != (len(features),) or shapes[1] != (len(features),):
         raise ValueError(
-            f"labels {labels.shape} and roles {roles.shape} must both have shape ({len(features)},) like features"
+            f"labels {shapes[0]} and roles {shapes[1]} must both have shape ({len(features)},) like features"
         )
-    unknown = sorted(set(np.unique(roles)) - set(ROLES))
+    # pandas columns are kept as they are (a store's catalog: arrow strings, hashed without a million Python objects)
+    labels, roles = _as_series(labels), _as_series(roles)
+    role_codes, role_names = pd.factorize(roles, use_na_sentinel=False)
+    role_names = [str(name) for name in role_names]
+    unknown = sorted(set(role_names) - set(ROLES))
     if unknown:
         raise ConfigError(f"roles must be in {ROLES}, found {unknown}")
-    is_query = roles == "query"
-    is_indexed = (roles == "index") | ((roles == "distractor") & with_distractors)
+    has_role = {
+        role: role_codes == role_names.index(role) if role in role_names else np.zeros(len(roles), dtype=bool)
+        for role in ROLES
+    }
+    is_query, is_distractor = has_role["query"], has_role["distractor"]
+    is_indexed = has_role["index"] | (is_distractor & with_distractors)
     if not is_query.any():
         raise ConfigError('no rows with role "query"')
     if not is_indexed.any():
         raise ConfigError('no rows to index (role "index", or "distractor" with distractors enabled)')
-    unlabelled = _unlabelled_mask(labels) | (roles == "distractor")
+    unlabelled = _unlabelled_mask(labels) | is_distractor
     if (unlabelled & is_query).any():
         raise ConfigError(f"{int((unlabelled & is_query).sum())} query rows have no label; queries need a class")
     codes = np.full(len(labels), -1, dtype=np.int64)
-    labelled_codes, class_names = pd.factorize(pd.Series(labels[~unlabelled], dtype=object), sort=True)
+    labelled_codes, class_names = pd.factorize(labels[~unlabelled], sort=True)
     codes[~unlabelled] = labelled_codes
     index_rows = np.flatnonzero(is_indexed)
     all_query_rows = np.flatnonzero(is_query)
@@ -365,7 +409,7 @@ def split_collection(
     query_codes = codes[query_rows]
     class_sizes = np.bincount(index_codes[index_codes >= 0], minlength=len(class_names))
     return EvaluationSplit(
-        index_vectors=_gather(features, index_rows, progress),
+        features=features,
         query_vectors=np.ascontiguousarray(features[query_rows], dtype=np.float32),
         index_label_codes=index_codes,
         query_label_codes=query_codes,
@@ -378,9 +422,13 @@ def split_collection(
     )
 
 
-def _gather(features: np.ndarray, rows: np.ndarray, progress: StageProgress | None, chunk: int = 1 << 17) -> np.ndarray:
-    """``features[rows]`` as a C-contiguous float32 array, copied ``chunk`` rows at a time (one float32 copy, never a
-    float16 one beside it) with ``progress("reading the rows", done, total)``."""
+GATHER_CHUNK_BYTES = 8 << 20  # _gather copies this much at a time: numpy holds the GIL while it copies (and faults)
+
+
+def _gather(features: np.ndarray, rows: np.ndarray, progress: StageProgress | None, chunk: int = 0) -> np.ndarray:
+    """``features[rows]`` as a C-contiguous float32 array, copied ``chunk`` rows at a time (default: 8 MiB of them;
+    one float32 copy, never a float16 one beside it) with ``progress("reading the rows", done, total)``."""
+    chunk = chunk or max(1, GATHER_CHUNK_BYTES // (4 * features.shape[1]))
     out = np.empty((len(rows), features.shape[1]), dtype=np.float32)
     for start in range(0, len(rows), chunk):
         out[start : start + chunk] = features[rows[start : start + chunk]]
@@ -522,20 +570,23 @@ def evaluate_split(
     :meth:`EvaluationSplit.exact_answer` (computed once per split, metric and k; its times are those measured then)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k must be an integer >= 1, got {k!r}")
-    warm_up()
     params = {"index": index.kind.removesuffix("_index"), **index.params}  # "scan", "lsh", "hnsw", "ivf_flat"…
     if type(index) is SequentialScan and refit:  # the scan is its own reference: recall 1 without a second search
-        exact = split.exact_answer(index.metric, int(k), progress)
+        exact = split.exact_answer(index.metric, int(k), progress)  # stored answers need neither rows nor kernels
         visited = np.full(split.n_queries, split.n_indexed, dtype=np.int64)
         seconds = (exact.fit_seconds, exact.search_seconds)
         return _score(split, exact.scores, exact.ids, visited, index.metric, int(k), *seconds, params)
     fit_seconds = 0.0
     if refit:
+        vectors = split.indexed_vectors(progress)
+        warm_up(progress)
         started = time.perf_counter()
-        index.fit(split.index_vectors, progress=progress)
+        index.fit(vectors, progress=progress)
         fit_seconds = time.perf_counter() - started
     elif index.n_objects != split.n_indexed:
         raise ValueError(f"index holds {index.n_objects} objects but the split indexes {split.n_indexed}")
+    else:
+        warm_up(progress)
     scores, ids, visited, search_seconds = search_in_chunks(index, split.query_vectors, int(k), progress)
     return _score(split, scores, ids, visited, index.metric, int(k), fit_seconds, search_seconds, params, progress)
 

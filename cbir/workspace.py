@@ -316,16 +316,19 @@ def complete_feature_sets(root: str | os.PathLike[str] | None = None, version: i
     return dict(zip(labels, table["path"].astype(str), strict=True))
 
 
-def load_feature_set(path: str | os.PathLike[str], version: int | None = None) -> FeatureSet:
-    """Load a feature artifact (memoised per ``(path, version)``; ``version`` defaults to the file's mtime, so a
-    re-extraction is picked up). The returned object is shared: do not modify it."""
-    return _load_feature_set(str(path), file_version(path) if version is None else version)
+def load_feature_set(
+    path: str | os.PathLike[str], version: int | None = None, catalog_columns: tuple[str, ...] | None = None
+) -> FeatureSet:
+    """Load a feature artifact (memoised per ``(path, version, catalog_columns)``; ``version`` defaults to the file's
+    mtime, so a re-extraction is picked up). The returned object is shared: do not modify it. ``catalog_columns``:
+    see :func:`cbir.features.load_features` (:data:`cbir.features.SPLIT_COLUMNS` for an evaluation)."""
+    return _load_feature_set(str(path), file_version(path) if version is None else version, catalog_columns)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_feature_set(path: str, version: int) -> FeatureSet:
+@functools.lru_cache(maxsize=6)
+def _load_feature_set(path: str, version: int, catalog_columns: tuple[str, ...] | None) -> FeatureSet:
     del version  # only part of the memo key
-    return load_features(path)
+    return load_features(path, catalog_columns)
 
 
 def base_version(path: str | os.PathLike[str]) -> int:

@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cbir import plots, ui
-from cbir.names import METRIC_LABELS, METRICS
-from cbir.search import IndexConfig
-from cbir.tuning import (
+# A server's first visitor waits here for the modules (a second or more on two busy cores): the bar says what loads,
+# each step under a second, until the exact scan's own bar takes over (the page never stands still without one).
+starting = st.empty()
+starting.progress(0.0, text="Loading pandas and plotly…")
+from cbir import plots  # noqa: E402
+
+starting.progress(0.2, text="Loading the indexes (numba kernels)…")
+from cbir import ui  # noqa: E402
+from cbir.names import METRIC_LABELS, METRICS  # noqa: E402
+from cbir.search import IndexConfig  # noqa: E402
+from cbir.tuning import (  # noqa: E402
     DEFAULT_SWEEP_SIZE,
     RECOMMEND_BUDGET_FRACTION,
     SWEEP_ON_REQUEST,
@@ -18,6 +25,7 @@ from cbir.tuning import (
     width_range,
 )
 
+starting.progress(0.4, text="Opening the page…")
 ui.page_header(
     "pages/2_Index_tuning.py",
     "Index tuning",
@@ -26,6 +34,7 @@ ui.page_header(
     "objects visited per query and latency.",
 )
 label, path, version = ui.chosen_feature_set()
+starting.progress(0.6, text=f"Opening the feature set {label}…")
 
 top = st.columns([2, 2, 3])
 metric = top[0].selectbox("Metric", METRICS, key="tune-metric", format_func=METRIC_LABELS.get)
@@ -38,6 +47,7 @@ with_distractors = top[1].toggle(
 top[2].caption(f"Feature set: {label}")
 
 defaults = ui.lsh_defaults(path, version, metric)
+starting.empty()
 low, high, step = width_range(defaults.bucket_width)
 w_key = f"tune-w-{path}-{metric}"
 # defaults go through the session state (not the sliders' value=) so that "Use it" below can move the sliders

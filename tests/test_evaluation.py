@@ -397,3 +397,52 @@ def test_unlabelled_mask_matches_is_unlabelled() -> None:
     )
     np.testing.assert_array_equal(_unlabelled_mask(labels), [is_unlabelled(label) for label in labels])
     assert _unlabelled_mask(np.array([], dtype=object)).shape == (0,)
+
+
+class _CountingRows(np.ndarray):
+    """A feature array that records every row selection made from it (``reads``: the number of rows taken)."""
+
+    reads: list[int]
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        if isinstance(key, np.ndarray):
+            self.reads.append(len(key))
+        return np.asarray(super().__getitem__(key))
+
+
+def test_split_reads_the_indexed_rows_only_when_an_index_needs_them(collection: tuple, tmp_path: Path) -> None:
+    from cbir.evaluation import evaluate_split
+
+    features, labels, roles = collection
+    n_queries = int((np.asarray(roles) == "query").sum())
+    eager = split_collection(features, labels, roles, cache_dir=tmp_path)
+    scan = evaluate_split(SequentialScan(), eager)  # computes the exact answers and stores them under tmp_path
+    counting = np.asarray(features).view(_CountingRows)
+    counting.reads = []
+    lazy = split_collection(counting, labels, roles, cache_dir=tmp_path)
+    assert counting.reads == [n_queries]  # the queries only
+    again = evaluate_split(SequentialScan(), lazy)  # answered from the stored answers: no indexed row read
+    assert counting.reads == [n_queries]
+    assert again.map == scan.map and again.per_class.equals(scan.per_class)
+    lsh = evaluate_split(LSHIndex(2, 2, 5.0, seed=0), lazy)
+    assert sum(counting.reads) == n_queries + lazy.n_indexed  # now they are read, once
+    np.testing.assert_array_equal(lazy.index_vectors, np.asarray(features)[lazy.index_rows])
+    assert lazy.index_vectors is lazy.index_vectors
+    assert lsh.map == evaluate_split(LSHIndex(2, 2, 5.0, seed=0), eager).map
+
+
+def test_split_of_pandas_string_columns_equals_the_split_of_object_arrays(collection: tuple) -> None:
+    features, labels, roles = collection
+    labels = np.asarray(labels, dtype=object).copy()
+    labels[[3, 5]] = ["", np.nan]  # more unlabelled markers beside None (rows 3 and 5 are not queries)
+    roles = np.asarray(roles, dtype=object)
+    assert set(roles[[3, 5]]) <= {"index", "distractor"}
+    reference = split_collection(features, labels, roles)
+    # a store's catalog: pandas (arrow-backed) strings, with a non-default index
+    columns = pd.DataFrame({"label": labels, "role": roles}, index=np.arange(len(roles)) + 100).astype("string")
+    split = split_collection(features, columns["label"], columns["role"])
+    for name in ("index_rows", "query_rows", "index_label_codes", "query_label_codes", "n_relevant"):
+        np.testing.assert_array_equal(getattr(split, name), getattr(reference, name), err_msg=name)
+    assert list(split.class_names) == list(reference.class_names)
+    with pytest.raises(ValueError, match="roles must be in"):
+        split_collection(features, columns["label"], columns["role"].replace("index", "indexed"))

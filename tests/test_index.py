@@ -474,3 +474,15 @@ def test_grown_and_shrunk_index_survives_save_and_load(
     assert loaded.n_removed == 2 and loaded.n_objects == 500
     for got, expected in zip(loaded.search(queries, 6), index.search(queries, 6), strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_warm_up_reports_each_group_of_kernels_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cbir import index
+
+    monkeypatch.setattr(index, "_WARM", False)
+    calls: list[tuple[str, int, int]] = []
+    index.warm_up(lambda stage, done, total: calls.append((stage, done, total)))
+    total = calls[0][2]
+    assert total >= 4 and calls == [(index.WARM_UP_STAGE, done, total) for done in range(total + 1)]
+    index.warm_up(lambda *args: calls.append(args))  # warm: nothing to load, nothing reported
+    assert len(calls) == total + 1

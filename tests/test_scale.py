@@ -120,7 +120,7 @@ def test_tuning_evaluates_on_a_fixed_query_sample_with_progress(store: tuple[Pat
     config = tuning.lsh_defaults_for(folder, version)
     result = tuning.evaluate_for(folder, version, config, progress=progress)
     assert result.sampled and result.n_queries == MAX_EVAL_QUERIES and result.n_all_queries == N // QUERY_EVERY
-    for stage in ("building the index", "searching", "exact scan"):
+    for stage in ("reading the rows", "building the index", "searching", "exact scan"):
         assert progress.finished(stage), (stage, progress.calls[-5:])
     assert len(progress.calls) >= 4 and progress.max_gap < MAX_PROGRESS_GAP_S, progress.max_gap
     reference = numpy_top_k(split.index_vectors, split.query_vectors, K)

@@ -1,0 +1,46 @@
+"""cbir.ui's layout helpers that need a Streamlit script run, driven by ``streamlit.testing.v1.AppTest``."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.delta_generator import DeltaGenerator
+from streamlit.testing.v1 import AppTest
+
+
+def _script() -> None:
+    import time
+
+    import streamlit as st
+
+    from cbir import ui
+
+    @st.cache_data(show_spinner=False)
+    def slow(x: int) -> int:
+        with ui.moving_bar("working…") as update:
+            time.sleep(1.4)  # a step that reports nothing: the clock speaks for it
+            update(0.5, "half way")
+            return 2 * x
+
+    st.write(f"answer {slow(21)}")
+
+
+def test_moving_bar_ticks_through_a_silent_step_and_goes_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    texts: list[str | None] = []
+    progress = DeltaGenerator.progress
+
+    def recording(self: DeltaGenerator, value: float, text: str | None = None) -> DeltaGenerator:
+        texts.append(text)
+        return progress(self, value, text=text)
+
+    monkeypatch.setattr(DeltaGenerator, "progress", recording)
+    at = AppTest.from_function(_script, default_timeout=30).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.markdown[0].value == "answer 42"
+    # (st.progress itself, which drew "working…", is bound before the patch: the updates are recorded)
+    assert texts[-1] == "half way"
+    ticks = texts[:-1]
+    assert ticks and all(str(text).startswith("working… · ") and str(text).endswith(" s") for text in ticks), texts
+    assert not at.get("progress")  # removed when the block ends
+    texts.clear()
+    at.run()  # a cache hit: no clock, no bar left
+    assert not at.exception and at.markdown[0].value == "answer 42" and not at.get("progress")
