@@ -13,28 +13,38 @@ default collection's size). Settings: the page's default LSH, the sweep's recomm
 
 from __future__ import annotations
 
-import argparse
-import time
-from collections.abc import Callable
+from cbir import config
 
-import numpy as np
-import pandas as pd
+config.quiet_native_libraries()  # as the app does, before numpy loads OpenBLAS
 
-from cbir import tuning, workspace
-from cbir.evaluation import evaluate_split
-from cbir.index import BaseIndex, LSHIndex, SequentialScan
-from cbir.peers import HNSWIndex
+import argparse  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cbir import tuning, workspace  # noqa: E402
+from cbir.evaluation import evaluate_split  # noqa: E402
+from cbir.index import BaseIndex, LSHIndex, SequentialScan  # noqa: E402
+from cbir.peers import HNSWIndex  # noqa: E402
 
 GOAL_SECONDS = 1.0
+# the settings the page's sliders give (E2LSH g, h, w, probes): the default, and a heavy corner of the sliders
+PAGE_DEFAULT = "page sliders: default LSH"
+PAGE_LARGEST = "page sliders: g=16, widest w, probes=8"
 
 
 def settings(path: str, version: int, vectors: np.ndarray) -> dict[str, Callable[[], BaseIndex]]:
     """The settings timed: the page's default, the PCA shortlists of the ANN benchmark, the HNSW reference."""
     pca = {"n_tables": 16, "n_projections": 6, "probes": 2, "reduce_dim": 48, "min_collisions": 3}
     codes = {"rerank": 30, "score_dim": 128}
+    page = tuning.lsh_defaults_for(path, version)
     return {
-        "default LSH (page)": tuning.lsh_defaults_for(path, version).build,
-        "scan": SequentialScan,
+        PAGE_DEFAULT: page.build,
+        PAGE_LARGEST: replace(page, n_tables=16, probes=8, bucket_width=tuning.width_range(page.bucket_width)[1]).build,
+        "scan (stored exact answers)": SequentialScan,
         "LSH PCA+shortlist (R=100)": lambda: LSHIndex.for_data(vectors, 1.7, **pca, rerank=100),
         "LSH PCA+uint8 shortlist (R=30, s=128)": lambda: LSHIndex.for_data(vectors, 1.7, **pca, **codes),
         "FAISS HNSW": HNSWIndex,
@@ -75,9 +85,13 @@ def main() -> None:
         )
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    worst = table["median s"].max()
+    page = table[table["setting"].isin([PAGE_DEFAULT, PAGE_LARGEST])]
+    worst = page["median s"].max()
     verdict = "MET" if worst < GOAL_SECONDS else "NOT MET"
-    print(f"rebuild + evaluation of every validation query: at most {worst:.2f} s (median) — goal < 1 s: {verdict}")
+    print(
+        f"the page's slider settings: rebuild + evaluation of every validation query at most {worst:.2f} s "
+        f"(median) — goal < 1 s: {verdict}; the PCA settings (not on the sliders) include a PCA fit each"
+    )
 
 
 if __name__ == "__main__":
