@@ -130,6 +130,7 @@ def ray_batches(
 
     started = _start_ray(address, num_cpus)
     try:
+        _check_resources(float(ray.cluster_resources().get("CPU", 0)), actors, decode_cpus)
         ray.data.DataContext.get_current().enable_progress_bars = False
         size = extractor.batch_size
         chunks = [
@@ -171,6 +172,18 @@ def ray_batches(
         if started:
             with contextlib.suppress(Exception):
                 ray.shutdown()
+
+
+def _check_resources(cpus: float, actors: int, decode_cpus: float) -> None:
+    """Each model actor holds one CPU for the whole run, and decoding needs ``decode_cpus`` more: with fewer
+    CPUs the decode tasks never get scheduled and the run would wait forever."""
+    if actors < 1:
+        raise RayExtractError(f"actors must be >= 1, got {actors}")
+    if actors + decode_cpus > cpus:
+        raise RayExtractError(
+            f"{actors} model actor(s) hold {actors} CPU(s) and decoding needs {decode_cpus:g} more, but this Ray has "
+            f"{cpus:g} CPU(s): use --actors {max(1, int(cpus - decode_cpus))} or more CPUs"
+        )
 
 
 def ray_engine(

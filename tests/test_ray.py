@@ -80,3 +80,14 @@ def test_interrupted_ray_run_resumes(tmp_path: Path, local_ray: None) -> None:
     assert resumed.meta["computed"] == 14 - 8 and len(resumed.features) == 12
     reference = extract_collection(catalog, extractor, out_path=tmp_path / "ref.joblib")
     assert np.array_equal(resumed.features, reference.features)
+
+
+def test_more_actors_than_the_cpus_allow_is_refused_not_a_hang(tmp_path: Path, local_ray: None) -> None:
+    """Two model actors hold both CPUs of this Ray and leave none for decoding: a clear error, not a run that waits
+    forever for a CPU."""
+    from cbir.ray_extract import RayExtractError, ray_batches
+
+    root = _collection(tmp_path / "images", per_class=1)
+    paths = sorted(str(p) for p in root.rglob("*.png"))
+    with pytest.raises(RayExtractError, match="--actors 1"):
+        list(ray_batches(FeatureExtractor(BACKBONE, None, batch_size=4), paths, actors=2))
