@@ -17,7 +17,6 @@ from cbir.names import REFERENCE_KINDS
 from cbir.peers import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError, default_lists
 from cbir.search import IndexConfig
 from cbir.tuning import fastest_config, reference_configs, reference_sweep, sweep_table
-from tests.conftest import require
 
 PEERS = {
     "hnsw": lambda metric: HNSWIndex(metric, ef_search=128),
@@ -31,11 +30,13 @@ def _points(n: int = 2000, dim: int = 32, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def real_features() -> FeatureSet:
-    """The default collection's real EfficientNet-Lite0 ImageNet features (4,913 indexed x 1280-d)."""
+def real_features(request: pytest.FixtureRequest) -> FeatureSet:
+    """The default collection's real EfficientNet-Lite0 ImageNet features (4,913 indexed x 1280-d) when they have
+    been extracted, else those of the small real collection the other tests use (a fresh clone, CI)."""
     stores = sorted((REAL_COLLECTION.parents[1] / "features").glob("*/efficientnet_lite0-*imagenet*/meta.json"))
-    require(bool(stores), "no feature store of the default collection (python -m cbir extract)")
-    return load_features(stores[0].parent)
+    if stores:
+        return load_features(stores[0].parent)
+    return request.getfixturevalue("small_features")
 
 
 @pytest.mark.slow
@@ -47,7 +48,12 @@ def test_peer_answers_like_the_scan_on_real_features(real_features: FeatureSet, 
     queries = np.ascontiguousarray(real_features.features[roles == "query"][:200], dtype=np.float32)
     exact = SequentialScan(metric).fit(data).search(queries, 10)
     found = PEERS[kind](metric).fit(data).search(queries, 10)
-    assert found.ids.shape == (200, 10) and found.distances.dtype == np.float32 and found.ids.dtype == np.int64
+    assert (
+        len(queries) >= 50
+        and found.ids.shape == (len(queries), 10)
+        and found.distances.dtype == np.float32
+        and found.ids.dtype == np.int64
+    )
     assert recall_at_k(found.ids, exact.ids).mean() > 0.9
     # the scores are the same kind of number as the scan's: where the ids agree, so do the scores
     same = found.ids == exact.ids
@@ -55,7 +61,9 @@ def test_peer_answers_like_the_scan_on_real_features(real_features: FeatureSet, 
     if kind == "hnswlib":
         assert (found.visited == NOT_COUNTED).all()  # hnswlib does not count its distance computations
     else:
-        assert (found.visited > 0).all() and found.visited.mean() < 0.3 * len(data)
+        # a few percent of the default collection (on the small one, ef 128 or 16 lists may reach every object)
+        limit = 0.3 * len(data) if len(data) > 2000 else len(data)
+        assert (found.visited > 0).all() and found.visited.mean() <= limit
 
 
 def test_ivf_visited_is_the_probed_lists_and_grows_with_n_probe() -> None:
