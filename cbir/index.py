@@ -449,21 +449,24 @@ class BucketIndex(BaseIndex):
             params["min_collisions"] = self.min_collisions
         return params
 
-    def _fit_reduced(self, data: np.ndarray) -> None:
+    def _fit_reduced(self, data: np.ndarray) -> np.ndarray | None:
         """Fit the PCA hashing space (``reduce_dim``) and the shortlist's scoring space on the indexed rows: one PCA
-        of max(reduce_dim, score_dim) axes, the leading ones hash."""
+        of max(reduce_dim, score_dim) axes, the leading ones hash. Returns the rows in the hashing space
+        (:meth:`_hash_space`, computed once here), or ``None`` without ``reduce_dim``."""
         self._pca = self._reduced = self._score_pca = self._codebook = None
         if self.reduce_dim is None:
-            return
+            return None
         pca = fit_pca(data, max(self.reduce_dim, self.score_dim or 0), seed=self.seed)
         self._pca = truncate(pca, self.reduce_dim)
+        hashed = project(self._pca, data)
         if self.score_dim is not None:
             self._score_pca = truncate(pca, self.score_dim)
             scored = project(self._score_pca, data)
             self._codebook = fit_codebook(scored)
             self._reduced = encode(self._codebook, scored)
         elif self.rerank:
-            self._reduced = project(self._pca, data)
+            self._reduced = hashed
+        return hashed
 
     def _extend_reduced(self, rows: np.ndarray, hashed: np.ndarray) -> None:
         """Append the scoring-space rows of added ``rows`` (``hashed``: them in the hashing space)."""
@@ -720,8 +723,8 @@ class LSHIndex(BucketIndex):
         n, g = len(data), self.n_tables
         if progress is not None:
             progress(BUILD_STAGE, 0, n)
-        self._fit_reduced(data)
-        hashed = self._hash_space(data)
+        reduced = self._fit_reduced(data)
+        hashed = data if reduced is None else reduced  # the hashing space (_hash_space), projected once
         self._directions, self._offsets = kernels.draw_hash_functions(
             hashed.shape[1], self.n_tables, self.n_projections, self.bucket_width, self.seed
         )
