@@ -8,12 +8,18 @@ Each pass starts a fresh server and browser, then:
 
 1. **Index tuning**: seconds until the first figure is drawn (the exact scan's per-class mAP) and until the page
    is idle (the LSH setting evaluated; the background sweep runs on request at this size), the longest time the
-   progress bar's text stood still while the page was running, and the note on the query sample.
+   progress bar's text stood still while the page was running, and the note on the query sample. A fresh browser
+   opens the page's URL, so it also loads Plotly's JavaScript for the page's first chart while the LSH setting is
+   evaluated: its main thread is busy for a second or two then and shows no progress, whatever the server sends.
 2. **Search**: picks a collection row by number and times until the ten results are drawn, with the page's own
    "Search only" figure.
-3. **Index tuning again**, in a new session of the same server: what the next user waits for.
+3. **Index tuning again**, in a new session of the same server: what the next user waits for; then the first
+   slider (g) moved one step: an LSH setting built and evaluated at this size in a browser that has Plotly loaded,
+   with the same watch of its progress.
 
-``--steps`` times, in-process and without a browser, what the tuning page computes before its first figure.
+``--steps`` times, in-process and without a browser, what the tuning page computes before its first figure, then
+the LSH evaluation that follows it: the longest gap between its progress reports and the longest time a 50 ms
+ticker thread was kept waiting (the GIL held), which bound how long the page's bar can stand still on the server.
 
 The first pass runs with an empty cache of exact answers (``--keep-cache`` keeps it), so it pays for the exact scan
 of the query sample; the second reads the answers the first one stored.
@@ -22,10 +28,12 @@ of the query sample; the second reads the answers the first one stored.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,8 +47,10 @@ from benchmarks.load import (  # noqa: E402
     body_text,
     chromium,
     elements,
+    move_first_slider,
     page_errors,
     result_images,
+    slider_values,
     streamlit_server,
     wait_for,
 )
@@ -111,6 +121,12 @@ def one_pass(artifacts: Path, collection: Path, workdir: Path, row: int) -> dict
             result["search_errors"] = page_errors(driver)
             driver.get(f"{server.url}/Index_tuning")  # a second visit (a new session): the cached evaluations
             result["tuning_again"] = watch_page(driver, '[data-testid="stPlotlyChart"]')
+            before = slider_values(driver)[0]
+            move_first_slider(driver)
+            wait_for(lambda: slider_values(driver)[0] != before, 30, "the slider to move", interval=0.05)
+            wait_for(lambda: app_running(driver), 30, "the page to rerun", interval=0.05)
+            result["slider"] = watch_page(driver, '[data-testid="stPlotlyChart"]')
+            result["slider"]["setting"] = f"g {before} → {slider_values(driver)[0]}"
         finally:
             driver.quit()
     return result
@@ -147,6 +163,34 @@ def page_steps(artifacts: Path, collection: Path) -> None:
     plots.fig_per_class(None, scan.per_class).to_json()
     step("first figure")
     print(f"{time.perf_counter() - started:6.2f} s  in all", flush=True)
+    server_side_stillness(lambda progress: tuning.evaluate_for(path, version, defaults, progress=progress))
+
+
+def server_side_stillness(evaluate: Any, tick: float = 0.05) -> None:
+    """Run ``evaluate(progress)`` with a ticker thread beside it; print the longest gap between progress reports
+    (and the stages around it) and the longest the ticker waited beyond its ``tick`` (the GIL held)."""
+    reports: list[tuple[float, str]] = [(time.perf_counter(), "start")]
+    late, stop = [0.0], threading.Event()
+
+    def ticker() -> None:
+        last = time.perf_counter()
+        while not stop.wait(tick):
+            now = time.perf_counter()
+            late[0] = max(late[0], now - last - tick)
+            last = now
+
+    thread = threading.Thread(target=ticker, daemon=True)
+    thread.start()
+    evaluate(lambda stage, done, total: reports.append((time.perf_counter(), f"{stage} {done:,}/{total:,}")))
+    stop.set()
+    thread.join()
+    reports.append((time.perf_counter(), "end"))
+    gap, before, after = max((b[0] - a[0], a[1], b[1]) for a, b in itertools.pairwise(reports))
+    print(
+        f"{reports[-1][0] - reports[0][0]:6.2f} s  the default LSH setting evaluated: {len(reports) - 2} progress "
+        f"reports, longest gap {gap:.2f} s ({before} → {after}); the GIL held at most {late[0]:.2f} s",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -156,6 +200,12 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--row", type=int, default=123_457, help="the collection row searched for")
     parser.add_argument("--keep-cache", action="store_true", help="keep the stored exact answers for the first pass")
+    parser.add_argument(
+        "--arrive",
+        choices=("home", "direct"),
+        default="home",
+        help="reach the tuning page from the home page or its URL",
+    )
     parser.add_argument(
         "--steps", action="store_true", help="only time the tuning page's steps before its first figure, in-process"
     )
@@ -169,16 +219,19 @@ def main() -> None:
     for number in range(1, args.passes + 1):
         with tempfile.TemporaryDirectory(prefix="cbir-scale-app-") as tmp:
             result = one_pass(args.artifacts, collection, Path(tmp), args.row)
-        tuning = result["tuning"]
+        tuning, slider = result["tuning"], result["slider"]
         print(
-            f"pass {number}: tuning page first figure {tuning['first_s']:.1f} s, idle {tuning['idle_s']:.1f} s, "
+            f"pass {number}: tuning page first figure "
+            f"{tuning['first_s']:.1f} s, idle {tuning['idle_s']:.1f} s, "
             f"progress text still at most {tuning['longest_still_s']:.1f} s ({tuning['still_at']}), "
             f"errors {tuning['errors']}\n"
             f"  note: {result['tuning_sample_note']}\n"
             f"  search by row: results drawn {result['search_s']:.2f} s after Enter; {result['search_metrics']}; "
             f"errors {result['search_errors']}\n"
             f"  tuning page again (a new session of the same server): first figure "
-            f"{result['tuning_again']['first_s']:.1f} s, idle {result['tuning_again']['idle_s']:.1f} s",
+            f"{result['tuning_again']['first_s']:.1f} s, idle {result['tuning_again']['idle_s']:.1f} s\n"
+            f"  slider {slider['setting']}: idle after {slider['idle_s']:.1f} s, progress text still at most "
+            f"{slider['longest_still_s']:.1f} s ({slider['still_at']}), errors {slider['errors']}",
             flush=True,
         )
 

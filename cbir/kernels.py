@@ -43,6 +43,7 @@ Multi-probe (Lv et al., VLDB 2007, query-directed probing)
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from typing import NamedTuple
@@ -54,6 +55,10 @@ from numba import njit, prange
 METRIC_EUCLIDEAN = 0
 METRIC_COSINE = 1
 METRIC_CODES = {"euclidean": METRIC_EUCLIDEAN, "cosine": METRIC_COSINE}
+
+# nogil: a kernel that runs for seconds (a 1M build, a batch search) leaves the GIL to the app's other threads (the
+# progress bar's clock, the server's event loop); cache: compiled once per machine, loaded from disk after that.
+_jit = functools.partial(njit, cache=True, nogil=True)
 
 _KEY_SEED = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -105,14 +110,14 @@ def slot_positions(projected: np.ndarray, offsets: np.ndarray, bucket_width: flo
     return floored.astype(np.int64), scaled - floored
 
 
-@njit(cache=True, inline="always")
+@_jit(inline="always")
 def _mix64(x: np.uint64) -> np.uint64:
     x = (x ^ (x >> _SHIFT_30)) * _MIX_1
     x = (x ^ (x >> _SHIFT_27)) * _MIX_2
     return x ^ (x >> _SHIFT_31)
 
 
-@njit(cache=True)
+@_jit()
 def _tuple_key(codes: np.ndarray, start: int, n_projections: int, deltas: np.ndarray) -> np.uint64:
     """Key of ``codes[start:start+h] + deltas`` (deltas may be all zero)."""
     key = _KEY_SEED
@@ -121,7 +126,7 @@ def _tuple_key(codes: np.ndarray, start: int, n_projections: int, deltas: np.nda
     return key
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def hash_keys(
     projected: np.ndarray, offsets: np.ndarray, bucket_width: float, n_tables: int, n_projections: int
 ) -> np.ndarray:
@@ -166,7 +171,7 @@ def hash_keys_reference(codes: np.ndarray, n_tables: int, n_projections: int) ->
 # ----------------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def _build_tables(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n_tables, n = keys.shape
     order = np.empty((n_tables, n), dtype=np.int64)
@@ -249,7 +254,7 @@ def build_tables_reference(keys: np.ndarray) -> BucketTables:
     )
 
 
-@njit(cache=True)
+@_jit()
 def _merge_table(
     bucket_keys: np.ndarray,
     bucket_starts: np.ndarray,
@@ -305,7 +310,7 @@ def _merge_table(
     return count
 
 
-@njit(cache=True)
+@_jit()
 def _merge_tables(
     table_offsets: np.ndarray,
     bucket_keys: np.ndarray,
@@ -363,7 +368,7 @@ def merge_tables_reference(tables: BucketTables, new_keys: np.ndarray, n_old: in
     return build_tables_reference(np.concatenate([table_keys_reference(tables, n_old), new_keys], axis=1))
 
 
-@njit(cache=True)
+@_jit()
 def _find_bucket(bucket_keys: np.ndarray, lo: int, hi: int, key: np.uint64) -> int:
     """Index of ``key`` in the sorted slice ``bucket_keys[lo:hi]``, or -1.
 
@@ -387,7 +392,7 @@ def _find_bucket(bucket_keys: np.ndarray, lo: int, hi: int, key: np.uint64) -> i
 # ----------------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@_jit()
 def max_heap_nodes(n_probes: int, n_projections: int) -> int:
     """Capacity of the shift/expand heap: each pop pushes at most two sets."""
     return 2 * (4 * n_probes + 4 * n_projections + 8) + 1
@@ -398,7 +403,7 @@ def max_heap_nodes(n_probes: int, n_projections: int) -> int:
 # broken by id in the same direction, so equal keys pop in id order.
 
 
-@njit(cache=True, inline="always")
+@_jit(inline="always")
 def _above(key_a, id_a, key_b, id_b, largest_first: bool) -> bool:
     """Whether (key_a, id_a) belongs above (key_b, id_b) in the heap."""
     if largest_first:
@@ -406,7 +411,7 @@ def _above(key_a, id_a, key_b, id_b, largest_first: bool) -> bool:
     return key_a < key_b or (key_a == key_b and id_a < id_b)
 
 
-@njit(cache=True)
+@_jit()
 def _heap_push(keys, ids, size, key, item, largest_first):
     """Add (key, item) to a heap of ``size`` entries; returns the new size."""
     i = size
@@ -422,7 +427,7 @@ def _heap_push(keys, ids, size, key, item, largest_first):
     return size + 1
 
 
-@njit(cache=True)
+@_jit()
 def _heap_replace_top(keys, ids, size, key, item, largest_first):
     """Put (key, item) in place of the top entry and restore the heap order."""
     keys[0] = key
@@ -441,7 +446,7 @@ def _heap_replace_top(keys, ids, size, key, item, largest_first):
         i = child
 
 
-@njit(cache=True)
+@_jit()
 def _heap_pop(keys, ids, size, largest_first):
     """Remove the top entry; returns (key, id, new size). The freed slot ``size - 1`` is left untouched."""
     key = keys[0]
@@ -469,7 +474,7 @@ class ProbeWorkspace(NamedTuple):
     out_scores: np.ndarray  # (T,) float64 their costs
 
 
-@njit(cache=True)
+@_jit()
 def _probe_workspace(n_probes: int, n_projections: int) -> ProbeWorkspace:
     """A :class:`ProbeWorkspace` for ``n_probes`` probes of tables of ``h = n_projections`` functions."""
     h = n_projections
@@ -489,7 +494,7 @@ def _probe_workspace(n_probes: int, n_projections: int) -> ProbeWorkspace:
     )
 
 
-@njit(cache=True)
+@_jit()
 def _perturbation_sets(fractions: np.ndarray, bucket_width: float, n_probes: int, workspace: ProbeWorkspace) -> int:
     """Write the ``n_probes`` cheapest valid perturbation vectors into ``workspace``; return how many.
 
@@ -575,7 +580,7 @@ def _perturbation_sets(fractions: np.ndarray, bucket_width: float, n_probes: int
     return found
 
 
-@njit(cache=True)
+@_jit()
 def perturbation_sequence(fractions: np.ndarray, bucket_width: float, n_probes: int) -> tuple[np.ndarray, np.ndarray]:
     """Cheapest ``n_probes`` perturbation vectors for one table, in increasing cost.
 
@@ -614,7 +619,7 @@ def perturbation_sequence_reference(
 _DISTANCE_BLOCK = 256
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@_jit(fastmath={"reassoc"})
 def _squared_l2_range(a: np.ndarray, b: np.ndarray, start: int, stop: int) -> np.float32:
     # slices, not ``range(start, stop)`` indices: with an index of unknown sign numba emits wrap-around
     # handling for negative indices, which stops LLVM from vectorising the loop (3x slower)
@@ -627,7 +632,7 @@ def _squared_l2_range(a: np.ndarray, b: np.ndarray, start: int, stop: int) -> np
     return total
 
 
-@njit(cache=True)
+@_jit()
 def _squared_l2(a: np.ndarray, b: np.ndarray, bound: np.float32) -> np.float32:
     """Squared distance, summed block by block in a fixed order.
 
@@ -644,7 +649,7 @@ def _squared_l2(a: np.ndarray, b: np.ndarray, bound: np.float32) -> np.float32:
     return total
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@_jit(fastmath={"reassoc"})
 def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:
     total = np.float32(0.0)
     for j in range(a.shape[0]):
@@ -652,7 +657,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:
     return total
 
 
-@njit(cache=True)
+@_jit()
 def _ranking_key(query: np.ndarray, row: np.ndarray, metric: int, bound: np.float32) -> np.float32:
     """Smaller is better: squared distance, or minus the similarity for cosine (unit vectors).
 
@@ -663,7 +668,7 @@ def _ranking_key(query: np.ndarray, row: np.ndarray, metric: int, bound: np.floa
     return -_dot(query, row)
 
 
-@njit(cache=True)
+@_jit()
 def _rerank_into(
     query: np.ndarray,
     data: np.ndarray,
@@ -702,7 +707,7 @@ def _empty_results(m: int, k: int, metric: int) -> tuple[np.ndarray, np.ndarray]
     return np.full((m, k), fill, dtype=np.float32), np.full((m, k), -1, dtype=np.int64)
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def _rerank_kernel(
     queries: np.ndarray,
     data: np.ndarray,
@@ -792,7 +797,7 @@ def draw_rotation_signs(rotation_dim: int, n_functions: int, n_rotations: int, s
     return (2.0 * rng.integers(0, 2, size=(n_functions, n_rotations, rotation_dim)) - 1.0).astype(np.float32)
 
 
-@njit(cache=True)
+@_jit()
 def _hadamard_in_place(x: np.ndarray) -> None:
     """Unnormalised fast Walsh-Hadamard transform of ``x`` (length a power of two), in place."""
     size = x.shape[0]
@@ -807,7 +812,7 @@ def _hadamard_in_place(x: np.ndarray) -> None:
         half *= 2
 
 
-@njit(cache=True)
+@_jit()
 def _rotate(vector: np.ndarray, signs: np.ndarray, out: np.ndarray) -> None:
     """``out`` (D,) = the pseudo-random rotation (``signs`` (R, D)) of ``vector`` (d <= D,) zero-padded to D."""
     dim = vector.shape[0]
@@ -825,7 +830,7 @@ def _rotate(vector: np.ndarray, signs: np.ndarray, out: np.ndarray) -> None:
             out[j] *= scale
 
 
-@njit(cache=True)
+@_jit()
 def _nearest_vertex(rotated: np.ndarray, dim: int) -> tuple[int, np.float32]:
     """Cross-polytope code of ``rotated[:dim]`` (j for +e_j, dim + j for -e_j) and its largest |coordinate|."""
     best = rotated[0]
@@ -857,7 +862,7 @@ def rotation_matrix(signs: np.ndarray, dim: int) -> np.ndarray:
     return matrix
 
 
-@njit(cache=True)
+@_jit()
 def _rotation_matrix(signs: np.ndarray, out: np.ndarray) -> None:
     n_functions, _, size = signs.shape
     unit = np.zeros(out.shape[0], dtype=np.float32)
@@ -870,7 +875,7 @@ def _rotation_matrix(signs: np.ndarray, out: np.ndarray) -> None:
         unit[i] = 0.0
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def rotate(vectors: np.ndarray, signs: np.ndarray) -> np.ndarray:
     """The pseudo-random rotations (n, F, D) float32 of the rows of ``vectors`` (n, d <= D) by fast Hadamard
     transforms: equal to ``vectors @ rotation_matrix(signs, d)`` up to rounding, cheaper when d is large."""
@@ -901,7 +906,7 @@ def rotations_reference(vectors: np.ndarray, signs: np.ndarray) -> np.ndarray:
     return rotated
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def cross_polytope_codes(rotated: np.ndarray, n_projections: int, last_dim: int) -> np.ndarray:
     """Cross-polytope codes (n, F) int64 of rotated vectors (n, F, D) float32; function ``f`` with
     ``f % n_projections == n_projections - 1`` uses the first ``last_dim`` coordinates only."""
@@ -925,7 +930,7 @@ def cross_polytope_codes_reference(rotated: np.ndarray, n_projections: int, last
     return codes
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def fold_keys(codes: np.ndarray, n_tables: int, n_projections: int) -> np.ndarray:
     """Bucket keys (g, n) uint64 of integer codes (n, g*h) int64: the fold of :func:`hash_keys_reference`."""
     n = codes.shape[0]
@@ -941,7 +946,7 @@ def fold_keys(codes: np.ndarray, n_tables: int, n_projections: int) -> np.ndarra
 _FIRST_VERTICES = 8
 
 
-@njit(cache=True)
+@_jit()
 def _cheapest_vertices(
     vector: np.ndarray,
     dim: int,
@@ -1008,7 +1013,7 @@ def cross_polytope_probes(
     return out_tables, out_keys, out_costs
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def _cross_polytope_probes(
     rotated: np.ndarray,
     n_tables: int,
@@ -1200,7 +1205,7 @@ class ListedProbes(NamedTuple):
     min_collisions: int = 1
 
 
-@njit(cache=True)
+@_jit()
 def _probe_bucket(
     codes: np.ndarray,
     start: int,
@@ -1233,7 +1238,7 @@ def _probe_bucket(
     )
 
 
-@njit(cache=True)
+@_jit()
 def _gather_bucket(
     key: np.uint64,
     tables: BucketTables,
@@ -1276,7 +1281,7 @@ def _gather_bucket(
     return count
 
 
-@njit(cache=True)
+@_jit()
 def _collect_listed(
     probe_tables: np.ndarray,
     probe_keys: np.ndarray,
@@ -1311,7 +1316,7 @@ def _collect_listed(
     return count
 
 
-@njit(cache=True)
+@_jit()
 def _sorted_candidates(seen: np.ndarray, buffer: np.ndarray, count: int) -> np.ndarray:
     """The ``count`` ids gathered in ``buffer``, ascending, and ``seen`` cleared for the next query.
 
@@ -1341,7 +1346,7 @@ def _sorted_candidates(seen: np.ndarray, buffer: np.ndarray, count: int) -> np.n
     return buffer[:position]
 
 
-@njit(cache=True, inline="always")
+@_jit(inline="always")
 def _bit_index(single_bit: np.uint64) -> int:
     """Index (0-63) of the one set bit of ``single_bit`` (binary search over halves)."""
     index = 0
@@ -1366,7 +1371,7 @@ def _bit_index(single_bit: np.uint64) -> int:
     return index
 
 
-@njit(cache=True)
+@_jit()
 def _collect_candidates(
     codes: np.ndarray,
     fractions: np.ndarray,
@@ -1439,7 +1444,7 @@ def _collect_candidates(
     return count
 
 
-@njit(cache=True)
+@_jit()
 def _shortlist_into(
     query: np.ndarray, data: np.ndarray, candidates: np.ndarray, heap_key: np.ndarray, heap_id: np.ndarray
 ) -> int:
@@ -1473,7 +1478,7 @@ def _shortlist_into(
 _BOUND_SLACK = np.float32(1e-4)
 
 
-@njit(cache=True)
+@_jit()
 def _rerank_ordered_into(
     query: np.ndarray,
     data: np.ndarray,
@@ -1516,7 +1521,7 @@ def _rerank_ordered_into(
         out_scores[position] = np.sqrt(key) if metric == METRIC_EUCLIDEAN else -key
 
 
-@njit(cache=True, parallel=True)
+@_jit(parallel=True)
 def _lsh_kernel(
     queries: np.ndarray,
     data: np.ndarray,

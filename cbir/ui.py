@@ -87,7 +87,8 @@ def _stage_text(stage: str, done: int, total: int) -> str:
     return f"{stage} {done:,} / {total:,}"
 
 
-TICK_SECONDS = 0.5  # how often a moving_bar's clock looks whether the bar stood still
+TICK_SECONDS = 0.25  # how often a moving_bar's clock looks whether the bar stood still
+STILL_SECONDS = 0.75  # a bar still this long gets the seconds appended: the browser sees a change within ~1 s
 SEND_SECONDS = 0.25  # a moving_bar sends the browser at most one update this often (it is drawing the page too)
 
 
@@ -95,10 +96,10 @@ SEND_SECONDS = 0.25  # a moving_bar sends the browser at most one update this of
 def moving_bar(text: str) -> Iterator[Callable[[float, str], None]]:
     """An ``st.progress`` bar for the block, removed after it; yields ``update(fraction, text)``, sent to the browser
     at most every :data:`SEND_SECONDS` (the latest one is sent by the clock when updates stop). While the block runs,
-    a clock thread appends the seconds since the last update to the text once the bar has stood still for a second,
-    so the page never stands still even in a step that reports nothing for seconds (numba's first kernel, a catalog
-    read on a busy machine); a step that holds the GIL (a numba kernel, a numpy copy) holds the clock too. Its ticks
-    are not part of a cached run's replay (a cache hit is instant)."""
+    a clock thread appends the seconds since the last update to the text once the bar has stood still for
+    :data:`STILL_SECONDS`, so the page never stands still for a second even in a step that reports nothing for seconds
+    (numba's first kernel, a catalog read on a busy machine; the kernels release the GIL, so the clock runs beside
+    them). Its ticks are not part of a cached run's replay (a cache hit is instant)."""
     bar = st.progress(0.0, text=text)
     lock = threading.Lock()
     now = time.monotonic()
@@ -123,7 +124,7 @@ def moving_bar(text: str) -> Iterator[Callable[[float, str], None]]:
                 still = time.monotonic() - state["set"]
                 if stop.is_set():
                     return
-                if still >= 2 * TICK_SECONDS:
+                if still >= STILL_SECONDS:
                     send(f"{state['text']} · {still:.1f} s")
                 elif not state["shown"]:
                     send(state["text"])

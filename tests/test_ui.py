@@ -19,6 +19,7 @@ def _script() -> None:
         with ui.moving_bar("working…") as update:
             time.sleep(1.4)  # a step that reports nothing: the clock speaks for it
             update(0.5, "half way")
+            time.sleep(0.3)  # an update right after a tick waits for the next one (at most 4 sends a second)
             return 2 * x
 
     st.write(f"answer {slow(21)}")
