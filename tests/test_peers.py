@@ -12,7 +12,7 @@ from builders import REAL_COLLECTION, synthetic_feature_set
 from cbir.errors import CbirError
 from cbir.evaluation import recall_at_k, split_collection
 from cbir.features import FeatureSet, load_features
-from cbir.index import NOT_COUNTED, BaseIndex, SequentialScan
+from cbir.index import BUILD_STAGE, NOT_COUNTED, BaseIndex, LSHIndex, SequentialScan
 from cbir.names import REFERENCE_KINDS
 from cbir.peers import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError, default_lists
 from cbir.search import IndexConfig
@@ -114,6 +114,29 @@ def test_peer_add_remove_copy_save_load(kind: str, tmp_path: Path) -> None:
     loaded = type(twin).load(twin.save(tmp_path / f"{kind}.joblib"))
     assert loaded.params == twin.params and loaded.n_removed == twin.n_removed
     np.testing.assert_array_equal(loaded.search(queries, 5).ids, after)
+
+
+@pytest.mark.parametrize("kind", [*PEERS, "lsh"])
+def test_an_index_with_a_reporting_build_fits_with_and_without_progress(kind: str) -> None:
+    """The peers and LSHIndex write only ``_fit_reporting``; the base class' ``_fit`` runs it without progress."""
+    data = _points(700)
+    make = PEERS.get(kind, lambda metric: LSHIndex(4, 2, 4.0, metric=metric))
+    index = make("euclidean")
+    assert type(index)._fit is BaseIndex._fit  # no copy of the default
+    index._fit(data)
+    index._data = data
+    assert index.search(data[:20], 1).ids[:, 0].tolist() == list(range(20))
+    reports: list[tuple[str, int, int]] = []
+    make("euclidean").fit(data, progress=lambda *report: reports.append(report))
+    assert reports[-1] == (BUILD_STAGE, 700, 700)
+
+
+def test_an_index_that_writes_neither_build_says_so() -> None:
+    class Unbuilt(BaseIndex):
+        metric = "euclidean"
+
+    with pytest.raises(NotImplementedError, match="neither _fit nor _fit_reporting"):
+        Unbuilt().fit(_points(10))
 
 
 def test_peers_with_fewer_objects_than_k_pad_the_answer() -> None:
