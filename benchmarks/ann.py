@@ -270,6 +270,12 @@ def option_labels(options: dict[str, Any]) -> str:
     return "".join(f" {label}={options[key]}" for key, label in OPTION_LABELS.items() if options.get(key))
 
 
+def uint8_shortlist(X: np.ndarray, reduce_dim: int) -> dict[str, int]:
+    """The options of the uint8-shortlist families (E2LSH and cross-polytope): hashed on ``reduce_dim`` PCA axes,
+    :data:`SCORE_RERANK` candidates of the codes of :data:`SCORE_DIM` axes (at most X's dimension) ranked exactly."""
+    return {"reduce_dim": reduce_dim, "rerank": SCORE_RERANK, "score_dim": min(SCORE_DIM, X.shape[1])}
+
+
 def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tuple[str, str, Callable[[], Any]]]:
     """(family, setting, factory) of the LSH settings tried. Widths are multiples of the median pairwise
     distance in the space the family hashes in (full or PCA-reduced)."""
@@ -277,7 +283,7 @@ def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tup
     reduced = project(fit_pca(X, reduce_dim, seed=seed), X[np.random.default_rng(seed).choice(len(X), 2048)])
     reduced_median = default_bucket_width(reduced, fraction=1.0, seed=seed)
     rerank = 100
-    codes = {"reduce_dim": reduce_dim, "rerank": SCORE_RERANK, "score_dim": min(SCORE_DIM, X.shape[1])}
+    codes = uint8_shortlist(X, reduce_dim)
     grid: list[tuple[str, str, Callable[[], Any]]] = []
 
     def add(family: str, g: int, h: int, factor: float, probes: int = 0, **options: Any) -> None:
@@ -350,15 +356,7 @@ def polytope_grid(
             for probes in (0, 2, 4) if quick else (0, 1, 2, 4, 8):
                 add("CP-LSH PCA", tables, bits, probes, reduce_dim=reduce_dim)
                 add("CP-LSH PCA+shortlist", tables, bits, probes, reduce_dim=reduce_dim, rerank=rerank)
-                add(
-                    "CP-LSH PCA+uint8 shortlist",
-                    tables,
-                    bits,
-                    probes,
-                    reduce_dim=reduce_dim,
-                    rerank=SCORE_RERANK,
-                    score_dim=min(SCORE_DIM, X.shape[1]),
-                )
+                add("CP-LSH PCA+uint8 shortlist", tables, bits, probes, **uint8_shortlist(X, reduce_dim))
     for tables, probes in ((8, 2), (16, 4)):
         add("CP-LSH", tables, log_n, probes)
     return grid
