@@ -69,6 +69,7 @@ from cbir.index import NOT_COUNTED, LSHIndex, SequentialScan, warm_up  # noqa: E
 from cbir.pca import fit_pca, project  # noqa: E402
 from cbir.peers import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError  # noqa: E402
 from cbir.polytope import CrossPolytopeIndex, hashes_for_bits  # noqa: E402
+from cbir.search import UINT8_RERANK, UINT8_SCORE_DIM  # noqa: E402
 
 K = 10
 RECALL_GOAL = 0.9
@@ -259,10 +260,6 @@ def hnswlib_methods(X: np.ndarray, threads: int, quick: bool) -> list[Method]:
 
 
 OPTION_LABELS = {"reduce_dim": "r", "rerank": "R", "score_dim": "s", "target_recall": "target", "min_collisions": "c"}
-# The uint8 shortlist (score_dim): codes of this many PCA axes, of which this many candidates are ranked exactly
-# (on the real features, R=30 of 128-axis codes keeps the recall of R=100 of 48 float coordinates)
-SCORE_DIM = 128
-SCORE_RERANK = 30
 
 
 def option_labels(options: dict[str, Any]) -> str:
@@ -271,9 +268,10 @@ def option_labels(options: dict[str, Any]) -> str:
 
 
 def uint8_shortlist(X: np.ndarray, reduce_dim: int) -> dict[str, int]:
-    """The options of the uint8-shortlist families (E2LSH and cross-polytope): hashed on ``reduce_dim`` PCA axes,
-    :data:`SCORE_RERANK` candidates of the codes of :data:`SCORE_DIM` axes (at most X's dimension) ranked exactly."""
-    return {"reduce_dim": reduce_dim, "rerank": SCORE_RERANK, "score_dim": min(SCORE_DIM, X.shape[1])}
+    """The options of the uint8-shortlist families (E2LSH and cross-polytope): hashed on ``reduce_dim`` PCA axes, the
+    best :data:`cbir.search.UINT8_RERANK` candidates by their uint8 codes of :data:`cbir.search.UINT8_SCORE_DIM` axes
+    (at most X's dimension) ranked exactly: the app's setting (the tuning page's cross-polytope reference points)."""
+    return {"reduce_dim": reduce_dim, "rerank": UINT8_RERANK, "score_dim": min(UINT8_SCORE_DIM, X.shape[1])}
 
 
 def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tuple[str, str, Callable[[], Any]]]:
