@@ -69,6 +69,7 @@ from cbir.index import NOT_COUNTED, LSHIndex, SequentialScan, warm_up  # noqa: E
 from cbir.pca import fit_pca, project  # noqa: E402
 from cbir.peers import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError  # noqa: E402
 from cbir.polytope import CrossPolytopeIndex, hashes_for_bits  # noqa: E402
+from cbir.search import UINT8_RERANK, UINT8_SCORE_DIM  # noqa: E402
 
 K = 10
 RECALL_GOAL = 0.9
@@ -259,15 +260,18 @@ def hnswlib_methods(X: np.ndarray, threads: int, quick: bool) -> list[Method]:
 
 
 OPTION_LABELS = {"reduce_dim": "r", "rerank": "R", "score_dim": "s", "target_recall": "target", "min_collisions": "c"}
-# The uint8 shortlist (score_dim): codes of this many PCA axes, of which this many candidates are ranked exactly
-# (on the real features, R=30 of 128-axis codes keeps the recall of R=100 of 48 float coordinates)
-SCORE_DIM = 128
-SCORE_RERANK = 30
 
 
 def option_labels(options: dict[str, Any]) -> str:
     """The short labels of an index's set options, e.g. " r=64 R=100", appended to a setting's name."""
     return "".join(f" {label}={options[key]}" for key, label in OPTION_LABELS.items() if options.get(key))
+
+
+def uint8_shortlist(X: np.ndarray, reduce_dim: int) -> dict[str, int]:
+    """The options of the uint8-shortlist families (E2LSH and cross-polytope): hashed on ``reduce_dim`` PCA axes, the
+    best :data:`cbir.search.UINT8_RERANK` candidates by their uint8 codes of :data:`cbir.search.UINT8_SCORE_DIM` axes
+    (at most X's dimension) ranked exactly: the app's setting (the tuning page's cross-polytope reference points)."""
+    return {"reduce_dim": reduce_dim, "rerank": UINT8_RERANK, "score_dim": min(UINT8_SCORE_DIM, X.shape[1])}
 
 
 def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tuple[str, str, Callable[[], Any]]]:
@@ -277,7 +281,7 @@ def lsh_grid(X: np.ndarray, quick: bool, reduce_dim: int, seed: int) -> list[tup
     reduced = project(fit_pca(X, reduce_dim, seed=seed), X[np.random.default_rng(seed).choice(len(X), 2048)])
     reduced_median = default_bucket_width(reduced, fraction=1.0, seed=seed)
     rerank = 100
-    codes = {"reduce_dim": reduce_dim, "rerank": SCORE_RERANK, "score_dim": min(SCORE_DIM, X.shape[1])}
+    codes = uint8_shortlist(X, reduce_dim)
     grid: list[tuple[str, str, Callable[[], Any]]] = []
 
     def add(family: str, g: int, h: int, factor: float, probes: int = 0, **options: Any) -> None:
@@ -350,15 +354,7 @@ def polytope_grid(
             for probes in (0, 2, 4) if quick else (0, 1, 2, 4, 8):
                 add("CP-LSH PCA", tables, bits, probes, reduce_dim=reduce_dim)
                 add("CP-LSH PCA+shortlist", tables, bits, probes, reduce_dim=reduce_dim, rerank=rerank)
-                add(
-                    "CP-LSH PCA+uint8 shortlist",
-                    tables,
-                    bits,
-                    probes,
-                    reduce_dim=reduce_dim,
-                    rerank=SCORE_RERANK,
-                    score_dim=min(SCORE_DIM, X.shape[1]),
-                )
+                add("CP-LSH PCA+uint8 shortlist", tables, bits, probes, **uint8_shortlist(X, reduce_dim))
     for tables, probes in ((8, 2), (16, 4)):
         add("CP-LSH", tables, log_n, probes)
     return grid

@@ -150,7 +150,8 @@ def warm_up(progress: Callable[[str, int, int], None] | None = None) -> None:
 
 
 class BaseIndex:
-    """Common base of the indexes: state, validation, persistence; subclasses implement ``_fit``, ``_search``."""
+    """Common base of the indexes: state, validation, persistence; subclasses implement ``_fit`` (or
+    ``_fit_reporting``), ``_search``."""
 
     kind: ClassVar[str]
     metric: str
@@ -232,7 +233,8 @@ class BaseIndex:
         return len(self._removed) - before
 
     def _fit_reporting(self, data: np.ndarray, progress: Callable[[str, int, int], None] | None) -> None:
-        """``_fit``, then ``progress`` (an index with a long build overrides this to report as it goes)."""
+        """``_fit``, then ``progress`` (an index with a long build overrides this to report as it goes, and then
+        inherits a ``_fit`` that calls it without ``progress``)."""
         self._fit(data)
         if progress is not None:
             progress(BUILD_STAGE, len(data), len(data))
@@ -300,7 +302,11 @@ class BaseIndex:
             raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
 
     def _fit(self, data: np.ndarray) -> None:
-        raise NotImplementedError
+        """Build the index on ``data`` (n, d), normalised for cosine (``_data`` is set after). A subclass implements
+        this, or :meth:`_fit_reporting` when its build reports progress as it goes: then this runs that without."""
+        if type(self)._fit_reporting is BaseIndex._fit_reporting:  # neither is implemented: no endless recursion
+            raise NotImplementedError(f"{type(self).__name__} implements neither _fit nor _fit_reporting")
+        self._fit_reporting(data, None)
 
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
         raise NotImplementedError
@@ -713,9 +719,6 @@ class LSHIndex(BucketIndex):
     def _hash_space(self, vectors: np.ndarray) -> np.ndarray:
         """The vectors hashing works on: their PCA coordinates with ``reduce_dim``, else themselves."""
         return vectors if self._pca is None else project(self._pca, vectors)
-
-    def _fit(self, data: np.ndarray) -> None:
-        self._fit_reporting(data, None)
 
     def _fit_reporting(self, data: np.ndarray, progress: Callable[[str, int, int], None] | None) -> None:
         """Hash every row and build the bucket tables; with ``progress``, :data:`_HASH_CHUNK` rows then a few tables

@@ -158,9 +158,6 @@ class HNSWIndex(FaissIndex):
     def params(self) -> dict[str, Any]:
         return {"metric": self.metric, "n_links": self.n_links, "ef_search": self.ef_search}
 
-    def _fit(self, data: np.ndarray) -> None:
-        self._fit_reporting(data, None)
-
     def _fit_reporting(self, data: np.ndarray, progress: Progress | None) -> None:
         index = _faiss().IndexHNSWFlat(data.shape[1], self.n_links)
         index.hnsw.efConstruction = EF_CONSTRUCTION
@@ -212,9 +209,6 @@ class IVFFlatIndex(FaissIndex):
     def lists(self) -> int:
         """The fitted index's number of lists (0 before ``fit``)."""
         return 0 if self._index is None else int(self._index.nlist)
-
-    def _fit(self, data: np.ndarray) -> None:
-        self._fit_reporting(data, None)
 
     def _fit_reporting(self, data: np.ndarray, progress: Progress | None) -> None:
         faiss = _faiss()
@@ -289,9 +283,6 @@ class HnswlibIndex(PeerIndex):
     @property
     def params(self) -> dict[str, Any]:
         return {"metric": self.metric, "n_links": self.n_links, "ef": self.ef}
-
-    def _fit(self, data: np.ndarray) -> None:
-        self._fit_reporting(data, None)
 
     def _fit_reporting(self, data: np.ndarray, progress: Progress | None) -> None:
         index = _hnswlib().Index(space="l2", dim=data.shape[1])

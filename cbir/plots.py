@@ -38,8 +38,6 @@ def _lsh_rows(sweep_df: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-# the reference points (cbir.names.REFERENCE_KINDS) on the sweep figures: one trace each, in these colours and
-# symbols, the ends of each line labelled with their search-time setting
 # one colour per index kind on every figure that shows several (sweep charts, comparison)
 _INDEX_COLORS = {
     "scan": "#2c3e50",
@@ -49,15 +47,23 @@ _INDEX_COLORS = {
     "hnswlib": "#8e44ad",
     "cross_polytope": "#e67e22",
 }
-# the search-time setting of each reference kind (a sweep column), the one written beside its markers
-_REFERENCE_KNOBS = {"hnsw": "ef_search", "hnswlib": "ef_search", "ivf_flat": "n_probe", "cross_polytope": "probes"}
+# the search-time setting of each reference kind: its sweep column and what a figure calls it
+_REFERENCE_KNOBS = {
+    "hnsw": ("ef_search", "ef"),
+    "hnswlib": ("ef_search", "ef"),
+    "ivf_flat": ("n_probe", "nprobe"),
+    "cross_polytope": ("probes", "T"),
+}
 # the colours, keyed by the names the comparison table gives the indexes
 _LABEL_COLORS = {INDEX_LABELS[kind]: color for kind, color in _INDEX_COLORS.items()}
-_REFERENCE_STYLES = {  # colour, marker symbol, where the setting is written beside the marker
-    "hnsw": (_INDEX_COLORS["hnsw"], "diamond", "top left"),
-    "ivf_flat": (_INDEX_COLORS["ivf_flat"], "triangle-up", "bottom right"),
-    "hnswlib": (_INDEX_COLORS["hnswlib"], "x", "top right"),
-    "cross_polytope": (_INDEX_COLORS["cross_polytope"], "triangle-down", "bottom left"),
+# the reference points (cbir.names.REFERENCE_KINDS) on the sweep figures: one dotted line each, in these colours and
+# marker symbols; no text beside the markers (the lines of HNSW and hnswlib end together at the top right, where
+# their labels overlapped): the range of settings is in the legend, each point's on hover
+_REFERENCE_STYLES = {
+    "hnsw": (_INDEX_COLORS["hnsw"], "diamond"),
+    "ivf_flat": (_INDEX_COLORS["ivf_flat"], "triangle-up"),
+    "hnswlib": (_INDEX_COLORS["hnswlib"], "x"),
+    "cross_polytope": (_INDEX_COLORS["cross_polytope"], "triangle-down"),
 }
 # what a figure calls an x column: title, axis
 _X_NAMES = {
@@ -67,15 +73,19 @@ _X_NAMES = {
 
 
 def _setting_text(row: pd.Series) -> str:
-    """The search-time setting of a reference row, as printed beside its point."""
+    """The search-time setting of a reference row, e.g. "ef 64" ("" for other rows)."""
     kind = row.get("index")
-    if kind in ("hnsw", "hnswlib"):
-        return f"ef {row['ef_search']:.0f}"
-    if kind == "ivf_flat":
-        return f"nprobe {row['n_probe']:.0f}"
-    if kind == "cross_polytope":
-        return f"T {row['probes']:.0f}"
-    return ""
+    if kind not in _REFERENCE_KNOBS:
+        return ""
+    column, name = _REFERENCE_KNOBS[kind]
+    return f"{name} {row[column]:.0f}"
+
+
+def _settings_range(kind: str, rows: pd.DataFrame) -> str:
+    """The search-time settings of a reference kind's rows, e.g. "ef 16–256" (one value: "nprobe 4")."""
+    column, name = _REFERENCE_KNOBS[kind]
+    low, high = rows[column].astype(float).min(), rows[column].astype(float).max()
+    return f"{name} {low:.0f}" if low == high else f"{name} {low:.0f}–{high:.0f}"
 
 
 def _hover_text(rows: pd.DataFrame) -> list[str]:
@@ -91,7 +101,8 @@ def _hover_text(rows: pd.DataFrame) -> list[str]:
         if kind == "scan":
             return f"exact scan<br>{figures}"
         if kind in _REFERENCE_STYLES:
-            name = row["label"] if "label" in row and isinstance(row["label"], str) else INDEX_LABELS[kind]
+            has_label = "label" in row and isinstance(row["label"], str)  # IndexConfig.label: with the setting
+            name = row["label"] if has_label else f"{INDEX_LABELS[kind]} {_setting_text(row)}"
             return f"{name}<br>{figures}"
         return (
             f"g={row['n_tables']:.0f} h={row['n_projections']:.0f} w={row['bucket_width']:.3g}"
@@ -135,9 +146,9 @@ def fig_map_vs_visited(
 
     Traces: "configurations" (all LSH rows), "Pareto frontier" (non-dominated scan and LSH rows joined by x),
     "exact scan" (if the table has a scan row), one per reference kind present (:data:`cbir.names.REFERENCE_KINDS`,
-    named ``INDEX_LABELS[kind] + ", reference"``, not part of the frontier, its lowest and highest search-time
-    settings written beside their points, all of them on hover; rows without ``x``, such as hnswlib's uncounted
-    visits, are left out), and "current" (``current`` given as a mapping with ``x`` and ``y``, e.g.
+    named ``INDEX_LABELS[kind] + ", reference (ef 16–256)"`` with the range of its search-time settings, each
+    point's on hover, no text beside the markers; not part of the frontier; rows without ``x``, such as hnswlib's
+    uncounted visits, are left out), and "current" (``current`` given as a mapping with ``x`` and ``y``, e.g.
     :meth:`cbir.evaluation.EvaluationResult.row`).
     """
     _require(sweep_df, [x, y])
@@ -178,31 +189,21 @@ def fig_map_vs_visited(
                 marker={"size": 12, "symbol": "square", "color": _INDEX_COLORS["scan"]},
             )
         )
-    for kind, (color, symbol, position) in _REFERENCE_STYLES.items():
+    for kind, (color, symbol) in _REFERENCE_STYLES.items():
         rows = sweep_df[(kinds == kind) & sweep_df[x].notna()].sort_values(x)
         if rows.empty:
             continue
-        trace = _sweep_points(
-            rows,
-            "lines+markers+text",
-            f"{INDEX_LABELS[kind]}, reference",
-            y,
-            x,
-            line={"color": color, "width": 1, "dash": "dot"},
-            marker={"size": 10, "symbol": symbol, "color": color},
+        fig.add_trace(
+            _sweep_points(
+                rows,
+                "lines+markers",
+                f"{INDEX_LABELS[kind]}, reference ({_settings_range(kind, rows)})",
+                y,
+                x,
+                line={"color": color, "width": 1, "dash": "dot"},
+                marker={"size": 10, "symbol": symbol, "color": color},
+            )
         )
-        # the lowest and highest settings written beside their markers (the points between crowd): all on hover
-        knob = rows[_REFERENCE_KNOBS[kind]].astype(float)
-        ends = {knob.idxmin(), knob.idxmax()}
-        trace.update(
-            text=[_setting_text(row) if label in ends else "" for label, row in rows.iterrows()],
-            hovertext=_hover_text(rows),
-            hoverinfo="text",
-            textposition=position,
-            textfont={"size": 11, "color": color},
-            cliponaxis=False,
-        )
-        fig.add_trace(trace)
     if current is not None and pd.notna(current.get(x)):
         fig.add_trace(
             go.Scatter(

@@ -156,12 +156,15 @@ class CrossPolytopeIndex(BucketIndex):
             return kernels.rotate(hashed, self._signs)
         return (hashed @ self._rotation).reshape(len(hashed), self._signs.shape[0], self._signs.shape[2])
 
-    def _codes(self, vectors: np.ndarray) -> np.ndarray:
+    def _codes(self, vectors: np.ndarray, in_hash_space: bool = False) -> np.ndarray:
+        """The hashes (n, g*h) of rows, rotated a block at a time (bounded memory); the rows are taken to the
+        hashing space block by block too, unless ``in_hash_space`` (they are there already)."""
         assert self._signs is not None
         codes = np.empty((len(vectors), self._signs.shape[0]), dtype=np.int64)
         block = max(1, _HASH_ELEMENTS // (self._signs.shape[0] * self._signs.shape[2]))
         for start in range(0, len(vectors), block):
-            rotated = self._rotated(self._hash_space(vectors[start : start + block]))
+            rows = vectors[start : start + block]
+            rotated = self._rotated(rows if in_hash_space else self._hash_space(rows))
             codes[start : start + len(rotated)] = kernels.cross_polytope_codes(
                 rotated, self.n_projections, self._last_dim()
             )
@@ -177,18 +180,20 @@ class CrossPolytopeIndex(BucketIndex):
         self._rotation = kernels.rotation_matrix(self._signs, hashed_dim) if dense else None
 
     def _fit(self, data: np.ndarray) -> None:
-        self._fit_reduced(data)
-        if self._pca is None:
+        reduced = self._fit_reduced(data)  # with reduce_dim: the rows' PCA coordinates (the hashing space), once
+        if reduced is None:
             self._center = data.mean(axis=0, dtype=np.float64).astype(np.float32)
             hashed_dim = data.shape[1]
         else:
             self._center = None
-            hashed_dim = self._pca.components.shape[1]
+            hashed_dim = reduced.shape[1]
         self._signs = kernels.draw_rotation_signs(
             rotation_dim_for(hashed_dim), self.n_tables * self.n_projections, self.n_rotations, self.seed
         )
         self._set_rotation(hashed_dim)
-        keys = kernels.fold_keys(self._codes(data), self.n_tables, self.n_projections)
+        # without PCA the rows are centred block by block (no centred copy of the data)
+        codes = self._codes(data) if reduced is None else self._codes(reduced, in_hash_space=True)
+        keys = kernels.fold_keys(codes, self.n_tables, self.n_projections)
         self._tables = kernels.build_tables(keys)
 
     def _probe(self, queries: np.ndarray, hashed: np.ndarray) -> kernels.ListedProbes:

@@ -44,10 +44,14 @@ DEFAULT_K = 10
 # The paper's best web-app index (Section 7): g=7 tables, h=2 projections; w comes from the data.
 DEFAULT_TABLES = 7
 DEFAULT_PROJECTIONS = 2
-# Cross-polytope LSH as the app runs it: hashed on 48 PCA coordinates, the 100 best by their PCA distance ranked
-# exactly (benchmarks/ann.py's best family on the real features; README, "Approximate search")
+# The uint8 shortlist (score_dim of the bucket indexes) as benchmarks/ann.py runs it: candidates scored on uint8 codes
+# of this many principal axes (at most the features' dimension), the best this many of them ranked exactly. On the
+# real features R=30 of 128-axis codes keeps the recall of R=100 of 48 float32 coordinates, faster (README, "uint8").
+UINT8_SCORE_DIM = 128
+UINT8_RERANK = 30
+# Cross-polytope LSH as the app runs it: hashed on 48 PCA coordinates, with the uint8 shortlist (benchmarks/ann.py's
+# best family on the real features; README, "Approximate search")
 POLYTOPE_REDUCE_DIM = 48
-POLYTOPE_RERANK = 100
 DEFAULT_POLYTOPE_BITS = 10
 
 
@@ -57,7 +61,8 @@ class IndexConfig:
     probes, seed; the reference indexes (:mod:`cbir.peers`) FAISS HNSW (``"hnsw"``) and hnswlib (``"hnswlib"``)
     ``ef_search``, FAISS IVF-Flat (``"ivf_flat"``) ``n_probe``; cross-polytope LSH (``"cross_polytope"``,
     :class:`cbir.polytope.CrossPolytopeIndex` on :data:`POLYTOPE_REDUCE_DIM` PCA coordinates with a shortlist of
-    :data:`POLYTOPE_RERANK`, the README's best setting) ``n_tables`` (L), ``bits`` per table, probes, seed."""
+    :data:`UINT8_RERANK` scored on uint8 codes of :data:`UINT8_SCORE_DIM` axes, the README's best setting)
+    ``n_tables`` (L), ``bits`` per table, probes, seed."""
 
     kind: IndexKind = "scan"
     metric: Metric = "euclidean"
@@ -117,7 +122,8 @@ class IndexConfig:
                 seed=self.seed,
                 probes=self.probes,
                 reduce_dim=POLYTOPE_REDUCE_DIM,
-                rerank=POLYTOPE_RERANK,
+                rerank=UINT8_RERANK,
+                score_dim=UINT8_SCORE_DIM,  # capped at the features' dimension by the PCA
             )
         return LSHIndex(
             self.n_tables,
@@ -160,7 +166,7 @@ class IndexConfig:
         if self.kind == "cross_polytope":
             return (
                 f"{INDEX_LABELS[self.kind]} PCA-{POLYTOPE_REDUCE_DIM} L={self.n_tables} b={self.bits} "
-                f"T={self.probes} R={POLYTOPE_RERANK} ({self.metric})"
+                f"T={self.probes} R={UINT8_RERANK} of uint8 PCA-{UINT8_SCORE_DIM} ({self.metric})"
             )
         probes = f", probes={self.probes}" if self.probes else ""
         return f"LSH g={self.n_tables} h={self.n_projections} w={self.bucket_width:.3g}{probes} ({self.metric})"

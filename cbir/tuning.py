@@ -53,9 +53,10 @@ DEFAULT_GRID_PROJECTIONS = (1, 2, 4, 8)
 SWEEP_ON_REQUEST = 250_000
 # The reference points beside the sweep (cbir.names.REFERENCE_KINDS), each family fitted once and searched at each
 # of its search-time settings: FAISS HNSW at these efSearch values (recall from ~0.8 to ~1 on real features), FAISS
-# IVF-Flat (about 4·sqrt(n) lists) at these nprobe, hnswlib at these ef, and cross-polytope LSH on PCA-48 with a
-# shortlist at the README's best setting on the real features (L=8 tables, 10 bits per table) with these probes T
-# (one fit: its PCA, a 1280 x 1280 eigendecomposition, is most of its cost).
+# IVF-Flat (about 4·sqrt(n) lists) at these nprobe, hnswlib at these ef, and cross-polytope LSH on PCA-48 with the
+# uint8 shortlist (cbir.search.UINT8_RERANK of codes of UINT8_SCORE_DIM axes, as benchmarks/ann.py) at the README's
+# best setting on the real features (L=8 tables, 10 bits per table) with these probes T (one fit: its PCA, a
+# 1280 x 1280 eigendecomposition, is most of its cost).
 REFERENCE_EF = (16, 32, 64, 128, 256)
 REFERENCE_N_PROBE = (1, 4, 16, 64)
 REFERENCE_HNSWLIB_EF = (16, 32, 128)

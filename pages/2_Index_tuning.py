@@ -135,11 +135,11 @@ if result.n_indexed > SWEEP_ON_REQUEST and not st.session_state.get(sweep_key):
 table = ui.sweep(path, version, metric, with_distractors)
 st.caption(
     "Grey: the E2LSH grid; red: its Pareto frontier; square: the exact scan; star: the sliders' setting. Reference "
-    "points, left out of the frontier, the ends of each line labelled with their setting (all on hover): HNSW "
+    "points, left out of the frontier, with their settings in the legend (each point's on hover): HNSW "
     "(faiss, M=32) and hnswlib (M=32) at several ef, IVF-Flat (faiss, about 4·√n lists) at several nprobe, "
-    "cross-polytope LSH (PCA-48, shortlist of 100, L=8, 10 bits) at several probes. hnswlib does not count the "
-    "objects it visits: it shows on the time charts only. Times are per query over the validation batch on this "
-    "machine (noisy when it is busy)."
+    "cross-polytope LSH (PCA-48, L=8, 10 bits, a shortlist of 30 scored on uint8 codes of 128 PCA axes) at several "
+    "probes. hnswlib does not count the objects it visits: it shows on the time charts only. Times are per query "
+    "over the validation batch on this machine (noisy when it is busy)."
 )
 for x in ("mean_visited", "query_ms"):
     charts = st.columns(2)

@@ -12,10 +12,11 @@ from builders import REAL_COLLECTION, synthetic_feature_set
 from cbir.errors import CbirError
 from cbir.evaluation import recall_at_k, split_collection
 from cbir.features import FeatureSet, load_features
-from cbir.index import NOT_COUNTED, BaseIndex, SequentialScan
+from cbir.index import BUILD_STAGE, NOT_COUNTED, BaseIndex, LSHIndex, SequentialScan
 from cbir.names import REFERENCE_KINDS
 from cbir.peers import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError, default_lists
-from cbir.search import IndexConfig
+from cbir.polytope import CrossPolytopeIndex
+from cbir.search import UINT8_RERANK, UINT8_SCORE_DIM, IndexConfig
 from cbir.tuning import fastest_config, reference_configs, reference_sweep, sweep_table
 
 PEERS = {
@@ -116,6 +117,29 @@ def test_peer_add_remove_copy_save_load(kind: str, tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.search(queries, 5).ids, after)
 
 
+@pytest.mark.parametrize("kind", [*PEERS, "lsh"])
+def test_an_index_with_a_reporting_build_fits_with_and_without_progress(kind: str) -> None:
+    """The peers and LSHIndex write only ``_fit_reporting``; the base class' ``_fit`` runs it without progress."""
+    data = _points(700)
+    make = PEERS.get(kind, lambda metric: LSHIndex(4, 2, 4.0, metric=metric))
+    index = make("euclidean")
+    assert type(index)._fit is BaseIndex._fit  # no copy of the default
+    index._fit(data)
+    index._data = data
+    assert index.search(data[:20], 1).ids[:, 0].tolist() == list(range(20))
+    reports: list[tuple[str, int, int]] = []
+    make("euclidean").fit(data, progress=lambda *report: reports.append(report))
+    assert reports[-1] == (BUILD_STAGE, 700, 700)
+
+
+def test_an_index_that_writes_neither_build_says_so() -> None:
+    class Unbuilt(BaseIndex):
+        metric = "euclidean"
+
+    with pytest.raises(NotImplementedError, match="neither _fit nor _fit_reporting"):
+        Unbuilt().fit(_points(10))
+
+
 def test_peers_with_fewer_objects_than_k_pad_the_answer() -> None:
     data = _points(6)
     for make in PEERS.values():
@@ -159,6 +183,23 @@ def test_reference_rows_and_fastest_choice() -> None:
         assert IndexConfig.from_row(row).label == row["label"]
     with pytest.raises(ValueError, match="target recall"):
         fastest_config(table, 1.5)
+
+
+def test_the_cross_polytope_reference_points_use_the_uint8_shortlist() -> None:
+    """The tuning page's cross-polytope line: PCA-48 hashing, the shortlist on uint8 codes of benchmarks/ann.py's
+    axes (UINT8_SCORE_DIM, capped at the dimension) with its UINT8_RERANK, and a label that says so."""
+    configs = [config for config in reference_configs() if config.kind == "cross_polytope"]
+    assert configs
+    for config in configs:
+        index = config.build()
+        assert isinstance(index, CrossPolytopeIndex)
+        assert (index.reduce_dim, index.rerank, index.score_dim) == (48, UINT8_RERANK, UINT8_SCORE_DIM)
+        assert f"R={UINT8_RERANK} of uint8 PCA-{UINT8_SCORE_DIM}" in config.label
+    features = _points(300, dim=64)
+    index = configs[0].build().fit(features)
+    assert index._reduced is not None and index._reduced.dtype == np.uint8
+    assert index._reduced.shape == (300, 64)  # min(UINT8_SCORE_DIM, d) axes, as the benchmark's grids
+    assert index.search(features[:5], 1).ids[:, 0].tolist() == list(range(5))
 
 
 @pytest.mark.parametrize("kind", REFERENCE_KINDS)

@@ -118,17 +118,49 @@ def test_reference_points_beside_the_sweep_on_both_axes(sweep_df: pd.DataFrame) 
     table = pd.concat([sweep_df, references.reindex(columns=SWEEP_COLUMNS)], ignore_index=True)
     by_visited = fig_map_vs_visited(table)
     names = [t.name for t in by_visited.data]
-    # the references are labelled traces of their own, not points of the frontier; hnswlib has no visited count
-    assert names[3:] == ["HNSW (faiss), reference", "IVF-Flat (faiss), reference", "cross-polytope LSH, reference"]
-    assert list(trace(by_visited, "HNSW (faiss), reference").text) == ["ef 16", "", "ef 64"]  # the ends of a line
-    assert list(trace(by_visited, "IVF-Flat (faiss), reference").text) == ["nprobe 4"]
+    # the references are traces of their own named with their settings, not points of the frontier; hnswlib has no
+    # visited count
+    assert names[3:] == [
+        "HNSW (faiss), reference (ef 16–64)",
+        "IVF-Flat (faiss), reference (nprobe 4)",
+        "cross-polytope LSH, reference (T 8)",
+    ]
+    # each point's setting is on hover (from the row's label when the sweep has one)
+    hover = trace(by_visited, "HNSW (faiss), reference (ef 16–64)").text
+    assert [text.split("<br>")[0] for text in hover] == [
+        "HNSW (faiss) ef 16",
+        "HNSW (faiss) ef 32",
+        "HNSW (faiss) ef 64",
+    ]
+    labelled = table.assign(label=np.where(table["index"] == "ivf_flat", "IVF-Flat (faiss) nprobe=4 (cosine)", None))
+    ivf = trace(fig_map_vs_visited(labelled), "IVF-Flat (faiss), reference (nprobe 4)")
+    assert ivf.text[0].startswith("IVF-Flat (faiss) nprobe=4 (cosine)<br>")
     # HNSW's points dominate the grid, yet stay out of its frontier
     assert not {90.0, 210.0, 310.0} & set(trace(by_visited, "Pareto frontier").x)
     by_time = fig_map_vs_visited(table, {"mean_visited": 150.0, "query_ms": 1.5, "map": 0.5}, x="query_ms")
-    assert list(trace(by_time, "HNSW (hnswlib), reference").x) == [0.05]
-    # the lowest and highest settings are written, whatever their order in time (timings are noisy)
-    slower_low = table.assign(query_ms=table["query_ms"].where(table["ef_search"] != 16, 0.4))
-    hnsw = trace(fig_map_vs_visited(slower_low, x="query_ms"), "HNSW (faiss), reference")
-    assert list(hnsw.x) == [0.3, 0.4, 0.5] and list(hnsw.text) == ["", "ef 16", "ef 64"]
+    assert list(trace(by_time, "HNSW (hnswlib), reference (ef 16)").x) == [0.05]
     assert trace(by_time, "current").x == (1.5,) and by_time.layout.xaxis.type == "log"
     assert "time per query" in by_time.layout.title.text
+
+
+def test_reference_lines_ending_together_write_no_colliding_labels() -> None:
+    """HNSW's and hnswlib's lines end together at the top right of the time chart (recall 1 at their largest ef):
+    no reference trace writes text beside its markers, so nothing there can overlap; the settings are in the
+    legend and on hover."""
+    rows = [{"index": "scan", "recall": 1.0, "map": 0.6, "mean_visited": 4913.0, "query_ms": 0.5}]
+    for kind, efs in (("hnsw", (16, 64, 256)), ("hnswlib", (16, 32, 128))):
+        for ef in efs:
+            end = ef == efs[-1]
+            query_ms = 0.9 if end else 0.1 + ef / 1000  # both last points at the same place
+            rows.append(
+                {"index": kind, "ef_search": ef, "recall": 1.0 if end else 0.95, "map": 0.58, "query_ms": query_ms}
+            )
+    table = pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS)
+    fig = fig_map_vs_visited(table, y="recall", x="query_ms")
+    references = [t for t in fig.data if ", reference" in t.name]
+    assert [t.name for t in references] == [
+        "HNSW (faiss), reference (ef 16–256)",
+        "HNSW (hnswlib), reference (ef 16–128)",
+    ]
+    assert all("text" not in t.mode for t in fig.data)  # nothing written on the chart
+    assert [t.text[-1].split("<br>")[0] for t in references] == ["HNSW (faiss) ef 256", "HNSW (hnswlib) ef 128"]

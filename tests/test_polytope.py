@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cbir.index
+import cbir.polytope
 from cbir import kernels
 from cbir.index import SequentialScan
+from cbir.pca import PCA, project
 from cbir.polytope import CrossPolytopeIndex, hashes_for_bits, rotation_dim_for
 
 
@@ -96,6 +99,39 @@ def test_fast_transforms_and_the_dense_matrix_hash_alike(data: tuple[np.ndarray,
     hashed = dense._hash_space(queries)
     np.testing.assert_allclose(fast._rotated(hashed), dense._rotated(hashed), rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(fast.search(queries, 5).ids, dense.search(queries, 5).ids)
+
+
+@pytest.mark.parametrize("score_dim", [None, 12])
+def test_fit_projects_the_rows_once_and_stores_the_direct_projection(
+    data: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch, score_dim: int | None
+) -> None:
+    """With reduce_dim the indexed rows are projected once at fit for hashing (and once more onto the scoring axes
+    with score_dim); the float32 shortlist is that projection, equal to numpy's ``(X - mean) @ components``."""
+    points, queries = data
+    projected: list[int] = []
+
+    def counting(pca: PCA, X: np.ndarray) -> np.ndarray:
+        projected.append(len(X))
+        return project(pca, X)
+
+    monkeypatch.setattr(cbir.index, "project", counting)
+    monkeypatch.setattr(cbir.polytope, "project", counting)
+    index = CrossPolytopeIndex(4, 1, probes=2, seed=3, reduce_dim=8, rerank=30, score_dim=score_dim).fit(points)
+    assert sum(projected) == len(points) * (1 if score_dim is None else 2)
+    assert index._pca is not None
+    direct = (points.astype(np.float64) - index._pca.mean) @ index._pca.components.astype(np.float64)
+    np.testing.assert_allclose(index._hash_space(points), direct, rtol=1e-4, atol=1e-4)
+    if score_dim is None:
+        assert index._reduced is not None and index._reduced.dtype == np.float32
+        np.testing.assert_allclose(index._reduced, direct, rtol=1e-4, atol=1e-4)
+    # the buckets are those of the projected rows
+    monkeypatch.undo()
+    rotated = index._rotated(index._hash_space(points))
+    codes = kernels.cross_polytope_codes(rotated, index.n_projections, index._last_dim())
+    rebuilt = kernels.build_tables_reference(kernels.fold_keys(codes, index.n_tables, index.n_projections))
+    for got, expected in zip(index.tables, rebuilt, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert (index.search(queries, 5).ids >= 0).all()
 
 
 def test_describe_and_empty_queries(data: tuple[np.ndarray, np.ndarray]) -> None:
