@@ -2,14 +2,15 @@
 Ray Data against the in-process pipeline.
 
     .venv/bin/python benchmarks/extract.py [--backbone efficientnet_lite0] [--n-images 256] [--collection DIR]
-        [--ray | --cold] [--ray-address ADDRESS] [--ray-cpus 2]
+        [--ray | --cold] [--ray-address ADDRESS] [--ray-cpus 2] [--ray-decode actor|tasks]
 
 All are measured in one run on the same real images: the bare model gets the already-decoded, resized batches,
 so the ratio full/bare tells how much decoding costs once it is overlapped with the model (goal: ≥ 0.9). With
-``--ray`` the same paths then go through :func:`cbir.ray_extract.ray_batches` (decode tasks + one model actor on a
-local Ray with ``--ray-cpus`` CPUs): its throughput end to end (Ray start, actor start and model build included) and
-in steady state (from its first batch to its last) against the in-process pipeline's (goal: ≥ 0.8), and the largest
-difference between the two engines' features (goal: 0).
+``--ray`` the same paths then go through :func:`cbir.ray_extract.ray_batches` (one model actor on a local Ray with
+``--ray-cpus`` CPUs, decoding where ``--ray-decode`` says: in the actor by default, or in Ray Data tasks): its
+throughput end to end (Ray start, actor start and model build included) and in steady state (from its first batch
+to its last) against the in-process pipeline's (goal: ≥ 0.8), and the largest difference between the two engines'
+features (goal: 0).
 
 That comparison gives the in-process pipeline a model that is already built. ``--cold`` times what a user running
 ``python -m cbir extract [--engine ray]`` waits for instead: each engine in a fresh Python process (TensorFlow
@@ -49,6 +50,9 @@ def main() -> None:
     parser.add_argument("--ray-address", default=None, help="a Ray cluster (default: start Ray locally)")
     parser.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--ray-actors", type=int, default=1, help="model actors")
+    parser.add_argument(
+        "--ray-decode", choices=["actor", "tasks"], default=None, help="where Ray decodes (cbir.ray_extract)"
+    )
     parser.add_argument("--cold", action="store_true", help="each engine in a fresh process, start-up included")
     parser.add_argument("--one-run", nargs=3, metavar=("ENGINE", "PATHS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -115,7 +119,12 @@ def compare_ray(extractor: FeatureExtractor, paths: list[str], local_rate: float
     on_ray: dict[str, np.ndarray] = {}
     n_first = 0
     for ok, features, bad in ray_batches(
-        extractor, paths, address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors
+        extractor,
+        paths,
+        address=args.ray_address,
+        num_cpus=args.ray_cpus,
+        actors=args.ray_actors,
+        decode=args.ray_decode,
     ):
         if first is None:
             first, n_first = time.perf_counter(), len(ok) + len(bad)
@@ -126,7 +135,8 @@ def compare_ray(extractor: FeatureExtractor, paths: list[str], local_rate: float
     total_rate = len(paths) / (end - start)
     steady_rate = (len(paths) - n_first) / (end - first)
     print(
-        f"\nRay Data ({args.ray_actors} model actor(s), {args.ray_cpus} CPUs): end to end {total_rate:.1f} img/s "
+        f"\nRay Data ({args.ray_actors} model actor(s), decoding in {args.ray_decode or 'the default place'}, "
+        f"{args.ray_cpus} CPUs): end to end {total_rate:.1f} img/s "
         f"({end - start:.1f} s, of which {first - start:.1f} s until the first batch: Ray, actor and model start), "
         f"steady state {steady_rate:.1f} img/s"
     )
@@ -148,7 +158,12 @@ def one_run(engine: str, paths_file: str, out: str, weights: str | None, args: a
         from cbir.ray_extract import ray_batches
 
         batches = ray_batches(
-            extractor, paths, address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors
+            extractor,
+            paths,
+            address=args.ray_address,
+            num_cpus=args.ray_cpus,
+            actors=args.ray_actors,
+            decode=args.ray_decode,
         )
     else:
         batches = extractor.iter_batches(paths)
@@ -182,6 +197,7 @@ def compare_cold(paths: list[str], args: argparse.Namespace) -> None:
                 command += ["--ray-actors", str(args.ray_actors)] + (
                     ["--ray-address", args.ray_address] if args.ray_address else []
                 )
+                command += ["--ray-decode", args.ray_decode] if args.ray_decode else []
                 start = time.perf_counter()
                 quiet = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}  # as the CLI runs it
                 subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=quiet)

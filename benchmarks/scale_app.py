@@ -16,6 +16,8 @@ Each pass starts a fresh server and browser, then:
 3. **Index tuning again**, in a new session of the same server: what the next user waits for; then the first
    slider (g) moved one step: an LSH setting built and evaluated at this size in a browser that has Plotly loaded,
    with the same watch of its progress.
+4. **Model comparison**: seconds until its results table is drawn and until it is idle (scan and LSH with and
+   without the distractors; the reference indexes wait for a request at this size), and the progress watch.
 
 ``--steps`` times, in-process and without a browser, what the tuning page computes before its first figure, then
 the LSH evaluation that follows it: the longest gap between its progress reports and the longest time a 50 ms
@@ -127,6 +129,8 @@ def one_pass(artifacts: Path, collection: Path, workdir: Path, row: int) -> dict
             wait_for(lambda: app_running(driver), 30, "the page to rerun", interval=0.05)
             result["slider"] = watch_page(driver, '[data-testid="stPlotlyChart"]')
             result["slider"]["setting"] = f"g {before} → {slider_values(driver)[0]}"
+            driver.get(f"{server.url}/Model_comparison")
+            result["comparison"] = watch_page(driver, '[data-testid="stDataFrame"]')
         finally:
             driver.quit()
     return result
@@ -219,7 +223,7 @@ def main() -> None:
     for number in range(1, args.passes + 1):
         with tempfile.TemporaryDirectory(prefix="cbir-scale-app-") as tmp:
             result = one_pass(args.artifacts, collection, Path(tmp), args.row)
-        tuning, slider = result["tuning"], result["slider"]
+        tuning, slider, compared = result["tuning"], result["slider"], result["comparison"]
         print(
             f"pass {number}: tuning page first figure "
             f"{tuning['first_s']:.1f} s, idle {tuning['idle_s']:.1f} s, "
@@ -231,7 +235,10 @@ def main() -> None:
             f"  tuning page again (a new session of the same server): first figure "
             f"{result['tuning_again']['first_s']:.1f} s, idle {result['tuning_again']['idle_s']:.1f} s\n"
             f"  slider {slider['setting']}: idle after {slider['idle_s']:.1f} s, progress text still at most "
-            f"{slider['longest_still_s']:.1f} s ({slider['still_at']}), errors {slider['errors']}",
+            f"{slider['longest_still_s']:.1f} s ({slider['still_at']}), errors {slider['errors']}\n"
+            f"  comparison page: results table {compared['first_s']:.1f} s, idle {compared['idle_s']:.1f} s, progress "
+            f"text still at most {compared['longest_still_s']:.1f} s ({compared['still_at']}), "
+            f"errors {compared['errors']}",
             flush=True,
         )
 

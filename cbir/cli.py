@@ -125,7 +125,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from cbir.ray_extract import ray_engine
 
-        engine = ray_engine(address=args.address, actors=args.actors)
+        engine = ray_engine(address=args.address, actors=args.actors, decode=args.decode)
     result = extract_collection(catalog, extractor, out_path=args.out, dtype=args.dtype, engine=engine)
     meta = result.meta
     print(
@@ -233,7 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine", choices=["local", "ray"], default="local", help="in-process pipeline (default) or Ray Data"
     )
     p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
-    p.add_argument("--actors", type=int, default=1, help="model replicas on Ray (one CPU reserved each)")
+    p.add_argument("--actors", type=int, default=1, help="model replicas on Ray")
+    p.add_argument(
+        "--decode",
+        choices=["actor", "tasks"],
+        default=None,
+        help="on Ray, decode images in the model actors (default: the in-process pipeline in each actor) or in "
+        "separate tasks (the default for GPU actors)",
+    )
     p.add_argument(
         "--keep-all", action="store_true", help="also extract blank images and every copy of a duplicate group"
     )

@@ -77,12 +77,17 @@ class Comparison:
 
 
 def comparison_configs(
-    feature_set: FeatureSet, metric: str = "euclidean", sweep: pd.DataFrame | None = None
+    feature_set: FeatureSet,
+    metric: str = "euclidean",
+    sweep: pd.DataFrame | None = None,
+    references: bool | None = None,
 ) -> list[IndexConfig]:
     """Exact scan, LSH at the configuration recommended by ``sweep`` (when given and one fits the budget, else at
-    :func:`cbir.tuning.default_lsh_config`), and the reference indexes at their default settings: FAISS HNSW, and up
-    to :data:`cbir.tuning.SWEEP_ON_REQUEST` indexed objects also FAISS IVF-Flat, hnswlib and cross-polytope LSH
-    (their builds take minutes at a million objects, where the tuning page runs them on request only)."""
+    :func:`cbir.tuning.default_lsh_config`), and with ``references`` the reference indexes at their default
+    settings: FAISS HNSW, and up to :data:`cbir.tuning.SWEEP_ON_REQUEST` indexed objects also FAISS IVF-Flat,
+    hnswlib and cross-polytope LSH (their builds take minutes at a million objects, where the tuning page runs them
+    on request only). ``references=None``: only up to that size (HNSW's graph alone takes ~13 minutes at 1M on two
+    cores, twice: with and without the distractors)."""
     lsh = None
     n_indexed = int((feature_set.roles != "query").sum())
     if sweep is not None:
@@ -90,8 +95,12 @@ def comparison_configs(
     configs = [
         IndexConfig("scan", metric),  # type: ignore[arg-type]
         lsh or default_lsh_config(width_sample(feature_set), metric),
-        IndexConfig("hnsw", metric),  # type: ignore[arg-type]
     ]
+    if references is None:
+        references = n_indexed <= SWEEP_ON_REQUEST
+    if not references:
+        return configs
+    configs.append(IndexConfig("hnsw", metric))  # type: ignore[arg-type]
     if n_indexed <= SWEEP_ON_REQUEST:
         configs += [IndexConfig(kind, metric) for kind in ("ivf_flat", "hnswlib", "cross_polytope")]  # type: ignore[arg-type]
     return configs
@@ -162,9 +171,10 @@ def compare(
     progress: Progress | None = None,
     sweep: SweepFn | None = None,
     evaluate: EvaluateFn | None = None,
+    references: bool | None = None,
 ) -> Comparison:
-    """Evaluate every ``(label, path, version)`` feature set with the exact scan and LSH, with and without its
-    distractors.
+    """Evaluate every ``(label, path, version)`` feature set with the exact scan, LSH and (``references``: see
+    :func:`comparison_configs`) the reference indexes, with and without its distractors.
 
     LSH runs at the setting :func:`cbir.tuning.recommended_config` picks from the feature set's background sweep
     when ``recommended`` (else at the default setting). ``sweep(path, version, metric)`` and ``evaluate(path,
@@ -186,7 +196,8 @@ def compare(
         table = sweep(path, version, metric) if recommended else None
         if progress is not None and recommended:
             progress("Sweeps", done, len(feature_sets))
-        items.append((label, path, version, comparison_configs(load_feature_set(path, version), metric, table)))
+        configs = comparison_configs(load_feature_set(path, version), metric, table, references)
+        items.append((label, path, version, configs))
     jobs = comparison_jobs(items, distractor_settings)
     results = []
     for done, job in enumerate(jobs, start=1):

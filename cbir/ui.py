@@ -175,7 +175,9 @@ def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def compare(feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool) -> comparison.Comparison:
+def compare(
+    feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool, references: bool | None = None
+) -> comparison.Comparison:
     """:func:`cbir.comparison.compare` of ``(label, path, version)`` feature sets behind a progress bar, through the
     cached :func:`sweep` and :func:`evaluate` that the tuning page shares."""
     with moving_bar("Evaluating…") as update:
@@ -186,6 +188,7 @@ def compare(feature_sets: tuple[tuple[str, str, int], ...], metric: str, recomme
             progress=lambda what, done, total: update(done / total, f"{what}: {done} / {total}"),
             sweep=lambda path, version, metric: sweep(path, version, metric, True),
             evaluate=evaluate,
+            references=references,
         )
 
 

@@ -20,7 +20,7 @@ ui.page_header(
 )
 choices = ui.require_feature_set_choices()
 
-top = st.columns([3, 1, 1])
+top = st.columns([3, 1, 1, 1])
 selected = top[0].multiselect("Feature sets", list(choices), default=list(choices), key="compare-sets")
 metric = top[1].selectbox("Metric", METRICS, key="compare-metric", format_func=METRIC_LABELS.get)
 # a recommendation needs the background sweep, which takes hours at 1M objects: large sets start on the default
@@ -34,12 +34,20 @@ lsh_choice = top[2].radio(
     f"{RECOMMEND_BUDGET_FRACTION:.0%} of the index (a long run on large feature sets: "
     f"{', '.join(large) or 'none here'}); default: g=7, h=2, data-driven w",
 )
+references = top[3].toggle(
+    "Reference indexes",
+    value=not large,
+    key="compare-references",
+    help="FAISS HNSW (and on sets up to a quarter million objects IVF-Flat, hnswlib, cross-polytope LSH) beside "
+    "the scan and LSH; off at first on large sets, where HNSW's graph alone takes minutes to build "
+    f"({', '.join(large) or 'none here'})",
+)
 if not selected:
     st.info("Select at least one feature set.")
     st.stop()
 
 feature_sets = ui.with_versions(choices, selected)
-comparison = ui.compare(feature_sets, metric, lsh_choice == "recommended")
+comparison = ui.compare(feature_sets, metric, lsh_choice == "recommended", references)
 table = comparison.table
 
 score = f"mean {score_name(metric)}"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from builders import save_feature_set, synthetic_feature_set
 
 from cbir import comparison, evaluation, plots, search, tuning, workspace
@@ -129,3 +130,14 @@ def test_hubness_analysis_finds_the_object_every_query_lands_on() -> None:
     assert len(analysis.photo_answers["a"]) == 10
     without_photos = comparison.hubness_analysis(feature_set)
     assert "ood_hub_share" not in without_photos.summary
+
+
+def test_reference_indexes_wait_for_a_request_on_large_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    feature_set = synthetic_feature_set()
+    kinds = [config.kind for config in comparison.comparison_configs(feature_set, references=False)]
+    assert kinds == ["scan", "lsh"]
+    monkeypatch.setattr(comparison, "SWEEP_ON_REQUEST", 10)  # this small set counts as large now
+    assert [config.kind for config in comparison.comparison_configs(feature_set)] == ["scan", "lsh"]
+    # asked for on a large set: HNSW only (IVF's k-means, hnswlib and cross-polytope take minutes more there)
+    kinds = [config.kind for config in comparison.comparison_configs(feature_set, references=True)]
+    assert kinds == ["scan", "lsh", "hnsw"]

@@ -82,12 +82,31 @@ def test_interrupted_ray_run_resumes(tmp_path: Path, local_ray: None) -> None:
     assert np.array_equal(resumed.features, reference.features)
 
 
+def test_decoding_in_tasks_gives_the_same_features(tmp_path: Path, local_ray: None) -> None:
+    """``decode="tasks"`` (Ray Data decodes, the actor only embeds: the layout for GPU actors) against the
+    in-process pipeline, chunk by chunk, a short last chunk and undecodable files included."""
+    from cbir.ray_extract import ray_batches
+
+    root = _collection(tmp_path / "c", per_class=5)
+    paths = sorted(str(p) for p in root.rglob("*") if p.is_file())
+    extractor = FeatureExtractor(BACKBONE, weights=None, batch_size=4)
+    local = {tuple(ok): (features, bad) for ok, features, bad in extractor.iter_batches(paths)}
+    on_ray = list(ray_batches(extractor, paths, decode="tasks"))
+    assert len(on_ray) == len(local) == 3  # 12 files in chunks of 4
+    for ok, features, bad in on_ray:
+        expected, expected_bad = local[tuple(ok)]
+        assert bad == expected_bad and np.array_equal(features, expected)
+
+
 def test_more_actors_than_the_cpus_allow_is_refused_not_a_hang(tmp_path: Path, local_ray: None) -> None:
-    """Two model actors hold both CPUs of this Ray and leave none for decoding: a clear error, not a run that waits
-    forever for a CPU."""
+    """Two model actors of one CPU hold both CPUs of this Ray and leave none for the decoding tasks, or three
+    actors need more CPUs than there are: a clear error, not a run that waits forever for a CPU."""
     from cbir.ray_extract import RayExtractError, ray_batches
 
     root = _collection(tmp_path / "images", per_class=1)
     paths = sorted(str(p) for p in root.rglob("*.png"))
+    extractor = FeatureExtractor(BACKBONE, None, batch_size=4)
     with pytest.raises(RayExtractError, match="--actors 1"):
-        list(ray_batches(FeatureExtractor(BACKBONE, None, batch_size=4), paths, actors=2))
+        list(ray_batches(extractor, paths, actors=2, decode="tasks"))
+    with pytest.raises(RayExtractError, match="--actors 2"):
+        list(ray_batches(extractor, paths, actors=3, cpus_per_actor=1))
