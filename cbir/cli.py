@@ -125,7 +125,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from cbir.ray_extract import ray_engine
 
-        engine = ray_engine(address=args.address, actors=args.actors, decode=args.decode)
+        engine = ray_engine(
+            address=args.address, actors=args.actors, decode=args.decode, cpus_per_actor=args.cpus_per_actor
+        )
     result = extract_collection(catalog, extractor, out_path=args.out, dtype=args.dtype, engine=engine)
     meta = result.meta
     print(
@@ -240,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="on Ray, decode images in the model actors (default: the in-process pipeline in each actor) or in "
         "separate tasks (the default for GPU actors)",
+    )
+    p.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=None,
+        help="CPUs Ray reserves for each model actor (default: a local Ray's CPUs shared among the actors; 1 on a "
+        "cluster: give a node's CPU count to place one actor per node)",
     )
     p.add_argument(
         "--keep-all", action="store_true", help="also extract blank images and every copy of a duplicate group"
