@@ -36,47 +36,59 @@ def _pair_means(features: np.ndarray, block: int = 2048) -> tuple[float, float]:
     return dist_sum / n_pairs, cos_sum / n_pairs
 
 
-def distance_table(features: np.ndarray, labels: np.ndarray, max_samples: int = 3000, seed: int = 0) -> pd.DataFrame:
+def distance_table(
+    features: np.ndarray,
+    labels: np.ndarray,
+    max_samples: int = 3000,
+    seed: int = 0,
+    max_class_samples: int = 1000,
+) -> pd.DataFrame:
     """Mean euclidean distance and mean cosine similarity, overall (first row, ``class="(all)"``) and per class.
 
-    ``features``: (n, d) float32; ``labels``: (n,) class names (``None`` rows are ignored). Sets larger than
-    ``max_samples`` (overall, and per class) are replaced by a seeded random sample of that size.
-    Columns: class, n_objects, n_sampled, mean_euclidean, mean_cosine.
+    ``features``: (n, d) float (a memory map is fine: only the sampled rows are read); ``labels``: (n,) class names
+    (``None`` rows are ignored). The whole set when larger than ``max_samples``, and a class when larger than
+    ``max_class_samples``, are replaced by a seeded random sample of that size (a million objects in 100 classes:
+    the per-class means would otherwise cost 100 times the overall one). Columns: class, n_objects, n_sampled,
+    mean_euclidean, mean_cosine.
     """
-    features = np.asarray(features, dtype=np.float32)
     labels = np.asarray(labels, dtype=object)
-    if features.ndim != 2 or len(features) != len(labels):
+    if np.ndim(features) != 2 or len(features) != len(labels):
         raise ValueError(f"features must be (n, d) with one label per row, got {features.shape} and {labels.shape}")
-    keep = np.array([label is not None for label in labels], dtype=bool)
-    features, labels = features[keep], labels[keep]
+    kept = np.flatnonzero(pd.notna(labels))  # row numbers, in order: nothing is copied but the samples
+    codes, names = pd.factorize(labels[kept])
     rng = np.random.default_rng(seed)
 
-    def row(name: str, subset: np.ndarray) -> dict:
-        sample = subset if len(subset) <= max_samples else subset[rng.choice(len(subset), max_samples, replace=False)]
-        mean_euclidean, mean_cosine = _pair_means(sample)
+    def row(name: str, rows: np.ndarray, limit: int) -> dict:
+        sample = rows if len(rows) <= limit else rows[rng.choice(len(rows), limit, replace=False)]
+        mean_euclidean, mean_cosine = _pair_means(np.asarray(features[sample], dtype=np.float32))
         return {
             "class": name,
-            "n_objects": len(subset),
+            "n_objects": len(rows),
             "n_sampled": len(sample),
             "mean_euclidean": mean_euclidean,
             "mean_cosine": mean_cosine,
         }
 
-    rows = [row("(all)", features)]
-    rows += [row(str(name), features[labels == name]) for name in sorted(set(labels.tolist()))]
-    return pd.DataFrame(rows)
+    table = [row("(all)", kept, max_samples)]
+    for code, name in sorted(enumerate(names), key=lambda item: item[1]):
+        table.append(row(str(name), kept[codes == code], min(max_samples, max_class_samples)))
+    return pd.DataFrame(table)
 
 
-def pairwise_distance_sample(features: np.ndarray, n_pairs: int = 20000, seed: int = 0) -> pd.DataFrame:
-    """Euclidean distances and cosine similarities of ``n_pairs`` random pairs of distinct rows, for histograms."""
-    features = np.asarray(features, dtype=np.float32)
-    n = len(features)
+def pairwise_distance_sample(
+    features: np.ndarray, n_pairs: int = 20000, seed: int = 0, rows: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Euclidean distances and cosine similarities of ``n_pairs`` random pairs of distinct rows (of ``rows``, row
+    numbers, when given), for histograms; only the paired rows are read."""
+    rows = np.arange(len(features)) if rows is None else np.asarray(rows)
+    n = len(rows)
     if n < 2:
         return pd.DataFrame({"euclidean": [], "cosine": []})
     rng = np.random.default_rng(seed)
     i = rng.integers(0, n, n_pairs)
     j = (i + rng.integers(1, n, n_pairs)) % n  # never i itself
-    a, b = features[i], features[j]
+    a = np.asarray(features[rows[i]], dtype=np.float32)
+    b = np.asarray(features[rows[j]], dtype=np.float32)
     euclidean = np.linalg.norm(a - b, axis=1)
     cosine = np.einsum("ij,ij->i", l2_normalize(a), l2_normalize(b))
     return pd.DataFrame({"euclidean": euclidean, "cosine": cosine})

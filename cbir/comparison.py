@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -223,11 +224,11 @@ class DistanceAnalysis:
 def distance_analysis(feature_set: FeatureSet, n_pairs: int = 20000, max_samples: int = 2000) -> DistanceAnalysis:
     """Mean euclidean distance / cosine similarity (overall, per class) and a random pair sample for histograms,
     on the index split like the paper's training-set analysis."""
-    rows = feature_set.roles == "index"
-    features = feature_set.features[rows]
+    index = feature_set.roles == "index"
+    labels = np.where(index, feature_set.labels, None)  # the other rows ignored; the features are not copied
     return DistanceAnalysis(
-        table=distance_table(features, feature_set.labels[rows], max_samples=max_samples),
-        sample=pairwise_distance_sample(features, n_pairs=n_pairs),
+        table=distance_table(feature_set.features, labels, max_samples=max_samples),
+        sample=pairwise_distance_sample(feature_set.features, n_pairs=n_pairs, rows=np.flatnonzero(index)),
     )
 
 

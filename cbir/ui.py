@@ -35,8 +35,8 @@ NO_FEATURE_SET = "No feature set yet: open the Home page and build the collectio
 feature_sets = st.cache_data(ttl=60, show_spinner=False)(workspace.complete_feature_sets)
 collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection…")(workspace.collection_status)
 lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
-distance_analysis = st.cache_data(show_spinner="Sampling pairwise distances…")(comparison.distance_analysis_for)
-hubness_analysis = st.cache_data(show_spinner="Measuring hubness…")(comparison.hubness_analysis_for)
+distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analysis_for)
+hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.make_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
 
@@ -201,8 +201,14 @@ def sample_note(n_queries: int, n_all_queries: int) -> str:
 
 
 def distance_analyses(feature_sets: Sequence[tuple[str, str, int]]) -> dict[str, comparison.DistanceAnalysis]:
-    """``{label: cached distance analysis}`` of ``(label, path, version)`` feature sets."""
-    return {label: distance_analysis(path, version) for label, path, version in feature_sets}
+    """``{label: cached distance analysis}`` of ``(label, path, version)`` feature sets, behind a moving bar (a few
+    seconds a set at a million objects)."""
+    analyses = {}
+    with moving_bar("Sampling pairwise distances…") as update:
+        for done, (label, path, version) in enumerate(feature_sets):
+            update(done / len(feature_sets), f"Sampling pairwise distances: {label}")
+            analyses[label] = distance_analysis(path, version)
+    return analyses
 
 
 def hubness_analyses(
@@ -211,12 +217,14 @@ def hubness_analyses(
     """``{label: cached hubness analysis}``, with the out-of-domain photos embedded by each feature set's cached
     model (without them when the model cannot be loaded)."""
     analyses = {}
-    for label, path, version in feature_sets:
-        try:
-            extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path, version).meta))
-        except (CbirError, FileNotFoundError):
-            extractor = None
-        analyses[label] = hubness_analysis(path, version, metric, _extractor=extractor)
+    with moving_bar("Measuring hubness…") as update:
+        for done, (label, path, version) in enumerate(feature_sets):
+            update(done / len(feature_sets), f"Measuring hubness: {label}")
+            try:
+                extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path, version).meta))
+            except (CbirError, FileNotFoundError):
+                extractor = None
+            analyses[label] = hubness_analysis(path, version, metric, _extractor=extractor)
     return analyses
 
 
