@@ -9,8 +9,8 @@ actors (``map_batches`` with a callable class, one model per actor). Where the i
 
 - ``"actor"`` (the default without GPUs): each actor reads, decodes and embeds its rows with the in-process
   pipeline itself (decode threads overlapping its model, :data:`ROWS_PER_CALL` chunks per call), on
-  ``cpus_per_actor`` CPUs. No pixels go through Ray's object store, and on a 2-core machine it runs as fast as the
-  in-process pipeline once started (measured: 39.7 img/s against 29.8 with decode tasks, ``benchmarks/extract.py``).
+  ``cpus_per_actor`` CPUs. No pixels go through Ray's object store; on a 2-core machine it runs as fast as the
+  in-process pipeline once started (``benchmarks/extract.py``, README "Feature extraction").
 - ``"tasks"`` (the default with GPUs): Ray Data decodes the chunks in CPU tasks (``map_batches`` with a function)
   and the actors, one CPU and ``gpus_per_actor`` GPUs each, only embed: the GPU never waits for a decoder.
 
