@@ -12,8 +12,9 @@
 2. **Indexes** at N × 256 float32: synthetic and hard (non-negative, a decaying spectrum: the ReLU of a randomly
    rotated Gaussian whose j-th axis has scale (j + 1)^-0.75, like pooled CNN features), ``--queries`` held-out
    queries. For each of ``SequentialScan``, ``LSHIndex`` (g, h, probes and w as a multiple of the data-driven
-   width from ``--lsh``) and faiss HNSW (when installed; ``--no-faiss``: its build takes ~45 s per 100k on 2
-   cores): build seconds, the resident memory the build added (current RSS after − before, MiB), query
+   width from ``--lsh``), faiss HNSW (when installed; ``--no-faiss``: its build takes ~45 s per 100k on 2
+   cores) and ``--peers`` (IVF-Flat, hnswlib, cross-polytope LSH at the app's defaults): build seconds, the
+   resident memory the build added (current RSS after − before, MiB), query
    milliseconds per query (batch search), recall@10 against the exact scan (:func:`cbir.evaluation.recall_at_k`)
    and the objects visited per query.
 """
@@ -102,11 +103,17 @@ def open_store(path: str) -> dict[str, float]:
 
 
 def bench_indexes(
-    n: int, n_queries: int, lsh: tuple[float, ...], faiss_on: bool, save_dir: Path | None = None
+    n: int,
+    n_queries: int,
+    lsh: tuple[float, ...],
+    faiss_on: bool,
+    save_dir: Path | None = None,
+    peers: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     from cbir.evaluation import default_width, recall_at_k
     from cbir.index import BaseIndex, LSHIndex, SequentialScan, warm_up
     from cbir.peers import HNSWIndex
+    from cbir.search import IndexConfig
     from cbir.synthetic import hard_vectors
 
     warm_up()
@@ -121,6 +128,9 @@ def bench_indexes(
     }
     if faiss_on:
         builders["HNSWIndex (faiss) M=32 ef=64"] = lambda: HNSWIndex(ef_search=64).fit(data)
+    for kind in peers:  # the other reference indexes at the app's defaults (IndexConfig)
+        config = IndexConfig(kind)  # type: ignore[arg-type]
+        builders[config.label] = lambda config=config: config.build().fit(data)
     rows, exact = [], None
     for name, build in builders.items():
         before = rss_mib()
@@ -190,7 +200,12 @@ def main() -> None:
     parser.add_argument(
         "--lsh", default="16,4,16,2", help="g,h,probes,width factor (× the data-driven width) of the LSH index"
     )
-    parser.add_argument("--no-faiss", action="store_true")
+    parser.add_argument("--no-faiss", action="store_true", help="leave out FAISS HNSW")
+    parser.add_argument(
+        "--peers",
+        default="",
+        help="also these reference indexes at the app's defaults, comma-separated: ivf_flat,hnswlib,cross_polytope",
+    )
     parser.add_argument("--skip-store", action="store_true")
     parser.add_argument("--skip-indexes", action="store_true")
     parser.add_argument(
@@ -236,7 +251,8 @@ def main() -> None:
         lsh = tuple(float(v) for v in args.lsh.split(","))
         print(f"indexes at {args.n:,} × {INDEX_DIM} float32 (hard synthetic), {args.queries} queries, k={K}:")
         with tempfile.TemporaryDirectory(prefix="cbir-scale-indexes-", dir=args.out) as tmp:
-            table = bench_indexes(args.n, args.queries, lsh, not args.no_faiss, Path(tmp) if args.save else None)
+            peers = tuple(kind for kind in args.peers.split(",") if kind)
+            table = bench_indexes(args.n, args.queries, lsh, not args.no_faiss, Path(tmp) if args.save else None, peers)
         print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
