@@ -217,9 +217,10 @@ def fig_map_vs_visited(
     title, axis = _X_NAMES.get(x, (x, x))
     fig.update_layout(
         title=f"{_NAMES.get(y, y)} vs {title}",
-        xaxis={"title": axis, "type": "log"},
+        # standoff: a log axis over less than a decade writes its minor ticks and its decades on two rows
+        xaxis={"title": {"text": axis, "standoff": 24}, "type": "log", "automargin": True},
         yaxis={"title": _AXIS_TITLES.get(y, y), "rangemode": "tozero"},
-        legend={"orientation": "h", "y": -0.2},
+        legend={"orientation": "h", "y": -0.25},
     )
     return fig
 

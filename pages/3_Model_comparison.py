@@ -35,10 +35,11 @@ lsh_choice = top[2].radio(
     f"{', '.join(large) or 'none here'}); default: g=7, h=2, data-driven w",
 )
 references = top[3].toggle(
-    "Reference indexes",
+    "References",
     value=not large,
     key="compare-references",
-    help="FAISS HNSW (and on sets up to a quarter million objects IVF-Flat, hnswlib, cross-polytope LSH) beside "
+    help="The reference indexes: FAISS HNSW (and on sets up to a quarter million objects IVF-Flat, hnswlib, "
+    "cross-polytope LSH) beside "
     "the scan and LSH; off at first on large sets, where HNSW's graph alone takes minutes to build "
     f"({', '.join(large) or 'none here'})",
 )
