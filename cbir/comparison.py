@@ -22,6 +22,8 @@ from cbir.index import SequentialScan
 from cbir.names import INDEX_LABELS
 from cbir.search import DEFAULT_K, IndexConfig
 from cbir.tuning import (
+    REFERENCE_POLYTOPE_BITS,
+    REFERENCE_POLYTOPE_TABLES,
     SWEEP_ON_REQUEST,
     default_lsh_config,
     evaluate_for,
@@ -31,6 +33,8 @@ from cbir.tuning import (
     width_sample,
 )
 from cbir.workspace import load_feature_set, weights_kind
+
+COMPARISON_POLYTOPE_PROBES = 8  # the middle of the tuning page's reference points (recall ~0.91 on the default set)
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 SweepFn = Callable[[str, int, str], pd.DataFrame]  # (path, version, metric) -> sweep table with distractors
@@ -103,7 +107,16 @@ def comparison_configs(
         return configs
     configs.append(IndexConfig("hnsw", metric))  # type: ignore[arg-type]
     if n_indexed <= SWEEP_ON_REQUEST:
-        configs += [IndexConfig(kind, metric) for kind in ("ivf_flat", "hnswlib", "cross_polytope")]  # type: ignore[arg-type]
+        configs += [IndexConfig(kind, metric) for kind in ("ivf_flat", "hnswlib")]  # type: ignore[arg-type]
+        # cross-polytope at the tuning page's reference setting with T=8 (IndexConfig's defaults are E2LSH's)
+        polytope = IndexConfig(
+            "cross_polytope",
+            metric,  # type: ignore[arg-type]
+            n_tables=REFERENCE_POLYTOPE_TABLES,
+            bits=REFERENCE_POLYTOPE_BITS,
+            probes=COMPARISON_POLYTOPE_PROBES,
+        )
+        configs.append(polytope)
     return configs
 
 
