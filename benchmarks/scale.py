@@ -13,7 +13,7 @@
    rotated Gaussian whose j-th axis has scale (j + 1)^-0.75, like pooled CNN features), ``--queries`` held-out
    queries. For each of ``SequentialScan``, ``LSHIndex`` (g, h, probes and w as a multiple of the data-driven
    width from ``--lsh``), faiss HNSW (when installed; ``--no-faiss``: its build takes ~45 s per 100k on 2
-   cores) and ``--peers`` (IVF-Flat, hnswlib, cross-polytope LSH at the app's defaults): build seconds, the
+   cores) and ``--peers`` (IVF-Flat, hnswlib, cross-polytope LSH as the comparison page runs them): build seconds, the
    resident memory the build added (current RSS after − before, MiB), query
    milliseconds per query (batch search), recall@10 against the exact scan (:func:`cbir.evaluation.recall_at_k`)
    and the objects visited per query.
@@ -102,6 +102,19 @@ def open_store(path: str) -> dict[str, float]:
     }
 
 
+def comparison_configs(kinds: tuple[str, ...]) -> list[Any]:
+    """The comparison page's settings of the reference indexes ``kinds`` (ivf_flat, hnswlib, cross_polytope)."""
+    from cbir.comparison import COMPARISON_POLYTOPE_PROBES
+    from cbir.search import IndexConfig
+    from cbir.tuning import REFERENCE_POLYTOPE_BITS, REFERENCE_POLYTOPE_TABLES
+
+    polytope = {"n_tables": REFERENCE_POLYTOPE_TABLES, "bits": REFERENCE_POLYTOPE_BITS}
+    return [
+        IndexConfig(kind, **(polytope | {"probes": COMPARISON_POLYTOPE_PROBES} if kind == "cross_polytope" else {}))
+        for kind in kinds
+    ]
+
+
 def bench_indexes(
     n: int,
     n_queries: int,
@@ -113,7 +126,6 @@ def bench_indexes(
     from cbir.evaluation import default_width, recall_at_k
     from cbir.index import BaseIndex, LSHIndex, SequentialScan, warm_up
     from cbir.peers import HNSWIndex
-    from cbir.search import IndexConfig
     from cbir.synthetic import hard_vectors
 
     warm_up()
@@ -128,8 +140,7 @@ def bench_indexes(
     }
     if faiss_on:
         builders["HNSWIndex (faiss) M=32 ef=64"] = lambda: HNSWIndex(ef_search=64).fit(data)
-    for kind in peers:  # the other reference indexes at the app's defaults (IndexConfig)
-        config = IndexConfig(kind)  # type: ignore[arg-type]
+    for config in comparison_configs(peers):  # the other reference indexes as the comparison page runs them
         builders[config.label] = lambda config=config: config.build().fit(data)
     rows, exact = [], None
     for name, build in builders.items():
@@ -204,7 +215,8 @@ def main() -> None:
     parser.add_argument(
         "--peers",
         default="",
-        help="also these reference indexes at the app's defaults, comma-separated: ivf_flat,hnswlib,cross_polytope",
+        help="also these reference indexes as the comparison page runs them, comma-separated: "
+        "ivf_flat,hnswlib,cross_polytope",
     )
     parser.add_argument("--skip-store", action="store_true")
     parser.add_argument("--skip-indexes", action="store_true")
