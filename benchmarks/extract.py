@@ -33,7 +33,7 @@ import pandas as pd
 
 from cbir import config
 from cbir.collection import scan_collection
-from cbir.features import FeatureExtractor
+from cbir.features import Batches, FeatureExtractor
 from cbir.images import load_image
 
 
@@ -107,10 +107,22 @@ def main() -> None:
         compare_ray(extractor, paths, len(table) * len(paths) / total_full, args)
 
 
-def compare_ray(extractor: FeatureExtractor, paths: list[str], local_rate: float, args: argparse.Namespace) -> None:
-    """Ray Data on ``paths`` against the in-process rate measured just before; features compared row by row."""
+def on_ray_batches(extractor: FeatureExtractor, paths: list[str], args: argparse.Namespace) -> Batches:
+    """:func:`cbir.ray_extract.ray_batches` with the command line's Ray options."""
     from cbir.ray_extract import ray_batches
 
+    return ray_batches(
+        extractor,
+        paths,
+        address=args.ray_address,
+        num_cpus=args.ray_cpus,
+        actors=args.ray_actors,
+        decode=args.ray_decode,
+    )
+
+
+def compare_ray(extractor: FeatureExtractor, paths: list[str], local_rate: float, args: argparse.Namespace) -> None:
+    """Ray Data on ``paths`` against the in-process rate measured just before; features compared row by row."""
     start = time.perf_counter()
     local = {p: row for ok, features, _ in extractor.iter_batches(paths) for p, row in zip(ok, features, strict=True)}
     adjacent_rate = len(paths) / (time.perf_counter() - start)
@@ -118,14 +130,7 @@ def compare_ray(extractor: FeatureExtractor, paths: list[str], local_rate: float
     first = None
     on_ray: dict[str, np.ndarray] = {}
     n_first = 0
-    for ok, features, bad in ray_batches(
-        extractor,
-        paths,
-        address=args.ray_address,
-        num_cpus=args.ray_cpus,
-        actors=args.ray_actors,
-        decode=args.ray_decode,
-    ):
+    for ok, features, bad in on_ray_batches(extractor, paths, args):
         if first is None:
             first, n_first = time.perf_counter(), len(ok) + len(bad)
         on_ray.update(zip(ok, features if features is not None else [], strict=True))
@@ -155,16 +160,7 @@ def one_run(engine: str, paths_file: str, out: str, weights: str | None, args: a
     paths = Path(paths_file).read_text().splitlines()
     extractor = FeatureExtractor(args.backbone, weights, batch_size=args.batch_size, workers=args.workers)
     if engine == "ray":
-        from cbir.ray_extract import ray_batches
-
-        batches = ray_batches(
-            extractor,
-            paths,
-            address=args.ray_address,
-            num_cpus=args.ray_cpus,
-            actors=args.ray_actors,
-            decode=args.ray_decode,
-        )
+        batches = on_ray_batches(extractor, paths, args)
     else:
         batches = extractor.iter_batches(paths)
     rows = {
