@@ -217,10 +217,10 @@ def fig_map_vs_visited(
     title, axis = _X_NAMES.get(x, (x, x))
     fig.update_layout(
         title=f"{_NAMES.get(y, y)} vs {title}",
-        # standoff: a log axis over less than a decade writes its minor ticks and its decades on two rows
-        xaxis={"title": {"text": axis, "standoff": 24}, "type": "log", "automargin": True},
+        # decades only: over a decade or two Plotly writes every digit on a second row, under the axis title
+        xaxis={"title": axis, "type": "log", "dtick": 1},
         yaxis={"title": _AXIS_TITLES.get(y, y), "rangemode": "tozero"},
-        legend={"orientation": "h", "y": -0.25},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.3},  # below the axis title, not over it
     )
     return fig
 
