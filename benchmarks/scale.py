@@ -102,19 +102,6 @@ def open_store(path: str) -> dict[str, float]:
     }
 
 
-def comparison_configs(kinds: tuple[str, ...]) -> list[Any]:
-    """The comparison page's settings of the reference indexes ``kinds`` (ivf_flat, hnswlib, cross_polytope)."""
-    from cbir.comparison import COMPARISON_POLYTOPE_PROBES
-    from cbir.search import IndexConfig
-    from cbir.tuning import REFERENCE_POLYTOPE_BITS, REFERENCE_POLYTOPE_TABLES
-
-    polytope = {"n_tables": REFERENCE_POLYTOPE_TABLES, "bits": REFERENCE_POLYTOPE_BITS}
-    return [
-        IndexConfig(kind, **(polytope | {"probes": COMPARISON_POLYTOPE_PROBES} if kind == "cross_polytope" else {}))
-        for kind in kinds
-    ]
-
-
 def bench_indexes(
     n: int,
     n_queries: int,
@@ -123,6 +110,7 @@ def bench_indexes(
     save_dir: Path | None = None,
     peers: tuple[str, ...] = (),
 ) -> pd.DataFrame:
+    from cbir.comparison import reference_config
     from cbir.evaluation import default_width, recall_at_k
     from cbir.index import BaseIndex, LSHIndex, SequentialScan, warm_up
     from cbir.peers import HNSWIndex
@@ -140,7 +128,7 @@ def bench_indexes(
     }
     if faiss_on:
         builders["HNSWIndex (faiss) M=32 ef=64"] = lambda: HNSWIndex(ef_search=64).fit(data)
-    for config in comparison_configs(peers):  # the other reference indexes as the comparison page runs them
+    for config in map(reference_config, peers):  # the other reference indexes as the comparison page runs them
         builders[config.label] = lambda config=config: config.build().fit(data)
     rows, exact = [], None
     for name, build in builders.items():

@@ -205,12 +205,6 @@ def main() -> None:
     parser.add_argument("--row", type=int, default=123_457, help="the collection row searched for")
     parser.add_argument("--keep-cache", action="store_true", help="keep the stored exact answers for the first pass")
     parser.add_argument(
-        "--arrive",
-        choices=("home", "direct"),
-        default="home",
-        help="reach the tuning page from the home page or its URL",
-    )
-    parser.add_argument(
         "--steps", action="store_true", help="only time the tuning page's steps before its first figure, in-process"
     )
     args = parser.parse_args()

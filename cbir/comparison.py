@@ -105,19 +105,22 @@ def comparison_configs(
         references = n_indexed <= SWEEP_ON_REQUEST
     if not references:
         return configs
-    configs.append(IndexConfig("hnsw", metric))  # type: ignore[arg-type]
-    if n_indexed <= SWEEP_ON_REQUEST:
-        configs += [IndexConfig(kind, metric) for kind in ("ivf_flat", "hnswlib")]  # type: ignore[arg-type]
-        # cross-polytope at the tuning page's reference setting with T=8 (IndexConfig's defaults are E2LSH's)
-        polytope = IndexConfig(
-            "cross_polytope",
-            metric,  # type: ignore[arg-type]
-            n_tables=REFERENCE_POLYTOPE_TABLES,
-            bits=REFERENCE_POLYTOPE_BITS,
-            probes=COMPARISON_POLYTOPE_PROBES,
-        )
-        configs.append(polytope)
-    return configs
+    kinds = ("hnsw", "ivf_flat", "hnswlib", "cross_polytope") if n_indexed <= SWEEP_ON_REQUEST else ("hnsw",)
+    return configs + [reference_config(kind, metric) for kind in kinds]
+
+
+def reference_config(kind: str, metric: str = "euclidean") -> IndexConfig:
+    """The comparison page's setting of a reference index: ``kind``'s defaults, cross-polytope at the tuning page's
+    reference setting with T = :data:`COMPARISON_POLYTOPE_PROBES` (IndexConfig's defaults are E2LSH's)."""
+    if kind != "cross_polytope":
+        return IndexConfig(kind, metric)  # type: ignore[arg-type]
+    return IndexConfig(
+        "cross_polytope",
+        metric,  # type: ignore[arg-type]
+        n_tables=REFERENCE_POLYTOPE_TABLES,
+        bits=REFERENCE_POLYTOPE_BITS,
+        probes=COMPARISON_POLYTOPE_PROBES,
+    )
 
 
 def comparison_jobs(

@@ -39,9 +39,8 @@ references = top[3].toggle(
     value=not large,
     key="compare-references",
     help="The reference indexes: FAISS HNSW (and on sets up to a quarter million objects IVF-Flat, hnswlib, "
-    "cross-polytope LSH) beside "
-    "the scan and LSH; off at first on large sets, where HNSW's graph alone takes minutes to build "
-    f"({', '.join(large) or 'none here'})",
+    "cross-polytope LSH) beside the scan and LSH; off at first on large sets, where HNSW's graph alone takes "
+    f"minutes to build ({', '.join(large) or 'none here'})",
 )
 if not selected:
     st.info("Select at least one feature set.")
