@@ -2,22 +2,23 @@
 
 The home page (what is loaded and built, and a button that builds it) plus the Search, Index tuning and Model
 comparison pages under ``pages/``. Layout only: every computation is in ``cbir/`` (what is built:
-:mod:`cbir.workspace`), every cache in :mod:`cbir.ui`.
+:mod:`cbir.features.workspace`), every cache in :mod:`cbir.app.ui`.
 """
 
 from __future__ import annotations
 
-from cbir import config
+from cbir.core import config
 
 config.quiet_native_libraries()  # before TensorFlow loads (it does lazily, with the first model)
 
 import streamlit as st  # noqa: E402
 
-from cbir import plots, workspace  # noqa: E402
-from cbir.backbones import BACKBONES, available_backbones  # noqa: E402
-from cbir.errors import CbirError  # noqa: E402
-from cbir.openclipart import INSTALL_HINT  # noqa: E402
-from cbir.ui import FEATURE_SET_KEY, GOTO_KEY, NAV_KEY, collection_status, feature_set_choices  # noqa: E402
+from cbir.app import plots  # noqa: E402
+from cbir.app.ui import FEATURE_SET_KEY, GOTO_KEY, NAV_KEY, collection_status, feature_set_choices  # noqa: E402
+from cbir.core.errors import CbirError  # noqa: E402
+from cbir.data.openclipart import INSTALL_HINT  # noqa: E402
+from cbir.features import workspace  # noqa: E402
+from cbir.features.backbones import BACKBONES, available_backbones  # noqa: E402
 
 st.set_page_config(page_title="cbir — image search", page_icon=":material/image_search:", layout="wide")
 

@@ -18,15 +18,18 @@ Methods
     (``target_recall``) or plus collision counting (``min_collisions``: only objects found in c probed buckets);
     the shortlist scored on uint8 codes of 128 PCA axes instead (``score_dim``: a quarter of the bytes per
     coordinate, more axes, so 30 exact re-ranks instead of 100);
-    cross-polytope LSH (FALCONN's scheme, ``cbir.polytope``) on the centred vectors, on PCA coordinates, and on PCA
+    cross-polytope LSH (FALCONN's scheme, ``cbir.indexes.polytope``) on the centred vectors, on PCA coordinates, and
+    on PCA
     coordinates with the shortlist, at about log2(n) bits per table (``b``) with L tables and the global
     multi-probe sequence (L·(1+T) buckets per query);
-    the app's reference indexes (``cbir.peers``): faiss IndexHNSWFlat (M=32) at several efSearch, IndexIVFFlat at
+    the app's reference indexes (``cbir.indexes.reference``): faiss IndexHNSWFlat (M=32) at several efSearch,
+    IndexIVFFlat at
     several nprobe, hnswlib (M=32) at several ef; and faiss IndexLSH (binary codes, Hamming ranking of every
     object, then exact re-rank of 10·k).
 
 Measurement
-    recall@10 = share of the exact scan's top-10 returned (``cbir.evaluation.recall_at_k``). Every LSH setting of a
+    recall@10 = share of the exact scan's top-10 returned (``cbir.evaluation.evaluate.recall_at_k``). Every LSH
+    setting of a
     small grid is evaluated once (recall, visited, one timing); the settings on the recall-vs-visited and
     recall-vs-time frontiers are then re-timed, and so are all peers, best of ``--repeats``, each followed by a run
     of the exact scan so that both see the same machine load; speed-ups divide the fastest scan of the data set by
@@ -64,12 +67,17 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cbir.evaluation import default_bucket_width, pareto_frontier, recall_at_k  # noqa: E402
-from cbir.index import NOT_COUNTED, LSHIndex, SequentialScan, warm_up  # noqa: E402
-from cbir.pca import fit_pca, project  # noqa: E402
-from cbir.peers import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError  # noqa: E402
-from cbir.polytope import CrossPolytopeIndex, hashes_for_bits  # noqa: E402
-from cbir.search import UINT8_RERANK, UINT8_SCORE_DIM  # noqa: E402
+from cbir.core.metrics import recall_at_k  # noqa: E402
+from cbir.evaluation.sweep import pareto_frontier  # noqa: E402
+from cbir.indexes.base import NOT_COUNTED  # noqa: E402
+from cbir.indexes.lsh import LSHIndex  # noqa: E402
+from cbir.indexes.pca import fit_pca, project  # noqa: E402
+from cbir.indexes.polytope import CrossPolytopeIndex, hashes_for_bits  # noqa: E402
+from cbir.indexes.reference import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError  # noqa: E402
+from cbir.indexes.registry import UINT8_RERANK, UINT8_SCORE_DIM  # noqa: E402
+from cbir.indexes.scan import SequentialScan  # noqa: E402
+from cbir.indexes.warmup import warm_up  # noqa: E402
+from cbir.indexes.widths import default_bucket_width  # noqa: E402
 
 K = 10
 RECALL_GOAL = 0.9
@@ -151,7 +159,7 @@ def clustered_set() -> tuple[np.ndarray, np.ndarray]:
 
 
 def real_set(path: Path) -> Dataset:
-    from cbir.features import load_features
+    from cbir.features.extractor import load_features
 
     feature_set = load_features(path)
     roles = np.asarray(feature_set.roles)
@@ -204,7 +212,8 @@ def ours(index: Any, family: str, setting: str, fit_s: float) -> Method:
 
 
 def peer(index: Any, knob: str, value: int, family: str, setting: str, fit_s: float) -> Method:
-    """One search-time setting of a fitted reference index (:mod:`cbir.peers`) as a benchmark method; the methods
+    """One search-time setting of a fitted reference index (:mod:`cbir.indexes.reference`) as a benchmark method; the
+    methods
     of one index share it and set ``knob`` before each search. hnswlib's uncounted visits are ``None``."""
 
     def search(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -217,7 +226,8 @@ def peer(index: Any, knob: str, value: int, family: str, setting: str, fit_s: fl
 
 def faiss_methods(X: np.ndarray, threads: int, quick: bool) -> list[Method]:
     """FAISS HNSW (M=32) and IVF-Flat (about 4·sqrt(n) lists, trained on at most 50 sampled rows per list), the
-    app's :class:`cbir.peers.HNSWIndex` and :class:`cbir.peers.IVFFlatIndex`, then IndexLSH (binary codes, Hamming
+    app's :class:`cbir.indexes.reference.HNSWIndex` and :class:`cbir.indexes.reference.IVFFlatIndex`, then IndexLSH
+    (binary codes, Hamming
     ranking of every object, exact re-rank of 10·k: not one of the app's indexes)."""
     import faiss
 
@@ -249,7 +259,8 @@ def faiss_methods(X: np.ndarray, threads: int, quick: bool) -> list[Method]:
 
 
 def hnswlib_methods(X: np.ndarray, threads: int, quick: bool) -> list[Method]:
-    """hnswlib (M=32, construction ef 40 like FAISS' default): the app's :class:`cbir.peers.HnswlibIndex`."""
+    """hnswlib (M=32, construction ef 40 like FAISS' default): the app's
+    :class:`cbir.indexes.reference.HnswlibIndex`."""
     del threads  # hnswlib searches a batch in all the machine's threads
     index = HnswlibIndex(n_links=32)
     fit_s, _ = best_of(1, lambda: index.fit(X))
@@ -269,7 +280,8 @@ def option_labels(options: dict[str, Any]) -> str:
 
 def uint8_shortlist(X: np.ndarray, reduce_dim: int) -> dict[str, int]:
     """The options of the uint8-shortlist families (E2LSH and cross-polytope): hashed on ``reduce_dim`` PCA axes, the
-    best :data:`cbir.search.UINT8_RERANK` candidates by their uint8 codes of :data:`cbir.search.UINT8_SCORE_DIM` axes
+    best :data:`cbir.service.search.UINT8_RERANK` candidates by their uint8 codes of
+    :data:`cbir.service.search.UINT8_SCORE_DIM` axes
     (at most X's dimension) ranked exactly: the app's setting (the tuning page's cross-polytope reference points)."""
     return {"reduce_dim": reduce_dim, "rerank": UINT8_RERANK, "score_dim": min(UINT8_SCORE_DIM, X.shape[1])}
 

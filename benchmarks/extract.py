@@ -6,7 +6,7 @@ Ray Data against the in-process pipeline.
 
 All are measured in one run on the same real images: the bare model gets the already-decoded, resized batches,
 so the ratio full/bare tells how much decoding costs once it is overlapped with the model (goal: ≥ 0.9). With
-``--ray`` the same paths then go through :func:`cbir.ray_extract.ray_batches` (one model actor on a local Ray with
+``--ray`` the same paths then go through :func:`cbir.features.ray.ray_batches` (one model actor on a local Ray with
 ``--ray-cpus`` CPUs, decoding where ``--ray-decode`` says: in the actor by default, or in Ray Data tasks): its
 throughput end to end (Ray start, actor start and model build included) and in steady state (from its first batch
 to its last) against the in-process pipeline's (goal: ≥ 0.8), and the largest difference between the two engines'
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cbir import config
-from cbir.collection import scan_collection
-from cbir.features import Batches, FeatureExtractor
-from cbir.images import load_image
+from cbir.core import config
+from cbir.data.collection import scan_collection
+from cbir.data.images import load_image
+from cbir.features.extractor import Batches, FeatureExtractor
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--ray-actors", type=int, default=1, help="model actors")
     parser.add_argument(
-        "--ray-decode", choices=["actor", "tasks"], default=None, help="where Ray decodes (cbir.ray_extract)"
+        "--ray-decode", choices=["actor", "tasks"], default=None, help="where Ray decodes (cbir.features.ray)"
     )
     parser.add_argument("--cold", action="store_true", help="each engine in a fresh process, start-up included")
     parser.add_argument("--one-run", nargs=3, metavar=("ENGINE", "PATHS", "OUT"), help=argparse.SUPPRESS)
@@ -108,8 +108,8 @@ def main() -> None:
 
 
 def on_ray_batches(extractor: FeatureExtractor, paths: list[str], args: argparse.Namespace) -> Batches:
-    """:func:`cbir.ray_extract.ray_batches` with the command line's Ray options."""
-    from cbir.ray_extract import ray_batches
+    """:func:`cbir.features.ray.ray_batches` with the command line's Ray options."""
+    from cbir.features.ray import ray_batches
 
     return ray_batches(
         extractor,

@@ -6,10 +6,12 @@
 Works on a temporary copy (hard links where possible) of the default collection and of its EfficientNet-Lite0
 ImageNet feature store, never on the real ones. Measured, on that copy:
 
-- ``remove`` of one indexed image and ``add`` of it back (:mod:`cbir.growth`: checks, features of that image only,
+- ``remove`` of one indexed image and ``add`` of it back (:mod:`cbir.service.growth`: checks, features of that image
+only,
   one appended shard, the manifest last), and the same through ``python -m cbir add`` in a new process (which also
   loads the model);
-- the shared search engine catching up (:meth:`cbir.search.SearchEngine.refresh` with the exact scan, an LSH index and
+- the shared search engine catching up (:meth:`cbir.service.search.SearchEngine.refresh` with the exact scan, an LSH
+index and
   HNSW fitted) against fitting those indexes again on every row;
 - a full re-extraction, from the model's measured rate on ``--sample`` images of the collection.
 """
@@ -49,9 +51,9 @@ def copy_workspace(collection: Path, store: Path, out: Path) -> tuple[Path, Path
     """``(collection copy, store copy)`` under ``out``: the feature set's rows and catalog (paths moved to the copy),
     written as a new store where the copy's feature sets live (``out/artifacts``); ``store`` may be a legacy
     ``.joblib`` feature set."""
-    from cbir.collection import collection_id
-    from cbir.feature_store import write_store
-    from cbir.features import load_features
+    from cbir.data.collection import collection_id
+    from cbir.features.extractor import load_features
+    from cbir.features.store import write_store
 
     root = out / "collection"
     link_tree(collection, root)
@@ -83,14 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cli", action="store_true", help="skip the `python -m cbir add` timing")
     args = parser.parse_args(argv)
 
-    from cbir import config
+    from cbir.core import config
 
     config.quiet_native_libraries()
-    from cbir import growth
-    from cbir.collection import scan_collection
-    from cbir.features import extract_collection, load_features
-    from cbir.search import IndexConfig, SearchEngine, extractor_spec, make_extractor
-    from cbir.workspace import resolve_feature_path
+    from cbir.data.collection import scan_collection
+    from cbir.features.extractor import extract_collection, load_features
+    from cbir.features.query_model import extractor_spec, make_extractor
+    from cbir.features.workspace import resolve_feature_path
+    from cbir.indexes.registry import IndexConfig
+    from cbir.service import growth
+    from cbir.service.search import SearchEngine
 
     real_store = args.features or resolve_feature_path(None, "efficientnet_lite0", None, "imagenet")
     real_root = Path(load_features(real_store).meta["collection_root"])

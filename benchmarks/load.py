@@ -5,7 +5,7 @@ on 127.0.0.1.
     .venv/bin/python benchmarks/load.py --sessions 3 --queries 3 --url http://127.0.0.1:8501   # a running server
 
 Each session opens the Search page and, for each of its queries, switches the index (exact scan ↔ LSH) and
-uploads a photo (scikit-image's sample photos, :mod:`cbir.samples`, and images of the collection, under names
+uploads a photo (scikit-image's sample photos, :mod:`cbir.data.samples`, and images of the collection, under names
 unique to the session and query), waits for the ten results and reads the page's own "Query time" metric; then it
 opens the Index tuning page and moves a slider. With ``--adds N`` the first N sessions also upload a drawing of
 their own and add it to the collection from the Search page (unlabelled), and check that their next query finds it
@@ -395,7 +395,7 @@ class SessionReport:
 def query_images(folder: Path, collection_images: Sequence[Path], session: int, n: int) -> list[Path]:
     """``n`` query files for one session under ``folder``, names unique to the session and query: sample photos
     (scikit-image) alternating with collection images."""
-    from cbir.samples import SAMPLE_PHOTOS, sample_photo
+    from cbir.data.samples import SAMPLE_PHOTOS, sample_photo
 
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -611,8 +611,8 @@ def server_errors(log: str) -> list[str]:
 
 def collection_images(limit: int = 64) -> list[Path]:
     """Up to ``limit`` images of the default collection (sorted, spread over it)."""
-    from cbir import config
-    from cbir.images import IMAGE_EXTENSIONS
+    from cbir.core import config
+    from cbir.data.images import IMAGE_EXTENSIONS
 
     root = config.default_collection()
     found = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS) if root.is_dir() else []
@@ -674,8 +674,8 @@ def serve_a_copy(work: Path) -> tuple[dict[str, str], Path]:
     """``(server environment, feature store)`` of a temporary copy of the default collection and its newest complete
     feature store, for a run that adds images."""
     from benchmarks.growth import copy_workspace
-    from cbir import config
-    from cbir.workspace import resolve_feature_path
+    from cbir.core import config
+    from cbir.features.workspace import resolve_feature_path
 
     store = resolve_feature_path()
     root, copy = copy_workspace(config.default_collection(), store, work / "copy")
@@ -684,8 +684,8 @@ def serve_a_copy(work: Path) -> tuple[dict[str, str], Path]:
 
 def growth_check(store: Path, adds: int) -> str:
     """A line saying whether the copied store loads and holds the added images."""
-    from cbir.feature_store import read_manifest
-    from cbir.features import load_features
+    from cbir.features.extractor import load_features
+    from cbir.features.store import read_manifest
 
     manifest = read_manifest(store)
     rows = len(load_features(store).catalog)
@@ -705,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.url and args.adds and not args.allow_adds:
         parser.error("--adds changes the collection the server at --url serves: pass --adds 0, or --allow-adds")
 
-    from cbir import config
+    from cbir.core import config
 
     config.quiet_native_libraries()
     root = config.artifacts_dir()

@@ -21,7 +21,7 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir importable
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from benchmarks.load import chromium, elements, open_page, page_errors, streamlit_server, wait_until_idle  # noqa: E402
-from cbir import config  # noqa: E402
+from cbir.core import config  # noqa: E402
 
 PAGES = (("Index_tuning", "tuning", 900), ("Model_comparison", "comparison", 1800))  # (url, name, seconds allowed)
 

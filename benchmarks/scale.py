@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/scale.py --skip-store       # indexes only (or --skip-indexes)
 
 1. **Feature store**: writes N × 1280 float16 rows (random, streamed in chunks) with an N-row catalog to
-   ``--out`` (default: a temp folder), then opens it with :func:`cbir.features.load_features` in a fresh process
+   ``--out`` (default: a temp folder), then opens it with :func:`cbir.features.extractor.load_features` in a fresh
+   process
    and reports the open time and that process's peak resident memory (``resource.getrusage``) right after the
    open and after one full pass over the rows (a mean per column: every page read once; goals at 1M: open < 5 s,
    < 4 GiB resident).
@@ -15,7 +16,8 @@
    width from ``--lsh``), faiss HNSW (when installed; ``--no-faiss``: its build takes ~45 s per 100k on 2
    cores) and ``--peers`` (IVF-Flat, hnswlib, cross-polytope LSH as the comparison page runs them): build seconds, the
    resident memory the build added (current RSS after − before, MiB), query
-   milliseconds per query (batch search), recall@10 against the exact scan (:func:`cbir.evaluation.recall_at_k`)
+   milliseconds per query (batch search), recall@10 against the exact scan
+   (:func:`cbir.evaluation.evaluate.recall_at_k`)
    and the objects visited per query.
 """
 
@@ -67,8 +69,8 @@ def hwm_mib() -> float:
 
 
 def build_store(out: Path, n: int, dtype: str = "float16") -> float:
-    """Write the synthetic store (:func:`cbir.synthetic.write_synthetic_store`, N × 1280); returns seconds."""
-    from cbir.synthetic import write_synthetic_store
+    """Write the synthetic store (:func:`cbir.features.synthetic.write_synthetic_store`, N × 1280); returns seconds."""
+    from cbir.features.synthetic import write_synthetic_store
 
     start = time.perf_counter()
     write_synthetic_store(out, n, STORE_DIM, dtype)
@@ -77,7 +79,7 @@ def build_store(out: Path, n: int, dtype: str = "float16") -> float:
 
 def open_store(path: str) -> dict[str, float]:
     """Run in a fresh process: open the store, then read every row once."""
-    from cbir.features import load_features
+    from cbir.features.extractor import load_features
 
     before, hwm_before = peak_rss_mib(), hwm_mib()
     start = time.perf_counter()
@@ -110,11 +112,15 @@ def bench_indexes(
     save_dir: Path | None = None,
     peers: tuple[str, ...] = (),
 ) -> pd.DataFrame:
-    from cbir.comparison import reference_config
-    from cbir.evaluation import default_width, recall_at_k
-    from cbir.index import BaseIndex, LSHIndex, SequentialScan, warm_up
-    from cbir.peers import HNSWIndex
-    from cbir.synthetic import hard_vectors
+    from cbir.core.metrics import recall_at_k
+    from cbir.evaluation.comparison import reference_config
+    from cbir.features.synthetic import hard_vectors
+    from cbir.indexes.base import BaseIndex
+    from cbir.indexes.lsh import LSHIndex
+    from cbir.indexes.reference import HNSWIndex
+    from cbir.indexes.scan import SequentialScan
+    from cbir.indexes.warmup import warm_up
+    from cbir.indexes.widths import default_width
 
     warm_up()
     data, queries = hard_vectors(n, INDEX_DIM, seed=0), hard_vectors(n_queries, INDEX_DIM, seed=1)
@@ -173,7 +179,7 @@ def bench_indexes(
 def write_workspace(artifacts: Path, n: int) -> None:
     from tqdm import tqdm
 
-    from cbir.synthetic import write_synthetic_workspace
+    from cbir.features.synthetic import write_synthetic_workspace
 
     with tqdm(total=n, unit="row", desc="synthetic store") as bar:
         collection, store = write_synthetic_workspace(artifacts, n, progress=lambda done, _: bar.update(done - bar.n))

@@ -152,8 +152,11 @@ def page_steps(artifacts: Path, collection: Path) -> None:
     import streamlit  # noqa: F401  (the server has it before the page runs)
 
     step("import streamlit")
-    from cbir import config, plots, tuning, workspace
-    from cbir.search import IndexConfig
+    from cbir.app import plots
+    from cbir.core import config
+    from cbir.evaluation import tuning
+    from cbir.features import workspace
+    from cbir.indexes.registry import IndexConfig
 
     step("import cbir (plots, tuning)")
     choices = workspace.complete_feature_sets(str(config.default_collection()), workspace.workspace_version())

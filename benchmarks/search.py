@@ -36,16 +36,14 @@ import numba
 import numpy as np
 import pandas as pd
 
-from cbir.evaluation import (
-    EvaluationSplit,
-    default_bucket_width,
-    evaluate_split,
-    pareto_frontier,
-    recall_at_k,
-    split_collection,
-)
-from cbir.index import LSHIndex, SequentialScan, warm_up
-from cbir.names import METRICS
+from cbir.core.metrics import recall_at_k
+from cbir.core.names import METRICS
+from cbir.evaluation.evaluate import EvaluationSplit, evaluate_split, split_collection
+from cbir.evaluation.sweep import pareto_frontier
+from cbir.indexes.lsh import LSHIndex
+from cbir.indexes.scan import SequentialScan
+from cbir.indexes.warmup import warm_up
+from cbir.indexes.widths import default_bucket_width
 
 K = 10
 SPEEDUP_GOAL = 20.0
@@ -90,7 +88,7 @@ def synthetic_collection(
 
 
 def load_collection(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from cbir.features import load_features
+    from cbir.features.extractor import load_features
 
     feature_set = load_features(path)
     return feature_set.features, feature_set.labels, feature_set.roles

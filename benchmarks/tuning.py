@@ -4,7 +4,8 @@
 
 On the default collection's feature set (or ``--features``), the split (index rows, validation queries, the exact
 scan's answers) is prepared once, as the page memoises it; then each setting is built and evaluated
-``--repeats`` times by :func:`cbir.evaluation.evaluate_split` (what :func:`cbir.tuning.evaluate_for`, behind the
+``--repeats`` times by :func:`cbir.evaluation.evaluate.evaluate_split` (what
+:func:`cbir.evaluation.tuning.evaluate_for`, behind the
 page, runs on the memoised split), and the best and median
 wall times are printed with the index build's share, mAP@10 and recall@10 (goal of issue 10: under 1 s at the
 default collection's size). Settings: the page's default LSH, the sweep's recommendation, the PCA settings of
@@ -13,7 +14,7 @@ default collection's size). Settings: the page's default LSH, the sweep's recomm
 
 from __future__ import annotations
 
-from cbir import config
+from cbir.core import config
 
 config.quiet_native_libraries()  # as the app does, before numpy loads OpenBLAS
 
@@ -25,10 +26,13 @@ from dataclasses import replace  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cbir import tuning, workspace  # noqa: E402
-from cbir.evaluation import evaluate_split  # noqa: E402
-from cbir.index import BaseIndex, LSHIndex, SequentialScan  # noqa: E402
-from cbir.peers import HNSWIndex  # noqa: E402
+from cbir.evaluation import tuning  # noqa: E402
+from cbir.evaluation.evaluate import evaluate_split  # noqa: E402
+from cbir.features import workspace  # noqa: E402
+from cbir.indexes.base import BaseIndex  # noqa: E402
+from cbir.indexes.lsh import LSHIndex  # noqa: E402
+from cbir.indexes.reference import HNSWIndex  # noqa: E402
+from cbir.indexes.scan import SequentialScan  # noqa: E402
 
 GOAL_SECONDS = 1.0
 # the settings the page's sliders give (E2LSH g, h, w, probes): the default, and a heavy corner of the sliders

@@ -1,9 +1,9 @@
 import sys
 
-from cbir import config
+from cbir.core import config
 
-config.quiet_native_libraries()  # before numpy loads OpenBLAS (cbir.cli imports it)
+config.quiet_native_libraries()  # before numpy loads OpenBLAS (cbir.cli.main imports it)
 
-from cbir.cli import main  # noqa: E402
+from cbir.cli.main import main  # noqa: E402
 
 sys.exit(main())

@@ -7,15 +7,16 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cbir import growth, ui
-from cbir.errors import CbirError
-from cbir.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
-from cbir.names import METRIC_LABELS, METRICS
-from cbir.peers import DEFAULT_EF_SEARCH
-from cbir.query import MAX_UPLOAD_BYTES, decode_query
-from cbir.samples import SAMPLE_PHOTOS, sample_photo_png
-from cbir.search import DEFAULT_K, IndexConfig
-from cbir.tuning import fastest_config, width_range
+from cbir.app import ui
+from cbir.core.errors import CbirError
+from cbir.core.names import METRIC_LABELS, METRICS
+from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
+from cbir.data.query import MAX_UPLOAD_BYTES, decode_query
+from cbir.data.samples import SAMPLE_PHOTOS, sample_photo_png
+from cbir.evaluation.tuning import fastest_config, width_range
+from cbir.indexes.reference import DEFAULT_EF_SEARCH
+from cbir.indexes.registry import DEFAULT_K, IndexConfig
+from cbir.service import growth
 
 SOURCES = ("Upload a file", "Camera", "Pick from the collection", "Example photo")
 INDEX_CHOICES = ("Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall")

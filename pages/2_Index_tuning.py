@@ -10,13 +10,12 @@ import streamlit as st
 # each step under a second, until the exact scan's own bar takes over (the page never stands still without one).
 starting = st.empty()
 starting.progress(0.0, text="Loading pandas and plotly…")
-from cbir import plots  # noqa: E402
+from cbir.app import plots  # noqa: E402
 
 starting.progress(0.2, text="Loading the indexes (numba kernels)…")
-from cbir import ui  # noqa: E402
-from cbir.names import METRIC_LABELS, METRICS  # noqa: E402
-from cbir.search import IndexConfig  # noqa: E402
-from cbir.tuning import (  # noqa: E402
+from cbir.app import ui  # noqa: E402
+from cbir.core.names import METRIC_LABELS, METRICS  # noqa: E402
+from cbir.evaluation.tuning import (  # noqa: E402
     DEFAULT_SWEEP_SIZE,
     RECOMMEND_BUDGET_FRACTION,
     SWEEP_ON_REQUEST,
@@ -24,6 +23,7 @@ from cbir.tuning import (  # noqa: E402
     recommended_config,
     width_range,
 )
+from cbir.indexes.registry import IndexConfig  # noqa: E402
 
 starting.progress(0.4, text="Opening the page…")
 ui.page_header(

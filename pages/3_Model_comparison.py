@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cbir import plots, ui
-from cbir.comparison import distance_summary, hubness_summary_table, large_feature_sets
-from cbir.finetune import finished_runs, training_figure
-from cbir.names import METRIC_LABELS, METRICS, score_name
-from cbir.tuning import RECOMMEND_BUDGET_FRACTION, SWEEP_ON_REQUEST
+from cbir.app import plots, ui
+from cbir.core.names import METRIC_LABELS, METRICS, score_name
+from cbir.evaluation.comparison import distance_summary, hubness_summary_table, large_feature_sets
+from cbir.evaluation.tuning import RECOMMEND_BUDGET_FRACTION, SWEEP_ON_REQUEST
+from cbir.features.finetune import finished_runs, training_figure
 
 ui.page_header(
     "pages/3_Model_comparison.py",

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbir.collection import collection_id, scan_collection
-from cbir.features import FEATURES_KIND, FeatureSet, extract_collection, load_features
-from cbir.query import MAX_UPLOAD_BYTES
-from cbir.storage import save_artifact
+from cbir.core.storage import save_artifact
+from cbir.data.collection import collection_id, scan_collection
+from cbir.data.query import MAX_UPLOAD_BYTES
+from cbir.features.extractor import FEATURES_KIND, FeatureSet, extract_collection, load_features
 
 BACKBONE = "efficientnet_lite0"
 
@@ -23,8 +23,8 @@ BACKBONE = "efficientnet_lite0"
 def small_feature_path(collection: Path) -> Path:
     """EfficientNet-Lite0 features of the small Open Clip Art collection, extracted once per test session to a
     fixed place beside it (test_app.py and test_browser.py reuse the same file)."""
-    from cbir.backbones import available_backbones
-    from cbir.features import FeatureExtractor
+    from cbir.features.backbones import available_backbones
+    from cbir.features.extractor import FeatureExtractor
 
     out = collection.parent / f"{collection.name}-features" / f"{BACKBONE}.joblib"
     if out.is_file():
@@ -36,9 +36,9 @@ def small_feature_path(collection: Path) -> Path:
 
 
 def install_feature_set(feature_file: Path, collection: Path) -> Path:
-    """Copy a feature artifact where :func:`cbir.workspace.list_feature_sets` finds it for ``collection`` under
+    """Copy a feature artifact where :func:`cbir.features.workspace.list_feature_sets` finds it for ``collection`` under
     the current (per-test) ``CBIR_ARTIFACTS``."""
-    from cbir import config
+    from cbir.core import config
 
     target = config.artifacts_dir() / "features" / collection_id(collection) / feature_file.name
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ REAL_COLLECTION = Path(__file__).resolve().parents[1] / "artifacts" / "collectio
 
 
 class PixelExtractor:
-    """A model-free stand-in for :class:`cbir.features.FeatureExtractor` (the same decoding and batching): the
+    """A model-free stand-in for :class:`cbir.features.extractor.FeatureExtractor` (the same decoding and batching): the
     features of an image are its 16×16 grey thumbnail (256-d). Fast enough for the quick test loop."""
 
     backbone = "efficientnet_lite0"
@@ -162,12 +162,12 @@ class PixelExtractor:
         return self.predict_arrays(np.stack([self.prepare(image) for image in images]))
 
     def iter_batches(self, paths: list[str]):
-        from cbir.features import FeatureExtractor
+        from cbir.features.extractor import FeatureExtractor
 
         return FeatureExtractor.iter_batches(self, paths)  # type: ignore[arg-type]
 
     def _decode(self, path: str) -> np.ndarray | str:
-        from cbir.images import decode_or_reason
+        from cbir.data.images import decode_or_reason
 
         return decode_or_reason(path, self.prepare)
 
@@ -194,13 +194,12 @@ def real_store_copy(root: Path, out: Path, backbone: str = BACKBONE) -> Path:
     """A feature store at ``out`` for the collection ``root`` made by :func:`copy_real_collection`, holding the real
     default-collection features (ImageNet ``backbone``) of its images: the rows are copied from the default
     collection's store when it exists, else the copy's images are extracted (a few seconds)."""
-    from cbir.collection import collection_id
-    from cbir.feature_store import write_store
-    from cbir.features import catalog_keys
+    from cbir.data.collection import collection_id
+    from cbir.features.store import catalog_keys, write_store
 
     stores = sorted((REAL_COLLECTION.parents[1] / "features").glob(f"*/{backbone}-*imagenet*/meta.json"))
     if not stores:  # a fresh clone (CI) has the collection but not its features: extract the copy's few images
-        from cbir.features import FeatureExtractor, extract_collection
+        from cbir.features.extractor import FeatureExtractor, extract_collection
 
         extract_collection(scan_collection(root), FeatureExtractor(backbone, "imagenet", batch_size=32), out_path=out)
         return out

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir import config
-from cbir.features import FeatureSet, load_features
+from cbir.core import config
+from cbir.features.extractor import FeatureSet, load_features
 
 REQUIRE_REAL = os.environ.get("CBIR_REQUIRE_REAL_DATA") == "1"
 # Fixtures that cost tens of seconds per session (the small Open Clip Art collection is converted and its features
@@ -56,7 +56,7 @@ def openclipart_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real collection: up to 6 index + 6 query images per Open Clip Art category (+ distractors)."""
     source = config.openclipart_dir()
     require(source.is_dir(), f"no Open Clip Art at {source} (apt-get install openclipart-png)")
-    from cbir.openclipart import build_collection
+    from cbir.data.openclipart import build_collection
 
     out = tmp_path_factory.mktemp("openclipart_small")
     build_collection(out, limit_per_class=6, workers=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir.analysis import distance_table, pairwise_distance_sample
+from cbir.evaluation.distances import distance_table, pairwise_distance_sample
 
 
 def test_distance_table_hand_computed() -> None:

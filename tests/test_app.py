@@ -12,8 +12,8 @@ import pytest
 from builders import bad_uploads, install_feature_set, unusual_uploads
 from streamlit.testing.v1 import AppTest
 
-from cbir import config
-from cbir.features import load_features
+from cbir.core import config
+from cbir.features.extractor import load_features
 
 APP = config.PROJECT_ROOT / "app.py"
 TIMEOUT = 180  # the first run of a page may load the model and compile numba kernels
@@ -101,13 +101,13 @@ def test_home_page_without_open_clip_art(tmp_path: Path, monkeypatch: pytest.Mon
 def test_home_page_builds_collection_and_features(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openclipart_small: Path
 ) -> None:
-    import cbir.openclipart
+    import cbir.data.openclipart
 
     # a tiny Open Clip Art build (1 image per category and role) keeps the button's real path fast
     monkeypatch.setattr(
-        cbir.openclipart,
+        cbir.data.openclipart,
         "build_collection",
-        functools.partial(cbir.openclipart.build_collection, limit_per_class=1, workers=2),
+        functools.partial(cbir.data.openclipart.build_collection, limit_per_class=1, workers=2),
     )
     monkeypatch.setenv("CBIR_COLLECTION", str(tmp_path / "built"))
     at = open_app()
@@ -296,8 +296,8 @@ def test_comparison_page_shows_fine_tuning_runs(app_env: Path, app_artifacts: Pa
     import json
     import shutil
 
-    from cbir.collection import collection_id
-    from cbir.finetune import classification_report
+    from cbir.data.collection import collection_id
+    from cbir.features.finetune import classification_report
 
     at = open_app("pages/3_Model_comparison.py")
     assert any("No fine-tuned model yet" in info.value for info in at.info)

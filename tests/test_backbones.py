@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir.backbones import (
+from cbir.features.backbones import (
     BACKBONES,
     WeightsNotFoundError,
     build_model,
@@ -92,7 +92,7 @@ def test_shared_resnet_weights_load(shared_weights: Path, name: str) -> None:
 
 
 def test_weights_identity_follows_content(tmp_path: Path) -> None:
-    from cbir.backbones import weights_identity
+    from cbir.features.backbones import weights_identity
 
     first, copy, other = tmp_path / "a" / "w.h5", tmp_path / "b" / "w.h5", tmp_path / "c" / "w.h5"
     for path, data in ((first, b"weights"), (copy, b"weights"), (other, b"changed")):

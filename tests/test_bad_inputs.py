@@ -1,7 +1,7 @@
 """The bad-input corpus (issue 11, item 3): files a user may drop on the Search page that are empty, not images,
 broken, dangerous, odd or useless. Each gets a clear message (an error for the unusable ones, a note for odd modes,
 a warning for an image with almost no content, the browser's own refusal for a file over the upload limit), and
-the app keeps working afterwards. Checked once through :func:`cbir.query.decode_query` (fast) and once through
+the app keeps working afterwards. Checked once through :func:`cbir.data.query.decode_query` (fast) and once through
 the real app in headless Chromium (``browser``), with a screenshot per file under ``artifacts/screenshots/``."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pytest
 from conftest import SCREENSHOTS
 from PIL import Image
 
-from cbir.hygiene import content_fraction
-from cbir.images import ImageDecodeError
-from cbir.query import MAX_UPLOAD_BYTES, decode_query
-from cbir.samples import sample_photo
+from cbir.data.hygiene import content_fraction
+from cbir.data.images import ImageDecodeError
+from cbir.data.query import MAX_UPLOAD_BYTES, decode_query
+from cbir.data.samples import sample_photo
 
 Outcome = Literal["error", "note", "warning", "refused"]
 

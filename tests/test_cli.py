@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cbir import cli, config
-from cbir.errors import CbirError, ConfigError
+from cbir.cli import main as cli
+from cbir.core import config
+from cbir.core.errors import CbirError, ConfigError
 
 
 def test_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,8 +33,8 @@ def test_bugs_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_user_caused_argument_errors_are_cbir_errors() -> None:
-    from cbir.evaluation import recommend
-    from cbir.search import IndexConfig
+    from cbir.evaluation.sweep import recommend
+    from cbir.indexes.registry import IndexConfig
 
     assert issubclass(ConfigError, CbirError) and issubclass(ConfigError, ValueError)
     with pytest.raises(ConfigError, match="metric"):
@@ -45,7 +46,7 @@ def test_user_caused_argument_errors_are_cbir_errors() -> None:
 def test_import_sets_no_environment_variable() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "TF_CPP_MIN_LOG_LEVEL")}
     code = (
-        "import os, cbir, cbir.evaluation, cbir.search, cbir.workspace; "
+        "import os, cbir, cbir.evaluation.evaluate, cbir.service.search, cbir.features.workspace; "
         "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

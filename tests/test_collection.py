@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.collection import CollectionError, scan_collection, stratified_split
+from cbir.data.collection import CollectionError, scan_collection, stratified_split
 from tests.conftest import write_image
 
 

@@ -1,4 +1,5 @@
-"""cbir.comparison on synthetic feature sets: the comparison table through the one loop (compare), the recommended
+"""cbir.evaluation.comparison on synthetic feature sets: the comparison table through the one loop (compare), the
+recommended
 LSH setting, and the distance analysis."""
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ import pandas as pd
 import pytest
 from builders import save_feature_set, synthetic_feature_set
 
-from cbir import comparison, evaluation, plots, search, tuning, workspace
-from cbir.evaluation import EvaluationResult
-from cbir.names import INDEX_LABELS, REFERENCE_KINDS
+from cbir.app import plots
+from cbir.core.names import INDEX_LABELS, REFERENCE_KINDS
+from cbir.evaluation import comparison, tuning
+from cbir.evaluation.evaluate import EvaluationResult
+from cbir.features import workspace
+from cbir.indexes import widths
+from cbir.service import search
 
 REFERENCES = {INDEX_LABELS[kind] for kind in REFERENCE_KINDS}
 
@@ -58,7 +63,7 @@ def test_comparison_table_shape(tmp_path: Path) -> None:
 def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> None:
     feature_sets = _two_feature_sets(tmp_path)
     sweeps, evaluations = [], []
-    width = evaluation.default_width(tuning.searchable_features(synthetic_feature_set()))
+    width = widths.default_width(tuning.searchable_features(synthetic_feature_set()))
     grid = {"n_tables": [2, 7], "n_projections": [1, 2], "bucket_width": [width]}
 
     def sweep(path: str, version: int, metric: str) -> pd.DataFrame:  # the app passes its cached sweep
@@ -78,7 +83,7 @@ def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> No
 
 def test_comparison_uses_the_recommended_lsh_setting() -> None:
     feature_set = synthetic_feature_set()
-    width = evaluation.default_width(tuning.searchable_features(feature_set))
+    width = widths.default_width(tuning.searchable_features(feature_set))
     grid = {"n_tables": [2, 7], "n_projections": [1, 2], "bucket_width": [width]}
     sweep = tuning.sweep_table(tuning.evaluation_split(feature_set), grid=grid)
     configs = comparison.comparison_configs(feature_set, sweep=sweep)

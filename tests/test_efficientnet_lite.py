@@ -5,7 +5,7 @@ The heavy tests convert the real checkpoint of ``efficientnet-lite0-pytorch-mode
 mirrors lukemelas' EfficientNet-PyTorch (the code the checkpoint was made for) with TF "SAME" static padding.
 
 Photos are skimage's bundled real photos, resized whole to 224x224 with PIL bilinear (``reducing_gap=3``),
-as ``cbir.images.resize_for_model`` does for the feature extractor.
+as ``cbir.data.images.resize_for_model`` does for the feature extractor.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir import efficientnet_lite as lite
+from cbir.features import efficientnet_lite as lite
 
 # ImageNet-1k class names for the indices the photo tests accept (no class-name file ships offline).
 IMAGENET_NAMES = {

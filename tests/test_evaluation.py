@@ -9,20 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir.evaluation import (
-    ROW_COLUMNS,
-    SWEEP_COLUMNS,
-    average_precision_at_k,
-    average_precision_batch,
-    default_bucket_width,
-    evaluate,
-    evaluate_settings,
-    pareto_frontier,
-    recommend,
-    split_collection,
-    sweep,
-)
-from cbir.index import LSHIndex, SequentialScan
+from cbir.core.metrics import average_precision_at_k, average_precision_batch
+from cbir.evaluation.evaluate import ROW_COLUMNS, evaluate, split_collection
+from cbir.evaluation.sweep import SWEEP_COLUMNS, evaluate_settings, pareto_frontier, recommend, sweep
+from cbir.indexes.lsh import LSHIndex
+from cbir.indexes.scan import SequentialScan
+from cbir.indexes.widths import default_bucket_width
 
 # ---- AP@k by hand ----------------------------------------------------------------------------------------
 
@@ -286,8 +278,8 @@ def test_default_bucket_width_scales_with_the_features(collection: tuple) -> Non
 
 @pytest.fixture
 def feature_artifact(tmp_path: Path, collection: tuple) -> Path:
-    from cbir.features import FEATURES_KIND
-    from cbir.storage import save_artifact
+    from cbir.core.storage import save_artifact
+    from cbir.features.extractor import FEATURES_KIND
 
     features, labels, roles = collection
     catalog = pd.DataFrame(
@@ -309,7 +301,7 @@ def feature_artifact(tmp_path: Path, collection: tuple) -> Path:
 def run_cli(argv: list[str]) -> int:
     import argparse
 
-    from cbir.cli_search import add_evaluate_parsers
+    from cbir.cli.search import add_evaluate_parsers
 
     parser = argparse.ArgumentParser()
     add_evaluate_parsers(parser.add_subparsers(dest="command", required=True))
@@ -342,7 +334,7 @@ def test_cli_sweep_writes_csv_and_recommends(
 
 
 def test_recall_at_k_counts_exact_neighbours_found() -> None:
-    from cbir.evaluation import recall_at_k
+    from cbir.core.metrics import recall_at_k
 
     exact = np.array([[0, 1, 2], [3, 4, 5], [6, -1, -1], [-1, -1, -1]])
     approx = np.array([[2, 1, 9], [7, 8, 9], [6, 5, -1], [1, 2, 3]])
@@ -361,7 +353,7 @@ def test_recall_of_the_scan_is_one_and_of_a_tiny_lsh_matches_brute_force(collect
         assert scan.recall == 1.0 and (scan.recall_per_query == 1.0).all()
     # a tiny LSH (one table, narrow buckets) misses true neighbours
     index = LSHIndex(1, 4, 2.0, seed=0)
-    from cbir.evaluation import evaluate_split
+    from cbir.evaluation.evaluate import evaluate_split
 
     result = evaluate_split(index, split, k=k)
     _, ids, _ = index.search(split.query_vectors, k)
@@ -389,7 +381,7 @@ def test_sweep_rows_carry_recall(collection: tuple) -> None:
 def test_unlabelled_mask_matches_is_unlabelled() -> None:
     import pandas as pd
 
-    from cbir.evaluation import _unlabelled_mask, is_unlabelled
+    from cbir.core.metrics import _unlabelled_mask, is_unlabelled
 
     labels = np.array(
         [None, np.nan, "", -1, -1.0, "a", 0, 1, True, False, pd.NA, "c1", 3.5, np.int64(-1), np.float32("nan"), "-1"],
@@ -411,7 +403,7 @@ class _CountingRows(np.ndarray):
 
 
 def test_split_reads_the_indexed_rows_only_when_an_index_needs_them(collection: tuple, tmp_path: Path) -> None:
-    from cbir.evaluation import evaluate_split
+    from cbir.evaluation.evaluate import evaluate_split
 
     features, labels, roles = collection
     n_queries = int((np.asarray(roles) == "query").sum())

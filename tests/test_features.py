@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir.collection import scan_collection
-from cbir.feature_store import is_store, write_store
-from cbir.features import (
+from cbir.core.storage import ArtifactError
+from cbir.data.collection import scan_collection
+from cbir.features.extractor import (
     FeatureExtractor,
     extract_collection,
     feature_path,
@@ -21,7 +21,7 @@ from cbir.features import (
     model_device,
     read_meta,
 )
-from cbir.storage import ArtifactError
+from cbir.features.store import is_store, write_store
 from tests.conftest import write_image
 
 BACKBONE = "resnet50v2"  # random weights: the pipeline is under test, not the ImageNet features

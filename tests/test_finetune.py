@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cbir.backbones import available_backbones, get_backbone
-from cbir.finetune import (
+from cbir.features.backbones import available_backbones, get_backbone
+from cbir.features.finetune import (
     FIRST_TRAINABLE,
     Augmentation,
     FinetuneConfig,
@@ -362,7 +362,7 @@ def test_model1_trains_from_cache_and_saves_feature_models(tmp_path: Path) -> No
     """ResNet50V2 with random weights (random EfficientNet-Lite0 features vanish, ~1e-12, so they cannot learn)."""
     import keras
 
-    from cbir.features import FeatureExtractor
+    from cbir.features.extractor import FeatureExtractor
 
     backbone = "resnet50v2"
     root = _color_collection(tmp_path / "colors")
@@ -470,8 +470,8 @@ def test_real_openclipart_model1(openclipart_small: Path) -> None:
     _, tail = split_model(trained, "efficientnet_lite0")
     backbone0, _ = build_backbone("efficientnet_lite0", "imagenet")
     _, tail0 = split_model(build_classifier(backbone0, len(result.classes)), "efficientnet_lite0")
-    from cbir.collection import scan_collection
-    from cbir.finetune import labelled_rows
+    from cbir.data.collection import scan_collection
+    from cbir.features.finetune import labelled_rows
 
     table = labelled_rows(scan_collection(openclipart_small))
     train = (table["role"] == "index").to_numpy()
@@ -491,9 +491,9 @@ def test_cli_parses_and_prints_the_report(
 ) -> None:
     import argparse
 
-    import cbir.finetune
-    from cbir.cli_finetune import add_finetune_parser, config_from_args
-    from cbir.finetune import FinetuneResult
+    import cbir.features.finetune
+    from cbir.cli.finetune import add_finetune_parser, config_from_args
+    from cbir.features.finetune import FinetuneResult
 
     parser = argparse.ArgumentParser()
     add_finetune_parser(parser.add_subparsers(dest="command"))
@@ -556,7 +556,7 @@ def test_cli_parses_and_prints_the_report(
             metrics={},
         )
 
-    monkeypatch.setattr(cbir.finetune, "finetune", fake)
+    monkeypatch.setattr(cbir.features.finetune, "finetune", fake)
     assert args.func(args) == 0
     assert seen == {"collection": tmp_path, "restart": True, "progress": False}
     out = capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Adding and removing images in place (cbir.growth): copies of real images of the default collection, a model-free
+"""Adding and removing images in place (cbir.service.growth): copies of real images of the default collection, a
+model-free
 extractor for the quick loop and the real EfficientNet-Lite0 for the real-feature checks; the store's commit point
 under an injected crash; the shared search engine following the store; the CLI."""
 
@@ -15,12 +16,14 @@ from builders import REAL_COLLECTION, PixelExtractor, copy_real_collection, real
 from conftest import require
 from PIL import Image
 
-from cbir import feature_store, growth
-from cbir.cli import main
-from cbir.collection import scan_collection
-from cbir.feature_store import read_manifest
-from cbir.features import extract_collection, load_features
-from cbir.search import IndexConfig, SearchEngine, search_engine_for
+from cbir.cli.main import main
+from cbir.data.collection import scan_collection
+from cbir.features import store as feature_store
+from cbir.features.extractor import extract_collection, load_features
+from cbir.features.store import read_manifest
+from cbir.indexes.registry import IndexConfig
+from cbir.service import growth
+from cbir.service.search import SearchEngine, search_engine_for
 
 
 @pytest.fixture
@@ -241,8 +244,8 @@ def test_engine_answers_while_another_thread_adds(grown: tuple[Path, Path]) -> N
 
 def test_cli_add_and_remove(grown: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     _root, store = grown
-    monkeypatch.setattr("cbir.search.make_extractor", lambda spec, warm_up=True: PixelExtractor())
-    monkeypatch.setattr("cbir.search.extractor_spec", lambda meta: None)
+    monkeypatch.setattr("cbir.service.search.make_extractor", lambda spec, warm_up=True: PixelExtractor())
+    monkeypatch.setattr("cbir.service.search.extractor_spec", lambda meta: None)
     image = _new_image()
     assert main(["add", str(image), "--label", "animals", "--features", str(store)]) == 0
     out = capsys.readouterr().out
@@ -266,8 +269,8 @@ def real_grown(tmp_path: Path) -> tuple[Path, Path]:
     app looks for the collection's feature sets."""
     from builders import real_store_copy
 
-    from cbir import config
-    from cbir.collection import collection_id
+    from cbir.core import config
+    from cbir.data.collection import collection_id
 
     require(REAL_COLLECTION.is_dir(), f"no default collection at {REAL_COLLECTION} (python -m cbir openclipart)")
     root = copy_real_collection(tmp_path / "collection")
@@ -280,7 +283,7 @@ def _real_row(relpath: str) -> np.ndarray:
     collection's store when there is one, else computed the way ``extract`` computes it (decode, batch, model)."""
     stores = sorted((REAL_COLLECTION.parents[1] / "features").glob("*/efficientnet_lite0-*imagenet*/meta.json"))
     if not stores:
-        from cbir.features import FeatureExtractor
+        from cbir.features.extractor import FeatureExtractor
 
         ok, features, _ = next(
             FeatureExtractor("efficientnet_lite0", "imagenet").iter_batches([str(REAL_COLLECTION / relpath)])
@@ -319,7 +322,9 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
 ) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from cbir import config, ui, workspace
+    from cbir.app import ui
+    from cbir.core import config
+    from cbir.features import workspace
 
     root, store = real_grown
     monkeypatch.setenv("CBIR_COLLECTION", str(root))
@@ -384,8 +389,9 @@ def test_two_sessions_adding_the_same_image_at_once_add_it_once(grown: tuple[Pat
 
 
 def test_a_grown_feature_set_keeps_its_place_in_the_list(grown: tuple[Path, Path], tmp_path: Path) -> None:
-    from cbir import config, workspace
-    from cbir.collection import collection_id
+    from cbir.core import config
+    from cbir.data.collection import collection_id
+    from cbir.features import workspace
 
     root, store = grown
     home = config.artifacts_dir() / "features" / collection_id(root)

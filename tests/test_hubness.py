@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir.hubness import hub_share, hubness_summary, hubs, k_occurrence, k_occurrence_skewness, top_hubs
+from cbir.evaluation.hubness import hub_share, hubness_summary, hubs, k_occurrence, k_occurrence_skewness, top_hubs
 
 
 def test_k_occurrence_counts_slots_and_ignores_padding() -> None:

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from cbir import config, hygiene, openclipart
-from cbir.collection import scan_collection, stratified_split
-from cbir.images import load_image
+from cbir.core import config
+from cbir.data import cleaning, hygiene, openclipart
+from cbir.data.collection import scan_collection, stratified_split
+from cbir.data.images import load_image
 
 
 def drawing(seed: int, size: tuple[int, int] = (160, 120), scale: float = 1.0) -> Image.Image:
@@ -68,7 +69,7 @@ def test_exact_duplicates_keep_the_shortest_path(tmp_path: Path) -> None:
     image = drawing(2)
     paths = [save(image, tmp_path / name) for name in ("copy_of_cat.png", "cat.png", "sub/cat_again.png")]
     other = save(drawing(3), tmp_path / "dog.png")
-    kept, report = hygiene.clean([*paths, other], workers=2)
+    kept, report = cleaning.clean([*paths, other], workers=2)
     assert kept == [paths[1], other]
     assert set(report["path"]) == {paths[0], paths[2]}
     assert (report["reason"] == hygiene.EXACT_DUPLICATE).all()
@@ -88,7 +89,7 @@ def test_near_duplicates_are_found(tmp_path: Path, variant: Callable[[Image.Imag
     original = save(drawing(4), tmp_path / "a.png")
     copy = variant(load_image(original), tmp_path)
     others = [save(drawing(seed), tmp_path / f"other{seed}.png") for seed in (10, 11, 12)]
-    kept, report = hygiene.clean([original, copy, *others], workers=2)
+    kept, report = cleaning.clean([original, copy, *others], workers=2)
     assert kept == [original, *others]
     assert report.to_dict("records") == [{"path": copy, "reason": hygiene.NEAR_DUPLICATE, "duplicate_of": original}]
 
@@ -118,17 +119,17 @@ def test_blank_and_near_blank_images(tmp_path: Path) -> None:
     assert hygiene.content_fraction(faint) == 0.0 and hygiene.fingerprint(faint).pixel_std > hygiene.BLANK_STD
     named = {"white": white, "grey": grey, "faint": faint, "dot": dot, "small": small, "drawing": drawing(5)}
     paths = [save(image, tmp_path / f"{name}.png") for name, image in named.items()]
-    kept, report = hygiene.clean(paths, workers=2)
+    kept, report = cleaning.clean(paths, workers=2)
     reasons = dict(zip(report["path"].map(lambda p: Path(p).stem), report["reason"], strict=True))
     assert reasons == {"white": "blank", "grey": "blank", "faint": "blank", "dot": "near blank"}
     assert [Path(p).stem for p in kept] == ["small", "drawing"]
-    everything, same_report = hygiene.clean(paths, keep_all=True, workers=2)
+    everything, same_report = cleaning.clean(paths, keep_all=True, workers=2)
     assert everything == paths and same_report.equals(report)
 
 
 def test_blank_pages_are_not_duplicates_of_each_other(tmp_path: Path) -> None:
     paths = [save(Image.new("RGB", (50, 50), "white"), tmp_path / f"{i}.png") for i in range(3)]
-    _, report = hygiene.clean(paths, workers=2)
+    _, report = cleaning.clean(paths, workers=2)
     assert (report["reason"] == hygiene.BLANK).all() and report["duplicate_of"].isna().all()
 
 
@@ -193,11 +194,11 @@ def test_unusable_files_are_reported_not_kept(tmp_path: Path) -> None:
     good = save(drawing(1), tmp_path / "good.png")
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    kept, report = hygiene.clean([good, str(bad)], workers=1)
+    kept, report = cleaning.clean([good, str(bad)], workers=1)
     assert kept == [good]
     assert report["path"].tolist() == [str(bad)] and "not an image" in report["reason"].iloc[0]
     with pytest.raises(hygiene.HygieneError, match="no images"):
-        hygiene.clean([])
+        cleaning.clean([])
 
 
 def test_clean_catalog_prefers_labelled_indexed_images(tmp_path: Path) -> None:
@@ -208,12 +209,12 @@ def test_clean_catalog_prefers_labelled_indexed_images(tmp_path: Path) -> None:
     save(twin, tmp_path / "distractors" / "t.png")
     save(Image.new("RGB", (64, 64), "white"), tmp_path / "cats" / "empty.png")
     catalog = scan_collection(tmp_path)
-    kept, report = hygiene.clean(catalog, workers=2)
+    kept, report = cleaning.clean(catalog, workers=2)
     assert len(kept.images) == len(catalog.images) - 2
     reasons = dict(zip(report["path"].map(lambda p: Path(p).name), report["reason"], strict=True))
     assert reasons == {"t.png": hygiene.EXACT_DUPLICATE, "empty.png": hygiene.BLANK}
     assert set(kept.report["path"]) == set(report["path"])  # what is left out is in the catalog's report
-    everything, _ = hygiene.clean(catalog, keep_all=True, workers=2)
+    everything, _ = cleaning.clean(catalog, keep_all=True, workers=2)
     assert everything.images.equals(catalog.images) and everything.report.empty
 
 

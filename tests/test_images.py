@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.images import ImageDecodeError, load_image, resize_for_model
+from cbir.data.images import ImageDecodeError, load_image, resize_for_model
 from tests.conftest import write_image
 
 
@@ -167,7 +167,7 @@ def test_big_jpeg_is_decoded_at_reduced_scale(tmp_path: Path) -> None:
 def test_decode_or_reason_and_prefetched(tmp_path: Path) -> None:
     import threading
 
-    from cbir.images import decode_or_reason, prefetched
+    from cbir.data.images import decode_or_reason, prefetched
 
     good = write_image(tmp_path / "good.png")
     bad = tmp_path / "bad.png"

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir import kernels
-from cbir.index import BaseIndex, LSHIndex, SearchResult, SequentialScan, l2_normalize
-from cbir.pca import code_units, encode, fit_codebook, fit_pca, project
-from cbir.polytope import CrossPolytopeIndex
-from cbir.storage import ArtifactError, save_artifact
+from cbir.core.storage import ArtifactError, save_artifact
+from cbir.indexes import kernels
+from cbir.indexes.base import BaseIndex, SearchResult, l2_normalize
+from cbir.indexes.lsh import LSHIndex
+from cbir.indexes.pca import code_units, encode, fit_codebook, fit_pca, project
+from cbir.indexes.polytope import CrossPolytopeIndex
+from cbir.indexes.scan import SequentialScan
 
 
 @pytest.fixture(scope="module")
@@ -394,7 +396,7 @@ def _index(kind: str, metric: str) -> BaseIndex:
     if kind == "scan":
         return SequentialScan(metric)
     if kind == "hnsw":
-        from cbir.peers import HNSWIndex
+        from cbir.indexes.reference import HNSWIndex
 
         return HNSWIndex(metric, ef_search=256)
     if kind == "lsh-pca":
@@ -477,7 +479,7 @@ def test_grown_and_shrunk_index_survives_save_and_load(
 
 
 def test_warm_up_reports_each_group_of_kernels_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cbir import index
+    from cbir.indexes import warmup as index
 
     monkeypatch.setattr(index, "_WARM", False)
     calls: list[tuple[str, int, int]] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir import kernels
+from cbir.indexes import kernels
 
 N_TABLES, N_PROJECTIONS, WIDTH = 3, 4, 2.5
 

@@ -23,9 +23,9 @@ from benchmarks.load import (
     server_errors,
     streamlit_server,
 )
-from cbir import config
-from cbir.feature_store import read_manifest
-from cbir.features import load_features
+from cbir.core import config
+from cbir.features.extractor import load_features
+from cbir.features.store import read_manifest
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
 

@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 from builders import REAL_COLLECTION, synthetic_feature_set
 
-from cbir.errors import CbirError
-from cbir.evaluation import recall_at_k, split_collection
-from cbir.features import FeatureSet, load_features
-from cbir.index import BUILD_STAGE, NOT_COUNTED, BaseIndex, LSHIndex, SequentialScan
-from cbir.names import REFERENCE_KINDS
-from cbir.peers import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError, default_lists
-from cbir.polytope import CrossPolytopeIndex
-from cbir.search import UINT8_RERANK, UINT8_SCORE_DIM, IndexConfig
-from cbir.tuning import fastest_config, reference_configs, reference_sweep, sweep_table
+from cbir.core.errors import CbirError
+from cbir.core.metrics import recall_at_k
+from cbir.core.names import REFERENCE_KINDS
+from cbir.evaluation.evaluate import split_collection
+from cbir.evaluation.tuning import fastest_config, reference_configs, reference_sweep, sweep_table
+from cbir.features.extractor import FeatureSet, load_features
+from cbir.indexes.base import BUILD_STAGE, NOT_COUNTED, BaseIndex
+from cbir.indexes.lsh import LSHIndex
+from cbir.indexes.polytope import CrossPolytopeIndex
+from cbir.indexes.reference import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError, default_lists
+from cbir.indexes.registry import UINT8_RERANK, UINT8_SCORE_DIM, IndexConfig
+from cbir.indexes.scan import SequentialScan
 
 PEERS = {
     "hnsw": lambda metric: HNSWIndex(metric, ef_search=128),
@@ -205,7 +208,7 @@ def test_the_cross_polytope_reference_points_use_the_uint8_shortlist() -> None:
 @pytest.mark.parametrize("kind", REFERENCE_KINDS)
 def test_the_search_engine_answers_with_every_reference_index(kind: str) -> None:
     """What the Search page does when "Fastest at a recall" picks a reference index."""
-    from cbir.search import SearchEngine
+    from cbir.service.search import SearchEngine
 
     feature_set = synthetic_feature_set()
     engine = SearchEngine(feature_set)

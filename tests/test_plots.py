@@ -9,8 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from cbir.evaluation import SWEEP_COLUMNS
-from cbir.plots import fig_map_visited_vs_g, fig_map_vs_h, fig_map_vs_visited, fig_map_vs_w, fig_per_class_map
+from cbir.app.plots import fig_map_visited_vs_g, fig_map_vs_h, fig_map_vs_visited, fig_map_vs_w, fig_per_class_map
+from cbir.evaluation.sweep import SWEEP_COLUMNS
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_per_class_bars() -> None:
 
 
 def test_recall_vs_visited_has_its_own_frontier(sweep_df: pd.DataFrame) -> None:
-    from cbir.evaluation import pareto_frontier
+    from cbir.evaluation.sweep import pareto_frontier
 
     sweep_df = sweep_df.assign(recall=np.where(sweep_df["index"] == "scan", 1.0, 1 - 1 / sweep_df["mean_visited"]))
     fig = fig_map_vs_visited(sweep_df, current={"mean_visited": 150.0, "recall": 0.7, "map": 0.5}, y="recall")

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cbir.index
-import cbir.polytope
-from cbir import kernels
-from cbir.index import SequentialScan
-from cbir.pca import PCA, project
-from cbir.polytope import CrossPolytopeIndex, hashes_for_bits, rotation_dim_for
+import cbir.indexes.buckets
+import cbir.indexes.polytope
+from cbir.indexes import kernels
+from cbir.indexes.pca import PCA, project
+from cbir.indexes.polytope import CrossPolytopeIndex, hashes_for_bits, rotation_dim_for
+from cbir.indexes.scan import SequentialScan
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,8 @@ def test_fit_projects_the_rows_once_and_stores_the_direct_projection(
         projected.append(len(X))
         return project(pca, X)
 
-    monkeypatch.setattr(cbir.index, "project", counting)
-    monkeypatch.setattr(cbir.polytope, "project", counting)
+    monkeypatch.setattr(cbir.indexes.buckets, "project", counting)
+    monkeypatch.setattr(cbir.indexes.polytope, "project", counting)
     index = CrossPolytopeIndex(4, 1, probes=2, seed=3, reduce_dim=8, rerank=30, score_dim=score_dim).fit(points)
     assert sum(projected) == len(points) * (1 if score_dim is None else 2)
     assert index._pca is not None

@@ -1,4 +1,4 @@
-"""Query decoding (cbir.query): bad uploads get a message for the user, unusual ones a note, and result tiles."""
+"""Query decoding (cbir.data.query): bad uploads get a message for the user, unusual ones a note, and result tiles."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from builders import bad_uploads, gradient, unusual_uploads
 
-from cbir.images import ImageDecodeError
-from cbir.query import decode_query, tile
+from cbir.data.images import ImageDecodeError
+from cbir.data.query import decode_query, tile
 
 
 @pytest.mark.parametrize("name", list(bad_uploads()))

@@ -1,5 +1,5 @@
 """The CLI and the app do not print TensorFlow's start-up log lines (oneDNN, absl, CPU instructions, CUDA) at the
-user; real errors printed while TensorFlow loads still come through (cbir.config.quiet_native_libraries)."""
+user; real errors printed while TensorFlow loads still come through (cbir.core.config.quiet_native_libraries)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir import config
+from cbir.core import config
 
 NOISE_WORDS = ("oneDNN", "absl::InitializeLog", "This TensorFlow binary is optimized", "cuda drivers", "cuInit")
 REAL_ERROR = "E0000 some_kernel.cc:12] a real error the user must see"
@@ -78,7 +78,7 @@ def test_quiet_native_libraries_twice_installs_one_filter() -> None:
 @pytest.mark.slow
 def test_cli_command_that_loads_tensorflow_prints_no_start_up_lines(tmp_path: Path) -> None:
     """``python -m cbir extract`` (loads TensorFlow and runs the model) on a four-image collection."""
-    from cbir.backbones import available_backbones
+    from cbir.features.backbones import available_backbones
 
     if not available_backbones().get("efficientnet_lite0"):
         pytest.skip("efficientnet_lite0 ImageNet weights are not available offline")

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir import cli
-from cbir.collection import scan_collection
-from cbir.features import FeatureExtractor, extract_collection, load_features
-from cbir.hygiene import clean_collection
-from cbir.storage import ArtifactError
+from cbir.cli import main as cli
+from cbir.core.storage import ArtifactError
+from cbir.data.cleaning import clean_collection
+from cbir.data.collection import scan_collection
+from cbir.features.extractor import FeatureExtractor, extract_collection, load_features
 from tests.conftest import write_image
 
 ray = pytest.importorskip("ray")
@@ -25,7 +25,7 @@ BACKBONE = "efficientnet_lite0"  # random weights: the engine is under test, not
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     """One local Ray for the module (the engine reuses a running Ray and leaves it running)."""
-    from cbir.ray_extract import _start_ray
+    from cbir.features.ray import _start_ray
 
     _start_ray(None, num_cpus=2)
     yield
@@ -60,7 +60,7 @@ def test_ray_features_are_identical_to_in_process(tmp_path: Path, local_ray: Non
 
 
 def test_interrupted_ray_run_resumes(tmp_path: Path, local_ray: None) -> None:
-    from cbir.ray_extract import ray_engine
+    from cbir.features.ray import ray_engine
 
     catalog = scan_collection(_collection(tmp_path / "c", per_class=6))
     extractor = FeatureExtractor(BACKBONE, weights=None, batch_size=4)
@@ -85,7 +85,7 @@ def test_interrupted_ray_run_resumes(tmp_path: Path, local_ray: None) -> None:
 def test_decoding_in_tasks_gives_the_same_features(tmp_path: Path, local_ray: None) -> None:
     """``decode="tasks"`` (Ray Data decodes, the actor only embeds: the layout for GPU actors) against the
     in-process pipeline, chunk by chunk, a short last chunk and undecodable files included."""
-    from cbir.ray_extract import ray_batches
+    from cbir.features.ray import ray_batches
 
     root = _collection(tmp_path / "c", per_class=5)
     paths = sorted(str(p) for p in root.rglob("*") if p.is_file())
@@ -101,7 +101,7 @@ def test_decoding_in_tasks_gives_the_same_features(tmp_path: Path, local_ray: No
 def test_more_actors_than_the_cpus_allow_is_refused_not_a_hang(tmp_path: Path, local_ray: None) -> None:
     """Two model actors of one CPU hold both CPUs of this Ray and leave none for the decoding tasks, or three
     actors need more CPUs than there are: a clear error, not a run that waits forever for a CPU."""
-    from cbir.ray_extract import RayExtractError, ray_batches
+    from cbir.features.ray import RayExtractError, ray_batches
 
     root = _collection(tmp_path / "images", per_class=1)
     paths = sorted(str(p) for p in root.rglob("*.png"))

@@ -11,17 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir import config
-from cbir.collection import scan_collection
-from cbir.config import fingerprint_cache_path
-from cbir.evaluation import default_bucket_width, evaluate, split_collection
-from cbir.features import FeatureExtractor, FeatureSet, extract_collection
-from cbir.hygiene import FingerprintCache, clean_collection, content_fraction, fingerprint_files
-from cbir.images import load_image
-from cbir.index import LSHIndex, SequentialScan, l2_normalize
-from cbir.openclipart import build_collection
-from cbir.report import feature_set_row
-from cbir.samples import sample_photos
+from cbir.core import config
+from cbir.core.config import fingerprint_cache_path
+from cbir.data.cleaning import clean_collection
+from cbir.data.collection import scan_collection
+from cbir.data.hygiene import FingerprintCache, content_fraction, fingerprint_files
+from cbir.data.images import load_image
+from cbir.data.openclipart import build_collection
+from cbir.data.samples import sample_photos
+from cbir.evaluation.evaluate import evaluate, split_collection
+from cbir.evaluation.report import feature_set_row
+from cbir.features.extractor import FeatureExtractor, FeatureSet, extract_collection
+from cbir.indexes.base import l2_normalize
+from cbir.indexes.lsh import LSHIndex
+from cbir.indexes.scan import SequentialScan
+from cbir.indexes.widths import default_bucket_width
 from tests.conftest import require
 
 pytestmark = [pytest.mark.integration, pytest.mark.real_artifacts, pytest.mark.slow]

@@ -10,12 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir import tuning, workspace
-from cbir.evaluation import MAX_EVAL_QUERIES, recall_at_k, split_collection
-from cbir.index import LSHIndex, SequentialScan
-from cbir.peers import HNSWIndex
-from cbir.search import IndexConfig, SearchEngine
-from cbir.synthetic import QUERY_EVERY, write_synthetic_workspace
+from cbir.core.metrics import recall_at_k
+from cbir.evaluation import tuning
+from cbir.evaluation.evaluate import MAX_EVAL_QUERIES, split_collection
+from cbir.features import workspace
+from cbir.features.synthetic import QUERY_EVERY, write_synthetic_workspace
+from cbir.indexes.lsh import LSHIndex
+from cbir.indexes.reference import HNSWIndex
+from cbir.indexes.registry import IndexConfig
+from cbir.indexes.scan import SequentialScan
+from cbir.service.search import SearchEngine
 
 N = 200_000
 DIM = 64  # the 1M benchmark uses 256; 64 keeps the HNSW build (~15 s on two idle cores) within the test's budget

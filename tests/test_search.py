@@ -1,4 +1,5 @@
-"""cbir.search: index configurations, the search engine (a collection image finds itself first, indexes cached and
+"""cbir.service.search: index configurations, the search engine (a collection image finds itself first, indexes cached
+and
 safe under concurrent sessions) and the model a query is embedded with."""
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import pytest
 from builders import BACKBONE, encode, synthetic_feature_set
 from PIL import Image
 
-from cbir import tuning
-from cbir.backbones import WeightsNotFoundError
-from cbir.features import FeatureSet
-from cbir.search import DEFAULT_K, ExtractorSpec, IndexConfig, SearchEngine, extractor_spec, make_extractor
+from cbir.evaluation import tuning
+from cbir.features.backbones import WeightsNotFoundError
+from cbir.features.extractor import FeatureSet
+from cbir.features.query_model import ExtractorSpec, extractor_spec, make_extractor
+from cbir.indexes.registry import DEFAULT_K, IndexConfig
+from cbir.service.search import SearchEngine
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +27,8 @@ def search_engine(small_features: FeatureSet) -> SearchEngine:
 
 
 def test_index_config_builds_and_validates() -> None:
-    from cbir.index import LSHIndex, SequentialScan
+    from cbir.indexes.lsh import LSHIndex
+    from cbir.indexes.scan import SequentialScan
 
     assert isinstance(IndexConfig().build(), SequentialScan)
     lsh = IndexConfig("lsh", "cosine", 3, 2, 0.5, probes=2).build()
@@ -115,8 +119,8 @@ def test_extractor_spec_follows_the_feature_set(tmp_path: Path, monkeypatch: pyt
         "resnet50v2", str(weights)
     )
     # a fine-tuned model is found by its identity among the fine-tuning outputs
-    from cbir import config
-    from cbir.backbones import weights_identity
+    from cbir.core import config
+    from cbir.features.backbones import weights_identity
 
     model = config.artifacts_dir() / "finetune" / "c" / "resnet50v2-model2" / "model2-pool.keras"
     model.parent.mkdir(parents=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cbir.storage import ArtifactError, atomic_output, atomic_write_bytes, load_artifact, save_artifact
+from cbir.core.storage import ArtifactError, atomic_output, atomic_write_bytes, load_artifact, save_artifact
 
 
 def test_atomic_output_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:

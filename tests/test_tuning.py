@@ -1,4 +1,5 @@
-"""cbir.tuning on synthetic features (fast, exact expectations): default widths and slider ranges, evaluation of a
+"""cbir.evaluation.tuning on synthetic features (fast, exact expectations): default widths and slider ranges,
+evaluation of a
 setting, the background sweep with its Pareto frontiers and the recommended setting."""
 
 from __future__ import annotations
@@ -10,20 +11,23 @@ import pandas as pd
 import pytest
 from builders import save_feature_set, synthetic_feature_set
 
-from cbir import evaluation, search, tuning, workspace
+from cbir.evaluation import tuning
+from cbir.features import workspace
+from cbir.indexes import widths
+from cbir.service import search
 
 
 def test_default_width_and_slider_range() -> None:
     feature_set = synthetic_feature_set()
     features = tuning.searchable_features(feature_set)
-    width = evaluation.default_width(features)
+    width = widths.default_width(features)
     low, high, step = tuning.width_range(width)
     assert low < width < high and 0 < step < high - low
     grid = tuning.default_grid(features)
     assert width in grid["bucket_width"]  # the tuning page's default setting is a sweep point
-    assert grid["bucket_width"] == evaluation.width_grid(width)  # the one width grid, the one rounding rule
-    assert evaluation.width_grid(1234.5678, (0.5, 1.0)) == [617.0, 1230.0]
-    cosine = evaluation.default_width(features, "cosine")
+    assert grid["bucket_width"] == widths.width_grid(width)  # the one width grid, the one rounding rule
+    assert widths.width_grid(1234.5678, (0.5, 1.0)) == [617.0, 1230.0]
+    cosine = widths.default_width(features, "cosine")
     assert 0 < cosine < 2  # unit-sphere distances
 
 
@@ -74,7 +78,7 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     feature_set = synthetic_feature_set()
     path = save_feature_set(feature_set, tmp_path / "synthetic.joblib")
     version = workspace.file_version(path)
-    width = evaluation.default_width(tuning.searchable_features(feature_set))
+    width = widths.default_width(tuning.searchable_features(feature_set))
     grid = {"n_tables": [1, 7], "n_projections": [2, 8], "bucket_width": [width, 2 * width]}
     seen = []
     split = tuning.evaluation_split(feature_set)
@@ -104,12 +108,12 @@ def test_nearest_grid_point() -> None:
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_width_sample_gives_the_default_width_of_all_searchable_rows(metric: str) -> None:
-    from cbir.features import FeatureSet
-    from cbir.synthetic import hard_vectors, synthetic_catalog
+    from cbir.features.extractor import FeatureSet
+    from cbir.features.synthetic import hard_vectors, synthetic_catalog
 
     for n in (300, 3000):  # fewer and more searchable rows than the sample
         feature_set = FeatureSet(hard_vectors(n, 16, seed=n), synthetic_catalog(n), pd.DataFrame())
         sample = tuning.width_sample(feature_set)
         assert len(sample) == min(tuning.WIDTH_SAMPLE_SIZE, int((feature_set.roles != "query").sum()))
-        expected = evaluation.default_width(tuning.searchable_features(feature_set), metric)
-        assert evaluation.default_width(sample, metric) == expected
+        expected = widths.default_width(tuning.searchable_features(feature_set), metric)
+        assert widths.default_width(sample, metric) == expected

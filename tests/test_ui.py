@@ -1,4 +1,4 @@
-"""cbir.ui's layout helpers that need a Streamlit script run, driven by ``streamlit.testing.v1.AppTest``."""
+"""cbir.app.ui's layout helpers that need a Streamlit script run, driven by ``streamlit.testing.v1.AppTest``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def _script() -> None:
 
     import streamlit as st
 
-    from cbir import ui
+    from cbir.app import ui
 
     @st.cache_data(show_spinner=False)
     def slow(x: int) -> int:

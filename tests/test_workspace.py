@@ -1,4 +1,4 @@
-"""cbir.workspace: what is built (collection status, feature sets and their labels, saved indexes) and the
+"""cbir.features.workspace: what is built (collection status, feature sets and their labels, saved indexes) and the
 home page's build, plus the path-keyed entry points the app caches."""
 
 from __future__ import annotations
@@ -9,8 +9,12 @@ import pandas as pd
 import pytest
 from builders import BACKBONE, install_feature_set, save_feature_set, synthetic_feature_set
 
-from cbir import config, plots, search, tuning, workspace
-from cbir.index import SequentialScan
+from cbir.app import plots
+from cbir.core import config
+from cbir.evaluation import tuning
+from cbir.features import workspace
+from cbir.indexes.scan import SequentialScan
+from cbir.service import search
 
 
 def test_feature_set_labels() -> None:

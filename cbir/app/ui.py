@@ -1,0 +1,285 @@
+"""Streamlit pieces shared by ``app.py`` and the pages under ``pages/``: every cache wrapper of the app, and the
+layout helpers every page uses. The only module of ``cbir`` that imports Streamlit.
+
+The cached functions take plain, hashable arguments (paths, file versions, frozen configs); Streamlit keys a cache
+by the wrapped function, so a sweep or an evaluation computed on one page is reused on every other one. A leading
+underscore marks an argument Streamlit must not hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import streamlit as st
+from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
+
+from cbir.core import config
+from cbir.core.errors import CbirError
+from cbir.data import query
+from cbir.evaluation import comparison, tuning
+from cbir.evaluation import evaluate as evaluation
+from cbir.features import workspace
+from cbir.service import growth, search
+
+if TYPE_CHECKING:
+    from cbir.features.extractor import FeatureExtractor
+
+FEATURE_SET_KEY = "feature_set"  # session-state key of the feature set chosen in the sidebar, read by every page
+NAV_KEY, GOTO_KEY = "cbir-nav", "cbir-goto"  # "app.py routed this session" / "page to open after routing"
+NO_FEATURE_SET = "No feature set yet: open the Home page and build the collection and its features first."
+
+# ----------------------------------------------------------------------------------------------------------
+# Caches
+# ----------------------------------------------------------------------------------------------------------
+
+feature_sets = st.cache_data(ttl=60, show_spinner=False)(workspace.complete_feature_sets)
+collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection…")(workspace.collection_status)
+lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
+distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analysis_for)
+hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)
+make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.make_extractor)
+tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
+
+
+@st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)
+def search_engine(path: str, version: int, _extractor: FeatureExtractor | None = None) -> search.SearchEngine:
+    """:func:`cbir.service.search.search_engine_for`, one per feature set shared by every session (it is
+    thread-safe)."""
+    return search.search_engine_for(path, version, _extractor)
+
+
+def search_engine_with_model(path: str) -> search.SearchEngine:
+    """The shared :func:`search_engine` of the feature set at ``path``, with the (cached) model that computed it.
+    Keyed by :func:`cbir.features.workspace.base_version`: images added or removed in place do not rebuild it (the
+    engine
+    applies them itself on its next query), a new extraction does. Raises :class:`~cbir.core.errors.CbirError` (or
+    ``FileNotFoundError``) when that model cannot be loaded."""
+    extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path).meta))
+    return search_engine(path, workspace.base_version(path), _extractor=extractor)
+
+
+def search_engine_without_model(path: str) -> search.SearchEngine:
+    """The shared :func:`search_engine` of the feature set at ``path`` without a model: it searches by stored
+    features only (a synthetic set, or a model that cannot be loaded)."""
+    return search_engine(path, workspace.base_version(path))
+
+
+def add_to_collection(engine: search.SearchEngine, name: str, data: bytes, label: str | None) -> growth.GrowthReport:
+    """Add an uploaded image to the collection of the engine's feature set (:func:`cbir.service.growth.add_images`) with
+    the engine's model; the feature-set list and collection caches are cleared so every page sees it."""
+    assert engine.path is not None
+    report = growth.add_images(engine.path, [(name, data)], label, extractor=engine.extractor)
+    engine.refresh()
+    feature_sets.clear()
+    collection_status.clear()
+    return report
+
+
+def remove_from_collection(engine: search.SearchEngine, relpath: str) -> growth.GrowthReport:
+    """Remove an image of the engine's collection (:func:`cbir.service.growth.remove_images`), as
+    :func:`add_to_collection`."""
+    assert engine.path is not None
+    report = growth.remove_images(engine.path, [relpath])
+    engine.refresh()
+    feature_sets.clear()
+    collection_status.clear()
+    return report
+
+
+def _stage_text(stage: str, done: int, total: int) -> str:
+    return f"{stage} {done:,} / {total:,}"
+
+
+TICK_SECONDS = 0.25  # how often a moving_bar's clock looks whether the bar stood still
+STILL_SECONDS = 0.75  # a bar still this long gets the seconds appended: the browser sees a change within ~1 s
+SEND_SECONDS = 0.25  # a moving_bar sends the browser at most one update this often (it is drawing the page too)
+
+
+@contextlib.contextmanager
+def moving_bar(text: str) -> Iterator[Callable[[float, str], None]]:
+    """An ``st.progress`` bar for the block, removed after it; yields ``update(fraction, text)``, sent to the browser
+    at most every :data:`SEND_SECONDS` (the latest one is sent by the clock when updates stop). While the block runs,
+    a clock thread appends the seconds since the last update to the text once the bar has stood still for
+    :data:`STILL_SECONDS`, so the page never stands still for a second even in a step that reports nothing for seconds
+    (numba's first kernel, a catalog read on a busy machine; the kernels release the GIL, so the clock runs beside
+    them). Its ticks are not part of a cached run's replay (a cache hit is instant)."""
+    bar = st.progress(0.0, text=text)
+    lock = threading.Lock()
+    now = time.monotonic()
+    # the latest fraction and text, when they were set, when the bar was last sent and whether it shows the latest
+    state: dict[str, Any] = {"fraction": 0.0, "text": text, "set": now, "sent": now, "shown": True}
+    stop = threading.Event()
+
+    def send(text: str) -> None:
+        bar.progress(state["fraction"], text=text)
+        state["sent"], state["shown"] = time.monotonic(), True
+
+    def update(fraction: float, text: str) -> None:
+        with lock:
+            now = time.monotonic()
+            state.update(fraction=min(max(fraction, 0.0), 1.0), text=text, set=now, shown=False)
+            if now - state["sent"] >= SEND_SECONDS:
+                send(text)
+
+    def clock() -> None:
+        while not stop.wait(TICK_SECONDS):
+            with lock:
+                still = time.monotonic() - state["set"]
+                if stop.is_set():
+                    return
+                if still >= STILL_SECONDS:
+                    send(f"{state['text']} · {still:.1f} s")
+                elif not state["shown"]:
+                    send(state["text"])
+
+    thread = threading.Thread(target=clock, name="cbir-moving-bar", daemon=True)
+    add_script_run_ctx(thread, get_script_run_ctx())
+    thread.start()
+    try:
+        yield update
+    finally:
+        stop.set()
+        thread.join()  # a tick under way ends before the bar goes
+        bar.empty()
+
+
+# every setting evaluated once stays cached, so moving a slider back to it is instant
+@st.cache_data(show_spinner=False, max_entries=1024)
+def evaluate(
+    path: str, version: int, config: search.IndexConfig, with_distractors: bool = True
+) -> evaluation.EvaluationResult:
+    """:func:`cbir.evaluation.tuning.evaluate_for` behind a :func:`moving_bar` that moves at least every second or so
+    while
+    the index is built, the queries answered and (once per feature set) the exact scan run (the bar is part of the
+    cached run: Streamlit replays it, already finished, on a cache hit)."""
+    with moving_bar(f"{config.label}…") as update:
+
+        def progress(stage: str, done: int, total: int) -> None:
+            update(done / max(total, 1), f"{config.label}: {_stage_text(stage, done, total)}")
+
+        return tuning.evaluate_for(path, version, config, with_distractors, progress=progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -> pd.DataFrame:
+    """:func:`cbir.evaluation.tuning.sweep_for` behind a :func:`moving_bar` that moves within each setting too (see
+    :func:`evaluate`)."""
+    rows = [0, 1]  # settings done, settings in all
+    with moving_bar("Background sweep…") as update:
+
+        def progress(done: int, total: int) -> None:
+            rows[:] = [done, total]
+            update(done / total, f"Background sweep: {done} / {total} settings")
+
+        def detail(stage: str, done: int, total: int) -> None:
+            share = (rows[0] + done / max(total, 1)) / rows[1]
+            update(share, f"Background sweep: setting {rows[0] + 1} of {rows[1]}, {_stage_text(stage, done, total)}")
+
+        return tuning.sweep_for(path, version, metric, with_distractors, progress=progress, detail=detail)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def compare(
+    feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool, references: bool | None = None
+) -> comparison.Comparison:
+    """:func:`cbir.evaluation.comparison.compare` of ``(label, path, version)`` feature sets behind a progress bar,
+    through the
+    cached :func:`sweep` and :func:`evaluate` that the tuning page shares."""
+    with moving_bar("Evaluating…") as update:
+        return comparison.compare(
+            feature_sets,
+            metric,
+            recommended,
+            progress=lambda what, done, total: update(done / total, f"{what}: {done} / {total}"),
+            sweep=lambda path, version, metric: sweep(path, version, metric, True),
+            evaluate=evaluate,
+            references=references,
+        )
+
+
+def sample_note(n_queries: int, n_all_queries: int) -> str:
+    """What the pages say when the queries were sampled (:data:`cbir.evaluation.evaluate.MAX_EVAL_QUERIES`)."""
+    return (
+        f"Evaluated on a random sample of {n_queries:,} of the {n_all_queries:,} validation queries (the same fixed "
+        "sample for every setting and page; the exact scan's answers to it are computed once and kept)."
+    )
+
+
+def distance_analyses(feature_sets: Sequence[tuple[str, str, int]]) -> dict[str, comparison.DistanceAnalysis]:
+    """``{label: cached distance analysis}`` of ``(label, path, version)`` feature sets, behind a moving bar (a few
+    seconds a set at a million objects)."""
+    analyses = {}
+    with moving_bar("Sampling pairwise distances…") as update:
+        for done, (label, path, version) in enumerate(feature_sets):
+            update(done / len(feature_sets), f"Sampling pairwise distances: {label}")
+            analyses[label] = distance_analysis(path, version)
+    return analyses
+
+
+def hubness_analyses(
+    feature_sets: Sequence[tuple[str, str, int]], metric: str
+) -> dict[str, comparison.HubnessAnalysis]:
+    """``{label: cached hubness analysis}``, with the out-of-domain photos embedded by each feature set's cached
+    model (without them when the model cannot be loaded)."""
+    analyses = {}
+    with moving_bar("Measuring hubness…") as update:
+        for done, (label, path, version) in enumerate(feature_sets):
+            update(done / len(feature_sets), f"Measuring hubness: {label}")
+            try:
+                extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path, version).meta))
+            except (CbirError, FileNotFoundError):
+                extractor = None
+            analyses[label] = hubness_analysis(path, version, metric, _extractor=extractor)
+    return analyses
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layout helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def page_header(page: str, title: str, caption: str) -> None:
+    """The head of the page file ``page`` (``"pages/….py"``): its title and caption.
+
+    Streamlit runs a file of pages/ directly (its older pages-folder mode) when it is opened by URL on a server where
+    app.py has not run yet; this hands over to app.py first, whose st.navigation then opens the page with the sidebar
+    and layout.
+    """
+    if not st.session_state.get(NAV_KEY):
+        st.session_state[GOTO_KEY] = page
+        st.switch_page("app.py")
+    st.title(title)
+    st.caption(caption)
+
+
+def feature_set_choices() -> dict[str, str]:
+    """``{label: artifact path}`` of the complete feature sets of the default collection, newest first."""
+    return feature_sets(str(config.default_collection()), workspace.workspace_version())
+
+
+def require_feature_set_choices() -> dict[str, str]:
+    """:func:`feature_set_choices`; when there is none, a warning and the page stops."""
+    choices = feature_set_choices()
+    if not choices:
+        st.warning(NO_FEATURE_SET)
+        st.stop()
+    return choices
+
+
+def chosen_feature_set() -> tuple[str, str, int]:
+    """``(label, path, version)`` of the feature set chosen in the sidebar (else the newest); when there is none, a
+    warning and the page stops."""
+    picked = workspace.pick_feature_set(require_feature_set_choices(), st.session_state.get(FEATURE_SET_KEY))
+    assert picked is not None  # there are choices
+    label, path = picked
+    return label, path, workspace.file_version(path)
+
+
+def with_versions(choices: dict[str, str], labels: Sequence[str]) -> tuple[tuple[str, str, int], ...]:
+    """``(label, path, file version)`` of the chosen ``labels`` (hashable: a cache key)."""
+    return tuple((label, choices[label], workspace.file_version(choices[label])) for label in labels)

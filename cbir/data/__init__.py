@@ -1,0 +1,1 @@
+"""Layer 1: images and collections (decoding, catalogs and splits, hygiene, the Open Clip Art build, queries)."""

@@ -1,0 +1,342 @@
+"""Model comparison: feature sets × (exact scan, LSH, the reference indexes) × (with, without distractors) on the
+validation queries, and the distance distributions of the paper's Section 4.1.
+
+:func:`compare` is the one loop; it takes the sweep and evaluation functions as arguments so that the app can hand
+it its cached ones (shared with the tuning page) while the tests and scripts use the plain ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from cbir.core.names import INDEX_LABELS
+from cbir.evaluation.distances import distance_table, pairwise_distance_sample
+from cbir.evaluation.evaluate import EvaluationResult, EvaluationSplit, split_collection
+from cbir.evaluation.hubness import hubness_summary, top_hubs
+from cbir.evaluation.tuning import (
+    REFERENCE_POLYTOPE_BITS,
+    REFERENCE_POLYTOPE_TABLES,
+    SWEEP_ON_REQUEST,
+    default_lsh_config,
+    evaluate_for,
+    recommended_config,
+    split_for,
+    sweep_for,
+    width_sample,
+)
+from cbir.features.extractor import FeatureExtractor, FeatureSet
+from cbir.features.workspace import load_feature_set, weights_kind
+from cbir.indexes.registry import DEFAULT_K, IndexConfig
+from cbir.indexes.scan import SequentialScan
+
+COMPARISON_POLYTOPE_PROBES = 8  # the middle of the tuning page's reference points (recall ~0.91 on the default set)
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+SweepFn = Callable[[str, int, str], pd.DataFrame]  # (path, version, metric) -> sweep table with distractors
+EvaluateFn = Callable[[str, int, IndexConfig, bool], EvaluationResult]  # (path, version, config, with_distractors)
+
+COMPARISON_COLUMNS = [
+    "feature_set",
+    "backbone",
+    "weights",
+    "index",
+    "config",
+    "metric",
+    "distractors",
+    "map",
+    "recall",
+    "mean_score",
+    "score_name",
+    "mean_visited",
+    "visited_fraction",
+    "n_indexed",
+    "n_queries",
+    "n_all_queries",
+    "query_ms",
+]
+PER_CLASS_COLUMNS = ["feature_set", "index", "distractors", "class", "n_queries", "map"]
+
+
+@dataclass(frozen=True)
+class ComparisonJob:
+    """One cell of the comparison: a feature set (label, path, version) × index config × distractor setting."""
+
+    label: str
+    path: str
+    version: int
+    config: IndexConfig
+    with_distractors: bool
+
+
+@dataclass
+class Comparison:
+    """``table``: one row per job (:data:`COMPARISON_COLUMNS`); ``per_class``: :data:`PER_CLASS_COLUMNS`."""
+
+    table: pd.DataFrame
+    per_class: pd.DataFrame
+
+
+def comparison_configs(
+    feature_set: FeatureSet,
+    metric: str = "euclidean",
+    sweep: pd.DataFrame | None = None,
+    references: bool | None = None,
+) -> list[IndexConfig]:
+    """Exact scan, LSH at the configuration recommended by ``sweep`` (when given and one fits the budget, else at
+    :func:`cbir.evaluation.tuning.default_lsh_config`), and with ``references`` the reference indexes at their default
+    settings: FAISS HNSW, and up to :data:`cbir.evaluation.tuning.SWEEP_ON_REQUEST` indexed objects also FAISS IVF-Flat,
+    hnswlib and cross-polytope LSH (their builds take minutes at a million objects, where the tuning page runs them
+    on request only). ``references=None``: only up to that size (HNSW's graph alone takes ~13 minutes at 1M on two
+    cores, twice: with and without the distractors)."""
+    lsh = None
+    n_indexed = int((feature_set.roles != "query").sum())
+    if sweep is not None:
+        lsh = recommended_config(sweep, n_indexed)
+    configs = [
+        IndexConfig("scan", metric),  # type: ignore[arg-type]
+        lsh or default_lsh_config(width_sample(feature_set), metric),
+    ]
+    if references is None:
+        references = n_indexed <= SWEEP_ON_REQUEST
+    if not references:
+        return configs
+    kinds = ("hnsw", "ivf_flat", "hnswlib", "cross_polytope") if n_indexed <= SWEEP_ON_REQUEST else ("hnsw",)
+    return configs + [reference_config(kind, metric) for kind in kinds]
+
+
+def reference_config(kind: str, metric: str = "euclidean") -> IndexConfig:
+    """The comparison page's setting of a reference index: ``kind``'s defaults, cross-polytope at the tuning page's
+    reference setting with T = :data:`COMPARISON_POLYTOPE_PROBES` (IndexConfig's defaults are E2LSH's)."""
+    if kind != "cross_polytope":
+        return IndexConfig(kind, metric)  # type: ignore[arg-type]
+    return IndexConfig(
+        "cross_polytope",
+        metric,  # type: ignore[arg-type]
+        n_tables=REFERENCE_POLYTOPE_TABLES,
+        bits=REFERENCE_POLYTOPE_BITS,
+        probes=COMPARISON_POLYTOPE_PROBES,
+    )
+
+
+def comparison_jobs(
+    items: Sequence[tuple[str, str, int, Sequence[IndexConfig]]], distractor_settings: Sequence[bool] = (True, False)
+) -> list[ComparisonJob]:
+    """Jobs for ``(label, path, version, configs)`` items × distractor settings; "without distractors" is skipped
+    for a collection that has none (it would index the same objects as "with")."""
+    jobs = []
+    for label, path, version, configs in items:
+        has_distractors = bool((load_feature_set(path, version).roles == "distractor").any())
+        for config in configs:
+            for with_distractors in distractor_settings:
+                if not with_distractors and not has_distractors and True in distractor_settings:
+                    continue
+                jobs.append(ComparisonJob(label, path, version, config, with_distractors))
+    return jobs
+
+
+def large_feature_sets(feature_sets: Sequence[tuple[str, str, int]]) -> list[str]:
+    """Labels of the ``(label, path, version)`` feature sets with more than
+    :data:`cbir.evaluation.tuning.SWEEP_ON_REQUEST`
+    rows, whose background sweep takes too long to run unasked."""
+    return [
+        label
+        for label, path, version in feature_sets
+        if len(load_feature_set(path, version).features) > SWEEP_ON_REQUEST
+    ]
+
+
+def comparison_table(jobs: Sequence[ComparisonJob], results: Sequence[EvaluationResult]) -> Comparison:
+    """Assemble evaluated jobs into the comparison table and the long per-class table."""
+    rows, per_class = [], []
+    for job, result in zip(jobs, results, strict=True):
+        meta = load_feature_set(job.path, job.version).meta
+        index_name = INDEX_LABELS[job.config.kind]
+        distractors = "with" if job.with_distractors else "without"
+        row = result.row()
+        rows.append(
+            {
+                **row,
+                "feature_set": job.label,
+                "backbone": meta.get("backbone"),
+                "weights": weights_kind(str(meta.get("weights_id", ""))),
+                "index": index_name,
+                "config": job.config.label,
+                "distractors": distractors,
+                "n_all_queries": result.n_all_queries if result.sampled else result.n_queries,
+            }
+        )
+        per_class.append(result.per_class.assign(feature_set=job.label, index=index_name, distractors=distractors))
+    table = pd.DataFrame(rows).reindex(columns=COMPARISON_COLUMNS)
+    per_class_table = (
+        pd.concat(per_class, ignore_index=True)[PER_CLASS_COLUMNS]
+        if per_class
+        else pd.DataFrame(columns=PER_CLASS_COLUMNS)
+    )
+    return Comparison(table=table, per_class=per_class_table)
+
+
+def compare(
+    feature_sets: Sequence[tuple[str, str, int]],
+    metric: str = "euclidean",
+    recommended: bool = True,
+    k: int = DEFAULT_K,
+    distractor_settings: Sequence[bool] = (True, False),
+    progress: Progress | None = None,
+    sweep: SweepFn | None = None,
+    evaluate: EvaluateFn | None = None,
+    references: bool | None = None,
+) -> Comparison:
+    """Evaluate every ``(label, path, version)`` feature set with the exact scan, LSH and (``references``: see
+    :func:`comparison_configs`) the reference indexes, with and without its distractors.
+
+    LSH runs at the setting :func:`cbir.evaluation.tuning.recommended_config` picks from the feature set's background
+    sweep
+    when ``recommended`` (else at the default setting). ``sweep(path, version, metric)`` and ``evaluate(path,
+    version, config, with_distractors)`` default to :func:`cbir.evaluation.tuning.sweep_for` and
+    :func:`cbir.evaluation.tuning.evaluate_for` at ``k``; the app passes its cached versions. ``progress(what, done,
+    total)``
+    after each sweep and each evaluation.
+    """
+
+    def default_sweep(path: str, version: int, metric: str) -> pd.DataFrame:
+        return sweep_for(path, version, metric, True, k)
+
+    def default_evaluate(path: str, version: int, config: IndexConfig, with_distractors: bool) -> EvaluationResult:
+        return evaluate_for(path, version, config, with_distractors, k)
+
+    sweep = sweep or default_sweep
+    evaluate = evaluate or default_evaluate
+    items = []
+    for done, (label, path, version) in enumerate(feature_sets, start=1):
+        table = sweep(path, version, metric) if recommended else None
+        if progress is not None and recommended:
+            progress("Sweeps", done, len(feature_sets))
+        configs = comparison_configs(load_feature_set(path, version), metric, table, references)
+        items.append((label, path, version, configs))
+    jobs = comparison_jobs(items, distractor_settings)
+    results = []
+    for done, job in enumerate(jobs, start=1):
+        results.append(evaluate(job.path, job.version, job.config, job.with_distractors))
+        if progress is not None:
+            progress("Comparison", done, len(jobs))
+    return comparison_table(jobs, results)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distance analysis (Section 4.1)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DistanceAnalysis:
+    """Section 4.1 for one feature set (index split): ``table`` overall + per class means, ``sample`` pairs."""
+
+    table: pd.DataFrame
+    sample: pd.DataFrame
+
+
+def distance_analysis(feature_set: FeatureSet, n_pairs: int = 20000, max_samples: int = 2000) -> DistanceAnalysis:
+    """Mean euclidean distance / cosine similarity (overall, per class) and a random pair sample for histograms,
+    on the index split like the paper's training-set analysis."""
+    index = feature_set.roles == "index"
+    labels = np.where(index, feature_set.labels, None)  # the other rows ignored; the features are not copied
+    return DistanceAnalysis(
+        table=distance_table(feature_set.features, labels, max_samples=max_samples),
+        sample=pairwise_distance_sample(feature_set.features, n_pairs=n_pairs, rows=np.flatnonzero(index)),
+    )
+
+
+def distance_analysis_for(path: str, version: int) -> DistanceAnalysis:
+    """:func:`distance_analysis` of the feature set at ``path``."""
+    return distance_analysis(load_feature_set(path, version))
+
+
+def distance_summary(analyses: Mapping[str, DistanceAnalysis]) -> pd.DataFrame:
+    """The distance tables of several feature sets stacked, with a ``feature_set`` column first."""
+    frames = [analysis.table.assign(feature_set=name) for name, analysis in analyses.items()]
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    return table[["feature_set", *[c for c in table.columns if c != "feature_set"]]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hubness (are the answers concentrated on a few objects?)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HubnessAnalysis:
+    """Hubness of the exact scan's top-k over one feature set (indexed rows incl. distractors).
+
+    ``summary``: :func:`cbir.evaluation.hubness.hubness_summary` (``hub_share``, ``k_skewness`` over the validation
+    queries;
+    ``ood_hub_share``, ``ood_distinct`` over the out-of-domain photos when any were given); ``hubs``: the most
+    frequent answers (:func:`cbir.evaluation.hubness.top_hubs` plus path, relpath, label); ``photo_answers``: the
+    relpaths
+    answered to each photo.
+    """
+
+    summary: dict[str, float]
+    hubs: pd.DataFrame
+    photo_answers: dict[str, list[str]]
+
+
+def hubness_analysis(
+    feature_set: FeatureSet,
+    extractor: FeatureExtractor | None = None,
+    photos: Mapping[str, Image.Image] | None = None,
+    metric: str = "euclidean",
+    k: int = DEFAULT_K,
+    split: EvaluationSplit | None = None,
+) -> HubnessAnalysis:
+    """Hubness of the exact ``metric`` scan: over the validation queries (those of ``split`` when given: the
+    tuning page's, whose exact answers are computed once), and over ``photos`` (embedded with ``extractor``,
+    which must be the feature set's model) when both are given."""
+    if split is None:
+        split = split_collection(feature_set.features, feature_set.labels, feature_set.roles, with_distractors=True)
+    ids = split.exact_ids(metric, k)
+    indexed = feature_set.catalog.iloc[split.index_rows].reset_index(drop=True)
+    photo_ids = None
+    photo_answers: dict[str, list[str]] = {}
+    if photos and extractor is not None:
+        vectors = extractor.transform(list(photos.values()))
+        photo_ids = SequentialScan(metric).fit(split.index_vectors).search(vectors, k)[1]
+        photo_answers = {
+            name: indexed["relpath"].iloc[row[row >= 0]].tolist() for name, row in zip(photos, photo_ids, strict=True)
+        }
+    hubs = top_hubs(ids, split.n_indexed)
+    hubs = hubs.assign(
+        path=indexed["path"].iloc[hubs["id"]].to_numpy(),
+        relpath=indexed["relpath"].iloc[hubs["id"]].to_numpy(),
+        label=indexed["label"].iloc[hubs["id"]].fillna("(distractor)").to_numpy(),
+    )
+    summary = hubness_summary(ids, split.n_indexed, out_of_domain_ids=photo_ids)
+    return HubnessAnalysis(summary=summary, hubs=hubs, photo_answers=photo_answers)
+
+
+def hubness_analysis_for(
+    path: str, version: int, metric: str = "euclidean", _extractor: FeatureExtractor | None = None
+) -> HubnessAnalysis:
+    """:func:`hubness_analysis` of the feature set at ``path``, over the sample photos of :mod:`cbir.data.samples` when
+    ``_extractor`` (the feature set's model) is given and scikit-image is installed."""
+    from cbir.data.samples import SamplesUnavailableError, sample_photos
+
+    photos = None
+    if _extractor is not None:
+        try:
+            photos = sample_photos()
+        except SamplesUnavailableError:
+            photos = None
+    split = split_for(path, version, True)  # the tuning page's split: a sample of the queries when there are many
+    return hubness_analysis(load_feature_set(path, version), _extractor, photos, metric, split=split)
+
+
+def hubness_summary_table(analyses: Mapping[str, HubnessAnalysis]) -> pd.DataFrame:
+    """One row per feature set: ``feature_set`` and the :attr:`HubnessAnalysis.summary` figures."""
+    return pd.DataFrame([{"feature_set": name, **analysis.summary} for name, analysis in analyses.items()])

@@ -1,0 +1,195 @@
+"""The hyper-parameter sweep (the only one: the CLI, the report and the pages all run :func:`sweep_split`), the
+Pareto frontier of mAP against objects visited, and the budgeted recommendation."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cbir.core.errors import ConfigError
+from cbir.evaluation.evaluate import (
+    SETTING_COLUMNS,
+    EvaluationResult,
+    EvaluationSplit,
+    StageProgress,
+    evaluate_split,
+    split_collection,
+)
+from cbir.indexes.base import BaseIndex
+from cbir.indexes.lsh import LSHIndex
+from cbir.indexes.scan import SequentialScan
+from cbir.indexes.widths import default_width
+
+SWEEP_COLUMNS = [
+    *SETTING_COLUMNS,
+    "map",
+    "recall",
+    "mean_score",
+    "mean_visited",
+    "visited_fraction",
+    "fit_seconds",
+    "search_seconds",
+    "query_ms",
+]
+_GRID_ALIASES = {"g": "n_tables", "h": "n_projections", "w": "bucket_width"}
+
+
+def _as_values(values: Iterable[Any], name: str) -> list[Any]:
+    values = [values] if np.isscalar(values) else list(values)
+    if not values:
+        raise ConfigError(f"grid[{name!r}] is empty")
+    return values
+
+
+def sweep(
+    features: np.ndarray,
+    labels: Sequence[Any],
+    roles: Sequence[str],
+    grid: Mapping[str, Sequence[float]],
+    metric: str = "euclidean",
+    k: int = 10,
+    with_distractors: bool = True,
+    probes: Sequence[int] = (0,),
+    seed: int = 0,
+    progress: Callable[[int, int], Any] | None = None,
+    include_scan: bool = False,
+) -> pd.DataFrame:
+    """:func:`sweep_split` of the collection ``features`` (n, d) float32, ``labels`` (n,), ``roles`` (n,) split by
+    :func:`split_collection`."""
+    split = split_collection(features, labels, roles, with_distractors)
+    return sweep_split(split, grid, metric, k, probes, seed, progress, include_scan)
+
+
+def evaluate_settings(
+    index: BaseIndex,
+    split: EvaluationSplit,
+    setting: str,
+    values: Iterable[int],
+    k: int = 10,
+    detail: StageProgress | None = None,
+) -> Iterator[EvaluationResult]:
+    """:func:`evaluate_split` of one index at each value of a query-time ``setting`` (``probes``, ``ef_search``:
+    an attribute that needs no refit): fitted once, for the first value; every result reports that fit's time."""
+    fit_seconds = None
+    for value in values:
+        setattr(index, setting, int(value))
+        result = evaluate_split(index, split, k=k, refit=fit_seconds is None, progress=detail)
+        if fit_seconds is None:
+            fit_seconds = result.fit_seconds
+        else:  # later settings reuse the fitted index; report the fit it cost
+            result = replace(result, fit_seconds=fit_seconds)
+        yield result
+
+
+def sweep_split(
+    split: EvaluationSplit,
+    grid: Mapping[str, Sequence[float]],
+    metric: str = "euclidean",
+    k: int = 10,
+    probes: Sequence[int] = (0,),
+    seed: int = 0,
+    progress: Callable[[int, int], Any] | None = None,
+    include_scan: bool = False,
+    detail: StageProgress | None = None,
+) -> pd.DataFrame:
+    """Evaluate an :class:`~cbir.indexes.lsh.LSHIndex` for every combination of the grid (and of ``probes``): the one
+    sweep of the project (CLI ``sweep``, ``report``, the tuning and comparison pages).
+
+    Args:
+        grid: lists of values for ``n_tables`` (alias ``g``), ``n_projections`` (``h``) and optionally
+            ``bucket_width`` (``w``; default: :func:`default_width` of the indexed rows).
+        probes: multi-probe settings; each is evaluated on the same fitted index (probing needs no refit).
+        progress: called as ``progress(done, total)`` after each configuration.
+        include_scan: add one exact-scan row first (reference mAP; LSH columns are NA).
+        detail: the progress of each evaluation (see :func:`evaluate_split`), between two ``progress`` calls.
+
+    Returns:
+        One row per configuration (:meth:`EvaluationResult.row`) with columns :data:`SWEEP_COLUMNS`; ``n_tables``,
+        ``n_projections`` and ``probes`` are nullable integers.
+    """
+    unknown = set(grid) - set(_GRID_ALIASES) - set(_GRID_ALIASES.values())
+    if unknown:
+        raise ConfigError(f"unknown grid keys {sorted(unknown)}; use n_tables/g, n_projections/h, bucket_width/w")
+    canonical = {_GRID_ALIASES.get(key, key): value for key, value in grid.items()}
+    for name in ("n_tables", "n_projections"):
+        if name not in canonical:
+            raise ConfigError(f"grid needs values for {name!r}")
+    widths = canonical.get("bucket_width")
+    if widths is None:
+        widths = [default_width(split.index_vectors, metric, seed=seed)]
+    combos = list(
+        itertools.product(
+            _as_values(canonical["n_tables"], "n_tables"),
+            _as_values(canonical["n_projections"], "n_projections"),
+            _as_values(widths, "bucket_width"),
+        )
+    )
+    probe_values = _as_values(probes, "probes")
+    total = len(combos) * len(probe_values) + int(include_scan)
+    rows: list[dict[str, Any]] = []
+
+    def add_row(result: EvaluationResult) -> None:
+        rows.append(result.row())
+        if progress is not None:
+            progress(len(rows), total)
+
+    if include_scan:
+        add_row(evaluate_split(SequentialScan(metric), split, k=k, progress=detail))  # type: ignore[arg-type]
+    for n_tables, n_projections, bucket_width in combos:
+        index = LSHIndex(int(n_tables), int(n_projections), float(bucket_width), metric=metric, seed=seed)  # type: ignore[arg-type]
+        for result in evaluate_settings(index, split, "probes", probe_values, k=k, detail=detail):
+            add_row(result)
+    table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+    # nullable integers: the scan row has no g/h/probes, and the others should not print as 4.0000
+    return table.astype(
+        {
+            "n_tables": "Int64",
+            "n_projections": "Int64",
+            "bits": "Int64",
+            "probes": "Int64",
+            "ef_search": "Int64",
+            "n_probe": "Int64",
+            "bucket_width": float,
+        }
+    )
+
+
+def pareto_frontier(df: pd.DataFrame, x: str = "mean_visited", y: str = "map") -> pd.Series:
+    """Boolean mask (aligned with ``df.index``) of the points no other point beats on both axes.
+
+    A point is dominated when another has ``x' <= x`` and ``y' >= y`` with at least one strict (fewer visited
+    objects and higher mAP are better). Identical points are all kept; rows with NaN in x or y are never on
+    the frontier.
+    """
+    for column in (x, y):
+        if column not in df.columns:
+            raise ValueError(f"column {column!r} not in the sweep table (columns: {list(df.columns)})")
+    xs = df[x].to_numpy(dtype=np.float64)
+    ys = df[y].to_numpy(dtype=np.float64)
+    valid = ~(np.isnan(xs) | np.isnan(ys))
+    no_worse = (xs[None, :] <= xs[:, None]) & (ys[None, :] >= ys[:, None])
+    better = (xs[None, :] < xs[:, None]) | (ys[None, :] > ys[:, None])
+    dominated = (no_worse & better & valid[None, :]).any(axis=1)
+    return pd.Series(valid & ~dominated, index=df.index, name="pareto")
+
+
+def recommend(df: pd.DataFrame, budget: float) -> pd.Series:
+    """The configuration with the best mAP among those with ``mean_visited <= budget`` (ties: fewer visited).
+
+    Raises:
+        ConfigError: when no row fits the budget (the message gives the cheapest available).
+    """
+    if df.empty:
+        raise ConfigError("the sweep table is empty")
+    fits = df[df["mean_visited"] <= budget]
+    if fits.empty:
+        raise ConfigError(
+            f"no configuration visits at most {budget:g} objects per query; "
+            f"the cheapest visits {df['mean_visited'].min():.1f}"
+        )
+    return fits.sort_values(["map", "mean_visited"], ascending=[False, True], kind="stable").iloc[0]
