@@ -244,8 +244,9 @@ def test_engine_answers_while_another_thread_adds(grown: tuple[Path, Path]) -> N
 
 def test_cli_add_and_remove(grown: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     _root, store = grown
-    monkeypatch.setattr("cbir.service.search.make_extractor", lambda spec, warm_up=True: PixelExtractor())
-    monkeypatch.setattr("cbir.service.search.extractor_spec", lambda meta: None)
+    for module in ("cbir.features.query_model", "cbir.service.search"):  # growth's model and the engine's
+        monkeypatch.setattr(f"{module}.make_extractor", lambda spec, warm_up=True: PixelExtractor())
+        monkeypatch.setattr(f"{module}.extractor_spec", lambda meta: None)
     image = _new_image()
     assert main(["add", str(image), "--label", "animals", "--features", str(store)]) == 0
     out = capsys.readouterr().out
