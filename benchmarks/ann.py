@@ -159,7 +159,7 @@ def clustered_set() -> tuple[np.ndarray, np.ndarray]:
 
 
 def real_set(path: Path) -> Dataset:
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
 
     feature_set = load_features(path)
     roles = np.asarray(feature_set.roles)
@@ -439,7 +439,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
             print(f"  skip {family} {setting}: visits ~{100 * estimate:.0f}% (> {100 * args.max_visited:.0f}%)")
             continue
         if getattr(index, "target_recall", None) is not None:
-            setting = setting.replace("T=0", f"T={index.probes}(auto)")
+            setting = setting.replace("T=0", f"T={index.probes_}(auto)")
         method = ours(index, family, setting, fit_s)
         seconds, (ids, visited) = best_of(1, lambda method=method: method.search(Q))
         sweep.append(SweepRow(method.family, method.setting, method.params, fit_s, factory, seconds, ids, visited))

@@ -52,7 +52,7 @@ def copy_workspace(collection: Path, store: Path, out: Path) -> tuple[Path, Path
     written as a new store where the copy's feature sets live (``out/artifacts``); ``store`` may be a legacy
     ``.joblib`` feature set."""
     from cbir.data.collection import collection_id
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
     from cbir.features.store import write_store
 
     root = out / "collection"
@@ -89,8 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config.quiet_native_libraries()
     from cbir.data.collection import scan_collection
-    from cbir.features.extractor import extract_collection, load_features
+    from cbir.features.extractor import extract_collection
     from cbir.features.query_model import extractor_spec, make_extractor
+    from cbir.features.sources import load_features
     from cbir.features.workspace import resolve_feature_path
     from cbir.indexes.registry import IndexConfig
     from cbir.service import growth

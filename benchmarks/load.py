@@ -684,7 +684,7 @@ def serve_a_copy(work: Path) -> tuple[dict[str, str], Path]:
 
 def growth_check(store: Path, adds: int) -> str:
     """A line saying whether the copied store loads and holds the added images."""
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
     from cbir.features.store import read_manifest
 
     manifest = read_manifest(store)

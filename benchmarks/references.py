@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 from cbir.core import config  # noqa: E402
 from cbir.evaluation.evaluate import split_collection  # noqa: E402
 from cbir.evaluation.tuning import reference_configs, reference_sweep  # noqa: E402
-from cbir.features.extractor import load_features  # noqa: E402
+from cbir.features.sources import load_features  # noqa: E402
 from cbir.indexes.warmup import warm_up  # noqa: E402
 
 COLUMNS = ["label", "recall", "map", "mean_visited", "visited_fraction", "query_ms", "fit_seconds"]

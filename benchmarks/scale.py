@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/scale.py --skip-store       # indexes only (or --skip-indexes)
 
 1. **Feature store**: writes N × 1280 float16 rows (random, streamed in chunks) with an N-row catalog to
-   ``--out`` (default: a temp folder), then opens it with :func:`cbir.features.extractor.load_features` in a fresh
+   ``--out`` (default: a temp folder), then opens it with :func:`cbir.features.sources.load_features` in a fresh
    process
    and reports the open time and that process's peak resident memory (``resource.getrusage``) right after the
    open and after one full pass over the rows (a mean per column: every page read once; goals at 1M: open < 5 s,
@@ -79,7 +79,7 @@ def build_store(out: Path, n: int, dtype: str = "float16") -> float:
 
 def open_store(path: str) -> dict[str, float]:
     """Run in a fresh process: open the store, then read every row once."""
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
 
     before, hwm_before = peak_rss_mib(), hwm_mib()
     start = time.perf_counter()

@@ -88,7 +88,7 @@ def synthetic_collection(
 
 
 def load_collection(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
 
     feature_set = load_features(path)
     return feature_set.features, feature_set.labels, feature_set.roles

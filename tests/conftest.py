@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cbir.core import config
-from cbir.features.extractor import FeatureSet, load_features
+from cbir.features.sources import FeatureSet, load_features
 
 REQUIRE_REAL = os.environ.get("CBIR_REQUIRE_REAL_DATA") == "1"
 # Fixtures that cost tens of seconds per session (the small Open Clip Art collection is converted and its features

@@ -13,7 +13,7 @@ from builders import bad_uploads, install_feature_set, unusual_uploads
 from streamlit.testing.v1 import AppTest
 
 from cbir.core import config
-from cbir.features.extractor import load_features
+from cbir.features.sources import load_features
 
 APP = config.PROJECT_ROOT / "app.py"
 TIMEOUT = 180  # the first run of a page may load the model and compile numba kernels

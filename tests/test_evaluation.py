@@ -279,7 +279,7 @@ def test_default_bucket_width_scales_with_the_features(collection: tuple) -> Non
 @pytest.fixture
 def feature_artifact(tmp_path: Path, collection: tuple) -> Path:
     from cbir.core.storage import save_artifact
-    from cbir.features.extractor import FEATURES_KIND
+    from cbir.features.sources import FEATURES_KIND
 
     features, labels, roles = collection
     catalog = pd.DataFrame(

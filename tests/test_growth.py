@@ -19,7 +19,8 @@ from PIL import Image
 from cbir.cli.main import main
 from cbir.data.collection import scan_collection
 from cbir.features import store as feature_store
-from cbir.features.extractor import extract_collection, load_features
+from cbir.features.extractor import extract_collection
+from cbir.features.sources import load_features
 from cbir.features.store import read_manifest
 from cbir.indexes.registry import IndexConfig
 from cbir.service import growth

@@ -21,7 +21,8 @@ from cbir.data.openclipart import build_collection
 from cbir.data.samples import sample_photos
 from cbir.evaluation.evaluate import evaluate, split_collection
 from cbir.evaluation.report import feature_set_row
-from cbir.features.extractor import FeatureExtractor, FeatureSet, extract_collection
+from cbir.features.extractor import FeatureExtractor, extract_collection
+from cbir.features.sources import FeatureSet
 from cbir.indexes.base import l2_normalize
 from cbir.indexes.lsh import LSHIndex
 from cbir.indexes.scan import SequentialScan

@@ -108,7 +108,7 @@ def test_nearest_grid_point() -> None:
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_width_sample_gives_the_default_width_of_all_searchable_rows(metric: str) -> None:
-    from cbir.features.extractor import FeatureSet
+    from cbir.features.sources import FeatureSet
     from cbir.features.synthetic import hard_vectors, synthetic_catalog
 
     for n in (300, 3000):  # fewer and more searchable rows than the sample

@@ -16,7 +16,7 @@ def _feature_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
     from cbir.service.growth import add_images
 
     path = _feature_path(args)

@@ -17,7 +17,7 @@ import pandas as pd
 from cbir.core.names import INDEX_KINDS, METRICS
 
 if TYPE_CHECKING:
-    from cbir.features.extractor import FeatureSet
+    from cbir.features.sources import FeatureSet
 
 T = TypeVar("T")
 
@@ -56,7 +56,7 @@ def add_feature_selection_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_selected_features(args: argparse.Namespace) -> FeatureSet:
-    """The :class:`cbir.features.extractor.FeatureSet` named by the :func:`add_feature_selection_args` options."""
+    """The :class:`cbir.features.sources.FeatureSet` named by the :func:`add_feature_selection_args` options."""
     from cbir.features.workspace import resolve_feature_set  # imported late: pulls in the feature-extraction stack
 
     return resolve_feature_set(args.features, args.backbone, args.collection, args.weights)

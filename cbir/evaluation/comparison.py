@@ -29,7 +29,8 @@ from cbir.evaluation.tuning import (
     sweep_for,
     width_sample,
 )
-from cbir.features.extractor import FeatureExtractor, FeatureSet
+from cbir.features.extractor import FeatureExtractor
+from cbir.features.sources import FeatureSet
 from cbir.features.workspace import load_feature_set, weights_kind
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
 from cbir.indexes.scan import SequentialScan

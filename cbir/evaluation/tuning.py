@@ -32,7 +32,7 @@ from cbir.evaluation.evaluate import (
     split_collection,
 )
 from cbir.evaluation.sweep import SWEEP_COLUMNS, pareto_frontier, recommend, sweep_split
-from cbir.features.extractor import SPLIT_COLUMNS, FeatureSet
+from cbir.features.sources import SPLIT_COLUMNS, FeatureSet
 from cbir.features.workspace import load_feature_set
 from cbir.indexes.registry import DEFAULT_K, DEFAULT_PROJECTIONS, DEFAULT_TABLES, IndexConfig
 from cbir.indexes.widths import DEFAULT_WIDTH_FACTORS, default_width, round_sig, width_grid

@@ -46,7 +46,8 @@ from cbir.data.collection import (
 )
 from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_or_reason, load_image
 from cbir.data.query import MAX_UPLOAD_BYTES
-from cbir.features.store import append_rows, is_store, read_manifest, remove_rows, store_dir, store_lock
+from cbir.features.sources import feature_source, load_features
+from cbir.features.store import append_rows, catalog_keys, read_manifest, remove_rows, store_dir, store_lock
 
 if TYPE_CHECKING:
     from cbir.features.extractor import FeatureExtractor
@@ -95,7 +96,7 @@ class GrowthReport:
 
 
 def _store_of(path: str | os.PathLike[str]) -> Path:
-    if not is_store(path):
+    if not feature_source(path).can_grow:
         raise GrowthError(
             f"{path} is a single-file (.joblib) feature set, which cannot grow in place; convert it to a feature store "
             "with `python -m cbir extract --collection DIR` (the default output is a store; its cache reuses the "
@@ -238,8 +239,6 @@ def _add_locked(
     allow_duplicates: bool,
     started: float,
 ) -> GrowthReport:
-    from cbir.features.extractor import load_features
-    from cbir.features.store import catalog_keys
 
     feature_set = load_features(folder)
     meta = feature_set.meta
@@ -365,7 +364,7 @@ def _collection_stores(root: Path, beside: Path | None = None) -> list[Path]:
     stores: list[Path] = []
     for path in candidates:
         try:
-            if not is_store(path) or store_dir(path) in stores:
+            if not feature_source(path).can_grow or store_dir(path) in stores:
                 continue
             meta = read_manifest(path)["meta"]
             if meta.get("complete") and Path(meta.get("collection_root", "")).resolve() == root.resolve():
@@ -386,7 +385,6 @@ def remove_images(store_path: str | os.PathLike[str], paths: Sequence[str | os.P
     """Remove images (absolute paths, or paths relative to the collection) from the collection of the feature store
     ``store_path``: tombstoned in every finished feature store of the collection, then moved to
     ``<collection>/.removed/``. An image no store holds raises :class:`GrowthError` and nothing changes."""
-    from cbir.features.extractor import load_features
 
     started = time.perf_counter()
     folder = _store_of(store_path)

@@ -23,8 +23,11 @@ import pandas as pd
 from PIL import Image
 
 from cbir.core.errors import ConfigError
+from cbir.core.storage import ArtifactError
 from cbir.data.query import QueryImage, decode_query
 from cbir.features.query_model import extractor_spec, make_extractor
+from cbir.features.sources import FeatureSet, feature_source
+from cbir.features.store import catalog_keys, read_manifest, read_rows, read_table, removed_rows
 from cbir.features.workspace import file_version, load_feature_set
 from cbir.indexes.base import BaseIndex
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     import os
 
     from cbir.evaluation.evaluate import StageProgress
-    from cbir.features.extractor import FeatureExtractor, FeatureSet
+    from cbir.features.extractor import FeatureExtractor
 
 # ----------------------------------------------------------------------------------------------------------
 # Search
@@ -121,11 +124,7 @@ class SearchEngine:
         ``stat``); returns whether something changed. Called before every query."""
         if self.path is None or file_version(self.path) == self._version:
             return False
-        from cbir.core.storage import ArtifactError
-        from cbir.features.extractor import FeatureSet
-        from cbir.features.store import catalog_keys, is_store, read_manifest, read_rows, read_table, removed_rows
-
-        if not is_store(self.path):
+        if not feature_source(self.path).can_grow:  # a joblib artifact never changes in place
             return False
         with self._lock:
             version = file_version(self.path)
