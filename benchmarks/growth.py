@@ -25,14 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir importable
-    sys.path.insert(0, str(PROJECT_ROOT))
+from harness import ROOT as PROJECT_ROOT
+from harness import best_of  # first: this checkout's cbir, not an installed one
 
 
 def link_tree(source: Path, target: Path) -> None:
@@ -66,15 +64,6 @@ def copy_workspace(collection: Path, store: Path, out: Path) -> tuple[Path, Path
     chunks = (np.asarray(real.features[i : i + 4096]) for i in range(0, len(catalog), 4096))
     write_store(target, chunks, catalog, real.report, {}, meta, dtype=real.meta.get("dtype", "float32"))
     return root, target
-
-
-def best_of(repeats: int, run: Callable[[], object]) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             removed_file = root / growth.REMOVED_FOLDER / victim["relpath"]
         grown = load_features(store)
         timings["refit"] = [
-            best_of(1, lambda: [c.build().fit(grown.features) for c in configs]) for _ in range(args.repeats)
+            best_of(1, lambda: [c.build().fit(grown.features) for c in configs])[0] for _ in range(args.repeats)
         ]
         assert len(grown.catalog) == n, "the copy should end where it started"
 

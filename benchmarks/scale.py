@@ -29,7 +29,6 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # see benchmarks/search.p
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,10 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # this checkout's cbir, not an installed one
+from harness import peak_rss_mib  # first: this checkout's cbir, not an installed one
 
 K = 10
 STORE_DIM = 1280
@@ -53,12 +49,6 @@ def rss_mib() -> float:
     """Current resident memory of this process (MiB), from /proc."""
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (MiB), ``resource.getrusage`` (Linux keeps it across fork and exec, so
-    the store is built and opened in child processes of a small parent)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def hwm_mib() -> float:

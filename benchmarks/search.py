@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 
+from harness import best_of  # first: this checkout's cbir, not an installed one
+
 # OpenBLAS worker threads busy-wait for up to ~2**28 cycles after each call. On a small machine they then
 # take the cores from numba's threads: the LSH search (query projection by BLAS, then the numba kernel)
 # measured ~1.5x slower. Letting them sleep at once does not slow the scan's large matrix products.
@@ -92,16 +94,6 @@ def load_collection(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     feature_set = load_features(path)
     return feature_set.features, feature_set.labels, feature_set.roles
-
-
-def best_of(repeats: int, run: Callable[[], Any]) -> tuple[float, Any]:
-    """Fastest wall time of ``repeats`` runs and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - started)
-    return best, result
 
 
 def timed_against_scan(

@@ -5,6 +5,7 @@ are required whenever those folders exist."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ from PIL import Image
 
 from cbir.core import config
 from cbir.features.sources import FeatureSet, load_features
+
+# the benchmark scripts import their shared harness as `harness` (their own folder is on the path when run as
+# scripts); the tests import them as benchmarks.<name>, so that folder goes last on the path
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 REQUIRE_REAL = os.environ.get("CBIR_REQUIRE_REAL_DATA") == "1"
 # Fixtures that cost tens of seconds per session (the small Open Clip Art collection is converted and its features
