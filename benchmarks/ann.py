@@ -280,8 +280,8 @@ def option_labels(options: dict[str, Any]) -> str:
 
 def uint8_shortlist(X: np.ndarray, reduce_dim: int) -> dict[str, int]:
     """The options of the uint8-shortlist families (E2LSH and cross-polytope): hashed on ``reduce_dim`` PCA axes, the
-    best :data:`cbir.service.search.UINT8_RERANK` candidates by their uint8 codes of
-    :data:`cbir.service.search.UINT8_SCORE_DIM` axes
+    best :data:`cbir.indexes.registry.UINT8_RERANK` candidates by their uint8 codes of
+    :data:`cbir.indexes.registry.UINT8_SCORE_DIM` axes
     (at most X's dimension) ranked exactly: the app's setting (the tuning page's cross-polytope reference points)."""
     return {"reduce_dim": reduce_dim, "rerank": UINT8_RERANK, "score_dim": min(UINT8_SCORE_DIM, X.shape[1])}
 

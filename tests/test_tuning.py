@@ -13,8 +13,7 @@ from builders import save_feature_set, synthetic_feature_set
 
 from cbir.evaluation import tuning
 from cbir.features import workspace
-from cbir.indexes import widths
-from cbir.service import search
+from cbir.indexes import registry, widths
 
 
 def test_default_width_and_slider_range() -> None:
@@ -33,11 +32,11 @@ def test_default_width_and_slider_range() -> None:
 
 def test_evaluate_config_scan_vs_lsh_and_slider_directions() -> None:
     feature_set = synthetic_feature_set()
-    scan = tuning.evaluate_config(feature_set, search.IndexConfig())
+    scan = tuning.evaluate_config(feature_set, registry.IndexConfig())
     assert scan.map > 0.9 and scan.visited_fraction == 1.0 and scan.n_queries == 20
     assert scan.recall == 1.0  # the scan is its own reference
     assert scan.n_indexed == 100  # 80 index + 20 distractors
-    assert tuning.evaluate_config(feature_set, search.IndexConfig(), with_distractors=False).n_indexed == 80
+    assert tuning.evaluate_config(feature_set, registry.IndexConfig(), with_distractors=False).n_indexed == 80
     base = tuning.default_lsh_config(tuning.searchable_features(feature_set))
 
     def visited(**changes: float) -> float:
@@ -95,7 +94,7 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     assert tuning.recommended_config(table, n_indexed=100, budget_fraction=-1.0) is None
     # the tuning page's slider evaluation of a sweep point gives the sweep's figures
     for _, row in table.iterrows():
-        result = tuning.evaluate_for(path, version, search.IndexConfig.from_row(row))
+        result = tuning.evaluate_for(path, version, registry.IndexConfig.from_row(row))
         if row["index"] in ("hnsw", "hnswlib"):  # graphs built in parallel threads: the same up to insertion order
             assert abs(result.recall - row["recall"]) <= 0.05
         else:

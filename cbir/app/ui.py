@@ -23,7 +23,8 @@ from cbir.core.errors import CbirError
 from cbir.data import query
 from cbir.evaluation import comparison, tuning
 from cbir.evaluation import evaluate as evaluation
-from cbir.features import workspace
+from cbir.features import query_model, workspace
+from cbir.indexes import registry
 from cbir.service import growth, search
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection�
 lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
 distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analysis_for)
 hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)
-make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.make_extractor)
+make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(query_model.make_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
 
 
@@ -59,7 +60,7 @@ def search_engine_with_model(path: str) -> search.SearchEngine:
     engine
     applies them itself on its next query), a new extraction does. Raises :class:`~cbir.core.errors.CbirError` (or
     ``FileNotFoundError``) when that model cannot be loaded."""
-    extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path).meta))
+    extractor = make_extractor(query_model.extractor_spec(workspace.load_feature_set(path).meta))
     return search_engine(path, workspace.base_version(path), _extractor=extractor)
 
 
@@ -151,7 +152,7 @@ def moving_bar(text: str) -> Iterator[Callable[[float, str], None]]:
 # every setting evaluated once stays cached, so moving a slider back to it is instant
 @st.cache_data(show_spinner=False, max_entries=1024)
 def evaluate(
-    path: str, version: int, config: search.IndexConfig, with_distractors: bool = True
+    path: str, version: int, config: registry.IndexConfig, with_distractors: bool = True
 ) -> evaluation.EvaluationResult:
     """:func:`cbir.evaluation.tuning.evaluate_for` behind a :func:`moving_bar` that moves at least every second or so
     while
@@ -231,7 +232,7 @@ def hubness_analyses(
         for done, (label, path, version) in enumerate(feature_sets):
             update(done / len(feature_sets), f"Measuring hubness: {label}")
             try:
-                extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path, version).meta))
+                extractor = make_extractor(query_model.extractor_spec(workspace.load_feature_set(path, version).meta))
             except (CbirError, FileNotFoundError):
                 extractor = None
             analyses[label] = hubness_analysis(path, version, metric, _extractor=extractor)

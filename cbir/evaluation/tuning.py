@@ -1,11 +1,11 @@
-"""Index tuning on a feature set: evaluate one :class:`~cbir.service.search.IndexConfig` on the validation queries,
+"""Index tuning on a feature set: evaluate one :class:`~cbir.indexes.registry.IndexConfig` on the validation queries,
 sweep a
 grid of LSH settings around the data-driven bucket width beside the reference points (FAISS HNSW and IVF-Flat,
 hnswlib, cross-polytope LSH), recommend the best LSH setting under a visit budget, and pick the fastest index that
 reaches a recall.
 
 The computations are :mod:`cbir.evaluation.evaluate`'s; this module speaks in feature sets (by path and file version, so
-that the app can cache by plain arguments) and in :class:`~cbir.service.search.IndexConfig`.
+that the app can cache by plain arguments) and in :class:`~cbir.indexes.registry.IndexConfig`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ SWEEP_ON_REQUEST = 250_000
 # The reference points beside the sweep (cbir.core.names.REFERENCE_KINDS), each family fitted once and searched at each
 # of its search-time settings: FAISS HNSW at these efSearch values (recall from ~0.8 to ~1 on real features), FAISS
 # IVF-Flat (about 4·sqrt(n) lists) at these nprobe, hnswlib at these ef, and cross-polytope LSH on PCA-48 with the
-# uint8 shortlist (cbir.service.search.UINT8_RERANK of codes of UINT8_SCORE_DIM axes, as benchmarks/ann.py) at the
+# uint8 shortlist (cbir.indexes.registry.UINT8_RERANK of codes of UINT8_SCORE_DIM axes, as benchmarks/ann.py) at the
 # README's
 # best setting on the real features (L=8 tables, 10 bits per table) with these probes T (one fit: its PCA, a
 # 1280 x 1280 eigendecomposition, is most of its cost).
@@ -62,7 +62,7 @@ REFERENCE_POLYTOPE_PROBES = (2, 8, 16)
 
 def reference_configs(metric: str = "euclidean") -> list[IndexConfig]:
     """The reference settings of :func:`reference_sweep`, in order (those sharing a
-    :attr:`~cbir.service.search.IndexConfig.fit_key` are consecutive: one fitted index serves them)."""
+    :attr:`~cbir.indexes.registry.IndexConfig.fit_key` are consecutive: one fitted index serves them)."""
     return [
         *(IndexConfig("hnsw", metric, ef_search=ef) for ef in REFERENCE_EF),  # type: ignore[arg-type]
         *(IndexConfig("ivf_flat", metric, n_probe=n_probe) for n_probe in REFERENCE_N_PROBE),  # type: ignore[arg-type]
@@ -266,8 +266,8 @@ def reference_sweep(
     detail: StageProgress | None = None,
 ) -> pd.DataFrame:
     """The reference points (default :func:`reference_configs` of euclidean): each family fitted once on the split
-    (consecutive ``configs`` with the same :attr:`~cbir.service.search.IndexConfig.fit_key` share one fitted index,
-    retuned by :meth:`~cbir.service.search.IndexConfig.tune`) and evaluated at each setting: rows of
+    (consecutive ``configs`` with the same :attr:`~cbir.indexes.registry.IndexConfig.fit_key` share one fitted index,
+    retuned by :meth:`~cbir.indexes.registry.IndexConfig.tune`) and evaluated at each setting: rows of
     :data:`cbir.evaluation.evaluate.SWEEP_COLUMNS` (``fit_seconds``: the family's one fit), to set beside the LSH sweep.
     ``progress(rows done)`` after each row, ``detail`` within."""
     configs = list(configs) if configs is not None else reference_configs()
