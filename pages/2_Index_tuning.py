@@ -164,7 +164,7 @@ if recommended is not None:
     )
     right.button("Use it", on_click=use_recommended, key="tune-use-recommended")
 with st.expander("Sweep table (Pareto-optimal settings first)"):
-    st.dataframe(table.sort_values(["pareto", "map"], ascending=[False, False]), width="stretch", hide_index=True)
+    ui.table(table.sort_values(["pareto", "map"], ascending=[False, False]))
 
 
 with st.expander("Hyper-parameter trends (the paper's Section 6), at the sweep point nearest to the sliders"):

@@ -55,34 +55,32 @@ st.subheader("Results")
 sampled = table[table["n_all_queries"] > table["n_queries"]]
 if not sampled.empty:
     st.info(ui.sample_note(int(sampled["n_queries"].iloc[0]), int(sampled["n_all_queries"].max())))
-st.dataframe(
-    table,
-    width="stretch",
-    hide_index=True,
-    column_order=[
-        "feature_set",
-        "index",
-        "distractors",
-        "map",
-        "recall",
-        "mean_visited",
-        "visited_fraction",
-        "mean_score",
-        "query_ms",
-        "config",
-        "n_indexed",
-        "n_queries",
+ui.table(
+    table[
+        [
+            "feature_set",
+            "index",
+            "distractors",
+            "map",
+            "recall",
+            "mean_visited",
+            "visited_fraction",
+            "mean_score",
+            "query_ms",
+            "config",
+            "n_indexed",
+            "n_queries",
+        ]
     ],
+    {"mean_score": score.capitalize()},
     column_config={
-        "feature_set": "feature set",
-        "map": st.column_config.NumberColumn("mAP@10", format="%.3f"),
-        "recall": st.column_config.NumberColumn(
-            "recall@10", format="%.3f", help="Share of the exact scan's top 10 that the index returns"
+        "Recall@10": st.column_config.NumberColumn(
+            "Recall@10", format="%.3f", help="Share of the exact scan's top 10 that the index returns"
         ),
-        "mean_score": st.column_config.NumberColumn(score, format="%.3f"),
-        "mean_visited": st.column_config.NumberColumn("visited / query", format="%.1f"),
-        "visited_fraction": st.column_config.NumberColumn("share visited", format="percent"),
-        "query_ms": st.column_config.NumberColumn("ms / query", format="%.3f"),
+        "Per query (ms)": st.column_config.NumberColumn(
+            "Per query (ms)", format="%.3f", help="Search time per query, the mean over the batch of queries"
+        ),
+        score.capitalize(): st.column_config.NumberColumn(score.capitalize(), format="%.3f"),
     },
 )
 st.download_button("Download as CSV", table.to_csv(index=False), "comparison.csv", "text/csv")
@@ -139,7 +137,7 @@ samples = {name: analysis.sample for name, analysis in analyses.items()}
 hist = st.columns(2)
 hist[0].plotly_chart(plots.fig_distance_histograms(samples, "euclidean"), width="stretch")
 hist[1].plotly_chart(plots.fig_distance_histograms(samples, "cosine"), width="stretch")
-st.dataframe(distance_summary(analyses), width="stretch", hide_index=True)
+ui.table(distance_summary(analyses))
 
 st.subheader("Fine-tuning (Section 5)")
 runs = finished_runs()

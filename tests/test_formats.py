@@ -40,3 +40,15 @@ def test_share_path_and_sentence() -> None:
     assert formats.file_first("training_set/animals/coffee.png") == "coffee.png · training_set/animals"
     assert formats.file_first("coffee.png") == "coffee.png"
     assert formats.sentence("nothing was added: x") == "Nothing was added: x"
+
+
+def test_human_columns_name_columns_and_blank_missing_text() -> None:
+    import numpy as np
+    import pandas as pd
+
+    table = pd.DataFrame({"feature_set": ["a", None], "query_ms": [0.1, np.nan], "n_tables": pd.array([7, None])})
+    human = formats.human_columns(table)
+    assert list(human.columns) == ["Feature set", "Per query (ms)", "g (tables)"]
+    assert human["Feature set"].tolist() == ["a", ""]
+    assert np.isnan(human["Per query (ms)"].iloc[1])
+    assert set(human.columns) <= set(formats.COLUMN_FORMATS) | {"Feature set"}

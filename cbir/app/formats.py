@@ -60,3 +60,81 @@ def file_first(relpath: str) -> str:
 def sentence(text: str) -> str:
     """``text`` with a capital first letter (messages of :mod:`cbir.service` start in lower case, as exceptions do)."""
     return text[:1].upper() + text[1:]
+
+
+# what a person reads for the tables' column names (the pipeline's own names stay in the CSV downloads)
+COLUMN_NAMES = {
+    "rank": "Rank",
+    "relpath": "Path",
+    "label": "Class",
+    "role": "Role",
+    "feature_set": "Feature set",
+    "index": "Index",
+    "config": "Setting",
+    "distractors": "Distractors",
+    "n_tables": "g (tables)",
+    "n_projections": "h (projections)",
+    "bucket_width": "w (bucket width)",
+    "probes": "Probes",
+    "map": "mAP@10",
+    "recall": "Recall@10",
+    "mean_score": "Mean score",
+    "mean_visited": "Visited / query",
+    "visited_fraction": "Share visited",
+    "fit_seconds": "Build (s)",
+    "search_seconds": "All queries (s)",
+    "query_ms": "Per query (ms)",
+    "pareto": "Pareto-optimal",
+    "n_indexed": "Indexed images",
+    "n_queries": "Queries",
+    "n_all_queries": "Validation queries",
+}
+# printf formats of the numeric columns (by their human name): one number of decimals per kind of figure
+COLUMN_FORMATS = {
+    "mAP@10": "%.3f",
+    "Recall@10": "%.3f",
+    "Mean score": "%.3f",
+    "Visited / query": "%.1f",
+    "Share visited": "percent",
+    "Build (s)": "%.3f",
+    "All queries (s)": "%.3f",
+    "Per query (ms)": "%.3f",
+    "w (bucket width)": "%.2f",
+    "Indexed images": "%d",
+    "Queries": "%d",
+    "Validation queries": "%d",
+    "g (tables)": "%d",
+    "h (projections)": "%d",
+    "Probes": "%d",
+}
+
+
+def human_columns(table: pd.DataFrame, names: dict[str, str] | None = None) -> pd.DataFrame:
+    """``table`` with the column names a person reads (:data:`COLUMN_NAMES`, then ``names``) and blanks, not
+    "None", where a text cell has no value (a numeric NaN stays NaN: the table shows it empty)."""
+    renamed = table.rename(columns={**COLUMN_NAMES, **(names or {})})
+    texts = renamed.select_dtypes(include=["object", "string"]).columns
+    return renamed.assign(**{column: renamed[column].where(renamed[column].notna(), "") for column in texts})
+
+
+BACKBONE_NAMES = {
+    "efficientnet_lite0": "EfficientNet-Lite0",
+    "resnet50": "ResNet50",
+    "resnet50v2": "ResNet50V2",
+}
+
+
+def backbone_name(backbone: str | None) -> str:
+    """How a person writes the backbone ``backbone`` (its registry name otherwise)."""
+    return BACKBONE_NAMES.get(str(backbone), str(backbone))
+
+
+def from_root(path: str, root: str) -> str:
+    """``path`` as :func:`file_first` writes it, relative to the collection ``root`` when it lies inside."""
+    from pathlib import Path
+
+    try:
+        relpath = Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        relpath = Path(path).as_posix()
+    return file_first(relpath)

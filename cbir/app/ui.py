@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
+from cbir.app import formats
 from cbir.core import config
 from cbir.core.errors import CbirError
 from cbir.data import query
@@ -69,15 +70,73 @@ def search_engine_without_model(path: str) -> search.SearchEngine:
     return search_engine(path, workspace.base_version(path))
 
 
-def add_to_collection(engine: search.SearchEngine, name: str, data: bytes, label: str | None) -> growth.GrowthReport:
+def add_to_collection(
+    engine: search.SearchEngine, name: str, data: bytes, label: str | None, allow_duplicates: bool = False
+) -> growth.GrowthReport:
     """Add an uploaded image to the collection of the engine's feature set (:func:`cbir.service.growth.add_images`) with
     the engine's model; the feature-set list and collection caches are cleared so every page sees it."""
     assert engine.path is not None
-    report = growth.add_images(engine.path, [(name, data)], label, extractor=engine.extractor)
+    report = growth.add_images(
+        engine.path, [(name, data)], label, extractor=engine.extractor, allow_duplicates=allow_duplicates
+    )
+    _changed(engine)
+    return report
+
+
+def _changed(engine: search.SearchEngine) -> None:
     engine.refresh()
     feature_sets.clear()
     collection_status.clear()
+
+
+def restore_to_collection(engine: search.SearchEngine, relpath: str) -> growth.GrowthReport:
+    """Undo the removal of ``relpath`` (:func:`cbir.service.growth.restore_images`), as :func:`add_to_collection`."""
+    assert engine.path is not None
+    report = growth.restore_images(engine.path, [relpath])
+    _changed(engine)
     return report
+
+
+STATUS_KEY = "cbir-status"  # session-state key of the page's status line: (kind, markdown, relpath to undo or None)
+
+
+def set_status(kind: str, text: str, undo: str | None = None) -> None:
+    """Say what an action did (``kind``: "success" or "error") in the status line and a toast on the next run (the
+    action's own controls may be out of sight by then); ``undo``: a removed image's relpath, offered back."""
+    st.session_state[STATUS_KEY] = (kind, formats.sentence(text), undo, True)
+
+
+def status_line(engine: search.SearchEngine) -> None:
+    """The status line :func:`set_status` filled (it stays until the next action), with an Undo button after a
+    removal; a toast too on the run right after the action."""
+    status = st.session_state.get(STATUS_KEY)
+    if status is None:
+        return
+    kind, text, undo, fresh = status
+    if fresh:
+        st.toast(text, icon=":material/error:" if kind == "error" else ":material/check_circle:")
+        st.session_state[STATUS_KEY] = (kind, text, undo, False)
+    box, button = st.columns([6, 1], vertical_alignment="center")
+    (box.error if kind == "error" else box.success)(text)
+    if undo is not None and button.button("Undo", key="cbir-undo", help=f"Put {undo} back in the collection"):
+        try:
+            report = restore_to_collection(engine, undo)
+        except CbirError as exc:
+            set_status("error", str(exc))
+        else:
+            set_status(
+                "success",
+                f"Restored **{formats.file_first(undo)}** in {report.seconds:.2f} s ({report.n_images:,} images).",
+            )
+        st.rerun()
+
+
+def without_query(answer: search.QueryAnswer, row: int, k: int) -> search.QueryAnswer:
+    """``answer`` (of ``k + 1`` results) without the engine row ``row`` (a collection image searched for itself
+    would fill a slot with itself as #1), cut to ``k`` results and ranked again."""
+    results = answer.results[answer.results["id"] != row].head(k).reset_index(drop=True)
+    answer.results = results.assign(rank=range(1, len(results) + 1))
+    return answer
 
 
 def remove_from_collection(engine: search.SearchEngine, relpath: str) -> growth.GrowthReport:
@@ -85,9 +144,7 @@ def remove_from_collection(engine: search.SearchEngine, relpath: str) -> growth.
     :func:`add_to_collection`."""
     assert engine.path is not None
     report = growth.remove_images(engine.path, [relpath])
-    engine.refresh()
-    feature_sets.clear()
-    collection_status.clear()
+    _changed(engine)
     return report
 
 
@@ -283,3 +340,19 @@ def chosen_feature_set() -> tuple[str, str, int]:
 def with_versions(choices: dict[str, str], labels: Sequence[str]) -> tuple[tuple[str, str, int], ...]:
     """``(label, path, file version)`` of the chosen ``labels`` (hashable: a cache key)."""
     return tuple((label, choices[label], workspace.file_version(choices[label])) for label in labels)
+
+
+def table(frame: pd.DataFrame, names: dict[str, str] | None = None, **kwargs: Any) -> None:
+    """``st.dataframe`` of ``frame`` as a person reads it: human column names and blanks
+    (:func:`cbir.app.formats.human_columns`), the same decimals for the same kind of figure
+    (:data:`cbir.app.formats.COLUMN_FORMATS`), no index column; ``kwargs`` go to ``st.dataframe``."""
+    shown = formats.human_columns(frame, names)
+    column_config = {
+        name: st.column_config.NumberColumn(name, format=fmt)
+        for name, fmt in formats.COLUMN_FORMATS.items()
+        if name in shown.columns and pd.api.types.is_numeric_dtype(shown[name])
+    }
+    st.dataframe(
+        shown, width="stretch", hide_index=True, column_config={**column_config, **kwargs.pop("column_config", {})},
+        **kwargs,
+    )  # fmt: skip
