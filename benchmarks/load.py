@@ -394,14 +394,14 @@ return Array.from(document.querySelectorAll('[data-testid="stMetric"]')).filter(
     Array.from(metric.querySelectorAll('[data-testid="stMetricValue"] *, [data-testid="stMetricLabel"] *,'
         + ' [data-testid="stMetricValue"], [data-testid="stMetricLabel"]'))
         .some(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)
-).map(metric => metric.innerText.replace(/\n/g, ' | '));
+).map(metric => metric.innerText);
 """
 
 
 def truncated_metrics(driver: Any) -> list[str]:
     """The full text of every ``st.metric`` whose label or value the browser cuts (Streamlit ends a value too wide
     for its box with an ellipsis: the element's content is then wider than the element)."""
-    return [str(text) for text in driver.execute_script(TRUNCATED_JS)]
+    return [" | ".join(str(text).split()) for text in driver.execute_script(TRUNCATED_JS)]
 
 
 def metric_text(driver: Any, label: str) -> str | None:

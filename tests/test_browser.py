@@ -57,16 +57,22 @@ def test_upload_on_the_search_page_shows_ten_results(
 def default_copy_server(tmp_path: Path) -> Any:
     """A server over a copy of the default collection and its newest feature store (hard links: the test adds and
     removes images), with the real weights; the screenshots go to ``CBIR_SHOTS`` when set, else the tmp dir."""
-    from benchmarks.load import chromium_available, serve_a_copy, streamlit_server
-    from cbir.core import config
+    from builders import REAL_COLLECTION
+
+    from benchmarks.growth import copy_workspace
+    from benchmarks.load import chromium_available, streamlit_server
 
     if not chromium_available():
         pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
-    require(config.default_collection().is_dir(), "no default collection (python -m cbir openclipart)")
-    env, store = serve_a_copy(tmp_path)
-    weights = config.artifacts_dir() / "weights"
+    require(REAL_COLLECTION.is_dir(), "no default collection (python -m cbir openclipart)")
+    stores = sorted((REAL_COLLECTION.parents[1] / "features").glob("*/efficientnet_lite0-*imagenet*/meta.json"))
+    require(bool(stores), "no EfficientNet-Lite0 features of the default collection (python -m cbir extract)")
+    root, store = copy_workspace(REAL_COLLECTION, stores[0].parent, tmp_path / "copy")
+    artifacts = tmp_path / "copy" / "artifacts"
+    weights = REAL_COLLECTION.parents[1] / "weights"
     if weights.exists():
-        (Path(env["CBIR_ARTIFACTS"]) / "weights").symlink_to(weights.resolve(), target_is_directory=True)
+        (artifacts / "weights").symlink_to(weights.resolve(), target_is_directory=True)
+    env = {"CBIR_COLLECTION": str(root), "CBIR_ARTIFACTS": str(artifacts)}
     with streamlit_server(tmp_path / "streamlit.log", env) as running:
         yield running, Path(env["CBIR_COLLECTION"]), store
 

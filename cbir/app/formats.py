@@ -88,6 +88,8 @@ COLUMN_NAMES = {
     "n_indexed": "Indexed images",
     "n_queries": "Queries",
     "n_all_queries": "Validation queries",
+    "recall_pareto": "Recall Pareto-optimal",
+    "computed": "Computed (UTC)",
 }
 # printf formats of the numeric columns (by their human name): one number of decimals per kind of figure
 COLUMN_FORMATS = {
