@@ -61,7 +61,11 @@ def home() -> None:
         cols = st.columns(4)
         cols[0].metric("Images", f"{len(catalog.images):,}")
         cols[1].metric("Classes", n_classes)
-        cols[2].metric("Queries (validation split)", f"{int((catalog.images['role'] == 'query').sum()):,}")
+        cols[2].metric(
+            "Queries",
+            f"{int((catalog.images['role'] == 'query').sum()):,}",
+            help="The validation split: the queries the tuning and comparison pages evaluate with",
+        )
         cols[3].metric("Distractors", f"{int((catalog.images['role'] == 'distractor').sum()):,}")
         n_left_out = len(catalog.report)
         n_queries = int((catalog.images["role"] == "query").sum())

@@ -406,10 +406,14 @@ def truncated_metrics(driver: Any) -> list[str]:
 
 def metric_text(driver: Any, label: str) -> str | None:
     """The value of the ``st.metric`` labelled ``label`` (the full text, cut or not)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     for metric in elements(driver, '[data-testid="stMetric"]'):
-        lines = str(metric.get_attribute("innerText")).strip().splitlines()
-        if lines and lines[0].strip() == label:
-            return lines[1].strip() if len(lines) > 1 else ""
+        with contextlib.suppress(StaleElementReferenceException, IndexError):
+            name = metric.find_elements("css selector", '[data-testid="stMetricLabel"]')[0]
+            if str(name.get_attribute("textContent")).strip() == label:
+                value = metric.find_elements("css selector", '[data-testid="stMetricValue"]')[0]
+                return str(value.get_attribute("textContent")).strip()
     return None
 
 

@@ -117,7 +117,9 @@ def test_journeys_on_the_default_collection(default_copy_server: Any, browser: A
             cut[name] = truncated_metrics(driver)
 
     def visited_within_the_collection() -> None:
-        visited = int((metric_text(driver, "Visited") or "0").replace(",", ""))
+        shown = metric_text(driver, "Visited")
+        assert shown is not None and shown.replace(",", "").isdigit(), shown
+        visited = int(shown.replace(",", ""))
         searchable = int(re.search(r"over the ([\d,]+) searchable images", body_text(driver))[1].replace(",", ""))
         assert 0 < visited <= searchable, (visited, searchable)
 
