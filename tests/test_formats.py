@@ -39,6 +39,8 @@ def test_share_path_and_sentence() -> None:
     assert formats.share(0.07) == "7.0 %" and formats.share(1.0) == "100.0 %" and formats.share(None) == "–"
     assert formats.file_first("training_set/animals/coffee.png") == "coffee.png · training_set/animals"
     assert formats.file_first("coffee.png") == "coffee.png"
+    assert formats.from_root("/c/training_set/animals/a.png", "/c") == "a.png · training_set/animals"
+    assert formats.from_root("/elsewhere/x/training_set/animals/a.png", "/c") == "a.png · training_set/animals"
     assert formats.sentence("nothing was added: x") == "Nothing was added: x"
 
 

@@ -132,11 +132,12 @@ def backbone_name(backbone: str | None) -> str:
 
 
 def from_root(path: str, root: str) -> str:
-    """``path`` as :func:`file_first` writes it, relative to the collection ``root`` when it lies inside."""
+    """``path`` as :func:`file_first` writes it, relative to the collection ``root`` (the file and its two folders
+    when it lies elsewhere)."""
     from pathlib import Path
 
     try:
         relpath = Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
-        relpath = Path(path).as_posix()
+    except ValueError:  # outside it (a copied collection's report): the file and its two folders
+        relpath = "/".join(Path(path).parts[-3:])
     return file_first(relpath)
