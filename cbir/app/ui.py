@@ -41,8 +41,8 @@ NO_FEATURE_SET = "No feature set yet: open the Home page and build the collectio
 feature_sets = st.cache_data(ttl=60, show_spinner=False)(workspace.complete_feature_sets)
 collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection…")(workspace.collection_status)
 lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
-distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analysis_for)
-hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)
+distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analysis_for)  # called with keep=True
+hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)  # called with keep=True
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.make_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
 
@@ -256,6 +256,7 @@ def compare(
             sweep=lambda path, version, metric: sweep(path, version, metric, True),
             evaluate=evaluate,
             references=references,
+            keep=True,
         )
 
 
@@ -274,7 +275,7 @@ def distance_analyses(feature_sets: Sequence[tuple[str, str, int]]) -> dict[str,
     with moving_bar("Sampling pairwise distances…") as update:
         for done, (label, path, version) in enumerate(feature_sets):
             update(done / len(feature_sets), f"Sampling pairwise distances: {label}")
-            analyses[label] = distance_analysis(path, version)
+            analyses[label] = distance_analysis(path, version, keep=True)
     return analyses
 
 
@@ -291,7 +292,7 @@ def hubness_analyses(
                 extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path, version).meta))
             except (CbirError, FileNotFoundError):
                 extractor = None
-            analyses[label] = hubness_analysis(path, version, metric, _extractor=extractor)
+            analyses[label] = hubness_analysis(path, version, metric, _extractor=extractor, keep=True)
     return analyses
 
 
