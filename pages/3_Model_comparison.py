@@ -20,7 +20,7 @@ ui.page_header(
 )
 choices = ui.require_feature_set_choices()
 
-top = st.columns([3, 1, 1, 1])
+top = st.columns([3, 2, 1, 1])
 selected = top[0].multiselect("Feature sets", list(choices), default=list(choices), key="compare-sets")
 metric = top[1].selectbox("Metric", METRICS, key="compare-metric", format_func=METRIC_LABELS.get)
 # a recommendation needs the background sweep, which takes hours at 1M objects: large sets start on the default
@@ -110,17 +110,16 @@ st.caption(
     "are those hubs and the share of distinct answers. Blank or near-empty images make hubs."
 )
 hubness = ui.hubness_analyses(feature_sets, metric)
-st.dataframe(
+ui.table(
     hubness_summary_table(hubness),
-    width="stretch",
-    hide_index=True,
-    column_config={
-        "feature_set": "feature set",
-        "hub_share": st.column_config.NumberColumn("top-10 slots held by the 1 % hubs", format="percent"),
-        "k_skewness": st.column_config.NumberColumn("N10 skewness", format="%.2f"),
-        "ood_hub_share": st.column_config.NumberColumn("photo answers that are hubs", format="percent"),
-        "ood_distinct": st.column_config.NumberColumn("distinct photo answers", format="percent"),
+    {
+        "hub_share": "Top-10 slots held by the 1 % hubs (%)",
+        "k_skewness": "N10 skewness",
+        "ood_hub_share": "Photo answers that are hubs (%)",
+        "ood_distinct": "Distinct photo answers (%)",
     },
+    percent=("hub_share", "ood_hub_share", "ood_distinct"),
+    column_config={"N10 skewness": st.column_config.NumberColumn("N10 skewness", format="%.2f")},
 )
 hub_set = st.selectbox("Most frequent answers of", list(hubness), key="compare-hubs")
 hub_cols = st.columns(5)

@@ -48,9 +48,21 @@ def test_human_columns_name_columns_and_blank_missing_text() -> None:
     import numpy as np
     import pandas as pd
 
-    table = pd.DataFrame({"feature_set": ["a", None], "query_ms": [0.1, np.nan], "n_tables": pd.array([7, None])})
+    table = pd.DataFrame(
+        {
+            "feature_set": ["a", None],
+            "query_ms": [0.1, np.nan],
+            "n_tables": pd.array([7, None]),
+            "mean_visited": [4914.0, None],  # hnswlib counts none: an object column
+            "visited_fraction": [0.1557, None],
+        }
+    )
     human = formats.human_columns(table)
-    assert list(human.columns) == ["Feature set", "Per query (ms)", "g (tables)"]
+    assert list(human.columns) == [
+        "Feature set", "Per query (ms)", "g (tables)", "Visited / query", "Share visited (%)"
+    ]  # fmt: skip
     assert human["Feature set"].tolist() == ["a", ""]
-    assert np.isnan(human["Per query (ms)"].iloc[1])
+    assert np.isnan(human["Per query (ms)"].iloc[1]) and np.isnan(human["Visited / query"].iloc[1])
+    assert human["Visited / query"].dtype == np.float64
+    assert human["Share visited (%)"].iloc[0] == pytest.approx(15.57)
     assert set(human.columns) <= set(formats.COLUMN_FORMATS) | {"Feature set"}

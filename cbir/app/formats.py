@@ -80,7 +80,7 @@ COLUMN_NAMES = {
     "recall": "Recall@10",
     "mean_score": "Mean score",
     "mean_visited": "Visited / query",
-    "visited_fraction": "Share visited",
+    "visited_fraction": "Share visited (%)",
     "fit_seconds": "Build (s)",
     "search_seconds": "All queries (s)",
     "query_ms": "Per query (ms)",
@@ -97,7 +97,7 @@ COLUMN_FORMATS = {
     "Recall@10": "%.3f",
     "Mean score": "%.3f",
     "Visited / query": "%.1f",
-    "Share visited": "percent",
+    "Share visited (%)": "%.1f",
     "Build (s)": "%.3f",
     "All queries (s)": "%.3f",
     "Per query (ms)": "%.3f",
@@ -111,10 +111,24 @@ COLUMN_FORMATS = {
 }
 
 
-def human_columns(table: pd.DataFrame, names: dict[str, str] | None = None) -> pd.DataFrame:
-    """``table`` with the column names a person reads (:data:`COLUMN_NAMES`, then ``names``) and blanks, not
-    "None", where a text cell has no value (a numeric NaN stays NaN: the table shows it empty)."""
+PERCENT_COLUMNS = ("visited_fraction",)  # fractions shown as percentages with one decimal
+
+
+def human_columns(
+    table: pd.DataFrame, names: dict[str, str] | None = None, percent: tuple[str, ...] = PERCENT_COLUMNS
+) -> pd.DataFrame:
+    """``table`` with the column names a person reads (:data:`COLUMN_NAMES`, then ``names``), shares as
+    percentages (the ``percent`` columns, by their own names), and blanks, not "None", where a cell has no value (a
+    number column holding ``None`` becomes a float column with NaN, which the table shows empty)."""
     renamed = table.rename(columns={**COLUMN_NAMES, **(names or {})})
+    for column in set(COLUMN_FORMATS) & set(renamed.columns):  # numbers with gaps (None) as numbers: NaN, blank
+        if renamed[column].dtype == object:
+            renamed[column] = pd.to_numeric(renamed[column], errors="coerce")
+    mapping = {**COLUMN_NAMES, **(names or {})}
+    for column in percent:
+        if column in table.columns:
+            human = mapping.get(column, column)
+            renamed[human] = 100.0 * pd.to_numeric(renamed[human], errors="coerce")
     texts = renamed.select_dtypes(include=["object", "string"]).columns
     return renamed.assign(**{column: renamed[column].where(renamed[column].notna(), "") for column in texts})
 

@@ -343,12 +343,20 @@ def with_versions(choices: dict[str, str], labels: Sequence[str]) -> tuple[tuple
     return tuple((label, choices[label], workspace.file_version(choices[label])) for label in labels)
 
 
-def table(frame: pd.DataFrame, names: dict[str, str] | None = None, **kwargs: Any) -> None:
+def table(
+    frame: pd.DataFrame,
+    names: dict[str, str] | None = None,
+    percent: tuple[str, ...] = formats.PERCENT_COLUMNS,
+    **kwargs: Any,
+) -> None:
     """``st.dataframe`` of ``frame`` as a person reads it: human column names and blanks
-    (:func:`cbir.app.formats.human_columns`), the same decimals for the same kind of figure
-    (:data:`cbir.app.formats.COLUMN_FORMATS`), no index column; ``kwargs`` go to ``st.dataframe``."""
-    shown = formats.human_columns(frame, names)
-    column_config = {
+    (:func:`cbir.app.formats.human_columns`; ``percent``: fractions shown as percentages), the same decimals for the
+    same kind of figure (:data:`cbir.app.formats.COLUMN_FORMATS`), no index column; ``kwargs`` go to
+    ``st.dataframe``."""
+    shown = formats.human_columns(frame, names, percent)
+    percentages = {names[c] for c in percent if names and c in names}
+    column_config = {name: st.column_config.NumberColumn(name, format="%.1f") for name in percentages}
+    column_config |= {
         name: st.column_config.NumberColumn(name, format=fmt)
         for name, fmt in formats.COLUMN_FORMATS.items()
         if name in shown.columns and pd.api.types.is_numeric_dtype(shown[name])
