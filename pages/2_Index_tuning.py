@@ -146,7 +146,12 @@ st.caption(
     "cross-polytope LSH (PCA-48, L=8, 10 bits, a shortlist of 30 scored on uint8 codes of 128 PCA axes) at several "
     "probes. hnswlib does not count the objects it visits: it shows on the time charts only. Times are per query "
     "over the validation batch on this machine (noisy when it is busy), all the sweep's measured in one run"
-    + (f" ({table['computed'].iloc[0]:%Y-%m-%d %H:%M} UTC; kept on disk since)" if "computed" in table else "")
+    + (
+        f" ({table['computed'].iloc[0]:%Y-%m-%d %H:%M} UTC, kept until the features are extracted again: images "
+        "added or removed since move its figures by about their share)"
+        if "computed" in table
+        else ""
+    )
     + "; the star's now."
 )
 for x in ("mean_visited", "query_ms"):

@@ -89,6 +89,7 @@ def test_journeys_on_the_default_collection(default_copy_server: Any, browser: A
         add_to_collection,
         body_text,
         choose_option,
+        choose_radio,
         click_button,
         metric_text,
         page_errors,
@@ -168,7 +169,15 @@ def test_journeys_on_the_default_collection(default_copy_server: Any, browser: A
     step("Index tuning: cold", lambda: driver.get(f"{server.url}/Index_tuning"))
     step("Index tuning: metric to cosine", lambda: choose_option(driver, "Metric", "Cosine"))
     step("Index tuning: metric back to euclidean", lambda: choose_option(driver, "Metric", "Euclidean"))
+    step("Index tuning: metric to cosine again", lambda: choose_option(driver, "Metric", "Cosine"))
     step("Model comparison: cold", lambda: driver.get(f"{server.url}/Model_comparison"))
     assert page_errors(driver) == [], page_errors(driver)
+    step("Model comparison: metric to cosine", lambda: choose_option(driver, "Metric", "Cosine"))
+    step(
+        "Search: Fastest at a recall",
+        lambda: (driver.get(f"{server.url}/Search"), time.sleep(3), choose_radio(driver, "Fastest at a recall")),
+    )
+    step("Search: Fastest at a recall, cosine", lambda: choose_option(driver, "Metric", "Cosine"))
+    assert "validation queries" in body_text(driver)
     assert cut == {}, cut
     print({name: round(seconds, 1) for name, seconds in times.items()})

@@ -90,6 +90,8 @@ def test_the_sweep_is_kept_on_disk_and_made_again_for_a_new_version(tmp_path: Pa
     pd.testing.assert_frame_equal(again, first)
     tuning.sweep_for(path, version + 1, "cosine")  # the feature set changed: computed again
     assert computed == [1]
+    tuning.sweep_for(path, version + 2, "cosine", kept_as=version)  # grown in place: the kept sweep is reused
+    assert computed == [1]
 
 
 def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:

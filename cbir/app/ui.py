@@ -225,7 +225,8 @@ def evaluate(
 @st.cache_data(show_spinner=False, max_entries=64)
 def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -> pd.DataFrame:
     """:func:`cbir.evaluation.tuning.sweep_for` behind a :func:`moving_bar` that moves within each setting too (see
-    :func:`evaluate`)."""
+    :func:`evaluate`), kept on disk until the feature set is extracted again (images added or removed in place
+    reuse it)."""
     rows = [0, 1]  # settings done, settings in all
     with moving_bar("Background sweep…") as update:
 
@@ -237,7 +238,10 @@ def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -
             share = (rows[0] + done / max(total, 1)) / rows[1]
             update(share, f"Background sweep: setting {rows[0] + 1} of {rows[1]}, {_stage_text(stage, done, total)}")
 
-        return tuning.sweep_for(path, version, metric, with_distractors, progress=progress, detail=detail)
+        return tuning.sweep_for(
+            path, version, metric, with_distractors, progress=progress, detail=detail,
+            kept_as=workspace.base_version(path),
+        )  # fmt: skip
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -310,12 +310,15 @@ def sweep_for(
     k: int = DEFAULT_K,
     progress: Progress | None = None,
     detail: StageProgress | None = None,
+    kept_as: int | None = None,
 ) -> pd.DataFrame:
     """:func:`sweep_table` of the feature set at ``path`` (on its memoised, possibly sampled split) over
     :func:`default_grid` of its searchable rows (with the distractors whatever ``with_distractors``, so the grid
     holds the sliders' default setting), computed once and kept on disk (:func:`sweep_cache_file`; a ``computed``
-    column says when: its times are those measured then, all in that one run)."""
-    file = sweep_cache_file(path, version, metric, with_distractors, k)
+    column says when: its times are those measured then, all in that one run). ``kept_as``: the version it is kept
+    under instead of ``version`` (the app passes :func:`cbir.features.workspace.base_version`, so that an image added
+    or removed in place, which moves its figures by about that image's share, does not make it be computed again)."""
+    file = sweep_cache_file(path, version if kept_as is None else kept_as, metric, with_distractors, k)
     if file.is_file():
         try:
             return pd.read_parquet(file)
