@@ -80,6 +80,26 @@ def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> No
     assert recommended is not None and recommended.label in result.table["config"].tolist()
 
 
+def test_a_kept_comparison_is_read_back_and_made_again_for_a_new_version(tmp_path: Path) -> None:
+    feature_sets = _two_feature_sets(tmp_path)[:1]
+    calls = []
+
+    def evaluate(path: str, version: int, config: registry.IndexConfig, with_distractors: bool) -> EvaluationResult:
+        calls.append(config)
+        return tuning.evaluate_for(path, version, config, with_distractors)
+
+    first = comparison.compare(feature_sets, recommended=False, evaluate=evaluate, references=False, keep=True)
+    n_jobs = len(calls)
+    again = comparison.compare(feature_sets, recommended=False, evaluate=evaluate, references=False, keep=True)
+    assert len(calls) == n_jobs  # read back: nothing evaluated
+    pd.testing.assert_frame_equal(again.table, first.table)
+    ((label, path, version),) = feature_sets
+    comparison.compare(((label, path, version + 1),), recommended=False, evaluate=evaluate, references=False, keep=True)
+    assert len(calls) == 2 * n_jobs  # a changed feature set: evaluated again
+    analysis = comparison.distance_analysis_for(path, version, keep=True)
+    pd.testing.assert_frame_equal(comparison.distance_analysis_for(path, version, keep=True).table, analysis.table)
+
+
 def test_comparison_uses_the_recommended_lsh_setting() -> None:
     feature_set = synthetic_feature_set()
     width = widths.default_width(tuning.searchable_features(feature_set))

@@ -446,9 +446,13 @@ def test_removed_rows_are_never_returned_and_other_ids_stay(data: tuple[np.ndarr
     first = index.search(queries, 5).ids
     gone = np.unique(first[:, 0])
     assert index.remove(gone) == len(gone) and index.remove(gone[:1]) == 0
-    scores, ids, _ = index.search(queries, 5)
+    scores, ids, visited = index.search(queries, 5)
     assert not np.isin(ids, gone).any()
     keep = np.setdiff1d(np.arange(len(points)), gone)
+    # visited counts live objects only: never more than remain (the scan: exactly those)
+    assert (visited <= len(keep)).all()
+    if kind == "scan":
+        assert (visited == len(keep)).all()
     if kind == "scan":  # exact: the answer is the scan of the remaining rows, in the original ids
         expected = SequentialScan().fit(points[keep]).search(queries, 5).ids
         np.testing.assert_array_equal(ids, keep[expected])

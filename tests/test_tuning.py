@@ -73,6 +73,26 @@ def test_background_sweep_of_a_feature_set(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(background[figures], in_memory[figures])
 
 
+def test_the_sweep_is_kept_on_disk_and_made_again_for_a_new_version(tmp_path: Path, monkeypatch) -> None:
+    path = save_feature_set(synthetic_feature_set(), tmp_path / "synthetic.joblib")
+    version = workspace.file_version(path)
+    first = tuning.sweep_for(path, version, "cosine")
+    assert tuning.sweep_cache_file(path, version, "cosine", True).is_file()
+    assert tuning.sweep_cache_file(path, version, "euclidean", True) != tuning.sweep_cache_file(
+        path, version, "cosine", True
+    )
+    computed = []
+    real_sweep_table = tuning.sweep_table
+    monkeypatch.setattr(tuning, "sweep_table", lambda *a, **kw: computed.append(1) or real_sweep_table(*a, **kw))
+    again = tuning.sweep_for(path, version, "cosine")  # a later process: read back, nothing computed
+    assert computed == []
+    pd.testing.assert_frame_equal(again, first)
+    tuning.sweep_for(path, version + 1, "cosine")  # the feature set changed: computed again
+    assert computed == [1]
+    tuning.sweep_for(path, version + 2, "cosine", kept_as=version)  # grown in place: the kept sweep is reused
+    assert computed == [1]
+
+
 def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     feature_set = synthetic_feature_set()
     path = save_feature_set(feature_set, tmp_path / "synthetic.joblib")

@@ -42,6 +42,22 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from cbir.service.growth import removed_images, restore_images
+
+    path = _feature_path(args)
+    if not args.paths:
+        gone = removed_images(path)
+        if gone.empty:
+            print("no removed image can be restored")
+        for row in gone.itertuples():
+            print(f"{row.relpath}  {row.label if isinstance(row.label, str) else '(unlabelled)'}")
+        return 0
+    report = restore_images(path, args.paths)
+    print(report.summary())
+    return 0
+
+
 def add_growth_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "add",
@@ -66,3 +82,14 @@ def add_growth_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", help="image paths, absolute or relative to the collection")
     add_feature_selection_args(p)
     p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser(
+        "restore",
+        help="undo remove: put removed images back in the collection and its feature sets",
+        description="Move removed images back from <collection>/.removed/ and take them out of the tombstones of "
+        "every feature set of the collection (their features were kept: nothing is re-extracted). Without paths, "
+        "list the images that can be restored.",
+    )
+    p.add_argument("paths", nargs="*", help="paths relative to the collection, as remove printed them")
+    add_feature_selection_args(p)
+    p.set_defaults(func=cmd_restore)

@@ -22,6 +22,7 @@ import pandas as pd
 from cbir.core import config as cbir_config
 from cbir.core.errors import ConfigError
 from cbir.core.names import REFERENCE_KINDS
+from cbir.core.storage import atomic_output
 from cbir.evaluation.evaluate import (
     MAX_EVAL_QUERIES,
     QUERY_SAMPLE_SEED,
@@ -309,13 +310,41 @@ def sweep_for(
     k: int = DEFAULT_K,
     progress: Progress | None = None,
     detail: StageProgress | None = None,
+    kept_as: int | None = None,
 ) -> pd.DataFrame:
     """:func:`sweep_table` of the feature set at ``path`` (on its memoised, possibly sampled split) over
     :func:`default_grid` of its searchable rows (with the distractors whatever ``with_distractors``, so the grid
-    holds the sliders' default setting)."""
+    holds the sliders' default setting), computed once and kept on disk (:func:`sweep_cache_file`; a ``computed``
+    column says when: its times are those measured then, all in that one run). ``kept_as``: the version it is kept
+    under instead of ``version`` (the app passes :func:`cbir.features.workspace.base_version`, so that an image added
+    or removed in place, which moves its figures by about that image's share, does not make it be computed again)."""
+    file = sweep_cache_file(path, version if kept_as is None else kept_as, metric, with_distractors, k)
+    if file.is_file():
+        try:
+            return pd.read_parquet(file)
+        except (OSError, ValueError):  # unreadable (a disk error, a format change): computed again below
+            pass
     grid = default_grid(width_sample(load_feature_set(path, version, SPLIT_COLUMNS)), metric)
     split = split_for(path, version, with_distractors)
-    return sweep_table(split, metric, grid, k=k, progress=progress, detail=detail)
+    table = sweep_table(split, metric, grid, k=k, progress=progress, detail=detail)
+    table["computed"] = pd.Timestamp.now(tz="UTC").floor("s")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(file) as temporary:
+        table.to_parquet(temporary, index=False)
+    return pd.read_parquet(file)  # the same columns and dtypes as a later process reads
+
+
+def sweep_cache_file(path: str, version: int, metric: str, with_distractors: bool, k: int = DEFAULT_K) -> Path:
+    """Where :func:`sweep_for` keeps the background sweep of a feature set across processes (it takes seconds on the
+    default collection, hours at a million objects): ``<artifacts>/cache/sweeps/<digest>.parquet``, keyed by the
+    feature set, its file version (a re-extraction or an added or removed image makes a new one), the metric, the
+    distractor setting, k, the query sample and the grid's and reference points' settings."""
+    settings = (
+        DEFAULT_GRID_TABLES, DEFAULT_GRID_PROJECTIONS, DEFAULT_WIDTH_FACTORS, [c.label for c in reference_configs()],
+        MAX_EVAL_QUERIES, QUERY_SAMPLE_SEED, SWEEP_COLUMNS,
+    )  # fmt: skip
+    key = f"{Path(path).resolve()}|{version}|{metric}|{with_distractors}|{k}|{settings}"
+    return cbir_config.artifacts_dir() / "cache" / "sweeps" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.parquet"
 
 
 def recommended_config(

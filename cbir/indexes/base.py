@@ -102,6 +102,8 @@ class BaseIndex:
     ``_fit_reporting``), ``_search``."""
 
     kind: ClassVar[str]
+    # whether a search compares every indexed object (then ``visited`` is all of them, removed ones included)
+    exhaustive: ClassVar[bool] = False
     metric: str
 
     def __init__(self) -> None:
@@ -212,7 +214,22 @@ class BaseIndex:
             kept = np.flatnonzero(live[row])[:k]
             distances[row, : len(kept)] = wider.distances[row, kept]
             ids[row, : len(kept)] = wider.ids[row, kept]
-        return SearchResult(distances, ids, wider.visited)
+        return SearchResult(distances, ids, self._live_visited(wider))
+
+    def _live_visited(self, wider: SearchResult) -> np.ndarray:
+        """``visited`` of a tombstoned search without the removed rows, so that it never exceeds the live objects.
+
+        An exhaustive index compared every removed row; another one compared the removed rows it returned (all it
+        met when it returned fewer than asked for) and perhaps some more, so what remains is capped at the live
+        objects."""
+        n_live = self.n_objects - len(self._removed)
+        counted = wider.visited >= 0
+        if self.exhaustive:
+            live = wider.visited - len(self._removed)
+        else:
+            met = np.isin(wider.ids, self._removed).sum(axis=1)
+            live = np.minimum(wider.visited - met, n_live)
+        return np.where(counted, np.maximum(live, 0), wider.visited).astype(np.int64)
 
     def copy(self: IndexT) -> IndexT:
         """An independent copy (arrays shared: ``add`` and ``remove`` replace them, never write into them), to grow

@@ -12,7 +12,7 @@ committed, so a crash before the commit leaves the previous generation, and the 
 
 :func:`remove_images` tombstones the images in every feature store of the collection
 (:func:`cbir.features.store.remove_rows`), then moves the files to ``<collection>/.removed/`` (a hidden folder a scan
-skips; move them back to undo).
+skips); :func:`restore_images` undoes it (the files move back, the rows leave the tombstones).
 
 Readers see a change on their next action: :class:`cbir.service.search.SearchEngine` notices the new manifest and
 appends the
@@ -47,7 +47,15 @@ from cbir.data.collection import (
 from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_or_reason, load_image
 from cbir.data.query import MAX_UPLOAD_BYTES
 from cbir.features.sources import feature_source, load_features
-from cbir.features.store import append_rows, catalog_keys, read_manifest, remove_rows, store_dir, store_lock
+from cbir.features.store import (
+    append_rows,
+    catalog_keys,
+    read_manifest,
+    remove_rows,
+    restore_rows,
+    store_dir,
+    store_lock,
+)
 
 if TYPE_CHECKING:
     from cbir.features.extractor import FeatureExtractor
@@ -305,7 +313,7 @@ def _add_locked(
                 raise GrowthError(
                     "nothing was added: "
                     + "; ".join(f"{n}: {r}" for n, r in problems.items())
-                    + " (hygiene keeps one image of each duplicate group; add anyway with --allow-duplicates)"
+                    + " (the collection keeps one image of each group of copies)"
                 )
 
         # commit: files into the collection, then the store (its manifest last); undo the files if the store fails
@@ -421,8 +429,91 @@ def remove_images(store_path: str | os.PathLike[str], paths: Sequence[str | os.P
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
     if len(removed):
-        notes.append(f"the files were moved to {root / REMOVED_FOLDER} (move them back and re-extract to undo)")
+        notes.append(
+            f"the files were moved to {root / REMOVED_FOLDER}; undo with `python -m cbir restore "
+            + " ".join(removed["relpath"])
+            + "`"
+        )
     return GrowthReport(
         "removed", removed[["relpath", "label", "role", "path"]].reset_index(drop=True), n_images,
         time.perf_counter() - started, stores=changed, notes=notes,
+    )  # fmt: skip
+
+
+def removed_images(store_path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The removed images of the feature store ``store_path`` whose file is still in ``<collection>/.removed/`` (so
+    they can be restored): relpath, label, role, path (where the file was), most recently removed last."""
+    from cbir.features.store import read_table, removed_rows
+
+    folder = _store_of(store_path)
+    manifest = read_manifest(folder)
+    root = Path(manifest["meta"].get("collection_root", ""))
+    catalog = read_table(folder, manifest["catalog"], [])
+    rows = catalog.iloc[removed_rows(manifest)]
+    kept = [(root / REMOVED_FOLDER / relpath).is_file() for relpath in rows["relpath"]]
+    return rows.loc[kept, ["relpath", "label", "role", "path"]].reset_index(drop=True)
+
+
+def restore_images(store_path: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]]) -> GrowthReport:
+    """Undo :func:`remove_images`: move the files of ``paths`` (relative to the collection, or the absolute paths
+    they had) back from ``<collection>/.removed/`` and take their rows out of the tombstones of every feature store
+    of the collection (their features were kept: nothing is computed). An image that was not removed, whose file is
+    gone from ``.removed/`` or whose place is taken by another file raises :class:`GrowthError`; nothing changes."""
+    from cbir.features.store import read_table, removed_rows
+
+    started = time.perf_counter()
+    folder = _store_of(store_path)
+    manifest = read_manifest(folder)
+    root = Path(manifest["meta"].get("collection_root", ""))
+    if not paths:
+        raise GrowthError("no images to restore")
+    catalog = read_table(folder, manifest["catalog"], [])
+    gone = catalog.iloc[removed_rows(manifest)]
+    by_relpath = {relpath: i for i, relpath in enumerate(gone["relpath"])}
+    by_path = {path: i for i, path in enumerate(gone["path"])}
+    chosen: list[int] = []
+    problems: list[str] = []
+    for given in paths:
+        i = by_relpath.get(Path(given).as_posix(), by_path.get(str(given)))
+        if i is None:
+            problems.append(f"{given}: not removed from the feature set {folder.name}")
+            continue
+        relpath, original = gone["relpath"].iloc[i], Path(gone["path"].iloc[i])
+        if not (root / REMOVED_FOLDER / relpath).is_file():
+            problems.append(f"{relpath}: its file is not in {root / REMOVED_FOLDER} any more")
+        elif original.exists():
+            problems.append(f"{relpath}: another file is at {original} now")
+        else:
+            chosen.append(i)
+    if problems:
+        raise GrowthError("nothing was restored: " + "; ".join(problems))
+    restored = gone.iloc[chosen]
+    wanted = set(restored["path"])
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for path, relpath in zip(restored["path"], restored["relpath"], strict=True):
+            source, target = root / REMOVED_FOLDER / relpath, Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)  # keeps size and mtime: the rows' cache keys match the file again
+            moved.append((target, source))
+        changed = []
+        n_images = len(catalog) - len(gone)
+        for store in [folder, *(p for p in _collection_stores(root, folder) if p != folder)]:
+            store_manifest = read_manifest(store)
+            table = read_table(store, store_manifest["catalog"], [])
+            tombs = set(store_manifest.get("removed", []))
+            rows = [i for i, p in enumerate(table["path"]) if p in wanted and i in tombs]
+            if rows:
+                store_manifest = restore_rows(store, rows)
+                changed.append(str(store))
+                if store == folder:
+                    n_images = int(store_manifest["meta"]["n_images"])
+    except BaseException:
+        for target, source in moved:
+            if target.is_file() and not source.exists():
+                os.replace(target, source)
+        raise
+    return GrowthReport(
+        "restored", restored[["relpath", "label", "role", "path"]].reset_index(drop=True), n_images,
+        time.perf_counter() - started, stores=changed,
     )  # fmt: skip
