@@ -162,18 +162,34 @@ class CollectionStatus:
 
 
 def list_indexes() -> pd.DataFrame:
-    """Index artifacts saved under ``<artifacts>/indexes`` (by the CLI or benchmarks): file, size, modified."""
+    """Indexes saved under ``<artifacts>/indexes``: those of ``python -m cbir index build`` and the home page
+    (:mod:`cbir.features.saved_indexes`: setting, images, build seconds, freshness against their feature set), and
+    loose index files a benchmark saved (no build record: freshness unknown). Columns:
+    :data:`cbir.features.saved_indexes.TABLE_COLUMNS`."""
+    from cbir.features.saved_indexes import INFO, TABLE_COLUMNS, saved_index_table
+
     root = config.artifacts_dir() / "indexes"
-    files = sorted(root.rglob("*.joblib")) if root.is_dir() else []
+    saved = saved_index_table()
+    loose = [
+        path for path in (sorted(root.rglob("*.joblib")) if root.is_dir() else []) if not (path.parent / INFO).is_file()
+    ]
     rows = [
         {
             "index": str(path.relative_to(root)),
+            "setting": "",
+            "images": None,
             "size_mb": path.stat().st_size / 1e6,
+            "build_s": None,
             "modified": pd.Timestamp(path.stat().st_mtime, unit="s").floor("s"),
+            "fresh": False,
+            "freshness": "unknown (no build record)",
         }
-        for path in files
+        for path in loose
     ]
-    return pd.DataFrame(rows, columns=["index", "size_mb", "modified"])
+    if not rows:
+        return saved
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return table if saved.empty else pd.concat([saved, table], ignore_index=True)
 
 
 def collection_status(root: str | os.PathLike[str] | None = None, version: int = 0) -> CollectionStatus:

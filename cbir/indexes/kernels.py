@@ -45,12 +45,15 @@ from __future__ import annotations
 
 import functools
 import itertools
+import types
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numba
 import numpy as np
 from numba import njit, prange
+
+from cbir.indexes import threads
 
 METRIC_EUCLIDEAN = 0
 METRIC_COSINE = 1
@@ -59,6 +62,28 @@ METRIC_CODES = {"euclidean": METRIC_EUCLIDEAN, "cosine": METRIC_COSINE}
 # nogil: a kernel that runs for seconds (a 1M build, a batch search) leaves the GIL to the app's other threads (the
 # progress bar's clock, the server's event loop); cache: compiled once per machine, loaded from disk after that.
 _jit = functools.partial(njit, cache=True, nogil=True)
+
+
+class RowParallel:
+    """A kernel parallel over rows (``prange``) and its serial twin, compiled from the same source without
+    ``parallel``: a call inside :func:`cbir.indexes.threads.single_query` runs the twin, which enters no parallel
+    region (so wakes no worker thread); other calls run the parallel kernel. The twin is a copy of the function
+    under its own name, so that numba's on-disk cache keeps the two compilations apart."""
+
+    def __init__(self, function: Callable[..., object]) -> None:
+        self.parallel = _jit(parallel=True)(function)
+        twin = types.FunctionType(
+            function.__code__, function.__globals__, f"{function.__name__}_serial", function.__defaults__
+        )
+        twin.__qualname__ = f"{function.__qualname__}_serial"
+        twin.__doc__ = function.__doc__
+        self.serial = _jit()(twin)
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        kernel = self.serial if threads.in_single_query() else self.parallel
+        return kernel(*args, **kwargs)
+
 
 _KEY_SEED = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -126,7 +151,7 @@ def _tuple_key(codes: np.ndarray, start: int, n_projections: int, deltas: np.nda
     return key
 
 
-@_jit(parallel=True)
+@RowParallel
 def hash_keys(
     projected: np.ndarray, offsets: np.ndarray, bucket_width: float, n_tables: int, n_projections: int
 ) -> np.ndarray:
@@ -171,7 +196,7 @@ def hash_keys_reference(codes: np.ndarray, n_tables: int, n_projections: int) ->
 # ----------------------------------------------------------------------------------------------------------
 
 
-@_jit(parallel=True)
+@RowParallel
 def _build_tables(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n_tables, n = keys.shape
     order = np.empty((n_tables, n), dtype=np.int64)
@@ -707,7 +732,7 @@ def _empty_results(m: int, k: int, metric: int) -> tuple[np.ndarray, np.ndarray]
     return np.full((m, k), fill, dtype=np.float32), np.full((m, k), -1, dtype=np.int64)
 
 
-@_jit(parallel=True)
+@RowParallel
 def _rerank_kernel(
     queries: np.ndarray,
     data: np.ndarray,
@@ -875,7 +900,7 @@ def _rotation_matrix(signs: np.ndarray, out: np.ndarray) -> None:
         unit[i] = 0.0
 
 
-@_jit(parallel=True)
+@RowParallel
 def rotate(vectors: np.ndarray, signs: np.ndarray) -> np.ndarray:
     """The pseudo-random rotations (n, F, D) float32 of the rows of ``vectors`` (n, d <= D) by fast Hadamard
     transforms: equal to ``vectors @ rotation_matrix(signs, d)`` up to rounding, cheaper when d is large."""
@@ -906,7 +931,7 @@ def rotations_reference(vectors: np.ndarray, signs: np.ndarray) -> np.ndarray:
     return rotated
 
 
-@_jit(parallel=True)
+@RowParallel
 def cross_polytope_codes(rotated: np.ndarray, n_projections: int, last_dim: int) -> np.ndarray:
     """Cross-polytope codes (n, F) int64 of rotated vectors (n, F, D) float32; function ``f`` with
     ``f % n_projections == n_projections - 1`` uses the first ``last_dim`` coordinates only."""
@@ -930,7 +955,7 @@ def cross_polytope_codes_reference(rotated: np.ndarray, n_projections: int, last
     return codes
 
 
-@_jit(parallel=True)
+@RowParallel
 def fold_keys(codes: np.ndarray, n_tables: int, n_projections: int) -> np.ndarray:
     """Bucket keys (g, n) uint64 of integer codes (n, g*h) int64: the fold of :func:`hash_keys_reference`."""
     n = codes.shape[0]
@@ -1013,7 +1038,7 @@ def cross_polytope_probes(
     return out_tables, out_keys, out_costs
 
 
-@_jit(parallel=True)
+@RowParallel
 def _cross_polytope_probes(
     rotated: np.ndarray,
     n_tables: int,
@@ -1522,7 +1547,7 @@ def _rerank_ordered_into(
         out_scores[position] = np.sqrt(key) if metric == METRIC_EUCLIDEAN else -key
 
 
-@_jit(parallel=True)
+@RowParallel
 def _lsh_kernel(
     queries: np.ndarray,
     data: np.ndarray,

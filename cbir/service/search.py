@@ -23,9 +23,12 @@ import pandas as pd
 from PIL import Image
 
 from cbir.core.errors import ConfigError
+from cbir.core.storage import ArtifactError
 from cbir.data.query import QueryImage, decode_query
 from cbir.features.query_model import extractor_spec, make_extractor
+from cbir.features.saved_indexes import FeatureSetVersion, load_fresh
 from cbir.features.workspace import file_version, load_feature_set
+from cbir.indexes import threads
 from cbir.indexes.base import BaseIndex
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
 
@@ -85,6 +88,11 @@ class SearchEngine:
         self._version = version if version is not None or path is None else file_version(path)
         self._removed = np.zeros(0, dtype=np.int64)
         self.generations = 0  # changes applied since the engine was built
+        # the feature set's version whose row numbers the engine's match (a saved index of it can answer); None once
+        # a removal left tombstones in the engine's rows, or for a feature set given without its path
+        self._saved_version = self._version_of_rows(len(feature_set.features))
+        self.sources: dict[IndexConfig, str] = {}  # per fitted setting: "loaded" (saved index) or "built"
+        self.stale: dict[IndexConfig, str] = {}  # per setting whose saved index could not answer: why
         # one lock for the index cache and the lazily built extractor: a second session asking for the index being
         # built waits for it instead of building it again (a build takes well under a second on the app's sizes)
         self._lock = threading.Lock()
@@ -96,6 +104,17 @@ class SearchEngine:
                 f"The query is embedded with weights {extractor.weights_id} but the collection's "
                 f"features were computed with {meta_id}; results may be off."
             )
+
+    def _version_of_rows(self, n_rows: int) -> FeatureSetVersion | None:
+        """The version of the feature set at :attr:`path` if it has ``n_rows`` live rows and no removal was applied
+        to the engine (its rows are then the feature set's, in order), else ``None``."""
+        if self.path is None or len(self._removed):
+            return None
+        try:
+            version = FeatureSetVersion.of(self.path)
+        except (ArtifactError, OSError):
+            return None
+        return version if version.n_rows == n_rows else None
 
     @property
     def extractor(self) -> FeatureExtractor:
@@ -121,7 +140,6 @@ class SearchEngine:
         ``stat``); returns whether something changed. Called before every query."""
         if self.path is None or file_version(self.path) == self._version:
             return False
-        from cbir.core.storage import ArtifactError
         from cbir.features.extractor import FeatureSet
         from cbir.features.store import catalog_keys, is_store, read_manifest, read_rows, read_table, removed_rows
 
@@ -163,6 +181,7 @@ class SearchEngine:
                 self._indexes[config] = updated
             self.feature_set = FeatureSet(features, catalog, old.report, {**old.meta, **manifest["meta"]})
             self._removed = np.union1d(self._removed, removed)
+            self._saved_version = self._version_of_rows(len(features))
             self._version = version
             self.generations += 1
             return True
@@ -179,11 +198,28 @@ class SearchEngine:
             if index is None:
                 while len(self._indexes) >= self.max_indexes:
                     self._indexes.pop(next(iter(self._indexes)))
-                index = config.build().fit(self.feature_set.features, progress=progress)
-                if len(self._removed):
-                    index.remove(self._removed)
+                index = self._load_saved(config)
+                if index is None:
+                    index = config.build().fit(self.feature_set.features, progress=progress)
+                    if len(self._removed):
+                        index.remove(self._removed)
+                    self.sources[config] = "built"
                 self._indexes[config] = index
             return index, self.feature_set.catalog
+
+    def _load_saved(self, config: IndexConfig) -> BaseIndex | None:
+        """The saved index of ``config`` (:mod:`cbir.features.saved_indexes`) when it was built from the engine's
+        current rows; a stale one is never served (the reason is kept in :attr:`stale`, the index is built)."""
+        if self._saved_version is None:
+            return None
+        assert self.path is not None
+        index, reason = load_fresh(self.path, config, self._saved_version)
+        if reason is not None:
+            self.stale[config] = reason
+        if index is not None:
+            self.sources[config] = "loaded"
+            self.stale.pop(config, None)
+        return index
 
     def has_index(self, config: IndexConfig) -> bool:
         """Whether the index of ``config`` is built already (a query with it answers at once)."""
@@ -208,7 +244,7 @@ class SearchEngine:
         answer = self.query_vector(vector, config, k)
         answer.embed_seconds = embed_seconds
         answer.seconds += embed_seconds
-        answer.notes = list(query.notes)
+        answer.notes = [*query.notes, *answer.notes]
         return answer
 
     def query_vector(self, vector: np.ndarray, config: IndexConfig = IndexConfig(), k: int = DEFAULT_K) -> QueryAnswer:
@@ -216,7 +252,8 @@ class SearchEngine:
         self.refresh()
         index, catalog = self._snapshot(config)
         started = time.perf_counter()
-        scores, ids, visited = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
+        with threads.single_query():  # one query: one thread, no pool to wake (cbir.indexes.threads)
+            scores, ids, visited = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
         search_seconds = time.perf_counter() - started
         found = ids[0] >= 0
         rows = ids[0][found]
@@ -243,6 +280,7 @@ class SearchEngine:
             visited_fraction=n_visited / max(index.n_objects - index.n_removed, 1) if n_visited >= 0 else float("nan"),
             n_objects=index.n_objects - index.n_removed,
             index_label=config.label,
+            notes=[f"{self.stale[config]}: built in memory instead"] if config in self.stale else [],
         )
 
 
