@@ -237,18 +237,18 @@ def mark_stale(feature_path: str | os.PathLike[str], before: FeatureSetVersion, 
 
 
 def follow_append(
-    store: str | os.PathLike[str], before: dict[str, Any], after: dict[str, Any]
+    store: str | os.PathLike[str], before: FeatureSetVersion, after: dict[str, Any]
 ) -> tuple[list[Path], list[Path]]:
-    """Keep the saved indexes of ``store`` in step with an append (manifests ``before`` and ``after`` it): each one
-    fresh at ``before`` gets the new rows added in place and is saved again; one that cannot be is marked stale.
-    Returns (updated folders, marked folders)."""
-    old, new = FeatureSetVersion.from_manifest(store, before), FeatureSetVersion.from_manifest(store, after)
-    targets = [(folder, info) for folder, info in saved_infos(store) if staleness(info, old) is None]
+    """Keep the saved indexes of ``store`` in step with an append of rows (``before``: the store's version before it,
+    ``after``: its manifest after it): each one fresh at ``before`` gets the new rows added in place (they come last
+    in the loaded feature set, as in the index) and is saved again; one that cannot be is marked stale. Returns
+    (updated folders, marked folders)."""
+    new = FeatureSetVersion.from_manifest(store, after)
+    targets = [(folder, info) for folder, info in saved_infos(store) if staleness(info, before) is None]
     if not targets:
         return [], []
-    old_rows = len(read_table(store, before["catalog"], [], only=["path"]))
-    new_rows = np.arange(old_rows, old_rows + (new.n_rows - old.n_rows), dtype=np.int64)
-    rows = read_rows(store, after, new_rows)
+    catalog_rows = len(read_table(store, after["catalog"], [], only=["path"]))
+    rows = read_rows(store, after, np.arange(catalog_rows - (new.n_rows - before.n_rows), catalog_rows))
     updated, marked = [], []
     for folder, info in targets:
         config_ = _config_of(info)
