@@ -60,7 +60,6 @@ ERROR_SELECTORS = ('[data-testid="stException"]', '[data-testid="stAlertContentE
 SERVER_ERROR_PATTERN = re.compile(r"Traceback|Exception|Error:|Uncaught", re.IGNORECASE)
 # Script states of the app root (``data-test-script-state``) in which a rerun is under way or about to start.
 RUNNING_STATES = frozenset({"initial", "running", "rerunRequested"})
-QUERY_TIME_PATTERN = re.compile(r"([\d,.]+)\s*ms")
 
 
 def free_port() -> int:
@@ -288,9 +287,11 @@ def query_time_ms(driver: Any) -> float | None:
     for metric in elements(driver, '[data-testid="stMetric"]'):
         text = str(metric.text)
         if text.startswith("Query time"):
-            match = QUERY_TIME_PATTERN.search(text)
-            if match:
-                return float(match.group(1).replace(",", ""))
+            from cbir.service.search import parse_duration  # the page writes it with format_duration
+
+            seconds = parse_duration(text)
+            if seconds is not None:
+                return seconds * 1e3
     return None
 
 

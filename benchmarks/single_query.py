@@ -28,9 +28,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from cbir.indexes.base import BaseIndex
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir importable
@@ -45,20 +49,19 @@ from cbir.core import config  # noqa: E402
 config.quiet_native_libraries()  # as the CLI and the app start: before numpy loads OpenBLAS
 
 
-def load_features(path: str | None) -> np.ndarray:
-    from cbir.features.workspace import resolve_feature_set
+def load_features(path: str | None) -> tuple[np.ndarray, str]:
+    """The features (float32) of the feature set at ``path`` (default: the default collection's newest) and its path."""
+    from cbir.features.workspace import load_feature_set, resolve_feature_path
 
-    return np.ascontiguousarray(resolve_feature_set(path).features, dtype=np.float32)
+    path = str(resolve_feature_path(path))
+    return np.ascontiguousarray(load_feature_set(path).features, dtype=np.float32), path
 
 
-def build(kind: str, features: np.ndarray):
-    from cbir.indexes.registry import IndexConfig
-    from cbir.indexes.widths import default_width
+def build(kind: str, features: np.ndarray, path: str) -> BaseIndex:
+    """The index of ``kind`` at the setting the Search page starts from (LSH: its data-driven bucket width)."""
+    from cbir.service.search import default_config
 
-    config = IndexConfig(kind)
-    if kind == "lsh":
-        config = IndexConfig(kind, bucket_width=default_width(features))
-    return config.build().fit(features)
+    return default_config(kind, path).build().fit(features)
 
 
 def loop_ms(run, queries: np.ndarray, repeats: int = 2) -> float:
@@ -86,15 +89,16 @@ def numpy_scan(features: np.ndarray):
     return run
 
 
-def measure(kinds: list[str], features: np.ndarray, n_queries: int, unpoliced: bool, batch: bool) -> dict:
+def measure(kinds: list[str], path: str | None, n_queries: int, unpoliced: bool, batch: bool) -> dict:
     """{kind: {"policy_ms", "unpoliced_ms", "batch_ms", "numpy_ms"}} measured in this process."""
     from cbir.indexes.warmup import warm_up
 
     warm_up()
+    features, path = load_features(path)
     queries = features[:n_queries]
     out: dict[str, dict[str, float]] = {}
     for kind in kinds:
-        index = build(kind, features)
+        index = build(kind, features, path)
         row = {"policy_ms": loop_ms(lambda q, index=index: index.search(q, K), queries)}
         if unpoliced:  # the kernels' parallel path and BLAS' threads: what BaseIndex.search did before issue 21
             row["unpoliced_ms"] = loop_ms(lambda q, index=index: index._search_live(q, K), queries)
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        result = measure(args.kinds, load_features(args.features), args.queries, args.unpoliced, args.batch)
+        result = measure(args.kinds, args.features, args.queries, args.unpoliced, args.batch)
         import numba
 
         result = {kind: {**row, "numba_layer": numba.threading_layer()} for kind, row in result.items()}
@@ -159,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(layers_table(args).round(3).to_string(index=False))
         print(f"load average {os.getloadavg()}")
         return 0
-    features = load_features(args.features)
-    print(f"{len(features)} x {features.shape[1]} features, {args.queries} single queries per kind, k={K}")
+    features, path = load_features(args.features)
+    print(f"{path}: {len(features)} x {features.shape[1]} features, {args.queries} single queries per kind, k={K}")
     idle = in_subprocess(args, SINGLE_THREAD_ENV, [])
-    here = measure(args.kinds, features, args.queries, unpoliced=True, batch=False)
+    here = measure(args.kinds, path, args.queries, unpoliced=True, batch=False)
     import numba
 
     rows = []

@@ -17,6 +17,7 @@ from cbir.evaluation.tuning import fastest_config, width_range
 from cbir.indexes.reference import DEFAULT_EF_SEARCH
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
 from cbir.service import growth
+from cbir.service.search import format_duration
 
 SOURCES = ("Upload a file", "Camera", "Pick from the collection", "Example photo")
 INDEX_CHOICES = ("Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall")
@@ -206,10 +207,10 @@ with right:
     m = st.columns(4)
     m[0].metric(
         "Query time",
-        f"{result.seconds * 1000:.0f} ms",
-        help=f"Features {result.embed_seconds * 1000:.0f} ms + search {result.search_seconds * 1000:.1f} ms",
+        format_duration(result.seconds),
+        help=f"Features {format_duration(result.embed_seconds)} + search {format_duration(result.search_seconds)}",
     )
-    m[1].metric("Search only", f"{result.search_seconds * 1000:.2f} ms")
+    m[1].metric("Search only", format_duration(result.search_seconds))
     counted = result.visited >= 0  # hnswlib does not count them
     m[2].metric(
         "Objects visited",

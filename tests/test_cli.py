@@ -44,20 +44,23 @@ def test_user_caused_argument_errors_are_cbir_errors() -> None:
 
 
 def test_import_sets_no_environment_variable() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "TF_CPP_MIN_LOG_LEVEL")}
+    names = ("OPENBLAS_THREAD_TIMEOUT", "TF_CPP_MIN_LOG_LEVEL", "OMP_WAIT_POLICY")
+    env = {k: v for k, v in os.environ.items() if k not in names}
     code = (
         "import os, cbir, cbir.evaluation.evaluate, cbir.service.search, cbir.features.workspace; "
-        "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+        f"print(*(os.environ.get(name) for name in {names!r}))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["None", "None"]
+    assert out.split() == ["None", "None", "None"]
 
 
 def test_entry_points_quiet_the_native_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # an explicit choice wins
     config.quiet_native_libraries()
     assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "4" and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_missing_open_clip_art_is_a_user_error(

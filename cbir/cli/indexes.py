@@ -14,20 +14,19 @@ from cbir.cli.search import add_feature_selection_args
 from cbir.core.names import INDEX_KINDS, METRICS
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from cbir.indexes.registry import IndexConfig
 
 
-def index_config(args: argparse.Namespace, features: np.ndarray | None = None) -> IndexConfig:
-    """The :class:`IndexConfig` of the options; LSH's bucket width from the data (``features``) when not given."""
+def index_config(args: argparse.Namespace, path: str) -> IndexConfig:
+    """The :class:`IndexConfig` of the options; LSH's bucket width, when not given, the one the Search page starts
+    from on the feature set at ``path`` (:func:`cbir.service.search.default_config`)."""
     from cbir.indexes.registry import DEFAULT_POLYTOPE_BITS, IndexConfig
-    from cbir.indexes.widths import default_width
+    from cbir.service.search import default_config
 
     width = args.bucket_width
     if args.kind == "lsh" and width is None:
-        width = default_width(features, args.metric, seed=args.seed)
-        print(f"bucket width w = {width:.4g} (data-driven default; set it with -w)")
+        width = default_config("lsh", path, args.metric).bucket_width
+        print(f"bucket width w = {width:.4g} (the Search page's default; set it with -w)")
     return IndexConfig(
         args.kind,
         args.metric,
@@ -46,11 +45,10 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cbir.features.saved_indexes import build_saved, index_dir
-    from cbir.features.workspace import load_feature_set, resolve_feature_path
+    from cbir.features.workspace import resolve_feature_path
 
     path = resolve_feature_path(args.features, args.backbone, args.collection, args.weights)
-    features = load_feature_set(path).features if args.kind == "lsh" and args.bucket_width is None else None
-    config = index_config(args, features)
+    config = index_config(args, str(path))
     bar = tqdm(desc="building the index", file=sys.stderr, leave=False, unit="rows")
 
     def progress(stage: str, done: int, total: int) -> None:

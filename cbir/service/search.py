@@ -13,8 +13,10 @@ running meanwhile finishes on the state it started with.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,10 +24,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cbir.core.errors import ConfigError
+from cbir.core.errors import CbirError, ConfigError
 from cbir.core.storage import ArtifactError
 from cbir.data.query import QueryImage, decode_query
-from cbir.features.query_model import extractor_spec, make_extractor
+from cbir.features.query_model import ExtractorSpec, extractor_spec, make_extractor
 from cbir.features.saved_indexes import FeatureSetVersion, load_fresh
 from cbir.features.workspace import file_version, load_feature_set
 from cbir.indexes import threads
@@ -293,3 +295,142 @@ def search_engine_for(path: str, version: int, extractor: FeatureExtractor | Non
     search = SearchEngine(load_feature_set(path, loaded_version), extractor, path=path, version=loaded_version)
     search.query_vector(search.feature_set.features[0])
     return search
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One engine per feature set in the process, warmed in the background when a server starts
+# ----------------------------------------------------------------------------------------------------------
+
+MAX_SHARED_ENGINES = 3  # feature sets whose engine a process keeps (the app's cache held as many)
+_shared_lock = threading.RLock()
+_shared_engines: dict[tuple[str, int, ExtractorSpec | None], SearchEngine] = {}
+_shared_extractors: dict[ExtractorSpec, FeatureExtractor] = {}
+
+
+def shared_extractor(spec: ExtractorSpec) -> FeatureExtractor:
+    """The process's model of ``spec`` (built once, warmed by one inference): the app's pages and the API share it."""
+    with _shared_lock:
+        if spec not in _shared_extractors:
+            _shared_extractors[spec] = make_extractor(spec)
+        return _shared_extractors[spec]
+
+
+def shared_engine(path: str, version: int, spec: ExtractorSpec | None = None) -> SearchEngine:
+    """The process's :class:`SearchEngine` of the feature set at ``path`` (``version``: a cache key part, see
+    :func:`search_engine_for`), with the model of ``spec`` (None: no model, search by stored features only); at most
+    :data:`MAX_SHARED_ENGINES` are kept (the oldest is dropped first). Thread-safe: two callers get one engine."""
+    key = (str(path), version, spec)
+    with _shared_lock:
+        if key not in _shared_engines:
+            extractor = None if spec is None else shared_extractor(spec)
+            while len(_shared_engines) >= MAX_SHARED_ENGINES:
+                _shared_engines.pop(next(iter(_shared_engines)))
+            _shared_engines[key] = search_engine_for(str(path), version, extractor)
+        return _shared_engines[key]
+
+
+@dataclass
+class WarmStart:
+    """What :func:`warm_start` did: the feature set, the settings it answered once, the seconds it took, and the
+    error that stopped it (a user's problem: no feature set, no model), if any."""
+
+    path: str | None = None
+    configs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def warm_start(
+    path: str | None = None, configs: Sequence[IndexConfig] = (), background: bool = True
+) -> tuple[WarmStart, threading.Thread | None]:
+    """Get a server ready for its first query: load the numba kernels (from numba's on-disk cache: ``cache=True``),
+    batch and single-query twins alike; the feature set at ``path`` (default: the default collection's newest), its
+    model (one inference traces the graph), its engine (:func:`shared_engine`), and answer one query with the scan,
+    each of ``configs`` and each fresh saved index of the feature set (:mod:`cbir.features.saved_indexes`: loaded
+    from disk). In a daemon thread when ``background`` (the app and the API start it and go on); returns the report
+    (``report.done`` is set at the end) and the thread."""
+    report = WarmStart(path=path)
+
+    def run() -> None:
+        started = time.perf_counter()
+        try:
+            _warm(report, list(configs))
+        except CbirError as exc:  # nothing to warm (no feature set yet, no model): the first query will say why
+            report.error = str(exc)
+        finally:
+            report.seconds = time.perf_counter() - started
+            report.done.set()
+
+    if not background:
+        run()
+        return report, None
+    thread = threading.Thread(target=run, name="cbir-warm-start", daemon=True)
+    thread.start()
+    return report, thread
+
+
+def _warm(report: WarmStart, configs: list[IndexConfig]) -> None:
+    from cbir.features.saved_indexes import saved_infos, staleness
+    from cbir.features.workspace import base_version, complete_feature_sets
+    from cbir.indexes.warmup import warm_up
+
+    warm_up()
+    if report.path is None:
+        choices = complete_feature_sets()
+        if not choices:
+            raise ConfigError("no complete feature set to warm up")
+        report.path = next(iter(choices.values()))
+    path = str(report.path)
+    meta = load_feature_set(path).meta
+    try:
+        spec: ExtractorSpec | None = extractor_spec(meta)
+    except CbirError:
+        spec = None  # a model that cannot be loaded: the engine searches by stored features
+    engine = shared_engine(path, base_version(path), spec)
+    if spec is not None:
+        engine.embed(Image.new("RGB", (224, 224), "white"))
+    version = engine._saved_version
+    fresh = [IndexConfig(**info["config"]) for _, info in saved_infos(path) if staleness(info, version) is None]
+    for config in dict.fromkeys([IndexConfig(), *configs, *fresh]):
+        engine.query_vector(engine.feature_set.features[0], config)
+        report.configs.append(config.label)
+
+
+def format_duration(seconds: float) -> str:
+    """A duration that fits a metric tile: ``0.55 ms``, ``11.1 ms``, ``250 ms``, ``3.04 s``, ``2 min 5 s``."""
+    if seconds < 0.01:
+        return f"{seconds * 1e3:.2f} ms"
+    if seconds < 0.1:
+        return f"{seconds * 1e3:.1f} ms"
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def default_config(kind: str, path: str, metric: str = "euclidean") -> IndexConfig:
+    """The setting of ``kind`` the Search page starts from on the feature set at ``path``: the registry's defaults,
+    and for LSH the bucket width of :func:`cbir.evaluation.tuning.lsh_defaults_for` (what the page's slider shows),
+    so that an index saved with it (``python -m cbir index build``, the home page's button) is the one the page
+    loads."""
+    if kind != "lsh":
+        return IndexConfig(kind, metric)  # type: ignore[arg-type]
+    from cbir.evaluation.tuning import lsh_defaults_for
+
+    return lsh_defaults_for(path, file_version(path), metric)
+
+
+_DURATION = re.compile(r"(?:(\d+) min )?([\d,.]+) (ms|s)\b")
+
+
+def parse_duration(text: str) -> float | None:
+    """The seconds of the first duration :func:`format_duration` wrote in ``text`` (None when there is none): what
+    the load test and the browser tests read back from the pages' metric tiles."""
+    match = _DURATION.search(text)
+    if match is None:
+        return None
+    minutes, value, unit = match.groups()
+    seconds = float(value.replace(",", "")) / (1000.0 if unit == "ms" else 1.0)
+    return seconds + 60.0 * int(minutes or 0)
