@@ -398,7 +398,8 @@ def _warm(report: WarmStart, configs: list[IndexConfig]) -> None:
 
 
 def format_duration(seconds: float) -> str:
-    """A duration that fits a metric tile: ``0.55 ms``, ``11.1 ms``, ``250 ms``, ``3.04 s``, ``2 min 5 s``."""
+    """A duration that fits a metric tile (at most 8 characters up to 16 hours): ``0.55 ms``, ``11.1 ms``, ``250 ms``,
+    ``3.04 s``, ``27.3 s``, ``2.1 min``."""
     if seconds < 0.01:
         return f"{seconds * 1e3:.2f} ms"
     if seconds < 0.1:
@@ -407,7 +408,8 @@ def format_duration(seconds: float) -> str:
         return f"{seconds * 1e3:.0f} ms"
     if seconds < 60:
         return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+    minutes = seconds / 60
+    return f"{minutes:.1f} min" if minutes < 100 else f"{minutes:.0f} min"
 
 
 def default_config(kind: str, path: str, metric: str = "euclidean") -> IndexConfig:
@@ -422,7 +424,8 @@ def default_config(kind: str, path: str, metric: str = "euclidean") -> IndexConf
     return lsh_defaults_for(path, file_version(path), metric)
 
 
-_DURATION = re.compile(r"(?:(\d+) min )?([\d,.]+) (ms|s)\b")
+_DURATION = re.compile(r"([\d,.]+) (ms|s|min)\b")
+_UNIT_SECONDS = {"ms": 1e-3, "s": 1.0, "min": 60.0}
 
 
 def parse_duration(text: str) -> float | None:
@@ -431,6 +434,5 @@ def parse_duration(text: str) -> float | None:
     match = _DURATION.search(text)
     if match is None:
         return None
-    minutes, value, unit = match.groups()
-    seconds = float(value.replace(",", "")) / (1000.0 if unit == "ms" else 1.0)
-    return seconds + 60.0 * int(minutes or 0)
+    value, unit = match.groups()
+    return float(value.replace(",", "")) * _UNIT_SECONDS[unit]
