@@ -16,13 +16,24 @@ from pathlib import Path  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from cbir.app import formats, plots  # noqa: E402
-from cbir.app.ui import FEATURE_SET_KEY, GOTO_KEY, NAV_KEY, collection_status, feature_set_choices  # noqa: E402
+from cbir.app.ui import (  # noqa: E402
+    FEATURE_SET_KEY,
+    GOTO_KEY,
+    NAV_KEY,
+    collection_status,
+    feature_set_choices,
+    warm_start,
+)
 from cbir.core.errors import CbirError  # noqa: E402
+from cbir.core.names import INDEX_KINDS, INDEX_LABELS, METRICS  # noqa: E402
 from cbir.data.openclipart import INSTALL_HINT  # noqa: E402
 from cbir.features import workspace  # noqa: E402
 from cbir.features.backbones import BACKBONES, available_backbones  # noqa: E402
+from cbir.features.saved_indexes import build_saved  # noqa: E402
+from cbir.service.search import default_config  # noqa: E402
 
 st.set_page_config(page_title="cbir — image search", page_icon=":material/image_search:", layout="wide")
+warm_start()  # once per server: kernels, model, engine and saved indexes load in the background
 
 
 def home() -> None:
@@ -105,12 +116,7 @@ def home() -> None:
             width="stretch",
             hide_index=True,
         )
-    st.subheader("Indexes")
-    st.caption("The Search and Index tuning pages build indexes in memory on demand (cached per setting).")
-    if status.indexes.empty:
-        st.info("No index saved under artifacts/indexes (indexes are built on the fly).")
-    else:
-        st.dataframe(status.indexes, width="stretch", hide_index=True)
+    render_indexes(status)
 
     st.subheader("Images left out")
     if status.catalog is not None and len(status.catalog.report):
@@ -130,6 +136,61 @@ def home() -> None:
         st.caption("Images are checked when features are extracted.")
     else:
         st.caption("Every image of the collection decoded fine.")
+
+
+def render_indexes(status: workspace.CollectionStatus) -> None:
+    st.subheader("Indexes")
+    st.caption(
+        "Saved indexes (`python -m cbir index build`, or the button below) are loaded by the Search page instead of "
+        "being built, while their feature set is unchanged; other settings are built in memory on demand."
+    )
+    if status.indexes.empty:
+        st.info("No index saved under artifacts/indexes (indexes are built on the fly).")
+    else:
+        st.dataframe(
+            status.indexes.drop(columns=["fresh"]),
+            width="stretch",
+            hide_index=True,
+            column_config={
+                "size_mb": st.column_config.NumberColumn("size (MB)", format="%.1f"),
+                "build_s": st.column_config.NumberColumn("build (s)", format="%.2f"),
+            },
+        )
+        stale = status.indexes[~status.indexes["fresh"]]
+        if len(stale):
+            st.warning(
+                f"{len(stale)} saved index(es) no longer match their feature set and are not used (the Search page "
+                "builds those settings in memory instead): rebuild them below or with `python -m cbir index build`."
+            )
+    choices = feature_set_choices()
+    if not choices:
+        return
+    label, path = workspace.pick_feature_set(choices, st.session_state.get(FEATURE_SET_KEY)) or next(
+        iter(choices.items())
+    )
+    left, middle, right = st.columns([2, 1, 1], vertical_alignment="bottom")
+    kind = left.selectbox(
+        f"Build and save an index of {label}",
+        INDEX_KINDS,
+        format_func=lambda name: INDEX_LABELS[name],
+        help="At the setting the Search page starts from (LSH: its data-driven bucket width)",
+    )
+    metric = middle.selectbox("Metric", METRICS, key="home-index-metric")
+    if not right.button("Build and save", key="home-index-build"):
+        return
+    bar = st.progress(0.0, text="Building the index")
+    try:
+        info = build_saved(
+            path,
+            default_config(kind, path, metric),
+            progress=lambda stage, done, total: bar.progress(done / max(total, 1), text=f"{stage}: {done:,}"),
+        )
+    except CbirError as exc:
+        st.error(str(exc))
+        return
+    st.cache_data.clear()
+    st.success(f"Saved {info['label']}: {info['n_objects']:,} images, built in {info['build_seconds']:.2f} s.")
+    st.rerun()
 
 
 def render_build(root: object, status: workspace.CollectionStatus) -> None:

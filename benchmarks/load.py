@@ -60,7 +60,6 @@ ERROR_SELECTORS = ('[data-testid="stException"]', '[data-testid="stAlertContentE
 SERVER_ERROR_PATTERN = re.compile(r"Traceback|Exception|Error:|Uncaught", re.IGNORECASE)
 # Script states of the app root (``data-test-script-state``) in which a rerun is under way or about to start.
 RUNNING_STATES = frozenset({"initial", "running", "rerunRequested"})
-QUERY_TIME_PATTERN = re.compile(r"([\d,.]+)\s*(ms|s)\b")
 
 
 def free_port() -> int:
@@ -285,11 +284,10 @@ def result_images(driver: Any) -> int:
 
 def query_time_ms(driver: Any) -> float | None:
     """The Search page's "Query time" metric, in milliseconds (it reads "18.7 ms" or "2.30 s")."""
-    text = metric_text(driver, "Query time")
-    match = QUERY_TIME_PATTERN.search(text or "")
-    if match is None:
-        return None
-    return float(match.group(1).replace(",", "")) * (1.0 if match.group(2) == "ms" else 1000.0)
+    from cbir.app.formats import parse_duration
+
+    seconds = parse_duration(metric_text(driver, "Query time") or "")
+    return None if seconds is None else seconds * 1e3
 
 
 SLIDER_INPUT = '[data-testid="stSlider"] input[type="range"]'  # React Aria's visually hidden range input

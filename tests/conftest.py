@@ -157,3 +157,20 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def grown(tmp_path: Path) -> tuple[Path, Path]:
+    """(collection, store): copies of 15 real images + 3 distractors, features by a model-free extractor
+    (:class:`builders.PixelExtractor`); the collection and the store to grow and shrink (tests of growth and of
+    the saved indexes that follow it)."""
+    from builders import REAL_COLLECTION, PixelExtractor, copy_real_collection
+
+    from cbir.data.collection import scan_collection
+    from cbir.features.extractor import extract_collection
+
+    require(REAL_COLLECTION.is_dir(), f"no default collection at {REAL_COLLECTION} (python -m cbir openclipart)")
+    root = copy_real_collection(tmp_path / "collection")
+    store = tmp_path / "features" / "pixels"
+    extract_collection(scan_collection(root), PixelExtractor(), out_path=store)
+    return root, store

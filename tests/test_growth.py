@@ -27,16 +27,6 @@ from cbir.service import growth
 from cbir.service.search import SearchEngine, search_engine_for
 
 
-@pytest.fixture
-def grown(tmp_path: Path) -> tuple[Path, Path]:
-    """(collection, store): copies of 15 real images + 3 distractors, features by :class:`PixelExtractor`."""
-    require(REAL_COLLECTION.is_dir(), f"no default collection at {REAL_COLLECTION} (python -m cbir openclipart)")
-    root = copy_real_collection(tmp_path / "collection")
-    store = tmp_path / "features" / "pixels"
-    extract_collection(scan_collection(root), PixelExtractor(), out_path=store)
-    return root, store
-
-
 def _new_image() -> Path:
     """A real image the small collection does not hold (a later training image of the first class)."""
     return real_images(6, 1)[5]

@@ -4,6 +4,7 @@ characters of value), always with the unit, the same decimals everywhere. No Str
 from __future__ import annotations
 
 import math
+import re
 from pathlib import PurePosixPath
 
 import pandas as pd
@@ -28,6 +29,20 @@ def duration(seconds: float) -> str:
     if round(seconds, 1) < 100:
         return f"{seconds:.1f} s"
     return f"{seconds:.0f} s"
+
+
+_DURATION = re.compile(r"([\d,.]+) (ms|s|min)\b")
+_UNIT_SECONDS = {"ms": 1e-3, "s": 1.0, "min": 60.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """The seconds of the first duration :func:`duration` wrote in ``text`` (None when there is none): what the load
+    test and the browser tests read back from the pages' metric tiles."""
+    match = _DURATION.search(text or "")
+    if match is None:
+        return None
+    value, unit = match.groups()
+    return float(value.replace(",", "")) * _UNIT_SECONDS[unit]
 
 
 def count(n: float | None) -> str:

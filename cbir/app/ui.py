@@ -29,7 +29,7 @@ from cbir.indexes import registry
 from cbir.service import growth, search
 
 if TYPE_CHECKING:
-    from cbir.features.extractor import FeatureExtractor
+    from cbir.features.query_model import ExtractorSpec
 
 FEATURE_SET_KEY = "feature_set"  # session-state key of the feature set chosen in the sidebar, read by every page
 NAV_KEY, GOTO_KEY = "cbir-nav", "cbir-goto"  # "app.py routed this session" / "page to open after routing"
@@ -44,31 +44,38 @@ collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection�
 lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
 distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analysis_for)  # called with keep=True
 hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)  # called with keep=True
-make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(query_model.make_extractor)
+make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.shared_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
 
 
 @st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)
-def search_engine(path: str, version: int, _extractor: FeatureExtractor | None = None) -> search.SearchEngine:
-    """:func:`cbir.service.search.search_engine_for`, one per feature set shared by every session (it is
-    thread-safe)."""
-    return search.search_engine_for(path, version, _extractor)
+def search_engine(path: str, version: int, spec: ExtractorSpec | None = None) -> search.SearchEngine:
+    """:func:`cbir.service.search.shared_engine`: one per feature set and model in the process, shared by every
+    session (it is thread-safe) and by the warm start (:func:`warm_start`)."""
+    return search.shared_engine(path, version, spec)
 
 
 def search_engine_with_model(path: str) -> search.SearchEngine:
-    """The shared :func:`search_engine` of the feature set at ``path``, with the (cached) model that computed it.
+    """The shared :func:`search_engine` of the feature set at ``path``, with the model that computed it.
     Keyed by :func:`cbir.features.workspace.base_version`: images added or removed in place do not rebuild it (the
-    engine
-    applies them itself on its next query), a new extraction does. Raises :class:`~cbir.core.errors.CbirError` (or
-    ``FileNotFoundError``) when that model cannot be loaded."""
-    extractor = make_extractor(query_model.extractor_spec(workspace.load_feature_set(path).meta))
-    return search_engine(path, workspace.base_version(path), _extractor=extractor)
+    engine applies them itself on its next query), a new extraction does. Raises
+    :class:`~cbir.core.errors.CbirError` (or ``FileNotFoundError``) when that model cannot be loaded."""
+    spec = search.extractor_spec(workspace.load_feature_set(path).meta)
+    return search_engine(path, workspace.base_version(path), spec)
 
 
 def search_engine_without_model(path: str) -> search.SearchEngine:
     """The shared :func:`search_engine` of the feature set at ``path`` without a model: it searches by stored
     features only (a synthetic set, or a model that cannot be loaded)."""
     return search_engine(path, workspace.base_version(path))
+
+
+@st.cache_resource(show_spinner=False)
+def warm_start() -> search.WarmStart:
+    """Once per server process: :func:`cbir.service.search.warm_start` in a background thread (kernels, the newest
+    feature set, its model and engine, its fresh saved indexes), so the first query does not pay for them."""
+    report, _thread = search.warm_start()
+    return report
 
 
 def add_to_collection(

@@ -4,18 +4,17 @@ A feature set is either a folder store (:mod:`cbir.features.store`: memory-mappe
 catalog, a JSON manifest written last, able to grow in place) or a single joblib artifact (the earlier format, read
 into memory, read-only). :func:`feature_source` chooses the backend once, from the path; everything else asks the
 source: its metadata, its rows (:meth:`FeatureSource.load`), its per-image cache (what extraction reuses) and its
-:class:`FeatureSetVersion`, the one notion of "has it changed" that the app's caches, the search engine and the saved
-indexes key on.
+:class:`FeatureSetVersion`, the one notion of "which state" that the app's caches, the search engine and the
+saved indexes key on.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,15 +62,35 @@ class FeatureSet:
         return self.catalog["role"].to_numpy(dtype=object)
 
 
-class FeatureSetVersion(NamedTuple):
-    """When a feature set changed. ``commit``: changes with every committed change (a full extraction, an image
-    added or removed in place): the mtime (ns) of the store's manifest or of the joblib file, 0 when missing.
-    ``base``: changes only when the set is written anew (a full extraction), not when it grows: the search engine
-    follows growth itself. ``written``: when it was last written in full (ns), 0 when missing."""
+@dataclass(frozen=True)
+class FeatureSetVersion:
+    """Which state of a feature set: equal versions mean the same rows in the same order (what a saved index was
+    built from, :mod:`cbir.features.saved_indexes`). ``base``: the last full write (a store's first shard or
+    ``base`` id; a joblib artifact, which is only ever rewritten whole: its mtime); ``generation``: appends and
+    removals since (:mod:`cbir.service.growth`); ``n_rows``: live rows (what :meth:`FeatureSource.load` returns).
 
-    commit: int
-    base: int
-    written: int
+    Cheaper stamps of the same feature set, for caches that poll: :meth:`FeatureSource.commit_stamp` (one ``stat``:
+    changes with every commit) and :meth:`FeatureSource.base_id` (the manifest only: changes with a full write)."""
+
+    base: str
+    generation: int
+    n_rows: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> FeatureSetVersion:
+        """The current version of the feature set at ``path``; :class:`ArtifactError` when unreadable."""
+        return feature_source(path).version()
+
+    @classmethod
+    def from_manifest(cls, path: str | os.PathLike[str], manifest: dict[str, Any]) -> FeatureSetVersion:
+        """The version of the store at ``path`` as ``manifest`` (read or about to be committed) describes it."""
+        catalog_rows = len(read_table(path, manifest["catalog"], [], only=["path"])) if manifest.get("catalog") else 0
+        return cls(_base_of(manifest), int(manifest.get("generation", 0)), catalog_rows - len(removed_rows(manifest)))
+
+
+def _base_of(manifest: dict[str, Any]) -> str:
+    # the id of the last full write: growth appends shards after it and never rewrites the first
+    return str(manifest.get("base") or (manifest.get("features") or [""])[0])
 
 
 Cache = tuple[dict[str, np.ndarray], dict[str, str]]  # cache key → feature row, cache key → rejection reason
@@ -92,6 +111,19 @@ class FeatureSource:
         raise NotImplementedError
 
     def version(self) -> FeatureSetVersion:
+        """The feature set's :class:`FeatureSetVersion`; :class:`ArtifactError` when unreadable."""
+        raise NotImplementedError
+
+    def base_id(self) -> str:
+        """The id of the last full write (``FeatureSetVersion.base``), cheaply; "" when unreadable."""
+        raise NotImplementedError
+
+    def commit_stamp(self) -> int:
+        """Changes with every committed change (ns: the mtime of the commit point, one ``stat``); 0 when missing."""
+        raise NotImplementedError
+
+    def written(self) -> int:
+        """When the feature set was last written in full (ns); growing it in place does not count; 0 when missing."""
         raise NotImplementedError
 
     def read_cache(self, backbone: str, weights_id: str, dim: int) -> Cache:
@@ -138,23 +170,26 @@ class StoreSource(FeatureSource):
         return FeatureSet(features=features, catalog=catalog, report=report, meta=meta)
 
     def version(self) -> FeatureSetVersion:
+        return FeatureSetVersion.from_manifest(self.path, read_manifest(self.path))
+
+    def base_id(self) -> str:
         try:
-            commit = (self.path / MANIFEST).stat().st_mtime_ns  # the commit point
-        except OSError:
-            return FeatureSetVersion(0, 0, 0)
-        try:
-            manifest = read_manifest(self.path)
+            return _base_of(read_manifest(self.path))
         except ArtifactError:
-            return FeatureSetVersion(commit, 0, 0)
-        shards = manifest.get("features") or []
-        # the id of the last full write: growth appends shards after it and never rewrites the first
-        base_id = manifest.get("base") or (shards or [""])[0]
-        base = int.from_bytes(hashlib.sha1(str(base_id).encode()).digest()[:7], "big")
+            return ""
+
+    def commit_stamp(self) -> int:
         try:
-            written = (self.path / (shards or [MANIFEST])[0]).stat().st_mtime_ns
+            return (self.path / MANIFEST).stat().st_mtime_ns
         except OSError:
-            written = 0
-        return FeatureSetVersion(commit, base, written)
+            return 0
+
+    def written(self) -> int:
+        try:
+            shards = read_manifest(self.path).get("features") or [MANIFEST]
+            return (self.path / shards[0]).stat().st_mtime_ns
+        except (OSError, ArtifactError):
+            return 0
 
     def read_cache(self, backbone: str, weights_id: str, dim: int) -> Cache:
         manifest = read_manifest(self.path)
@@ -186,11 +221,19 @@ class JoblibSource(FeatureSource):
             raise ArtifactError(f"{self.path}: missing field {exc}") from exc
 
     def version(self) -> FeatureSetVersion:
+        return FeatureSetVersion(str(self.path.stat().st_mtime_ns), 0, len(self.load().features))
+
+    def base_id(self) -> str:
+        return str(self.commit_stamp())  # rewritten whole on every change
+
+    def commit_stamp(self) -> int:
         try:
-            mtime = self.path.stat().st_mtime_ns
+            return self.path.stat().st_mtime_ns
         except OSError:
-            mtime = 0
-        return FeatureSetVersion(mtime, mtime, mtime)  # rewritten whole on every change
+            return 0
+
+    def written(self) -> int:
+        return self.commit_stamp()
 
     def read_cache(self, backbone: str, weights_id: str, dim: int) -> Cache:
         payload = self._payload()
@@ -224,8 +267,3 @@ def load_features(path: str | os.PathLike[str], catalog_columns: Sequence[str] |
     evaluation needs: a 1M-row catalog then loads in a tenth of the time); a joblib artifact keeps its whole catalog.
     """
     return feature_source(path).load(catalog_columns)
-
-
-def feature_version(path: str | os.PathLike[str]) -> FeatureSetVersion:
-    """The :class:`FeatureSetVersion` of the feature set at ``path`` (zeros when it is missing)."""
-    return feature_source(path).version()

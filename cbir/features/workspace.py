@@ -8,6 +8,7 @@ collection have" has one answer. The home page shows :func:`collection_status` a
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from cbir.core.errors import CbirError
 from cbir.core.storage import ArtifactError
 from cbir.data.collection import Catalog, CollectionError, collection_id, scan_collection
 from cbir.features.extractor import FeatureExtractor, extract_collection
-from cbir.features.sources import FeatureSet, feature_version, load_features, read_meta
+from cbir.features.sources import FeatureSet, feature_source, load_features, read_meta
 from cbir.features.store import MANIFEST
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -48,9 +49,9 @@ def feature_files(collection: str | os.PathLike[str] | None = None) -> list[Path
 
 
 def written(path: str | os.PathLike[str]) -> int:
-    """When a feature set was last written in full (ns; :attr:`FeatureSetVersion.written`): images added or removed
+    """When a feature set was last written in full (ns; :meth:`FeatureSource.written`): images added or removed
     in place do not count, so growing a feature set does not make it the newest; 0 when missing."""
-    return feature_version(path).written
+    return feature_source(path).written()
 
 
 def list_feature_sets(collection: str | os.PathLike[str] | None = None) -> pd.DataFrame:
@@ -156,18 +157,34 @@ class CollectionStatus:
 
 
 def list_indexes() -> pd.DataFrame:
-    """Index artifacts saved under ``<artifacts>/indexes`` (by the CLI or benchmarks): file, size, modified."""
+    """Indexes saved under ``<artifacts>/indexes``: those of ``python -m cbir index build`` and the home page
+    (:mod:`cbir.features.saved_indexes`: setting, images, build seconds, freshness against their feature set), and
+    loose index files a benchmark saved (no build record: freshness unknown). Columns:
+    :data:`cbir.features.saved_indexes.TABLE_COLUMNS`."""
+    from cbir.features.saved_indexes import INFO, TABLE_COLUMNS, saved_index_table
+
     root = config.artifacts_dir() / "indexes"
-    files = sorted(root.rglob("*.joblib")) if root.is_dir() else []
+    saved = saved_index_table()
+    loose = [
+        path for path in (sorted(root.rglob("*.joblib")) if root.is_dir() else []) if not (path.parent / INFO).is_file()
+    ]
     rows = [
         {
             "index": str(path.relative_to(root)),
+            "setting": "",
+            "images": None,
             "size_mb": path.stat().st_size / 1e6,
+            "build_s": None,
             "modified": pd.Timestamp(path.stat().st_mtime, unit="s").floor("s"),
+            "fresh": False,
+            "freshness": "unknown (no build record)",
         }
-        for path in files
+        for path in loose
     ]
-    return pd.DataFrame(rows, columns=["index", "size_mb", "modified"])
+    if not rows:
+        return saved
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return table if saved.empty else pd.concat([saved, table], ignore_index=True)
 
 
 def collection_status(root: str | os.PathLike[str] | None = None, version: int = 0) -> CollectionStatus:
@@ -329,11 +346,12 @@ def _load_feature_set(path: str, version: int, catalog_columns: tuple[str, ...] 
 def base_version(path: str | os.PathLike[str]) -> int:
     """A cache key part that changes when a feature set is written anew (a full extraction) but not when images are
     added or removed in place (:mod:`cbir.service.growth`): the shared search engine follows those itself
-    (:attr:`FeatureSetVersion.base`)."""
-    return feature_version(path).base
+    (a hash of :meth:`FeatureSource.base_id`)."""
+    base = feature_source(path).base_id()
+    return int.from_bytes(hashlib.sha1(base.encode()).digest()[:7], "big") if base else 0
 
 
 def file_version(path: str | os.PathLike[str]) -> int:
     """A cache key part that changes with every committed change of the feature set at ``path``
-    (:attr:`FeatureSetVersion.commit`: the mtime of a store's manifest, its commit point), 0 when missing."""
-    return feature_version(path).commit
+    (:meth:`FeatureSource.commit_stamp`: the mtime of a store's manifest, its commit point), 0 when missing."""
+    return feature_source(path).commit_stamp()

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 import numpy as np
 
 from cbir.core.storage import ArtifactError, load_artifact, save_artifact
-from cbir.indexes import kernels
+from cbir.indexes import kernels, threads
 
 BUILD_STAGE = "building the index"  # the stage name of fit's progress
 # long work reports progress about this often (seconds), so that a page's progress bar keeps moving
@@ -203,6 +203,11 @@ class BaseIndex:
         self._check_fitted()
         k = check_int(k, "k", 1)
         queries = self._prepare_queries(Q)
+        with threads.queries(len(queries)):  # one query on one thread, a batch on all cores (cbir.indexes.threads)
+            return self._search_live(queries, k)
+
+    def _search_live(self, queries: np.ndarray, k: int) -> SearchResult:
+        """:meth:`_search` leaving out the rows marked removed."""
         if not len(self._removed):
             return self._search(queries, k)
         # tombstones: ask for enough rows that k live ones remain, then drop the removed ones (order kept)

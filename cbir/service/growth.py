@@ -46,7 +46,8 @@ from cbir.data.collection import (
 )
 from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_or_reason, load_image
 from cbir.data.query import MAX_UPLOAD_BYTES
-from cbir.features.sources import feature_source, load_features
+from cbir.features.saved_indexes import follow_append, mark_stale
+from cbir.features.sources import FeatureSetVersion, feature_source, load_features
 from cbir.features.store import (
     append_rows,
     catalog_keys,
@@ -340,6 +341,7 @@ def _add_locked(
             )
             known = set(catalog_keys(feature_set.catalog))
             assert not known & set(catalog_keys(rows)), "a new file has the key of an indexed one"
+            before = FeatureSetVersion.of(folder)
             manifest = append_rows(folder, features, rows, {"computed": len(rows)}, lock=False)
         except BaseException:
             for final in finals:
@@ -347,8 +349,9 @@ def _add_locked(
             if created:
                 shutil.rmtree(target, ignore_errors=True)
             raise
+        # still under the store's lock: the saved indexes of this generation get the new rows (or are marked stale)
+        notes = _saved_index_notes(*follow_append(folder, before, manifest))
     n_images = int(manifest["meta"]["n_images"])
-    notes = []
     others = [p for p in _collection_stores(root, folder) if p != folder]
     if others:
         notes.append(
@@ -359,6 +362,18 @@ def _add_locked(
         "added", rows[["relpath", "label", "role", "path"]], n_images, time.perf_counter() - started, embed_seconds,
         [str(folder)], notes,
     )  # fmt: skip
+
+
+def _saved_index_notes(updated: Sequence[Path], marked: Sequence[Path]) -> list[str]:
+    notes = []
+    if updated:
+        notes.append(f"{len(updated)} saved index(es) updated in place: {', '.join(p.name for p in updated)}")
+    if marked:
+        notes.append(
+            f"{len(marked)} saved index(es) marked stale (rebuild with `python -m cbir index build`): "
+            + ", ".join(p.name for p in marked)
+        )
+    return notes
 
 
 def _collection_stores(root: Path, beside: Path | None = None) -> list[Path]:
@@ -410,6 +425,7 @@ def remove_images(store_path: str | os.PathLike[str], paths: Sequence[str | os.P
         )
     removed = catalog[catalog["path"].isin(wanted)]
     changed = []
+    marked: list[Path] = []
     stores = [folder, *(p for p in _collection_stores(root, folder) if p != folder)]
     for store in stores:
         manifest = read_manifest(store)
@@ -417,11 +433,15 @@ def remove_images(store_path: str | os.PathLike[str], paths: Sequence[str | os.P
         gone = set(manifest.get("removed", []))
         rows = [i for i, p in enumerate(table["path"]) if p in wanted and i not in gone]
         if rows:
+            before = FeatureSetVersion.from_manifest(store, manifest)
             manifest = remove_rows(store, rows)
             changed.append(str(store))
+            # a removal shifts the row numbers an index answers with: its saved indexes cannot follow in place
+            stale = mark_stale(store, before, f"{len(rows)} image(s) removed from the feature set")
+            marked.extend(stale)
             if store == folder:
                 n_images = int(manifest["meta"]["n_images"])
-    notes = []
+    notes = _saved_index_notes([], marked)
     for path, relpath in zip(removed["path"], removed["relpath"], strict=True):
         source = Path(path)
         if source.is_file():

@@ -4,17 +4,17 @@ bucket layout."""
 from __future__ import annotations
 
 import functools
+import types
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
+from cbir.indexes import threads
+
 METRIC_EUCLIDEAN = 0
-
-
 METRIC_COSINE = 1
-
-
 METRIC_CODES = {"euclidean": METRIC_EUCLIDEAN, "cosine": METRIC_COSINE}
 
 
@@ -23,21 +23,32 @@ METRIC_CODES = {"euclidean": METRIC_EUCLIDEAN, "cosine": METRIC_COSINE}
 _jit = functools.partial(njit, cache=True, nogil=True)
 
 
+class RowParallel:
+    """A kernel parallel over rows (``prange``) and its serial twin, compiled from the same source without
+    ``parallel``: a call inside :func:`cbir.indexes.threads.single_query` runs the twin, which enters no parallel
+    region (so wakes no worker thread); other calls run the parallel kernel. The twin is a copy of the function
+    under its own name, so that numba's on-disk cache keeps the two compilations apart."""
+
+    def __init__(self, function: Callable[..., object]) -> None:
+        self.parallel = _jit(parallel=True)(function)
+        twin = types.FunctionType(
+            function.__code__, function.__globals__, f"{function.__name__}_serial", function.__defaults__
+        )
+        twin.__qualname__ = f"{function.__qualname__}_serial"
+        twin.__doc__ = function.__doc__
+        self.serial = _jit()(twin)
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        kernel = self.serial if threads.in_single_query() else self.parallel
+        return kernel(*args, **kwargs)
+
+
 _KEY_SEED = np.uint64(0x9E3779B97F4A7C15)
-
-
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
-
-
 _MIX_2 = np.uint64(0x94D049BB133111EB)
-
-
 _SHIFT_30 = np.uint64(30)
-
-
 _SHIFT_27 = np.uint64(27)
-
-
 _SHIFT_31 = np.uint64(31)
 
 

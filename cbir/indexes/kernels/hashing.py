@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from cbir.indexes.kernels.common import _KEY_SEED, _MIX_1, _MIX_2, _SHIFT_27, _SHIFT_30, _SHIFT_31, _jit
+from cbir.indexes.kernels.common import _KEY_SEED, _MIX_1, _MIX_2, _SHIFT_27, _SHIFT_30, _SHIFT_31, RowParallel, _jit
 
 
 def draw_hash_functions(
@@ -52,7 +52,7 @@ def _tuple_key(codes: np.ndarray, start: int, n_projections: int, deltas: np.nda
     return key
 
 
-@_jit(parallel=True)
+@RowParallel
 def hash_keys(
     projected: np.ndarray, offsets: np.ndarray, bucket_width: float, n_tables: int, n_projections: int
 ) -> np.ndarray:

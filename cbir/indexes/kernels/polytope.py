@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from cbir.indexes.kernels.common import _jit
+from cbir.indexes.kernels.common import RowParallel, _jit
 from cbir.indexes.kernels.hashing import _tuple_key
 from cbir.indexes.kernels.probing import _heap_pop, _heap_push
 from cbir.indexes.kernels.topk import _n_chunks
@@ -108,7 +108,7 @@ def _rotation_matrix(signs: np.ndarray, out: np.ndarray) -> None:
         unit[i] = 0.0
 
 
-@_jit(parallel=True)
+@RowParallel
 def rotate(vectors: np.ndarray, signs: np.ndarray) -> np.ndarray:
     """The pseudo-random rotations (n, F, D) float32 of the rows of ``vectors`` (n, d <= D) by fast Hadamard
     transforms: equal to ``vectors @ rotation_matrix(signs, d)`` up to rounding, cheaper when d is large."""
@@ -121,7 +121,7 @@ def rotate(vectors: np.ndarray, signs: np.ndarray) -> np.ndarray:
     return rotated
 
 
-@_jit(parallel=True)
+@RowParallel
 def cross_polytope_codes(rotated: np.ndarray, n_projections: int, last_dim: int) -> np.ndarray:
     """Cross-polytope codes (n, F) int64 of rotated vectors (n, F, D) float32; function ``f`` with
     ``f % n_projections == n_projections - 1`` uses the first ``last_dim`` coordinates only."""
@@ -134,7 +134,7 @@ def cross_polytope_codes(rotated: np.ndarray, n_projections: int, last_dim: int)
     return codes
 
 
-@_jit(parallel=True)
+@RowParallel
 def fold_keys(codes: np.ndarray, n_tables: int, n_projections: int) -> np.ndarray:
     """Bucket keys (g, n) uint64 of integer codes (n, g*h) int64: the fold of :func:`hash_keys_reference`."""
     n = codes.shape[0]
@@ -217,7 +217,7 @@ def cross_polytope_probes(
     return out_tables, out_keys, out_costs
 
 
-@_jit(parallel=True)
+@RowParallel
 def _cross_polytope_probes(
     rotated: np.ndarray,
     n_tables: int,

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import prange
 
-from cbir.indexes.kernels.common import METRIC_EUCLIDEAN, BucketTables, _jit
+from cbir.indexes.kernels.common import METRIC_EUCLIDEAN, BucketTables, RowParallel, _jit
 from cbir.indexes.kernels.hashing import _tuple_key
 from cbir.indexes.kernels.probing import (
     ProbeWorkspace,
@@ -23,11 +23,7 @@ from cbir.indexes.kernels.tables import _find_bucket
 from cbir.indexes.kernels.topk import _empty_results, _n_chunks, _ranking_key, _rerank_into, _squared_l2
 
 _MODE_SEARCH = 0  # top-k and visited
-
-
 _MODE_COUNT = 1  # visited only
-
-
 _MODE_FILL = 2  # visited and the sorted candidates, written to cand_ids at cand_offsets
 
 
@@ -397,7 +393,7 @@ def _rerank_ordered_into(
         out_scores[position] = np.sqrt(key) if metric == METRIC_EUCLIDEAN else -key
 
 
-@_jit(parallel=True)
+@RowParallel
 def _lsh_kernel(
     queries: np.ndarray,
     data: np.ndarray,

@@ -8,10 +8,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from cbir.indexes.kernels.common import BucketTables, _jit
+from cbir.indexes.kernels.common import BucketTables, RowParallel, _jit
 
 
-@_jit(parallel=True)
+@RowParallel
 def _build_tables(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n_tables, n = keys.shape
     order = np.empty((n_tables, n), dtype=np.int64)

@@ -6,7 +6,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from cbir.indexes.kernels.common import METRIC_EUCLIDEAN, _jit
+from cbir.indexes.kernels.common import METRIC_EUCLIDEAN, RowParallel, _jit
 from cbir.indexes.kernels.probing import _above, _heap_pop, _heap_push, _heap_replace_top
 
 # Only the reductions allow reassociation: it lets LLVM vectorise the sum (about 8x faster on AVX2/AVX-512),
@@ -105,7 +105,7 @@ def _empty_results(m: int, k: int, metric: int) -> tuple[np.ndarray, np.ndarray]
     return np.full((m, k), fill, dtype=np.float32), np.full((m, k), -1, dtype=np.int64)
 
 
-@_jit(parallel=True)
+@RowParallel
 def _rerank_kernel(
     queries: np.ndarray,
     data: np.ndarray,
