@@ -30,6 +30,8 @@ from cbir.core.metrics import _as_series, _unlabelled_mask, average_precision_ba
 from cbir.core.names import score_name
 from cbir.core.storage import atomic_output
 from cbir.indexes.base import PROGRESS_SECONDS, BaseIndex
+from cbir.indexes.polytope import bits_for
+from cbir.indexes.registry import KINDS, kind_spec
 from cbir.indexes.scan import SequentialScan
 from cbir.indexes.warmup import warm_up
 
@@ -356,20 +358,13 @@ class EvaluationResult:
         rows."""
         params = self.index_params
         kind = params.get("index")
-        lsh, polytope = kind == "lsh", kind == "cross_polytope"
-        bits = None
-        if polytope and params.get("reduce_dim"):
-            from cbir.indexes.polytope import bits_for
-
-            bits = bits_for(int(params["reduce_dim"]), int(params["n_projections"]), params.get("last_dim"))
+        declared = kind_spec(kind).row_fields if kind in KINDS else ()  # the fields this kind's rows give
+        values = {**params, "ef_search": params.get("ef_search", params.get("ef"))}
+        if "bits" in declared and params.get("reduce_dim"):
+            values["bits"] = bits_for(int(params["reduce_dim"]), int(params["n_projections"]), params.get("last_dim"))
         return {
             "index": kind,
-            "n_tables": params.get("n_tables") if lsh or polytope else None,
-            **{name: params.get(name) if lsh else None for name in ("n_projections", "bucket_width")},
-            "bits": bits,
-            "probes": params.get("probes") if lsh or polytope else None,
-            "ef_search": params.get("ef_search", params.get("ef")) if kind in ("hnsw", "hnswlib") else None,
-            "n_probe": params.get("n_probe") if kind == "ivf_flat" else None,
+            **{name: values.get(name) if name in declared else None for name in SETTING_COLUMNS[1:-1]},
             "metric": self.metric,
             "k": self.k,
             "map": self.map,

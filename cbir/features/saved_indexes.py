@@ -70,7 +70,7 @@ def setting_name(config_: IndexConfig) -> str:
     """The folder name of a setting: kind, metric and the build fields of its kind (the search-time knob left out)."""
     key = config_.fit_key
     fields = [name for name in key.spec.row_fields if name != key.spec.knob]
-    if key.kind in ("lsh", "cross_polytope"):
+    if key.spec.seeded:
         fields.append("seed")
     short = {"n_tables": "g", "n_projections": "h", "bucket_width": "w", "bits": "b", "n_probe": "nprobe"}
     parts = [key.kind, key.metric, *(f"{short.get(name, name)}{getattr(key, name):g}" for name in fields)]

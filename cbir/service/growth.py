@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,7 @@ from cbir.data.collection import (
 from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_or_reason, load_image
 from cbir.data.query import MAX_UPLOAD_BYTES
 from cbir.features.saved_indexes import follow_append, mark_stale
-from cbir.features.sources import FeatureSetVersion, feature_source, load_features
+from cbir.features.sources import FeatureSet, FeatureSetVersion, feature_source, load_features
 from cbir.features.store import (
     append_rows,
     catalog_keys,
@@ -248,109 +248,26 @@ def _add_locked(
     allow_duplicates: bool,
     started: float,
 ) -> GrowthReport:
-
     feature_set = load_features(folder)
-    meta = feature_set.meta
-    root = Path(meta.get("collection_root", ""))
+    root = Path(feature_set.meta.get("collection_root", ""))
     if not root.is_dir():
         raise GrowthError(f"the collection of {folder} is not at {root} any more")
     if not files:
         raise GrowthError("no files to add")
     label = check_label(label, sorted(feature_set.catalog["label"].dropna().unique()))
-    if extractor is None:
-        from cbir.features.query_model import extractor_spec, make_extractor
-
-        extractor = make_extractor(extractor_spec(meta), warm_up=False)
-    if extractor.backbone != meta.get("backbone") or extractor.weights_id != meta.get("weights_id"):
-        raise GrowthError(
-            f"the model {extractor.backbone}/{extractor.weights_id} did not compute {folder} "
-            f"({meta.get('backbone')}/{meta.get('weights_id')}): its features would not be comparable"
-        )
-    target, split, role = destination(root, label)
+    extractor = _store_model(folder, feature_set.meta, extractor)
     sources = [_read_source(source) for source in files]
-
-    problems: dict[str, str] = {}
     with tempfile.TemporaryDirectory(dir=root, prefix=STAGING_PREFIX) as staging:
-        staged: list[Path] = []
-        taken: set[str] = set()
+        staged = []
         for i, (name, data) in enumerate(sources):
-            path = Path(staging) / f"{i}-{_file_name(name, data)}"
-            path.write_bytes(data)
-            staged.append(path)
+            staged.append(Path(staging) / f"{i}-{_file_name(name, data)}")
+            staged[-1].write_bytes(data)
         embed_started = time.perf_counter()
-        arrays: list[np.ndarray] = []
-        fingerprints: list[hygiene.ImageFingerprint] = []
-        for (name, data), path in zip(sources, staged, strict=True):
-            if len(data) > MAX_UPLOAD_BYTES or not data:
-                problems[name] = "empty file" if not data else f"over {MAX_UPLOAD_BYTES // 2**20} MB"
-                continue
-            decoded = decode_or_reason(path, extractor.prepare)
-            if isinstance(decoded, str):
-                problems[name] = decoded
-                continue
-            fp = hygiene.fingerprint(load_image(path))
-            blank = fp.blank_reason()
-            if blank is not None:
-                problems[name] = f"{blank} image (it would answer every unlike query)"
-                continue
-            arrays.append(decoded)
-            fingerprints.append(fp)
-        if problems:
-            raise GrowthError("nothing was added: " + "; ".join(f"{n}: {r}" for n, r in problems.items()))
-        features = extractor.predict_arrays(np.stack(arrays))
+        features, fingerprints = _embed_checked(sources, staged, extractor)
         embed_seconds = time.perf_counter() - embed_started
         if not allow_duplicates:
-            for i in range(len(fingerprints)):
-                for j in range(i):
-                    reason = _duplicate_reason(fingerprints[i], fingerprints[j])
-                    if reason is not None:
-                        problems[sources[i][0]] = f"{reason} of {sources[j][0]} (added together)"
-                        break
-            copies = _indexed_copies(features, fingerprints, np.asarray(feature_set.features), feature_set.catalog)
-            for (name, _), reason in zip(sources, copies, strict=True):
-                if reason is not None and name not in problems:
-                    problems[name] = reason
-            if problems:
-                raise GrowthError(
-                    "nothing was added: "
-                    + "; ".join(f"{n}: {r}" for n, r in problems.items())
-                    + " (the collection keeps one image of each group of copies)"
-                )
-
-        # commit: files into the collection, then the store (its manifest last); undo the files if the store fails
-        created = not target.exists()
-        target.mkdir(parents=True, exist_ok=True)
-        finals = [_free_name(target, _file_name(name, data), taken) for name, data in sources]
-        try:
-            for path, final in zip(staged, finals, strict=True):
-                os.replace(path, final)
-            rows = pd.DataFrame(
-                [
-                    {
-                        "path": str(final.resolve()),
-                        "relpath": final.relative_to(root).as_posix(),
-                        "label": label,
-                        "split": split,
-                        "role": role,
-                        "size": int(final.stat().st_size),
-                        "mtime_ns": int(final.stat().st_mtime_ns),
-                    }
-                    for final in finals
-                ],
-                columns=CATALOG_COLUMNS,
-            )
-            known = set(catalog_keys(feature_set.catalog))
-            assert not known & set(catalog_keys(rows)), "a new file has the key of an indexed one"
-            before = FeatureSetVersion.of(folder)
-            manifest = append_rows(folder, features, rows, {"computed": len(rows)}, lock=False)
-        except BaseException:
-            for final in finals:
-                final.unlink(missing_ok=True)
-            if created:
-                shutil.rmtree(target, ignore_errors=True)
-            raise
-        # still under the store's lock: the saved indexes of this generation get the new rows (or are marked stale)
-        notes = _saved_index_notes(*follow_append(folder, before, manifest))
+            _refuse_copies(sources, features, fingerprints, feature_set)
+        rows, manifest, notes = _commit_files(folder, root, label, sources, staged, features, feature_set.catalog)
     n_images = int(manifest["meta"]["n_images"])
     others = [p for p in _collection_stores(root, folder) if p != folder]
     if others:
@@ -362,6 +279,122 @@ def _add_locked(
         "added", rows[["relpath", "label", "role", "path"]], n_images, time.perf_counter() - started, embed_seconds,
         [str(folder)], notes,
     )  # fmt: skip
+
+
+def _store_model(folder: Path, meta: dict[str, Any], extractor: FeatureExtractor | None) -> FeatureExtractor:
+    """The model that computed the store (``extractor`` checked against its meta, or rebuilt from it)."""
+    if extractor is None:
+        from cbir.features.query_model import extractor_spec, make_extractor
+
+        extractor = make_extractor(extractor_spec(meta), warm_up=False)
+    if extractor.backbone != meta.get("backbone") or extractor.weights_id != meta.get("weights_id"):
+        raise GrowthError(
+            f"the model {extractor.backbone}/{extractor.weights_id} did not compute {folder} "
+            f"({meta.get('backbone')}/{meta.get('weights_id')}): its features would not be comparable"
+        )
+    return extractor
+
+
+def _embed_checked(
+    sources: Sequence[tuple[str, bytes]], staged: Sequence[Path], extractor: FeatureExtractor
+) -> tuple[np.ndarray, list[hygiene.ImageFingerprint]]:
+    """Features (n, dim) float32 and fingerprints of the staged files; :class:`GrowthError` naming every file that
+    is empty, too big, undecodable or blank (nothing is added then)."""
+    problems: dict[str, str] = {}
+    arrays: list[np.ndarray] = []
+    fingerprints: list[hygiene.ImageFingerprint] = []
+    for (name, data), path in zip(sources, staged, strict=True):
+        if len(data) > MAX_UPLOAD_BYTES or not data:
+            problems[name] = "empty file" if not data else f"over {MAX_UPLOAD_BYTES // 2**20} MB"
+            continue
+        decoded = decode_or_reason(path, extractor.prepare)
+        if isinstance(decoded, str):
+            problems[name] = decoded
+            continue
+        fp = hygiene.fingerprint(load_image(path))
+        blank = fp.blank_reason()
+        if blank is not None:
+            problems[name] = f"{blank} image (it would answer every unlike query)"
+            continue
+        arrays.append(decoded)
+        fingerprints.append(fp)
+    if problems:
+        raise GrowthError("nothing was added: " + "; ".join(f"{n}: {r}" for n, r in problems.items()))
+    return extractor.predict_arrays(np.stack(arrays)), fingerprints
+
+
+def _refuse_copies(
+    sources: Sequence[tuple[str, bytes]],
+    features: np.ndarray,
+    fingerprints: Sequence[hygiene.ImageFingerprint],
+    feature_set: FeatureSet,
+) -> None:
+    """:class:`GrowthError` when a file copies another of the batch or one of its nearest indexed images."""
+    problems: dict[str, str] = {}
+    for i in range(len(fingerprints)):
+        for j in range(i):
+            reason = _duplicate_reason(fingerprints[i], fingerprints[j])
+            if reason is not None:
+                problems[sources[i][0]] = f"{reason} of {sources[j][0]} (added together)"
+                break
+    copies = _indexed_copies(features, list(fingerprints), np.asarray(feature_set.features), feature_set.catalog)
+    for (name, _), reason in zip(sources, copies, strict=True):
+        if reason is not None and name not in problems:
+            problems[name] = reason
+    if problems:
+        raise GrowthError(
+            "nothing was added: "
+            + "; ".join(f"{n}: {r}" for n, r in problems.items())
+            + " (the collection keeps one image of each group of copies)"
+        )
+
+
+def _commit_files(
+    folder: Path,
+    root: Path,
+    label: str | None,
+    sources: Sequence[tuple[str, bytes]],
+    staged: Sequence[Path],
+    features: np.ndarray,
+    catalog: pd.DataFrame,
+) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
+    """The files into the collection, then their rows into the store (its manifest last), then the saved indexes of
+    this generation; the files are taken back out if the store fails. Returns the new catalog rows, the manifest
+    and notes on the saved indexes."""
+    target, split, role = destination(root, label)
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    finals = [_free_name(target, _file_name(name, data), taken) for name, data in sources]
+    try:
+        for path, final in zip(staged, finals, strict=True):
+            os.replace(path, final)
+        rows = pd.DataFrame(
+            [
+                {
+                    "path": str(final.resolve()),
+                    "relpath": final.relative_to(root).as_posix(),
+                    "label": label,
+                    "split": split,
+                    "role": role,
+                    "size": int(final.stat().st_size),
+                    "mtime_ns": int(final.stat().st_mtime_ns),
+                }
+                for final in finals
+            ],
+            columns=CATALOG_COLUMNS,
+        )
+        assert not set(catalog_keys(catalog)) & set(catalog_keys(rows)), "a new file has the key of an indexed one"
+        before = FeatureSetVersion.of(folder)
+        manifest = append_rows(folder, features, rows, {"computed": len(rows)}, lock=False)
+    except BaseException:
+        for final in finals:
+            final.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    # still under the store's lock: the saved indexes of this generation get the new rows (or are marked stale)
+    return rows, manifest, _saved_index_notes(*follow_append(folder, before, manifest))
 
 
 def _saved_index_notes(updated: Sequence[Path], marked: Sequence[Path]) -> list[str]:
