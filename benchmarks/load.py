@@ -343,6 +343,7 @@ def click_text(driver: Any, selector: str, text: str, timeout: float = PAGE_S) -
 def choose_option(driver: Any, label: str, option: str) -> None:
     """In the selectbox labelled ``label``, take the first option containing ``option`` (Streamlit's selectbox is a
     combo box: type to filter its list, then take the option)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.keys import Keys
 
     def combo() -> Any:
@@ -350,13 +351,24 @@ def choose_option(driver: Any, label: str, option: str) -> None:
         inputs = boxes[0].find_elements("css selector", 'input[role="combobox"]') if boxes else []
         return inputs[0] if inputs else None
 
-    wait_for(combo, PAGE_S, f"the selectbox {label!r}")
-    combo().click()
-    combo().send_keys(option)
-    try:
-        click_text(driver, '[role="option"]', option, timeout=10)
-    except TimeoutError:  # the list did not open: let the keyboard choose the filtered option
-        combo().send_keys(Keys.ARROW_DOWN, Keys.ENTER)
+    def chosen() -> bool:
+        boxes = [e for e in elements(driver, '[data-testid="stSelectbox"]') if str(e.text).startswith(label)]
+        return bool(boxes) and option in str(boxes[0].text)
+
+    for _ in range(3):  # a busy page can redraw the box under the typing: try again until it shows the option
+        wait_for(combo, PAGE_S, f"the selectbox {label!r}")
+        wait_until_idle(driver, PAGE_S, f"the page before choosing in {label!r}")
+        with contextlib.suppress(StaleElementReferenceException):
+            combo().click()
+            combo().send_keys(option)
+            try:
+                click_text(driver, '[role="option"]', option, timeout=10)
+            except TimeoutError:  # the list did not open: let the keyboard choose the filtered option
+                combo().send_keys(Keys.ARROW_DOWN, Keys.ENTER)
+        with contextlib.suppress(TimeoutError):
+            wait_for(chosen, 10, f"{option!r} in {label!r}")
+            return
+    raise TimeoutError(f"could not choose {option!r} in {label!r}")
 
 
 def click_button(driver: Any, text: str) -> None:
