@@ -353,7 +353,10 @@ def choose_option(driver: Any, label: str, option: str) -> None:
 
     def chosen() -> bool:
         boxes = [e for e in elements(driver, '[data-testid="stSelectbox"]') if str(e.text).startswith(label)]
-        return bool(boxes) and option in str(boxes[0].text)
+        if not boxes or app_running(driver):
+            return False
+        shown = str(boxes[0].get_attribute("textContent")) + str(boxes[0].text)
+        return option in shown and not elements(driver, '[role="option"]')  # chosen, its list closed
 
     for _ in range(3):  # a busy page can redraw the box under the typing: try again until it shows the option
         wait_for(combo, PAGE_S, f"the selectbox {label!r}")
@@ -366,9 +369,14 @@ def choose_option(driver: Any, label: str, option: str) -> None:
             except TimeoutError:  # the list did not open: let the keyboard choose the filtered option
                 combo().send_keys(Keys.ARROW_DOWN, Keys.ENTER)
         with contextlib.suppress(TimeoutError):
-            wait_for(chosen, 10, f"{option!r} in {label!r}")
+            wait_for(chosen, 15, f"{option!r} in {label!r}")
             return
-    raise TimeoutError(f"could not choose {option!r} in {label!r}")
+        if elements(driver, '[role="option"]'):  # a list left open: close it before trying again
+            with contextlib.suppress(StaleElementReferenceException):
+                combo().send_keys(Keys.ESCAPE)
+    boxes = [e for e in elements(driver, '[data-testid="stSelectbox"]') if str(e.text).startswith(label)]
+    shown = [str(box.get_attribute("textContent")) for box in boxes]
+    raise TimeoutError(f"could not choose {option!r} in {label!r}: it shows {shown}")
 
 
 def click_button(driver: Any, text: str) -> None:
