@@ -92,6 +92,7 @@ def test_journeys_on_the_default_collection(default_copy_server: Any, browser: A
         choose_radio,
         click_button,
         metric_text,
+        open_page,
         page_errors,
         truncated_metrics,
         upload,
@@ -128,7 +129,7 @@ def test_journeys_on_the_default_collection(default_copy_server: Any, browser: A
     copy = sorted((root / "validation_set").rglob("*.jpg"))[0]  # an image the collection holds already
     relpath_of_copy = copy.relative_to(root).as_posix()
 
-    step("Search: open", lambda: driver.get(f"{server.url}/Search"), PAGE_S)
+    step("Search: open", lambda: open_page(driver, f"{server.url}/Search", "input[type=file]"), PAGE_S)
     step("Search: upload (first query loads the model)", lambda: upload(driver, copy), PAGE_S)
     assert "Most similar images" in body_text(driver)
     visited_within_the_collection()
