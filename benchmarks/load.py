@@ -341,6 +341,7 @@ def click_text(driver: Any, selector: str, text: str, timeout: float = PAGE_S) -
 def choose_option(driver: Any, label: str, option: str) -> None:
     """In the selectbox labelled ``label``, take the first option containing ``option`` (Streamlit's selectbox is a
     combo box: type to filter its list, then take the option)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.keys import Keys
 
     def combo() -> Any:
@@ -348,13 +349,32 @@ def choose_option(driver: Any, label: str, option: str) -> None:
         inputs = boxes[0].find_elements("css selector", 'input[role="combobox"]') if boxes else []
         return inputs[0] if inputs else None
 
-    wait_for(combo, PAGE_S, f"the selectbox {label!r}")
-    combo().click()
-    combo().send_keys(option)
-    try:
-        click_text(driver, '[role="option"]', option, timeout=10)
-    except TimeoutError:  # the list did not open: let the keyboard choose the filtered option
-        combo().send_keys(Keys.ARROW_DOWN, Keys.ENTER)
+    def chosen() -> bool:
+        boxes = [e for e in elements(driver, '[data-testid="stSelectbox"]') if str(e.text).startswith(label)]
+        if not boxes or app_running(driver):
+            return False
+        shown = str(boxes[0].get_attribute("textContent")) + str(boxes[0].text)
+        return option in shown and not elements(driver, '[role="option"]')  # chosen, its list closed
+
+    for _ in range(3):  # a busy page can redraw the box under the typing: try again until it shows the option
+        wait_for(combo, PAGE_S, f"the selectbox {label!r}")
+        wait_until_idle(driver, PAGE_S, f"the page before choosing in {label!r}")
+        with contextlib.suppress(StaleElementReferenceException):
+            combo().click()
+            combo().send_keys(option)
+            try:
+                click_text(driver, '[role="option"]', option, timeout=10)
+            except TimeoutError:  # the list did not open: let the keyboard choose the filtered option
+                combo().send_keys(Keys.ARROW_DOWN, Keys.ENTER)
+        with contextlib.suppress(TimeoutError):
+            wait_for(chosen, 15, f"{option!r} in {label!r}")
+            return
+        if elements(driver, '[role="option"]'):  # a list left open: close it before trying again
+            with contextlib.suppress(StaleElementReferenceException):
+                combo().send_keys(Keys.ESCAPE)
+    boxes = [e for e in elements(driver, '[data-testid="stSelectbox"]') if str(e.text).startswith(label)]
+    shown = [str(box.get_attribute("textContent")) for box in boxes]
+    raise TimeoutError(f"could not choose {option!r} in {label!r}: it shows {shown}")
 
 
 def click_button(driver: Any, text: str) -> None:

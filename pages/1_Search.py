@@ -155,8 +155,10 @@ with query_col:
             key="search-pick-row",
             placeholder="e.g. 12345",
         )
+    picked_row: int | None = None  # the engine row of a collection image: left out of its own results
     if source == SOURCES[2] and query_row is not None:
         query_row = int(query_row)
+        picked_row = int(catalog["id"].iloc[query_row])
         query_name = str(catalog["relpath"].iloc[query_row])
         file = Path(catalog["path"].iloc[query_row])
         if sources == SOURCES and file.is_file():
@@ -187,20 +189,24 @@ if query_bytes is not None:
     for warning in query.warnings:
         st.warning(warning)
     with st.spinner("Searching…"):
-        result = search.query(query, index_config, k=DEFAULT_K)
+        if picked_row is None:
+            result = search.query(query, index_config, k=DEFAULT_K)
+        else:  # one more result: the image itself, left out of its own answer
+            result = ui.without_query(search.query(query, index_config, k=DEFAULT_K + 1), picked_row, DEFAULT_K)
     picture = thumbnail(query.image, 512)
-    caption = f"Query: {query_name} ({query.original_size[0]}×{query.original_size[1]})"
+    caption = f"Query: {formats.file_first(query_name)} ({query.original_size[0]}×{query.original_size[1]})" + (
+        "; left out of its own results" if picked_row is not None else ""
+    )
     time_help = (
         f"One query: computing its features {formats.duration(result.embed_seconds)} (the model's first query also "
         f"loads it) + the search {formats.duration(result.search_seconds)}"
     )
 else:
-    assert query_row is not None
-    engine_row = int(catalog["id"].iloc[query_row])
+    assert query_row is not None and picked_row is not None
     with st.spinner("Searching…"):
         # one more result: the image itself, left out of its own answer
-        result = search.query_vector(search.feature_set.features[engine_row], index_config, k=DEFAULT_K + 1)
-        result = ui.without_query(result, engine_row, DEFAULT_K)
+        result = search.query_vector(search.feature_set.features[picked_row], index_config, k=DEFAULT_K + 1)
+        result = ui.without_query(result, picked_row, DEFAULT_K)
     picture = ui.tile(str(catalog["path"].iloc[query_row]))
     caption = f"Query: {formats.file_first(query_name)} (by its stored features; left out of its own results)"
     time_help = "One query, by the image's stored features: the search only (no model)"

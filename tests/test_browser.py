@@ -92,6 +92,7 @@ def test_journeys_on_the_default_collection(default_copy_server: Any, browser: A
         choose_radio,
         click_button,
         metric_text,
+        open_page,
         page_errors,
         truncated_metrics,
         upload,
@@ -128,7 +129,7 @@ def test_journeys_on_the_default_collection(default_copy_server: Any, browser: A
     copy = sorted((root / "validation_set").rglob("*.jpg"))[0]  # an image the collection holds already
     relpath_of_copy = copy.relative_to(root).as_posix()
 
-    step("Search: open", lambda: driver.get(f"{server.url}/Search"), PAGE_S)
+    step("Search: open", lambda: open_page(driver, f"{server.url}/Search", "input[type=file]"), PAGE_S)
     step("Search: upload (first query loads the model)", lambda: upload(driver, copy), PAGE_S)
     assert "Most similar images" in body_text(driver)
     visited_within_the_collection()
@@ -145,10 +146,12 @@ def test_journeys_on_the_default_collection(default_copy_server: Any, browser: A
     assert (root / added_relpath).is_file()
     visited_within_the_collection()
 
-    choose_option(driver, "Image", added[1])
+    confirmation = f"Remove {added[1]} · {added[2]} from every feature set"
+    choose_option(driver, "Image", f"{added[1]} · {added[2]}")  # the added copy, not the image it copies
+    wait_until_idle(driver, PAGE_S, "the choice")
     click_button(driver, "Remove…")
     wait_until_idle(driver, PAGE_S, "the confirmation")
-    assert f"Remove {added[1]} · {added[2]} from every feature set" in body_text(driver)
+    assert confirmation in body_text(driver)
     driver.save_screenshot(str(shots / "search-confirm.png"))
     step("Search: remove (confirmed)", lambda: click_button(driver, "Yes, remove it"))
     assert "Removed" in body_text(driver) and not (root / added_relpath).exists()

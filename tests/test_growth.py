@@ -372,16 +372,17 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
 
     first = session()
     first.file_uploader(key="search-upload").set_value((image.name, image.read_bytes(), "image/jpeg")).run()
-    assert relpath not in first.dataframe[-1].value["relpath"].tolist()
+    assert relpath not in first.dataframe[-1].value["Path"].tolist()
     first.selectbox(key="search-add-class").set_value("New class…").run()
     first.text_input(key="search-add-new").set_value(image.parent.name).run()
     first.button(key="search-add").click().run()
     assert not first.exception and not first.error, [e.value for e in first.error]
-    assert relpath in first.success[0].value
+    assert image.name in first.success[0].value  # the file name first, then its folder
     table = first.dataframe[-1].value  # the page searched again: the image finds itself first
-    assert table["relpath"].iloc[0] == relpath and table["score"].iloc[0] < 1e-3
-    first.button(key="search-add").click().run()  # twice: refused, with the reason
-    assert "exact duplicate" in first.error[0].value
+    assert table["Path"].iloc[0] == relpath and table["Distance"].iloc[0] < 1e-3
+    first.button(key="search-add").click().run()  # twice: refused, with the reason, in sentence case
+    assert first.error[0].value.startswith("Nothing was added") and "exact duplicate" in first.error[0].value
+    assert "--allow" not in first.error[0].value
     # another session sees it in the pick list and in its answers; the shared engine was updated, not rebuilt
     second = session()
     second.radio(key="search-source").set_value("Pick from the collection").run()
@@ -391,12 +392,18 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
     assert (root / relpath).read_bytes() == image.read_bytes()
     # and a session removes it again: gone from the answers and the pick list, its file in .removed/
     first.selectbox(key="search-remove-pick").set_value(relpath).run()
-    first.button(key="search-remove").click().run()
+    first.button(key="search-remove").click().run()  # asks first, naming the file
+    assert (root / relpath).exists() and image.name in first.warning[-1].value
+    first.button(key="search-remove-yes").click().run()
     assert not first.exception and not first.error, [e.value for e in first.error]
-    assert relpath in first.success[0].value and relpath not in first.dataframe[-1].value["relpath"].tolist()
+    assert "Removed" in first.success[0].value and image.name in first.success[0].value
+    assert relpath not in first.dataframe[-1].value["Path"].tolist()
     second.selectbox(key="search-pick").set_value(second.selectbox(key="search-pick").options[0]).run()
     assert relpath not in second.selectbox(key="search-pick").options
     assert not (root / relpath).exists() and (root / growth.REMOVED_FOLDER / relpath).is_file()
+    first.button(key="cbir-undo").click().run()  # and Undo puts it back
+    assert "Restored" in first.success[0].value and (root / relpath).is_file()
+    assert relpath in first.dataframe[-1].value["Path"].tolist()
 
 
 def test_two_sessions_adding_the_same_image_at_once_add_it_once(grown: tuple[Path, Path]) -> None:

@@ -427,7 +427,7 @@ def _score(
 
 # the scan's time is measured again in every process (like every other index's), on at most this many
 # query x object pairs: all the queries of the default collection, a sample at a million objects
-SCAN_TIMING_PAIRS = 50_000_000
+SCAN_TIMING_PAIRS = 20_000_000
 
 
 def time_scan(
