@@ -53,6 +53,7 @@ from cbir.data.query import MAX_UPLOAD_BYTES, decode_query, too_big
 from cbir.evaluation.tuning import lsh_defaults_for
 from cbir.features.workspace import base_version, complete_feature_sets, list_indexes, load_feature_set
 from cbir.indexes.registry import DEFAULT_K, KINDS, IndexConfig
+from cbir.indexes.warmup import warm_up
 from cbir.service.search import QueryAnswer, SearchEngine, extractor_spec, make_extractor, search_engine_for
 
 MAX_K = 1000  # results per query: a bigger k is refused (the arrays of a search are k wide)
@@ -72,6 +73,7 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "bits": (1, 32),
 }
 LSH_DEFAULT_FIELDS = ("n_tables", "n_projections", "bucket_width")  # the Search page's defaults for LSH
+PREBUILT_KINDS = ("lsh", "hnsw")  # built when the server starts: the Search page's index choices beside the scan
 FEATURE_SETS_TTL_S = 10.0  # how long the list of feature sets is reused before the folder is read again
 
 
@@ -215,6 +217,13 @@ class SearchService:
                     self._engines.pop(next(iter(self._engines)))
                 self._engines[key] = loaded
             return loaded
+
+    def prebuild(self, entry: FeatureSetEntry, kinds: tuple[str, ...] = PREBUILT_KINDS) -> None:
+        """Build the indexes of ``kinds`` at their default settings (LSH: the feature set's) in the engine of
+        ``entry``, so that the first query with them does not wait for the build."""
+        engine = self.engine(entry).engine
+        for kind in kinds:
+            engine.index(index_config(kind, "euclidean", {}, self._lsh_defaults(entry)))
 
     def _lsh_defaults(self, entry: FeatureSetEntry) -> Callable[[str], IndexConfig]:
         return functools.partial(_lsh_defaults, entry.path, base_version(entry.path))
@@ -418,15 +427,18 @@ IntSetting = Annotated[int | None, Query()]
 
 def create_app(service: SearchService | None = None, warm: bool = True) -> FastAPI:
     """The FastAPI application over ``service`` (default: a :class:`SearchService` of the default collection).
-    ``warm``: load the default feature set's engine (model, features, exact scan) before the server answers."""
+    ``warm``: before the server answers, compile the numba kernels and load the default feature set's engine (model,
+    features) with its indexes of :data:`PREBUILT_KINDS` built."""
     service = service or SearchService()
     assets = _docs_assets()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if warm:
+            warm_up()  # the numba kernels: the first LSH query would compile them (a minute on two busy cores)
             with contextlib.suppress(NotFoundError):  # no feature set yet: /health answers and says so
-                service.engine(service.feature_set())
+                entry = service.feature_set()
+                service.prebuild(entry)  # before answering: a build holds the engine's lock, queries would wait on it
         yield
 
     app = FastAPI(
@@ -495,7 +507,7 @@ def create_app(service: SearchService | None = None, warm: bool = True) -> FastA
         }
         data = None if image is None else image.file.read(BODY_LIMIT + 1)
         name = None if image is None else image.filename
-        return service.search(data, path, k, index, metric, settings, feature_set, name)
+        return service.search(data, path or None, k, index, metric, settings, feature_set, name)
 
     @app.get("/health", summary="Whether the server answers, and what it has loaded")
     def health() -> dict[str, Any]:
