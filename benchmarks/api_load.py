@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/api_load.py                            # 50 clients, 60 s, the default collection
     .venv/bin/python benchmarks/api_load.py --clients 5 --seconds 5    # the CI size (tests/test_api.py)
     .venv/bin/python benchmarks/api_load.py --url http://127.0.0.1:8000 --no-streamlit   # a server running elsewhere
+    .venv/bin/python benchmarks/api_load.py --embed-slots 64          # uploads embedded all at once (no turns)
 
 Each client (an ``httpx.AsyncClient`` task; all in one event loop) sends ``POST /search`` requests back to back until
 the time is up, each one drawn at random from the mix: an upload (a collection image's file or one of scikit-image's
@@ -13,7 +14,8 @@ fresh server builds it; that is not what is measured here). Bounded: clients sto
 ``--seconds``, and each request times out after ``--timeout`` seconds (counted as an error).
 
 Reported: requests, errors (any answer but a 200 with results, or no answer; the goal is 0), QPS, p50 / p95 / max
-latency (as the client saw it), overall and per (query source, index); the Streamlit app's health polls
+latency (as the client saw it) and the p50 of the query's own time (embed + search, as the server measured it: the
+difference is waiting for the cores), overall and per (query source, index); the Streamlit app's health polls
 (``/_stcore/health`` every ``--poll`` seconds: answered / sent and their p95); the load average (1 min) sampled during
 the run; and exceptions in the servers' logs. Both servers are started here (free loopback ports, against
 ``$CBIR_ARTIFACTS`` and ``--collection``) unless ``--url`` is given, and stopped at the end.
@@ -72,12 +74,14 @@ def api_server(
     collection: Path | None = None,
     port: int | None = None,
     access_log: bool = False,
+    embed_slots: int | None = None,
 ) -> Iterator[ApiServer]:
     """``python -m cbir serve`` on ``127.0.0.1:port`` (a free port by default) with ``env`` added to the environment,
     until the block ends (then it is stopped, killed if it does not stop); ready when ``/health`` answers."""
     port = port or free_port()
     command = [sys.executable, "-m", "cbir", "serve", "--host", LOOPBACK, "--port", str(port)]
     command += [] if collection is None else ["--collection", str(collection)]
+    command += [] if embed_slots is None else ["--embed-slots", str(embed_slots)]
     command += [] if access_log else ["--no-access-log"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
@@ -124,7 +128,8 @@ class Request:
 
 @dataclass
 class ApiLoadReport:
-    """What a run measured. ``requests``: one row per request (source, index, status, seconds, error)."""
+    """What a run measured. ``requests``: one row per request: source, index, seconds (as the client saw it),
+    server_seconds (the query's embed + search, as the server measured it), error (``None``: a good answer)."""
 
     clients: int
     seconds: float
@@ -173,6 +178,7 @@ def _latency_row(source: str, index: str, part: pd.DataFrame, seconds: float) ->
         "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
         "p95_ms": float(np.percentile(ms, 95)) if len(ms) else float("nan"),
         "max_ms": float(ms.max()) if len(ms) else float("nan"),
+        "server_p50_ms": float(part["server_seconds"].median() * 1000),  # embed + search: the rest is queueing
     }
 
 
@@ -196,6 +202,13 @@ def _error_of(response: object) -> str | None:
     if not response.json().get("results"):  # type: ignore[attr-defined]
         return "no results"
     return None
+
+
+def _server_seconds(response: object) -> float:
+    """The query's own time as the server measured it (embed + search), NaN for an error."""
+    if response.status_code != 200:  # type: ignore[attr-defined]
+        return float("nan")
+    return float(response.json()["timings_ms"]["total"]) / 1000  # type: ignore[attr-defined]
 
 
 async def _send(client: object, request: Request, k: int = 10) -> object:
@@ -235,11 +248,13 @@ async def _client(url: str, deadline: float, pick: random.Random, pool: dict[str
             else:
                 request = Request(source, index, path=pick.choice(pool["paths"]))
             started = time.perf_counter()
+            server = float("nan")
             try:
-                error = _error_of(await _send(client, request))
-            except (httpx.HTTPError, ValueError) as exc:  # no answer in time, a dropped connection, no JSON
+                response = await _send(client, request)
+                error, server = _error_of(response), _server_seconds(response)
+            except (httpx.HTTPError, ValueError, KeyError) as exc:  # no answer in time, a dropped connection, no JSON
                 error = f"{type(exc).__name__}: {exc}"
-            rows.append((source, index, time.perf_counter() - started, error))
+            rows.append((source, index, time.perf_counter() - started, server, error))
     return rows
 
 
@@ -291,7 +306,7 @@ def run_api_load(
     started = time.monotonic()
     rows = asyncio.run(run())
     elapsed = time.monotonic() - started  # the last requests finish after the deadline
-    table = pd.DataFrame(rows, columns=["source", "index", "seconds", "error"])
+    table = pd.DataFrame(rows, columns=["source", "index", "seconds", "server_seconds", "error"])
     health = polled["health"]
     return ApiLoadReport(
         clients=clients,
@@ -320,12 +335,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-streamlit", action="store_true", help="do not start and poll the Streamlit app")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between Streamlit health polls")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a request counts as failed")
+    parser.add_argument("--embed-slots", type=int, default=None, help="serve's --embed-slots (default: serve's)")
     args = parser.parse_args(argv)
     collection = args.collection or config.default_collection()
     env = {"CBIR_COLLECTION": str(collection)}
     print(f"load average before: {os.getloadavg()} on {os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory(prefix="api-load-") as tmp, contextlib.ExitStack() as stack:
-        api = None if args.url else stack.enter_context(api_server(Path(tmp) / "api.log", env, collection))
+        started = None if args.url else api_server(Path(tmp) / "api.log", env, collection, embed_slots=args.embed_slots)
+        api = None if started is None else stack.enter_context(started)
         url = args.url or api.url  # type: ignore[union-attr]
         app = None if args.no_streamlit else stack.enter_context(streamlit_server(Path(tmp) / "streamlit.log", env))
         print(f"API {url}" + ("" if app is None else f", Streamlit {app.url}"), flush=True)

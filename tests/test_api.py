@@ -328,7 +328,7 @@ def test_short_load_has_no_error_while_the_app_answers(served: Served, tmp_path:
     table = report.requests
     assert report.errors == 0, table[table["error"].notna()].to_string()
     assert set(table["source"]) == {"upload", "path"} and set(table["index"]) == {"scan", "lsh", "hnsw"}
-    assert report.qps > 0 and len(table) >= 5  # every client was answered at least once
+    assert report.qps > 0 and len(table) >= 5  # as many answers as clients, at least
     assert report.health_polls >= 3 and report.health_ok == report.health_polls
     assert report.load_averages and not server_errors(app_log)
     assert served.server.alive()

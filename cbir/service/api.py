@@ -152,19 +152,33 @@ class LoadedEngine:
         return rows[relpath]
 
 
+def default_embed_slots() -> int:
+    """Uploads embedded at once by default: half the CPUs, at least one (one model call already runs its layers on
+    every core; more calls at once only make them take turns)."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 class SearchService:
     """The state of one API server: the collection (default: :func:`cbir.core.config.default_collection`), its
     feature sets and one shared :class:`SearchEngine` per feature set (at most ``max_engines``, the least recently
-    loaded dropped first). ``feature_set``: the id served by default (default: the newest)."""
+    loaded dropped first). ``feature_set``: the id served by default (default: the newest). ``embed_slots``: uploads
+    embedded at once (default :func:`default_embed_slots`); the others wait their turn, decoded, while queries by a
+    collection image (no model) go on."""
 
     def __init__(
-        self, collection: str | os.PathLike[str] | None = None, feature_set: str | None = None, max_engines: int = 3
+        self,
+        collection: str | os.PathLike[str] | None = None,
+        feature_set: str | None = None,
+        max_engines: int = 3,
+        embed_slots: int | None = None,
     ) -> None:
         self.collection = Path(collection) if collection is not None else config.default_collection()
         self.root = self.collection.resolve()
         self.default_feature_set = feature_set
         self.max_engines = max_engines
         self.started = time.time()
+        self.embed_slots = embed_slots or default_embed_slots()
+        self._embedding = threading.BoundedSemaphore(self.embed_slots)
         self._lock = threading.Lock()
         self._engines: dict[tuple[str, int], LoadedEngine] = {}
         self._listed: tuple[float, dict[str, FeatureSetEntry]] = (-math.inf, {})
@@ -255,7 +269,8 @@ class SearchService:
             if loaded.model_error is not None:
                 raise ConfigError(f"{loaded.model_error}: only images of the collection can be searched")
             query = decode_query(data)
-            answer = engine.query(query, config, k)
+            with self._embedding:
+                answer = engine.query(query, config, k)
             about: dict[str, Any] = {"source": "upload", "name": name, "size": list(query.original_size)}
             about |= {"notes": list(query.notes), "warnings": list(query.warnings)}
         else:
@@ -292,6 +307,7 @@ class SearchService:
             "collection": str(self.collection),
             "feature_sets": len(entries),
             "engines": loaded,
+            "embed_slots": self.embed_slots,
             "uptime_s": round(time.time() - self.started, 1),
             "load_average": [round(value, 2) for value in os.getloadavg()],
         }
