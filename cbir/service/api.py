@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import anyio.to_thread
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -73,6 +74,7 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "bits": (1, 32),
 }
 LSH_DEFAULT_FIELDS = ("n_tables", "n_projections", "bucket_width")  # the Search page's defaults for LSH
+REQUEST_THREADS = 128  # requests run at once (FastAPI's thread pool; anyio's default is 40)
 PREBUILT_KINDS = ("lsh", "hnsw")  # built when the server starts: the Search page's index choices beside the scan
 FEATURE_SETS_TTL_S = 10.0  # how long the list of feature sets is reused before the folder is read again
 
@@ -450,6 +452,8 @@ def create_app(service: SearchService | None = None, warm: bool = True) -> FastA
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # uploads waiting for an embedding slot hold a thread each: enough threads that the others still get one
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         if warm:
             warm_up()  # the numba kernels: the first LSH query would compile them (a minute on two busy cores)
             with contextlib.suppress(NotFoundError):  # no feature set yet: /health answers and says so
