@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import os
 import threading
@@ -339,7 +340,7 @@ class SearchService:
             "bounds": SETTING_BOUNDS,
             "max_k": MAX_K,
             "built": built,
-            "saved": saved.astype({"modified": str}).to_dict(orient="records") if len(saved) else [],
+            "saved": json.loads(saved.to_json(orient="records", date_format="iso")),  # whatever columns it lists
         }
 
 
