@@ -11,27 +11,55 @@ from cbir.core import config
 
 config.quiet_native_libraries()  # before TensorFlow loads (it does lazily, with the first model)
 
+from pathlib import Path  # noqa: E402
+
 import streamlit as st  # noqa: E402
 
-from cbir.app import plots  # noqa: E402
-from cbir.app.ui import FEATURE_SET_KEY, GOTO_KEY, NAV_KEY, collection_status, feature_set_choices  # noqa: E402
+from cbir.app import formats, plots  # noqa: E402
+from cbir.app.ui import (  # noqa: E402
+    FEATURE_SET_KEY,
+    GOTO_KEY,
+    NAV_KEY,
+    collection_status,
+    feature_set_choices,
+    warm_start,
+)
 from cbir.core.errors import CbirError  # noqa: E402
+from cbir.core.names import INDEX_KINDS, INDEX_LABELS, METRICS  # noqa: E402
 from cbir.data.openclipart import INSTALL_HINT  # noqa: E402
 from cbir.features import workspace  # noqa: E402
 from cbir.features.backbones import BACKBONES, available_backbones  # noqa: E402
+from cbir.features.saved_indexes import build_saved  # noqa: E402
+from cbir.service.search import default_config  # noqa: E402
 
 st.set_page_config(page_title="cbir — image search", page_icon=":material/image_search:", layout="wide")
+warm_start()  # once per server: kernels, model, engine and saved indexes load in the background
 
 
 def home() -> None:
     root = config.default_collection()
     version = workspace.workspace_version(root)
     st.title("Content-based image retrieval")
-    st.caption(
-        "Deep CNN features + an E2LSH index (numba), after *Web image search engine based on LSH index and "
-        "CNN Resnet50*: query by image, tune the index live, compare models."
-    )
     status = collection_status(str(root), version)
+    complete = (
+        status.feature_sets[status.feature_sets["status"] == "complete"] if not status.feature_sets.empty else None
+    )
+    backbones = sorted({formats.backbone_name(b) for b in complete["backbone"]}) if complete is not None else []
+    st.caption(
+        f"Deep CNN features ({', '.join(backbones) or 'none extracted yet'}) + an E2LSH index (numba), after *Web "
+        "image search engine based on LSH index and CNN Resnet50* (ResNet50's ImageNet weights are not installed "
+        "here, so the features are EfficientNet-Lite0's unless you add them): query by image, tune the index, "
+        "compare models."
+    )
+    if status.ready:
+        st.markdown(
+            "**Start here:** search the collection with an image of your own, then see how the index trades "
+            "accuracy for speed."
+        )
+        links = st.columns(3)
+        links[0].page_link("pages/1_Search.py", label="Search by image", icon=":material/image_search:")
+        links[1].page_link("pages/2_Index_tuning.py", label="Tune the LSH index", icon=":material/tune:")
+        links[2].page_link("pages/3_Model_comparison.py", label="Compare models", icon=":material/bar_chart:")
 
     st.subheader("Collection")
     st.markdown(f"`{root}`")
@@ -44,8 +72,19 @@ def home() -> None:
         cols = st.columns(4)
         cols[0].metric("Images", f"{len(catalog.images):,}")
         cols[1].metric("Classes", n_classes)
-        cols[2].metric("Queries (validation split)", f"{int((catalog.images['role'] == 'query').sum()):,}")
+        cols[2].metric(
+            "Queries",
+            f"{int((catalog.images['role'] == 'query').sum()):,}",
+            help="The validation split: the queries the tuning and comparison pages evaluate with",
+        )
         cols[3].metric("Distractors", f"{int((catalog.images['role'] == 'distractor').sum()):,}")
+        n_left_out = len(catalog.report)
+        n_queries = int((catalog.images["role"] == "query").sum())
+        st.caption(
+            f"The Search page searches {len(catalog.images) - n_left_out:,} images: the {len(catalog.images):,} "
+            f"images less {n_left_out:,} left out (unusable or copies, listed below). The tuning and comparison "
+            f"pages ask the {n_queries:,} validation queries against the other images (less those left out)."
+        )
         left, right = st.columns([2, 3])
         left.dataframe(counts, width="stretch")
         right.plotly_chart(plots.fig_collection_counts(status.counts_long()), width="stretch")
@@ -57,7 +96,11 @@ def home() -> None:
     if status.feature_sets.empty:
         st.info("No feature set has been extracted for this collection yet.")
     else:
-        st.dataframe(status.feature_sets.drop(columns=["collection"]), width="stretch", hide_index=True)
+        sets = status.feature_sets.drop(columns=["collection"])
+        sets = sets.assign(
+            backbone=sets["backbone"].map(formats.backbone_name), path=sets["path"].map(lambda p: Path(p).name)
+        )
+        st.dataframe(sets.rename(columns=str.capitalize), width="stretch", hide_index=True)
     with st.expander("Backbones", expanded=status.feature_sets.empty):
         available = available_backbones()
         st.dataframe(
@@ -73,25 +116,81 @@ def home() -> None:
             width="stretch",
             hide_index=True,
         )
-    st.subheader("Indexes")
-    st.caption("The Search and Index tuning pages build indexes in memory on demand (cached per setting).")
-    if status.indexes.empty:
-        st.info("No index saved under artifacts/indexes (indexes are built on the fly).")
-    else:
-        st.dataframe(status.indexes, width="stretch", hide_index=True)
+    render_indexes(status)
 
     st.subheader("Images left out")
     if status.catalog is not None and len(status.catalog.report):
-        st.warning(
+        st.caption(
             f"{len(status.catalog.report)} images are not indexed: files that cannot be decoded, blank images and "
             "copies of another image (exact or near duplicates: one of each group is kept). The reason is given "
             "for each; `python -m cbir extract --keep-all` indexes blanks and copies too."
         )
-        st.dataframe(status.catalog.report, width="stretch", hide_index=True)
+        report = status.catalog.report
+        shown = report.assign(path=report["path"].map(lambda p: formats.from_root(p, str(root))))
+        st.dataframe(
+            shown.rename(columns={"path": "Image (file · folder)", "reason": "Why it is left out"}),
+            width="stretch",
+            hide_index=True,
+        )
     elif status.feature_sets.empty:
         st.caption("Images are checked when features are extracted.")
     else:
-        st.success("Every image of the collection decoded fine.")
+        st.caption("Every image of the collection decoded fine.")
+
+
+def render_indexes(status: workspace.CollectionStatus) -> None:
+    st.subheader("Indexes")
+    st.caption(
+        "Saved indexes (`python -m cbir index build`, or the button below) are loaded by the Search page instead of "
+        "being built, while their feature set is unchanged; other settings are built in memory on demand."
+    )
+    if status.indexes.empty:
+        st.info("No index saved under artifacts/indexes (indexes are built on the fly).")
+    else:
+        st.dataframe(
+            status.indexes.drop(columns=["fresh"]),
+            width="stretch",
+            hide_index=True,
+            column_config={
+                "size_mb": st.column_config.NumberColumn("size (MB)", format="%.1f"),
+                "build_s": st.column_config.NumberColumn("build (s)", format="%.2f"),
+            },
+        )
+        stale = status.indexes[~status.indexes["fresh"]]
+        if len(stale):
+            st.warning(
+                f"{len(stale)} saved index(es) no longer match their feature set and are not used (the Search page "
+                "builds those settings in memory instead): rebuild them below or with `python -m cbir index build`."
+            )
+    choices = feature_set_choices()
+    if not choices:
+        return
+    label, path = workspace.pick_feature_set(choices, st.session_state.get(FEATURE_SET_KEY)) or next(
+        iter(choices.items())
+    )
+    left, middle, right = st.columns([2, 1, 1], vertical_alignment="bottom")
+    kind = left.selectbox(
+        f"Build and save an index of {label}",
+        INDEX_KINDS,
+        format_func=lambda name: INDEX_LABELS[name],
+        help="At the setting the Search page starts from (LSH: its data-driven bucket width)",
+    )
+    metric = middle.selectbox("Metric", METRICS, key="home-index-metric")
+    if not right.button("Build and save", key="home-index-build"):
+        return
+    bar = st.progress(0.0, text="Building the index")
+    try:
+        info = build_saved(
+            path,
+            default_config(kind, path, metric),
+            progress=lambda stage, done, total: bar.progress(done / max(total, 1), text=f"{stage}: {done:,}"),
+        )
+    except CbirError as exc:
+        st.error(str(exc))
+        return
+    st.cache_data.clear()
+    st.success(f"Saved {info['label']}: {info['n_objects']:,} images, built in {info['build_seconds']:.2f} s.")
+    st.rerun()
 
 
 def render_build(root: object, status: workspace.CollectionStatus) -> None:

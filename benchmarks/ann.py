@@ -159,7 +159,7 @@ def clustered_set() -> tuple[np.ndarray, np.ndarray]:
 
 
 def real_set(path: Path) -> Dataset:
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
 
     feature_set = load_features(path)
     roles = np.asarray(feature_set.roles)
@@ -280,8 +280,8 @@ def option_labels(options: dict[str, Any]) -> str:
 
 def uint8_shortlist(X: np.ndarray, reduce_dim: int) -> dict[str, int]:
     """The options of the uint8-shortlist families (E2LSH and cross-polytope): hashed on ``reduce_dim`` PCA axes, the
-    best :data:`cbir.service.search.UINT8_RERANK` candidates by their uint8 codes of
-    :data:`cbir.service.search.UINT8_SCORE_DIM` axes
+    best :data:`cbir.indexes.registry.UINT8_RERANK` candidates by their uint8 codes of
+    :data:`cbir.indexes.registry.UINT8_SCORE_DIM` axes
     (at most X's dimension) ranked exactly: the app's setting (the tuning page's cross-polytope reference points)."""
     return {"reduce_dim": reduce_dim, "rerank": UINT8_RERANK, "score_dim": min(UINT8_SCORE_DIM, X.shape[1])}
 
@@ -439,7 +439,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
             print(f"  skip {family} {setting}: visits ~{100 * estimate:.0f}% (> {100 * args.max_visited:.0f}%)")
             continue
         if getattr(index, "target_recall", None) is not None:
-            setting = setting.replace("T=0", f"T={index.probes}(auto)")
+            setting = setting.replace("T=0", f"T={index.probes_}(auto)")
         method = ours(index, family, setting, fit_s)
         seconds, (ids, visited) = best_of(1, lambda method=method: method.search(Q))
         sweep.append(SweepRow(method.family, method.setting, method.params, fit_s, factory, seconds, ids, visited))

@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness  # noqa: F401  (first: this checkout's cbir, not an installed one)
 import numpy as np
 import pandas as pd
 

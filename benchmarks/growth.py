@@ -25,14 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir importable
-    sys.path.insert(0, str(PROJECT_ROOT))
+from harness import ROOT as PROJECT_ROOT
+from harness import best_of, machine_line  # first: this checkout's cbir, not an installed one
 
 
 def link_tree(source: Path, target: Path) -> None:
@@ -52,7 +51,7 @@ def copy_workspace(collection: Path, store: Path, out: Path) -> tuple[Path, Path
     written as a new store where the copy's feature sets live (``out/artifacts``); ``store`` may be a legacy
     ``.joblib`` feature set."""
     from cbir.data.collection import collection_id
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
     from cbir.features.store import write_store
 
     root = out / "collection"
@@ -68,13 +67,65 @@ def copy_workspace(collection: Path, store: Path, out: Path) -> tuple[Path, Path
     return root, target
 
 
-def best_of(repeats: int, run: Callable[[], object]) -> float:
-    times = []
+def growth_cycles(store: Path, root: Path, extractor: Any, configs: Sequence[Any], repeats: int) -> dict[str, list]:
+    """One indexed image goes out and comes back in, ``repeats`` times (the same work every round), with the search
+    engine following; then the refit it avoids. Seconds per step, per round; ``"victim"``: the image last added."""
+    from cbir.features.sources import load_features
+    from cbir.service import growth
+    from cbir.service.search import SearchEngine
+
+    feature_set = load_features(store)
+    n = len(feature_set.catalog)
+    engine = SearchEngine(feature_set, extractor, path=store)
+    for config_ in configs:
+        engine.index(config_)
+    victim = feature_set.catalog[feature_set.catalog["role"] == "index"].iloc[n // 3]
+    victim = {"relpath": victim["relpath"], "label": victim["label"]}
+    timings: dict[str, list] = {"remove": [], "add": [], "add_embed": [], "refresh": [], "refit": []}
     for _ in range(repeats):
+        report = growth.remove_images(store, [victim["relpath"]])
+        timings["remove"].append(report.seconds)
+        engine.refresh()
+        removed_file = root / growth.REMOVED_FOLDER / victim["relpath"]
+        report = growth.add_images(store, [removed_file], label=victim["label"], extractor=extractor)
+        timings["add"].append(report.seconds)
+        timings["add_embed"].append(report.embed_seconds)
         started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
+        engine.refresh()
+        timings["refresh"].append(time.perf_counter() - started)
+        victim = {"relpath": report.images.iloc[0]["relpath"], "label": report.images.iloc[0]["label"]}
+    grown = load_features(store)
+    timings["refit"] = [best_of(1, lambda: [c.build().fit(grown.features) for c in configs])[0] for _ in range(repeats)]
+    assert len(grown.catalog) == n, "the copy should end where it started"
+    timings["victim"] = [victim]
+    return timings
+
+
+def cli_add_seconds(store: Path, root: Path, victim: dict[str, Any]) -> float:
+    """``python -m cbir add`` of one image in a new process (it loads the model), after removing it."""
+    from cbir.service import growth
+
+    growth.remove_images(store, [victim["relpath"]])
+    removed_file = root / growth.REMOVED_FOLDER / victim["relpath"]
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "cbir", "add", str(removed_file), "--label", str(victim["label"])]
+    command += ["--features", str(store)]
+    subprocess.run(command, check=True, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def extraction_seconds_per_image(root: Path, extractor: Any, sample: int, out: Path) -> float:
+    """The model's extraction rate on ``sample`` images of the collection, batched as a full extraction is."""
+    from cbir.data.collection import scan_collection
+    from cbir.features.extractor import extract_collection
+
+    catalog = scan_collection(root)
+    rows = catalog.images.iloc[np.linspace(0, len(catalog.images) - 1, sample).astype(int)]
+    sample_catalog = type(catalog)(root=root, images=rows.reset_index(drop=True))
+    extractor.batch_size = 32  # the search engine's model embeds one query at a time; extraction batches
+    started = time.perf_counter()
+    extracted = extract_collection(sample_catalog, extractor, out_path=out)
+    return (time.perf_counter() - started) / max(int(extracted.meta["computed"]), 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,13 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cbir.core import config
 
     config.quiet_native_libraries()
-    from cbir.data.collection import scan_collection
-    from cbir.features.extractor import extract_collection, load_features
     from cbir.features.query_model import extractor_spec, make_extractor
+    from cbir.features.sources import load_features
     from cbir.features.workspace import resolve_feature_path
     from cbir.indexes.registry import IndexConfig
-    from cbir.service import growth
-    from cbir.service.search import SearchEngine
 
     real_store = args.features or resolve_feature_path(None, "efficientnet_lite0", None, "imagenet")
     real_root = Path(load_features(real_store).meta["collection_root"])
@@ -103,57 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         root, store = copy_workspace(real_root, Path(real_store), Path(tmp))
         os.environ["CBIR_ARTIFACTS"] = str(Path(tmp) / "artifacts")
         os.environ["CBIR_COLLECTION"] = str(root)
-        print(f"copy of {root.name} and its feature store: {time.perf_counter() - started:.1f} s")
-        feature_set = load_features(store)
-        n = len(feature_set.catalog)
+        print(f"copy of {root.name} and its feature store: {time.perf_counter() - started:.1f} s ({machine_line()})")
+        n = len(load_features(store).catalog)
         started = time.perf_counter()
-        extractor = make_extractor(extractor_spec(feature_set.meta))
+        extractor = make_extractor(extractor_spec(load_features(store).meta))
         model_s = time.perf_counter() - started
-
-        lsh = IndexConfig("lsh", n_tables=7, n_projections=2, bucket_width=4.0)
-        configs = (IndexConfig("scan"), lsh, IndexConfig("hnsw"))
-        engine = SearchEngine(feature_set, extractor, path=store)
-        for config_ in configs:
-            engine.index(config_)
-        # one indexed image goes out and comes back in, repeatedly: the same work every round
-        victim = feature_set.catalog[feature_set.catalog["role"] == "index"].iloc[n // 3]
-        removed_file = root / growth.REMOVED_FOLDER / victim["relpath"]
-        timings: dict[str, list[float]] = {"remove": [], "add": [], "add_embed": [], "refresh": [], "refit": []}
-        for _ in range(args.repeats):
-            report = growth.remove_images(store, [victim["relpath"]])
-            timings["remove"].append(report.seconds)
-            engine.refresh()
-            report = growth.add_images(store, [removed_file], label=victim["label"], extractor=extractor)
-            timings["add"].append(report.seconds)
-            timings["add_embed"].append(report.embed_seconds)
-            started = time.perf_counter()
-            engine.refresh()
-            timings["refresh"].append(time.perf_counter() - started)
-            victim = report.images.iloc[0]
-            victim = {"relpath": victim["relpath"], "label": victim["label"]}
-            removed_file = root / growth.REMOVED_FOLDER / victim["relpath"]
-        grown = load_features(store)
-        timings["refit"] = [
-            best_of(1, lambda: [c.build().fit(grown.features) for c in configs]) for _ in range(args.repeats)
-        ]
-        assert len(grown.catalog) == n, "the copy should end where it started"
-
-        cli_s = float("nan")
-        if not args.no_cli:
-            growth.remove_images(store, [victim["relpath"]])
-            started = time.perf_counter()
-            command = [sys.executable, "-m", "cbir", "add", str(removed_file), "--label", str(victim["label"])]
-            command += ["--features", str(store)]
-            subprocess.run(command, check=True, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
-            cli_s = time.perf_counter() - started
-
-        catalog = scan_collection(root)
-        sample = catalog.images.iloc[np.linspace(0, len(catalog.images) - 1, args.sample).astype(int)]
-        sample_catalog = type(catalog)(root=root, images=sample.reset_index(drop=True))
-        extractor.batch_size = 32  # the search engine's model embeds one query at a time; extraction batches
-        started = time.perf_counter()
-        extracted = extract_collection(sample_catalog, extractor, out_path=Path(tmp) / "sample-store")
-        per_image = (time.perf_counter() - started) / max(int(extracted.meta["computed"]), 1)
+        configs = (IndexConfig("scan"), IndexConfig("lsh", n_tables=7, n_projections=2, bucket_width=4.0))
+        timings = growth_cycles(store, root, extractor, (*configs, IndexConfig("hnsw")), args.repeats)
+        cli_s = float("nan") if args.no_cli else cli_add_seconds(store, root, timings["victim"][0])
+        per_image = extraction_seconds_per_image(root, extractor, args.sample, Path(tmp) / "sample-store")
 
     full = per_image * n
     add = min(timings["add"])

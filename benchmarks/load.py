@@ -60,7 +60,6 @@ ERROR_SELECTORS = ('[data-testid="stException"]', '[data-testid="stAlertContentE
 SERVER_ERROR_PATTERN = re.compile(r"Traceback|Exception|Error:|Uncaught", re.IGNORECASE)
 # Script states of the app root (``data-test-script-state``) in which a rerun is under way or about to start.
 RUNNING_STATES = frozenset({"initial", "running", "rerunRequested"})
-QUERY_TIME_PATTERN = re.compile(r"([\d,.]+)\s*ms")
 
 
 def free_port() -> int:
@@ -284,14 +283,11 @@ def result_images(driver: Any) -> int:
 
 
 def query_time_ms(driver: Any) -> float | None:
-    """The Search page's "Query time" metric, in milliseconds."""
-    for metric in elements(driver, '[data-testid="stMetric"]'):
-        text = str(metric.text)
-        if text.startswith("Query time"):
-            match = QUERY_TIME_PATTERN.search(text)
-            if match:
-                return float(match.group(1).replace(",", ""))
-    return None
+    """The Search page's "Query time" metric, in milliseconds (it reads "18.7 ms" or "2.30 s")."""
+    from cbir.app.formats import parse_duration
+
+    seconds = parse_duration(metric_text(driver, "Query time") or "")
+    return None if seconds is None else seconds * 1e3
 
 
 SLIDER_INPUT = '[data-testid="stSlider"] input[type="range"]'  # React Aria's visually hidden range input
@@ -342,28 +338,45 @@ def click_text(driver: Any, selector: str, text: str, timeout: float = PAGE_S) -
     find().click()
 
 
-def add_to_collection(driver: Any, option: str = "Unlabelled") -> str:
-    """On the Search page, after a query from an upload: open "Add this image to the collection", choose the class
-    ``option`` (the first option containing that text), click the button and wait; the success or error text."""
-    click_text(driver, '[data-testid="stExpander"] summary', "Add this image to the collection")
-    # Streamlit's selectbox is a combo box: type to filter its list, then take the option
+def choose_option(driver: Any, label: str, option: str) -> None:
+    """In the selectbox labelled ``label``, take the first option containing ``option`` (Streamlit's selectbox is a
+    combo box: type to filter its list, then take the option)."""
     from selenium.webdriver.common.keys import Keys
 
-    combo = '[data-testid="stExpander"] [data-testid="stSelectbox"] input[role="combobox"]'
-    click_text(driver, combo, "")
-    elements(driver, combo)[0].send_keys(option)
+    def combo() -> Any:
+        boxes = [e for e in elements(driver, '[data-testid="stSelectbox"]') if str(e.text).startswith(label)]
+        inputs = boxes[0].find_elements("css selector", 'input[role="combobox"]') if boxes else []
+        return inputs[0] if inputs else None
+
+    wait_for(combo, PAGE_S, f"the selectbox {label!r}")
+    combo().click()
+    combo().send_keys(option)
     try:
         click_text(driver, '[role="option"]', option, timeout=10)
     except TimeoutError:  # the list did not open: let the keyboard choose the filtered option
-        elements(driver, combo)[0].send_keys(Keys.ARROW_DOWN, Keys.ENTER)
-    button = '[data-testid="stExpander"] button'
+        combo().send_keys(Keys.ARROW_DOWN, Keys.ENTER)
 
-    def enabled() -> bool:  # the choice reruns the page, which enables the button
-        found = [e for e in elements(driver, button) if "Add to the collection" in str(e.text)]
+
+def click_button(driver: Any, text: str) -> None:
+    """Click the button labelled ``text`` once it is enabled and the page is idle."""
+
+    def enabled() -> bool:  # a choice reruns the page, which enables the button
+        found = [e for e in elements(driver, '[data-testid="stButton"] button') if str(e.text).strip() == text]
         return bool(found) and found[0].is_enabled() and not app_running(driver)
 
-    wait_for(enabled, PAGE_S, "the add button to be enabled")
-    click_text(driver, button, "Add to the collection")
+    wait_for(enabled, PAGE_S, f"the button {text!r} to be enabled")
+    click_text(driver, '[data-testid="stButton"] button', text)
+
+
+def add_to_collection(driver: Any, option: str = "Unlabelled", anyway: bool = False) -> str:
+    """On the Search page, after a query from an upload: choose the class ``option`` (the first option containing
+    that text) under "Add … to the collection", tick "add it even if it copies" when ``anyway``, click the button and
+    wait; the success or error text (shown in the status line, outside any expander)."""
+    choose_option(driver, "Class", option)
+    if anyway:
+        click_text(driver, '[data-testid="stCheckbox"] label', "even if it copies")
+        wait_until_idle(driver, PAGE_S, "the tick")
+    click_button(driver, "Add to the collection")
 
     def done() -> bool:
         return "every session finds it" in body_text(driver) or bool(page_errors(driver))
@@ -372,6 +385,34 @@ def add_to_collection(driver: Any, option: str = "Unlabelled") -> str:
     wait_until_idle(driver, PAGE_S, "the search after adding")
     errors = page_errors(driver)
     return errors[0] if errors else "added"
+
+
+TRUNCATED_JS = """
+return Array.from(document.querySelectorAll('[data-testid="stMetric"]')).filter(metric =>
+    Array.from(metric.querySelectorAll('[data-testid="stMetricValue"] *, [data-testid="stMetricLabel"] *,'
+        + ' [data-testid="stMetricValue"], [data-testid="stMetricLabel"]'))
+        .some(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)
+).map(metric => metric.innerText);
+"""
+
+
+def truncated_metrics(driver: Any) -> list[str]:
+    """The full text of every ``st.metric`` whose label or value the browser cuts (Streamlit ends a value too wide
+    for its box with an ellipsis: the element's content is then wider than the element)."""
+    return [" | ".join(str(text).split()) for text in driver.execute_script(TRUNCATED_JS)]
+
+
+def metric_text(driver: Any, label: str) -> str | None:
+    """The value of the ``st.metric`` labelled ``label`` (the full text, cut or not)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for metric in elements(driver, '[data-testid="stMetric"]'):
+        with contextlib.suppress(StaleElementReferenceException, IndexError):
+            name = metric.find_elements("css selector", '[data-testid="stMetricLabel"]')[0]
+            if str(name.get_attribute("textContent")).strip() == label:
+                value = metric.find_elements("css selector", '[data-testid="stMetricValue"]')[0]
+                return str(value.get_attribute("textContent")).strip()
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -684,7 +725,7 @@ def serve_a_copy(work: Path) -> tuple[dict[str, str], Path]:
 
 def growth_check(store: Path, adds: int) -> str:
     """A line saying whether the copied store loads and holds the added images."""
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
     from cbir.features.store import read_manifest
 
     manifest = read_manifest(store)

@@ -18,17 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir importable
-    sys.path.insert(0, str(PROJECT_ROOT))
+import harness  # noqa: F401  (first: this checkout's cbir, not an installed one)
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from cbir.core import config  # noqa: E402
-from cbir.evaluation.evaluate import split_collection  # noqa: E402
-from cbir.evaluation.tuning import reference_configs, reference_sweep  # noqa: E402
-from cbir.features.extractor import load_features  # noqa: E402
-from cbir.indexes.warmup import warm_up  # noqa: E402
+from cbir.core import config
+from cbir.evaluation.evaluate import split_collection
+from cbir.evaluation.tuning import reference_configs, reference_sweep
+from cbir.features.sources import load_features
+from cbir.indexes.warmup import warm_up
 
 COLUMNS = ["label", "recall", "map", "mean_visited", "visited_fraction", "query_ms", "fit_seconds"]
 

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/scale.py --skip-store       # indexes only (or --skip-indexes)
 
 1. **Feature store**: writes N × 1280 float16 rows (random, streamed in chunks) with an N-row catalog to
-   ``--out`` (default: a temp folder), then opens it with :func:`cbir.features.extractor.load_features` in a fresh
+   ``--out`` (default: a temp folder), then opens it with :func:`cbir.features.sources.load_features` in a fresh
    process
    and reports the open time and that process's peak resident memory (``resource.getrusage``) right after the
    open and after one full pass over the rows (a mean per column: every page read once; goals at 1M: open < 5 s,
@@ -29,7 +29,6 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # see benchmarks/search.p
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,10 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # this checkout's cbir, not an installed one
+from harness import peak_rss_mib  # first: this checkout's cbir, not an installed one
 
 K = 10
 STORE_DIM = 1280
@@ -53,12 +49,6 @@ def rss_mib() -> float:
     """Current resident memory of this process (MiB), from /proc."""
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (MiB), ``resource.getrusage`` (Linux keeps it across fork and exec, so
-    the store is built and opened in child processes of a small parent)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def hwm_mib() -> float:
@@ -79,7 +69,7 @@ def build_store(out: Path, n: int, dtype: str = "float16") -> float:
 
 def open_store(path: str) -> dict[str, float]:
     """Run in a fresh process: open the store, then read every row once."""
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
 
     before, hwm_before = peak_rss_mib(), hwm_mib()
     start = time.perf_counter()

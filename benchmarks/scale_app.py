@@ -33,18 +33,16 @@ import argparse
 import itertools
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # this checkout's cbir, not an installed one
+import harness  # noqa: F401  (first: this checkout's cbir and benchmarks, not installed ones)
 
-from benchmarks.load import (  # noqa: E402
+# isort: split
+from benchmarks.load import (
     app_running,
     body_text,
     chromium,

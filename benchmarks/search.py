@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 
+from harness import best_of, machine_line  # first: this checkout's cbir, not an installed one
+
 # OpenBLAS worker threads busy-wait for up to ~2**28 cycles after each call. On a small machine they then
 # take the cores from numba's threads: the LSH search (query projection by BLAS, then the numba kernel)
 # measured ~1.5x slower. Letting them sleep at once does not slow the scan's large matrix products.
@@ -88,20 +90,10 @@ def synthetic_collection(
 
 
 def load_collection(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
 
     feature_set = load_features(path)
     return feature_set.features, feature_set.labels, feature_set.roles
-
-
-def best_of(repeats: int, run: Callable[[], Any]) -> tuple[float, Any]:
-    """Fastest wall time of ``repeats`` runs and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - started)
-    return best, result
 
 
 def timed_against_scan(
@@ -227,18 +219,11 @@ def faiss_rows(split: EvaluationSplit, scan_search_s: float, repeats: int) -> li
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", type=Path, default=None, help="feature artifact; default: synthetic data")
-    parser.add_argument("--metric", choices=METRICS, default="euclidean")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats for the headline rows")
-    parser.add_argument("--quick", action="store_true", help="smaller LSH grid")
-    args = parser.parse_args(argv)
-    pd.set_option("display.width", 200)
-    pd.set_option("display.max_columns", 30)
-    fmt = {"float_format": lambda v: f"{v:.4g}", "index": False}
+FMT: dict[str, Any] = {"float_format": lambda v: f"{v:.4g}", "index": False}
 
+
+def prepare(args: argparse.Namespace) -> tuple[EvaluationSplit, float]:
+    """The split of the chosen data and its default bucket width, with the run's header printed."""
     started = time.perf_counter()
     if args.features is not None:
         features, labels, roles = load_collection(args.features)
@@ -256,35 +241,38 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(split.class_names)} classes; metric {args.metric}, k={K}; default w = {base_width:.4g}"
     )
     print(
-        f"  machine: {os.cpu_count()} CPUs, numba {numba.__version__} with {numba.get_num_threads()} threads "
+        f"  {machine_line()}; numba {numba.__version__} with {numba.get_num_threads()} threads "
         f"({numba.threading_layer()} layer); data prepared in {time.perf_counter() - started:.1f}s\n"
     )
+    return split, base_width
 
-    # ---- exact scan ----------------------------------------------------------------------------------------------
+
+def exact_scan_section(split: EvaluationSplit, args: argparse.Namespace) -> tuple[SequentialScan, float, float]:
+    """The exact scan's figures (batched and one query at a time); returns the scan, its search seconds and mAP."""
     scan = SequentialScan(args.metric)
     scan_fit_s, _ = best_of(args.repeats, lambda: scan.fit(split.index_vectors))
     scan_search_s, _ = best_of(args.repeats, lambda: scan.search(split.query_vectors, K))
     scan_result = evaluate_split(scan, split, k=K, refit=False)
     single = split.query_vectors[:100]
     single_s, _ = best_of(1, lambda: [scan.search(single[i : i + 1], K) for i in range(len(single))])
-    scan_query_ms = 1000 * scan_search_s / split.n_queries
     print("exact scan (BLAS shortlist + exact re-rank):")
-    print(
-        pd.DataFrame(
-            [
-                {
-                    "map": scan_result.map,
-                    "visited": scan_result.mean_visited,
-                    "fit_s": scan_fit_s,
-                    f"search_{split.n_queries}_s": scan_search_s,
-                    "query_ms (batched)": scan_query_ms,
-                    "query_ms (one at a time)": 1000 * single_s / len(single),
-                }
-            ]
-        ).to_string(**fmt)
-    )
+    row = {
+        "map": scan_result.map,
+        "visited": scan_result.mean_visited,
+        "fit_s": scan_fit_s,
+        f"search_{split.n_queries}_s": scan_search_s,
+        "query_ms (batched)": 1000 * scan_search_s / split.n_queries,
+        "query_ms (one at a time)": 1000 * single_s / len(single),
+    }
+    print(pd.DataFrame([row]).to_string(**FMT))
+    return scan, scan_search_s, scan_result.map
 
-    # ---- LSH grid ------------------------------------------------------------------------------------------------
+
+def grid_section(
+    split: EvaluationSplit, args: argparse.Namespace, base_width: float, scan_search_s: float, scan_map: float
+) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """The LSH grid, its Pareto frontier and the plain settings' fit + evaluate times; returns the grid, its plain
+    (no multi-probe) rows and the visited cap."""
     tables = [1, 2, 4, 6, 8, 10]
     projections = [2, 4, 6, 8, 10]
     factors = [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
@@ -294,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     visited_cap = 0.03 * split.n_indexed
     grid_started = time.perf_counter()
     grid = lsh_grid(split, args.metric, base_width, tables, projections, factors, probes, visited_cap, args.seed)
-    grid["map_ratio"] = grid["map"] / scan_result.map
+    grid["map_ratio"] = grid["map"] / scan_map
     grid["fit+search_s"] = grid["fit_s"] + grid["search_s"]
     grid["query_ms"] = 1000 * grid["search_s"] / split.n_queries
     grid["speedup"] = scan_search_s / grid["search_s"]
@@ -304,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "objects/query are skipped). Pareto frontier (visited vs mAP), points with mAP >= 0.5 x scan:"
     )
     frontier = grid[pareto_frontier(grid, x="visited", y="map")].sort_values("visited")
-    print(frontier[frontier["map_ratio"] >= 0.5].to_string(**fmt))
-
+    print(frontier[frontier["map_ratio"] >= 0.5].to_string(**FMT))
     plain = grid[grid["probes"] == 0]
     print(
         f"\nplain LSH, g <= 10, h <= 10 ({len(plain)} settings): fit + evaluate {split.n_queries} queries "
@@ -314,15 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("fit + evaluate time by visited objects (plain LSH):")
     bins = pd.cut(plain["visited"], [0, 50, 200, 500, 1000, np.inf], right=False)
-    print(
-        plain.groupby(bins, observed=True)["fit+search_s"]
-        .agg(settings="size", median="median", max="max")
-        .reset_index()
-        .to_string(**fmt)
-    )
+    by_visited = plain.groupby(bins, observed=True)["fit+search_s"].agg(settings="size", median="median", max="max")
+    print(by_visited.reset_index().to_string(**FMT))
+    return grid, plain, visited_cap
 
-    # ---- headline: LSH vs scan at >= 0.99 x the scan's mAP -------------------------------------------------------
-    target = 0.99 * scan_result.map
+
+def headline_section(
+    split: EvaluationSplit, args: argparse.Namespace, grid: pd.DataFrame, scan: SequentialScan, scan_map: float
+) -> list[dict[str, Any]]:
+    """LSH vs the scan at mAP >= 0.99 x the scan's: the fewest-visiting settings refitted and timed alternately."""
+    target = 0.99 * scan_map
     print(
         f"\nLSH vs exact scan at mAP >= 0.99 x scan = {target:.4f}: the {HEADLINE_CANDIDATES} settings of each kind "
         f"that visit fewest objects, each fitted again and its search timed alternately with the scan's in this "
@@ -330,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     good = grid[grid["map"] >= target].sort_values(["visited", "g", "h"])
     headline = []
-    picks = [("plain LSH", good[good["probes"] == 0]), ("multi-probe", good[good["probes"] > 0])]
-    for label, rows in picks:
+    for label, rows in [("plain LSH", good[good["probes"] == 0]), ("multi-probe", good[good["probes"] > 0])]:
         if rows.empty:
             print(f"  {label}: no setting of the grid reaches the target")
             continue
@@ -354,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                     "probes": params["probes"],
                     "map": timed["map"],
                     "recall": timed["recall"],
-                    "map_ratio": timed["map"] / scan_result.map,
+                    "map_ratio": timed["map"] / scan_map,
                     "visited": timed["visited"],
                     "fit_s": timed["fit_s"],
                     "fit+search_s": timed["fit_s"] + timed["search_s"],
@@ -364,9 +351,12 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     if headline:
-        print(pd.DataFrame(headline).to_string(**fmt))
+        print(pd.DataFrame(headline).to_string(**FMT))
+    return headline
 
-    # ---- goals ---------------------------------------------------------------------------------------------------
+
+def goals_section(split: EvaluationSplit, headline: list[dict[str, Any]], plain: pd.DataFrame, cap: float) -> None:
+    """The verdict on the two goals: the speed-up at mAP >= 0.99 x scan, and every plain setting under 1 s."""
     print("\ngoals:")
     qualified = [row for row in headline if row["map_ratio"] >= 0.99]
     if qualified:
@@ -384,13 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "MET" if slow.empty else f"NOT MET ({len(slow)} of {len(plain)} settings take >= 1 s)"
     print(
         f"  fit + evaluate {split.n_queries} queries < 1 s for every plain setting with g <= 10, h <= 10 visiting "
-        f"<= {visited_cap:.0f} objects: {verdict} — max {plain['fit+search_s'].max():.2f}s (single timings, "
+        f"<= {cap:.0f} objects: {verdict} — max {plain['fit+search_s'].max():.2f}s (single timings, "
         "taken during the grid)"
     )
 
-    # ---- multi-probe vs plain at equal mAP -----------------------------------------------------------------------
+
+def multiprobe_section(grid: pd.DataFrame, plain: pd.DataFrame, scan_map: float) -> None:
+    """Multi-probe against plain LSH at equal mAP: fewest visited objects, fewest tables."""
     best_plain = plain["map"].max()
-    level = min(target, best_plain)
+    level = min(0.99 * scan_map, best_plain)
     print(f"\nmulti-probe vs plain LSH at equal mAP (>= {level:.4f}, the best plain LSH reaches {best_plain:.4f}):")
     reach = grid[grid["map"] >= level]
     comparison = []
@@ -403,19 +395,41 @@ def main(argv: list[str] | None = None) -> int:
         if not rows.empty:
             comparison.append({"choice": label, **rows.sort_values(order).iloc[0].to_dict()})
     columns = ["choice", "g", "h", "w", "probes", "map", "recall", "visited", "fit_s", "search_s", "query_ms"]
-    print(pd.DataFrame(comparison)[columns].to_string(**fmt))
+    print(pd.DataFrame(comparison)[columns].to_string(**FMT))
 
-    # ---- faiss ---------------------------------------------------------------------------------------------------
+
+def faiss_section(split: EvaluationSplit, args: argparse.Namespace, scan_search_s: float) -> None:
+    """faiss-cpu's exhaustive methods on the same data."""
     print("\nfaiss-cpu on the same data (exhaustive methods: every object is compared, exactly or by Hamming):")
     try:
         import faiss  # noqa: F401
     except ImportError as exc:
         print(f"  skipped: faiss is not importable ({exc})")
-    else:
-        if args.metric != "euclidean":
-            print("  skipped: the faiss peers are L2 indexes; run with --metric euclidean")
-        else:
-            print(pd.DataFrame(faiss_rows(split, scan_search_s, args.repeats)).to_string(**fmt))
+        return
+    if args.metric != "euclidean":
+        print("  skipped: the faiss peers are L2 indexes; run with --metric euclidean")
+        return
+    print(pd.DataFrame(faiss_rows(split, scan_search_s, args.repeats)).to_string(**FMT))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", type=Path, default=None, help="feature artifact; default: synthetic data")
+    parser.add_argument("--metric", choices=METRICS, default="euclidean")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats for the headline rows")
+    parser.add_argument("--quick", action="store_true", help="smaller LSH grid")
+    args = parser.parse_args(argv)
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", 30)
+    started = time.perf_counter()
+    split, base_width = prepare(args)
+    scan, scan_search_s, scan_map = exact_scan_section(split, args)
+    grid, plain, cap = grid_section(split, args, base_width, scan_search_s, scan_map)
+    headline = headline_section(split, args, grid, scan, scan_map)
+    goals_section(split, headline, plain, cap)
+    multiprobe_section(grid, plain, scan_map)
+    faiss_section(split, args, scan_search_s)
     print(f"\ntotal {time.perf_counter() - started:.0f}s")
     return 0
 

@@ -14,6 +14,8 @@ default collection's size). Settings: the page's default LSH, the sweep's recomm
 
 from __future__ import annotations
 
+import harness  # noqa: F401  (first: this checkout's cbir, not an installed one)
+
 from cbir.core import config
 
 config.quiet_native_libraries()  # as the app does, before numpy loads OpenBLAS

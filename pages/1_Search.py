@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cbir.app import ui
+from cbir.app import formats, ui
 from cbir.core.errors import CbirError
 from cbir.core.names import METRIC_LABELS, METRICS
 from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
@@ -75,9 +75,11 @@ with index_col:
         index_config = IndexConfig.from_row(fastest)
         visited = fastest["visited_fraction"]
         st.caption(
-            f"**{index_config.label}**: recall@10 {fastest['recall']:.3f}, {fastest['query_ms']:.3f} ms per "
-            "validation query, "
-            + (f"{visited:.1%} of the index visited" if pd.notna(visited) else "visited objects not counted")
+            f"**{index_config.label}**: recall@10 {fastest['recall']:.3f}, "
+            f"{formats.duration(fastest['query_ms'] / 1000)} a query (the mean over a batch of "
+            f"{round(fastest['search_seconds'] * 1000 / fastest['query_ms']):,} validation queries, features not "
+            "included), "
+            + (f"{formats.share(visited)} of the index visited" if pd.notna(visited) else "visited not counted")
             + " (picked among the exact scan, the LSH sweep and the reference indexes: HNSW, IVF-Flat, hnswlib, "
             "cross-polytope LSH)"
         )
@@ -160,9 +162,7 @@ with query_col:
         if sources == SOURCES and file.is_file():
             query_bytes, query_row = file.read_bytes(), None
 
-growth_message = st.session_state.pop("search-growth", None)
-if growth_message:
-    st.success(growth_message)
+ui.status_line(search)  # what the last add, remove or undo did (by this session), until the next one
 if query_bytes is None and query_row is None:
     st.info("Choose a query image to search.")
     st.stop()
@@ -190,13 +190,20 @@ if query_bytes is not None:
         result = search.query(query, index_config, k=DEFAULT_K)
     picture = thumbnail(query.image, 512)
     caption = f"Query: {query_name} ({query.original_size[0]}×{query.original_size[1]})"
+    time_help = (
+        f"One query: computing its features {formats.duration(result.embed_seconds)} (the model's first query also "
+        f"loads it) + the search {formats.duration(result.search_seconds)}"
+    )
 else:
     assert query_row is not None
+    engine_row = int(catalog["id"].iloc[query_row])
     with st.spinner("Searching…"):
-        features = search.feature_set.features[int(catalog["id"].iloc[query_row])]
-        result = search.query_vector(features, index_config, k=DEFAULT_K)
+        # one more result: the image itself, left out of its own answer
+        result = search.query_vector(search.feature_set.features[engine_row], index_config, k=DEFAULT_K + 1)
+        result = ui.without_query(result, engine_row, DEFAULT_K)
     picture = ui.tile(str(catalog["path"].iloc[query_row]))
-    caption = f"Query: {query_name} (row {query_row:,}, by its stored features)"
+    caption = f"Query: {formats.file_first(query_name)} (by its stored features; left out of its own results)"
+    time_help = "One query, by the image's stored features: the search only (no model)"
 
 st.divider()
 left, right = st.columns([1, 4], gap="large")
@@ -204,92 +211,133 @@ with left:
     st.image(picture, width="stretch", caption=caption)
 with right:
     m = st.columns(4)
-    m[0].metric(
-        "Query time",
-        f"{result.seconds * 1000:.0f} ms",
-        help=f"Features {result.embed_seconds * 1000:.0f} ms + search {result.search_seconds * 1000:.1f} ms",
+    m[0].metric("Query time", formats.duration(result.seconds), help=time_help)
+    m[1].metric(
+        "Search time",
+        formats.duration(result.search_seconds),
+        help="The index's part of this one query (without computing the query's features)",
     )
-    m[1].metric("Search only", f"{result.search_seconds * 1000:.2f} ms")
     counted = result.visited >= 0  # hnswlib does not count them
     m[2].metric(
-        "Objects visited",
-        f"{result.visited:,}" if counted else "not counted",
-        help="Images whose distance to the query was computed",
+        "Visited",
+        formats.count(result.visited) if counted else formats.DASH,
+        help="Images whose distance to the query was computed" + ("" if counted else " (hnswlib does not count them)"),
     )
     m[3].metric(
-        "Share of the collection",
-        f"{result.visited_fraction:.1%}" if counted else "–",
-        help=f"of {result.n_objects:,} images",
+        "Share visited",
+        formats.share(result.visited_fraction) if counted else formats.DASH,
+        help=f"Visited images as a share of the {result.n_objects:,} searchable images",
     )
-    st.caption(f"{result.index_label} over {result.n_objects:,} images · {label}")
+    n_left_out = len(search.feature_set.report)
+    st.caption(
+        f"One query · {result.index_label} over the {result.n_objects:,} searchable images (every image of the "
+        "collection, queries included"
+        + (f"; {n_left_out:,} unusable files or copies left out, listed on Home" if n_left_out else "")
+        + f") · {label}"
+    )
+
+if result.results.empty:
+    st.warning(
+        "No image found: the index compared no image with this query (its buckets were empty). Raise g, w or "
+        "probes, or pick another index."
+    )
+else:
     if len(result.results) < DEFAULT_K:
-        st.warning(f"The index found only {len(result.results)} candidates: raise g, w or probes to see more.")
+        st.warning(f"The index found only {len(result.results)} images: raise g, w or probes to see more.")
+    st.subheader("Most similar images")
+    score_name = result.score_name
+    rows = list(result.results.itertuples())
+    for start in range(0, len(rows), GRID_COLUMNS):
+        cols = st.columns(GRID_COLUMNS)
+        for col, row in zip(cols, rows[start : start + GRID_COLUMNS], strict=False):
+            with col.container(border=True):
+                st.image(ui.tile(row.path), width="stretch")
+                st.markdown(f"**#{row.rank}** · {row.label}  \n{score_name} {row.score:.3f}")
+                st.caption(formats.file_first(row.relpath))
+    with st.expander("Results as a table"):
+        st.dataframe(
+            formats.human_columns(result.results.drop(columns=["path", "id"]), {"score": score_name.capitalize()}),
+            width="stretch",
+            hide_index=True,
+            column_config={score_name.capitalize(): st.column_config.NumberColumn(format="%.3f")},
+        )
 
-st.subheader("Most similar images")
-score_name = result.score_name
-rows = list(result.results.itertuples())
-for start in range(0, len(rows), GRID_COLUMNS):
-    cols = st.columns(GRID_COLUMNS)
-    for col, row in zip(cols, rows[start : start + GRID_COLUMNS], strict=False):
-        with col.container(border=True):
-            st.image(ui.tile(row.path), width="stretch")
-            st.markdown(f"**#{row.rank}** · {row.label}  \n{score_name} {row.score:.3f}")
-            st.caption(row.relpath)
-with st.expander("Results as a table"):
-    st.dataframe(result.results.drop(columns=["path"]), width="stretch", hide_index=True)
-
+st.subheader("Change the collection")
+reason = growth.cannot_grow(path)
+if reason:
+    st.caption(reason)
+    st.stop()
+add_col, remove_col = st.columns(2, gap="large")
 if source in SOURCES[:2]:  # an upload or a camera photo can join the collection
-    with st.expander("Add this image to the collection"):
-        reason = growth.cannot_grow(path)
-        if reason:
-            st.caption(reason)
-        else:
-            classes = sorted(catalog["label"].dropna().unique())
-            choice = st.selectbox(
-                "Class",
-                [*classes, NEW_CLASS, UNLABELLED],
-                index=None,
-                key="search-add-class",
-                placeholder="Choose its class",
-                help="A labelled image is indexed in its class's training folder; an unlabelled one is indexed like "
-                "a distractor (never counted as relevant).",
-            )
-            new_class = st.text_input("New class name", key="search-add-new") if choice == NEW_CLASS else ""
-            if st.button("Add to the collection", key="search-add", disabled=choice is None):
-                target = None if choice == UNLABELLED else new_class if choice == NEW_CLASS else choice
-                try:
-                    with st.spinner("Checking the image and computing its features…"):
-                        report = ui.add_to_collection(search, query_name, query_bytes, target)
-                except CbirError as exc:
-                    st.error(str(exc))
-                else:
-                    row = report.images.iloc[0]
-                    st.session_state["search-growth"] = (
-                        f"Added **{row.relpath}** ({row.label if isinstance(row.label, str) else 'unlabelled'}) in "
-                        f"{report.seconds:.2f} s: every session finds it from its next query "
-                        f"({report.n_images:,} images)."
-                    )
-                    st.rerun()
-
-with st.expander("Remove a result from the collection"):
-    reason = growth.cannot_grow(path)
-    if reason:
-        st.caption(reason)
+    with add_col:
+        st.markdown(f"**Add {query_name} to the collection**")
+        classes = sorted(catalog["label"].dropna().unique())
+        choice = st.selectbox(
+            "Class",
+            [*classes, NEW_CLASS, UNLABELLED],
+            index=None,
+            key="search-add-class",
+            placeholder="Choose its class",
+            help="A labelled image is indexed in its class's training folder; an unlabelled one is indexed like "
+            "a distractor (never counted as relevant).",
+        )
+        new_class = st.text_input("New class name", key="search-add-new") if choice == NEW_CLASS else ""
+        anyway = st.checkbox(
+            "Add it even if it copies an image of the collection",
+            key="search-add-anyway",
+            help="The collection keeps one image of each group of exact or near copies; tick to add a copy anyway",
+        )
+        if st.button("Add to the collection", key="search-add", disabled=choice is None):
+            target = None if choice == UNLABELLED else new_class if choice == NEW_CLASS else choice
+            try:
+                with st.spinner("Checking the image and computing its features…"):
+                    report = ui.add_to_collection(search, query_name, query_bytes, target, allow_duplicates=anyway)
+            except CbirError as exc:
+                ui.set_status("error", str(exc))
+            else:
+                row = report.images.iloc[0]
+                ui.set_status(
+                    "success",
+                    f"Added **{formats.file_first(row.relpath)}** "
+                    f"({row.label if isinstance(row.label, str) else 'unlabelled'}) in {report.seconds:.2f} s: every "
+                    f"session finds it from its next query ({report.n_images:,} images).",
+                )
+            st.rerun()
+with remove_col:
+    st.markdown("**Remove a result from the collection**")
+    gone = st.selectbox(
+        "Image",
+        result.results["relpath"],
+        index=None,
+        key="search-remove-pick",
+        placeholder="Choose a result",
+        format_func=formats.file_first,
+    )
+    confirming = gone is not None and st.session_state.get("search-remove-confirm") == gone
+    if not confirming:
+        if st.button("Remove…", key="search-remove", disabled=gone is None):
+            st.session_state["search-remove-confirm"] = gone
+            st.rerun()
     else:
-        gone = st.selectbox(
-            "Image", result.results["relpath"], index=None, key="search-remove-pick", placeholder="Choose a result"
+        st.warning(
+            f"Remove **{formats.file_first(gone)}** from every feature set of the collection? Its file moves to the "
+            "collection's .removed/ folder; Undo puts it back."
         )
-        st.caption(
-            "It leaves every feature set of the collection; its file moves to the collection's .removed/ folder."
-        )
-        if st.button("Remove from the collection", key="search-remove", disabled=gone is None):
+        yes, no = st.columns(2)
+        if yes.button("Yes, remove it", key="search-remove-yes", type="primary"):
+            st.session_state.pop("search-remove-confirm", None)
             try:
                 report = ui.remove_from_collection(search, gone)
             except CbirError as exc:
-                st.error(str(exc))
+                ui.set_status("error", str(exc))
             else:
-                st.session_state["search-growth"] = (
-                    f"Removed **{gone}** in {report.seconds:.2f} s: no session finds it from its next query "
-                    f"({report.n_images:,} images)."
+                ui.set_status(
+                    "success",
+                    f"Removed **{formats.file_first(gone)}** in {report.seconds:.2f} s: no session finds it from its "
+                    f"next query ({report.n_images:,} images).",
+                    undo=gone,
                 )
-                st.rerun()
+            st.rerun()
+        if no.button("Cancel", key="search-remove-no"):
+            st.session_state.pop("search-remove-confirm", None)
+            st.rerun()

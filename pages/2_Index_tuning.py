@@ -13,7 +13,7 @@ starting.progress(0.0, text="Loading pandas and plotly…")
 from cbir.app import plots  # noqa: E402
 
 starting.progress(0.2, text="Loading the indexes (numba kernels)…")
-from cbir.app import ui  # noqa: E402
+from cbir.app import formats, ui  # noqa: E402
 from cbir.core.names import METRIC_LABELS, METRICS  # noqa: E402
 from cbir.evaluation.tuning import (  # noqa: E402
     DEFAULT_SWEEP_SIZE,
@@ -92,30 +92,36 @@ result = ui.evaluate(path, version, IndexConfig("lsh", metric, g, h, w, probes),
 per_class_figure.plotly_chart(plots.fig_per_class(result.per_class, scan.per_class), width="stretch")
 
 m = summary.columns(6)
-m[0].metric(
-    "mAP@10", f"{result.map:.3f}", f"{result.map - scan.map:+.3f} vs exact scan", help=f"Exact scan: {scan.map:.3f}"
-)
+m[0].metric("mAP@10", f"{result.map:.3f}", f"{result.map - scan.map:+.3f} vs scan", help=f"Exact scan: {scan.map:.3f}")
 m[1].metric(
     "Recall@10",
     f"{result.recall:.3f}",
     help="Share of the exact scan's ten nearest images that the index returns (the exact scan has 1.000)",
 )
 # the costs: lower is better, so a rise over the exact scan shows in red
-for column, name, value, delta in (
-    (
-        m[2],
-        "Objects visited / query",
-        f"{result.mean_visited:,.1f}",
-        f"{result.mean_visited - scan.mean_visited:+,.0f} vs exact scan",
-    ),
-    (m[4], "Latency / query", f"{result.query_ms:.3f} ms", f"{result.query_ms - scan.query_ms:+.3f} ms vs scan"),
-):
-    column.metric(name, value, delta, delta_color="inverse")
-m[3].metric("Share of the index visited", f"{result.visited_fraction:.1%}")
-m[5].metric("Index build", f"{result.fit_seconds * 1000:.0f} ms")
+m[2].metric(
+    "Visited / query",
+    formats.count(result.mean_visited),
+    f"{result.mean_visited - scan.mean_visited:+,.0f} vs scan",
+    delta_color="inverse",
+    help=f"Images compared per query, the mean over the queries ({result.mean_visited:,.1f}; the scan compares all "
+    f"{scan.mean_visited:,.0f})",
+)
+m[3].metric("Share visited", formats.share(result.visited_fraction), help="Visited images / indexed images")
+m[4].metric(
+    "Time / query",
+    formats.duration(result.query_ms / 1000),
+    f"{result.query_ms - scan.query_ms:+.3f} ms vs scan",
+    delta_color="inverse",
+    help=f"The mean per query over the batch of {result.n_queries:,} validation queries, features not included; "
+    f"the exact scan's ({formats.duration(scan.query_ms / 1000)}) is measured the same way in this run",
+)
+m[5].metric("Index build", formats.duration(result.fit_seconds), help="Fitting the index on the indexed images")
 summary.caption(
-    f"{result.n_queries:,} validation queries against {result.n_indexed:,} indexed images · "
-    f"mean {result.score_name} of the results {result.mean_score:.3f} (scan {scan.mean_score:.3f})"
+    f"{result.n_queries:,} validation queries against {result.n_indexed:,} indexed images (the collection's "
+    "searchable images less the queries" + ("" if with_distractors else " and the distractors") + ") · "
+    f"mean {result.score_name} of the results {result.mean_score:.3f} (scan {scan.mean_score:.3f}) · times per "
+    "query in a batch, the scan's measured in this run like the setting's"
 )
 if result.sampled:
     summary.info(ui.sample_note(result.n_queries, result.n_all_queries))
@@ -139,7 +145,14 @@ st.caption(
     "(faiss, M=32) and hnswlib (M=32) at several ef, IVF-Flat (faiss, about 4·√n lists) at several nprobe, "
     "cross-polytope LSH (PCA-48, L=8, 10 bits, a shortlist of 30 scored on uint8 codes of 128 PCA axes) at several "
     "probes. hnswlib does not count the objects it visits: it shows on the time charts only. Times are per query "
-    "over the validation batch on this machine (noisy when it is busy)."
+    "over the validation batch on this machine (noisy when it is busy), all the sweep's measured in one run"
+    + (
+        f" ({table['computed'].iloc[0]:%Y-%m-%d %H:%M} UTC, kept until the features are extracted again: images "
+        "added or removed since move its figures by about their share)"
+        if "computed" in table
+        else ""
+    )
+    + "; the star's now."
 )
 for x in ("mean_visited", "query_ms"):
     charts = st.columns(2)
@@ -164,7 +177,7 @@ if recommended is not None:
     )
     right.button("Use it", on_click=use_recommended, key="tune-use-recommended")
 with st.expander("Sweep table (Pareto-optimal settings first)"):
-    st.dataframe(table.sort_values(["pareto", "map"], ascending=[False, False]), width="stretch", hide_index=True)
+    ui.table(table.sort_values(["pareto", "map"], ascending=[False, False]))
 
 
 with st.expander("Hyper-parameter trends (the paper's Section 6), at the sweep point nearest to the sliders"):

@@ -20,7 +20,7 @@ ui.page_header(
 )
 choices = ui.require_feature_set_choices()
 
-top = st.columns([3, 1, 1, 1])
+top = st.columns([3, 2, 1, 1])
 selected = top[0].multiselect("Feature sets", list(choices), default=list(choices), key="compare-sets")
 metric = top[1].selectbox("Metric", METRICS, key="compare-metric", format_func=METRIC_LABELS.get)
 # a recommendation needs the background sweep, which takes hours at 1M objects: large sets start on the default
@@ -55,34 +55,32 @@ st.subheader("Results")
 sampled = table[table["n_all_queries"] > table["n_queries"]]
 if not sampled.empty:
     st.info(ui.sample_note(int(sampled["n_queries"].iloc[0]), int(sampled["n_all_queries"].max())))
-st.dataframe(
-    table,
-    width="stretch",
-    hide_index=True,
-    column_order=[
-        "feature_set",
-        "index",
-        "distractors",
-        "map",
-        "recall",
-        "mean_visited",
-        "visited_fraction",
-        "mean_score",
-        "query_ms",
-        "config",
-        "n_indexed",
-        "n_queries",
+ui.table(
+    table[
+        [
+            "feature_set",
+            "index",
+            "distractors",
+            "map",
+            "recall",
+            "mean_visited",
+            "visited_fraction",
+            "mean_score",
+            "query_ms",
+            "config",
+            "n_indexed",
+            "n_queries",
+        ]
     ],
+    {"mean_score": score.capitalize()},
     column_config={
-        "feature_set": "feature set",
-        "map": st.column_config.NumberColumn("mAP@10", format="%.3f"),
-        "recall": st.column_config.NumberColumn(
-            "recall@10", format="%.3f", help="Share of the exact scan's top 10 that the index returns"
+        "Recall@10": st.column_config.NumberColumn(
+            "Recall@10", format="%.3f", help="Share of the exact scan's top 10 that the index returns"
         ),
-        "mean_score": st.column_config.NumberColumn(score, format="%.3f"),
-        "mean_visited": st.column_config.NumberColumn("visited / query", format="%.1f"),
-        "visited_fraction": st.column_config.NumberColumn("share visited", format="percent"),
-        "query_ms": st.column_config.NumberColumn("ms / query", format="%.3f"),
+        "Per query (ms)": st.column_config.NumberColumn(
+            "Per query (ms)", format="%.3f", help="Search time per query, the mean over the batch of queries"
+        ),
+        score.capitalize(): st.column_config.NumberColumn(score.capitalize(), format="%.3f"),
     },
 )
 st.download_button("Download as CSV", table.to_csv(index=False), "comparison.csv", "text/csv")
@@ -90,9 +88,10 @@ st.download_button("Download as CSV", table.to_csv(index=False), "comparison.csv
 tabs = st.tabs(["Recall vs time", "mAP@10", "Recall@10", "Visited objects", score.capitalize(), "Per-class mAP"])
 tabs[0].plotly_chart(plots.fig_comparison_tradeoff(table), width="stretch")
 tabs[0].caption(
-    "The exact scan, LSH and the reference indexes (FAISS HNSW; up to "
+    f"The exact scan, LSH at its {lsh_choice} setting and the reference indexes (FAISS HNSW; up to "
     f"{SWEEP_ON_REQUEST:,} objects also FAISS IVF-Flat, hnswlib and cross-polytope LSH) at their default settings; "
-    "the tuning page sweeps their settings. hnswlib does not count the objects it visits."
+    "the tuning page sweeps their settings. Times are per query over the batch of validation queries, every index's "
+    "(the exact scan's too) measured in this server's run. hnswlib does not count the objects it visits."
 )
 tabs = tabs[1:]
 tabs[0].plotly_chart(plots.fig_comparison(table, "map", "mAP@10"), width="stretch")
@@ -111,17 +110,16 @@ st.caption(
     "are those hubs and the share of distinct answers. Blank or near-empty images make hubs."
 )
 hubness = ui.hubness_analyses(feature_sets, metric)
-st.dataframe(
+ui.table(
     hubness_summary_table(hubness),
-    width="stretch",
-    hide_index=True,
-    column_config={
-        "feature_set": "feature set",
-        "hub_share": st.column_config.NumberColumn("top-10 slots held by the 1 % hubs", format="percent"),
-        "k_skewness": st.column_config.NumberColumn("N10 skewness", format="%.2f"),
-        "ood_hub_share": st.column_config.NumberColumn("photo answers that are hubs", format="percent"),
-        "ood_distinct": st.column_config.NumberColumn("distinct photo answers", format="percent"),
+    {
+        "hub_share": "Top-10 slots held by the 1 % hubs (%)",
+        "k_skewness": "N10 skewness",
+        "ood_hub_share": "Photo answers that are hubs (%)",
+        "ood_distinct": "Distinct photo answers (%)",
     },
+    percent=("hub_share", "ood_hub_share", "ood_distinct"),
+    column_config={"N10 skewness": st.column_config.NumberColumn("N10 skewness", format="%.2f")},
 )
 hub_set = st.selectbox("Most frequent answers of", list(hubness), key="compare-hubs")
 hub_cols = st.columns(5)
@@ -139,7 +137,7 @@ samples = {name: analysis.sample for name, analysis in analyses.items()}
 hist = st.columns(2)
 hist[0].plotly_chart(plots.fig_distance_histograms(samples, "euclidean"), width="stretch")
 hist[1].plotly_chart(plots.fig_distance_histograms(samples, "cosine"), width="stretch")
-st.dataframe(distance_summary(analyses), width="stretch", hide_index=True)
+ui.table(distance_summary(analyses))
 
 st.subheader("Fine-tuning (Section 5)")
 runs = finished_runs()

@@ -15,7 +15,8 @@ from PIL import Image
 from cbir.core.storage import save_artifact
 from cbir.data.collection import collection_id, scan_collection
 from cbir.data.query import MAX_UPLOAD_BYTES
-from cbir.features.extractor import FEATURES_KIND, FeatureSet, extract_collection, load_features
+from cbir.features.extractor import extract_collection
+from cbir.features.sources import FEATURES_KIND, FeatureSet, load_features
 
 BACKBONE = "efficientnet_lite0"
 

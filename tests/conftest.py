@@ -5,6 +5,7 @@ are required whenever those folders exist."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,11 @@ import pytest
 from PIL import Image
 
 from cbir.core import config
-from cbir.features.extractor import FeatureSet, load_features
+from cbir.features.sources import FeatureSet, load_features
+
+# the benchmark scripts import their shared harness as `harness` (their own folder is on the path when run as
+# scripts); the tests import them as benchmarks.<name>, so that folder goes last on the path
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 REQUIRE_REAL = os.environ.get("CBIR_REQUIRE_REAL_DATA") == "1"
 # Fixtures that cost tens of seconds per session (the small Open Clip Art collection is converted and its features
@@ -152,3 +157,20 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def grown(tmp_path: Path) -> tuple[Path, Path]:
+    """(collection, store): copies of 15 real images + 3 distractors, features by a model-free extractor
+    (:class:`builders.PixelExtractor`); the collection and the store to grow and shrink (tests of growth and of
+    the saved indexes that follow it)."""
+    from builders import REAL_COLLECTION, PixelExtractor, copy_real_collection
+
+    from cbir.data.collection import scan_collection
+    from cbir.features.extractor import extract_collection
+
+    require(REAL_COLLECTION.is_dir(), f"no default collection at {REAL_COLLECTION} (python -m cbir openclipart)")
+    root = copy_real_collection(tmp_path / "collection")
+    store = tmp_path / "features" / "pixels"
+    extract_collection(scan_collection(root), PixelExtractor(), out_path=store)
+    return root, store

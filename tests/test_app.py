@@ -4,6 +4,7 @@ EfficientNet-Lite0 features: search (upload, collection pick, bad inputs), slide
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from builders import bad_uploads, install_feature_set, unusual_uploads
 from streamlit.testing.v1 import AppTest
 
 from cbir.core import config
-from cbir.features.extractor import load_features
+from cbir.features.sources import load_features
 
 APP = config.PROJECT_ROOT / "app.py"
 TIMEOUT = 180  # the first run of a page may load the model and compile numba kernels
@@ -83,7 +84,27 @@ def test_home_page_shows_the_collection(app_env: Path) -> None:
     assert at.dataframe[1].value["backbone"].tolist() == ["efficientnet_lite0"]
     assert len(at.get("plotly_chart")) == 1
     assert at.sidebar.selectbox[0].value == "efficientnet_lite0 · ImageNet"
-    assert not at.error and not at.button  # nothing to build
+    assert not at.error and [b.label for b in at.button] == ["Build and save"]  # only an index to build
+
+
+def test_home_page_builds_lists_and_flags_saved_indexes(app_env: Path) -> None:
+    at = open_app()
+    assert "No index saved" in at.info[-1].value
+    at.selectbox(key="home-index-metric").set_value("cosine")
+    next(box for box in at.selectbox if box.label.startswith("Build and save an index")).set_value("scan")
+    at.button(key="home-index-build").click().run()
+    check_ok(at)
+    table = next(frame.value for frame in at.dataframe if "freshness" in frame.value.columns)
+    assert table["freshness"].tolist() == ["fresh"] and table["setting"].tolist() == ["exact scan (cosine)"]
+    assert table["build_s"].iloc[0] >= 0 and table["size_mb"].iloc[0] > 0
+    # a saved index whose feature set changed is flagged, never used silently
+    from cbir.features.saved_indexes import read_info, saved_infos
+
+    folder, info = saved_infos()[0]
+    (folder / "info.json").write_text(json.dumps({**info, "stale": "2 image(s) removed from the feature set"}))
+    assert read_info(folder)["stale"]
+    at = open_app()
+    assert any("no longer match their feature set" in warning.value for warning in at.warning)
 
 
 def test_home_page_without_open_clip_art(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require
 
 from benchmarks.load import PAGE_S, Server, wait_for
 
@@ -45,3 +46,138 @@ def test_upload_on_the_search_page_shows_ten_results(
     assert result_images() == 11, text
     assert "cannot be used" not in text and "Traceback" not in text, text
     assert shot.stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The journeys of a new user on the default collection (issue 23): every message seen, every number whole and true
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def default_copy_server(tmp_path: Path) -> Any:
+    """A server over a copy of the default collection and its newest feature store (hard links: the test adds and
+    removes images), with the real weights; the screenshots go to ``CBIR_SHOTS`` when set, else the tmp dir."""
+    from builders import REAL_COLLECTION
+
+    from benchmarks.growth import copy_workspace
+    from benchmarks.load import chromium_available, streamlit_server
+
+    if not chromium_available():
+        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+    require(REAL_COLLECTION.is_dir(), "no default collection (python -m cbir openclipart)")
+    stores = sorted((REAL_COLLECTION.parents[1] / "features").glob("*/efficientnet_lite0-*imagenet*/meta.json"))
+    require(bool(stores), "no EfficientNet-Lite0 features of the default collection (python -m cbir extract)")
+    root, store = copy_workspace(REAL_COLLECTION, stores[0].parent, tmp_path / "copy")
+    artifacts = tmp_path / "copy" / "artifacts"
+    weights = REAL_COLLECTION.parents[1] / "weights"
+    if weights.exists():
+        (artifacts / "weights").symlink_to(weights.resolve(), target_is_directory=True)
+    env = {"CBIR_COLLECTION": str(root), "CBIR_ARTIFACTS": str(artifacts)}
+    with streamlit_server(tmp_path / "streamlit.log", env) as running:
+        yield running, Path(env["CBIR_COLLECTION"]), store
+
+
+def test_journeys_on_the_default_collection(default_copy_server: Any, browser: Any, tmp_path: Path) -> None:
+    """Search (upload a copy: the refusal shows without a click; add anyway, remove with a confirmation, undo),
+    Home, Index tuning (a metric switch, twice), Model comparison (cold): no metric cut, no visited above the
+    searchable images, each step's time printed (not asserted: a shared machine's times are noisy)."""
+    import os
+    import re
+
+    from benchmarks.load import (
+        PAGE_S,
+        add_to_collection,
+        body_text,
+        choose_option,
+        choose_radio,
+        click_button,
+        metric_text,
+        page_errors,
+        truncated_metrics,
+        upload,
+        wait_until_idle,
+    )
+
+    server, root, _store = default_copy_server
+    driver = browser
+    shots = Path(os.environ.get("CBIR_SHOTS", str(tmp_path)))
+    shots.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    cut: dict[str, list[str]] = {}
+
+    def step(name: str, action: Any, timeout: float = 600) -> None:
+        started = time.perf_counter()
+        action()
+        time.sleep(0.5)
+        wait_until_idle(driver, timeout, name)
+        times[name] = time.perf_counter() - started
+        print(f"{name}: {times[name]:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+        slug = re.sub(r"\W+", "-", name)
+        driver.save_screenshot(str(shots / f"{len(times):02d}-{slug}.png"))
+        if truncated_metrics(driver):
+            cut[name] = truncated_metrics(driver)
+
+    def visited_within_the_collection() -> None:
+        shown = metric_text(driver, "Visited")
+        assert shown is not None and shown.replace(",", "").isdigit(), shown
+        visited = int(shown.replace(",", ""))
+        searchable = int(re.search(r"over the ([\d,]+) searchable images", body_text(driver))[1].replace(",", ""))
+        assert 0 < visited <= searchable, (visited, searchable)
+
+    driver.set_window_size(1400, 2000)
+    copy = sorted((root / "validation_set").rglob("*.jpg"))[0]  # an image the collection holds already
+    relpath_of_copy = copy.relative_to(root).as_posix()
+
+    step("Search: open", lambda: driver.get(f"{server.url}/Search"), PAGE_S)
+    step("Search: upload (first query loads the model)", lambda: upload(driver, copy), PAGE_S)
+    assert "Most similar images" in body_text(driver)
+    visited_within_the_collection()
+    refusal = add_to_collection(driver, "Unlabelled")
+    assert refusal.startswith("Nothing was added") and "duplicate" in refusal, refusal
+    assert "--allow" not in body_text(driver)
+    shown = [e for e in driver.find_elements("css selector", '[data-testid="stAlertContentError"]') if e.is_displayed()]
+    assert shown, "the refusal is not visible without a click"
+    driver.save_screenshot(str(shots / "search-refused.png"))
+    step("Search: add anyway", lambda: add_to_collection(driver, "Unlabelled", anyway=True))
+    added = re.search(r"Added (\S+) · (\S+) \(", body_text(driver))
+    assert added, body_text(driver)
+    added_relpath = f"{added[2]}/{added[1]}"
+    assert (root / added_relpath).is_file()
+    visited_within_the_collection()
+
+    choose_option(driver, "Image", added[1])
+    click_button(driver, "Remove…")
+    wait_until_idle(driver, PAGE_S, "the confirmation")
+    assert f"Remove {added[1]} · {added[2]} from every feature set" in body_text(driver)
+    driver.save_screenshot(str(shots / "search-confirm.png"))
+    step("Search: remove (confirmed)", lambda: click_button(driver, "Yes, remove it"))
+    assert "Removed" in body_text(driver) and not (root / added_relpath).exists()
+    visited_within_the_collection()  # the removed row is a tombstone in the scan: not counted
+    step("Search: undo", lambda: click_button(driver, "Undo"))
+    assert "Restored" in body_text(driver) and (root / added_relpath).is_file()
+    visited_within_the_collection()
+    assert (root / relpath_of_copy).is_file()
+
+    step("Home", lambda: driver.get(f"{server.url}/"), PAGE_S)
+    assert "EfficientNet-Lite0" in body_text(driver)
+    for width in (1024, 1600):  # labels and numbers fit from a small laptop to a wide screen
+        driver.set_window_size(width, 2000)
+        time.sleep(1)
+        assert truncated_metrics(driver) == [], (width, truncated_metrics(driver))
+    driver.set_window_size(1400, 2000)
+
+    step("Index tuning: cold", lambda: driver.get(f"{server.url}/Index_tuning"))
+    step("Index tuning: metric to cosine", lambda: choose_option(driver, "Metric", "Cosine"))
+    step("Index tuning: metric back to euclidean", lambda: choose_option(driver, "Metric", "Euclidean"))
+    step("Index tuning: metric to cosine again", lambda: choose_option(driver, "Metric", "Cosine"))
+    step("Model comparison: cold", lambda: driver.get(f"{server.url}/Model_comparison"))
+    assert page_errors(driver) == [], page_errors(driver)
+    step("Model comparison: metric to cosine", lambda: choose_option(driver, "Metric", "Cosine"))
+    step(
+        "Search: Fastest at a recall",
+        lambda: (driver.get(f"{server.url}/Search"), time.sleep(3), choose_radio(driver, "Fastest at a recall")),
+    )
+    step("Search: Fastest at a recall, cosine", lambda: choose_option(driver, "Metric", "Cosine"))
+    assert "validation queries" in body_text(driver)
+    assert cut == {}, cut
+    print({name: round(seconds, 1) for name, seconds in times.items()})

@@ -44,20 +44,23 @@ def test_user_caused_argument_errors_are_cbir_errors() -> None:
 
 
 def test_import_sets_no_environment_variable() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "TF_CPP_MIN_LOG_LEVEL")}
+    names = ("OPENBLAS_THREAD_TIMEOUT", "TF_CPP_MIN_LOG_LEVEL", "OMP_WAIT_POLICY")
+    env = {k: v for k, v in os.environ.items() if k not in names}
     code = (
         "import os, cbir, cbir.evaluation.evaluate, cbir.service.search, cbir.features.workspace; "
-        "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+        f"print(*(os.environ.get(name) for name in {names!r}))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["None", "None"]
+    assert out.split() == ["None", "None", "None"]
 
 
 def test_entry_points_quiet_the_native_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # an explicit choice wins
     config.quiet_native_libraries()
     assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "4" and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_missing_open_clip_art_is_a_user_error(
@@ -67,3 +70,48 @@ def test_missing_open_clip_art_is_a_user_error(
     monkeypatch.setenv("CBIR_OPENCLIPART_DIR", str(tmp_path / "not-installed"))
     assert cli.main(["openclipart", "--out", str(tmp_path / "out")]) == 2
     assert "apt-get install openclipart-png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["evaluate", "--index", "lsh", "-g", "0"], "-g/--n-tables"),
+        (["evaluate", "-H", "-2"], "-H/--n-projections"),
+        (["evaluate", "-w", "0"], "-w/--bucket-width"),
+        (["evaluate", "--probes", "-1"], "--probes"),
+        (["evaluate", "--k", "0"], "--k"),
+        (["evaluate", "--seed", "x"], "--seed"),
+        (["evaluate", "--metric", "manhattan"], "--metric"),
+        (["sweep", "--g", "2,0"], "--g"),
+        (["sweep", "--w", "1,nan"], "--w"),
+        (["sweep", "--budget", "-5"], "--budget"),
+        (["extract", "--batch-size", "0"], "--batch-size"),
+        (["extract", "--cpus-per-actor", "0"], "--cpus-per-actor"),
+        (["openclipart", "--workers", "0"], "--workers"),
+        (["analyze", "--max-samples", "0"], "--max-samples"),
+        (["report", "--k", "-1"], "--k"),
+        (["finetune", "--max-epochs", "0"], "--max-epochs"),
+        (["index", "build", "--kind", "lsh", "-w", "-1"], "-w/--bucket-width"),
+        (["index", "build", "--kind", "annoy"], "--kind"),
+    ],
+)
+def test_bad_parameters_end_in_one_line_naming_them(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {option}:" in err, err
+    assert "Traceback" not in err and "usage:" not in err
+
+
+def test_the_issue_command_prints_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cbir", "evaluate", "--index", "lsh", "-g", "0"],
+        capture_output=True,
+        text=True,
+        cwd=config.PROJECT_ROOT,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "python -m cbir evaluate: error: argument -g/--n-tables: must be >= 1, got 0\n"

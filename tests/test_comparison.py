@@ -17,8 +17,7 @@ from cbir.core.names import INDEX_LABELS, REFERENCE_KINDS
 from cbir.evaluation import comparison, tuning
 from cbir.evaluation.evaluate import EvaluationResult
 from cbir.features import workspace
-from cbir.indexes import widths
-from cbir.service import search
+from cbir.indexes import registry, widths
 
 REFERENCES = {INDEX_LABELS[kind] for kind in REFERENCE_KINDS}
 
@@ -70,7 +69,7 @@ def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> No
         sweeps.append(path)
         return tuning.sweep_table(tuning.split_for(path, version), metric, grid)
 
-    def evaluate(path: str, version: int, config: search.IndexConfig, with_distractors: bool) -> EvaluationResult:
+    def evaluate(path: str, version: int, config: registry.IndexConfig, with_distractors: bool) -> EvaluationResult:
         evaluations.append(config)
         return tuning.evaluate_for(path, version, config, with_distractors)
 
@@ -81,14 +80,34 @@ def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> No
     assert recommended is not None and recommended.label in result.table["config"].tolist()
 
 
+def test_a_kept_comparison_is_read_back_and_made_again_for_a_new_version(tmp_path: Path) -> None:
+    feature_sets = _two_feature_sets(tmp_path)[:1]
+    calls = []
+
+    def evaluate(path: str, version: int, config: registry.IndexConfig, with_distractors: bool) -> EvaluationResult:
+        calls.append(config)
+        return tuning.evaluate_for(path, version, config, with_distractors)
+
+    first = comparison.compare(feature_sets, recommended=False, evaluate=evaluate, references=False, keep=True)
+    n_jobs = len(calls)
+    again = comparison.compare(feature_sets, recommended=False, evaluate=evaluate, references=False, keep=True)
+    assert len(calls) == n_jobs  # read back: nothing evaluated
+    pd.testing.assert_frame_equal(again.table, first.table)
+    ((label, path, version),) = feature_sets
+    comparison.compare(((label, path, version + 1),), recommended=False, evaluate=evaluate, references=False, keep=True)
+    assert len(calls) == 2 * n_jobs  # a changed feature set: evaluated again
+    analysis = comparison.distance_analysis_for(path, version, keep=True)
+    pd.testing.assert_frame_equal(comparison.distance_analysis_for(path, version, keep=True).table, analysis.table)
+
+
 def test_comparison_uses_the_recommended_lsh_setting() -> None:
     feature_set = synthetic_feature_set()
     width = widths.default_width(tuning.searchable_features(feature_set))
     grid = {"n_tables": [2, 7], "n_projections": [1, 2], "bucket_width": [width]}
     sweep = tuning.sweep_table(tuning.evaluation_split(feature_set), grid=grid)
     configs = comparison.comparison_configs(feature_set, sweep=sweep)
-    assert configs[0] == search.IndexConfig("scan") and configs[1] == tuning.recommended_config(sweep, 100)
-    assert configs[2] == search.IndexConfig("hnsw")
+    assert configs[0] == registry.IndexConfig("scan") and configs[1] == tuning.recommended_config(sweep, 100)
+    assert configs[2] == registry.IndexConfig("hnsw")
     assert [config.kind for config in configs[3:]] == ["ivf_flat", "hnswlib", "cross_polytope"]
     # cross-polytope as the tuning page's reference line draws it (L=8, 10 bits), at T=8
     assert (configs[5].n_tables, configs[5].bits, configs[5].probes) == (8, 10, comparison.COMPARISON_POLYTOPE_PROBES)

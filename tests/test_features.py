@@ -12,15 +12,8 @@ import pytest
 
 from cbir.core.storage import ArtifactError
 from cbir.data.collection import scan_collection
-from cbir.features.extractor import (
-    FeatureExtractor,
-    extract_collection,
-    feature_path,
-    legacy_path,
-    load_features,
-    model_device,
-    read_meta,
-)
+from cbir.features.extractor import FeatureExtractor, extract_collection, feature_path, legacy_path, model_device
+from cbir.features.sources import load_features, read_meta
 from cbir.features.store import is_store, write_store
 from tests.conftest import write_image
 

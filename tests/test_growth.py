@@ -19,21 +19,12 @@ from PIL import Image
 from cbir.cli.main import main
 from cbir.data.collection import scan_collection
 from cbir.features import store as feature_store
-from cbir.features.extractor import extract_collection, load_features
+from cbir.features.extractor import extract_collection
+from cbir.features.sources import load_features
 from cbir.features.store import read_manifest
 from cbir.indexes.registry import IndexConfig
 from cbir.service import growth
 from cbir.service.search import SearchEngine, search_engine_for
-
-
-@pytest.fixture
-def grown(tmp_path: Path) -> tuple[Path, Path]:
-    """(collection, store): copies of 15 real images + 3 distractors, features by :class:`PixelExtractor`."""
-    require(REAL_COLLECTION.is_dir(), f"no default collection at {REAL_COLLECTION} (python -m cbir openclipart)")
-    root = copy_real_collection(tmp_path / "collection")
-    store = tmp_path / "features" / "pixels"
-    extract_collection(scan_collection(root), PixelExtractor(), out_path=store)
-    return root, store
 
 
 def _new_image() -> Path:
@@ -179,6 +170,31 @@ def test_remove_tombstones_every_store_and_moves_the_file(grown: tuple[Path, Pat
         growth.remove_images(store, [gone])
 
 
+def test_restore_undoes_a_removal_in_every_store(grown: tuple[Path, Path]) -> None:
+    root, store = grown
+    other = store.parent / "pixels-copy"
+    shutil.copytree(store, other)
+    before = load_features(store)
+    gone = before.catalog["relpath"].iloc[4]
+    growth.remove_images(store, [gone])
+    assert growth.removed_images(store)["relpath"].tolist() == [gone]
+    report = growth.restore_images(store, [gone])
+    assert report.images["relpath"].tolist() == [gone] and report.n_images == len(before.catalog)
+    assert (root / gone).is_file() and not (root / growth.REMOVED_FOLDER / gone).exists()
+    for path in (store, other):
+        after = load_features(path)
+        assert after.catalog["relpath"].tolist() == before.catalog["relpath"].tolist()
+        np.testing.assert_array_equal(after.features, before.features)
+    assert growth.removed_images(store).empty
+    with pytest.raises(growth.GrowthError, match="not removed"):
+        growth.restore_images(store, [gone])
+    # a removed image whose place was taken by a new file is not restored over it
+    growth.remove_images(store, [gone])
+    (root / gone).write_bytes(b"another file")
+    with pytest.raises(growth.GrowthError, match="another file"):
+        growth.restore_images(store, [gone])
+
+
 def test_legacy_joblib_feature_sets_say_how_to_convert(grown: tuple[Path, Path], tmp_path: Path) -> None:
     _, store = grown
     legacy = Path(save_feature_set(load_features(store), tmp_path / "old.joblib"))
@@ -210,6 +226,15 @@ def test_the_shared_engine_follows_the_store_without_refitting(grown: tuple[Path
         answer = engine.query(image, config)
         assert f"training_set/animals/{image.name}" not in answer.results["relpath"].tolist()
     assert engine.n_objects == n and f"training_set/animals/{image.name}" not in engine.catalog["relpath"].tolist()
+    # visited counts the live images only (the removed row stays in the fitted indexes as a tombstone)
+    assert engine.query(image, scan).visited == n
+    assert all(engine.query(image, config).visited <= n for config in (lsh, IndexConfig("ivf_flat")))
+    # undo: the file comes back, its stored features answer again (nothing recomputed), in every session
+    restored = growth.restore_images(store, [f"training_set/animals/{image.name}"])
+    assert restored.n_images == n + 1 and (_root / f"training_set/animals/{image.name}").is_file()
+    answer = engine.query(image, scan)
+    assert answer.results["relpath"].iloc[0] == f"training_set/animals/{image.name}"
+    assert answer.visited == answer.n_objects == n + 1 == engine.n_objects
 
 
 def test_engine_answers_while_another_thread_adds(grown: tuple[Path, Path]) -> None:
@@ -244,8 +269,9 @@ def test_engine_answers_while_another_thread_adds(grown: tuple[Path, Path]) -> N
 
 def test_cli_add_and_remove(grown: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     _root, store = grown
-    monkeypatch.setattr("cbir.service.search.make_extractor", lambda spec, warm_up=True: PixelExtractor())
-    monkeypatch.setattr("cbir.service.search.extractor_spec", lambda meta: None)
+    for module in ("cbir.features.query_model", "cbir.service.search"):  # growth's model and the engine's
+        monkeypatch.setattr(f"{module}.make_extractor", lambda spec, warm_up=True: PixelExtractor())
+        monkeypatch.setattr(f"{module}.extractor_spec", lambda meta: None)
     image = _new_image()
     assert main(["add", str(image), "--label", "animals", "--features", str(store)]) == 0
     out = capsys.readouterr().out
@@ -256,6 +282,13 @@ def test_cli_add_and_remove(grown: tuple[Path, Path], monkeypatch: pytest.Monkey
     assert "removed 1 image" in capsys.readouterr().out
     assert main(["remove", "no/such.jpg", "--features", str(store)]) == 2
     assert "not in the feature set" in capsys.readouterr().err
+    assert main(["restore", "--features", str(store)]) == 0  # lists what can be restored
+    assert f"training_set/animals/{image.name}" in capsys.readouterr().out
+    assert main(["restore", f"training_set/animals/{image.name}", "--features", str(store)]) == 0
+    assert "restored 1 image" in capsys.readouterr().out
+    assert f"training_set/animals/{image.name}" in load_features(store).catalog["relpath"].tolist()
+    assert main(["restore", f"training_set/animals/{image.name}", "--features", str(store)]) == 2
+    assert "not removed" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from benchmarks.load import (
     streamlit_server,
 )
 from cbir.core import config
-from cbir.features.extractor import load_features
+from cbir.features.sources import load_features
 from cbir.features.store import read_manifest
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]

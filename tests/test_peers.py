@@ -14,7 +14,7 @@ from cbir.core.metrics import recall_at_k
 from cbir.core.names import REFERENCE_KINDS
 from cbir.evaluation.evaluate import split_collection
 from cbir.evaluation.tuning import fastest_config, reference_configs, reference_sweep, sweep_table
-from cbir.features.extractor import FeatureSet, load_features
+from cbir.features.sources import FeatureSet, load_features
 from cbir.indexes.base import BUILD_STAGE, NOT_COUNTED, BaseIndex
 from cbir.indexes.lsh import LSHIndex
 from cbir.indexes.polytope import CrossPolytopeIndex

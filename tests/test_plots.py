@@ -164,3 +164,14 @@ def test_reference_lines_ending_together_write_no_colliding_labels() -> None:
     ]
     assert all("text" not in t.mode for t in fig.data)  # nothing written on the chart
     assert [t.text[-1].split("<br>")[0] for t in references] == ["HNSW (faiss) ef 256", "HNSW (hnswlib) ef 128"]
+
+
+def test_map_vs_w_tells_every_line_apart_and_names_k() -> None:
+    rows = [
+        {"index": "lsh", "n_tables": g, "n_projections": h, "bucket_width": w, "map": 0.1 * g + 0.01 * h + w / 100}
+        for g, h, w in itertools.product((1, 2, 4, 7, 10), (1, 2, 4, 8), (1.0, 2.0, 4.0))
+    ]
+    fig = fig_map_vs_w(pd.DataFrame(rows))
+    styles = {(trace.line.color, trace.line.dash) for trace in fig.data}
+    assert len(fig.data) == 20 and len(styles) == 20  # no two lines look alike
+    assert fig.layout.yaxis.title.text == "mAP@10"

@@ -53,7 +53,7 @@ def test_start_up_lines_are_dropped_and_errors_kept(tmp_path: Path) -> None:
     (package / "__init__.py").write_text(f"import os\nos.write(2, {banner!r})\n")
     quiet = run_python(
         "-c",
-        "import sys; from cbir import config; config.quiet_native_libraries(); import tensorflow; "
+        "import sys; from cbir.core import config; config.quiet_native_libraries(); import tensorflow; "
         "print('after', file=sys.stderr)",
         extra_path=tmp_path / "fake",
     )
@@ -68,7 +68,7 @@ def test_start_up_lines_are_dropped_and_errors_kept(tmp_path: Path) -> None:
 def test_quiet_native_libraries_twice_installs_one_filter() -> None:
     out = run_python(
         "-c",
-        "import sys; from cbir import config; config.quiet_native_libraries(); config.quiet_native_libraries(); "
+        "import sys; from cbir.core import config; config.quiet_native_libraries(); config.quiet_native_libraries(); "
         "print(sum(type(f).__name__ == '_QuietImportFinder' for f in sys.meta_path))",
     )
     assert out.stdout.strip() == "1", out.stderr

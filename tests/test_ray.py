@@ -13,7 +13,8 @@ from cbir.cli import main as cli
 from cbir.core.storage import ArtifactError
 from cbir.data.cleaning import clean_collection
 from cbir.data.collection import scan_collection
-from cbir.features.extractor import FeatureExtractor, extract_collection, load_features
+from cbir.features.extractor import FeatureExtractor, extract_collection
+from cbir.features.sources import load_features
 from tests.conftest import write_image
 
 ray = pytest.importorskip("ray")

@@ -1,7 +1,9 @@
 """End to end on real images with real ImageNet features: the default Open Clip Art collection and
 EfficientNet-Lite0 (both install offline), and the paper's own data when ``../shared/data`` has it.
 
-The feature set is computed once into the real ``artifacts/`` (about 4 minutes on 2 cores) and reused after.
+The tests read the real ``artifacts/`` and never write them (a running app would reload mid-test): the default
+feature set is the one ``python -m cbir extract`` wrote; when there is none, it is extracted into a temporary folder
+(about 4 minutes on 2 cores). :func:`test_real_artifacts_are_not_written` checks the files' mtimes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from cbir.data.openclipart import build_collection
 from cbir.data.samples import sample_photos
 from cbir.evaluation.evaluate import evaluate, split_collection
 from cbir.evaluation.report import feature_set_row
-from cbir.features.extractor import FeatureExtractor, FeatureSet, extract_collection
+from cbir.features.extractor import FeatureExtractor, extract_collection
+from cbir.features.sources import FeatureSet
+from cbir.features.workspace import FeatureSetNotFoundError, resolve_feature_set
 from cbir.indexes.base import l2_normalize
 from cbir.indexes.lsh import LSHIndex
 from cbir.indexes.scan import SequentialScan
@@ -31,14 +35,46 @@ from tests.conftest import require
 pytestmark = [pytest.mark.integration, pytest.mark.real_artifacts, pytest.mark.slow]
 
 
+def _artifact_mtimes() -> dict[str, int]:
+    """mtime (ns) of every file under the real artifacts' collections, features and hygiene folders."""
+    root = config.artifacts_dir()
+    return {
+        str(path): path.stat().st_mtime_ns
+        for folder in ("collections", "features", "hygiene")
+        if (root / folder).is_dir()
+        for path in (root / folder).resolve().rglob("*")
+        if path.is_file()
+    }
+
+
 @pytest.fixture(scope="module")
-def default_features() -> FeatureSet:
+def real_mtimes() -> dict[str, int]:
+    """The real artifacts' mtimes before this module's first test."""
+    return _artifact_mtimes()
+
+
+@pytest.fixture(scope="module")
+def default_features(real_mtimes: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -> FeatureSet:
+    """The default collection's EfficientNet-Lite0 ImageNet feature set, read; extracted into a temporary folder
+    when it does not exist (the real artifacts are never written)."""
+    try:
+        return resolve_feature_set(backbone="efficientnet_lite0", weights="imagenet")
+    except FeatureSetNotFoundError:
+        pass
     source = config.openclipart_dir()
     require(source.is_dir(), f"no Open Clip Art at {source} (apt-get install openclipart-png)")
+    scratch = tmp_path_factory.mktemp("real-artifacts")
     collection = config.default_collection()
-    build_collection(collection, workers=2)  # no-op when already built
-    catalog, _ = clean_collection(collection)  # what `python -m cbir extract` indexes
-    return extract_collection(catalog, FeatureExtractor("efficientnet_lite0", batch_size=32))
+    if not collection.is_dir():
+        collection = scratch / "openclipart"
+        build_collection(collection, workers=2)
+    with pytest.MonkeyPatch.context() as patch:  # the hygiene cache of the extraction goes to the scratch folder
+        patch.setenv("CBIR_ARTIFACTS", str(scratch))
+        (scratch / "weights").symlink_to(config.PROJECT_ROOT / "artifacts" / "weights", target_is_directory=True)
+        catalog, _ = clean_collection(collection)  # what `python -m cbir extract` indexes
+        return extract_collection(
+            catalog, FeatureExtractor("efficientnet_lite0", batch_size=32), out_path=scratch / "features"
+        )
 
 
 def test_collection_and_features_are_real(default_features: FeatureSet) -> None:
@@ -93,7 +129,9 @@ def test_collection_has_no_copies_and_no_query_has_one_in_the_index(default_feat
 def test_no_blank_image_is_indexed_and_photos_get_drawings(default_features: FeatureSet) -> None:
     fs = default_features
     indexed = fs.catalog[fs.roles != "query"]
-    fingerprints, errors = fingerprint_files(indexed["path"].tolist(), cache=FingerprintCache(fingerprint_cache_path()))
+    cache = FingerprintCache(fingerprint_cache_path())
+    cache.path = None  # read the real cache, never write it
+    fingerprints, errors = fingerprint_files(indexed["path"].tolist(), cache=cache)
     assert not errors
     content = np.array([fp.content_fraction for fp in fingerprints])
     assert (content >= 0.01).all(), indexed["relpath"].to_numpy()[content < 0.01][:10]
@@ -129,7 +167,7 @@ def test_report_row(default_features: FeatureSet) -> None:
     assert len(table) == 5 * 4 * 4 * 2
 
 
-def test_paper_data_when_present(paper_data: Path) -> None:
+def test_paper_data_when_present(paper_data: Path, tmp_path: Path) -> None:
     """The paper's layout (training_set/validation_set, + MIRFlickr distractors) scans as it is."""
     catalog = scan_collection(paper_data)
     assert (catalog.images["role"] == "index").sum() > 0
@@ -140,6 +178,13 @@ def test_paper_data_when_present(paper_data: Path) -> None:
     result = extract_collection(
         checked,
         FeatureExtractor("efficientnet_lite0", batch_size=8),
-        out_path=Path(config.artifacts_dir()) / "paper_sample.joblib",
+        out_path=tmp_path / "paper_sample.joblib",
     )
     assert len(result.features) + len(result.report) == len(sample)
+
+
+def test_real_artifacts_are_not_written(default_features: FeatureSet, real_mtimes: dict[str, int]) -> None:
+    """Run last in this module: no file of the real artifacts was added, removed or touched by its tests."""
+    assert len(default_features.features) > 0
+    assert real_mtimes, "the real artifacts hold files"
+    assert _artifact_mtimes() == real_mtimes

@@ -14,8 +14,8 @@ from PIL import Image
 
 from cbir.evaluation import tuning
 from cbir.features.backbones import WeightsNotFoundError
-from cbir.features.extractor import FeatureSet
 from cbir.features.query_model import ExtractorSpec, extractor_spec, make_extractor
+from cbir.features.sources import FeatureSet
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
 from cbir.service.search import SearchEngine
 

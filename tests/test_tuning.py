@@ -13,8 +13,7 @@ from builders import save_feature_set, synthetic_feature_set
 
 from cbir.evaluation import tuning
 from cbir.features import workspace
-from cbir.indexes import widths
-from cbir.service import search
+from cbir.indexes import registry, widths
 
 
 def test_default_width_and_slider_range() -> None:
@@ -33,11 +32,11 @@ def test_default_width_and_slider_range() -> None:
 
 def test_evaluate_config_scan_vs_lsh_and_slider_directions() -> None:
     feature_set = synthetic_feature_set()
-    scan = tuning.evaluate_config(feature_set, search.IndexConfig())
+    scan = tuning.evaluate_config(feature_set, registry.IndexConfig())
     assert scan.map > 0.9 and scan.visited_fraction == 1.0 and scan.n_queries == 20
     assert scan.recall == 1.0  # the scan is its own reference
     assert scan.n_indexed == 100  # 80 index + 20 distractors
-    assert tuning.evaluate_config(feature_set, search.IndexConfig(), with_distractors=False).n_indexed == 80
+    assert tuning.evaluate_config(feature_set, registry.IndexConfig(), with_distractors=False).n_indexed == 80
     base = tuning.default_lsh_config(tuning.searchable_features(feature_set))
 
     def visited(**changes: float) -> float:
@@ -74,6 +73,26 @@ def test_background_sweep_of_a_feature_set(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(background[figures], in_memory[figures])
 
 
+def test_the_sweep_is_kept_on_disk_and_made_again_for_a_new_version(tmp_path: Path, monkeypatch) -> None:
+    path = save_feature_set(synthetic_feature_set(), tmp_path / "synthetic.joblib")
+    version = workspace.file_version(path)
+    first = tuning.sweep_for(path, version, "cosine")
+    assert tuning.sweep_cache_file(path, version, "cosine", True).is_file()
+    assert tuning.sweep_cache_file(path, version, "euclidean", True) != tuning.sweep_cache_file(
+        path, version, "cosine", True
+    )
+    computed = []
+    real_sweep_table = tuning.sweep_table
+    monkeypatch.setattr(tuning, "sweep_table", lambda *a, **kw: computed.append(1) or real_sweep_table(*a, **kw))
+    again = tuning.sweep_for(path, version, "cosine")  # a later process: read back, nothing computed
+    assert computed == []
+    pd.testing.assert_frame_equal(again, first)
+    tuning.sweep_for(path, version + 1, "cosine")  # the feature set changed: computed again
+    assert computed == [1]
+    tuning.sweep_for(path, version + 2, "cosine", kept_as=version)  # grown in place: the kept sweep is reused
+    assert computed == [1]
+
+
 def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     feature_set = synthetic_feature_set()
     path = save_feature_set(feature_set, tmp_path / "synthetic.joblib")
@@ -95,7 +114,7 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
     assert tuning.recommended_config(table, n_indexed=100, budget_fraction=-1.0) is None
     # the tuning page's slider evaluation of a sweep point gives the sweep's figures
     for _, row in table.iterrows():
-        result = tuning.evaluate_for(path, version, search.IndexConfig.from_row(row))
+        result = tuning.evaluate_for(path, version, registry.IndexConfig.from_row(row))
         if row["index"] in ("hnsw", "hnswlib"):  # graphs built in parallel threads: the same up to insertion order
             assert abs(result.recall - row["recall"]) <= 0.05
         else:
@@ -108,7 +127,7 @@ def test_nearest_grid_point() -> None:
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_width_sample_gives_the_default_width_of_all_searchable_rows(metric: str) -> None:
-    from cbir.features.extractor import FeatureSet
+    from cbir.features.sources import FeatureSet
     from cbir.features.synthetic import hard_vectors, synthetic_catalog
 
     for n in (300, 3000):  # fewer and more searchable rows than the sample

@@ -19,10 +19,14 @@ from plotly.subplots import make_subplots
 
 from cbir.core.names import INDEX_LABELS, METRIC_LABELS
 from cbir.evaluation.sweep import pareto_frontier
+from cbir.indexes.registry import DEFAULT_K
 
 # what a figure calls a result column: in a title, on an axis
 _NAMES = {"map": "mAP", "recall": "Recall"}
-_AXIS_TITLES = {"map": "mAP@k", "recall": "recall@k vs exact scan"}
+MAP_AXIS = f"mAP@{DEFAULT_K}"
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+_DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
+_AXIS_TITLES = {"map": f"mAP@{DEFAULT_K}", "recall": f"recall@{DEFAULT_K} vs exact scan"}
 
 
 def _require(df: pd.DataFrame, columns: list[str]) -> None:
@@ -238,7 +242,7 @@ def fig_map_vs_h(sweep_df: pd.DataFrame, g: int) -> go.Figure:
     fig.update_layout(
         title=f"mAP vs h (g = {g})",
         xaxis={"title": "h (hash functions per table)", "dtick": 1},
-        yaxis={"title": "mAP@k"},
+        yaxis={"title": MAP_AXIS},
     )
     return fig
 
@@ -251,7 +255,7 @@ def fig_map_visited_vs_g(sweep_df: pd.DataFrame, h: int) -> go.Figure:
     _require(sweep_df, ["n_tables", "n_projections", "bucket_width", "map", "mean_visited"])
     rows = _pick(_lsh_rows(sweep_df), "n_projections", h, "h")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("mAP", "visited objects per query"))
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    palette = _PALETTE
     for position, (width, group) in enumerate(rows.groupby("bucket_width", sort=True)):
         group = group.sort_values("n_tables")
         color = palette[position % len(palette)]
@@ -272,7 +276,7 @@ def fig_map_visited_vs_g(sweep_df: pd.DataFrame, h: int) -> go.Figure:
                 col=col,
             )
     fig.update_xaxes(title_text="g (hash tables)", dtick=1)
-    fig.update_yaxes(title_text="mAP@k", row=1, col=1)
+    fig.update_yaxes(title_text=MAP_AXIS, row=1, col=1)
     fig.update_yaxes(title_text="mean visited", row=1, col=2)
     fig.update_layout(title=f"mAP and visited objects vs g (h = {h})")
     return fig
@@ -283,6 +287,9 @@ def fig_map_vs_w(sweep_df: pd.DataFrame) -> go.Figure:
     _require(sweep_df, ["n_tables", "n_projections", "bucket_width", "map"])
     rows = _lsh_rows(sweep_df)
     fig = go.Figure()
+    # a colour per g and a dash per h: every line tells apart from the others, however many the grid has
+    tables = sorted(rows["n_tables"].unique())
+    projections = sorted(rows["n_projections"].unique())
     for (n_tables, n_projections), group in rows.groupby(["n_tables", "n_projections"], sort=True):
         group = group.sort_values("bucket_width")
         fig.add_trace(
@@ -291,9 +298,19 @@ def fig_map_vs_w(sweep_df: pd.DataFrame) -> go.Figure:
                 y=group["map"],
                 mode="lines+markers",
                 name=f"g={n_tables:.0f}, h={n_projections:.0f}",
+                line={
+                    "color": _PALETTE[tables.index(n_tables) % len(_PALETTE)],
+                    "dash": _DASHES[projections.index(n_projections) % len(_DASHES)],
+                },
             )
         )
-    fig.update_layout(title="mAP vs bucket width", xaxis={"title": "w (bucket width)"}, yaxis={"title": "mAP@k"})
+    fig.update_layout(
+        title="mAP vs bucket width (colour: g, dash: h)",
+        xaxis={"title": "w (bucket width)"},
+        yaxis={"title": MAP_AXIS},
+        height=560,  # the legend below the axes lists every line
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2},
+    )
     return fig
 
 
@@ -311,7 +328,7 @@ def fig_per_class_map(per_class_df: pd.DataFrame) -> go.Figure:
             name="mAP",
         )
     )
-    fig.update_layout(title="mAP per class", xaxis={"title": "class"}, yaxis={"title": "mAP@k", "range": [0, 1.05]})
+    fig.update_layout(title="mAP per class", xaxis={"title": "class"}, yaxis={"title": MAP_AXIS, "range": [0, 1.05]})
     return fig
 
 

@@ -18,16 +18,18 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
+from cbir.app import formats
 from cbir.core import config
 from cbir.core.errors import CbirError
 from cbir.data import query
 from cbir.evaluation import comparison, tuning
 from cbir.evaluation import evaluate as evaluation
-from cbir.features import workspace
+from cbir.features import query_model, workspace
+from cbir.indexes import registry
 from cbir.service import growth, search
 
 if TYPE_CHECKING:
-    from cbir.features.extractor import FeatureExtractor
+    from cbir.features.query_model import ExtractorSpec
 
 FEATURE_SET_KEY = "feature_set"  # session-state key of the feature set chosen in the sidebar, read by every page
 NAV_KEY, GOTO_KEY = "cbir-nav", "cbir-goto"  # "app.py routed this session" / "page to open after routing"
@@ -40,27 +42,26 @@ NO_FEATURE_SET = "No feature set yet: open the Home page and build the collectio
 feature_sets = st.cache_data(ttl=60, show_spinner=False)(workspace.complete_feature_sets)
 collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection…")(workspace.collection_status)
 lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
-distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analysis_for)
-hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)
-make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.make_extractor)
+distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analysis_for)  # called with keep=True
+hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)  # called with keep=True
+make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.shared_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
 
 
 @st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)
-def search_engine(path: str, version: int, _extractor: FeatureExtractor | None = None) -> search.SearchEngine:
-    """:func:`cbir.service.search.search_engine_for`, one per feature set shared by every session (it is
-    thread-safe)."""
-    return search.search_engine_for(path, version, _extractor)
+def search_engine(path: str, version: int, spec: ExtractorSpec | None = None) -> search.SearchEngine:
+    """:func:`cbir.service.search.shared_engine`: one per feature set and model in the process, shared by every
+    session (it is thread-safe) and by the warm start (:func:`warm_start`)."""
+    return search.shared_engine(path, version, spec)
 
 
 def search_engine_with_model(path: str) -> search.SearchEngine:
-    """The shared :func:`search_engine` of the feature set at ``path``, with the (cached) model that computed it.
+    """The shared :func:`search_engine` of the feature set at ``path``, with the model that computed it.
     Keyed by :func:`cbir.features.workspace.base_version`: images added or removed in place do not rebuild it (the
-    engine
-    applies them itself on its next query), a new extraction does. Raises :class:`~cbir.core.errors.CbirError` (or
-    ``FileNotFoundError``) when that model cannot be loaded."""
-    extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path).meta))
-    return search_engine(path, workspace.base_version(path), _extractor=extractor)
+    engine applies them itself on its next query), a new extraction does. Raises
+    :class:`~cbir.core.errors.CbirError` (or ``FileNotFoundError``) when that model cannot be loaded."""
+    spec = search.extractor_spec(workspace.load_feature_set(path).meta)
+    return search_engine(path, workspace.base_version(path), spec)
 
 
 def search_engine_without_model(path: str) -> search.SearchEngine:
@@ -69,15 +70,81 @@ def search_engine_without_model(path: str) -> search.SearchEngine:
     return search_engine(path, workspace.base_version(path))
 
 
-def add_to_collection(engine: search.SearchEngine, name: str, data: bytes, label: str | None) -> growth.GrowthReport:
+@st.cache_resource(show_spinner=False)
+def warm_start() -> search.WarmStart:
+    """Once per server process: :func:`cbir.service.search.warm_start` in a background thread (kernels, the newest
+    feature set, its model and engine, its fresh saved indexes), so the first query does not pay for them."""
+    report, _thread = search.warm_start()
+    return report
+
+
+def add_to_collection(
+    engine: search.SearchEngine, name: str, data: bytes, label: str | None, allow_duplicates: bool = False
+) -> growth.GrowthReport:
     """Add an uploaded image to the collection of the engine's feature set (:func:`cbir.service.growth.add_images`) with
     the engine's model; the feature-set list and collection caches are cleared so every page sees it."""
     assert engine.path is not None
-    report = growth.add_images(engine.path, [(name, data)], label, extractor=engine.extractor)
+    report = growth.add_images(
+        engine.path, [(name, data)], label, extractor=engine.extractor, allow_duplicates=allow_duplicates
+    )
+    _changed(engine)
+    return report
+
+
+def _changed(engine: search.SearchEngine) -> None:
     engine.refresh()
     feature_sets.clear()
     collection_status.clear()
+
+
+def restore_to_collection(engine: search.SearchEngine, relpath: str) -> growth.GrowthReport:
+    """Undo the removal of ``relpath`` (:func:`cbir.service.growth.restore_images`), as :func:`add_to_collection`."""
+    assert engine.path is not None
+    report = growth.restore_images(engine.path, [relpath])
+    _changed(engine)
     return report
+
+
+STATUS_KEY = "cbir-status"  # session-state key of the page's status line: (kind, markdown, relpath to undo or None)
+
+
+def set_status(kind: str, text: str, undo: str | None = None) -> None:
+    """Say what an action did (``kind``: "success" or "error") in the status line and a toast on the next run (the
+    action's own controls may be out of sight by then); ``undo``: a removed image's relpath, offered back."""
+    st.session_state[STATUS_KEY] = (kind, formats.sentence(text), undo, True)
+
+
+def status_line(engine: search.SearchEngine) -> None:
+    """The status line :func:`set_status` filled (it stays until the next action), with an Undo button after a
+    removal; a toast too on the run right after the action."""
+    status = st.session_state.get(STATUS_KEY)
+    if status is None:
+        return
+    kind, text, undo, fresh = status
+    if fresh:
+        st.toast(text, icon=":material/error:" if kind == "error" else ":material/check_circle:")
+        st.session_state[STATUS_KEY] = (kind, text, undo, False)
+    box, button = st.columns([6, 1], vertical_alignment="center")
+    (box.error if kind == "error" else box.success)(text)
+    if undo is not None and button.button("Undo", key="cbir-undo", help=f"Put {undo} back in the collection"):
+        try:
+            report = restore_to_collection(engine, undo)
+        except CbirError as exc:
+            set_status("error", str(exc))
+        else:
+            set_status(
+                "success",
+                f"Restored **{formats.file_first(undo)}** in {report.seconds:.2f} s ({report.n_images:,} images).",
+            )
+        st.rerun()
+
+
+def without_query(answer: search.QueryAnswer, row: int, k: int) -> search.QueryAnswer:
+    """``answer`` (of ``k + 1`` results) without the engine row ``row`` (a collection image searched for itself
+    would fill a slot with itself as #1), cut to ``k`` results and ranked again."""
+    results = answer.results[answer.results["id"] != row].head(k).reset_index(drop=True)
+    answer.results = results.assign(rank=range(1, len(results) + 1))
+    return answer
 
 
 def remove_from_collection(engine: search.SearchEngine, relpath: str) -> growth.GrowthReport:
@@ -85,9 +152,7 @@ def remove_from_collection(engine: search.SearchEngine, relpath: str) -> growth.
     :func:`add_to_collection`."""
     assert engine.path is not None
     report = growth.remove_images(engine.path, [relpath])
-    engine.refresh()
-    feature_sets.clear()
-    collection_status.clear()
+    _changed(engine)
     return report
 
 
@@ -151,7 +216,7 @@ def moving_bar(text: str) -> Iterator[Callable[[float, str], None]]:
 # every setting evaluated once stays cached, so moving a slider back to it is instant
 @st.cache_data(show_spinner=False, max_entries=1024)
 def evaluate(
-    path: str, version: int, config: search.IndexConfig, with_distractors: bool = True
+    path: str, version: int, config: registry.IndexConfig, with_distractors: bool = True
 ) -> evaluation.EvaluationResult:
     """:func:`cbir.evaluation.tuning.evaluate_for` behind a :func:`moving_bar` that moves at least every second or so
     while
@@ -168,7 +233,8 @@ def evaluate(
 @st.cache_data(show_spinner=False, max_entries=64)
 def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -> pd.DataFrame:
     """:func:`cbir.evaluation.tuning.sweep_for` behind a :func:`moving_bar` that moves within each setting too (see
-    :func:`evaluate`)."""
+    :func:`evaluate`), kept on disk until the feature set is extracted again (images added or removed in place
+    reuse it)."""
     rows = [0, 1]  # settings done, settings in all
     with moving_bar("Background sweep…") as update:
 
@@ -180,7 +246,10 @@ def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -
             share = (rows[0] + done / max(total, 1)) / rows[1]
             update(share, f"Background sweep: setting {rows[0] + 1} of {rows[1]}, {_stage_text(stage, done, total)}")
 
-        return tuning.sweep_for(path, version, metric, with_distractors, progress=progress, detail=detail)
+        return tuning.sweep_for(
+            path, version, metric, with_distractors, progress=progress, detail=detail,
+            kept_as=workspace.base_version(path),
+        )  # fmt: skip
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -199,6 +268,7 @@ def compare(
             sweep=lambda path, version, metric: sweep(path, version, metric, True),
             evaluate=evaluate,
             references=references,
+            keep=True,
         )
 
 
@@ -217,7 +287,7 @@ def distance_analyses(feature_sets: Sequence[tuple[str, str, int]]) -> dict[str,
     with moving_bar("Sampling pairwise distances…") as update:
         for done, (label, path, version) in enumerate(feature_sets):
             update(done / len(feature_sets), f"Sampling pairwise distances: {label}")
-            analyses[label] = distance_analysis(path, version)
+            analyses[label] = distance_analysis(path, version, keep=True)
     return analyses
 
 
@@ -231,10 +301,10 @@ def hubness_analyses(
         for done, (label, path, version) in enumerate(feature_sets):
             update(done / len(feature_sets), f"Measuring hubness: {label}")
             try:
-                extractor = make_extractor(search.extractor_spec(workspace.load_feature_set(path, version).meta))
+                extractor = make_extractor(query_model.extractor_spec(workspace.load_feature_set(path, version).meta))
             except (CbirError, FileNotFoundError):
                 extractor = None
-            analyses[label] = hubness_analysis(path, version, metric, _extractor=extractor)
+            analyses[label] = hubness_analysis(path, version, metric, _extractor=extractor, keep=True)
     return analyses
 
 
@@ -283,3 +353,27 @@ def chosen_feature_set() -> tuple[str, str, int]:
 def with_versions(choices: dict[str, str], labels: Sequence[str]) -> tuple[tuple[str, str, int], ...]:
     """``(label, path, file version)`` of the chosen ``labels`` (hashable: a cache key)."""
     return tuple((label, choices[label], workspace.file_version(choices[label])) for label in labels)
+
+
+def table(
+    frame: pd.DataFrame,
+    names: dict[str, str] | None = None,
+    percent: tuple[str, ...] = formats.PERCENT_COLUMNS,
+    **kwargs: Any,
+) -> None:
+    """``st.dataframe`` of ``frame`` as a person reads it: human column names and blanks
+    (:func:`cbir.app.formats.human_columns`; ``percent``: fractions shown as percentages), the same decimals for the
+    same kind of figure (:data:`cbir.app.formats.COLUMN_FORMATS`), no index column; ``kwargs`` go to
+    ``st.dataframe``."""
+    shown = formats.human_columns(frame, names, percent)
+    percentages = {names[c] for c in percent if names and c in names}
+    column_config = {name: st.column_config.NumberColumn(name, format="%.1f") for name in percentages}
+    column_config |= {
+        name: st.column_config.NumberColumn(name, format=fmt)
+        for name, fmt in formats.COLUMN_FORMATS.items()
+        if name in shown.columns and pd.api.types.is_numeric_dtype(shown[name])
+    }
+    st.dataframe(
+        shown, width="stretch", hide_index=True, column_config={**column_config, **kwargs.pop("column_config", {})},
+        **kwargs,
+    )  # fmt: skip

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cbir.cli.args import non_negative_int, positive_float, positive_int
 from cbir.core import config
 
 if TYPE_CHECKING:  # imported lazily below: the package loads pandas, and `python -m cbir --help` should not wait
@@ -31,20 +32,6 @@ The saved feature models give fine-tuned retrieval features:
 
 def _weights_arg(value: str) -> str | None:
     return None if value.lower() in ("none", "random") else value
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return number
 
 
 def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -85,31 +72,31 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--lr",
-        type=_positive_float,
+        type=positive_float,
         default=PAPER_LR,
         help=f"Adam learning rate (default: the paper's {PAPER_LR:g}; it moves slowly, 1e-4 is quicker)",
     )
-    p.add_argument("--max-epochs", type=_positive_int, default=100, help="stop after this many epochs in all")
+    p.add_argument("--max-epochs", type=positive_int, default=100, help="stop after this many epochs in all")
     p.add_argument(
-        "--max-minutes", type=_positive_float, default=None, help="training time budget of this run; rerun to continue"
+        "--max-minutes", type=positive_float, default=None, help="training time budget of this run; rerun to continue"
     )
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument(
         "--patience",
-        type=_positive_int,
+        type=positive_int,
         default=10,
         help="early stopping: epochs without a lower validation loss (best weights are restored)",
     )
     p.add_argument(
         "--steps-per-epoch",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="batches per epoch (default: one pass); shorter epochs checkpoint more often",
     )
     p.add_argument("--freeze-bn", action="store_true", help="keep BatchNormalization layers frozen")
     p.add_argument("--restart", action="store_true", help="discard the checkpoint of an earlier run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=_positive_int, default=2, help="image decoding threads")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--workers", type=positive_int, default=2, help="image decoding threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars (epoch lines are still printed)")
     p.set_defaults(func=cmd_finetune)
     return p

@@ -16,7 +16,7 @@ def _feature_path(args: argparse.Namespace) -> Path:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from cbir.features.extractor import load_features
+    from cbir.features.sources import load_features
     from cbir.service.growth import add_images
 
     path = _feature_path(args)
@@ -39,6 +39,22 @@ def cmd_remove(args: argparse.Namespace) -> int:
     print(report.summary())
     if len(report.stores) > 1:
         print(f"removed from {len(report.stores)} feature sets of the collection")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from cbir.service.growth import removed_images, restore_images
+
+    path = _feature_path(args)
+    if not args.paths:
+        gone = removed_images(path)
+        if gone.empty:
+            print("no removed image can be restored")
+        for row in gone.itertuples():
+            print(f"{row.relpath}  {row.label if isinstance(row.label, str) else '(unlabelled)'}")
+        return 0
+    report = restore_images(path, args.paths)
+    print(report.summary())
     return 0
 
 
@@ -66,3 +82,14 @@ def add_growth_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", help="image paths, absolute or relative to the collection")
     add_feature_selection_args(p)
     p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser(
+        "restore",
+        help="undo remove: put removed images back in the collection and its feature sets",
+        description="Move removed images back from <collection>/.removed/ and take them out of the tombstones of "
+        "every feature set of the collection (their features were kept: nothing is re-extracted). Without paths, "
+        "list the images that can be restored.",
+    )
+    p.add_argument("paths", nargs="*", help="paths relative to the collection, as remove printed them")
+    add_feature_selection_args(p)
+    p.set_defaults(func=cmd_restore)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from cbir.cli.args import OneLineParser, positive_float, positive_int
 from cbir.cli.finetune import add_finetune_parser
 from cbir.cli.growth import add_growth_parsers
+from cbir.cli.indexes import add_index_parsers
 from cbir.cli.search import add_evaluate_parsers, add_feature_selection_args, load_selected_features
 from cbir.cli.serve import add_serve_parser
 from cbir.core import config
@@ -24,6 +26,7 @@ Typical first run (Open Clip Art + EfficientNet-Lite0 install offline):
   python -m cbir evaluate --backbone efficientnet_lite0 --index lsh -g 6 -H 4
   python -m cbir info                             # what is built
   python -m cbir add photo.jpg --label animals    # grow the collection in place (remove: the reverse)
+  python -m cbir index build --kind hnsw          # keep a fitted index on disk (the app loads it)
 
 A collection is a folder with one subfolder per class (or training_set/ and validation_set/ with one subfolder
 per class, as in the paper), optionally a distractors/ folder of unlabelled images.
@@ -215,15 +218,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m cbir", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("openclipart", help="build the default collection from Debian's openclipart-png")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the default collection)")
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--limit-per-class", type=int, default=None, help="keep only N images per category (tests)")
+    p.add_argument("--workers", type=positive_int, default=4)
+    p.add_argument("--limit-per-class", type=positive_int, default=None, help="keep only N images per category (tests)")
     p.set_defaults(func=cmd_openclipart)
 
     p = sub.add_parser("scan", help="decode every image of a collection and report the unusable ones")
@@ -233,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="compute (or update) the CNN features of a collection")
     add_collection_args(p)
     add_model_args(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--workers", type=positive_int, default=2, help="image decoding threads")
     p.add_argument(
         "--out", type=Path, default=None, help="feature store folder, or a .joblib file (default: under artifacts/)"
     )
@@ -245,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine", choices=["local", "ray"], default="local", help="in-process pipeline (default) or Ray Data"
     )
     p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
-    p.add_argument("--actors", type=int, default=1, help="model replicas on Ray")
+    p.add_argument("--actors", type=positive_int, default=1, help="model replicas on Ray")
     p.add_argument(
         "--decode",
         choices=["actor", "tasks"],
@@ -255,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cpus-per-actor",
-        type=float,
+        type=positive_float,
         default=None,
         help="CPUs Ray reserves for each model actor (default: a local Ray's CPUs shared among the actors; 1 on a "
         "cluster: give a node's CPU count to place one actor per node)",
@@ -270,12 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="mean distances / similarities of the features, overall and per class")
     add_feature_selection_args(p)
-    p.add_argument("--max-samples", type=int, default=3000)
+    p.add_argument("--max-samples", type=positive_int, default=3000)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("report", help="the README's results table: scan and best LSH mAP per feature set")
     p.add_argument("--collection", type=Path, default=None, help="collection folder (default: the default)")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=positive_int, default=10)
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--transpose", action="store_true", help="one column per feature set")
     p.add_argument("--no-photos", action="store_true", help="skip the hubness columns (out-of-domain photos)")
@@ -283,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate_parsers(sub)
     add_growth_parsers(sub)
+    add_index_parsers(sub)
     add_finetune_parser(sub)
     add_serve_parser(sub)
     return parser

@@ -8,41 +8,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from cbir.cli.args import list_of, non_negative_int, positive_float, positive_int
 from cbir.core.names import INDEX_KINDS, METRICS
 
 if TYPE_CHECKING:
-    from cbir.features.extractor import FeatureSet
-
-T = TypeVar("T")
+    from cbir.features.sources import FeatureSet
 
 
 def _format_float(value: float) -> str:
     return f"{value:.4f}"
 
 
-def _list_parser(convert: Callable[[str], T], kind: str) -> Callable[[str], list[T]]:
-    """An argparse ``type``: comma-separated ``kind`` (e.g. "integers") converted by ``convert``, at least one."""
-
-    def parse(text: str) -> list[T]:
-        try:
-            values = [convert(part) for part in text.split(",") if part.strip()]
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, got {text!r}") from exc
-        if not values:
-            raise argparse.ArgumentTypeError("expected at least one value")
-        return values
-
-    return parse
-
-
-_int_list = _list_parser(int, "integers")
-_float_list = _list_parser(float, "numbers")
+_int_list = list_of(positive_int, "integers >= 1")
+_probe_list = list_of(non_negative_int, "integers >= 0")
+_float_list = list_of(positive_float, "numbers > 0")
 
 
 def add_feature_selection_args(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +40,7 @@ def add_feature_selection_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_selected_features(args: argparse.Namespace) -> FeatureSet:
-    """The :class:`cbir.features.extractor.FeatureSet` named by the :func:`add_feature_selection_args` options."""
+    """The :class:`cbir.features.sources.FeatureSet` named by the :func:`add_feature_selection_args` options."""
     from cbir.features.workspace import resolve_feature_set  # imported late: pulls in the feature-extraction stack
 
     return resolve_feature_set(args.features, args.backbone, args.collection, args.weights)
@@ -65,9 +49,9 @@ def load_selected_features(args: argparse.Namespace) -> FeatureSet:
 def _add_common_args(parser: argparse.ArgumentParser) -> None:
     add_feature_selection_args(parser)
     parser.add_argument("--metric", choices=METRICS, default="euclidean")
-    parser.add_argument("--k", type=int, default=10, help="results per query and AP cut-off (default 10)")
+    parser.add_argument("--k", type=positive_int, default=10, help="results per query and AP cut-off (default 10)")
     parser.add_argument("--no-distractors", action="store_true", help="do not index the distractor images")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the LSH projections")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the LSH projections")
 
 
 def add_evaluate_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -77,10 +61,14 @@ def add_evaluate_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_common_args(p)
     p.add_argument("--index", choices=INDEX_KINDS, default="lsh")
-    p.add_argument("-g", "--n-tables", type=int, default=7, help="LSH hash tables (default 7, the paper's app)")
-    p.add_argument("-H", "--n-projections", type=int, default=2, help="hash functions per table (default 2)")
-    p.add_argument("-w", "--bucket-width", type=float, default=None, help="default: data-driven (see sweep)")
-    p.add_argument("--probes", type=int, default=0, help="multi-probe: extra buckets per table (default 0)")
+    p.add_argument(
+        "-g", "--n-tables", type=positive_int, default=7, help="LSH hash tables (default 7, the paper's app)"
+    )
+    p.add_argument("-H", "--n-projections", type=positive_int, default=2, help="hash functions per table (default 2)")
+    p.add_argument("-w", "--bucket-width", type=positive_float, default=None, help="default: data-driven (see sweep)")
+    p.add_argument(
+        "--probes", type=non_negative_int, default=0, help="multi-probe: extra buckets per table (default 0)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser("sweep", help="evaluate a grid of LSH settings; Pareto frontier and recommendation")
@@ -88,8 +76,8 @@ def add_evaluate_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--g", dest="grid_g", type=_int_list, default=[2, 4, 6, 8], help="tables, e.g. 2,4,6")
     p.add_argument("--h", dest="grid_h", type=_int_list, default=[2, 3, 4], help="projections per table")
     p.add_argument("--w", dest="grid_w", type=_float_list, default=None, help="bucket widths (default: ½,1,2×auto)")
-    p.add_argument("--probes", dest="grid_probes", type=_int_list, default=[0], help="multi-probe settings")
-    p.add_argument("--budget", type=float, default=None, help="recommend the best mAP visiting <= N objects")
+    p.add_argument("--probes", dest="grid_probes", type=_probe_list, default=[0], help="multi-probe settings")
+    p.add_argument("--budget", type=positive_float, default=None, help="recommend the best mAP visiting <= N objects")
     p.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
     p.add_argument("--no-scan", action="store_true", help="skip the exact-scan reference row")
     p.set_defaults(func=cmd_sweep)

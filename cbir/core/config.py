@@ -161,8 +161,9 @@ class _QuietImportFinder(importlib.abc.MetaPathFinder):
 
 def quiet_native_libraries() -> None:
     """Settings of the native libraries for the CLI and the app (an explicit environment value wins): no TensorFlow
-    start-up log lines, and OpenBLAS threads that sleep at once after a call. Only effective before TensorFlow,
-    respectively numpy, are loaded; calling it again changes nothing."""
+    start-up log lines, and OpenBLAS and OpenMP threads that sleep at once after a call. Only effective before
+    TensorFlow, numpy (OpenBLAS) and libgomp (numba's first parallel kernel, FAISS) are loaded; calling it again changes
+    nothing."""
     # TensorFlow's C++ start-up banner (CPU instruction sets, oneDNN) is noise for users of the CLI and app. Since
     # TensorFlow 2.1x some of it ignores this setting (absl logs before it is initialised), so the import of
     # TensorFlow itself is filtered too: its known start-up lines are dropped, errors pass.
@@ -172,3 +173,6 @@ def quiet_native_libraries() -> None:
     # OpenBLAS keeps its threads spinning after each call; the LSH search follows a BLAS projection with a numba
     # parallel kernel, and the spinning threads would take the cores from it (measured: 125 → 80 ms per batch).
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    # OpenMP's idle workers (numba's parallel kernels, FAISS) likewise spin after each parallel region unless passive;
+    # between the single queries of a server they would take the cores from the next query (cbir.indexes.threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -9,11 +9,12 @@ rebuilt rather than silently used.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import joblib
 
@@ -79,3 +80,25 @@ def load_artifact(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
     if envelope.get("version") != FORMAT_VERSION:
         raise ArtifactError(f"artifact {path} has format version {envelope.get('version')}, expected {FORMAT_VERSION}")
     return envelope["payload"]
+
+
+T = TypeVar("T")
+CACHE_KIND = "cbir_cache"
+
+
+def kept_on_disk(folder: str | os.PathLike[str], key: str, compute: Callable[[], T]) -> T:
+    """``compute()``, kept in ``folder`` under a digest of ``key`` (which must name everything the result depends
+    on: the data's version, the settings) and read back by any later call, in this process or another, instead of
+    computed again. Written atomically (:func:`save_artifact`); an unreadable file is computed again."""
+    file = Path(folder) / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.joblib"
+    if file.is_file():
+        try:
+            envelope = load_artifact(file, CACHE_KIND)
+            if envelope.get("key") == key:
+                return envelope["value"]  # type: ignore[no-any-return]
+        except ArtifactError:
+            pass
+    value = compute()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_artifact(file, CACHE_KIND, {"key": key, "value": value})
+    return value

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cbir.core import config as cbir_config
 from cbir.core.names import INDEX_LABELS
+from cbir.core.storage import kept_on_disk
 from cbir.evaluation.distances import distance_table, pairwise_distance_sample
-from cbir.evaluation.evaluate import EvaluationResult, EvaluationSplit, split_collection
+from cbir.evaluation.evaluate import MAX_EVAL_QUERIES, EvaluationResult, EvaluationSplit, split_collection
 from cbir.evaluation.hubness import hubness_summary, top_hubs
 from cbir.evaluation.tuning import (
     REFERENCE_POLYTOPE_BITS,
@@ -25,11 +28,13 @@ from cbir.evaluation.tuning import (
     default_lsh_config,
     evaluate_for,
     recommended_config,
+    reference_configs,
     split_for,
     sweep_for,
     width_sample,
 )
-from cbir.features.extractor import FeatureExtractor, FeatureSet
+from cbir.features.extractor import FeatureExtractor
+from cbir.features.sources import FeatureSet
 from cbir.features.workspace import load_feature_set, weights_kind
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
 from cbir.indexes.scan import SequentialScan
@@ -190,6 +195,7 @@ def compare(
     sweep: SweepFn | None = None,
     evaluate: EvaluateFn | None = None,
     references: bool | None = None,
+    keep: bool = False,
 ) -> Comparison:
     """Evaluate every ``(label, path, version)`` feature set with the exact scan, LSH and (``references``: see
     :func:`comparison_configs`) the reference indexes, with and without its distractors.
@@ -200,7 +206,8 @@ def compare(
     version, config, with_distractors)`` default to :func:`cbir.evaluation.tuning.sweep_for` and
     :func:`cbir.evaluation.tuning.evaluate_for` at ``k``; the app passes its cached versions. ``progress(what, done,
     total)``
-    after each sweep and each evaluation.
+    after each sweep and each evaluation. ``keep``: the result is kept on disk (``<artifacts>/cache/comparisons``,
+    keyed by the feature sets' versions and every setting) and read back by later calls and processes.
     """
 
     def default_sweep(path: str, version: int, metric: str) -> pd.DataFrame:
@@ -209,6 +216,18 @@ def compare(
     def default_evaluate(path: str, version: int, config: IndexConfig, with_distractors: bool) -> EvaluationResult:
         return evaluate_for(path, version, config, with_distractors, k)
 
+    if keep:  # the whole comparison measured in one run, kept on disk: a later server draws it at once
+        key = (
+            f"{[(label, str(Path(path).resolve()), version) for label, path, version in feature_sets]}|{metric}|"
+            f"{recommended}|{k}|{tuple(distractor_settings)}|{references}|{MAX_EVAL_QUERIES}|"
+            f"{[c.label for c in reference_configs(metric)]}|{COMPARISON_COLUMNS}"
+        )
+        folder = cbir_config.artifacts_dir() / "cache" / "comparisons"
+        return kept_on_disk(
+            folder, key,
+            lambda: compare(feature_sets, metric, recommended, k, distractor_settings, progress, sweep, evaluate,
+                            references),
+        )  # fmt: skip
     sweep = sweep or default_sweep
     evaluate = evaluate or default_evaluate
     items = []
@@ -251,8 +270,12 @@ def distance_analysis(feature_set: FeatureSet, n_pairs: int = 20000, max_samples
     )
 
 
-def distance_analysis_for(path: str, version: int) -> DistanceAnalysis:
-    """:func:`distance_analysis` of the feature set at ``path``."""
+def distance_analysis_for(path: str, version: int, keep: bool = False) -> DistanceAnalysis:
+    """:func:`distance_analysis` of the feature set at ``path``; with ``keep``, kept on disk across processes
+    (``<artifacts>/cache/distances``, keyed by the feature set's version)."""
+    if keep:
+        folder = cbir_config.artifacts_dir() / "cache" / "distances"
+        return kept_on_disk(folder, f"{Path(path).resolve()}|{version}", lambda: distance_analysis_for(path, version))
     return distance_analysis(load_feature_set(path, version))
 
 
@@ -321,12 +344,21 @@ def hubness_analysis(
 
 
 def hubness_analysis_for(
-    path: str, version: int, metric: str = "euclidean", _extractor: FeatureExtractor | None = None
+    path: str,
+    version: int,
+    metric: str = "euclidean",
+    _extractor: FeatureExtractor | None = None,
+    keep: bool = False,
 ) -> HubnessAnalysis:
     """:func:`hubness_analysis` of the feature set at ``path``, over the sample photos of :mod:`cbir.data.samples` when
-    ``_extractor`` (the feature set's model) is given and scikit-image is installed."""
+    ``_extractor`` (the feature set's model) is given and scikit-image is installed; with ``keep``, kept on disk
+    across processes (``<artifacts>/cache/hubness``)."""
     from cbir.data.samples import SamplesUnavailableError, sample_photos
 
+    if keep:
+        folder = cbir_config.artifacts_dir() / "cache" / "hubness"
+        key = f"{Path(path).resolve()}|{version}|{metric}|{_extractor is not None}|{MAX_EVAL_QUERIES}"
+        return kept_on_disk(folder, key, lambda: hubness_analysis_for(path, version, metric, _extractor))
     photos = None
     if _extractor is not None:
         try:

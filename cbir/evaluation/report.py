@@ -21,8 +21,8 @@ from cbir.core.names import METRICS
 from cbir.evaluation.comparison import hubness_analysis
 from cbir.evaluation.evaluate import evaluate_split, split_collection
 from cbir.evaluation.sweep import recommend, sweep_split
-from cbir.features.extractor import FeatureSet
 from cbir.features.query_model import extractor_spec, make_extractor
+from cbir.features.sources import FeatureSet
 from cbir.features.workspace import FeatureSetNotFoundError, list_feature_sets, load_features
 from cbir.indexes.scan import SequentialScan
 from cbir.indexes.widths import default_width, width_grid

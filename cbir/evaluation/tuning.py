@@ -1,11 +1,11 @@
-"""Index tuning on a feature set: evaluate one :class:`~cbir.service.search.IndexConfig` on the validation queries,
+"""Index tuning on a feature set: evaluate one :class:`~cbir.indexes.registry.IndexConfig` on the validation queries,
 sweep a
 grid of LSH settings around the data-driven bucket width beside the reference points (FAISS HNSW and IVF-Flat,
 hnswlib, cross-polytope LSH), recommend the best LSH setting under a visit budget, and pick the fastest index that
 reaches a recall.
 
 The computations are :mod:`cbir.evaluation.evaluate`'s; this module speaks in feature sets (by path and file version, so
-that the app can cache by plain arguments) and in :class:`~cbir.service.search.IndexConfig`.
+that the app can cache by plain arguments) and in :class:`~cbir.indexes.registry.IndexConfig`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pandas as pd
 from cbir.core import config as cbir_config
 from cbir.core.errors import ConfigError
 from cbir.core.names import REFERENCE_KINDS
+from cbir.core.storage import atomic_output
 from cbir.evaluation.evaluate import (
     MAX_EVAL_QUERIES,
     QUERY_SAMPLE_SEED,
@@ -32,7 +33,7 @@ from cbir.evaluation.evaluate import (
     split_collection,
 )
 from cbir.evaluation.sweep import SWEEP_COLUMNS, pareto_frontier, recommend, sweep_split
-from cbir.features.extractor import SPLIT_COLUMNS, FeatureSet
+from cbir.features.sources import SPLIT_COLUMNS, FeatureSet
 from cbir.features.workspace import load_feature_set
 from cbir.indexes.registry import DEFAULT_K, DEFAULT_PROJECTIONS, DEFAULT_TABLES, IndexConfig
 from cbir.indexes.widths import DEFAULT_WIDTH_FACTORS, default_width, round_sig, width_grid
@@ -49,7 +50,7 @@ SWEEP_ON_REQUEST = 250_000
 # The reference points beside the sweep (cbir.core.names.REFERENCE_KINDS), each family fitted once and searched at each
 # of its search-time settings: FAISS HNSW at these efSearch values (recall from ~0.8 to ~1 on real features), FAISS
 # IVF-Flat (about 4·sqrt(n) lists) at these nprobe, hnswlib at these ef, and cross-polytope LSH on PCA-48 with the
-# uint8 shortlist (cbir.service.search.UINT8_RERANK of codes of UINT8_SCORE_DIM axes, as benchmarks/ann.py) at the
+# uint8 shortlist (cbir.indexes.registry.UINT8_RERANK of codes of UINT8_SCORE_DIM axes, as benchmarks/ann.py) at the
 # README's
 # best setting on the real features (L=8 tables, 10 bits per table) with these probes T (one fit: its PCA, a
 # 1280 x 1280 eigendecomposition, is most of its cost).
@@ -62,7 +63,7 @@ REFERENCE_POLYTOPE_PROBES = (2, 8, 16)
 
 def reference_configs(metric: str = "euclidean") -> list[IndexConfig]:
     """The reference settings of :func:`reference_sweep`, in order (those sharing a
-    :attr:`~cbir.service.search.IndexConfig.fit_key` are consecutive: one fitted index serves them)."""
+    :attr:`~cbir.indexes.registry.IndexConfig.fit_key` are consecutive: one fitted index serves them)."""
     return [
         *(IndexConfig("hnsw", metric, ef_search=ef) for ef in REFERENCE_EF),  # type: ignore[arg-type]
         *(IndexConfig("ivf_flat", metric, n_probe=n_probe) for n_probe in REFERENCE_N_PROBE),  # type: ignore[arg-type]
@@ -266,8 +267,8 @@ def reference_sweep(
     detail: StageProgress | None = None,
 ) -> pd.DataFrame:
     """The reference points (default :func:`reference_configs` of euclidean): each family fitted once on the split
-    (consecutive ``configs`` with the same :attr:`~cbir.service.search.IndexConfig.fit_key` share one fitted index,
-    retuned by :meth:`~cbir.service.search.IndexConfig.tune`) and evaluated at each setting: rows of
+    (consecutive ``configs`` with the same :attr:`~cbir.indexes.registry.IndexConfig.fit_key` share one fitted index,
+    retuned by :meth:`~cbir.indexes.registry.IndexConfig.tune`) and evaluated at each setting: rows of
     :data:`cbir.evaluation.evaluate.SWEEP_COLUMNS` (``fit_seconds``: the family's one fit), to set beside the LSH sweep.
     ``progress(rows done)`` after each row, ``detail`` within."""
     configs = list(configs) if configs is not None else reference_configs()
@@ -309,13 +310,41 @@ def sweep_for(
     k: int = DEFAULT_K,
     progress: Progress | None = None,
     detail: StageProgress | None = None,
+    kept_as: int | None = None,
 ) -> pd.DataFrame:
     """:func:`sweep_table` of the feature set at ``path`` (on its memoised, possibly sampled split) over
     :func:`default_grid` of its searchable rows (with the distractors whatever ``with_distractors``, so the grid
-    holds the sliders' default setting)."""
+    holds the sliders' default setting), computed once and kept on disk (:func:`sweep_cache_file`; a ``computed``
+    column says when: its times are those measured then, all in that one run). ``kept_as``: the version it is kept
+    under instead of ``version`` (the app passes :func:`cbir.features.workspace.base_version`, so that an image added
+    or removed in place, which moves its figures by about that image's share, does not make it be computed again)."""
+    file = sweep_cache_file(path, version if kept_as is None else kept_as, metric, with_distractors, k)
+    if file.is_file():
+        try:
+            return pd.read_parquet(file)
+        except (OSError, ValueError):  # unreadable (a disk error, a format change): computed again below
+            pass
     grid = default_grid(width_sample(load_feature_set(path, version, SPLIT_COLUMNS)), metric)
     split = split_for(path, version, with_distractors)
-    return sweep_table(split, metric, grid, k=k, progress=progress, detail=detail)
+    table = sweep_table(split, metric, grid, k=k, progress=progress, detail=detail)
+    table["computed"] = pd.Timestamp.now(tz="UTC").floor("s")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(file) as temporary:
+        table.to_parquet(temporary, index=False)
+    return pd.read_parquet(file)  # the same columns and dtypes as a later process reads
+
+
+def sweep_cache_file(path: str, version: int, metric: str, with_distractors: bool, k: int = DEFAULT_K) -> Path:
+    """Where :func:`sweep_for` keeps the background sweep of a feature set across processes (it takes seconds on the
+    default collection, hours at a million objects): ``<artifacts>/cache/sweeps/<digest>.parquet``, keyed by the
+    feature set, its file version (a re-extraction or an added or removed image makes a new one), the metric, the
+    distractor setting, k, the query sample and the grid's and reference points' settings."""
+    settings = (
+        DEFAULT_GRID_TABLES, DEFAULT_GRID_PROJECTIONS, DEFAULT_WIDTH_FACTORS, [c.label for c in reference_configs()],
+        MAX_EVAL_QUERIES, QUERY_SAMPLE_SEED, SWEEP_COLUMNS,
+    )  # fmt: skip
+    key = f"{Path(path).resolve()}|{version}|{metric}|{with_distractors}|{k}|{settings}"
+    return cbir_config.artifacts_dir() / "cache" / "sweeps" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.parquet"
 
 
 def recommended_config(

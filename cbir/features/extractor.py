@@ -16,65 +16,31 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
 from cbir.core import config
 from cbir.core.errors import ConfigError
-from cbir.core.storage import ArtifactError, load_artifact, save_artifact
+from cbir.core.storage import ArtifactError, save_artifact
 from cbir.data.collection import Catalog, collection_id, with_rejected
 from cbir.data.images import decode_or_reason, prefetched, resize_for_model
 from cbir.features.backbones import WeightsArg, build_model, get_backbone, resolve_weights, weights_identity
+from cbir.features.sources import FEATURES_KIND, FeatureSet, feature_source, load_features
 from cbir.features.store import (
     MANIFEST,
     append_part,
-    cached_rows,
     catalog_keys,
     is_store,
-    open_features,
     read_manifest,
-    read_rejected,
-    read_table,
-    removed_rows,
     store_dir,
     write_store,
 )
 
-FEATURES_KIND = "features"
 Progress = Callable[[int, int], None]
-# the catalog columns an evaluation reads (FeatureSet.labels and .roles): load_features(path, SPLIT_COLUMNS)
-SPLIT_COLUMNS = ("label", "role")
-
-
-@dataclass
-class FeatureSet:
-    """Features aligned with a catalog.
-
-    ``features``: (n, dim) float32 (float16 from a float16 store), row i is the image ``catalog.iloc[i]``; loaded
-    from a store it is a read-only ``np.memmap`` (do not modify it; ``np.array(x, np.float32)`` for a copy).
-    ``catalog``: columns path, relpath, label, split, role, size, mtime_ns. ``report``: rejected files (path,
-    reason). ``meta``: backbone, weights_id, collection root/id, n_images, created (ISO date), computed (images
-    computed by the last run), dtype (stores).
-    """
-
-    features: np.ndarray
-    catalog: pd.DataFrame
-    report: pd.DataFrame
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.catalog["label"].to_numpy(dtype=object)
-
-    @property
-    def roles(self) -> np.ndarray:
-        return self.catalog["role"].to_numpy(dtype=object)
 
 
 def feature_path(root: str | os.PathLike[str], backbone: str, weights_id: str) -> Path:
@@ -192,50 +158,6 @@ class FeatureExtractor:
                 yield [p for p, _ in good], features, rejected
 
 
-def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The metadata of a feature set (a store's manifest only, cheap at any size; a joblib artifact is loaded)."""
-    if is_store(path):
-        return dict(read_manifest(path)["meta"])
-    return dict(load_artifact(path, FEATURES_KIND)["meta"])
-
-
-def load_features(path: str | os.PathLike[str], catalog_columns: Sequence[str] | None = None) -> FeatureSet:
-    """Load a feature set written by :func:`extract_collection`: a store folder (its features memory-mapped,
-    read-only) or a joblib artifact (read into memory). Raises ``ArtifactError`` when unusable.
-
-    ``catalog_columns``: a store's catalog is read with only these columns (e.g. :data:`SPLIT_COLUMNS`, what an
-    evaluation needs: a 1M-row catalog then loads in a tenth of the time); a joblib artifact keeps its whole catalog.
-    """
-    if is_store(path):
-        manifest = read_manifest(path)
-        meta = dict(manifest["meta"])
-        if not meta.get("complete", False) or manifest.get("catalog") is None:
-            raise ArtifactError(f"{path}: extraction was interrupted; rerun `python -m cbir extract` to finish it")
-        catalog = read_table(path, manifest["catalog"], [], only=catalog_columns)
-        report = read_table(path, manifest["report"], ["path", "reason"])
-        features = open_features(path, manifest)
-        if features.ndim != 2 or len(features) != len(catalog):
-            raise ArtifactError(f"{path}: {len(features)} feature rows for {len(catalog)} catalog rows")
-        removed = removed_rows(manifest)
-        if len(
-            removed
-        ):  # rows removed since the last full write (cbir.service.growth): left out, the others keep order
-            keep = np.setdiff1d(np.arange(len(catalog)), removed)
-            features, catalog = features[keep], catalog.iloc[keep].reset_index(drop=True)
-        return FeatureSet(features=features, catalog=catalog, report=report, meta=meta)
-    payload = load_artifact(path, FEATURES_KIND)
-    try:
-        features = np.asarray(payload["features"], dtype=np.float32)
-        catalog = payload["catalog"]
-        if not payload["meta"].get("complete", False):
-            raise ArtifactError(f"{path}: extraction was interrupted; rerun `python -m cbir extract` to finish it")
-        if features.ndim != 2 or len(features) != len(catalog):
-            raise ArtifactError(f"{path}: {len(features)} feature rows for {len(catalog)} catalog rows")
-        return FeatureSet(features=features, catalog=catalog, report=payload["report"], meta=payload["meta"])
-    except KeyError as exc:
-        raise ArtifactError(f"{path}: missing field {exc}") from exc
-
-
 def legacy_path(store: str | os.PathLike[str]) -> Path:
     """The joblib artifact a store replaces (``<store>.joblib``): its cache seeds the store, which then removes it."""
     store = Path(store)
@@ -253,24 +175,11 @@ def _load_cache(
     if not source.exists():
         return {}, {}, None
     try:
-        if is_store(source):
-            manifest = read_manifest(source)
-            meta = manifest["meta"]
-            if meta.get("backbone") != backbone or meta.get("weights_id") != weights_id or meta.get("dim") != dim:
-                raise ArtifactError(f"made by {meta.get('backbone')}/{meta.get('weights_id')}")
-            return cached_rows(source, manifest), read_rejected(source, manifest), source
-        payload = load_artifact(source, FEATURES_KIND)
-        meta = payload["meta"]
-        if meta.get("backbone") != backbone or meta.get("weights_id") != weights_id:
-            raise ArtifactError(f"made by {meta.get('backbone')}/{meta.get('weights_id')}")
-        cached = np.asarray(payload["cache_features"], dtype=np.float32)
-        keys = list(payload["cache_keys"])
-        if cached.ndim != 2 or cached.shape != (len(keys), dim):
-            raise ArtifactError(f"cache shape {cached.shape} does not match {len(keys)} keys × {dim}")
-        return dict(zip(keys, cached, strict=True)), dict(payload["cache_rejected"]), source
+        cache, rejected = feature_source(source).read_cache(backbone, weights_id, dim)
     except (ArtifactError, KeyError, TypeError, ValueError, OSError) as exc:
         tqdm.write(f"feature cache {source} is not usable ({exc}); rebuilding it")
         return {}, {}, None
+    return cache, rejected, source
 
 
 def _meta(catalog: Catalog, extractor: FeatureExtractor, done: Catalog, computed: int, complete: bool) -> dict:

@@ -330,6 +330,28 @@ def remove_rows(path: str | os.PathLike[str], rows: Iterable[int], meta: dict[st
         return manifest
 
 
+def restore_rows(path: str | os.PathLike[str], rows: Iterable[int]) -> dict:
+    """Take catalog rows out of the manifest's tombstones (undo :func:`remove_rows`): their features are still in
+    the shards. Returns the new manifest; a row that is not removed raises :class:`ArtifactError`."""
+    folder = store_dir(path)
+    with store_lock(folder):
+        manifest = _finished_manifest(folder)
+        catalog_rows = len(read_table(folder, manifest["catalog"], []))
+        wanted = {int(r) for r in rows}
+        removed = set(manifest.get("removed", []))
+        if not wanted <= removed:
+            raise ArtifactError(f"{folder}: rows {sorted(wanted - removed)} are not removed")
+        left = sorted(removed - wanted)
+        manifest = {
+            **manifest,
+            "meta": {**manifest["meta"], "n_images": catalog_rows - len(left)},
+            "removed": left,
+            "generation": int(manifest.get("generation", 0)) + 1,
+        }
+        _commit(folder, manifest)
+        return manifest
+
+
 def append_part(
     path: str | os.PathLike[str],
     keys: list[str],

@@ -21,8 +21,9 @@ from cbir.core import config
 from cbir.core.errors import CbirError
 from cbir.core.storage import ArtifactError
 from cbir.data.collection import Catalog, CollectionError, collection_id, scan_collection
-from cbir.features.extractor import FeatureExtractor, FeatureSet, extract_collection, load_features, read_meta
-from cbir.features.store import MANIFEST, is_store, read_manifest, store_dir
+from cbir.features.extractor import FeatureExtractor, extract_collection
+from cbir.features.sources import FeatureSet, feature_source, load_features, read_meta
+from cbir.features.store import MANIFEST
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -48,15 +49,9 @@ def feature_files(collection: str | os.PathLike[str] | None = None) -> list[Path
 
 
 def written(path: str | os.PathLike[str]) -> int:
-    """When a feature set was last written in full (ns): a store's first shard (images added or removed in place
-    do not rewrite it, so growing a feature set does not make it the newest), a joblib's mtime; 0 when missing."""
-    try:
-        if is_store(path):
-            shards = read_manifest(path).get("features") or [MANIFEST]
-            return (store_dir(path) / shards[0]).stat().st_mtime_ns
-        return Path(path).stat().st_mtime_ns
-    except (OSError, ArtifactError):
-        return 0
+    """When a feature set was last written in full (ns; :meth:`FeatureSource.written`): images added or removed
+    in place do not count, so growing a feature set does not make it the newest; 0 when missing."""
+    return feature_source(path).written()
 
 
 def list_feature_sets(collection: str | os.PathLike[str] | None = None) -> pd.DataFrame:
@@ -162,18 +157,34 @@ class CollectionStatus:
 
 
 def list_indexes() -> pd.DataFrame:
-    """Index artifacts saved under ``<artifacts>/indexes`` (by the CLI or benchmarks): file, size, modified."""
+    """Indexes saved under ``<artifacts>/indexes``: those of ``python -m cbir index build`` and the home page
+    (:mod:`cbir.features.saved_indexes`: setting, images, build seconds, freshness against their feature set), and
+    loose index files a benchmark saved (no build record: freshness unknown). Columns:
+    :data:`cbir.features.saved_indexes.TABLE_COLUMNS`."""
+    from cbir.features.saved_indexes import INFO, TABLE_COLUMNS, saved_index_table
+
     root = config.artifacts_dir() / "indexes"
-    files = sorted(root.rglob("*.joblib")) if root.is_dir() else []
+    saved = saved_index_table()
+    loose = [
+        path for path in (sorted(root.rglob("*.joblib")) if root.is_dir() else []) if not (path.parent / INFO).is_file()
+    ]
     rows = [
         {
             "index": str(path.relative_to(root)),
+            "setting": "",
+            "images": None,
             "size_mb": path.stat().st_size / 1e6,
+            "build_s": None,
             "modified": pd.Timestamp(path.stat().st_mtime, unit="s").floor("s"),
+            "fresh": False,
+            "freshness": "unknown (no build record)",
         }
-        for path in files
+        for path in loose
     ]
-    return pd.DataFrame(rows, columns=["index", "size_mb", "modified"])
+    if not rows:
+        return saved
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return table if saved.empty else pd.concat([saved, table], ignore_index=True)
 
 
 def collection_status(root: str | os.PathLike[str] | None = None, version: int = 0) -> CollectionStatus:
@@ -321,7 +332,7 @@ def load_feature_set(
 ) -> FeatureSet:
     """Load a feature artifact (memoised per ``(path, version, catalog_columns)``; ``version`` defaults to the file's
     mtime, so a re-extraction is picked up). The returned object is shared: do not modify it. ``catalog_columns``:
-    see :func:`cbir.features.extractor.load_features` (:data:`cbir.features.extractor.SPLIT_COLUMNS` for an
+    see :func:`cbir.features.sources.load_features` (:data:`cbir.features.sources.SPLIT_COLUMNS` for an
     evaluation)."""
     return _load_feature_set(str(path), file_version(path) if version is None else version, catalog_columns)
 
@@ -334,25 +345,13 @@ def _load_feature_set(path: str, version: int, catalog_columns: tuple[str, ...] 
 
 def base_version(path: str | os.PathLike[str]) -> int:
     """A cache key part that changes when a feature set is written anew (a full extraction) but not when images are
-    added or removed in place (:mod:`cbir.service.growth`): the shared search engine follows those itself. For a
-    store, the id
-    of its last full write; for a joblib artifact, its :func:`file_version`."""
-    if not is_store(path):
-        return file_version(path)
-    try:
-        manifest = read_manifest(path)
-    except ArtifactError:
-        return 0
-    base = manifest.get("base") or (manifest.get("features") or [""])[0]
-    return int.from_bytes(hashlib.sha1(str(base).encode()).digest()[:7], "big")
+    added or removed in place (:mod:`cbir.service.growth`): the shared search engine follows those itself
+    (a hash of :meth:`FeatureSource.base_id`)."""
+    base = feature_source(path).base_id()
+    return int.from_bytes(hashlib.sha1(base.encode()).digest()[:7], "big") if base else 0
 
 
 def file_version(path: str | os.PathLike[str]) -> int:
-    """Modification time (ns) of ``path`` (of a store's ``meta.json``, its commit point), 0 when missing: the cache
-    key part that changes with the file."""
-    try:
-        if is_store(path):
-            return (store_dir(path) / MANIFEST).stat().st_mtime_ns
-        return Path(path).stat().st_mtime_ns
-    except OSError:
-        return 0
+    """A cache key part that changes with every committed change of the feature set at ``path``
+    (:meth:`FeatureSource.commit_stamp`: the mtime of a store's manifest, its commit point), 0 when missing."""
+    return feature_source(path).commit_stamp()

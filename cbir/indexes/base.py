@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 import numpy as np
 
 from cbir.core.storage import ArtifactError, load_artifact, save_artifact
-from cbir.indexes import kernels
+from cbir.indexes import kernels, threads
 
 BUILD_STAGE = "building the index"  # the stage name of fit's progress
 # long work reports progress about this often (seconds), so that a page's progress bar keeps moving
@@ -102,6 +102,8 @@ class BaseIndex:
     ``_fit_reporting``), ``_search``."""
 
     kind: ClassVar[str]
+    # whether a search compares every indexed object (then ``visited`` is all of them, removed ones included)
+    exhaustive: ClassVar[bool] = False
     metric: str
 
     def __init__(self) -> None:
@@ -201,6 +203,11 @@ class BaseIndex:
         self._check_fitted()
         k = check_int(k, "k", 1)
         queries = self._prepare_queries(Q)
+        with threads.queries(len(queries)):  # one query on one thread, a batch on all cores (cbir.indexes.threads)
+            return self._search_live(queries, k)
+
+    def _search_live(self, queries: np.ndarray, k: int) -> SearchResult:
+        """:meth:`_search` leaving out the rows marked removed."""
         if not len(self._removed):
             return self._search(queries, k)
         # tombstones: ask for enough rows that k live ones remain, then drop the removed ones (order kept)
@@ -212,7 +219,22 @@ class BaseIndex:
             kept = np.flatnonzero(live[row])[:k]
             distances[row, : len(kept)] = wider.distances[row, kept]
             ids[row, : len(kept)] = wider.ids[row, kept]
-        return SearchResult(distances, ids, wider.visited)
+        return SearchResult(distances, ids, self._live_visited(wider))
+
+    def _live_visited(self, wider: SearchResult) -> np.ndarray:
+        """``visited`` of a tombstoned search without the removed rows, so that it never exceeds the live objects.
+
+        An exhaustive index compared every removed row; another one compared the removed rows it returned (all it
+        met when it returned fewer than asked for) and perhaps some more, so what remains is capped at the live
+        objects."""
+        n_live = self.n_objects - len(self._removed)
+        counted = wider.visited >= 0
+        if self.exhaustive:
+            live = wider.visited - len(self._removed)
+        else:
+            met = np.isin(wider.ids, self._removed).sum(axis=1)
+            live = np.minimum(wider.visited - met, n_live)
+        return np.where(counted, np.maximum(live, 0), wider.visited).astype(np.int64)
 
     def copy(self: IndexT) -> IndexT:
         """An independent copy (arrays shared: ``add`` and ``remove`` replace them, never write into them), to grow

@@ -112,7 +112,9 @@ class LSHIndex(BucketIndex):
         self.max_probes = check_int(max_probes, "max_probes", 0)
         self._directions: np.ndarray | None = None
         self._offsets: np.ndarray | None = None
-        self.tuned_recall: float | None = None
+        # learned at fit with target_recall (scikit-learn's trailing underscore): the constructor's probes stay
+        self.probes_: int | None = None
+        self.tuned_recall_: float | None = None
 
     @classmethod
     def for_data(cls, X: np.ndarray, width_factor: float, **params: Any) -> LSHIndex:
@@ -153,8 +155,8 @@ class LSHIndex(BucketIndex):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        if self.tuned_recall is not None:
-            info["tuned_recall"] = self.tuned_recall
+        if self.tuned_recall_ is not None:
+            info.update(tuned_probes=self.probes_, tuned_recall=self.tuned_recall_)
         return info
 
     def fit(self, X: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> LSHIndex:
@@ -191,7 +193,7 @@ class LSHIndex(BucketIndex):
             self._tables = kernels.build_tables_in_steps(
                 keys, lambda done: progress(BUILD_STAGE, n // 2 + (n - n // 2) * done // g, n)
             )
-        self.tuned_recall = None
+        self.probes_, self.tuned_recall_ = None, None
 
     def _keys(self, hashed: np.ndarray) -> np.ndarray:
         """Bucket keys (g, n) of vectors already in the hashing space."""
@@ -223,18 +225,23 @@ class LSHIndex(BucketIndex):
             n_tables=self.n_tables,
             n_projections=self.n_projections,
             bucket_width=self.bucket_width,
-            n_probes=self.probes,
+            n_probes=self.search_probes,
             tables=self.tables,
             min_collisions=self.min_collisions,
         )
 
+    @property
+    def search_probes(self) -> int:
+        """The probes a search uses: those learned at fit (``probes_``, with ``target_recall``), else ``probes``."""
+        return self.probes if self.probes_ is None else self.probes_
+
     def _tune_probes(self) -> None:
-        """Set ``probes`` to the fewest of 0, 1, 2, 4, ... ``max_probes`` reaching ``target_recall`` (see class)."""
+        """Set ``probes_`` to the fewest of 0, 1, 2, 4, ... ``max_probes`` reaching ``target_recall`` (see class)."""
         assert self._data is not None and self.target_recall is not None
         n = self.n_objects
         k = min(self._TUNE_K, n - 1)
         if k < 1:
-            self.probes, self.tuned_recall = 0, 1.0
+            self.probes_, self.tuned_recall_ = 0, 1.0
             return
         rng = np.random.default_rng(self.seed)
         sample = np.sort(rng.choice(n, min(self._TUNE_SAMPLE, n), replace=False))
@@ -242,10 +249,10 @@ class LSHIndex(BucketIndex):
         exact = _without_self(SequentialScan(self.metric).fit(self._data).search(queries, k + 1).ids, sample, k)
         candidates = [0, *(2**i for i in range(max(self.max_probes, 1).bit_length()) if 2**i <= self.max_probes)]
         for probes in candidates:
-            self.probes = probes
+            self.probes_ = probes
             found = _without_self(self._search(queries, k + 1).ids, sample, k)
-            self.tuned_recall = float(recall_at_k(found, exact, k).mean())
-            if self.tuned_recall >= self.target_recall:
+            self.tuned_recall_ = float(recall_at_k(found, exact, k).mean())
+            if self.tuned_recall_ >= self.target_recall:
                 break
 
     def hash_codes(self, X: np.ndarray) -> np.ndarray:
@@ -262,8 +269,8 @@ class LSHIndex(BucketIndex):
             "offsets": self._offsets,
             "tables": self.tables._asdict(),
             **self._reduced_state(),
-            "tuned_probes": self.probes,
-            "tuned_recall": self.tuned_recall,
+            "tuned_probes": self.probes_,
+            "tuned_recall": self.tuned_recall_,
         }
 
     def _restore(self, state: Mapping[str, Any]) -> None:
@@ -272,9 +279,8 @@ class LSHIndex(BucketIndex):
         self._offsets = np.ascontiguousarray(state["offsets"], dtype=np.float64)
         self._tables = kernels.BucketTables(**state["tables"])
         self._restore_reduced(state)
-        if "tuned_probes" in state:
-            self.probes = state["tuned_probes"]
-            self.tuned_recall = state.get("tuned_recall")
+        if state.get("tuned_recall") is not None:  # learned at fit (indexes saved before probes_ set probes)
+            self.probes_, self.tuned_recall_ = int(state["tuned_probes"]), float(state["tuned_recall"])
         hash_dim = self.dim if self._pca is None else self._pca.components.shape[1]
         expected = (hash_dim, self.n_tables * self.n_projections)
         if self._directions.shape != expected or len(self._tables.bucket_ids) != self.n_tables * self.n_objects:

@@ -119,6 +119,7 @@ class KindSpec:
     row_fields: tuple[str, ...] = ()
     knob: str | None = None
     knob_attribute: str | None = None
+    seeded: bool = False  # whether the setting's seed changes the index (random projections, rotations)
 
 
 def _build_polytope(config: IndexConfig) -> BaseIndex:
@@ -153,6 +154,7 @@ KINDS: dict[str, KindSpec] = {
         describe=_describe_lsh,
         row_fields=("n_tables", "n_projections", "bucket_width", "probes"),
         knob="probes",
+        seeded=True,
     ),
     "hnsw": KindSpec(
         build=lambda c: HNSWIndex(c.metric, ef_search=c.ef_search),
@@ -181,6 +183,7 @@ KINDS: dict[str, KindSpec] = {
         ),
         row_fields=("n_tables", "probes", "bits"),
         knob="probes",
+        seeded=True,
     ),
 }
 assert set(KINDS) == set(INDEX_KINDS), "every index kind of cbir.core.names is registered here"

@@ -27,6 +27,7 @@ class SequentialScan(BaseIndex):
     """
 
     kind: ClassVar[str] = "scan_index"
+    exhaustive: ClassVar[bool] = True
     _SHORTLIST_MARGIN: ClassVar[int] = 32
 
     def __init__(self, metric: Metric = "euclidean") -> None:

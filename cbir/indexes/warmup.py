@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cbir.indexes import kernels
+from cbir.indexes.base import BaseIndex
 from cbir.indexes.lsh import LSHIndex
 from cbir.indexes.polytope import CrossPolytopeIndex
 from cbir.indexes.scan import SequentialScan
@@ -30,22 +31,27 @@ def warm_up(progress: Callable[[str, int, int], None] | None = None) -> None:
     rng = np.random.default_rng(0)
     points = rng.standard_normal((16, 4)).astype(np.float32)
 
+    def search(index: BaseIndex) -> None:
+        """A batch (the parallel kernels) and a single query (their serial twins, :mod:`cbir.indexes.threads`)."""
+        index.search(points[:2], 3)
+        index.search(points[:1], 3)
+
     def scan(metric: str) -> None:
-        SequentialScan(metric).fit(points).search(points[:2], 3)  # type: ignore[arg-type]
+        search(SequentialScan(metric).fit(points))  # type: ignore[arg-type]
 
     def lsh(metric: str) -> None:
         index = LSHIndex(2, 2, 1.0, metric=metric, probes=1).fit(points)  # type: ignore[arg-type]
-        index.search(points[:2], 3)
+        search(index)
         index.probes = 0
-        index.search(points[:2], 3)
+        search(index)
         index.candidates(points[:2])
         index.add(points[:2])  # merge_tables
         reduced = LSHIndex(2, 2, 1.0, metric=metric, reduce_dim=2, rerank=2)  # type: ignore[arg-type]
-        reduced.fit(points).search(points[:2], 3)
+        search(reduced.fit(points))
 
     def polytope(options: dict[str, int]) -> None:
         index = CrossPolytopeIndex(2, 1, **options).fit(points)
-        index.search(points[:2], 3)
+        search(index)
         index.candidates(points[:2])
 
     steps = [functools.partial(step, metric) for metric in kernels.METRIC_CODES for step in (scan, lsh)]

@@ -12,7 +12,7 @@ committed, so a crash before the commit leaves the previous generation, and the 
 
 :func:`remove_images` tombstones the images in every feature store of the collection
 (:func:`cbir.features.store.remove_rows`), then moves the files to ``<collection>/.removed/`` (a hidden folder a scan
-skips; move them back to undo).
+skips); :func:`restore_images` undoes it (the files move back, the rows leave the tombstones).
 
 Readers see a change on their next action: :class:`cbir.service.search.SearchEngine` notices the new manifest and
 appends the
@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -46,7 +46,17 @@ from cbir.data.collection import (
 )
 from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_or_reason, load_image
 from cbir.data.query import MAX_UPLOAD_BYTES
-from cbir.features.store import append_rows, is_store, read_manifest, remove_rows, store_dir, store_lock
+from cbir.features.saved_indexes import follow_append, mark_stale
+from cbir.features.sources import FeatureSet, FeatureSetVersion, feature_source, load_features
+from cbir.features.store import (
+    append_rows,
+    catalog_keys,
+    read_manifest,
+    remove_rows,
+    restore_rows,
+    store_dir,
+    store_lock,
+)
 
 if TYPE_CHECKING:
     from cbir.features.extractor import FeatureExtractor
@@ -95,7 +105,7 @@ class GrowthReport:
 
 
 def _store_of(path: str | os.PathLike[str]) -> Path:
-    if not is_store(path):
+    if not feature_source(path).can_grow:
         raise GrowthError(
             f"{path} is a single-file (.joblib) feature set, which cannot grow in place; convert it to a feature store "
             "with `python -m cbir extract --collection DIR` (the default output is a store; its cache reuses the "
@@ -238,110 +248,27 @@ def _add_locked(
     allow_duplicates: bool,
     started: float,
 ) -> GrowthReport:
-    from cbir.features.extractor import load_features
-    from cbir.features.store import catalog_keys
-
     feature_set = load_features(folder)
-    meta = feature_set.meta
-    root = Path(meta.get("collection_root", ""))
+    root = Path(feature_set.meta.get("collection_root", ""))
     if not root.is_dir():
         raise GrowthError(f"the collection of {folder} is not at {root} any more")
     if not files:
         raise GrowthError("no files to add")
     label = check_label(label, sorted(feature_set.catalog["label"].dropna().unique()))
-    if extractor is None:
-        from cbir.features.query_model import extractor_spec, make_extractor
-
-        extractor = make_extractor(extractor_spec(meta), warm_up=False)
-    if extractor.backbone != meta.get("backbone") or extractor.weights_id != meta.get("weights_id"):
-        raise GrowthError(
-            f"the model {extractor.backbone}/{extractor.weights_id} did not compute {folder} "
-            f"({meta.get('backbone')}/{meta.get('weights_id')}): its features would not be comparable"
-        )
-    target, split, role = destination(root, label)
+    extractor = _store_model(folder, feature_set.meta, extractor)
     sources = [_read_source(source) for source in files]
-
-    problems: dict[str, str] = {}
     with tempfile.TemporaryDirectory(dir=root, prefix=STAGING_PREFIX) as staging:
-        staged: list[Path] = []
-        taken: set[str] = set()
+        staged = []
         for i, (name, data) in enumerate(sources):
-            path = Path(staging) / f"{i}-{_file_name(name, data)}"
-            path.write_bytes(data)
-            staged.append(path)
+            staged.append(Path(staging) / f"{i}-{_file_name(name, data)}")
+            staged[-1].write_bytes(data)
         embed_started = time.perf_counter()
-        arrays: list[np.ndarray] = []
-        fingerprints: list[hygiene.ImageFingerprint] = []
-        for (name, data), path in zip(sources, staged, strict=True):
-            if len(data) > MAX_UPLOAD_BYTES or not data:
-                problems[name] = "empty file" if not data else f"over {MAX_UPLOAD_BYTES // 2**20} MB"
-                continue
-            decoded = decode_or_reason(path, extractor.prepare)
-            if isinstance(decoded, str):
-                problems[name] = decoded
-                continue
-            fp = hygiene.fingerprint(load_image(path))
-            blank = fp.blank_reason()
-            if blank is not None:
-                problems[name] = f"{blank} image (it would answer every unlike query)"
-                continue
-            arrays.append(decoded)
-            fingerprints.append(fp)
-        if problems:
-            raise GrowthError("nothing was added: " + "; ".join(f"{n}: {r}" for n, r in problems.items()))
-        features = extractor.predict_arrays(np.stack(arrays))
+        features, fingerprints = _embed_checked(sources, staged, extractor)
         embed_seconds = time.perf_counter() - embed_started
         if not allow_duplicates:
-            for i in range(len(fingerprints)):
-                for j in range(i):
-                    reason = _duplicate_reason(fingerprints[i], fingerprints[j])
-                    if reason is not None:
-                        problems[sources[i][0]] = f"{reason} of {sources[j][0]} (added together)"
-                        break
-            copies = _indexed_copies(features, fingerprints, np.asarray(feature_set.features), feature_set.catalog)
-            for (name, _), reason in zip(sources, copies, strict=True):
-                if reason is not None and name not in problems:
-                    problems[name] = reason
-            if problems:
-                raise GrowthError(
-                    "nothing was added: "
-                    + "; ".join(f"{n}: {r}" for n, r in problems.items())
-                    + " (hygiene keeps one image of each duplicate group; add anyway with --allow-duplicates)"
-                )
-
-        # commit: files into the collection, then the store (its manifest last); undo the files if the store fails
-        created = not target.exists()
-        target.mkdir(parents=True, exist_ok=True)
-        finals = [_free_name(target, _file_name(name, data), taken) for name, data in sources]
-        try:
-            for path, final in zip(staged, finals, strict=True):
-                os.replace(path, final)
-            rows = pd.DataFrame(
-                [
-                    {
-                        "path": str(final.resolve()),
-                        "relpath": final.relative_to(root).as_posix(),
-                        "label": label,
-                        "split": split,
-                        "role": role,
-                        "size": int(final.stat().st_size),
-                        "mtime_ns": int(final.stat().st_mtime_ns),
-                    }
-                    for final in finals
-                ],
-                columns=CATALOG_COLUMNS,
-            )
-            known = set(catalog_keys(feature_set.catalog))
-            assert not known & set(catalog_keys(rows)), "a new file has the key of an indexed one"
-            manifest = append_rows(folder, features, rows, {"computed": len(rows)}, lock=False)
-        except BaseException:
-            for final in finals:
-                final.unlink(missing_ok=True)
-            if created:
-                shutil.rmtree(target, ignore_errors=True)
-            raise
+            _refuse_copies(sources, features, fingerprints, feature_set)
+        rows, manifest, notes = _commit_files(folder, root, label, sources, staged, features, feature_set.catalog)
     n_images = int(manifest["meta"]["n_images"])
-    notes = []
     others = [p for p in _collection_stores(root, folder) if p != folder]
     if others:
         notes.append(
@@ -352,6 +279,134 @@ def _add_locked(
         "added", rows[["relpath", "label", "role", "path"]], n_images, time.perf_counter() - started, embed_seconds,
         [str(folder)], notes,
     )  # fmt: skip
+
+
+def _store_model(folder: Path, meta: dict[str, Any], extractor: FeatureExtractor | None) -> FeatureExtractor:
+    """The model that computed the store (``extractor`` checked against its meta, or rebuilt from it)."""
+    if extractor is None:
+        from cbir.features.query_model import extractor_spec, make_extractor
+
+        extractor = make_extractor(extractor_spec(meta), warm_up=False)
+    if extractor.backbone != meta.get("backbone") or extractor.weights_id != meta.get("weights_id"):
+        raise GrowthError(
+            f"the model {extractor.backbone}/{extractor.weights_id} did not compute {folder} "
+            f"({meta.get('backbone')}/{meta.get('weights_id')}): its features would not be comparable"
+        )
+    return extractor
+
+
+def _embed_checked(
+    sources: Sequence[tuple[str, bytes]], staged: Sequence[Path], extractor: FeatureExtractor
+) -> tuple[np.ndarray, list[hygiene.ImageFingerprint]]:
+    """Features (n, dim) float32 and fingerprints of the staged files; :class:`GrowthError` naming every file that
+    is empty, too big, undecodable or blank (nothing is added then)."""
+    problems: dict[str, str] = {}
+    arrays: list[np.ndarray] = []
+    fingerprints: list[hygiene.ImageFingerprint] = []
+    for (name, data), path in zip(sources, staged, strict=True):
+        if len(data) > MAX_UPLOAD_BYTES or not data:
+            problems[name] = "empty file" if not data else f"over {MAX_UPLOAD_BYTES // 2**20} MB"
+            continue
+        decoded = decode_or_reason(path, extractor.prepare)
+        if isinstance(decoded, str):
+            problems[name] = decoded
+            continue
+        fp = hygiene.fingerprint(load_image(path))
+        blank = fp.blank_reason()
+        if blank is not None:
+            problems[name] = f"{blank} image (it would answer every unlike query)"
+            continue
+        arrays.append(decoded)
+        fingerprints.append(fp)
+    if problems:
+        raise GrowthError("nothing was added: " + "; ".join(f"{n}: {r}" for n, r in problems.items()))
+    return extractor.predict_arrays(np.stack(arrays)), fingerprints
+
+
+def _refuse_copies(
+    sources: Sequence[tuple[str, bytes]],
+    features: np.ndarray,
+    fingerprints: Sequence[hygiene.ImageFingerprint],
+    feature_set: FeatureSet,
+) -> None:
+    """:class:`GrowthError` when a file copies another of the batch or one of its nearest indexed images."""
+    problems: dict[str, str] = {}
+    for i in range(len(fingerprints)):
+        for j in range(i):
+            reason = _duplicate_reason(fingerprints[i], fingerprints[j])
+            if reason is not None:
+                problems[sources[i][0]] = f"{reason} of {sources[j][0]} (added together)"
+                break
+    copies = _indexed_copies(features, list(fingerprints), np.asarray(feature_set.features), feature_set.catalog)
+    for (name, _), reason in zip(sources, copies, strict=True):
+        if reason is not None and name not in problems:
+            problems[name] = reason
+    if problems:
+        raise GrowthError(
+            "nothing was added: "
+            + "; ".join(f"{n}: {r}" for n, r in problems.items())
+            + " (the collection keeps one image of each group of copies)"
+        )
+
+
+def _commit_files(
+    folder: Path,
+    root: Path,
+    label: str | None,
+    sources: Sequence[tuple[str, bytes]],
+    staged: Sequence[Path],
+    features: np.ndarray,
+    catalog: pd.DataFrame,
+) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
+    """The files into the collection, then their rows into the store (its manifest last), then the saved indexes of
+    this generation; the files are taken back out if the store fails. Returns the new catalog rows, the manifest
+    and notes on the saved indexes."""
+    target, split, role = destination(root, label)
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    finals = [_free_name(target, _file_name(name, data), taken) for name, data in sources]
+    try:
+        for path, final in zip(staged, finals, strict=True):
+            os.replace(path, final)
+        rows = pd.DataFrame(
+            [
+                {
+                    "path": str(final.resolve()),
+                    "relpath": final.relative_to(root).as_posix(),
+                    "label": label,
+                    "split": split,
+                    "role": role,
+                    "size": int(final.stat().st_size),
+                    "mtime_ns": int(final.stat().st_mtime_ns),
+                }
+                for final in finals
+            ],
+            columns=CATALOG_COLUMNS,
+        )
+        assert not set(catalog_keys(catalog)) & set(catalog_keys(rows)), "a new file has the key of an indexed one"
+        before = FeatureSetVersion.of(folder)
+        manifest = append_rows(folder, features, rows, {"computed": len(rows)}, lock=False)
+    except BaseException:
+        for final in finals:
+            final.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    # still under the store's lock: the saved indexes of this generation get the new rows (or are marked stale)
+    return rows, manifest, _saved_index_notes(*follow_append(folder, before, manifest))
+
+
+def _saved_index_notes(updated: Sequence[Path], marked: Sequence[Path]) -> list[str]:
+    notes = []
+    if updated:
+        notes.append(f"{len(updated)} saved index(es) updated in place: {', '.join(p.name for p in updated)}")
+    if marked:
+        notes.append(
+            f"{len(marked)} saved index(es) marked stale (rebuild with `python -m cbir index build`): "
+            + ", ".join(p.name for p in marked)
+        )
+    return notes
 
 
 def _collection_stores(root: Path, beside: Path | None = None) -> list[Path]:
@@ -365,7 +420,7 @@ def _collection_stores(root: Path, beside: Path | None = None) -> list[Path]:
     stores: list[Path] = []
     for path in candidates:
         try:
-            if not is_store(path) or store_dir(path) in stores:
+            if not feature_source(path).can_grow or store_dir(path) in stores:
                 continue
             meta = read_manifest(path)["meta"]
             if meta.get("complete") and Path(meta.get("collection_root", "")).resolve() == root.resolve():
@@ -386,7 +441,6 @@ def remove_images(store_path: str | os.PathLike[str], paths: Sequence[str | os.P
     """Remove images (absolute paths, or paths relative to the collection) from the collection of the feature store
     ``store_path``: tombstoned in every finished feature store of the collection, then moved to
     ``<collection>/.removed/``. An image no store holds raises :class:`GrowthError` and nothing changes."""
-    from cbir.features.extractor import load_features
 
     started = time.perf_counter()
     folder = _store_of(store_path)
@@ -404,6 +458,7 @@ def remove_images(store_path: str | os.PathLike[str], paths: Sequence[str | os.P
         )
     removed = catalog[catalog["path"].isin(wanted)]
     changed = []
+    marked: list[Path] = []
     stores = [folder, *(p for p in _collection_stores(root, folder) if p != folder)]
     for store in stores:
         manifest = read_manifest(store)
@@ -411,11 +466,15 @@ def remove_images(store_path: str | os.PathLike[str], paths: Sequence[str | os.P
         gone = set(manifest.get("removed", []))
         rows = [i for i, p in enumerate(table["path"]) if p in wanted and i not in gone]
         if rows:
+            before = FeatureSetVersion.from_manifest(store, manifest)
             manifest = remove_rows(store, rows)
             changed.append(str(store))
+            # a removal shifts the row numbers an index answers with: its saved indexes cannot follow in place
+            stale = mark_stale(store, before, f"{len(rows)} image(s) removed from the feature set")
+            marked.extend(stale)
             if store == folder:
                 n_images = int(manifest["meta"]["n_images"])
-    notes = []
+    notes = _saved_index_notes([], marked)
     for path, relpath in zip(removed["path"], removed["relpath"], strict=True):
         source = Path(path)
         if source.is_file():
@@ -423,8 +482,91 @@ def remove_images(store_path: str | os.PathLike[str], paths: Sequence[str | os.P
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
     if len(removed):
-        notes.append(f"the files were moved to {root / REMOVED_FOLDER} (move them back and re-extract to undo)")
+        notes.append(
+            f"the files were moved to {root / REMOVED_FOLDER}; undo with `python -m cbir restore "
+            + " ".join(removed["relpath"])
+            + "`"
+        )
     return GrowthReport(
         "removed", removed[["relpath", "label", "role", "path"]].reset_index(drop=True), n_images,
         time.perf_counter() - started, stores=changed, notes=notes,
+    )  # fmt: skip
+
+
+def removed_images(store_path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The removed images of the feature store ``store_path`` whose file is still in ``<collection>/.removed/`` (so
+    they can be restored): relpath, label, role, path (where the file was), most recently removed last."""
+    from cbir.features.store import read_table, removed_rows
+
+    folder = _store_of(store_path)
+    manifest = read_manifest(folder)
+    root = Path(manifest["meta"].get("collection_root", ""))
+    catalog = read_table(folder, manifest["catalog"], [])
+    rows = catalog.iloc[removed_rows(manifest)]
+    kept = [(root / REMOVED_FOLDER / relpath).is_file() for relpath in rows["relpath"]]
+    return rows.loc[kept, ["relpath", "label", "role", "path"]].reset_index(drop=True)
+
+
+def restore_images(store_path: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]]) -> GrowthReport:
+    """Undo :func:`remove_images`: move the files of ``paths`` (relative to the collection, or the absolute paths
+    they had) back from ``<collection>/.removed/`` and take their rows out of the tombstones of every feature store
+    of the collection (their features were kept: nothing is computed). An image that was not removed, whose file is
+    gone from ``.removed/`` or whose place is taken by another file raises :class:`GrowthError`; nothing changes."""
+    from cbir.features.store import read_table, removed_rows
+
+    started = time.perf_counter()
+    folder = _store_of(store_path)
+    manifest = read_manifest(folder)
+    root = Path(manifest["meta"].get("collection_root", ""))
+    if not paths:
+        raise GrowthError("no images to restore")
+    catalog = read_table(folder, manifest["catalog"], [])
+    gone = catalog.iloc[removed_rows(manifest)]
+    by_relpath = {relpath: i for i, relpath in enumerate(gone["relpath"])}
+    by_path = {path: i for i, path in enumerate(gone["path"])}
+    chosen: list[int] = []
+    problems: list[str] = []
+    for given in paths:
+        i = by_relpath.get(Path(given).as_posix(), by_path.get(str(given)))
+        if i is None:
+            problems.append(f"{given}: not removed from the feature set {folder.name}")
+            continue
+        relpath, original = gone["relpath"].iloc[i], Path(gone["path"].iloc[i])
+        if not (root / REMOVED_FOLDER / relpath).is_file():
+            problems.append(f"{relpath}: its file is not in {root / REMOVED_FOLDER} any more")
+        elif original.exists():
+            problems.append(f"{relpath}: another file is at {original} now")
+        else:
+            chosen.append(i)
+    if problems:
+        raise GrowthError("nothing was restored: " + "; ".join(problems))
+    restored = gone.iloc[chosen]
+    wanted = set(restored["path"])
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for path, relpath in zip(restored["path"], restored["relpath"], strict=True):
+            source, target = root / REMOVED_FOLDER / relpath, Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)  # keeps size and mtime: the rows' cache keys match the file again
+            moved.append((target, source))
+        changed = []
+        n_images = len(catalog) - len(gone)
+        for store in [folder, *(p for p in _collection_stores(root, folder) if p != folder)]:
+            store_manifest = read_manifest(store)
+            table = read_table(store, store_manifest["catalog"], [])
+            tombs = set(store_manifest.get("removed", []))
+            rows = [i for i, p in enumerate(table["path"]) if p in wanted and i in tombs]
+            if rows:
+                store_manifest = restore_rows(store, rows)
+                changed.append(str(store))
+                if store == folder:
+                    n_images = int(store_manifest["meta"]["n_images"])
+    except BaseException:
+        for target, source in moved:
+            if target.is_file() and not source.exists():
+                os.replace(target, source)
+        raise
+    return GrowthReport(
+        "restored", restored[["relpath", "label", "role", "path"]].reset_index(drop=True), n_images,
+        time.perf_counter() - started, stores=changed,
     )  # fmt: skip

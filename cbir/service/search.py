@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,10 +23,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cbir.core.errors import ConfigError
+from cbir.core.errors import CbirError, ConfigError
+from cbir.core.storage import ArtifactError
 from cbir.data.query import QueryImage, decode_query
-from cbir.features.query_model import extractor_spec, make_extractor
+from cbir.features.query_model import ExtractorSpec, extractor_spec, make_extractor
+from cbir.features.saved_indexes import load_fresh
+from cbir.features.sources import FeatureSet, FeatureSetVersion, feature_source
+from cbir.features.store import catalog_keys, read_manifest, read_rows, read_table, removed_rows
 from cbir.features.workspace import file_version, load_feature_set
+from cbir.indexes import threads
 from cbir.indexes.base import BaseIndex
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
 
@@ -33,7 +39,7 @@ if TYPE_CHECKING:
     import os
 
     from cbir.evaluation.evaluate import StageProgress
-    from cbir.features.extractor import FeatureExtractor, FeatureSet
+    from cbir.features.extractor import FeatureExtractor
 
 # ----------------------------------------------------------------------------------------------------------
 # Search
@@ -85,6 +91,11 @@ class SearchEngine:
         self._version = version if version is not None or path is None else file_version(path)
         self._removed = np.zeros(0, dtype=np.int64)
         self.generations = 0  # changes applied since the engine was built
+        # the feature set's version whose row numbers the engine's match (a saved index of it can answer); None once
+        # a removal left tombstones in the engine's rows, or for a feature set given without its path
+        self._saved_version = self._version_of_rows(len(feature_set.features))
+        self.sources: dict[IndexConfig, str] = {}  # per fitted setting: "loaded" (saved index) or "built"
+        self.stale: dict[IndexConfig, str] = {}  # per setting whose saved index could not answer: why
         # one lock for the index cache and the lazily built extractor: a second session asking for the index being
         # built waits for it instead of building it again (a build takes well under a second on the app's sizes)
         self._lock = threading.Lock()
@@ -96,6 +107,17 @@ class SearchEngine:
                 f"The query is embedded with weights {extractor.weights_id} but the collection's "
                 f"features were computed with {meta_id}; results may be off."
             )
+
+    def _version_of_rows(self, n_rows: int) -> FeatureSetVersion | None:
+        """The version of the feature set at :attr:`path` if it has ``n_rows`` live rows and no removal was applied
+        to the engine (its rows are then the feature set's, in order), else ``None``."""
+        if self.path is None or len(self._removed):
+            return None
+        try:
+            version = FeatureSetVersion.of(self.path)
+        except (ArtifactError, OSError):
+            return None
+        return version if version.n_rows == n_rows else None
 
     @property
     def extractor(self) -> FeatureExtractor:
@@ -121,11 +143,7 @@ class SearchEngine:
         ``stat``); returns whether something changed. Called before every query."""
         if self.path is None or file_version(self.path) == self._version:
             return False
-        from cbir.core.storage import ArtifactError
-        from cbir.features.extractor import FeatureSet
-        from cbir.features.store import catalog_keys, is_store, read_manifest, read_rows, read_table, removed_rows
-
-        if not is_store(self.path):
+        if not feature_source(self.path).can_grow:  # a joblib artifact never changes in place
             return False
         with self._lock:
             version = file_version(self.path)
@@ -163,6 +181,7 @@ class SearchEngine:
                 self._indexes[config] = updated
             self.feature_set = FeatureSet(features, catalog, old.report, {**old.meta, **manifest["meta"]})
             self._removed = np.union1d(self._removed, removed)
+            self._saved_version = self._version_of_rows(len(features))
             self._version = version
             self.generations += 1
             return True
@@ -179,11 +198,28 @@ class SearchEngine:
             if index is None:
                 while len(self._indexes) >= self.max_indexes:
                     self._indexes.pop(next(iter(self._indexes)))
-                index = config.build().fit(self.feature_set.features, progress=progress)
-                if len(self._removed):
-                    index.remove(self._removed)
+                index = self._load_saved(config)
+                if index is None:
+                    index = config.build().fit(self.feature_set.features, progress=progress)
+                    if len(self._removed):
+                        index.remove(self._removed)
+                    self.sources[config] = "built"
                 self._indexes[config] = index
             return index, self.feature_set.catalog
+
+    def _load_saved(self, config: IndexConfig) -> BaseIndex | None:
+        """The saved index of ``config`` (:mod:`cbir.features.saved_indexes`) when it was built from the engine's
+        current rows; a stale one is never served (the reason is kept in :attr:`stale`, the index is built)."""
+        if self._saved_version is None:
+            return None
+        assert self.path is not None
+        index, reason = load_fresh(self.path, config, self._saved_version)
+        if reason is not None:
+            self.stale[config] = reason
+        if index is not None:
+            self.sources[config] = "loaded"
+            self.stale.pop(config, None)
+        return index
 
     def has_index(self, config: IndexConfig) -> bool:
         """Whether the index of ``config`` is built already (a query with it answers at once)."""
@@ -213,7 +249,7 @@ class SearchEngine:
         answer = self.query_vector(vector, config, k)
         answer.embed_seconds = embed_seconds
         answer.seconds += embed_seconds
-        answer.notes = list(query.notes)
+        answer.notes = [*query.notes, *answer.notes]
         return answer
 
     def query_vector(self, vector: np.ndarray, config: IndexConfig = IndexConfig(), k: int = DEFAULT_K) -> QueryAnswer:
@@ -221,7 +257,8 @@ class SearchEngine:
         self.refresh()
         index, catalog = self._snapshot(config)
         started = time.perf_counter()
-        scores, ids, visited = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
+        with threads.single_query():  # one query: one thread, no pool to wake (cbir.indexes.threads)
+            scores, ids, visited = index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
         search_seconds = time.perf_counter() - started
         found = ids[0] >= 0
         rows = ids[0][found]
@@ -248,6 +285,7 @@ class SearchEngine:
             visited_fraction=n_visited / max(index.n_objects - index.n_removed, 1) if n_visited >= 0 else float("nan"),
             n_objects=index.n_objects - index.n_removed,
             index_label=config.label,
+            notes=[f"{self.stale[config]}: built in memory instead"] if config in self.stale else [],
         )
 
 
@@ -260,3 +298,115 @@ def search_engine_for(path: str, version: int, extractor: FeatureExtractor | Non
     search = SearchEngine(load_feature_set(path, loaded_version), extractor, path=path, version=loaded_version)
     search.query_vector(search.feature_set.features[0])
     return search
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One engine per feature set in the process, warmed in the background when a server starts
+# ----------------------------------------------------------------------------------------------------------
+
+MAX_SHARED_ENGINES = 3  # feature sets whose engine a process keeps (the app's cache held as many)
+_shared_lock = threading.RLock()
+_shared_engines: dict[tuple[str, int, ExtractorSpec | None], SearchEngine] = {}
+_shared_extractors: dict[ExtractorSpec, FeatureExtractor] = {}
+
+
+def shared_extractor(spec: ExtractorSpec) -> FeatureExtractor:
+    """The process's model of ``spec`` (built once, warmed by one inference): the app's pages and the API share it."""
+    with _shared_lock:
+        if spec not in _shared_extractors:
+            _shared_extractors[spec] = make_extractor(spec)
+        return _shared_extractors[spec]
+
+
+def shared_engine(path: str, version: int, spec: ExtractorSpec | None = None) -> SearchEngine:
+    """The process's :class:`SearchEngine` of the feature set at ``path`` (``version``: a cache key part, see
+    :func:`search_engine_for`), with the model of ``spec`` (None: no model, search by stored features only); at most
+    :data:`MAX_SHARED_ENGINES` are kept (the oldest is dropped first). Thread-safe: two callers get one engine."""
+    key = (str(path), version, spec)
+    with _shared_lock:
+        if key not in _shared_engines:
+            extractor = None if spec is None else shared_extractor(spec)
+            while len(_shared_engines) >= MAX_SHARED_ENGINES:
+                _shared_engines.pop(next(iter(_shared_engines)))
+            _shared_engines[key] = search_engine_for(str(path), version, extractor)
+        return _shared_engines[key]
+
+
+@dataclass
+class WarmStart:
+    """What :func:`warm_start` did: the feature set, the settings it answered once, the seconds it took, and the
+    error that stopped it (a user's problem: no feature set, no model), if any."""
+
+    path: str | None = None
+    configs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def warm_start(
+    path: str | None = None, configs: Sequence[IndexConfig] = (), background: bool = True
+) -> tuple[WarmStart, threading.Thread | None]:
+    """Get a server ready for its first query: load the numba kernels (from numba's on-disk cache: ``cache=True``),
+    batch and single-query twins alike; the feature set at ``path`` (default: the default collection's newest), its
+    model (one inference traces the graph), its engine (:func:`shared_engine`), and answer one query with the scan,
+    each of ``configs`` and each fresh saved index of the feature set (:mod:`cbir.features.saved_indexes`: loaded
+    from disk). In a daemon thread when ``background`` (the app and the API start it and go on); returns the report
+    (``report.done`` is set at the end) and the thread."""
+    report = WarmStart(path=path)
+
+    def run() -> None:
+        started = time.perf_counter()
+        try:
+            _warm(report, list(configs))
+        except CbirError as exc:  # nothing to warm (no feature set yet, no model): the first query will say why
+            report.error = str(exc)
+        finally:
+            report.seconds = time.perf_counter() - started
+            report.done.set()
+
+    if not background:
+        run()
+        return report, None
+    thread = threading.Thread(target=run, name="cbir-warm-start", daemon=True)
+    thread.start()
+    return report, thread
+
+
+def _warm(report: WarmStart, configs: list[IndexConfig]) -> None:
+    from cbir.features.saved_indexes import saved_infos, staleness
+    from cbir.features.workspace import base_version, complete_feature_sets
+    from cbir.indexes.warmup import warm_up
+
+    warm_up()
+    if report.path is None:
+        choices = complete_feature_sets()
+        if not choices:
+            raise ConfigError("no complete feature set to warm up")
+        report.path = next(iter(choices.values()))
+    path = str(report.path)
+    meta = load_feature_set(path).meta
+    try:
+        spec: ExtractorSpec | None = extractor_spec(meta)
+    except CbirError:
+        spec = None  # a model that cannot be loaded: the engine searches by stored features
+    engine = shared_engine(path, base_version(path), spec)
+    if spec is not None:
+        engine.embed(Image.new("RGB", (224, 224), "white"))
+    version = engine._saved_version
+    fresh = [IndexConfig(**info["config"]) for _, info in saved_infos(path) if staleness(info, version) is None]
+    for config in dict.fromkeys([IndexConfig(), *configs, *fresh]):
+        engine.query_vector(engine.feature_set.features[0], config)
+        report.configs.append(config.label)
+
+
+def default_config(kind: str, path: str, metric: str = "euclidean") -> IndexConfig:
+    """The setting of ``kind`` the Search page starts from on the feature set at ``path``: the registry's defaults,
+    and for LSH the bucket width of :func:`cbir.evaluation.tuning.lsh_defaults_for` (what the page's slider shows),
+    so that an index saved with it (``python -m cbir index build``, the home page's button) is the one the page
+    loads."""
+    if kind != "lsh":
+        return IndexConfig(kind, metric)  # type: ignore[arg-type]
+    from cbir.evaluation.tuning import lsh_defaults_for
+
+    return lsh_defaults_for(path, file_version(path), metric)

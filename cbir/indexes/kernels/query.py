@@ -1,0 +1,618 @@
+"""The LSH query kernel: candidates from the probed buckets (deduplicated, optionally counted and shortlisted)
+and their exact ranking."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import prange
+
+from cbir.indexes.kernels.common import METRIC_EUCLIDEAN, BucketTables, RowParallel, _jit
+from cbir.indexes.kernels.hashing import _tuple_key
+from cbir.indexes.kernels.probing import (
+    ProbeWorkspace,
+    _above,
+    _heap_pop,
+    _heap_push,
+    _heap_replace_top,
+    _perturbation_sets,
+    _probe_workspace,
+)
+from cbir.indexes.kernels.tables import _find_bucket
+from cbir.indexes.kernels.topk import _empty_results, _n_chunks, _ranking_key, _rerank_into, _squared_l2
+
+_MODE_SEARCH = 0  # top-k and visited
+_MODE_COUNT = 1  # visited only
+_MODE_FILL = 2  # visited and the sorted candidates, written to cand_ids at cand_offsets
+
+
+class ProbeArgs(NamedTuple):
+    """What a batch LSH query needs: the queries, the indexed data, the query slots and the index's tables.
+
+    The arguments of :func:`lsh_search`, :func:`lsh_candidates` and :func:`query_reference`.
+    """
+
+    queries: np.ndarray  # (m, d) float32 C-contiguous (unit rows for cosine)
+    data: np.ndarray  # (n, d) float32 C-contiguous indexed vectors
+    codes: np.ndarray  # (m, g*h) int64 slot codes of the queries (slot_positions)
+    fractions: np.ndarray  # (m, g*h) float64 positions inside the slots (slot_positions)
+    n_tables: int
+    n_projections: int
+    bucket_width: float
+    n_probes: int
+    tables: BucketTables  # the index's bucket layout
+    min_collisions: int = 1  # candidates are the ids found in at least this many probed buckets (1: the union)
+
+
+class Shortlist(NamedTuple):
+    """A cheaper candidate phase: score every candidate in a small space first, re-rank only the best exactly.
+
+    The scoring space is any (n, r) embedding whose squared L2 distance approximates the ranking
+    (:class:`cbir.indexes.lsh.LSHIndex` uses PCA coordinates, as float32 or as uint8 codes of
+    :class:`cbir.indexes.pca.Codebook`
+    with the queries in code units). The kept candidates are ranked exactly in increasing
+    scoring distance. With ``lower_bound=True`` the caller guarantees that the scoring space is an orthogonal
+    projection (so the scoring distance never exceeds the true one, unit rows for cosine): the exact ranking then
+    stops at the first candidate whose scoring distance already exceeds the k-th best exact one, since no later
+    candidate can enter the top k. The answer is the exact top-k of the kept candidates either way.
+    """
+
+    queries: np.ndarray  # (m, r) float32 C-contiguous queries in the scoring space
+    data: np.ndarray  # (n, r) float32 or uint8 C-contiguous indexed objects in the scoring space (uint8: codes)
+    size: int  # >= 1: candidates (best by scoring distance, ties by id) kept for the exact re-rank
+    lower_bound: bool = False
+
+
+class ListedProbes(NamedTuple):
+    """A batch LSH query whose buckets are listed by the caller (cross-polytope LSH computes its probing sequence
+    outside the search kernel): the arguments of :func:`lsh_search` / :func:`lsh_candidates` besides
+    :class:`ProbeArgs`."""
+
+    queries: np.ndarray  # (m, d) float32 C-contiguous (unit rows for cosine)
+    data: np.ndarray  # (n, d) float32 C-contiguous indexed vectors
+    probe_tables: np.ndarray  # (m, P) int64 table of each probed bucket, best first; -1 ends a shorter sequence
+    probe_keys: np.ndarray  # (m, P) uint64 bucket key of each probe
+    tables: BucketTables
+    min_collisions: int = 1
+
+
+@_jit()
+def _probe_bucket(
+    codes: np.ndarray,
+    start: int,
+    n_projections: int,
+    deltas: np.ndarray,
+    tables: BucketTables,
+    lo: int,
+    hi: int,
+    seen: np.ndarray,
+    buffer: np.ndarray,
+    count: int,
+    min_collisions: int,
+    counts: np.ndarray,
+    touched: np.ndarray,
+    n_touched: np.ndarray,
+) -> int:
+    """:func:`_gather_bucket` of the bucket ``codes[start:start+h] + deltas`` of the table ``bucket_keys[lo:hi]``."""
+    return _gather_bucket(
+        key=_tuple_key(codes, start, n_projections, deltas),
+        tables=tables,
+        lo=lo,
+        hi=hi,
+        seen=seen,
+        buffer=buffer,
+        count=count,
+        min_collisions=min_collisions,
+        counts=counts,
+        touched=touched,
+        n_touched=n_touched,
+    )
+
+
+@_jit()
+def _gather_bucket(
+    key: np.uint64,
+    tables: BucketTables,
+    lo: int,
+    hi: int,
+    seen: np.ndarray,
+    buffer: np.ndarray,
+    count: int,
+    min_collisions: int,
+    counts: np.ndarray,
+    touched: np.ndarray,
+    n_touched: np.ndarray,
+) -> int:
+    """Append the ids of the bucket ``key`` of the table ``bucket_keys[lo:hi]`` whose bit in ``seen`` is not set
+    yet to ``buffer[count:]`` (setting it); returns the new count.
+
+    With ``min_collisions > 1`` an id is appended when the bucket is the ``min_collisions``-th one it is found in:
+    ``counts`` (n,) int32 counts the finds, ``touched[:n_touched[0]]`` lists the ids counted so far.
+    """
+    bucket = _find_bucket(tables.bucket_keys, lo, hi, key)
+    if bucket < 0:
+        return count
+    bucket_ids = tables.bucket_ids
+    for p in range(tables.bucket_starts[bucket], tables.bucket_starts[bucket + 1]):
+        obj = bucket_ids[p]
+        if min_collisions > 1:
+            found = counts[obj] + 1
+            counts[obj] = found
+            if found == 1:
+                touched[n_touched[0]] = obj
+                n_touched[0] += 1
+            if found != min_collisions:
+                continue
+        word = obj >> 6
+        bit = np.uint64(1) << np.uint64(obj & 63)
+        if not seen[word] & bit:
+            seen[word] |= bit
+            buffer[count] = obj
+            count += 1
+    return count
+
+
+@_jit()
+def _collect_listed(
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
+    tables: BucketTables,
+    seen: np.ndarray,
+    buffer: np.ndarray,
+    min_collisions: int,
+    counts: np.ndarray,
+    touched: np.ndarray,
+    n_touched: np.ndarray,
+) -> int:
+    """:func:`_collect_candidates` for a probe sequence given as (table, key) pairs (``probe_tables[p] < 0`` ends
+    it): the distinct ids of those buckets, written to ``buffer``; returns the count."""
+    count = 0
+    for p in range(probe_tables.shape[0]):
+        t = probe_tables[p]
+        if t < 0:
+            break
+        count = _gather_bucket(
+            key=probe_keys[p],
+            tables=tables,
+            lo=tables.table_offsets[t],
+            hi=tables.table_offsets[t + 1],
+            seen=seen,
+            buffer=buffer,
+            count=count,
+            min_collisions=min_collisions,
+            counts=counts,
+            touched=touched,
+            n_touched=n_touched,
+        )
+    return count
+
+
+@_jit()
+def _sorted_candidates(seen: np.ndarray, buffer: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` ids gathered in ``buffer``, ascending, and ``seen`` cleared for the next query.
+
+    Small sets are sorted; a set large against the bitmap's ``n / 64`` words is read off the bitmap in id order
+    instead (one pass over the words, no comparison sort: at a million objects and 20,000 candidates this
+    is ~50x cheaper than sorting).
+    """
+    n_words = seen.shape[0]
+    if count * 8 < n_words:
+        candidates = buffer[:count]
+        candidates.sort()
+        for c in range(count):
+            seen[candidates[c] >> 6] = 0
+        return candidates
+    position = 0
+    for word in range(n_words):
+        bits = seen[word]
+        if bits == 0:
+            continue
+        seen[word] = 0
+        base = word << 6
+        while bits:
+            low = bits & (~bits + np.uint64(1))  # lowest set bit
+            buffer[position] = base + _bit_index(low)
+            position += 1
+            bits ^= low
+    return buffer[:position]
+
+
+@_jit(inline="always")
+def _bit_index(single_bit: np.uint64) -> int:
+    """Index (0-63) of the one set bit of ``single_bit`` (binary search over halves)."""
+    index = 0
+    x = single_bit
+    if x >= np.uint64(1) << np.uint64(32):
+        x >>= np.uint64(32)
+        index += 32
+    if x >= np.uint64(1) << np.uint64(16):
+        x >>= np.uint64(16)
+        index += 16
+    if x >= np.uint64(1) << np.uint64(8):
+        x >>= np.uint64(8)
+        index += 8
+    if x >= np.uint64(1) << np.uint64(4):
+        x >>= np.uint64(4)
+        index += 4
+    if x >= np.uint64(1) << np.uint64(2):
+        x >>= np.uint64(2)
+        index += 2
+    if x >= np.uint64(1) << np.uint64(1):
+        index += 1
+    return index
+
+
+@_jit()
+def _collect_candidates(
+    codes: np.ndarray,
+    fractions: np.ndarray,
+    n_tables: int,
+    n_projections: int,
+    bucket_width: float,
+    n_probes: int,
+    tables: BucketTables,
+    seen: np.ndarray,
+    buffer: np.ndarray,
+    zero_deltas: np.ndarray,
+    workspace: ProbeWorkspace,
+    min_collisions: int,
+    counts: np.ndarray,
+    touched: np.ndarray,
+    n_touched: np.ndarray,
+) -> int:
+    """Distinct ids in the query's buckets (plus probed neighbours), written to ``buffer``; returns the count.
+
+    ``codes`` / ``fractions`` (g*h,) are the query's slots. ``seen`` ((n + 63) // 64,) uint64 is a bitmap that
+    dedups ids across tables (all zero on entry; :func:`_sorted_candidates` clears it again).
+    ``zero_deltas`` (h,) is all zero. With ``min_collisions > 1`` only ids found in that many probed buckets are
+    kept (see :func:`_probe_bucket`); ``counts`` is all zero on entry and the caller clears the ``touched`` ids.
+    """
+    h = n_projections
+    count = 0
+    for t in range(n_tables):
+        lo = tables.table_offsets[t]
+        hi = tables.table_offsets[t + 1]
+        count = _probe_bucket(
+            codes=codes,
+            start=t * h,
+            n_projections=h,
+            deltas=zero_deltas,
+            tables=tables,
+            lo=lo,
+            hi=hi,
+            seen=seen,
+            buffer=buffer,
+            count=count,
+            min_collisions=min_collisions,
+            counts=counts,
+            touched=touched,
+            n_touched=n_touched,
+        )
+        if n_probes > 0:
+            n_found = _perturbation_sets(
+                fractions=fractions[t * h : (t + 1) * h],
+                bucket_width=bucket_width,
+                n_probes=n_probes,
+                workspace=workspace,
+            )
+            for p in range(n_found):
+                count = _probe_bucket(
+                    codes=codes,
+                    start=t * h,
+                    n_projections=h,
+                    deltas=workspace.out_deltas[p],
+                    tables=tables,
+                    lo=lo,
+                    hi=hi,
+                    seen=seen,
+                    buffer=buffer,
+                    count=count,
+                    min_collisions=min_collisions,
+                    counts=counts,
+                    touched=touched,
+                    n_touched=n_touched,
+                )
+    return count
+
+
+@_jit()
+def _shortlist_into(
+    query: np.ndarray, data: np.ndarray, candidates: np.ndarray, heap_key: np.ndarray, heap_id: np.ndarray
+) -> int:
+    """The ``len(heap_key)`` candidates nearest to ``query`` by squared L2 in the scoring space (ties by id).
+
+    Args:
+        query: (r,) float32; data: (n, r) float32; candidates: (c,) int64 rows of ``data``.
+        heap_key, heap_id: (s,) float32 / int64 scratch space; on return ``heap_id[:size]`` holds the kept ids
+            (in heap order).
+
+    Returns:
+        size = min(s, c).
+    """
+    limit = heap_key.shape[0]
+    size = 0
+    bound = np.float32(np.inf)
+    for c in range(candidates.shape[0]):
+        obj = candidates[c]
+        key = _squared_l2(query, data[obj], bound)
+        if size < limit:
+            size = _heap_push(heap_key, heap_id, size, key, obj, True)
+        elif _above(heap_key[0], heap_id[0], key, obj, True):
+            _heap_replace_top(heap_key, heap_id, size, key, obj, True)
+        if size == limit:
+            bound = heap_key[0]
+    return size
+
+
+# Relative slack of the lower-bound stop: the scoring distance is summed in float32 in another order than the
+# exact one, so it may exceed the exact value by a few ulps; stopping only clearly above the bound stays safe.
+_BOUND_SLACK = np.float32(1e-4)
+
+
+@_jit()
+def _rerank_ordered_into(
+    query: np.ndarray,
+    data: np.ndarray,
+    candidates: np.ndarray,
+    low_keys: np.ndarray,
+    metric: int,
+    lower_bound: bool,
+    top_key: np.ndarray,
+    top_id: np.ndarray,
+    out_scores: np.ndarray,
+    out_ids: np.ndarray,
+) -> None:
+    """:func:`_rerank_into` for candidates in increasing scoring distance ``low_keys`` (squared, float32).
+
+    Good candidates come first, so the k-th best bound is tight early and most rows stop after their first
+    distance block. With ``lower_bound`` the loop ends once a scoring distance proves that no remaining
+    candidate can beat the k-th best (see :class:`Shortlist`).
+    """
+    k = out_ids.shape[0]
+    size = 0
+    bound = np.float32(np.inf)
+    for c in range(candidates.shape[0]):
+        if lower_bound and size == k:
+            # smallest exact key the candidate can have: squared distance, or -(1 - d²/2) for unit vectors
+            low = low_keys[c] * (np.float32(1.0) - _BOUND_SLACK)
+            floor = low if metric == METRIC_EUCLIDEAN else np.float32(0.5) * low - np.float32(1.0)
+            if floor > bound + _BOUND_SLACK * abs(bound):
+                break
+        obj = candidates[c]
+        key = _ranking_key(query, data[obj], metric, bound)
+        if size < k:
+            size = _heap_push(top_key, top_id, size, key, obj, True)
+        elif _above(top_key[0], top_id[0], key, obj, True):
+            _heap_replace_top(top_key, top_id, size, key, obj, True)
+        if size == k:
+            bound = top_key[0]
+    for position in range(size - 1, -1, -1):
+        key, obj, _ = _heap_pop(top_key, top_id, position + 1, True)
+        out_ids[position] = obj
+        out_scores[position] = np.sqrt(key) if metric == METRIC_EUCLIDEAN else -key
+
+
+@RowParallel
+def _lsh_kernel(
+    queries: np.ndarray,
+    data: np.ndarray,
+    codes: np.ndarray,
+    fractions: np.ndarray,
+    n_tables: int,
+    n_projections: int,
+    bucket_width: float,
+    n_probes: int,
+    tables: BucketTables,
+    min_collisions: int,
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
+    short_queries: np.ndarray,
+    short_data: np.ndarray,
+    shortlist: int,
+    lower_bound: bool,
+    metric: int,
+    mode: int,
+    n_chunks: int,
+    out_scores: np.ndarray,
+    out_ids: np.ndarray,
+    out_visited: np.ndarray,
+    cand_offsets: np.ndarray,
+    cand_ids: np.ndarray,
+) -> None:
+    """Candidates of every query, then (by ``mode``) their exact top-k, only their count, or their ids.
+
+    The leading arguments are the fields of :class:`ProbeArgs` (numba's parallel loops do not take nested
+    named tuples), or, when ``probe_tables`` has columns, those of :class:`ListedProbes` (``codes`` etc. unused);
+    ``short_queries`` / ``short_data`` / ``shortlist`` those of :class:`Shortlist` (``shortlist = 0``: every
+    candidate is re-ranked exactly). Called with keywords only.
+    """
+    m = queries.shape[0]
+    listed = probe_tables.shape[1] > 0
+    n = data.shape[0]
+    h = n_projections
+    k = out_ids.shape[1]
+    for chunk in prange(n_chunks):
+        # per-worker scratch space, allocated once for the chunk's queries
+        seen = np.zeros((n + 63) // 64, dtype=np.uint64)
+        counting = n if min_collisions > 1 else 1
+        counts = np.zeros(counting, dtype=np.int32)
+        touched = np.empty(counting, dtype=np.int64)
+        n_touched = np.zeros(1, dtype=np.int64)
+        buffer = np.empty(n, dtype=np.int64)
+        zero_deltas = np.zeros(h, dtype=np.int64)
+        workspace = _probe_workspace(n_probes=n_probes, n_projections=h)
+        top_key = np.empty(k, dtype=np.float32)
+        top_id = np.empty(k, dtype=np.int64)
+        short_key = np.empty(max(shortlist, 1), dtype=np.float32)
+        short_id = np.empty(max(shortlist, 1), dtype=np.int64)
+        ordered_key = np.empty(max(shortlist, 1), dtype=np.float32)
+        ordered_id = np.empty(max(shortlist, 1), dtype=np.int64)
+        for i in range(chunk * m // n_chunks, (chunk + 1) * m // n_chunks):
+            if listed:
+                count = _collect_listed(
+                    probe_tables=probe_tables[i],
+                    probe_keys=probe_keys[i],
+                    tables=tables,
+                    seen=seen,
+                    buffer=buffer,
+                    min_collisions=min_collisions,
+                    counts=counts,
+                    touched=touched,
+                    n_touched=n_touched,
+                )
+            else:
+                count = _collect_candidates(
+                    codes=codes[i],
+                    fractions=fractions[i],
+                    n_tables=n_tables,
+                    n_projections=h,
+                    bucket_width=bucket_width,
+                    n_probes=n_probes,
+                    tables=tables,
+                    seen=seen,
+                    buffer=buffer,
+                    zero_deltas=zero_deltas,
+                    workspace=workspace,
+                    min_collisions=min_collisions,
+                    counts=counts,
+                    touched=touched,
+                    n_touched=n_touched,
+                )
+            for j in range(n_touched[0]):
+                counts[touched[j]] = 0
+            n_touched[0] = 0
+            out_visited[i] = count
+            # ascending ids: rows are then read in memory order, which the prefetcher likes
+            candidates = _sorted_candidates(seen=seen, buffer=buffer, count=count)
+            if mode == _MODE_COUNT:
+                continue
+            if mode == _MODE_FILL:
+                cand_ids[cand_offsets[i] : cand_offsets[i] + count] = candidates
+                continue
+            if shortlist == 0:
+                _rerank_into(
+                    query=queries[i],
+                    data=data,
+                    candidates=candidates,
+                    metric=metric,
+                    top_key=top_key,
+                    top_id=top_id,
+                    out_scores=out_scores[i],
+                    out_ids=out_ids[i],
+                )
+                continue
+            kept = _shortlist_into(
+                query=short_queries[i], data=short_data, candidates=candidates, heap_key=short_key, heap_id=short_id
+            )
+            # best scoring distance first (ties by id)
+            for position in range(kept - 1, -1, -1):
+                ordered_key[position], ordered_id[position], _ = _heap_pop(short_key, short_id, position + 1, True)
+            _rerank_ordered_into(
+                query=queries[i],
+                data=data,
+                candidates=ordered_id[:kept],
+                low_keys=ordered_key[:kept],
+                metric=metric,
+                lower_bound=lower_bound,
+                top_key=top_key,
+                top_id=top_id,
+                out_scores=out_scores[i],
+                out_ids=out_ids[i],
+            )
+
+
+_NO_SHORTLIST = Shortlist(queries=np.zeros((0, 1), dtype=np.float32), data=np.zeros((0, 1), dtype=np.float32), size=0)
+
+
+def _lsh_call(
+    probe: ProbeArgs | ListedProbes,
+    k: int,
+    metric: int,
+    mode: int,
+    shortlist: Shortlist | None = None,
+    cand_offsets: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run :func:`_lsh_kernel` in ``mode``; returns (scores, ids, visited, cand_ids)."""
+    m = probe.queries.shape[0]
+    if isinstance(probe, ListedProbes):
+        if probe.probe_tables.shape != (m, max(probe.probe_tables.shape[1], 1)) or probe.probe_keys.shape != (
+            probe.probe_tables.shape
+        ):
+            raise ValueError("probe_tables and probe_keys must be (m, P >= 1) arrays, one row per query")
+        listed = (probe.probe_tables, probe.probe_keys)
+        probe = ProbeArgs(
+            queries=probe.queries,
+            data=probe.data,
+            codes=np.zeros((m, 0), dtype=np.int64),
+            fractions=np.zeros((m, 0), dtype=np.float64),
+            n_tables=0,
+            n_projections=1,
+            bucket_width=1.0,
+            n_probes=0,
+            tables=probe.tables,
+            min_collisions=probe.min_collisions,
+        )
+    else:
+        listed = (np.zeros((m, 0), dtype=np.int64), np.zeros((m, 0), dtype=np.uint64))
+    scores, ids = _empty_results(m, k, metric)
+    visited = np.zeros(m, dtype=np.int64)
+    offsets = np.zeros(m + 1, dtype=np.int64) if cand_offsets is None else cand_offsets
+    cand_ids = np.empty(int(offsets[-1]), dtype=np.int64)
+    short = _NO_SHORTLIST if shortlist is None else shortlist
+    if short.size < 0 or (short.size > 0 and (len(short.queries) != m or len(short.data) != len(probe.data))):
+        raise ValueError("the shortlist's queries and data must have the rows of the probe's queries and data")
+    _lsh_kernel(
+        queries=probe.queries,
+        data=probe.data,
+        codes=probe.codes,
+        fractions=probe.fractions,
+        n_tables=int(probe.n_tables),
+        n_projections=int(probe.n_projections),
+        bucket_width=float(probe.bucket_width),
+        n_probes=int(probe.n_probes),
+        tables=BucketTables(*probe.tables),
+        min_collisions=int(probe.min_collisions),
+        probe_tables=listed[0],
+        probe_keys=listed[1],
+        short_queries=short.queries,
+        short_data=short.data,
+        shortlist=int(short.size),
+        lower_bound=bool(short.lower_bound),
+        metric=metric,
+        mode=mode,
+        n_chunks=_n_chunks(m),
+        out_scores=scores,
+        out_ids=ids,
+        out_visited=visited,
+        cand_offsets=offsets,
+        cand_ids=cand_ids,
+    )
+    return scores, ids, visited, cand_ids
+
+
+def lsh_search(
+    probe: ProbeArgs | ListedProbes, k: int, metric: int, shortlist: Shortlist | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch LSH query (numba, parallel over queries).
+
+    Args:
+        probe: the queries, data, query slots and tables (E2LSH), or the buckets to probe (:class:`ListedProbes`).
+        k: results per query; metric: ``METRIC_EUCLIDEAN`` or ``METRIC_COSINE``.
+        shortlist: optional cheaper candidate phase; ``None`` re-ranks every candidate exactly.
+
+    Returns:
+        scores (m, k) float32, ids (m, k) int64 (-1 padded), visited (m,) int64 = distinct candidates (each had
+        a distance computed: in the scoring space, and in the full space if it reached the shortlist).
+    """
+    scores, ids, visited, _ = _lsh_call(probe, k, metric, _MODE_SEARCH, shortlist=shortlist)
+    return scores, ids, visited
+
+
+def lsh_candidates(probe: ProbeArgs | ListedProbes) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate sets of each query as CSR ``(offsets (m+1,) int64, ids int64)``, ids ascending within a query."""
+    _, _, visited, _ = _lsh_call(probe, 1, METRIC_EUCLIDEAN, _MODE_COUNT)
+    offsets = np.zeros(len(visited) + 1, dtype=np.int64)
+    np.cumsum(visited, out=offsets[1:])
+    _, _, _, cand_ids = _lsh_call(probe, 1, METRIC_EUCLIDEAN, _MODE_FILL, cand_offsets=offsets)
+    return offsets, cand_ids

@@ -1,0 +1,120 @@
+"""One threading policy for every search: a single query on one thread, a batch on all cores.
+
+Why: numba's parallel regions and OpenBLAS each keep a pool of worker threads that spin for a while after a call.
+A loop of single queries (a server answering one user at a time) then pays for both pools fighting over the cores
+after every call (issue 21: 8.0 ms per exact-scan query with the defaults on two cores, 0.55 ms on one thread).
+A single query has nothing to share out anyway, so it runs:
+
+* numba's kernels through their serial twins (compiled without ``parallel``: no parallel region is entered, so no
+  worker wakes up; see :func:`cbir.indexes.kernels.row_parallel`), chosen by :func:`in_single_query`;
+* BLAS (the scan's matrix product, the projections) on one thread (the libraries found by ``threadpoolctl``).
+
+A batch keeps every core. numba's threading layer is chosen here, before the first parallel region:
+:data:`THREADING_LAYER` unless the user set ``NUMBA_THREADING_LAYER``.
+
+OpenBLAS' thread count is one setting for the whole process, so the BLAS limit is reference counted: it is set when
+the first thread enters a single query and restored when the last one leaves (a batch running meanwhile in another
+thread runs its products on one thread for that time; it stays correct).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numba
+
+# numba's threading layer for batches: "threadsafe" picks TBB if installed, else OpenMP (libgomp), never "workqueue",
+# which aborts the process when two threads enter parallel regions at once (a server's sessions do). OpenMP's idle
+# workers spin after each region unless OMP_WAIT_POLICY=PASSIVE, which the entry points set
+# (cbir.core.config.quiet_native_libraries); single queries enter no region at all. Measured side by side with
+# ``benchmarks/single_query.py --layers`` (README, "Single queries").
+THREADING_LAYER = "threadsafe"
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = THREADING_LAYER
+
+_local = threading.local()
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved: list[int] = []
+_blas_setters: list[Callable[[int], int]] | None = None
+
+
+def in_single_query() -> bool:
+    """Whether the calling thread is inside :func:`single_query` (kernels then run their serial twins)."""
+    return getattr(_local, "depth", 0) > 0
+
+
+def _setters() -> list[Callable[[int], int]]:
+    """Per loaded BLAS library (found by threadpoolctl once: it walks every loaded library), a function that sets its
+    thread count and returns the previous one. OpenBLAS' ``openblas_set_num_threads_local`` where it exists: its
+    ``openblas_set_num_threads`` is ignored when called from another thread than the one that called it first (a
+    server's sessions run in their own threads)."""
+    global _blas_setters
+    if _blas_setters is None:
+        from threadpoolctl import ThreadpoolController
+
+        setters: list[Callable[[int], int]] = []
+        for library in ThreadpoolController().lib_controllers:
+            if library.user_api != "blas":
+                continue
+            local = getattr(library.dynlib, "openblas_set_num_threads_local", None)
+            if local is not None:
+                local.restype, local.argtypes = ctypes.c_int, [ctypes.c_int]
+                setters.append(local)
+            else:
+
+                def set_threads(count: int, library: Any = library) -> int:
+                    previous = int(library.get_num_threads())
+                    library.set_num_threads(count)
+                    return previous
+
+                setters.append(set_threads)
+        _blas_setters = setters
+    return _blas_setters
+
+
+def _enter_blas() -> None:
+    global _blas_users, _blas_saved
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_saved = [set_threads(1) for set_threads in _setters()]
+        _blas_users += 1
+
+
+def _leave_blas() -> None:
+    global _blas_users
+    with _blas_lock:
+        _blas_users -= 1
+        if _blas_users == 0:
+            for set_threads, previous in zip(_setters(), _blas_saved, strict=True):
+                set_threads(previous)
+
+
+@contextmanager
+def single_query() -> Iterator[None]:
+    """Run the block as one query: numba's serial kernels and BLAS on the calling thread (nests; thread-safe)."""
+    depth = getattr(_local, "depth", 0)
+    _local.depth = depth + 1
+    if depth == 0:
+        _enter_blas()
+    try:
+        yield
+    finally:
+        _local.depth = depth
+        if depth == 0:
+            _leave_blas()
+
+
+@contextmanager
+def queries(m: int) -> Iterator[None]:
+    """The policy for a call with ``m`` query rows: :func:`single_query` when ``m == 1``, all cores otherwise."""
+    if m == 1:
+        with single_query():
+            yield
+    else:
+        yield

@@ -1,0 +1,77 @@
+"""The threading policy (cbir.indexes.threads): a single query runs numba's serial kernels and BLAS on one thread,
+nested and concurrent single queries restore BLAS' threads only when the last one ends, and the answers are the
+batch's. Speed is measured by benchmarks/single_query.py, not here."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numba
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from cbir.indexes import kernels, threads
+from cbir.indexes.registry import IndexConfig
+
+
+def _blas_threads() -> list[int]:
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def test_single_query_nests_and_limits_blas_to_one_thread() -> None:
+    before = _blas_threads()
+    assert before, "numpy's BLAS is visible to threadpoolctl"
+    assert not threads.in_single_query()
+    with threads.single_query():
+        assert threads.in_single_query() and _blas_threads() == [1] * len(before)
+        with threads.single_query():
+            assert threads.in_single_query()
+        assert threads.in_single_query() and _blas_threads() == [1] * len(before)
+    assert not threads.in_single_query() and _blas_threads() == before
+    with threads.queries(5):  # a batch keeps every core
+        assert not threads.in_single_query() and _blas_threads() == before
+
+
+def test_blas_limit_is_restored_by_the_last_thread_to_leave() -> None:
+    before = _blas_threads()
+    entered, release_first, first_left = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def first() -> None:
+        with threads.single_query():
+            entered.set()
+            release_first.wait(10)
+        first_left.set()
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    assert entered.wait(10)
+    assert not threads.in_single_query()  # the flag is per thread
+    with threads.single_query():
+        release_first.set()
+        assert first_left.wait(10)
+        seen["while second runs"] = _blas_threads()
+    worker.join()
+    assert seen["while second runs"] == [1] * len(before)  # the first thread's exit did not restore it early
+    assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("kind", ["scan", "lsh", "cross_polytope"])
+def test_single_queries_use_the_serial_kernels_and_answer_as_the_batch(kind: str) -> None:
+    data = np.random.default_rng(1).standard_normal((600, 24)).astype(np.float32)
+    index = IndexConfig(kind, bucket_width=6.0, probes=1).build().fit(data)  # type: ignore[arg-type]
+    queries = data[:12] + 0.05
+    batch = index.search(queries, 5)
+    singles = [index.search(queries[i : i + 1], 5) for i in range(len(queries))]
+    np.testing.assert_array_equal(np.vstack([s.ids for s in singles]), batch.ids)
+    np.testing.assert_allclose(np.vstack([s.distances for s in singles]), batch.distances, rtol=1e-6)
+    serial = kernels._rerank_kernel if kind == "scan" else kernels._lsh_kernel
+    assert serial.serial.signatures, "a single query ran the serial twin"
+    assert serial.parallel.signatures, "the batch ran the parallel kernel"
+
+
+def test_the_threading_layer_is_a_thread_safe_one() -> None:
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        assert numba.config.THREADING_LAYER == threads.THREADING_LAYER == "threadsafe"
