@@ -28,7 +28,6 @@ from cbir.data.collection import collection_id
 from cbir.data.images import ImageDecodeError
 from cbir.data.query import MAX_UPLOAD_BYTES, decode_query
 from cbir.data.samples import sample_photo, sample_photo_png
-from cbir.indexes.registry import IndexConfig
 
 httpx = pytest.importorskip("httpx")
 
@@ -70,13 +69,12 @@ def client(served: Served) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def page_engine(served: Served) -> Any:
-    """The Search page's engine (:func:`cbir.service.search.search_engine_for` with the feature set's model), here."""
+    """The Search page's engine (:func:`cbir.service.search.shared_engine` with the feature set's model), here."""
     from cbir.features.workspace import base_version, load_feature_set
-    from cbir.service.search import extractor_spec, make_extractor, search_engine_for
+    from cbir.service.search import extractor_spec, shared_engine
 
     path = str(served.feature_file)
-    extractor = make_extractor(extractor_spec(load_feature_set(path).meta))
-    return search_engine_for(path, base_version(path), extractor)
+    return shared_engine(path, base_version(path), extractor_spec(load_feature_set(path).meta))
 
 
 def collection_image(collection: Path, split: str = "training_set") -> Path:
@@ -108,8 +106,7 @@ def jpeg(image: Image.Image) -> bytes:
 def test_the_search_pages_queries_answer_like_the_page(
     client: Any, served: Served, page_engine: Any, source: str, index: str
 ) -> None:
-    from cbir.evaluation.tuning import lsh_defaults_for
-    from cbir.features.workspace import base_version
+    from cbir.service.search import default_config
 
     file = collection_image(served.collection)
     relpath = file.relative_to(served.collection).as_posix()
@@ -146,13 +143,13 @@ def test_the_search_pages_queries_answer_like_the_page(
 
     # the page's engine, run here, gives the same answer (LSH at the page's default setting)
     path = str(served.feature_file)
-    config = lsh_defaults_for(path, base_version(path)) if index == "lsh" else IndexConfig(index)
+    config = default_config(index, path)
     if data is None:
         row = int(page_engine.catalog.set_index("relpath").loc[relpath, "id"])
         expected = page_engine.query_vector(page_engine.feature_set.features[row], config, 10)
     else:
         expected = page_engine.query(decode_query(data), config, 10)
-        assert body["query"]["notes"] == expected.notes
+        assert body["notes"] == expected.notes
     assert body["index"]["label"] == expected.index_label
     assert [r["path"] for r in results] == expected.results["relpath"].tolist()
     np.testing.assert_allclose(scores, expected.results["score"], rtol=1e-4, atol=1e-4)

@@ -10,8 +10,10 @@
   (only files inside it: the path is resolved, symlinks included, and must stay in the collection folder).
 - ``GET /docs``: the OpenAPI documentation (served from the installed swagger-ui-py files, so it works offline).
 
-One :class:`SearchService` per server holds one :class:`cbir.service.search.SearchEngine` per feature set, built by
-:func:`cbir.service.search.search_engine_for` like the Search page's and shared by all requests (it is thread-safe).
+One :class:`SearchService` per server serves one :class:`cbir.service.search.SearchEngine` per feature set: the
+process's shared one (:func:`cbir.service.search.shared_engine`, the Search page's), used by all requests (it is
+thread-safe), warmed by :func:`cbir.service.search.warm_start` before the server answers; it loads fresh saved indexes
+(``python -m cbir index build``) instead of building them.
 Uploads go the Search page's way (:func:`cbir.data.query.decode_query`, then :meth:`SearchEngine.query`); an image of
 the collection is searched by its stored features (:meth:`SearchEngine.query_vector`), the page's way when no model
 is loaded. The endpoints are plain functions: FastAPI runs them in its thread pool, so a search (CPU-bound) never
@@ -52,11 +54,19 @@ from cbir.core.names import INDEX_KINDS, INDEX_LABELS, METRICS
 from cbir.data.collection import collection_id
 from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError
 from cbir.data.query import MAX_UPLOAD_BYTES, decode_query, too_big
-from cbir.evaluation.tuning import lsh_defaults_for
-from cbir.features.workspace import base_version, complete_feature_sets, list_indexes, load_feature_set
+from cbir.features.query_model import ExtractorSpec
+from cbir.features.workspace import base_version, complete_feature_sets, file_version, list_indexes, load_feature_set
 from cbir.indexes.registry import DEFAULT_K, KINDS, IndexConfig
-from cbir.indexes.warmup import warm_up
-from cbir.service.search import QueryAnswer, SearchEngine, extractor_spec, make_extractor, search_engine_for
+from cbir.service.search import (
+    QueryAnswer,
+    SearchEngine,
+    WarmStart,
+    default_config,
+    extractor_spec,
+    shared_engine,
+    shared_extractor,
+    warm_start,
+)
 
 MAX_K = 1000  # results per query: a bigger k is refused (the arrays of a search are k wide)
 # a multipart body carries the file plus its envelope; past BODY_LIMIT the upload is refused (413) after the rest of
@@ -185,6 +195,7 @@ class SearchService:
         self._lock = threading.Lock()
         self._engines: dict[tuple[str, int], LoadedEngine] = {}
         self._listed: tuple[float, dict[str, FeatureSetEntry]] = (-math.inf, {})
+        self.warm_report: WarmStart | None = None  # what the start-up warmed (create_app's warm)
 
     # -- feature sets and engines -------------------------------------------------------------------------------
 
@@ -216,34 +227,38 @@ class SearchService:
         return entries[wanted]
 
     def engine(self, entry: FeatureSetEntry) -> LoadedEngine:
-        """The shared engine of ``entry``, loaded on first use with the model that computed the feature set (when
-        that model cannot be loaded, collection images are still searched by their stored features). A feature set
-        written anew (:func:`cbir.features.workspace.base_version`) gets a new engine; images added or removed in
-        place are followed by the engine itself."""
+        """The engine of ``entry``: the process's shared one (:func:`cbir.service.search.shared_engine`, the Search
+        page's), with the model that computed the feature set (when that model cannot be loaded, collection images
+        are still searched by their stored features). A feature set written anew
+        (:func:`cbir.features.workspace.base_version`) gets a new engine; images added or removed in place are
+        followed by the engine itself."""
         key = (entry.path, base_version(entry.path))
         with self._lock:
             loaded = self._engines.get(key)
             if loaded is None:
                 model_error = None
                 try:
-                    extractor = make_extractor(extractor_spec(load_feature_set(entry.path).meta))
+                    spec: ExtractorSpec | None = extractor_spec(load_feature_set(entry.path).meta)
+                    shared_extractor(spec)  # type: ignore[arg-type]
                 except (CbirError, FileNotFoundError) as exc:
-                    extractor, model_error = None, f"the model of this feature set cannot be loaded ({exc})"
-                loaded = LoadedEngine(search_engine_for(entry.path, key[1], extractor), model_error)
+                    spec, model_error = None, f"the model of this feature set cannot be loaded ({exc})"
+                loaded = LoadedEngine(shared_engine(entry.path, key[1], spec), model_error)
                 while len(self._engines) >= self.max_engines:
                     self._engines.pop(next(iter(self._engines)))
                 self._engines[key] = loaded
             return loaded
 
-    def prebuild(self, entry: FeatureSetEntry, kinds: tuple[str, ...] = PREBUILT_KINDS) -> None:
-        """Build the indexes of ``kinds`` at their default settings (LSH: the feature set's) in the engine of
-        ``entry``, so that the first query with them does not wait for the build."""
-        engine = self.engine(entry).engine
-        for kind in kinds:
-            engine.index(index_config(kind, "euclidean", {}, self._lsh_defaults(entry)))
+    def warm(self, entry: FeatureSetEntry, kinds: tuple[str, ...] = PREBUILT_KINDS) -> WarmStart:
+        """Get the server ready for its first query on ``entry`` (:func:`cbir.service.search.warm_start`, in this
+        thread: the kernels, the model, the engine, one query with the scan, each of ``kinds`` at its default setting
+        and each fresh saved index), so that the first query with them does not wait for a build."""
+        configs = [default_config(kind, entry.path) for kind in kinds]
+        report, _ = warm_start(entry.path, configs, background=False)
+        self.engine(entry)
+        return report
 
     def _lsh_defaults(self, entry: FeatureSetEntry) -> Callable[[str], IndexConfig]:
-        return functools.partial(_lsh_defaults, entry.path, base_version(entry.path))
+        return functools.partial(_lsh_defaults, entry.path, file_version(entry.path))
 
     # -- requests -----------------------------------------------------------------------------------------------
 
@@ -311,6 +326,13 @@ class SearchService:
             "feature_sets": len(entries),
             "engines": loaded,
             "embed_slots": self.embed_slots,
+            "warm_start": None
+            if self.warm_report is None
+            else {
+                "seconds": round(self.warm_report.seconds, 2),
+                "answered": self.warm_report.configs,
+                "error": self.warm_report.error,
+            },
             "uptime_s": round(time.time() - self.started, 1),
             "load_average": [round(value, 2) for value in os.getloadavg()],
         }
@@ -329,9 +351,13 @@ class SearchService:
             for kind, spec in KINDS.items()
         ]
         built = [
-            {"feature_set": path, "index": index_key.label}
+            {
+                "feature_set": path,
+                "index": config.label,
+                "source": item.engine.sources.get(config, "built"),  # "loaded": a saved index read from disk
+            }
             for (path, _), item in list(self._engines.items())
-            for index_key in item.engine.built_configs()
+            for config in item.engine.built_configs()
         ]
         saved = list_indexes()
         return {
@@ -346,7 +372,9 @@ class SearchService:
 
 @functools.lru_cache(maxsize=16)
 def _lsh_defaults(path: str, version: int, metric: str) -> IndexConfig:
-    return lsh_defaults_for(path, version, metric)
+    """:func:`cbir.service.search.default_config` for LSH (the Search page's defaults), once per file version."""
+    del version  # only a cache key
+    return default_config("lsh", path, metric)
 
 
 def _finite(value: float) -> float | None:
@@ -446,8 +474,8 @@ IntSetting = Annotated[int | None, Query()]
 
 def create_app(service: SearchService | None = None, warm: bool = True) -> FastAPI:
     """The FastAPI application over ``service`` (default: a :class:`SearchService` of the default collection).
-    ``warm``: before the server answers, compile the numba kernels and load the default feature set's engine (model,
-    features) with its indexes of :data:`PREBUILT_KINDS` built."""
+    ``warm``: before the server answers, :meth:`SearchService.warm` the default feature set (kernels, model, engine,
+    the indexes of :data:`PREBUILT_KINDS` and the fresh saved ones)."""
     service = service or SearchService()
     assets = _docs_assets()
 
@@ -455,11 +483,9 @@ def create_app(service: SearchService | None = None, warm: bool = True) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # uploads waiting for an embedding slot hold a thread each: enough threads that the others still get one
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
-        if warm:
-            warm_up()  # the numba kernels: the first LSH query would compile them (a minute on two busy cores)
+        if warm:  # before answering: a build holds the engine's lock, the first queries would wait on it
             with contextlib.suppress(NotFoundError):  # no feature set yet: /health answers and says so
-                entry = service.feature_set()
-                service.prebuild(entry)  # before answering: a build holds the engine's lock, queries would wait on it
+                service.warm_report = service.warm(service.feature_set())
         yield
 
     app = FastAPI(
