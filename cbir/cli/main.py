@@ -13,6 +13,7 @@ from cbir.cli.finetune import add_finetune_parser
 from cbir.cli.growth import add_growth_parsers
 from cbir.cli.indexes import add_index_parsers
 from cbir.cli.search import add_evaluate_parsers, add_feature_selection_args, load_selected_features
+from cbir.cli.serve import add_serve_parser
 from cbir.core import config
 from cbir.core.errors import CbirError
 
@@ -287,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_growth_parsers(sub)
     add_index_parsers(sub)
     add_finetune_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

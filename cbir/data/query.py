@@ -54,6 +54,14 @@ def near_blank_warning(share: float) -> str | None:
     )
 
 
+def too_big(n_bytes: int) -> ImageDecodeError:
+    """The error for an upload of ``n_bytes`` bytes, above :data:`MAX_UPLOAD_BYTES` (the HTTP API words a body
+    over the limit with it too, before reading it)."""
+    return ImageDecodeError(
+        f"the file is too big ({n_bytes / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MB)"
+    )
+
+
 def _too_large(pixels: int, size: tuple[int, int] | None = None) -> ImageDecodeError:
     """The error for an image of ``pixels`` pixels (``size`` when known), above :data:`MAX_PIXELS`."""
     dimensions = f"{size[0]}×{size[1]} = " if size else ""
@@ -96,9 +104,7 @@ def decode_query(source: bytes | str | os.PathLike[str] | Image.Image) -> QueryI
         source = path.read_bytes()
     data = bytes(source)
     if len(data) > MAX_UPLOAD_BYTES:
-        raise ImageDecodeError(
-            f"the file is too big ({len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MB)"
-        )
+        raise too_big(len(data))
     notes: list[str] = []
     try:
         fmt, mode, size, frames, transparent = _probe(data)

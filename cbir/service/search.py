@@ -225,6 +225,11 @@ class SearchEngine:
         """Whether the index of ``config`` is built already (a query with it answers at once)."""
         return config in self._indexes
 
+    def built_configs(self) -> list[IndexConfig]:
+        """The settings whose index is built, least recently built first."""
+        with self._lock:
+            return list(self._indexes)
+
     def embed(self, image: Image.Image) -> np.ndarray:
         """(1, dim) float32 features of one RGB image."""
         return self.extractor.transform([image])
