@@ -12,6 +12,7 @@ import pytest
 from builders import bad_uploads, install_feature_set, unusual_uploads
 from streamlit.testing.v1 import AppTest
 
+from cbir.app import formats
 from cbir.core import config
 from cbir.features.sources import load_features
 
@@ -83,7 +84,7 @@ def test_home_page_shows_the_collection(app_env: Path) -> None:
     assert [s.value for s in at.subheader] == ["Collection", "Feature sets", "Indexes", "Images left out"]
     counts = at.dataframe[0].value
     assert {"index", "query", "distractor", "total"} <= set(counts.columns)
-    assert at.dataframe[1].value["backbone"].tolist() == ["efficientnet_lite0"]
+    assert at.dataframe[1].value["Backbone"].tolist() == [formats.backbone_name("efficientnet_lite0")]
     assert len(at.get("plotly_chart")) == 1
     assert at.sidebar.selectbox[0].value == "efficientnet_lite0 · ImageNet"
     assert not at.error and [b.label for b in at.button] == ["Build and save"]  # only an index to build

@@ -67,7 +67,7 @@ def test_single_queries_use_the_serial_kernels_and_answer_as_the_batch(kind: str
     singles = [index.search(queries[i : i + 1], 5) for i in range(len(queries))]
     np.testing.assert_array_equal(np.vstack([s.ids for s in singles]), batch.ids)
     np.testing.assert_allclose(np.vstack([s.distances for s in singles]), batch.distances, rtol=1e-6)
-    serial = kernels._rerank_kernel if kind == "scan" else kernels._lsh_kernel
+    serial = kernels.topk._rerank_kernel if kind == "scan" else kernels.query._lsh_kernel
     assert serial.serial.signatures, "a single query ran the serial twin"
     assert serial.parallel.signatures, "the batch ran the parallel kernel"
 
