@@ -71,9 +71,16 @@ class FeatureSetVersion:
 
     @classmethod
     def from_manifest(cls, path: str | os.PathLike[str], manifest: dict[str, Any]) -> FeatureSetVersion:
-        catalog_rows = len(read_table(path, manifest["catalog"], [], only=["path"])) if manifest.get("catalog") else 0
+        """The version a store's manifest describes (its live rows: the meta's ``n_images``, which every commit
+        writes, else counted from the catalog)."""
         base = str(manifest.get("base") or (manifest.get("features") or [""])[0])
-        return cls(base, int(manifest.get("generation", 0)), catalog_rows - len(removed_rows(manifest)))
+        n_rows = manifest.get("meta", {}).get("n_images")
+        if n_rows is None:
+            catalog_rows = (
+                len(read_table(path, manifest["catalog"], [], only=["path"])) if manifest.get("catalog") else 0
+            )
+            n_rows = catalog_rows - len(removed_rows(manifest))
+        return cls(base, int(manifest.get("generation", 0)), int(n_rows))
 
 
 def indexes_root() -> Path:
