@@ -234,8 +234,8 @@ def test_engine_answers_while_another_thread_adds(grown: tuple[Path, Path]) -> N
 
 def test_cli_add_and_remove(grown: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     _root, store = grown
-    monkeypatch.setattr("cbir.service.search.make_extractor", lambda spec, warm_up=True: PixelExtractor())
-    monkeypatch.setattr("cbir.service.search.extractor_spec", lambda meta: None)
+    monkeypatch.setattr("cbir.features.query_model.make_extractor", lambda spec, warm_up=True: PixelExtractor())
+    monkeypatch.setattr("cbir.features.query_model.extractor_spec", lambda meta: None)
     image = _new_image()
     assert main(["add", str(image), "--label", "animals", "--features", str(store)]) == 0
     out = capsys.readouterr().out
