@@ -116,7 +116,7 @@ def home() -> None:
             width="stretch",
             hide_index=True,
         )
-    render_indexes(status)
+    render_indexes()
 
     st.subheader("Images left out")
     if status.catalog is not None and len(status.catalog.report):
@@ -138,17 +138,18 @@ def home() -> None:
         st.caption("Every image of the collection decoded fine.")
 
 
-def render_indexes(status: workspace.CollectionStatus) -> None:
+def render_indexes() -> None:
     st.subheader("Indexes")
+    indexes = workspace.list_indexes()  # not cached: freshness follows every add and remove at once
     st.caption(
         "Saved indexes (`python -m cbir index build`, or the button below) are loaded by the Search page instead of "
         "being built, while their feature set is unchanged; other settings are built in memory on demand."
     )
-    if status.indexes.empty:
+    if indexes.empty:
         st.info("No index saved under artifacts/indexes (indexes are built on the fly).")
     else:
         st.dataframe(
-            status.indexes.drop(columns=["fresh"]),
+            indexes.drop(columns=["fresh"]),
             width="stretch",
             hide_index=True,
             column_config={
@@ -156,7 +157,7 @@ def render_indexes(status: workspace.CollectionStatus) -> None:
                 "build_s": st.column_config.NumberColumn("build (s)", format="%.2f"),
             },
         )
-        stale = status.indexes[~status.indexes["fresh"]]
+        stale = indexes[~indexes["fresh"]]
         if len(stale):
             st.warning(
                 f"{len(stale)} saved index(es) no longer match their feature set and are not used (the Search page "

@@ -13,7 +13,7 @@ from cbir.app import plots
 from cbir.core import config
 from cbir.evaluation import tuning
 from cbir.features import workspace
-from cbir.indexes import registry
+from cbir.indexes.registry import DEFAULT_TABLES
 from cbir.indexes.scan import SequentialScan
 from cbir.service import search
 
@@ -69,7 +69,7 @@ def test_path_keyed_helpers_and_small_pieces(tmp_path: Path) -> None:
     engine = search.search_engine_for(path, version)  # no model needed to search with stored vectors
     assert engine.query_vector(feature_set.features[7]).results.iloc[0]["id"] == 7
     defaults = tuning.lsh_defaults_for(path, version, "cosine")
-    assert defaults.kind == "lsh" and defaults.metric == "cosine" and defaults.n_tables == registry.DEFAULT_TABLES
+    assert defaults.kind == "lsh" and defaults.metric == "cosine" and defaults.n_tables == DEFAULT_TABLES
     assert tuning.nearest([1, 2, 4, 7, 10], 8) == 7
     figure = plots.fig_per_class(
         pd.DataFrame({"class": ["a"], "n_queries": [3], "map": [0.5]}),

@@ -62,7 +62,8 @@ def feature_set_name(path: str | os.PathLike[str]) -> str:
     resolved = store_dir(path).resolve() if is_store(path) else Path(path).resolve()
     features_root = (config.artifacts_dir() / "features").resolve()
     if resolved.is_relative_to(features_root):
-        return resolved.relative_to(features_root).as_posix()
+        relative = resolved.relative_to(features_root)
+        return (relative.with_suffix("") if relative.suffix == ".joblib" else relative).as_posix()
     return f"external-{hashlib.sha1(str(resolved).encode()).hexdigest()[:12]}"
 
 

@@ -83,9 +83,15 @@ class FeatureSetVersion:
 
     @classmethod
     def from_manifest(cls, path: str | os.PathLike[str], manifest: dict[str, Any]) -> FeatureSetVersion:
-        """The version of the store at ``path`` as ``manifest`` (read or about to be committed) describes it."""
-        catalog_rows = len(read_table(path, manifest["catalog"], [], only=["path"])) if manifest.get("catalog") else 0
-        return cls(_base_of(manifest), int(manifest.get("generation", 0)), catalog_rows - len(removed_rows(manifest)))
+        """The version of the store at ``path`` as ``manifest`` (read or about to be committed) describes it (its live
+        rows: the meta's ``n_images``, which every commit writes, else counted from the catalog)."""
+        n_rows = manifest.get("meta", {}).get("n_images")
+        if n_rows is None:
+            catalog_rows = (
+                len(read_table(path, manifest["catalog"], [], only=["path"])) if manifest.get("catalog") else 0
+            )
+            n_rows = catalog_rows - len(removed_rows(manifest))
+        return cls(_base_of(manifest), int(manifest.get("generation", 0)), int(n_rows))
 
 
 def _base_of(manifest: dict[str, Any]) -> str:

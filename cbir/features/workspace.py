@@ -165,9 +165,8 @@ def list_indexes() -> pd.DataFrame:
 
     root = config.artifacts_dir() / "indexes"
     saved = saved_index_table()
-    loose = [
-        path for path in (sorted(root.rglob("*.joblib")) if root.is_dir() else []) if not (path.parent / INFO).is_file()
-    ]
+    files = sorted(path for path in root.rglob("*.joblib") if path.is_file()) if root.is_dir() else []
+    loose = [path for path in files if not (path.parent / INFO).is_file()]
     rows = [
         {
             "index": str(path.relative_to(root)),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,8 +41,9 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 _local = threading.local()
 _blas_lock = threading.Lock()
 _blas_users = 0
-_blas_saved: list[int] = []
+_blas_saved: list[tuple[Callable[[int], int], int]] = []  # (setter, the count it replaced) of the first entry
 _blas_setters: list[Callable[[int], int]] | None = None
+_modules_seen = 0
 
 
 def in_single_query() -> bool:
@@ -50,12 +52,13 @@ def in_single_query() -> bool:
 
 
 def _setters() -> list[Callable[[int], int]]:
-    """Per loaded BLAS library (found by threadpoolctl once: it walks every loaded library), a function that sets its
-    thread count and returns the previous one. OpenBLAS' ``openblas_set_num_threads_local`` where it exists: its
-    ``openblas_set_num_threads`` is ignored when called from another thread than the one that called it first (a
-    server's sessions run in their own threads)."""
-    global _blas_setters
-    if _blas_setters is None:
+    """Per loaded BLAS library (found by threadpoolctl, which walks every loaded library: again only after an
+    import), a function that sets its thread count and returns the previous one: OpenBLAS'
+    ``openblas_set_num_threads_local`` where it exists (its ``openblas_set_num_threads`` is ignored when called from
+    another thread than the one that called it first, and a server's sessions run in their own threads)."""
+    global _blas_setters, _modules_seen
+    if _blas_setters is None or len(sys.modules) != _modules_seen:  # an import since may have loaded another BLAS
+        _modules_seen = len(sys.modules)
         from threadpoolctl import ThreadpoolController
 
         setters: list[Callable[[int], int]] = []
@@ -82,7 +85,7 @@ def _enter_blas() -> None:
     global _blas_users, _blas_saved
     with _blas_lock:
         if _blas_users == 0:
-            _blas_saved = [set_threads(1) for set_threads in _setters()]
+            _blas_saved = [(set_threads, set_threads(1)) for set_threads in _setters()]
         _blas_users += 1
 
 
@@ -91,7 +94,7 @@ def _leave_blas() -> None:
     with _blas_lock:
         _blas_users -= 1
         if _blas_users == 0:
-            for set_threads, previous in zip(_setters(), _blas_saved, strict=True):
+            for set_threads, previous in _blas_saved:
                 set_threads(previous)
 
 

@@ -13,6 +13,7 @@ running meanwhile finishes on the state it started with.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -304,6 +305,7 @@ def search_engine_for(path: str, version: int, extractor: FeatureExtractor | Non
 # One engine per feature set in the process, warmed in the background when a server starts
 # ----------------------------------------------------------------------------------------------------------
 
+_log = logging.getLogger(__name__)
 MAX_SHARED_ENGINES = 3  # feature sets whose engine a process keeps (the app's cache held as many)
 _shared_lock = threading.RLock()
 _shared_engines: dict[tuple[str, int, ExtractorSpec | None], SearchEngine] = {}
@@ -361,6 +363,9 @@ def warm_start(
             _warm(report, list(configs))
         except CbirError as exc:  # nothing to warm (no feature set yet, no model): the first query will say why
             report.error = str(exc)
+        except Exception as exc:  # a bug, logged with its traceback; the server goes on (its queries do the work)
+            _log.exception("the warm start stopped")
+            report.error = f"warm start failed: {exc!r}"
         finally:
             report.seconds = time.perf_counter() - started
             report.done.set()
