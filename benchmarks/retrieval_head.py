@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from cbir.core import config
-from cbir.data.cleaning import clean_collection
 from cbir.evaluation.evaluate import evaluate_split, split_collection
 from cbir.features.finetune.heads import FitSettings, LossSettings, build_head, embed, fit_embedding
 from cbir.features.finetune.retrieval import base_feature_set, index_split
@@ -59,8 +58,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    catalog = clean_collection(args.collection or config.default_collection())[0]
-    base = base_feature_set(catalog, args.backbone, "imagenet")
+    base = base_feature_set(args.collection or config.default_collection(), args.backbone, "imagenet")
     labels, roles = base.labels, base.roles
     rows, y, classes = index_split(labels, roles)
     x_all = np.asarray(base.features, dtype=np.float32)

@@ -4,6 +4,10 @@ default collection (must beat the frozen features), the saved extractor through 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -17,6 +21,7 @@ from cbir.features.finetune import (
     softmax_ce_loss,
     supcon_loss,
 )
+from tests.conftest import require
 
 
 def _batch(seed: int = 0, n: int = 12, d: int = 5, n_classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -133,3 +138,142 @@ def test_index_split_never_trains_on_queries_or_distractors() -> None:
 def test_fit_settings_defaults_are_data_independent() -> None:
     fit = FitSettings()
     assert fit.classes_per_batch * fit.per_class >= 128 and fit.per_class >= 4
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the real default collection (its stored ImageNet features are the frozen head's training data)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def default_imagenet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """The default collection's ImageNet feature set, read-only through a symlink in a temp artifacts folder (so
+    the trained feature sets are written there, never beside the shared ones); its catalog as a Catalog."""
+    from cbir.core import config
+    from cbir.data.collection import Catalog, collection_id
+    from cbir.features.extractor import FeatureExtractor, feature_path, load_features
+
+    real = config.PROJECT_ROOT / "artifacts"
+    monkeypatch.setenv("CBIR_ARTIFACTS", str(real))
+    root = config.default_collection()
+    store = feature_path(root, "efficientnet_lite0", FeatureExtractor("efficientnet_lite0").weights_id)
+    require((store / "meta.json").is_file(), f"no ImageNet features at {store} (python -m cbir extract)")
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "features" / collection_id(root)).mkdir(parents=True)
+    (artifacts / "features" / collection_id(root) / store.name).symlink_to(store.resolve(), target_is_directory=True)
+    (artifacts / "weights").symlink_to((real / "weights").resolve(), target_is_directory=True)
+    monkeypatch.setenv("CBIR_ARTIFACTS", str(artifacts))
+    base = load_features(artifacts / "features" / collection_id(root) / store.name)
+    return base, Catalog(root=root, images=base.catalog, report=base.report)
+
+
+def _scan_map(features: np.ndarray, base: Any, metric: str = "cosine") -> float:
+    from cbir.evaluation.evaluate import evaluate_split, split_collection
+    from cbir.indexes.scan import SequentialScan
+
+    return evaluate_split(SequentialScan(metric), split_collection(features, base.labels, base.roles)).map
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_frozen_head_beats_imagenet_features_and_round_trips(
+    default_imagenet: tuple[Any, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cbir.cli.main import main
+    from cbir.features.extractor import load_features
+    from cbir.features.finetune import RetrievalConfig, retrieval_runs, train_retrieval
+
+    base, catalog = default_imagenet
+    cfg = RetrievalConfig(loss=LossSettings("supcon"), fit=FitSettings(epochs=12))
+    result = train_retrieval(catalog, cfg, progress=False)
+    trained = load_features(result.feature_set)
+    assert trained.features.shape == (len(base.catalog), 256)
+    assert np.allclose(np.linalg.norm(trained.features, axis=1), 1.0, atol=1e-4)
+    assert trained.meta["weights_path"] == str(result.extractor)
+    before, after = _scan_map(np.asarray(base.features, np.float32), base), _scan_map(trained.features, base)
+    assert after > before + 0.03, (before, after)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["n_train"] == int(((base.roles == "index") & base.catalog["label"].notna().to_numpy()).sum())
+    assert retrieval_runs(catalog.root)["loss"].tolist() == ["supcon"]
+
+    # `extract --weights` with the saved extractor (the whole backbone + head) gives the rows projected from
+    # the stored pooled features: on a small collection of real images
+    picked = base.catalog[base.catalog["role"] == "index"].groupby("label").head(1)
+    small = tmp_path / "small"
+    for row in picked.itertuples():
+        (small / "training_set" / row.label).mkdir(parents=True, exist_ok=True)
+        (small / "training_set" / row.label / Path(row.path).name).symlink_to(row.path)
+    out = tmp_path / "small-features"
+    assert main(["extract", "--collection", str(small), "--weights", str(result.extractor), "--out", str(out)]) == 0
+    extracted = load_features(out)
+    names = extracted.catalog["path"].map(lambda p: Path(p).name).tolist()
+    expected = trained.features[[base.catalog["path"].map(lambda p: Path(p).name).tolist().index(n) for n in names]]
+    assert extracted.features.shape == (len(picked), 256)
+    assert np.allclose(extracted.features, expected, atol=2e-3)
+    capsys.readouterr()
+
+
+def test_last_stage_unfrozen_trains_on_a_tiny_collection(tmp_path: Path) -> None:
+    """The unfrozen path end to end at 64×64 on generated images: cached boundary activations, the last stage
+    and the head trained, the extractor saved and loadable, its output unit vectors."""
+    import keras
+    from PIL import Image
+
+    from cbir.features.finetune import RetrievalConfig, train_retrieval
+
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+    for split, count in (("training_set", 4), ("validation_set", 2)):
+        for name, rgb in colours.items():
+            for i in range(count):
+                pixels = np.clip(np.array(rgb) + rng.normal(0, 40, (48, 64, 3)), 0, 255).astype(np.uint8)
+                (tmp_path / "c" / split / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(tmp_path / "c" / split / name / f"{i}.png")
+    cfg = RetrievalConfig(
+        weights=None,
+        dim=8,
+        hidden=None,
+        unfreeze_last_stage=True,
+        input_size=(64, 64),
+        fit=FitSettings(epochs=2, classes_per_batch=3, per_class=2),
+    )
+    result = train_retrieval(tmp_path / "c", cfg, progress=False)
+    assert result.feature_set is None and result.head is None
+    assert result.extractor.name == "retrieval-supcon-laststage.keras"
+    assert len(result.outcome.history) == 2 and np.isfinite(result.outcome.history[-1]["loss"])
+    assert result.metrics["n_train"] == 12 and result.metrics["unfrozen"] == "block15_expand_conv"
+    model = keras.models.load_model(result.extractor, compile=False)
+    out = np.asarray(model(rng.normal(0, 1, (2, 64, 64, 3)).astype(np.float32)))
+    assert out.shape == (2, 8) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_cli_loss_options(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import argparse
+
+    import cbir.features.finetune
+    from cbir.cli.finetune import add_finetune_parser, retrieval_config_from_args
+    from cbir.features.finetune import FitOutcome, RetrievalResult
+
+    parser = argparse.ArgumentParser()
+    add_finetune_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["finetune", "--loss", "proxy_anchor", "--dim", "128", "--hidden", "0", "--margin", "0.2", "--max-epochs", "7"]
+    )
+    cfg = retrieval_config_from_args(args)
+    assert (cfg.loss.loss, cfg.loss.margin, cfg.dim, cfg.hidden, cfg.fit.epochs) == ("proxy_anchor", 0.2, 128, None, 7)
+    assert retrieval_config_from_args(parser.parse_args(["finetune", "--loss", "ce"])).fit == FitSettings()
+    with pytest.raises(FinetuneError, match="--model 2"):
+        retrieval_config_from_args(parser.parse_args(["finetune", "--loss", "ce", "--model", "2"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["finetune", "--loss", "triplet"])
+
+    def fake(collection: Path, cfg: Any, progress: bool) -> RetrievalResult:
+        metrics = {"unfrozen": None, "history": [{"loss": 1.5}], "stopped": "epochs", "train_seconds": 3.0}
+        metrics.update(n_train=10, classes=["a", "b"])
+        outcome = FitOutcome([], 3.0, "epochs")
+        return RetrievalResult(tmp_path, tmp_path / "x.keras", None, tmp_path / "fs", outcome, metrics)
+
+    monkeypatch.setattr(cbir.features.finetune, "train_retrieval", fake)
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "proxy_anchor, frozen backbone" in printed and "python -m cbir report" in printed

@@ -82,12 +82,12 @@ from cbir.features.finetune.models import (
 )
 from cbir.features.finetune.pipeline import FinetuneConfig, FinetuneResult, finetune
 from cbir.features.finetune.retrieval import (
-    EXTRACTOR_FILE,
     RetrievalConfig,
     RetrievalResult,
     index_split,
     project_feature_set,
     retrieval_dir,
+    retrieval_runs,
     train_retrieval,
 )
 from cbir.features.finetune.runs import FinishedRun, finetune_dir, finished_runs, load_history
@@ -103,7 +103,6 @@ from cbir.features.finetune.training import (
 
 __all__ = [
     "DENSE_FEATURE_LAYER",
-    "EXTRACTOR_FILE",
     "FIRST_TRAINABLE",
     "HEAD_DROPOUT",
     "HEAD_UNITS",
@@ -150,6 +149,7 @@ __all__ = [
     "project_feature_set",
     "proxy_anchor_loss",
     "retrieval_dir",
+    "retrieval_runs",
     "save_model_atomic",
     "set_trainable",
     "softmax_ce_loss",

@@ -13,10 +13,11 @@ length). Two ways, as the paper's Model 1:
   Model 1's :func:`~cbir.features.finetune.data.activation_cache` (shared with Model 1's runs). Afterwards run
   ``python -m cbir extract --weights <extractor>`` (the backbone changed, so every image is recomputed).
 
-Outputs, in ``<artifacts>/finetune/<collection-id>/retrieval/<backbone>-<loss>-<frozen|laststage>/``:
-``extractor.keras`` (backbone + head: the same input as the backbone, (N, dim) unit vectors out; what
-``FeatureExtractor(backbone, weights=path)`` and ``extract --weights`` take), ``head.keras`` (frozen runs: pooled
-features → embedding) and ``metrics.json`` (configuration, what it was trained on, loss history, training seconds).
+Outputs, in ``<artifacts>/finetune/<collection-id>/retrieval/<backbone>-<loss>-<frozen|laststage>/``: the
+extractor ``retrieval-<loss>-<frozen|laststage>.keras`` (backbone + head: the backbone's input, (N, dim) unit
+vectors out; what ``FeatureExtractor(backbone, weights=path)`` and ``extract --weights`` take), ``head.keras``
+(frozen runs: pooled features → embedding) and ``metrics.json`` (configuration, what it was trained on, loss
+history, training seconds).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cbir.core import config
 from cbir.core.storage import atomic_write_bytes
@@ -42,7 +44,6 @@ from cbir.features.finetune.heads import FitOutcome, FitSettings, LossSettings, 
 from cbir.features.finetune.models import FIRST_TRAINABLE, build_backbone, save_model_atomic, split_model
 from cbir.features.finetune.runs import METRICS_FILE, finetune_dir, shared_cache_dir
 
-EXTRACTOR_FILE = "extractor.keras"
 HEAD_FILE = "head.keras"
 
 
@@ -77,10 +78,44 @@ class RetrievalResult:
     metrics: dict[str, Any]
 
 
+def run_name(loss: str, unfrozen: bool) -> str:
+    """``retrieval-<loss>-<frozen|laststage>``: the stem of the extractor file, hence of its feature set's weights id
+    (``retrieval-supcon-frozen-<digest>``), which is how the report and the pages tell the trained sets apart."""
+    return f"retrieval-{loss}-{'laststage' if unfrozen else 'frozen'}"
+
+
+def retrieval_root(collection: str | os.PathLike[str]) -> Path:
+    """``<artifacts>/finetune/<collection-id>/retrieval``: the retrieval runs of a collection."""
+    return config.artifacts_dir() / "finetune" / collection_id(collection) / "retrieval"
+
+
 def retrieval_dir(collection: str | os.PathLike[str], backbone: str, loss: str, unfrozen: bool) -> Path:
-    """``<artifacts>/finetune/<collection-id>/retrieval/<backbone>-<loss>-<frozen|laststage>``."""
-    kind = "laststage" if unfrozen else "frozen"
-    return config.artifacts_dir() / "finetune" / collection_id(collection) / "retrieval" / f"{backbone}-{loss}-{kind}"
+    """``<retrieval_root>/<backbone>-<loss>-<frozen|laststage>``; the extractor inside is ``<run_name>.keras``."""
+    return retrieval_root(collection) / f"{backbone}-{run_name(loss, unfrozen).removeprefix('retrieval-')}"
+
+
+def retrieval_runs(collection: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """The finished retrieval runs of ``collection`` (default collection when ``None``): one row each with the
+    backbone, loss, what was trained, output size, what it was trained on, epochs, training seconds (and the load
+    average then) and the extractor's path."""
+    columns = ["backbone", "loss", "trained", "dim", "trained on", "epochs", "train s", "load avg", "extractor"]
+    rows = []
+    for file in sorted(retrieval_root(collection or config.default_collection()).glob(f"*/{METRICS_FILE}")):
+        m = json.loads(file.read_text())
+        rows.append(
+            [
+                m["backbone"],
+                m["loss"],
+                f"last stage ({m['unfrozen']} on) + head" if m["unfrozen"] else "head (frozen backbone)",
+                m["dim"],
+                f"{m['n_train']} index images, {len(m['classes'])} classes",
+                len(m["history"]),
+                m["train_seconds"],
+                m["load_average"][0],
+                m["extractor"],
+            ]
+        )
+    return pd.DataFrame(rows, columns=columns)
 
 
 def index_split(labels: np.ndarray, roles: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -96,17 +131,22 @@ def index_split(labels: np.ndarray, roles: np.ndarray) -> tuple[np.ndarray, np.n
     return rows, np.array([index[str(label)] for label in labels[rows]], dtype=np.int64), classes
 
 
-def base_feature_set(catalog: Catalog, backbone: str, weights: WeightsArg, workers: int = 2) -> FeatureSet:
-    """The collection's pooled features of ``backbone`` / ``weights``: the existing feature store, completed (or
-    extracted) first when images are missing — the frozen head's activation cache."""
+def base_feature_set(
+    collection: str | os.PathLike[str] | Catalog, backbone: str, weights: WeightsArg, workers: int = 2
+) -> FeatureSet:
+    """The collection's pooled features of ``backbone`` / ``weights``: its complete feature store when there is
+    one (what ``extract`` indexed: the frozen head's activation cache), else extracted first (the collection
+    scanned with ``extract``'s hygiene unless a catalog is given)."""
+    from cbir.data.cleaning import clean_collection
+
+    root = collection.root if isinstance(collection, Catalog) else Path(collection)
     extractor = FeatureExtractor(backbone, weights, workers=workers)
-    path = feature_path(catalog.root, backbone, extractor.weights_id)
-    try:
+    path = feature_path(root, backbone, extractor.weights_id)
+    if (path / "meta.json").is_file():
         features = load_features(path)
-        if features.meta.get("complete") and len(features.catalog) == len(catalog.images):
+        if features.meta.get("complete"):
             return features
-    except (FileNotFoundError, OSError, KeyError):
-        pass
+    catalog = collection if isinstance(collection, Catalog) else clean_collection(root)[0]
     return extract_collection(catalog, extractor, out_path=path)
 
 
@@ -136,8 +176,8 @@ def project_feature_set(base: FeatureSet, head: Any, extractor_path: Path, root:
     return out
 
 
-def _train_frozen(catalog: Catalog, cfg: RetrievalConfig, run_dir: Path, progress: bool) -> tuple[Any, ...]:
-    base = base_feature_set(catalog, cfg.backbone, cfg.weights, cfg.workers)
+def _train_frozen(collection: Path | Catalog, cfg: RetrievalConfig, progress: bool) -> tuple[Any, ...]:
+    base = base_feature_set(collection, cfg.backbone, cfg.weights, cfg.workers)
     rows, y, classes = index_split(base.labels, base.roles)
     x = np.asarray(base.features[rows], dtype=np.float32)  # the index split's pooled activations, in memory
     head = build_head(x.shape[1], cfg.dim, cfg.hidden, seed=cfg.fit.seed)
@@ -149,9 +189,12 @@ def _train_frozen(catalog: Catalog, cfg: RetrievalConfig, run_dir: Path, progres
     return base, head, extractor, weights_id, outcome, classes, len(rows)
 
 
-def _train_last_stage(catalog: Catalog, cfg: RetrievalConfig, run_dir: Path, progress: bool) -> tuple[Any, ...]:
+def _train_last_stage(collection: Path | Catalog, cfg: RetrievalConfig, progress: bool) -> tuple[Any, ...]:
     import keras
 
+    from cbir.data.cleaning import clean_collection
+
+    catalog = collection if isinstance(collection, Catalog) else clean_collection(collection)[0]
     backbone, weights_id = build_backbone(cfg.backbone, cfg.weights, input_size=cfg.input_size, seed=cfg.fit.seed)
     head = build_head(int(backbone.output.shape[-1]), cfg.dim, cfg.hidden, seed=cfg.fit.seed)
     extractor = keras.Model(backbone.input, head(backbone.output), name=f"{cfg.backbone}_retrieval")
@@ -179,28 +222,27 @@ def train_retrieval(
 ) -> RetrievalResult:
     """Train a retrieval head on ``collection``'s index split (see the module docstring) and save its outputs.
 
-    ``collection``: a folder (scanned with the same hygiene as ``extract``) or a catalog; default collection when
-    ``None``. Frozen runs also write the trained feature set, so the report and the Search page list it at once.
+    ``collection``: a folder or a catalog; default collection when ``None``. Frozen runs read the collection's
+    stored feature set (extracting it first when missing) and also write the trained one, so the report and the
+    Search page list it at once. Unfrozen runs scan the folder with ``extract``'s hygiene.
     """
-    from cbir.data.cleaning import clean_collection
-
     cfg = cfg or RetrievalConfig()
     if cfg.backbone not in FIRST_TRAINABLE:
         raise FinetuneError(f"no fine-tuning split defined for backbone {cfg.backbone!r}")
     if cfg.input_size is not None and not cfg.unfreeze_last_stage:
         raise FinetuneError("input_size only applies to unfrozen runs (frozen ones read the stored features)")
-    if isinstance(collection, Catalog):
-        catalog = collection
-    else:
-        catalog = clean_collection(collection if collection is not None else config.default_collection())[0]
-    run_dir = retrieval_dir(catalog.root, cfg.backbone, cfg.loss.loss, cfg.unfreeze_last_stage)
+    if collection is None:
+        collection = config.default_collection()
+    source = collection if isinstance(collection, Catalog) else Path(collection)
+    root = source.root if isinstance(source, Catalog) else source
+    run_dir = retrieval_dir(root, cfg.backbone, cfg.loss.loss, cfg.unfreeze_last_stage)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     train = _train_last_stage if cfg.unfreeze_last_stage else _train_frozen
-    base, head, extractor, weights_id, outcome, classes, n_train = train(catalog, cfg, run_dir, progress)
-    extractor_path = save_model_atomic(extractor, run_dir / EXTRACTOR_FILE)
+    base, head, extractor, weights_id, outcome, classes, n_train = train(source, cfg, progress)
+    extractor_path = save_model_atomic(extractor, run_dir / f"{run_name(cfg.loss.loss, cfg.unfreeze_last_stage)}.keras")
     head_path = save_model_atomic(head, run_dir / HEAD_FILE) if head is not None else None
-    feature_set = project_feature_set(base, head, extractor_path, catalog.root) if base is not None else None
+    feature_set = project_feature_set(base, head, extractor_path, root) if base is not None else None
     metrics = {
         "kind": "retrieval",
         "backbone": cfg.backbone,
