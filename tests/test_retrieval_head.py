@@ -184,7 +184,7 @@ def test_frozen_head_beats_imagenet_features_and_round_trips(
     from cbir.features.finetune import RetrievalConfig, retrieval_runs, train_retrieval
 
     base, catalog = default_imagenet
-    cfg = RetrievalConfig(loss=LossSettings("supcon"), fit=FitSettings(epochs=12))
+    cfg = RetrievalConfig(loss=LossSettings("supcon"), fit=FitSettings(epochs=8))
     result = train_retrieval(catalog, cfg, progress=False)
     trained = load_features(result.feature_set)
     assert trained.features.shape == (len(base.catalog), 256)
@@ -277,3 +277,20 @@ def test_cli_loss_options(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "proxy_anchor, frozen backbone" in printed and "python -m cbir report" in printed
+
+
+def test_report_says_how_each_feature_set_was_trained(tmp_path: Path) -> None:
+    from cbir.evaluation.report import training_metrics
+
+    assert training_metrics(None)["training"] == "-"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(
+        json.dumps({"kind": "retrieval", "loss": "supcon", "unfrozen": None, "train_seconds": 42.5})
+    )
+    row = training_metrics(str(run / "retrieval-supcon-frozen.keras"))
+    assert row["training"] == "supcon head (index split)" and row["train s"] == 42.5 and np.isnan(row["accuracy"])
+    paper = {"model": 1, "seconds_per_epoch": 36.0, "epochs_done": 28, "test_accuracy": 0.78, "test_loss": 0.83}
+    (run / "metrics.json").write_text(json.dumps(paper))
+    row = training_metrics(str(run / "model1-dense256.keras"))
+    assert row["training"] == "paper classifier, model 1" and row["train s"] == 36.0 * 28 and row["accuracy"] == 0.78

@@ -104,14 +104,16 @@ def batch_loss(settings: LossSettings, embeddings: Any, labels: Any, params: Any
 class FitSettings:
     """How :func:`fit_embedding` trains: ``epochs`` of about one pass each in batches of ``classes_per_batch`` ×
     ``per_class`` rows, Adam at ``lr`` (cosine-decayed to 0 over the run, the proxies at ``proxy_lr_scale`` × it)
-    with ``weight_decay``; ``max_minutes`` stops early (between epochs)."""
+    with ``weight_decay``, the backbone's layers (unfrozen runs) at ``backbone_lr_scale`` × it: they start from
+    trained weights; ``max_minutes`` stops early (between epochs)."""
 
-    epochs: int = 60
+    epochs: int = 20
     lr: float = 1e-3
     weight_decay: float = 1e-4
     classes_per_batch: int = 32
-    per_class: int = 8
+    per_class: int = 16
     proxy_lr_scale: float = 100.0
+    backbone_lr_scale: float = 0.1
     max_minutes: float | None = None
     seed: int = 0
 
@@ -140,12 +142,14 @@ def fit_embedding(
     loss: LossSettings,
     fit: FitSettings,
     progress: bool = True,
+    head: Any | None = None,
 ) -> FitOutcome:
     """Train ``model`` (inputs → (N, dim) unit embeddings) with ``loss`` on class-balanced batches.
 
     ``load_batch(rows)``: the model's input for those training rows (e.g. (B, 1280) pooled features or
     (B, 7, 7, 192) boundary activations), float32. ``labels``: (n,) int class index per training row. The model is
-    trained in place; the loss's parameters are discarded at the end.
+    trained in place; the loss's parameters are discarded at the end. ``head``: the head inside ``model`` when
+    ``model`` also holds backbone layers; those train at ``fit.backbone_lr_scale`` × the learning rate.
     """
     import tensorflow as tf
 
@@ -160,7 +164,12 @@ def fit_embedding(
         for epoch in range(fit.epochs)
     ]
     total = sum(len(b) for b in epoch_plan)
-    optimizers = [(_optimizer(fit.lr, fit.weight_decay, total), model.trainable_variables)]
+    head_variables = (head or model).trainable_variables
+    head_ids = {id(v) for v in head_variables}
+    backbone_variables = [v for v in model.trainable_variables if id(v) not in head_ids]
+    optimizers = [(_optimizer(fit.lr, fit.weight_decay, total), head_variables)]
+    if backbone_variables:
+        optimizers.append((_optimizer(fit.lr * fit.backbone_lr_scale, fit.weight_decay, total), backbone_variables))
     if params is not None:
         scale = fit.proxy_lr_scale if loss.loss == "proxy_anchor" else 1.0
         optimizers.append((_optimizer(fit.lr * scale, 0.0, total), params.trainable_variables))

@@ -211,7 +211,8 @@ def _train_last_stage(collection: Path | Catalog, cfg: RetrievalConfig, progress
         layer.trainable = True
     for layer in frozen.layers:
         layer.trainable = False
-    outcome = fit_embedding(tail, lambda r: np.asarray(acts[rows[r]], np.float32), y, cfg.loss, cfg.fit, progress)
+    load = lambda r: np.asarray(acts[rows[r]], np.float32)  # noqa: E731
+    outcome = fit_embedding(tail, load, y, cfg.loss, cfg.fit, progress, head=head)
     return None, None, extractor, weights_id, outcome, classes, len(rows)
 
 
