@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/retrieval_head.py                          # frozen + supcon / proxy_anchor / ce
     .venv/bin/python benchmarks/retrieval_head.py --losses supcon --epochs 40 --per-class 8 --hidden 0
     .venv/bin/python benchmarks/retrieval_head.py --collection PATH        # another labelled collection
+    .venv/bin/python benchmarks/retrieval_head.py --losses "" --score FEATURES   # a stored (e.g. unfrozen) set
 
 Trains each head in memory on the collection's stored pooled features of the index split (labels of the index
 split only, the same code as ``python -m cbir finetune --loss ...``), embeds every image and scores the exact scan
@@ -28,9 +29,11 @@ from cbir.core import config
 from cbir.data.samples import sample_photos
 from cbir.evaluation.evaluate import evaluate_split, split_collection
 from cbir.evaluation.hubness import hubness_summary
-from cbir.features.extractor import FeatureExtractor
+from cbir.evaluation.report import training_metrics
+from cbir.features.extractor import FeatureExtractor, load_features
 from cbir.features.finetune.heads import FitSettings, LossSettings, build_head, embed, fit_embedding
 from cbir.features.finetune.retrieval import base_feature_set, index_split
+from cbir.features.query_model import extractor_spec, make_extractor
 from cbir.indexes.registry import IndexConfig
 from cbir.indexes.scan import SequentialScan
 from cbir.indexes.widths import default_width
@@ -55,6 +58,23 @@ def score(
     return row
 
 
+def stored_row(path: str) -> dict[str, object]:
+    """The benchmark row of a stored feature set: the photos embedded by its own model, the training seconds from
+    the run's ``metrics.json`` (beside the extractor)."""
+    fs = load_features(path)
+    extractor = make_extractor(extractor_spec(fs.meta), warm_up=False)
+    photos = extractor.transform(list(sample_photos().values()))
+    trained = training_metrics(fs.meta.get("weights_path"))
+    row = score(np.asarray(fs.features, np.float32), fs.labels, fs.roles, photos)
+    return {
+        "features": fs.meta["weights_id"],
+        "loss": trained["training"],
+        **row,
+        "train s": trained["train s"],
+        "load avg": os.getloadavg()[0],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collection", default=None)
@@ -68,6 +88,13 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=LossSettings.temperature)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--score",
+        action="append",
+        default=[],
+        metavar="FEATURES",
+        help="also score this stored feature set (e.g. a last-stage run's `extract --weights` output); repeatable",
+    )
     args = parser.parse_args()
 
     base = base_feature_set(args.collection or config.default_collection(), args.backbone, "imagenet")
@@ -88,6 +115,9 @@ def main() -> None:
             "load avg": os.getloadavg()[0],
         }
     ]
+    for path in args.score:
+        table.append(stored_row(path))
+        print(pd.DataFrame(table[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     fit = FitSettings(
         epochs=args.epochs,
         lr=args.lr,
@@ -95,7 +125,7 @@ def main() -> None:
         per_class=args.per_class,
         seed=args.seed,
     )
-    for loss in args.losses.split(","):
+    for loss in filter(None, args.losses.split(",")):
         settings = replace(LossSettings(), loss=loss, temperature=args.temperature)
         head = build_head(x_all.shape[1], args.dim, args.hidden or None, seed=args.seed)
         x = x_all[rows]

@@ -212,6 +212,14 @@ def test_frozen_head_beats_imagenet_features_and_round_trips(
     assert np.allclose(extracted.features, expected, atol=2e-3)
     capsys.readouterr()
 
+    # the Search page's engine embeds a query with the feature set's own extractor: an indexed image finds itself
+    from cbir.indexes.registry import IndexConfig
+    from cbir.service.search import SearchEngine
+
+    engine = SearchEngine(trained)
+    answer = engine.query(picked["path"].iloc[0], IndexConfig("scan", "cosine"))
+    assert engine.warning is None and answer.results["path"].iloc[0] == picked["path"].iloc[0]
+
 
 def test_last_stage_unfrozen_trains_on_a_tiny_collection(tmp_path: Path) -> None:
     """The unfrozen path end to end at 64×64 on generated images: cached boundary activations, the last stage
