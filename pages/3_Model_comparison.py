@@ -9,7 +9,7 @@ from cbir.app import plots, ui
 from cbir.core.names import METRIC_LABELS, METRICS, score_name
 from cbir.evaluation.comparison import distance_summary, hubness_summary_table, large_feature_sets
 from cbir.evaluation.tuning import RECOMMEND_BUDGET_FRACTION, SWEEP_ON_REQUEST
-from cbir.features.finetune import finished_runs, training_figure
+from cbir.features.finetune import finished_runs, retrieval_runs, training_figure
 
 ui.page_header(
     "pages/3_Model_comparison.py",
@@ -156,3 +156,23 @@ for run_ in runs:
         cols[3].metric("Seconds / epoch", f"{m['seconds_per_epoch']:.0f}")
         st.plotly_chart(training_figure(run_.history), width="stretch")
         st.dataframe(run_.report, width="stretch")
+
+st.subheader("Retrieval heads")
+heads = retrieval_runs()
+if heads.empty:
+    st.info(
+        "No retrieval head yet. `python -m cbir finetune --loss supcon` trains a 256-d head with a supervised "
+        "contrastive loss on the index split's labels (frozen backbone, minutes on a CPU); its feature set then "
+        "appears in the tables above beside the paper's."
+    )
+else:
+    st.caption(
+        "Heads trained for retrieval on the labels of the index split only (never the queries, never the "
+        "distractors); their feature sets are scored in the tables above like every other."
+    )
+    st.dataframe(
+        heads,
+        width="stretch",
+        hide_index=True,
+        column_config={"train s": st.column_config.NumberColumn("train s", format="%.0f")},
+    )

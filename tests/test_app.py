@@ -352,3 +352,39 @@ def test_comparison_page_shows_fine_tuning_runs(app_env: Path, app_artifacts: Pa
         assert report.loc["cats", "precision"] == pytest.approx(1.0) and report.loc["dogs", "recall"] == 1.0
     finally:
         shutil.rmtree(run_dir)
+
+
+def test_comparison_page_lists_retrieval_heads(app_env: Path, app_artifacts: Path) -> None:
+    import json
+    import shutil
+
+    from cbir.features.finetune import retrieval_dir
+
+    at = open_app("pages/3_Model_comparison.py")
+    assert any("No retrieval head yet" in info.value for info in at.info)
+    run_dir = retrieval_dir(app_env, "efficientnet_lite0", "supcon", unfrozen=False)
+    run_dir.mkdir(parents=True)
+    try:
+        metrics = {
+            "backbone": "efficientnet_lite0",
+            "loss": "supcon",
+            "unfrozen": None,
+            "dim": 256,
+            "n_train": 78,
+            "classes": ["a", "b"],
+            "history": [{"epoch": 1, "loss": 2.0, "seconds": 1.0}],
+            "train_seconds": 12.5,
+            "load_average": [3.0, 2.0, 1.0],
+            "extractor": str(run_dir / "retrieval-supcon-frozen.keras"),
+        }
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        at = open_app("pages/3_Model_comparison.py")
+        check_ok(at)
+        heads = at.dataframe[-1].value
+        assert heads[["loss", "trained", "trained on"]].iloc[0].tolist() == [
+            "supcon",
+            "head (frozen backbone)",
+            "78 index images, 2 classes",
+        ]
+    finally:
+        shutil.rmtree(run_dir)

@@ -531,7 +531,7 @@ def test_cli_parses_and_prints_the_report(
         cfg.batch_size,
         cfg.patience,
     ) == ("resnet50v2", 2, None, 1e-4, 5, 2.5, 8, 10)
-    assert parser.parse_args(["finetune"]).lr == 1e-6  # the paper's learning rate by default
+    assert config_from_args(parser.parse_args(["finetune"])).lr == 1e-6  # the paper's learning rate by default
     with pytest.raises(SystemExit):
         parser.parse_args(["finetune", "--model", "3"])
 

@@ -33,13 +33,29 @@ REPORT_PROBES = (0, 4)
 BUDGET_FRACTION = 0.10
 
 
-def training_metrics(weights_path: str | None) -> dict[str, float]:
-    """Validation accuracy and loss of the fine-tuned classifier a feature model came from (none otherwise)."""
+def training_metrics(weights_path: str | None) -> dict[str, object]:
+    """How the model a feature set came from was trained: ``training`` (none, the paper's classifier, or a
+    retrieval head and its loss), ``train s`` (training seconds: a retrieval run's fit, a classifier's epochs ×
+    seconds per epoch) and a classifier's validation ``accuracy`` / ``loss`` (NaN for the others)."""
+    nan = float("nan")
     metrics_file = Path(weights_path).parent / "metrics.json" if weights_path else None
     if metrics_file is None or not metrics_file.is_file():
-        return {"accuracy": float("nan"), "loss": float("nan")}
+        return {"training": "-", "train s": nan, "accuracy": nan, "loss": nan}
     metrics = json.loads(metrics_file.read_text())
-    return {"accuracy": float(metrics["test_accuracy"]), "loss": float(metrics["test_loss"])}
+    if metrics.get("kind") == "retrieval":
+        part = "last stage + head" if metrics["unfrozen"] else "head"
+        return {
+            "training": f"{metrics['loss']} {part} (index split)",
+            "train s": float(metrics["train_seconds"]),
+            "accuracy": nan,
+            "loss": nan,
+        }
+    return {
+        "training": f"paper classifier, model {metrics['model']}",
+        "train s": float(metrics["seconds_per_epoch"]) * int(metrics["epochs_done"]),
+        "accuracy": float(metrics["test_accuracy"]),
+        "loss": float(metrics["test_loss"]),
+    }
 
 
 def feature_set_row(

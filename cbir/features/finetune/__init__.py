@@ -35,6 +35,10 @@ schedule;
 * :mod:`~cbir.features.finetune.training` — :func:`train_loop` and its saved :class:`TrainingState`;
 * :mod:`~cbir.features.finetune.metrics` — classification report, cross-entropy, training-curve figure;
 * :mod:`~cbir.features.finetune.runs` — run folders and their files, finished runs for the comparison page;
+* :mod:`~cbir.features.finetune.losses` — SupCon, proxy-anchor and softmax cross-entropy in TensorFlow ops;
+* :mod:`~cbir.features.finetune.heads` — the retrieval head (MLP, L2-normalised output) and its training loop;
+* :mod:`~cbir.features.finetune.retrieval` — :func:`train_retrieval`, a retrieval head from a collection to a saved
+  extractor and feature set (frozen backbone, or with the last stage unfrozen);
 * :mod:`~cbir.features.finetune.pipeline` — :func:`finetune`, the whole run from a collection to saved models;
 * :mod:`~cbir.features.finetune.errors` — :class:`FinetuneError`.
 """
@@ -44,12 +48,22 @@ from cbir.features.finetune.data import (
     ImageCache,
     activation_cache,
     augment_batch,
+    class_balanced_batches,
     epoch_batches,
     image_cache,
     labelled_rows,
     write_memmap_atomic,
 )
 from cbir.features.finetune.errors import FinetuneError
+from cbir.features.finetune.heads import (
+    FitOutcome,
+    FitSettings,
+    LossSettings,
+    build_head,
+    embed,
+    fit_embedding,
+)
+from cbir.features.finetune.losses import LOSSES, proxy_anchor_loss, softmax_ce_loss, supcon_loss
 from cbir.features.finetune.metrics import classification_report, cross_entropy, training_figure
 from cbir.features.finetune.models import (
     DENSE_FEATURE_LAYER,
@@ -67,6 +81,15 @@ from cbir.features.finetune.models import (
     split_model,
 )
 from cbir.features.finetune.pipeline import FinetuneConfig, FinetuneResult, finetune
+from cbir.features.finetune.retrieval import (
+    RetrievalConfig,
+    RetrievalResult,
+    index_split,
+    project_feature_set,
+    retrieval_dir,
+    retrieval_runs,
+    train_retrieval,
+)
 from cbir.features.finetune.runs import FinishedRun, finetune_dir, finished_runs, load_history
 from cbir.features.finetune.training import (
     STATE_VERSION,
@@ -83,6 +106,7 @@ __all__ = [
     "FIRST_TRAINABLE",
     "HEAD_DROPOUT",
     "HEAD_UNITS",
+    "LOSSES",
     "PAPER_LR",
     "STATE_VERSION",
     "Augmentation",
@@ -91,31 +115,48 @@ __all__ = [
     "FinetuneError",
     "FinetuneResult",
     "FinishedRun",
+    "FitOutcome",
+    "FitSettings",
     "ImageCache",
     "LoopOutcome",
     "LoopSettings",
+    "LossSettings",
+    "RetrievalConfig",
+    "RetrievalResult",
     "TrainingState",
     "activation_cache",
     "augment_batch",
     "boundary_tensor",
     "build_backbone",
     "build_classifier",
+    "build_head",
     "check_resumable",
+    "class_balanced_batches",
     "classification_report",
     "compile_model",
     "cross_entropy",
+    "embed",
     "epoch_batches",
     "feature_models",
     "finetune",
     "finetune_dir",
     "finished_runs",
+    "fit_embedding",
     "image_cache",
+    "index_split",
     "labelled_rows",
     "load_history",
+    "project_feature_set",
+    "proxy_anchor_loss",
+    "retrieval_dir",
+    "retrieval_runs",
     "save_model_atomic",
     "set_trainable",
+    "softmax_ce_loss",
     "split_model",
+    "supcon_loss",
     "train_loop",
+    "train_retrieval",
     "training_figure",
     "write_memmap_atomic",
 ]

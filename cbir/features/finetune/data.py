@@ -230,3 +230,43 @@ def epoch_batches(
     passes = {p: np.random.default_rng([seed, p]).permutation(n) for p in np.unique(positions // n)}
     rows = np.array([passes[p][k] for p, k in zip(positions // n, positions % n, strict=True)])
     return [np.sort(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+def class_balanced_batches(
+    labels: np.ndarray,
+    classes_per_batch: int,
+    per_class: int,
+    epoch: int,
+    seed: int = 0,
+    n_batches: int | None = None,
+) -> list[np.ndarray]:
+    """Row indices of each batch of ``epoch``: ``classes_per_batch`` distinct classes × ``per_class`` rows each.
+
+    ``labels``: (n,) int class index per row (rows with a negative label are never drawn). Metric-learning losses
+    need positives in the batch, so each batch holds several rows of each of its classes; classes are drawn
+    uniformly (a rare class is seen as often as a common one) and each class's rows are walked in a shuffled
+    cycle, so within an epoch a class repeats a row only after all its rows were drawn. A class with fewer rows
+    than ``per_class`` repeats rows within the batch. ``n_batches`` defaults to ``ceil(n / batch size)`` (about one
+    pass). A pure function of its arguments (resumable, reproducible). Each batch: (≤ P·K,) int64, unsorted.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if classes_per_batch < 1 or per_class < 1:
+        raise ValueError(f"need classes_per_batch >= 1 and per_class >= 1, got {classes_per_batch}, {per_class}")
+    classes = np.unique(labels[labels >= 0])
+    if len(classes) == 0:
+        raise ValueError("no labelled rows to draw batches from")
+    rng = np.random.default_rng([seed, epoch])
+    members = {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+    cursor = dict.fromkeys(members, 0)
+    p = min(classes_per_batch, len(classes))
+    if n_batches is None:
+        n_batches = max(1, -(-int((labels >= 0).sum()) // (p * per_class)))
+    batches = []
+    for _ in range(n_batches):
+        rows = []
+        for c in rng.choice(classes, size=p, replace=False):
+            own, start = members[int(c)], cursor[int(c)]
+            rows.append(own[(start + np.arange(per_class)) % len(own)])
+            cursor[int(c)] = (start + per_class) % len(own)
+        batches.append(np.concatenate(rows))
+    return batches
