@@ -51,7 +51,10 @@ def _add_retrieval_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--dim", type=positive_int, default=256, help="output size (L2-normalised); default 256")
     g.add_argument(
-        "--hidden", type=non_negative_int, default=1024, help="hidden ReLU layer width of the head; 0: a linear head (default 1024)"
+        "--hidden",
+        type=non_negative_int,
+        default=1024,
+        help="hidden ReLU layer width of the head; 0: a linear head (default 1024)",
     )
     g.add_argument("--unfreeze-last-stage", action="store_true", help="train the backbone's last stage too")
     g.add_argument("--classes-per-batch", type=positive_int, default=FitSettings.classes_per_batch)
