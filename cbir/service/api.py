@@ -497,33 +497,9 @@ def create_app(service: SearchService | None = None, warm: bool = True) -> FastA
     app.state.service = service
     app.add_middleware(BodyLimit)
 
-    @app.exception_handler(CbirError)
-    async def _user_error(request: Request, exc: CbirError) -> JSONResponse:
-        return _error(http_status(exc), str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, _validation_message(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
-
+    _add_error_handlers(app)
     if assets is not None:
-        from fastapi.openapi.docs import get_swagger_ui_html
-        from fastapi.staticfiles import StaticFiles
-
-        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
-
-        @app.get("/docs", include_in_schema=False)
-        def docs() -> HTMLResponse:
-            return get_swagger_ui_html(
-                openapi_url="/openapi.json",
-                title="cbir API",
-                swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                swagger_css_url="/docs-assets/swagger-ui.css",
-                swagger_favicon_url="/docs-assets/favicon-32x32.png",
-            )
+        _add_offline_docs(app, assets)
 
     @app.post("/search", summary="The k most similar images of the collection to an upload or a collection image")
     def search(
@@ -556,6 +532,48 @@ def create_app(service: SearchService | None = None, warm: bool = True) -> FastA
         name = None if image is None else image.filename
         return service.search(data, path or None, k, index, metric, settings, feature_set, name)
 
+    _add_metadata_routes(app, service)
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": message}``: a user's mistake 4xx with the page's message, never a 500 for one."""
+
+    @app.exception_handler(CbirError)
+    async def _user_error(request: Request, exc: CbirError) -> JSONResponse:
+        return _error(http_status(exc), str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+
+def _add_offline_docs(app: FastAPI, assets: Any) -> None:
+    """``/docs`` served from the packaged Swagger UI files (FastAPI's default page loads them from a CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="cbir API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+
+def _add_metadata_routes(app: FastAPI, service: SearchService) -> None:
+    """``/health``, ``/feature-sets``, ``/indexes`` and the collection's images under ``/images``."""
+
     @app.get("/health", summary="Whether the server answers, and what it has loaded")
     def health() -> dict[str, Any]:
         return service.health()
@@ -577,5 +595,3 @@ def create_app(service: SearchService | None = None, warm: bool = True) -> FastA
     @app.get("/images/{relpath:path}", summary="An image of the collection (a result's 'image' link)")
     def images(relpath: str) -> FileResponse:
         return FileResponse(service.image_file(relpath))
-
-    return app

@@ -198,41 +198,7 @@ def finetune(
 
     backbone, weights_id = build_backbone(cfg.backbone, cfg.weights, input_size=cfg.input_size, seed=cfg.seed)
     classifier = build_classifier(backbone, len(classes), seed=cfg.seed)
-    if cfg.model == 1:
-        frozen, tail = split_model(classifier, cfg.backbone)
-        set_trainable(classifier, tail, freeze_bn=cfg.freeze_bn)
-        acts = activation_cache(
-            cache,
-            frozen,
-            cfg.backbone,
-            weights_id,
-            cache_folder,
-            batch_size=cfg.batch_size,
-            dtype=cfg.activation_dtype,
-            progress=progress,
-        )
-        trained = tail
-
-        def load_x(idx: np.ndarray) -> np.ndarray:
-            return np.asarray(acts[idx], dtype=np.float32)
-
-        def train_batch(idx: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-            rows_ = train_rows[idx]
-            return load_x(rows_), labels[rows_]
-    else:
-        set_trainable(classifier, None, freeze_bn=cfg.freeze_bn)
-        trained = classifier
-
-        def load_x(idx: np.ndarray) -> np.ndarray:
-            return spec.preprocess(np.asarray(cache.images[idx], dtype=np.float32))
-
-        def train_batch(idx: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-            rows_ = train_rows[idx]
-            # seeded by (seed, epoch, first row): the same batch gets the same augmentation after a resume
-            rng = np.random.default_rng([cfg.seed, epoch, int(rows_[0])])
-            x = spec.preprocess(augment_batch(cache.images[rows_], rng, cfg.augmentation))
-            return x, labels[rows_]
-
+    trained, load_x, train_batch = _training_data(cfg, classifier, cache, weights_id, cache_folder, split, progress)
     compile_model(trained, cfg.lr, run_eagerly=cfg.run_eagerly)
     identity["weights_id"] = weights_id  # the same unless "imagenet" was downloaded just now
     settings = LoopSettings(
@@ -265,10 +231,75 @@ def finetune(
 
     # final evaluation with the restored best weights (Model 1 on the cached activations, as during training)
     proba = _batched_predict(trained, load_x, val_rows, cfg.batch_size)
-    y_val = labels[val_rows]
-    report = classification_report(y_val, proba.argmax(axis=1), classes)
-    test_loss, test_acc = cross_entropy(proba, y_val), float((proba.argmax(axis=1) == y_val).mean())
+    return _save_run(cfg, run_dir, classifier, backbone, weights_id, identity, split, outcome, proba, labels[val_rows])
 
+
+def _training_data(
+    cfg: FinetuneConfig,
+    classifier: Any,
+    cache: Any,
+    weights_id: str,
+    cache_folder: Path,
+    split: Any,
+    progress: bool,
+) -> tuple[Any, Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]]:
+    """What Model ``cfg.model`` trains and on what: ``(trained model, load_x(rows), train_batch(idx, epoch))``.
+    Model 1 trains the classifier's tail on cached activations of the frozen head; Model 2 the whole classifier on
+    augmented images."""
+    spec = get_backbone(cfg.backbone)
+    labels, train_rows = split.labels, split.train_rows
+    if cfg.model == 1:
+        frozen, tail = split_model(classifier, cfg.backbone)
+        set_trainable(classifier, tail, freeze_bn=cfg.freeze_bn)
+        acts = activation_cache(
+            cache,
+            frozen,
+            cfg.backbone,
+            weights_id,
+            cache_folder,
+            batch_size=cfg.batch_size,
+            dtype=cfg.activation_dtype,
+            progress=progress,
+        )
+
+        def load_acts(idx: np.ndarray) -> np.ndarray:
+            return np.asarray(acts[idx], dtype=np.float32)
+
+        def act_batch(idx: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+            rows_ = train_rows[idx]
+            return load_acts(rows_), labels[rows_]
+
+        return tail, load_acts, act_batch
+    set_trainable(classifier, None, freeze_bn=cfg.freeze_bn)
+
+    def load_images(idx: np.ndarray) -> np.ndarray:
+        return spec.preprocess(np.asarray(cache.images[idx], dtype=np.float32))
+
+    def image_batch(idx: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        rows_ = train_rows[idx]
+        # seeded by (seed, epoch, first row): the same batch gets the same augmentation after a resume
+        rng = np.random.default_rng([cfg.seed, epoch, int(rows_[0])])
+        x = spec.preprocess(augment_batch(cache.images[rows_], rng, cfg.augmentation))
+        return x, labels[rows_]
+
+    return classifier, load_images, image_batch
+
+
+def _save_run(
+    cfg: FinetuneConfig,
+    run_dir: Path,
+    classifier: Any,
+    backbone: Any,
+    weights_id: str,
+    identity: dict[str, Any],
+    split: Any,
+    outcome: Any,
+    proba: np.ndarray,
+    y_val: np.ndarray,
+) -> FinetuneResult:
+    """Save the classifier, its feature models, the history, the report and the metrics (atomically)."""
+    report = classification_report(y_val, proba.argmax(axis=1), split.classes)
+    test_loss, test_acc = cross_entropy(proba, y_val), float((proba.argmax(axis=1) == y_val).mean())
     classifier_path = save_model_atomic(classifier, run_dir / CLASSIFIER_FILE)
     saved = {
         name: save_model_atomic(m, run_dir / f"model{cfg.model}-{name}.keras")
@@ -281,9 +312,9 @@ def finetune(
         "weights_id": weights_id,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
-        "classes": classes,
-        "n_train": len(train_rows),
-        "n_val": len(val_rows),
+        "classes": split.classes,
+        "n_train": len(split.train_rows),
+        "n_val": len(split.val_rows),
         "test_loss": test_loss,
         "test_accuracy": test_acc,
         "best_epoch": outcome.best_epoch,
@@ -303,7 +334,7 @@ def finetune(
         report=report,
         test_loss=test_loss,
         test_accuracy=test_acc,
-        classes=classes,
+        classes=split.classes,
         best_epoch=outcome.best_epoch,
         epochs_done=outcome.epochs_done,
         stopped=outcome.stopped,

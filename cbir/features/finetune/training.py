@@ -237,16 +237,7 @@ def train_loop(
     """
     progress = verbose if progress is None else progress
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if restart:
-        discard_checkpoint(run_dir)
-    state = check_resumable(run_dir, identity)
-    if state is None:
-        state = TrainingState(identity=identity)
-    elif state.checkpoint is None:
-        raise FinetuneError(f"{run_dir / STATE_FILE} names no checkpoint; rerun with --restart to discard it")
-    else:
-        model.load_weights(run_dir / state.checkpoint)  # weights and optimizer state (moments, iterations)
+    state = _resume(model, run_dir, identity, restart)
     y_val = np.asarray(y_val)
     start = time.perf_counter()
     budget = None if settings.max_minutes is None else settings.max_minutes * 60.0
@@ -278,36 +269,11 @@ def train_loop(
                 )
             break
         proba = np.asarray(predict_val(), dtype=np.float64)
-        val_loss = cross_entropy(proba, y_val)
-        val_acc = float((proba.argmax(axis=1) == y_val).mean()) if len(y_val) else float("nan")
         last_epoch_seconds = time.perf_counter() - t0
-        record: EpochRecord = {
-            "epoch": epoch + 1,
-            "loss": train_means[0],
-            "accuracy": train_means[1],
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "seconds": last_epoch_seconds,
-        }
+        record = _epoch_record(epoch, train_means, proba, y_val, last_epoch_seconds)
         epochs_now += 1
-        old_files = state.files()
-        if state.end_epoch(record, settings.patience):
-            save_model_atomic(model, run_dir / str(state.best_weights), weights_only=True)
-        save_model_atomic(model, run_dir / str(state.checkpoint))
-        state.save(run_dir)
-        for old in old_files - state.files():  # only now that state.json no longer names them
-            (run_dir / old).unlink(missing_ok=True)
+        _commit_epoch(model, run_dir, state, record, settings.patience, verbose)
         stopped = state.stopped
-        if verbose:
-            mark = " *" if state.best_epoch == epoch + 1 else ""
-            tqdm.write(
-                f"epoch {epoch + 1}: loss {record['loss']:.4f} acc {record['accuracy']:.4f} "
-                f"val_loss {val_loss:.4f} val_acc {val_acc:.4f} ({last_epoch_seconds:.1f} s){mark}"
-            )
-            if stopped == "early_stopping":
-                tqdm.write(
-                    f"early stopping: no improvement for {settings.patience} epochs; best epoch {state.best_epoch}"
-                )
     if state.best_weights is None:
         raise FinetuneError(
             "no epoch finished within the time budget; raise --max-minutes or set a smaller --steps-per-epoch"
@@ -315,11 +281,55 @@ def train_loop(
     model.load_weights(run_dir / state.best_weights)
     history = pd.DataFrame(state.history, columns=list(HISTORY_COLUMNS))
     per_epoch = float(np.median(history["seconds"])) if len(history) else float("nan")
-    return LoopOutcome(
-        history=history,
-        best_epoch=state.best_epoch,
-        epochs_done=state.epoch,
-        epochs_now=epochs_now,
-        stopped=str(stopped),
-        seconds_per_epoch=per_epoch,
-    )
+    return LoopOutcome(history, state.best_epoch, state.epoch, epochs_now, str(stopped), per_epoch)
+
+
+def _epoch_record(
+    epoch: int, train_means: tuple[float, float], proba: np.ndarray, y_val: np.ndarray, seconds: float
+) -> EpochRecord:
+    """Epoch ``epoch`` (0-based) in the history: the training means and the validation loss and accuracy."""
+    return {
+        "epoch": epoch + 1,
+        "loss": train_means[0],
+        "accuracy": train_means[1],
+        "val_loss": cross_entropy(proba, y_val),
+        "val_accuracy": float((proba.argmax(axis=1) == y_val).mean()) if len(y_val) else float("nan"),
+        "seconds": seconds,
+    }
+
+
+def _resume(model: Any, run_dir: Path, identity: dict[str, Any], restart: bool) -> TrainingState:
+    """The run's state: a new one, or the checkpoint's (its weights and optimizer state loaded into ``model``)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if restart:
+        discard_checkpoint(run_dir)
+    state = check_resumable(run_dir, identity)
+    if state is None:
+        return TrainingState(identity=identity)
+    if state.checkpoint is None:
+        raise FinetuneError(f"{run_dir / STATE_FILE} names no checkpoint; rerun with --restart to discard it")
+    model.load_weights(run_dir / state.checkpoint)  # weights and optimizer state (moments, iterations)
+    return state
+
+
+def _commit_epoch(
+    model: Any, run_dir: Path, state: TrainingState, record: EpochRecord, patience: int, verbose: bool
+) -> None:
+    """Record a finished epoch: the best weights when it improved, the checkpoint, then ``state.json`` (the commit
+    point); files the state no longer names are removed only then."""
+    old_files = state.files()
+    if state.end_epoch(record, patience):
+        save_model_atomic(model, run_dir / str(state.best_weights), weights_only=True)
+    save_model_atomic(model, run_dir / str(state.checkpoint))
+    state.save(run_dir)
+    for old in old_files - state.files():  # only now that state.json no longer names them
+        (run_dir / old).unlink(missing_ok=True)
+    if verbose:
+        epoch = record["epoch"]
+        mark = " *" if state.best_epoch == epoch else ""
+        tqdm.write(
+            f"epoch {epoch}: loss {record['loss']:.4f} acc {record['accuracy']:.4f} val_loss "
+            f"{record['val_loss']:.4f} val_acc {record['val_accuracy']:.4f} ({record['seconds']:.1f} s){mark}"
+        )
+        if state.stopped == "early_stopping":
+            tqdm.write(f"early stopping: no improvement for {patience} epochs; best epoch {state.best_epoch}")
