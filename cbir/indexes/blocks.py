@@ -22,7 +22,6 @@ import numpy as np
 from cbir.indexes import kernels
 from cbir.indexes.base import Metric, SearchResult
 from cbir.indexes.kernels.blocks import block_codes, block_search
-from cbir.indexes.pca import code_units
 from cbir.indexes.polytope import CrossPolytopeIndex
 
 
@@ -120,12 +119,18 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         projected = queries @ self._axes
         projected -= self._axes_bias
         hashed = np.ascontiguousarray(projected[:, : self._pca.components.shape[1]])
-        return hashed, code_units(self._codebook, projected[:, : self._score_pca.components.shape[1]])
+        units = projected[:, : self._score_pca.components.shape[1]] - self._codebook.low
+        units *= np.float32(1.0 / self._codebook.step)
+        return hashed, units
 
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
         hashed, units = self._spaces(queries)
         probe_tables, probe_keys, _ = kernels.cross_polytope_probes(
-            self._rotated(hashed), self.n_tables, self.n_projections, self._last_dim(), self.n_tables * (1 + self.probes)
+            self._rotated(hashed),
+            self.n_tables,
+            self.n_projections,
+            self._last_dim(),
+            self.n_tables * (1 + self.probes),
         )
         assert self._data is not None and self._blocks is not None
         return SearchResult(

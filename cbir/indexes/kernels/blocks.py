@@ -25,7 +25,7 @@ from cbir.indexes.kernels.topk import _empty_results, _n_chunks
 
 
 def block_codes(tables: BucketTables, codes: np.ndarray) -> np.ndarray:
-    """The codes (n, s) uint8 of the objects laid out in bucket order: (g·n, s) uint8, row p = ``codes[bucket_ids[p]]``."""
+    """The codes (n, s) uint8 of the objects in bucket order: (g·n, s) uint8, row p = ``codes[bucket_ids[p]]``."""
     return np.ascontiguousarray(codes[tables.bucket_ids])
 
 
@@ -115,45 +115,68 @@ def _block_kernel(
 ) -> None:
     """Parallel loop over query chunks of :func:`block_search` (results written to ``out_*``)."""
     m = queries.shape[0]
-    n = data.shape[0]
-    k = out_ids.shape[1]
     for chunk in prange(n_chunks):
-        stamps = np.zeros(n if stamp else 1, dtype=np.int32)
-        heap_key = np.empty(rerank, dtype=np.float32)
-        heap_id = np.empty(rerank, dtype=np.int64)
-        ordered_key = np.empty(rerank, dtype=np.float32)
-        ordered_id = np.empty(rerank, dtype=np.int64)
-        top_key = np.empty(k, dtype=np.float32)
-        top_id = np.empty(k, dtype=np.int64)
-        first = chunk * m // n_chunks
-        for i in range(first, (chunk + 1) * m // n_chunks):
-            kept, scored = _score_blocks(
-                units=units[i],
-                probe_tables=probe_tables[i],
-                probe_keys=probe_keys[i],
-                tables=tables,
-                codes=codes,
-                stamp=stamp,
-                stamps=stamps,
-                current=np.int32(i - first + 1),
-                heap_key=heap_key,
-                heap_id=heap_id,
-            )
-            out_visited[i] = scored
-            for position in range(kept - 1, -1, -1):  # best code distance first (ties by id)
-                ordered_key[position], ordered_id[position], _ = _heap_pop(heap_key, heap_id, position + 1, True)
-            _rerank_ordered_into(
-                query=queries[i],
-                data=data,
-                candidates=ordered_id[:kept],
-                low_keys=ordered_key[:kept],
-                metric=metric,
-                lower_bound=False,
-                top_key=top_key,
-                top_id=top_id,
-                out_scores=out_scores[i],
-                out_ids=out_ids[i],
-            )
+        _block_queries(
+            queries, data, units, codes, tables, probe_tables, probe_keys, rerank, stamp, metric,
+            chunk * m // n_chunks, (chunk + 1) * m // n_chunks, out_scores, out_ids, out_visited,
+        )  # fmt: skip
+
+
+@_jit()
+def _block_queries(
+    queries: np.ndarray,
+    data: np.ndarray,
+    units: np.ndarray,
+    codes: np.ndarray,
+    tables: BucketTables,
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
+    rerank: int,
+    stamp: bool,
+    metric: int,
+    first: int,
+    stop: int,
+    out_scores: np.ndarray,
+    out_ids: np.ndarray,
+    out_visited: np.ndarray,
+) -> None:
+    """The queries ``first .. stop - 1`` of :func:`block_search` in the calling thread (one block of scratch)."""
+    k = out_ids.shape[1]
+    stamps = np.zeros(data.shape[0] if stamp else 1, dtype=np.int32)
+    heap_key = np.empty(rerank, dtype=np.float32)
+    heap_id = np.empty(rerank, dtype=np.int64)
+    ordered_key = np.empty(rerank, dtype=np.float32)
+    ordered_id = np.empty(rerank, dtype=np.int64)
+    top_key = np.empty(k, dtype=np.float32)
+    top_id = np.empty(k, dtype=np.int64)
+    for i in range(first, stop):
+        kept, scored = _score_blocks(
+            units=units[i],
+            probe_tables=probe_tables[i],
+            probe_keys=probe_keys[i],
+            tables=tables,
+            codes=codes,
+            stamp=stamp,
+            stamps=stamps,
+            current=np.int32(i - first + 1),
+            heap_key=heap_key,
+            heap_id=heap_id,
+        )
+        out_visited[i] = scored
+        for position in range(kept - 1, -1, -1):  # best code distance first (ties by id)
+            ordered_key[position], ordered_id[position], _ = _heap_pop(heap_key, heap_id, position + 1, True)
+        _rerank_ordered_into(
+            query=queries[i],
+            data=data,
+            candidates=ordered_id[:kept],
+            low_keys=ordered_key[:kept],
+            metric=metric,
+            lower_bound=False,
+            top_key=top_key,
+            top_id=top_id,
+            out_scores=out_scores[i],
+            out_ids=out_ids[i],
+        )
 
 
 def block_search(
@@ -193,8 +216,9 @@ def block_search(
         raise ValueError(f"rerank must be >= 1, got {rerank}")
     scores, ids = _empty_results(m, k, metric)
     visited = np.zeros(m, dtype=np.int64)
-    _block_kernel(
-        queries, data, units, codes, tables, probe_tables, probe_keys, int(rerank), bool(stamp), int(metric),
-        _n_chunks(m), scores, ids, visited,
-    )  # fmt: skip
+    arguments = (queries, data, units, codes, tables, probe_tables, probe_keys, int(rerank), bool(stamp), int(metric))
+    if m == 1:  # one query (a search engine's): no parallel launch
+        _block_queries(*arguments, 0, 1, scores, ids, visited)
+    else:
+        _block_kernel(*arguments, _n_chunks(m), scores, ids, visited)
     return scores, ids, visited

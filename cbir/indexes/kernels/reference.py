@@ -204,3 +204,48 @@ def query_reference(
         ids[i, : len(order)] = candidates[order]
         scores[i, : len(order)] = key_values[order] if metric == METRIC_EUCLIDEAN else -key_values[order]
     return scores, ids, visited, candidates_per_query
+
+
+def block_search_reference(
+    queries: np.ndarray,
+    data: np.ndarray,
+    units: np.ndarray,
+    codes: np.ndarray,
+    tables: BucketTables,
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
+    k: int,
+    rerank: int,
+    metric: int,
+    stamp: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """numpy version of :func:`cbir.indexes.kernels.blocks.block_search` (same arguments): the members of the probed
+    buckets (their positions in bucket order), their code distances, the best ``rerank`` distinct ids by (code
+    distance, id), then their exact top-k. ``visited``: members scored (distinct ones with ``stamp``)."""
+    m = queries.shape[0]
+    scores, ids = _empty_results(m, k, metric)
+    visited = np.zeros(m, dtype=np.int64)
+    for i in range(m):
+        positions = []
+        for t, key in zip(probe_tables[i], probe_keys[i], strict=True):
+            if t < 0:
+                break
+            lo, hi = tables.table_offsets[t], tables.table_offsets[t + 1]
+            found = lo + np.searchsorted(tables.bucket_keys[lo:hi], key)
+            if found < hi and tables.bucket_keys[found] == key:
+                positions.extend(range(tables.bucket_starts[found], tables.bucket_starts[found + 1]))
+        positions = np.asarray(positions, dtype=np.int64)
+        members = tables.bucket_ids[positions]
+        distinct, first = np.unique(members, return_index=True)
+        visited[i] = len(distinct) if stamp else len(members)
+        if not len(distinct):
+            continue
+        low = ((codes[positions[first]].astype(np.float64) - units[i]) ** 2).sum(axis=1)
+        kept = distinct[np.lexsort((distinct, low))[:rerank]]
+        rows = data[kept].astype(np.float64)
+        query = queries[i].astype(np.float64)
+        key_values = np.sqrt(((rows - query) ** 2).sum(axis=1)) if metric == METRIC_EUCLIDEAN else -(rows @ query)
+        order = np.lexsort((kept, key_values))[:k]
+        ids[i, : len(order)] = kept[order]
+        scores[i, : len(order)] = key_values[order] if metric == METRIC_EUCLIDEAN else -key_values[order]
+    return scores, ids, visited
