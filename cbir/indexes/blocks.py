@@ -39,7 +39,9 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             once either way).
     """
 
-    kind: ClassVar[str] = "block_polytope_index"
+    # The saved state is CrossPolytopeIndex's (the blocks are derived from its tables and codes at fit and load), so
+    # the artifact kind is too: the registry's "cross_polytope" kind and the results tables name this index.
+    kind: ClassVar[str] = "cross_polytope_index"
 
     def __init__(
         self,
