@@ -321,6 +321,7 @@ OPTION_LABELS = {
     "target_recall": "target",
     "min_collisions": "c",
     "stamp": "stamp",
+    "patience": "P",
 }
 
 
@@ -413,7 +414,7 @@ def polytope_grid(
 
         grid.append((family, setting, factory))
 
-    for bits in (log_n,) if quick else (log_n - 2, log_n):
+    for bits in (log_n - 2,) if quick else (log_n - 2, log_n):
         for tables in (8, 16):
             for probes in (0, 2, 4) if quick else (0, 1, 2, 4, 8):
                 add("CP-LSH PCA", tables, bits, probes, reduce_dim=reduce_dim)
@@ -421,11 +422,14 @@ def polytope_grid(
                 add("CP-LSH PCA+uint8 shortlist", tables, bits, probes, **uint8_shortlist(X, reduce_dim))
     for tables, probes in ((8, 2), (16, 4)):
         add("CP-LSH", tables, log_n, probes)
+    # bucket-ordered codes: buckets of a few objects (log2(n) - 2 bits) make blocks worth reading contiguously; the
+    # adaptive stop's patience is one round of the tables (L probes in a row that change nothing)
     codes = uint8_shortlist(X, reduce_dim)
-    for tables in (8, 16):
-        for probes in (1, 2, 4, 8) if quick else (1, 2, 4, 8, 16):
-            add("CP-LSH blocks", tables, log_n, probes, **codes)
-    add("CP-LSH blocks", 8, log_n, 4, stamp=True, **codes)  # duplicates skipped instead of re-scored
+    for tables, probes in ((8, 2), (8, 4), (8, 8), (8, 16), (16, 2), (16, 4)):
+        add("CP-LSH blocks", tables, log_n - 2, probes, **codes)
+    for tables, probes in ((8, 16), (8, 32), (16, 8)):
+        add("CP-LSH blocks", tables, log_n - 2, probes, patience=tables, **codes)
+    add("CP-LSH blocks", 8, log_n - 2, 8, stamp=True, **codes)  # duplicates skipped instead of re-scored
     return grid
 
 

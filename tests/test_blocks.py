@@ -47,13 +47,15 @@ def _kernel_arguments(index: BlockPolytopeIndex, queries: np.ndarray) -> dict:
     }
 
 
-@pytest.mark.parametrize("stamp", [False, True])
-def test_kernel_matches_the_numpy_reference(data: tuple[np.ndarray, np.ndarray], stamp: bool) -> None:
+@pytest.mark.parametrize(("stamp", "patience"), [(False, 0), (True, 0), (False, 3), (True, 2)])
+def test_kernel_matches_the_numpy_reference(data: tuple[np.ndarray, np.ndarray], stamp: bool, patience: int) -> None:
     points, queries = data
     index = BlockPolytopeIndex(4, 1, last_dim=8, reduce_dim=10, rerank=25, score_dim=16, seed=1).fit(points)
     arguments = _kernel_arguments(index, queries)
-    scores, ids, visited = kernels.block_search(**arguments, stamp=stamp)
-    ref_scores, ref_ids, ref_visited = kernels.block_search_reference(**arguments, stamp=stamp)
+    scores, ids, visited = kernels.block_search(**arguments, stamp=stamp, patience=patience)
+    ref_scores, ref_ids, ref_visited = kernels.block_search_reference(**arguments, stamp=stamp, patience=patience)
+    if patience:  # the adaptive stop scores fewer members than the whole sequence
+        assert (visited <= kernels.block_search(**arguments, stamp=stamp)[2]).all()
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
     np.testing.assert_array_equal(visited, ref_visited)
@@ -149,6 +151,8 @@ def test_empty_queries_and_bad_parameters(data: tuple[np.ndarray, np.ndarray]) -
         BlockPolytopeIndex(rerank=0)
     with pytest.raises(ValueError, match="stamp must be a bool"):
         BlockPolytopeIndex(stamp="yes")
+    with pytest.raises(ValueError, match="patience must be >= 0"):
+        BlockPolytopeIndex(patience=-1)
     with pytest.raises(ValueError, match="rerank must be >= 1"):
         kernels.block_search(**{**_kernel_arguments(index, points[:2]), "rerank": 0})
 

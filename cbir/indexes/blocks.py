@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cbir.indexes import kernels
-from cbir.indexes.base import Metric, SearchResult
+from cbir.indexes.base import Metric, SearchResult, check_int
 from cbir.indexes.kernels.blocks import block_codes, block_search
 from cbir.indexes.polytope import CrossPolytopeIndex
 
@@ -37,6 +37,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         stamp: skip a member met in an earlier probed bucket of the same query (a query-stamped int32 per object)
             instead of scoring it again (the default: cheaper when buckets are small; a member enters the shortlist
             once either way).
+        patience: 0, or P: stop probing a query after P probes in a row (best first over all tables) that changed
+            nothing in its full shortlist (an adaptive stop: easy queries probe less; ``probes`` bounds the sequence).
     """
 
     # The saved state is CrossPolytopeIndex's (the blocks are derived from its tables and codes at fit and load), so
@@ -56,6 +58,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         score_dim: int = 128,
         n_rotations: int = 3,
         stamp: bool = False,
+        patience: int = 0,
     ) -> None:
         if reduce_dim is None or score_dim is None or not rerank:
             raise ValueError("BlockPolytopeIndex needs reduce_dim, rerank >= 1 and score_dim")
@@ -74,6 +77,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         if not isinstance(stamp, bool | np.bool_):
             raise ValueError(f"stamp must be a bool, got {stamp!r}")
         self.stamp = bool(stamp)
+        self.patience = check_int(patience, "patience", 0)
         self._blocks: np.ndarray | None = None  # (g*n, s) uint8 codes in bucket order
         # the query's one projection: (d, max(r, s)) axes and the mean's coordinates on them (computed once)
         self._axes: np.ndarray | None = None
@@ -84,6 +88,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         params = super().params
         if self.stamp:
             params["stamp"] = True
+        if self.patience:
+            params["patience"] = self.patience
         return params
 
     def describe(self) -> dict[str, Any]:
@@ -148,6 +154,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
                 rerank=self.rerank,
                 metric=kernels.METRIC_CODES[self.metric],
                 stamp=self.stamp,
+                patience=self.patience,
             )
         )
 

@@ -10,6 +10,10 @@ and ranked exactly.
 A member met in several probed tables is either scored again (``stamp=False``: it can only enter the heap once,
 which a scan of the heap's R ids checks when its key beats the heap's worst) or skipped with a query-stamped
 array (``stamp=True``: one int32 per object, set to the query's stamp when first met; no clearing between queries).
+
+Adaptive stop (``patience`` P > 0): the probes come best first over all tables, so once P probes in a row have
+changed nothing in the shortlist (no member scored better than its R-th best), the rest of the sequence, worse
+buckets, is skipped: easy queries stop early, hard ones probe the whole sequence.
 """
 
 from __future__ import annotations
@@ -57,20 +61,24 @@ def _score_blocks(
     stamp: bool,
     stamps: np.ndarray,
     current: np.int32,
+    patience: int,
     heap_key: np.ndarray,
     heap_id: np.ndarray,
 ) -> tuple[int, int]:
-    """Score the blocks of one query's probed buckets (``probe_tables[p] < 0`` ends the sequence) into the max-heap
+    """Score the blocks of one query's probed buckets (``probe_tables[p] < 0`` ends the sequence; with ``patience``
+    > 0 it ends after that many probes in a row without a change to a full shortlist) into the max-heap
     ``heap_key`` / ``heap_id`` (R,) of the best R distinct members; returns (heap size, codes scored)."""
     limit = heap_key.shape[0]
     size = 0
     scored = 0
+    quiet = 0  # probes in a row that changed nothing
     bound = np.float32(np.inf)
     bucket_ids = tables.bucket_ids
     for p in range(probe_tables.shape[0]):
         t = probe_tables[p]
-        if t < 0:
+        if t < 0 or (patience > 0 and quiet >= patience and size == limit):
             break
+        quiet += 1
         bucket = _find_bucket(tables.bucket_keys, tables.table_offsets[t], tables.table_offsets[t + 1], probe_keys[p])
         if bucket < 0:
             continue
@@ -87,6 +95,7 @@ def _score_blocks(
             obj = bucket_ids[position]
             if not stamp and _in_heap(heap_id, size, obj):
                 continue
+            quiet = 0
             if size < limit:
                 size = _heap_push(heap_key, heap_id, size, key, obj, True)
             elif _above(heap_key[0], heap_id[0], key, obj, True):
@@ -107,6 +116,7 @@ def _block_kernel(
     probe_keys: np.ndarray,
     rerank: int,
     stamp: bool,
+    patience: int,
     metric: int,
     n_chunks: int,
     out_scores: np.ndarray,
@@ -117,7 +127,7 @@ def _block_kernel(
     m = queries.shape[0]
     for chunk in prange(n_chunks):
         _block_queries(
-            queries, data, units, codes, tables, probe_tables, probe_keys, rerank, stamp, metric,
+            queries, data, units, codes, tables, probe_tables, probe_keys, rerank, stamp, patience, metric,
             chunk * m // n_chunks, (chunk + 1) * m // n_chunks, out_scores, out_ids, out_visited,
         )  # fmt: skip
 
@@ -133,6 +143,7 @@ def _block_queries(
     probe_keys: np.ndarray,
     rerank: int,
     stamp: bool,
+    patience: int,
     metric: int,
     first: int,
     stop: int,
@@ -159,6 +170,7 @@ def _block_queries(
             stamp=stamp,
             stamps=stamps,
             current=np.int32(i - first + 1),
+            patience=patience,
             heap_key=heap_key,
             heap_id=heap_id,
         )
@@ -191,6 +203,7 @@ def block_search(
     rerank: int,
     metric: int,
     stamp: bool = False,
+    patience: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch search over bucket-ordered codes (numba, parallel over queries; one query runs in the calling thread).
 
@@ -201,7 +214,8 @@ def block_search(
         tables: the CSR bucket layout; probe_tables / probe_keys: (m, P) int64 / uint64 probed buckets, best first,
             table -1 ending a shorter sequence (:func:`cbir.indexes.kernels.polytope.cross_polytope_probes`).
         k: results per query; rerank: R >= 1 members (best code distance) ranked exactly.
-        metric: ``METRIC_EUCLIDEAN`` or ``METRIC_COSINE``; stamp: skip members met before (see the module docstring).
+        metric: ``METRIC_EUCLIDEAN`` or ``METRIC_COSINE``; stamp: skip members met before; patience: 0 (probe every
+            listed bucket) or P: stop after P probes in a row that left a full shortlist unchanged (module docstring).
 
     Returns:
         scores (m, k) float32, ids (m, k) int64 (-1 padded), visited (m,) int64 = codes scored (with ``stamp``:
@@ -212,11 +226,12 @@ def block_search(
         raise ValueError("units, probe_tables and probe_keys must have one row per query")
     if codes.shape[0] != len(tables.bucket_ids) or codes.shape[1] != units.shape[1]:
         raise ValueError(f"codes {codes.shape} do not match the tables and the units {units.shape}")
-    if rerank < 1:
-        raise ValueError(f"rerank must be >= 1, got {rerank}")
+    if rerank < 1 or patience < 0:
+        raise ValueError(f"rerank must be >= 1 and patience >= 0, got {rerank} and {patience}")
     scores, ids = _empty_results(m, k, metric)
     visited = np.zeros(m, dtype=np.int64)
-    arguments = (queries, data, units, codes, tables, probe_tables, probe_keys, int(rerank), bool(stamp), int(metric))
+    arguments = (queries, data, units, codes, tables, probe_tables, probe_keys)
+    arguments += (int(rerank), bool(stamp), int(patience), int(metric))
     if m == 1:  # one query (a search engine's): no parallel launch
         _block_queries(*arguments, 0, 1, scores, ids, visited)
     else:
