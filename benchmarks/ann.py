@@ -33,7 +33,7 @@ Methods
 Measurement
     recall@10 = share of the exact scan's top-10 returned (``cbir.evaluation.evaluate.recall_at_k``). Every LSH
     setting of a
-    small grid is evaluated once (recall, visited, one timing); the settings on the recall-vs-visited and
+    small grid is evaluated once (recall, visited, one timing in each mode); the settings on the recall-vs-visited and
     recall-vs-time frontiers are then re-timed, and so are all peers, best of ``--repeats``, each followed by a run
     of the exact scan so that both see the same machine load; speed-ups divide the fastest scan of the data set by
     the method's fastest run. Two modes, each method and the scan timed in both: ``batch`` (the whole query batch in
@@ -240,7 +240,8 @@ class SweepRow:
     params: dict[str, Any]
     fit_s: float
     factory: Callable[[], Any]
-    seconds: float
+    seconds: float  # batch
+    single: float  # one query at a time (the --single-queries), one thread
     ids: np.ndarray
     visited: np.ndarray
 
@@ -515,7 +516,10 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
             setting = setting.replace("T=0", f"T={index.probes}(auto)")
         method = ours(index, family, setting, fit_s)
         seconds, (ids, visited) = best_of(1, lambda method=method: method.search(Q))
-        sweep.append(SweepRow(method.family, method.setting, method.params, fit_s, factory, seconds, ids, visited))
+        single = single_seconds(method.search, single_queries)
+        sweep.append(
+            SweepRow(method.family, method.setting, method.params, fit_s, factory, seconds, single, ids, visited)
+        )
         del index, method
     print(f"  LSH grid: {len(sweep)} settings evaluated in {time.perf_counter() - started:.0f}s", flush=True)
     frame = pd.DataFrame(
@@ -526,13 +530,14 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
                 "recall": recall_at_k(row.ids, exact_ids, K).mean(),
                 "visited": float(np.mean(row.visited)) / n,
                 "seconds": row.seconds,
+                "single": row.single,
             }
             for i, row in enumerate(sweep)
         ]
     )
     chosen: set[int] = set()
     for _, group in frame.groupby("family"):
-        for x in ("visited", "seconds"):
+        for x in ("visited", "seconds", "single"):
             chosen.update(group[pareto_frontier(group, x=x, y="recall")]["i"].tolist())
     for i, row in enumerate(sweep):
         if i in chosen:
@@ -545,10 +550,10 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
             record(
                 Method(row.family, row.setting, lambda q: (None, None), row.fit_s, row.params),
                 row.seconds,
-                np.nan,
+                row.single,
                 row.ids,
                 row.visited,
-                "single (sweep)",
+                "one run (sweep)",
             )
 
     # progress for long runs (1M): our rows before the peers' index builds
@@ -579,7 +584,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
         f"{len(scan_single_times)} loops of {len(single_queries)} queries, 1 thread); "
         f"total {time.perf_counter() - started:.0f}s; load average {load_text()}"
     )
-    show = table[table["timing"] != "single (sweep)"].drop(columns=["params", "data"])
+    show = table.drop(columns=["params", "data"])
     show = show.sort_values(["family", "recall@10", "ms_single"])
     print(table_text(show))
     write_charts(table, data, out_dir)
