@@ -6,7 +6,8 @@ principal axes (:class:`cbir.indexes.pca.Codebook`) in the same order (:func:`cb
 A probe then scores one contiguous block of codes in a tight loop instead of gathering each candidate's id and then
 its code; the best ``rerank`` go to the exact re-rank. Memory: the tables' ids (8 bytes per member per table) plus
 ``score_dim`` bytes per member per table, plus the codes once more in id order (to grow the index): at 8 tables of
-128-byte codes, 1,224 bytes per object (1.2 GB at a million objects) beside the float32 features.
+128-byte codes, 1,216 bytes per object plus 16 per bucket (about 1.25 GB at a million objects) beside the float32
+features.
 
 One query is the whole fast path: a projection onto the scoring axes (whose leading axes are the hashing space),
 the probing sequence and one kernel call — what a search engine answering one query at a time pays.
