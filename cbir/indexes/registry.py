@@ -16,8 +16,9 @@ from typing import Any
 from cbir.core.errors import ConfigError
 from cbir.core.names import INDEX_KINDS, INDEX_LABELS, METRICS, IndexKind, Metric, score_name
 from cbir.indexes.base import BaseIndex
+from cbir.indexes.blocks import BlockPolytopeIndex
 from cbir.indexes.lsh import LSHIndex
-from cbir.indexes.polytope import CrossPolytopeIndex, hashes_for_bits
+from cbir.indexes.polytope import hashes_for_bits
 from cbir.indexes.reference import (
     DEFAULT_EF_SEARCH,
     DEFAULT_LINKS,
@@ -49,7 +50,7 @@ class IndexConfig:
     probes, seed; the reference indexes (:mod:`cbir.indexes.reference`) FAISS HNSW (``"hnsw"``) and hnswlib
     (``"hnswlib"``)
     ``ef_search``, FAISS IVF-Flat (``"ivf_flat"``) ``n_probe``; cross-polytope LSH (``"cross_polytope"``,
-    :class:`cbir.indexes.polytope.CrossPolytopeIndex` on :data:`POLYTOPE_REDUCE_DIM` PCA coordinates with a shortlist of
+    :class:`cbir.indexes.blocks.BlockPolytopeIndex` on :data:`POLYTOPE_REDUCE_DIM` PCA coordinates with a shortlist of
     :data:`UINT8_RERANK` scored on uint8 codes of :data:`UINT8_SCORE_DIM` axes, the README's best setting)
     ``n_tables`` (L), ``bits`` per table, probes, seed."""
 
@@ -123,8 +124,11 @@ class KindSpec:
 
 
 def _build_polytope(config: IndexConfig) -> BaseIndex:
+    """Cross-polytope LSH with the uint8 codes kept in bucket order (:class:`cbir.indexes.blocks.BlockPolytopeIndex`:
+    the same buckets, probes and shortlist as :class:`cbir.indexes.polytope.CrossPolytopeIndex`, each probed bucket
+    scored as one contiguous block; README, "Approximate search")."""
     hashes, last_dim = hashes_for_bits(POLYTOPE_REDUCE_DIM, config.bits)
-    return CrossPolytopeIndex(
+    return BlockPolytopeIndex(
         config.n_tables,
         hashes,
         last_dim,

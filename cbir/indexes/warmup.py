@@ -9,6 +9,7 @@ import numpy as np
 
 from cbir.indexes import kernels
 from cbir.indexes.base import BaseIndex
+from cbir.indexes.blocks import BlockPolytopeIndex
 from cbir.indexes.lsh import LSHIndex
 from cbir.indexes.polytope import CrossPolytopeIndex
 from cbir.indexes.scan import SequentialScan
@@ -54,7 +55,13 @@ def warm_up(progress: Callable[[str, int, int], None] | None = None) -> None:
         search(index)
         index.candidates(points[:2])
 
-    steps = [functools.partial(step, metric) for metric in kernels.METRIC_CODES for step in (scan, lsh)]
+    def blocks(metric: str) -> None:
+        index = BlockPolytopeIndex(2, 1, metric=metric, probes=1, reduce_dim=2, rerank=2, score_dim=3)  # type: ignore[arg-type]
+        index.fit(points)
+        index.search(points[:2], 3)  # the parallel kernels
+        index.search(points[:1], 3)  # one query: the serial ones
+
+    steps = [functools.partial(step, metric) for metric in kernels.METRIC_CODES for step in (scan, lsh, blocks)]
     for options in ({"probes": 0}, {"probes": 2, "reduce_dim": 2, "rerank": 2}):
         steps.append(functools.partial(polytope, options))
     for done, step in enumerate(steps):

@@ -36,6 +36,9 @@ Cross-polytope LSH (FALCONN; :mod:`cbir.indexes.polytope`)
     Hashes are the nearest cross-polytope vertices of pseudo-random rotations (see the section's comment); their
     codes are folded into the same keys and tables, and the query's probing sequence, computed outside the search
     kernel, is passed to it as (table, key) pairs (:class:`ListedProbes`).
+Bucket-ordered codes (:mod:`.blocks`; :mod:`cbir.indexes.blocks`)
+    Beside ``bucket_ids``, (g*n, s) uint8 codes in the same order: a probed bucket is one contiguous block of codes,
+    scored in a loop the compiler vectorises, the best R re-ranked exactly (no gather of an id and then a code).
 
 Multi-probe (Lv et al., VLDB 2007, query-directed probing)
     For slot coordinate ``j`` with fractional position ``f_j`` inside its slot, moving to the left
@@ -44,6 +47,7 @@ Multi-probe (Lv et al., VLDB 2007, query-directed probing)
     perturbations; sets that move one coordinate both ways are skipped.
 """
 
+from cbir.indexes.kernels.blocks import block_codes, block_search
 from cbir.indexes.kernels.common import METRIC_CODES, METRIC_COSINE, METRIC_EUCLIDEAN, BucketTables
 from cbir.indexes.kernels.hashing import draw_hash_functions, hash_keys, slot_positions
 from cbir.indexes.kernels.polytope import (
@@ -64,6 +68,7 @@ from cbir.indexes.kernels.query import (
     lsh_search,
 )
 from cbir.indexes.kernels.reference import (
+    block_search_reference,
     build_tables_reference,
     cross_polytope_codes_reference,
     cross_polytope_probes_reference,
@@ -89,6 +94,9 @@ __all__ = [
     "_probe_workspace",
     "_sorted_candidates",
     "_squared_l2",
+    "block_codes",
+    "block_search",
+    "block_search_reference",
     "build_tables",
     "build_tables_in_steps",
     "build_tables_reference",

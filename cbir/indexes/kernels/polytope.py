@@ -204,16 +204,19 @@ def cross_polytope_probes(
     out_tables = np.full((m, n_probes), -1, dtype=np.int64)
     out_keys = np.zeros((m, n_probes), dtype=np.uint64)
     out_costs = np.full((m, n_probes), np.inf, dtype=np.float64)
-    _cross_polytope_probes(
-        rotated=rotated,
-        n_tables=n_tables,
-        n_projections=n_projections,
-        last_dim=last_dim,
-        n_chunks=_n_chunks(m),
-        out_tables=out_tables,
-        out_keys=out_keys,
-        out_costs=out_costs,
-    )
+    if m == 1:  # one query (a search engine's): no parallel launch
+        _probe_queries(rotated, n_tables, n_projections, last_dim, 0, 1, out_tables, out_keys, out_costs)
+    else:
+        _cross_polytope_probes(
+            rotated=rotated,
+            n_tables=n_tables,
+            n_projections=n_projections,
+            last_dim=last_dim,
+            n_chunks=_n_chunks(m),
+            out_tables=out_tables,
+            out_keys=out_keys,
+            out_costs=out_costs,
+        )
     return out_tables, out_keys, out_costs
 
 
@@ -229,93 +232,114 @@ def _cross_polytope_probes(
     out_costs: np.ndarray,
 ) -> None:
     """Parallel loop of :func:`cross_polytope_probes` (results written to ``out_*``; P = their columns)."""
-    m, n_functions, size = rotated.shape
+    m = rotated.shape[0]
+    for chunk in prange(n_chunks):
+        _probe_queries(
+            rotated, n_tables, n_projections, last_dim, chunk * m // n_chunks, (chunk + 1) * m // n_chunks,
+            out_tables, out_keys, out_costs,
+        )  # fmt: skip
+
+
+@_jit()
+def _probe_queries(
+    rotated: np.ndarray,
+    n_tables: int,
+    n_projections: int,
+    last_dim: int,
+    first: int,
+    stop: int,
+    out_tables: np.ndarray,
+    out_keys: np.ndarray,
+    out_costs: np.ndarray,
+) -> None:
+    """The probing sequences of the queries ``first .. stop - 1`` in the calling thread (scratch space allocated
+    once for them)."""
+    _, n_functions, size = rotated.shape
     n_probes = out_tables.shape[1]
     h = n_projections
     # a probe using the a-th cheapest vertex of one hash comes after a probes of its table and g - 1 of the others
     alternatives = max(1, min(2 * size, n_probes - n_tables + 1))
     capacity = 2 * (h + 1) * (n_probes + n_tables) + 8
-    for chunk in prange(n_chunks):
-        kept_value = np.empty(alternatives, dtype=np.float32)
-        requested = np.zeros(n_functions, dtype=np.int64)
-        alt_code = np.zeros((n_functions, alternatives), dtype=np.int64)
-        alt_cost = np.full((n_functions, alternatives), np.inf, dtype=np.float64)
-        heap_score = np.empty(capacity, dtype=np.float64)
-        heap_node = np.empty(capacity, dtype=np.int64)
-        node_table = np.empty(capacity, dtype=np.int64)
-        node_hash = np.empty(capacity, dtype=np.int64)
-        node_rank = np.empty(capacity, dtype=np.int64)
-        node_choice = np.zeros((capacity, h), dtype=np.int64)
-        codes = np.empty(h, dtype=np.int64)
-        zero_deltas = np.zeros(h, dtype=np.int64)
-        for i in range(chunk * m // n_chunks, (chunk + 1) * m // n_chunks):
-            for f in range(n_functions):
-                vector = rotated[i, f]
+    kept_value = np.empty(alternatives, dtype=np.float32)
+    requested = np.zeros(n_functions, dtype=np.int64)
+    alt_code = np.zeros((n_functions, alternatives), dtype=np.int64)
+    alt_cost = np.full((n_functions, alternatives), np.inf, dtype=np.float64)
+    heap_score = np.empty(capacity, dtype=np.float64)
+    heap_node = np.empty(capacity, dtype=np.int64)
+    node_table = np.empty(capacity, dtype=np.int64)
+    node_hash = np.empty(capacity, dtype=np.int64)
+    node_rank = np.empty(capacity, dtype=np.int64)
+    node_choice = np.zeros((capacity, h), dtype=np.int64)
+    codes = np.empty(h, dtype=np.int64)
+    zero_deltas = np.zeros(h, dtype=np.int64)
+    for i in range(first, stop):
+        for f in range(n_functions):
+            vector = rotated[i, f]
+            dim = last_dim if f % h == h - 1 else size
+            own, best = _nearest_vertex(vector, dim)
+            # few probes ever reach past a hash's first vertices: rank a few now, all on demand (below)
+            requested[f] = min(alternatives, _FIRST_VERTICES)
+            _cheapest_vertices(
+                vector=vector,
+                dim=dim,
+                own=own,
+                best=best,
+                kept_value=kept_value,
+                out_codes=alt_code[f, : requested[f]],
+                out_costs=alt_cost[f, : requested[f]],
+            )
+        size_heap = 0
+        n_nodes = 0
+        for t in range(n_tables):
+            node_table[n_nodes] = t
+            node_hash[n_nodes] = 0
+            node_rank[n_nodes] = 0
+            size_heap = _heap_push(heap_score, heap_node, size_heap, 0.0, n_nodes, False)
+            n_nodes += 1
+        found = 0
+        while found < n_probes and size_heap > 0:
+            score, node, size_heap = _heap_pop(heap_score, heap_node, size_heap, False)
+            t = node_table[node]
+            hash_index = node_hash[node]
+            if hash_index == h:
+                for j in range(h):
+                    codes[j] = alt_code[t * h + j, node_choice[node, j]]
+                out_tables[i, found] = t
+                out_keys[i, found] = _tuple_key(codes, 0, h, zero_deltas)
+                out_costs[i, found] = score
+                found += 1
+                continue
+            if n_nodes + 2 > capacity:
+                break  # sized so this does not happen; stop rather than fail
+            f = t * h + hash_index
+            rank = node_rank[node]
+            if rank + 1 == requested[f] and requested[f] < alternatives:
                 dim = last_dim if f % h == h - 1 else size
-                own, best = _nearest_vertex(vector, dim)
-                # few probes ever reach past a hash's first vertices: rank a few now, all on demand (below)
-                requested[f] = min(alternatives, _FIRST_VERTICES)
+                own, best = _nearest_vertex(rotated[i, f], dim)
+                requested[f] = alternatives
                 _cheapest_vertices(
-                    vector=vector,
+                    vector=rotated[i, f],
                     dim=dim,
                     own=own,
                     best=best,
                     kept_value=kept_value,
-                    out_codes=alt_code[f, : requested[f]],
-                    out_costs=alt_cost[f, : requested[f]],
+                    out_codes=alt_code[f],
+                    out_costs=alt_cost[f],
                 )
-            size_heap = 0
-            n_nodes = 0
-            for t in range(n_tables):
+            if rank + 1 < requested[f] and alt_cost[f, rank + 1] < np.inf:
+                # the same hash, its next-cheaper vertex
                 node_table[n_nodes] = t
-                node_hash[n_nodes] = 0
-                node_rank[n_nodes] = 0
-                size_heap = _heap_push(heap_score, heap_node, size_heap, 0.0, n_nodes, False)
-                n_nodes += 1
-            found = 0
-            while found < n_probes and size_heap > 0:
-                score, node, size_heap = _heap_pop(heap_score, heap_node, size_heap, False)
-                t = node_table[node]
-                hash_index = node_hash[node]
-                if hash_index == h:
-                    for j in range(h):
-                        codes[j] = alt_code[t * h + j, node_choice[node, j]]
-                    out_tables[i, found] = t
-                    out_keys[i, found] = _tuple_key(codes, 0, h, zero_deltas)
-                    out_costs[i, found] = score
-                    found += 1
-                    continue
-                if n_nodes + 2 > capacity:
-                    break  # sized so this does not happen; stop rather than fail
-                f = t * h + hash_index
-                rank = node_rank[node]
-                if rank + 1 == requested[f] and requested[f] < alternatives:
-                    dim = last_dim if f % h == h - 1 else size
-                    own, best = _nearest_vertex(rotated[i, f], dim)
-                    requested[f] = alternatives
-                    _cheapest_vertices(
-                        vector=rotated[i, f],
-                        dim=dim,
-                        own=own,
-                        best=best,
-                        kept_value=kept_value,
-                        out_codes=alt_code[f],
-                        out_costs=alt_cost[f],
-                    )
-                if rank + 1 < requested[f] and alt_cost[f, rank + 1] < np.inf:
-                    # the same hash, its next-cheaper vertex
-                    node_table[n_nodes] = t
-                    node_hash[n_nodes] = hash_index
-                    node_rank[n_nodes] = rank + 1
-                    node_choice[n_nodes, :hash_index] = node_choice[node, :hash_index]
-                    child = score - alt_cost[f, rank] + alt_cost[f, rank + 1]
-                    size_heap = _heap_push(heap_score, heap_node, size_heap, child, n_nodes, False)
-                    n_nodes += 1
-                # this vertex fixed, on to the next hash (its cheapest vertex costs 0)
-                node_table[n_nodes] = t
-                node_hash[n_nodes] = hash_index + 1
-                node_rank[n_nodes] = 0
+                node_hash[n_nodes] = hash_index
+                node_rank[n_nodes] = rank + 1
                 node_choice[n_nodes, :hash_index] = node_choice[node, :hash_index]
-                node_choice[n_nodes, hash_index] = rank
-                size_heap = _heap_push(heap_score, heap_node, size_heap, score, n_nodes, False)
+                child = score - alt_cost[f, rank] + alt_cost[f, rank + 1]
+                size_heap = _heap_push(heap_score, heap_node, size_heap, child, n_nodes, False)
                 n_nodes += 1
+            # this vertex fixed, on to the next hash (its cheapest vertex costs 0)
+            node_table[n_nodes] = t
+            node_hash[n_nodes] = hash_index + 1
+            node_rank[n_nodes] = 0
+            node_choice[n_nodes, :hash_index] = node_choice[node, :hash_index]
+            node_choice[n_nodes, hash_index] = rank
+            size_heap = _heap_push(heap_score, heap_node, size_heap, score, n_nodes, False)
+            n_nodes += 1

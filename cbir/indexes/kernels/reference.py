@@ -204,3 +204,60 @@ def query_reference(
         ids[i, : len(order)] = candidates[order]
         scores[i, : len(order)] = key_values[order] if metric == METRIC_EUCLIDEAN else -key_values[order]
     return scores, ids, visited, candidates_per_query
+
+
+def block_search_reference(
+    queries: np.ndarray,
+    data: np.ndarray,
+    units: np.ndarray,
+    codes: np.ndarray,
+    tables: BucketTables,
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
+    k: int,
+    rerank: int,
+    metric: int,
+    stamp: bool = False,
+    patience: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """numpy version of :func:`cbir.indexes.kernels.blocks.block_search` (same arguments): the probed buckets in
+    order, each member's code distance, a sorted list of the best ``rerank`` distinct (code distance, id) pairs that
+    a member enters when it beats the worst (the sequence stopping after ``patience`` probes in a row that changed
+    nothing in a full list), then the exact top-k of the list. ``visited``: members scored (first meetings only
+    with ``stamp``)."""
+    m = queries.shape[0]
+    scores, ids = _empty_results(m, k, metric)
+    visited = np.zeros(m, dtype=np.int64)
+    for i in range(m):
+        kept: list[tuple[float, int]] = []
+        met: set[int] = set()
+        quiet = 0
+        for t, key in zip(probe_tables[i], probe_keys[i], strict=True):
+            if t < 0 or (patience > 0 and quiet >= patience and len(kept) == rerank):
+                break
+            quiet += 1
+            lo, hi = tables.table_offsets[t], tables.table_offsets[t + 1]
+            found = lo + np.searchsorted(tables.bucket_keys[lo:hi], key)
+            if found == hi or tables.bucket_keys[found] != key:
+                continue
+            for position in range(tables.bucket_starts[found], tables.bucket_starts[found + 1]):
+                obj = int(tables.bucket_ids[position])
+                if stamp and obj in met:
+                    continue
+                met.add(obj)
+                visited[i] += 1
+                low = float(((codes[position].astype(np.float64) - units[i]) ** 2).sum())
+                if any(obj == other for _, other in kept) or (len(kept) == rerank and low >= kept[-1][0]):
+                    continue
+                kept = sorted([*kept, (low, obj)])[:rerank]
+                quiet = 0
+        if not kept:
+            continue
+        candidates = np.array([obj for _, obj in kept], dtype=np.int64)
+        rows = data[candidates].astype(np.float64)
+        query = queries[i].astype(np.float64)
+        key_values = np.sqrt(((rows - query) ** 2).sum(axis=1)) if metric == METRIC_EUCLIDEAN else -(rows @ query)
+        order = np.lexsort((candidates, key_values))[:k]
+        ids[i, : len(order)] = candidates[order]
+        scores[i, : len(order)] = key_values[order] if metric == METRIC_EUCLIDEAN else -key_values[order]
+    return scores, ids, visited

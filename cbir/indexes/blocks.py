@@ -1,0 +1,164 @@
+"""Cross-polytope LSH whose buckets hold their members' compact codes contiguously (issue 20).
+
+:class:`BlockPolytopeIndex` hashes and probes as :class:`cbir.indexes.polytope.CrossPolytopeIndex` on ``reduce_dim``
+PCA coordinates, but each table keeps, beside the member ids of a bucket, the members' uint8 codes of ``score_dim``
+principal axes (:class:`cbir.indexes.pca.Codebook`) in the same order (:func:`cbir.indexes.kernels.blocks.block_codes`).
+A probe then scores one contiguous block of codes in a tight loop instead of gathering each candidate's id and then
+its code; the best ``rerank`` go to the exact re-rank. Memory: the tables' ids (8 bytes per member per table) plus
+``score_dim`` bytes per member per table, plus the codes once more in id order (to grow the index): at 8 tables of
+128-byte codes, 1,216 bytes per object plus 16 per bucket (about 1.25 GB at a million objects) beside the float32
+features.
+
+One query is the whole fast path: a projection onto the scoring axes (whose leading axes are the hashing space),
+the probing sequence and one kernel call — what a search engine answering one query at a time pays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cbir.indexes import kernels
+from cbir.indexes.base import Metric, SearchResult, check_int
+from cbir.indexes.kernels.blocks import block_codes, block_search
+from cbir.indexes.polytope import CrossPolytopeIndex
+
+
+class BlockPolytopeIndex(CrossPolytopeIndex):
+    """Cross-polytope LSH with bucket-ordered uint8 codes (see the module docstring).
+
+    Args:
+        n_tables, n_projections, last_dim, metric, seed, probes, n_rotations: as
+            :class:`cbir.indexes.polytope.CrossPolytopeIndex`.
+        reduce_dim: r principal axes hashed (required).
+        rerank: R >= 1 members, best by code distance, ranked exactly.
+        score_dim: s principal axes of the uint8 codes kept in the buckets.
+        stamp: skip a member met in an earlier probed bucket of the same query (a query-stamped int32 per object)
+            instead of scoring it again (the default: cheaper when buckets are small; a member enters the shortlist
+            once either way).
+        patience: 0, or P: stop probing a query after P probes in a row (best first over all tables) that changed
+            nothing in its full shortlist (an adaptive stop: easy queries probe less; ``probes`` bounds the sequence).
+    """
+
+    # The saved state is CrossPolytopeIndex's (the blocks are derived from its tables and codes at fit and load), so
+    # the artifact kind is too: the registry's "cross_polytope" kind and the results tables name this index.
+    kind: ClassVar[str] = "cross_polytope_index"
+
+    def __init__(
+        self,
+        n_tables: int = 8,
+        n_projections: int = 1,
+        last_dim: int | None = None,
+        metric: Metric = "euclidean",
+        seed: int = 0,
+        probes: int = 0,
+        reduce_dim: int = 48,
+        rerank: int = 30,
+        score_dim: int = 128,
+        n_rotations: int = 3,
+        stamp: bool = False,
+        patience: int = 0,
+    ) -> None:
+        if reduce_dim is None or score_dim is None or not rerank:
+            raise ValueError("BlockPolytopeIndex needs reduce_dim, rerank >= 1 and score_dim")
+        super().__init__(
+            n_tables=n_tables,
+            n_projections=n_projections,
+            last_dim=last_dim,
+            metric=metric,
+            seed=seed,
+            probes=probes,
+            reduce_dim=reduce_dim,
+            rerank=rerank,
+            n_rotations=n_rotations,
+            score_dim=score_dim,
+        )
+        if not isinstance(stamp, bool | np.bool_):
+            raise ValueError(f"stamp must be a bool, got {stamp!r}")
+        self.stamp = bool(stamp)
+        self.patience = check_int(patience, "patience", 0)
+        self._blocks: np.ndarray | None = None  # (g*n, s) uint8 codes in bucket order
+        # the query's one projection: (d, max(r, s)) axes and the mean's coordinates on them (computed once)
+        self._axes: np.ndarray | None = None
+        self._axes_bias: np.ndarray | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        params = super().params
+        if self.stamp:
+            params["stamp"] = True
+        if self.patience:
+            params["patience"] = self.patience
+        return params
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self._blocks is not None:
+            info["block_bytes"] = int(self._blocks.nbytes)
+            info["bytes_per_object"] = (info["table_bytes"] + self._blocks.nbytes + self._reduced.nbytes) / max(
+                self.n_objects, 1
+            )
+        return info
+
+    def _lay_out_blocks(self) -> None:
+        assert self._reduced is not None and self._tables is not None  # called inside fit: not "fitted" yet
+        assert self._pca is not None and self._score_pca is not None
+        self._blocks = block_codes(self._tables, self._reduced)
+        wide = self._score_pca if self._score_pca.components.shape[1] >= self._pca.components.shape[1] else self._pca
+        self._axes = wide.components
+        self._axes_bias = wide.mean @ wide.components
+
+    def _fit(self, data: np.ndarray) -> None:
+        super()._fit(data)
+        self._lay_out_blocks()
+
+    def _add(self, rows: np.ndarray) -> None:
+        """Hash the new rows with the fitted rotations (and PCA), merge them into the buckets, lay the codes out."""
+        hashed = self._hash_space(rows)
+        keys = kernels.fold_keys(self._codes(hashed, in_hash_space=True), self.n_tables, self.n_projections)
+        self._tables = kernels.merge_tables(self.tables, keys, self.n_objects)
+        self._extend_reduced(rows, hashed)
+        self._lay_out_blocks()
+
+    def _spaces(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The queries in the hashing space (m, r) and in code units (m, s), from one projection onto the wider."""
+        assert self._pca is not None and self._score_pca is not None and self._codebook is not None
+        projected = queries @ self._axes
+        projected -= self._axes_bias
+        hashed = np.ascontiguousarray(projected[:, : self._pca.components.shape[1]])
+        units = projected[:, : self._score_pca.components.shape[1]] - self._codebook.low
+        units *= np.float32(1.0 / self._codebook.step)
+        return hashed, units
+
+    def _search(self, queries: np.ndarray, k: int) -> SearchResult:
+        hashed, units = self._spaces(queries)
+        probe_tables, probe_keys, _ = kernels.cross_polytope_probes(
+            self._rotated(hashed),
+            self.n_tables,
+            self.n_projections,
+            self._last_dim(),
+            self.n_tables * (1 + self.probes),
+        )
+        assert self._data is not None and self._blocks is not None
+        return SearchResult(
+            *block_search(
+                queries=queries,
+                data=self._data,
+                units=units,
+                codes=self._blocks,
+                tables=self.tables,
+                probe_tables=probe_tables,
+                probe_keys=probe_keys,
+                k=k,
+                rerank=self.rerank,
+                metric=kernels.METRIC_CODES[self.metric],
+                stamp=self.stamp,
+                patience=self.patience,
+            )
+        )
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        super()._restore(state)
+        self._lay_out_blocks()  # derived from the tables and the codes: not stored

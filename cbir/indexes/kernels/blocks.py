@@ -1,0 +1,239 @@
+"""Bucket-ordered compact codes: each probed bucket is one contiguous block of uint8 codes, scored in a tight loop.
+
+The CSR tables (:class:`cbir.indexes.kernels.common.BucketTables`) keep the ids of a bucket contiguously; beside them
+``block_codes`` (g·n, s) uint8 keeps the members' codes in the same order (``block_codes[p]`` is the code of
+``bucket_ids[p]``). Probing a bucket then reads one block of rows and scores each against the query in code units
+(squared L2, float32, a loop the compiler vectorises) — no gather of an id and then of its code, as
+:func:`cbir.indexes.kernels.query.lsh_search` does. The best ``rerank`` (by code distance) are kept in a max-heap
+and ranked exactly.
+
+A member met in several probed tables is either scored again (``stamp=False``: it can only enter the heap once,
+which a scan of the heap's R ids checks when its key beats the heap's worst) or skipped with a query-stamped
+array (``stamp=True``: one int32 per object, set to the query's stamp when first met; no clearing between queries).
+
+Adaptive stop (``patience`` P > 0): the probes come best first over all tables, so once P probes in a row have
+changed nothing in the shortlist (no member scored better than its R-th best), the rest of the sequence, worse
+buckets, is skipped: easy queries stop early, hard ones probe the whole sequence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from cbir.indexes.kernels.common import BucketTables, _jit
+from cbir.indexes.kernels.probing import _above, _heap_pop, _heap_push, _heap_replace_top
+from cbir.indexes.kernels.query import _rerank_ordered_into
+from cbir.indexes.kernels.tables import _find_bucket
+from cbir.indexes.kernels.topk import _empty_results, _n_chunks
+
+
+def block_codes(tables: BucketTables, codes: np.ndarray) -> np.ndarray:
+    """The codes (n, s) uint8 of the objects in bucket order: (g·n, s) uint8, row p = ``codes[bucket_ids[p]]``."""
+    return np.ascontiguousarray(codes[tables.bucket_ids])
+
+
+@_jit(fastmath={"reassoc"})
+def _code_distance(query: np.ndarray, code: np.ndarray) -> np.float32:
+    """Squared L2 between a query in code units (s,) float32 and one uint8 code (s,)."""
+    total = np.float32(0.0)
+    for j in range(query.shape[0]):
+        diff = np.float32(code[j]) - query[j]
+        total += diff * diff
+    return total
+
+
+@_jit()
+def _in_heap(heap_id: np.ndarray, size: int, obj: np.int64) -> bool:
+    for position in range(size):
+        if heap_id[position] == obj:
+            return True
+    return False
+
+
+@_jit()
+def _score_blocks(
+    units: np.ndarray,
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
+    tables: BucketTables,
+    codes: np.ndarray,
+    stamp: bool,
+    stamps: np.ndarray,
+    current: np.int32,
+    patience: int,
+    heap_key: np.ndarray,
+    heap_id: np.ndarray,
+) -> tuple[int, int]:
+    """Score the blocks of one query's probed buckets (``probe_tables[p] < 0`` ends the sequence; with ``patience``
+    > 0 it ends after that many probes in a row without a change to a full shortlist) into the max-heap
+    ``heap_key`` / ``heap_id`` (R,) of the best R distinct members; returns (heap size, codes scored)."""
+    limit = heap_key.shape[0]
+    size = 0
+    scored = 0
+    quiet = 0  # probes in a row that changed nothing
+    bound = np.float32(np.inf)
+    bucket_ids = tables.bucket_ids
+    for p in range(probe_tables.shape[0]):
+        t = probe_tables[p]
+        if t < 0 or (patience > 0 and quiet >= patience and size == limit):
+            break
+        quiet += 1
+        bucket = _find_bucket(tables.bucket_keys, tables.table_offsets[t], tables.table_offsets[t + 1], probe_keys[p])
+        if bucket < 0:
+            continue
+        for position in range(tables.bucket_starts[bucket], tables.bucket_starts[bucket + 1]):
+            if stamp:
+                obj = bucket_ids[position]
+                if stamps[obj] == current:
+                    continue
+                stamps[obj] = current
+            scored += 1
+            key = _code_distance(units, codes[position])
+            if size == limit and key >= bound:
+                continue  # no better than the worst kept (a key equal to it keeps the member met first)
+            obj = bucket_ids[position]
+            if not stamp and _in_heap(heap_id, size, obj):
+                continue
+            quiet = 0
+            if size < limit:
+                size = _heap_push(heap_key, heap_id, size, key, obj, True)
+            elif _above(heap_key[0], heap_id[0], key, obj, True):
+                _heap_replace_top(heap_key, heap_id, size, key, obj, True)
+            if size == limit:
+                bound = heap_key[0]
+    return size, scored
+
+
+@_jit(parallel=True)
+def _block_kernel(
+    queries: np.ndarray,
+    data: np.ndarray,
+    units: np.ndarray,
+    codes: np.ndarray,
+    tables: BucketTables,
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
+    rerank: int,
+    stamp: bool,
+    patience: int,
+    metric: int,
+    n_chunks: int,
+    out_scores: np.ndarray,
+    out_ids: np.ndarray,
+    out_visited: np.ndarray,
+) -> None:
+    """Parallel loop over query chunks of :func:`block_search` (results written to ``out_*``)."""
+    m = queries.shape[0]
+    for chunk in prange(n_chunks):
+        _block_queries(
+            queries, data, units, codes, tables, probe_tables, probe_keys, rerank, stamp, patience, metric,
+            chunk * m // n_chunks, (chunk + 1) * m // n_chunks, out_scores, out_ids, out_visited,
+        )  # fmt: skip
+
+
+@_jit()
+def _block_queries(
+    queries: np.ndarray,
+    data: np.ndarray,
+    units: np.ndarray,
+    codes: np.ndarray,
+    tables: BucketTables,
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
+    rerank: int,
+    stamp: bool,
+    patience: int,
+    metric: int,
+    first: int,
+    stop: int,
+    out_scores: np.ndarray,
+    out_ids: np.ndarray,
+    out_visited: np.ndarray,
+) -> None:
+    """The queries ``first .. stop - 1`` of :func:`block_search` in the calling thread (one block of scratch)."""
+    k = out_ids.shape[1]
+    stamps = np.zeros(data.shape[0] if stamp else 1, dtype=np.int32)
+    heap_key = np.empty(rerank, dtype=np.float32)
+    heap_id = np.empty(rerank, dtype=np.int64)
+    ordered_key = np.empty(rerank, dtype=np.float32)
+    ordered_id = np.empty(rerank, dtype=np.int64)
+    top_key = np.empty(k, dtype=np.float32)
+    top_id = np.empty(k, dtype=np.int64)
+    for i in range(first, stop):
+        kept, scored = _score_blocks(
+            units=units[i],
+            probe_tables=probe_tables[i],
+            probe_keys=probe_keys[i],
+            tables=tables,
+            codes=codes,
+            stamp=stamp,
+            stamps=stamps,
+            current=np.int32(i - first + 1),
+            patience=patience,
+            heap_key=heap_key,
+            heap_id=heap_id,
+        )
+        out_visited[i] = scored
+        for position in range(kept - 1, -1, -1):  # best code distance first (ties by id)
+            ordered_key[position], ordered_id[position], _ = _heap_pop(heap_key, heap_id, position + 1, True)
+        _rerank_ordered_into(
+            query=queries[i],
+            data=data,
+            candidates=ordered_id[:kept],
+            low_keys=ordered_key[:kept],
+            metric=metric,
+            lower_bound=False,
+            top_key=top_key,
+            top_id=top_id,
+            out_scores=out_scores[i],
+            out_ids=out_ids[i],
+        )
+
+
+def block_search(
+    queries: np.ndarray,
+    data: np.ndarray,
+    units: np.ndarray,
+    codes: np.ndarray,
+    tables: BucketTables,
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
+    k: int,
+    rerank: int,
+    metric: int,
+    stamp: bool = False,
+    patience: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch search over bucket-ordered codes (numba, parallel over queries; one query runs in the calling thread).
+
+    Args:
+        queries: (m, d) float32 (unit rows for cosine); data: (n, d) float32 indexed vectors (the exact re-rank).
+        units: (m, s) float32 queries in code units (:func:`cbir.indexes.pca.code_units`).
+        codes: (g·n, s) uint8 codes in bucket order (:func:`block_codes`).
+        tables: the CSR bucket layout; probe_tables / probe_keys: (m, P) int64 / uint64 probed buckets, best first,
+            table -1 ending a shorter sequence (:func:`cbir.indexes.kernels.polytope.cross_polytope_probes`).
+        k: results per query; rerank: R >= 1 members (best code distance) ranked exactly.
+        metric: ``METRIC_EUCLIDEAN`` or ``METRIC_COSINE``; stamp: skip members met before; patience: 0 (probe every
+            listed bucket) or P: stop after P probes in a row that left a full shortlist unchanged (module docstring).
+
+    Returns:
+        scores (m, k) float32, ids (m, k) int64 (-1 padded), visited (m,) int64 = codes scored (with ``stamp``:
+        distinct members; without: a member met in several tables counts each time).
+    """
+    m = len(queries)
+    if units.shape[0] != m or probe_tables.shape != probe_keys.shape or probe_tables.shape[0] != m:
+        raise ValueError("units, probe_tables and probe_keys must have one row per query")
+    if codes.shape[0] != len(tables.bucket_ids) or codes.shape[1] != units.shape[1]:
+        raise ValueError(f"codes {codes.shape} do not match the tables and the units {units.shape}")
+    if rerank < 1 or patience < 0:
+        raise ValueError(f"rerank must be >= 1 and patience >= 0, got {rerank} and {patience}")
+    scores, ids = _empty_results(m, k, metric)
+    visited = np.zeros(m, dtype=np.int64)
+    arguments = (queries, data, units, codes, tables, probe_tables, probe_keys)
+    arguments += (int(rerank), bool(stamp), int(patience), int(metric))
+    if m == 1:  # one query (a search engine's): no parallel launch
+        _block_queries(*arguments, 0, 1, scores, ids, visited)
+    else:
+        _block_kernel(*arguments, _n_chunks(m), scores, ids, visited)
+    return scores, ids, visited

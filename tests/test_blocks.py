@@ -1,0 +1,180 @@
+"""BlockPolytopeIndex and the bucket-ordered code kernel: the numpy reference, the index contract, one query vs a
+batch, duplicates re-scored or stamped, growth, persistence, and recall on the real default collection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbir.core.metrics import recall_at_k
+from cbir.features import workspace
+from cbir.features.extractor import load_features
+from cbir.indexes import kernels
+from cbir.indexes.blocks import BlockPolytopeIndex
+from cbir.indexes.polytope import CrossPolytopeIndex
+from cbir.indexes.scan import SequentialScan
+from tests.conftest import require
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((12, 40)).astype(np.float32) * 3
+    points = centres[rng.integers(0, 12, 900)] + rng.standard_normal((900, 40)).astype(np.float32)
+    queries = centres[rng.integers(0, 12, 30)] + rng.standard_normal((30, 40)).astype(np.float32)
+    return np.ascontiguousarray(points), np.ascontiguousarray(queries)
+
+
+def _kernel_arguments(index: BlockPolytopeIndex, queries: np.ndarray) -> dict:
+    """What the index passes to :func:`kernels.block_search` for ``queries``."""
+    hashed, units = index._spaces(queries)
+    probe_tables, probe_keys, _ = kernels.cross_polytope_probes(
+        index._rotated(hashed), index.n_tables, index.n_projections, index._last_dim(), index.n_tables * 4
+    )
+    return {
+        "queries": queries,
+        "data": index._data,
+        "units": units,
+        "codes": index._blocks,
+        "tables": index.tables,
+        "probe_tables": probe_tables,
+        "probe_keys": probe_keys,
+        "k": 7,
+        "rerank": 25,
+        "metric": kernels.METRIC_EUCLIDEAN,
+    }
+
+
+@pytest.mark.parametrize(("stamp", "patience"), [(False, 0), (True, 0), (False, 3), (True, 2)])
+def test_kernel_matches_the_numpy_reference(data: tuple[np.ndarray, np.ndarray], stamp: bool, patience: int) -> None:
+    points, queries = data
+    index = BlockPolytopeIndex(4, 1, last_dim=8, reduce_dim=10, rerank=25, score_dim=16, seed=1).fit(points)
+    arguments = _kernel_arguments(index, queries)
+    scores, ids, visited = kernels.block_search(**arguments, stamp=stamp, patience=patience)
+    ref_scores, ref_ids, ref_visited = kernels.block_search_reference(**arguments, stamp=stamp, patience=patience)
+    if patience:  # the adaptive stop scores fewer members than the whole sequence
+        assert (visited <= kernels.block_search(**arguments, stamp=stamp)[2]).all()
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+    np.testing.assert_array_equal(visited, ref_visited)
+    assert 0 < visited.mean() < 4 * len(points)
+
+
+def test_blocks_hold_each_members_code_in_bucket_order(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, _ = data
+    index = BlockPolytopeIndex(3, 1, last_dim=4, reduce_dim=8, score_dim=12).fit(points)
+    assert index._blocks.shape == (3 * len(points), 12) and index._blocks.dtype == np.uint8
+    np.testing.assert_array_equal(index._blocks, index._reduced[index.tables.bucket_ids])
+    info = index.describe()
+    assert info["block_bytes"] == 3 * len(points) * 12
+    # ids (8 bytes) and a code (12) per member per table, the codes once more in id order, and the bucket keys
+    per_member = 3 * 8 + 3 * 12 + 12
+    assert per_member < info["bytes_per_object"] < per_member + 16 * info["n_buckets"] / len(points) + 1
+
+
+def test_re_scoring_and_stamping_duplicates_give_the_same_answers(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, queries = data
+    rescored = BlockPolytopeIndex(8, 1, last_dim=8, probes=3, reduce_dim=10, rerank=20, score_dim=16).fit(points)
+    stamped = BlockPolytopeIndex(8, 1, last_dim=8, probes=3, reduce_dim=10, rerank=20, score_dim=16, stamp=True)
+    a, b = rescored.search(queries, 10), stamped.fit(points).search(queries, 10)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    # the same members are met: re-scoring counts every meeting, stamping each member once
+    assert (a.visited >= b.visited).all() and (a.visited > b.visited).any()
+    np.testing.assert_array_equal(b.visited, [len(c) for c in stamped.candidates(queries)])
+
+
+def test_one_query_at_a_time_equals_the_batch(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """Single rows take the serial path of both kernels (no parallel launch): the same answers as the batch."""
+    points, queries = data
+    index = BlockPolytopeIndex(6, 1, last_dim=8, probes=2, reduce_dim=10, rerank=20, score_dim=16).fit(points)
+    batch = index.search(queries, 5)
+    for i in range(len(queries)):
+        single = index.search(queries[i : i + 1], 5)
+        np.testing.assert_array_equal(single.ids[0], batch.ids[i])
+        np.testing.assert_array_equal(single.visited[0], batch.visited[i])
+
+
+def test_same_candidates_and_answers_as_the_gathering_index(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """Same hashing, probes and codes as CrossPolytopeIndex with the uint8 shortlist: the same candidate sets, and
+    (both re-ranking their best R by code distance) nearly always the same answers."""
+    points, queries = data
+    options = {"probes": 2, "reduce_dim": 10, "rerank": 20, "score_dim": 16, "seed": 5}
+    blocks = BlockPolytopeIndex(6, 1, last_dim=8, **options).fit(points)
+    gathering = CrossPolytopeIndex(6, 1, last_dim=8, **options).fit(points)
+    for a, b in zip(blocks.candidates(queries), gathering.candidates(queries), strict=True):
+        np.testing.assert_array_equal(a, b)
+    agree = (blocks.search(queries, 10).ids == gathering.search(queries, 10).ids).mean()
+    assert agree > 0.95
+
+
+def test_probing_every_bucket_with_a_full_shortlist_equals_the_scan(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, queries = data
+    # one table of one hash over 8 coordinates has 16 buckets: 15 extra probes reach every object
+    index = BlockPolytopeIndex(1, 1, probes=15, reduce_dim=8, rerank=len(points), score_dim=8).fit(points)
+    result = index.search(queries, 10)
+    exact = SequentialScan().fit(points).search(queries, 10)
+    np.testing.assert_array_equal(result.ids, exact.ids)
+    np.testing.assert_allclose(result.distances, exact.distances, rtol=1e-5)
+    assert (result.visited == len(points)).all()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_add_remove_save_load(data: tuple[np.ndarray, np.ndarray], tmp_path: Path, metric: str) -> None:
+    points, queries = data
+    index = BlockPolytopeIndex(4, 1, probes=2, reduce_dim=10, rerank=30, score_dim=16, metric=metric)
+    index.fit(points[:600])
+    new_ids = index.add(points[600:])
+    np.testing.assert_array_equal(new_ids, np.arange(600, len(points)))
+    np.testing.assert_array_equal(index._blocks, index._reduced[index.tables.bucket_ids])
+    assert len(index.tables.bucket_ids) == 4 * len(points)
+    # an added row finds itself first
+    own = index.search(points[600:650], 1).ids[:, 0]
+    assert (own == np.arange(600, 650)).mean() > 0.9
+    index.remove([int(own[0])])
+    assert int(own[0]) not in index.search(points[600:601], 5).ids
+    loaded = BlockPolytopeIndex.load(index.save(tmp_path / "blocks.joblib"))
+    assert loaded.params == index.params and loaded.describe() == index.describe()
+    for a, b in zip(index.search(queries, 8), loaded.search(queries, 8), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_empty_queries_and_bad_parameters(data: tuple[np.ndarray, np.ndarray]) -> None:
+    points, _ = data
+    index = BlockPolytopeIndex(2, 1, reduce_dim=8, score_dim=8).fit(points)
+    result = index.search(np.empty((0, points.shape[1]), dtype=np.float32), 3)
+    assert result.ids.shape == (0, 3) and result.visited.shape == (0,)
+    with pytest.raises(ValueError, match="needs reduce_dim"):
+        BlockPolytopeIndex(reduce_dim=None)
+    with pytest.raises(ValueError, match="needs reduce_dim"):
+        BlockPolytopeIndex(rerank=0)
+    with pytest.raises(ValueError, match="stamp must be a bool"):
+        BlockPolytopeIndex(stamp="yes")
+    with pytest.raises(ValueError, match="patience must be >= 0"):
+        BlockPolytopeIndex(patience=-1)
+    with pytest.raises(ValueError, match="rerank must be >= 1"):
+        kernels.block_search(**{**_kernel_arguments(index, points[:2]), "rerank": 0})
+
+
+@pytest.mark.real_artifacts
+def test_recall_on_the_real_default_collection() -> None:
+    """The app's setting on the default collection's ImageNet features: recall@10 against the exact scan."""
+    try:
+        path = workspace.resolve_feature_path(None)
+    except workspace.FeatureSetNotFoundError:
+        path = None
+    require(path is not None, "the default collection's features are not extracted (python -m cbir extract)")
+    features = load_features(path)
+    roles = np.asarray(features.roles)
+    X = np.ascontiguousarray(features.features[roles != "query"], dtype=np.float32)
+    Q = np.ascontiguousarray(features.features[roles == "query"], dtype=np.float32)
+    exact = SequentialScan().fit(X).search(Q, 10).ids
+    recalls = []
+    index = BlockPolytopeIndex(8, 2, last_dim=4).fit(X)  # 10 bits per table on 48 PCA axes (the app's setting)
+    for probes in (2, 8):
+        index.probes = probes
+        result = index.search(Q, 10)
+        recalls.append(recall_at_k(result.ids, exact, 10).mean())
+        assert result.visited.mean() < 0.5 * len(X)
+    assert recalls[0] < recalls[1] and recalls[1] >= 0.88
