@@ -353,7 +353,8 @@ def choose_option(driver: Any, label: str, option: str) -> None:
         boxes = [e for e in elements(driver, '[data-testid="stSelectbox"]') if str(e.text).startswith(label)]
         if not boxes or app_running(driver):
             return False
-        shown = str(boxes[0].get_attribute("textContent")) + str(boxes[0].text)
+        inputs = boxes[0].find_elements("css selector", 'input[role="combobox"]')
+        shown = str(boxes[0].get_attribute("textContent")) + (str(inputs[0].get_attribute("value")) if inputs else "")
         return option in shown and not elements(driver, '[role="option"]')  # chosen, its list closed
 
     for _ in range(3):  # a busy page can redraw the box under the typing: try again until it shows the option
@@ -373,7 +374,7 @@ def choose_option(driver: Any, label: str, option: str) -> None:
             with contextlib.suppress(StaleElementReferenceException):
                 combo().send_keys(Keys.ESCAPE)
     boxes = [e for e in elements(driver, '[data-testid="stSelectbox"]') if str(e.text).startswith(label)]
-    shown = [str(box.get_attribute("textContent")) for box in boxes]
+    shown = [str(box.get_attribute("innerHTML"))[:2000] for box in boxes]
     raise TimeoutError(f"could not choose {option!r} in {label!r}: it shows {shown}")
 
 

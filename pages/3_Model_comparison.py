@@ -20,7 +20,7 @@ ui.page_header(
 )
 choices = ui.require_feature_set_choices()
 
-top = st.columns([3, 2, 1, 1])
+top = st.columns([4, 3, 2, 2])
 selected = top[0].multiselect("Feature sets", list(choices), default=list(choices), key="compare-sets")
 metric = top[1].selectbox("Metric", METRICS, key="compare-metric", format_func=METRIC_LABELS.get)
 # a recommendation needs the background sweep, which takes hours at 1M objects: large sets start on the default

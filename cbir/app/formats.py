@@ -133,17 +133,19 @@ def human_columns(
     table: pd.DataFrame, names: dict[str, str] | None = None, percent: tuple[str, ...] = PERCENT_COLUMNS
 ) -> pd.DataFrame:
     """``table`` with the column names a person reads (:data:`COLUMN_NAMES`, then ``names``), shares as
-    percentages (the ``percent`` columns, by their own names), and blanks, not "None", where a cell has no value (a
-    number column holding ``None`` becomes a float column with NaN, which the table shows empty)."""
-    renamed = table.rename(columns={**COLUMN_NAMES, **(names or {})})
-    for column in set(COLUMN_FORMATS) & set(renamed.columns):  # numbers with gaps (None) as numbers: NaN, blank
-        if renamed[column].dtype == object:
-            renamed[column] = pd.to_numeric(renamed[column], errors="coerce")
+    percentages (the ``percent`` columns, by their own names), and no "None": a text cell without a value is blank,
+    a number column with a gap becomes text in its :data:`COLUMN_FORMATS` format with :data:`DASH` in the gap."""
     mapping = {**COLUMN_NAMES, **(names or {})}
+    renamed = table.rename(columns=mapping)
     for column in percent:
         if column in table.columns:
             human = mapping.get(column, column)
             renamed[human] = 100.0 * pd.to_numeric(renamed[human], errors="coerce")
+    for column in set(COLUMN_FORMATS) & set(renamed.columns):
+        numbers = pd.to_numeric(renamed[column], errors="coerce")
+        if numbers.isna().any():  # the table would print "None": the figures as text, a dash where there is none
+            fmt = COLUMN_FORMATS[column]
+            renamed[column] = [DASH if pd.isna(x) else fmt % (round(x) if fmt == "%d" else x) for x in numbers]
     texts = renamed.select_dtypes(include=["object", "string"]).columns
     return renamed.assign(**{column: renamed[column].where(renamed[column].notna(), "") for column in texts})
 
