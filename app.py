@@ -38,9 +38,19 @@ warm_start()  # once per server: kernels, model, engine and saved indexes load i
 
 def home() -> None:
     root = config.default_collection()
-    version = workspace.workspace_version(root)
+    status = collection_status(str(root), workspace.workspace_version(root))
+    render_intro(status)
+    render_collection(root, status)
+    if not status.ready:
+        render_build(root, status)
+
+    render_feature_sets(status)
+    render_indexes()
+    render_left_out(root, status)
+
+
+def render_intro(status: workspace.CollectionStatus) -> None:
     st.title("Content-based image retrieval")
-    status = collection_status(str(root), version)
     complete = (
         status.feature_sets[status.feature_sets["status"] == "complete"] if not status.feature_sets.empty else None
     )
@@ -61,6 +71,8 @@ def home() -> None:
         links[1].page_link("pages/2_Index_tuning.py", label="Tune the LSH index", icon=":material/tune:")
         links[2].page_link("pages/3_Model_comparison.py", label="Compare models", icon=":material/bar_chart:")
 
+
+def render_collection(root: Path, status: workspace.CollectionStatus) -> None:
     st.subheader("Collection")
     st.markdown(f"`{root}`")
     if status.catalog is None:
@@ -89,9 +101,8 @@ def home() -> None:
         left.dataframe(counts, width="stretch")
         right.plotly_chart(plots.fig_collection_counts(status.counts_long()), width="stretch")
 
-    if not status.ready:
-        render_build(root, status)
 
+def render_feature_sets(status: workspace.CollectionStatus) -> None:
     st.subheader("Feature sets")
     if status.feature_sets.empty:
         st.info("No feature set has been extracted for this collection yet.")
@@ -116,8 +127,9 @@ def home() -> None:
             width="stretch",
             hide_index=True,
         )
-    render_indexes()
 
+
+def render_left_out(root: Path, status: workspace.CollectionStatus) -> None:
     st.subheader("Images left out")
     if status.catalog is not None and len(status.catalog.report):
         st.caption(

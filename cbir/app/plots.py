@@ -195,30 +195,12 @@ def fig_map_vs_visited(
                 marker={"size": 12, "symbol": "square", "color": _INDEX_COLORS["scan"]},
             )
         )
-    for kind, (color, symbol) in _REFERENCE_STYLES.items():
-        rows = sweep_df[(kinds == kind) & sweep_df[x].notna()].sort_values(x)
-        if rows.empty:
-            continue
-        fig.add_trace(
-            _sweep_points(
-                rows,
-                "lines+markers",
-                f"{INDEX_LABELS[kind]}, reference ({_settings_range(kind, rows)})",
-                y,
-                x,
-                line={"color": color, "width": 1, "dash": "dot"},
-                marker={"size": 10, "symbol": symbol, "color": color},
-            )
-        )
+    for trace in _reference_traces(sweep_df, kinds, y, x):
+        fig.add_trace(trace)
     if current is not None and pd.notna(current.get(x)):
+        star = {"size": 16, "symbol": "star", "color": "#f1c40f", "line": {"width": 1, "color": "black"}}
         fig.add_trace(
-            go.Scatter(
-                x=[float(current[x])],
-                y=[float(current[y])],
-                mode="markers",
-                name="current",
-                marker={"size": 16, "symbol": "star", "color": "#f1c40f", "line": {"width": 1, "color": "black"}},
-            )
+            go.Scatter(x=[float(current[x])], y=[float(current[y])], mode="markers", name="current", marker=star)
         )
     title, axis = _X_NAMES.get(x, (x, x))
     fig.update_layout(
@@ -229,6 +211,26 @@ def fig_map_vs_visited(
         legend={"orientation": "h", "yanchor": "top", "y": -0.3},  # below the axis title, not over it
     )
     return fig
+
+
+def _reference_traces(sweep_df: pd.DataFrame, kinds: pd.Series, y: str, x: str) -> list[go.Scatter]:
+    """One dotted line per reference kind present, named with the range of its search-time settings."""
+    traces = []
+    for kind, (color, symbol) in _REFERENCE_STYLES.items():
+        rows = sweep_df[(kinds == kind) & sweep_df[x].notna()].sort_values(x)
+        if not rows.empty:
+            traces.append(
+                _sweep_points(
+                    rows,
+                    "lines+markers",
+                    f"{INDEX_LABELS[kind]}, reference ({_settings_range(kind, rows)})",
+                    y,
+                    x,
+                    line={"color": color, "width": 1, "dash": "dot"},
+                    marker={"size": 10, "symbol": symbol, "color": color},
+                )
+            )
+    return traces
 
 
 def fig_map_vs_h(sweep_df: pd.DataFrame, g: int) -> go.Figure:
