@@ -1,7 +1,7 @@
 """numba kernels for exact re-ranking and the E2LSH index, with pure-numpy references (:mod:`.reference`).
 
 One module per concern: :mod:`.common`, :mod:`.hashing`, :mod:`.tables`, :mod:`.probing`, :mod:`.topk`,
-:mod:`.polytope`, :mod:`.query`; their public names are re-exported here (``kernels.lsh_search``).
+:mod:`.polytope`, :mod:`.candidates`, :mod:`.query`, :mod:`.blocks`; their public names are re-exported here (``kernels.lsh_search``).
 
 Everything here takes and returns plain numpy arrays; the classes in :mod:`cbir.indexes.base` own validation and
 state. The numpy ``*_reference`` functions implement the same algorithms the slow, obvious way and exist
@@ -48,6 +48,7 @@ Multi-probe (Lv et al., VLDB 2007, query-directed probing)
 """
 
 from cbir.indexes.kernels.blocks import block_codes, block_search
+from cbir.indexes.kernels.candidates import _sorted_candidates
 from cbir.indexes.kernels.common import METRIC_CODES, METRIC_COSINE, METRIC_EUCLIDEAN, BucketTables
 from cbir.indexes.kernels.hashing import draw_hash_functions, hash_keys, slot_positions
 from cbir.indexes.kernels.polytope import (
@@ -63,7 +64,6 @@ from cbir.indexes.kernels.query import (
     ListedProbes,
     ProbeArgs,
     Shortlist,
-    _sorted_candidates,
     lsh_candidates,
     lsh_search,
 )
