@@ -1,7 +1,8 @@
 """numba kernels for exact re-ranking and the E2LSH index, with pure-numpy references (:mod:`.reference`).
 
 One module per concern: :mod:`.common`, :mod:`.hashing`, :mod:`.tables`, :mod:`.probing`, :mod:`.topk`,
-:mod:`.polytope`, :mod:`.candidates`, :mod:`.query`, :mod:`.blocks`; their public names are re-exported here (``kernels.lsh_search``).
+:mod:`.polytope`, :mod:`.candidates`, :mod:`.query`, :mod:`.blocks`; their public names are re-exported here
+(``kernels.lsh_search``).
 
 Everything here takes and returns plain numpy arrays; the classes in :mod:`cbir.indexes.base` own validation and
 state. The numpy ``*_reference`` functions implement the same algorithms the slow, obvious way and exist
