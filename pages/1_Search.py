@@ -18,8 +18,11 @@ from cbir.indexes.reference import DEFAULT_EF_SEARCH
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
 from cbir.service import growth
 
-SOURCES = ("Upload a file", "Camera", "Pick from the collection", "Example photo")
-INDEX_CHOICES = ("Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall")
+# where the query comes from, and which index answers it (the radio buttons' labels)
+UPLOAD, CAMERA, COLLECTION, EXAMPLE = "Upload a file", "Camera", "Pick from the collection", "Example photo"
+SOURCES = (UPLOAD, CAMERA, COLLECTION, EXAMPLE)
+SCAN, LSH, HNSW, FASTEST = "Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall"
+INDEX_CHOICES = (SCAN, LSH, HNSW, FASTEST)
 GRID_COLUMNS = 5
 NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
 PICK_LIST_LIMIT = 20_000  # larger collections are picked from by row number, not from a list of names
@@ -40,7 +43,7 @@ except (CbirError, FileNotFoundError) as exc:
         f"their stored features: {exc}"
     )
     search = ui.search_engine_without_model(path)
-    sources = (SOURCES[2],)
+    sources = (COLLECTION,)
 search.refresh()  # images added or removed since this session's last action (by any session or the CLI)
 catalog = search.catalog  # the searchable images; its "id" column is the feature row
 if search.warning:
@@ -61,7 +64,7 @@ with index_col:
         "at least the recall you pick, as measured on the validation queries.",
     )
     metric = st.selectbox("Metric", METRICS, key="search-metric", format_func=METRIC_LABELS.get)
-    if kind == INDEX_CHOICES[3]:
+    if kind == FASTEST:
         target = st.slider(
             "recall@10 at least",
             0.5,
@@ -83,10 +86,10 @@ with index_col:
             + " (picked among the exact scan, the LSH sweep and the reference indexes: HNSW, IVF-Flat, hnswlib, "
             "cross-polytope LSH)"
         )
-    elif kind == INDEX_CHOICES[2]:
+    elif kind == HNSW:
         ef = st.slider("ef — candidates kept while walking the graph", 8, 512, DEFAULT_EF_SEARCH, key="search-ef")
         index_config = IndexConfig("hnsw", metric, ef_search=ef)
-    elif kind == "LSH":
+    elif kind == LSH:
         defaults = ui.lsh_defaults(path, version, metric)
         low, high, step = width_range(defaults.bucket_width)
         g = st.slider("g — hash tables", 1, 20, defaults.n_tables, key="search-g")
@@ -110,7 +113,7 @@ with query_col:
     query_bytes: bytes | None = None
     query_row: int | None = None  # a collection row searched by its stored features (no image file, no model)
     query_name = ""
-    if source == SOURCES[0]:
+    if source == UPLOAD:
         upload = st.file_uploader(
             "Drag and drop an image",
             key="search-upload",
@@ -123,11 +126,11 @@ with query_col:
         )
         if upload is not None:
             query_bytes, query_name = upload.getvalue(), upload.name
-    elif source == SOURCES[1]:
+    elif source == CAMERA:
         photo = st.camera_input("Take a photo", key="search-camera")
         if photo is not None:
             query_bytes, query_name = photo.getvalue(), "camera photo"
-    elif source == SOURCES[3]:
+    elif source == EXAMPLE:
         query_name = st.selectbox(
             "Example photo",
             SAMPLE_PHOTOS,
@@ -156,7 +159,7 @@ with query_col:
             placeholder="e.g. 12345",
         )
     picked_row: int | None = None  # the engine row of a collection image: left out of its own results
-    if source == SOURCES[2] and query_row is not None:
+    if source == COLLECTION and query_row is not None:
         query_row = int(query_row)
         picked_row = int(catalog["id"].iloc[query_row])
         query_name = str(catalog["relpath"].iloc[query_row])
@@ -274,7 +277,7 @@ if reason:
     st.caption(reason)
     st.stop()
 add_col, remove_col = st.columns(2, gap="large")
-if source in SOURCES[:2]:  # an upload or a camera photo can join the collection
+if source in (UPLOAD, CAMERA):  # an upload or a camera photo can join the collection
     with add_col:
         st.markdown(f"**Add {query_name} to the collection**")
         classes = sorted(catalog["label"].dropna().unique())

@@ -85,20 +85,23 @@ ui.table(
 )
 st.download_button("Download as CSV", table.to_csv(index=False), "comparison.csv", "text/csv")
 
-tabs = st.tabs(["Recall vs time", "mAP@10", "Recall@10", "Visited objects", score.capitalize(), "Per-class mAP"])
-tabs[0].plotly_chart(plots.fig_comparison_tradeoff(table), width="stretch")
-tabs[0].caption(
+tradeoff_tab, map_tab, recall_tab, visited_tab, score_tab, per_class_tab = st.tabs(
+    ["Recall vs time", "mAP@10", "Recall@10", "Visited objects", score.capitalize(), "Per-class mAP"]
+)
+tradeoff_tab.plotly_chart(plots.fig_comparison_tradeoff(table), width="stretch")
+tradeoff_tab.caption(
     f"The exact scan, LSH at its {lsh_choice} setting and the reference indexes (FAISS HNSW; up to "
     f"{SWEEP_ON_REQUEST:,} objects also FAISS IVF-Flat, hnswlib and cross-polytope LSH) at their default settings; "
     "the tuning page sweeps their settings. Times are per query over the batch of validation queries, every index's "
     "(the exact scan's too) measured in this server's run. hnswlib does not count the objects it visits."
 )
-tabs = tabs[1:]
-tabs[0].plotly_chart(plots.fig_comparison(table, "map", "mAP@10"), width="stretch")
-tabs[1].plotly_chart(plots.fig_comparison(table, "recall", "Recall@10 against the exact scan"), width="stretch")
-tabs[2].plotly_chart(plots.fig_comparison(table, "mean_visited", "Objects visited per query"), width="stretch")
-tabs[3].plotly_chart(plots.fig_comparison(table, "mean_score", f"{score.capitalize()} of the top-10"), width="stretch")
-with tabs[4]:
+map_tab.plotly_chart(plots.fig_comparison(table, "map", "mAP@10"), width="stretch")
+recall_tab.plotly_chart(plots.fig_comparison(table, "recall", "Recall@10 against the exact scan"), width="stretch")
+visited_tab.plotly_chart(plots.fig_comparison(table, "mean_visited", "Objects visited per query"), width="stretch")
+score_tab.plotly_chart(
+    plots.fig_comparison(table, "mean_score", f"{score.capitalize()} of the top-10"), width="stretch"
+)
+with per_class_tab:
     setting = st.radio("Distractors", ["with", "without"], horizontal=True, key="compare-per-class")
     st.plotly_chart(plots.fig_comparison_per_class(comparison.per_class, setting), width="stretch")
 
