@@ -58,35 +58,34 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import argparse
 import contextlib
-import importlib.util
 import sys
 import time
-import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # this checkout's cbir, not an installed one
+import numba
+import numpy as np
+import pandas as pd
+from harness import (
+    ROOT,  # first: this checkout's cbir, not an installed one
+    best_of,
+)
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from cbir.core.metrics import recall_at_k  # noqa: E402
-from cbir.evaluation.sweep import pareto_frontier  # noqa: E402
-from cbir.indexes.base import NOT_COUNTED  # noqa: E402
-from cbir.indexes.blocks import BlockPolytopeIndex  # noqa: E402
-from cbir.indexes.lsh import LSHIndex  # noqa: E402
-from cbir.indexes.pca import fit_pca, project  # noqa: E402
-from cbir.indexes.polytope import CrossPolytopeIndex, hashes_for_bits  # noqa: E402
-from cbir.indexes.reference import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError  # noqa: E402
-from cbir.indexes.registry import UINT8_RERANK, UINT8_SCORE_DIM  # noqa: E402
-from cbir.indexes.scan import SequentialScan  # noqa: E402
-from cbir.indexes.warmup import warm_up  # noqa: E402
-from cbir.indexes.widths import default_bucket_width  # noqa: E402
+from benchmarks.search import synthetic_collection
+from cbir.core.metrics import recall_at_k
+from cbir.evaluation.sweep import pareto_frontier
+from cbir.indexes.base import NOT_COUNTED
+from cbir.indexes.blocks import BlockPolytopeIndex
+from cbir.indexes.lsh import LSHIndex
+from cbir.indexes.pca import fit_pca, project
+from cbir.indexes.polytope import CrossPolytopeIndex, hashes_for_bits
+from cbir.indexes.reference import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError
+from cbir.indexes.registry import UINT8_RERANK, UINT8_SCORE_DIM
+from cbir.indexes.scan import SequentialScan
+from cbir.indexes.warmup import warm_up
+from cbir.indexes.widths import default_bucket_width
 
 K = 10
 RECALL_GOAL = 0.9
@@ -155,22 +154,9 @@ def hard_synthetic(
     return out[:n], out[n:]
 
 
-def _search_benchmark() -> types.ModuleType:
-    """``benchmarks/search.py`` as a module: its paper-size set and its timer are shared with this script."""
-    spec = importlib.util.spec_from_file_location("benchmark_search", Path(__file__).with_name("search.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_SEARCH_BENCHMARK = _search_benchmark()
-best_of = _SEARCH_BENCHMARK.best_of  # fastest wall time of N runs, and the last result
-
-
 def clustered_set() -> tuple[np.ndarray, np.ndarray]:
     """The paper-size set of ``benchmarks/search.py`` (imported from there): indexed (incl. distractors), queries."""
-    features, _, roles = _SEARCH_BENCHMARK.synthetic_collection()
+    features, _, roles = synthetic_collection()
     return np.ascontiguousarray(features[roles != "query"]), np.ascontiguousarray(features[roles == "query"])
 
 

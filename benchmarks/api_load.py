@@ -39,12 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir and benchmarks importable
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from benchmarks.load import LOOPBACK, SERVER_ERROR_PATTERN, free_port, streamlit_server, wait_for  # noqa: E402
+from benchmarks.load import LOOPBACK, SERVER_ERROR_PATTERN, free_port, streamlit_server, wait_for
 
 API_START_S = 180  # the server loads the model and the features before it answers
 INDEXES = {"scan": {"index": "scan"}, "lsh": {"index": "lsh"}, "hnsw": {"index": "hnsw"}}

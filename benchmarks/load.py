@@ -44,10 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir importable
-    sys.path.insert(0, str(PROJECT_ROOT))
+from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
 
 CHROMIUM = Path(os.environ.get("CBIR_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CBIR_CHROMEDRIVER", "/usr/bin/chromedriver"))

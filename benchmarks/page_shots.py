@@ -16,12 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir importable
-    sys.path.insert(0, str(PROJECT_ROOT))
+from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
 
-from benchmarks.load import chromium, elements, open_page, page_errors, streamlit_server, wait_until_idle  # noqa: E402
-from cbir.core import config  # noqa: E402
+from benchmarks.load import chromium, elements, open_page, page_errors, streamlit_server, wait_until_idle
+from cbir.core import config
 
 PAGES = (("Index_tuning", "tuning", 900), ("Model_comparison", "comparison", 1800))  # (url, name, seconds allowed)
 

@@ -28,7 +28,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,9 +36,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from cbir.indexes.base import BaseIndex
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir importable
-    sys.path.insert(0, str(PROJECT_ROOT))
+from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
 
 K = 10
 SINGLE_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}

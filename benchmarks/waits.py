@@ -22,9 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir importable
-    sys.path.insert(0, str(PROJECT_ROOT))
+from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
 
 
 def timed(run: Callable[[], object]) -> float:

@@ -24,15 +24,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
+from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:  # run as a script: make cbir importable
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from cbir.core import config  # noqa: E402
+from cbir.core import config
 
 config.quiet_native_libraries()  # as the app and the CLI start: before numpy, TensorFlow and libgomp load
 
