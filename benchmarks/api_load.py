@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,27 +40,19 @@ import numpy as np
 import pandas as pd
 from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
 
-from benchmarks.load import LOOPBACK, SERVER_ERROR_PATTERN, free_port, streamlit_server, wait_for
+from benchmarks.load import (
+    LOOPBACK,
+    SERVER_ERROR_PATTERN,
+    Server,
+    free_port,
+    running_server,
+    streamlit_server,
+)
 
 API_START_S = 180  # the server loads the model and the features before it answers
 INDEXES = {"scan": {"index": "scan"}, "lsh": {"index": "lsh"}, "hnsw": {"index": "hnsw"}}
 SOURCES = ("upload", "path")
 UPLOAD_FILES = 40  # collection files read once and uploaded again and again (plus the sample photos)
-
-
-@dataclass
-class ApiServer:
-    """A running ``python -m cbir serve``: its base URL, its process and the file its output goes to."""
-
-    url: str
-    log_path: Path
-    process: subprocess.Popen[bytes]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
 
 
 @contextlib.contextmanager
@@ -72,7 +63,7 @@ def api_server(
     port: int | None = None,
     access_log: bool = False,
     embed_slots: int | None = None,
-) -> Iterator[ApiServer]:
+) -> Iterator[Server]:
     """``python -m cbir serve`` on ``127.0.0.1:port`` (a free port by default) with ``env`` added to the environment,
     until the block ends (then it is stopped, killed if it does not stop); ready when ``/health`` answers."""
     port = port or free_port()
@@ -80,37 +71,9 @@ def api_server(
     command += [] if collection is None else ["--collection", str(collection)]
     command += [] if embed_slots is None else ["--embed-slots", str(embed_slots)]
     command += [] if access_log else ["--no-access-log"]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        server = ApiServer(f"http://{LOOPBACK}:{port}", log_path, process)
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"cbir serve exited with {process.returncode}: {server.log()}")
-            try:
-                with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        try:
-            wait_for(healthy, API_START_S, "the API server")
-            yield server
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})}
+    with running_server(command, port, "/health", log_path, env, API_START_S, "cbir serve") as server:
+        yield server
 
 
 @dataclass

@@ -78,59 +78,45 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
 
 @dataclass
 class Server:
-    """A running ``streamlit run app.py``: its base URL and the file its output goes to."""
+    """A running server process (``streamlit run app.py``, ``python -m cbir serve``): its base URL, its process and
+    the file its output goes to."""
 
     url: str
     log_path: Path
+    process: subprocess.Popen[bytes] | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
 
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
 
 @contextlib.contextmanager
-def streamlit_server(log_path: Path, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[Server]:
-    """``streamlit run app.py`` on ``127.0.0.1:port`` (a free port by default) with ``env`` added to the
-    environment, until the block ends (then it is stopped, killed if it does not stop)."""
-    port = port or free_port()
+def running_server(
+    command: list[str], port: int, health: str, log_path: Path, env: dict[str, str], start_s: float, name: str
+) -> Iterator[Server]:
+    """``command`` (a server on ``127.0.0.1:port``) with ``env`` as its environment, its output in ``log_path``,
+    until the block ends (then stopped, killed if it does not stop); ready once ``health`` (a path) answers 200
+    within ``start_s`` seconds; a :class:`RuntimeError` with its log when it exits first."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                str(PROJECT_ROOT / "app.py"),
-                "--server.port",
-                str(port),
-                "--server.address",
-                LOOPBACK,
-                "--server.headless",
-                "true",
-                "--browser.gatherUsageStats",
-                "false",
-                "--server.fileWatcherType",
-                "none",
-            ],
-            cwd=PROJECT_ROOT,
-            env={**os.environ, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        server = Server(f"http://{LOOPBACK}:{port}", log_path)
+        server = Server(f"http://{LOOPBACK}:{port}", log_path, process)
 
         def healthy() -> bool:
             if process.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {process.returncode}: {server.log()}")
+                raise RuntimeError(f"{name} exited with {process.returncode}: {server.log()}")
             try:
-                with urllib.request.urlopen(f"{server.url}/_stcore/health", timeout=2) as response:
+                with urllib.request.urlopen(f"{server.url}{health}", timeout=2) as response:
                     return response.status == 200
             except OSError:
                 return False
 
         try:
-            wait_for(healthy, SERVER_START_S, "the streamlit server")
+            wait_for(healthy, start_s, f"the {name} server")
             yield server
         finally:
             process.terminate()
@@ -139,6 +125,20 @@ def streamlit_server(log_path: Path, env: dict[str, str] | None = None, port: in
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def streamlit_server(log_path: Path, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[Server]:
+    """``streamlit run app.py`` on ``127.0.0.1:port`` (a free port by default) with ``env`` added to the
+    environment, until the block ends (then it is stopped, killed if it does not stop)."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py"), "--server.port", str(port)]
+    command += ["--server.address", LOOPBACK, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    command += ["--server.fileWatcherType", "none"]
+    with running_server(
+        command, port, "/_stcore/health", log_path, {**os.environ, **(env or {})}, SERVER_START_S, "streamlit"
+    ) as server:
+        yield server
 
 
 def chromium_available() -> bool:

@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 from test_bad_inputs import BadInput, build_corpus
 
-from benchmarks.api_load import ApiServer, api_server, run_api_load, server_errors
-from benchmarks.load import streamlit_server
+from benchmarks.api_load import api_server, run_api_load, server_errors
+from benchmarks.load import Server, streamlit_server
 from cbir.core import config
 from cbir.core.names import INDEX_KINDS
 from cbir.data.collection import collection_id
@@ -36,7 +36,7 @@ httpx = pytest.importorskip("httpx")
 class Served:
     """The API server under test, its collection, feature file and the environment it runs with."""
 
-    server: ApiServer
+    server: Server
     collection: Path
     feature_file: Path
     env: dict[str, str]
