@@ -490,94 +490,14 @@ def run_session(
     try:
         driver = chromium(profile)
         open_page(driver, f"{url}/Search", "input[type=file]")
-        for i, image in enumerate(images):
-            if time.monotonic() > deadline:
-                break
-            kind = "LSH" if i % 2 else "Exact scan"
-            started = time.monotonic()
-            marker = "LSH g=" if kind == "LSH" else "exact scan ("
-            if choose_radio(driver, kind):  # reruns the previous query (if any) on the other index
-                # wait for that answer, not just an idle moment: a loaded browser may not have sent the rerun yet,
-                # and a file given to the uploader while the page reruns can be dropped (seen with 8 sessions)
-                if report.queries:
-                    wait_for(lambda marker=marker: marker in body_text(driver), PAGE_S, f"the switch to {kind}")
-                wait_until_idle(driver, PAGE_S, f"the switch to {kind}")
-            upload(driver, image)
-
-            def answered(image: Path = image, marker: str = marker) -> bool:
-                text = body_text(driver)
-                return (
-                    f"Query: {image.name}" in text
-                    and marker in text
-                    and "Most similar images" in text
-                    and not app_running(driver)
-                ) or bool(page_errors(driver))
-
-            try:
-                wait_for(answered, PAGE_S, f"the results of {image.name}")
-            except TimeoutError as exc:
-                state = "running" if app_running(driver) else "idle"
-                report.errors.append(
-                    f"query {i} ({image.name}): {exc}; the app is {state}, the page shows: "
-                    f"{' | '.join(body_text(driver).splitlines()[8:30])}"
-                )
-                if screenshots is not None:
-                    screenshots.mkdir(parents=True, exist_ok=True)
-                    driver.save_screenshot(str(screenshots / f"load-session{session}-timeout{i}.png"))
-                continue
-            report.wall_ms.append((time.monotonic() - started) * 1000)
-            if errors := page_errors(driver):
-                report.errors.extend(f"query {i} ({image.name}): {e}" for e in errors)
-                continue
-            readings: list[float] = []  # the metric may be mid-redraw: read it again for a moment
-
-            def read_query_time(readings: list[float] = readings) -> bool:
-                ms = query_time_ms(driver)
-                return ms is not None and not readings.append(ms)
-
-            try:
-                wait_for(read_query_time, 10, f"the query time of {image.name}", interval=0.2)
-                report.query_ms.append(readings[0])
-            except TimeoutError as exc:
-                report.errors.append(f"query {i} ({image.name}): {exc}")
-            if kind == "Exact scan" and result_images(driver) < 11:
-                report.errors.append(f"query {i} ({image.name}): {result_images(driver) - 1} results, not 10")
-            report.queries += 1
+        _queries(driver, report, images, deadline, screenshots)
         if add is not None:
-            choose_radio(driver, "Exact scan")
-            wait_until_idle(driver, PAGE_S, "the switch to the exact scan")
-            upload(driver, add)
-            wait_for(lambda: f"Query: {add.name}" in body_text(driver) and not app_running(driver), PAGE_S, add.name)
-            try:
-                outcome = add_to_collection(driver)
-            except (TimeoutError, LookupError) as exc:
-                outcome = str(exc)
-                if screenshots is not None:
-                    screenshots.mkdir(parents=True, exist_ok=True)
-                    driver.save_screenshot(str(screenshots / f"load-session{session}-add.png"))
-            if outcome != "added":
-                report.errors.append(f"add ({add.name}): {outcome}")
-            else:
-                report.adds += 1
-                # the page searched again with the same upload: the added image is its own nearest neighbour
-                captions = [str(e.text) for e in elements(driver, '[data-testid="stCaptionContainer"]')]
-                if not any(add.stem in caption for caption in captions):
-                    report.errors.append(f"add ({add.name}): not among the results after adding it")
+            _add_step(driver, report, add, screenshots)
         if screenshots is not None:
             screenshots.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(screenshots / f"load-session{session}-search.png"))
         if tuning:
-            open_page(driver, f"{url}/Index_tuning", SLIDER_INPUT)
-            wait_until_idle(driver, PAGE_S, "the Index tuning page")
-            for steps in (1, -1):
-                before = slider_values(driver)[0]
-                move_first_slider(driver, steps)
-                wait_for(lambda before=before: slider_values(driver)[0] != before, 10, "the slider to move")
-                wait_until_idle(driver, PAGE_S, "the Index tuning page after a slider move")
-                report.slider_moves += 1
-                if errors := page_errors(driver):
-                    report.errors.extend(f"tuning: {e}" for e in errors)
-                    break
+            _tuning_step(driver, report, url)
     except Exception as exc:  # a session's failure is a finding to report, not a crash
         report.errors.append(f"{type(exc).__name__}: {exc}")
     finally:
@@ -586,6 +506,105 @@ def run_session(
                 driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
     return report
+
+
+def _queries(
+    driver: Any, report: SessionReport, images: Sequence[Path], deadline: float, screenshots: Path | None
+) -> None:
+    """Per image: switch the index (exact scan, LSH in turn), upload it, wait for its results and read its time."""
+    session = report.session
+    for i, image in enumerate(images):
+        if time.monotonic() > deadline:
+            break
+        kind = "LSH" if i % 2 else "Exact scan"
+        started = time.monotonic()
+        marker = "LSH g=" if kind == "LSH" else "exact scan ("
+        if choose_radio(driver, kind):  # reruns the previous query (if any) on the other index
+            # wait for that answer, not just an idle moment: a loaded browser may not have sent the rerun yet,
+            # and a file given to the uploader while the page reruns can be dropped (seen with 8 sessions)
+            if report.queries:
+                wait_for(lambda marker=marker: marker in body_text(driver), PAGE_S, f"the switch to {kind}")
+            wait_until_idle(driver, PAGE_S, f"the switch to {kind}")
+        upload(driver, image)
+
+        def answered(image: Path = image, marker: str = marker) -> bool:
+            text = body_text(driver)
+            return (
+                f"Query: {image.name}" in text
+                and marker in text
+                and "Most similar images" in text
+                and not app_running(driver)
+            ) or bool(page_errors(driver))
+
+        try:
+            wait_for(answered, PAGE_S, f"the results of {image.name}")
+        except TimeoutError as exc:
+            state = "running" if app_running(driver) else "idle"
+            report.errors.append(
+                f"query {i} ({image.name}): {exc}; the app is {state}, the page shows: "
+                f"{' | '.join(body_text(driver).splitlines()[8:30])}"
+            )
+            if screenshots is not None:
+                screenshots.mkdir(parents=True, exist_ok=True)
+                driver.save_screenshot(str(screenshots / f"load-session{session}-timeout{i}.png"))
+            continue
+        report.wall_ms.append((time.monotonic() - started) * 1000)
+        if errors := page_errors(driver):
+            report.errors.extend(f"query {i} ({image.name}): {e}" for e in errors)
+            continue
+        readings: list[float] = []  # the metric may be mid-redraw: read it again for a moment
+
+        def read_query_time(readings: list[float] = readings) -> bool:
+            ms = query_time_ms(driver)
+            return ms is not None and not readings.append(ms)
+
+        try:
+            wait_for(read_query_time, 10, f"the query time of {image.name}", interval=0.2)
+            report.query_ms.append(readings[0])
+        except TimeoutError as exc:
+            report.errors.append(f"query {i} ({image.name}): {exc}")
+        if kind == "Exact scan" and result_images(driver) < 11:
+            report.errors.append(f"query {i} ({image.name}): {result_images(driver) - 1} results, not 10")
+        report.queries += 1
+
+
+def _add_step(driver: Any, report: SessionReport, add: Path, screenshots: Path | None) -> None:
+    """Upload ``add``, add it to the collection and check it is among its own results."""
+    session = report.session
+    choose_radio(driver, "Exact scan")
+    wait_until_idle(driver, PAGE_S, "the switch to the exact scan")
+    upload(driver, add)
+    wait_for(lambda: f"Query: {add.name}" in body_text(driver) and not app_running(driver), PAGE_S, add.name)
+    try:
+        outcome = add_to_collection(driver)
+    except (TimeoutError, LookupError) as exc:
+        outcome = str(exc)
+        if screenshots is not None:
+            screenshots.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(screenshots / f"load-session{session}-add.png"))
+    if outcome != "added":
+        report.errors.append(f"add ({add.name}): {outcome}")
+    else:
+        report.adds += 1
+        # the page searched again with the same upload: the added image is its own nearest neighbour
+        captions = [str(e.text) for e in elements(driver, '[data-testid="stCaptionContainer"]')]
+        if not any(add.stem in caption for caption in captions):
+            report.errors.append(f"add ({add.name}): not among the results after adding it")
+
+
+def _tuning_step(driver: Any, report: SessionReport, url: str) -> None:
+    """Move the first slider of the Index tuning page right and back, waiting for the page each time."""
+    open_page(driver, f"{url}/Index_tuning", SLIDER_INPUT)
+    wait_until_idle(driver, PAGE_S, "the Index tuning page")
+    for steps in (1, -1):
+        before = slider_values(driver)[0]
+        move_first_slider(driver, steps)
+        wait_for(lambda before=before: slider_values(driver)[0] != before, 10, "the slider to move")
+        wait_until_idle(driver, PAGE_S, "the Index tuning page after a slider move")
+        report.slider_moves += 1
+        if errors := page_errors(driver):
+            report.errors.extend(f"tuning: {e}" for e in errors)
+            break
 
 
 @dataclass
