@@ -55,7 +55,9 @@ def _setters() -> list[Callable[[int], int]]:
     """Per loaded BLAS library (found by threadpoolctl, which walks every loaded library: again only after an
     import), a function that sets its thread count and returns the previous one: OpenBLAS'
     ``openblas_set_num_threads_local`` where it exists (its ``openblas_set_num_threads`` is ignored when called from
-    another thread than the one that called it first, and a server's sessions run in their own threads)."""
+    another thread than the one that called it first, and a server's sessions run in their own threads). FAISS'
+    bundled OpenBLAS (0.3.15) has no such function; a single query never runs on it (HNSW computes its own
+    distances, and so does the flat coarse step of IVF-Flat for fewer than 20 queries)."""
     global _blas_setters, _modules_seen
     if _blas_setters is None or len(sys.modules) != _modules_seen:  # an import since may have loaded another BLAS
         _modules_seen = len(sys.modules)
