@@ -184,6 +184,17 @@ def elements(driver: Any, selector: str) -> list[Any]:
     return list(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
+def caption_texts(driver: Any) -> list[str]:
+    """The text of every caption on the page (those redrawn while being read are skipped)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    texts = []
+    for element in elements(driver, '[data-testid="stCaptionContainer"]'):
+        with contextlib.suppress(StaleElementReferenceException):
+            texts.append(str(element.text))
+    return texts
+
+
 def body_text(driver: Any) -> str:
     from selenium.common.exceptions import WebDriverException
 
@@ -587,8 +598,9 @@ def _add_step(driver: Any, report: SessionReport, add: Path, screenshots: Path |
     else:
         report.adds += 1
         # the page searched again with the same upload: the added image is its own nearest neighbour
-        captions = [str(e.text) for e in elements(driver, '[data-testid="stCaptionContainer"]')]
-        if not any(add.stem in caption for caption in captions):
+        try:  # the captions are redrawn as the page searches again: read them until the image shows
+            wait_for(lambda: any(add.stem in text for text in caption_texts(driver)), 10, add.name)
+        except TimeoutError:
             report.errors.append(f"add ({add.name}): not among the results after adding it")
 
 

@@ -174,3 +174,15 @@ def grown(tmp_path: Path) -> tuple[Path, Path]:
     store = tmp_path / "features" / "pixels"
     extract_collection(scan_collection(root), PixelExtractor(), out_path=store)
     return root, store
+
+
+@pytest.fixture(scope="session")
+def real_features(request: pytest.FixtureRequest) -> FeatureSet:
+    """The default collection's real EfficientNet-Lite0 ImageNet features (4,913 indexed x 1280-d) when they have
+    been extracted, else those of the small real collection the other tests use (a fresh clone, CI)."""
+    from builders import REAL_COLLECTION
+
+    stores = sorted((REAL_COLLECTION.parents[1] / "features").glob("*/efficientnet_lite0-*imagenet*/meta.json"))
+    if stores:
+        return load_features(stores[0].parent)
+    return request.getfixturevalue("small_features")

@@ -140,8 +140,8 @@ def test_home_page_builds_collection_and_features(
     check_ok(at)
     assert not at.error
     assert metrics(at)["Images"] > 20
-    assert at.dataframe[1].value["status"].tolist() == ["complete"]
-    assert not at.button
+    assert at.dataframe[1].value["Status"].tolist() == ["complete"]
+    assert [b.label for b in at.button] == ["Build and save"]  # only an index to build
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,19 +289,21 @@ def test_tuning_metric_and_distractor_switches(app_env: Path) -> None:
 def test_comparison_page_renders_its_table(app_env: Path) -> None:
     at = open_app("pages/3_Model_comparison.py")
     assert not at.error
-    table = at.dataframe[0].value
+    table = at.dataframe[0].value  # as a person reads it: human column names (cbir.app.formats.COLUMN_NAMES)
     # 1 feature set × (exact scan, LSH, 4 reference indexes) × (with, without distractors)
     assert len(table) == 12
-    assert set(table["index"]) == {"exact scan", "LSH", "HNSW (faiss)", "IVF-Flat (faiss)", "HNSW (hnswlib)"} | {
+    assert set(table["Index"]) == {"exact scan", "LSH", "HNSW (faiss)", "IVF-Flat (faiss)", "HNSW (hnswlib)"} | {
         "cross-polytope LSH"
     }
-    assert set(table["distractors"]) == {"with", "without"}
-    assert table["map"].between(0, 1).all()
-    assert (table.loc[table["index"] == "exact scan", "recall"] == 1.0).all() and table["recall"].between(0, 1).all()
-    hubness = at.dataframe[1].value
-    assert len(hubness) == 1 and hubness["hub_share"].between(0, 1).all()
+    assert set(table["Distractors"]) == {"with", "without"}
+    assert table["mAP@10"].between(0, 1).all()
+    scan = table["Index"] == "exact scan"
+    assert (table.loc[scan, "Recall@10"] == 1.0).all() and table["Recall@10"].between(0, 1).all()
+    hubness = at.dataframe[1].value  # shares as percentages
+    assert len(hubness) == 1 and hubness["Top-10 slots held by the 1 % hubs (%)"].between(0, 100).all()
     # the real model embedded the four sample photos: their answers are measured too
-    assert hubness["ood_hub_share"].between(0, 1).all() and hubness["ood_distinct"].between(0, 1).all()
+    photos = hubness[["Photo answers that are hubs (%)", "Distinct photo answers (%)"]]
+    assert photos.apply(lambda column: column.between(0, 100)).all().all()
     assert images(at) == 5  # the five most frequent answers, as tiles
     distances = at.dataframe[2].value
     assert distances["class"].iloc[0] == "(all)" and len(distances) == 1 + 13
@@ -309,7 +311,7 @@ def test_comparison_page_renders_its_table(app_env: Path) -> None:
     assert len(at.get("plotly_chart")) >= 8
     at.radio(key="compare-lsh").set_value("default").run()
     check_ok(at)
-    assert at.dataframe[0].value["config"].str.contains("g=7 h=2").sum() == 2
+    assert at.dataframe[0].value["Setting"].str.contains("g=7 h=2").sum() == 2
     at.multiselect(key="compare-sets").set_value([]).run()
     assert "Select at least one feature set" in at.info[0].value
 

@@ -357,7 +357,6 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
 
     from cbir.app import ui
     from cbir.core import config
-    from cbir.features import workspace
 
     root, store = real_grown
     monkeypatch.setenv("CBIR_COLLECTION", str(root))
@@ -387,7 +386,7 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
     second = session()
     second.radio(key="search-source").set_value("Pick from the collection").run()
     assert relpath in second.selectbox(key="search-pick").options
-    engine = ui.search_engine(str(store), workspace.base_version(store))
+    engine = ui.search_engine_with_model(str(store))  # the page's: the shared engine with the model
     assert engine.generations == 1 and engine.n_objects == len(load_features(store).catalog) == 19
     assert (root / relpath).read_bytes() == image.read_bytes()
     # and a session removes it again: gone from the answers and the pick list, its file in .removed/

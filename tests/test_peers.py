@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import REAL_COLLECTION, synthetic_feature_set
+from builders import synthetic_feature_set
 
 from cbir.core.errors import CbirError
 from cbir.core.metrics import recall_at_k
 from cbir.core.names import REFERENCE_KINDS
 from cbir.evaluation.evaluate import split_collection
 from cbir.evaluation.tuning import fastest_config, reference_configs, reference_sweep, sweep_table
-from cbir.features.sources import FeatureSet, load_features
+from cbir.features.sources import FeatureSet
 from cbir.indexes.base import BUILD_STAGE, NOT_COUNTED, BaseIndex
 from cbir.indexes.lsh import LSHIndex
 from cbir.indexes.polytope import CrossPolytopeIndex
@@ -31,16 +31,6 @@ PEERS = {
 
 def _points(n: int = 2000, dim: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def real_features(request: pytest.FixtureRequest) -> FeatureSet:
-    """The default collection's real EfficientNet-Lite0 ImageNet features (4,913 indexed x 1280-d) when they have
-    been extracted, else those of the small real collection the other tests use (a fresh clone, CI)."""
-    stores = sorted((REAL_COLLECTION.parents[1] / "features").glob("*/efficientnet_lite0-*imagenet*/meta.json"))
-    if stores:
-        return load_features(stores[0].parent)
-    return request.getfixturevalue("small_features")
 
 
 @pytest.mark.slow
