@@ -71,6 +71,7 @@ import pandas as pd
 from harness import (
     ROOT,  # first: this checkout's cbir, not an installed one
     best_of,
+    table_text,
 )
 
 from benchmarks.search import synthetic_collection
@@ -594,11 +595,6 @@ def with_speedups(table: pd.DataFrame, scan_batch_ms: float, scan_single_ms: flo
 
 def load_text() -> str:
     return "/".join(f"{value:.1f}" for value in os.getloadavg()) + f" (1/5/15 min, {os.cpu_count()} CPUs)"
-
-
-def table_text(table: pd.DataFrame) -> str:
-    """A results table as printed: no index, floats to 4 significant digits."""
-    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
 def slug(name: str) -> str:

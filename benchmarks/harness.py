@@ -1,6 +1,6 @@
 """What every benchmark script shares: this checkout first on ``sys.path``, best-of timing, the machine line
 (CPUs and load average, printed beside every timing: on two shared cores a busy neighbour moves a ratio by 2×),
-tables printed with uniform decimals, and the peak resident memory.
+tables as text with uniform decimals, and the peak resident memory.
 
 A script starts with ``from harness import ...`` when run as ``python benchmarks/x.py`` (its folder is on
 ``sys.path``), and importing this module puts the checkout's root first, so ``cbir`` is this checkout's, not an
@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -36,11 +36,6 @@ def best_of(repeats: int, run: Callable[[], T]) -> tuple[float, T]:
     return best, result  # type: ignore[return-value]
 
 
-def load_average() -> float:
-    """The 1-minute load average (print it beside a timing)."""
-    return os.getloadavg()[0]
-
-
 def machine_line() -> str:
     """One line: CPUs and the load averages, for the head of a benchmark's output."""
     one, five, fifteen = os.getloadavg()
@@ -53,18 +48,7 @@ def table_text(table: pd.DataFrame, digits: int = 4) -> str:
         return table.to_string(index=False, float_format=lambda v: f"{v:.{digits}g}")
 
 
-def print_table(table: pd.DataFrame, digits: int = 4, title: str | None = None) -> None:
-    if title:
-        print(f"\n{title}")
-    print(table_text(table, digits), flush=True)
-
-
 def peak_rss_mib() -> float:
     """Peak resident memory of this process (MiB; ``resource.getrusage``: Linux keeps it across fork and exec, so
     measure in a fresh process)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def run(main: Callable[[], Any]) -> None:
-    """``sys.exit(main())``: the scripts' entry point."""
-    sys.exit(main())
