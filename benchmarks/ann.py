@@ -426,67 +426,75 @@ def polytope_grid(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.DataFrame:
-    X, Q = data.index, data.queries
-    n, m = len(X), len(Q)
-    threads = numba.get_num_threads()
-    print(f"\n=== {data.name}: {data.description}")
-    single_queries = Q[: args.single_queries]
-    scan = SequentialScan().fit(X)
-    scan_times: list[float] = []  # batch
-    scan_single_times: list[float] = []  # one query at a time, one thread
+class DatasetRun:
+    """One data set's measurements: the exact scan (its answers, its timings in both modes, re-timed beside every
+    method) and the table's rows recorded so far."""
 
-    def scan_ms() -> tuple[float, float]:
+    def __init__(self, data: Dataset, args: argparse.Namespace) -> None:
+        self.X, self.Q = data.index, data.queries
+        self.n, self.m = len(self.X), len(self.Q)
+        self.repeats = args.repeats
+        self.single_queries = self.Q[: args.single_queries]
+        self.scan = SequentialScan().fit(self.X)
+        self.scan_times: list[float] = []  # batch
+        self.scan_single_times: list[float] = []  # one query at a time, one thread
+        exact_s, exact = best_of(1, lambda: self.scan.search(self.Q, K))
+        self.scan_times.append(exact_s)
+        self.time_scan()
+        self.exact_ids = exact.ids
+        self.rows: list[dict[str, Any]] = []
+        for _ in range(args.repeats - 1):
+            self.time_scan()
+
+    def scan_ms(self) -> tuple[float, float]:
         """The fastest scan so far, ms per query: batch, single."""
-        return 1000.0 * min(scan_times) / m, 1000.0 * min(scan_single_times) / len(single_queries)
+        return 1000.0 * min(self.scan_times) / self.m, 1000.0 * min(self.scan_single_times) / len(self.single_queries)
 
-    def time_scan() -> None:
-        seconds, _ = best_of(1, lambda: scan.search(Q, K))
-        scan_times.append(seconds)
-        scan_single_times.append(single_seconds(lambda q: scan.search(q, K), single_queries))
+    def time_scan(self) -> None:
+        """One run of the scan in each mode."""
+        seconds, _ = best_of(1, lambda: self.scan.search(self.Q, K))
+        self.scan_times.append(seconds)
+        self.scan_single_times.append(single_seconds(lambda q: self.scan.search(q, K), self.single_queries))
 
-    exact_s, exact = best_of(1, lambda: scan.search(Q, K))
-    scan_times.append(exact_s)
-    time_scan()
-    exact_ids = exact.ids
-    rows: list[dict[str, Any]] = []
+    def recall(self, ids: np.ndarray) -> float:
+        """Mean recall@k of the answers ``ids`` (m, k) against the exact scan's."""
+        return recall_at_k(ids, self.exact_ids, K).mean()
 
     def record(
-        method: Method, seconds: float, single: float, ids: np.ndarray, visited: np.ndarray | None, timed: str
+        self, method: Method, seconds: float, single: float, ids: np.ndarray, visited: np.ndarray | None, timed: str
     ) -> None:
-        recall = recall_at_k(ids, exact_ids, K).mean()
-        rows.append(
+        """One row of the table: ``seconds`` for the batch, ``single`` for the loop of single queries."""
+        self.rows.append(
             {
                 "family": method.family,
                 "setting": method.setting,
-                "recall@10": recall,
-                "visited_%": np.nan if visited is None else 100.0 * float(np.mean(visited)) / n,
-                "ms_batch": 1000.0 * seconds / m,
-                "ms_single": 1000.0 * single / len(single_queries),
+                "recall@10": self.recall(ids),
+                "visited_%": np.nan if visited is None else 100.0 * float(np.mean(visited)) / self.n,
+                "ms_batch": 1000.0 * seconds / self.m,
+                "ms_single": 1000.0 * single / len(self.single_queries),
                 "fit_s": method.fit_s,
                 "timing": timed,
                 "params": method.params,
             }
         )
 
-    def timed_run(method: Method) -> None:
+    def timed_run(self, method: Method) -> None:
         """Best of ``repeats`` batch searches and of ``repeats`` single-query loops of the method, then one run of
         the scan in each mode (so that the two alternate and see the same load)."""
         best, best_single, result = float("inf"), float("inf"), None
-        for _ in range(args.repeats):
-            seconds, result = best_of(1, lambda: method.search(Q))
+        for _ in range(self.repeats):
+            seconds, result = best_of(1, lambda: method.search(self.Q))
             best = min(best, seconds)
-            best_single = min(best_single, single_seconds(method.search, single_queries))
-        time_scan()
-        record(method, best, best_single, result[0], result[1], f"best of {args.repeats}")
+            best_single = min(best_single, single_seconds(method.search, self.single_queries))
+        self.time_scan()
+        self.record(method, best, best_single, result[0], result[1], f"best of {self.repeats}")
 
-    for _ in range(args.repeats - 1):
-        time_scan()
 
-    # ---- our LSH: grid (one run each), then re-time the frontier ------------------------------------------------
-    # Only one fitted index is alive at a time (at 1M each holds hundreds of MB): a setting's answers are kept, and
-    # the frontier's settings are fitted again (same seed, same index) for their timed runs.
+def sweep_lsh(run: DatasetRun, args: argparse.Namespace) -> list[SweepRow]:
+    """Every LSH setting of the grid (of the chosen families) fitted and run once, one fitted index alive at a time
+    (at 1M each holds hundreds of MB): a setting's answers are kept, not its index."""
     started = time.perf_counter()
+    X, Q, n = run.X, run.Q, run.n
     sweep: list[SweepRow] = []
     reduce_dim = min(args.reduce_dim, X.shape[1])
     for family, setting, factory in lsh_grid(X, args.quick, reduce_dim, args.seed):
@@ -503,19 +511,25 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
             setting = setting.replace("T=0", f"T={index.probes_}(auto)")
         method = ours(index, family, setting, fit_s)
         seconds, (ids, visited) = best_of(1, lambda method=method: method.search(Q))
-        single = single_seconds(method.search, single_queries)
+        single = single_seconds(method.search, run.single_queries)
         sweep.append(
             SweepRow(method.family, method.setting, method.params, fit_s, factory, seconds, single, ids, visited)
         )
         del index, method
     print(f"  LSH grid: {len(sweep)} settings evaluated in {time.perf_counter() - started:.0f}s", flush=True)
+    return sweep
+
+
+def sweep_frontier(run: DatasetRun, sweep: list[SweepRow]) -> set[int]:
+    """Positions in ``sweep`` of the settings on their family's recall-vs-visited, -batch time or -single time
+    Pareto frontier."""
     frame = pd.DataFrame(
         [
             {
                 "i": i,
                 "family": row.family,
-                "recall": recall_at_k(row.ids, exact_ids, K).mean(),
-                "visited": float(np.mean(row.visited)) / n,
+                "recall": run.recall(row.ids),
+                "visited": float(np.mean(row.visited)) / run.n,
                 "seconds": row.seconds,
                 "single": row.single,
             }
@@ -526,15 +540,21 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
     for _, group in frame.groupby("family"):
         for x in ("visited", "seconds", "single"):
             chosen.update(group[pareto_frontier(group, x=x, y="recall")]["i"].tolist())
+    return chosen
+
+
+def record_sweep(run: DatasetRun, sweep: list[SweepRow], chosen: set[int]) -> None:
+    """The sweep's rows: the ``chosen`` settings fitted again (same seed, same index) and re-timed, the others with
+    their one sweep run."""
     for i, row in enumerate(sweep):
         if i in chosen:
-            index = row.factory().fit(X)
-            timed_run(
+            index = row.factory().fit(run.X)
+            run.timed_run(
                 Method(row.family, row.setting, ours(index, row.family, row.setting, 0.0).search, row.fit_s, row.params)
             )
             del index
         else:
-            record(
+            run.record(
                 Method(row.family, row.setting, lambda q: (None, None), row.fit_s, row.params),
                 row.seconds,
                 row.single,
@@ -543,37 +563,55 @@ def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.Da
                 "one run (sweep)",
             )
 
-    # progress for long runs (1M): our rows before the peers' index builds
-    ours_so_far = with_speedups(pd.DataFrame(rows).drop(columns=["params"]), *scan_ms())
-    print(f"  LSH (timed so far; load {os.getloadavg()[0]:.1f}):\n" + table_text(ours_so_far), flush=True)
 
-    # ---- peers --------------------------------------------------------------------------------------------------
-    peers: list[Method] = [Method("exact scan", "BLAS + exact re-rank", lambda q: (scan.search(q, K).ids, None))]
+def time_peers(run: DatasetRun, threads: int, quick: bool) -> None:
+    """The exact scan as a method, then the reference indexes that are installed, each re-timed."""
+    peers: list[Method] = [Method("exact scan", "BLAS + exact re-rank", lambda q: (run.scan.search(q, K).ids, None))]
     try:
-        peers += faiss_methods(X, threads, args.quick)
+        peers += faiss_methods(run.X, threads, quick)
     except (ImportError, PeerUnavailableError) as exc:
         print(f"  faiss skipped: {exc}")
     try:
-        peers += hnswlib_methods(X, threads, args.quick)
+        peers += hnswlib_methods(run.X, threads, quick)
     except PeerUnavailableError as exc:
         print(f"  hnswlib skipped: {exc}")
     for method in peers:
-        timed_run(method)
+        run.timed_run(method)
 
-    table = with_speedups(pd.DataFrame(rows), *scan_ms())
+
+def dataset_table(run: DatasetRun, data: Dataset, threads: int, started: float) -> pd.DataFrame:
+    """The data set's table (speed-ups, the scan's times and the load average in ``attrs``), printed."""
+    table = with_speedups(pd.DataFrame(run.rows), *run.scan_ms())
     table.loc[table["family"] == "exact scan", "visited_%"] = 100.0
     table.insert(0, "data", data.name)
-    table.attrs["scan_ms"], table.attrs["scan_single_ms"] = scan_ms()
+    table.attrs["scan_ms"], table.attrs["scan_single_ms"] = run.scan_ms()
     table.attrs["load"] = load_text()
     print(
-        f"  exact scan: batch {table.attrs['scan_ms']:.4f} ms/query (fastest of {len(scan_times)} runs, {m} queries, "
-        f"{threads} threads), single {table.attrs['scan_single_ms']:.4f} ms/query (fastest of "
-        f"{len(scan_single_times)} loops of {len(single_queries)} queries, 1 thread); "
+        f"  exact scan: batch {table.attrs['scan_ms']:.4f} ms/query (fastest of {len(run.scan_times)} runs, "
+        f"{run.m} queries, {threads} threads), single {table.attrs['scan_single_ms']:.4f} ms/query (fastest of "
+        f"{len(run.scan_single_times)} loops of {len(run.single_queries)} queries, 1 thread); "
         f"total {time.perf_counter() - started:.0f}s; load average {load_text()}"
     )
     show = table.drop(columns=["params", "data"])
     show = show.sort_values(["family", "recall@10", "ms_single"])
     print(table_text(show))
+    return table
+
+
+def run_dataset(data: Dataset, args: argparse.Namespace, out_dir: Path) -> pd.DataFrame:
+    """One data set: the scan, our LSH (a grid run once, then its frontier re-timed), the peers; the table printed,
+    charted and written as CSV under ``out_dir``."""
+    threads = numba.get_num_threads()
+    print(f"\n=== {data.name}: {data.description}")
+    run = DatasetRun(data, args)
+    started = time.perf_counter()
+    sweep = sweep_lsh(run, args)
+    record_sweep(run, sweep, sweep_frontier(run, sweep))
+    # progress for long runs (1M): our rows before the peers' index builds
+    ours_so_far = with_speedups(pd.DataFrame(run.rows).drop(columns=["params"]), *run.scan_ms())
+    print(f"  LSH (timed so far; load {os.getloadavg()[0]:.1f}):\n" + table_text(ours_so_far), flush=True)
+    time_peers(run, threads, args.quick)
+    table = dataset_table(run, data, threads, started)
     write_charts(table, data, out_dir)
     table.drop(columns=["params"]).to_csv(out_dir / f"ann_{slug(data.name)}.csv", index=False)
     return table
@@ -725,7 +763,8 @@ def goals(tables: list[tuple[Dataset, pd.DataFrame]]) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with ``--family`` resolved and ``--features`` defaulted (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--features",
@@ -759,17 +798,12 @@ def main(argv: list[str] | None = None) -> int:
         from cbir.features import workspace
 
         args.features = [workspace.resolve_feature_path(None)]
-    pd.set_option("display.width", 250)
-    pd.set_option("display.max_columns", 30)
-    pd.set_option("display.max_colwidth", 60)
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    warm_up()
-    print(
-        f"machine: {os.cpu_count()} CPUs, load average {load_text()}, numba {numba.__version__} with "
-        f"{numba.get_num_threads()} threads; k={K}; euclidean; LSH families: {', '.join(args.family)}"
-    )
+    return args
 
+
+def dataset_loaders(args: argparse.Namespace) -> list[Callable[[], Dataset]]:
+    """One loader per data set asked for (real feature sets, then hard, then clustered), called one at a time so
+    that a single data set is in memory."""
     loaders: list[Callable[[], Dataset]] = [lambda path=path: real_set(path) for path in args.features]
     if args.hard:
 
@@ -799,9 +833,23 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         loaders.append(clustered)
+    return loaders
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", 30)
+    pd.set_option("display.max_colwidth", 60)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    warm_up()
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load_text()}, numba {numba.__version__} with "
+        f"{numba.get_num_threads()} threads; k={K}; euclidean; LSH families: {', '.join(args.family)}"
+    )
     tables = []
-    for load in loaders:
+    for load in dataset_loaders(args):
         data = load()
         tables.append((data, run_dataset(data, args, args.out)))
         del data.index
