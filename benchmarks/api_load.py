@@ -40,12 +40,12 @@ import numpy as np
 import pandas as pd
 from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
 
-from benchmarks.load import (
+from benchmarks.browser import (
     LOOPBACK,
-    SERVER_ERROR_PATTERN,
     Server,
     free_port,
     running_server,
+    server_errors,
     streamlit_server,
 )
 
@@ -277,11 +277,6 @@ def run_api_load(
         health_seconds=[s for ok, s in health if ok],
         load_averages=polled["load"],
     )
-
-
-def server_errors(*logs: str) -> list[str]:
-    """Lines of server logs that report an exception (tracebacks, errors)."""
-    return [line for log in logs for line in log.splitlines() if SERVER_ERROR_PATTERN.search(line)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

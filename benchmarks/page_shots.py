@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
 
-from benchmarks.load import chromium, elements, open_page, page_errors, streamlit_server, wait_until_idle
+from benchmarks.browser import chromium, elements, open_page, page_errors, streamlit_server, wait_until_idle
 from cbir.core import config
 
 PAGES = (("Index_tuning", "tuning", 900), ("Model_comparison", "comparison", 1800))  # (url, name, seconds allowed)

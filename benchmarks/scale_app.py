@@ -1,5 +1,5 @@
 """The app at scale, in a real browser: ``streamlit run app.py`` on a synthetic collection (written by
-``benchmarks/scale.py --write-workspace``) and headless Chromium (the helpers of ``benchmarks/load.py``).
+``benchmarks/scale.py --write-workspace``) and headless Chromium (the helpers of ``benchmarks/browser.py``).
 
     .venv/bin/python benchmarks/scale.py --n 1000000 --write-workspace artifacts/scale/app
     .venv/bin/python benchmarks/scale_app.py --artifacts artifacts/scale/app            # 2 passes: cold, warm
@@ -42,7 +42,7 @@ from typing import Any
 import harness  # noqa: F401  (first: this checkout's cbir and benchmarks, not installed ones)
 
 # isort: split
-from benchmarks.load import (
+from benchmarks.browser import (
     app_running,
     body_text,
     chromium,

@@ -123,7 +123,7 @@ def small_features(small_features_file: Path) -> FeatureSet:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The app in a real browser (test_browser, test_bad_inputs, test_load): the helpers are benchmarks/load.py's
+# The app in a real browser (test_browser, test_bad_inputs, test_load): the helpers are benchmarks/browser.py's
 # ----------------------------------------------------------------------------------------------------------
 
 SCREENSHOTS = config.PROJECT_ROOT / "artifacts" / "screenshots"
@@ -132,10 +132,10 @@ SCREENSHOTS = config.PROJECT_ROOT / "artifacts" / "screenshots"
 @pytest.fixture
 def server(tmp_path: Path, openclipart_small: Path) -> Iterator[Any]:
     """``streamlit run app.py`` on a free loopback port against the small collection (a
-    :class:`benchmarks.load.Server`: ``.url``, ``.log()``); always stopped afterwards."""
+    :class:`benchmarks.browser.Server`: ``.url``, ``.log()``); always stopped afterwards."""
     from builders import install_feature_set, small_feature_path
 
-    from benchmarks.load import chromium_available, streamlit_server
+    from benchmarks.browser import chromium_available, streamlit_server
 
     if not chromium_available():
         pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
@@ -148,7 +148,7 @@ def server(tmp_path: Path, openclipart_small: Path) -> Iterator[Any]:
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     """A headless Chromium (selenium WebDriver), quit afterwards."""
-    from benchmarks.load import chromium, chromium_available
+    from benchmarks.browser import chromium, chromium_available
 
     if not chromium_available():
         pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")

@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 from test_bad_inputs import BadInput, build_corpus
 
-from benchmarks.api_load import api_server, run_api_load, server_errors
-from benchmarks.load import Server, streamlit_server
+from benchmarks.api_load import api_server, run_api_load
+from benchmarks.browser import Server, server_errors, streamlit_server
 from cbir.core import config
 from cbir.core.names import INDEX_KINDS
 from cbir.data.collection import collection_id

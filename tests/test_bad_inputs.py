@@ -132,7 +132,7 @@ def test_content_fraction_tells_an_empty_page_from_a_photo() -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_corpus_through_the_search_page(server: Any, browser: Any, bad_inputs: list[BadInput], tmp_path: Path) -> None:
-    from benchmarks.load import (
+    from benchmarks.browser import (
         PAGE_S,
         app_running,
         body_text,

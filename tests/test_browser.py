@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import require
 
-from benchmarks.load import PAGE_S, Server, wait_for
+from benchmarks.browser import PAGE_S, Server, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
 
@@ -59,8 +59,8 @@ def default_copy_server(tmp_path: Path) -> Any:
     removes images), with the real weights; the screenshots go to ``CBIR_SHOTS`` when set, else the tmp dir."""
     from builders import REAL_COLLECTION
 
+    from benchmarks.browser import chromium_available, streamlit_server
     from benchmarks.growth import copy_workspace
-    from benchmarks.load import chromium_available, streamlit_server
 
     if not chromium_available():
         pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
@@ -84,7 +84,7 @@ def test_journeys_on_the_default_collection(default_copy_server: Any, browser: A
     import os
     import re
 
-    from benchmarks.load import (
+    from benchmarks.browser import (
         PAGE_S,
         add_to_collection,
         body_text,

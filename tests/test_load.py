@@ -13,16 +13,9 @@ from typing import Any
 import pytest
 from conftest import SCREENSHOTS
 
+from benchmarks.browser import chromium_available, server_errors, streamlit_server
 from benchmarks.growth import copy_workspace
-from benchmarks.load import (
-    LoadReport,
-    artifact_snapshot,
-    check_artifacts,
-    chromium_available,
-    run_load,
-    server_errors,
-    streamlit_server,
-)
+from benchmarks.load import LoadReport, artifact_snapshot, check_artifacts, run_load
 from cbir.core import config
 from cbir.features.sources import load_features
 from cbir.features.store import read_manifest
