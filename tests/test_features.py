@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbir.core.storage import ArtifactError
+from cbir.core.storage import ArtifactError, save_artifact
 from cbir.data.collection import scan_collection
 from cbir.features.extractor import FeatureExtractor, extract_collection, feature_path, legacy_path, model_device
-from cbir.features.sources import load_features, read_meta
+from cbir.features.sources import FEATURES_KIND, FeatureSet, FeatureSetVersion, load_features, read_meta
 from cbir.features.store import is_store, write_store
 from tests.conftest import write_image
 
@@ -187,6 +188,38 @@ def test_store_in_a_user_folder_leaves_other_files_alone(tmp_path: Path) -> None
         write_store(tmp_path, [np.ones((3, 2), np.float32)], _catalog(3), pd.DataFrame(), {}, meta)
     assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "data.npy").is_file()
     assert len(list(tmp_path.glob("features-*.npy"))) == 1
+
+
+def test_joblib_version_reads_an_untouched_file_once(
+    tmp_path: Path, real_features: FeatureSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A legacy joblib feature set's version (what saved indexes and the engine key on): its mtime and its rows,
+    counted once per state of the file: asked again, an untouched file is not read; a rewritten one, even with the
+    same mtime, is."""
+    path = tmp_path / "f.joblib"
+
+    def write(n: int) -> None:  # the real features' first n rows, as the extractor's single-file format holds them
+        catalog = real_features.catalog.iloc[:n].reset_index(drop=True)
+        features = np.asarray(real_features.features[:n], dtype=np.float32)
+        meta = {**real_features.meta, "complete": True, "n_images": n}
+        payload = {"features": features, "catalog": catalog, "report": pd.DataFrame(), "meta": meta}
+        save_artifact(path, FEATURES_KIND, payload)
+
+    write(300)
+    first = FeatureSetVersion.of(path)
+    mtime = path.stat().st_mtime_ns
+    assert first == FeatureSetVersion(str(mtime), 0, 300)
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("joblib.load called for an untouched file")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(joblib, "load", no_reading)
+        assert FeatureSetVersion.of(path) == first
+    write(200)
+    os.utime(path, ns=(mtime, mtime))  # rewritten within the same clock tick
+    assert FeatureSetVersion.of(path) == FeatureSetVersion(str(mtime), 0, 200)
+    assert len(load_features(path).features) == 200
 
 
 def test_legacy_joblib_is_converted_to_a_store(tmp_path: Path, extractor: FeatureExtractor) -> None:

@@ -205,16 +205,31 @@ class StoreSource(FeatureSource):
         return cached_rows(self.path, manifest), read_rejected(self.path, manifest)
 
 
+# The live rows of each joblib artifact read in this process: path → (the file's stamp when read, its rows). An
+# artifact is only ever replaced whole (cbir.core.storage: a new file renamed over the old one), so an unchanged
+# stamp (mtime, size, inode) means the same rows, and FeatureSetVersion need not load the file again to count them.
+_JOBLIB_ROWS: dict[Path, tuple[tuple[int, int, int], int]] = {}
+
+
 class JoblibSource(FeatureSource):
     """A single joblib artifact (the earlier format): read into memory; it cannot grow in place."""
 
     def _payload(self) -> dict[str, Any]:
         return load_artifact(self.path, FEATURES_KIND)
 
+    def _stamp(self) -> tuple[int, int, int]:
+        """(mtime ns, size, inode) of the file: changes whenever it is rewritten; ``OSError`` when missing."""
+        stat = self.path.stat()
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
     def read_meta(self) -> dict[str, Any]:
         return dict(self._payload()["meta"])
 
     def load(self, catalog_columns: Sequence[str] | None = None) -> FeatureSet:
+        try:  # before reading: a rewrite during the read gets a stamp of its own
+            stamp: tuple[int, int, int] | None = self._stamp()
+        except OSError:
+            stamp = None  # _payload says what is wrong
         payload = self._payload()
         try:
             features = np.asarray(payload["features"], dtype=np.float32)
@@ -222,12 +237,23 @@ class JoblibSource(FeatureSource):
             if not payload["meta"].get("complete", False):
                 raise self._interrupted()
             self._check_rows(features, catalog)
-            return FeatureSet(features=features, catalog=catalog, report=payload["report"], meta=payload["meta"])
+            feature_set = FeatureSet(features=features, catalog=catalog, report=payload["report"], meta=payload["meta"])
         except KeyError as exc:
             raise ArtifactError(f"{self.path}: missing field {exc}") from exc
+        if stamp is not None:
+            _JOBLIB_ROWS[self.path.absolute()] = stamp, len(features)
+        return feature_set
 
     def version(self) -> FeatureSetVersion:
-        return FeatureSetVersion(str(self.path.stat().st_mtime_ns), 0, len(self.load().features))
+        """Its mtime as ``base`` and its rows, counted once per state of the file: an untouched file is not read
+        again (one ``stat``); a rewritten one is loaded."""
+        stamp = self._stamp()
+        known = _JOBLIB_ROWS.get(self.path.absolute())
+        if known is None or known[0] != stamp:
+            self.load()  # remembers the rows of the state it read
+            known = _JOBLIB_ROWS[self.path.absolute()]
+        (mtime_ns, _, _), n_rows = known
+        return FeatureSetVersion(str(mtime_ns), 0, n_rows)
 
     def base_id(self) -> str:
         return str(self.commit_stamp())  # rewritten whole on every change
