@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
+from harness import machine_line
 
 from benchmarks.browser import (
     LOOPBACK,
@@ -294,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     collection = args.collection or config.default_collection()
     env = {"CBIR_COLLECTION": str(collection)}
-    print(f"load average before: {os.getloadavg()} on {os.cpu_count()} CPUs", flush=True)
+    print(f"before: {machine_line()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="api-load-") as tmp, contextlib.ExitStack() as stack:
         started = None if args.url else api_server(Path(tmp) / "api.log", env, collection, embed_slots=args.embed_slots)
         api = None if started is None else stack.enter_context(started)

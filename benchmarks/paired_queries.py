@@ -15,15 +15,14 @@ Prints recall@10 against the scan, ms per query, the ratios, and the load averag
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import harness  # noqa: F401  (first: this checkout's cbir, not an installed one)
 import numpy as np
 import pandas as pd
+from harness import machine_line  # first: this checkout's cbir, not an installed one
 
 from benchmarks.ann import K, one_thread, real_set
 from cbir.core.metrics import recall_at_k
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     warm_up()
     data = real_set(args.features)
     X, Q = data.index, data.queries[: args.queries]
-    print(f"{data.description}; load average before {os.getloadavg()}")
+    print(f"{data.description}; before: {machine_line()}")
     fitted = methods(X)
     exact = fitted["exact scan"].search(Q, K).ids
     searches = {name: (lambda q, index=index: index.search(q, K)) for name, index in fitted.items()}
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     table["x_scan"] = table.loc[0, "ms_single"] / table["ms_single"]
     table["x_hnswlib_ef16_time"] = table["ms_single"] / table.loc[1, "ms_single"]
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"load average after {os.getloadavg()} (1/5/15 min, {os.cpu_count()} CPUs)")
+    print(f"after: {machine_line()}")
     return 0
 
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from cbir.indexes.base import BaseIndex
 
 from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
+from harness import machine_line
 
 K = 10
 SINGLE_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     pd.set_option("display.width", 200)
     if args.layers:
         print(layers_table(args).round(3).to_string(index=False))
-        print(f"load average {os.getloadavg()}")
+        print(machine_line())
         return 0
     features, path = load_features(args.features)
     print(f"{path}: {len(features)} x {features.shape[1]} features, {args.queries} single queries per kind, k={K}")
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     print(pd.DataFrame(rows).round(3).to_string(index=False, na_rep=""))
     print(f"numba threading layer {numba.threading_layer()}, {numba.get_num_threads()} threads; goal: ratio <= 1.2")
-    print(f"load average {os.getloadavg()}")
+    print(machine_line())
     return 0
 
 

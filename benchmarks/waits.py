@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
+from harness import machine_line
 
 
 def timed(run: Callable[[], object]) -> float:
@@ -102,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows.append(("comparison page, metric switch, first computation", timed(lambda: comparison_page("cosine"))))
     rows.append(("comparison page, metric switch, kept on disk", timed(lambda: comparison_page("cosine"))))
-    load = os.getloadavg()
-    print(f"feature set: {path}\nload average: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} ({os.cpu_count()} cores)")
+    print(f"feature set: {path}\n{machine_line()}")
     print("| step | seconds |\n|---|---|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.2f} |")

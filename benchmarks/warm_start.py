@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 
 import pandas as pd
 from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
+from harness import machine_line
 
 from cbir.core import config
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"query: the sample photo {photo!r}; goal: first query <= 300 ms end to end, its search <= 20 ms")
     print(table.round(1).to_string(index=False))
-    print(f"load average {os.getloadavg()}")
+    print(machine_line())
     return 0
 
 
