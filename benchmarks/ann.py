@@ -1,3 +1,5 @@
+# longer than 600 lines: one experiment read top to bottom (data sets, method grids, measurement, charts, goals);
+# the grids change with the block index work in flight, so a split into modules waits for it to land.
 """ANN benchmark: recall@10 against the exact scan and time per query, every method side by side in one run.
 
     .venv/bin/python benchmarks/ann.py                      # the default collection's features (a few minutes)
@@ -71,6 +73,7 @@ import pandas as pd
 from harness import (
     ROOT,  # first: this checkout's cbir, not an installed one
     best_of,
+    machine_line,
     table_text,
 )
 
@@ -585,12 +588,12 @@ def dataset_table(run: DatasetRun, data: Dataset, threads: int, started: float) 
     table.loc[table["family"] == "exact scan", "visited_%"] = 100.0
     table.insert(0, "data", data.name)
     table.attrs["scan_ms"], table.attrs["scan_single_ms"] = run.scan_ms()
-    table.attrs["load"] = load_text()
+    table.attrs["load"] = machine_line()
     print(
         f"  exact scan: batch {table.attrs['scan_ms']:.4f} ms/query (fastest of {len(run.scan_times)} runs, "
         f"{run.m} queries, {threads} threads), single {table.attrs['scan_single_ms']:.4f} ms/query (fastest of "
         f"{len(run.scan_single_times)} loops of {len(run.single_queries)} queries, 1 thread); "
-        f"total {time.perf_counter() - started:.0f}s; load average {load_text()}"
+        f"total {time.perf_counter() - started:.0f}s; {machine_line()}"
     )
     show = table.drop(columns=["params", "data"])
     show = show.sort_values(["family", "recall@10", "ms_single"])
@@ -629,10 +632,6 @@ def with_speedups(table: pd.DataFrame, scan_batch_ms: float, scan_single_ms: flo
     table["x_scan_batch"] = scan_batch_ms / table["ms_batch"]
     table["x_scan_single"] = scan_single_ms / table["ms_single"]
     return table
-
-
-def load_text() -> str:
-    return "/".join(f"{value:.1f}" for value in os.getloadavg()) + f" (1/5/15 min, {os.cpu_count()} CPUs)"
 
 
 def slug(name: str) -> str:
@@ -717,7 +716,7 @@ def goal_line(label: str, rows: pd.DataFrame, mask: pd.Series, x: str, table: pd
 
 
 def goals(tables: list[tuple[Dataset, pd.DataFrame]]) -> None:
-    print(f"\n=== goals (issue 20), load average {load_text()}")
+    print(f"\n=== goals (issue 20), {machine_line()}")
     for data, table in tables:
         rows = lsh_rows(table).dropna(subset=["ms_single"])
         reach = rows["recall@10"] >= RECALL_GOAL
@@ -845,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     warm_up()
     print(
-        f"machine: {os.cpu_count()} CPUs, load average {load_text()}, numba {numba.__version__} with "
+        f"{machine_line()}; numba {numba.__version__} with "
         f"{numba.get_num_threads()} threads; k={K}; euclidean; LSH families: {', '.join(args.family)}"
     )
     tables = []
