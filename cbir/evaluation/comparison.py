@@ -19,7 +19,13 @@ from cbir.core import config as cbir_config
 from cbir.core.names import INDEX_LABELS
 from cbir.core.storage import kept_on_disk
 from cbir.evaluation.distances import distance_table, pairwise_distance_sample
-from cbir.evaluation.evaluate import MAX_EVAL_QUERIES, EvaluationResult, EvaluationSplit, split_collection
+from cbir.evaluation.evaluate import (
+    MAX_EVAL_QUERIES,
+    MEASURE_COLUMNS,
+    EvaluationResult,
+    EvaluationSplit,
+    split_collection,
+)
 from cbir.evaluation.hubness import hubness_summary, top_hubs
 from cbir.evaluation.tuning import (
     REFERENCE_POLYTOPE_BITS,
@@ -53,14 +59,7 @@ COMPARISON_COLUMNS = [
     "config",
     "metric",
     "distractors",
-    "map",
-    "recall",
-    "mean_score",
-    "score_name",
-    "mean_visited",
-    "visited_fraction",
-    "n_indexed",
-    "n_queries",
+    *MEASURE_COLUMNS,
     "n_all_queries",
     "query_ms",
 ]

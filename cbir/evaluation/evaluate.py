@@ -57,10 +57,8 @@ SETTING_COLUMNS = [
     "n_probe",
     "metric",
 ]
-# every column of EvaluationResult.row(), in order; the tables below are selections of it
-ROW_COLUMNS = [
-    *SETTING_COLUMNS,
-    "k",
+# what was measured for an index setting: quality, work and the sizes it was measured on
+MEASURE_COLUMNS = [
     "map",
     "recall",
     "mean_score",
@@ -69,6 +67,12 @@ ROW_COLUMNS = [
     "visited_fraction",
     "n_indexed",
     "n_queries",
+]
+# every column of EvaluationResult.row(), in order; the tables below are selections of it
+ROW_COLUMNS = [
+    *SETTING_COLUMNS,
+    "k",
+    *MEASURE_COLUMNS,
     "fit_seconds",
     "search_seconds",
     "query_ms",
