@@ -19,19 +19,23 @@ import streamlit as st  # noqa: E402
 
 st.set_page_config(page_title="cbir — image search", page_icon=":material/image_search:", layout="wide")
 
-# A fresh server's first run loads the modules (seconds on two busy cores): its visitor sees a bar saying what loads
-# instead of a blank page. Later runs find them loaded and draw no bar.
+# A fresh server's first run loads the modules below (seconds on two busy cores): its visitor sees a bar saying what
+# loads instead of a blank page. Later runs find them loaded (the pages last) and draw no bar.
 starting = st.empty() if "cbir.app.pages.home" not in sys.modules else None
-if starting is not None:
-    starting.progress(0.0, text="Loading pandas and plotly…")
+
+
+def loading(fraction: float, text: str) -> None:
+    if starting is not None:
+        starting.progress(fraction, text=text)
+
+
+loading(0.0, "Loading pandas and plotly…")
 from cbir.app import plots  # noqa: E402, F401  (first, for the bar: pandas, plotly and the numba kernels)
 
-if starting is not None:
-    starting.progress(0.5, text="Loading the indexes and the search engine…")
+loading(0.5, "Loading the indexes and the search engine…")
 from cbir.app.ui import FEATURE_SET_KEY, feature_set_choices, warm_start  # noqa: E402
 
-if starting is not None:
-    starting.progress(0.8, text="Opening the page…")
+loading(0.8, "Opening the page…")
 from cbir.app.pages import comparison, home, search, tuning  # noqa: E402
 from cbir.features import workspace  # noqa: E402
 
@@ -55,7 +59,7 @@ def sidebar() -> None:
 
 
 navigation = st.navigation([home.page(), search.page(), tuning.page(), comparison.page()])
+sidebar()
 if starting is not None:
     starting.empty()
-sidebar()
 navigation.run()
