@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from builders import bad_uploads, install_feature_set, unusual_uploads
+from builders import bad_uploads, install_feature_set, switch_page, unusual_uploads
 from streamlit.testing.v1 import AppTest
 
 from cbir.app import formats
@@ -43,10 +43,11 @@ def app_env(openclipart_small: Path, app_artifacts: Path, monkeypatch: pytest.Mo
 
 
 def open_app(page: str | None = None) -> AppTest:
+    """app.py run by ``AppTest`` (its Home page), then the page at the URL path ``page`` when given."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert not at.exception, [e.value for e in at.exception]
     if page is not None:
-        at.switch_page(page).run()
+        switch_page(at, page).run()
         assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -150,7 +151,7 @@ def test_home_page_builds_collection_and_features(
 
 
 def test_search_by_picking_a_collection_image(app_env: Path) -> None:
-    at = open_app("pages/1_Search.py")
+    at = open_app("Search")
     assert "Choose a query image" in at.info[0].value
     at.radio(key="search-source").set_value("Pick from the collection").run()
     picker = at.selectbox(key="search-pick")
@@ -168,7 +169,7 @@ def test_search_by_picking_a_collection_image(app_env: Path) -> None:
 
 
 def test_search_upload_bad_and_unusual_files(app_env: Path, openclipart_small: Path) -> None:
-    at = open_app("pages/1_Search.py")
+    at = open_app("Search")
     uploader = at.file_uploader(key="search-upload")
     good = next(openclipart_small.rglob("*.jpg"))
     uploader.set_value((good.name, good.read_bytes(), "image/jpeg")).run()
@@ -193,7 +194,7 @@ def test_search_upload_bad_and_unusual_files(app_env: Path, openclipart_small: P
 
 
 def test_search_with_lsh_and_its_sliders(app_env: Path) -> None:
-    at = open_app("pages/1_Search.py")
+    at = open_app("Search")
     at.radio(key="search-source").set_value("Pick from the collection").run()
     picker = at.selectbox(key="search-pick")
     picker.set_value(picker.options[3]).run()
@@ -213,7 +214,7 @@ def test_search_with_lsh_and_its_sliders(app_env: Path) -> None:
 
 
 def test_search_fastest_at_a_recall_picks_from_the_sweep_with_its_references(app_env: Path) -> None:
-    at = open_app("pages/1_Search.py")
+    at = open_app("Search")
     at.radio(key="search-source").set_value("Pick from the collection").run()
     picker = at.selectbox(key="search-pick")
     picker.set_value(picker.options[3]).run()
@@ -234,7 +235,7 @@ def test_search_fastest_at_a_recall_picks_from_the_sweep_with_its_references(app
 
 
 def test_tuning_sliders_move_the_metrics_consistently(app_env: Path) -> None:
-    at = open_app("pages/2_Index_tuning.py")
+    at = open_app("Index_tuning")
     assert not at.error
     start = metrics(at)
     assert 0 <= start["mAP@10"] <= 1 and 0 < start["Share visited"] < 100
@@ -271,7 +272,7 @@ def test_tuning_metric_and_distractor_switches(app_env: Path) -> None:
         caption = next(c.value for c in at.caption if "validation queries against" in c.value)
         return int(caption.split(" against ")[1].split()[0].replace(",", ""))
 
-    at = open_app("pages/2_Index_tuning.py")
+    at = open_app("Index_tuning")
     with_distractors = indexed(at)
     at.toggle(key="tune-distractors").set_value(False).run()
     check_ok(at)
@@ -287,7 +288,7 @@ def test_tuning_metric_and_distractor_switches(app_env: Path) -> None:
 
 
 def test_comparison_page_renders_its_table(app_env: Path) -> None:
-    at = open_app("pages/3_Model_comparison.py")
+    at = open_app("Model_comparison")
     assert not at.error
     table = at.dataframe[0].value  # as a person reads it: human column names (cbir.app.formats.COLUMN_NAMES)
     # 1 feature set × (exact scan, LSH, 4 reference indexes) × (with, without distractors)
@@ -323,7 +324,7 @@ def test_comparison_page_shows_fine_tuning_runs(app_env: Path, app_artifacts: Pa
     from cbir.data.collection import collection_id
     from cbir.features.finetune import classification_report
 
-    at = open_app("pages/3_Model_comparison.py")
+    at = open_app("Model_comparison")
     assert any("No fine-tuned model yet" in info.value for info in at.info)
     run_dir = app_artifacts / "finetune" / collection_id(app_env) / "efficientnet_lite0-model1"
     run_dir.mkdir(parents=True)
@@ -345,7 +346,7 @@ def test_comparison_page_shows_fine_tuning_runs(app_env: Path, app_artifacts: Pa
             "seconds_per_epoch": 34.6,
         }
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
-        at = open_app("pages/3_Model_comparison.py")
+        at = open_app("Model_comparison")
         check_ok(at)
         assert at.expander[0].label == "efficientnet_lite0 · model 1 · lr 0.0001"
         shown = {m.label: m.value for m in at.metric}
@@ -362,7 +363,7 @@ def test_comparison_page_lists_retrieval_heads(app_env: Path, app_artifacts: Pat
 
     from cbir.features.finetune import retrieval_dir
 
-    at = open_app("pages/3_Model_comparison.py")
+    at = open_app("Model_comparison")
     assert any("No retrieval head yet" in info.value for info in at.info)
     run_dir = retrieval_dir(app_env, "efficientnet_lite0", "supcon", unfrozen=False)
     run_dir.mkdir(parents=True)
@@ -380,7 +381,7 @@ def test_comparison_page_lists_retrieval_heads(app_env: Path, app_artifacts: Pat
             "extractor": str(run_dir / "retrieval-supcon-frozen.keras"),
         }
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
-        at = open_app("pages/3_Model_comparison.py")
+        at = open_app("Model_comparison")
         check_ok(at)
         heads = at.dataframe[-1].value
         assert heads[["loss", "trained", "trained on"]].iloc[0].tolist() == [

@@ -48,6 +48,39 @@ def test_upload_on_the_search_page_shows_ten_results(
     assert shot.stat().st_size > 10_000
 
 
+# each page by its URL (app.py's url_path), with its title
+PAGE_TITLES = {
+    "": "Content-based image retrieval",
+    "Search": "Search by image",
+    "Index_tuning": "Index tuning",
+    "Model_comparison": "Model comparison",
+}
+
+
+@pytest.mark.parametrize("url_path", list(PAGE_TITLES))
+def test_a_link_to_a_page_opens_it_on_a_fresh_server(server: Server, browser: Any, url_path: str) -> None:
+    """A link to the page is the fresh server's first request (app.py has never run in it): the page opens at its
+    URL with app.py's sidebar (the feature set, the navigation), not Streamlit's "Page not found"."""
+    from benchmarks.load import body_text, elements
+
+    driver = browser
+    url = f"{server.url}/{url_path}"
+    driver.get(url)
+
+    def title() -> str:
+        return "".join(str(h.text) for h in elements(driver, '[data-testid="stMain"] h1')[:1])
+
+    def sidebar() -> str:
+        return "".join(str(bar.text) for bar in elements(driver, '[data-testid="stSidebar"]'))
+
+    wait_for(lambda: title() == PAGE_TITLES[url_path], PAGE_S, f"the title {PAGE_TITLES[url_path]!r} at {url}")
+    wait_for(lambda: "Feature set" in sidebar(), PAGE_S, "the sidebar's feature set")
+    assert [name for name in ("Home", "Search", "Index tuning", "Model comparison") if name not in sidebar()] == []
+    assert driver.current_url.rstrip("/") == url.rstrip("/")
+    assert "Page not found" not in body_text(driver), body_text(driver)
+    assert "Traceback" not in body_text(driver) and "Traceback" not in server.log(), server.log()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The journeys of a new user on the default collection (issue 23): every message seen, every number whole and true
 # ----------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import REAL_COLLECTION, PixelExtractor, copy_real_collection, real_images, save_feature_set
+from builders import REAL_COLLECTION, PixelExtractor, copy_real_collection, real_images, save_feature_set, switch_page
 from conftest import require
 from PIL import Image
 
@@ -365,7 +365,7 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
 
     def session() -> AppTest:
         at = AppTest.from_file(str(config.PROJECT_ROOT / "app.py"), default_timeout=180).run()
-        at.switch_page("pages/1_Search.py").run()
+        switch_page(at, "Search").run()
         assert not at.exception, [e.value for e in at.exception]
         return at
 

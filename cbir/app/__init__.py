@@ -1,1 +1,1 @@
-"""Layer 5: what the Streamlit pages share (cache wrappers, layout helpers, plots)."""
+"""Layer 5: the Streamlit pages (:mod:`cbir.app.pages`) and what they share (cache wrappers, layout helpers, plots)."""

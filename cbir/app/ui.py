@@ -1,5 +1,5 @@
-"""Streamlit pieces shared by ``app.py`` and the pages under ``pages/``: every cache wrapper of the app, and the
-layout helpers every page uses. The only module of ``cbir`` that imports Streamlit.
+"""Streamlit pieces shared by ``app.py`` and the pages (:mod:`cbir.app.pages`): every cache wrapper of the app, and
+the layout helpers every page uses. With the pages, the only modules of ``cbir`` that import Streamlit.
 
 The cached functions take plain, hashable arguments (paths, file versions, frozen configs); Streamlit keys a cache
 by the wrapped function, so a sweep or an evaluation computed on one page is reused on every other one. A leading
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from cbir.features.query_model import ExtractorSpec
 
 FEATURE_SET_KEY = "feature_set"  # session-state key of the feature set chosen in the sidebar, read by every page
-NAV_KEY, GOTO_KEY = "cbir-nav", "cbir-goto"  # "app.py routed this session" / "page to open after routing"
 NO_FEATURE_SET = "No feature set yet: open the Home page and build the collection and its features first."
 
 # ----------------------------------------------------------------------------------------------------------
@@ -313,16 +312,8 @@ def hubness_analyses(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def page_header(page: str, title: str, caption: str) -> None:
-    """The head of the page file ``page`` (``"pages/….py"``): its title and caption.
-
-    Streamlit runs a file of pages/ directly (its older pages-folder mode) when it is opened by URL on a server where
-    app.py has not run yet; this hands over to app.py first, whose st.navigation then opens the page with the sidebar
-    and layout.
-    """
-    if not st.session_state.get(NAV_KEY):
-        st.session_state[GOTO_KEY] = page
-        st.switch_page("app.py")
+def page_header(title: str, caption: str) -> None:
+    """The head of a page: its title and caption."""
     st.title(title)
     st.caption(caption)
 
