@@ -257,15 +257,15 @@ def compare(
     feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool, references: bool | None = None
 ) -> comparison.Comparison:
     """:func:`cbir.evaluation.comparison.compare` of ``(label, path, version)`` feature sets behind a progress bar,
-    through the
-    cached :func:`sweep` and :func:`evaluate` that the tuning page shares."""
+    through the cached :func:`evaluate` that the tuning page shares; the recommended LSH setting is the background
+    sweep's (:func:`cbir.evaluation.tuning.recommended_for`: read from the sweep when the tuning page has kept it on
+    disk, else found without computing the whole sweep)."""
     with moving_bar("Evaluating…") as update:
         return comparison.compare(
             feature_sets,
             metric,
             recommended,
             progress=lambda what, done, total: update(done / total, f"{what}: {done} / {total}"),
-            sweep=lambda path, version, metric: sweep(path, version, metric, True),
             evaluate=evaluate,
             references=references,
             keep=True,
