@@ -272,6 +272,22 @@ def compare(
         )
 
 
+def comparisons(
+    feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool, references: bool | None = None
+) -> Iterator[comparison.Comparison]:
+    """The comparison of :func:`compare` in parts, for a page that draws its results table as it grows: first
+    without the reference indexes (the exact scan and LSH, with and without the distractors: seconds), then whole
+    (only the reference indexes are evaluated then: the first part's evaluations are :func:`evaluate`'s, cached).
+    Only the whole one when it is kept on disk already, or when ``references`` is off."""
+    kept = comparison.kept_comparison(feature_sets, metric, recommended, references=references)
+    if kept is not None:
+        yield kept
+        return
+    if references is not False:
+        yield compare(feature_sets, metric, recommended, False)
+    yield compare(feature_sets, metric, recommended, references)
+
+
 def sample_note(n_queries: int, n_all_queries: int) -> str:
     """What the pages say when the queries were sampled (:data:`cbir.evaluation.evaluate.MAX_EVAL_QUERIES`)."""
     return (

@@ -187,6 +187,51 @@ def comparison_table(jobs: Sequence[ComparisonJob], results: Sequence[Evaluation
     return Comparison(table=table, per_class=per_class_table)
 
 
+def _kept_folder() -> Path:
+    return cbir_config.artifacts_dir() / "cache" / "comparisons"
+
+
+def _kept_key(
+    feature_sets: Sequence[tuple[str, str, int]],
+    metric: str,
+    recommended: bool,
+    k: int,
+    distractor_settings: Sequence[bool],
+    references: bool | None,
+) -> str:
+    """What a kept comparison depends on: the feature sets' versions and every setting."""
+    return (
+        f"{[(label, str(Path(path).resolve()), version) for label, path, version in feature_sets]}|{metric}|"
+        f"{recommended}|{k}|{tuple(distractor_settings)}|{references}|{MAX_EVAL_QUERIES}|"
+        f"{[c.label for c in reference_configs(metric)]}|{COMPARISON_COLUMNS}"
+    )
+
+
+class _NotKept(Exception):
+    """kept_comparison's way out of kept_on_disk when there is nothing to read."""
+
+
+def kept_comparison(
+    feature_sets: Sequence[tuple[str, str, int]],
+    metric: str = "euclidean",
+    recommended: bool = True,
+    k: int = DEFAULT_K,
+    distractor_settings: Sequence[bool] = (True, False),
+    references: bool | None = None,
+) -> Comparison | None:
+    """The comparison :func:`compare` with ``keep`` has kept on disk for these arguments, or ``None`` (nothing is
+    computed): a page that draws the table in parts skips the parts when the whole is there."""
+
+    def missing() -> Comparison:
+        raise _NotKept
+
+    key = _kept_key(feature_sets, metric, recommended, k, distractor_settings, references)
+    try:
+        return kept_on_disk(_kept_folder(), key, missing)
+    except _NotKept:
+        return None
+
+
 def _labelled(progress: Progress, what: str) -> Callable[[int, int], None]:
     """``progress`` as a ``(done, total)`` callback that says ``what``."""
     return lambda done, total: progress(what, done, total)
@@ -221,14 +266,8 @@ def compare(
         return evaluate_for(path, version, config, with_distractors, k)
 
     if keep:  # the whole comparison measured in one run, kept on disk: a later server draws it at once
-        key = (
-            f"{[(label, str(Path(path).resolve()), version) for label, path, version in feature_sets]}|{metric}|"
-            f"{recommended}|{k}|{tuple(distractor_settings)}|{references}|{MAX_EVAL_QUERIES}|"
-            f"{[c.label for c in reference_configs(metric)]}|{COMPARISON_COLUMNS}"
-        )
-        folder = cbir_config.artifacts_dir() / "cache" / "comparisons"
         return kept_on_disk(
-            folder, key,
+            _kept_folder(), _kept_key(feature_sets, metric, recommended, k, distractor_settings, references),
             lambda: compare(feature_sets, metric, recommended, k, distractor_settings, progress, sweep, evaluate,
                             references),
         )  # fmt: skip
