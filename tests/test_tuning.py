@@ -123,7 +123,7 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
             assert (result.map, result.recall, result.mean_visited) == (row["map"], row["recall"], row["mean_visited"])
 
 
-FIGURES = ["n_tables", "n_projections", "bucket_width", "map", "recall", "mean_score", "mean_visited", "n_queries"]
+FIGURES = ["n_tables", "n_projections", "bucket_width", "map", "recall", "mean_score", "mean_visited"]
 
 
 def test_the_budgeted_sweep_recommends_what_the_whole_sweep_does(real_features: FeatureSet) -> None:
