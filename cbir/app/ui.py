@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
-from cbir.app import formats
+from cbir.app import formats, plots
 from cbir.core import config
 from cbir.core.errors import CbirError
 from cbir.data import query
@@ -46,6 +46,12 @@ distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analys
 hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)  # called with keep=True
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.shared_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
+# the comparison page's figures, built once per table and shared by every session (st.plotly_chart only reads a
+# figure, so it is not copied): plotly express takes most of a metric switch after the first computation (1-2 s for
+# the five on two busy cores, against 0.1 s to send them)
+comparison_figure = st.cache_resource(show_spinner=False, max_entries=64)(plots.fig_comparison)
+comparison_tradeoff_figure = st.cache_resource(show_spinner=False, max_entries=16)(plots.fig_comparison_tradeoff)
+comparison_per_class_figure = st.cache_resource(show_spinner=False, max_entries=32)(plots.fig_comparison_per_class)
 
 
 @st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)
