@@ -1,6 +1,6 @@
 """What the tuning and comparison pages make a person wait for: computed cold, then read back from disk.
 
-    .venv/bin/python benchmarks/waits.py [--features PATH] [--stages] [--comparison-only]
+    .venv/bin/python benchmarks/waits.py [--features PATH] [--stages] [--comparison-only] [--page-switches]
 
 In one process, on the default collection's newest feature set (or ``--features``), with temporary artifacts
 folders (each cache starts empty; the collection, features and weights are linked), after the numba kernels are
@@ -15,7 +15,10 @@ loaded (what the server's warm start does before a page opens):
 * unless ``--comparison-only``, in a fresh folder, for each metric: the background sweep computed (what every
   server start and every metric or distractor switch paid before it was kept on disk), then read back by a fresh
   split; "Fastest at a recall"; the current setting's figures after a metric switch (the exact scan and the
-  default LSH setting evaluated); the comparison page with the sweeps on disk, then kept on disk.
+  default LSH setting evaluated); the comparison page with the sweeps on disk, then kept on disk;
+* ``--page-switches``: the comparison page itself in Streamlit's AppTest, right after the first part (its
+  comparisons on disk): opened, its metric switched, then switched back and forth (the app's caches, charts and
+  tables, server side; the browser's drawing comes on top).
 
 Prints tables with the load average.
 """
@@ -57,11 +60,21 @@ def fresh_artifacts() -> Path:
     return work
 
 
+def page_label(path: str) -> str:
+    """The label the pages give the feature set at ``path`` (a kept comparison is keyed by it)."""
+    from cbir.features import workspace
+
+    labels = {str(Path(p).resolve()): label for label, p in workspace.complete_feature_sets().items()}
+    return labels.get(str(Path(path).resolve()), "features")
+
+
 def comparison_page(path: str, version: int, metric: str) -> None:
     """What the comparison page computes (the app's way: kept on disk): the table, distances, hubness (no photos)."""
     from cbir.evaluation import comparison
 
-    comparison.compare((("features", path, version),), metric, True, keep=True)
+    sets = ((page_label(path), path, version),)
+    large = bool(comparison.large_feature_sets(sets))  # as the page: the recommendation and references when small
+    comparison.compare(sets, metric, not large, references=not large, keep=True)
     comparison.distance_analysis_for(path, version, keep=True)
     comparison.hubness_analysis_for(path, version, metric, keep=True)
 
@@ -174,6 +187,30 @@ def sweep_rows(path: str, version: int, kept_as: int) -> Rows:
     return rows
 
 
+def page_switch_rows(switches: int = 4) -> Rows:
+    """The comparison page server side (Streamlit's AppTest on the default collection, in the current artifacts
+    folder): opened, switched to cosine, then ``switches`` round trips between the metrics (both computed before)."""
+    from streamlit.testing.v1 import AppTest
+
+    def run(at: AppTest) -> float:
+        seconds = timed(at.run)
+        if at.exception:
+            raise RuntimeError([e.value for e in at.exception])
+        return seconds
+
+    os.chdir(PROJECT_ROOT)
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=900).run()
+    at.switch_page("pages/3_Model_comparison.py")
+    rows = [("comparison page opened (AppTest; the comparisons on disk, the photos' hubness computed)", run(at))]
+    at.selectbox(key="compare-metric").set_value("cosine")
+    rows.append(("its metric switched to cosine", run(at)))
+    for _ in range(switches):
+        for metric in ("euclidean", "cosine"):
+            at.selectbox(key="compare-metric").set_value(metric)
+            rows.append((f"metric switched to {metric}, both computed before", run(at)))
+    return rows
+
+
 def print_rows(title: str, rows: Rows) -> None:
     print(f"\n{title}\n{machine_line()}\n| step | seconds |\n|---|---|")
     for name, seconds in rows:
@@ -185,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=Path, default=None, help="feature store (default: the newest)")
     parser.add_argument("--stages", action="store_true", help="also the cold comparison page stage by stage")
     parser.add_argument("--comparison-only", action="store_true", help="skip the background sweeps' waits")
+    parser.add_argument("--page-switches", action="store_true", help="also the page's metric switches (AppTest)")
     args = parser.parse_args(argv)
     fresh_artifacts()  # before cbir reads its artifacts folder
 
@@ -201,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         "numba kernels loaded (the server's warm start does it before a page opens)", [("warm-up", timed(warm_up))]
     )
     print_rows("the comparison page", comparison_rows(path, version))
+    if args.page_switches:  # in the same folder: the comparisons of both metrics are on disk
+        print_rows("the comparison page in Streamlit's AppTest (server side)", page_switch_rows())
     if args.stages:
         print_rows("the comparison page computed cold, stage by stage (euclidean)", stage_rows(path, version))
     if not args.comparison_only:
