@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -52,3 +52,16 @@ def peak_rss_mib() -> float:
     """Peak resident memory of this process (MiB; ``resource.getrusage``: Linux keeps it across fork and exec, so
     measure in a fresh process)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def switch_page(at: Any, url_path: str) -> Any:
+    """``at``, a ``streamlit.testing.v1.AppTest`` of app.py that has run, switched to the page at ``url_path``
+    (``"Search"``, ``"Index_tuning"``, ``"Model_comparison"``) as a link to it would; ``run()`` it next.
+
+    ``AppTest.switch_page`` finds only pages that are files, and app.py's pages are functions: the page is requested
+    by the hash ``st.navigation`` registered it under (``AppTest`` keeps them in ``_registered_pages``)."""
+    hashes = {info.get("url_pathname"): page_hash for page_hash, info in at._registered_pages.items()}
+    if url_path not in hashes:
+        raise ValueError(f"no page at /{url_path} in app.py's navigation: {sorted(map(str, hashes))}")
+    at._page_hash = hashes[url_path]
+    return at

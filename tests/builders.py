@@ -6,13 +6,13 @@ from __future__ import annotations
 import io
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from benchmarks.harness import switch_page  # noqa: F401  (the tests import it from here)
 from cbir.core.storage import save_artifact
 from cbir.data.collection import collection_id, scan_collection
 from cbir.data.query import MAX_UPLOAD_BYTES
@@ -91,19 +91,6 @@ def save_feature_set(feature_set: FeatureSet, path: Path) -> str:
         },
     )
     return str(path)
-
-
-def switch_page(at: Any, url_path: str) -> Any:
-    """``at``, a ``streamlit.testing.v1.AppTest`` of app.py that has run, switched to the page at ``url_path``
-    (``"Search"``, ``"Index_tuning"``, ``"Model_comparison"``) as a link to it would; ``run()`` it next.
-
-    ``AppTest.switch_page`` finds only pages that are files, and app.py's pages are functions: the page is requested
-    by the hash ``st.navigation`` registered it under (``AppTest`` keeps them in ``_registered_pages``)."""
-    hashes = {info.get("url_pathname"): page_hash for page_hash, info in at._registered_pages.items()}
-    if url_path not in hashes:
-        raise ValueError(f"no page at /{url_path} in app.py's navigation: {sorted(map(str, hashes))}")
-    at._page_hash = hashes[url_path]
-    return at
 
 
 def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:

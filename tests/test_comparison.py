@@ -88,8 +88,13 @@ def test_a_kept_comparison_is_read_back_and_made_again_for_a_new_version(tmp_pat
         calls.append(config)
         return tuning.evaluate_for(path, version, config, with_distractors)
 
+    assert comparison.kept_comparison(feature_sets, recommended=False, references=False) is None
     first = comparison.compare(feature_sets, recommended=False, evaluate=evaluate, references=False, keep=True)
     n_jobs = len(calls)
+    kept = comparison.kept_comparison(feature_sets, recommended=False, references=False)  # read, nothing computed
+    assert kept is not None and len(calls) == n_jobs
+    pd.testing.assert_frame_equal(kept.table, first.table)
+    assert comparison.kept_comparison(feature_sets, recommended=False, references=True) is None
     again = comparison.compare(feature_sets, recommended=False, evaluate=evaluate, references=False, keep=True)
     assert len(calls) == n_jobs  # read back: nothing evaluated
     pd.testing.assert_frame_equal(again.table, first.table)

@@ -12,7 +12,9 @@ import pytest
 from builders import save_feature_set, synthetic_feature_set
 
 from cbir.evaluation import tuning
+from cbir.evaluation.sweep import budgeted_sweep, recommend, sweep_split
 from cbir.features import workspace
+from cbir.features.sources import FeatureSet
 from cbir.indexes import registry, widths
 
 
@@ -119,6 +121,42 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
             assert abs(result.recall - row["recall"]) <= 0.05
         else:
             assert (result.map, result.recall, result.mean_visited) == (row["map"], row["recall"], row["mean_visited"])
+
+
+FIGURES = ["n_tables", "n_projections", "bucket_width", "map", "recall", "mean_score", "mean_visited"]
+
+
+def test_the_budgeted_sweep_recommends_what_the_whole_sweep_does(real_features: FeatureSet) -> None:
+    """On real features: the settings above the visit budget are counted, not searched; the others carry the whole
+    sweep's figures, so the recommendation (the comparison page's LSH setting) is the sweep's."""
+    split = tuning.evaluation_split(real_features)
+    width = widths.default_width(tuning.width_sample(real_features))
+    grid = {"n_tables": [1, 4, 10], "n_projections": [1, 2], "bucket_width": [width, 2 * width]}
+    whole = sweep_split(split, grid)
+    budget = tuning.RECOMMEND_BUDGET_FRACTION * split.n_indexed
+    seen = []
+    budgeted = budgeted_sweep(split, grid, budget, progress=lambda done, total: seen.append((done, total)))
+    within = whole[whole["mean_visited"] <= budget].reset_index(drop=True)
+    assert 0 < len(budgeted) < len(whole) and seen[-1] == (len(whole), len(whole))  # some were left out
+    pd.testing.assert_frame_equal(budgeted[FIGURES], within[FIGURES])
+    best = registry.IndexConfig.from_row(recommend(budgeted, budget))
+    assert best == tuning.recommended_config(whole, split.n_indexed)
+
+
+def test_the_recommendation_is_the_sweep_s_whether_or_not_the_sweep_is_on_disk(tmp_path: Path, monkeypatch) -> None:
+    path = save_feature_set(synthetic_feature_set(), tmp_path / "synthetic.joblib")
+    version = workspace.file_version(path)
+    n_indexed = tuning.split_for(path, version).n_indexed
+    without_sweep = tuning.recommended_for(path, version)  # found by the budgeted search, then kept
+    assert not tuning.sweep_cache_file(path, version, "euclidean", True).is_file()
+    sweep = tuning.sweep_for(path, version)
+    assert without_sweep is not None and without_sweep == tuning.recommended_config(sweep, n_indexed)
+    # with the sweep on disk (the tuning page's, kept under the base version) it is read from it, nothing searched
+    monkeypatch.setattr(tuning, "budgeted_sweep", lambda *a, **kw: pytest.fail("searched again"))
+    assert tuning.recommended_for(path, version + 1, kept_as=version) == without_sweep
+    kept = sweep.assign(map=sweep["map"].where(sweep["label"] != without_sweep.label, 0.0))  # another best
+    kept.to_parquet(tuning.sweep_cache_file(path, version, "euclidean", True))
+    assert tuning.recommended_for(path, version) == tuning.recommended_config(kept, n_indexed) != without_sweep
 
 
 def test_nearest_grid_point() -> None:

@@ -45,3 +45,53 @@ def test_moving_bar_ticks_through_a_silent_step_and_goes_away(monkeypatch: pytes
     texts.clear()
     at.run()  # a cache hit: no clock, no bar left
     assert not at.exception and at.markdown[0].value == "answer 42" and not at.get("progress")
+
+
+def _comparison_script() -> None:
+    import os
+
+    import streamlit as st
+
+    from cbir.app import ui
+
+    feature_sets = (("A", os.environ["CBIR_TEST_SET"], int(os.environ["CBIR_TEST_VERSION"])),)
+    for part in ui.comparisons(feature_sets, "euclidean", False, True):
+        st.write(", ".join(sorted(set(part.table["index"]))))
+
+
+def test_the_comparison_comes_in_parts_until_it_is_kept(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from builders import save_feature_set, synthetic_feature_set
+
+    from cbir.features import workspace
+
+    path = save_feature_set(synthetic_feature_set(), tmp_path / "a.joblib")
+    monkeypatch.setenv("CBIR_TEST_SET", str(path))
+    monkeypatch.setenv("CBIR_TEST_VERSION", str(workspace.file_version(path)))
+    at = AppTest.from_function(_comparison_script, default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    # first the exact scan and LSH (seconds), then with the reference indexes
+    everything = "HNSW (faiss), HNSW (hnswlib), IVF-Flat (faiss), LSH, cross-polytope LSH, exact scan"
+    assert [m.value for m in at.markdown] == ["LSH, exact scan", everything]
+    again = AppTest.from_function(_comparison_script, default_timeout=120).run()  # kept on disk: the whole at once
+    assert not again.exception and [m.value for m in again.markdown] == [everything]
+
+
+def test_the_comparison_figures_are_built_once_per_table(tmp_path) -> None:
+    from builders import save_feature_set, synthetic_feature_set
+
+    from cbir.app import plots, ui
+    from cbir.evaluation import comparison
+    from cbir.features import workspace
+
+    path = save_feature_set(synthetic_feature_set(), tmp_path / "a.joblib")
+    result = comparison.compare((("A", path, workspace.file_version(path)),), recommended=False, references=False)
+    table = result.table
+    figure = ui.comparison_figure(table, "map", "mAP@10")
+    assert ui.comparison_figure(table.copy(), "map", "mAP@10") is figure  # the same table: built once, shared
+    assert figure.to_json() == plots.fig_comparison(table, "map", "mAP@10").to_json()
+    other = ui.comparison_figure(table.assign(map=table["map"] / 2), "map", "mAP@10")  # another metric's table
+    assert other is not figure and other.to_json() != figure.to_json()
+    assert ui.comparison_tradeoff_figure(table) is ui.comparison_tradeoff_figure(table.copy())
+    assert ui.comparison_per_class_figure(result.per_class, "without") is not ui.comparison_per_class_figure(
+        result.per_class, "with"
+    )

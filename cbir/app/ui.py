@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
-from cbir.app import formats
+from cbir.app import formats, plots
 from cbir.core import config
 from cbir.core.errors import CbirError
 from cbir.data import query
@@ -45,6 +45,12 @@ distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analys
 hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)  # called with keep=True
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.shared_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
+# the comparison page's figures, built once per table and shared by every session (st.plotly_chart only reads a
+# figure, so it is not copied): plotly express takes most of a metric switch after the first computation (1-2 s for
+# the five on two busy cores, against 0.1 s to send them)
+comparison_figure = st.cache_resource(show_spinner=False, max_entries=64)(plots.fig_comparison)
+comparison_tradeoff_figure = st.cache_resource(show_spinner=False, max_entries=16)(plots.fig_comparison_tradeoff)
+comparison_per_class_figure = st.cache_resource(show_spinner=False, max_entries=32)(plots.fig_comparison_per_class)
 
 
 @st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)
@@ -256,19 +262,35 @@ def compare(
     feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool, references: bool | None = None
 ) -> comparison.Comparison:
     """:func:`cbir.evaluation.comparison.compare` of ``(label, path, version)`` feature sets behind a progress bar,
-    through the
-    cached :func:`sweep` and :func:`evaluate` that the tuning page shares."""
+    through the cached :func:`evaluate` that the tuning page shares; the recommended LSH setting is the background
+    sweep's (:func:`cbir.evaluation.tuning.recommended_for`: read from the sweep when the tuning page has kept it on
+    disk, else found without computing the whole sweep)."""
     with moving_bar("Evaluating…") as update:
         return comparison.compare(
             feature_sets,
             metric,
             recommended,
             progress=lambda what, done, total: update(done / total, f"{what}: {done} / {total}"),
-            sweep=lambda path, version, metric: sweep(path, version, metric, True),
             evaluate=evaluate,
             references=references,
             keep=True,
         )
+
+
+def comparisons(
+    feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool, references: bool | None = None
+) -> Iterator[comparison.Comparison]:
+    """The comparison of :func:`compare` in parts, for a page that draws its results table as it grows: first
+    without the reference indexes (the exact scan and LSH, with and without the distractors: seconds), then whole
+    (only the reference indexes are evaluated then: the first part's evaluations are :func:`evaluate`'s, cached).
+    Only the whole one when it is kept on disk already, or when ``references`` is off."""
+    kept = comparison.kept_comparison(feature_sets, metric, recommended, references=references)
+    if kept is not None:
+        yield kept
+        return
+    if references is not False:
+        yield compare(feature_sets, metric, recommended, False)
+    yield compare(feature_sets, metric, recommended, references)
 
 
 def sample_note(n_queries: int, n_all_queries: int) -> str:

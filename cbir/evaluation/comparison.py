@@ -34,14 +34,14 @@ from cbir.evaluation.tuning import (
     default_lsh_config,
     evaluate_for,
     recommended_config,
+    recommended_for,
     reference_configs,
     split_for,
-    sweep_for,
     width_sample,
 )
 from cbir.features.extractor import FeatureExtractor
 from cbir.features.sources import FeatureSet
-from cbir.features.workspace import load_feature_set, weights_kind
+from cbir.features.workspace import base_version, load_feature_set, weights_kind
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
 from cbir.indexes.scan import SequentialScan
 
@@ -90,14 +90,16 @@ def comparison_configs(
     metric: str = "euclidean",
     sweep: pd.DataFrame | None = None,
     references: bool | None = None,
+    recommended: IndexConfig | None = None,
 ) -> list[IndexConfig]:
-    """Exact scan, LSH at the configuration recommended by ``sweep`` (when given and one fits the budget, else at
-    :func:`cbir.evaluation.tuning.default_lsh_config`), and with ``references`` the reference indexes at their default
+    """Exact scan, LSH at the configuration recommended by ``sweep`` (when given and one fits the budget), else at
+    ``recommended`` (when given: :func:`cbir.evaluation.tuning.recommended_for`), else at
+    :func:`cbir.evaluation.tuning.default_lsh_config`, and with ``references`` the reference indexes at their default
     settings: FAISS HNSW, and up to :data:`cbir.evaluation.tuning.SWEEP_ON_REQUEST` indexed objects also FAISS IVF-Flat,
     hnswlib and cross-polytope LSH (their builds take minutes at a million objects, where the tuning page runs them
     on request only). ``references=None``: only up to that size (HNSW's graph alone takes ~13 minutes at 1M on two
     cores, twice: with and without the distractors)."""
-    lsh = None
+    lsh = recommended
     n_indexed = int((feature_set.roles != "query").sum())
     if sweep is not None:
         lsh = recommended_config(sweep, n_indexed)
@@ -184,6 +186,56 @@ def comparison_table(jobs: Sequence[ComparisonJob], results: Sequence[Evaluation
     return Comparison(table=table, per_class=per_class_table)
 
 
+def _kept_folder() -> Path:
+    return cbir_config.artifacts_dir() / "cache" / "comparisons"
+
+
+def _kept_key(
+    feature_sets: Sequence[tuple[str, str, int]],
+    metric: str,
+    recommended: bool,
+    k: int,
+    distractor_settings: Sequence[bool],
+    references: bool | None,
+) -> str:
+    """What a kept comparison depends on: the feature sets' versions and every setting."""
+    return (
+        f"{[(label, str(Path(path).resolve()), version) for label, path, version in feature_sets]}|{metric}|"
+        f"{recommended}|{k}|{tuple(distractor_settings)}|{references}|{MAX_EVAL_QUERIES}|"
+        f"{[c.label for c in reference_configs(metric)]}|{COMPARISON_COLUMNS}"
+    )
+
+
+class _NotKept(Exception):
+    """kept_comparison's way out of kept_on_disk when there is nothing to read."""
+
+
+def kept_comparison(
+    feature_sets: Sequence[tuple[str, str, int]],
+    metric: str = "euclidean",
+    recommended: bool = True,
+    k: int = DEFAULT_K,
+    distractor_settings: Sequence[bool] = (True, False),
+    references: bool | None = None,
+) -> Comparison | None:
+    """The comparison :func:`compare` with ``keep`` has kept on disk for these arguments, or ``None`` (nothing is
+    computed): a page that draws the table in parts skips the parts when the whole is there."""
+
+    def missing() -> Comparison:
+        raise _NotKept
+
+    key = _kept_key(feature_sets, metric, recommended, k, distractor_settings, references)
+    try:
+        return kept_on_disk(_kept_folder(), key, missing)
+    except _NotKept:
+        return None
+
+
+def _labelled(progress: Progress, what: str) -> Callable[[int, int], None]:
+    """``progress`` as a ``(done, total)`` callback that says ``what``."""
+    return lambda done, total: progress(what, done, total)
+
+
 def compare(
     feature_sets: Sequence[tuple[str, str, int]],
     metric: str = "euclidean",
@@ -200,41 +252,36 @@ def compare(
     :func:`comparison_configs`) the reference indexes, with and without its distractors.
 
     LSH runs at the setting :func:`cbir.evaluation.tuning.recommended_config` picks from the feature set's background
-    sweep
-    when ``recommended`` (else at the default setting). ``sweep(path, version, metric)`` and ``evaluate(path,
-    version, config, with_distractors)`` default to :func:`cbir.evaluation.tuning.sweep_for` and
-    :func:`cbir.evaluation.tuning.evaluate_for` at ``k``; the app passes its cached versions. ``progress(what, done,
-    total)``
-    after each sweep and each evaluation. ``keep``: the result is kept on disk (``<artifacts>/cache/comparisons``,
-    keyed by the feature sets' versions and every setting) and read back by later calls and processes.
+    sweep when ``recommended`` (else at the default setting): from ``sweep(path, version, metric)`` when given, else
+    :func:`cbir.evaluation.tuning.recommended_for` (the same setting, read from the sweep when it is on disk, found
+    without the sweep's costliest settings when it is not). ``evaluate(path, version, config, with_distractors)``
+    defaults to :func:`cbir.evaluation.tuning.evaluate_for` at ``k``; the app passes its cached version.
+    ``progress(what, done, total)`` within the recommendation, after it and after each evaluation. ``keep``: the
+    result is kept on disk (``<artifacts>/cache/comparisons``, keyed by the feature sets' versions and every
+    setting) and read back by later calls and processes.
     """
-
-    def default_sweep(path: str, version: int, metric: str) -> pd.DataFrame:
-        return sweep_for(path, version, metric, True, k)
 
     def default_evaluate(path: str, version: int, config: IndexConfig, with_distractors: bool) -> EvaluationResult:
         return evaluate_for(path, version, config, with_distractors, k)
 
     if keep:  # the whole comparison measured in one run, kept on disk: a later server draws it at once
-        key = (
-            f"{[(label, str(Path(path).resolve()), version) for label, path, version in feature_sets]}|{metric}|"
-            f"{recommended}|{k}|{tuple(distractor_settings)}|{references}|{MAX_EVAL_QUERIES}|"
-            f"{[c.label for c in reference_configs(metric)]}|{COMPARISON_COLUMNS}"
-        )
-        folder = cbir_config.artifacts_dir() / "cache" / "comparisons"
         return kept_on_disk(
-            folder, key,
+            _kept_folder(), _kept_key(feature_sets, metric, recommended, k, distractor_settings, references),
             lambda: compare(feature_sets, metric, recommended, k, distractor_settings, progress, sweep, evaluate,
                             references),
         )  # fmt: skip
-    sweep = sweep or default_sweep
     evaluate = evaluate or default_evaluate
     items = []
     for done, (label, path, version) in enumerate(feature_sets, start=1):
-        table = sweep(path, version, metric) if recommended else None
+        table, lsh = None, None
+        if recommended and sweep is not None:
+            table = sweep(path, version, metric)
+        elif recommended:  # the sweep's recommendation without the sweep (read from it when it is on disk)
+            settings = _labelled(progress, f"Recommended LSH setting ({label}): settings") if progress else None
+            lsh = recommended_for(path, version, metric, k, kept_as=base_version(path), progress=settings)
         if progress is not None and recommended:
-            progress("Sweeps", done, len(feature_sets))
-        configs = comparison_configs(load_feature_set(path, version), metric, table, references)
+            progress("Recommended LSH settings", done, len(feature_sets))
+        configs = comparison_configs(load_feature_set(path, version), metric, table, references, lsh)
         items.append((label, path, version, configs))
     jobs = comparison_jobs(items, distractor_settings)
     results = []

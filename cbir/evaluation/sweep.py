@@ -4,6 +4,7 @@ Pareto frontier of mAP against objects visited, and the budgeted recommendation.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -112,23 +113,7 @@ def sweep_split(
         One row per configuration (:meth:`EvaluationResult.row`) with columns :data:`SWEEP_COLUMNS`; ``n_tables``,
         ``n_projections`` and ``probes`` are nullable integers.
     """
-    unknown = set(grid) - set(_GRID_ALIASES) - set(_GRID_ALIASES.values())
-    if unknown:
-        raise ConfigError(f"unknown grid keys {sorted(unknown)}; use n_tables/g, n_projections/h, bucket_width/w")
-    canonical = {_GRID_ALIASES.get(key, key): value for key, value in grid.items()}
-    for name in ("n_tables", "n_projections"):
-        if name not in canonical:
-            raise ConfigError(f"grid needs values for {name!r}")
-    widths = canonical.get("bucket_width")
-    if widths is None:
-        widths = [default_width(split.index_vectors, metric, seed=seed)]
-    combos = list(
-        itertools.product(
-            _as_values(canonical["n_tables"], "n_tables"),
-            _as_values(canonical["n_projections"], "n_projections"),
-            _as_values(widths, "bucket_width"),
-        )
-    )
+    combos = _grid_settings(split, grid, metric, seed)
     probe_values = _as_values(probes, "probes")
     total = len(combos) * len(probe_values) + int(include_scan)
     rows: list[dict[str, Any]] = []
@@ -144,8 +129,37 @@ def sweep_split(
         index = LSHIndex(int(n_tables), int(n_projections), float(bucket_width), metric=metric, seed=seed)  # type: ignore[arg-type]
         for result in evaluate_settings(index, split, "probes", probe_values, k=k, detail=detail):
             add_row(result)
+    return _sweep_frame(rows)
+
+
+def _grid_settings(
+    split: EvaluationSplit, grid: Mapping[str, Sequence[float]], metric: str, seed: int
+) -> list[tuple[Any, Any, Any]]:
+    """The ``(n_tables, n_projections, bucket_width)`` combinations of a sweep grid (see :func:`sweep_split`), in the
+    sweep's order."""
+    unknown = set(grid) - set(_GRID_ALIASES) - set(_GRID_ALIASES.values())
+    if unknown:
+        raise ConfigError(f"unknown grid keys {sorted(unknown)}; use n_tables/g, n_projections/h, bucket_width/w")
+    canonical = {_GRID_ALIASES.get(key, key): value for key, value in grid.items()}
+    for name in ("n_tables", "n_projections"):
+        if name not in canonical:
+            raise ConfigError(f"grid needs values for {name!r}")
+    widths = canonical.get("bucket_width")
+    if widths is None:
+        widths = [default_width(split.index_vectors, metric, seed=seed)]
+    return list(
+        itertools.product(
+            _as_values(canonical["n_tables"], "n_tables"),
+            _as_values(canonical["n_projections"], "n_projections"),
+            _as_values(widths, "bucket_width"),
+        )
+    )
+
+
+def _sweep_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Result rows as a sweep table: :data:`SWEEP_COLUMNS`, the index settings as nullable integers (the scan row
+    has no g/h/probes, and the others should not print as 4.0000)."""
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
-    # nullable integers: the scan row has no g/h/probes, and the others should not print as 4.0000
     return table.astype(
         {
             "n_tables": "Int64",
@@ -157,6 +171,38 @@ def sweep_split(
             "bucket_width": float,
         }
     )
+
+
+def budgeted_sweep(
+    split: EvaluationSplit,
+    grid: Mapping[str, Sequence[float]],
+    budget: float,
+    metric: str = "euclidean",
+    k: int = 10,
+    seed: int = 0,
+    progress: Callable[[int, int], Any] | None = None,
+) -> pd.DataFrame:
+    """The LSH rows of :func:`sweep_split` (``probes=0``) that visit at most ``budget`` objects per query, with the
+    same figures (the times aside), without searching the settings above the budget: each setting is fitted and the
+    objects a search would visit are counted first (:meth:`~cbir.indexes.buckets.BucketIndex.candidates`, no
+    distance computed), and only the settings within the budget are searched and scored. So
+    :func:`recommend` of it is :func:`recommend` of the whole sweep's LSH rows at that budget, for a fraction of the
+    sweep's time (the settings above the budget are the ones that visit, and so cost, the most).
+    ``progress(done, total)`` after each setting."""
+    combos = _grid_settings(split, grid, metric, seed)
+    rows: list[dict[str, Any]] = []
+    for done, (n_tables, n_projections, bucket_width) in enumerate(combos, start=1):
+        index = LSHIndex(int(n_tables), int(n_projections), float(bucket_width), metric=metric, seed=seed)  # type: ignore[arg-type]
+        started = time.perf_counter()
+        index.fit(split.indexed_vectors())
+        fit_seconds = time.perf_counter() - started
+        visited = np.fromiter(map(len, index.candidates(split.query_vectors)), dtype=np.int64, count=split.n_queries)
+        if visited.mean() <= budget:
+            result = evaluate_split(index, split, k=k, refit=False)
+            rows.append({**result.row(), "fit_seconds": fit_seconds})
+        if progress is not None:
+            progress(done, len(combos))
+    return _sweep_frame(rows)
 
 
 def pareto_frontier(df: pd.DataFrame, x: str = "mean_visited", y: str = "map") -> pd.Series:

@@ -22,7 +22,7 @@ import pandas as pd
 from cbir.core import config as cbir_config
 from cbir.core.errors import ConfigError
 from cbir.core.names import REFERENCE_KINDS
-from cbir.core.storage import atomic_output
+from cbir.core.storage import atomic_output, kept_on_disk
 from cbir.evaluation.evaluate import (
     MAX_EVAL_QUERIES,
     QUERY_SAMPLE_SEED,
@@ -32,7 +32,7 @@ from cbir.evaluation.evaluate import (
     evaluate_split,
     split_collection,
 )
-from cbir.evaluation.sweep import SWEEP_COLUMNS, pareto_frontier, recommend, sweep_split
+from cbir.evaluation.sweep import SWEEP_COLUMNS, budgeted_sweep, pareto_frontier, recommend, sweep_split
 from cbir.features.sources import SPLIT_COLUMNS, FeatureSet
 from cbir.features.workspace import load_feature_set
 from cbir.indexes.registry import DEFAULT_K, DEFAULT_PROJECTIONS, DEFAULT_TABLES, IndexConfig
@@ -358,6 +358,37 @@ def recommended_config(
     except ValueError:
         return None
     return IndexConfig.from_row(best)
+
+
+def recommended_for(
+    path: str,
+    version: int,
+    metric: str = "euclidean",
+    k: int = DEFAULT_K,
+    kept_as: int | None = None,
+    progress: Progress | None = None,
+) -> IndexConfig | None:
+    """The LSH setting :func:`recommended_config` picks from the background sweep of the feature set at ``path``
+    (the tuning page's recommendation), without computing that sweep: read from it when it is on disk
+    (:func:`sweep_for`'s file, kept under ``kept_as`` like the app's), else found by
+    :func:`cbir.evaluation.sweep.budgeted_sweep` over the same grid (the same setting: only the sweep's settings
+    above the visit budget and its reference points are left out) and kept on disk (``<artifacts>/cache/recommended``,
+    keyed like the sweep). ``progress(settings done, settings in all)`` while it searches."""
+    split = split_for(path, version, True)
+    file = sweep_cache_file(path, version if kept_as is None else kept_as, metric, True, k)
+    if file.is_file():
+        try:
+            return recommended_config(pd.read_parquet(file), split.n_indexed)
+        except (OSError, ValueError):  # unreadable: found again below
+            pass
+
+    def compute() -> IndexConfig | None:
+        grid = default_grid(width_sample(load_feature_set(path, version, SPLIT_COLUMNS)), metric)
+        budget = RECOMMEND_BUDGET_FRACTION * split.n_indexed
+        return recommended_config(budgeted_sweep(split, grid, budget, metric, k, progress=progress), split.n_indexed)
+
+    key = f"{sweep_cache_file(path, version, metric, True, k).stem}|{RECOMMEND_BUDGET_FRACTION}"
+    return kept_on_disk(cbir_config.artifacts_dir() / "cache" / "recommended", key, compute)
 
 
 def lsh_defaults_for(path: str, version: int, metric: str = "euclidean") -> IndexConfig:
