@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cbir.indexes import kernels
+from cbir.indexes import kernels, threads
 from cbir.indexes.base import Metric, SearchResult, check_int
 from cbir.indexes.kernels.blocks import block_codes, block_search
 from cbir.indexes.polytope import CrossPolytopeIndex
@@ -133,9 +133,14 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         return hashed, units
 
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
-        hashed, units = self._spaces(queries)
+        # the two projections on one BLAS thread, also in a batch: products this small (m x 1280 x 128, then
+        # m x 48 x 1024) gain little from a second thread, and OpenBLAS' workers, spinning after the call, slow the
+        # numba kernels that follow (measured: 8x slower projections on two shared cores; README, issue 20)
+        with threads.single_query():
+            hashed, units = self._spaces(queries)
+            rotated = self._rotated(hashed)
         probe_tables, probe_keys, _ = kernels.cross_polytope_probes(
-            self._rotated(hashed),
+            rotated,
             self.n_tables,
             self.n_projections,
             self._last_dim(),

@@ -22,8 +22,9 @@ import numpy as np
 from numba import prange
 
 from cbir.indexes.kernels.common import BucketTables, _jit
-from cbir.indexes.kernels.probing import _above, _heap_pop, _heap_push, _heap_replace_top
-from cbir.indexes.kernels.query import _rerank_ordered_into
+from cbir.indexes.kernels.grouped import grouped_rerank
+from cbir.indexes.kernels.probing import _above, _heap_push, _heap_replace_top
+from cbir.indexes.kernels.query import _rerank_shortlist
 from cbir.indexes.kernels.tables import _find_bucket
 from cbir.indexes.kernels.topk import _empty_results, _n_chunks
 
@@ -122,13 +123,16 @@ def _block_kernel(
     out_scores: np.ndarray,
     out_ids: np.ndarray,
     out_visited: np.ndarray,
+    short_ids: np.ndarray,
+    short_kept: np.ndarray,
 ) -> None:
-    """Parallel loop over query chunks of :func:`block_search` (results written to ``out_*``)."""
+    """Parallel loop over query chunks of :func:`block_search` (results written to ``out_*`` or ``short_*``)."""
     m = queries.shape[0]
     for chunk in prange(n_chunks):
         _block_queries(
             queries, data, units, codes, tables, probe_tables, probe_keys, rerank, stamp, patience, metric,
-            chunk * m // n_chunks, (chunk + 1) * m // n_chunks, out_scores, out_ids, out_visited,
+            chunk * m // n_chunks, (chunk + 1) * m // n_chunks, out_scores, out_ids, out_visited, short_ids,
+            short_kept,
         )  # fmt: skip
 
 
@@ -150,9 +154,14 @@ def _block_queries(
     out_scores: np.ndarray,
     out_ids: np.ndarray,
     out_visited: np.ndarray,
+    short_ids: np.ndarray,
+    short_kept: np.ndarray,
 ) -> None:
-    """The queries ``first .. stop - 1`` of :func:`block_search` in the calling thread (one block of scratch)."""
+    """The queries ``first .. stop - 1`` of :func:`block_search` in the calling thread (one block of scratch):
+    each query's shortlist ranked exactly into ``out_*``, or, when ``short_ids`` has a row per query (the grouped
+    re-rank, :mod:`cbir.indexes.kernels.grouped`), left in ``short_ids[i, :short_kept[i]]``."""
     k = out_ids.shape[1]
+    grouped = short_ids.shape[0] == queries.shape[0]
     stamps = np.zeros(data.shape[0] if stamp else 1, dtype=np.int32)
     heap_key = np.empty(rerank, dtype=np.float32)
     heap_id = np.empty(rerank, dtype=np.int64)
@@ -172,18 +181,22 @@ def _block_queries(
             current=np.int32(i - first + 1),
             patience=patience,
             heap_key=heap_key,
-            heap_id=heap_id,
+            heap_id=short_ids[i] if grouped else heap_id,
         )
         out_visited[i] = scored
-        for position in range(kept - 1, -1, -1):  # best code distance first (ties by id)
-            ordered_key[position], ordered_id[position], _ = _heap_pop(heap_key, heap_id, position + 1, True)
-        _rerank_ordered_into(
+        if grouped:
+            short_kept[i] = kept
+            continue
+        _rerank_shortlist(
             query=queries[i],
             data=data,
-            candidates=ordered_id[:kept],
-            low_keys=ordered_key[:kept],
+            heap_key=heap_key,
+            heap_id=heap_id,
+            kept=kept,
             metric=metric,
             lower_bound=False,
+            ordered_key=ordered_key,
+            ordered_id=ordered_id,
             top_key=top_key,
             top_id=top_id,
             out_scores=out_scores[i],
@@ -204,6 +217,7 @@ def block_search(
     metric: int,
     stamp: bool = False,
     patience: int = 0,
+    grouped: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch search over bucket-ordered codes (numba, parallel over queries; one query runs in the calling thread).
 
@@ -216,6 +230,9 @@ def block_search(
         k: results per query; rerank: R >= 1 members (best code distance) ranked exactly.
         metric: ``METRIC_EUCLIDEAN`` or ``METRIC_COSINE``; stamp: skip members met before; patience: 0 (probe every
             listed bucket) or P: stop after P probes in a row that left a full shortlist unchanged (module docstring).
+        grouped: rank the shortlisted rows exactly grouped by row for the whole batch
+            (:mod:`cbir.indexes.kernels.grouped`; the same answers) instead of query by query; None: grouped for
+            more than one query.
 
     Returns:
         scores (m, k) float32, ids (m, k) int64 (-1 padded), visited (m,) int64 = codes scored (with ``stamp``:
@@ -232,8 +249,13 @@ def block_search(
     visited = np.zeros(m, dtype=np.int64)
     arguments = (queries, data, units, codes, tables, probe_tables, probe_keys)
     arguments += (int(rerank), bool(stamp), int(patience), int(metric))
+    grouped = m > 1 if grouped is None else bool(grouped)
+    short_ids = np.empty((m if grouped else 0, rerank), dtype=np.int64)
+    short_kept = np.zeros(m if grouped else 0, dtype=np.int64)
     if m == 1:  # one query (a search engine's): no parallel launch
-        _block_queries(*arguments, 0, 1, scores, ids, visited)
+        _block_queries(*arguments, 0, 1, scores, ids, visited, short_ids, short_kept)
     else:
-        _block_kernel(*arguments, _n_chunks(m), scores, ids, visited)
+        _block_kernel(*arguments, _n_chunks(m), scores, ids, visited, short_ids, short_kept)
+    if grouped:
+        grouped_rerank(queries, data, short_ids, short_kept, int(metric), _n_chunks(m), scores, ids)
     return scores, ids, visited

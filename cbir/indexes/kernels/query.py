@@ -17,7 +17,15 @@ from cbir.indexes.kernels.probing import (
     _heap_replace_top,
     _probe_workspace,
 )
-from cbir.indexes.kernels.topk import _empty_results, _n_chunks, _ranking_key, _rerank_into, _squared_l2
+from cbir.indexes.kernels.topk import (
+    _empty_results,
+    _heap_results,
+    _keep_best,
+    _n_chunks,
+    _ranking_key,
+    _rerank_into,
+    _squared_l2,
+)
 
 _MODE_SEARCH = 0  # top-k and visited
 _MODE_COUNT = 1  # visited only
@@ -138,17 +146,45 @@ def _rerank_ordered_into(
             if floor > bound + _BOUND_SLACK * abs(bound):
                 break
         obj = candidates[c]
-        key = _ranking_key(query, data[obj], metric, bound)
-        if size < k:
-            size = _heap_push(top_key, top_id, size, key, obj, True)
-        elif _above(top_key[0], top_id[0], key, obj, True):
-            _heap_replace_top(top_key, top_id, size, key, obj, True)
+        size = _keep_best(top_key, top_id, size, _ranking_key(query, data[obj], metric, bound), obj)
         if size == k:
             bound = top_key[0]
-    for position in range(size - 1, -1, -1):
-        key, obj, _ = _heap_pop(top_key, top_id, position + 1, True)
-        out_ids[position] = obj
-        out_scores[position] = np.sqrt(key) if metric == METRIC_EUCLIDEAN else -key
+    _heap_results(top_key, top_id, size, metric, out_scores, out_ids)
+
+
+@_jit()
+def _rerank_shortlist(
+    query: np.ndarray,
+    data: np.ndarray,
+    heap_key: np.ndarray,
+    heap_id: np.ndarray,
+    kept: int,
+    metric: int,
+    lower_bound: bool,
+    ordered_key: np.ndarray,
+    ordered_id: np.ndarray,
+    top_key: np.ndarray,
+    top_id: np.ndarray,
+    out_scores: np.ndarray,
+    out_ids: np.ndarray,
+) -> None:
+    """The exact top-k of a shortlist held in the max-heap ``heap_key`` / ``heap_id`` (its ``kept`` entries, keyed
+    by scoring distance): popped best first (ties by id) into the scratch ``ordered_*``, then ranked by
+    :func:`_rerank_ordered_into`."""
+    for position in range(kept - 1, -1, -1):
+        ordered_key[position], ordered_id[position], _ = _heap_pop(heap_key, heap_id, position + 1, True)
+    _rerank_ordered_into(
+        query=query,
+        data=data,
+        candidates=ordered_id[:kept],
+        low_keys=ordered_key[:kept],
+        metric=metric,
+        lower_bound=lower_bound,
+        top_key=top_key,
+        top_id=top_id,
+        out_scores=out_scores,
+        out_ids=out_ids,
+    )
 
 
 @RowParallel
@@ -263,16 +299,16 @@ def _lsh_kernel(
             kept = _shortlist_into(
                 query=short_queries[i], data=short_data, candidates=candidates, heap_key=short_key, heap_id=short_id
             )
-            # best scoring distance first (ties by id)
-            for position in range(kept - 1, -1, -1):
-                ordered_key[position], ordered_id[position], _ = _heap_pop(short_key, short_id, position + 1, True)
-            _rerank_ordered_into(
+            _rerank_shortlist(
                 query=queries[i],
                 data=data,
-                candidates=ordered_id[:kept],
-                low_keys=ordered_key[:kept],
+                heap_key=short_key,
+                heap_id=short_id,
+                kept=kept,
                 metric=metric,
                 lower_bound=lower_bound,
+                ordered_key=ordered_key,
+                ordered_id=ordered_id,
                 top_key=top_key,
                 top_id=top_id,
                 out_scores=out_scores[i],
