@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cbir.indexes import kernels, threads
-from cbir.indexes.base import Metric, SearchResult, check_int
+from cbir.indexes.base import SearchResult, check_int
 from cbir.indexes.kernels.blocks import block_codes, block_search
 from cbir.indexes.polytope import CrossPolytopeIndex
 
@@ -30,8 +30,9 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     """Cross-polytope LSH with bucket-ordered uint8 codes (see the module docstring).
 
     Args:
-        n_tables, n_projections, last_dim, metric, seed, probes, n_rotations: as
-            :class:`cbir.indexes.polytope.CrossPolytopeIndex`.
+        args, options: :class:`cbir.indexes.polytope.CrossPolytopeIndex`'s other arguments, passed on as is
+            (``n_tables``, ``n_projections``, ``last_dim`` by position or name; ``metric``, ``seed``, ``probes``,
+            ``n_rotations`` by name; ``min_collisions`` only 1).
         reduce_dim: r principal axes hashed (required).
         rerank: R >= 1 members, best by code distance, ranked exactly.
         score_dim: s principal axes of the uint8 codes kept in the buckets.
@@ -48,33 +49,21 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
 
     def __init__(
         self,
-        n_tables: int = 8,
-        n_projections: int = 1,
-        last_dim: int | None = None,
-        metric: Metric = "euclidean",
-        seed: int = 0,
-        probes: int = 0,
+        *args: Any,
         reduce_dim: int = 48,
         rerank: int = 30,
         score_dim: int = 128,
-        n_rotations: int = 3,
         stamp: bool = False,
         patience: int = 0,
+        **options: Any,
     ) -> None:
+        # the rest of the signature is CrossPolytopeIndex's (n_tables, n_projections, last_dim, metric, seed, probes,
+        # n_rotations), passed on as is: one definition of its defaults and checks
         if reduce_dim is None or score_dim is None or not rerank:
             raise ValueError("BlockPolytopeIndex needs reduce_dim, rerank >= 1 and score_dim")
-        super().__init__(
-            n_tables=n_tables,
-            n_projections=n_projections,
-            last_dim=last_dim,
-            metric=metric,
-            seed=seed,
-            probes=probes,
-            reduce_dim=reduce_dim,
-            rerank=rerank,
-            n_rotations=n_rotations,
-            score_dim=score_dim,
-        )
+        if options.get("min_collisions", 1) != 1:
+            raise ValueError("BlockPolytopeIndex scores every member it meets: min_collisions must be 1")
+        super().__init__(*args, reduce_dim=reduce_dim, rerank=rerank, score_dim=score_dim, **options)
         if not isinstance(stamp, bool | np.bool_):
             raise ValueError(f"stamp must be a bool, got {stamp!r}")
         self.stamp = bool(stamp)
