@@ -301,18 +301,21 @@ def _probe_queries(
             score, node, size_heap = _heap_pop(heap_score, heap_node, size_heap, False)
             t = node_table[node]
             hash_index = node_hash[node]
-            if hash_index == h:
-                for j in range(h):
+            f = t * h + hash_index
+            rank = node_rank[node]
+            if hash_index == h - 1:
+                # the last hash's vertex fixed: a whole probe, no dearer than anything left in the heap, so it is
+                # the next probe (it used to go through the heap once more, as a node of its own: the same order
+                # but for exact ties of cost, where it came after the other nodes of that cost)
+                for j in range(h - 1):
                     codes[j] = alt_code[t * h + j, node_choice[node, j]]
+                codes[h - 1] = alt_code[f, rank]
                 out_tables[i, found] = t
                 out_keys[i, found] = _tuple_key(codes, 0, h, zero_deltas)
                 out_costs[i, found] = score
                 found += 1
-                continue
             if n_nodes + 2 > capacity:
                 break  # sized so this does not happen; stop rather than fail
-            f = t * h + hash_index
-            rank = node_rank[node]
             if rank + 1 == requested[f] and requested[f] < alternatives:
                 dim = last_dim if f % h == h - 1 else size
                 own, best = _nearest_vertex(rotated[i, f], dim)
@@ -335,6 +338,8 @@ def _probe_queries(
                 child = score - alt_cost[f, rank] + alt_cost[f, rank + 1]
                 size_heap = _heap_push(heap_score, heap_node, size_heap, child, n_nodes, False)
                 n_nodes += 1
+            if hash_index == h - 1:
+                continue
             # this vertex fixed, on to the next hash (its cheapest vertex costs 0)
             node_table[n_nodes] = t
             node_hash[n_nodes] = hash_index + 1
