@@ -25,11 +25,12 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(points), np.ascontiguousarray(queries)
 
 
-def _kernel_arguments(index: BlockPolytopeIndex, queries: np.ndarray) -> dict:
-    """What the index passes to :func:`kernels.block_search` for ``queries``."""
+def _kernel_arguments(index: BlockPolytopeIndex, queries: np.ndarray, probes: int = 3) -> dict:
+    """What the index passes to :func:`kernels.block_search` for ``queries`` (the probes given: ``probes`` per
+    table)."""
     hashed, units = index._spaces(queries)
     probe_tables, probe_keys, _ = kernels.cross_polytope_probes(
-        index._rotated(hashed), index.n_tables, index.n_projections, index._last_dim(), index.n_tables * 4
+        index._rotated(hashed), index.n_tables, index.n_projections, index._last_dim(), index.n_tables * (1 + probes)
     )
     return {
         "queries": queries,
@@ -192,10 +193,12 @@ def test_a_batch_grouped_by_row_equals_one_query_at_a_time_and_the_reference(rea
         np.testing.assert_array_equal(single.ids[0], batch.ids[i])
         np.testing.assert_array_equal(single.distances[0], batch.distances[i])
         np.testing.assert_array_equal(single.visited[0], batch.visited[i])
-    arguments = _kernel_arguments(index, Q)
+    # the kernel on the index's own probes, each layout
+    arguments = {**_kernel_arguments(index, Q, probes=index.probes), "k": 10, "rerank": index.rerank}
     grouped = kernels.block_search(**arguments, grouped=True)
-    for a, b in zip(grouped, kernels.block_search(**arguments, grouped=False), strict=True):
+    for a, b, c in zip(grouped, kernels.block_search(**arguments, grouped=False), batch, strict=True):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
     few = {**_kernel_arguments(index, Q[:60]), "k": 10, "rerank": 30}
     scores, ids, visited = kernels.block_search(**few, grouped=True)
     ref_scores, ref_ids, ref_visited = kernels.block_search_reference(**few)

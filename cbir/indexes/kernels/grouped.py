@@ -9,7 +9,7 @@ parallel steps:
    shortlist of R (code distance, id) pairs, as one query does (:func:`cbir.indexes.kernels.blocks._score_blocks`);
 2. the (query, shortlisted row) pairs are sorted by row (a counting sort), and each row, read once in memory order,
    is ranked exactly against every query that shortlisted it (parallel over runs of pairs);
-3. per query, the exact top-k of its R keys (ties by id).
+3. per query, the exact top-k of its R keys (ties by id; serial).
 
 The answers equal the per-query path's: the same shortlists, the same exact keys (full sums in the same order; the
 per-query path's early exit only cuts keys that cannot enter the top k) and the same (key, id) order.
@@ -75,27 +75,20 @@ def _keys_by_row(
             out_keys[slot] = _ranking_key(queries[slot // width], data[rows[p]], metric, inf)
 
 
-@_jit(parallel=True)
+@_jit()
 def _top_k_of_keys(
-    keys: np.ndarray,
-    ids: np.ndarray,
-    kept: np.ndarray,
-    metric: int,
-    n_chunks: int,
-    out_scores: np.ndarray,
-    out_ids: np.ndarray,
+    keys: np.ndarray, ids: np.ndarray, kept: np.ndarray, metric: int, out_scores: np.ndarray, out_ids: np.ndarray
 ) -> None:
-    """Per query, the exact top-k of its ``kept[i]`` (key, id) pairs, best first, ties by id."""
-    m = ids.shape[0]
+    """Per query, the exact top-k of its ``kept[i]`` (key, id) pairs, best first, ties by id (serial: a few heap
+    offers per query, cheaper than waking the workers for a third parallel loop)."""
     k = out_ids.shape[1]
-    for chunk in prange(n_chunks):
-        top_key = np.empty(k, dtype=np.float32)
-        top_id = np.empty(k, dtype=np.int64)
-        for i in range(chunk * m // n_chunks, (chunk + 1) * m // n_chunks):
-            size = 0
-            for j in range(kept[i]):
-                size = _keep_best(top_key, top_id, size, keys[i, j], ids[i, j])
-            _heap_results(top_key, top_id, size, metric, out_scores[i], out_ids[i])
+    top_key = np.empty(k, dtype=np.float32)
+    top_id = np.empty(k, dtype=np.int64)
+    for i in range(ids.shape[0]):
+        size = 0
+        for j in range(kept[i]):
+            size = _keep_best(top_key, top_id, size, keys[i, j], ids[i, j])
+        _heap_results(top_key, top_id, size, metric, out_scores[i], out_ids[i])
 
 
 def grouped_rerank(
@@ -113,4 +106,4 @@ def grouped_rerank(
     rows, slots = _pairs_by_row(ids, kept, data.shape[0])
     keys = np.empty(ids.size, dtype=np.float32)
     _keys_by_row(queries, data, rows, slots, metric, n_chunks, keys)
-    _top_k_of_keys(keys.reshape(ids.shape), ids, kept, metric, n_chunks, out_scores, out_ids)
+    _top_k_of_keys(keys.reshape(ids.shape), ids, kept, metric, out_scores, out_ids)
