@@ -15,6 +15,7 @@ the probing sequence and one kernel call — what a search engine answering one 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -124,8 +125,9 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
         # the two projections on one BLAS thread, also in a batch: products this small (m x 1280 x 128, then
         # m x 48 x 1024) gain little from a second thread, and OpenBLAS' workers, spinning after the call, slow the
-        # numba kernels that follow (measured: 8x slower projections on two shared cores; README, issue 20)
-        with threads.single_query():
+        # numba kernels that follow (measured: 8x slower projections on two shared cores; README, issue 20); one query
+        # is on one thread already (BaseIndex.search)
+        with threads.single_query() if len(queries) > 1 else contextlib.nullcontext():
             hashed, units = self._spaces(queries)
             rotated = self._rotated(hashed)
         probe_tables, probe_keys, _ = kernels.cross_polytope_probes(
