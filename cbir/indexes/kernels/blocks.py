@@ -11,6 +11,9 @@ A member met in several probed tables is either scored again (``stamp=False``: i
 which a scan of the heap's R ids checks when its key beats the heap's worst) or skipped with a query-stamped
 array (``stamp=True``: one int32 per object, set to the query's stamp when first met; no clearing between queries).
 
+In a batch the exact re-rank is grouped by row (:mod:`cbir.indexes.kernels.grouped`): the shortlists are collected
+first, then each shortlisted row is read once, in memory order, for every query that holds it (the same answers).
+
 Adaptive stop (``patience`` P > 0): the probes come best first over all tables, so once P probes in a row have
 changed nothing in the shortlist (no member scored better than its R-th best), the rest of the sequence, worse
 buckets, is skipped: easy queries stop early, hard ones probe the whole sequence.
