@@ -26,10 +26,9 @@ from numba import prange
 
 from cbir.indexes.kernels.common import BucketTables, _jit
 from cbir.indexes.kernels.grouped import grouped_rerank
-from cbir.indexes.kernels.probing import _above, _heap_push, _heap_replace_top
-from cbir.indexes.kernels.query import _rerank_shortlist
+from cbir.indexes.kernels.query import _rerank_shortlist, _shortlist_scratch
 from cbir.indexes.kernels.tables import _find_bucket
-from cbir.indexes.kernels.topk import _empty_results, _n_chunks
+from cbir.indexes.kernels.topk import _empty_results, _keep_best, _n_chunks
 
 
 def block_codes(tables: BucketTables, codes: np.ndarray) -> np.ndarray:
@@ -100,10 +99,7 @@ def _score_blocks(
             if not stamp and _in_heap(heap_id, size, obj):
                 continue
             quiet = 0
-            if size < limit:
-                size = _heap_push(heap_key, heap_id, size, key, obj, True)
-            elif _above(heap_key[0], heap_id[0], key, obj, True):
-                _heap_replace_top(heap_key, heap_id, size, key, obj, True)
+            size = _keep_best(heap_key, heap_id, size, key, obj)
             if size == limit:
                 bound = heap_key[0]
     return size, scored
@@ -166,12 +162,8 @@ def _block_queries(
     k = out_ids.shape[1]
     grouped = short_ids.shape[0] == queries.shape[0]
     stamps = np.zeros(data.shape[0] if stamp else 1, dtype=np.int32)
-    heap_key = np.empty(rerank, dtype=np.float32)
-    heap_id = np.empty(rerank, dtype=np.int64)
-    ordered_key = np.empty(rerank, dtype=np.float32)
-    ordered_id = np.empty(rerank, dtype=np.int64)
-    top_key = np.empty(k, dtype=np.float32)
-    top_id = np.empty(k, dtype=np.int64)
+    scratch = _shortlist_scratch(rerank, k)
+    heap_key, heap_id, _, _, _, _ = scratch
     for i in range(first, stop):
         kept, scored = _score_blocks(
             units=units[i],
@@ -190,21 +182,7 @@ def _block_queries(
         if grouped:
             short_kept[i] = kept
             continue
-        _rerank_shortlist(
-            query=queries[i],
-            data=data,
-            heap_key=heap_key,
-            heap_id=heap_id,
-            kept=kept,
-            metric=metric,
-            lower_bound=False,
-            ordered_key=ordered_key,
-            ordered_id=ordered_id,
-            top_key=top_key,
-            top_id=top_id,
-            out_scores=out_scores[i],
-            out_ids=out_ids[i],
-        )
+        _rerank_shortlist(queries[i], data, scratch, kept, metric, False, out_scores[i], out_ids[i])
 
 
 def block_search(
