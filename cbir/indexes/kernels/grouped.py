@@ -2,8 +2,8 @@
 
 One query at a time, the exact re-rank of :func:`cbir.indexes.kernels.blocks.block_search` reads each query's R
 shortlisted rows (a few KB each, scattered over the data) from memory: in a batch of m queries that is m·R random
-row reads, the largest share of a batch query's time once the blocks are scored. Grouped, a batch runs in three
-parallel steps:
+row reads, a large share of a batch query's time once the blocks are scored. Grouped, a batch runs in three
+steps:
 
 1. per query (parallel over queries, each query's work serial): the probed blocks are scored into the query's
    shortlist of R (code distance, id) pairs, as one query does (:func:`cbir.indexes.kernels.blocks._score_blocks`);
