@@ -25,11 +25,12 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(points), np.ascontiguousarray(queries)
 
 
-def _kernel_arguments(index: BlockPolytopeIndex, queries: np.ndarray) -> dict:
-    """What the index passes to :func:`kernels.block_search` for ``queries``."""
+def _kernel_arguments(index: BlockPolytopeIndex, queries: np.ndarray, probes: int = 3) -> dict:
+    """What the index passes to :func:`kernels.block_search` for ``queries`` (the probes given: ``probes`` per
+    table)."""
     hashed, units = index._spaces(queries)
     probe_tables, probe_keys, _ = kernels.cross_polytope_probes(
-        index._rotated(hashed), index.n_tables, index.n_projections, index._last_dim(), index.n_tables * 4
+        index._rotated(hashed), index.n_tables, index.n_projections, index._last_dim(), index.n_tables * (1 + probes)
     )
     return {
         "queries": queries,
@@ -174,3 +175,34 @@ def test_recall_on_real_features(real_features: FeatureSet) -> None:
         if len(X) >= 2000:  # a small set's buckets hold a large share of it whatever the setting
             assert result.visited.mean() < 0.5 * len(X)
     assert recalls[0] <= recalls[1] and recalls[1] >= 0.88
+
+
+@pytest.mark.slow
+def test_a_batch_grouped_by_row_equals_one_query_at_a_time_and_the_reference(real_features: FeatureSet) -> None:
+    """A batch ranks its shortlisted rows grouped by row (cbir.indexes.kernels.grouped); one query ranks its own:
+    on real features the same ids and distances as one query at a time, the per-query layout and the numpy
+    reference."""
+    roles = np.asarray(real_features.roles)
+    X = np.ascontiguousarray(real_features.features[roles != "query"], dtype=np.float32)
+    Q = np.ascontiguousarray(real_features.features[roles == "query"], dtype=np.float32)
+    hashes, last_dim = hashes_for_bits(48, max(4, int(np.log2(len(X))) - 2))
+    index = BlockPolytopeIndex(8, hashes, last_dim=last_dim, probes=8).fit(X)
+    batch = index.search(Q, 10)
+    for i in range(0, len(Q), 7):
+        single = index.search(Q[i : i + 1], 10)
+        np.testing.assert_array_equal(single.ids[0], batch.ids[i])
+        np.testing.assert_array_equal(single.distances[0], batch.distances[i])
+        np.testing.assert_array_equal(single.visited[0], batch.visited[i])
+    # the kernel on the index's own probes, each layout
+    arguments = {**_kernel_arguments(index, Q, probes=index.probes), "k": 10, "rerank": index.rerank}
+    grouped = kernels.block_search(**arguments, grouped=True)
+    for a, b, c in zip(grouped, kernels.block_search(**arguments, grouped=False), batch, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    few = {**_kernel_arguments(index, Q[:60]), "k": 10, "rerank": 30}
+    scores, ids, visited = kernels.block_search(**few, grouped=True)
+    ref_scores, ref_ids, ref_visited = kernels.block_search_reference(**few)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+    np.testing.assert_array_equal(visited, ref_visited)
+    assert (ids >= 0).all()

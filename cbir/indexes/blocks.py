@@ -15,13 +15,14 @@ the probing sequence and one kernel call — what a search engine answering one 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
-from cbir.indexes import kernels
-from cbir.indexes.base import Metric, SearchResult, check_int
+from cbir.indexes import kernels, threads
+from cbir.indexes.base import SearchResult, check_int
 from cbir.indexes.kernels.blocks import block_codes, block_search
 from cbir.indexes.polytope import CrossPolytopeIndex
 
@@ -30,8 +31,9 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     """Cross-polytope LSH with bucket-ordered uint8 codes (see the module docstring).
 
     Args:
-        n_tables, n_projections, last_dim, metric, seed, probes, n_rotations: as
-            :class:`cbir.indexes.polytope.CrossPolytopeIndex`.
+        args, options: :class:`cbir.indexes.polytope.CrossPolytopeIndex`'s other arguments, passed on as is
+            (``n_tables``, ``n_projections``, ``last_dim`` by position or name; ``metric``, ``seed``, ``probes``,
+            ``n_rotations`` by name; ``min_collisions`` only 1).
         reduce_dim: r principal axes hashed (required).
         rerank: R >= 1 members, best by code distance, ranked exactly.
         score_dim: s principal axes of the uint8 codes kept in the buckets.
@@ -48,33 +50,21 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
 
     def __init__(
         self,
-        n_tables: int = 8,
-        n_projections: int = 1,
-        last_dim: int | None = None,
-        metric: Metric = "euclidean",
-        seed: int = 0,
-        probes: int = 0,
+        *args: Any,
         reduce_dim: int = 48,
         rerank: int = 30,
         score_dim: int = 128,
-        n_rotations: int = 3,
         stamp: bool = False,
         patience: int = 0,
+        **options: Any,
     ) -> None:
+        # the rest of the signature is CrossPolytopeIndex's (n_tables, n_projections, last_dim, metric, seed, probes,
+        # n_rotations), passed on as is: one definition of its defaults and checks
         if reduce_dim is None or score_dim is None or not rerank:
             raise ValueError("BlockPolytopeIndex needs reduce_dim, rerank >= 1 and score_dim")
-        super().__init__(
-            n_tables=n_tables,
-            n_projections=n_projections,
-            last_dim=last_dim,
-            metric=metric,
-            seed=seed,
-            probes=probes,
-            reduce_dim=reduce_dim,
-            rerank=rerank,
-            n_rotations=n_rotations,
-            score_dim=score_dim,
-        )
+        if options.get("min_collisions", 1) != 1:
+            raise ValueError("BlockPolytopeIndex scores every member it meets: min_collisions must be 1")
+        super().__init__(*args, reduce_dim=reduce_dim, rerank=rerank, score_dim=score_dim, **options)
         if not isinstance(stamp, bool | np.bool_):
             raise ValueError(f"stamp must be a bool, got {stamp!r}")
         self.stamp = bool(stamp)
@@ -133,9 +123,15 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         return hashed, units
 
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
-        hashed, units = self._spaces(queries)
+        # the two projections on one BLAS thread, also in a batch: products this small (m x 1280 x 128, then
+        # m x 48 x 1024) gain little from a second thread, and OpenBLAS' workers, spinning after the call, slow the
+        # numba kernels that follow (measured: 8x slower projections on two shared cores; README, issue 20); one query
+        # is on one thread already (BaseIndex.search)
+        with threads.single_query() if len(queries) > 1 else contextlib.nullcontext():
+            hashed, units = self._spaces(queries)
+            rotated = self._rotated(hashed)
         probe_tables, probe_keys, _ = kernels.cross_polytope_probes(
-            self._rotated(hashed),
+            rotated,
             self.n_tables,
             self.n_projections,
             self._last_dim(),

@@ -1,8 +1,8 @@
 """numba kernels for exact re-ranking and the E2LSH index, with pure-numpy references (:mod:`.reference`).
 
 One module per concern: :mod:`.common`, :mod:`.hashing`, :mod:`.tables`, :mod:`.probing`, :mod:`.topk`,
-:mod:`.polytope`, :mod:`.candidates`, :mod:`.query`, :mod:`.blocks`; their public names are re-exported here
-(``kernels.lsh_search``).
+:mod:`.polytope`, :mod:`.candidates`, :mod:`.query`, :mod:`.blocks`, :mod:`.grouped`; their public names are
+re-exported here (``kernels.lsh_search``).
 
 Everything here takes and returns plain numpy arrays; the classes in :mod:`cbir.indexes.base` own validation and
 state. The numpy ``*_reference`` functions implement the same algorithms the slow, obvious way and exist
@@ -39,7 +39,8 @@ Cross-polytope LSH (FALCONN; :mod:`cbir.indexes.polytope`)
     kernel, is passed to it as (table, key) pairs (:class:`ListedProbes`).
 Bucket-ordered codes (:mod:`.blocks`; :mod:`cbir.indexes.blocks`)
     Beside ``bucket_ids``, (g*n, s) uint8 codes in the same order: a probed bucket is one contiguous block of codes,
-    scored in a loop the compiler vectorises, the best R re-ranked exactly (no gather of an id and then a code).
+    scored in a loop the compiler vectorises, the best R re-ranked exactly (no gather of an id and then a code);
+    a batch re-ranks grouped by row (:mod:`.grouped`), each shortlisted row read once for all its queries.
 
 Multi-probe (Lv et al., VLDB 2007, query-directed probing)
     For slot coordinate ``j`` with fractional position ``f_j`` inside its slot, moving to the left

@@ -11,6 +11,9 @@ A member met in several probed tables is either scored again (``stamp=False``: i
 which a scan of the heap's R ids checks when its key beats the heap's worst) or skipped with a query-stamped
 array (``stamp=True``: one int32 per object, set to the query's stamp when first met; no clearing between queries).
 
+In a batch the exact re-rank is grouped by row (:mod:`cbir.indexes.kernels.grouped`): the shortlists are collected
+first, then each shortlisted row is read once, in memory order, for every query that holds it (the same answers).
+
 Adaptive stop (``patience`` P > 0): the probes come best first over all tables, so once P probes in a row have
 changed nothing in the shortlist (no member scored better than its R-th best), the rest of the sequence, worse
 buckets, is skipped: easy queries stop early, hard ones probe the whole sequence.
@@ -22,10 +25,10 @@ import numpy as np
 from numba import prange
 
 from cbir.indexes.kernels.common import BucketTables, _jit
-from cbir.indexes.kernels.probing import _above, _heap_pop, _heap_push, _heap_replace_top
-from cbir.indexes.kernels.query import _rerank_ordered_into
+from cbir.indexes.kernels.grouped import grouped_rerank
+from cbir.indexes.kernels.query import _rerank_shortlist, _shortlist_scratch
 from cbir.indexes.kernels.tables import _find_bucket
-from cbir.indexes.kernels.topk import _empty_results, _n_chunks
+from cbir.indexes.kernels.topk import _empty_results, _keep_best, _n_chunks
 
 
 def block_codes(tables: BucketTables, codes: np.ndarray) -> np.ndarray:
@@ -96,10 +99,7 @@ def _score_blocks(
             if not stamp and _in_heap(heap_id, size, obj):
                 continue
             quiet = 0
-            if size < limit:
-                size = _heap_push(heap_key, heap_id, size, key, obj, True)
-            elif _above(heap_key[0], heap_id[0], key, obj, True):
-                _heap_replace_top(heap_key, heap_id, size, key, obj, True)
+            size = _keep_best(heap_key, heap_id, size, key, obj)
             if size == limit:
                 bound = heap_key[0]
     return size, scored
@@ -122,13 +122,16 @@ def _block_kernel(
     out_scores: np.ndarray,
     out_ids: np.ndarray,
     out_visited: np.ndarray,
+    short_ids: np.ndarray,
+    short_kept: np.ndarray,
 ) -> None:
-    """Parallel loop over query chunks of :func:`block_search` (results written to ``out_*``)."""
+    """Parallel loop over query chunks of :func:`block_search` (results written to ``out_*`` or ``short_*``)."""
     m = queries.shape[0]
     for chunk in prange(n_chunks):
         _block_queries(
             queries, data, units, codes, tables, probe_tables, probe_keys, rerank, stamp, patience, metric,
-            chunk * m // n_chunks, (chunk + 1) * m // n_chunks, out_scores, out_ids, out_visited,
+            chunk * m // n_chunks, (chunk + 1) * m // n_chunks, out_scores, out_ids, out_visited, short_ids,
+            short_kept,
         )  # fmt: skip
 
 
@@ -150,16 +153,17 @@ def _block_queries(
     out_scores: np.ndarray,
     out_ids: np.ndarray,
     out_visited: np.ndarray,
+    short_ids: np.ndarray,
+    short_kept: np.ndarray,
 ) -> None:
-    """The queries ``first .. stop - 1`` of :func:`block_search` in the calling thread (one block of scratch)."""
+    """The queries ``first .. stop - 1`` of :func:`block_search` in the calling thread (one block of scratch):
+    each query's shortlist ranked exactly into ``out_*``, or, when ``short_ids`` has a row per query (the grouped
+    re-rank, :mod:`cbir.indexes.kernels.grouped`), left in ``short_ids[i, :short_kept[i]]``."""
     k = out_ids.shape[1]
+    grouped = short_ids.shape[0] == queries.shape[0]
     stamps = np.zeros(data.shape[0] if stamp else 1, dtype=np.int32)
-    heap_key = np.empty(rerank, dtype=np.float32)
-    heap_id = np.empty(rerank, dtype=np.int64)
-    ordered_key = np.empty(rerank, dtype=np.float32)
-    ordered_id = np.empty(rerank, dtype=np.int64)
-    top_key = np.empty(k, dtype=np.float32)
-    top_id = np.empty(k, dtype=np.int64)
+    scratch = _shortlist_scratch(rerank, k)
+    heap_key, heap_id, _, _, _, _ = scratch
     for i in range(first, stop):
         kept, scored = _score_blocks(
             units=units[i],
@@ -172,23 +176,13 @@ def _block_queries(
             current=np.int32(i - first + 1),
             patience=patience,
             heap_key=heap_key,
-            heap_id=heap_id,
+            heap_id=short_ids[i] if grouped else heap_id,
         )
         out_visited[i] = scored
-        for position in range(kept - 1, -1, -1):  # best code distance first (ties by id)
-            ordered_key[position], ordered_id[position], _ = _heap_pop(heap_key, heap_id, position + 1, True)
-        _rerank_ordered_into(
-            query=queries[i],
-            data=data,
-            candidates=ordered_id[:kept],
-            low_keys=ordered_key[:kept],
-            metric=metric,
-            lower_bound=False,
-            top_key=top_key,
-            top_id=top_id,
-            out_scores=out_scores[i],
-            out_ids=out_ids[i],
-        )
+        if grouped:
+            short_kept[i] = kept
+            continue
+        _rerank_shortlist(queries[i], data, scratch, kept, metric, False, out_scores[i], out_ids[i])
 
 
 def block_search(
@@ -204,6 +198,7 @@ def block_search(
     metric: int,
     stamp: bool = False,
     patience: int = 0,
+    grouped: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch search over bucket-ordered codes (numba, parallel over queries; one query runs in the calling thread).
 
@@ -216,6 +211,9 @@ def block_search(
         k: results per query; rerank: R >= 1 members (best code distance) ranked exactly.
         metric: ``METRIC_EUCLIDEAN`` or ``METRIC_COSINE``; stamp: skip members met before; patience: 0 (probe every
             listed bucket) or P: stop after P probes in a row that left a full shortlist unchanged (module docstring).
+        grouped: rank the shortlisted rows exactly grouped by row for the whole batch
+            (:mod:`cbir.indexes.kernels.grouped`; the same answers) instead of query by query; None: grouped for
+            more than one query.
 
     Returns:
         scores (m, k) float32, ids (m, k) int64 (-1 padded), visited (m,) int64 = codes scored (with ``stamp``:
@@ -232,8 +230,13 @@ def block_search(
     visited = np.zeros(m, dtype=np.int64)
     arguments = (queries, data, units, codes, tables, probe_tables, probe_keys)
     arguments += (int(rerank), bool(stamp), int(patience), int(metric))
+    grouped = m > 1 if grouped is None else bool(grouped)
+    short_ids = np.empty((m if grouped else 0, rerank), dtype=np.int64)
+    short_kept = np.zeros(m if grouped else 0, dtype=np.int64)
     if m == 1:  # one query (a search engine's): no parallel launch
-        _block_queries(*arguments, 0, 1, scores, ids, visited)
+        _block_queries(*arguments, 0, 1, scores, ids, visited, short_ids, short_kept)
     else:
-        _block_kernel(*arguments, _n_chunks(m), scores, ids, visited)
+        _block_kernel(*arguments, _n_chunks(m), scores, ids, visited, short_ids, short_kept)
+    if grouped:
+        grouped_rerank(queries, data, short_ids, short_kept, int(metric), _n_chunks(m), scores, ids)
     return scores, ids, visited

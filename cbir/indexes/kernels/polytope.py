@@ -20,8 +20,8 @@ from cbir.indexes.kernels.topk import _n_chunks
 #
 # Multi-probe (FALCONN): for one hash, the vertex ±e_j costs (max_i |y_i| ∓ y_j)², 0 for the hash itself; a
 # probe's cost is the sum over its h hashes. The probing sequence is global over the tables: the cheapest
-# probes of all tables, by a min-heap that extends a partial probe either with the next-cheaper vertex of its
-# current hash or by fixing it and moving to the next hash (whose cheapest vertex costs 0).
+# probes of all tables, by a min-heap of partial probes; the popped one is completed at once with the cheapest
+# vertex (cost 0) of each next hash, and each hash it passes pushes the alternative of its next-cheaper vertex.
 
 
 def draw_rotation_signs(rotation_dim: int, n_functions: int, n_rotations: int, seed: int) -> np.ndarray:
@@ -270,6 +270,7 @@ def _probe_queries(
     node_hash = np.empty(capacity, dtype=np.int64)
     node_rank = np.empty(capacity, dtype=np.int64)
     node_choice = np.zeros((capacity, h), dtype=np.int64)
+    choice = np.zeros(h, dtype=np.int64)
     codes = np.empty(h, dtype=np.int64)
     zero_deltas = np.zeros(h, dtype=np.int64)
     for i in range(first, stop):
@@ -297,49 +298,50 @@ def _probe_queries(
             size_heap = _heap_push(heap_score, heap_node, size_heap, 0.0, n_nodes, False)
             n_nodes += 1
         found = 0
-        while found < n_probes and size_heap > 0:
+        while found < n_probes and size_heap > 0 and n_nodes + h <= capacity:  # (sized never to fill up)
             score, node, size_heap = _heap_pop(heap_score, heap_node, size_heap, False)
             t = node_table[node]
             hash_index = node_hash[node]
-            if hash_index == h:
-                for j in range(h):
-                    codes[j] = alt_code[t * h + j, node_choice[node, j]]
-                out_tables[i, found] = t
-                out_keys[i, found] = _tuple_key(codes, 0, h, zero_deltas)
-                out_costs[i, found] = score
-                found += 1
-                continue
-            if n_nodes + 2 > capacity:
-                break  # sized so this does not happen; stop rather than fail
-            f = t * h + hash_index
             rank = node_rank[node]
-            if rank + 1 == requested[f] and requested[f] < alternatives:
-                dim = last_dim if f % h == h - 1 else size
-                own, best = _nearest_vertex(rotated[i, f], dim)
-                requested[f] = alternatives
-                _cheapest_vertices(
-                    vector=rotated[i, f],
-                    dim=dim,
-                    own=own,
-                    best=best,
-                    kept_value=kept_value,
-                    out_codes=alt_code[f],
-                    out_costs=alt_cost[f],
-                )
-            if rank + 1 < requested[f] and alt_cost[f, rank + 1] < np.inf:
-                # the same hash, its next-cheaper vertex
-                node_table[n_nodes] = t
-                node_hash[n_nodes] = hash_index
-                node_rank[n_nodes] = rank + 1
-                node_choice[n_nodes, :hash_index] = node_choice[node, :hash_index]
-                child = score - alt_cost[f, rank] + alt_cost[f, rank + 1]
-                size_heap = _heap_push(heap_score, heap_node, size_heap, child, n_nodes, False)
-                n_nodes += 1
-            # this vertex fixed, on to the next hash (its cheapest vertex costs 0)
-            node_table[n_nodes] = t
-            node_hash[n_nodes] = hash_index + 1
-            node_rank[n_nodes] = 0
-            node_choice[n_nodes, :hash_index] = node_choice[node, :hash_index]
-            node_choice[n_nodes, hash_index] = rank
-            size_heap = _heap_push(heap_score, heap_node, size_heap, score, n_nodes, False)
-            n_nodes += 1
+            for j in range(hash_index):
+                choice[j] = node_choice[node, j]
+            # the popped partial probe, completed with the cheapest vertex (cost 0) of each next hash, is the cheapest
+            # probe left: walk down to it at once, pushing at each hash the alternative of its next-cheaper vertex
+            # (a node per hash through the heap gave the same sequence but for exact ties of cost)
+            while True:
+                f = t * h + hash_index
+                if rank + 1 == requested[f] and requested[f] < alternatives:
+                    # the first vertices of this hash are used up: rank all of them
+                    dim = last_dim if f % h == h - 1 else size
+                    own, best = _nearest_vertex(rotated[i, f], dim)
+                    requested[f] = alternatives
+                    _cheapest_vertices(
+                        vector=rotated[i, f],
+                        dim=dim,
+                        own=own,
+                        best=best,
+                        kept_value=kept_value,
+                        out_codes=alt_code[f],
+                        out_costs=alt_cost[f],
+                    )
+                if rank + 1 < requested[f] and alt_cost[f, rank + 1] < np.inf:
+                    # the same hash, its next-cheaper vertex
+                    node_table[n_nodes] = t
+                    node_hash[n_nodes] = hash_index
+                    node_rank[n_nodes] = rank + 1
+                    for j in range(hash_index):
+                        node_choice[n_nodes, j] = choice[j]
+                    child = score - alt_cost[f, rank] + alt_cost[f, rank + 1]
+                    size_heap = _heap_push(heap_score, heap_node, size_heap, child, n_nodes, False)
+                    n_nodes += 1
+                choice[hash_index] = rank
+                if hash_index == h - 1:
+                    break
+                hash_index += 1
+                rank = 0
+            for j in range(h):
+                codes[j] = alt_code[t * h + j, choice[j]]
+            out_tables[i, found] = t
+            out_keys[i, found] = _tuple_key(codes, 0, h, zero_deltas)
+            out_costs[i, found] = score
+            found += 1

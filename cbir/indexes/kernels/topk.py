@@ -86,14 +86,29 @@ def _rerank_into(
     bound = np.float32(np.inf)  # the k-th best key once the heap is full: worse candidates are dropped
     for c in range(candidates.shape[0]):
         obj = candidates[c]
-        key = _ranking_key(query, data[obj], metric, bound)
-        if size < k:
-            size = _heap_push(top_key, top_id, size, key, obj, True)
-        elif _above(top_key[0], top_id[0], key, obj, True):
-            _heap_replace_top(top_key, top_id, size, key, obj, True)
+        size = _keep_best(top_key, top_id, size, _ranking_key(query, data[obj], metric, bound), obj)
         if size == k:
             bound = top_key[0]
-    # pop the max-heap from the back so the output is ascending by (key, id)
+    _heap_results(top_key, top_id, size, metric, out_scores, out_ids)
+
+
+@_jit()
+def _keep_best(top_key: np.ndarray, top_id: np.ndarray, size: int, key: np.float32, obj: np.int64) -> int:
+    """Offer (key, obj) to the max-heap ``top_key`` / ``top_id`` of the best ``len(top_key)`` pairs seen (smaller
+    keys, ties by smaller id); returns the heap's new size."""
+    if size < top_key.shape[0]:
+        return _heap_push(top_key, top_id, size, key, obj, True)
+    if _above(top_key[0], top_id[0], key, obj, True):
+        _heap_replace_top(top_key, top_id, size, key, obj, True)
+    return size
+
+
+@_jit()
+def _heap_results(
+    top_key: np.ndarray, top_id: np.ndarray, size: int, metric: int, out_scores: np.ndarray, out_ids: np.ndarray
+) -> None:
+    """Empty the max-heap of :func:`_keep_best` into ``out_*`` ascending by (key, id): distances (the square root
+    of the key) or similarities (minus the key); the heap is popped from the back."""
     for position in range(size - 1, -1, -1):
         key, obj, _ = _heap_pop(top_key, top_id, position + 1, True)
         out_ids[position] = obj

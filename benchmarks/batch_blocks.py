@@ -1,0 +1,107 @@
+"""A batch on the bucket-ordered CP-LSH index beside the exact scan, interleaved: ratios that survive shared cores.
+
+    .venv/bin/python benchmarks/batch_blocks.py                 # the default collection's features, 41 rounds
+    .venv/bin/python benchmarks/batch_blocks.py --rounds 21 --probes 16
+
+``benchmarks/ann.py`` times an LSH setting once (or best of ``--repeats``) and divides the fastest of many scan
+runs by it, so on shared cores whose load changes by the second its batch ratios move by 2× from run to run. Here
+the exact scan and :class:`cbir.indexes.blocks.BlockPolytopeIndex` (L = 8, log2(n) - 2 bits, ``--probes`` T) answer
+the whole query batch in turn, ``--rounds`` times; each keeps its fastest round. The index runs in its two batch
+layouts (the same answers, checked here): the exact re-rank grouped by row (the default for a batch,
+:mod:`cbir.indexes.kernels.grouped`) and query by query (as one query runs). Both on all the machine's threads, then
+on one (numba, BLAS and OpenMP). Prints recall@10, ms per query (wall and CPU), × the scan, and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import harness  # first: this checkout's cbir, not an installed one
+import numpy as np
+import pandas as pd
+
+import cbir.indexes.blocks as block_index
+from benchmarks.ann import K, one_thread, real_set
+from cbir.core.metrics import recall_at_k
+from cbir.indexes.blocks import BlockPolytopeIndex
+from cbir.indexes.kernels.blocks import block_search
+from cbir.indexes.polytope import hashes_for_bits
+from cbir.indexes.scan import SequentialScan
+from cbir.indexes.warmup import warm_up
+
+
+@contextlib.contextmanager
+def layout(grouped: bool) -> Iterator[None]:
+    """The index's batch searches with the re-rank grouped by row or query by query inside the block."""
+    block_index.block_search = functools.partial(block_search, grouped=grouped)
+    try:
+        yield
+    finally:
+        block_index.block_search = block_search
+
+
+def rounds_table(runs: dict[str, Callable[[], object]], rounds: int, m: int) -> pd.DataFrame:
+    """ms per query (wall, CPU) of each run's fastest round, the runs interleaved round by round."""
+    wall = dict.fromkeys(runs, np.inf)
+    cpu = dict.fromkeys(runs, np.inf)
+    for run in runs.values():
+        run()  # compiled, caches warm
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started_cpu, started = time.process_time(), time.perf_counter()
+            run()
+            wall[name] = min(wall[name], time.perf_counter() - started)
+            cpu[name] = min(cpu[name], time.process_time() - started_cpu)
+    table = pd.DataFrame({"method": list(runs), "ms_batch": [1e3 * wall[n] / m for n in runs]})
+    table["ms_cpu"] = [1e3 * cpu[n] / m for n in runs]
+    table["x_scan"] = table.loc[0, "ms_batch"] / table["ms_batch"]
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", type=Path, default=None, help="feature set (default: the default collection's)")
+    parser.add_argument("--rounds", type=int, default=41, help="batches per method (the fastest counts)")
+    parser.add_argument("--probes", type=int, default=8, help="T: extra probes per table")
+    args = parser.parse_args(argv)
+    if args.features is None:
+        from cbir.features import workspace
+
+        args.features = workspace.resolve_feature_path(None)
+    warm_up()
+    data = real_set(args.features)
+    X, Q = data.index, data.queries
+    hashes, last_dim = hashes_for_bits(48, round(np.log2(len(X))) - 2)
+    scan = SequentialScan().fit(X)
+    index = BlockPolytopeIndex(8, hashes, last_dim, probes=args.probes).fit(X)
+    exact = scan.search(Q, K).ids
+
+    def search(grouped: bool) -> Callable[[], object]:
+        def run() -> object:
+            with layout(grouped):
+                return index.search(Q, K)
+
+        return run
+
+    runs = {"exact scan": lambda: scan.search(Q, K)}
+    runs[f"CP-LSH blocks L8 T{args.probes}, re-rank grouped by row"] = search(True)
+    runs[f"CP-LSH blocks L8 T{args.probes}, re-rank query by query"] = search(False)
+    grouped, by_query = runs[list(runs)[1]](), runs[list(runs)[2]]()
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, by_query, strict=True)), "the layouts must agree"
+    print(f"{data.description}; recall@10 {recall_at_k(grouped.ids, exact, K).mean():.3f}")
+    for label, threads in (("all threads", contextlib.nullcontext()), ("one thread", one_thread())):
+        with threads:
+            table = rounds_table(runs, args.rounds, len(Q))
+        print(f"\nbatch of {len(Q)}, {label}, best of {args.rounds} interleaved rounds; {harness.machine_line()}")
+        print(harness.table_text(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
