@@ -378,6 +378,21 @@ def warm_start(
     return report, thread
 
 
+_server_warm: WarmStart | None = None
+_server_warm_lock = threading.Lock()
+
+
+def server_warm_start() -> WarmStart:
+    """The process's one background :func:`warm_start` of the default feature set: started by the first caller
+    (``python -m cbir app`` as the server starts, before Streamlit; else the app's first session) and returned to
+    every later one, so a server warms once however it was started."""
+    global _server_warm
+    with _server_warm_lock:
+        if _server_warm is None:
+            _server_warm, _thread = warm_start()
+        return _server_warm
+
+
 def _warm(report: WarmStart, configs: list[IndexConfig]) -> None:
     from cbir.features.saved_indexes import saved_infos, staleness
     from cbir.features.workspace import base_version, complete_feature_sets
