@@ -13,6 +13,7 @@ running meanwhile finishes on the state it started with.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -361,6 +362,10 @@ def warm_start(
         started = time.perf_counter()
         try:
             _warm(report, list(configs))
+            # what is loaded now (TensorFlow, the model, the engine: millions of objects that live as long as the
+            # server) is left out of every later collection: a full collection walked them all, 0.3-1 s each, and
+            # a page's rerun allocates enough to run a few (measured: the Search page's upload waited 1-2 s for them)
+            gc.freeze()
         except CbirError as exc:  # nothing to warm (no feature set yet, no model): the first query will say why
             report.error = str(exc)
         except Exception as exc:  # a bug, logged with its traceback; the server goes on (its queries do the work)
