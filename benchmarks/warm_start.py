@@ -152,6 +152,7 @@ def api_queries(url: str, photo: str, query: bytes) -> dict:
             row[f"{which}_client_ms"] = (time.perf_counter() - began) * 1e3
             answer.raise_for_status()
             row[f"{which}_server_ms"] = answer.json()["timings_ms"]["total"]
+            row[f"{which}_search_ms"] = answer.json()["timings_ms"]["search"]
     return row
 
 
@@ -163,12 +164,14 @@ def page_queries(url: str, photo: Path, work: Path) -> dict:
         app_running,
         body_text,
         chromium,
+        metric_text,
         open_page,
         page_errors,
         query_time_ms,
         upload,
         wait_for,
     )
+    from cbir.app.formats import parse_duration
 
     row: dict = {}
     driver = chromium(work / "profile")
@@ -192,6 +195,8 @@ def page_queries(url: str, photo: Path, work: Path) -> dict:
                 raise RuntimeError(f"the page shows an error: {errors}")
             wait_for(lambda: query_time_ms(driver) is not None, 10, "the page's Query time", interval=0.1)
             row[f"{which}_server_ms"] = query_time_ms(driver)
+            search_s = parse_duration(metric_text(driver, "Search time") or "")
+            row[f"{which}_search_ms"] = None if search_s is None else search_s * 1e3
     finally:
         driver.quit()
     return row
