@@ -101,6 +101,24 @@ def test_wide_product_holds_blas_threads_until_the_last_thread_leaves_it() -> No
     assert _blas_threads() == before
 
 
+def test_wide_or_narrow_times_both_ways_then_keeps_the_faster_and_still_tries_the_other() -> None:
+    chooser = threads.WideOrNarrow()
+    before, seen = _blas_threads(), []
+    with threads.single_query():
+        for _ in range(2):
+            with chooser.product():
+                seen.append(_blas_threads())
+    assert seen == [before, [1] * len(before)] and all(chooser._seconds.values())  # each way timed once
+    chooser._seconds = {True: 1.0, False: 2.0}  # wide measured faster
+    picks = [chooser._pick() for _ in range(3 * chooser.explore)]
+    assert picks.count(False) == 3 and picks[chooser.explore - 3] is False  # the other way every `explore` calls
+    chooser._seconds = {True: 2.0, False: 1.0}
+    assert sum(chooser._pick() for _ in range(chooser.explore)) == 1
+    with chooser.product():  # a batch: nothing changes, nothing timed
+        assert _blas_threads() == before
+    assert chooser._seconds == {True: 2.0, False: 1.0}
+
+
 @pytest.mark.parametrize("kind", ["scan", "lsh", "cross_polytope"])
 def test_single_queries_use_the_serial_kernels_and_answer_as_the_batch(kind: str) -> None:
     data = np.random.default_rng(1).standard_normal((600, 24)).astype(np.float32)

@@ -10,7 +10,8 @@ A single query has nothing to share out anyway, so it runs:
 * BLAS (the projections, every small product) on one thread (the libraries found by ``threadpoolctl``), except
   inside :func:`wide_product`: the exact scan's one product of the query with every row, a memory-bound GEMV that
   BLAS' threads split (about 2x faster on two free cores: issue 21 measured 2.2 ms on one thread against 0.70 ms
-  for plain numpy). OpenBLAS' workers sleep at once after a call (``OPENBLAS_THREAD_TIMEOUT``, set by
+  for plain numpy), when :class:`WideOrNarrow` measures that it is faster on the machine's load of the moment.
+  OpenBLAS' workers sleep at once after a call (``OPENBLAS_THREAD_TIMEOUT``, set by
   :func:`cbir.core.config.quiet_native_libraries`) and numba's pool is never entered, so nothing spins between
   queries.
 
@@ -28,6 +29,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -145,6 +147,47 @@ def wide_product() -> Iterator[None]:
             if _blas_wide == 0:
                 for set_threads, _ in _blas_saved:
                     set_threads(1)
+
+
+class WideOrNarrow:
+    """Whether a single query's large product runs on BLAS' threads (:func:`wide_product`) or on its own thread,
+    chosen by measurement as queries come: two threads halve a memory-bound product when a core is free, but on a
+    busy machine the half given to the other thread waits for a core (measured at load 5-10: 1.4-3.4x the one-thread
+    time). Each call times its block; the faster way so far (a moving average of its recent times) is taken, the
+    other every :attr:`explore` calls to follow the machine's load. One per index (the exact scan); thread-safe
+    enough (a race loses one timing). Outside a single query (a batch) it changes nothing."""
+
+    explore = 32
+    weight = 0.2  # of the newest timing in the moving average
+
+    def __init__(self) -> None:
+        self._seconds = {True: 0.0, False: 0.0}  # moving average per way (wide?); 0: not timed yet
+        self._calls = 0
+
+    def _pick(self) -> bool:
+        self._calls += 1
+        wide, narrow = self._seconds[True], self._seconds[False]
+        if not wide or not narrow:  # each way timed once first
+            return not wide
+        faster = wide <= narrow
+        return not faster if self._calls % self.explore == 0 else faster
+
+    @contextmanager
+    def product(self) -> Iterator[None]:
+        """Run the block (one product) the faster way, and time it."""
+        if not in_single_query():
+            yield
+            return
+        wide = self._pick()
+        started = time.perf_counter()
+        if wide:
+            with wide_product():
+                yield
+        else:
+            yield
+        elapsed = time.perf_counter() - started
+        previous = self._seconds[wide]
+        self._seconds[wide] = elapsed if not previous else (1 - self.weight) * previous + self.weight * elapsed
 
 
 @contextmanager
