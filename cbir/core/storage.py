@@ -70,8 +70,8 @@ def load_artifact(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
 
     Its numpy arrays are mapped from the file copy-on-write (``mmap_mode="c"``: read from the page cache as they are
     touched, a write changes this process' copy only), not read into new memory: a saved FAISS HNSW of 1M × 256
-    (2.3 GB) loads in 6 s instead of 23 s (benchmarks/saved_load.py). Files are only ever replaced by a rename
-    (:func:`atomic_output`), so a mapping always sees the complete file it opened."""
+    (2.3 GB) loads in 8-9 s instead of 15-16 s (benchmarks/saved_load.py, load average 7-10). Files are only ever
+    replaced by a rename (:func:`atomic_output`), so a mapping always sees the complete file it opened."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
