@@ -175,7 +175,7 @@ def write_workspace(artifacts: Path, n: int) -> None:
         collection, store = write_synthetic_workspace(artifacts, n, progress=lambda done, _: bar.update(done - bar.n))
     print(
         f"store: {store}\nopen the app on it:\n  CBIR_ARTIFACTS={artifacts} CBIR_COLLECTION={collection} "
-        ".venv/bin/streamlit run app.py"
+        ".venv/bin/python -m cbir app"
     )
 
 

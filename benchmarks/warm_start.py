@@ -14,6 +14,22 @@ as on any machine that ran cbir once):
 Printed per case and setting (the scan, then each fresh saved index): the first query's time end to end (from the
 image bytes to the ranked table, engine included), its embedding and search parts, and the second query's time.
 Goal (issue 21): the first query ≤ 300 ms end to end, its search part ≤ 20 ms. Ends with the load average.
+
+``--servers`` starts real servers instead, each fresh, on a free loopback port, and sends the same photo once the
+server says it is ready:
+
+* ``app``: ``python -m cbir app`` (the warm start begins as the server starts); ready when its log says
+  ``cbir: warm start done``; then a headless Chromium opens the Search page (the server's first session) and uploads
+  the photo;
+* ``streamlit``: ``streamlit run app.py`` (the warm start begins with the first session); ready when
+  ``/_stcore/health`` answers; then the same browser steps at once;
+* ``api``: ``python -m cbir serve``; ready when ``/health`` answers (it warms before it answers); then
+  ``POST /search`` with the photo (scan, k = 10), twice.
+
+Per server: seconds to ready, the page's first load (browser), and the first query: **as the server timed it** (the
+Search page's "Query time" metric, the API's ``timings_ms.total``: decode, embed and search of the uploaded bytes)
+and as the client saw it (browser: from giving the file to the uploader until the ten results and their caption are
+drawn; API: the HTTP request, upload and JSON included), then the second query the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +38,9 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
@@ -79,6 +97,111 @@ def first_queries(warm: bool, wait: float | None, query: bytes) -> dict:
     return out
 
 
+SERVERS = ("app", "streamlit", "api")
+WARM_LINE = "cbir: warm start done"  # python -m cbir app's line (cbir.cli.serve)
+STREAMLIT_FLAGS = [
+    "--server.headless",
+    "true",
+    "--browser.gatherUsageStats",
+    "false",
+    "--server.fileWatcherType",
+    "none",
+]
+
+
+def server_first_queries(server: str, photo: str, query: bytes, work: Path) -> dict:
+    """A fresh ``server`` (a key of :data:`SERVERS`): seconds until ready, then its first and second query."""
+    from benchmarks.load import LOOPBACK, free_port, running_server
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    address = ["--server.port", str(port), "--server.address", LOOPBACK, *STREAMLIT_FLAGS]
+    command, health = {
+        "app": ([sys.executable, "-m", "cbir", "app", "--", *address], "/_stcore/health"),
+        "streamlit": (
+            [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py"), *address],
+            "/_stcore/health",
+        ),
+        "api": ([sys.executable, "-m", "cbir", "serve", "--port", str(port), "--no-access-log"], "/health"),
+    }[server]
+    started = time.monotonic()
+    with running_server(command, port, health, work / f"{server}.log", env, 300, server) as running:
+        row: dict = {"server": " ".join(command[1:4])}
+        if server == "app":
+            from benchmarks.load import wait_for
+
+            wait_for(lambda: WARM_LINE in running.log(), 300, "the warm start", interval=0.1)
+        row["ready_s"] = time.monotonic() - started
+        if server == "api":
+            row.update(api_queries(running.url, photo, query))
+        else:
+            (work / photo).with_suffix(".png").write_bytes(query)
+            row.update(page_queries(running.url, (work / photo).with_suffix(".png"), work))
+    return row
+
+
+def api_queries(url: str, photo: str, query: bytes) -> dict:
+    """The first and second ``POST /search`` of the photo: the server's own time and the client's."""
+    import httpx
+
+    row = {}
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for which in ("first", "second"):
+            began = time.perf_counter()
+            answer = client.post("/search", params={"k": 10}, files={"image": (f"{photo}.png", query, "image/png")})
+            row[f"{which}_client_ms"] = (time.perf_counter() - began) * 1e3
+            answer.raise_for_status()
+            row[f"{which}_server_ms"] = answer.json()["timings_ms"]["total"]
+            row[f"{which}_search_ms"] = answer.json()["timings_ms"]["search"]
+    return row
+
+
+def page_queries(url: str, photo: Path, work: Path) -> dict:
+    """In a headless Chromium: open the Search page, upload ``photo``, wait for its ten results; twice (the second
+    time under another name, so that the page answers it again)."""
+    from benchmarks.load import (
+        PAGE_S,
+        app_running,
+        body_text,
+        chromium,
+        metric_text,
+        open_page,
+        page_errors,
+        query_time_ms,
+        upload,
+        wait_for,
+    )
+    from cbir.app.formats import parse_duration
+
+    row: dict = {}
+    driver = chromium(work / "profile")
+    try:
+        began = time.perf_counter()
+        open_page(driver, f"{url}/Search", "input[type=file]")
+        row["page_open_s"] = time.perf_counter() - began
+        for which, path in (("first", photo), ("second", photo.with_name(f"again-{photo.name}"))):
+            path.write_bytes(photo.read_bytes())
+            began = time.perf_counter()
+            upload(driver, path)
+
+            def answered(name: str = path.name) -> bool:
+                text = body_text(driver)
+                done = f"Query: {name}" in text and "Most similar images" in text and not app_running(driver)
+                return done or bool(page_errors(driver))
+
+            wait_for(answered, PAGE_S, f"the results of {path.name}", interval=0.02)
+            row[f"{which}_client_ms"] = (time.perf_counter() - began) * 1e3
+            if errors := page_errors(driver):
+                raise RuntimeError(f"the page shows an error: {errors}")
+            wait_for(lambda: query_time_ms(driver) is not None, 10, "the page's Query time", interval=0.1)
+            row[f"{which}_server_ms"] = query_time_ms(driver)
+            search_s = parse_duration(metric_text(driver, "Search time") or "")
+            row[f"{which}_search_ms"] = None if search_s is None else search_s * 1e3
+    finally:
+        driver.quit()
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -88,12 +211,22 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds between start and first query (default: when the warm-up is done)",
     )
     parser.add_argument("--child", choices=["warm", "cold"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--servers", nargs="+", choices=SERVERS, help="time the first query of fresh servers instead (see above)"
+    )
     args = parser.parse_args(argv)
     from cbir.data.samples import SAMPLE_PHOTOS, sample_photo_png
 
     photo = next(iter(SAMPLE_PHOTOS))
     if args.child:
         print(json.dumps(first_queries(args.child == "warm", args.wait, sample_photo_png(photo))))
+        return 0
+    if args.servers:
+        with tempfile.TemporaryDirectory(prefix="cbir-warm-") as work:
+            rows = [server_first_queries(server, photo, sample_photo_png(photo), Path(work)) for server in args.servers]
+        print(f"query: the sample photo {photo!r} uploaded as PNG; goal: first query <= 300 ms end to end")
+        print(pd.DataFrame(rows).round(1).to_string(index=False, na_rep=""))
+        print(f"load average {os.getloadavg()}")
         return 0
     frames = []
     for case in ("warm", "cold"):

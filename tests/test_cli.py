@@ -115,3 +115,34 @@ def test_the_issue_command_prints_one_line() -> None:
     )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == "python -m cbir evaluate: error: argument -g/--n-tables: must be >= 1, got 0\n"
+
+
+def test_app_warms_first_then_runs_streamlit_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.web import cli as streamlit_cli
+
+    from cbir.cli.serve import APP_SCRIPT
+    from cbir.service import search
+
+    calls: list[object] = []
+    report = search.WarmStart(configs=["exact scan"])
+    report.done.set()
+    monkeypatch.setattr(search, "server_warm_start", lambda: calls.append("warm") or report)
+    monkeypatch.setattr(streamlit_cli, "main", lambda args, prog_name: calls.append(args))
+    assert cli.main(["app", "--port", "8765", "--", "--server.headless", "true"]) == 0
+    assert calls == ["warm", ["run", str(APP_SCRIPT), "--server.headless", "true", "--server.port", "8765"]]
+    assert APP_SCRIPT.is_file()
+
+
+def test_app_server_warms_before_any_session(tmp_path: Path) -> None:
+    """A real `python -m cbir app`: Streamlit answers from the process that runs the warm start, which began with the
+    server, no browser session having opened (here it has nothing to warm and its line says so)."""
+    from benchmarks.load import LOOPBACK, free_port, running_server, wait_for
+
+    port = free_port()
+    env = {**os.environ, "CBIR_COLLECTION": str(tmp_path / "none"), "PYTHONPATH": str(config.PROJECT_ROOT)}
+    command = [sys.executable, "-m", "cbir", "app", "--port", str(port), "--host", LOOPBACK, "--"]
+    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    with running_server(command, port, "/_stcore/health", tmp_path / "app.log", env, 180, "cbir app") as server:
+        wait_for(lambda: "cbir: warm start" in server.log(), 900, "the warm start's line")
+        assert "cbir: warm start stopped" in server.log() and "no complete feature set" in server.log()
+        assert server.alive()

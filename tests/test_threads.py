@@ -1,6 +1,6 @@
-"""The threading policy (cbir.indexes.threads): a single query runs numba's serial kernels and BLAS on one thread,
-nested and concurrent single queries restore BLAS' threads only when the last one ends, and the answers are the
-batch's. Speed is measured by benchmarks/single_query.py, not here."""
+"""The threading policy (cbir.indexes.threads): a single query runs numba's serial kernels and BLAS on one thread
+(but for a wide product: the scan's), nested and concurrent single queries restore BLAS' threads only when the last
+one ends, and the answers are the batch's. Speed is measured by benchmarks/single_query.py, not here."""
 
 from __future__ import annotations
 
@@ -63,6 +63,60 @@ def test_blas_limit_is_restored_by_the_last_thread_to_leave() -> None:
     worker.join()
     assert seen["while second runs"] == [1] * len(before)  # the first thread's exit did not restore it early
     assert _blas_threads() == before
+
+
+def test_wide_product_gives_a_single_query_blas_threads_back_for_its_block() -> None:
+    before = _blas_threads()
+    with threads.wide_product():  # a batch: nothing to give back
+        assert _blas_threads() == before
+    with threads.single_query():
+        with threads.wide_product():
+            assert threads.in_single_query() and _blas_threads() == before
+            with threads.wide_product():
+                assert _blas_threads() == before
+            assert _blas_threads() == before  # the outer block still holds them
+        assert _blas_threads() == [1] * len(before)
+    assert _blas_threads() == before
+
+
+def test_wide_product_holds_blas_threads_until_the_last_thread_leaves_it() -> None:
+    before = _blas_threads()
+    inside, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with threads.single_query(), threads.wide_product():
+            inside.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    assert inside.wait(10)
+    with threads.single_query():
+        assert _blas_threads() == before  # another thread's wide block is open
+        with threads.wide_product():
+            release.set()
+            worker.join(10)
+            assert _blas_threads() == before  # its exit did not take them back early
+        assert _blas_threads() == [1] * len(before)
+    assert _blas_threads() == before
+
+
+def test_wide_or_narrow_times_both_ways_then_keeps_the_faster_and_still_tries_the_other() -> None:
+    chooser = threads.WideOrNarrow()
+    before, seen = _blas_threads(), []
+    with threads.single_query():
+        for _ in range(2):
+            with chooser.product():
+                seen.append(_blas_threads())
+    assert seen == [before, [1] * len(before)] and all(chooser._seconds.values())  # each way timed once
+    chooser._seconds = {True: 1.0, False: 2.0}  # wide measured faster
+    picks = [chooser._pick() for _ in range(3 * chooser.explore)]
+    assert picks.count(False) == 3 and picks[chooser.explore - 3] is False  # the other way every `explore` calls
+    chooser._seconds = {True: 2.0, False: 1.0}
+    assert sum(chooser._pick() for _ in range(chooser.explore)) == 1
+    with chooser.product():  # a batch: nothing changes, nothing timed
+        assert _blas_threads() == before
+    assert chooser._seconds == {True: 2.0, False: 1.0}
 
 
 @pytest.mark.parametrize("kind", ["scan", "lsh", "cross_polytope"])

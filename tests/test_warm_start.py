@@ -57,3 +57,11 @@ def test_shared_engines_are_bounded(grown: tuple[Path, Path], monkeypatch: pytes
     engines = [shared_engine(str(store), version) for version in (101, 102, 103)]
     assert len({id(engine) for engine in engines}) == 3
     assert len(search._shared_engines) <= 2
+
+
+def test_a_server_warms_once_whoever_starts_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CBIR_COLLECTION", str(tmp_path / "none"))  # nothing to warm: the report says why
+    monkeypatch.setattr(search, "_server_warm", None)
+    first = search.server_warm_start()  # `python -m cbir app` as the server starts
+    assert search.server_warm_start() is first  # app.py's first session (cbir.app.ui.warm_start)
+    assert first.done.wait(900) and "no complete feature set" in str(first.error)

@@ -78,9 +78,9 @@ def search_engine_without_model(path: str) -> search.SearchEngine:
 @st.cache_resource(show_spinner=False)
 def warm_start() -> search.WarmStart:
     """Once per server process: :func:`cbir.service.search.warm_start` in a background thread (kernels, the newest
-    feature set, its model and engine, its fresh saved indexes), so the first query does not pay for them."""
-    report, _thread = search.warm_start()
-    return report
+    feature set, its model and engine, its fresh saved indexes), so the first query does not pay for them; the one
+    ``python -m cbir app`` started as the server started, if it did (:func:`cbir.service.search.server_warm_start`)."""
+    return search.server_warm_start()
 
 
 def add_to_collection(

@@ -13,7 +13,7 @@ from cbir.cli.finetune import add_finetune_parser
 from cbir.cli.growth import add_growth_parsers
 from cbir.cli.indexes import add_index_parsers
 from cbir.cli.search import add_evaluate_parsers, add_feature_selection_args, load_selected_features
-from cbir.cli.serve import add_serve_parser
+from cbir.cli.serve import add_app_parser, add_serve_parser
 from cbir.core import config
 from cbir.core.errors import CbirError
 
@@ -27,6 +27,7 @@ Typical first run (Open Clip Art + EfficientNet-Lite0 install offline):
   python -m cbir info                             # what is built
   python -m cbir add photo.jpg --label animals    # grow the collection in place (remove: the reverse)
   python -m cbir index build --kind hnsw          # keep a fitted index on disk (the app loads it)
+  python -m cbir app                              # the Streamlit app, warmed as it starts
 
 A collection is a folder with one subfolder per class (or training_set/ and validation_set/ with one subfolder
 per class, as in the paper), optionally a distractors/ folder of unlabelled images.
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_parsers(sub)
     add_finetune_parser(sub)
     add_serve_parser(sub)
+    add_app_parser(sub)
     return parser
 
 

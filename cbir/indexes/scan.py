@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cbir.indexes import kernels
+from cbir.indexes import kernels, threads
 from cbir.indexes.base import (
     _SCAN_BLOCK_ELEMENTS,
     BaseIndex,
@@ -34,6 +34,7 @@ class SequentialScan(BaseIndex):
         super().__init__()
         self.metric = check_metric(metric)
         self._sq_norms: np.ndarray | None = None
+        self._product = threads.WideOrNarrow()  # a single query's product: on BLAS' threads or one, as measured
 
     @property
     def params(self) -> dict[str, Any]:
@@ -62,7 +63,8 @@ class SequentialScan(BaseIndex):
         for start in range(0, m, block):
             chunk = queries[start : start + block]
             # smaller is better: ||x||² - 2 q·x (||q||² is constant per query), or -q·x for unit vectors
-            approx = chunk @ data.T
+            with self._product.product():  # a single query's GEMV: on BLAS' threads when that is faster
+                approx = chunk @ data.T
             approx *= -2.0 if metric == kernels.METRIC_EUCLIDEAN else -1.0
             if self._sq_norms is not None:
                 approx += self._sq_norms

@@ -7,7 +7,13 @@ A single query has nothing to share out anyway, so it runs:
 
 * numba's kernels through their serial twins (compiled without ``parallel``: no parallel region is entered, so no
   worker wakes up; see :func:`cbir.indexes.kernels.row_parallel`), chosen by :func:`in_single_query`;
-* BLAS (the scan's matrix product, the projections) on one thread (the libraries found by ``threadpoolctl``).
+* BLAS (the projections, every small product) on one thread (the libraries found by ``threadpoolctl``), except
+  inside :func:`wide_product`: the exact scan's one product of the query with every row, a memory-bound GEMV that
+  BLAS' threads split (about 2x faster on two free cores: issue 21 measured 2.2 ms on one thread against 0.70 ms
+  for plain numpy), when :class:`WideOrNarrow` measures that it is faster on the machine's load of the moment.
+  OpenBLAS' workers sleep at once after a call (``OPENBLAS_THREAD_TIMEOUT``, set by
+  :func:`cbir.core.config.quiet_native_libraries`) and numba's pool is never entered, so nothing spins between
+  queries.
 
 A batch keeps every core. numba's threading layer is chosen here, before the first parallel region:
 :data:`THREADING_LAYER` unless the user set ``NUMBA_THREADING_LAYER``.
@@ -23,6 +29,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,6 +48,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 _local = threading.local()
 _blas_lock = threading.Lock()
 _blas_users = 0
+_blas_wide = 0  # threads inside wide_product: BLAS has its own thread counts back meanwhile
 _blas_saved: list[tuple[Callable[[int], int], int]] = []  # (setter, the count it replaced) of the first entry
 _blas_setters: list[Callable[[int], int]] | None = None
 _modules_seen = 0
@@ -113,6 +121,73 @@ def single_query() -> Iterator[None]:
         _local.depth = depth
         if depth == 0:
             _leave_blas()
+
+
+@contextmanager
+def wide_product() -> Iterator[None]:
+    """Inside :func:`single_query`: the block's BLAS calls on BLAS' own thread counts (those before the first single
+    query), for one product large enough to share out, e.g. the exact scan's. Outside it (a batch) nothing changes.
+    Thread-safe and reference counted like :func:`single_query`: the counts drop back to one when the last thread
+    leaves the block (another thread's single query meanwhile may use BLAS' threads too; its answers stay the
+    same)."""
+    global _blas_wide
+    if not in_single_query():
+        yield
+        return
+    with _blas_lock:
+        if _blas_wide == 0:
+            for set_threads, previous in _blas_saved:
+                set_threads(previous)
+        _blas_wide += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_wide -= 1
+            if _blas_wide == 0:
+                for set_threads, _ in _blas_saved:
+                    set_threads(1)
+
+
+class WideOrNarrow:
+    """Whether a single query's large product runs on BLAS' threads (:func:`wide_product`) or on its own thread,
+    chosen by measurement as queries come: two threads halve a memory-bound product when a core is free, but on a
+    busy machine the half given to the other thread waits for a core (measured at load 5-10: 1.4-3.4x the one-thread
+    time). Each call times its block; the faster way so far (a moving average of its recent times) is taken, the
+    other every :attr:`explore` calls to follow the machine's load. One per index (the exact scan); thread-safe
+    enough (a race loses one timing). Outside a single query (a batch) it changes nothing."""
+
+    explore = 32
+    weight = 0.2  # of the newest timing in the moving average
+
+    def __init__(self) -> None:
+        self._seconds = {True: 0.0, False: 0.0}  # moving average per way (wide?); 0: not timed yet
+        self._calls = 0
+
+    def _pick(self) -> bool:
+        self._calls += 1
+        wide, narrow = self._seconds[True], self._seconds[False]
+        if not wide or not narrow:  # each way timed once first
+            return not wide
+        faster = wide <= narrow
+        return not faster if self._calls % self.explore == 0 else faster
+
+    @contextmanager
+    def product(self) -> Iterator[None]:
+        """Run the block (one product) the faster way, and time it."""
+        if not in_single_query():
+            yield
+            return
+        wide = self._pick()
+        started = time.perf_counter()
+        if wide:
+            with wide_product():
+                yield
+        else:
+            yield
+        elapsed = time.perf_counter() - started
+        previous = self._seconds[wide]
+        self._seconds[wide] = elapsed if not previous else (1 - self.weight) * previous + self.weight * elapsed
 
 
 @contextmanager

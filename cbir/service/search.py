@@ -13,6 +13,7 @@ running meanwhile finishes on the state it started with.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -361,6 +362,10 @@ def warm_start(
         started = time.perf_counter()
         try:
             _warm(report, list(configs))
+            # what is loaded now (TensorFlow, the model, the engine: millions of objects that live as long as the
+            # server) is left out of every later collection: a full collection walked them all, 0.3-1 s each, and
+            # a page's rerun allocates enough to run a few (measured: the Search page's upload waited 1-2 s for them)
+            gc.freeze()
         except CbirError as exc:  # nothing to warm (no feature set yet, no model): the first query will say why
             report.error = str(exc)
         except Exception as exc:  # a bug, logged with its traceback; the server goes on (its queries do the work)
@@ -376,6 +381,21 @@ def warm_start(
     thread = threading.Thread(target=run, name="cbir-warm-start", daemon=True)
     thread.start()
     return report, thread
+
+
+_server_warm: WarmStart | None = None
+_server_warm_lock = threading.Lock()
+
+
+def server_warm_start() -> WarmStart:
+    """The process's one background :func:`warm_start` of the default feature set: started by the first caller
+    (``python -m cbir app`` as the server starts, before Streamlit; else the app's first session) and returned to
+    every later one, so a server warms once however it was started."""
+    global _server_warm
+    with _server_warm_lock:
+        if _server_warm is None:
+            _server_warm, _thread = warm_start()
+        return _server_warm
 
 
 def _warm(report: WarmStart, configs: list[IndexConfig]) -> None:
