@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = [server_first_queries(server, photo, sample_photo_png(photo), Path(work)) for server in args.servers]
         print(f"query: the sample photo {photo!r} uploaded as PNG; goal: first query <= 300 ms end to end")
         print(pd.DataFrame(rows).round(1).to_string(index=False, na_rep=""))
-        print(f"load average {os.getloadavg()}")
+        print(machine_line())
         return 0
     frames = []
     for case in ("warm", "cold"):
