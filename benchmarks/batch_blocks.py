@@ -20,7 +20,6 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import harness  # first: this checkout's cbir, not an installed one
 import numpy as np
@@ -66,14 +65,11 @@ def rounds_table(runs: dict[str, Callable[[], object]], rounds: int, m: int) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", type=Path, default=None, help="feature set (default: the default collection's)")
+    harness.add_features_argument(parser)
     parser.add_argument("--rounds", type=int, default=41, help="batches per method (the fastest counts)")
     parser.add_argument("--probes", type=int, default=8, help="T: extra probes per table")
     args = parser.parse_args(argv)
-    if args.features is None:
-        from cbir.features import workspace
-
-        args.features = workspace.resolve_feature_path(None)
+    args.features = harness.features_or_default(args.features)
     warm_up()
     data = real_set(args.features)
     X, Q = data.index, data.queries

@@ -26,6 +26,20 @@ import pandas as pd  # noqa: E402
 T = TypeVar("T")
 
 
+def add_features_argument(parser: Any) -> None:
+    """``--features PATH``: the feature set a script measures; :func:`features_or_default` fills in the default."""
+    parser.add_argument("--features", type=Path, default=None, help="feature set (default: the default collection's)")
+
+
+def features_or_default(path: Path | None) -> Path:
+    """``path``, or the default collection's newest feature set."""
+    if path is not None:
+        return path
+    from cbir.features import workspace
+
+    return Path(workspace.resolve_feature_path(None))
+
+
 def best_of(repeats: int, run: Callable[[], T]) -> tuple[float, T]:
     """Fastest wall time (seconds) of ``repeats`` >= 1 runs of ``run()``, and the last run's result."""
     best, result = float("inf"), None

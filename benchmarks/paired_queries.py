@@ -18,11 +18,14 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from harness import machine_line  # first: this checkout's cbir, not an installed one
+from harness import (  # first: this checkout's cbir, not an installed one
+    add_features_argument,
+    features_or_default,
+    machine_line,
+)
 
 from benchmarks.ann import K, one_thread, real_set
 from cbir.core.metrics import recall_at_k
@@ -70,14 +73,11 @@ def paired_times(searches: dict[str, Callable[[np.ndarray], object]], Q: np.ndar
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", type=Path, default=None, help="feature set (default: the default collection's)")
+    add_features_argument(parser)
     parser.add_argument("--rounds", type=int, default=3, help="answers per query and method (the fastest counts)")
     parser.add_argument("--queries", type=int, default=500, help="queries timed (the first ones)")
     args = parser.parse_args(argv)
-    if args.features is None:
-        from cbir.features import workspace
-
-        args.features = workspace.resolve_feature_path(None)
+    args.features = features_or_default(args.features)
     warm_up()
     data = real_set(args.features)
     X, Q = data.index, data.queries[: args.queries]

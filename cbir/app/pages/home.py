@@ -7,7 +7,9 @@ is built yet) the button that builds it → feature sets → indexes → images 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import streamlit as st
 from streamlit.navigation.page import StreamlitPage
@@ -23,6 +25,8 @@ from cbir.features import workspace
 from cbir.features.backbones import BACKBONES, available_backbones
 from cbir.features.saved_indexes import build_saved
 from cbir.service.search import default_config
+
+T = TypeVar("T")
 
 
 def page() -> StreamlitPage:
@@ -186,18 +190,14 @@ def show_indexes() -> None:
     if not right.button("Build and save", key="home-index-build"):
         return
     bar = st.progress(0.0, text="Building the index")
-    try:
-        info = build_saved(
+    run_then_rerun(
+        lambda: build_saved(
             path,
             default_config(kind, path, metric),
             progress=lambda stage, done, total: bar.progress(done / max(total, 1), text=f"{stage}: {done:,}"),
-        )
-    except CbirError as exc:
-        st.error(str(exc))
-        return
-    st.cache_data.clear()
-    st.success(f"Saved {info['label']}: {info['n_objects']:,} images, built in {info['build_seconds']:.2f} s.")
-    st.rerun()
+        ),
+        lambda info: f"Saved {info['label']}: {info['n_objects']:,} images, built in {info['build_seconds']:.2f} s.",
+    )
 
 
 def show_build(root: object, status: workspace.CollectionStatus) -> None:
@@ -228,11 +228,20 @@ def show_build(root: object, status: workspace.CollectionStatus) -> None:
         label = labels[stage]
         bars[stage].progress(done / max(total, 1), text=f"{label}: {done:,} / {total:,}")
 
+    run_then_rerun(
+        lambda: workspace.build_default(root, progress=progress),  # type: ignore[arg-type]
+        lambda result: f"Done: {result.meta['n_images']:,} images × {result.meta['dim']} features.",
+    )
+
+
+def run_then_rerun(work: Callable[[], T], success: Callable[[T], str]) -> None:
+    """Run ``work`` (a build the page shows progress for); on a :class:`CbirError` its message stays on the page,
+    else the caches are cleared, ``success(result)`` is said and the page reruns on the new artifacts."""
     try:
-        result = workspace.build_default(root, progress=progress)  # type: ignore[arg-type]
+        result = work()
     except CbirError as exc:
         st.error(str(exc))
         return
     st.cache_data.clear()
-    st.success(f"Done: {result.meta['n_images']:,} images × {result.meta['dim']} features.")
+    st.success(success(result))
     st.rerun()
