@@ -250,6 +250,9 @@ def test_tuning_sliders_move_the_metrics_consistently(app_env: Path) -> None:
     at.toggle(key="tune-trends").set_value(True).run()  # the paper's trends, on request: three charts more
     check_ok(at)
     assert len(at.get("plotly_chart")) == 6 and metrics(at) == start
+    at.toggle(key="tune-table").set_value(True).run()  # the sweep's table, on request
+    check_ok(at)
+    assert "Pareto-optimal" in at.dataframe[-1].value.columns
 
     def visited_after(key: str, value: float) -> float:
         at.slider(key=key).set_value(value).run()

@@ -224,8 +224,7 @@ def show_sweep(path: str, version: int, setting: Setting, result: EvaluationResu
             f"{RECOMMEND_BUDGET_FRACTION:.0%} of the index: **{recommended.label}**"
         )
         right.button("Use it", on_click=use_recommended, args=(recommended, setting), key="tune-use-recommended")
-    with st.expander("Sweep table (Pareto-optimal settings first)"):
-        ui.table(table.sort_values(["pareto", "map"], ascending=[False, False]))
+    sweep_details(table)
 
     trends(table, config)
 
@@ -255,6 +254,13 @@ def sweep_charts(table: pd.DataFrame, current: dict) -> None:
     charts = st.columns(2)
     charts[0].plotly_chart(plots.fig_map_vs_visited(table, current, x=x), width="stretch")
     charts[1].plotly_chart(plots.fig_map_vs_visited(table, current, y="recall", x=x), width="stretch")
+
+
+@st.fragment
+def sweep_details(table: pd.DataFrame) -> None:
+    """The sweep's table, drawn on request (a table fewer to draw on every change of the page)."""
+    if st.toggle("Sweep table (Pareto-optimal settings first)", key="tune-table"):
+        ui.table(table.sort_values(["pareto", "map"], ascending=[False, False]))
 
 
 @st.fragment
