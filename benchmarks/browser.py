@@ -430,6 +430,6 @@ def scroll_position(driver: Any) -> float:
 
 
 def scroll_to_text(driver: Any, selector: str, text: str) -> None:
-    """Scroll the first element matching ``selector`` whose text contains ``text`` to the middle of the window."""
+    """Scroll the first element matching ``selector`` whose text contains ``text`` to the top of the window."""
     element = next(e for e in elements(driver, selector) if text in str(e.text))
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", element)
