@@ -414,3 +414,22 @@ def metric_text(driver: Any, label: str) -> str | None:
                 value = metric.find_elements("css selector", '[data-testid="stMetricValue"]')[0]
                 return str(value.get_attribute("textContent")).strip()
     return None
+
+
+SCROLL_JS = """
+const boxes = [document.scrollingElement, ...document.querySelectorAll(
+    '[data-testid="stMain"], [data-testid="stAppViewContainer"], section.main')];
+return Math.max(window.scrollY, ...boxes.filter(box => box).map(box => box.scrollTop));
+"""
+
+
+def scroll_position(driver: Any) -> float:
+    """How far the page is scrolled down, in pixels: ``window.scrollY`` or, where Streamlit scrolls its main
+    container instead of the window, that container's ``scrollTop`` (the largest of them)."""
+    return float(driver.execute_script(SCROLL_JS))
+
+
+def scroll_to_text(driver: Any, selector: str, text: str) -> None:
+    """Scroll the first element matching ``selector`` whose text contains ``text`` to the top of the window."""
+    element = next(e for e in elements(driver, selector) if text in str(e.text))
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", element)

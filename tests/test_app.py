@@ -240,8 +240,19 @@ def test_tuning_sliders_move_the_metrics_consistently(app_env: Path) -> None:
     start = metrics(at)
     assert 0 <= start["mAP@10"] <= 1 and 0 < start["Share visited"] < 100
     assert 0 < start["Recall@10"] <= 1  # against the exact scan
-    # mAP and recall vs visited and vs time over the sweep, per-class mAP
-    assert len(at.get("plotly_chart")) >= 5
+    # both timing modes, each beside the exact scan timed the same way
+    assert start["One query"] > 0 and start["Per query in a batch"] > 0
+    assert all("than scan" in m.delta for m in at.metric if m.label in ("One query", "Per query in a batch"))
+    # per-class mAP, mAP and recall over the sweep against the time one query at a time (the default axis)
+    assert at.radio(key="tune-axis").value == "single_query_ms" and len(at.get("plotly_chart")) == 3
+    at.radio(key="tune-axis").set_value("query_ms").run()
+    check_ok(at)
+    at.toggle(key="tune-trends").set_value(True).run()  # the paper's trends, on request: three charts more
+    check_ok(at)
+    assert len(at.get("plotly_chart")) == 6 and metrics(at) == start
+    at.toggle(key="tune-table").set_value(True).run()  # the sweep's table, on request
+    check_ok(at)
+    assert "Pareto-optimal" in at.dataframe[-1].value.columns
 
     def visited_after(key: str, value: float) -> float:
         at.slider(key=key).set_value(value).run()

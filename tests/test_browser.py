@@ -124,9 +124,12 @@ def test_journeys_on_the_default_collection(default_copy_server: Any, browser: A
         choose_option,
         choose_radio,
         click_button,
+        click_text,
         metric_text,
         open_page,
         page_errors,
+        scroll_position,
+        scroll_to_text,
         truncated_metrics,
         upload,
         wait_until_idle,
@@ -209,6 +212,17 @@ def test_journeys_on_the_default_collection(default_copy_server: Any, browser: A
     step("Model comparison: cold", lambda: driver.get(f"{server.url}/Model_comparison"))
     assert page_errors(driver) == [], page_errors(driver)
     step("Model comparison: metric to cosine", lambda: choose_option(driver, "Metric", "Cosine"))
+    # the per-class tab's radio reruns that tab only (a fragment): the page stays where the reader scrolled it
+    driver.set_window_size(1400, 900)  # a laptop's height: the radio is reached by scrolling
+    click_text(driver, '[role="tab"]', "Per-class mAP")
+    scroll_to_text(driver, '[data-testid="stRadio"]', "without")
+    time.sleep(1)
+    scrolled = scroll_position(driver)
+    step("Model comparison: per-class without distractors", lambda: choose_radio(driver, "without"))
+    time.sleep(1)
+    print(f"scroll position before/after the per-class radio: {scrolled:.0f} / {scroll_position(driver):.0f} px")
+    assert scrolled > 300 and abs(scroll_position(driver) - scrolled) < 50, (scrolled, scroll_position(driver))
+    driver.set_window_size(1400, 2000)
     step(
         "Search: Fastest at a recall",
         lambda: (driver.get(f"{server.url}/Search"), time.sleep(3), choose_radio(driver, "Fastest at a recall")),

@@ -46,6 +46,8 @@ def test_comparison_table_shape(tmp_path: Path) -> None:
     assert (table.loc[table["index"] == "exact scan", "recall"] == 1.0).all()
     assert table["recall"].between(0, 1).all()
     assert table["map"].between(0, 1).all() and (table["score_name"] == "distance").all()
+    # both timing modes for every row, the exact scan's too (measured like every other index's)
+    assert (table[["single_query_ms", "query_ms"]] > 0).all().all()
     assert table["config"].str.contains("g=7 h=2").sum() == 3  # the default LSH setting
     assert len(result.per_class) == 18 * 4  # one row per job and class
     assert list(result.per_class.columns) == ["feature_set", "index", "distractors", "class", "n_queries", "map"]
@@ -57,6 +59,10 @@ def test_comparison_table_shape(tmp_path: Path) -> None:
     # one trace per index × feature set (colour × symbol), in both distractor facets
     assert {trace.name.split(",")[0] for trace in tradeoff.data} == {"exact scan", "LSH", *REFERENCES}
     assert sum(len(trace.x) for trace in tradeoff.data) == len(table)
+    # one query at a time by default, the batch on request
+    assert sorted(x for trace in tradeoff.data for x in trace.x) == sorted(table["single_query_ms"])
+    batch = plots.fig_comparison_tradeoff(table, x="query_ms")
+    assert sorted(x for trace in batch.data for x in trace.x) == sorted(table["query_ms"])
 
 
 def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> None:

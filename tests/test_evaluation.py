@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from cbir.core.metrics import average_precision_at_k, average_precision_batch
+from cbir.evaluation import evaluate as evaluate_module
 from cbir.evaluation.evaluate import ROW_COLUMNS, evaluate, split_collection
 from cbir.evaluation.sweep import SWEEP_COLUMNS, evaluate_settings, pareto_frontier, recommend, sweep
 from cbir.indexes.lsh import LSHIndex
@@ -131,6 +132,38 @@ def test_lsh_evaluation_reports_partial_visits(collection: tuple) -> None:
     assert result.ap.shape == (20,)
 
 
+def test_every_index_and_the_scan_are_timed_one_query_at_a_time(collection: tuple, monkeypatch) -> None:
+    """Both timing modes: the batch (``query_ms``) and one query at a time (``single_query_ms``, the Search page's
+    mode), the exact scan timed by the same function as every other index, on single-row searches."""
+    features, labels, roles = collection
+    real = evaluate_module.time_single_queries
+    calls: list[tuple[str, list[int], float]] = []
+
+    def spy(index, split, k, progress=None):  # type: ignore[no-untyped-def]
+        rows: list[int] = []
+        search = index.search
+
+        def recorded(Q, k):  # type: ignore[no-untyped-def]
+            rows.append(len(Q))
+            return search(Q, k)
+
+        monkeypatch.setattr(index, "search", recorded)
+        ms = real(index, split, k, progress)
+        monkeypatch.delattr(index, "search")
+        calls.append((type(index).__name__, rows, ms))
+        return ms
+
+    monkeypatch.setattr(evaluate_module, "time_single_queries", spy)
+    scan = evaluate(SequentialScan(), features, labels, roles)
+    lsh = evaluate(LSHIndex(n_tables=3, n_projections=2, bucket_width=10.0), features, labels, roles)
+    assert [name for name, _, _ in calls] == ["SequentialScan", "LSHIndex"]
+    for (_, rows, ms), result in zip(calls, (scan, lsh), strict=True):
+        # a short warm-up, then each of the (at most SINGLE_QUERY_SAMPLE) queries searched alone
+        assert rows == [1] * (evaluate_module.SINGLE_QUERY_WARMUP + result.n_queries)
+        assert result.single_query_ms == ms > 0 and result.row()["single_query_ms"] == ms
+        assert result.query_ms > 0  # the batch mode is kept beside it
+
+
 def test_evaluate_settings_fits_once_and_reports_that_fit_on_every_setting(collection: tuple) -> None:
     features, labels, roles = collection
     fits = []
@@ -223,6 +256,7 @@ def test_sweep_covers_the_grid_and_reports_progress(collection: tuple) -> None:
     narrow = df[(df["bucket_width"] == 5.0)].set_index(["n_tables", "probes"])["mean_visited"]
     assert narrow[(1, 2)] >= narrow[(1, 0)] and narrow[(3, 2)] >= narrow[(3, 0)]
     assert (df["query_ms"] > 0).all()
+    assert (df["single_query_ms"] > 0).all()  # one query at a time too, the scan's row included
 
 
 def test_sweep_defaults_width_and_rejects_unknown_keys(collection: tuple) -> None:

@@ -59,10 +59,10 @@ def test_human_columns_name_columns_and_blank_missing_text() -> None:
     )
     human = formats.human_columns(table)
     assert list(human.columns) == [
-        "Feature set", "Per query (ms)", "g (tables)", "Visited / query", "Share visited (%)"
+        "Feature set", "In a batch (ms)", "g (tables)", "Visited / query", "Share visited (%)"
     ]  # fmt: skip
     assert human["Feature set"].tolist() == ["a", ""]
-    assert human["Per query (ms)"].tolist() == ["0.100", "–"] and human["g (tables)"].tolist() == ["7", "–"]
+    assert human["In a batch (ms)"].tolist() == ["0.100", "–"] and human["g (tables)"].tolist() == ["7", "–"]
     assert human["Visited / query"].tolist() == ["4914.0", "–"] and human["Share visited (%)"].tolist() == ["15.6", "–"]
     full = formats.human_columns(table.dropna())  # without gaps the figures stay numbers
-    assert full["Share visited (%)"].iloc[0] == pytest.approx(15.57) and full["Per query (ms)"].dtype == np.float64
+    assert full["Share visited (%)"].iloc[0] == pytest.approx(15.57) and full["In a batch (ms)"].dtype == np.float64

@@ -93,6 +93,13 @@ def test_the_sweep_is_kept_on_disk_and_made_again_for_a_new_version(tmp_path: Pa
     assert computed == [1]
     tuning.sweep_for(path, version + 2, "cosine", kept_as=version)  # grown in place: the kept sweep is reused
     assert computed == [1]
+    # a sweep kept by an older version of the code, before the one-query-at-a-time column: computed again
+    file = tuning.sweep_cache_file(path, version, "cosine", True)
+    first.drop(columns="single_query_ms").to_parquet(file, index=False)
+    upgraded = tuning.sweep_for(path, version, "cosine")
+    assert computed == [1, 1] and (upgraded["single_query_ms"] > 0).all()
+    assert tuning.sweep_for(path, version, "cosine")["single_query_ms"].equals(upgraded["single_query_ms"])
+    assert computed == [1, 1]  # and kept again
 
 
 def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:

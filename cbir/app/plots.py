@@ -74,8 +74,11 @@ _REFERENCE_STYLES = {
 # what a figure calls an x column: title, axis
 _X_NAMES = {
     "mean_visited": ("objects visited per query", "mean visited objects per query"),
-    "query_ms": ("time per query", "ms per query (validation queries, one batch)"),
+    "query_ms": ("time per query in a batch", "ms per query (validation queries, one batch, all cores)"),
+    "single_query_ms": ("time per query, one at a time", "ms per query (validation queries one at a time)"),
 }
+# the two timing modes of a results row (cbir.evaluation.evaluate.EvaluationResult): column -> hover and axis words
+TIME_MODES = {"single_query_ms": "one at a time", "query_ms": "in a batch"}
 
 
 def _setting_text(row: pd.Series) -> str:
@@ -101,8 +104,9 @@ def _hover_text(rows: pd.DataFrame) -> list[str]:
             figures += f"<br>recall {row['recall']:.3f}"
         visited = "not counted" if pd.isna(row["mean_visited"]) else f"{row['mean_visited']:.1f}"
         figures += f"<br>visited {visited}"
-        if "query_ms" in row and pd.notna(row["query_ms"]):
-            figures += f"<br>{row['query_ms']:.3f} ms / query"
+        for column, mode in TIME_MODES.items():
+            if column in row and pd.notna(row[column]):
+                figures += f"<br>{row[column]:.3f} ms / query {mode}"
         kind = row.get("index")
         if kind == "scan":
             return f"exact scan<br>{figures}"
@@ -147,8 +151,8 @@ def fig_map_vs_visited(
     y: str = "map",
     x: str = "mean_visited",
 ) -> go.Figure:
-    """Every configuration as a point (x: ``x``, ``"mean_visited"`` or ``"query_ms"``, log scale; y: ``y``,
-    ``"map"`` or ``"recall"``), the Pareto frontier of (``x``, ``y``) as a line.
+    """Every configuration as a point (x: ``x``, ``"mean_visited"``, ``"single_query_ms"`` or ``"query_ms"``, log
+    scale; y: ``y``, ``"map"`` or ``"recall"``), the Pareto frontier of (``x``, ``y``) as a line.
 
     Traces: "configurations" (all LSH rows), "Pareto frontier" (non-dominated scan and LSH rows joined by x),
     "exact scan" (if the table has a scan row), one per reference kind present (:data:`cbir.core.names.REFERENCE_KINDS`,
@@ -370,7 +374,8 @@ def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) ->
         "mean_visited": "visited objects / query",
         "visited_fraction": "share visited",
         "mean_score": "mean " + (str(table["score_name"].iloc[0]) if len(table) else "score"),
-        "query_ms": "ms / query",
+        "query_ms": "ms / query in a batch",
+        "single_query_ms": "ms / query one at a time",
         "feature_set": "feature set",
     }
     fig = _grouped_bars(
@@ -390,29 +395,31 @@ def fig_comparison(table: pd.DataFrame, value: str, title: str | None = None) ->
     return fig
 
 
-def fig_comparison_tradeoff(table: pd.DataFrame, y: str = "recall") -> go.Figure:
-    """``y`` (recall or mAP) against ms per query (log scale), one colour per index and one symbol per feature set,
-    one facet per distractor setting: where each index sits between speed and quality (hover: its setting)."""
-    _require(table, ["feature_set", "index", "config", "distractors", "query_ms", y])
+def fig_comparison_tradeoff(table: pd.DataFrame, y: str = "recall", x: str = "single_query_ms") -> go.Figure:
+    """``y`` (recall or mAP) against ms per query ``x`` (``"single_query_ms"``: one query at a time, or
+    ``"query_ms"``: per query in a batch; log scale), one colour per index and one symbol per feature set, one facet
+    per distractor setting: where each index sits between speed and quality (hover: its setting, both times)."""
+    times = [column for column in TIME_MODES if column in table.columns]
+    _require(table, ["feature_set", "index", "config", "distractors", x, y])
     fig = px.scatter(
         table.assign(distractors=table["distractors"] + " distractors"),
-        x="query_ms",
+        x=x,
         y=y,
         color="index",
         symbol="feature_set",
         facet_col="distractors",
         hover_name="config",
-        hover_data={"mean_visited": ":.1f", "query_ms": ":.3f", y: ":.3f"},
+        hover_data={"mean_visited": ":.1f", **{column: ":.3f" for column in times}, y: ":.3f"},
         log_x=True,
         color_discrete_map=_LABEL_COLORS,
         labels={
-            "query_ms": "ms / query",
+            **{column: f"ms / query {mode}" for column, mode in TIME_MODES.items()},
             "recall": "recall@10 vs exact scan",
             "map": "mAP@10",
             "mean_visited": "visited / query",
             "feature_set": "feature set",
         },
-        title=f"{_NAMES.get(y, y)} vs time per query",
+        title=f"{_NAMES.get(y, y)} vs time per query, {TIME_MODES.get(x, x)}",
         category_orders={"distractors": ["with distractors", "without distractors"]},
     )
     fig.update_traces(marker={"size": 12, "line": {"width": 1, "color": "black"}})

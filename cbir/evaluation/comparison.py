@@ -62,6 +62,7 @@ COMPARISON_COLUMNS = [
     *MEASURE_COLUMNS,
     "n_all_queries",
     "query_ms",
+    "single_query_ms",
 ]
 PER_CLASS_COLUMNS = ["feature_set", "index", "distractors", "class", "n_queries", "map"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -76,6 +76,7 @@ ROW_COLUMNS = [
     "fit_seconds",
     "search_seconds",
     "query_ms",
+    "single_query_ms",
 ]
 
 
@@ -343,6 +344,8 @@ class EvaluationResult:
     metric: str
     index_params: dict[str, Any] = field(default_factory=dict)
     n_all_queries: int = -1  # the collection's query rows when n_queries is a sample of them (-1: not sampled)
+    # ms per query searched one at a time (the Search page's mode: :func:`time_single_queries`; NaN: not measured)
+    single_query_ms: float = float("nan")
 
     @property
     def sampled(self) -> bool:
@@ -351,7 +354,8 @@ class EvaluationResult:
 
     @property
     def query_ms(self) -> float:
-        """Search time per query in milliseconds."""
+        """Search time per query in milliseconds, the mean over the batch of queries (one ``search`` call on all
+        cores; :attr:`single_query_ms` is the time of one query searched alone)."""
         return 1000.0 * self.search_seconds / max(self.n_queries, 1)
 
     def row(self) -> dict[str, Any]:
@@ -382,6 +386,7 @@ class EvaluationResult:
             "fit_seconds": self.fit_seconds,
             "search_seconds": self.search_seconds,
             "query_ms": self.query_ms,
+            "single_query_ms": self.single_query_ms,
         }
 
 
@@ -451,6 +456,40 @@ def time_scan(
     return fit_seconds, seconds * split.n_queries / n_timed
 
 
+# One query at a time, the Search page's mode (cbir.indexes.threads: numba's serial kernels, BLAS on one thread):
+# timed on a fixed sample of at most SINGLE_QUERY_SAMPLE validation queries, after SINGLE_QUERY_WARMUP untimed ones,
+# stopping early once SINGLE_QUERY_SECONDS are spent (an exact scan of 1M objects takes ~0.2 s a query)
+SINGLE_QUERY_SAMPLE = 100
+SINGLE_QUERY_WARMUP = 3
+SINGLE_QUERY_SECONDS = 2.0
+
+
+def time_single_queries(
+    index: BaseIndex, split: EvaluationSplit, k: int, progress: StageProgress | None = None
+) -> float:
+    """Milliseconds per query of the fitted ``index`` searching the split's queries one at a time (one
+    ``search(q[None], k)`` call each, as the Search page does: :func:`cbir.indexes.threads.queries` runs a single
+    query on one thread), the mean over a fixed sample of at most :data:`SINGLE_QUERY_SAMPLE` of them (fewer when
+    they take more than :data:`SINGLE_QUERY_SECONDS` in all) after :data:`SINGLE_QUERY_WARMUP` untimed ones."""
+    queries = split.query_vectors[sample_rows(np.arange(split.n_queries), SINGLE_QUERY_SAMPLE)]
+    stage = "timing one query at a time"
+    if progress is not None:
+        progress(stage, 0, len(queries))
+    for query in queries[:SINGLE_QUERY_WARMUP]:
+        index.search(query[None], k)
+    seconds, done = 0.0, 0
+    for query in queries:
+        started = time.perf_counter()
+        index.search(query[None], k)
+        seconds += time.perf_counter() - started
+        done += 1
+        if seconds > SINGLE_QUERY_SECONDS and done >= SINGLE_QUERY_WARMUP:
+            break
+    if progress is not None:
+        progress(stage, len(queries), len(queries))
+    return 1000.0 * seconds / done
+
+
 def evaluate_split(
     index: BaseIndex, split: EvaluationSplit, k: int = 10, refit: bool = True, progress: StageProgress | None = None
 ) -> EvaluationResult:
@@ -466,7 +505,8 @@ def evaluate_split(
         exact = split.exact_answer(index.metric, int(k), progress)  # stored answers need neither rows nor kernels
         visited = np.full(split.n_queries, split.n_indexed, dtype=np.int64)
         seconds = time_scan(index, split, int(k), progress)
-        return _score(split, exact.scores, exact.ids, visited, index.metric, int(k), *seconds, params)
+        result = _score(split, exact.scores, exact.ids, visited, index.metric, int(k), *seconds, params)
+        return replace(result, single_query_ms=time_single_queries(index, split, int(k), progress))
     fit_seconds = 0.0
     if refit:
         vectors = split.indexed_vectors(progress)
@@ -479,7 +519,8 @@ def evaluate_split(
     else:
         warm_up(progress)
     scores, ids, visited, search_seconds = search_in_chunks(index, split.query_vectors, int(k), progress)
-    return _score(split, scores, ids, visited, index.metric, int(k), fit_seconds, search_seconds, params, progress)
+    result = _score(split, scores, ids, visited, index.metric, int(k), fit_seconds, search_seconds, params, progress)
+    return replace(result, single_query_ms=time_single_queries(index, split, int(k), progress))
 
 
 def evaluate(

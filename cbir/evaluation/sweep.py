@@ -36,6 +36,7 @@ SWEEP_COLUMNS = [
     "fit_seconds",
     "search_seconds",
     "query_ms",
+    "single_query_ms",
 ]
 _GRID_ALIASES = {"g": "n_tables", "h": "n_projections", "w": "bucket_width"}
 

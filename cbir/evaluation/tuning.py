@@ -321,7 +321,9 @@ def sweep_for(
     file = sweep_cache_file(path, version if kept_as is None else kept_as, metric, with_distractors, k)
     if file.is_file():
         try:
-            return pd.read_parquet(file)
+            kept = pd.read_parquet(file)
+            if set(SWEEP_COLUMNS) <= set(kept.columns):  # one written before a column was added: computed again
+                return kept
         except (OSError, ValueError):  # unreadable (a disk error, a format change): computed again below
             pass
     grid = default_grid(width_sample(load_feature_set(path, version, SPLIT_COLUMNS)), metric)

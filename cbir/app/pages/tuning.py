@@ -17,7 +17,7 @@ from streamlit.navigation.page import StreamlitPage
 
 from cbir.app import formats, plots, ui
 from cbir.core.names import METRIC_LABELS, METRICS
-from cbir.evaluation.evaluate import EvaluationResult
+from cbir.evaluation.evaluate import SINGLE_QUERY_SAMPLE, EvaluationResult
 from cbir.evaluation.tuning import (
     DEFAULT_SWEEP_SIZE,
     RECOMMEND_BUDGET_FRACTION,
@@ -150,23 +150,47 @@ def show_summary(
         f"all {scan.mean_visited:,.0f})",
     )
     m[3].metric("Share visited", formats.share(result.visited_fraction), help="Visited images / indexed images")
+    one, batch = (time_metric(result, scan, column) for column in plots.TIME_MODES)
     m[4].metric(
-        "Time / query",
-        formats.duration(result.query_ms / 1000),
-        f"{result.query_ms - scan.query_ms:+.3f} ms vs scan",
-        delta_color="inverse",
-        help=f"The mean per query over the batch of {result.n_queries:,} validation queries, features not included; "
-        f"the exact scan's ({formats.duration(scan.query_ms / 1000)}) is measured the same way in this run",
+        "One query",
+        **one,
+        help=f"One query searched alone, as on the Search page (numba's serial kernels, BLAS on one thread): the mean "
+        f"of up to {SINGLE_QUERY_SAMPLE} validation queries searched one at a time after a short warm-up, features "
+        f"not included; the exact scan's ({formats.duration(scan.single_query_ms / 1000)}) measured the same way in "
+        "this run",
     )
-    m[5].metric("Index build", formats.duration(result.fit_seconds), help="Fitting the index on the indexed images")
+    m[5].metric(
+        "Per query in a batch",
+        **batch,
+        help=f"The mean per query over one batch of all {result.n_queries:,} validation queries (one search call on "
+        f"all cores: throughput); the exact scan's ({formats.duration(scan.query_ms / 1000)}) measured the same way "
+        "in this run",
+    )
     summary.caption(
         f"{result.n_queries:,} validation queries against {result.n_indexed:,} indexed images (the collection's "
         "searchable images less the queries" + ("" if with_distractors else " and the distractors") + ") · "
-        f"mean {result.score_name} of the results {result.mean_score:.3f} (scan {scan.mean_score:.3f}) · times per "
-        "query in a batch, the scan's measured in this run like the setting's"
+        f"mean {result.score_name} of the results {result.mean_score:.3f} (scan {scan.mean_score:.3f}) · index "
+        f"built in {formats.duration(result.fit_seconds)} · times per query one at a time and in a batch, each "
+        "against the exact scan timed the same way in this run"
     )
     if result.sampled:
         summary.info(ui.sample_note(result.n_queries, result.n_all_queries))
+
+
+def time_metric(result: EvaluationResult, scan: EvaluationResult, column: str) -> dict[str, str]:
+    """``value``, ``delta`` and ``delta_color`` of a time metric (``column``: ``single_query_ms`` or ``query_ms``):
+    the setting's time and how many times faster (green) or slower (red) than the exact scan in the same mode."""
+    ms, scan_ms = float(getattr(result, column)), float(getattr(scan, column))
+    speedup = scan_ms / ms if ms > 0 else float("nan")
+    if not speedup == speedup:  # not measured
+        return {"value": formats.duration(ms / 1000), "delta": None, "delta_color": "off"}
+    if speedup >= 1:
+        return {"value": formats.duration(ms / 1000), "delta": f"{speedup:.1f}× faster than scan"}
+    return {
+        "value": formats.duration(ms / 1000),
+        "delta": f"{1 / speedup:.1f}× slower than scan",
+        "delta_color": "inverse",
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -191,10 +215,7 @@ def show_sweep(path: str, version: int, setting: Setting, result: EvaluationResu
         st.session_state[sweep_key] = True
     table = ui.sweep(path, version, config.metric, setting.with_distractors)
     st.caption(sweep_caption(table))
-    for x in ("mean_visited", "query_ms"):
-        charts = st.columns(2)
-        charts[0].plotly_chart(plots.fig_map_vs_visited(table, result.row(), x=x), width="stretch")
-        charts[1].plotly_chart(plots.fig_map_vs_visited(table, result.row(), y="recall", x=x), width="stretch")
+    sweep_charts(table, result.row())
     recommended = recommended_config(table, result.n_indexed)
     if recommended is not None:
         left, right = st.columns([3, 1])
@@ -203,19 +224,62 @@ def show_sweep(path: str, version: int, setting: Setting, result: EvaluationResu
             f"{RECOMMEND_BUDGET_FRACTION:.0%} of the index: **{recommended.label}**"
         )
         right.button("Use it", on_click=use_recommended, args=(recommended, setting), key="tune-use-recommended")
-    with st.expander("Sweep table (Pareto-optimal settings first)"):
+    sweep_details(table)
+
+    trends(table, config)
+
+
+# the horizontal axis of the sweep's two charts: a time in either mode, or the objects visited
+CHART_AXES = {
+    "single_query_ms": "Time, one query at a time",
+    "query_ms": "Time per query in a batch",
+    "mean_visited": "Objects visited",
+}
+
+
+@st.fragment
+def sweep_charts(table: pd.DataFrame, current: dict) -> None:
+    """mAP and recall against the chosen axis (one query at a time by default: what a user of the Search page
+    feels); a fragment: switching the axis redraws these two charts only."""
+    x = st.radio(
+        "Horizontal axis",
+        list(CHART_AXES),
+        format_func=CHART_AXES.get,
+        horizontal=True,
+        key="tune-axis",
+        help=f"One query at a time: each setting's mean over up to {SINGLE_QUERY_SAMPLE} validation queries searched "
+        "alone, as the Search page does (one thread); in a batch: the mean per query of one search call over all "
+        "the validation queries (all cores). The exact scan is timed in the same mode as every other point.",
+    )
+    charts = st.columns(2)
+    charts[0].plotly_chart(plots.fig_map_vs_visited(table, current, x=x), width="stretch")
+    charts[1].plotly_chart(plots.fig_map_vs_visited(table, current, y="recall", x=x), width="stretch")
+
+
+@st.fragment
+def sweep_details(table: pd.DataFrame) -> None:
+    """The sweep's table, drawn on request (a table fewer to draw on every change of the page)."""
+    if st.toggle("Sweep table (Pareto-optimal settings first)", key="tune-table"):
         ui.table(table.sort_values(["pareto", "map"], ascending=[False, False]))
 
-    with st.expander("Hyper-parameter trends (the paper's Section 6), at the sweep point nearest to the sliders"):
-        lsh_rows = table[table["index"] == "lsh"]
-        st.plotly_chart(
-            plots.fig_map_vs_h(table, g=nearest(lsh_rows["n_tables"].unique(), config.n_tables)), width="stretch"
-        )
-        st.plotly_chart(
-            plots.fig_map_visited_vs_g(table, h=nearest(lsh_rows["n_projections"].unique(), config.n_projections)),
-            width="stretch",
-        )
-        st.plotly_chart(plots.fig_map_vs_w(table), width="stretch")
+
+@st.fragment
+def trends(table: pd.DataFrame, config: IndexConfig) -> None:
+    """The paper's Section 6 trends, drawn on request (three charts fewer to draw on every change of the page)."""
+    if not st.toggle(
+        "Hyper-parameter trends (the paper's Section 6), at the sweep point nearest to the sliders",
+        key="tune-trends",
+    ):
+        return
+    lsh_rows = table[table["index"] == "lsh"]
+    st.plotly_chart(
+        plots.fig_map_vs_h(table, g=nearest(lsh_rows["n_tables"].unique(), config.n_tables)), width="stretch"
+    )
+    st.plotly_chart(
+        plots.fig_map_visited_vs_g(table, h=nearest(lsh_rows["n_projections"].unique(), config.n_projections)),
+        width="stretch",
+    )
+    st.plotly_chart(plots.fig_map_vs_w(table), width="stretch")
 
 
 def sweep_caption(table: pd.DataFrame) -> str:
@@ -225,8 +289,8 @@ def sweep_caption(table: pd.DataFrame) -> str:
         "(faiss, M=32) and hnswlib (M=32) at several ef, IVF-Flat (faiss, about 4·√n lists) at several nprobe, "
         "cross-polytope LSH (PCA-48, L=8, 10 bits, a shortlist of 30 scored on uint8 codes of 128 PCA axes) at "
         "several probes. hnswlib does not count the objects it visits: it shows on the time charts only. Times are "
-        "per query over the validation batch on this machine (noisy when it is busy), all the sweep's measured in "
-        "one run"
+        "per query, one at a time or in a batch (the axis says which), on this machine (noisy when it is busy), all "
+        "the sweep's measured in one run"
         + (
             f" ({table['computed'].iloc[0]:%Y-%m-%d %H:%M} UTC, kept until the features are extracted again: images "
             "added or removed since move its figures by about their share)"
