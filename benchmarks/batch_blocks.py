@@ -7,9 +7,10 @@
 runs by it, so on shared cores whose load changes by the second its batch ratios move by 2× from run to run. Here
 the exact scan and :class:`cbir.indexes.blocks.BlockPolytopeIndex` (L = 8, log2(n) - 2 bits, ``--probes`` T) answer
 the whole query batch in turn, ``--rounds`` times; each keeps its fastest round. The index runs in its two batch
-layouts (the same answers, checked here): the exact re-rank grouped by row (the default for a batch,
-:mod:`cbir.indexes.kernels.grouped`) and query by query (as one query runs). Both on all the machine's threads, then
-on one (numba, BLAS and OpenMP). Prints recall@10, ms per query (wall and CPU), × the scan, and the load average.
+layouts (the same answers, checked here): the exact re-rank grouped by row (the default for a batch on one
+thread, :mod:`cbir.indexes.kernels.grouped`) and query by query (as one query runs; the default on several). Both
+on all the machine's threads, then on one (numba, BLAS and OpenMP).
+Prints recall@10, ms per query (wall and CPU), × the scan, and the load average.
 """
 
 from __future__ import annotations
