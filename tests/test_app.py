@@ -318,7 +318,8 @@ def test_comparison_page_renders_its_table(app_env: Path) -> None:
     assert photos.apply(lambda column: column.between(0, 100)).all().all()
     assert images(at) == 5  # the five most frequent answers, as tiles
     distances = at.dataframe[2].value
-    assert distances["class"].iloc[0] == "(all)" and len(distances) == 1 + 13
+    assert distances["Class"].iloc[0] == "(all)" and len(distances) == 1 + 13
+    assert {"Mean euclidean distance", "Mean cosine similarity"} <= set(distances.columns)  # names a person reads
     # recall vs time, 4 comparison bars (mAP, recall, visited, score), per-class, 2 histograms
     assert len(at.get("plotly_chart")) >= 8
     at.radio(key="compare-lsh").set_value("default").run()

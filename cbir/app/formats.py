@@ -106,6 +106,12 @@ COLUMN_NAMES = {
     "n_all_queries": "Validation queries",
     "recall_pareto": "Recall Pareto-optimal",
     "computed": "Computed (UTC)",
+    # the distance distributions' table (cbir.evaluation.distances)
+    "class": "Class",
+    "n_objects": "Images",
+    "n_sampled": "Sampled images",
+    "mean_euclidean": "Mean euclidean distance",
+    "mean_cosine": "Mean cosine similarity",
 }
 # printf formats of the numeric columns (by their human name): one number of decimals per kind of figure
 COLUMN_FORMATS = {
@@ -125,6 +131,10 @@ COLUMN_FORMATS = {
     "g (tables)": "%d",
     "h (projections)": "%d",
     "Probes": "%d",
+    "Images": "%d",
+    "Sampled images": "%d",
+    "Mean euclidean distance": "%.3f",
+    "Mean cosine similarity": "%.3f",
 }
 
 
