@@ -61,8 +61,13 @@ def render() -> None:
         "validation queries.",
     )
     choice = choose_comparison(ui.require_feature_set_choices())
-    comparison = ui.compare(choice.feature_sets, choice.metric, choice.lsh_setting == RECOMMENDED, choice.references)
-    show_results(comparison, choice)
+    st.subheader("Results")
+    results = st.empty()  # the table as it grows: the exact scan and LSH first (seconds), then the references
+    parts = ui.comparisons(choice.feature_sets, choice.metric, choice.lsh_setting == RECOMMENDED, choice.references)
+    for comparison in parts:
+        with results.container():
+            show_table(comparison, choice)
+    show_charts(comparison, choice)
     show_hubness(choice)
     show_distances(choice)
     show_finetuning()
@@ -99,11 +104,14 @@ def choose_comparison(choices: dict[str, str]) -> Choice:
     return Choice(ui.with_versions(choices, selected), metric, lsh_setting, references)
 
 
-def show_results(comparison: Comparison, choice: Choice) -> None:
-    """The comparison's table (and its CSV), then its charts in tabs."""
+def score_label(metric: str) -> str:
+    return f"mean {score_name(metric)}".capitalize()
+
+
+def show_table(comparison: Comparison, choice: Choice) -> None:
+    """The comparison's table (no keyed widget: it is drawn again as the comparison grows)."""
     table = comparison.table
-    score = f"mean {score_name(choice.metric)}".capitalize()
-    st.subheader("Results")
+    score = score_label(choice.metric)
     sampled = table[table["n_all_queries"] > table["n_queries"]]
     if not sampled.empty:
         st.info(ui.sample_note(int(sampled["n_queries"].iloc[0]), int(sampled["n_all_queries"].max())))
@@ -130,8 +138,13 @@ def show_results(comparison: Comparison, choice: Choice) -> None:
             score: st.column_config.NumberColumn(score, format="%.3f"),
         },
     )
-    st.download_button("Download as CSV", table.to_csv(index=False), "comparison.csv", "text/csv")
 
+
+def show_charts(comparison: Comparison, choice: Choice) -> None:
+    """The whole comparison's CSV, then its charts in tabs."""
+    table = comparison.table
+    score = score_label(choice.metric)
+    st.download_button("Download as CSV", table.to_csv(index=False), "comparison.csv", "text/csv")
     tradeoff_tab, map_tab, recall_tab, visited_tab, score_tab, per_class_tab = st.tabs(
         ["Recall vs time", "mAP@10", "Recall@10", "Visited objects", score, "Per-class mAP"]
     )
@@ -144,10 +157,10 @@ def show_results(comparison: Comparison, choice: Choice) -> None:
         "page searches) or in a batch of all the validation queries, every index's (the exact scan's too) measured "
         "in the same mode in this server's run. hnswlib does not count the objects it visits."
     )
-    map_tab.plotly_chart(plots.fig_comparison(table, "map", "mAP@10"), width="stretch")
-    recall_tab.plotly_chart(plots.fig_comparison(table, "recall", "Recall@10 against the exact scan"), width="stretch")
-    visited_tab.plotly_chart(plots.fig_comparison(table, "mean_visited", "Objects visited per query"), width="stretch")
-    score_tab.plotly_chart(plots.fig_comparison(table, "mean_score", f"{score} of the top-10"), width="stretch")
+    map_tab.plotly_chart(ui.comparison_figure(table, "map", "mAP@10"), width="stretch")
+    recall_tab.plotly_chart(ui.comparison_figure(table, "recall", "Recall@10 against the exact scan"), width="stretch")
+    visited_tab.plotly_chart(ui.comparison_figure(table, "mean_visited", "Objects visited per query"), width="stretch")
+    score_tab.plotly_chart(ui.comparison_figure(table, "mean_score", f"{score} of the top-10"), width="stretch")
     with per_class_tab:
         per_class(comparison.per_class)
 
@@ -162,7 +175,7 @@ def tradeoff(table: pd.DataFrame) -> None:
         horizontal=True,
         key="compare-time-mode",
     )
-    st.plotly_chart(plots.fig_comparison_tradeoff(table, x=x), width="stretch")
+    st.plotly_chart(ui.comparison_tradeoff_figure(table, x=x), width="stretch")
 
 
 @st.fragment
@@ -170,7 +183,7 @@ def per_class(table: pd.DataFrame) -> None:
     """Per-class mAP with or without the distractors; a fragment: the radio reruns this tab only, so the page keeps
     its height and its scroll position (a full rerun redrew the page above it and scrolled to the top)."""
     setting = st.radio("Distractors", ["with", "without"], horizontal=True, key="compare-per-class")
-    st.plotly_chart(plots.fig_comparison_per_class(table, setting), width="stretch")
+    st.plotly_chart(ui.comparison_per_class_figure(table, setting), width="stretch")
 
 
 def show_hubness(choice: Choice) -> None:
