@@ -112,7 +112,7 @@ STREAMLIT_FLAGS = [
 
 def server_first_queries(server: str, photo: str, query: bytes, work: Path) -> dict:
     """A fresh ``server`` (a key of :data:`SERVERS`): seconds until ready, then its first and second query."""
-    from benchmarks.load import LOOPBACK, free_port, running_server
+    from benchmarks.browser import LOOPBACK, free_port, running_server
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
@@ -129,7 +129,7 @@ def server_first_queries(server: str, photo: str, query: bytes, work: Path) -> d
     with running_server(command, port, health, work / f"{server}.log", env, 300, server) as running:
         row: dict = {"server": " ".join(command[1:4])}
         if server == "app":
-            from benchmarks.load import wait_for
+            from benchmarks.browser import wait_for
 
             wait_for(lambda: WARM_LINE in running.log(), 300, "the warm start", interval=0.1)
         row["ready_s"] = time.monotonic() - started
@@ -160,7 +160,7 @@ def api_queries(url: str, photo: str, query: bytes) -> dict:
 def page_queries(url: str, photo: Path, work: Path) -> dict:
     """In a headless Chromium: open the Search page, upload ``photo``, wait for its ten results; twice (the second
     time under another name, so that the page answers it again)."""
-    from benchmarks.load import (
+    from benchmarks.browser import (
         PAGE_S,
         app_running,
         body_text,

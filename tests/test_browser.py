@@ -61,7 +61,7 @@ PAGE_TITLES = {
 def test_a_link_to_a_page_opens_it_on_a_fresh_server(server: Server, browser: Any, url_path: str) -> None:
     """A link to the page is the fresh server's first request (app.py has never run in it): the page opens at its
     URL with app.py's sidebar (the feature set, the navigation), not Streamlit's "Page not found"."""
-    from benchmarks.load import body_text, elements
+    from benchmarks.browser import body_text, elements
 
     driver = browser
     url = f"{server.url}/{url_path}"

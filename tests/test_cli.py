@@ -136,7 +136,7 @@ def test_app_warms_first_then_runs_streamlit_in_process(monkeypatch: pytest.Monk
 def test_app_server_warms_before_any_session(tmp_path: Path) -> None:
     """A real `python -m cbir app`: Streamlit answers from the process that runs the warm start, which began with the
     server, no browser session having opened (here it has nothing to warm and its line says so)."""
-    from benchmarks.load import LOOPBACK, free_port, running_server, wait_for
+    from benchmarks.browser import LOOPBACK, free_port, running_server, wait_for
 
     port = free_port()
     env = {**os.environ, "CBIR_COLLECTION": str(tmp_path / "none"), "PYTHONPATH": str(config.PROJECT_ROOT)}
