@@ -95,3 +95,38 @@ def test_the_comparison_figures_are_built_once_per_table(tmp_path) -> None:
     assert ui.comparison_per_class_figure(result.per_class, "without") is not ui.comparison_per_class_figure(
         result.per_class, "with"
     )
+
+
+def _keras_session_script() -> None:
+    import streamlit as st
+    from keras.src.backend.common import global_state
+
+    from cbir.app import ui
+
+    if st.query_params.get("keep") == "yes":
+        ui.keep_keras_session()
+    # keras.backend.clear_session() replaces this object (and clears TensorFlow's kernel cache beside it)
+    st.write(f"session {id(global_state.GLOBAL_STATE_TRACKER)}")
+
+
+def _sessions(keep: bool) -> list[str]:
+    at = AppTest.from_function(_keras_session_script, default_timeout=120)
+    at.query_params["keep"] = "yes" if keep else "no"
+    return [at.run().markdown[0].value for _ in range(3)]
+
+
+def test_keras_session_survives_the_script_runs() -> None:
+    """Streamlit clears Keras' session after every script run (its _clean_problem_modules), and with it TensorFlow's
+    kernel cache: the next run's first model call paid 300-550 ms to instantiate its kernels again.
+    ui.keep_keras_session stops that, and only that."""
+    from streamlit.runtime.scriptrunner import script_runner
+
+    original = script_runner._clean_problem_modules
+    try:
+        if not getattr(original, "keeps_keras_session", False):  # Streamlit's own: every run starts a new session
+            cleared = _sessions(keep=False)  # (a new session's object is made while the old one lives: ids differ)
+            assert cleared[0] != cleared[1] and cleared[1] != cleared[2]
+        kept = _sessions(keep=True)  # the first run replaces it before it ends: the session lives on from then
+        assert kept[1] == kept[2]
+    finally:
+        script_runner._clean_problem_modules = original

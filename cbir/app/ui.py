@@ -9,6 +9,7 @@ underscore marks an argument Streamlit must not hash.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -79,8 +80,35 @@ def search_engine_without_model(path: str) -> search.SearchEngine:
 def warm_start() -> search.WarmStart:
     """Once per server process: :func:`cbir.service.search.warm_start` in a background thread (kernels, the newest
     feature set, its model and engine, its fresh saved indexes), so the first query does not pay for them; the one
-    ``python -m cbir app`` started as the server started, if it did (:func:`cbir.service.search.server_warm_start`)."""
+    ``python -m cbir app`` started as the server started, if it did (:func:`cbir.service.search.server_warm_start`).
+    Also :func:`keep_keras_session`, without which every page run would undo part of the warm-up."""
+    keep_keras_session()
     return search.server_warm_start()
+
+
+def keep_keras_session() -> None:
+    """Stop Streamlit from clearing Keras' session after every script run (idempotent).
+
+    Streamlit's script runner ends each run with ``_clean_problem_modules()``, which calls
+    ``keras.backend.clear_session()`` (for apps that build a model per run and would pile them up). cbir builds its
+    models once per process (the shared engine, ``st.cache_resource``); clearing the session under them made the next
+    run's first model call instantiate its traced graph again: 300-550 ms of CPU on every Search-page query, which
+    kept the first query of a fresh app over a second (issue 21). Matplotlib's clean-up, the other half, is kept.
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    current = getattr(script_runner, "_clean_problem_modules", None)
+    if current is None or getattr(current, "keeps_keras_session", False):
+        return  # another Streamlit (nothing to replace), or already replaced
+
+    def clean_problem_modules_but_keras() -> None:
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None:
+            with contextlib.suppress(Exception):
+                plt.close("all")
+
+    clean_problem_modules_but_keras.keeps_keras_session = True  # type: ignore[attr-defined]
+    script_runner._clean_problem_modules = clean_problem_modules_but_keras
 
 
 def add_to_collection(
