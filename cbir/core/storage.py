@@ -65,18 +65,19 @@ def save_artifact(path: str | os.PathLike[str], kind: str, payload: dict[str, An
     return Path(path)
 
 
-def load_artifact(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+def load_artifact(path: str | os.PathLike[str], kind: str, mmap: bool = False) -> dict[str, Any]:
     """Load an artifact written by :func:`save_artifact`; raise :class:`ArtifactError` when it is unusable.
 
-    Its numpy arrays are mapped from the file copy-on-write (``mmap_mode="c"``: read from the page cache as they are
-    touched, a write changes this process' copy only), not read into new memory: a saved FAISS HNSW of 1M × 256
-    (2.3 GB) loads in 8-9 s instead of 15-16 s (benchmarks/saved_load.py, load average 7-10). Files are only ever
-    replaced by a rename (:func:`atomic_output`), so a mapping always sees the complete file it opened."""
+    With ``mmap`` (saved indexes), its numpy arrays are mapped from the file copy-on-write (``mmap_mode="c"``: read
+    from the page cache as they are touched, a write changes this process' copy only), not read into new memory: a
+    saved FAISS HNSW of 1M × 256 (2.3 GB) loads in 8-9 s instead of 15-16 s (benchmarks/saved_load.py, load average
+    7-10). Files are only ever replaced by a rename (:func:`atomic_output`), so a mapping always sees the complete
+    file it opened. Not by default: small artifacts (tables, caches) gain nothing and would hold memmaps."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
     try:
-        envelope = joblib.load(path, mmap_mode="c")
+        envelope = joblib.load(path, mmap_mode="c" if mmap else None)
     except Exception as exc:  # joblib/pickle raise many types on truncated files
         raise ArtifactError(f"artifact {path} is unreadable ({type(exc).__name__}: {exc})") from exc
     if not isinstance(envelope, dict) or envelope.get("kind") != kind:

@@ -253,7 +253,7 @@ class BaseIndex:
     @classmethod
     def load(cls: type[IndexT], path: str | os.PathLike[str]) -> IndexT:
         """Read an index written by :meth:`save`; raises :class:`cbir.core.storage.ArtifactError` if unusable."""
-        payload = load_artifact(path, cls.kind)
+        payload = load_artifact(path, cls.kind, mmap=True)  # large arrays: mapped, not read (core.storage)
         try:
             index = cls(**payload["params"])
             index._restore(payload["state"])
