@@ -24,13 +24,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
 
 CHROMIUM = Path(os.environ.get("CBIR_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CBIR_CHROMEDRIVER", "/usr/bin/chromedriver"))
 LOOPBACK = "127.0.0.1"
+T = TypeVar("T")
 SERVER_START_S = 90
 PAGE_S = 120  # the first query of a server loads the model
 # What marks a problem on a page: an exception box, an st.error box.
@@ -288,9 +289,24 @@ def query_time_ms(driver: Any) -> float | None:
 SLIDER_INPUT = '[data-testid="stSlider"] input[type="range"]'  # React Aria's visually hidden range input
 
 
+def redrawn_again(read: Callable[[], T], attempts: int = 5) -> T:
+    """``read()``, looked up again when Streamlit redrew an element between finding it and using it (a fragment or a
+    rerun replaces it: Selenium's StaleElementReferenceException)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for attempt in range(attempts):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 def slider_values(driver: Any) -> list[str]:
     """The values of the page's sliders, as shown."""
-    return [str(e.get_attribute("aria-valuetext")) for e in elements(driver, SLIDER_INPUT)]
+    return redrawn_again(lambda: [str(e.get_attribute("aria-valuetext")) for e in elements(driver, SLIDER_INPUT)])
 
 
 def move_first_slider(driver: Any, steps: int = 1) -> None:
@@ -299,7 +315,7 @@ def move_first_slider(driver: Any, steps: int = 1) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    driver.execute_script("arguments[0].focus();", elements(driver, SLIDER_INPUT)[0])
+    redrawn_again(lambda: driver.execute_script("arguments[0].focus();", elements(driver, SLIDER_INPUT)[0]))
     key = Keys.ARROW_RIGHT if steps > 0 else Keys.ARROW_LEFT
     ActionChains(driver).send_keys(*([key] * abs(steps))).perform()
 
