@@ -206,3 +206,24 @@ def test_a_batch_grouped_by_row_equals_one_query_at_a_time_and_the_reference(rea
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
     np.testing.assert_array_equal(visited, ref_visited)
     assert (ids >= 0).all()
+
+
+def test_one_query_projection_matches_the_reference_and_the_batch(real_features: FeatureSet) -> None:
+    """One query's projection in one numba call (cbir.indexes.kernels.projection) against the numpy reference and
+    the batch's BLAS product, on the real features (the index's searches use them)."""
+    roles = np.asarray(real_features.roles)
+    X = np.ascontiguousarray(real_features.features[roles != "query"], dtype=np.float32)
+    Q = np.ascontiguousarray(real_features.features[roles == "query"][:40], dtype=np.float32)
+    index = BlockPolytopeIndex(4, 1, reduce_dim=16, score_dim=30).fit(X)  # 30 axes: four at a time, and two more
+    axes, mean = index._axes, index._axes_mean
+    assert axes[1].shape == (30, X.shape[1]) and axes[1].flags.c_contiguous
+    low, step = index._codebook.low, index._codebook.step
+    reference = kernels.query_spaces_reference(Q, axes[0], mean, 16, low, step)
+    batch = kernels.query_spaces(Q, axes, mean, 16, low, step)
+    for i in range(len(Q)):
+        single = kernels.query_spaces(Q[i : i + 1], axes, mean, 16, low, step)
+        for one, many, ref in zip(single, batch, reference, strict=True):
+            assert one.shape == (1, ref.shape[1]) and one.dtype == np.float32 and one.flags.c_contiguous
+            scale = np.abs(ref).max()
+            np.testing.assert_allclose(one[0], ref[i], rtol=1e-4, atol=1e-5 * scale)
+            np.testing.assert_allclose(many[i], ref[i], rtol=1e-4, atol=1e-5 * scale)

@@ -24,6 +24,7 @@ import numpy as np
 from cbir.indexes import kernels, threads
 from cbir.indexes.base import SearchResult, check_int
 from cbir.indexes.kernels.blocks import block_codes, block_search
+from cbir.indexes.kernels.projection import query_spaces
 from cbir.indexes.polytope import CrossPolytopeIndex
 
 
@@ -70,9 +71,10 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         self.stamp = bool(stamp)
         self.patience = check_int(patience, "patience", 0)
         self._blocks: np.ndarray | None = None  # (g*n, s) uint8 codes in bucket order
-        # the query's one projection: (d, max(r, s)) axes and the mean's coordinates on them (computed once)
-        self._axes: np.ndarray | None = None
-        self._axes_bias: np.ndarray | None = None
+        # the query's one projection onto max(r, s) axes: (d, w) columns for a batch's BLAS product, (w, d) rows for one
+        # query's numba kernel (cbir.indexes.kernels.projection), and the data's mean they are centred on
+        self._axes: tuple[np.ndarray, np.ndarray] | None = None
+        self._axes_mean: np.ndarray | None = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -97,8 +99,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         assert self._pca is not None and self._score_pca is not None
         self._blocks = block_codes(self._tables, self._reduced)
         wide = self._score_pca if self._score_pca.components.shape[1] >= self._pca.components.shape[1] else self._pca
-        self._axes = wide.components
-        self._axes_bias = wide.mean @ wide.components
+        self._axes = (wide.components, np.ascontiguousarray(wide.components.T))
+        self._axes_mean = np.ascontiguousarray(wide.mean, dtype=np.float32)
 
     def _fit(self, data: np.ndarray) -> None:
         super()._fit(data)
@@ -113,14 +115,12 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         self._lay_out_blocks()
 
     def _spaces(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The queries in the hashing space (m, r) and in code units (m, s), from one projection onto the wider."""
-        assert self._pca is not None and self._score_pca is not None and self._codebook is not None
-        projected = queries @ self._axes
-        projected -= self._axes_bias
-        hashed = np.ascontiguousarray(projected[:, : self._pca.components.shape[1]])
-        units = projected[:, : self._score_pca.components.shape[1]] - self._codebook.low
-        units *= np.float32(1.0 / self._codebook.step)
-        return hashed, units
+        """The queries in the hashing space (m, r) and in code units (m, s), from one projection onto the wider axes
+        (one query: one numba call, :func:`cbir.indexes.kernels.projection.query_spaces`)."""
+        assert self._pca is not None and self._axes is not None and self._axes_mean is not None
+        assert self._codebook is not None
+        low, step = self._codebook.low, self._codebook.step
+        return query_spaces(queries, self._axes, self._axes_mean, self._pca.components.shape[1], low, step)
 
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
         # the two projections on one BLAS thread, also in a batch: products this small (m x 1280 x 128, then

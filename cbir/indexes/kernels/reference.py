@@ -261,3 +261,13 @@ def block_search_reference(
         ids[i, : len(order)] = candidates[order]
         scores[i, : len(order)] = key_values[order] if metric == METRIC_EUCLIDEAN else -key_values[order]
     return scores, ids, visited
+
+
+def query_spaces_reference(
+    queries: np.ndarray, columns: np.ndarray, mean: np.ndarray, hashed_dim: int, low: np.ndarray, step: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """numpy version of :func:`cbir.indexes.kernels.projection.query_spaces` (float64): the centred queries on the
+    axes ``columns`` (d, w); the first ``hashed_dim`` coordinates, and the first ``len(low)`` in code units
+    ``(coordinate - low) / step``."""
+    projected = (queries.astype(np.float64) - mean) @ columns.astype(np.float64)
+    return projected[:, :hashed_dim], (projected[:, : len(low)] - low) / step
