@@ -25,7 +25,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from cbir.indexes.kernels.common import BucketTables, _jit
+from cbir.indexes.kernels.common import METRIC_EUCLIDEAN, BucketTables, _jit
 from cbir.indexes.kernels.grouped import grouped_rerank
 from cbir.indexes.kernels.query import _rerank_shortlist, _shortlist_scratch
 from cbir.indexes.kernels.tables import _find_bucket
@@ -186,6 +186,35 @@ def _block_queries(
         _rerank_shortlist(queries[i], data, scratch, kept, metric, False, out_scores[i], out_ids[i])
 
 
+@_jit()
+def _block_one(
+    queries: np.ndarray,
+    data: np.ndarray,
+    units: np.ndarray,
+    codes: np.ndarray,
+    tables: BucketTables,
+    probe_tables: np.ndarray,
+    probe_keys: np.ndarray,
+    k: int,
+    rerank: int,
+    stamp: bool,
+    patience: int,
+    metric: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One query of :func:`block_search` (re-ranked on its own), its results allocated here: no numpy call from
+    Python per query (each costs microseconds when the caches are cold, as they are between a server's queries)."""
+    scores = np.full((1, k), np.inf if metric == METRIC_EUCLIDEAN else -np.inf, dtype=np.float32)
+    ids = np.full((1, k), -1, dtype=np.int64)
+    visited = np.zeros(1, dtype=np.int64)
+    short_ids = np.empty((0, rerank), dtype=np.int64)
+    short_kept = np.zeros(0, dtype=np.int64)
+    _block_queries(
+        queries, data, units, codes, tables, probe_tables, probe_keys, rerank, stamp, patience, metric, 0, 1, scores,
+        ids, visited, short_ids, short_kept,
+    )  # fmt: skip
+    return scores, ids, visited
+
+
 def block_search(
     queries: np.ndarray,
     data: np.ndarray,
@@ -229,6 +258,11 @@ def block_search(
         raise ValueError(f"codes {codes.shape} do not match the tables and the units {units.shape}")
     if rerank < 1 or patience < 0:
         raise ValueError(f"rerank must be >= 1 and patience >= 0, got {rerank} and {patience}")
+    if m == 1 and not grouped:  # one query (a search engine's): one call, no parallel launch
+        return _block_one(
+            queries, data, units, codes, tables, probe_tables, probe_keys, int(k), int(rerank), bool(stamp),
+            int(patience), int(metric),
+        )  # fmt: skip
     scores, ids = _empty_results(m, k, metric)
     visited = np.zeros(m, dtype=np.int64)
     arguments = (queries, data, units, codes, tables, probe_tables, probe_keys)
@@ -236,7 +270,7 @@ def block_search(
     grouped = (m > 1 and numba.get_num_threads() == 1) if grouped is None else bool(grouped)
     short_ids = np.empty((m if grouped else 0, rerank), dtype=np.int64)
     short_kept = np.zeros(m if grouped else 0, dtype=np.int64)
-    if m == 1:  # one query (a search engine's): no parallel launch
+    if m == 1:  # one query grouped (tests)
         _block_queries(*arguments, 0, 1, scores, ids, visited, short_ids, short_kept)
     else:
         _block_kernel(*arguments, _n_chunks(m), scores, ids, visited, short_ids, short_kept)

@@ -201,22 +201,33 @@ def cross_polytope_probes(
         of the search); rows end with table -1 when fewer than P buckets exist.
     """
     m = rotated.shape[0]
+    if m == 1:  # one query (a search engine's): one call, no parallel launch
+        return _probe_one(rotated, n_tables, n_projections, last_dim, n_probes)
     out_tables = np.full((m, n_probes), -1, dtype=np.int64)
     out_keys = np.zeros((m, n_probes), dtype=np.uint64)
     out_costs = np.full((m, n_probes), np.inf, dtype=np.float64)
-    if m == 1:  # one query (a search engine's): no parallel launch
-        _probe_queries(rotated, n_tables, n_projections, last_dim, 0, 1, out_tables, out_keys, out_costs)
-    else:
-        _cross_polytope_probes(
-            rotated=rotated,
-            n_tables=n_tables,
-            n_projections=n_projections,
-            last_dim=last_dim,
-            n_chunks=_n_chunks(m),
-            out_tables=out_tables,
-            out_keys=out_keys,
-            out_costs=out_costs,
-        )
+    _cross_polytope_probes(
+        rotated=rotated,
+        n_tables=n_tables,
+        n_projections=n_projections,
+        last_dim=last_dim,
+        n_chunks=_n_chunks(m),
+        out_tables=out_tables,
+        out_keys=out_keys,
+        out_costs=out_costs,
+    )
+    return out_tables, out_keys, out_costs
+
+
+@_jit()
+def _probe_one(
+    rotated: np.ndarray, n_tables: int, n_projections: int, last_dim: int, n_probes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`cross_polytope_probes` of one query, its results allocated here (no numpy call from Python)."""
+    out_tables = np.full((1, n_probes), -1, dtype=np.int64)
+    out_keys = np.zeros((1, n_probes), dtype=np.uint64)
+    out_costs = np.full((1, n_probes), np.inf, dtype=np.float64)
+    _probe_queries(rotated, n_tables, n_projections, last_dim, 0, 1, out_tables, out_keys, out_costs)
     return out_tables, out_keys, out_costs
 
 
