@@ -227,3 +227,21 @@ def test_one_query_projection_matches_the_reference_and_the_batch(real_features:
             scale = np.abs(ref).max()
             np.testing.assert_allclose(one[0], ref[i], rtol=1e-4, atol=1e-5 * scale)
             np.testing.assert_allclose(many[i], ref[i], rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("reduce_dim", [16, 200])
+def test_one_query_in_one_call_equals_the_batch(real_features: FeatureSet, reduce_dim: int) -> None:
+    """One query runs in one numba call (cbir.indexes.kernels.single), rotating its hashing coordinates by the dense
+    matrix (16 PCA axes) or by the fast transforms (200 axes, one round: no dense matrix): the batch's answers."""
+    roles = np.asarray(real_features.roles)
+    X = np.ascontiguousarray(real_features.features[roles != "query"], dtype=np.float32)
+    Q = np.ascontiguousarray(real_features.features[roles == "query"][:60], dtype=np.float32)
+    index = BlockPolytopeIndex(4, 1, probes=2, reduce_dim=reduce_dim, score_dim=200, n_rotations=1).fit(X)
+    assert (index._rotation is None) == (reduce_dim == 200)
+    batch = index.search(Q, 10)
+    for i in range(len(Q)):
+        single = index.search(Q[i : i + 1], 10)
+        np.testing.assert_array_equal(single.ids[0], batch.ids[i])
+        np.testing.assert_allclose(single.distances[0], batch.distances[i], rtol=1e-6)
+        np.testing.assert_array_equal(single.visited[0], batch.visited[i])
+    assert (batch.ids >= 0).all()

@@ -25,7 +25,10 @@ from cbir.indexes import kernels, threads
 from cbir.indexes.base import SearchResult, check_int
 from cbir.indexes.kernels.blocks import block_codes, block_search
 from cbir.indexes.kernels.projection import query_spaces
+from cbir.indexes.kernels.single import one_block_query
 from cbir.indexes.polytope import CrossPolytopeIndex
+
+_NO_ROTATION = np.zeros((0, 0), dtype=np.float32)  # one_block_query's "apply the fast transforms"
 
 
 class BlockPolytopeIndex(CrossPolytopeIndex):
@@ -122,7 +125,39 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         low, step = self._codebook.low, self._codebook.step
         return query_spaces(queries, self._axes, self._axes_mean, self._pca.components.shape[1], low, step)
 
+    def _search_one(self, query: np.ndarray, k: int) -> SearchResult:
+        """One query (1, d) in one numba call (:func:`cbir.indexes.kernels.single.one_block_query`): the same steps
+        as a batch's, without a Python-level step between them."""
+        assert self._pca is not None and self._axes is not None and self._axes_mean is not None
+        assert self._codebook is not None and self._signs is not None and self._blocks is not None
+        return SearchResult(
+            *one_block_query(
+                query=query,
+                mean=self._axes_mean,
+                rows=self._axes[1],
+                hashed_dim=self._pca.components.shape[1],
+                low=self._codebook.low,
+                inverse_step=np.float32(1.0 / self._codebook.step),
+                rotation=_NO_ROTATION if self._rotation is None else self._rotation,
+                signs=self._signs,
+                n_tables=self.n_tables,
+                n_projections=self.n_projections,
+                last_dim=self._last_dim(),
+                n_probes=self.n_tables * (1 + self.probes),
+                data=self._data,
+                codes=self._blocks,
+                tables=self.tables,
+                k=k,
+                rerank=self.rerank,
+                stamp=self.stamp,
+                patience=self.patience,
+                metric=kernels.METRIC_CODES[self.metric],
+            )
+        )
+
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
+        if len(queries) == 1:
+            return self._search_one(queries, k)
         # the two projections on one BLAS thread, also in a batch: products this small (m x 1280 x 128, then
         # m x 48 x 1024) gain little from a second thread, and OpenBLAS' workers, spinning after the call, slow the
         # numba kernels that follow (measured: 8x slower projections on two shared cores; README, issue 20); one query

@@ -1,8 +1,8 @@
 """numba kernels for exact re-ranking and the E2LSH index, with pure-numpy references (:mod:`.reference`).
 
 One module per concern: :mod:`.common`, :mod:`.hashing`, :mod:`.tables`, :mod:`.probing`, :mod:`.topk`,
-:mod:`.polytope`, :mod:`.candidates`, :mod:`.query`, :mod:`.blocks`, :mod:`.grouped`, :mod:`.projection`; their
-public names are re-exported here (``kernels.lsh_search``).
+:mod:`.polytope`, :mod:`.candidates`, :mod:`.query`, :mod:`.blocks`, :mod:`.grouped`, :mod:`.projection`,
+:mod:`.single`; their public names are re-exported here (``kernels.lsh_search``).
 
 Everything here takes and returns plain numpy arrays; the classes in :mod:`cbir.indexes.base` own validation and
 state. The numpy ``*_reference`` functions implement the same algorithms the slow, obvious way and exist
@@ -41,7 +41,8 @@ Bucket-ordered codes (:mod:`.blocks`; :mod:`cbir.indexes.blocks`)
     Beside ``bucket_ids``, (g*n, s) uint8 codes in the same order: a probed bucket is one contiguous block of codes,
     scored in a loop the compiler vectorises, the best R re-ranked exactly (no gather of an id and then a code);
     a batch re-ranks grouped by row (:mod:`.grouped`), each shortlisted row read once for all its queries; a query
-    is projected and rotated in one numba call (:mod:`.projection`: no BLAS call, which packs its matrix per row).
+    is projected in one numba call (:mod:`.projection`), and one query's whole search is one numba call
+    (:mod:`.single`: projection, rotations, probing sequence, blocks and re-rank).
 
 Multi-probe (Lv et al., VLDB 2007, query-directed probing)
     For slot coordinate ``j`` with fractional position ``f_j`` inside its slot, moving to the left
