@@ -51,6 +51,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     # The saved state is CrossPolytopeIndex's (the blocks are derived from its tables and codes at fit and load), so
     # the artifact kind is too: the registry's "cross_polytope" kind and the results tables name this index.
     kind: ClassVar[str] = "cross_polytope_index"
+    serial_single_query: ClassVar[bool] = True  # one query: one serial numba call (_search_one)
 
     def __init__(
         self,
