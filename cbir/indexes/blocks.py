@@ -9,8 +9,9 @@ its code; the best ``rerank`` go to the exact re-rank. Memory: the tables' ids (
 128-byte codes, 1,216 bytes per object plus 16 per bucket (about 1.25 GB at a million objects) beside the float32
 features.
 
-One query is the whole fast path: a projection onto the scoring axes (whose leading axes are the hashing space),
-the probing sequence and one kernel call — what a search engine answering one query at a time pays.
+One query is one numba call (:func:`cbir.indexes.kernels.single.one_block_query`): the projection onto the scoring
+axes (whose leading axes are the hashing space), the rotations, the probing sequence and the blocks — what a search
+engine answering one query at a time pays, with no Python-level step (each costs microseconds on cold caches).
 """
 
 from __future__ import annotations
