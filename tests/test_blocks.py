@@ -245,3 +245,58 @@ def test_one_query_in_one_call_equals_the_batch(real_features: FeatureSet, reduc
         np.testing.assert_allclose(single.distances[0], batch.distances[i], rtol=1e-6)
         np.testing.assert_array_equal(single.visited[0], batch.visited[i])
     assert (batch.ids >= 0).all()
+
+
+def test_target_recall_is_checked_kept_apart_from_the_explicit_settings_and_saved(
+    data: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    points, queries = data
+    for bad in (0.0, 1.5, "0.9", True):
+        with pytest.raises(ValueError, match="target_recall"):
+            BlockPolytopeIndex(target_recall=bad)
+    index = BlockPolytopeIndex(4, 1, last_dim=8, reduce_dim=10, score_dim=16, probes=1, rerank=12, target_recall=0.8)
+    index.fit(points)
+    assert (index.probes, index.rerank) == (1, 12)  # the constructor's settings stay; the learned ones are apart
+    chosen = (index.probes_, index.rerank_, index.tuned_recall_)
+    assert chosen == (index.search_probes, index.search_rerank, index.describe()["tuned_recall"])
+    reached = [row for row in index.tuning_ if row[2] - row[3] >= 0.8]  # recall less its standard error
+    cost = next(row[5] for row in index.tuning_ if row[:2] == chosen[:2])
+    assert reached and cost == min(row[5] for row in reached)  # the cheapest setting that reached the target
+    loaded = BlockPolytopeIndex.load(index.save(tmp_path / "tuned.joblib"))
+    assert (loaded.probes_, loaded.rerank_, loaded.tuned_recall_) == chosen
+    for a, b in zip(index.search(queries, 8), loaded.search(queries, 8), strict=True):
+        np.testing.assert_array_equal(a, b)
+    explicit = BlockPolytopeIndex(4, 1, last_dim=8, reduce_dim=10, score_dim=16, probes=1, rerank=12).fit(points)
+    assert explicit.probes_ is None and (explicit.search_probes, explicit.search_rerank) == (1, 12)
+
+
+@pytest.mark.slow
+def test_target_recall_reaches_the_target_on_held_out_queries_and_follows_the_data(
+    real_features: FeatureSet,
+) -> None:
+    """Fitted with ``target_recall`` on the real features, the index reaches the target (within 0.02) on the
+    collection's queries, which it never saw; a higher target costs more; the hard synthetic set (no clusters, a
+    decaying spectrum) gets other settings, and reaches the target on its own held-out queries too."""
+    from cbir.features.synthetic import hard_vectors
+
+    roles = np.asarray(real_features.roles)
+    hard = hard_vectors(20_500, 256, 0)
+    sets = {
+        "real": (real_features.features[roles != "query"], real_features.features[roles == "query"]),
+        "hard": (hard[:20_000], hard[20_000:]),
+    }
+    chosen = {}
+    for name, (X, Q) in sets.items():
+        X, Q = np.ascontiguousarray(X, dtype=np.float32), np.ascontiguousarray(Q, dtype=np.float32)
+        exact = SequentialScan().fit(X).search(Q, 10).ids
+        hashes, last_dim = hashes_for_bits(48, max(4, int(np.log2(len(X))) - 2))
+        for target in (0.85, 0.95) if name == "real" else (0.9,):
+            index = BlockPolytopeIndex(8, hashes, last_dim=last_dim, target_recall=target).fit(X)
+            held_out = recall_at_k(index.search(Q, 10).ids, exact, 10).mean()
+            assert index.tuned_recall_ >= target and held_out >= target - 0.02, (name, target, held_out)
+            chosen[name, target] = index
+    low, high = chosen["real", 0.85], chosen["real", 0.95]
+    assert low.estimated_cost(low.probes_, low.rerank_, 0.0) < high.estimated_cost(high.probes_, high.rerank_, 0.0)
+    assert low.probes_ <= high.probes_ and low.rerank_ <= high.rerank_
+    hard_index = chosen["hard", 0.9]
+    assert (hard_index.probes_, hard_index.rerank_) not in {(i.probes_, i.rerank_) for i in (low, high)}

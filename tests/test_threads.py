@@ -119,18 +119,38 @@ def test_wide_or_narrow_times_both_ways_then_keeps_the_faster_and_still_tries_th
     assert chooser._seconds == {True: 2.0, False: 1.0}
 
 
+def _kernels_of(kind: str) -> tuple[tuple[object, str], tuple[object, str]]:
+    """(owner, attribute) of the kind's single-query kernel and of its batch kernel, as its search looks them up."""
+    if kind == "cross_polytope":  # BlockPolytopeIndex: one query in one serial numba call, a batch in parallel
+        from cbir.indexes import blocks
+
+        return (blocks, "one_block_query"), (kernels.blocks, "_block_kernel")
+    twin = kernels.topk._rerank_kernel if kind == "scan" else kernels.query._lsh_kernel  # serial and parallel twins
+    return (twin, "serial"), (twin, "parallel")
+
+
 @pytest.mark.parametrize("kind", ["scan", "lsh", "cross_polytope"])
-def test_single_queries_use_the_serial_kernels_and_answer_as_the_batch(kind: str) -> None:
+def test_single_queries_use_the_serial_kernels_and_answer_as_the_batch(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = np.random.default_rng(1).standard_normal((600, 24)).astype(np.float32)
     index = IndexConfig(kind, bucket_width=6.0, probes=1).build().fit(data)  # type: ignore[arg-type]
     queries = data[:12] + 0.05
+    calls: list[str] = []
+    for label, (owner, name) in zip(("single", "batch"), _kernels_of(kind), strict=True):
+        kernel = getattr(owner, name)
+
+        def recorded(*args: object, _kernel: object = kernel, _label: str = label, **kw: object) -> object:
+            calls.append(_label)
+            return _kernel(*args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(owner, name, recorded)
     batch = index.search(queries, 5)
+    assert calls == ["batch"], "the batch ran the parallel kernel"
     singles = [index.search(queries[i : i + 1], 5) for i in range(len(queries))]
+    assert calls == ["batch"] + ["single"] * len(queries), "each single query ran the serial one, and only it"
     np.testing.assert_array_equal(np.vstack([s.ids for s in singles]), batch.ids)
     np.testing.assert_allclose(np.vstack([s.distances for s in singles]), batch.distances, rtol=1e-6)
-    serial = kernels.topk._rerank_kernel if kind == "scan" else kernels.query._lsh_kernel
-    assert serial.serial.signatures, "a single query ran the serial twin"
-    assert serial.parallel.signatures, "the batch ran the parallel kernel"
 
 
 def test_the_threading_layer_is_a_thread_safe_one() -> None:

@@ -17,13 +17,15 @@ engine answering one query at a time pays, with no Python-level step (each costs
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
+from cbir.core.metrics import recall_at_k
 from cbir.indexes import kernels, threads
 from cbir.indexes.base import SearchResult, check_int
+from cbir.indexes.holdout import PseudoQueries, check_target_recall, pseudo_queries, without_self
 from cbir.indexes.kernels.blocks import block_codes, block_search
 from cbir.indexes.kernels.projection import query_spaces
 from cbir.indexes.kernels.single import one_block_query
@@ -47,12 +49,28 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             once either way).
         patience: 0, or P: stop probing a query after P probes in a row (best first over all tables) that changed
             nothing in its full shortlist (an adaptive stop: easy queries probe less; ``probes`` bounds the sequence).
+        target_recall: None (search with ``probes`` and ``rerank``), or a recall@10 in (0, 1]: at fit, choose the
+            probes T <= ``max_probes`` and the shortlist R of the cheapest setting whose recall@10 reaches it on
+            indexed rows used as queries (:mod:`cbir.indexes.holdout`; cost: :meth:`estimated_cost`), learned as
+            ``probes_`` and ``rerank_`` (the constructor's ``probes`` and ``rerank`` stay as given).
+        max_probes: the largest T ``target_recall`` may choose.
     """
 
     # The saved state is CrossPolytopeIndex's (the blocks are derived from its tables and codes at fit and load), so
     # the artifact kind is too: the registry's "cross_polytope" kind and the results tables name this index.
     kind: ClassVar[str] = "cross_polytope_index"
     serial_single_query: ClassVar[bool] = True  # one query: one serial numba call (_search_one)
+    # target_recall's grid: the probes and shortlists tried, the pseudo-queries (a recall@10 to about +-0.01)
+    _TUNE_PROBES: ClassVar[tuple[int, ...]] = (0, 1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128)
+    _TUNE_RERANK: ClassVar[tuple[int, ...]] = (10, 12, 15, 20, 25, 30, 40, 50, 70, 100)
+    _TUNE_SAMPLE: ClassVar[int] = 500
+    _TUNE_K: ClassVar[int] = 10
+    # estimated_cost's model, microseconds of one thread (README, issue 20: a batch query's stages on the default
+    # collection): a probed bucket (the probing sequence and its bucket lookup), a scored code per byte (a 128-byte
+    # code ~0.028), an exact re-rank row per float (a 1280-d row read at random ~1.0)
+    _COST_PROBE: ClassVar[float] = 0.28
+    _COST_CODE_BYTE: ClassVar[float] = 0.028 / 128
+    _COST_ROW_FLOAT: ClassVar[float] = 1.0 / 1280
 
     def __init__(
         self,
@@ -62,6 +80,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         score_dim: int = 128,
         stamp: bool = False,
         patience: int = 0,
+        target_recall: float | None = None,
+        max_probes: int = 64,
         **options: Any,
     ) -> None:
         # the rest of the signature is CrossPolytopeIndex's (n_tables, n_projections, last_dim, metric, seed, probes,
@@ -75,6 +95,14 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             raise ValueError(f"stamp must be a bool, got {stamp!r}")
         self.stamp = bool(stamp)
         self.patience = check_int(patience, "patience", 0)
+        self.target_recall = check_target_recall(target_recall)
+        self.max_probes = check_int(max_probes, "max_probes", 0)
+        # learned at fit with target_recall (scikit-learn's trailing underscore)
+        self.probes_: int | None = None
+        self.rerank_: int | None = None
+        self.tuned_recall_: float | None = None
+        # the settings target_recall tried: T, R, recall, its standard error, codes scored, estimated cost
+        self.tuning_: list[tuple[int, int, float, float, float, float]] = []
         self._blocks: np.ndarray | None = None  # (g*n, s) uint8 codes in bucket order
         # the query's one projection onto max(r, s) axes: (d, w) columns for a batch's BLAS product, (w, d) rows for one
         # query's numba kernel (cbir.indexes.kernels.projection), and the data's mean they are centred on
@@ -88,7 +116,19 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             params["stamp"] = True
         if self.patience:
             params["patience"] = self.patience
+        if self.target_recall is not None:
+            params.update(target_recall=self.target_recall, max_probes=self.max_probes)
         return params
+
+    @property
+    def search_probes(self) -> int:
+        """The probes T a search uses: those learned at fit (``probes_``, with ``target_recall``), else ``probes``."""
+        return self.probes if self.probes_ is None else self.probes_
+
+    @property
+    def search_rerank(self) -> int:
+        """The shortlist R a search uses: ``rerank_`` learned at fit (with ``target_recall``), else ``rerank``."""
+        return self.rerank if self.rerank_ is None else self.rerank_
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -97,6 +137,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             info["bytes_per_object"] = (info["table_bytes"] + self._blocks.nbytes + self._reduced.nbytes) / max(
                 self.n_objects, 1
             )
+        if self.tuned_recall_ is not None:
+            info.update(tuned_probes=self.probes_, tuned_rerank=self.rerank_, tuned_recall=self.tuned_recall_)
         return info
 
     def _lay_out_blocks(self) -> None:
@@ -110,6 +152,71 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     def _fit(self, data: np.ndarray) -> None:
         super()._fit(data)
         self._lay_out_blocks()
+        self.probes_, self.rerank_, self.tuned_recall_ = None, None, None
+
+    def fit(self, X: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> BlockPolytopeIndex:
+        """Index the rows of ``X`` (see :meth:`BaseIndex.fit`); with ``target_recall``, choose T and R too."""
+        super().fit(X, progress)
+        if self.target_recall is not None:
+            assert self._data is not None
+            self._tune(self._data)
+        return self
+
+    def estimated_cost(self, probes: int, rerank: int, scored: float) -> float:
+        """The model ``target_recall`` ranks settings by: microseconds of one query on one thread that probes
+        L·(1 + ``probes``) buckets, scores ``scored`` codes and re-ranks ``rerank`` rows exactly."""
+        assert self._blocks is not None and self._data is not None
+        return (
+            self._COST_PROBE * self.n_tables * (1 + probes)
+            + self._COST_CODE_BYTE * self._blocks.shape[1] * scored
+            + self._COST_ROW_FLOAT * self._data.shape[1] * rerank
+        )
+
+    def _tune(self, data: np.ndarray) -> None:
+        """Set ``probes_`` and ``rerank_`` to the cheapest (:meth:`estimated_cost`) grid setting whose leave-one-out
+        recall@10 reaches ``target_recall`` less one standard error of its mean over the pseudo-queries (the most
+        recall found when none does).
+
+        A staircase walk: R from the longest shortlist down, and for each the fewest T reaching the target, which
+        only grows as R shrinks — so T steps up from the previous R's, and stops once the setting costs more than
+        the best found (codes scored do not depend on R). ``tuning_`` keeps each (T, R, recall, error, scored, cost)."""
+        assert self.target_recall is not None
+        k = min(self._TUNE_K, len(data) - 1)
+        self.tuning_ = []
+        if k < 1:
+            self.probes_, self.rerank_, self.tuned_recall_ = self.probes, self.rerank, 1.0
+            return
+        sample = pseudo_queries(data, self.metric, self.seed, self._TUNE_SAMPLE, k)
+        grid = [t for t in self._TUNE_PROBES if t <= self.max_probes] or [self.max_probes]
+        scored: dict[int, float] = {}  # codes scored a query at T (the most probes tried below T: a lower bound)
+        step, best = 0, None
+        for rerank in sorted({max(r, k) for r in self._TUNE_RERANK}, reverse=True):
+            while True:
+                known = max((t for t in scored if t <= grid[step]), default=None)
+                floor = self.estimated_cost(grid[step], rerank, 0.0 if known is None else scored[known])
+                if best is not None and floor >= best[5]:
+                    break  # this R needs a dearer setting than the best found
+                recall, error, codes = self._holdout_recall(sample, k, grid[step], rerank)
+                scored[grid[step]] = codes
+                row = (grid[step], rerank, recall, error, codes, self.estimated_cost(grid[step], rerank, codes))
+                self.tuning_.append(row)
+                if recall - error >= self.target_recall:
+                    best = row if best is None or row[5] < best[5] else best
+                    break
+                if step + 1 == len(grid):
+                    break
+                step += 1
+        # out of the grid's reach: the most recall found
+        self.probes_, self.rerank_, self.tuned_recall_ = (best or max(self.tuning_, key=lambda r: r[2]))[:3]
+
+    def _holdout_recall(self, sample: PseudoQueries, k: int, probes: int, rerank: int) -> tuple[float, float, float]:
+        """Recall@k of the pseudo-queries ``sample`` (own rows ignored) searched with T = ``probes`` and
+        R = ``rerank`` (+1: a query's own row takes a shortlist place), its standard error, the mean codes scored."""
+        self.probes_, self.rerank_ = probes, rerank + 1
+        found = self._search(sample.queries, k + 1)
+        recalls = recall_at_k(without_self(found.ids, sample.rows, k), sample.exact, k)
+        error = float(recalls.std() / np.sqrt(len(recalls)))
+        return float(recalls.mean()), error, float(found.visited.mean())
 
     def _add(self, rows: np.ndarray) -> None:
         """Hash the new rows with the fitted rotations (and PCA), merge them into the buckets, lay the codes out."""
@@ -145,12 +252,12 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
                 n_tables=self.n_tables,
                 n_projections=self.n_projections,
                 last_dim=self._last_dim(),
-                n_probes=self.n_tables * (1 + self.probes),
+                n_probes=self.n_tables * (1 + self.search_probes),
                 data=self._data,
                 codes=self._blocks,
                 tables=self.tables,
                 k=k,
-                rerank=self.rerank,
+                rerank=self.search_rerank,
                 stamp=self.stamp,
                 patience=self.patience,
                 metric=kernels.METRIC_CODES[self.metric],
@@ -172,7 +279,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             self.n_tables,
             self.n_projections,
             self._last_dim(),
-            self.n_tables * (1 + self.probes),
+            self.n_tables * (1 + self.search_probes),
         )
         assert self._data is not None and self._blocks is not None
         return SearchResult(
@@ -185,13 +292,22 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
                 probe_tables=probe_tables,
                 probe_keys=probe_keys,
                 k=k,
-                rerank=self.rerank,
+                rerank=self.search_rerank,
                 metric=kernels.METRIC_CODES[self.metric],
                 stamp=self.stamp,
                 patience=self.patience,
             )
         )
 
+    def _state(self) -> dict[str, Any]:
+        state = super()._state()
+        if self.tuned_recall_ is not None:
+            state.update(tuned_probes=self.probes_, tuned_rerank=self.rerank_, tuned_recall=self.tuned_recall_)
+        return state
+
     def _restore(self, state: Mapping[str, Any]) -> None:
         super()._restore(state)
         self._lay_out_blocks()  # derived from the tables and the codes: not stored
+        if state.get("tuned_recall") is not None:
+            self.probes_, self.rerank_ = int(state["tuned_probes"]), int(state["tuned_rerank"])
+            self.tuned_recall_ = float(state["tuned_recall"])

@@ -19,8 +19,8 @@ from cbir.indexes.base import (
     l2_normalize,
 )
 from cbir.indexes.buckets import BucketIndex
+from cbir.indexes.holdout import check_target_recall, pseudo_queries, without_self
 from cbir.indexes.pca import fit_pca, project
-from cbir.indexes.scan import SequentialScan
 from cbir.indexes.widths import default_bucket_width
 
 
@@ -102,13 +102,7 @@ class LSHIndex(BucketIndex):
         if bucket_width <= 0:
             raise ValueError(f"bucket_width must be > 0, got {bucket_width}")
         self.bucket_width = float(bucket_width)
-        if target_recall is not None:
-            if isinstance(target_recall, bool) or not isinstance(target_recall, Real):
-                raise ValueError(f"target_recall must be a number in (0, 1], got {target_recall!r}")
-            if not 0.0 < target_recall <= 1.0:
-                raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
-            target_recall = float(target_recall)
-        self.target_recall = target_recall
+        self.target_recall = check_target_recall(target_recall)
         self.max_probes = check_int(max_probes, "max_probes", 0)
         self._directions: np.ndarray | None = None
         self._offsets: np.ndarray | None = None
@@ -243,14 +237,11 @@ class LSHIndex(BucketIndex):
         if k < 1:
             self.probes_, self.tuned_recall_ = 0, 1.0
             return
-        rng = np.random.default_rng(self.seed)
-        sample = np.sort(rng.choice(n, min(self._TUNE_SAMPLE, n), replace=False))
-        queries = self._data[sample]
-        exact = _without_self(SequentialScan(self.metric).fit(self._data).search(queries, k + 1).ids, sample, k)
+        sample, queries, exact = pseudo_queries(self._data, self.metric, self.seed, self._TUNE_SAMPLE, k)
         candidates = [0, *(2**i for i in range(max(self.max_probes, 1).bit_length()) if 2**i <= self.max_probes)]
         for probes in candidates:
             self.probes_ = probes
-            found = _without_self(self._search(queries, k + 1).ids, sample, k)
+            found = without_self(self._search(queries, k + 1).ids, sample, k)
             self.tuned_recall_ = float(recall_at_k(found, exact, k).mean())
             if self.tuned_recall_ >= self.target_recall:
                 break
@@ -285,13 +276,3 @@ class LSHIndex(BucketIndex):
         expected = (hash_dim, self.n_tables * self.n_projections)
         if self._directions.shape != expected or len(self._tables.bucket_ids) != self.n_tables * self.n_objects:
             raise ValueError(f"stored arrays do not match the parameters (directions {self._directions.shape})")
-
-
-def _without_self(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """The first ``k`` ids of each row that are not the row's own id (rows of ``ids``: (m, >= k+1))."""
-    mask = ids != own[:, None]
-    kept = np.full((len(ids), k), -1, dtype=np.int64)
-    for row in range(len(ids)):
-        values = ids[row][mask[row]][:k]
-        kept[row, : len(values)] = values
-    return kept
