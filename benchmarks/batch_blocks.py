@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/batch_blocks.py                 # the default collection's features, 41 rounds
     .venv/bin/python benchmarks/batch_blocks.py --rounds 21 --probes 16
+    .venv/bin/python benchmarks/batch_blocks.py --target-recall 0.9   # T and R chosen at fit (leave-one-out)
 
 ``benchmarks/ann.py`` times an LSH setting once (or best of ``--repeats``) and divides the fastest of many scan
 runs by it, so on shared cores whose load changes by the second its batch ratios move by 2× from run to run. Here
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     harness.add_features_argument(parser)
     parser.add_argument("--rounds", type=int, default=41, help="batches per method (the fastest counts)")
     parser.add_argument("--probes", type=int, default=8, help="T: extra probes per table")
+    parser.add_argument("--rerank", type=int, default=30, help="R: shortlisted rows ranked exactly")
+    parser.add_argument("--target-recall", type=float, help="choose T and R at fit for this recall@10 instead")
     args = parser.parse_args(argv)
     args.features = harness.features_or_default(args.features)
     warm_up()
@@ -76,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     X, Q = data.index, data.queries
     hashes, last_dim = hashes_for_bits(48, round(np.log2(len(X))) - 2)
     scan = SequentialScan().fit(X)
-    index = BlockPolytopeIndex(8, hashes, last_dim, probes=args.probes).fit(X)
+    index = BlockPolytopeIndex(
+        8, hashes, last_dim, probes=args.probes, rerank=args.rerank, target_recall=args.target_recall
+    ).fit(X)
+    setting = f"L8 T{index.search_probes} R{index.search_rerank}"
     exact = scan.search(Q, K).ids
 
     def search(grouped: bool) -> Callable[[], object]:
@@ -87,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     runs = {"exact scan": lambda: scan.search(Q, K)}
-    runs[f"CP-LSH blocks L8 T{args.probes}, re-rank grouped by row"] = search(True)
-    runs[f"CP-LSH blocks L8 T{args.probes}, re-rank query by query"] = search(False)
+    runs[f"CP-LSH blocks {setting}, re-rank grouped by row"] = search(True)
+    runs[f"CP-LSH blocks {setting}, re-rank query by query"] = search(False)
     grouped, by_query = runs[list(runs)[1]](), runs[list(runs)[2]]()
     assert all(np.array_equal(a, b) for a, b in zip(grouped, by_query, strict=True)), "the layouts must agree"
     print(f"{data.description}; recall@10 {recall_at_k(grouped.ids, exact, K).mean():.3f}")

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/paired_queries.py                 # the default collection's features
     .venv/bin/python benchmarks/paired_queries.py --features PATH --rounds 5
+    .venv/bin/python benchmarks/paired_queries.py --target-recall 0.9   # also T and R chosen at fit for 0.9
 
 ``benchmarks/ann.py`` times each method over all queries and then the scan, so a load that changes between the two
 runs (other jobs on shared cores) moves the ratio. Here every query is answered by every method in turn (the order
@@ -37,8 +38,8 @@ from cbir.indexes.scan import SequentialScan
 from cbir.indexes.warmup import warm_up
 
 
-def methods(X: np.ndarray) -> dict[str, object]:
-    """The fitted indexes, by label."""
+def methods(X: np.ndarray, targets: list[float]) -> dict[str, object]:
+    """The fitted indexes, by label (with ``targets``: the bucket-ordered index fitted for each target recall too)."""
     bits = round(np.log2(len(X))) - 2
     hashes, last_dim = hashes_for_bits(POLYTOPE_REDUCE_DIM, bits)
     score_dim = min(UINT8_SCORE_DIM, X.shape[1])
@@ -52,6 +53,9 @@ def methods(X: np.ndarray) -> dict[str, object]:
             twin = index.copy()
             twin.probes = probes
             fitted[f"CP-LSH L=8 b={bits} T={probes}, {name}"] = twin
+    for target in targets:  # T and R chosen at fit (leave-one-out on the indexed rows)
+        tuned = BlockPolytopeIndex(8, hashes, last_dim, **shortlist, target_recall=target).fit(X)
+        fitted[f"CP-LSH L=8 b={bits} target {target}: T={tuned.probes_} R={tuned.rerank_}, bucket order"] = tuned
     return fitted
 
 
@@ -76,13 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     add_features_argument(parser)
     parser.add_argument("--rounds", type=int, default=3, help="answers per query and method (the fastest counts)")
     parser.add_argument("--queries", type=int, default=500, help="queries timed (the first ones)")
+    parser.add_argument(
+        "--target-recall", type=float, action="append", default=[], help="also the index fitted for this recall"
+    )
     args = parser.parse_args(argv)
     args.features = features_or_default(args.features)
     warm_up()
     data = real_set(args.features)
     X, Q = data.index, data.queries[: args.queries]
     print(f"{data.description}; before: {machine_line()}")
-    fitted = methods(X)
+    fitted = methods(X, args.target_recall)
     exact = fitted["exact scan"].search(Q, K).ids
     searches = {name: (lambda q, index=index: index.search(q, K)) for name, index in fitted.items()}
     seconds = paired_times(searches, Q, args.rounds)
