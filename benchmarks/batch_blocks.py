@@ -11,6 +11,10 @@ the whole query batch in turn, ``--rounds`` times; each keeps its fastest round.
 layouts (the same answers, checked here): the exact re-rank grouped by row (the default for a batch on one
 thread, :mod:`cbir.indexes.kernels.grouped`) and query by query (as one query runs; the default on several). Both
 on all the machine's threads, then on one (numba, BLAS and OpenMP).
+Each timed batch follows ``--settle`` untimed batches of the same method (1): OpenBLAS' workers spin for a while
+after the scan's product, and numba's after a parallel loop, so a batch right after another method's pays for that
+method's spinning threads on two cores (the index's batch right after the scan measured 0.082 ms a query, after one
+of its own 0.068, after 0.3 s idle 0.054; README, issue 20) — which a service answering with one method does not.
 Prints recall@10, ms per query (wall and CPU), × the scan, and the load average.
 """
 
@@ -47,14 +51,18 @@ def layout(grouped: bool) -> Iterator[None]:
         block_index.block_search = block_search
 
 
-def rounds_table(runs: dict[str, Callable[[], object]], rounds: int, m: int) -> pd.DataFrame:
-    """ms per query (wall, CPU) of each run's fastest round, the runs interleaved round by round."""
+def rounds_table(runs: dict[str, Callable[[], object]], rounds: int, m: int, settle: int = 1) -> pd.DataFrame:
+    """ms per query (wall, CPU) of each run's fastest round, the runs interleaved round by round, each timed batch
+    after ``settle`` untimed ones of the same run (so that no run pays for the threads the previous one left
+    spinning)."""
     wall = dict.fromkeys(runs, np.inf)
     cpu = dict.fromkeys(runs, np.inf)
     for run in runs.values():
         run()  # compiled, caches warm
     for _ in range(rounds):
         for name, run in runs.items():
+            for _ in range(settle):
+                run()
             started_cpu, started = time.process_time(), time.perf_counter()
             run()
             wall[name] = min(wall[name], time.perf_counter() - started)
@@ -70,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     harness.add_features_argument(parser)
     parser.add_argument("--rounds", type=int, default=41, help="batches per method (the fastest counts)")
     parser.add_argument("--probes", type=int, default=8, help="T: extra probes per table")
+    parser.add_argument(
+        "--settle", type=int, default=1, help="untimed batches of the same method before each timed one"
+    )
     parser.add_argument("--rerank", type=int, default=30, help="R: shortlisted rows ranked exactly")
     parser.add_argument("--target-recall", type=float, help="choose T and R at fit for this recall@10 instead")
     args = parser.parse_args(argv)
@@ -100,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{data.description}; recall@10 {recall_at_k(grouped.ids, exact, K).mean():.3f}")
     for label, threads in (("all threads", contextlib.nullcontext()), ("one thread", one_thread())):
         with threads:
-            table = rounds_table(runs, args.rounds, len(Q))
-        print(f"\nbatch of {len(Q)}, {label}, best of {args.rounds} interleaved rounds; {harness.machine_line()}")
+            table = rounds_table(runs, args.rounds, len(Q), args.settle)
+        print(
+            f"\nbatch of {len(Q)}, {label}, best of {args.rounds} interleaved rounds, {args.settle} untimed "
+            f"before each; {harness.machine_line()}"
+        )
         print(harness.table_text(table))
     return 0
 
