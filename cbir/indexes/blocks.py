@@ -12,6 +12,10 @@ features.
 One query is one numba call (:func:`cbir.indexes.kernels.single.one_block_query`): the projection onto the scoring
 axes (whose leading axes are the hashing space), the rotations, the probing sequence and the blocks — what a search
 engine answering one query at a time pays, with no Python-level step (each costs microseconds on cold caches).
+
+With ``target_recall`` the probes and the shortlist are chosen at fit (:meth:`BlockPolytopeIndex._tune`): the
+cheapest setting by :meth:`BlockPolytopeIndex.estimated_cost` whose recall on indexed rows searched as queries
+(:mod:`cbir.indexes.holdout`) reaches the target — a rule, not a setting tuned by hand per data set.
 """
 
 from __future__ import annotations
