@@ -114,6 +114,7 @@ def test_wide_or_narrow_times_both_ways_then_keeps_the_faster_and_still_tries_th
         for _ in range(2):
             assert (chooser.matmul(_Spied(a, spy), b) == 3).all()
     assert seen == [before, [1] * len(before)] and all(chooser._seconds.values())  # each way timed once
+    chooser = threads.WideOrNarrow()
     for way, times in ((True, [1.0, 1.0, 9.0]), (False, [2.0, 2.0, 2.0])):  # wide faster, one slow call aside
         for seconds in times:
             chooser._record(way, seconds)
@@ -123,6 +124,9 @@ def test_wide_or_narrow_times_both_ways_then_keeps_the_faster_and_still_tries_th
     for seconds in [3.0, 3.0, 3.0]:  # wide now slower (a busy machine): narrow from then on
         chooser._record(True, seconds)
     assert sum(chooser._pick(2000.0 + i * step) for i in range(10)) == 1
+    for seconds in [7.0, 7.0, 7.0, 7.0]:  # the one thread preempted now and then: its best still beats wide's median
+        chooser._record(False, seconds)
+    assert not chooser._wide_faster
     assert (chooser.matmul(a, b) == 3).all() and len(chooser._seconds[True]) == chooser.window  # a batch: untimed
 
 

@@ -180,12 +180,15 @@ class WideOrNarrow:
     """Whether a single query's large product runs on BLAS' threads (:func:`wide_product`) or on its own thread,
     chosen by measurement as queries come: two threads halve a memory-bound product when a core is free, but on a
     busy machine the half given to the other thread waits for a core (measured at load 5-10: 1.4-3.4x the one-thread
-    time). Each call times its block; the way whose recent times have the lower median is taken, and the other one
-    at most every :attr:`explore_seconds` to follow the machine's load. The median of the last :attr:`window` times
-    ignores a lone slow call (an interrupt, a page fault) that would otherwise flip the choice for many calls, and
-    timing the other way by the clock, not every n-th call, bounds what the slower way costs a fast loop (one call in
-    ~200 at 1 ms per query, where one in 32 cost a 1 ms query ~3%). One per index (the exact scan); thread-safe
-    enough (a race loses one timing). Outside a single query (a batch) it changes nothing."""
+    time). Each call times its block and keeps the last :attr:`window` times of each way; the wide way is taken while
+    the median of its times is at most the best of the narrow way's, else the narrow one, and the way not taken is
+    timed again at most every :attr:`explore_seconds` to follow the machine's load. The narrow way's best, not its
+    median: a busy machine preempts the one thread now and then (a query of 2 ms then takes 7), and a median of such
+    times once let the wide way back in for a hundred queries at 3x the cost; the wide way's median, not its best: a
+    lucky moment with a free core says nothing of the next call. Measured against a moving average and a probe every
+    32nd call, which a lone slow call flipped for dozens of queries, and which cost a 1 ms query ~3 % on an idle
+    machine (one call in ~200 now). One per index (the exact scan); thread-safe enough (a race loses one timing).
+    Outside a single query (a batch) it changes nothing."""
 
     explore_seconds = 0.2
     window = 5
@@ -206,9 +209,9 @@ class WideOrNarrow:
 
     def _record(self, wide: bool, seconds: float) -> None:
         self._seconds[wide].append(seconds)
-        wide_times, narrow_times = (sorted(self._seconds[way]) for way in (True, False))
-        if wide_times and narrow_times:  # the lower middle of each window
-            self._wide_faster = wide_times[(len(wide_times) - 1) // 2] <= narrow_times[(len(narrow_times) - 1) // 2]
+        wide_times, narrow_times = sorted(self._seconds[True]), self._seconds[False]
+        if wide_times and narrow_times:  # the wide way's lower middle against the narrow way's best
+            self._wide_faster = wide_times[(len(wide_times) - 1) // 2] <= min(narrow_times)
 
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``a @ b`` (one large product) the faster way, timed; outside a single query (a batch) as it is."""
