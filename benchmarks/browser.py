@@ -250,6 +250,52 @@ def upload(driver: Any, path: Path) -> None:
     elements(driver, "input[type=file]")[0].send_keys(str(path))
 
 
+# Installed in the page by :func:`watch_answer`: times (performance.now(), ms) of what the page shows after an upload,
+# taken by the page itself as it changes (a MutationObserver and image load events), not by polling over WebDriver
+# (each poll reads the whole page: tens of ms on a busy machine, which blurred the figure it measured).
+WATCH_JS = """
+const [name, marker, images] = arguments;
+const times = {start: performance.now()};
+window.__cbirAnswer = times;
+const check = () => {
+  if (times.done !== undefined) return;
+  const now = performance.now();
+  const root = document.querySelector('[data-testid="stApp"]');
+  const state = root ? root.getAttribute('data-test-script-state') : null;
+  if (state === 'running' && times.running === undefined) times.running = now;
+  const text = document.body.textContent;
+  if (times.shown === undefined && text.includes('Query: ' + name) && text.includes(marker)) times.shown = now;
+  if (times.shown !== undefined && times.finished === undefined && state === 'notRunning') times.finished = now;
+  if (times.finished === undefined) return;
+  const drawn = [...document.querySelectorAll('[data-testid="stMain"] img')];
+  if (drawn.length >= images && drawn.every((img) => img.complete && img.naturalWidth > 0)) {
+    times.done = now;
+    observer.disconnect();
+    document.removeEventListener('load', check, true);
+  }
+};
+const observer = new MutationObserver(check);
+observer.observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
+document.addEventListener('load', check, true);
+"""
+
+
+def watch_answer(driver: Any, name: str, marker: str, images: int) -> Callable[[], dict[str, float] | None]:
+    """Start timing, in the page, the answer to the upload of the file ``name`` that is about to be given; returns a
+    reader of the times (ms after the start, ``None`` until done): ``running`` (the script started), ``shown`` (the
+    page shows ``Query: name`` and ``marker``), ``finished`` (the script ended after that) and ``done`` (then all
+    of at least ``images`` images of the page loaded)."""
+    driver.execute_script(WATCH_JS, name, marker, images)
+
+    def read() -> dict[str, float] | None:
+        times = driver.execute_script("return window.__cbirAnswer")
+        if not times or "done" not in times:
+            return None
+        return {key: float(value) - float(times["start"]) for key, value in times.items() if key != "start"}
+
+    return read
+
+
 def choose_radio(driver: Any, option: str, timeout: float = PAGE_S) -> bool:
     """Click the radio option labelled ``option``; whether it was not already chosen. The page may still be
     drawing its widgets (a loaded browser renders the uploader before the radio): wait up to ``timeout`` s for it."""

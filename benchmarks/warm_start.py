@@ -29,7 +29,11 @@ server says it is ready:
 Per server: seconds to ready, the page's first load (browser), and the first query: **as the server timed it** (the
 Search page's "Query time" metric, the API's ``timings_ms.total``: decode, embed and search of the uploaded bytes)
 and as the client saw it (browser: from giving the file to the uploader until the ten results and their caption are
-drawn; API: the HTTP request, upload and JSON included), then the second query the same way.
+drawn and all eleven pictures loaded, timed by the page itself (:func:`benchmarks.browser.watch_answer`); API: the
+HTTP request, upload and JSON included), then the second query the same way. The browser's time is split into
+``running`` (the server started the script run: the upload and the rerun request), ``shown`` (the answer is drawn)
+and ``finished`` (the run ended); the second query of a page also pays a run for the first file's removal (the
+uploader holds one file).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -99,6 +104,7 @@ def first_queries(warm: bool, wait: float | None, query: bytes) -> dict:
 
 
 SERVERS = ("app", "streamlit", "api")
+RESULT_IMAGES = 11  # the query's picture and its ten results
 WARM_LINE = "cbir: warm start done"  # python -m cbir app's line (cbir.cli.serve)
 STREAMLIT_FLAGS = [
     "--server.headless",
@@ -162,8 +168,6 @@ def page_queries(url: str, photo: Path, work: Path) -> dict:
     time under another name, so that the page answers it again)."""
     from benchmarks.browser import (
         PAGE_S,
-        app_running,
-        body_text,
         chromium,
         metric_text,
         open_page,
@@ -171,6 +175,7 @@ def page_queries(url: str, photo: Path, work: Path) -> dict:
         query_time_ms,
         upload,
         wait_for,
+        watch_answer,
     )
     from cbir.app.formats import parse_duration
 
@@ -182,18 +187,22 @@ def page_queries(url: str, photo: Path, work: Path) -> dict:
         row["page_open_s"] = time.perf_counter() - began
         for which, path in (("first", photo), ("second", photo.with_name(f"again-{photo.name}"))):
             path.write_bytes(photo.read_bytes())
-            began = time.perf_counter()
+            read = watch_answer(driver, path.name, "Most similar images", RESULT_IMAGES)
             upload(driver, path)
+            times: dict[str, float] | None = None
 
-            def answered(name: str = path.name) -> bool:
-                text = body_text(driver)
-                done = f"Query: {name}" in text and "Most similar images" in text and not app_running(driver)
-                return done or bool(page_errors(driver))
+            def answered(read: Callable[[], dict[str, float] | None] = read) -> bool:
+                nonlocal times
+                times = read()
+                return times is not None or bool(page_errors(driver))
 
-            wait_for(answered, PAGE_S, f"the results of {path.name}", interval=0.02)
-            row[f"{which}_client_ms"] = (time.perf_counter() - began) * 1e3
+            wait_for(answered, PAGE_S, f"the results of {path.name}", interval=0.05)
             if errors := page_errors(driver):
                 raise RuntimeError(f"the page shows an error: {errors}")
+            assert times is not None
+            row[f"{which}_client_ms"] = times["done"]
+            for stage in ("running", "shown", "finished"):
+                row[f"{which}_{stage}_ms"] = times.get(stage)
             wait_for(lambda: query_time_ms(driver) is not None, 10, "the page's Query time", interval=0.1)
             row[f"{which}_server_ms"] = query_time_ms(driver)
             search_s = parse_duration(metric_text(driver, "Search time") or "")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from builders import bad_uploads, gradient, unusual_uploads
+from PIL import Image
 
 from cbir.data.images import ImageDecodeError
-from cbir.data.query import decode_query, tile
+from cbir.data.query import MISSING_TILE_COLOR, decode_query, tile, tiles_jpeg
 
 
 @pytest.mark.parametrize("name", list(bad_uploads()))
@@ -47,3 +51,24 @@ def test_tile_is_square() -> None:
     square = tile(gradient((300, 100)), side=128)
     assert square.size == (128, 128) and square.mode == "RGB"
     assert square.getpixel((64, 2)) == (255, 255, 255)  # padding above a wide image
+
+
+def test_result_tiles_are_small_jpegs_kept_per_file_until_it_changes(tmp_path: Path) -> None:
+    wide, tall, missing = tmp_path / "wide.png", tmp_path / "tall.png", tmp_path / "missing.png"
+    gradient((300, 100)).save(wide)
+    gradient((50, 200)).save(tall)
+    paths = [str(wide), str(tall), str(missing)]
+    first = tiles_jpeg(paths, side=128)
+    for data, path in zip(first[:2], paths, strict=False):
+        shown = Image.open(io.BytesIO(data))
+        assert shown.format == "JPEG" and shown.size == (128, 128) and shown.mode == "RGB"
+        difference = np.abs(np.asarray(shown, dtype=int) - np.asarray(tile(path, side=128), dtype=int))
+        assert difference.mean() < 3  # the same tile, up to JPEG's loss
+    grey = np.asarray(Image.open(io.BytesIO(first[2])), dtype=int)
+    assert np.abs(grey - np.array(Image.new("RGB", (1, 1), MISSING_TILE_COLOR).getpixel((0, 0)))).max() < 8
+    again = tiles_jpeg(paths, side=128)
+    assert all(a is b for a, b in zip(again, first, strict=True))  # kept, not read again
+    gradient((100, 100)).save(wide)
+    os.utime(wide, ns=(1, 1))  # another modification time
+    changed = tiles_jpeg(paths, side=128)
+    assert changed[0] != first[0] and changed[1] is first[1]  # the changed file is read again

@@ -104,19 +104,42 @@ def test_wide_product_holds_blas_threads_until_the_last_thread_leaves_it() -> No
 def test_wide_or_narrow_times_both_ways_then_keeps_the_faster_and_still_tries_the_other() -> None:
     chooser = threads.WideOrNarrow()
     before, seen = _blas_threads(), []
+    a, b = np.ones((1, 3), dtype=np.float32), np.ones((3, 2), dtype=np.float32)
+
+    def spy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        seen.append(_blas_threads())
+        return x @ y
+
     with threads.single_query():
         for _ in range(2):
-            with chooser.product():
-                seen.append(_blas_threads())
+            assert (chooser.matmul(_Spied(a, spy), b) == 3).all()
     assert seen == [before, [1] * len(before)] and all(chooser._seconds.values())  # each way timed once
-    chooser._seconds = {True: 1.0, False: 2.0}  # wide measured faster
-    picks = [chooser._pick() for _ in range(3 * chooser.explore)]
-    assert picks.count(False) == 3 and picks[chooser.explore - 3] is False  # the other way every `explore` calls
-    chooser._seconds = {True: 2.0, False: 1.0}
-    assert sum(chooser._pick() for _ in range(chooser.explore)) == 1
-    with chooser.product():  # a batch: nothing changes, nothing timed
-        assert _blas_threads() == before
-    assert chooser._seconds == {True: 2.0, False: 1.0}
+    chooser = threads.WideOrNarrow()
+    for way, times in ((True, [1.0, 1.0, 9.0]), (False, [2.0, 2.0, 2.0])):  # wide faster, one slow call aside
+        for seconds in times:
+            chooser._record(way, seconds)
+    step = chooser.explore_seconds / 9.99  # ten picks per period
+    picks = [chooser._pick(1000.0 + i * step) for i in range(30)]  # 3 explore periods
+    assert picks.count(False) == 3 and picks[0] is False and picks[10] is False  # the other way once per period
+    for seconds in [3.0, 3.0, 3.0]:  # wide now slower (a busy machine): narrow from then on
+        chooser._record(True, seconds)
+    assert sum(chooser._pick(2000.0 + i * step) for i in range(10)) == 1
+    for seconds in [7.0, 7.0, 7.0, 7.0]:  # the one thread preempted now and then: its best still beats wide's median
+        chooser._record(False, seconds)
+    assert not chooser._wide_faster
+    assert (chooser.matmul(a, b) == 3).all() and len(chooser._seconds[True]) == chooser.window  # a batch: untimed
+
+
+class _Spied(np.ndarray):
+    """An array whose ``@`` runs ``spy`` (to see BLAS' thread counts while the product runs)."""
+
+    def __new__(cls, array: np.ndarray, spy: object) -> _Spied:
+        spied = np.asarray(array).view(cls)
+        spied.spy = spy
+        return spied
+
+    def __matmul__(self, other: np.ndarray) -> np.ndarray:
+        return self.spy(np.asarray(self), other)
 
 
 def _kernels_of(kind: str) -> tuple[tuple[object, str], tuple[object, str]]:

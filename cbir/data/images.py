@@ -157,3 +157,14 @@ def thumbnail(image: Image.Image, side: int = 256) -> Image.Image:
     copy = image.copy()
     copy.thumbnail((side, side))
     return copy
+
+
+DISPLAY_JPEG_QUALITY = 85  # of the pictures a page sends: Streamlit encodes a PIL image at quality 100 on every run
+
+
+def jpeg_bytes(image: Image.Image, quality: int = DISPLAY_JPEG_QUALITY) -> bytes:
+    """``image`` (RGB) as JPEG file bytes, for display: a page passes them as they are, encoded once (a PIL image is
+    encoded again at every run, at 3-5 times the bytes)."""
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=quality)
+    return out.getvalue()

@@ -4,22 +4,34 @@
 explains what it converted (CMYK, 16-bit, transparency, animation, a big JPEG decoded at reduced scale), and
 warns when the image has almost no content (:func:`cbir.data.hygiene.content_fraction`: an all-white page finds only
 blank drawings);
-:func:`tile` makes the square thumbnails of a result grid.
+:func:`tile` makes the square thumbnails of a result grid, :func:`tiles_jpeg` those of many files at once as JPEG bytes
+(kept per file).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
 import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from cbir.data.hygiene import NEAR_BLANK_FRACTION, content_fraction
-from cbir.data.images import ALPHA_MODES, HIGH_BIT_MODES, MAX_JPEG_PIXELS, MAX_PIXELS, ImageDecodeError, load_image
+from cbir.data.images import (
+    ALPHA_MODES,
+    HIGH_BIT_MODES,
+    MAX_JPEG_PIXELS,
+    MAX_PIXELS,
+    ImageDecodeError,
+    jpeg_bytes,
+    load_image,
+)
 
 # A second, app-side cap for uploads (the browser is capped by .streamlit/config.toml's maxUploadSize): a camera
 # frame or a programmatic upload must not reach the decoder when it is absurdly large.
@@ -27,6 +39,7 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # Pillow's decompression-bomb error names the pixel count: "Image size (900000000 pixels) exceeds limit of …"
 _BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
 MISSING_TILE_COLOR = "#d0d0d0"  # the tile of an image that cannot be read
+TILE_CACHE_SIZE = 4096  # JPEG tiles kept per process (~10 kB each)
 
 
 @dataclass
@@ -162,3 +175,28 @@ def tile(source: str | os.PathLike[str] | Image.Image, side: int = 256) -> Image
     canvas = Image.new("RGB", (side, side), "white")
     canvas.paste(fitted, ((side - fitted.width) // 2, (side - fitted.height) // 2))
     return canvas
+
+
+def tile_jpeg(path: str, side: int = 256) -> bytes:
+    """:func:`tile` of the file at ``path`` as JPEG bytes (:func:`cbir.data.images.jpeg_bytes`), kept per process
+    (every session shows the same results) for as long as the file keeps its size and modification time."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return _tile_jpeg(path, -1, -1, side)  # the grey tile of a missing file
+    return _tile_jpeg(path, stat.st_mtime_ns, stat.st_size, side)
+
+
+@functools.lru_cache(maxsize=TILE_CACHE_SIZE)
+def _tile_jpeg(path: str, mtime_ns: int, size: int, side: int) -> bytes:
+    return jpeg_bytes(tile(path, side))
+
+
+def tiles_jpeg(paths: Sequence[str], side: int = 256) -> list[bytes]:
+    """:func:`tile_jpeg` of each path, those not kept yet read in parallel threads (Pillow decodes and resizes without
+    the GIL): a query's ten results, read from disk, cost about one file's time per core."""
+    workers = min(len(paths), os.cpu_count() or 1)
+    if workers <= 1:
+        return [tile_jpeg(path, side) for path in paths]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbir-tiles") as pool:
+        return list(pool.map(functools.partial(tile_jpeg, side=side), paths))

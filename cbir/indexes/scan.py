@@ -33,7 +33,7 @@ class SequentialScan(BaseIndex):
     def __init__(self, metric: Metric = "euclidean") -> None:
         super().__init__()
         self.metric = check_metric(metric)
-        self._sq_norms: np.ndarray | None = None
+        self._half_norms: np.ndarray | None = None  # ||x||²/2 per row (euclidean)
         self._product = threads.WideOrNarrow()  # a single query's product: on BLAS' threads or one, as measured
 
     @property
@@ -41,46 +41,56 @@ class SequentialScan(BaseIndex):
         return {"metric": self.metric}
 
     def _fit(self, data: np.ndarray) -> None:
-        self._sq_norms = np.einsum("ij,ij->i", data, data, dtype=np.float32) if self.metric == "euclidean" else None
+        self._half_norms = self._halved_norms(data) if self.metric == "euclidean" else None
 
     def _add(self, rows: np.ndarray) -> None:
-        if self._sq_norms is not None:
-            self._sq_norms = np.concatenate([self._sq_norms, np.einsum("ij,ij->i", rows, rows, dtype=np.float32)])
+        if self._half_norms is not None:
+            self._half_norms = np.concatenate([self._half_norms, self._halved_norms(rows)])
+
+    @staticmethod
+    def _halved_norms(rows: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", rows, rows, dtype=np.float32) * np.float32(0.5)
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         super()._restore(state)
         self._fit(self._data)
 
     def _search(self, queries: np.ndarray, k: int) -> SearchResult:
-        data = self._data
-        n = data.shape[0]
+        n = self._data.shape[0]
         m = queries.shape[0]
-        metric = kernels.METRIC_CODES[self.metric]
-        shortlist = min(n, k + self._SHORTLIST_MARGIN)
+        visited = np.full(m, n, dtype=np.int64)
+        block = max(1, _SCAN_BLOCK_ELEMENTS // n)
+        if m <= block:  # one block (a single query): its answer as it is
+            return SearchResult(*self._search_block(queries, k), visited)
         scores = np.empty((m, k), dtype=np.float32)
         ids = np.empty((m, k), dtype=np.int64)
-        block = max(1, _SCAN_BLOCK_ELEMENTS // n)
         for start in range(0, m, block):
-            chunk = queries[start : start + block]
-            # smaller is better: ||x||² - 2 q·x (||q||² is constant per query), or -q·x for unit vectors
-            with self._product.product():  # a single query's GEMV: on BLAS' threads when that is faster
-                approx = chunk @ data.T
-            approx *= -2.0 if metric == kernels.METRIC_EUCLIDEAN else -1.0
-            if self._sq_norms is not None:
-                approx += self._sq_norms
-            if shortlist < n:
-                candidates = np.argpartition(approx, shortlist - 1, axis=1)[:, :shortlist]
-            else:
-                candidates = np.broadcast_to(np.arange(n), (len(chunk), n))
-            offsets = np.arange(0, (len(chunk) + 1) * shortlist, shortlist, dtype=np.int64)
-            chunk_scores, chunk_ids = kernels.rerank_candidates(
-                queries=chunk,
-                data=data,
-                cand_offsets=offsets,
-                cand_ids=np.ascontiguousarray(candidates, dtype=np.int64).ravel(),
-                k=k,
-                metric=metric,
+            scores[start : start + block], ids[start : start + block] = self._search_block(
+                queries[start : start + block], k
             )
-            scores[start : start + block] = chunk_scores
-            ids[start : start + block] = chunk_ids
-        return SearchResult(scores, ids, np.full(m, n, dtype=np.int64))
+        return SearchResult(scores, ids, visited)
+
+    def _search_block(self, chunk: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and ids (len(chunk), k) of a block of queries small enough for one product with every row."""
+        data = self._data
+        n = data.shape[0]
+        shortlist = min(n, k + self._SHORTLIST_MARGIN)
+        # smaller is better: ||x||²/2 - q·x (half of ||q - x||² less the constant ||q||²/2), or -q·x for unit
+        # vectors; one pass over the product each (a single query is mostly the product and such passes)
+        approx = self._product.matmul(chunk, data.T)  # a single query's GEMV: on BLAS' threads when faster
+        if self._half_norms is not None:
+            np.subtract(self._half_norms, approx, out=approx)
+        else:
+            np.negative(approx, out=approx)
+        if shortlist < n:
+            candidates = np.argpartition(approx, shortlist - 1, axis=1)[:, :shortlist]
+        else:
+            candidates = np.broadcast_to(np.arange(n), (len(chunk), n))
+        return kernels.rerank_candidates(
+            queries=chunk,
+            data=data,
+            cand_offsets=np.arange(0, (len(chunk) + 1) * shortlist, shortlist, dtype=np.int64),
+            cand_ids=np.ascontiguousarray(candidates, dtype=np.int64).ravel(),
+            k=k,
+            metric=kernels.METRIC_CODES[self.metric],
+        )

@@ -25,16 +25,19 @@ thread runs its products on one thread for that time; it stays correct).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numba
+import numpy as np
 
 # numba's threading layer for batches: "threadsafe" picks TBB if installed, else OpenMP (libgomp), never "workqueue",
 # which aborts the process when two threads enter parallel regions at once (a server's sessions do). OpenMP's idle
@@ -108,19 +111,52 @@ def _leave_blas() -> None:
                 set_threads(previous)
 
 
-@contextmanager
-def single_query() -> Iterator[None]:
-    """Run the block as one query: numba's serial kernels and BLAS on the calling thread (nests; thread-safe)."""
-    depth = getattr(_local, "depth", 0)
-    _local.depth = depth + 1
-    if depth == 0:
-        _enter_blas()
-    try:
-        yield
-    finally:
-        _local.depth = depth
+class _SingleQuery:
+    """The context manager :func:`single_query` returns: one shared instance (its state is per thread, in
+    ``_local``), a class rather than a generator because a single query pays for every object and frame it makes
+    (the scan's product flushes the caches before and after: issue 21)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        depth = getattr(_local, "depth", 0)
         if depth == 0:
+            _enter_blas()
+        _local.depth = depth + 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        _local.depth -= 1
+        if _local.depth == 0:
             _leave_blas()
+
+
+_SINGLE_QUERY = _SingleQuery()
+_ALL_CORES = contextlib.nullcontext()
+
+
+def single_query() -> AbstractContextManager[None]:
+    """Run the block as one query: numba's serial kernels and BLAS on the calling thread (nests; thread-safe)."""
+    return _SINGLE_QUERY
+
+
+def _widen() -> None:
+    """Give BLAS its own thread counts back (inside a single query; reference counted across threads)."""
+    global _blas_wide
+    with _blas_lock:
+        if _blas_wide == 0:
+            for set_threads, previous in _blas_saved:
+                set_threads(previous)
+        _blas_wide += 1
+
+
+def _narrow() -> None:
+    """Undo :func:`_widen`: BLAS back on one thread when the last thread leaves its wide block."""
+    global _blas_wide
+    with _blas_lock:
+        _blas_wide -= 1
+        if _blas_wide == 0:
+            for set_threads, _ in _blas_saved:
+                set_threads(1)
 
 
 @contextmanager
@@ -130,71 +166,71 @@ def wide_product() -> Iterator[None]:
     Thread-safe and reference counted like :func:`single_query`: the counts drop back to one when the last thread
     leaves the block (another thread's single query meanwhile may use BLAS' threads too; its answers stay the
     same)."""
-    global _blas_wide
     if not in_single_query():
         yield
         return
-    with _blas_lock:
-        if _blas_wide == 0:
-            for set_threads, previous in _blas_saved:
-                set_threads(previous)
-        _blas_wide += 1
+    _widen()
     try:
         yield
     finally:
-        with _blas_lock:
-            _blas_wide -= 1
-            if _blas_wide == 0:
-                for set_threads, _ in _blas_saved:
-                    set_threads(1)
+        _narrow()
 
 
 class WideOrNarrow:
     """Whether a single query's large product runs on BLAS' threads (:func:`wide_product`) or on its own thread,
     chosen by measurement as queries come: two threads halve a memory-bound product when a core is free, but on a
     busy machine the half given to the other thread waits for a core (measured at load 5-10: 1.4-3.4x the one-thread
-    time). Each call times its block; the faster way so far (a moving average of its recent times) is taken, the
-    other every :attr:`explore` calls to follow the machine's load. One per index (the exact scan); thread-safe
-    enough (a race loses one timing). Outside a single query (a batch) it changes nothing."""
+    time). Each call times its block and keeps the last :attr:`window` times of each way; the wide way is taken while
+    the median of its times is at most the best of the narrow way's, else the narrow one, and the way not taken is
+    timed again at most every :attr:`explore_seconds` to follow the machine's load. The narrow way's best, not its
+    median: a busy machine preempts the one thread now and then (a query of 2 ms then takes 7), and a median of such
+    times once let the wide way back in for a hundred queries at 3x the cost; the wide way's median, not its best: a
+    lucky moment with a free core says nothing of the next call. Measured against a moving average and a probe every
+    32nd call, which a lone slow call flipped for dozens of queries, and which cost a 1 ms query ~3 % on an idle
+    machine (one call in ~200 now). One per index (the exact scan); thread-safe enough (a race loses one timing).
+    Outside a single query (a batch) it changes nothing."""
 
-    explore = 32
-    weight = 0.2  # of the newest timing in the moving average
+    explore_seconds = 0.2
+    window = 5
 
     def __init__(self) -> None:
-        self._seconds = {True: 0.0, False: 0.0}  # moving average per way (wide?); 0: not timed yet
-        self._calls = 0
+        self._seconds: dict[bool, deque[float]] = {True: deque(maxlen=self.window), False: deque(maxlen=self.window)}
+        self._wide_faster = True
+        self._explored = 0.0  # time.perf_counter() when the slower way was last taken
 
-    def _pick(self) -> bool:
-        self._calls += 1
+    def _pick(self, now: float) -> bool:
         wide, narrow = self._seconds[True], self._seconds[False]
         if not wide or not narrow:  # each way timed once first
             return not wide
-        faster = wide <= narrow
-        return not faster if self._calls % self.explore == 0 else faster
+        if now - self._explored >= self.explore_seconds:
+            self._explored = now
+            return not self._wide_faster
+        return self._wide_faster
 
-    @contextmanager
-    def product(self) -> Iterator[None]:
-        """Run the block (one product) the faster way, and time it."""
+    def _record(self, wide: bool, seconds: float) -> None:
+        self._seconds[wide].append(seconds)
+        wide_times, narrow_times = sorted(self._seconds[True]), self._seconds[False]
+        if wide_times and narrow_times:  # the wide way's lower middle against the narrow way's best
+            self._wide_faster = wide_times[(len(wide_times) - 1) // 2] <= min(narrow_times)
+
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a @ b`` (one large product) the faster way, timed; outside a single query (a batch) as it is."""
         if not in_single_query():
-            yield
-            return
-        wide = self._pick()
+            return a @ b
         started = time.perf_counter()
+        wide = self._pick(started)
         if wide:
-            with wide_product():
-                yield
+            _widen()
+            try:
+                product = a @ b
+            finally:
+                _narrow()
         else:
-            yield
-        elapsed = time.perf_counter() - started
-        previous = self._seconds[wide]
-        self._seconds[wide] = elapsed if not previous else (1 - self.weight) * previous + self.weight * elapsed
+            product = a @ b
+        self._record(wide, time.perf_counter() - started)
+        return product
 
 
-@contextmanager
-def queries(m: int) -> Iterator[None]:
+def queries(m: int) -> AbstractContextManager[None]:
     """The policy for a call with ``m`` query rows: :func:`single_query` when ``m == 1``, all cores otherwise."""
-    if m == 1:
-        with single_query():
-            yield
-    else:
-        yield
+    return _SINGLE_QUERY if m == 1 else _ALL_CORES

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -18,8 +17,8 @@ from streamlit.navigation.page import StreamlitPage
 from cbir.app import formats, ui
 from cbir.core.errors import CbirError
 from cbir.core.names import METRIC_LABELS, METRICS
-from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, thumbnail
-from cbir.data.query import MAX_UPLOAD_BYTES, decode_query
+from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, jpeg_bytes, thumbnail
+from cbir.data.query import MAX_UPLOAD_BYTES, decode_query, tile_jpeg, tiles_jpeg
 from cbir.data.samples import SAMPLE_PHOTOS, sample_photo_png
 from cbir.evaluation.evaluate import SINGLE_QUERY_SAMPLE
 from cbir.evaluation.tuning import fastest_config, width_range
@@ -59,7 +58,7 @@ class Answer:
     """The answer to a :class:`Query` and how the query is shown beside it."""
 
     result: QueryAnswer
-    picture: Any  # the query's thumbnail (a PIL image or a tile's array)
+    picture: bytes  # the query's thumbnail (JPEG: sent as it is, not encoded again by Streamlit at every run)
     caption: str
     time_help: str
 
@@ -276,7 +275,7 @@ def search(engine: SearchEngine, query: Query, index_config: IndexConfig) -> Ans
         result = ui.without_query(result, query.picked_row, DEFAULT_K)
     return Answer(
         result,
-        ui.tile(str(engine.catalog["path"].iloc[query.row])),
+        tile_jpeg(str(engine.catalog["path"].iloc[query.row])),
         f"Query: {formats.file_first(query.name)} (by its stored features; left out of its own results)",
         "One query, by the image's stored features: the search only (no model)",
     )
@@ -306,7 +305,7 @@ def search_image(engine: SearchEngine, query: Query, image: bytes, index_config:
         f"One query: computing its features {formats.duration(result.embed_seconds)} (the model's first query also "
         f"loads it) + the search {formats.duration(result.search_seconds)}"
     )
-    return Answer(result, thumbnail(decoded.image, 512), caption, time_help)
+    return Answer(result, jpeg_bytes(thumbnail(decoded.image, 512)), caption, time_help)
 
 
 def show_answer(engine: SearchEngine, answer: Answer, label: str) -> None:
@@ -358,11 +357,14 @@ def show_results(result: QueryAnswer) -> None:
     st.subheader("Most similar images")
     score_name = result.score_name
     rows = list(result.results.itertuples())
+    pictures = tiles_jpeg([row.path for row in rows])  # small JPEGs, read in parallel, kept per file
     for start in range(0, len(rows), GRID_COLUMNS):
         cols = st.columns(GRID_COLUMNS)
-        for col, row in zip(cols, rows[start : start + GRID_COLUMNS], strict=False):
+        for col, row, picture in zip(
+            cols, rows[start : start + GRID_COLUMNS], pictures[start : start + GRID_COLUMNS], strict=False
+        ):
             with col.container(border=True):
-                st.image(ui.tile(row.path), width="stretch")
+                st.image(picture, width="stretch")
                 st.markdown(f"**#{row.rank}** · {row.label}  \n{score_name} {row.score:.3f}")
                 st.caption(formats.file_first(row.relpath))
     with st.expander("Results as a table"):
