@@ -44,6 +44,7 @@ collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection�
 lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
 distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analysis_for)  # called with keep=True
 hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)  # called with keep=True
+kept_hubness = st.cache_data(show_spinner=False, max_entries=64)(comparison.kept_hubness)  # None: computed below
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.shared_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
 # the comparison page's figures, built once per table and shared by every session (st.plotly_chart only reads a
@@ -344,11 +345,16 @@ def hubness_analyses(
     feature_sets: Sequence[tuple[str, str, int]], metric: str
 ) -> dict[str, comparison.HubnessAnalysis]:
     """``{label: cached hubness analysis}``, with the out-of-domain photos embedded by each feature set's cached
-    model (without them when the model cannot be loaded)."""
+    model (without them when the model cannot be loaded); one kept on disk with the photos is read back without
+    loading the model (a new server's page: seconds of TensorFlow saved)."""
     analyses = {}
     with moving_bar("Measuring hubness…") as update:
         for done, (label, path, version) in enumerate(feature_sets):
             update(done / len(feature_sets), f"Measuring hubness: {label}")
+            kept = kept_hubness(path, version, metric)
+            if kept is not None:
+                analyses[label] = kept
+                continue
             try:
                 extractor = make_extractor(query_model.extractor_spec(workspace.load_feature_set(path, version).meta))
             except (CbirError, FileNotFoundError):

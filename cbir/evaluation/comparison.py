@@ -17,7 +17,7 @@ from PIL import Image
 
 from cbir.core import config as cbir_config
 from cbir.core.names import INDEX_LABELS
-from cbir.core.storage import kept_on_disk
+from cbir.core.storage import kept_on_disk, read_kept
 from cbir.evaluation.distances import distance_table, pairwise_distance_sample
 from cbir.evaluation.evaluate import (
     MAX_EVAL_QUERIES,
@@ -207,10 +207,6 @@ def _kept_key(
     )
 
 
-class _NotKept(Exception):
-    """kept_comparison's way out of kept_on_disk when there is nothing to read."""
-
-
 def kept_comparison(
     feature_sets: Sequence[tuple[str, str, int]],
     metric: str = "euclidean",
@@ -221,15 +217,8 @@ def kept_comparison(
 ) -> Comparison | None:
     """The comparison :func:`compare` with ``keep`` has kept on disk for these arguments, or ``None`` (nothing is
     computed): a page that draws the table in parts skips the parts when the whole is there."""
-
-    def missing() -> Comparison:
-        raise _NotKept
-
     key = _kept_key(feature_sets, metric, recommended, k, distractor_settings, references)
-    try:
-        return kept_on_disk(_kept_folder(), key, missing)
-    except _NotKept:
-        return None
+    return read_kept(_kept_folder(), key)  # type: ignore[no-any-return]
 
 
 def _labelled(progress: Progress, what: str) -> Callable[[int, int], None]:
@@ -403,9 +392,8 @@ def hubness_analysis_for(
     from cbir.data.samples import SamplesUnavailableError, sample_photos
 
     if keep:
-        folder = cbir_config.artifacts_dir() / "cache" / "hubness"
-        key = f"{Path(path).resolve()}|{version}|{metric}|{_extractor is not None}|{MAX_EVAL_QUERIES}"
-        return kept_on_disk(folder, key, lambda: hubness_analysis_for(path, version, metric, _extractor))
+        key = _hubness_key(path, version, metric, _extractor is not None)
+        return kept_on_disk(_hubness_folder(), key, lambda: hubness_analysis_for(path, version, metric, _extractor))
     photos = None
     if _extractor is not None:
         try:
@@ -414,6 +402,20 @@ def hubness_analysis_for(
             photos = None
     split = split_for(path, version, True)  # the tuning page's split: a sample of the queries when there are many
     return hubness_analysis(load_feature_set(path, version), _extractor, photos, metric, split=split)
+
+
+def _hubness_folder() -> Path:
+    return cbir_config.artifacts_dir() / "cache" / "hubness"
+
+
+def _hubness_key(path: str, version: int, metric: str, photos: bool) -> str:
+    return f"{Path(path).resolve()}|{version}|{metric}|{photos}|{MAX_EVAL_QUERIES}"
+
+
+def kept_hubness(path: str, version: int, metric: str = "euclidean", photos: bool = True) -> HubnessAnalysis | None:
+    """The analysis :func:`hubness_analysis_for` with ``keep`` has kept on disk (``photos``: with the sample
+    photos, computed with the model), or ``None``: a page reads it back without loading the model first."""
+    return read_kept(_hubness_folder(), _hubness_key(path, version, metric, photos))  # type: ignore[no-any-return]
 
 
 def hubness_summary_table(analyses: Mapping[str, HubnessAnalysis]) -> pd.DataFrame:

@@ -378,7 +378,7 @@ def recommended_for(
     (:func:`sweep_for`'s file, kept under ``kept_as`` like the app's), else found by
     :func:`cbir.evaluation.sweep.budgeted_sweep` over the same grid (the same setting: only the sweep's settings
     above the visit budget and its reference points are left out) and kept on disk (``<artifacts>/cache/recommended``,
-    keyed like the sweep). ``progress(settings done, settings in all)`` while it searches."""
+    keyed like the sweep, under ``kept_as`` as well). ``progress(settings done, settings in all)`` while it searches."""
     split = split_for(path, version, True)
     file = sweep_cache_file(path, version if kept_as is None else kept_as, metric, True, k)
     if file.is_file():
@@ -392,7 +392,7 @@ def recommended_for(
         budget = RECOMMEND_BUDGET_FRACTION * split.n_indexed
         return recommended_config(budgeted_sweep(split, grid, budget, metric, k, progress=progress), split.n_indexed)
 
-    key = f"{sweep_cache_file(path, version, metric, True, k).stem}|{RECOMMEND_BUDGET_FRACTION}"
+    key = f"{file.stem}|{RECOMMEND_BUDGET_FRACTION}"  # under kept_as too: an image added or removed reuses it
     return kept_on_disk(cbir_config.artifacts_dir() / "cache" / "recommended", key, compute)
 
 
