@@ -414,8 +414,9 @@ def choose_option(driver: Any, label: str, option: str, mark: Callable[[], objec
         with contextlib.suppress(StaleElementReferenceException):
             combo().click()
             combo().send_keys(option)
-            if mark is not None:
+            if mark is not None:  # the first try is the person's click: a later one chooses what is chosen already
                 mark()
+                mark = None
             try:
                 click_text(driver, '[role="option"]', option, timeout=10)
             except TimeoutError:  # the list did not open: let the keyboard choose the filtered option

@@ -53,6 +53,10 @@ tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
 comparison_figure = st.cache_resource(show_spinner=False, max_entries=64)(plots.fig_comparison)
 comparison_tradeoff_figure = st.cache_resource(show_spinner=False, max_entries=16)(plots.fig_comparison_tradeoff)
 comparison_per_class_figure = st.cache_resource(show_spinner=False, max_entries=32)(plots.fig_comparison_per_class)
+distance_histograms_figure = st.cache_resource(show_spinner=False, max_entries=16)(plots.fig_distance_histograms)
+# the tuning page's likewise: a metric switch back to a computed setting draws figures already built
+per_class_figure = st.cache_resource(show_spinner=False, max_entries=64)(plots.fig_per_class)
+sweep_figure = st.cache_resource(show_spinner=False, max_entries=64)(plots.fig_map_vs_visited)
 
 
 @st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)
