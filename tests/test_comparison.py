@@ -79,8 +79,17 @@ def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> No
         evaluations.append(config)
         return tuning.evaluate_for(path, version, config, with_distractors)
 
-    result = comparison.compare(feature_sets, sweep=sweep, evaluate=evaluate)
-    assert sweeps == [path for _, path, _ in feature_sets] and len(evaluations) == len(result.table) == 18
+    pairs = []
+
+    def evaluate_pair(path: str, version: int, config: registry.IndexConfig) -> tuple[EvaluationResult, ...]:
+        pairs.append((path, config.kind))
+        return tuning.evaluate_pair_for(path, version, config)
+
+    result = comparison.compare(feature_sets, sweep=sweep, evaluate=evaluate, evaluate_pair=evaluate_pair)
+    assert sweeps == [path for _, path, _ in feature_sets] and len(result.table) == 18
+    # A's reference indexes built once for both distractor settings; B has no distractors: one setting each
+    assert pairs == [(feature_sets[0][1], kind) for kind in REFERENCE_KINDS]
+    assert len(evaluations) == 18 - 2 * len(pairs) == 4 + 6
     _, path, version = feature_sets[0]
     recommended = tuning.recommended_config(sweep(path, version, "euclidean"), 100)
     assert recommended is not None and recommended.label in result.table["config"].tolist()
@@ -234,3 +243,38 @@ def test_the_comparison_page_s_results_outlive_a_restart_and_not_a_changed_featu
     again = comparison.compare((("A", path, version),), recommended=True, references=False, keep=True)
     assert again.table["n_indexed"].iloc[0] == first.table["n_indexed"].iloc[0] + 1  # computed on the new rows
     assert comparison.distance_analysis_for(path, version, keep=True).sample is not None
+
+
+def test_a_reference_index_built_once_gets_the_distractors_added(tmp_path: Path) -> None:
+    """With and without the distractors from one index: the "without" result is the one built without them, the
+    "with" one indexes the distractors too and scores close to an index built on all the rows."""
+    path = save_feature_set(synthetic_feature_set(n_index=60, n_distractors=80), tmp_path / "a.joblib")
+    version = workspace.file_version(path)
+    config = registry.IndexConfig("ivf_flat")
+    with_, without = tuning.evaluate_pair_for(path, version, config)
+    built_with = tuning.evaluate_for(path, version, config, True)
+    built_without = tuning.evaluate_for(path, version, config, False)
+    assert without.row()["map"] == built_without.row()["map"]
+    assert without.row()["n_indexed"] == built_without.row()["n_indexed"]
+    assert with_.row()["n_indexed"] == built_with.row()["n_indexed"] == without.row()["n_indexed"] + 80
+    assert abs(with_.row()["recall"] - built_with.row()["recall"]) < 0.05
+    assert abs(with_.row()["map"] - built_with.row()["map"]) < 0.05
+
+
+def test_distractors_before_an_added_image_are_not_added_but_built_with(tmp_path: Path) -> None:
+    """An image added after the distractors (growth in place): the added index's ids would not be the split's, so
+    both settings are built as before."""
+    feature_set = synthetic_feature_set(n_index=30, n_distractors=30)
+    last_index = int(np.flatnonzero(feature_set.roles == "index")[-1])
+    order = [*range(last_index), *range(last_index + 1, len(feature_set.features)), last_index]
+    moved = replace(
+        feature_set,
+        features=feature_set.features[order],
+        catalog=feature_set.catalog.iloc[order].reset_index(drop=True),
+    )
+    path = save_feature_set(moved, tmp_path / "a.joblib")
+    version = workspace.file_version(path)
+    config = registry.IndexConfig("ivf_flat")
+    with_, without = tuning.evaluate_pair_for(path, version, config)
+    assert with_.row()["map"] == tuning.evaluate_for(path, version, config, True).row()["map"]
+    assert without.row()["map"] == tuning.evaluate_for(path, version, config, False).row()["map"]

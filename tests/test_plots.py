@@ -195,7 +195,8 @@ def test_a_kept_figure_is_read_back_from_disk_as_built(
 
     kept = kept_figures.kept(build)
     first = kept(sweep_df, title="mAP")
-    assert json.loads(first.to_json()) == json.loads(fig_map_vs_visited(sweep_df).to_json()) and built == [len(sweep_df)]
+    assert json.loads(first.to_json()) == json.loads(fig_map_vs_visited(sweep_df).to_json())
+    assert built == [len(sweep_df)]
     assert list((tmp_path / "cache" / "figures").iterdir())
     again = kept(sweep_df.copy(), title="mAP")  # the same content: read back
     assert again.to_json() == first.to_json() and built == [len(sweep_df)]

@@ -20,7 +20,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from cbir.app import formats, kept_figures, plots
-from cbir.core import config
+from cbir.core import config, names
 from cbir.core.errors import CbirError
 from cbir.data import query
 from cbir.evaluation import comparison, tuning
@@ -268,11 +268,26 @@ def evaluate(
     the index is built, the queries answered and (once per feature set) the exact scan run (the bar is part of the
     cached run: Streamlit replays it, already finished, on a cache hit)."""
     with moving_bar(f"{config.label}…") as update:
+        return tuning.evaluate_for(path, version, config, with_distractors, progress=_config_progress(update, config))
 
-        def progress(stage: str, done: int, total: int) -> None:
-            update(done / max(total, 1), f"{config.label}: {_stage_text(stage, done, total)}")
 
-        return tuning.evaluate_for(path, version, config, with_distractors, progress=progress)
+@st.cache_data(show_spinner=False, max_entries=256)
+def evaluate_pair(
+    path: str, version: int, config: registry.IndexConfig
+) -> tuple[evaluation.EvaluationResult, evaluation.EvaluationResult]:
+    """:func:`cbir.evaluation.tuning.evaluate_pair_for` (with and without the distractors, one index built) behind
+    a :func:`moving_bar`, as :func:`evaluate`."""
+    with moving_bar(f"{config.label}…") as update:
+        return tuning.evaluate_pair_for(path, version, config, progress=_config_progress(update, config))
+
+
+def _config_progress(update: Callable[[float, str], None], config: registry.IndexConfig) -> evaluation.StageProgress:
+    """A :func:`moving_bar`'s ``update`` as an evaluation's ``progress(stage, done, total)`` naming ``config``."""
+
+    def progress(stage: str, done: int, total: int) -> None:
+        update(done / max(total, 1), f"{config.label}: {_stage_text(stage, done, total)}")
+
+    return progress
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -299,12 +314,17 @@ def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def compare(
-    feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool, references: bool | None = None
+    feature_sets: tuple[tuple[str, str, int], ...],
+    metric: str,
+    recommended: bool,
+    references: bool | None = None,
+    kinds: tuple[str, ...] | None = None,
 ) -> comparison.Comparison:
     """:func:`cbir.evaluation.comparison.compare` of ``(label, path, version)`` feature sets behind a progress bar,
     through the cached :func:`evaluate` that the tuning page shares; the recommended LSH setting is the background
     sweep's (:func:`cbir.evaluation.tuning.recommended_for`: read from the sweep when the tuning page has kept it on
-    disk, else found without computing the whole sweep)."""
+    disk, else found without computing the whole sweep); a reference index is built once for both distractor
+    settings (:func:`evaluate_pair`). ``kinds``: only these reference indexes (a part, not kept on disk)."""
     with moving_bar("Evaluating…") as update:
         return comparison.compare(
             feature_sets,
@@ -313,23 +333,32 @@ def compare(
             progress=lambda what, done, total: update(done / total, f"{what}: {done} / {total}"),
             evaluate=evaluate,
             references=references,
-            keep=True,
+            keep=kinds is None,
+            kinds=kinds,
+            evaluate_pair=evaluate_pair,
         )
 
 
 def comparisons(
     feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool, references: bool | None = None
 ) -> Iterator[comparison.Comparison]:
-    """The comparison of :func:`compare` in parts, for a page that draws its results table as it grows: first
-    without the reference indexes (the exact scan and LSH, with and without the distractors: seconds), then whole
-    (only the reference indexes are evaluated then: the first part's evaluations are :func:`evaluate`'s, cached).
-    Only the whole one when it is kept on disk already, or when ``references`` is off."""
+    """The comparison of :func:`compare` in parts, for a page that draws its results table as it grows: the exact
+    scan and LSH at its default setting (seconds), then with the recommended setting once found (``recommended``),
+    then each reference index as it comes, the last part whole (each part evaluates only what the one before lacked:
+    the evaluations are :func:`evaluate`'s and :func:`evaluate_pair`'s, cached). Only the whole one when it is kept
+    on disk already."""
     kept = comparison.kept_comparison(feature_sets, metric, recommended, references=references)
     if kept is not None:
         yield kept
         return
-    if references is not False:
+    if recommended:
+        yield compare(feature_sets, metric, False, False)
+    if references is False:
         yield compare(feature_sets, metric, recommended, False)
+        return
+    kinds = names.REFERENCE_KINDS
+    for count in range(len(kinds)):
+        yield compare(feature_sets, metric, recommended, references, tuple(kinds[:count]))
     yield compare(feature_sets, metric, recommended, references)
 
 
