@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from cbir.core import config
+from cbir.core.foreground import page_run
 
 config.quiet_native_libraries()  # before TensorFlow loads (it does lazily, with the first model)
 
@@ -39,8 +40,6 @@ loading(0.8, "Opening the page…")
 from cbir.app.pages import comparison, home, search, tuning  # noqa: E402
 from cbir.features import workspace  # noqa: E402
 
-warm_start()  # once per server: kernels, model, engine and saved indexes load in the background
-
 
 def sidebar() -> None:
     choices = feature_set_choices()
@@ -58,8 +57,13 @@ def sidebar() -> None:
         st.sidebar.caption("No feature set yet: build one on the Home page.")
 
 
-navigation = st.navigation([home.page(), search.page(), tuning.page(), comparison.page()])
-sidebar()
-if starting is not None:
-    starting.empty()
-navigation.run()
+# the page's run first: the server's background warm start (kernels, TensorFlow, the model, the engine) waits between
+# its steps while a page's run is under way (cbir.core.foreground), so a page opened as the server starts is not
+# drawn behind it on two cores
+with page_run():
+    warm_start()  # once per server: kernels, model, engine and saved indexes load in the background
+    navigation = st.navigation([home.page(), search.page(), tuning.page(), comparison.page()])
+    sidebar()
+    if starting is not None:
+        starting.empty()
+    navigation.run()

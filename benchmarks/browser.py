@@ -239,6 +239,60 @@ def wait_until_idle(driver: Any, timeout: float, what: str) -> None:
     wait_for(idle, timeout, what)
 
 
+# Installed in the page by watch_page: the time of the page's last DOM change and of every change of the app
+# root's script state (performance.now(), in ms since the page's navigation began)
+WATCH_JS = """
+if (!window.cbirWatch) {
+  const watch = {changed: performance.now(), states: []};
+  new MutationObserver(() => { watch.changed = performance.now(); }).observe(
+    document.documentElement, {subtree: true, childList: true, attributes: true, characterData: true});
+  window.cbirWatch = watch;
+}
+const root = document.querySelector('[data-testid="stApp"]');
+if (root && !root.cbirWatched) {
+  root.cbirWatched = true;
+  new MutationObserver(() => window.cbirWatch.states.push(
+    [performance.now(), root.getAttribute('data-test-script-state')])).observe(
+    root, {attributes: true, attributeFilter: ['data-test-script-state']});
+}
+return performance.now();
+"""
+# What counts as settled: no DOM change for this long, the script not running, no stale element left
+SETTLED_QUIET_S = 0.3
+
+
+def watch_page(driver: Any) -> float:
+    """Start watching the page (:data:`WATCH_JS`; again after a page load); returns the page's clock now (ms)."""
+    return float(driver.execute_script(WATCH_JS))
+
+
+def settled_seconds(driver: Any, since: float, timeout: float, what: str, rerun: bool = True) -> float:
+    """Seconds from ``since`` (the page's clock, ms: :func:`watch_page` just before the action; 0 for a page
+    load) to the page's last DOM change, once the page has settled: the script not running (Streamlit's own
+    ``data-test-script-state``; with ``rerun``, after a run that began after ``since``), no element left stale
+    (``data-stale``: drawn by the run before) and nothing changed for :data:`SETTLED_QUIET_S`. So the figure is
+    what a person waits for (the run and the browser drawing its result), not the time taken to be sure it
+    ended (polled every 50 ms)."""
+    watch_page(driver)
+
+    def settled() -> float | None:
+        state = driver.execute_script("const w = window.cbirWatch; return [performance.now(), w.changed, w.states];")
+        now, changed, states = state
+        if rerun and not any(t >= since and s in RUNNING_STATES for t, s in states):
+            return None
+        if app_running(driver) or elements(driver, '[data-stale="true"]'):
+            return None
+        return (changed - since) / 1000 if now - changed >= SETTLED_QUIET_S * 1000 else None
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seconds = settled()
+        if seconds is not None:
+            return seconds
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} to settle")
+
+
 def open_page(driver: Any, url: str, ready_selector: str, timeout: float = PAGE_S) -> None:
     """Load ``url`` and wait for an element matching ``ready_selector``."""
     driver.get(url)
@@ -380,9 +434,10 @@ def click_text(driver: Any, selector: str, text: str, timeout: float = PAGE_S) -
     find().click()
 
 
-def choose_option(driver: Any, label: str, option: str) -> None:
+def choose_option(driver: Any, label: str, option: str, mark: Callable[[], object] | None = None) -> None:
     """In the selectbox labelled ``label``, take the first option containing ``option`` (Streamlit's selectbox is a
-    combo box: type to filter its list, then take the option)."""
+    combo box: type to filter its list, then take the option); ``mark()`` just before the option is taken (a timer's
+    start)."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.keys import Keys
 
@@ -405,6 +460,9 @@ def choose_option(driver: Any, label: str, option: str) -> None:
         with contextlib.suppress(StaleElementReferenceException):
             combo().click()
             combo().send_keys(option)
+            if mark is not None:  # the first try is the person's click: a later one chooses what is chosen already
+                mark()
+                mark = None
             try:
                 click_text(driver, '[role="option"]', option, timeout=10)
             except TimeoutError:  # the list did not open: let the keyboard choose the filtered option

@@ -105,6 +105,7 @@ def comparison_rows(path: str, version: int) -> Rows:
 def stage_rows(path: str, version: int, metric: str = "euclidean") -> Rows:
     """The comparison page's cold computation stage by stage, in a fresh folder; last, the background sweep that
     it computed for its recommendation before."""
+    from cbir.core.names import REFERENCE_KINDS
     from cbir.evaluation import comparison, tuning
     from cbir.features.workspace import load_feature_set
 
@@ -122,6 +123,12 @@ def stage_rows(path: str, version: int, metric: str = "euclidean") -> Rows:
         stage(f"exact answers, {'with' if with_distractors else 'without'}", lambda s=split: s.exact_answer(metric, 10))
     lsh = stage("recommended LSH setting (budgeted search)", lambda: tuning.recommended_for(path, version, metric))
     for config in comparison.comparison_configs(load_feature_set(path, version), metric, recommended=lsh):  # type: ignore[arg-type]
+        if config.kind in REFERENCE_KINDS:  # built once, the distractors added (what the page does)
+            stage(
+                f"{config.label}: built without, distractors added, both evaluated",
+                lambda c=config: tuning.evaluate_pair_for(path, version, c),
+            )
+            continue
         for with_distractors in (True, False):
             setting = "with" if with_distractors else "without"
             stage(

@@ -79,8 +79,17 @@ def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> No
         evaluations.append(config)
         return tuning.evaluate_for(path, version, config, with_distractors)
 
-    result = comparison.compare(feature_sets, sweep=sweep, evaluate=evaluate)
-    assert sweeps == [path for _, path, _ in feature_sets] and len(evaluations) == len(result.table) == 18
+    pairs = []
+
+    def evaluate_pair(path: str, version: int, config: registry.IndexConfig) -> tuple[EvaluationResult, ...]:
+        pairs.append((path, config.kind))
+        return tuning.evaluate_pair_for(path, version, config)
+
+    result = comparison.compare(feature_sets, sweep=sweep, evaluate=evaluate, evaluate_pair=evaluate_pair)
+    assert sweeps == [path for _, path, _ in feature_sets] and len(result.table) == 18
+    # A's reference indexes built once for both distractor settings; B has no distractors: one setting each
+    assert pairs == [(feature_sets[0][1], kind) for kind in REFERENCE_KINDS]
+    assert len(evaluations) == 18 - 2 * len(pairs) == 4 + 6
     _, path, version = feature_sets[0]
     recommended = tuning.recommended_config(sweep(path, version, "euclidean"), 100)
     assert recommended is not None and recommended.label in result.table["config"].tolist()
@@ -178,3 +187,94 @@ def test_reference_indexes_wait_for_a_request_on_large_sets(monkeypatch: pytest.
     # asked for on a large set: HNSW only (IVF's k-means, hnswlib and cross-polytope take minutes more there)
     kinds = [config.kind for config in comparison.comparison_configs(feature_set, references=True)]
     assert kinds == ["scan", "lsh", "hnsw"]
+
+
+# A new server process (a restart): what the comparison page computes is read back from disk, nothing computed
+_RESTARTED = """
+import sys
+from cbir.evaluation import comparison, sweep, tuning
+
+def computed(*args, **kwargs):
+    raise SystemExit("computed again")
+
+tuning.evaluate_for = comparison.evaluate_for = tuning.budgeted_sweep = computed
+comparison.distance_analysis = comparison.hubness_analysis = computed
+label, path, version = sys.argv[1:4]
+sets = ((label, path, int(version)),)
+print(comparison.compare(sets, recommended=True, references=False, keep=True).table["config"].tolist())
+assert comparison.kept_hubness(path, int(version), photos=False) is not None
+comparison.distance_analysis_for(path, int(version), keep=True)
+comparison.hubness_analysis_for(path, int(version), keep=True)
+"""
+
+
+def test_the_comparison_page_s_results_outlive_a_restart_and_not_a_changed_feature_set(tmp_path: Path) -> None:
+    """compare, the recommendation, the distance and hubness analyses with ``keep``: a new process (a restarted
+    server, Streamlit's caches empty) reads them back with every computation disabled; an added image (a new
+    version of the feature set) makes the comparison and the analyses be computed again."""
+    import subprocess
+    import sys
+
+    from cbir.core import config
+
+    feature_set = synthetic_feature_set()
+    path = save_feature_set(feature_set, tmp_path / "a.joblib")
+    sets = (("A", path, workspace.file_version(path)),)
+    first = comparison.compare(sets, recommended=True, references=False, keep=True)
+    comparison.distance_analysis_for(path, sets[0][2], keep=True)
+    comparison.hubness_analysis_for(path, sets[0][2], keep=True)
+    assert comparison.kept_hubness(path, sets[0][2], photos=True) is None  # kept without the photos only
+    restarted = subprocess.run(
+        [sys.executable, "-c", _RESTARTED, *map(str, sets[0])],
+        capture_output=True, text=True, timeout=300, cwd=config.PROJECT_ROOT,
+    )  # fmt: skip
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert restarted.stdout.strip() == str(first.table["config"].tolist())
+    # an image added in place: the file changes, and with it the version the pages pass
+    rows = [*range(len(feature_set.features)), 0]  # the first image once more, under another name
+    grown = replace(feature_set, features=feature_set.features[rows], catalog=feature_set.catalog.iloc[rows])
+    grown.catalog.reset_index(drop=True, inplace=True)
+    grown.catalog.loc[len(grown.catalog) - 1, ["path", "relpath"]] = ["/nowhere/added.jpg", "added.jpg"]
+    save_feature_set(grown, tmp_path / "a.joblib")
+    version = workspace.file_version(path)
+    assert version != sets[0][2]
+    assert comparison.kept_comparison((("A", path, version),), recommended=True, references=False) is None
+    assert comparison.kept_hubness(path, version, photos=False) is None
+    again = comparison.compare((("A", path, version),), recommended=True, references=False, keep=True)
+    assert again.table["n_indexed"].iloc[0] == first.table["n_indexed"].iloc[0] + 1  # computed on the new rows
+    assert comparison.distance_analysis_for(path, version, keep=True).sample is not None
+
+
+def test_a_reference_index_built_once_gets_the_distractors_added(tmp_path: Path) -> None:
+    """With and without the distractors from one index: the "without" result is the one built without them, the
+    "with" one indexes the distractors too and scores close to an index built on all the rows."""
+    path = save_feature_set(synthetic_feature_set(n_index=60, n_distractors=80), tmp_path / "a.joblib")
+    version = workspace.file_version(path)
+    config = registry.IndexConfig("ivf_flat")
+    with_, without = tuning.evaluate_pair_for(path, version, config)
+    built_with = tuning.evaluate_for(path, version, config, True)
+    built_without = tuning.evaluate_for(path, version, config, False)
+    assert without.row()["map"] == built_without.row()["map"]
+    assert without.row()["n_indexed"] == built_without.row()["n_indexed"]
+    assert with_.row()["n_indexed"] == built_with.row()["n_indexed"] == without.row()["n_indexed"] + 80
+    assert abs(with_.row()["recall"] - built_with.row()["recall"]) < 0.05
+    assert abs(with_.row()["map"] - built_with.row()["map"]) < 0.05
+
+
+def test_distractors_before_an_added_image_are_not_added_but_built_with(tmp_path: Path) -> None:
+    """An image added after the distractors (growth in place): the added index's ids would not be the split's, so
+    both settings are built as before."""
+    feature_set = synthetic_feature_set(n_index=30, n_distractors=30)
+    last_index = int(np.flatnonzero(feature_set.roles == "index")[-1])
+    order = [*range(last_index), *range(last_index + 1, len(feature_set.features)), last_index]
+    moved = replace(
+        feature_set,
+        features=feature_set.features[order],
+        catalog=feature_set.catalog.iloc[order].reset_index(drop=True),
+    )
+    path = save_feature_set(moved, tmp_path / "a.joblib")
+    version = workspace.file_version(path)
+    config = registry.IndexConfig("ivf_flat")
+    with_, without = tuning.evaluate_pair_for(path, version, config)
+    assert with_.row()["map"] == tuning.evaluate_for(path, version, config, True).row()["map"]
+    assert without.row()["map"] == tuning.evaluate_for(path, version, config, False).row()["map"]

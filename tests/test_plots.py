@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -175,3 +177,29 @@ def test_map_vs_w_tells_every_line_apart_and_names_k() -> None:
     styles = {(trace.line.color, trace.line.dash) for trace in fig.data}
     assert len(fig.data) == 20 and len(styles) == 20  # no two lines look alike
     assert fig.layout.yaxis.title.text == "mAP@10"
+
+
+def test_a_kept_figure_is_read_back_from_disk_as_built(
+    sweep_df: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A figure kept on disk (a restarted server's) is the one built, read back without building it; another input
+    builds another."""
+    from cbir.app import kept_figures
+
+    monkeypatch.setenv("CBIR_ARTIFACTS", str(tmp_path))
+    built: list[int] = []
+
+    def build(table: pd.DataFrame, title: str = "") -> go.Figure:
+        built.append(len(table))
+        return fig_map_vs_visited(table)
+
+    kept = kept_figures.kept(build)
+    first = kept(sweep_df, title="mAP")
+    assert json.loads(first.to_json()) == json.loads(fig_map_vs_visited(sweep_df).to_json())
+    assert built == [len(sweep_df)]
+    assert list((tmp_path / "cache" / "figures").iterdir())
+    again = kept(sweep_df.copy(), title="mAP")  # the same content: read back
+    assert again.to_json() == first.to_json() and built == [len(sweep_df)]
+    kept(sweep_df.head(5), title="mAP")
+    kept(sweep_df, title="recall")
+    assert built == [len(sweep_df), 5, len(sweep_df)]

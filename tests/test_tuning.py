@@ -181,3 +181,16 @@ def test_width_sample_gives_the_default_width_of_all_searchable_rows(metric: str
         assert len(sample) == min(tuning.WIDTH_SAMPLE_SIZE, int((feature_set.roles != "query").sum()))
         expected = widths.default_width(tuning.searchable_features(feature_set), metric)
         assert widths.default_width(sample, metric) == expected
+
+
+def test_the_found_recommendation_is_kept_under_the_base_version(tmp_path: Path, monkeypatch) -> None:
+    """An image added or removed in place (a new file version, the same base version: the app's ``kept_as``) reads
+    the recommendation the budgeted search found for the base version back, as it reads the sweep; a version of its
+    own (a new extraction) is searched again."""
+    path = save_feature_set(synthetic_feature_set(), tmp_path / "synthetic.joblib")
+    version = workspace.file_version(path)
+    found = tuning.recommended_for(path, version, kept_as=version)
+    real, calls = tuning.budgeted_sweep, []
+    monkeypatch.setattr(tuning, "budgeted_sweep", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    assert tuning.recommended_for(path, version + 1, kept_as=version) == found and calls == []
+    assert tuning.recommended_for(path, version + 1) == found and calls == [1]

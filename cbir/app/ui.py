@@ -19,8 +19,8 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
-from cbir.app import formats, plots
-from cbir.core import config
+from cbir.app import formats, kept_figures, plots
+from cbir.core import config, names
 from cbir.core.errors import CbirError
 from cbir.data import query
 from cbir.evaluation import comparison, tuning
@@ -44,14 +44,26 @@ collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection�
 lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
 distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analysis_for)  # called with keep=True
 hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)  # called with keep=True
+kept_hubness = st.cache_data(show_spinner=False, max_entries=64)(comparison.kept_hubness)  # None: computed below
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.shared_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
 # the comparison page's figures, built once per table and shared by every session (st.plotly_chart only reads a
 # figure, so it is not copied): plotly express takes most of a metric switch after the first computation (1-2 s for
-# the five on two busy cores, against 0.1 s to send them)
-comparison_figure = st.cache_resource(show_spinner=False, max_entries=64)(plots.fig_comparison)
-comparison_tradeoff_figure = st.cache_resource(show_spinner=False, max_entries=16)(plots.fig_comparison_tradeoff)
-comparison_per_class_figure = st.cache_resource(show_spinner=False, max_entries=32)(plots.fig_comparison_per_class)
+# the five on two busy cores, against 0.1 s to send them); kept on disk too (kept_figures.kept): a restarted server
+# reads their JSON back (~0.1 s for the page's six against ~1 s to build them)
+comparison_figure = st.cache_resource(show_spinner=False, max_entries=64)(kept_figures.kept(plots.fig_comparison))
+comparison_tradeoff_figure = st.cache_resource(show_spinner=False, max_entries=16)(
+    kept_figures.kept(plots.fig_comparison_tradeoff)
+)
+comparison_per_class_figure = st.cache_resource(show_spinner=False, max_entries=32)(
+    kept_figures.kept(plots.fig_comparison_per_class)
+)
+distance_histograms_figure = st.cache_resource(show_spinner=False, max_entries=16)(
+    kept_figures.kept(plots.fig_distance_histograms)
+)
+# the tuning page's likewise: a metric switch back to a computed setting draws figures already built
+per_class_figure = st.cache_resource(show_spinner=False, max_entries=64)(plots.fig_per_class)
+sweep_figure = st.cache_resource(show_spinner=False, max_entries=64)(plots.fig_map_vs_visited)
 
 
 @st.cache_resource(show_spinner="Preparing the search engine…", max_entries=3)
@@ -256,11 +268,26 @@ def evaluate(
     the index is built, the queries answered and (once per feature set) the exact scan run (the bar is part of the
     cached run: Streamlit replays it, already finished, on a cache hit)."""
     with moving_bar(f"{config.label}…") as update:
+        return tuning.evaluate_for(path, version, config, with_distractors, progress=_config_progress(update, config))
 
-        def progress(stage: str, done: int, total: int) -> None:
-            update(done / max(total, 1), f"{config.label}: {_stage_text(stage, done, total)}")
 
-        return tuning.evaluate_for(path, version, config, with_distractors, progress=progress)
+@st.cache_data(show_spinner=False, max_entries=256)
+def evaluate_pair(
+    path: str, version: int, config: registry.IndexConfig
+) -> tuple[evaluation.EvaluationResult, evaluation.EvaluationResult]:
+    """:func:`cbir.evaluation.tuning.evaluate_pair_for` (with and without the distractors, one index built) behind
+    a :func:`moving_bar`, as :func:`evaluate`."""
+    with moving_bar(f"{config.label}…") as update:
+        return tuning.evaluate_pair_for(path, version, config, progress=_config_progress(update, config))
+
+
+def _config_progress(update: Callable[[float, str], None], config: registry.IndexConfig) -> evaluation.StageProgress:
+    """A :func:`moving_bar`'s ``update`` as an evaluation's ``progress(stage, done, total)`` naming ``config``."""
+
+    def progress(stage: str, done: int, total: int) -> None:
+        update(done / max(total, 1), f"{config.label}: {_stage_text(stage, done, total)}")
+
+    return progress
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -287,12 +314,17 @@ def sweep(path: str, version: int, metric: str, with_distractors: bool = True) -
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def compare(
-    feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool, references: bool | None = None
+    feature_sets: tuple[tuple[str, str, int], ...],
+    metric: str,
+    recommended: bool,
+    references: bool | None = None,
+    kinds: tuple[str, ...] | None = None,
 ) -> comparison.Comparison:
     """:func:`cbir.evaluation.comparison.compare` of ``(label, path, version)`` feature sets behind a progress bar,
     through the cached :func:`evaluate` that the tuning page shares; the recommended LSH setting is the background
     sweep's (:func:`cbir.evaluation.tuning.recommended_for`: read from the sweep when the tuning page has kept it on
-    disk, else found without computing the whole sweep)."""
+    disk, else found without computing the whole sweep); a reference index is built once for both distractor
+    settings (:func:`evaluate_pair`). ``kinds``: only these reference indexes (a part, not kept on disk)."""
     with moving_bar("Evaluating…") as update:
         return comparison.compare(
             feature_sets,
@@ -301,23 +333,32 @@ def compare(
             progress=lambda what, done, total: update(done / total, f"{what}: {done} / {total}"),
             evaluate=evaluate,
             references=references,
-            keep=True,
+            keep=kinds is None,
+            kinds=kinds,
+            evaluate_pair=evaluate_pair,
         )
 
 
 def comparisons(
     feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool, references: bool | None = None
 ) -> Iterator[comparison.Comparison]:
-    """The comparison of :func:`compare` in parts, for a page that draws its results table as it grows: first
-    without the reference indexes (the exact scan and LSH, with and without the distractors: seconds), then whole
-    (only the reference indexes are evaluated then: the first part's evaluations are :func:`evaluate`'s, cached).
-    Only the whole one when it is kept on disk already, or when ``references`` is off."""
+    """The comparison of :func:`compare` in parts, for a page that draws its results table as it grows: the exact
+    scan and LSH at its default setting (seconds), then with the recommended setting once found (``recommended``),
+    then each reference index as it comes, the last part whole (each part evaluates only what the one before lacked:
+    the evaluations are :func:`evaluate`'s and :func:`evaluate_pair`'s, cached). Only the whole one when it is kept
+    on disk already."""
     kept = comparison.kept_comparison(feature_sets, metric, recommended, references=references)
     if kept is not None:
         yield kept
         return
-    if references is not False:
+    if recommended:
+        yield compare(feature_sets, metric, False, False)
+    if references is False:
         yield compare(feature_sets, metric, recommended, False)
+        return
+    kinds = names.REFERENCE_KINDS
+    for count in range(len(kinds)):
+        yield compare(feature_sets, metric, recommended, references, tuple(kinds[:count]))
     yield compare(feature_sets, metric, recommended, references)
 
 
@@ -344,11 +385,16 @@ def hubness_analyses(
     feature_sets: Sequence[tuple[str, str, int]], metric: str
 ) -> dict[str, comparison.HubnessAnalysis]:
     """``{label: cached hubness analysis}``, with the out-of-domain photos embedded by each feature set's cached
-    model (without them when the model cannot be loaded)."""
+    model (without them when the model cannot be loaded); one kept on disk with the photos is read back without
+    loading the model (a new server's page: seconds of TensorFlow saved)."""
     analyses = {}
     with moving_bar("Measuring hubness…") as update:
         for done, (label, path, version) in enumerate(feature_sets):
             update(done / len(feature_sets), f"Measuring hubness: {label}")
+            kept = kept_hubness(path, version, metric)
+            if kept is not None:
+                analyses[label] = kept
+                continue
             try:
                 extractor = make_extractor(query_model.extractor_spec(workspace.load_feature_set(path, version).meta))
             except (CbirError, FileNotFoundError):

@@ -96,15 +96,33 @@ def kept_on_disk(folder: str | os.PathLike[str], key: str, compute: Callable[[],
     """``compute()``, kept in ``folder`` under a digest of ``key`` (which must name everything the result depends
     on: the data's version, the settings) and read back by any later call, in this process or another, instead of
     computed again. Written atomically (:func:`save_artifact`); an unreadable file is computed again."""
-    file = Path(folder) / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.joblib"
-    if file.is_file():
-        try:
-            envelope = load_artifact(file, CACHE_KIND)
-            if envelope.get("key") == key:
-                return envelope["value"]  # type: ignore[no-any-return]
-        except ArtifactError:
-            pass
+    file = _kept_file(folder, key)
+    envelope = _read_kept(file, key)
+    if envelope is not None:
+        return envelope["value"]  # type: ignore[no-any-return]
     value = compute()
     file.parent.mkdir(parents=True, exist_ok=True)
     save_artifact(file, CACHE_KIND, {"key": key, "value": value})
     return value
+
+
+def read_kept(folder: str | os.PathLike[str], key: str) -> Any | None:
+    """What :func:`kept_on_disk` keeps in ``folder`` under ``key``, or ``None`` when nothing (readable) is kept
+    there: nothing is computed (a page can skip what it would load only to compute it)."""
+    envelope = _read_kept(_kept_file(folder, key), key)
+    return None if envelope is None else envelope["value"]
+
+
+def _kept_file(folder: str | os.PathLike[str], key: str) -> Path:
+    return Path(folder) / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.joblib"
+
+
+def _read_kept(file: Path, key: str) -> dict[str, Any] | None:
+    """The envelope kept in ``file`` for ``key``; ``None``: no file, another key's, or unreadable."""
+    if not file.is_file():
+        return None
+    try:
+        envelope = load_artifact(file, CACHE_KIND)
+    except ArtifactError:
+        return None
+    return envelope if envelope.get("key") == key else None

@@ -16,8 +16,8 @@ import pandas as pd
 from PIL import Image
 
 from cbir.core import config as cbir_config
-from cbir.core.names import INDEX_LABELS
-from cbir.core.storage import kept_on_disk
+from cbir.core.names import INDEX_LABELS, REFERENCE_KINDS
+from cbir.core.storage import kept_on_disk, read_kept
 from cbir.evaluation.distances import distance_table, pairwise_distance_sample
 from cbir.evaluation.evaluate import (
     MAX_EVAL_QUERIES,
@@ -33,6 +33,7 @@ from cbir.evaluation.tuning import (
     SWEEP_ON_REQUEST,
     default_lsh_config,
     evaluate_for,
+    evaluate_pair_for,
     recommended_config,
     recommended_for,
     reference_configs,
@@ -50,6 +51,8 @@ COMPARISON_POLYTOPE_PROBES = 8  # the middle of the tuning page's reference poin
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 SweepFn = Callable[[str, int, str], pd.DataFrame]  # (path, version, metric) -> sweep table with distractors
 EvaluateFn = Callable[[str, int, IndexConfig, bool], EvaluationResult]  # (path, version, config, with_distractors)
+# (path, version, config) -> (with, without the distractors): one index built, the distractors added to it
+PairFn = Callable[[str, int, IndexConfig], tuple[EvaluationResult, EvaluationResult]]
 
 COMPARISON_COLUMNS = [
     "feature_set",
@@ -92,6 +95,7 @@ def comparison_configs(
     sweep: pd.DataFrame | None = None,
     references: bool | None = None,
     recommended: IndexConfig | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> list[IndexConfig]:
     """Exact scan, LSH at the configuration recommended by ``sweep`` (when given and one fits the budget), else at
     ``recommended`` (when given: :func:`cbir.evaluation.tuning.recommended_for`), else at
@@ -99,7 +103,8 @@ def comparison_configs(
     settings: FAISS HNSW, and up to :data:`cbir.evaluation.tuning.SWEEP_ON_REQUEST` indexed objects also FAISS IVF-Flat,
     hnswlib and cross-polytope LSH (their builds take minutes at a million objects, where the tuning page runs them
     on request only). ``references=None``: only up to that size (HNSW's graph alone takes ~13 minutes at 1M on two
-    cores, twice: with and without the distractors)."""
+    cores, twice: with and without the distractors). ``kinds``: only these of the reference indexes (a page that
+    draws them one by one)."""
     lsh = recommended
     n_indexed = int((feature_set.roles != "query").sum())
     if sweep is not None:
@@ -112,8 +117,8 @@ def comparison_configs(
         references = n_indexed <= SWEEP_ON_REQUEST
     if not references:
         return configs
-    kinds = ("hnsw", "ivf_flat", "hnswlib", "cross_polytope") if n_indexed <= SWEEP_ON_REQUEST else ("hnsw",)
-    return configs + [reference_config(kind, metric) for kind in kinds]
+    allowed = REFERENCE_KINDS if n_indexed <= SWEEP_ON_REQUEST else ("hnsw",)
+    return configs + [reference_config(kind, metric) for kind in allowed if kinds is None or kind in kinds]
 
 
 def reference_config(kind: str, metric: str = "euclidean") -> IndexConfig:
@@ -198,17 +203,15 @@ def _kept_key(
     k: int,
     distractor_settings: Sequence[bool],
     references: bool | None,
+    kinds: Sequence[str] | None = None,
 ) -> str:
-    """What a kept comparison depends on: the feature sets' versions and every setting."""
+    """What a kept comparison depends on: the feature sets' versions and every setting (``kinds``: a part's)."""
+    part = "" if kinds is None else f"|{tuple(kinds)}"
     return (
         f"{[(label, str(Path(path).resolve()), version) for label, path, version in feature_sets]}|{metric}|"
         f"{recommended}|{k}|{tuple(distractor_settings)}|{references}|{MAX_EVAL_QUERIES}|"
-        f"{[c.label for c in reference_configs(metric)]}|{COMPARISON_COLUMNS}"
+        f"{[c.label for c in reference_configs(metric)]}|{COMPARISON_COLUMNS}|added distractors{part}"
     )
-
-
-class _NotKept(Exception):
-    """kept_comparison's way out of kept_on_disk when there is nothing to read."""
 
 
 def kept_comparison(
@@ -221,15 +224,8 @@ def kept_comparison(
 ) -> Comparison | None:
     """The comparison :func:`compare` with ``keep`` has kept on disk for these arguments, or ``None`` (nothing is
     computed): a page that draws the table in parts skips the parts when the whole is there."""
-
-    def missing() -> Comparison:
-        raise _NotKept
-
     key = _kept_key(feature_sets, metric, recommended, k, distractor_settings, references)
-    try:
-        return kept_on_disk(_kept_folder(), key, missing)
-    except _NotKept:
-        return None
+    return read_kept(_kept_folder(), key)  # type: ignore[no-any-return]
 
 
 def _labelled(progress: Progress, what: str) -> Callable[[int, int], None]:
@@ -248,6 +244,8 @@ def compare(
     evaluate: EvaluateFn | None = None,
     references: bool | None = None,
     keep: bool = False,
+    kinds: Sequence[str] | None = None,
+    evaluate_pair: PairFn | None = None,
 ) -> Comparison:
     """Evaluate every ``(label, path, version)`` feature set with the exact scan, LSH and (``references``: see
     :func:`comparison_configs`) the reference indexes, with and without its distractors.
@@ -256,7 +254,10 @@ def compare(
     sweep when ``recommended`` (else at the default setting): from ``sweep(path, version, metric)`` when given, else
     :func:`cbir.evaluation.tuning.recommended_for` (the same setting, read from the sweep when it is on disk, found
     without the sweep's costliest settings when it is not). ``evaluate(path, version, config, with_distractors)``
-    defaults to :func:`cbir.evaluation.tuning.evaluate_for` at ``k``; the app passes its cached version.
+    defaults to :func:`cbir.evaluation.tuning.evaluate_for` at ``k``; the app passes its cached version. A reference
+    index compared with and without the distractors is built once (``evaluate_pair(path, version, config)``, default
+    :func:`cbir.evaluation.tuning.evaluate_pair_for`: the distractors added to the index built without them).
+    ``kinds``: only these reference indexes (a part of the comparison, for a page that draws it as it grows).
     ``progress(what, done, total)`` within the recommendation, after it and after each evaluation. ``keep``: the
     result is kept on disk (``<artifacts>/cache/comparisons``, keyed by the feature sets' versions and every
     setting) and read back by later calls and processes.
@@ -265,11 +266,14 @@ def compare(
     def default_evaluate(path: str, version: int, config: IndexConfig, with_distractors: bool) -> EvaluationResult:
         return evaluate_for(path, version, config, with_distractors, k)
 
+    def default_pair(path: str, version: int, config: IndexConfig) -> tuple[EvaluationResult, EvaluationResult]:
+        return evaluate_pair_for(path, version, config, k)
+
     if keep:  # the whole comparison measured in one run, kept on disk: a later server draws it at once
         return kept_on_disk(
-            _kept_folder(), _kept_key(feature_sets, metric, recommended, k, distractor_settings, references),
+            _kept_folder(), _kept_key(feature_sets, metric, recommended, k, distractor_settings, references, kinds),
             lambda: compare(feature_sets, metric, recommended, k, distractor_settings, progress, sweep, evaluate,
-                            references),
+                            references, kinds=kinds, evaluate_pair=evaluate_pair),
         )  # fmt: skip
     evaluate = evaluate or default_evaluate
     items = []
@@ -282,15 +286,34 @@ def compare(
             lsh = recommended_for(path, version, metric, k, kept_as=base_version(path), progress=settings)
         if progress is not None and recommended:
             progress("Recommended LSH settings", done, len(feature_sets))
-        configs = comparison_configs(load_feature_set(path, version), metric, table, references, lsh)
+        configs = comparison_configs(load_feature_set(path, version), metric, table, references, lsh, kinds)
         items.append((label, path, version, configs))
     jobs = comparison_jobs(items, distractor_settings)
-    results = []
-    for done, job in enumerate(jobs, start=1):
-        results.append(evaluate(job.path, job.version, job.config, job.with_distractors))
+    return comparison_table(jobs, evaluate_jobs(jobs, evaluate, evaluate_pair or default_pair, progress))
+
+
+def evaluate_jobs(
+    jobs: Sequence[ComparisonJob], evaluate: EvaluateFn, evaluate_pair: PairFn, progress: Progress | None = None
+) -> list[EvaluationResult]:
+    """Each job's result, in order: ``evaluate`` each, but ``evaluate_pair`` once for a reference index's "with"
+    job followed by its "without" one (one index built for both); ``progress("Comparison", done, total)``."""
+    results: list[EvaluationResult] = []
+    while len(results) < len(jobs):
+        job = jobs[len(results)]
+        after = jobs[len(results) + 1] if len(results) + 1 < len(jobs) else None
+        paired = (job.path, job.version, job.config, False)
+        if (
+            job.config.kind in REFERENCE_KINDS
+            and job.with_distractors
+            and after is not None
+            and ((after.path, after.version, after.config, after.with_distractors) == paired)
+        ):
+            results.extend(evaluate_pair(job.path, job.version, job.config))
+        else:
+            results.append(evaluate(job.path, job.version, job.config, job.with_distractors))
         if progress is not None:
-            progress("Comparison", done, len(jobs))
-    return comparison_table(jobs, results)
+            progress("Comparison", len(results), len(jobs))
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -403,9 +426,8 @@ def hubness_analysis_for(
     from cbir.data.samples import SamplesUnavailableError, sample_photos
 
     if keep:
-        folder = cbir_config.artifacts_dir() / "cache" / "hubness"
-        key = f"{Path(path).resolve()}|{version}|{metric}|{_extractor is not None}|{MAX_EVAL_QUERIES}"
-        return kept_on_disk(folder, key, lambda: hubness_analysis_for(path, version, metric, _extractor))
+        key = _hubness_key(path, version, metric, _extractor is not None)
+        return kept_on_disk(_hubness_folder(), key, lambda: hubness_analysis_for(path, version, metric, _extractor))
     photos = None
     if _extractor is not None:
         try:
@@ -414,6 +436,20 @@ def hubness_analysis_for(
             photos = None
     split = split_for(path, version, True)  # the tuning page's split: a sample of the queries when there are many
     return hubness_analysis(load_feature_set(path, version), _extractor, photos, metric, split=split)
+
+
+def _hubness_folder() -> Path:
+    return cbir_config.artifacts_dir() / "cache" / "hubness"
+
+
+def _hubness_key(path: str, version: int, metric: str, photos: bool) -> str:
+    return f"{Path(path).resolve()}|{version}|{metric}|{photos}|{MAX_EVAL_QUERIES}"
+
+
+def kept_hubness(path: str, version: int, metric: str = "euclidean", photos: bool = True) -> HubnessAnalysis | None:
+    """The analysis :func:`hubness_analysis_for` with ``keep`` has kept on disk (``photos``: with the sample
+    photos, computed with the model), or ``None``: a page reads it back without loading the model first."""
+    return read_kept(_hubness_folder(), _hubness_key(path, version, metric, photos))  # type: ignore[no-any-return]
 
 
 def hubness_summary_table(analyses: Mapping[str, HubnessAnalysis]) -> pd.DataFrame:

@@ -491,13 +491,19 @@ def time_single_queries(
 
 
 def evaluate_split(
-    index: BaseIndex, split: EvaluationSplit, k: int = 10, refit: bool = True, progress: StageProgress | None = None
+    index: BaseIndex,
+    split: EvaluationSplit,
+    k: int = 10,
+    refit: bool = True,
+    progress: StageProgress | None = None,
+    single: bool = True,
 ) -> EvaluationResult:
     """Fit ``index`` on the split's indexed rows (unless ``refit=False``), search all queries and score them;
     ``progress(stage, done, total)`` while it builds (an index that reports it), searches and, the first time,
     runs the exact scan that recall is measured against. The exact scan itself is answered from
     :meth:`EvaluationSplit.exact_answer` (computed once per split, metric and k) and timed again now
-    (:func:`time_scan`)."""
+    (:func:`time_scan`). ``single``: also time one query at a time (:func:`time_single_queries`; else
+    ``single_query_ms`` is NaN: a caller that needs the figures only, not the times, skips up to ~100 searches)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k must be an integer >= 1, got {k!r}")
     params = {"index": index.kind.removesuffix("_index"), **index.params}  # "scan", "lsh", "hnsw", "ivf_flat"…
@@ -520,6 +526,8 @@ def evaluate_split(
         warm_up(progress)
     scores, ids, visited, search_seconds = search_in_chunks(index, split.query_vectors, int(k), progress)
     result = _score(split, scores, ids, visited, index.metric, int(k), fit_seconds, search_seconds, params, progress)
+    if not single:
+        return result
     return replace(result, single_query_ms=time_single_queries(index, split, int(k), progress))
 
 

@@ -37,6 +37,9 @@ DEFAULT_EF_SEARCH = 64
 EF_CONSTRUCTION = 40  # FAISS' default (hnswlib is built with the same, so the two graphs compare)
 DEFAULT_N_PROBE = 16
 TRAIN_POINTS_PER_LIST = 50  # IVF's k-means trains on at most this many sampled rows per list
+# k-means iterations of IVF's coarse quantizer (faiss' default 25): recall@10 0.9335 -> 0.9329 on the default set
+# at 10, ~1.5 s less per build on two shared cores (the comparison page builds two)
+TRAIN_ITERATIONS = 10
 # faiss.cvar.hnsw_stats is process-global: searches that read it must not interleave (the app's sessions share it)
 _STATS_LOCK = threading.Lock()
 # hnswlib's ef is a setting of the index object, not of a search: set it and search under one lock
@@ -217,6 +220,7 @@ class IVFFlatIndex(FaissIndex):
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
         index.cp.seed = self.seed
         index.cp.min_points_per_centroid = 1  # small collections: no "please provide more points" warning
+        index.cp.niter = TRAIN_ITERATIONS
         sample = min(n, TRAIN_POINTS_PER_LIST * lists)
         rows = np.random.default_rng(self.seed).choice(n, sample, replace=False) if sample < n else slice(None)
         index.train(np.ascontiguousarray(data[rows]))

@@ -17,7 +17,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cbir.core import foreground
 from cbir.core.errors import CbirError, ConfigError
 from cbir.core.storage import ArtifactError
 from cbir.data.query import QueryImage, decode_query
@@ -345,6 +346,7 @@ class WarmStart:
     seconds: float = 0.0
     error: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    yielded: float = 0.0  # seconds waited between its steps for the pages' runs (in the background only)
 
 
 def warm_start(
@@ -354,14 +356,20 @@ def warm_start(
     batch and single-query twins alike; the feature set at ``path`` (default: the default collection's newest), its
     model (one inference traces the graph), its engine (:func:`shared_engine`), and answer one query with the scan,
     each of ``configs`` and each fresh saved index of the feature set (:mod:`cbir.features.saved_indexes`: loaded
-    from disk). In a daemon thread when ``background`` (the app and the API start it and go on); returns the report
-    (``report.done`` is set at the end) and the thread."""
+    from disk). In a daemon thread when ``background`` (the app and the API start it and go on), which waits between
+    its steps while a page's run is under way (:func:`cbir.core.foreground.yield_to_pages`: on two cores a page
+    opened as the server starts is not drawn behind TensorFlow's import); returns the report (``report.done`` is set
+    at the end) and the thread."""
     report = WarmStart(path=path)
+
+    def pause() -> None:
+        if background:  # at most YIELD_LIMIT_S in all: a long computation on a page must not starve it
+            report.yielded += foreground.yield_to_pages(max(0.0, foreground.YIELD_LIMIT_S - report.yielded))
 
     def run() -> None:
         started = time.perf_counter()
         try:
-            _warm(report, list(configs))
+            _warm(report, list(configs), pause)
             # what is loaded now (TensorFlow, the model, the engine: millions of objects that live as long as the
             # server) is left out of every later collection: a full collection walked them all, 0.3-1 s each, and
             # a page's rerun allocates enough to run a few (measured: the Search page's upload waited 1-2 s for them)
@@ -398,12 +406,14 @@ def server_warm_start() -> WarmStart:
         return _server_warm
 
 
-def _warm(report: WarmStart, configs: list[IndexConfig]) -> None:
+def _warm(report: WarmStart, configs: list[IndexConfig], pause: Callable[[], None]) -> None:
     from cbir.features.saved_indexes import saved_infos, staleness
     from cbir.features.workspace import base_version, complete_feature_sets
     from cbir.indexes.warmup import warm_up
 
+    pause()
     warm_up()
+    pause()
     if report.path is None:
         choices = complete_feature_sets()
         if not choices:
@@ -416,8 +426,10 @@ def _warm(report: WarmStart, configs: list[IndexConfig]) -> None:
     except CbirError:
         spec = None  # a model that cannot be loaded: the engine searches by stored features
     engine = shared_engine(path, base_version(path), spec)
+    pause()
     if spec is not None:
         engine.embed(Image.new("RGB", (224, 224), "white"))
+        pause()
     version = engine._saved_version
     fresh = [IndexConfig(**info["config"]) for _, info in saved_infos(path) if staleness(info, version) is None]
     for config in dict.fromkeys([IndexConfig(), *configs, *fresh]):

@@ -222,8 +222,8 @@ def show_distances(choice: Choice) -> None:
     analyses = ui.distance_analyses(choice.feature_sets)
     samples = {name: analysis.sample for name, analysis in analyses.items()}
     hist = st.columns(2)
-    hist[0].plotly_chart(plots.fig_distance_histograms(samples, "euclidean"), width="stretch")
-    hist[1].plotly_chart(plots.fig_distance_histograms(samples, "cosine"), width="stretch")
+    hist[0].plotly_chart(ui.distance_histograms_figure(samples, "euclidean"), width="stretch")
+    hist[1].plotly_chart(ui.distance_histograms_figure(samples, "cosine"), width="stretch")
     ui.table(distance_summary(analyses))
 
 

@@ -120,9 +120,9 @@ def evaluate_setting(path: str, version: int, setting: Setting) -> EvaluationRes
     summary = st.container()
     st.subheader("mAP@10 per class")
     per_class_figure = st.empty()
-    per_class_figure.plotly_chart(plots.fig_per_class(None, scan.per_class), width="stretch")
+    per_class_figure.plotly_chart(ui.per_class_figure(None, scan.per_class), width="stretch")
     result = ui.evaluate(path, version, config, with_distractors)
-    per_class_figure.plotly_chart(plots.fig_per_class(result.per_class, scan.per_class), width="stretch")
+    per_class_figure.plotly_chart(ui.per_class_figure(result.per_class, scan.per_class), width="stretch")
     show_summary(summary, scan, result, with_distractors)
     return result
 
@@ -252,8 +252,8 @@ def sweep_charts(table: pd.DataFrame, current: dict) -> None:
         "the validation queries (all cores). The exact scan is timed in the same mode as every other point.",
     )
     charts = st.columns(2)
-    charts[0].plotly_chart(plots.fig_map_vs_visited(table, current, x=x), width="stretch")
-    charts[1].plotly_chart(plots.fig_map_vs_visited(table, current, y="recall", x=x), width="stretch")
+    charts[0].plotly_chart(ui.sweep_figure(table, current, x=x), width="stretch")
+    charts[1].plotly_chart(ui.sweep_figure(table, current, y="recall", x=x), width="stretch")
 
 
 @st.fragment

@@ -1,0 +1,57 @@
+"""Foreground work first: a page's script run marks itself with :func:`page_run`, and background work that can wait
+(the server's warm start: numba's kernels, TensorFlow's import, the model) calls :func:`yield_to_pages` between its
+steps, so that on two cores a page opened as the server starts is not drawn behind it.
+
+Standard library only: ``app.py`` imports it before anything heavy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+AFTER_RUN_S = 2.0  # and this long after a run ends: the browser draws what it sent (plotly charts: seconds on 2 cores)
+YIELD_LIMIT_S = 20.0  # the longest background work waits for the pages (a long computation must not starve it)
+
+_runs = 0  # page runs under way
+_last_end = float("-inf")  # when the last one ended (time.monotonic)
+_changed = threading.Condition()
+
+
+@contextlib.contextmanager
+def page_run() -> Iterator[None]:
+    """The block is a page's run (every session's script run, from ``app.py``): :func:`yield_to_pages` waits while
+    one is under way."""
+    global _runs, _last_end
+    with _changed:
+        _runs += 1
+    try:
+        yield
+    finally:
+        with _changed:
+            _runs -= 1
+            _last_end = time.monotonic()
+            _changed.notify_all()
+
+
+def pages_running() -> int:
+    """The number of page runs under way."""
+    return _runs
+
+
+def yield_to_pages(limit_s: float = YIELD_LIMIT_S) -> float:
+    """Wait while a page's run is under way and :data:`AFTER_RUN_S` after the last one ended, at most ``limit_s``
+    seconds; returns the seconds waited."""
+    started = time.monotonic()
+    deadline = started + limit_s
+    with _changed:
+        while (left := deadline - time.monotonic()) > 0:
+            if _runs > 0:
+                _changed.wait(left)
+            elif (quiet := _last_end + AFTER_RUN_S - time.monotonic()) > 0:
+                _changed.wait(min(left, quiet))
+            else:
+                break
+    return time.monotonic() - started
