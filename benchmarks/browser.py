@@ -241,7 +241,7 @@ def wait_until_idle(driver: Any, timeout: float, what: str) -> None:
 
 # Installed in the page by watch_page: the time of the page's last DOM change and of every change of the app
 # root's script state (performance.now(), in ms since the page's navigation began)
-WATCH_JS = """
+SETTLE_JS = """
 if (!window.cbirWatch) {
   const watch = {changed: performance.now(), states: []};
   new MutationObserver(() => { watch.changed = performance.now(); }).observe(
@@ -262,8 +262,8 @@ SETTLED_QUIET_S = 0.3
 
 
 def watch_page(driver: Any) -> float:
-    """Start watching the page (:data:`WATCH_JS`; again after a page load); returns the page's clock now (ms)."""
-    return float(driver.execute_script(WATCH_JS))
+    """Start watching the page (:data:`SETTLE_JS`; again after a page load); returns the page's clock now (ms)."""
+    return float(driver.execute_script(SETTLE_JS))
 
 
 def settled_seconds(driver: Any, since: float, timeout: float, what: str, rerun: bool = True) -> float:
@@ -306,8 +306,10 @@ def upload(driver: Any, path: Path) -> None:
 
 # Installed in the page by :func:`watch_answer`: times (performance.now(), ms) of what the page shows after an upload,
 # taken by the page itself as it changes (a MutationObserver and image load events), not by polling over WebDriver
-# (each poll reads the whole page: tens of ms on a busy machine, which blurred the figure it measured).
-WATCH_JS = """
+# (each poll reads the whole page: tens of ms on a busy machine, which blurred the figure it measured). Unlike
+# SETTLE_JS (the page settled: last DOM change), it also waits for the answer's images to load, which no DOM change
+# marks.
+ANSWER_JS = """
 const [name, marker, images] = arguments;
 const times = {start: performance.now()};
 window.__cbirAnswer = times;
@@ -339,7 +341,7 @@ def watch_answer(driver: Any, name: str, marker: str, images: int) -> Callable[[
     reader of the times (ms after the start, ``None`` until done): ``running`` (the script started), ``shown`` (the
     page shows ``Query: name`` and ``marker``), ``finished`` (the script ended after that) and ``done`` (then all
     of at least ``images`` images of the page loaded)."""
-    driver.execute_script(WATCH_JS, name, marker, images)
+    driver.execute_script(ANSWER_JS, name, marker, images)
 
     def read() -> dict[str, float] | None:
         times = driver.execute_script("return window.__cbirAnswer")
