@@ -3,22 +3,28 @@
     .venv/bin/python benchmarks/paired_queries.py                 # the default collection's features
     .venv/bin/python benchmarks/paired_queries.py --features PATH --rounds 5
     .venv/bin/python benchmarks/paired_queries.py --target-recall 0.9   # also T and R chosen at fit for 0.9
+    .venv/bin/python benchmarks/paired_queries.py --hard 1000000 --queries 200 --ef 16 64 --target-recall 0.9
+                                                   # the hard synthetic set of benchmarks/ann.py instead (n x 256)
 
 ``benchmarks/ann.py`` times each method over all queries and then the scan, so a load that changes between the two
 runs (other jobs on shared cores) moves the ratio. Here every query is answered by every method in turn (the order
 rotated from query to query) before the next query, ``--rounds`` times; a method's time is the sum over queries of
 its fastest answer to each. numba, BLAS and OpenMP run on one thread (ann-benchmarks' setting). Methods: the exact
-scan, hnswlib (M=32) at ef 16, cross-polytope LSH with the uint8 shortlist gathered by id (``CrossPolytopeIndex``)
-and with the codes in bucket order (``BlockPolytopeIndex``, the app's), both at L=8, log2(n)-2 bits, T = 4, 8, 16.
-Prints recall@10 against the scan, ms per query, the ratios, and the load average.
+scan, hnswlib (M=32) at ef 16 (``--ef``: each ef given), cross-polytope LSH with the uint8 shortlist gathered by
+id (``CrossPolytopeIndex``) and with the codes in bucket order (``BlockPolytopeIndex``, the app's), both at L=8,
+log2(n)-2 bits, T = 4, 8, 16.
+Prints recall@10 against the scan, ms per query, the ratios (against the scan and the first hnswlib's time), each
+fit's seconds, and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +34,7 @@ from harness import (  # first: this checkout's cbir, not an installed one
     machine_line,
 )
 
-from benchmarks.ann import K, one_thread, real_set
+from benchmarks.ann import K, hard_synthetic, one_thread, real_set
 from cbir.core.metrics import recall_at_k
 from cbir.indexes.blocks import BlockPolytopeIndex
 from cbir.indexes.polytope import CrossPolytopeIndex, hashes_for_bits
@@ -38,25 +44,42 @@ from cbir.indexes.scan import SequentialScan
 from cbir.indexes.warmup import warm_up
 
 
-def methods(X: np.ndarray, targets: list[float]) -> dict[str, object]:
-    """The fitted indexes, by label (with ``targets``: the bucket-ordered index fitted for each target recall too)."""
+def methods(X: np.ndarray, targets: list[float], efs: list[int]) -> tuple[dict[str, object], dict[str, float]]:
+    """The fitted indexes, by label (with ``targets``: the bucket-ordered index fitted for each target recall too;
+    hnswlib at each of ``efs``), and each fit's seconds (copies with other probes share their fit's)."""
     bits = round(np.log2(len(X))) - 2
     hashes, last_dim = hashes_for_bits(POLYTOPE_REDUCE_DIM, bits)
     score_dim = min(UINT8_SCORE_DIM, X.shape[1])
     shortlist = {"reduce_dim": POLYTOPE_REDUCE_DIM, "rerank": UINT8_RERANK, "score_dim": score_dim}
-    fitted: dict[str, object] = {"exact scan": SequentialScan().fit(X)}
-    fitted["hnswlib M=32 ef=16"] = HnswlibIndex(ef=16).fit(X)
-    gathering = CrossPolytopeIndex(8, hashes, last_dim, **shortlist).fit(X)
-    blocks = BlockPolytopeIndex(8, hashes, last_dim, **shortlist).fit(X)
-    for probes in (4, 8, 16):
-        for name, index in (("gathered by id", gathering), ("codes in bucket order", blocks)):
-            twin = index.copy()
+    fit_s: dict[str, float] = {}
+
+    def timed(index: Any) -> Any:
+        started = time.perf_counter()
+        index.fit(X)
+        timed.seconds = time.perf_counter() - started  # type: ignore[attr-defined]
+        return index
+
+    fitted: dict[str, object] = {"exact scan": timed(SequentialScan())}
+    fit_s["exact scan"] = timed.seconds  # type: ignore[attr-defined]
+    graph = timed(HnswlibIndex(ef=efs[0]))
+    for ef in efs:
+        twin = copy.copy(graph)  # shares the graph (a search sets its ef under a lock): no 2 GB copy at 1M
+        twin.ef = ef
+        fitted[f"hnswlib M=32 ef={ef}"] = twin
+        fit_s[f"hnswlib M=32 ef={ef}"] = timed.seconds  # type: ignore[attr-defined]
+    for name, cls in (("gathered by id", CrossPolytopeIndex), ("codes in bucket order", BlockPolytopeIndex)):
+        index = timed(cls(8, hashes, last_dim, **shortlist))
+        for probes in (4, 8, 16):
+            twin = copy.copy(index)  # shares the tables (probes are read at search time)
             twin.probes = probes
             fitted[f"CP-LSH L=8 b={bits} T={probes}, {name}"] = twin
+            fit_s[f"CP-LSH L=8 b={bits} T={probes}, {name}"] = timed.seconds  # type: ignore[attr-defined]
     for target in targets:  # T and R chosen at fit (leave-one-out on the indexed rows)
-        tuned = BlockPolytopeIndex(8, hashes, last_dim, **shortlist, target_recall=target).fit(X)
-        fitted[f"CP-LSH L=8 b={bits} target {target}: T={tuned.probes_} R={tuned.rerank_}, bucket order"] = tuned
-    return fitted
+        tuned = timed(BlockPolytopeIndex(8, hashes, last_dim, **shortlist, target_recall=target))
+        label = f"CP-LSH L=8 b={bits} target {target}: T={tuned.probes_} R={tuned.rerank_}, bucket order"
+        fitted[label] = tuned
+        fit_s[label] = timed.seconds  # type: ignore[attr-defined]
+    return fitted, fit_s
 
 
 def paired_times(searches: dict[str, Callable[[np.ndarray], object]], Q: np.ndarray, rounds: int) -> dict[str, float]:
@@ -83,13 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--target-recall", type=float, action="append", default=[], help="also the index fitted for this recall"
     )
+    parser.add_argument("--ef", type=int, nargs="+", default=[16], help="hnswlib's ef values (the first: the bar)")
+    parser.add_argument("--hard", type=int, default=0, help="the hard synthetic set of this size instead (x 256)")
     args = parser.parse_args(argv)
-    args.features = features_or_default(args.features)
     warm_up()
-    data = real_set(args.features)
-    X, Q = data.index, data.queries[: args.queries]
-    print(f"{data.description}; before: {machine_line()}")
-    fitted = methods(X, args.target_recall)
+    if args.hard:
+        X, Q = hard_synthetic(args.hard, args.queries)
+        description = f"hard synthetic {args.hard:,} x {X.shape[1]} (benchmarks/ann.py), {len(Q)} queries"
+    else:
+        data = real_set(features_or_default(args.features))
+        X, Q, description = data.index, data.queries[: args.queries], data.description
+    print(f"{description}; before: {machine_line()}")
+    fitted, fit_s = methods(X, args.target_recall, args.ef)
     exact = fitted["exact scan"].search(Q, K).ids
     searches = {name: (lambda q, index=index: index.search(q, K)) for name, index in fitted.items()}
     seconds = paired_times(searches, Q, args.rounds)
@@ -97,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, index in fitted.items():
         result = index.search(Q, K)
         ms = 1000.0 * seconds[name] / len(Q)
-        rows.append({"method": name, "recall@10": recall_at_k(result.ids, exact, K).mean(), "ms_single": ms})
+        recall = recall_at_k(result.ids, exact, K).mean()
+        rows.append({"method": name, "recall@10": recall, "ms_single": ms, "fit_s": fit_s[name]})
     table = pd.DataFrame(rows)
     table["x_scan"] = table.loc[0, "ms_single"] / table["ms_single"]
-    table["x_hnswlib_ef16_time"] = table["ms_single"] / table.loc[1, "ms_single"]
+    table[f"x_hnswlib_ef{args.ef[0]}_time"] = table["ms_single"] / table.loc[1, "ms_single"]
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"after: {machine_line()}")
     return 0
