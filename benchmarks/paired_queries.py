@@ -3,16 +3,16 @@
     .venv/bin/python benchmarks/paired_queries.py                 # the default collection's features
     .venv/bin/python benchmarks/paired_queries.py --features PATH --rounds 5
     .venv/bin/python benchmarks/paired_queries.py --target-recall 0.9   # also T and R chosen at fit for 0.9
-    .venv/bin/python benchmarks/paired_queries.py --hard 1000000 --queries 200 --ef 16 64 --target-recall 0.9
+    .venv/bin/python benchmarks/paired_queries.py --hard 1000000 --queries 200 --ef --faiss-ef 32 64 --target-recall 0.9
                                                    # the hard synthetic set of benchmarks/ann.py instead (n x 256)
 
 ``benchmarks/ann.py`` times each method over all queries and then the scan, so a load that changes between the two
 runs (other jobs on shared cores) moves the ratio. Here every query is answered by every method in turn (the order
 rotated from query to query) before the next query, ``--rounds`` times; a method's time is the sum over queries of
 its fastest answer to each. numba, BLAS and OpenMP run on one thread (ann-benchmarks' setting). Methods: the exact
-scan, hnswlib (M=32) at ef 16 (``--ef``: each ef given), cross-polytope LSH with the uint8 shortlist gathered by
-id (``CrossPolytopeIndex``) and with the codes in bucket order (``BlockPolytopeIndex``, the app's), both at L=8,
-log2(n)-2 bits, T = 4, 8, 16.
+scan, hnswlib (M=32) at ef 16 (``--ef``: each ef given; ``--faiss-ef``: FAISS HNSW too), cross-polytope LSH with
+the uint8 shortlist gathered by id (``CrossPolytopeIndex``) and with the codes in bucket order
+(``BlockPolytopeIndex``, the app's), both at L=8, log2(n)-2 bits, T = 4, 8, 16.
 Prints recall@10 against the scan, ms per query, the ratios (against the scan and the first hnswlib's time), each
 fit's seconds, and the load average.
 """
@@ -38,15 +38,18 @@ from benchmarks.ann import K, hard_synthetic, one_thread, real_set
 from cbir.core.metrics import recall_at_k
 from cbir.indexes.blocks import BlockPolytopeIndex
 from cbir.indexes.polytope import CrossPolytopeIndex, hashes_for_bits
-from cbir.indexes.reference import HnswlibIndex
+from cbir.indexes.reference import HNSWIndex, HnswlibIndex
 from cbir.indexes.registry import POLYTOPE_REDUCE_DIM, UINT8_RERANK, UINT8_SCORE_DIM
 from cbir.indexes.scan import SequentialScan
 from cbir.indexes.warmup import warm_up
 
 
-def methods(X: np.ndarray, targets: list[float], efs: list[int]) -> tuple[dict[str, object], dict[str, float]]:
+def methods(
+    X: np.ndarray, targets: list[float], efs: list[int], faiss_efs: list[int]
+) -> tuple[dict[str, object], dict[str, float]]:
     """The fitted indexes, by label (with ``targets``: the bucket-ordered index fitted for each target recall too;
-    hnswlib at each of ``efs``), and each fit's seconds (copies with other probes share their fit's)."""
+    hnswlib at each of ``efs``, FAISS HNSW at each of ``faiss_efs``), and each fit's seconds (copies with other
+    probes or ef share their fit's)."""
     bits = round(np.log2(len(X))) - 2
     hashes, last_dim = hashes_for_bits(POLYTOPE_REDUCE_DIM, bits)
     score_dim = min(UINT8_SCORE_DIM, X.shape[1])
@@ -61,12 +64,17 @@ def methods(X: np.ndarray, targets: list[float], efs: list[int]) -> tuple[dict[s
 
     fitted: dict[str, object] = {"exact scan": timed(SequentialScan())}
     fit_s["exact scan"] = timed.seconds  # type: ignore[attr-defined]
-    graph = timed(HnswlibIndex(ef=efs[0]))
-    for ef in efs:
-        twin = copy.copy(graph)  # shares the graph (a search sets its ef under a lock): no 2 GB copy at 1M
-        twin.ef = ef
-        fitted[f"hnswlib M=32 ef={ef}"] = twin
-        fit_s[f"hnswlib M=32 ef={ef}"] = timed.seconds  # type: ignore[attr-defined]
+    graphs = [("hnswlib", HnswlibIndex, "ef", ef) for ef in efs] + [
+        ("FAISS HNSW", HNSWIndex, "ef_search", ef) for ef in faiss_efs
+    ]
+    built: dict[str, Any] = {}
+    for library, cls, knob, ef in graphs:  # one graph per library; its twins share it with their own ef
+        if library not in built:
+            built[library] = (timed(cls(**{knob: ef})), timed.seconds)  # type: ignore[attr-defined]
+        twin = copy.copy(built[library][0])  # a search sets its ef under a lock: no 2 GB copy at 1M
+        setattr(twin, knob, ef)
+        fitted[f"{library} M=32 ef={ef}"] = twin
+        fit_s[f"{library} M=32 ef={ef}"] = built[library][1]
     for name, cls in (("gathered by id", CrossPolytopeIndex), ("codes in bucket order", BlockPolytopeIndex)):
         index = timed(cls(8, hashes, last_dim, **shortlist))
         for probes in (4, 8, 16):
@@ -106,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--target-recall", type=float, action="append", default=[], help="also the index fitted for this recall"
     )
-    parser.add_argument("--ef", type=int, nargs="+", default=[16], help="hnswlib's ef values (the first: the bar)")
+    parser.add_argument("--ef", type=int, nargs="*", default=[16], help="hnswlib's ef values (none: no hnswlib)")
+    parser.add_argument("--faiss-ef", type=int, nargs="*", default=[], help="also FAISS HNSW (M=32) at these ef")
     parser.add_argument("--hard", type=int, default=0, help="the hard synthetic set of this size instead (x 256)")
     args = parser.parse_args(argv)
     warm_up()
@@ -117,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         data = real_set(features_or_default(args.features))
         X, Q, description = data.index, data.queries[: args.queries], data.description
     print(f"{description}; before: {machine_line()}")
-    fitted, fit_s = methods(X, args.target_recall, args.ef)
+    fitted, fit_s = methods(X, args.target_recall, args.ef, args.faiss_ef)
     exact = fitted["exact scan"].search(Q, K).ids
     searches = {name: (lambda q, index=index: index.search(q, K)) for name, index in fitted.items()}
     seconds = paired_times(searches, Q, args.rounds)
@@ -129,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"method": name, "recall@10": recall, "ms_single": ms, "fit_s": fit_s[name]})
     table = pd.DataFrame(rows)
     table["x_scan"] = table.loc[0, "ms_single"] / table["ms_single"]
-    table[f"x_hnswlib_ef{args.ef[0]}_time"] = table["ms_single"] / table.loc[1, "ms_single"]
+    if args.ef or args.faiss_ef:  # the first HNSW row is the bar
+        table[f"x_{table.loc[1, 'method'].replace(' ', '_')}_time"] = table["ms_single"] / table.loc[1, "ms_single"]
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"after: {machine_line()}")
     return 0
