@@ -32,7 +32,7 @@ UPLOAD, CAMERA, COLLECTION, EXAMPLE = "Upload a file", "Camera", "Pick from the 
 SOURCES = (UPLOAD, CAMERA, COLLECTION, EXAMPLE)
 SCAN, LSH, HNSW, FASTEST = "Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall"
 INDEX_CHOICES = (SCAN, LSH, HNSW, FASTEST)
-GRID_COLUMNS = 5
+RESULT_WIDTH = 232  # px: five results a row beside the sidebar in a 1400-px window
 NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
 PICK_LIST_LIMIT = 20_000  # larger collections are picked from by row number, not from a list of names
 
@@ -70,6 +70,13 @@ def render() -> None:
         "collection are shown, with the time the query took and how many images the index compared.",
     )
     label, path, version = ui.chosen_feature_set()
+    answer_page(label, path, version)
+
+
+@st.fragment
+def answer_page(label: str, path: str, version: int) -> None:
+    """Everything below the header: a fragment, so that a new query (an upload, a pick, a slider) reruns and redraws
+    only this part, not app.py's sidebar and navigation (a change there, or ``st.rerun()``, reruns the whole app)."""
     engine, sources = open_engine(path)
     query_col, index_col = st.columns([3, 2], gap="large")
     with index_col:
@@ -357,16 +364,16 @@ def show_results(result: QueryAnswer) -> None:
     st.subheader("Most similar images")
     score_name = result.score_name
     rows = list(result.results.itertuples())
-    pictures = tiles_jpeg([row.path for row in rows])  # small JPEGs, read in parallel, kept per file
-    for start in range(0, len(rows), GRID_COLUMNS):
-        cols = st.columns(GRID_COLUMNS)
-        for col, row, picture in zip(
-            cols, rows[start : start + GRID_COLUMNS], pictures[start : start + GRID_COLUMNS], strict=False
-        ):
-            with col.container(border=True):
-                st.image(picture, width="stretch")
-                st.markdown(f"**#{row.rank}** · {row.label}  \n{score_name} {row.score:.3f}")
-                st.caption(formats.file_first(row.relpath))
+    # one image element for the ten results (small JPEGs, read in parallel, kept per file): the browser draws one
+    # element, not ten bordered columns of three
+    st.image(
+        tiles_jpeg([row.path for row in rows]),
+        width=RESULT_WIDTH,
+        caption=[
+            f"#{row.rank} · {row.label} · {score_name} {row.score:.3f} · {formats.file_first(row.relpath)}"
+            for row in rows
+        ],
+    )
     with st.expander("Results as a table"):
         st.dataframe(
             formats.human_columns(result.results.drop(columns=["path", "id"]), {"score": score_name.capitalize()}),
