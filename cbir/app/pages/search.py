@@ -32,7 +32,7 @@ UPLOAD, CAMERA, COLLECTION, EXAMPLE = "Upload a file", "Camera", "Pick from the 
 SOURCES = (UPLOAD, CAMERA, COLLECTION, EXAMPLE)
 SCAN, LSH, HNSW, FASTEST = "Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall"
 INDEX_CHOICES = (SCAN, LSH, HNSW, FASTEST)
-RESULT_WIDTH = 232  # px: five results a row beside the sidebar in a 1400-px window
+RESULT_WIDTH = 170  # px: five results a row beside the sidebar in a 1400-px window (930 px of page)
 NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
 PICK_LIST_LIMIT = 20_000  # larger collections are picked from by row number, not from a list of names
 
