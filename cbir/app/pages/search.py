@@ -352,7 +352,7 @@ def show_answer(engine: SearchEngine, answer: Answer, label: str) -> None:
 
 
 def show_results(result: QueryAnswer) -> None:
-    """The results as a grid of tiles, and as a table in an expander."""
+    """The results as one list of tiles, and as a table in a popover (the browser draws it only when opened)."""
     if result.results.empty:
         st.warning(
             "No image found: the index compared no image with this query (its buckets were empty). Raise g, w or "
@@ -374,7 +374,7 @@ def show_results(result: QueryAnswer) -> None:
             for row in rows
         ],
     )
-    with st.expander("Results as a table"):
+    with st.popover("Results as a table", help="The ten results with their paths and scores"):  # drawn when opened
         st.dataframe(
             formats.human_columns(result.results.drop(columns=["path", "id"]), {"score": score_name.capitalize()}),
             width="stretch",
