@@ -32,6 +32,7 @@ UPLOAD, CAMERA, COLLECTION, EXAMPLE = "Upload a file", "Camera", "Pick from the 
 SOURCES = (UPLOAD, CAMERA, COLLECTION, EXAMPLE)
 SCAN, LSH, HNSW, FASTEST = "Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall"
 INDEX_CHOICES = (SCAN, LSH, HNSW, FASTEST)
+TABLE_WIDTH = 880  # px: the results table in its popover, every column in view
 RESULT_WIDTH = 170  # px: five results a row beside the sidebar in a 1400-px window (930 px of page)
 NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
 PICK_LIST_LIMIT = 20_000  # larger collections are picked from by row number, not from a list of names
@@ -374,10 +375,10 @@ def show_results(result: QueryAnswer) -> None:
             for row in rows
         ],
     )
-    with st.popover("Results as a table", help="The ten results with their paths and scores"):  # drawn when opened
+    with st.popover("Results as a table"):  # drawn by the browser when opened
         st.dataframe(
             formats.human_columns(result.results.drop(columns=["path", "id"]), {"score": score_name.capitalize()}),
-            width="stretch",
+            width=TABLE_WIDTH,
             hide_index=True,
             column_config={score_name.capitalize(): st.column_config.NumberColumn(format="%.3f")},
         )
