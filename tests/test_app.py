@@ -58,7 +58,8 @@ def metrics(at: AppTest) -> dict[str, float]:
 
 
 def images(at: AppTest) -> int:
-    return len(at.get("image"))
+    """Pictures on the page (one ``st.image`` element may hold a list of them: the Search page's ten results)."""
+    return sum(len(element.proto.imgs) for element in at.get("image"))
 
 
 def results_table(at: AppTest) -> pd.DataFrame:

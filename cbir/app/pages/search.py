@@ -32,7 +32,8 @@ UPLOAD, CAMERA, COLLECTION, EXAMPLE = "Upload a file", "Camera", "Pick from the 
 SOURCES = (UPLOAD, CAMERA, COLLECTION, EXAMPLE)
 SCAN, LSH, HNSW, FASTEST = "Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall"
 INDEX_CHOICES = (SCAN, LSH, HNSW, FASTEST)
-GRID_COLUMNS = 5
+TABLE_WIDTH = 880  # px: the results table in its popover, every column in view
+RESULT_WIDTH = 170  # px: five results a row beside the sidebar in a 1400-px window (930 px of page)
 NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
 PICK_LIST_LIMIT = 20_000  # larger collections are picked from by row number, not from a list of names
 
@@ -70,6 +71,13 @@ def render() -> None:
         "collection are shown, with the time the query took and how many images the index compared.",
     )
     label, path, version = ui.chosen_feature_set()
+    answer_page(label, path, version)
+
+
+@st.fragment
+def answer_page(label: str, path: str, version: int) -> None:
+    """Everything below the header: a fragment, so that a new query (an upload, a pick, a slider) reruns and redraws
+    only this part, not app.py's sidebar and navigation (a change there, or ``st.rerun()``, reruns the whole app)."""
     engine, sources = open_engine(path)
     query_col, index_col = st.columns([3, 2], gap="large")
     with index_col:
@@ -345,7 +353,7 @@ def show_answer(engine: SearchEngine, answer: Answer, label: str) -> None:
 
 
 def show_results(result: QueryAnswer) -> None:
-    """The results as a grid of tiles, and as a table in an expander."""
+    """The results as one list of tiles, and as a table in a popover (the browser draws it only when opened)."""
     if result.results.empty:
         st.warning(
             "No image found: the index compared no image with this query (its buckets were empty). Raise g, w or "
@@ -357,20 +365,20 @@ def show_results(result: QueryAnswer) -> None:
     st.subheader("Most similar images")
     score_name = result.score_name
     rows = list(result.results.itertuples())
-    pictures = tiles_jpeg([row.path for row in rows])  # small JPEGs, read in parallel, kept per file
-    for start in range(0, len(rows), GRID_COLUMNS):
-        cols = st.columns(GRID_COLUMNS)
-        for col, row, picture in zip(
-            cols, rows[start : start + GRID_COLUMNS], pictures[start : start + GRID_COLUMNS], strict=False
-        ):
-            with col.container(border=True):
-                st.image(picture, width="stretch")
-                st.markdown(f"**#{row.rank}** · {row.label}  \n{score_name} {row.score:.3f}")
-                st.caption(formats.file_first(row.relpath))
-    with st.expander("Results as a table"):
+    # one image element for the ten results (small JPEGs, read in parallel, kept per file): the browser draws one
+    # element, not ten bordered columns of three
+    st.image(
+        tiles_jpeg([row.path for row in rows]),
+        width=RESULT_WIDTH,
+        caption=[
+            f"#{row.rank} · {row.label} · {score_name} {row.score:.3f} · {formats.file_first(row.relpath)}"
+            for row in rows
+        ],
+    )
+    with st.popover("Results as a table"):  # drawn by the browser when opened
         st.dataframe(
             formats.human_columns(result.results.drop(columns=["path", "id"]), {"score": score_name.capitalize()}),
-            width="stretch",
+            width=TABLE_WIDTH,
             hide_index=True,
             column_config={score_name.capitalize(): st.column_config.NumberColumn(format="%.3f")},
         )
