@@ -63,6 +63,10 @@ def test_comparison_table_shape(tmp_path: Path) -> None:
     assert sorted(x for trace in tradeoff.data for x in trace.x) == sorted(table["single_query_ms"])
     batch = plots.fig_comparison_tradeoff(table, x="query_ms")
     assert sorted(x for trace in batch.data for x in trace.x) == sorted(table["query_ms"])
+    # the log time axis written in full at 1-2-5 steps covering every point (not Plotly's bare "2 3 … 9 1")
+    ticks = np.array(tradeoff.layout.xaxis.tickvals)
+    assert ticks.min() <= table["single_query_ms"].min() and ticks.max() >= table["single_query_ms"].max()
+    assert all(float(text) == value for text, value in zip(tradeoff.layout.xaxis.ticktext, ticks, strict=True))
 
 
 def test_compare_uses_the_sweep_and_evaluation_it_is_given(tmp_path: Path) -> None:

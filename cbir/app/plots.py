@@ -29,6 +29,26 @@ _DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
 _AXIS_TITLES = {"map": f"mAP@{DEFAULT_K}", "recall": f"recall@{DEFAULT_K} vs exact scan"}
 
 
+def log_ticks(values: Any) -> tuple[list[float], list[str]]:
+    """Ticks for a log axis over ``values`` (positive numbers): the 1-2-5 steps of every decade they span, and the
+    first below and above them, each written in full (``0.2``, ``0.5``, ``1``, ``2``). Plotly's own labels over a
+    decade or so write only the leading digit of the minor ticks ("2 3 4 … 9 1 2"), which reads as nonsense."""
+    positive = np.asarray(values, dtype=np.float64)
+    positive = positive[np.isfinite(positive) & (positive > 0)]
+    if positive.size == 0:
+        return [], []
+    low, high = positive.min(), positive.max()
+    steps = [
+        m * 10.0**e
+        for e in range(int(np.floor(np.log10(low))) - 1, int(np.ceil(np.log10(high))) + 1)
+        for m in (1, 2, 5)
+    ]
+    below = max((t for t in steps if t <= low), default=steps[0])
+    above = min((t for t in steps if t >= high), default=steps[-1])
+    ticks = [t for t in steps if below <= t <= above]
+    return ticks, [f"{t:g}" for t in ticks]
+
+
 def _require(df: pd.DataFrame, columns: list[str]) -> None:
     missing = [column for column in columns if column not in df.columns]
     if missing:
@@ -423,6 +443,8 @@ def fig_comparison_tradeoff(table: pd.DataFrame, y: str = "recall", x: str = "si
         category_orders={"distractors": ["with distractors", "without distractors"]},
     )
     fig.update_traces(marker={"size": 12, "line": {"width": 1, "color": "black"}})
+    tickvals, ticktext = log_ticks(table[x])
+    fig.update_xaxes(tickvals=tickvals, ticktext=ticktext)
     # the legend (index × feature set) below the facets, where it has the figure's width
     fig.update_layout(margin={"t": 60, "b": 10}, height=700, legend={"orientation": "h", "y": -0.15})
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
