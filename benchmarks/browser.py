@@ -299,9 +299,34 @@ def open_page(driver: Any, url: str, ready_selector: str, timeout: float = PAGE_
     wait_for(lambda: elements(driver, ready_selector), timeout, f"{ready_selector} on {url}")
 
 
-def upload(driver: Any, path: Path) -> None:
-    """Give ``path`` to the page's file uploader."""
-    elements(driver, "input[type=file]")[0].send_keys(str(path))
+UPLOAD_SEEN_S = 15.0  # how long the uploader may take to list a file it was given before it is given again
+
+
+def upload(driver: Any, path: Path, attempts: int = 3) -> None:
+    """Give ``path`` to the page's file uploader, and wait until the uploader lists its name.
+
+    Why the wait and the retries: a file given while React redraws the uploader can land on an input that is being
+    replaced, and is then dropped without a trace (CI saw one upload of eleven never reach the page). Giving the file
+    again after :data:`UPLOAD_SEEN_S` is what a person would do; the page answers the latest file either way.
+    """
+    from selenium.common.exceptions import WebDriverException
+
+    def listed() -> bool:
+        try:
+            return any(path.name in str(e.text) for e in elements(driver, '[data-testid="stFileUploader"]'))
+        except WebDriverException:  # redrawn under us: look again
+            return False
+
+    for _ in range(attempts):
+        try:
+            elements(driver, "input[type=file]")[0].send_keys(str(path))
+        except (WebDriverException, IndexError):  # the input is being redrawn: give it again below
+            time.sleep(0.5)
+            continue
+        with contextlib.suppress(TimeoutError):
+            wait_for(listed, UPLOAD_SEEN_S, f"the uploader to list {path.name}", interval=0.2)
+            return
+    raise TimeoutError(f"the uploader never listed {path.name} after {attempts} attempts")
 
 
 # Installed in the page by :func:`watch_answer`: times (performance.now(), ms) of what the page shows after an upload,

@@ -168,6 +168,9 @@ def test_corpus_through_the_search_page(server: Any, browser: Any, bad_inputs: l
         try:
             wait_for(lambda case=case: shown(case), PAGE_S, f"the message for {case.name}")
             time.sleep(0.5)  # let the images paint for the screenshot
+        except TimeoutError as exc:  # say what the page showed instead: a CI log is all there is to read
+            shown_instead = alerts('[data-testid="stAlert"]') + alerts('[data-testid="stFileUploader"]')
+            raise AssertionError(f"{exc}; the page showed {shown_instead}, running={app_running(driver)}") from exc
         finally:
             driver.save_screenshot(str(SCREENSHOTS / f"bad-input-{case.path.name.replace('.', '-')}.png"))
         exceptions = alerts('[data-testid="stException"]')
