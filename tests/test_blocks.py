@@ -267,6 +267,8 @@ def test_target_recall_is_checked_kept_apart_from_the_explicit_settings_and_save
     assert (index.probes, index.rerank) == (1, 12)  # the constructor's settings stay; the learned ones are apart
     chosen = (index.probes_, index.rerank_, index.tuned_recall_)
     assert chosen == (index.search_probes, index.search_rerank, index.describe()["tuned_recall"])
+    assert index.fitted_params == {"probes": chosen[0], "rerank": chosen[1]}  # what a results row gives
+    assert index.describe()["setting"] == f"T{chosen[0]} R{chosen[1]} chosen for recall@10 0.8"
     reached = [row for row in index.tuning_ if row[2] - row[3] >= 0.8]  # recall less its standard error
     cost = next(row[5] for row in index.tuning_ if row[:2] == chosen[:2])
     assert reached and cost == min(row[5] for row in reached)  # the cheapest setting that reached the target
@@ -276,6 +278,7 @@ def test_target_recall_is_checked_kept_apart_from_the_explicit_settings_and_save
         np.testing.assert_array_equal(a, b)
     explicit = BlockPolytopeIndex(4, 1, last_dim=8, reduce_dim=10, score_dim=16, probes=1, rerank=12).fit(points)
     assert explicit.probes_ is None and (explicit.search_probes, explicit.search_rerank) == (1, 12)
+    assert explicit.fitted_params == {} and explicit.setting == "T1 R12"
 
 
 @pytest.mark.slow

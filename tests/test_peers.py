@@ -13,13 +13,19 @@ from cbir.core.errors import CbirError
 from cbir.core.metrics import recall_at_k
 from cbir.core.names import REFERENCE_KINDS
 from cbir.evaluation.evaluate import split_collection
-from cbir.evaluation.tuning import fastest_config, reference_configs, reference_sweep, sweep_table
+from cbir.evaluation.tuning import (
+    REFERENCE_POLYTOPE_PROBES,
+    fastest_config,
+    reference_configs,
+    reference_sweep,
+    sweep_table,
+)
 from cbir.features.sources import FeatureSet
 from cbir.indexes.base import BUILD_STAGE, NOT_COUNTED, BaseIndex
 from cbir.indexes.lsh import LSHIndex
 from cbir.indexes.polytope import CrossPolytopeIndex
 from cbir.indexes.reference import HNSWIndex, HnswlibIndex, IVFFlatIndex, PeerUnavailableError, default_lists
-from cbir.indexes.registry import UINT8_RERANK, UINT8_SCORE_DIM, IndexConfig
+from cbir.indexes.registry import DEFAULT_TARGET_RECALL, UINT8_RERANK, UINT8_SCORE_DIM, IndexConfig
 from cbir.indexes.scan import SequentialScan
 
 PEERS = {
@@ -164,7 +170,10 @@ def test_reference_rows_and_fastest_choice() -> None:
     assert (table.loc[table["index"] == "ivf_flat", "n_probe"] > 0).all()
     assert table.loc[table["index"] == "hnswlib", "mean_visited"].isna().all()  # not counted, not zero
     polytope = table[table["index"] == "cross_polytope"]
-    assert (polytope["bits"] == 10).all() and polytope["probes"].is_monotonic_increasing
+    curve = polytope[polytope["target_recall"] == 0]  # the explicit T curve, after the point chosen by the rule
+    assert (polytope["bits"] == 10).all() and curve["probes"].tolist() == list(REFERENCE_POLYTOPE_PROBES)
+    chosen = polytope[polytope["target_recall"] > 0]
+    assert len(chosen) == 1 and chosen["recall"].iloc[0] > 0 and chosen["probes"].iloc[0] >= 0  # the T it chose
     assert not references["pareto"].any()  # reference points, not part of LSH's frontier
     exact_only = fastest_config(table, 1.0)
     assert exact_only["recall"] == 1.0
@@ -188,7 +197,12 @@ def test_the_cross_polytope_reference_points_use_the_uint8_shortlist() -> None:
         index = config.build()
         assert isinstance(index, CrossPolytopeIndex)
         assert (index.reduce_dim, index.rerank, index.score_dim) == (48, UINT8_RERANK, UINT8_SCORE_DIM)
-        assert f"R={UINT8_RERANK} of uint8 PCA-{UINT8_SCORE_DIM}" in config.label
+        assert f"of uint8 PCA-{UINT8_SCORE_DIM}" in config.label
+        if config.target_recall:  # the app's: T and R chosen at fit
+            assert index.target_recall == config.target_recall == DEFAULT_TARGET_RECALL
+            assert "T, R chosen at fit for recall@10 0.9" in config.label
+        else:
+            assert index.target_recall is None and f"T={config.probes} R={UINT8_RERANK}" in config.label
     features = _points(300, dim=64)
     index = configs[0].build().fit(features)
     assert index._reduced is not None and index._reduced.dtype == np.uint8

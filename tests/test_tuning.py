@@ -63,7 +63,7 @@ def test_background_sweep_of_a_feature_set(tmp_path: Path) -> None:
         "hnsw": len(tuning.REFERENCE_EF),
         "ivf_flat": len(tuning.REFERENCE_N_PROBE),
         "hnswlib": len(tuning.REFERENCE_HNSWLIB_EF),
-        "cross_polytope": len(tuning.REFERENCE_POLYTOPE_PROBES),
+        "cross_polytope": 1 + len(tuning.REFERENCE_POLYTOPE_PROBES),  # T, R chosen at fit; then the T curve
         "scan": 1,
     }
     # the sliders' default setting is one of the background sweep's points

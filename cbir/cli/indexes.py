@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def index_config(args: argparse.Namespace, path: str) -> IndexConfig:
     """The :class:`IndexConfig` of the options; LSH's bucket width, when not given, the one the Search page starts
     from on the feature set at ``path`` (:func:`cbir.service.search.default_config`)."""
-    from cbir.indexes.registry import DEFAULT_POLYTOPE_BITS, IndexConfig
+    from cbir.indexes.registry import DEFAULT_POLYTOPE_BITS, DEFAULT_TARGET_RECALL, IndexConfig
     from cbir.service.search import default_config
 
     width = args.bucket_width
@@ -38,6 +38,7 @@ def index_config(args: argparse.Namespace, path: str) -> IndexConfig:
         ef_search=args.ef_search,
         n_probe=args.n_probe,
         bits=args.bits if args.bits is not None else DEFAULT_POLYTOPE_BITS,
+        target_recall=args.target_recall if args.target_recall is not None else DEFAULT_TARGET_RECALL,
     )
 
 
@@ -104,6 +105,12 @@ def add_index_parsers(sub: argparse._SubParsersAction) -> None:
         "--n-probe", type=positive_int, default=DEFAULT_N_PROBE, help="IVF-Flat nprobe (a search-time knob)"
     )
     build.add_argument("--bits", type=positive_int, default=None, help="cross-polytope bits per table")
+    build.add_argument(
+        "--target-recall",
+        type=float,
+        default=None,
+        help="cross-polytope: probes and shortlist chosen at fit for this recall@10 (default 0.9; 0: --probes, R=30)",
+    )
     build.set_defaults(func=cmd_index_build)
     listing = verbs.add_parser("list", help="the saved indexes: size, build time, freshness")
     listing.set_defaults(func=cmd_index_list)

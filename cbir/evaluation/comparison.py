@@ -46,8 +46,6 @@ from cbir.features.workspace import base_version, load_feature_set, weights_kind
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
 from cbir.indexes.scan import SequentialScan
 
-COMPARISON_POLYTOPE_PROBES = 8  # the middle of the tuning page's reference points (recall ~0.91 on the default set)
-
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 SweepFn = Callable[[str, int, str], pd.DataFrame]  # (path, version, metric) -> sweep table with distractors
 EvaluateFn = Callable[[str, int, IndexConfig, bool], EvaluationResult]  # (path, version, config, with_distractors)
@@ -123,7 +121,8 @@ def comparison_configs(
 
 def reference_config(kind: str, metric: str = "euclidean") -> IndexConfig:
     """The comparison page's setting of a reference index: ``kind``'s defaults, cross-polytope at the tuning page's
-    reference setting with T = :data:`COMPARISON_POLYTOPE_PROBES` (IndexConfig's defaults are E2LSH's)."""
+    reference setting (L, bits; IndexConfig's defaults are E2LSH's) with its probes and shortlist chosen at fit for
+    the registry's default target recall (:data:`cbir.indexes.registry.DEFAULT_TARGET_RECALL`)."""
     if kind != "cross_polytope":
         return IndexConfig(kind, metric)  # type: ignore[arg-type]
     return IndexConfig(
@@ -131,7 +130,6 @@ def reference_config(kind: str, metric: str = "euclidean") -> IndexConfig:
         metric,  # type: ignore[arg-type]
         n_tables=REFERENCE_POLYTOPE_TABLES,
         bits=REFERENCE_POLYTOPE_BITS,
-        probes=COMPARISON_POLYTOPE_PROBES,
     )
 
 

@@ -53,6 +53,7 @@ SETTING_COLUMNS = [
     "bucket_width",
     "bits",
     "probes",
+    "target_recall",
     "ef_search",
     "n_probe",
     "metric",
@@ -361,13 +362,14 @@ class EvaluationResult:
     def row(self) -> dict[str, Any]:
         """This result as one row of a results table, columns :data:`ROW_COLUMNS`: the index setting (``index``
         "scan", "lsh", "hnsw", "ivf_flat", "hnswlib" or "cross_polytope"; E2LSH's g, h, w, probes; cross-polytope's
-        L (``n_tables``), bits per table and probes; HNSW's ``ef_search`` (hnswlib's ef); IVF's ``n_probe``; ``None``
-        where they do not apply), then quality and cost. Every table (sweep, comparison, report, CLI) is made of these
-        rows."""
+        L (``n_tables``), bits per table, probes (those chosen at fit with a ``target_recall``; 0: none); HNSW's
+        ``ef_search`` (hnswlib's ef); IVF's ``n_probe``; ``None`` where they do not apply), then quality and cost.
+        Every table (sweep, comparison, report, CLI) is made of these rows."""
         params = self.index_params
         kind = params.get("index")
         declared = kind_spec(kind).row_fields if kind in KINDS else ()  # the fields this kind's rows give
         values = {**params, "ef_search": params.get("ef_search", params.get("ef"))}
+        values["target_recall"] = params.get("target_recall") or 0.0
         if "bits" in declared and params.get("reduce_dim"):
             values["bits"] = bits_for(int(params["reduce_dim"]), int(params["n_projections"]), params.get("last_dim"))
         return {
@@ -524,6 +526,7 @@ def evaluate_split(
         raise ValueError(f"index holds {index.n_objects} objects but the split indexes {split.n_indexed}")
     else:
         warm_up(progress)
+    params.update(index.fitted_params)  # a row gives the settings searched with (a target recall's choice)
     scores, ids, visited, search_seconds = search_in_chunks(index, split.query_vectors, int(k), progress)
     result = _score(split, scores, ids, visited, index.metric, int(k), fit_seconds, search_seconds, params, progress)
     if not single:

@@ -53,9 +53,9 @@ SWEEP_ON_REQUEST = 250_000
 # of its search-time settings: FAISS HNSW at these efSearch values (recall from ~0.8 to ~1 on real features), FAISS
 # IVF-Flat (about 4·sqrt(n) lists) at these nprobe, hnswlib at these ef, and cross-polytope LSH on PCA-48 with the
 # uint8 shortlist (cbir.indexes.registry.UINT8_RERANK of codes of UINT8_SCORE_DIM axes, as benchmarks/ann.py) at the
-# README's
-# best setting on the real features (L=8 tables, 10 bits per table) with these probes T (one fit: its PCA, a
-# 1280 x 1280 eigendecomposition, is most of its cost).
+# README's best setting on the real features (L=8 tables, 10 bits per table): first as the app builds it, its probes
+# and shortlist chosen at fit for the registry's target recall (DEFAULT_TARGET_RECALL), then with these probes T
+# (one more fit: its PCA, a 1280 x 1280 eigendecomposition, is most of its cost) and R = UINT8_RERANK, its recall curve.
 REFERENCE_EF = (16, 32, 64, 128, 256)
 REFERENCE_N_PROBE = (1, 4, 16, 64)
 REFERENCE_HNSWLIB_EF = (16, 32, 128)
@@ -66,20 +66,18 @@ REFERENCE_POLYTOPE_PROBES = (2, 8, 16)
 def reference_configs(metric: str = "euclidean") -> list[IndexConfig]:
     """The reference settings of :func:`reference_sweep`, in order (those sharing a
     :attr:`~cbir.indexes.registry.IndexConfig.fit_key` are consecutive: one fitted index serves them)."""
+    polytope = IndexConfig(
+        "cross_polytope",
+        metric,  # type: ignore[arg-type]
+        n_tables=REFERENCE_POLYTOPE_TABLES,
+        bits=REFERENCE_POLYTOPE_BITS,
+    )
     return [
         *(IndexConfig("hnsw", metric, ef_search=ef) for ef in REFERENCE_EF),  # type: ignore[arg-type]
         *(IndexConfig("ivf_flat", metric, n_probe=n_probe) for n_probe in REFERENCE_N_PROBE),  # type: ignore[arg-type]
         *(IndexConfig("hnswlib", metric, ef_search=ef) for ef in REFERENCE_HNSWLIB_EF),  # type: ignore[arg-type]
-        *(
-            IndexConfig(
-                "cross_polytope",
-                metric,  # type: ignore[arg-type]
-                n_tables=REFERENCE_POLYTOPE_TABLES,
-                bits=REFERENCE_POLYTOPE_BITS,
-                probes=probes,
-            )
-            for probes in REFERENCE_POLYTOPE_PROBES
-        ),
+        polytope,  # T and R chosen at fit (the registry's default target recall)
+        *(replace(polytope, probes=probes, target_recall=0.0) for probes in REFERENCE_POLYTOPE_PROBES),
     ]
 
 

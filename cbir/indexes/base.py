@@ -143,6 +143,12 @@ class BaseIndex:
         """Constructor parameters (enough to rebuild an equal, unfitted index)."""
         raise NotImplementedError
 
+    @property
+    def fitted_params(self) -> dict[str, Any]:
+        """The search settings chosen at fit (by name as in :attr:`params`, e.g. the probes a target recall chose),
+        which a search uses instead of the constructor's; empty for an index that chooses none."""
+        return {}
+
     def fit(self: IndexT, X: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> IndexT:
         """Index the rows of ``X`` (n, d) float; replaces any previous content. Returns ``self``.
 

@@ -134,8 +134,20 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         """The shortlist R a search uses: ``rerank_`` learned at fit (with ``target_recall``), else ``rerank``."""
         return self.rerank if self.rerank_ is None else self.rerank_
 
+    @property
+    def fitted_params(self) -> dict[str, Any]:
+        """With ``target_recall``, the probes and shortlist chosen at fit (empty otherwise)."""
+        return {} if self.probes_ is None else {"probes": self.probes_, "rerank": self.rerank_}
+
+    @property
+    def setting(self) -> str:
+        """The probes and shortlist searched with, e.g. "T8 R30", or "T8 R25 chosen for recall@10 0.9"."""
+        chosen = "" if self.probes_ is None else f" chosen for recall@10 {self.target_recall:g}"
+        return f"T{self.search_probes} R{self.search_rerank}{chosen}"
+
     def describe(self) -> dict[str, Any]:
         info = super().describe()
+        info["setting"] = self.setting
         if self._blocks is not None:
             info["block_bytes"] = int(self._blocks.nbytes)
             info["bytes_per_object"] = (info["table_bytes"] + self._blocks.nbytes + self._reduced.nbytes) / max(

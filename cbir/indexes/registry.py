@@ -42,6 +42,10 @@ UINT8_RERANK = 30
 # best family on the real features; README, "Approximate search")
 POLYTOPE_REDUCE_DIM = 48
 DEFAULT_POLYTOPE_BITS = 10
+# Cross-polytope LSH chooses its probes T and shortlist R at fit, for this recall@10 on indexed rows searched as
+# queries (BlockPolytopeIndex's target_recall: a rule, not a setting picked by hand per data set; README, issue 20);
+# IndexConfig(target_recall=0) searches with the given probes and UINT8_RERANK instead
+DEFAULT_TARGET_RECALL = 0.9
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,9 @@ class IndexConfig:
     ``ef_search``, FAISS IVF-Flat (``"ivf_flat"``) ``n_probe``; cross-polytope LSH (``"cross_polytope"``,
     :class:`cbir.indexes.blocks.BlockPolytopeIndex` on :data:`POLYTOPE_REDUCE_DIM` PCA coordinates with a shortlist of
     :data:`UINT8_RERANK` scored on uint8 codes of :data:`UINT8_SCORE_DIM` axes, the README's best setting)
-    ``n_tables`` (L), ``bits`` per table, probes, seed."""
+    ``n_tables`` (L), ``bits`` per table, ``target_recall`` (default :data:`DEFAULT_TARGET_RECALL`: the probes and the
+    shortlist chosen at fit for that recall@10, ``probes`` then being only a record of the choice; 0: search with
+    ``probes`` and a shortlist of :data:`UINT8_RERANK`), probes, seed."""
 
     kind: IndexKind = "scan"
     metric: Metric = "euclidean"
@@ -64,12 +70,15 @@ class IndexConfig:
     ef_search: int = DEFAULT_EF_SEARCH
     n_probe: int = DEFAULT_N_PROBE
     bits: int = DEFAULT_POLYTOPE_BITS
+    target_recall: float = DEFAULT_TARGET_RECALL
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
             raise ConfigError(f"kind must be one of {INDEX_KINDS}, got {self.kind!r}")
         if self.metric not in METRICS:
             raise ConfigError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if not 0.0 <= self.target_recall <= 1.0:
+            raise ConfigError(f"target_recall must be in [0, 1] (0: none), got {self.target_recall}")
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> IndexConfig:
@@ -138,6 +147,20 @@ def _build_polytope(config: IndexConfig) -> BaseIndex:
         reduce_dim=POLYTOPE_REDUCE_DIM,
         rerank=UINT8_RERANK,
         score_dim=UINT8_SCORE_DIM,  # capped at the features' dimension by the PCA
+        target_recall=config.target_recall or None,
+    )
+
+
+def _describe_polytope(config: IndexConfig) -> str:
+    """E.g. "cross-polytope LSH PCA-48 L=8 b=10 T=8 R=30 of uint8 PCA-128", or with the rule "... T, R chosen at fit
+    for recall@10 0.9 of ..." (what it chose: a results row's ``probes``, the fitted index's ``setting``)."""
+    if config.target_recall:
+        setting = f"T, R chosen at fit for recall@10 {config.target_recall:g}"
+    else:
+        setting = f"T={config.probes} R={UINT8_RERANK}"
+    return (
+        f"{INDEX_LABELS['cross_polytope']} PCA-{POLYTOPE_REDUCE_DIM} L={config.n_tables} b={config.bits} {setting} "
+        f"of uint8 PCA-{UINT8_SCORE_DIM}"
     )
 
 
@@ -181,11 +204,8 @@ KINDS: dict[str, KindSpec] = {
     ),
     "cross_polytope": KindSpec(
         build=_build_polytope,
-        describe=lambda c: (
-            f"{INDEX_LABELS['cross_polytope']} PCA-{POLYTOPE_REDUCE_DIM} L={c.n_tables} b={c.bits} "
-            f"T={c.probes} R={UINT8_RERANK} of uint8 PCA-{UINT8_SCORE_DIM}"
-        ),
-        row_fields=("n_tables", "probes", "bits"),
+        describe=_describe_polytope,
+        row_fields=("n_tables", "probes", "bits", "target_recall"),
         knob="probes",
         seeded=True,
     ),
