@@ -7,10 +7,9 @@
 ``benchmarks/ann.py`` times an LSH setting once (or best of ``--repeats``) and divides the fastest of many scan
 runs by it, so on shared cores whose load changes by the second its batch ratios move by 2× from run to run. Here
 the exact scan and :class:`cbir.indexes.blocks.BlockPolytopeIndex` (L = 8, log2(n) - 2 bits, ``--probes`` T) answer
-the whole query batch in turn, ``--rounds`` times; each keeps its fastest round. The index runs in its four batch
-layouts (the same answers, checked here): each probed bucket scored once for all the queries probing it
-(:mod:`cbir.indexes.kernels.shared`) or query by query, and the exact re-rank grouped by row
-(:mod:`cbir.indexes.kernels.grouped`) or query by query (as one query runs). Both
+the whole query batch in turn, ``--rounds`` times; each keeps its fastest round. The index runs in its two batch
+layouts (the same answers, checked here): the exact re-rank grouped by row (the default for a batch on one
+thread, :mod:`cbir.indexes.kernels.grouped`) and query by query (as one query runs; the default on several). Both
 on all the machine's threads, then on one (numba, BLAS and OpenMP).
 Each timed batch follows ``--settle`` untimed batches of the same method (1): OpenBLAS' workers spin for a while
 after the scan's product, and numba's after a parallel loop, so a batch right after another method's pays for that
@@ -43,10 +42,9 @@ from cbir.indexes.warmup import warm_up
 
 
 @contextlib.contextmanager
-def layout(grouped: bool, shared: bool) -> Iterator[None]:
-    """The index's batch searches with the re-rank grouped by row or query by query inside the block, and each
-    probed bucket scored once for all the queries probing it (``shared``) or query by query."""
-    block_index.block_search = functools.partial(block_search, grouped=grouped, shared=shared)
+def layout(grouped: bool) -> Iterator[None]:
+    """The index's batch searches with the re-rank grouped by row or query by query inside the block."""
+    block_index.block_search = functools.partial(block_search, grouped=grouped)
     try:
         yield
     finally:
@@ -98,21 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     setting = f"L8 T{index.search_probes} R{index.search_rerank}"
     exact = scan.search(Q, K).ids
 
-    def search(grouped: bool, shared: bool) -> Callable[[], object]:
+    def search(grouped: bool) -> Callable[[], object]:
         def run() -> object:
-            with layout(grouped, shared):
+            with layout(grouped):
                 return index.search(Q, K)
 
         return run
 
     runs = {"exact scan": lambda: scan.search(Q, K)}
-    for shared, scoring in ((True, "buckets shared"), (False, "buckets query by query")):
-        runs[f"CP-LSH blocks {setting}, {scoring}, re-rank grouped by row"] = search(True, shared)
-        runs[f"CP-LSH blocks {setting}, {scoring}, re-rank query by query"] = search(False, shared)
-    answers = [run() for run in list(runs.values())[1:]]
-    for other in answers[1:]:
-        assert all(np.array_equal(a, b) for a, b in zip(answers[0], other, strict=True)), "the layouts must agree"
-    print(f"{data.description}; recall@10 {recall_at_k(answers[0].ids, exact, K).mean():.3f}")
+    runs[f"CP-LSH blocks {setting}, re-rank grouped by row"] = search(True)
+    runs[f"CP-LSH blocks {setting}, re-rank query by query"] = search(False)
+    grouped, by_query = runs[list(runs)[1]](), runs[list(runs)[2]]()
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, by_query, strict=True)), "the layouts must agree"
+    print(f"{data.description}; recall@10 {recall_at_k(grouped.ids, exact, K).mean():.3f}")
     for label, threads in (("all threads", contextlib.nullcontext()), ("one thread", one_thread())):
         with threads:
             table = rounds_table(runs, args.rounds, len(Q), args.settle)

@@ -61,39 +61,6 @@ def test_kernel_matches_the_numpy_reference(data: tuple[np.ndarray, np.ndarray],
     assert 0 < visited.mean() < 4 * len(points)
 
 
-@pytest.mark.parametrize("shared", [True, False])
-@pytest.mark.parametrize("grouped", [True, False])
-def test_batch_layouts_match_the_numpy_reference(
-    data: tuple[np.ndarray, np.ndarray], shared: bool, grouped: bool
-) -> None:
-    """Buckets scored once for all the queries probing them (kernels.shared) or query by query, the re-rank grouped
-    by row or query by query: the reference's answers and visited counts."""
-    points, queries = data
-    index = BlockPolytopeIndex(4, 1, last_dim=8, reduce_dim=10, rerank=25, score_dim=16, seed=2).fit(points)
-    arguments = _kernel_arguments(index, queries)
-    scores, ids, visited = kernels.block_search(**arguments, shared=shared, grouped=grouped)
-    ref_scores, ref_ids, ref_visited = kernels.block_search_reference(**arguments)
-    np.testing.assert_array_equal(ids, ref_ids)
-    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
-    np.testing.assert_array_equal(visited, ref_visited)
-    with pytest.raises(ValueError, match="shared"):
-        kernels.block_search(**arguments, shared=True, patience=2)
-
-
-def test_batch_layouts_agree_on_the_real_features(real_features: FeatureSet) -> None:
-    roles = np.asarray(real_features.roles)
-    X = np.ascontiguousarray(real_features.features[roles != "query"], dtype=np.float32)
-    Q = np.ascontiguousarray(real_features.features[roles == "query"], dtype=np.float32)
-    hashes, last_dim = hashes_for_bits(48, 10)
-    index = BlockPolytopeIndex(8, hashes, last_dim=last_dim, probes=8, rerank=25).fit(X)
-    arguments = {**_kernel_arguments(index, Q, probes=8), "k": 10}
-    by_query = kernels.block_search(**arguments, shared=False, grouped=False)
-    for shared, grouped in ((True, False), (True, True), (False, True)):
-        other = kernels.block_search(**arguments, shared=shared, grouped=grouped)
-        for a, b in zip(by_query, other, strict=True):
-            np.testing.assert_array_equal(a, b)
-
-
 def test_blocks_hold_each_members_code_in_bucket_order(data: tuple[np.ndarray, np.ndarray]) -> None:
     points, _ = data
     index = BlockPolytopeIndex(3, 1, last_dim=4, reduce_dim=8, score_dim=12).fit(points)

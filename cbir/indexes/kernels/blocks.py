@@ -28,14 +28,31 @@ from numba import prange
 from cbir.indexes.kernels.common import METRIC_EUCLIDEAN, BucketTables, _jit
 from cbir.indexes.kernels.grouped import grouped_rerank
 from cbir.indexes.kernels.query import _rerank_shortlist, _shortlist_scratch
-from cbir.indexes.kernels.shared import shared_block_search
 from cbir.indexes.kernels.tables import _find_bucket
-from cbir.indexes.kernels.topk import _code_distance, _empty_results, _in_heap, _keep_best, _n_chunks
+from cbir.indexes.kernels.topk import _empty_results, _keep_best, _n_chunks
 
 
 def block_codes(tables: BucketTables, codes: np.ndarray) -> np.ndarray:
     """The codes (n, s) uint8 of the objects in bucket order: (g·n, s) uint8, row p = ``codes[bucket_ids[p]]``."""
     return np.ascontiguousarray(codes[tables.bucket_ids])
+
+
+@_jit(fastmath={"reassoc"})
+def _code_distance(query: np.ndarray, code: np.ndarray) -> np.float32:
+    """Squared L2 between a query in code units (s,) float32 and one uint8 code (s,)."""
+    total = np.float32(0.0)
+    for j in range(query.shape[0]):
+        diff = np.float32(code[j]) - query[j]
+        total += diff * diff
+    return total
+
+
+@_jit()
+def _in_heap(heap_id: np.ndarray, size: int, obj: np.int64) -> bool:
+    for position in range(size):
+        if heap_id[position] == obj:
+            return True
+    return False
 
 
 @_jit()
@@ -212,7 +229,6 @@ def block_search(
     stamp: bool = False,
     patience: int = 0,
     grouped: bool | None = None,
-    shared: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch search over bucket-ordered codes (numba, parallel over queries; one query runs in the calling thread).
 
@@ -230,9 +246,6 @@ def block_search(
             a batch on one thread, where it takes 10-15 % less CPU; on several threads query by query, which
             measured 1.3-1.4x faster on two idle cores (``benchmarks/batch_blocks.py``: 0.052-0.055 against
             0.070-0.075 ms a query, load 0.8-1.5) and level with it on busy ones.
-        shared: score each probed bucket once per thread for all the queries of the batch probing it
-            (:mod:`cbir.indexes.kernels.shared`; the same answers but for exact ties of code distance), then
-            re-rank query by query; None: for a batch without ``stamp`` or ``patience`` (README, issue 20).
 
     Returns:
         scores (m, k) float32, ids (m, k) int64 (-1 padded), visited (m,) int64 = codes scored (with ``stamp``:
@@ -255,14 +268,6 @@ def block_search(
     arguments = (queries, data, units, codes, tables, probe_tables, probe_keys)
     arguments += (int(rerank), bool(stamp), int(patience), int(metric))
     grouped = (m > 1 and numba.get_num_threads() == 1) if grouped is None else bool(grouped)
-    if (m > 1 and not stamp and not patience) if shared is None else shared:
-        if stamp or patience:
-            raise ValueError("the shared layout scores every probed bucket: no stamp, no patience")
-        n_runs = 2 * numba.get_num_threads()  # a few runs per thread: their work is balanced only roughly
-        shared_block_search(
-            *arguments[:7], int(rerank), int(metric), n_runs, _n_chunks(m), grouped, scores, ids, visited
-        )
-        return scores, ids, visited
     short_ids = np.empty((m if grouped else 0, rerank), dtype=np.int64)
     short_kept = np.zeros(m if grouped else 0, dtype=np.int64)
     if m == 1:  # one query grouped (tests)

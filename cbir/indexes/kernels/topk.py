@@ -55,24 +55,6 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:
     return total
 
 
-@_jit(fastmath={"reassoc"})
-def _code_distance(query: np.ndarray, code: np.ndarray) -> np.float32:
-    """Squared L2 between a query in code units (s,) float32 and one code (s,), uint8 (or float32)."""
-    total = np.float32(0.0)
-    for j in range(query.shape[0]):
-        diff = np.float32(code[j]) - query[j]
-        total += diff * diff
-    return total
-
-
-@_jit()
-def _in_heap(heap_id: np.ndarray, size: int, obj: np.int64) -> bool:
-    for position in range(size):
-        if heap_id[position] == obj:
-            return True
-    return False
-
-
 @_jit()
 def _ranking_key(query: np.ndarray, row: np.ndarray, metric: int, bound: np.float32) -> np.float32:
     """Smaller is better: squared distance, or minus the similarity for cosine (unit vectors).
