@@ -6,11 +6,11 @@
 
 ``benchmarks/ann.py`` times an LSH setting once (or best of ``--repeats``) and divides the fastest of many scan
 runs by it, so on shared cores whose load changes by the second its batch ratios move by 2× from run to run. Here
-the exact scan and :class:`cbir.indexes.blocks.BlockPolytopeIndex` (L = 8, log2(n) - 2 bits, ``--probes`` T) answer
-the whole query batch in turn, ``--rounds`` times; each keeps its fastest round. The index runs in its two batch
-layouts (the same answers, checked here): the exact re-rank grouped by row (the default for a batch on one
-thread, :mod:`cbir.indexes.kernels.grouped`) and query by query (as one query runs; the default on several). Both
-on all the machine's threads, then on one (numba, BLAS and OpenMP).
+the exact scan and :class:`cbir.indexes.blocks.BlockPolytopeIndex` (L = 8, ``--bits`` or log2(n) - 2 bits,
+``--probes`` T) answer the whole query batch in turn, ``--rounds`` times; each keeps its fastest round. The index
+runs in its two batch layouts (the same answers, checked here): the exact re-rank grouped by row (the default for a
+batch on one thread, :mod:`cbir.indexes.kernels.grouped`) and query by query (as one query runs; the default on
+several). Both on all the machine's threads, then on one (numba, BLAS and OpenMP).
 Each timed batch follows ``--settle`` untimed batches of the same method (1): OpenBLAS' workers spin for a while
 after the scan's product, and numba's after a parallel loop, so a batch right after another method's pays for that
 method's spinning threads on two cores (the index's batch right after the scan measured 0.082 ms a query, after one
@@ -83,17 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rerank", type=int, default=30, help="R: shortlisted rows ranked exactly")
     parser.add_argument("--target-recall", type=float, help="choose T and R at fit for this recall@10 instead")
+    parser.add_argument("--bits", type=int, help="bits per table (default log2(n) - 2)")
     args = parser.parse_args(argv)
     args.features = harness.features_or_default(args.features)
     warm_up()
     data = real_set(args.features)
     X, Q = data.index, data.queries
-    hashes, last_dim = hashes_for_bits(48, round(np.log2(len(X))) - 2)
+    bits = args.bits or round(np.log2(len(X))) - 2
+    hashes, last_dim = hashes_for_bits(48, bits)
     scan = SequentialScan().fit(X)
     index = BlockPolytopeIndex(
         8, hashes, last_dim, probes=args.probes, rerank=args.rerank, target_recall=args.target_recall
     ).fit(X)
-    setting = f"L8 T{index.search_probes} R{index.search_rerank}"
+    setting = f"L8 b{bits} T{index.search_probes} R{index.search_rerank}"
     exact = scan.search(Q, K).ids
 
     def search(grouped: bool) -> Callable[[], object]:
