@@ -14,6 +14,7 @@ helpers live beside the scripts, and the tests import them as ``benchmarks.brows
 from __future__ import annotations
 
 import contextlib
+import html
 import os
 import re
 import socket
@@ -311,9 +312,11 @@ def upload(driver: Any, path: Path, attempts: int = 3) -> None:
     """
     from selenium.common.exceptions import WebDriverException
 
-    def listed() -> bool:
+    def listed() -> bool:  # the markup, not the text: the uploader shortens a long name ("az-liza...ark_01.jpg")
+        name = html.escape(path.name, quote=False)
         try:
-            return any(path.name in str(e.text) for e in elements(driver, '[data-testid="stFileUploader"]'))
+            uploaders = elements(driver, '[data-testid="stFileUploader"]')
+            return any(name in str(e.get_attribute("innerHTML")) for e in uploaders)
         except WebDriverException:  # redrawn under us: look again
             return False
 
