@@ -81,12 +81,13 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     # choose_bits' candidates: log2(n) less these, at least _MIN_BITS (buckets of about 4, 8 and 16 objects)
     _BIT_OFFSETS: ClassVar[tuple[int, ...]] = (2, 3, 4)
     _MIN_BITS: ClassVar[int] = 4
-    # estimated_cost's model, microseconds of one thread (README, issue 20: a batch query's stages on the default
-    # collection): a probed bucket (the probing sequence and its bucket lookup), a scored code per byte (a 128-byte
-    # code ~0.028), an exact re-rank row per float (a 1280-d row read at random ~1.0)
-    _COST_PROBE: ClassVar[float] = 0.28
-    _COST_CODE_BYTE: ClassVar[float] = 0.028 / 128
-    _COST_ROW_FLOAT: ClassVar[float] = 1.0 / 1280
+    # estimated_cost's model, microseconds of one thread: a probed bucket (the probing sequence and its bucket lookup),
+    # a scored code per byte, an exact re-rank row per float — least squares over one-thread batch CPU times of
+    # b8/b9/b10 x T 2/4/8/16 x R 10/25/50 on the default collection (R^2 0.93, plus ~23 us a query fixed, which ranks
+    # nothing; README, issue 20: "bits chosen by the rule")
+    _COST_PROBE: ClassVar[float] = 0.354
+    _COST_CODE_BYTE: ClassVar[float] = 0.0189 / 128
+    _COST_ROW_FLOAT: ClassVar[float] = 0.655 / 1280
 
     def __init__(
         self,
@@ -159,8 +160,12 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
 
     @property
     def fitted_params(self) -> dict[str, Any]:
-        """With ``target_recall``, the probes and shortlist chosen at fit (empty otherwise)."""
-        return {} if self.probes_ is None else {"probes": self.probes_, "rerank": self.rerank_}
+        """With ``target_recall``, the probes and shortlist chosen at fit, with ``choose_bits`` the hashes too
+        (``n_projections``, ``last_dim``: a results row's bits); empty otherwise."""
+        if self.probes_ is None:
+            return {}
+        hashes = {"n_projections": self.n_projections, "last_dim": self.last_dim} if self.choose_bits else {}
+        return {"probes": self.probes_, "rerank": self.rerank_, **hashes}
 
     @property
     def setting(self) -> str:
