@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/batch_blocks.py                 # the default collection's features, 41 rounds
     .venv/bin/python benchmarks/batch_blocks.py --rounds 21 --probes 16
-    .venv/bin/python benchmarks/batch_blocks.py --target-recall 0.9   # T and R chosen at fit (leave-one-out)
+    .venv/bin/python benchmarks/batch_blocks.py --target-recall 0.9   # bits, T and R chosen at fit (leave-one-out),
+                                                                      # beside T and R chosen at log2(n) - 2 bits
 
 ``benchmarks/ann.py`` times an LSH setting once (or best of ``--repeats``) and divides the fastest of many scan
 runs by it, so on shared cores whose load changes by the second its batch ratios move by 2× from run to run. Here
-the exact scan and :class:`cbir.indexes.blocks.BlockPolytopeIndex` (L = 8, ``--bits`` or log2(n) - 2 bits,
+the exact scan and :class:`cbir.indexes.blocks.BlockPolytopeIndex` (L = 8, ``--bits``, else chosen at fit with
+``--target-recall`` (``choose_bits``, the app's) or log2(n) - 2 bits,
 ``--probes`` T) answer the whole query batch in turn, ``--rounds`` times; each keeps its fastest round. The index
 runs in its two batch layouts (the same answers, checked here): the exact re-rank grouped by row (the default for a
 batch on one thread, :mod:`cbir.indexes.kernels.grouped`) and query by query (as one query runs; the default on
@@ -83,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rerank", type=int, default=30, help="R: shortlisted rows ranked exactly")
     parser.add_argument("--target-recall", type=float, help="choose T and R at fit for this recall@10 instead")
-    parser.add_argument("--bits", type=int, help="bits per table (default log2(n) - 2)")
+    parser.add_argument(
+        "--bits", type=int, help="bits per table (default: chosen at fit with --target-recall, else log2(n) - 2)"
+    )
     args = parser.parse_args(argv)
     args.features = harness.features_or_default(args.features)
     warm_up()
@@ -92,10 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     bits = args.bits or round(np.log2(len(X))) - 2
     hashes, last_dim = hashes_for_bits(48, bits)
     scan = SequentialScan().fit(X)
-    index = BlockPolytopeIndex(
-        8, hashes, last_dim, probes=args.probes, rerank=args.rerank, target_recall=args.target_recall
-    ).fit(X)
-    setting = f"L8 b{bits} T{index.search_probes} R{index.search_rerank}"
+    options = {"probes": args.probes, "rerank": args.rerank, "target_recall": args.target_recall}
+    choose = args.target_recall is not None and not args.bits  # the app's rule: the bits chosen at fit too
+    fitted: dict[str, tuple[BlockPolytopeIndex, float]] = {}  # by setting: the index and its fit's seconds
+    for chosen in (False, True) if choose else (False,):
+        started = time.perf_counter()
+        index = BlockPolytopeIndex(8, hashes, last_dim, **options, choose_bits=chosen).fit(X)
+        seconds = time.perf_counter() - started
+        how = " (bits chosen)" if chosen else ""
+        fitted[f"L8 b{index.bits} T{index.search_probes} R{index.search_rerank}{how}"] = (index, seconds)
+    print("fit seconds: " + ", ".join(f"{name} {seconds:.2f}" for name, (_, seconds) in fitted.items()))
+    (fixed_setting, (fixed, _)), (setting, (index, _)) = next(iter(fitted.items())), list(fitted.items())[-1]
     exact = scan.search(Q, K).ids
 
     def search(grouped: bool) -> Callable[[], object]:
@@ -108,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"exact scan": lambda: scan.search(Q, K)}
     runs[f"CP-LSH blocks {setting}, re-rank grouped by row"] = search(True)
     runs[f"CP-LSH blocks {setting}, re-rank query by query"] = search(False)
+    if choose:  # the rule at log2(n) - 2 bits, side by side
+        runs[f"CP-LSH blocks {fixed_setting} query by query"] = lambda: fixed.search(Q, K)
     grouped, by_query = runs[list(runs)[1]](), runs[list(runs)[2]]()
     assert all(np.array_equal(a, b) for a, b in zip(grouped, by_query, strict=True)), "the layouts must agree"
     print(f"{data.description}; recall@10 {recall_at_k(grouped.ids, exact, K).mean():.3f}")

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/paired_queries.py                 # the default collection's features
     .venv/bin/python benchmarks/paired_queries.py --features PATH --rounds 5
-    .venv/bin/python benchmarks/paired_queries.py --target-recall 0.9   # also T and R chosen at fit for 0.9
+    .venv/bin/python benchmarks/paired_queries.py --target-recall 0.9   # also T, R (and bits) chosen at fit for 0.9
     .venv/bin/python benchmarks/paired_queries.py --hard 1000000 --queries 200 --ef --faiss-ef 32 64 --target-recall 0.9
                                                    # the hard synthetic set of benchmarks/ann.py instead (n x 256)
 
@@ -12,7 +12,8 @@ rotated from query to query) before the next query, ``--rounds`` times; a method
 its fastest answer to each. numba, BLAS and OpenMP run on one thread (ann-benchmarks' setting). Methods: the exact
 scan, hnswlib (M=32) at ef 16 (``--ef``: each ef given; ``--faiss-ef``: FAISS HNSW too), cross-polytope LSH with
 the uint8 shortlist gathered by id (``CrossPolytopeIndex``) and with the codes in bucket order
-(``BlockPolytopeIndex``, the app's), both at L=8, log2(n)-2 bits, T = 4, 8, 16.
+(``BlockPolytopeIndex``), both at L=8, log2(n)-2 bits, T = 4, 8, 16; with ``--target-recall`` the bucket-ordered
+index with T and R chosen at fit at log2(n)-2 bits, and with the bits chosen too (the app's).
 Prints recall@10 against the scan, ms per query, the ratios (against the scan and the first hnswlib's time), each
 fit's seconds, and the load average.
 """
@@ -81,11 +82,15 @@ def methods(
             twin.probes = probes
             fitted[f"CP-LSH L=8 b={bits} T={probes}, {name}"] = twin
             fit_s[f"CP-LSH L=8 b={bits} T={probes}, {name}"] = seconds
-    for target in targets:  # T and R chosen at fit (leave-one-out on the indexed rows)
-        seconds, tuned = fitted_in(BlockPolytopeIndex(8, hashes, last_dim, **shortlist, target_recall=target))
-        label = f"CP-LSH L=8 b={bits} target {target}: T={tuned.probes_} R={tuned.rerank_}, bucket order"
-        fitted[label] = tuned
-        fit_s[label] = seconds
+    for target in targets:  # T and R chosen at fit (leave-one-out on the indexed rows), the bits too (the app's)
+        for choose_bits in (False, True):
+            seconds, tuned = fitted_in(
+                BlockPolytopeIndex(8, hashes, last_dim, **shortlist, target_recall=target, choose_bits=choose_bits)
+            )
+            how = "b, T, R chosen" if choose_bits else "T, R chosen"
+            label = f"CP-LSH L=8 target {target}, {how}: b={tuned.bits} T={tuned.probes_} R={tuned.rerank_}"
+            fitted[label] = tuned
+            fit_s[label] = seconds
     return fitted, fit_s
 
 

@@ -311,3 +311,36 @@ def test_target_recall_reaches_the_target_on_held_out_queries_and_follows_the_da
     assert low.probes_ <= high.probes_ and low.rerank_ <= high.rerank_
     hard_index = chosen["hard", 0.9]
     assert (hard_index.probes_, hard_index.rerank_) not in {(i.probes_, i.rerank_) for i in (low, high)}
+
+
+def test_bits_chosen_at_fit_follow_the_data_and_explicit_bits_are_honoured(
+    real_features: FeatureSet, tmp_path: Path
+) -> None:
+    """With ``choose_bits`` the rule picks the bits per table too: on the real features (4,913 indexed) and on an
+    eighth of them, the chosen bits are each size's cheapest candidate reaching the target (the candidates follow
+    log2 n, so they differ), and the index reaches the target on the collection's held-out queries; without
+    ``choose_bits`` the given bits are kept; the chosen bits are saved."""
+    roles = np.asarray(real_features.roles)
+    X = np.ascontiguousarray(real_features.features[roles != "query"], dtype=np.float32)
+    Q = np.ascontiguousarray(real_features.features[roles == "query"], dtype=np.float32)
+    with pytest.raises(ValueError, match="choose_bits"):
+        BlockPolytopeIndex(8, 2, last_dim=2, choose_bits=True)
+    chosen = {}
+    for name, rows in {"all": X, "eighth": X[::8]}.items():
+        index = BlockPolytopeIndex(8, 2, last_dim=2, target_recall=0.9, choose_bits=True).fit(rows)
+        candidates = BlockPolytopeIndex.bit_candidates(len(rows))
+        tried = {bits: (cost, reached) for bits, _, _, _, cost, reached in index.bits_tried_}
+        assert index.bits in candidates and list(tried) == candidates[: len(tried)]  # most bits first
+        assert tried[index.bits] == (min(cost for cost, reached in tried.values() if reached), True)
+        assert index.setting.startswith(f"b{index.bits} T{index.probes_} R{index.rerank_} chosen for recall@10 0.9")
+        chosen[name] = index
+    assert chosen["all"].bits != chosen["eighth"].bits
+    exact = SequentialScan().fit(X).search(Q, 10).ids
+    held_out = recall_at_k(chosen["all"].search(Q, 10).ids, exact, 10).mean()
+    assert chosen["all"].tuned_recall_ >= 0.9 and held_out >= 0.88, held_out
+    loaded = BlockPolytopeIndex.load(chosen["all"].save(tmp_path / "bits.joblib"))
+    assert (loaded.bits, loaded.setting) == (chosen["all"].bits, chosen["all"].setting)
+    np.testing.assert_array_equal(loaded.search(Q[:20], 10).ids, chosen["all"].search(Q[:20], 10).ids)
+    hashes, last_dim = hashes_for_bits(48, 11)
+    explicit = BlockPolytopeIndex(8, hashes, last_dim=last_dim, target_recall=0.9).fit(X)
+    assert explicit.bits == 11 and explicit.bits_tried_ == [] and explicit.setting.startswith("T")

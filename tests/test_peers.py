@@ -166,13 +166,17 @@ def test_reference_rows_and_fastest_choice() -> None:
     # the tuning sweep holds every reference family, each at all its settings, labelled
     assert set(table["index"]) == {"scan", "lsh", *REFERENCE_KINDS}
     references = table[table["index"].isin(REFERENCE_KINDS)]
-    assert references["label"].tolist() == [config.label for config in reference_configs()]
+    polytope = table[table["index"] == "cross_polytope"]
+    chosen_bits = int(polytope.loc[polytope["target_recall"] > 0, "bits"].iloc[0])
+    # each reference row labelled with its setting; the rule's row with the bits it chose
+    expected = [config.label.replace("b, T, R", f"b={chosen_bits} T, R") for config in reference_configs()]
+    assert references["label"].tolist() == expected
     assert (table.loc[table["index"] == "ivf_flat", "n_probe"] > 0).all()
     assert table.loc[table["index"] == "hnswlib", "mean_visited"].isna().all()  # not counted, not zero
-    polytope = table[table["index"] == "cross_polytope"]
     curve = polytope[polytope["target_recall"] == 0]  # the explicit T curve, after the point chosen by the rule
-    assert (polytope["bits"] == 10).all() and curve["probes"].tolist() == list(REFERENCE_POLYTOPE_PROBES)
-    chosen = polytope[polytope["target_recall"] > 0]
+    assert (curve["bits"] == 10).all() and curve["probes"].tolist() == list(REFERENCE_POLYTOPE_PROBES)
+    chosen = polytope[polytope["target_recall"] > 0]  # its bits chosen at fit too (log2(n) - 2, - 3 or - 4)
+    assert len(chosen) == 1 and 4 <= chosen_bits <= 12
     assert len(chosen) == 1 and chosen["recall"].iloc[0] > 0 and chosen["probes"].iloc[0] >= 0  # the T it chose
     assert not references["pareto"].any()  # reference points, not part of LSH's frontier
     exact_only = fastest_config(table, 1.0)

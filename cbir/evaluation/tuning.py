@@ -37,7 +37,14 @@ from cbir.evaluation.evaluate import (
 from cbir.evaluation.sweep import SWEEP_COLUMNS, budgeted_sweep, pareto_frontier, recommend, sweep_split
 from cbir.features.sources import SPLIT_COLUMNS, FeatureSet
 from cbir.features.workspace import load_feature_set
-from cbir.indexes.registry import DEFAULT_K, DEFAULT_PROJECTIONS, DEFAULT_TABLES, IndexConfig
+from cbir.indexes.registry import (
+    DEFAULT_K,
+    DEFAULT_POLYTOPE_BITS,
+    DEFAULT_PROJECTIONS,
+    DEFAULT_TABLES,
+    FIXED_POLYTOPE_BITS,
+    IndexConfig,
+)
 from cbir.indexes.widths import DEFAULT_WIDTH_FACTORS, default_width, round_sig, width_grid
 
 Progress = Callable[[int, int], None]
@@ -53,13 +60,13 @@ SWEEP_ON_REQUEST = 250_000
 # of its search-time settings: FAISS HNSW at these efSearch values (recall from ~0.8 to ~1 on real features), FAISS
 # IVF-Flat (about 4·sqrt(n) lists) at these nprobe, hnswlib at these ef, and cross-polytope LSH on PCA-48 with the
 # uint8 shortlist (cbir.indexes.registry.UINT8_RERANK of codes of UINT8_SCORE_DIM axes, as benchmarks/ann.py) at the
-# README's best setting on the real features (L=8 tables, 10 bits per table): first as the app builds it, its probes
-# and shortlist chosen at fit for the registry's target recall (DEFAULT_TARGET_RECALL), then with these probes T
+# README's best setting on the real features (L=8 tables): first as the app builds it, its bits per table, probes and
+# shortlist chosen at fit for the registry's target recall (DEFAULT_TARGET_RECALL), then with 10 bits and these probes T
 # (one more fit: its PCA, a 1280 x 1280 eigendecomposition, is most of its cost) and R = UINT8_RERANK, its recall curve.
 REFERENCE_EF = (16, 32, 64, 128, 256)
 REFERENCE_N_PROBE = (1, 4, 16, 64)
 REFERENCE_HNSWLIB_EF = (16, 32, 128)
-REFERENCE_POLYTOPE_TABLES, REFERENCE_POLYTOPE_BITS = 8, 10
+REFERENCE_POLYTOPE_TABLES, REFERENCE_POLYTOPE_BITS = 8, DEFAULT_POLYTOPE_BITS
 REFERENCE_POLYTOPE_PROBES = (2, 8, 16)
 
 
@@ -76,8 +83,11 @@ def reference_configs(metric: str = "euclidean") -> list[IndexConfig]:
         *(IndexConfig("hnsw", metric, ef_search=ef) for ef in REFERENCE_EF),  # type: ignore[arg-type]
         *(IndexConfig("ivf_flat", metric, n_probe=n_probe) for n_probe in REFERENCE_N_PROBE),  # type: ignore[arg-type]
         *(IndexConfig("hnswlib", metric, ef_search=ef) for ef in REFERENCE_HNSWLIB_EF),  # type: ignore[arg-type]
-        polytope,  # T and R chosen at fit (the registry's default target recall)
-        *(replace(polytope, probes=probes, target_recall=0.0) for probes in REFERENCE_POLYTOPE_PROBES),
+        polytope,  # bits, T and R chosen at fit (the registry's default target recall)
+        *(
+            replace(polytope, bits=FIXED_POLYTOPE_BITS, probes=probes, target_recall=0.0)
+            for probes in REFERENCE_POLYTOPE_PROBES
+        ),
     ]
 
 

@@ -15,7 +15,10 @@ engine answering one query at a time pays, with no Python-level step (each costs
 
 With ``target_recall`` the probes and the shortlist are chosen at fit (:meth:`BlockPolytopeIndex._tune`): the
 cheapest setting by :meth:`BlockPolytopeIndex.estimated_cost` whose recall on indexed rows searched as queries
-(:mod:`cbir.indexes.holdout`) reaches the target — a rule, not a setting tuned by hand per data set.
+(:mod:`cbir.indexes.holdout`) reaches the target — a rule, not a setting tuned by hand per data set. With
+``choose_bits`` too the bits per table: the tables are hashed again for each of log2(n) − 2, − 3, − 4 bits (the PCA
+and the pseudo-queries shared), each tuned, and the cheapest kept — fewer bits mean larger buckets and fewer probes,
+which a batch pays less for (README, issue 20).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from cbir.indexes.holdout import PseudoQueries, check_target_recall, pseudo_quer
 from cbir.indexes.kernels.blocks import block_codes, block_search
 from cbir.indexes.kernels.projection import query_spaces
 from cbir.indexes.kernels.single import one_block_query
-from cbir.indexes.polytope import CrossPolytopeIndex
+from cbir.indexes.polytope import CrossPolytopeIndex, bits_for, hashes_for_bits
 
 _NO_ROTATION = np.zeros((0, 0), dtype=np.float32)  # one_block_query's "apply the fast transforms"
 
@@ -58,6 +61,9 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             indexed rows used as queries (:mod:`cbir.indexes.holdout`; cost: :meth:`estimated_cost`), learned as
             ``probes_`` and ``rerank_`` (the constructor's ``probes`` and ``rerank`` stay as given).
         max_probes: the largest T ``target_recall`` may choose.
+        choose_bits: with ``target_recall``, also choose the bits per table at fit (:meth:`bit_candidates` of the
+            rows' count; the cheapest by :meth:`estimated_cost`), replacing ``n_projections`` and ``last_dim``
+            (which stay the setting without ``target_recall``).
     """
 
     # The saved state is CrossPolytopeIndex's (the blocks are derived from its tables and codes at fit and load), so
@@ -72,12 +78,16 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     # one, a 1M hard synthetic set's held-out recall landed at 0.896 for a target of 0.9 (README, issue 20)
     _TUNE_MARGIN: ClassVar[float] = 2.0
     _TUNE_K: ClassVar[int] = 10
-    # estimated_cost's model, microseconds of one thread (README, issue 20: a batch query's stages on the default
-    # collection): a probed bucket (the probing sequence and its bucket lookup), a scored code per byte (a 128-byte
-    # code ~0.028), an exact re-rank row per float (a 1280-d row read at random ~1.0)
-    _COST_PROBE: ClassVar[float] = 0.28
-    _COST_CODE_BYTE: ClassVar[float] = 0.028 / 128
-    _COST_ROW_FLOAT: ClassVar[float] = 1.0 / 1280
+    # choose_bits' candidates: log2(n) less these, at least _MIN_BITS (buckets of about 4, 8 and 16 objects)
+    _BIT_OFFSETS: ClassVar[tuple[int, ...]] = (2, 3, 4)
+    _MIN_BITS: ClassVar[int] = 4
+    # estimated_cost's model, microseconds of one thread: a probed bucket (the probing sequence and its bucket lookup),
+    # a scored code per byte, an exact re-rank row per float — least squares over one-thread batch CPU times of
+    # b8/b9/b10 x T 2/4/8/16 x R 10/25/50 on the default collection (R^2 0.93, plus ~23 us a query fixed, which ranks
+    # nothing; README, issue 20: "bits chosen by the rule")
+    _COST_PROBE: ClassVar[float] = 0.354
+    _COST_CODE_BYTE: ClassVar[float] = 0.0189 / 128
+    _COST_ROW_FLOAT: ClassVar[float] = 0.655 / 1280
 
     def __init__(
         self,
@@ -89,6 +99,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         patience: int = 0,
         target_recall: float | None = None,
         max_probes: int = 64,
+        choose_bits: bool = False,
         **options: Any,
     ) -> None:
         # the rest of the signature is CrossPolytopeIndex's (n_tables, n_projections, last_dim, metric, seed, probes,
@@ -104,12 +115,20 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         self.patience = check_int(patience, "patience", 0)
         self.target_recall = check_target_recall(target_recall)
         self.max_probes = check_int(max_probes, "max_probes", 0)
+        if not isinstance(choose_bits, bool | np.bool_):
+            raise ValueError(f"choose_bits must be a bool, got {choose_bits!r}")
+        if choose_bits and self.target_recall is None:
+            raise ValueError("choose_bits needs a target_recall")
+        self.choose_bits = bool(choose_bits)
         # learned at fit with target_recall (scikit-learn's trailing underscore)
         self.probes_: int | None = None
         self.rerank_: int | None = None
         self.tuned_recall_: float | None = None
-        # the settings target_recall tried: T, R, recall, its standard error, codes scored, estimated cost
+        # the settings target_recall tried (at the chosen bits): T, R, recall, its standard error, codes scored, cost
         self.tuning_: list[tuple[int, int, float, float, float, float]] = []
+        # with choose_bits, each candidate's bits and its best setting: (bits, T, R, recall, estimated cost, whether
+        # it reached the target with the margin)
+        self.bits_tried_: list[tuple[int, int, int, float, float, bool]] = []
         self._blocks: np.ndarray | None = None  # (g*n, s) uint8 codes in bucket order
         # the query's one projection onto max(r, s) axes: (d, w) columns for a batch's BLAS product, (w, d) rows for one
         # query's numba kernel (cbir.indexes.kernels.projection), and the data's mean they are centred on
@@ -125,6 +144,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             params["patience"] = self.patience
         if self.target_recall is not None:
             params.update(target_recall=self.target_recall, max_probes=self.max_probes)
+        if self.choose_bits:
+            params["choose_bits"] = True
         return params
 
     @property
@@ -139,14 +160,32 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
 
     @property
     def fitted_params(self) -> dict[str, Any]:
-        """With ``target_recall``, the probes and shortlist chosen at fit (empty otherwise)."""
-        return {} if self.probes_ is None else {"probes": self.probes_, "rerank": self.rerank_}
+        """With ``target_recall``, the probes and shortlist chosen at fit, with ``choose_bits`` the hashes too
+        (``n_projections``, ``last_dim``: a results row's bits); empty otherwise."""
+        if self.probes_ is None:
+            return {}
+        hashes = {"n_projections": self.n_projections, "last_dim": self.last_dim} if self.choose_bits else {}
+        return {"probes": self.probes_, "rerank": self.rerank_, **hashes}
 
     @property
     def setting(self) -> str:
-        """The probes and shortlist searched with, e.g. "T8 R30", or "T8 R25 chosen for recall@10 0.9"."""
+        """The probes and shortlist searched with, e.g. "T8 R30", or "T8 R25 chosen for recall@10 0.9", led by the
+        bits per table with ``choose_bits`` ("b8 T3 R25 chosen for recall@10 0.9")."""
         chosen = "" if self.probes_ is None else f" chosen for recall@10 {self.target_recall:g}"
-        return f"T{self.search_probes} R{self.search_rerank}{chosen}"
+        bits = f"b{self.bits} " if self.choose_bits else ""
+        return f"{bits}T{self.search_probes} R{self.search_rerank}{chosen}"
+
+    @property
+    def bits(self) -> int:
+        """The bits per table of the hashes (chosen at fit with ``choose_bits``)."""
+        assert self.reduce_dim is not None
+        return bits_for(self.reduce_dim, self.n_projections, self.last_dim)
+
+    @classmethod
+    def bit_candidates(cls, n: int) -> list[int]:
+        """``choose_bits``' bits per table for ``n`` rows, most first: round(log2 n) less ``_BIT_OFFSETS``."""
+        top = round(np.log2(max(n, 2)))
+        return sorted({max(cls._MIN_BITS, top - offset) for offset in cls._BIT_OFFSETS}, reverse=True)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -174,11 +213,12 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         self.probes_, self.rerank_, self.tuned_recall_ = None, None, None
 
     def fit(self, X: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> BlockPolytopeIndex:
-        """Index the rows of ``X`` (see :meth:`BaseIndex.fit`); with ``target_recall``, choose T and R too."""
+        """Index the rows of ``X`` (see :meth:`BaseIndex.fit`); with ``target_recall``, choose T and R too (and the
+        bits per table with ``choose_bits``)."""
         super().fit(X, progress)
         if self.target_recall is not None:
             assert self._data is not None
-            self._tune(self._data)
+            self._choose(self._data)
         return self
 
     def estimated_cost(self, probes: int, rerank: int, scored: float) -> float:
@@ -191,21 +231,58 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             + self._COST_ROW_FLOAT * self._data.shape[1] * rerank
         )
 
-    def _tune(self, data: np.ndarray) -> None:
-        """Set ``probes_`` and ``rerank_`` to the cheapest (:meth:`estimated_cost`) grid setting whose leave-one-out
-        recall@10, less two standard errors of its mean over the pseudo-queries (``_TUNE_MARGIN``), reaches
-        ``target_recall`` (the most recall found when none does).
-
-        A staircase walk: R from the longest shortlist down, and for each the fewest T reaching the target, which
-        only grows as R shrinks — so T steps up from the previous R's, and stops once the setting costs more than
-        the best found (codes scored do not depend on R). ``tuning_`` keeps each (T, R, recall, error, scored, cost)."""
-        assert self.target_recall is not None
+    def _choose(self, data: np.ndarray) -> None:
+        """Set ``probes_``, ``rerank_`` (:meth:`_tune`) and with ``choose_bits`` the bits per table: the tables are
+        hashed again for each of :meth:`bit_candidates` (most bits first, on the fitted PCA, the same pseudo-queries),
+        and the cheapest candidate reaching the target kept (the most recall when none does). Each candidate is tuned
+        only below the best cost found so far (its walk stops there). Every candidate is tried: on the grid of T and R
+        the cost is not unimodal in the bits (ImageNet 4,913: b10 69.6 µs, b9 more, b8 62.6; README, issue 20)."""
         k = min(self._TUNE_K, len(data) - 1)
-        self.tuning_ = []
+        self.tuning_, self.bits_tried_ = [], []
         if k < 1:
             self.probes_, self.rerank_, self.tuned_recall_ = self.probes, self.rerank, 1.0
             return
         sample = pseudo_queries(data, self.metric, self.seed, self._TUNE_SAMPLE, k)
+        if not self.choose_bits:
+            self._keep(self._tune(sample, k, None))
+            return
+        hashed = self._hash_space(data)
+        kept: tuple[tuple[bool, float], dict[str, Any]] | None = None
+        for bits in self.bit_candidates(len(data)):
+            if bits != self.bits or self.bits_tried_:
+                self.n_projections, self.last_dim = hashes_for_bits(self.reduce_dim, bits)  # type: ignore[arg-type]
+                self._hash_into_tables(hashed, hashed.shape[1], in_hash_space=True)
+                self._lay_out_blocks()
+            row = self._tune(sample, k, None if kept is None or not kept[0][0] else -kept[0][1])
+            reached = row[2] - self._TUNE_MARGIN * row[3] >= (self.target_recall or 0.0)
+            self.bits_tried_.append((bits, row[0], row[1], row[2], row[5], reached))
+            rank = (reached, -row[5] if reached else row[2])
+            if kept is None or rank > kept[0]:  # cheaper, or (none reaching the target) more recall
+                kept = (rank, self._hashing_state(row))
+        assert kept is not None
+        for name, value in kept[1].items():
+            setattr(self, name, value)
+
+    def _hashing_state(self, row: tuple[int, int, float, float, float, float]) -> dict[str, Any]:
+        """The attributes a bit candidate sets (:meth:`_choose`), with its chosen setting ``row``'s T, R, recall."""
+        names = ("n_projections", "last_dim", "_signs", "_rotation", "_tables", "_blocks", "tuning_")
+        state = {name: getattr(self, name) for name in names}
+        return {**state, "probes_": row[0], "rerank_": row[1], "tuned_recall_": row[2]}
+
+    def _keep(self, row: tuple[int, int, float, float, float, float]) -> None:
+        self.probes_, self.rerank_, self.tuned_recall_ = row[:3]
+
+    def _tune(self, sample: PseudoQueries, k: int, bound: float | None) -> tuple[int, int, float, float, float, float]:
+        """The cheapest (:meth:`estimated_cost`) grid setting (T, R, recall, its standard error, codes scored, cost)
+        whose leave-one-out recall@10, less two standard errors of its mean over the pseudo-queries
+        (``_TUNE_MARGIN``), reaches ``target_recall`` at a cost below ``bound`` (None: any); else the most recall
+        found. Sets ``tuning_`` to each setting tried.
+
+        A staircase walk: R from the longest shortlist down, and for each the fewest T reaching the target, which
+        only grows as R shrinks — so T steps up from the previous R's, and stops once the setting costs more than
+        the best found (codes scored do not depend on R)."""
+        assert self.target_recall is not None
+        self.tuning_ = []
         grid = [t for t in self._TUNE_PROBES if t <= self.max_probes] or [self.max_probes]
         scored: dict[int, float] = {}  # codes scored a query at T (the most probes tried below T: a lower bound)
         step, best = 0, None
@@ -213,7 +290,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             while True:
                 known = max((t for t in scored if t <= grid[step]), default=None)
                 floor = self.estimated_cost(grid[step], rerank, 0.0 if known is None else scored[known])
-                if best is not None and floor >= best[5]:
+                limit = bound if best is None else best[5]
+                if limit is not None and floor >= limit and self.tuning_:
                     break  # this R needs a dearer setting than the best found
                 recall, error, codes = self._holdout_recall(sample, k, grid[step], rerank)
                 scored[grid[step]] = codes
@@ -225,8 +303,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
                 if step + 1 == len(grid):
                     break
                 step += 1
-        # out of the grid's reach: the most recall found
-        self.probes_, self.rerank_, self.tuned_recall_ = (best or max(self.tuning_, key=lambda r: r[2]))[:3]
+        # out of the grid's reach (or of the bound's): the most recall found
+        return best or max(self.tuning_, key=lambda r: r[2])
 
     def _holdout_recall(self, sample: PseudoQueries, k: int, probes: int, rerank: int) -> tuple[float, float, float]:
         """Recall@k of the pseudo-queries ``sample`` (own rows ignored) searched with T = ``probes`` and

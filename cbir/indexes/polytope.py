@@ -189,13 +189,17 @@ class CrossPolytopeIndex(BucketIndex):
         else:
             self._center = None
             hashed_dim = reduced.shape[1]
+        # without PCA the rows are centred block by block (no centred copy of the data)
+        self._hash_into_tables(data if reduced is None else reduced, hashed_dim, in_hash_space=reduced is not None)
+
+    def _hash_into_tables(self, rows: np.ndarray, hashed_dim: int, in_hash_space: bool) -> None:
+        """Draw the rotations for the current ``n_projections`` and fill the tables with ``rows`` (n, d) float32
+        (already in the hashing space of ``hashed_dim`` coordinates if ``in_hash_space``)."""
         self._signs = kernels.draw_rotation_signs(
             rotation_dim_for(hashed_dim), self.n_tables * self.n_projections, self.n_rotations, self.seed
         )
         self._set_rotation(hashed_dim)
-        # without PCA the rows are centred block by block (no centred copy of the data)
-        codes = self._codes(data) if reduced is None else self._codes(reduced, in_hash_space=True)
-        keys = kernels.fold_keys(codes, self.n_tables, self.n_projections)
+        keys = kernels.fold_keys(self._codes(rows, in_hash_space=in_hash_space), self.n_tables, self.n_projections)
         self._tables = kernels.build_tables(keys)
 
     def _probe(self, queries: np.ndarray, hashed: np.ndarray) -> kernels.ListedProbes:

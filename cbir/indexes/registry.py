@@ -41,7 +41,10 @@ UINT8_RERANK = 30
 # Cross-polytope LSH as the app runs it: hashed on 48 PCA coordinates, with the uint8 shortlist (benchmarks/ann.py's
 # best family on the real features; README, "Approximate search")
 POLYTOPE_REDUCE_DIM = 48
-DEFAULT_POLYTOPE_BITS = 10
+# bits per table: 0 (the default) chooses them at fit with the target recall (BlockPolytopeIndex.choose_bits: the
+# cheapest of log2(n) - 2, - 3, - 4), FIXED_POLYTOPE_BITS without one; any other value is kept as given
+DEFAULT_POLYTOPE_BITS = 0
+FIXED_POLYTOPE_BITS = 10
 # Cross-polytope LSH chooses its probes T and shortlist R at fit, for this recall@10 on indexed rows searched as
 # queries (BlockPolytopeIndex's target_recall: a rule, not a setting picked by hand per data set; README, issue 20);
 # IndexConfig(target_recall=0) searches with the given probes and UINT8_RERANK instead
@@ -56,7 +59,8 @@ class IndexConfig:
     ``ef_search``, FAISS IVF-Flat (``"ivf_flat"``) ``n_probe``; cross-polytope LSH (``"cross_polytope"``,
     :class:`cbir.indexes.blocks.BlockPolytopeIndex` on :data:`POLYTOPE_REDUCE_DIM` PCA coordinates with a shortlist of
     :data:`UINT8_RERANK` scored on uint8 codes of :data:`UINT8_SCORE_DIM` axes, the README's best setting)
-    ``n_tables`` (L), ``bits`` per table, ``target_recall`` (default :data:`DEFAULT_TARGET_RECALL`: the probes and the
+    ``n_tables`` (L), ``bits`` per table (0, the default: chosen at fit with ``target_recall``, else
+    :data:`FIXED_POLYTOPE_BITS`), ``target_recall`` (default :data:`DEFAULT_TARGET_RECALL`: the probes and the
     shortlist chosen at fit for that recall@10, ``probes`` then being only a record of the choice; 0: search with
     ``probes`` and a shortlist of :data:`UINT8_RERANK`), probes, seed."""
 
@@ -136,7 +140,7 @@ def _build_polytope(config: IndexConfig) -> BaseIndex:
     """Cross-polytope LSH with the uint8 codes kept in bucket order (:class:`cbir.indexes.blocks.BlockPolytopeIndex`:
     the same buckets, probes and shortlist as :class:`cbir.indexes.polytope.CrossPolytopeIndex`, each probed bucket
     scored as one contiguous block; README, "Approximate search")."""
-    hashes, last_dim = hashes_for_bits(POLYTOPE_REDUCE_DIM, config.bits)
+    hashes, last_dim = hashes_for_bits(POLYTOPE_REDUCE_DIM, config.bits or FIXED_POLYTOPE_BITS)
     return BlockPolytopeIndex(
         config.n_tables,
         hashes,
@@ -148,18 +152,22 @@ def _build_polytope(config: IndexConfig) -> BaseIndex:
         rerank=UINT8_RERANK,
         score_dim=UINT8_SCORE_DIM,  # capped at the features' dimension by the PCA
         target_recall=config.target_recall or None,
+        choose_bits=bool(config.target_recall) and not config.bits,
     )
 
 
 def _describe_polytope(config: IndexConfig) -> str:
-    """E.g. "cross-polytope LSH PCA-48 L=8 b=10 T=8 R=30 of uint8 PCA-128", or with the rule "... T, R chosen at fit
-    for recall@10 0.9 of ..." (what it chose: a results row's ``probes``, the fitted index's ``setting``)."""
+    """E.g. "cross-polytope LSH PCA-48 L=8 b=10 T=8 R=30 of uint8 PCA-128", or with the rule "... L=8 b, T, R
+    chosen at fit for recall@10 0.9 of ..." (what it chose: a results row's ``bits`` and ``probes``, the fitted
+    index's ``setting``, e.g. "b8 T3 R25 chosen for recall@10 0.9")."""
+    bits = config.bits or FIXED_POLYTOPE_BITS
     if config.target_recall:
-        setting = f"T, R chosen at fit for recall@10 {config.target_recall:g}"
+        chosen = "b, T, R" if not config.bits else f"b={bits} T, R"
+        setting = f"{chosen} chosen at fit for recall@10 {config.target_recall:g}"
     else:
-        setting = f"T={config.probes} R={UINT8_RERANK}"
+        setting = f"b={bits} T={config.probes} R={UINT8_RERANK}"
     return (
-        f"{INDEX_LABELS['cross_polytope']} PCA-{POLYTOPE_REDUCE_DIM} L={config.n_tables} b={config.bits} {setting} "
+        f"{INDEX_LABELS['cross_polytope']} PCA-{POLYTOPE_REDUCE_DIM} L={config.n_tables} {setting} "
         f"of uint8 PCA-{UINT8_SCORE_DIM}"
     )
 
