@@ -330,6 +330,11 @@ def test_comparison_page_renders_its_table(app_env: Path) -> None:
         assert len(at.get("plotly_chart")) == 3, chart
         chart_titles.add(json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"])
     assert len(chart_titles) == 6  # recall vs time, 4 comparison bars (mAP, recall, visited, score), per-class
+    at.radio(key="compare-chart").set_value("Mean distance").run()
+    at.selectbox(key="compare-metric").set_value("cosine").run()  # the score chart's option is renamed
+    check_ok(at)
+    assert len(at.get("plotly_chart")) == 3 and "Mean similarity" in at.radio(key="compare-chart").options
+    at.selectbox(key="compare-metric").set_value("euclidean").run()
     at.toggle(key="compare-photos").set_value(True).run()
     check_ok(at)
     # the real model embedded the four sample photos: their answers are measured too
