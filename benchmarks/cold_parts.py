@@ -1,7 +1,8 @@
 """Two parts of the comparison page's cold computation, each way side by side in one process (issue 23): the budgeted
 recommendation search with every setting timed one query at a time (before) and without (now: its pick needs mAP
 and visited only), and ``fit_pca`` (cross-polytope LSH's PCA) with its eigendecomposition on BLAS' threads (before)
-and on one (now).
+and on one (now); and the budgeted search one setting at a time (before) and ``tuning.RECOMMEND_WORKERS`` settings
+at once in threads (now).
 
     python benchmarks/cold_parts.py [--features PATH] [--repeats 3]
 
@@ -47,9 +48,9 @@ def main() -> None:
         named.pop("single", None)  # as before: every setting also timed one query at a time
         return evaluate.evaluate_split(*positional, **named)
 
-    def budgeted() -> tuple[float, Any]:
+    def budgeted(workers: int = 1) -> tuple[float, Any]:
         started = time.perf_counter()
-        table = sweep.budgeted_sweep(split, grid, budget)
+        table = sweep.budgeted_sweep(split, grid, budget, workers=workers)
         return time.perf_counter() - started, tuning.recommended_config(table, split.n_indexed)
 
     def fit(one_thread: Any) -> tuple[float, np.ndarray]:
@@ -68,6 +69,11 @@ def main() -> None:
         now, pick_now = budgeted()
         print(f"| budgeted recommendation search | {before:.2f} | {now:.2f} | {pick_before == pick_now} | "
               f"{os.getloadavg()[0]:.2f} |", flush=True)  # fmt: skip
+    for _ in range(args.repeats):
+        before, pick_before = budgeted()
+        now, pick_now = budgeted(tuning.RECOMMEND_WORKERS)
+        print(f"| budgeted search, one setting / {tuning.RECOMMEND_WORKERS} at once (threads) | {before:.2f} | "
+              f"{now:.2f} | {pick_before == pick_now} | {os.getloadavg()[0]:.2f} |", flush=True)  # fmt: skip
     for _ in range(args.repeats):
         before, axes_before = fit(contextlib.nullcontext)
         now, axes_now = fit(one_thread)

@@ -148,6 +148,12 @@ def test_the_budgeted_sweep_recommends_what_the_whole_sweep_does(real_features: 
     pd.testing.assert_frame_equal(budgeted[FIGURES], within[FIGURES])
     best = registry.IndexConfig.from_row(recommend(budgeted, budget))
     assert best == tuning.recommended_config(whole, split.n_indexed)
+    # settings fitted and searched in two threads at once (the app's recommendation): the same rows in the grid's
+    # order, progress in that order too
+    seen.clear()
+    threaded = budgeted_sweep(split, grid, budget, progress=lambda done, total: seen.append((done, total)), workers=2)
+    pd.testing.assert_frame_equal(threaded[FIGURES], within[FIGURES])
+    assert seen == [(done, len(whole)) for done in range(1, len(whole) + 1)]
 
 
 def test_the_recommendation_is_the_sweep_s_whether_or_not_the_sweep_is_on_disk(tmp_path: Path, monkeypatch) -> None:

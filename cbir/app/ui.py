@@ -30,6 +30,7 @@ from cbir.indexes import registry
 from cbir.service import growth, search
 
 if TYPE_CHECKING:
+    from cbir.features.extractor import FeatureExtractor
     from cbir.features.query_model import ExtractorSpec
 
 FEATURE_SET_KEY = "feature_set"  # session-state key of the feature set chosen in the sidebar, read by every page
@@ -43,7 +44,6 @@ feature_sets = st.cache_data(ttl=60, show_spinner=False)(workspace.complete_feat
 collection_status = st.cache_data(ttl=60, show_spinner="Reading the collection…")(workspace.collection_status)
 lsh_defaults = st.cache_data(show_spinner=False)(tuning.lsh_defaults_for)
 distance_analysis = st.cache_data(show_spinner=False)(comparison.distance_analysis_for)  # called with keep=True
-hubness_analysis = st.cache_data(show_spinner=False)(comparison.hubness_analysis_for)  # called with keep=True
 kept_hubness = st.cache_data(show_spinner=False, max_entries=64)(comparison.kept_hubness)  # None: computed below
 make_extractor = st.cache_resource(show_spinner="Loading the model…", max_entries=3)(search.shared_extractor)
 tile = st.cache_data(show_spinner=False, max_entries=2000)(query.tile)
@@ -382,11 +382,12 @@ def distance_analyses(feature_sets: Sequence[tuple[str, str, int]]) -> dict[str,
 
 
 def hubness_analyses(
-    feature_sets: Sequence[tuple[str, str, int]], metric: str
+    feature_sets: Sequence[tuple[str, str, int]], metric: str, photos: bool = False
 ) -> dict[str, comparison.HubnessAnalysis]:
-    """``{label: cached hubness analysis}``, with the out-of-domain photos embedded by each feature set's cached
-    model (without them when the model cannot be loaded); one kept on disk with the photos is read back without
-    loading the model (a new server's page: seconds of TensorFlow saved)."""
+    """``{label: cached hubness analysis}``: with the out-of-domain photos when they are kept on disk (read back
+    without the model: a restarted server's page), else over the validation queries only unless ``photos``, then the
+    photos embedded by each feature set's cached model (TensorFlow and the model: seconds on a fresh server, so the
+    comparison page asks for them on request; without them when the model cannot be loaded)."""
     analyses = {}
     with moving_bar("Measuring hubness…") as update:
         for done, (label, path, version) in enumerate(feature_sets):
@@ -395,12 +396,30 @@ def hubness_analyses(
             if kept is not None:
                 analyses[label] = kept
                 continue
-            try:
-                extractor = make_extractor(query_model.extractor_spec(workspace.load_feature_set(path, version).meta))
-            except (CbirError, FileNotFoundError):
-                extractor = None
-            analyses[label] = hubness_analysis(path, version, metric, _extractor=extractor, keep=True)
+            extractor = None
+            if photos:
+                update(done / len(feature_sets), f"Measuring hubness: {label}, loading the model…")
+                with contextlib.suppress(CbirError, FileNotFoundError):
+                    spec = query_model.extractor_spec(workspace.load_feature_set(path, version).meta)
+                    extractor = make_extractor(spec)
+            analyses[label] = hubness_analysis(path, version, metric, extractor is not None, extractor)
+            if extractor is not None:
+                kept_hubness.clear()  # it kept None for this set: the next run reads the photos' analysis back
     return analyses
+
+
+@st.cache_data(show_spinner=False)
+def hubness_analysis(
+    path: str, version: int, metric: str, photos: bool, _extractor: FeatureExtractor | None
+) -> comparison.HubnessAnalysis:
+    """:func:`cbir.evaluation.comparison.hubness_analysis_for` kept on disk; ``photos``: ``_extractor`` (not hashed)
+    is given, a part of the cache key."""
+    return comparison.hubness_analysis_for(path, version, metric, _extractor, keep=True)
+
+
+def photos_measured(analyses: dict[str, comparison.HubnessAnalysis]) -> bool:
+    """Whether every analysis of :func:`hubness_analyses` has the out-of-domain photos' figures."""
+    return all("ood_hub_share" in analysis.summary for analysis in analyses.values())
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,7 +13,10 @@ import time
 from collections.abc import Iterator
 
 AFTER_RUN_S = 2.0  # and this long after a run ends: the browser draws what it sent (plotly charts: seconds on 2 cores)
-YIELD_LIMIT_S = 20.0  # the longest background work waits for the pages (a long computation must not starve it)
+# the longest background work waits for the pages in all (a long computation must not starve it): longer than the
+# comparison page's first computation on two busy cores (15-25 s), so that TensorFlow's import and the model do not
+# start while its browser draws it (at 20 s they did: settled 32.4 s against 23.0 s at 60 s, side by side, load 4-5)
+YIELD_LIMIT_S = 60.0
 
 _runs = 0  # page runs under way
 _last_end = float("-inf")  # when the last one ended (time.monotonic)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -182,6 +183,7 @@ def budgeted_sweep(
     k: int = 10,
     seed: int = 0,
     progress: Callable[[int, int], Any] | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """The LSH rows of :func:`sweep_split` (``probes=0``) that visit at most ``budget`` objects per query, with the
     same figures (the times aside), without searching the settings above the budget: each setting is fitted and the
@@ -189,20 +191,37 @@ def budgeted_sweep(
     distance computed), and only the settings within the budget are searched and scored. So
     :func:`recommend` of it is :func:`recommend` of the whole sweep's LSH rows at that budget, for a fraction of the
     sweep's time (the settings above the budget are the ones that visit, and so cost, the most; and no setting is
-    timed one query at a time: ``single_query_ms`` is NaN). ``progress(done, total)`` after each setting."""
+    timed one query at a time: ``single_query_ms`` is NaN). ``progress(done, total)`` after each setting, in the
+    grid's order. ``workers``: settings fitted and searched at once in threads (the LSH kernels and BLAS release the
+    GIL; each setting's figures are the same whatever the number: only the fit times differ)."""
     combos = _grid_settings(split, grid, metric, seed)
-    rows: list[dict[str, Any]] = []
-    for done, (n_tables, n_projections, bucket_width) in enumerate(combos, start=1):
+    vectors = split.indexed_vectors()
+    split.exact_answer(metric, int(k))  # computed once, before the settings share it
+
+    def within_budget(setting: tuple[Any, Any, Any]) -> dict[str, Any] | None:
+        n_tables, n_projections, bucket_width = setting
         index = LSHIndex(int(n_tables), int(n_projections), float(bucket_width), metric=metric, seed=seed)  # type: ignore[arg-type]
         started = time.perf_counter()
-        index.fit(split.indexed_vectors())
+        index.fit(vectors)
         fit_seconds = time.perf_counter() - started
         visited = np.fromiter(map(len, index.candidates(split.query_vectors)), dtype=np.int64, count=split.n_queries)
-        if visited.mean() <= budget:
-            result = evaluate_split(index, split, k=k, refit=False, single=False)  # the times are not what it picks by
-            rows.append({**result.row(), "fit_seconds": fit_seconds})
-        if progress is not None:
-            progress(done, len(combos))
+        if visited.mean() > budget:
+            return None
+        result = evaluate_split(index, split, k=k, refit=False, single=False)  # the times are not what it picks by
+        return {**result.row(), "fit_seconds": fit_seconds}
+
+    rows: list[dict[str, Any]] = []
+    pool = ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="cbir-budgeted") if workers > 1 else None
+    try:
+        found = map(within_budget, combos) if pool is None else pool.map(within_budget, combos)
+        for done, row in enumerate(found, start=1):  # in the grid's order
+            if row is not None:
+                rows.append(row)
+            if progress is not None:
+                progress(done, len(combos))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return _sweep_frame(rows)
 
 

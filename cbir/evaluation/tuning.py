@@ -50,6 +50,7 @@ from cbir.indexes.widths import DEFAULT_WIDTH_FACTORS, default_width, round_sig,
 Progress = Callable[[int, int], None]
 # Budget for the recommended LSH configuration: at most this share of the indexed objects visited per query.
 RECOMMEND_BUDGET_FRACTION = 0.2
+RECOMMEND_WORKERS = 2  # settings the budgeted search fits and searches at once (its kernels release the GIL)
 # The background sweep of the tuning page: g and h values (w: DEFAULT_WIDTH_FACTORS × the default width), chosen so
 # that the page's default setting g=7, h=2, default w is one of its points.
 DEFAULT_GRID_TABLES = (1, 2, 4, 7, 10)
@@ -427,7 +428,8 @@ def recommended_for(
     def compute() -> IndexConfig | None:
         grid = default_grid(width_sample(load_feature_set(path, version, SPLIT_COLUMNS)), metric)
         budget = RECOMMEND_BUDGET_FRACTION * split.n_indexed
-        return recommended_config(budgeted_sweep(split, grid, budget, metric, k, progress=progress), split.n_indexed)
+        rows = budgeted_sweep(split, grid, budget, metric, k, progress=progress, workers=RECOMMEND_WORKERS)
+        return recommended_config(rows, split.n_indexed)
 
     key = f"{file.stem}|{RECOMMEND_BUDGET_FRACTION}"  # under kept_as too: an image added or removed reuses it
     return kept_on_disk(cbir_config.artifacts_dir() / "cache" / "recommended", key, compute)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
 import streamlit as st
 from streamlit.navigation.page import StreamlitPage
 
@@ -21,6 +20,7 @@ from cbir.evaluation.tuning import RECOMMEND_BUDGET_FRACTION, SWEEP_ON_REQUEST
 from cbir.features.finetune import finished_runs, retrieval_runs, training_figure
 
 RECOMMENDED, DEFAULT = "recommended", "default"  # the LSH setting compared
+TRADEOFF, PER_CLASS = "Recall vs time", "Per-class mAP"  # the first and last chart
 RESULT_COLUMNS = [
     "feature_set",
     "index",
@@ -141,52 +141,55 @@ def show_table(comparison: Comparison, choice: Choice) -> None:
 
 
 def show_charts(comparison: Comparison, choice: Choice) -> None:
-    """The whole comparison's CSV, then its charts in tabs."""
+    """The whole comparison's CSV, then its charts, one at a time (:func:`charts`)."""
+    st.download_button("Download as CSV", comparison.table.to_csv(index=False), "comparison.csv", "text/csv")
+    charts(comparison, choice)
+
+
+@st.fragment
+def charts(comparison: Comparison, choice: Choice) -> None:
+    """The chart chosen above it: one drawn at a time (a browser on two busy cores took seconds for the six in tabs,
+    all drawn at once). A fragment: choosing another chart, the time mode or the distractors of the per-class chart
+    reruns this section only, so the page above is not redrawn and keeps its scroll position."""
     table = comparison.table
     score = score_label(choice.metric)
-    st.download_button("Download as CSV", table.to_csv(index=False), "comparison.csv", "text/csv")
-    tradeoff_tab, map_tab, recall_tab, visited_tab, score_tab, per_class_tab = st.tabs(
-        ["Recall vs time", "mAP@10", "Recall@10", "Visited objects", score, "Per-class mAP"]
-    )
-    with tradeoff_tab:
-        tradeoff(table)
-    tradeoff_tab.caption(
-        f"The exact scan, LSH at its {choice.lsh_setting} setting and the reference indexes (FAISS HNSW; up to "
-        f"{SWEEP_ON_REQUEST:,} objects also FAISS IVF-Flat, hnswlib and cross-polytope LSH) at their default "
-        "settings; the tuning page sweeps their settings. Times are per query, one query at a time (as the Search "
-        "page searches) or in a batch of all the validation queries, every index's (the exact scan's too) measured "
-        "in the same mode in this server's run. hnswlib does not count the objects it visits."
-    )
-    map_tab.plotly_chart(ui.comparison_figure(table, "map", "mAP@10"), width="stretch")
-    recall_tab.plotly_chart(ui.comparison_figure(table, "recall", "Recall@10 against the exact scan"), width="stretch")
-    visited_tab.plotly_chart(ui.comparison_figure(table, "mean_visited", "Objects visited per query"), width="stretch")
-    score_tab.plotly_chart(ui.comparison_figure(table, "mean_score", f"{score} of the top-10"), width="stretch")
-    with per_class_tab:
-        per_class(comparison.per_class)
+    bars = {
+        "mAP@10": ("map", "mAP@10"),
+        "Recall@10": ("recall", "Recall@10 against the exact scan"),
+        "Visited objects": ("mean_visited", "Objects visited per query"),
+        score: ("mean_score", f"{score} of the top-10"),
+    }
+    chosen = st.radio("Chart", [TRADEOFF, *bars, PER_CLASS], horizontal=True, key="compare-chart")
+    if chosen == TRADEOFF:
+        x = st.radio(
+            "Time",
+            list(plots.TIME_MODES),
+            format_func=lambda column: f"per query, {plots.TIME_MODES[column]}",
+            horizontal=True,
+            key="compare-time-mode",
+        )
+        st.plotly_chart(ui.comparison_tradeoff_figure(table, x=x), width="stretch")
+        st.caption(
+            f"The exact scan, LSH at its {choice.lsh_setting} setting and the reference indexes (FAISS HNSW; up to "
+            f"{SWEEP_ON_REQUEST:,} objects also FAISS IVF-Flat, hnswlib and cross-polytope LSH) at their default "
+            "settings; the tuning page sweeps their settings. Times are per query, one query at a time (as the "
+            "Search page searches) or in a batch of all the validation queries, every index's (the exact scan's "
+            "too) measured in the same mode in this server's run. hnswlib does not count the objects it visits."
+        )
+    elif chosen == PER_CLASS:
+        # its radio reruns this fragment only: the page keeps its height and scroll position (a full rerun redrew
+        # the page above it and scrolled to the top)
+        setting = st.radio("Distractors", ["with", "without"], horizontal=True, key="compare-per-class")
+        st.plotly_chart(ui.comparison_per_class_figure(comparison.per_class, setting), width="stretch")
+    else:
+        st.plotly_chart(ui.comparison_figure(table, *bars[chosen]), width="stretch")
 
 
 @st.fragment
-def tradeoff(table: pd.DataFrame) -> None:
-    """Recall against the time per query in the chosen mode; a fragment: switching the mode redraws this chart only."""
-    x = st.radio(
-        "Time",
-        list(plots.TIME_MODES),
-        format_func=lambda column: f"per query, {plots.TIME_MODES[column]}",
-        horizontal=True,
-        key="compare-time-mode",
-    )
-    st.plotly_chart(ui.comparison_tradeoff_figure(table, x=x), width="stretch")
-
-
-@st.fragment
-def per_class(table: pd.DataFrame) -> None:
-    """Per-class mAP with or without the distractors; a fragment: the radio reruns this tab only, so the page keeps
-    its height and its scroll position (a full rerun redrew the page above it and scrolled to the top)."""
-    setting = st.radio("Distractors", ["with", "without"], horizontal=True, key="compare-per-class")
-    st.plotly_chart(ui.comparison_per_class_figure(table, setting), width="stretch")
-
-
 def show_hubness(choice: Choice) -> None:
+    """Hubness over the validation queries at once (no model needed); the out-of-domain photos' figures when kept on
+    disk, else on request (they load TensorFlow and the model: seconds on a fresh server, which the page's first
+    view does not wait for). A fragment: the toggle reruns this section only."""
     st.subheader("Hubness")
     st.caption(
         "How concentrated the exact scan's answers are: the share of all top-10 slots of the validation queries held "
@@ -195,6 +198,13 @@ def show_hubness(choice: Choice) -> None:
         "answers that are those hubs and the share of distinct answers. Blank or near-empty images make hubs."
     )
     hubness = ui.hubness_analyses(choice.feature_sets, choice.metric)
+    if not ui.photos_measured(hubness) and st.toggle(
+        "Out-of-domain photos",
+        key="compare-photos",
+        help="Embed the four sample photos with each feature set's model and measure their answers (loads the "
+        "model: a few seconds the first time; kept on disk afterwards)",
+    ):
+        hubness = ui.hubness_analyses(choice.feature_sets, choice.metric, photos=True)
     ui.table(
         hubness_summary_table(hubness),
         {
