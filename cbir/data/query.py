@@ -14,7 +14,9 @@ import functools
 import io
 import os
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -180,22 +182,40 @@ def tile(source: str | os.PathLike[str] | Image.Image, side: int = 256) -> Image
 def tile_jpeg(path: str, side: int = 256) -> bytes:
     """:func:`tile` of the file at ``path`` as JPEG bytes (:func:`cbir.data.images.jpeg_bytes`), kept per process
     (every session shows the same results) for as long as the file keeps its size and modification time."""
+    key = _tile_key(path, side)
+    with _tiles_lock:
+        kept = _tiles.get(key)
+        if kept is not None:
+            _tiles.move_to_end(key)
+            return kept
+    made = jpeg_bytes(tile(path, side))
+    with _tiles_lock:
+        made = _tiles.setdefault(key, made)  # a tile made twice at once: every caller gets the first one kept
+        while len(_tiles) > TILE_CACHE_SIZE:
+            _tiles.popitem(last=False)
+    return made
+
+
+_tiles: OrderedDict[tuple[str, int, int, int], bytes] = OrderedDict()  # kept tiles, least recently used first
+_tiles_lock = threading.Lock()
+
+
+def _tile_key(path: str, side: int) -> tuple[str, int, int, int]:
     try:
         stat = os.stat(path)
     except OSError:
-        return _tile_jpeg(path, -1, -1, side)  # the grey tile of a missing file
-    return _tile_jpeg(path, stat.st_mtime_ns, stat.st_size, side)
-
-
-@functools.lru_cache(maxsize=TILE_CACHE_SIZE)
-def _tile_jpeg(path: str, mtime_ns: int, size: int, side: int) -> bytes:
-    return jpeg_bytes(tile(path, side))
+        return (path, -1, -1, side)  # the grey tile of a missing file
+    return (path, stat.st_mtime_ns, stat.st_size, side)
 
 
 def tiles_jpeg(paths: Sequence[str], side: int = 256) -> list[bytes]:
-    """:func:`tile_jpeg` of each path, those not kept yet read in parallel threads (Pillow decodes and resizes without
-    the GIL): a query's ten results, read from disk, cost about one file's time per core."""
-    workers = min(len(paths), os.cpu_count() or 1)
+    """:func:`tile_jpeg` of each path, those not kept yet made in parallel threads (Pillow decodes and resizes without
+    the GIL): a query's ten results, read from disk, cost about one file's time per core; kept ones are returned at
+    once (no thread started)."""
+    keys = [_tile_key(path, side) for path in paths]
+    with _tiles_lock:
+        missing = sum(key not in _tiles for key in keys)
+    workers = min(missing, os.cpu_count() or 1)
     if workers <= 1:
         return [tile_jpeg(path, side) for path in paths]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbir-tiles") as pool:
