@@ -9,10 +9,13 @@ underscore marks an argument Streamlit must not hash.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -412,6 +415,39 @@ def page_header(title: str, caption: str) -> None:
     """The head of a page: its title and caption."""
     st.title(title)
     st.caption(caption)
+
+
+# Streamlit's browser code comes in chunks, each loaded the first time an element needs it: on the Search page the
+# first upload loaded the upload client (axios), and the first answer the image list, the metrics (with their number
+# formatting) and the widgets of "Change the collection" (checkbox, button): 50-150 ms of fetching and compiling on
+# two busy cores, inside the first answer (issue 21). Named here without their content hashes.
+SEARCH_CHUNKS = ("axios", "ImageList", "Metric", "Checkbox", "Button")
+PRELOAD_JS = """<script>
+(() => {
+  const entry = [...document.scripts].find((s) => s.type === "module" && /\\/static\\/js\\/index\\.[^/]*\\.js$/.test(s.src));
+  if (!entry) return;
+  const load = () => %s.forEach((file) => import(new URL(file, entry.src).href).catch(() => {}));
+  if (window.requestIdleCallback) window.requestIdleCallback(load, {timeout: 1000}); else setTimeout(load, 200);
+})();
+</script>"""
+
+
+@functools.cache
+def browser_chunks(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The file names of Streamlit's browser chunks called ``names`` (``axios`` → ``axios.b99skj9n.js``) in the
+    installed Streamlit; those it does not have are left out (another version may split its code otherwise)."""
+    folder = Path(st.__file__).parent / "static" / "static" / "js"
+    return tuple(sorted(path.name for name in names for path in folder.glob(f"{name}.*.js")))
+
+
+def preload_browser_chunks(names: tuple[str, ...]) -> None:
+    """Have the browser load Streamlit's chunks ``names`` (:func:`browser_chunks`) once the page is drawn and idle, so
+    that the first element needing one does not wait for it: an invisible ``st.html`` whose script imports them
+    (the same URLs as Streamlit's own imports, so each module is fetched and compiled once). The script is ours and
+    fixed (file names of the installed Streamlit), nothing a user sent."""
+    files = browser_chunks(names)
+    if files:
+        st.html(PRELOAD_JS % json.dumps(list(files)), unsafe_allow_javascript=True)
 
 
 def feature_set_choices() -> dict[str, str]:
