@@ -424,7 +424,7 @@ def page_header(title: str, caption: str) -> None:
 SEARCH_CHUNKS = ("axios", "ImageList", "Metric", "Checkbox", "Button")
 PRELOAD_JS = """<script>
 (() => {
-  const entry = [...document.scripts].find((s) => s.type === "module" && /\\/static\\/js\\/index\\.[^/]*\\.js$/.test(s.src));
+  const entry = [...document.scripts].find((s) => s.type === "module" && s.src.includes("/static/js/index."));
   if (!entry) return;
   const load = () => %s.forEach((file) => import(new URL(file, entry.src).href).catch(() => {}));
   if (window.requestIdleCallback) window.requestIdleCallback(load, {timeout: 1000}); else setTimeout(load, 200);
