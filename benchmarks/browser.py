@@ -38,6 +38,9 @@ PAGE_S = 120  # the first query of a server loads the model
 ERROR_SELECTORS = ('[data-testid="stException"]', '[data-testid="stAlertContentError"]')
 # Lines of the server log that mean an exception reached Streamlit (it logs uncaught script errors).
 SERVER_ERROR_PATTERN = re.compile(r"Traceback|Exception|Error:|Uncaught", re.IGNORECASE)
+# The pictures a page shows: Streamlit's images but those of the hidden container a page draws to have the browser's
+# code ready (cbir.app.ui.PRELOAD_KEY: a 1-pixel image, drawn but never seen)
+SHOWN_IMAGES = '[data-testid="stImage"] img:not(.st-key-cbir-preload *)'
 # Script states of the app root (``data-test-script-state``) in which a rerun is under way or about to start.
 RUNNING_STATES = frozenset({"initial", "running", "rerunRequested"})
 
@@ -348,7 +351,7 @@ const check = () => {
   if (times.shown === undefined && text.includes('Query: ' + name) && text.includes(marker)) times.shown = now;
   if (times.shown !== undefined && times.finished === undefined && state === 'notRunning') times.finished = now;
   if (times.finished === undefined) return;
-  const drawn = [...document.querySelectorAll('[data-testid="stMain"] img')];
+  const drawn = [...document.querySelectorAll('[data-testid="stMain"] img:not(.st-key-cbir-preload *)')];
   if (drawn.length >= images && drawn.every((img) => img.complete && img.naturalWidth > 0)) {
     times.done = now;
     observer.disconnect();
@@ -358,14 +361,21 @@ const check = () => {
 const observer = new MutationObserver(check);
 observer.observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
 document.addEventListener('load', check, true);
+const picked = (event) => {
+  if (event.target.type !== 'file') return;
+  times.picked = performance.now();
+  document.removeEventListener('change', picked, true);
+};
+document.addEventListener('change', picked, true);
 """
 
 
 def watch_answer(driver: Any, name: str, marker: str, images: int) -> Callable[[], dict[str, float] | None]:
     """Start timing, in the page, the answer to the upload of the file ``name`` that is about to be given; returns a
-    reader of the times (ms after the start, ``None`` until done): ``running`` (the script started), ``shown`` (the
-    page shows ``Query: name`` and ``marker``), ``finished`` (the script ended after that) and ``done`` (then all
-    of at least ``images`` images of the page loaded)."""
+    reader of the times (ms after the start, ``None`` until done): ``picked`` (the file input has the file: what
+    came before is WebDriver handing it over), ``running`` (the script started), ``shown`` (the page shows ``Query:
+    name`` and ``marker``), ``finished`` (the script ended after that) and ``done`` (then all of at least ``images``
+    images of the page loaded)."""
     driver.execute_script(ANSWER_JS, name, marker, images)
 
     def read() -> dict[str, float] | None:
@@ -402,7 +412,7 @@ def choose_radio(driver: Any, option: str, timeout: float = PAGE_S) -> bool:
 
 
 def result_images(driver: Any) -> int:
-    return len(elements(driver, '[data-testid="stImage"] img'))
+    return len(elements(driver, SHOWN_IMAGES))
 
 
 def query_time_ms(driver: Any) -> float | None:

@@ -71,7 +71,7 @@ def render() -> None:
         "collection are shown, with the time the query took and how many images the index compared.",
     )
     label, path, version = ui.chosen_feature_set()
-    ui.preload_browser_chunks(ui.SEARCH_CHUNKS)  # drawn with the page, not with each answer: outside the fragment
+    ui.preload_browser_code()  # drawn with the page, not with each answer: outside the fragment
     answer_page(label, path, version)
 
 
