@@ -41,7 +41,8 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # Pillow's decompression-bomb error names the pixel count: "Image size (900000000 pixels) exceeds limit of …"
 _BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
 MISSING_TILE_COLOR = "#d0d0d0"  # the tile of an image that cannot be read
-TILE_CACHE_SIZE = 4096  # JPEG tiles kept per process (~10 kB each)
+TILE_CACHE_SIZE = 8192  # JPEG tiles kept per process (~4 kB each at RESULT_TILE_SIDE; 10 kB at 256 px)
+RESULT_TILE_SIDE = 170  # px: the Search page's result tiles (five a row); the app's warm start makes them ahead
 
 
 @dataclass

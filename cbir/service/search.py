@@ -29,7 +29,7 @@ from PIL import Image
 from cbir.core import foreground
 from cbir.core.errors import CbirError, ConfigError
 from cbir.core.storage import ArtifactError
-from cbir.data.query import QueryImage, decode_query, tiles_jpeg
+from cbir.data.query import RESULT_TILE_SIDE, TILE_CACHE_SIZE, QueryImage, decode_query, tile_jpeg
 from cbir.features.query_model import ExtractorSpec, extractor_spec, make_extractor
 from cbir.features.saved_indexes import load_fresh
 from cbir.features.sources import FeatureSet, FeatureSetVersion, feature_source
@@ -348,19 +348,23 @@ class WarmStart:
     error: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     yielded: float = 0.0  # seconds waited between its steps for the pages' runs (in the background only)
+    tiles: int = 0  # result tiles made (the app's warm start: :func:`_warm_tiles`)
 
 
 def warm_start(
-    path: str | None = None, configs: Sequence[IndexConfig] = (), background: bool = True
+    path: str | None = None,
+    configs: Sequence[IndexConfig] = (),
+    background: bool = True,
+    tile_side: int | None = None,
 ) -> tuple[WarmStart, threading.Thread | None]:
     """Get a server ready for its first query: load the numba kernels (from numba's on-disk cache: ``cache=True``),
     batch and single-query twins alike; the feature set at ``path`` (default: the default collection's newest), its
     model (one inference traces the graph), its engine (:func:`shared_engine`), and answer one query with the scan,
     each of ``configs`` and each fresh saved index of the feature set (:mod:`cbir.features.saved_indexes`: loaded
-    from disk). In a daemon thread when ``background`` (the app and the API start it and go on), which waits between
-    its steps while a page's run is under way (:func:`cbir.core.foreground.yield_to_pages`: on two cores a page
-    opened as the server starts is not drawn behind TensorFlow's import); returns the report (``report.done`` is set
-    at the end) and the thread."""
+    from disk); with ``tile_side``, the result tile of every image (:func:`_warm_tiles`). In a daemon thread when
+    ``background`` (the app and the API start it and go on), which waits between its steps while a page's run is
+    under way (:func:`cbir.core.foreground.yield_to_pages`: on two cores a page opened as the server starts is not
+    drawn behind TensorFlow's import); returns the report (``report.done`` is set at the end) and the thread."""
     report = WarmStart(path=path)
 
     def pause() -> None:
@@ -370,7 +374,7 @@ def warm_start(
     def run() -> None:
         started = time.perf_counter()
         try:
-            _warm(report, list(configs), pause)
+            _warm(report, list(configs), tile_side, pause)
             # what is loaded now (TensorFlow, the model, the engine: millions of objects that live as long as the
             # server) is left out of every later collection: a full collection walked them all, 0.3-1 s each, and
             # a page's rerun allocates enough to run a few (measured: the Search page's upload waited 1-2 s for them)
@@ -399,15 +403,16 @@ _server_warm_lock = threading.Lock()
 def server_warm_start() -> WarmStart:
     """The process's one background :func:`warm_start` of the default feature set: started by the first caller
     (``python -m cbir app`` as the server starts, before Streamlit; else the app's first session) and returned to
-    every later one, so a server warms once however it was started."""
+    every later one, so a server warms once however it was started. It makes the Search page's result tiles
+    (:data:`cbir.data.query.RESULT_TILE_SIDE`) too."""
     global _server_warm
     with _server_warm_lock:
         if _server_warm is None:
-            _server_warm, _thread = warm_start()
+            _server_warm, _thread = warm_start(tile_side=RESULT_TILE_SIDE)  # the app's: its Search page's tiles
         return _server_warm
 
 
-def _warm(report: WarmStart, configs: list[IndexConfig], pause: Callable[[], None]) -> None:
+def _warm(report: WarmStart, configs: list[IndexConfig], tile_side: int | None, pause: Callable[[], None]) -> None:
     from cbir.features.saved_indexes import saved_infos, staleness
     from cbir.features.workspace import base_version, complete_feature_sets
     from cbir.indexes.warmup import warm_up
@@ -431,16 +436,32 @@ def _warm(report: WarmStart, configs: list[IndexConfig], pause: Callable[[], Non
     if spec is not None:  # an upload's whole path once: decode (PNG), content check, embed (traces the graph)
         engine.query(_warm_query_png())
         pause()
-    tiles_jpeg(engine.catalog["path"].head(WARM_TILES).tolist())  # a result tile's path: JPEG decode and encode
-    pause()
     version = engine._saved_version
     fresh = [IndexConfig(**info["config"]) for _, info in saved_infos(path) if staleness(info, version) is None]
     for config in dict.fromkeys([IndexConfig(), *configs, *fresh]):
         engine.query_vector(engine.feature_set.features[0], config)
         report.configs.append(config.label)
+    if tile_side is not None:
+        report.tiles = _warm_tiles(engine.catalog["path"].tolist(), tile_side, pause)
 
 
-WARM_TILES = 2  # result tiles the warm start makes: the first of a process paid ~10 ms more for Pillow's JPEG codecs
+WARM_TILES = 2  # tiles made of a collection too large to keep all its tiles: Pillow's JPEG codecs' first use
+WARM_TILE_BATCH = 256  # tiles made between two looks whether a page is running (~0.5 s on a busy core)
+
+
+def _warm_tiles(paths: list[str], side: int, pause: Callable[[], None]) -> int:
+    """Make the ``side``-px result tile of each of ``paths`` (:func:`cbir.data.query.tile_jpeg`, kept per process),
+    so that no answer waits for its tiles: the first answer of a fresh app read and encoded its ten tiles, 20-170 ms
+    on two busy cores (issue 21). The default collection's 5,418 tiles take ~1.5-2 ms each on one core and ~20 MB;
+    a collection larger than the tile cache (:data:`cbir.data.query.TILE_CACHE_SIZE`) only warms the codecs. In
+    batches, :func:`pause` between them. Returns the number of tiles made."""
+    if len(paths) > TILE_CACHE_SIZE:
+        paths = paths[:WARM_TILES]
+    for start in range(0, len(paths), WARM_TILE_BATCH):
+        for path in paths[start : start + WARM_TILE_BATCH]:
+            tile_jpeg(path, side)
+        pause()
+    return len(paths)
 
 
 def _warm_query_png() -> bytes:

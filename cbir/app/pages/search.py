@@ -16,9 +16,10 @@ from streamlit.navigation.page import StreamlitPage
 
 from cbir.app import formats, ui
 from cbir.core.errors import CbirError
+from cbir.core.foreground import page_run
 from cbir.core.names import METRIC_LABELS, METRICS
-from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, jpeg_bytes, thumbnail
-from cbir.data.query import MAX_UPLOAD_BYTES, decode_query, tile_jpeg, tiles_jpeg
+from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, jpeg_bytes, jpeg_data_url, thumbnail
+from cbir.data.query import MAX_UPLOAD_BYTES, RESULT_TILE_SIDE, decode_query, tile_jpeg, tiles_jpeg
 from cbir.data.samples import SAMPLE_PHOTOS, sample_photo_png
 from cbir.evaluation.evaluate import SINGLE_QUERY_SAMPLE
 from cbir.evaluation.tuning import fastest_config, width_range
@@ -33,7 +34,7 @@ SOURCES = (UPLOAD, CAMERA, COLLECTION, EXAMPLE)
 SCAN, LSH, HNSW, FASTEST = "Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall"
 INDEX_CHOICES = (SCAN, LSH, HNSW, FASTEST)
 TABLE_WIDTH = 880  # px: the results table in its popover, every column in view
-RESULT_WIDTH = 170  # px: five results a row beside the sidebar in a 1400-px window (930 px of page)
+RESULT_WIDTH = RESULT_TILE_SIDE  # px: five results a row beside the sidebar in a 1400-px window (930 px of page)
 NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
 PICK_LIST_LIMIT = 20_000  # larger collections are picked from by row number, not from a list of names
 
@@ -59,7 +60,7 @@ class Answer:
     """The answer to a :class:`Query` and how the query is shown beside it."""
 
     result: QueryAnswer
-    picture: bytes  # the query's thumbnail (JPEG: sent as it is, not encoded again by Streamlit at every run)
+    picture: str  # the query's thumbnail: a JPEG as a data URL (sent inside the message, not encoded again)
     caption: str
     time_help: str
 
@@ -78,7 +79,15 @@ def render() -> None:
 @st.fragment
 def answer_page(label: str, path: str, version: int) -> None:
     """Everything below the header: a fragment, so that a new query (an upload, a pick, a slider) reruns and redraws
-    only this part, not app.py's sidebar and navigation (a change there, or ``st.rerun()``, reruns the whole app)."""
+    only this part, not app.py's sidebar and navigation (a change there, or ``st.rerun()``, reruns the whole app).
+    Its run is a page's run for the server's background work (it waits: :func:`cbir.core.foreground.page_run`), as
+    app.py's runs are."""
+    with page_run():
+        answer_body(label, path, version)
+
+
+def answer_body(label: str, path: str, version: int) -> None:
+    """:func:`answer_page`'s content: the engine, the index and the query, the answer."""
     engine, sources = open_engine(path)
     query_col, index_col = st.columns([3, 2], gap="large")
     with index_col:
@@ -284,7 +293,7 @@ def search(engine: SearchEngine, query: Query, index_config: IndexConfig) -> Ans
         result = ui.without_query(result, query.picked_row, DEFAULT_K)
     return Answer(
         result,
-        tile_jpeg(str(engine.catalog["path"].iloc[query.row])),
+        jpeg_data_url(tile_jpeg(str(engine.catalog["path"].iloc[query.row]))),
         f"Query: {formats.file_first(query.name)} (by its stored features; left out of its own results)",
         "One query, by the image's stored features: the search only (no model)",
     )
@@ -314,7 +323,7 @@ def search_image(engine: SearchEngine, query: Query, image: bytes, index_config:
         f"One query: computing its features {formats.duration(result.embed_seconds)} (the model's first query also "
         f"loads it) + the search {formats.duration(result.search_seconds)}"
     )
-    return Answer(result, jpeg_bytes(thumbnail(decoded.image, 512)), caption, time_help)
+    return Answer(result, jpeg_data_url(jpeg_bytes(thumbnail(decoded.image, 512))), caption, time_help)
 
 
 def show_answer(engine: SearchEngine, answer: Answer, label: str) -> None:
@@ -367,12 +376,12 @@ def show_results(result: QueryAnswer) -> None:
     score_name = result.score_name
     rows = list(result.results.itertuples())
     # one image element for the ten results (small JPEGs, read in parallel, kept per file): the browser draws one
-    # element, not ten bordered columns of three; made at the width shown and marked JPEG, so Streamlit sends the
-    # bytes as they are (a wider tile was resized and encoded again on every run: ~100 ms of the first answer)
+    # element, not ten bordered columns of three; made at the width shown and sent inside the message as data URLs
+    # (Streamlit resized and encoded again a wider tile on every run, ~100 ms of the first answer, and the browser
+    # then fetched each one)
     st.image(
-        tiles_jpeg([row.path for row in rows], side=RESULT_WIDTH),
+        [jpeg_data_url(tile) for tile in tiles_jpeg([row.path for row in rows], side=RESULT_TILE_SIDE)],
         width=RESULT_WIDTH,
-        output_format="JPEG",
         caption=[
             f"#{row.rank} · {row.label} · {score_name} {row.score:.3f} · {formats.file_first(row.relpath)}"
             for row in rows
