@@ -526,10 +526,32 @@ def click_button(driver: Any, text: str) -> None:
     click_text(driver, '[data-testid="stButton"] button', text)
 
 
+def show_change_controls(driver: Any) -> None:
+    """On the Search page, after an answer: turn on the toggle under "Change the collection" that shows the controls
+    to add the query or remove a result (it stays on for the next answers), and wait for them."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def toggle() -> Any:
+        try:
+            toggles = elements(driver, '[data-testid="stCheckbox"]')
+            return next((t for t in toggles if "remove a result" in str(t.text).lower()), None)
+        except StaleElementReferenceException:
+            return None
+
+    wait_for(toggle, PAGE_S, "the toggle to change the collection")
+    if not redrawn_again(lambda: toggle().find_elements("css selector", "input")[0].is_selected()):
+        wait_until_idle(driver, PAGE_S, "the answer before the toggle")
+        redrawn_again(lambda: toggle().find_element("css selector", "label").click())
+    wait_for(lambda: "Remove a result from the collection" in body_text(driver), PAGE_S, "the controls")
+    wait_until_idle(driver, PAGE_S, "the controls")
+
+
 def add_to_collection(driver: Any, option: str = "Unlabelled", anyway: bool = False) -> str:
-    """On the Search page, after a query from an upload: choose the class ``option`` (the first option containing
-    that text) under "Add … to the collection", tick "add it even if it copies" when ``anyway``, click the button and
-    wait; the success or error text (shown in the status line, outside any expander)."""
+    """On the Search page, after a query from an upload: show the controls (:func:`show_change_controls`), choose the
+    class ``option`` (the first option containing that text) under "Add … to the collection", tick "add it even if it
+    copies" when ``anyway``, click the button and wait; the success or error text (shown in the status line, outside
+    any expander)."""
+    show_change_controls(driver)
     choose_option(driver, "Class", option)
     if anyway:
         click_text(driver, '[data-testid="stCheckbox"] label', "even if it copies")

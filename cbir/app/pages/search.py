@@ -37,6 +37,7 @@ TABLE_WIDTH = 880  # px: the results table in its popover, every column in view
 RESULT_WIDTH = RESULT_TILE_SIDE  # px: five results a row beside the sidebar in a 1400-px window (930 px of page)
 NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
 PICK_LIST_LIMIT = 20_000  # larger collections are picked from by row number, not from a list of names
+CHANGE_KEY = "search-change"  # the toggle that shows the controls to change the collection
 
 
 def page() -> StreamlitPage:
@@ -402,14 +403,23 @@ def show_results(result: QueryAnswer) -> None:
 
 
 def change_collection(engine: SearchEngine, query: Query, result: QueryAnswer, path: str) -> None:
-    """Add the query (an upload or a camera photo) to the collection; remove one of the results."""
+    """Add the query (an upload or a camera photo) to the collection; remove one of the results. The controls are
+    drawn once asked for (a toggle that stays on for the next answers): the browser took ~150 ms of script on two busy
+    cores to draw their selectboxes, checkbox and buttons with every answer, half of a first answer's (issue 21)."""
     st.subheader("Change the collection")
     reason = growth.cannot_grow(path)
     if reason:
         st.caption(reason)
         st.stop()
+    can_add = query.source in (UPLOAD, CAMERA)  # an upload or a camera photo can join the collection
+    if not st.toggle(
+        "Add this image or remove a result" if can_add else "Remove a result",
+        key=CHANGE_KEY,
+        help="Shows the controls to change the collection, for this answer and the next ones",
+    ):
+        return
     add_col, remove_col = st.columns(2, gap="large")
-    if query.source in (UPLOAD, CAMERA):  # an upload or a camera photo can join the collection
+    if can_add:
         with add_col:
             add_query(engine, query)
     with remove_col:
