@@ -14,22 +14,25 @@ running meanwhile finishes on the state it started with.
 from __future__ import annotations
 
 import gc
+import hashlib
 import io
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cbir.core import config as cbir_config
 from cbir.core import foreground
 from cbir.core.errors import CbirError, ConfigError
 from cbir.core.storage import ArtifactError
-from cbir.data.query import RESULT_TILE_SIDE, TILE_CACHE_SIZE, QueryImage, decode_query, tile_jpeg
+from cbir.data.query import RESULT_TILE_SIDE, TILE_CACHE_SIZE, QueryImage, decode_query, keep_tiles, tiles_jpeg
 from cbir.features.query_model import ExtractorSpec, extractor_spec, make_extractor
 from cbir.features.saved_indexes import load_fresh
 from cbir.features.sources import FeatureSet, FeatureSetVersion, feature_source
@@ -348,7 +351,7 @@ class WarmStart:
     error: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     yielded: float = 0.0  # seconds waited between its steps for the pages' runs (in the background only)
-    tiles: int = 0  # result tiles made (the app's warm start: :func:`_warm_tiles`)
+    tiles: int = 0  # result tiles made, not read back from disk (the app's warm start: :func:`_warm_tiles`)
 
 
 def warm_start(
@@ -442,26 +445,23 @@ def _warm(report: WarmStart, configs: list[IndexConfig], tile_side: int | None, 
         engine.query_vector(engine.feature_set.features[0], config)
         report.configs.append(config.label)
     if tile_side is not None:
-        report.tiles = _warm_tiles(engine.catalog["path"].tolist(), tile_side, pause)
+        report.tiles = _warm_tiles(path, engine.catalog["path"].tolist(), tile_side, pause)
 
 
 WARM_TILES = 2  # tiles made of a collection too large to keep all its tiles: Pillow's JPEG codecs' first use
-WARM_TILE_BATCH = 256  # tiles made between two looks whether a page is running (~0.5 s on a busy core)
 
 
-def _warm_tiles(paths: list[str], side: int, pause: Callable[[], None]) -> int:
-    """Make the ``side``-px result tile of each of ``paths`` (:func:`cbir.data.query.tile_jpeg`, kept per process),
-    so that no answer waits for its tiles: the first answer of a fresh app read and encoded its ten tiles, 20-170 ms
-    on two busy cores (issue 21). The default collection's 5,418 tiles take ~1.5-2 ms each on one core and ~20 MB;
-    a collection larger than the tile cache (:data:`cbir.data.query.TILE_CACHE_SIZE`) only warms the codecs. In
-    batches, :func:`pause` between them. Returns the number of tiles made."""
+def _warm_tiles(path: str, paths: list[str], side: int, pause: Callable[[], None]) -> int:
+    """The ``side``-px result tile of each of ``paths`` (the images of the feature set at ``path``) in the process'
+    tile cache, kept on disk under ``artifacts/cache/tiles/`` (:func:`cbir.data.query.keep_tiles`), so that no
+    answer waits for its tiles: the first answer of a fresh app read and encoded its ten tiles, 20-170 ms on two busy
+    cores (issue 21). A collection larger than the tile cache (:data:`cbir.data.query.TILE_CACHE_SIZE`) only warms
+    the codecs. Returns the number of tiles made (0: all read back)."""
     if len(paths) > TILE_CACHE_SIZE:
-        paths = paths[:WARM_TILES]
-    for start in range(0, len(paths), WARM_TILE_BATCH):
-        for path in paths[start : start + WARM_TILE_BATCH]:
-            tile_jpeg(path, side)
-        pause()
-    return len(paths)
+        tiles_jpeg(paths[:WARM_TILES], side)
+        return WARM_TILES
+    key = hashlib.sha1(f"{Path(path).resolve()}|{side}".encode()).hexdigest()[:20]
+    return keep_tiles(paths, side, cbir_config.artifacts_dir() / "cache" / "tiles" / f"{key}.joblib", pause)
 
 
 def _warm_query_png() -> bytes:
