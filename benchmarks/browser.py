@@ -534,7 +534,7 @@ def show_change_controls(driver: Any) -> None:
     def toggle() -> Any:
         try:
             toggles = elements(driver, '[data-testid="stCheckbox"]')
-            return next((t for t in toggles if "remove a result" in str(t.text).lower()), None)
+            return next((t for t in toggles if "Add or remove images" in str(t.text)), None)
         except StaleElementReferenceException:
             return None
 

@@ -413,9 +413,10 @@ def change_collection(engine: SearchEngine, query: Query, result: QueryAnswer, p
         st.stop()
     can_add = query.source in (UPLOAD, CAMERA)  # an upload or a camera photo can join the collection
     if not st.toggle(
-        "Add this image or remove a result" if can_add else "Remove a result",
+        "Add or remove images",
         key=CHANGE_KEY,
-        help="Shows the controls to change the collection, for this answer and the next ones",
+        help="Shows the controls to add the query (an upload or a camera photo) to the collection or remove one of "
+        "its results, for this answer and the next ones",
     ):
         return
     add_col, remove_col = st.columns(2, gap="large")
