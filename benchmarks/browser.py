@@ -38,8 +38,7 @@ PAGE_S = 120  # the first query of a server loads the model
 ERROR_SELECTORS = ('[data-testid="stException"]', '[data-testid="stAlertContentError"]')
 # Lines of the server log that mean an exception reached Streamlit (it logs uncaught script errors).
 SERVER_ERROR_PATTERN = re.compile(r"Traceback|Exception|Error:|Uncaught", re.IGNORECASE)
-# The pictures a page shows: Streamlit's images but those of the hidden container a page draws to have the browser's
-# code ready (cbir.app.ui.PRELOAD_KEY: a 1-pixel image, drawn but never seen)
+# The pictures a page shows: not the 1-px one of its hidden container (cbir.app.ui.PRELOAD_KEY)
 SHOWN_IMAGES = '[data-testid="stImage"] img:not(.st-key-cbir-preload *)'
 # Script states of the app root (``data-test-script-state``) in which a rerun is under way or about to start.
 RUNNING_STATES = frozenset({"initial", "running", "rerunRequested"})
@@ -361,12 +360,8 @@ const check = () => {
 const observer = new MutationObserver(check);
 observer.observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
 document.addEventListener('load', check, true);
-const picked = (event) => {
-  if (event.target.type !== 'file') return;
-  times.picked = performance.now();
-  document.removeEventListener('change', picked, true);
-};
-document.addEventListener('change', picked, true);
+document.addEventListener('change', (event) => {
+  if (event.target.type === 'file' && times.picked === undefined) times.picked = performance.now(); }, true);
 """
 
 
@@ -529,19 +524,9 @@ def click_button(driver: Any, text: str) -> None:
 def show_change_controls(driver: Any) -> None:
     """On the Search page, after an answer: turn on the toggle under "Change the collection" that shows the controls
     to add the query or remove a result (it stays on for the next answers), and wait for them."""
-    from selenium.common.exceptions import StaleElementReferenceException
-
-    def toggle() -> Any:
-        try:
-            toggles = elements(driver, '[data-testid="stCheckbox"]')
-            return next((t for t in toggles if "Add or remove images" in str(t.text)), None)
-        except StaleElementReferenceException:
-            return None
-
-    wait_for(toggle, PAGE_S, "the toggle to change the collection")
-    if not redrawn_again(lambda: toggle().find_elements("css selector", "input")[0].is_selected()):
+    if "Remove a result from the collection" not in body_text(driver):
         wait_until_idle(driver, PAGE_S, "the answer before the toggle")
-        redrawn_again(lambda: toggle().find_element("css selector", "label").click())
+        click_text(driver, '[data-testid="stCheckbox"] label', "Add or remove images")
     wait_for(lambda: "Remove a result from the collection" in body_text(driver), PAGE_S, "the controls")
     wait_until_idle(driver, PAGE_S, "the controls")
 
