@@ -39,6 +39,8 @@ PAGE_S = 120  # the first query of a server loads the model
 ERROR_SELECTORS = ('[data-testid="stException"]', '[data-testid="stAlertContentError"]')
 # Lines of the server log that mean an exception reached Streamlit (it logs uncaught script errors).
 SERVER_ERROR_PATTERN = re.compile(r"Traceback|Exception|Error:|Uncaught", re.IGNORECASE)
+# The pictures a page shows: not the 1-px one of its hidden container (cbir.app.ui.PRELOAD_KEY)
+SHOWN_IMAGES = '[data-testid="stImage"] img:not(.st-key-cbir-preload *)'
 # Script states of the app root (``data-test-script-state``) in which a rerun is under way or about to start.
 RUNNING_STATES = frozenset({"initial", "running", "rerunRequested"})
 
@@ -351,7 +353,7 @@ const check = () => {
   if (times.shown === undefined && text.includes('Query: ' + name) && text.includes(marker)) times.shown = now;
   if (times.shown !== undefined && times.finished === undefined && state === 'notRunning') times.finished = now;
   if (times.finished === undefined) return;
-  const drawn = [...document.querySelectorAll('[data-testid="stMain"] img')];
+  const drawn = [...document.querySelectorAll('[data-testid="stMain"] img:not(.st-key-cbir-preload *)')];
   if (drawn.length >= images && drawn.every((img) => img.complete && img.naturalWidth > 0)) {
     times.done = now;
     observer.disconnect();
@@ -361,14 +363,17 @@ const check = () => {
 const observer = new MutationObserver(check);
 observer.observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
 document.addEventListener('load', check, true);
+document.addEventListener('change', (event) => {
+  if (event.target.type === 'file' && times.picked === undefined) times.picked = performance.now(); }, true);
 """
 
 
 def watch_answer(driver: Any, name: str, marker: str, images: int) -> Callable[[], dict[str, float] | None]:
     """Start timing, in the page, the answer to the upload of the file ``name`` that is about to be given; returns a
-    reader of the times (ms after the start, ``None`` until done): ``running`` (the script started), ``shown`` (the
-    page shows ``Query: name`` and ``marker``), ``finished`` (the script ended after that) and ``done`` (then all
-    of at least ``images`` images of the page loaded)."""
+    reader of the times (ms after the start, ``None`` until done): ``picked`` (the file input has the file: what
+    came before is WebDriver handing it over), ``running`` (the script started), ``shown`` (the page shows ``Query:
+    name`` and ``marker``), ``finished`` (the script ended after that) and ``done`` (then all of at least ``images``
+    images of the page loaded)."""
     driver.execute_script(ANSWER_JS, name, marker, images)
 
     def read() -> dict[str, float] | None:
@@ -405,7 +410,7 @@ def choose_radio(driver: Any, option: str, timeout: float = PAGE_S) -> bool:
 
 
 def result_images(driver: Any) -> int:
-    return len(elements(driver, '[data-testid="stImage"] img'))
+    return len(elements(driver, SHOWN_IMAGES))
 
 
 def query_time_ms(driver: Any) -> float | None:
@@ -519,10 +524,22 @@ def click_button(driver: Any, text: str) -> None:
     click_text(driver, '[data-testid="stButton"] button', text)
 
 
+def show_change_controls(driver: Any) -> None:
+    """On the Search page, after an answer: turn on the toggle under "Change the collection" that shows the controls
+    to add the query or remove a result (it stays on for the next answers), and wait for them."""
+    if "Remove a result from the collection" not in body_text(driver):
+        wait_until_idle(driver, PAGE_S, "the answer before the toggle")
+        click_text(driver, '[data-testid="stCheckbox"] label', "Add or remove images")
+    wait_for(lambda: "Remove a result from the collection" in body_text(driver), PAGE_S, "the controls")
+    wait_until_idle(driver, PAGE_S, "the controls")
+
+
 def add_to_collection(driver: Any, option: str = "Unlabelled", anyway: bool = False) -> str:
-    """On the Search page, after a query from an upload: choose the class ``option`` (the first option containing
-    that text) under "Add … to the collection", tick "add it even if it copies" when ``anyway``, click the button and
-    wait; the success or error text (shown in the status line, outside any expander)."""
+    """On the Search page, after a query from an upload: show the controls (:func:`show_change_controls`), choose the
+    class ``option`` (the first option containing that text) under "Add … to the collection", tick "add it even if it
+    copies" when ``anyway``, click the button and wait; the success or error text (shown in the status line, outside
+    any expander)."""
+    show_change_controls(driver)
     choose_option(driver, "Class", option)
     if anyway:
         click_text(driver, '[data-testid="stCheckbox"] label', "even if it copies")

@@ -19,8 +19,8 @@ Goal (issue 21): the first query ≤ 300 ms end to end, its search part ≤ 20 m
 server says it is ready:
 
 * ``app``: ``python -m cbir app`` (the warm start begins as the server starts); ready when its log says
-  ``cbir: warm start done``; then a headless Chromium opens the Search page (the server's first session) and uploads
-  the photo;
+  ``cbir: warm start done``; then a headless Chromium opens the Search page (the server's first session), waits
+  until its run has ended and ``--think`` seconds more (default 2: a person choosing the file), and uploads the photo;
 * ``streamlit``: ``streamlit run app.py`` (the warm start begins with the first session); ready when
   ``/_stcore/health`` answers; then the same browser steps at once;
 * ``api``: ``python -m cbir serve``; ready when ``/health`` answers (it warms before it answers); then
@@ -31,8 +31,9 @@ Search page's "Query time" metric, the API's ``timings_ms.total``: decode, embed
 and as the client saw it (browser: from giving the file to the uploader until the ten results and their caption are
 drawn and all eleven pictures loaded, timed by the page itself (:func:`benchmarks.browser.watch_answer`); API: the
 HTTP request, upload and JSON included), then the second query the same way. The browser's time is split into
-``running`` (the server started the script run: the upload and the rerun request), ``shown`` (the answer is drawn)
-and ``finished`` (the run ended); the second query of a page also pays a run for the first file's removal (the
+``picked`` (the file input has the file: before it, WebDriver handing it over), ``running`` (the server started the
+script run: the upload and the rerun request), ``shown`` (the answer is drawn) and ``finished`` (the run ended); the
+second query of a page also pays a run for the first file's removal (the
 uploader holds one file).
 """
 
@@ -116,7 +117,7 @@ STREAMLIT_FLAGS = [
 ]
 
 
-def server_first_queries(server: str, photo: str, query: bytes, work: Path) -> dict:
+def server_first_queries(server: str, photo: str, query: bytes, work: Path, think: float) -> dict:
     """A fresh ``server`` (a key of :data:`SERVERS`): seconds until ready, then its first and second query."""
     from benchmarks.browser import LOOPBACK, free_port, running_server
 
@@ -143,7 +144,7 @@ def server_first_queries(server: str, photo: str, query: bytes, work: Path) -> d
             row.update(api_queries(running.url, photo, query))
         else:
             (work / photo).with_suffix(".png").write_bytes(query)
-            row.update(page_queries(running.url, (work / photo).with_suffix(".png"), work))
+            row.update(page_queries(running.url, (work / photo).with_suffix(".png"), work, think))
     return row
 
 
@@ -163,9 +164,10 @@ def api_queries(url: str, photo: str, query: bytes) -> dict:
     return row
 
 
-def page_queries(url: str, photo: Path, work: Path) -> dict:
-    """In a headless Chromium: open the Search page, upload ``photo``, wait for its ten results; twice (the second
-    time under another name, so that the page answers it again)."""
+def page_queries(url: str, photo: Path, work: Path, think: float) -> dict:
+    """In a headless Chromium: open the Search page, wait until its run ended and ``think`` seconds more (a person
+    choosing a file), upload ``photo``, wait for its ten results; twice (the second time under another name, so that
+    the page answers it again)."""
     from benchmarks.browser import (
         PAGE_S,
         chromium,
@@ -175,6 +177,7 @@ def page_queries(url: str, photo: Path, work: Path) -> dict:
         query_time_ms,
         upload,
         wait_for,
+        wait_until_idle,
         watch_answer,
     )
     from cbir.app.formats import parse_duration
@@ -185,6 +188,8 @@ def page_queries(url: str, photo: Path, work: Path) -> dict:
         began = time.perf_counter()
         open_page(driver, f"{url}/Search", "input[type=file]")
         row["page_open_s"] = time.perf_counter() - began
+        wait_until_idle(driver, PAGE_S, "the Search page's first run")
+        time.sleep(think)  # a person choosing the file
         for which, path in (("first", photo), ("second", photo.with_name(f"again-{photo.name}"))):
             path.write_bytes(photo.read_bytes())
             read = watch_answer(driver, path.name, "Most similar images", RESULT_IMAGES)
@@ -201,7 +206,7 @@ def page_queries(url: str, photo: Path, work: Path) -> dict:
                 raise RuntimeError(f"the page shows an error: {errors}")
             assert times is not None
             row[f"{which}_client_ms"] = times["done"]
-            for stage in ("running", "shown", "finished"):
+            for stage in ("picked", "running", "shown", "finished"):
                 row[f"{which}_{stage}_ms"] = times.get(stage)
             wait_for(lambda: query_time_ms(driver) is not None, 10, "the page's Query time", interval=0.1)
             row[f"{which}_server_ms"] = query_time_ms(driver)
@@ -224,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers", nargs="+", choices=SERVERS, help="time the first query of fresh servers instead (see above)"
     )
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=2.0,
+        help="with --servers: seconds between the Search page's first run ending and the upload (a person choosing "
+        "a file; the page loads the browser code its answer needs meanwhile)",
+    )
     args = parser.parse_args(argv)
     from cbir.data.samples import SAMPLE_PHOTOS, sample_photo_png
 
@@ -233,8 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.servers:
         with tempfile.TemporaryDirectory(prefix="cbir-warm-") as work:
-            rows = [server_first_queries(server, photo, sample_photo_png(photo), Path(work)) for server in args.servers]
-        print(f"query: the sample photo {photo!r} uploaded as PNG; goal: first query <= 300 ms end to end")
+            rows = [
+                server_first_queries(server, photo, sample_photo_png(photo), Path(work), args.think)
+                for server in args.servers
+            ]
+        print(
+            f"query: the sample photo {photo!r} uploaded as PNG, {args.think:g} s after the page's run ended; goal: "
+            "first query <= 300 ms end to end"
+        )
         print(pd.DataFrame(rows).round(1).to_string(index=False, na_rep=""))
         print(machine_line())
         return 0

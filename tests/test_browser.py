@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import require
 
-from benchmarks.browser import PAGE_S, Server, wait_for
+from benchmarks.browser import PAGE_S, SHOWN_IMAGES, Server, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ def test_upload_on_the_search_page_shows_ten_results(
     driver.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(query))
 
     def result_images() -> int:
-        return len(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stImage"] img'))
+        return len(driver.find_elements(By.CSS_SELECTOR, SHOWN_IMAGES))
 
     shot = tmp_path / "search.png"
     try:

@@ -372,6 +372,8 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
     first = session()
     first.file_uploader(key="search-upload").set_value((image.name, image.read_bytes(), "image/jpeg")).run()
     assert relpath not in first.dataframe[-1].value["Path"].tolist()
+    assert "search-add-class" not in [box.key for box in first.selectbox]  # the controls come when asked for
+    first.toggle(key="search-change").set_value(True).run()  # the controls to change the collection
     first.selectbox(key="search-add-class").set_value("New class…").run()
     first.text_input(key="search-add-new").set_value(image.parent.name).run()
     first.button(key="search-add").click().run()

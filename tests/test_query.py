@@ -12,7 +12,7 @@ from builders import bad_uploads, gradient, unusual_uploads
 from PIL import Image
 
 from cbir.data.images import ImageDecodeError
-from cbir.data.query import MISSING_TILE_COLOR, decode_query, tile, tiles_jpeg
+from cbir.data.query import MISSING_TILE_COLOR, decode_query, keep_tiles, tile, tiles_jpeg
 
 
 @pytest.mark.parametrize("name", list(bad_uploads()))
@@ -72,3 +72,26 @@ def test_result_tiles_are_small_jpegs_kept_per_file_until_it_changes(tmp_path: P
     os.utime(wide, ns=(1, 1))  # another modification time
     changed = tiles_jpeg(paths, side=128)
     assert changed[0] != first[0] and changed[1] is first[1]  # the changed file is read again
+
+
+def test_tiles_are_kept_on_disk_and_read_back_while_their_files_keep_their_size_and_time(tmp_path: Path) -> None:
+    from cbir.data import query
+
+    images = []
+    for n, size in enumerate([(300, 100), (50, 200), (64, 64)]):
+        images.append(tmp_path / f"image{n}.png")
+        gradient(size).save(images[-1])
+    paths, kept = [str(path) for path in images], tmp_path / "cache" / "tiles.joblib"
+    pauses: list[int] = []
+    assert keep_tiles(paths, 96, kept, pause=lambda: pauses.append(1)) == 3 and kept.is_file() and pauses
+    made = tiles_jpeg(paths, side=96)
+    query._tiles.clear()  # a new server: an empty tile cache
+    assert keep_tiles(paths, 96, kept) == 0  # all read back, none made
+    assert tiles_jpeg(paths, side=96) == made
+    gradient((100, 100)).save(images[0])
+    os.utime(images[0], ns=(1, 1))  # changed since: made again, the others read back
+    query._tiles.clear()
+    assert keep_tiles(paths, 96, kept) == 1 and keep_tiles(paths, 96, kept) == 0
+    kept.write_bytes(b"not a joblib file")  # unreadable: every tile made again, the file written anew
+    query._tiles.clear()
+    assert keep_tiles(paths, 96, kept) == 3 and keep_tiles(paths, 96, kept) == 0

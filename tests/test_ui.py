@@ -141,3 +141,39 @@ def test_keras_session_survives_the_script_runs() -> None:
         assert kept[1] == kept[2]
     finally:
         script_runner._clean_problem_modules = original
+
+
+def _preload_script() -> None:
+    import streamlit as st
+
+    from cbir.app import ui
+
+    ui.preload_browser_code()
+    st.write("the page")
+
+
+def test_the_browser_code_of_a_first_answer_is_drawn_hidden_with_the_page() -> None:
+    """The Search page draws one image, metric, checkbox and button out of sight as it opens (React then has their
+    code when the first answer comes: no 500-ms reveal pause), and imports the upload's chunk by its real name."""
+    from pathlib import Path
+
+    import streamlit as st
+
+    from benchmarks.browser import SHOWN_IMAGES
+    from cbir.app import ui
+
+    at = AppTest.from_function(_preload_script).run()
+    assert not at.exception, [e.value for e in at.exception]
+    hidden = next(block for block in at.main.children.values() if block.proto.id.endswith(f"-{ui.PRELOAD_KEY}"))
+    kinds = [child.type for child in hidden.children.values()]
+    assert kinds == ["image", "metric", "checkbox", "button", "html"]
+    assert at.checkbox[0].disabled and at.button[0].disabled  # widgets no one can use
+    script = hidden.children[4].proto.body
+    chunks = ui.browser_chunks(ui.UPLOAD_CHUNKS)
+    folder = Path(st.__file__).parent / "static" / "static" / "js"
+    assert len(chunks) == 1 and chunks[0].startswith("axios.") and (folder / chunks[0]).is_file()
+    assert chunks[0] in script and hidden.children[4].proto.unsafe_allow_javascript
+    assert ui.browser_chunks(("no-such-chunk",)) == ()
+    assert f".st-key-{ui.PRELOAD_KEY} {{display: none;}}" in ui.PRELOAD_STYLE
+    assert f".st-key-{ui.PRELOAD_KEY} *" in SHOWN_IMAGES  # the browser tests do not count its pixel
+    assert at.markdown[-1].value == "the page"

@@ -9,10 +9,13 @@ underscore marks an argument Streamlit must not hash.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -431,6 +434,52 @@ def page_header(title: str, caption: str) -> None:
     """The head of a page: its title and caption."""
     st.title(title)
     st.caption(caption)
+
+
+# Streamlit's browser code comes in chunks, each loaded the first time an element needs it, and React draws a new
+# kind of element only after a pause: the first element of a kind (an image, a metric, a checkbox, a button) suspends
+# its part of the page until its chunk is loaded, and React 18 reveals suspended content at most every 500 ms after a
+# fallback. On the Search page the first answer was the first to draw an image, metrics and buttons, so it was held
+# back 300-500 ms in the browser (issue 21). So the page draws one element of each of those kinds, hidden, as it
+# opens (:func:`preload_browser_code`), and imports the upload client (``axios``, no element: loaded by the first
+# upload) once the page is idle.
+PRELOAD_KEY = "cbir-preload"  # the hidden container's key: its elements are not the page's (browser tests skip them)
+PRELOAD_STYLE = f"<style>.st-key-{PRELOAD_KEY} {{display: none;}}</style>"
+PIXEL = "data:image/gif;base64,R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=="  # 1×1, no media file
+PRELOAD_JS = """<script>
+(() => {
+  const entry = [...document.scripts].find((s) => s.type === "module" && s.src.includes("/static/js/index."));
+  if (!entry) return;
+  const load = () => %s.forEach((file) => import(new URL(file, entry.src).href).catch(() => {}));
+  if (window.requestIdleCallback) window.requestIdleCallback(load, {timeout: 1000}); else setTimeout(load, 200);
+})();
+</script>"""
+UPLOAD_CHUNKS = ("axios",)  # Streamlit's chunks an upload imports (not an element: drawing one does not load them)
+
+
+@functools.cache
+def browser_chunks(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The file names of Streamlit's browser chunks called ``names`` (``axios`` → ``axios.b99skj9n.js``) in the
+    installed Streamlit; those it does not have are left out (another version may split its code otherwise)."""
+    folder = Path(st.__file__).parent / "static" / "static" / "js"
+    return tuple(sorted(path.name for name in names for path in folder.glob(f"{name}.*.js")))
+
+
+def preload_browser_code() -> None:
+    """Have the browser ready to draw a first answer without pauses: an image, a metric, a checkbox and a button in a
+    hidden container (keyed :data:`PRELOAD_KEY`: ``display: none``, out of the layout, the widgets disabled), and an
+    invisible ``st.html`` whose script imports the upload's chunks (:data:`UPLOAD_CHUNKS`, by
+    :func:`browser_chunks`: the same URLs as Streamlit's own imports, so each is fetched and compiled once) when the
+    page is idle. The script is ours and fixed (file names of the installed Streamlit), nothing a user sent."""
+    st.html(PRELOAD_STYLE)  # style only: Streamlit puts it out of the layout
+    with st.container(key=PRELOAD_KEY):
+        st.image(PIXEL, width=1)
+        st.metric("Preload", "0")
+        st.checkbox("Preload", key=f"{PRELOAD_KEY}-checkbox", disabled=True)
+        st.button("Preload", key=f"{PRELOAD_KEY}-button", disabled=True)
+        files = browser_chunks(UPLOAD_CHUNKS)
+        if files:
+            st.html(PRELOAD_JS % json.dumps(list(files)), unsafe_allow_javascript=True)
 
 
 def feature_set_choices() -> dict[str, str]:

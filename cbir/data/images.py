@@ -7,6 +7,7 @@ on white, only the first frame of an animation is used and the EXIF orientation 
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import warnings
@@ -168,3 +169,10 @@ def jpeg_bytes(image: Image.Image, quality: int = DISPLAY_JPEG_QUALITY) -> bytes
     out = io.BytesIO()
     image.convert("RGB").save(out, format="JPEG", quality=quality)
     return out.getvalue()
+
+
+def jpeg_data_url(jpeg: bytes) -> str:
+    """JPEG file bytes as a ``data:`` URL: a page that passes it to ``st.image`` sends the picture inside its message
+    (Streamlit takes a URL as it is), so the browser draws it without a request (the Search page's eleven pictures were
+    eleven requests to Streamlit's media endpoint, the server storing each first)."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")

@@ -14,14 +14,17 @@ import functools
 import io
 import os
 import re
+import threading
 import warnings
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from cbir.core.storage import ArtifactError, load_artifact, save_artifact
 from cbir.data.hygiene import NEAR_BLANK_FRACTION, content_fraction
 from cbir.data.images import (
     ALPHA_MODES,
@@ -39,7 +42,9 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # Pillow's decompression-bomb error names the pixel count: "Image size (900000000 pixels) exceeds limit of …"
 _BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
 MISSING_TILE_COLOR = "#d0d0d0"  # the tile of an image that cannot be read
-TILE_CACHE_SIZE = 4096  # JPEG tiles kept per process (~10 kB each)
+TILE_BATCH = 128  # tiles :func:`keep_tiles` makes between two pauses (~0.25 s on a busy core)
+TILE_CACHE_SIZE = 8192  # JPEG tiles kept per process (~4 kB each at RESULT_TILE_SIDE; 10 kB at 256 px)
+RESULT_TILE_SIDE = 170  # px: the Search page's result tiles (five a row); the app's warm start makes them ahead
 
 
 @dataclass
@@ -180,22 +185,75 @@ def tile(source: str | os.PathLike[str] | Image.Image, side: int = 256) -> Image
 def tile_jpeg(path: str, side: int = 256) -> bytes:
     """:func:`tile` of the file at ``path`` as JPEG bytes (:func:`cbir.data.images.jpeg_bytes`), kept per process
     (every session shows the same results) for as long as the file keeps its size and modification time."""
+    key = _tile_key(path, side)
+    with _tiles_lock:
+        kept = _tiles.get(key)
+        if kept is not None:
+            _tiles.move_to_end(key)
+            return kept
+    made = jpeg_bytes(tile(path, side))
+    with _tiles_lock:
+        made = _tiles.setdefault(key, made)  # a tile made twice at once: every caller gets the first one kept
+        while len(_tiles) > TILE_CACHE_SIZE:
+            _tiles.popitem(last=False)
+    return made
+
+
+_tiles: OrderedDict[tuple[str, int, int, int], bytes] = OrderedDict()  # kept tiles, least recently used first
+_tiles_lock = threading.Lock()
+
+
+def _tile_key(path: str, side: int) -> tuple[str, int, int, int]:
     try:
         stat = os.stat(path)
     except OSError:
-        return _tile_jpeg(path, -1, -1, side)  # the grey tile of a missing file
-    return _tile_jpeg(path, stat.st_mtime_ns, stat.st_size, side)
+        return (path, -1, -1, side)  # the grey tile of a missing file
+    return (path, stat.st_mtime_ns, stat.st_size, side)
 
 
-@functools.lru_cache(maxsize=TILE_CACHE_SIZE)
-def _tile_jpeg(path: str, mtime_ns: int, size: int, side: int) -> bytes:
-    return jpeg_bytes(tile(path, side))
+TILES_KIND = "cbir_tiles"  # the artifact kind of a file of kept tiles (:func:`keep_tiles`)
+
+
+def keep_tiles(
+    paths: Sequence[str], side: int, file: str | os.PathLike[str], pause: Callable[[], None] = lambda: None
+) -> int:
+    """Have the ``side``-px tile of every one of ``paths`` in this process' tile cache (:func:`tile_jpeg`): those kept
+    in ``file`` by an earlier call (any process) whose image has kept its size and modification time are read back,
+    the others made (in batches of :data:`TILE_BATCH`, ``pause()`` after each) and ``file`` written again (atomically,
+    with every tile of ``paths``). Returns how many were made. A server's warm start makes its Search page's tiles so
+    (:func:`cbir.service.search.warm_start`): the default collection's 5,418 took ~12 s of one core to make the first
+    time and are read back in well under a second after."""
+    try:
+        kept: dict[tuple[str, int, int, int], bytes] = load_artifact(file, TILES_KIND)["tiles"]
+    except (ArtifactError, KeyError, TypeError):
+        kept = {}
+    keys = [_tile_key(path, side) for path in paths]
+    with _tiles_lock:
+        for key in keys:
+            if key in kept and key not in _tiles:
+                _tiles[key] = kept[key]
+        while len(_tiles) > TILE_CACHE_SIZE:
+            _tiles.popitem(last=False)
+    missing = [path for path, key in zip(paths, keys, strict=True) if key not in kept]
+    for start in range(0, len(missing), TILE_BATCH):
+        for path in missing[start : start + TILE_BATCH]:
+            tile_jpeg(path, side)
+        pause()
+    if missing:
+        with _tiles_lock:
+            tiles = {key: _tiles[key] for key in keys if key in _tiles}
+        save_artifact(file, TILES_KIND, {"tiles": tiles})
+    return len(missing)
 
 
 def tiles_jpeg(paths: Sequence[str], side: int = 256) -> list[bytes]:
-    """:func:`tile_jpeg` of each path, those not kept yet read in parallel threads (Pillow decodes and resizes without
-    the GIL): a query's ten results, read from disk, cost about one file's time per core."""
-    workers = min(len(paths), os.cpu_count() or 1)
+    """:func:`tile_jpeg` of each path, those not kept yet made in parallel threads (Pillow decodes and resizes without
+    the GIL): a query's ten results, read from disk, cost about one file's time per core; kept ones are returned at
+    once (no thread started)."""
+    keys = [_tile_key(path, side) for path in paths]
+    with _tiles_lock:
+        missing = sum(key not in _tiles for key in keys)
+    workers = min(missing, os.cpu_count() or 1)
     if workers <= 1:
         return [tile_jpeg(path, side) for path in paths]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbir-tiles") as pool:

@@ -14,21 +14,25 @@ running meanwhile finishes on the state it started with.
 from __future__ import annotations
 
 import gc
+import hashlib
+import io
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cbir.core import config as cbir_config
 from cbir.core import foreground
 from cbir.core.errors import CbirError, ConfigError
 from cbir.core.storage import ArtifactError
-from cbir.data.query import QueryImage, decode_query
+from cbir.data.query import RESULT_TILE_SIDE, TILE_CACHE_SIZE, QueryImage, decode_query, keep_tiles, tiles_jpeg
 from cbir.features.query_model import ExtractorSpec, extractor_spec, make_extractor
 from cbir.features.saved_indexes import load_fresh
 from cbir.features.sources import FeatureSet, FeatureSetVersion, feature_source
@@ -347,19 +351,23 @@ class WarmStart:
     error: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     yielded: float = 0.0  # seconds waited between its steps for the pages' runs (in the background only)
+    tiles: int = 0  # result tiles made, not read back from disk (the app's warm start: :func:`_warm_tiles`)
 
 
 def warm_start(
-    path: str | None = None, configs: Sequence[IndexConfig] = (), background: bool = True
+    path: str | None = None,
+    configs: Sequence[IndexConfig] = (),
+    background: bool = True,
+    tile_side: int | None = None,
 ) -> tuple[WarmStart, threading.Thread | None]:
     """Get a server ready for its first query: load the numba kernels (from numba's on-disk cache: ``cache=True``),
     batch and single-query twins alike; the feature set at ``path`` (default: the default collection's newest), its
     model (one inference traces the graph), its engine (:func:`shared_engine`), and answer one query with the scan,
     each of ``configs`` and each fresh saved index of the feature set (:mod:`cbir.features.saved_indexes`: loaded
-    from disk). In a daemon thread when ``background`` (the app and the API start it and go on), which waits between
-    its steps while a page's run is under way (:func:`cbir.core.foreground.yield_to_pages`: on two cores a page
-    opened as the server starts is not drawn behind TensorFlow's import); returns the report (``report.done`` is set
-    at the end) and the thread."""
+    from disk); with ``tile_side``, the result tile of every image (:func:`_warm_tiles`). In a daemon thread when
+    ``background`` (the app and the API start it and go on), which waits between its steps while a page's run is
+    under way (:func:`cbir.core.foreground.yield_to_pages`: on two cores a page opened as the server starts is not
+    drawn behind TensorFlow's import); returns the report (``report.done`` is set at the end) and the thread."""
     report = WarmStart(path=path)
 
     def pause() -> None:
@@ -369,7 +377,7 @@ def warm_start(
     def run() -> None:
         started = time.perf_counter()
         try:
-            _warm(report, list(configs), pause)
+            _warm(report, list(configs), tile_side, pause)
             # what is loaded now (TensorFlow, the model, the engine: millions of objects that live as long as the
             # server) is left out of every later collection: a full collection walked them all, 0.3-1 s each, and
             # a page's rerun allocates enough to run a few (measured: the Search page's upload waited 1-2 s for them)
@@ -398,15 +406,16 @@ _server_warm_lock = threading.Lock()
 def server_warm_start() -> WarmStart:
     """The process's one background :func:`warm_start` of the default feature set: started by the first caller
     (``python -m cbir app`` as the server starts, before Streamlit; else the app's first session) and returned to
-    every later one, so a server warms once however it was started."""
+    every later one, so a server warms once however it was started. It makes the Search page's result tiles
+    (:data:`cbir.data.query.RESULT_TILE_SIDE`) too."""
     global _server_warm
     with _server_warm_lock:
         if _server_warm is None:
-            _server_warm, _thread = warm_start()
+            _server_warm, _thread = warm_start(tile_side=RESULT_TILE_SIDE)  # the app's: its Search page's tiles
         return _server_warm
 
 
-def _warm(report: WarmStart, configs: list[IndexConfig], pause: Callable[[], None]) -> None:
+def _warm(report: WarmStart, configs: list[IndexConfig], tile_side: int | None, pause: Callable[[], None]) -> None:
     from cbir.features.saved_indexes import saved_infos, staleness
     from cbir.features.workspace import base_version, complete_feature_sets
     from cbir.indexes.warmup import warm_up
@@ -427,14 +436,39 @@ def _warm(report: WarmStart, configs: list[IndexConfig], pause: Callable[[], Non
         spec = None  # a model that cannot be loaded: the engine searches by stored features
     engine = shared_engine(path, base_version(path), spec)
     pause()
-    if spec is not None:
-        engine.embed(Image.new("RGB", (224, 224), "white"))
+    if spec is not None:  # an upload's whole path once: decode (PNG), content check, embed (traces the graph)
+        engine.query(_warm_query_png())
         pause()
     version = engine._saved_version
     fresh = [IndexConfig(**info["config"]) for _, info in saved_infos(path) if staleness(info, version) is None]
     for config in dict.fromkeys([IndexConfig(), *configs, *fresh]):
         engine.query_vector(engine.feature_set.features[0], config)
         report.configs.append(config.label)
+    if tile_side is not None:
+        report.tiles = _warm_tiles(path, engine.catalog["path"].tolist(), tile_side, pause)
+
+
+WARM_TILES = 2  # tiles made of a collection too large to keep all its tiles: Pillow's JPEG codecs' first use
+
+
+def _warm_tiles(path: str, paths: list[str], side: int, pause: Callable[[], None]) -> int:
+    """The ``side``-px result tile of each of ``paths`` (the images of the feature set at ``path``) in the process'
+    tile cache, kept on disk under ``artifacts/cache/tiles/`` (:func:`cbir.data.query.keep_tiles`), so that no
+    answer waits for its tiles: the first answer of a fresh app read and encoded its ten tiles, 20-170 ms on two busy
+    cores (issue 21). A collection larger than the tile cache (:data:`cbir.data.query.TILE_CACHE_SIZE`) only warms
+    the codecs. Returns the number of tiles made (0: all read back)."""
+    if len(paths) > TILE_CACHE_SIZE:
+        tiles_jpeg(paths[:WARM_TILES], side)
+        return WARM_TILES
+    key = hashlib.sha1(f"{Path(path).resolve()}|{side}".encode()).hexdigest()[:20]
+    return keep_tiles(paths, side, cbir_config.artifacts_dir() / "cache" / "tiles" / f"{key}.joblib", pause)
+
+
+def _warm_query_png() -> bytes:
+    """A small PNG (a grey gradient), the warm start's stand-in for a user's upload."""
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((224, 224)).convert("RGB").save(out, format="PNG")
+    return out.getvalue()
 
 
 def default_config(kind: str, path: str, metric: str = "euclidean") -> IndexConfig:

@@ -16,9 +16,10 @@ from streamlit.navigation.page import StreamlitPage
 
 from cbir.app import formats, ui
 from cbir.core.errors import CbirError
+from cbir.core.foreground import page_run
 from cbir.core.names import METRIC_LABELS, METRICS
-from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, jpeg_bytes, thumbnail
-from cbir.data.query import MAX_UPLOAD_BYTES, decode_query, tile_jpeg, tiles_jpeg
+from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, jpeg_bytes, jpeg_data_url, thumbnail
+from cbir.data.query import MAX_UPLOAD_BYTES, RESULT_TILE_SIDE, decode_query, tile_jpeg, tiles_jpeg
 from cbir.data.samples import SAMPLE_PHOTOS, sample_photo_png
 from cbir.evaluation.evaluate import SINGLE_QUERY_SAMPLE
 from cbir.evaluation.tuning import fastest_config, width_range
@@ -33,9 +34,10 @@ SOURCES = (UPLOAD, CAMERA, COLLECTION, EXAMPLE)
 SCAN, LSH, HNSW, FASTEST = "Exact scan", "LSH", "HNSW (faiss)", "Fastest at a recall"
 INDEX_CHOICES = (SCAN, LSH, HNSW, FASTEST)
 TABLE_WIDTH = 880  # px: the results table in its popover, every column in view
-RESULT_WIDTH = 170  # px: five results a row beside the sidebar in a 1400-px window (930 px of page)
+RESULT_WIDTH = RESULT_TILE_SIDE  # px: five results a row beside the sidebar in a 1400-px window (930 px of page)
 NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
 PICK_LIST_LIMIT = 20_000  # larger collections are picked from by row number, not from a list of names
+CHANGE_KEY = "search-change"  # the toggle that shows the controls to change the collection
 
 
 def page() -> StreamlitPage:
@@ -59,7 +61,7 @@ class Answer:
     """The answer to a :class:`Query` and how the query is shown beside it."""
 
     result: QueryAnswer
-    picture: bytes  # the query's thumbnail (JPEG: sent as it is, not encoded again by Streamlit at every run)
+    picture: str  # the query's thumbnail: a JPEG as a data URL (sent inside the message, not encoded again)
     caption: str
     time_help: str
 
@@ -71,13 +73,22 @@ def render() -> None:
         "collection are shown, with the time the query took and how many images the index compared.",
     )
     label, path, version = ui.chosen_feature_set()
+    ui.preload_browser_code()  # drawn with the page, not with each answer: outside the fragment
     answer_page(label, path, version)
 
 
 @st.fragment
 def answer_page(label: str, path: str, version: int) -> None:
     """Everything below the header: a fragment, so that a new query (an upload, a pick, a slider) reruns and redraws
-    only this part, not app.py's sidebar and navigation (a change there, or ``st.rerun()``, reruns the whole app)."""
+    only this part, not app.py's sidebar and navigation (a change there, or ``st.rerun()``, reruns the whole app).
+    Its run is a page's run for the server's background work (it waits: :func:`cbir.core.foreground.page_run`), as
+    app.py's runs are."""
+    with page_run():
+        answer_body(label, path, version)
+
+
+def answer_body(label: str, path: str, version: int) -> None:
+    """:func:`answer_page`'s content: the engine, the index and the query, the answer."""
     engine, sources = open_engine(path)
     query_col, index_col = st.columns([3, 2], gap="large")
     with index_col:
@@ -283,7 +294,7 @@ def search(engine: SearchEngine, query: Query, index_config: IndexConfig) -> Ans
         result = ui.without_query(result, query.picked_row, DEFAULT_K)
     return Answer(
         result,
-        tile_jpeg(str(engine.catalog["path"].iloc[query.row])),
+        jpeg_data_url(tile_jpeg(str(engine.catalog["path"].iloc[query.row]))),
         f"Query: {formats.file_first(query.name)} (by its stored features; left out of its own results)",
         "One query, by the image's stored features: the search only (no model)",
     )
@@ -313,7 +324,7 @@ def search_image(engine: SearchEngine, query: Query, image: bytes, index_config:
         f"One query: computing its features {formats.duration(result.embed_seconds)} (the model's first query also "
         f"loads it) + the search {formats.duration(result.search_seconds)}"
     )
-    return Answer(result, jpeg_bytes(thumbnail(decoded.image, 512)), caption, time_help)
+    return Answer(result, jpeg_data_url(jpeg_bytes(thumbnail(decoded.image, 512))), caption, time_help)
 
 
 def show_answer(engine: SearchEngine, answer: Answer, label: str) -> None:
@@ -366,9 +377,11 @@ def show_results(result: QueryAnswer) -> None:
     score_name = result.score_name
     rows = list(result.results.itertuples())
     # one image element for the ten results (small JPEGs, read in parallel, kept per file): the browser draws one
-    # element, not ten bordered columns of three
+    # element, not ten bordered columns of three; made at the width shown and sent inside the message as data URLs
+    # (Streamlit resized and encoded again a wider tile on every run, ~100 ms of the first answer, and the browser
+    # then fetched each one)
     st.image(
-        tiles_jpeg([row.path for row in rows]),
+        [jpeg_data_url(tile) for tile in tiles_jpeg([row.path for row in rows], side=RESULT_TILE_SIDE)],
         width=RESULT_WIDTH,
         caption=[
             f"#{row.rank} · {row.label} · {score_name} {row.score:.3f} · {formats.file_first(row.relpath)}"
@@ -390,14 +403,24 @@ def show_results(result: QueryAnswer) -> None:
 
 
 def change_collection(engine: SearchEngine, query: Query, result: QueryAnswer, path: str) -> None:
-    """Add the query (an upload or a camera photo) to the collection; remove one of the results."""
+    """Add the query (an upload or a camera photo) to the collection; remove one of the results. The controls are
+    drawn once asked for (a toggle that stays on for the next answers): the browser took ~150 ms of script on two busy
+    cores to draw their selectboxes, checkbox and buttons with every answer, half of a first answer's (issue 21)."""
     st.subheader("Change the collection")
     reason = growth.cannot_grow(path)
     if reason:
         st.caption(reason)
         st.stop()
+    can_add = query.source in (UPLOAD, CAMERA)  # an upload or a camera photo can join the collection
+    if not st.toggle(
+        "Add or remove images",
+        key=CHANGE_KEY,
+        help="Shows the controls to add the query (an upload or a camera photo) to the collection or remove one of "
+        "its results, for this answer and the next ones",
+    ):
+        return
     add_col, remove_col = st.columns(2, gap="large")
-    if query.source in (UPLOAD, CAMERA):  # an upload or a camera photo can join the collection
+    if can_add:
         with add_col:
             add_query(engine, query)
     with remove_col:
