@@ -26,7 +26,7 @@ from cbir.evaluation.tuning import (
     recommended_config,
     width_range,
 )
-from cbir.indexes.registry import IndexConfig
+from cbir.indexes.registry import DEFAULT_TARGET_RECALL, IndexConfig
 
 
 def page() -> StreamlitPage:
@@ -284,12 +284,14 @@ def trends(table: pd.DataFrame, config: IndexConfig) -> None:
 
 def sweep_caption(table: pd.DataFrame) -> str:
     return (
-        "Grey: the E2LSH grid; red: its Pareto frontier; square: the exact scan; star: the sliders' setting. Reference "
-        "points, left out of the frontier, with their settings in the legend (each point's on hover): HNSW "
-        "(faiss, M=32) and hnswlib (M=32) at several ef, IVF-Flat (faiss, about 4·√n lists) at several nprobe, "
-        "cross-polytope LSH (PCA-48, L=8, 10 bits, a shortlist of 30 scored on uint8 codes of 128 PCA axes) at "
-        "several probes. hnswlib does not count the objects it visits: it shows on the time charts only. Times are "
-        "per query, one at a time or in a batch (the axis says which), on this machine (noisy when it is busy), all "
+        "Grey: the E2LSH grid; red: its Pareto frontier; square: the exact scan; star: the sliders' setting. "
+        "Reference points, left out of the frontier, with their settings in the legend (each point's on hover): HNSW "
+        "(faiss, M=32) and hnswlib (M=32) at several ef, IVF-Flat (faiss, about 4·√n lists) at several nprobe, cross-"
+        "polytope LSH (PCA-48, L=8, uint8 codes of 128 PCA axes scored in bucket order): its bits, probes and "
+        f"shortlist chosen at fit for recall@10 {DEFAULT_TARGET_RECALL:g} on held-out rows, then 10 bits and a "
+        "shortlist of 30 at several probes. hnswlib does not count the objects it visits: it shows on the time charts"
+        " only. Times are per query, one at a time or in a batch (the axis says which), on this machine (noisy when "
+        "it is busy), all "
         "the sweep's measured in one run"
         + (
             f" ({table['computed'].iloc[0]:%Y-%m-%d %H:%M} UTC, kept until the features are extracted again: images "
