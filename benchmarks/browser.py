@@ -306,12 +306,8 @@ UPLOAD_SEEN_S = 15.0  # how long the uploader may take to list a file it was giv
 
 
 def upload(driver: Any, path: Path, attempts: int = 3) -> None:
-    """Give ``path`` to the page's file uploader, and wait until the uploader lists its name.
-
-    Why the wait and the retries: a file given while React redraws the uploader can land on an input that is being
-    replaced, and is then dropped without a trace (CI saw one upload of eleven never reach the page). Giving the file
-    again after :data:`UPLOAD_SEEN_S` is what a person would do; the page answers the latest file either way.
-    """
+    """Give ``path`` to the page's file uploader until it lists the name (a file given while React redraws the
+    uploader can be dropped without a trace: CI saw one of eleven; a person would give it again)."""
     from selenium.common.exceptions import WebDriverException
 
     def listed() -> bool:  # the markup, not the text: the uploader shortens a long name ("az-liza...ark_01.jpg")
