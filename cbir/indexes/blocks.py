@@ -18,7 +18,9 @@ cheapest setting by :meth:`BlockPolytopeIndex.estimated_cost` whose recall on in
 (:mod:`cbir.indexes.holdout`) reaches the target — a rule, not a setting tuned by hand per data set. With
 ``choose_bits`` too the bits per table: the tables are hashed again for each of log2(n) − 2, − 3, − 4 bits (the PCA
 and the pseudo-queries shared), each tuned, and the cheapest kept — fewer bits mean larger buckets and fewer probes,
-which a batch pays less for (README, issue 20).
+which a batch pays less for. Above ``_BIT_SAMPLE`` rows (32,768) the candidates are compared on a sample of that
+size and its choice carried to n as the same offset from log2 (buckets of the same expected size): the full rows are
+hashed once, and only T and R are chosen on them (README, issue 20).
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             ``probes_`` and ``rerank_`` (the constructor's ``probes`` and ``rerank`` stay as given).
         max_probes: the largest T ``target_recall`` may choose.
         choose_bits: with ``target_recall``, also choose the bits per table at fit (:meth:`bit_candidates` of the
-            rows' count; the cheapest by :meth:`estimated_cost`), replacing ``n_projections`` and ``last_dim``
-            (which stay the setting without ``target_recall``).
+            rows' count; the cheapest by :meth:`estimated_cost`; above ``_BIT_SAMPLE`` rows chosen on a sample and
+            carried to n, ``bits_sample_``), replacing ``n_projections`` and ``last_dim`` (which stay the setting
+            without ``choose_bits``).
     """
 
     # The saved state is CrossPolytopeIndex's (the blocks are derived from its tables and codes at fit and load), so
@@ -81,6 +84,10 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     # choose_bits' candidates: log2(n) less these, at least _MIN_BITS (buckets of about 4, 8 and 16 objects)
     _BIT_OFFSETS: ClassVar[tuple[int, ...]] = (2, 3, 4)
     _MIN_BITS: ClassVar[int] = 4
+    # above this many rows the bits are chosen on a sample of this size and carried to n as the same offset from
+    # log2 (buckets of the same expected size): the full data is hashed once (README, issue 20: at 1M each extra
+    # candidate would cost ~10 s of hashing and layout)
+    _BIT_SAMPLE: ClassVar[int] = 1 << 15
     # estimated_cost's model, microseconds of one thread: a probed bucket (the probing sequence and its bucket lookup),
     # a scored code per byte, an exact re-rank row per float — least squares over one-thread batch CPU times of
     # b8/b9/b10 x T 2/4/8/16 x R 10/25/50 on the default collection (R^2 0.93, plus ~23 us a query fixed, which ranks
@@ -129,6 +136,9 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         # with choose_bits, each candidate's bits and its best setting: (bits, T, R, recall, estimated cost, whether
         # it reached the target with the margin)
         self.bits_tried_: list[tuple[int, int, int, float, float, bool]] = []
+        # with choose_bits on more than _BIT_SAMPLE rows: (the sample's rows, the bits chosen on it); bits_tried_ are
+        # then the sample's candidates
+        self.bits_sample_: tuple[int, int] | None = None
         self._blocks: np.ndarray | None = None  # (g*n, s) uint8 codes in bucket order
         # the query's one projection onto max(r, s) axes: (d, w) columns for a batch's BLAS product, (w, d) rows for one
         # query's numba kernel (cbir.indexes.kernels.projection), and the data's mean they are centred on
@@ -207,7 +217,27 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         self._axes = (wide.components, np.ascontiguousarray(wide.components.T))
         self._axes_mean = np.ascontiguousarray(wide.mean, dtype=np.float32)
 
+    def _set_bits(self, bits: int) -> None:
+        assert self.reduce_dim is not None
+        self.n_projections, self.last_dim = hashes_for_bits(self.reduce_dim, bits)
+
+    def _bits_on_sample(self, data: np.ndarray) -> int:
+        """``choose_bits`` on more than ``_BIT_SAMPLE`` rows: the bits an index with the same parameters chooses on
+        a sample of ``_BIT_SAMPLE`` rows (drawn with ``seed``; its own PCA, candidates and pseudo-queries), as an
+        offset from round(log2) of the sample's size, carried to round(log2 n). Sets ``bits_sample_`` and
+        ``bits_tried_`` (the sample's candidates)."""
+        size = self._BIT_SAMPLE
+        rows = np.sort(np.random.default_rng(self.seed).choice(len(data), size, replace=False))
+        probe = type(self)(**self.params).fit(data[rows])
+        self.bits_sample_, self.bits_tried_ = (size, probe.bits), probe.bits_tried_
+        offset = round(np.log2(size)) - probe.bits
+        return max(self._MIN_BITS, round(np.log2(len(data))) - offset)
+
     def _fit(self, data: np.ndarray) -> None:
+        self.bits_sample_, self.bits_tried_ = None, []
+        if self.choose_bits:  # hash the full data at the first candidate, or at the bits chosen on a sample
+            large = len(data) > self._BIT_SAMPLE
+            self._set_bits(self._bits_on_sample(data) if large else self.bit_candidates(len(data))[0])
         super()._fit(data)
         self._lay_out_blocks()
         self.probes_, self.rerank_, self.tuned_recall_ = None, None, None
@@ -232,25 +262,26 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         )
 
     def _choose(self, data: np.ndarray) -> None:
-        """Set ``probes_``, ``rerank_`` (:meth:`_tune`) and with ``choose_bits`` the bits per table: the tables are
-        hashed again for each of :meth:`bit_candidates` (most bits first, on the fitted PCA, the same pseudo-queries),
-        and the cheapest candidate reaching the target kept (the most recall when none does). Each candidate is tuned
-        only below the best cost found so far (its walk stops there). Every candidate is tried: on the grid of T and R
-        the cost is not unimodal in the bits (ImageNet 4,913: b10 69.6 µs, b9 more, b8 62.6; README, issue 20)."""
+        """Set ``probes_``, ``rerank_`` (:meth:`_tune`) and with ``choose_bits`` (unless chosen on a sample at
+        :meth:`_fit`) the bits per table: the tables are hashed again for each of :meth:`bit_candidates` after the
+        first (most bits first, on the fitted PCA, the same pseudo-queries), and the cheapest candidate reaching the
+        target kept (the most recall when none does). Each candidate is tuned only below the best cost found so far
+        (its walk stops there). Every candidate is tried: on the grid of T and R the cost is not unimodal in the bits
+        (ImageNet 4,913: b10 69.6 µs, b9 more, b8 62.6; README, issue 20)."""
         k = min(self._TUNE_K, len(data) - 1)
-        self.tuning_, self.bits_tried_ = [], []
+        self.tuning_ = []
         if k < 1:
             self.probes_, self.rerank_, self.tuned_recall_ = self.probes, self.rerank, 1.0
             return
         sample = pseudo_queries(data, self.metric, self.seed, self._TUNE_SAMPLE, k)
-        if not self.choose_bits:
+        if not self.choose_bits or self.bits_sample_ is not None:  # the bits given, or chosen on a sample (_fit)
             self._keep(self._tune(sample, k, None))
             return
         hashed = self._hash_space(data)
         kept: tuple[tuple[bool, float], dict[str, Any]] | None = None
         for bits in self.bit_candidates(len(data)):
-            if bits != self.bits or self.bits_tried_:
-                self.n_projections, self.last_dim = hashes_for_bits(self.reduce_dim, bits)  # type: ignore[arg-type]
+            if bits != self.bits or self.bits_tried_:  # the first candidate is hashed at fit (_fit)
+                self._set_bits(bits)
                 self._hash_into_tables(hashed, hashed.shape[1], in_hash_space=True)
                 self._lay_out_blocks()
             row = self._tune(sample, k, None if kept is None or not kept[0][0] else -kept[0][1])
