@@ -36,6 +36,7 @@ from cbir.indexes.holdout import PseudoQueries, check_target_recall, pseudo_quer
 from cbir.indexes.kernels.blocks import block_codes, block_search
 from cbir.indexes.kernels.projection import query_spaces
 from cbir.indexes.kernels.single import one_block_query
+from cbir.indexes.kernels.sketch import sign_sketches
 from cbir.indexes.polytope import CrossPolytopeIndex, bits_for, hashes_for_bits
 
 _NO_ROTATION = np.zeros((0, 0), dtype=np.float32)  # one_block_query's "apply the fast transforms"
@@ -64,6 +65,9 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         choose_bits: with ``target_recall``, also choose the bits per table at fit (:meth:`bit_candidates` of the
             rows' count; the cheapest by :meth:`estimated_cost`), replacing ``n_projections`` and ``last_dim``
             (which stay the setting without ``target_recall``).
+        code: the shortlist code kept in the buckets: "uint8" (``score_dim`` bytes, squared L2 in code units) or
+            "sign" (1-bit sign sketches of the same axes in ⌈s/64⌉ uint64 words, Hamming distance by popcount,
+            :mod:`cbir.indexes.kernels.sketch`; ``target_recall`` may then choose longer shortlists, up to 400).
     """
 
     # The saved state is CrossPolytopeIndex's (the blocks are derived from its tables and codes at fit and load), so
@@ -81,6 +85,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     # choose_bits' candidates: log2(n) less these, at least _MIN_BITS (buckets of about 4, 8 and 16 objects)
     _BIT_OFFSETS: ClassVar[tuple[int, ...]] = (2, 3, 4)
     _MIN_BITS: ClassVar[int] = 4
+    _CODES: ClassVar[tuple[str, ...]] = ("uint8", "sign")
     # estimated_cost's model, microseconds of one thread: a probed bucket (the probing sequence and its bucket lookup),
     # a scored code per byte, an exact re-rank row per float — least squares over one-thread batch CPU times of
     # b8/b9/b10 x T 2/4/8/16 x R 10/25/50 on the default collection (R^2 0.93, plus ~23 us a query fixed, which ranks
@@ -100,6 +105,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         target_recall: float | None = None,
         max_probes: int = 64,
         choose_bits: bool = False,
+        code: str = "uint8",
         **options: Any,
     ) -> None:
         # the rest of the signature is CrossPolytopeIndex's (n_tables, n_projections, last_dim, metric, seed, probes,
@@ -120,6 +126,11 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         if choose_bits and self.target_recall is None:
             raise ValueError("choose_bits needs a target_recall")
         self.choose_bits = bool(choose_bits)
+        if code not in self._CODES:
+            raise ValueError(f"code must be one of {self._CODES}, got {code!r}")
+        self.code = code
+        if code == "sign":  # sketches rank coarser: longer shortlists on the grid (an instance attribute)
+            self._TUNE_RERANK = (*BlockPolytopeIndex._TUNE_RERANK, 150, 200, 300, 400)
         # learned at fit with target_recall (scikit-learn's trailing underscore)
         self.probes_: int | None = None
         self.rerank_: int | None = None
@@ -146,6 +157,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             params.update(target_recall=self.target_recall, max_probes=self.max_probes)
         if self.choose_bits:
             params["choose_bits"] = True
+        if self.code != "uint8":
+            params["code"] = self.code
         return params
 
     @property
@@ -202,10 +215,18 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     def _lay_out_blocks(self) -> None:
         assert self._reduced is not None and self._tables is not None  # called inside fit: not "fitted" yet
         assert self._pca is not None and self._score_pca is not None
-        self._blocks = block_codes(self._tables, self._reduced)
+        codes = self._reduced
+        if self.code == "sign":  # the signs of the centred coordinates: code units above the centre
+            codes = sign_sketches(self._reduced, self._zero())
+        self._blocks = block_codes(self._tables, codes)
         wide = self._score_pca if self._score_pca.components.shape[1] >= self._pca.components.shape[1] else self._pca
         self._axes = (wide.components, np.ascontiguousarray(wide.components.T))
         self._axes_mean = np.ascontiguousarray(wide.mean, dtype=np.float32)
+
+    def _zero(self) -> np.ndarray:
+        """The centre (0 of the centred coordinates) in code units (s,) float32: a sketch's bit is set above it."""
+        assert self._codebook is not None
+        return np.ascontiguousarray(-self._codebook.low / np.float32(self._codebook.step), dtype=np.float32)
 
     def _fit(self, data: np.ndarray) -> None:
         super()._fit(data)
@@ -227,7 +248,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         assert self._blocks is not None and self._data is not None
         return (
             self._COST_PROBE * self.n_tables * (1 + probes)
-            + self._COST_CODE_BYTE * self._blocks.shape[1] * scored
+            + self._COST_CODE_BYTE * self._blocks.shape[1] * self._blocks.itemsize * scored
             + self._COST_ROW_FLOAT * self._data.shape[1] * rerank
         )
 
@@ -344,6 +365,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
                 hashed_dim=self._pca.components.shape[1],
                 low=self._codebook.low,
                 inverse_step=np.float32(1.0 / self._codebook.step),
+                zero=self._zero(),
                 rotation=_NO_ROTATION if self._rotation is None else self._rotation,
                 signs=self._signs,
                 n_tables=self.n_tables,
@@ -379,6 +401,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             self.n_tables * (1 + self.search_probes),
         )
         assert self._data is not None and self._blocks is not None
+        if self.code == "sign":
+            units = sign_sketches(units, self._zero())
         return SearchResult(
             *block_search(
                 queries=queries,
