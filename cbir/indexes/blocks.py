@@ -8,6 +8,9 @@ its code; the best ``rerank`` go to the exact re-rank. Memory: the tables' ids (
 ``score_dim`` bytes per member per table, plus the codes once more in id order (to grow the index): at 8 tables of
 128-byte codes, 1,216 bytes per object plus 16 per bucket (about 1.25 GB at a million objects) beside the float32
 features.
+With ``code="sign"`` the buckets hold 1-bit sign sketches of the same axes instead (16 bytes at 128 axes, scored by
+popcount, :mod:`cbir.indexes.kernels.sketch`): 320 bytes per object at 8 tables, but ranked so much coarser that the
+shortlist must grow ~7× for the same recall, which costs more than the smaller blocks save (README, issue 20).
 
 One query is one numba call (:func:`cbir.indexes.kernels.single.one_block_query`): the projection onto the scoring
 axes (whose leading axes are the hashing space), the rotations, the probing sequence and the blocks — what a search
