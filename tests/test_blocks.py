@@ -346,11 +346,13 @@ def test_bits_chosen_at_fit_follow_the_data_and_explicit_bits_are_honoured(
     assert explicit.bits == 11 and explicit.bits_tried_ == [] and explicit.setting.startswith("T")
 
 
-def test_sign_sketches_kernel_matches_the_reference_and_ranks_coarser_than_uint8(real_features: FeatureSet) -> None:
+def test_sign_sketches_kernel_matches_the_reference_and_ranks_coarser_than_uint8(
+    real_features: FeatureSet, tmp_path: Path
+) -> None:
     """code="sign" (cbir.indexes.kernels.sketch): on the real features the sketches are the signs of the centred
     PCA coordinates packed as the bit-by-bit reference packs them, the popcount block kernel returns the numpy
     reference's answers, one query in one call the batch's; at the same probes a shortlist of 30 sketches finds
-    less than 30 uint8 codes (1 bit against 8 per axis), and a longer one recovers it."""
+    less than 30 uint8 codes (1 bit against 8 per axis), and a longer one recovers it; saved and loaded as such."""
     roles = np.asarray(real_features.roles)
     X = np.ascontiguousarray(real_features.features[roles != "query"], dtype=np.float32)
     Q = np.ascontiguousarray(real_features.features[roles == "query"], dtype=np.float32)
@@ -380,5 +382,8 @@ def test_sign_sketches_kernel_matches_the_reference_and_ranks_coarser_than_uint8
     index.rerank = 300
     longer = recall_at_k(index.search(Q, 10).ids, exact, 10).mean()
     assert recall["s"] < recall["u"] - 0.05 and longer > recall["s"] + 0.05
+    loaded = BlockPolytopeIndex.load(index.save(tmp_path / "sign.joblib"))
+    assert loaded.params["code"] == "sign" and loaded._blocks.dtype == np.uint64
+    np.testing.assert_array_equal(loaded.search(Q[:20], 10).ids, index.search(Q[:20], 10).ids)
     with pytest.raises(ValueError, match="code must be one of"):
         BlockPolytopeIndex(code="pq4")
