@@ -9,7 +9,8 @@
 runs by it, so on shared cores whose load changes by the second its batch ratios move by 2× from run to run. Here
 the exact scan and :class:`cbir.indexes.blocks.BlockPolytopeIndex` (L = 8, ``--bits``, else chosen at fit with
 ``--target-recall`` (``choose_bits``, the app's) or log2(n) - 2 bits,
-``--probes`` T) answer the whole query batch in turn, ``--rounds`` times; each keeps its fastest round. The index
+``--probes`` T; ``--sign``: also with 1-bit sign sketches as the shortlist code) answer the whole query batch in
+turn, ``--rounds`` times; each keeps its fastest round. The index
 runs in its two batch layouts (the same answers, checked here): the exact re-rank grouped by row (the default for a
 batch on one thread, :mod:`cbir.indexes.kernels.grouped`) and query by query (as one query runs; the default on
 several). Both on all the machine's threads, then on one (numba, BLAS and OpenMP).
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bits", type=int, help="bits per table (default: chosen at fit with --target-recall, else log2(n) - 2)"
     )
+    parser.add_argument("--sign", action="store_true", help="also the index with sign sketches as its shortlist code")
     args = parser.parse_args(argv)
     args.features = harness.features_or_default(args.features)
     warm_up()
@@ -121,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     runs[f"CP-LSH blocks {setting}, re-rank query by query"] = search(False)
     if choose:  # the rule at log2(n) - 2 bits, side by side
         runs[f"CP-LSH blocks {fixed_setting} query by query"] = lambda: fixed.search(Q, K)
+    if args.sign:  # the same rule with sign sketches as the shortlist code
+        started = time.perf_counter()
+        sign = BlockPolytopeIndex(8, hashes, last_dim, **options, choose_bits=choose, code="sign").fit(X)
+        label = f"CP-LSH blocks sign sketches L8 b{sign.bits} T{sign.search_probes} R{sign.search_rerank}"
+        print(f"fit seconds: {label} {time.perf_counter() - started:.2f}")
+        runs[f"{label} query by query"] = lambda: sign.search(Q, K)
+        print(f"{label}: recall@10 {recall_at_k(sign.search(Q, K).ids, exact, K).mean():.3f}")
     grouped, by_query = runs[list(runs)[1]](), runs[list(runs)[2]]()
     assert all(np.array_equal(a, b) for a, b in zip(grouped, by_query, strict=True)), "the layouts must agree"
     print(f"{data.description}; recall@10 {recall_at_k(grouped.ids, exact, K).mean():.3f}")

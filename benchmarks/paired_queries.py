@@ -13,7 +13,8 @@ its fastest answer to each. numba, BLAS and OpenMP run on one thread (ann-benchm
 scan, hnswlib (M=32) at ef 16 (``--ef``: each ef given; ``--faiss-ef``: FAISS HNSW too), cross-polytope LSH with
 the uint8 shortlist gathered by id (``CrossPolytopeIndex``) and with the codes in bucket order
 (``BlockPolytopeIndex``), both at L=8, log2(n)-2 bits, T = 4, 8, 16; with ``--target-recall`` the bucket-ordered
-index with T and R chosen at fit at log2(n)-2 bits, and with the bits chosen too (the app's).
+index with T and R chosen at fit at log2(n)-2 bits, and with the bits chosen too (the app's); with ``--sign`` both
+again with 1-bit sign sketches as the shortlist code (``code="sign"``, issue 20).
 Prints recall@10 against the scan, ms per query, the ratios (against the scan and the first hnswlib's time), each
 fit's seconds, and the load average.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +49,7 @@ from cbir.indexes.warmup import warm_up
 
 
 def methods(
-    X: np.ndarray, targets: list[float], efs: list[int], faiss_efs: list[int]
+    X: np.ndarray, targets: list[float], efs: list[int], faiss_efs: list[int], codes: tuple[str, ...] = ("uint8",)
 ) -> tuple[dict[str, object], dict[str, float]]:
     """The fitted indexes, by label (with ``targets``: the bucket-ordered index fitted for each target recall too;
     hnswlib at each of ``efs``, FAISS HNSW at each of ``faiss_efs``), and each fit's seconds (copies with other
@@ -82,15 +84,14 @@ def methods(
             twin.probes = probes
             fitted[f"CP-LSH L=8 b={bits} T={probes}, {name}"] = twin
             fit_s[f"CP-LSH L=8 b={bits} T={probes}, {name}"] = seconds
-    for target in targets:  # T and R chosen at fit (leave-one-out on the indexed rows), the bits too (the app's)
-        for choose_bits in (False, True):
-            seconds, tuned = fitted_in(
-                BlockPolytopeIndex(8, hashes, last_dim, **shortlist, target_recall=target, choose_bits=choose_bits)
-            )
-            how = "b, T, R chosen" if choose_bits else "T, R chosen"
-            label = f"CP-LSH L=8 target {target}, {how}: b={tuned.bits} T={tuned.probes_} R={tuned.rerank_}"
-            fitted[label] = tuned
-            fit_s[label] = seconds
+    # T and R chosen at fit (leave-one-out on the indexed rows), the bits too (the app's), for each shortlist code
+    for target, code, choose_bits in itertools.product(targets, codes, (False, True)):
+        options = {"target_recall": target, "choose_bits": choose_bits, "code": code}
+        seconds, tuned = fitted_in(BlockPolytopeIndex(8, hashes, last_dim, **shortlist, **options))
+        how = ("b, T, R chosen" if choose_bits else "T, R chosen") + ("" if code == "uint8" else f", {code} codes")
+        label = f"CP-LSH L=8 target {target}, {how}: b={tuned.bits} T={tuned.probes_} R={tuned.rerank_}"
+        fitted[label] = tuned
+        fit_s[label] = seconds
     return fitted, fit_s
 
 
@@ -120,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ef", type=int, nargs="*", default=[16], help="hnswlib's ef values (none: no hnswlib)")
     parser.add_argument("--faiss-ef", type=int, nargs="*", default=[], help="also FAISS HNSW (M=32) at these ef")
+    parser.add_argument(
+        "--sign", action="store_true", help="with --target-recall, also the 1-bit sign sketches as the shortlist code"
+    )
     parser.add_argument("--hard", type=int, default=0, help="the hard synthetic set of this size instead (x 256)")
     args = parser.parse_args(argv)
     warm_up()
@@ -130,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         data = real_set(features_or_default(args.features))
         X, Q, description = data.index, data.queries[: args.queries], data.description
     print(f"{description}; before: {machine_line()}")
-    fitted, fit_s = methods(X, args.target_recall, args.ef, args.faiss_ef)
+    codes = ("uint8", "sign") if args.sign else ("uint8",)
+    fitted, fit_s = methods(X, args.target_recall, args.ef, args.faiss_ef, codes)
     exact = fitted["exact scan"].search(Q, K).ids
     searches = {name: (lambda q, index=index: index.search(q, K)) for name, index in fitted.items()}
     seconds = paired_times(searches, Q, args.rounds)

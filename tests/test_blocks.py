@@ -374,3 +374,46 @@ def test_bits_chosen_on_a_sample_carry_to_the_full_rows_as_an_offset(
     hashes, last_dim = hashes_for_bits(48, 11)  # above the sample's size, explicit bits are still kept
     explicit = BlockPolytopeIndex(8, hashes, last_dim=last_dim, target_recall=0.9).fit(X)
     assert explicit.bits == 11 and explicit.bits_sample_ is None and explicit.bits_tried_ == []
+
+
+def test_sign_sketches_kernel_matches_the_reference_and_ranks_coarser_than_uint8(
+    real_features: FeatureSet, tmp_path: Path
+) -> None:
+    """code="sign" (cbir.indexes.kernels.sketch): on the real features the sketches are the signs of the centred
+    PCA coordinates packed as the bit-by-bit reference packs them, the popcount block kernel returns the numpy
+    reference's answers, one query in one call the batch's; at the same probes a shortlist of 30 sketches finds
+    less than 30 uint8 codes (1 bit against 8 per axis), and a longer one recovers it; saved and loaded as such."""
+    roles = np.asarray(real_features.roles)
+    X = np.ascontiguousarray(real_features.features[roles != "query"], dtype=np.float32)
+    Q = np.ascontiguousarray(real_features.features[roles == "query"], dtype=np.float32)
+    hashes, last_dim = hashes_for_bits(48, max(4, int(np.log2(len(X))) - 2))
+    index = BlockPolytopeIndex(8, hashes, last_dim=last_dim, probes=8, code="sign").fit(X)
+    assert index._blocks.dtype == np.uint64 and index._blocks.shape == (8 * len(X), 2)  # 128 axes: 16 bytes
+    centred = (X - index._pca.mean) @ index._score_pca.components
+    signs = kernels.sign_sketches_reference(index._reduced, index._zero())
+    np.testing.assert_array_equal(index._blocks, signs[index.tables.bucket_ids])
+    np.testing.assert_array_equal(kernels.sign_sketches(index._reduced, index._zero()), signs)
+    exact_signs = kernels.sign_sketches_reference(centred, np.zeros(128, np.float32))
+    agree = np.unpackbits(exact_signs.view(np.uint8)) == np.unpackbits(signs.view(np.uint8))
+    assert agree.mean() > 0.97  # the uint8 codes' rounding flips a coordinate near the centre
+    arguments = _kernel_arguments(index, Q[:60], probes=8)
+    arguments.update(units=kernels.sign_sketches(arguments["units"], index._zero()), k=10, rerank=30)
+    scores, ids, visited = kernels.block_search(**arguments)
+    ref_scores, ref_ids, ref_visited = kernels.block_search_reference(**arguments)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+    np.testing.assert_array_equal(visited, ref_visited)
+    batch = index.search(Q, 10)
+    for i in range(0, len(Q), 9):
+        np.testing.assert_array_equal(index.search(Q[i : i + 1], 10).ids[0], batch.ids[i])
+    exact = SequentialScan().fit(X).search(Q, 10).ids
+    uint8 = BlockPolytopeIndex(8, hashes, last_dim=last_dim, probes=8).fit(X)
+    recall = {name: recall_at_k(ix.search(Q, 10).ids, exact, 10).mean() for name, ix in (("u", uint8), ("s", index))}
+    index.rerank = 300
+    longer = recall_at_k(index.search(Q, 10).ids, exact, 10).mean()
+    assert recall["s"] < recall["u"] - 0.05 and longer > recall["s"] + 0.05
+    loaded = BlockPolytopeIndex.load(index.save(tmp_path / "sign.joblib"))
+    assert loaded.params["code"] == "sign" and loaded._blocks.dtype == np.uint64
+    np.testing.assert_array_equal(loaded.search(Q[:20], 10).ids, index.search(Q[:20], 10).ids)
+    with pytest.raises(ValueError, match="code must be one of"):
+        BlockPolytopeIndex(code="pq4")

@@ -8,6 +8,9 @@ its code; the best ``rerank`` go to the exact re-rank. Memory: the tables' ids (
 ``score_dim`` bytes per member per table, plus the codes once more in id order (to grow the index): at 8 tables of
 128-byte codes, 1,216 bytes per object plus 16 per bucket (about 1.25 GB at a million objects) beside the float32
 features.
+With ``code="sign"`` the buckets hold 1-bit sign sketches of the same axes instead (16 bytes at 128 axes, scored by
+popcount, :mod:`cbir.indexes.kernels.sketch`): 320 bytes per object at 8 tables, but ranked so much coarser that the
+shortlist must grow ~7× for the same recall, which costs more than the smaller blocks save (README, issue 20).
 
 One query is one numba call (:func:`cbir.indexes.kernels.single.one_block_query`): the projection onto the scoring
 axes (whose leading axes are the hashing space), the rotations, the probing sequence and the blocks — what a search
@@ -38,6 +41,7 @@ from cbir.indexes.holdout import PseudoQueries, check_target_recall, pseudo_quer
 from cbir.indexes.kernels.blocks import block_codes, block_search
 from cbir.indexes.kernels.projection import query_spaces
 from cbir.indexes.kernels.single import one_block_query
+from cbir.indexes.kernels.sketch import sign_sketches
 from cbir.indexes.polytope import CrossPolytopeIndex, bits_for, hashes_for_bits
 
 _NO_ROTATION = np.zeros((0, 0), dtype=np.float32)  # one_block_query's "apply the fast transforms"
@@ -67,6 +71,9 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             rows' count; the cheapest by :meth:`estimated_cost`; above ``_BIT_SAMPLE`` rows chosen on a sample and
             carried to n, ``bits_sample_``), replacing ``n_projections`` and ``last_dim`` (which stay the setting
             without ``choose_bits``).
+        code: the shortlist code kept in the buckets: "uint8" (``score_dim`` bytes, squared L2 in code units) or
+            "sign" (1-bit sign sketches of the same axes in ⌈s/64⌉ uint64 words, Hamming distance by popcount,
+            :mod:`cbir.indexes.kernels.sketch`; ``target_recall`` may then choose longer shortlists, up to 400).
     """
 
     # The saved state is CrossPolytopeIndex's (the blocks are derived from its tables and codes at fit and load), so
@@ -88,6 +95,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     # log2 (buckets of the same expected size): the full data is hashed once (README, issue 20: at 1M each extra
     # candidate would cost ~10 s of hashing and layout)
     _BIT_SAMPLE: ClassVar[int] = 1 << 15
+    _CODES: ClassVar[tuple[str, ...]] = ("uint8", "sign")
     # estimated_cost's model, microseconds of one thread: a probed bucket (the probing sequence and its bucket lookup),
     # a scored code per byte, an exact re-rank row per float — least squares over one-thread batch CPU times of
     # b8/b9/b10 x T 2/4/8/16 x R 10/25/50 on the default collection (R^2 0.93, plus ~23 us a query fixed, which ranks
@@ -107,6 +115,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         target_recall: float | None = None,
         max_probes: int = 64,
         choose_bits: bool = False,
+        code: str = "uint8",
         **options: Any,
     ) -> None:
         # the rest of the signature is CrossPolytopeIndex's (n_tables, n_projections, last_dim, metric, seed, probes,
@@ -127,6 +136,11 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         if choose_bits and self.target_recall is None:
             raise ValueError("choose_bits needs a target_recall")
         self.choose_bits = bool(choose_bits)
+        if code not in self._CODES:
+            raise ValueError(f"code must be one of {self._CODES}, got {code!r}")
+        self.code = code
+        if code == "sign":  # sketches rank coarser: longer shortlists on the grid (an instance attribute)
+            self._TUNE_RERANK = (*BlockPolytopeIndex._TUNE_RERANK, 150, 200, 300, 400)
         # learned at fit with target_recall (scikit-learn's trailing underscore)
         self.probes_: int | None = None
         self.rerank_: int | None = None
@@ -156,6 +170,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             params.update(target_recall=self.target_recall, max_probes=self.max_probes)
         if self.choose_bits:
             params["choose_bits"] = True
+        if self.code != "uint8":
+            params["code"] = self.code
         return params
 
     @property
@@ -212,7 +228,10 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
     def _lay_out_blocks(self) -> None:
         assert self._reduced is not None and self._tables is not None  # called inside fit: not "fitted" yet
         assert self._pca is not None and self._score_pca is not None
-        self._blocks = block_codes(self._tables, self._reduced)
+        codes = self._reduced
+        if self.code == "sign":  # the signs of the centred coordinates: code units above the centre
+            codes = sign_sketches(self._reduced, self._zero())
+        self._blocks = block_codes(self._tables, codes)
         wide = self._score_pca if self._score_pca.components.shape[1] >= self._pca.components.shape[1] else self._pca
         self._axes = (wide.components, np.ascontiguousarray(wide.components.T))
         self._axes_mean = np.ascontiguousarray(wide.mean, dtype=np.float32)
@@ -232,6 +251,11 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         self.bits_sample_, self.bits_tried_ = (size, probe.bits), probe.bits_tried_
         offset = round(np.log2(size)) - probe.bits
         return max(self._MIN_BITS, round(np.log2(len(data))) - offset)
+
+    def _zero(self) -> np.ndarray:
+        """The centre (0 of the centred coordinates) in code units (s,) float32: a sketch's bit is set above it."""
+        assert self._codebook is not None
+        return np.ascontiguousarray(-self._codebook.low / np.float32(self._codebook.step), dtype=np.float32)
 
     def _fit(self, data: np.ndarray) -> None:
         self.bits_sample_, self.bits_tried_ = None, []
@@ -257,7 +281,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
         assert self._blocks is not None and self._data is not None
         return (
             self._COST_PROBE * self.n_tables * (1 + probes)
-            + self._COST_CODE_BYTE * self._blocks.shape[1] * scored
+            + self._COST_CODE_BYTE * self._blocks.shape[1] * self._blocks.itemsize * scored
             + self._COST_ROW_FLOAT * self._data.shape[1] * rerank
         )
 
@@ -375,6 +399,7 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
                 hashed_dim=self._pca.components.shape[1],
                 low=self._codebook.low,
                 inverse_step=np.float32(1.0 / self._codebook.step),
+                zero=self._zero(),
                 rotation=_NO_ROTATION if self._rotation is None else self._rotation,
                 signs=self._signs,
                 n_tables=self.n_tables,
@@ -410,6 +435,8 @@ class BlockPolytopeIndex(CrossPolytopeIndex):
             self.n_tables * (1 + self.search_probes),
         )
         assert self._data is not None and self._blocks is not None
+        if self.code == "sign":
+            units = sign_sketches(units, self._zero())
         return SearchResult(
             *block_search(
                 queries=queries,

@@ -83,8 +83,10 @@ from cbir.indexes.kernels.reference import (
     query_reference,
     query_spaces_reference,
     rotations_reference,
+    sign_sketches_reference,
     table_keys_reference,
 )
+from cbir.indexes.kernels.sketch import sign_sketches
 from cbir.indexes.kernels.tables import build_tables, build_tables_in_steps, merge_tables
 from cbir.indexes.kernels.topk import _squared_l2, rerank_candidates
 
@@ -129,6 +131,8 @@ __all__ = [
     "rotate",
     "rotation_matrix",
     "rotations_reference",
+    "sign_sketches",
+    "sign_sketches_reference",
     "slot_positions",
     "table_keys_reference",
 ]

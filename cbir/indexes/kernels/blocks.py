@@ -28,6 +28,7 @@ from numba import prange
 from cbir.indexes.kernels.common import METRIC_EUCLIDEAN, BucketTables, _jit
 from cbir.indexes.kernels.grouped import grouped_rerank
 from cbir.indexes.kernels.query import _rerank_shortlist, _shortlist_scratch
+from cbir.indexes.kernels.sketch import block_score
 from cbir.indexes.kernels.tables import _find_bucket
 from cbir.indexes.kernels.topk import _empty_results, _keep_best, _n_chunks
 
@@ -35,16 +36,6 @@ from cbir.indexes.kernels.topk import _empty_results, _keep_best, _n_chunks
 def block_codes(tables: BucketTables, codes: np.ndarray) -> np.ndarray:
     """The codes (n, s) uint8 of the objects in bucket order: (g·n, s) uint8, row p = ``codes[bucket_ids[p]]``."""
     return np.ascontiguousarray(codes[tables.bucket_ids])
-
-
-@_jit(fastmath={"reassoc"})
-def _code_distance(query: np.ndarray, code: np.ndarray) -> np.float32:
-    """Squared L2 between a query in code units (s,) float32 and one uint8 code (s,)."""
-    total = np.float32(0.0)
-    for j in range(query.shape[0]):
-        diff = np.float32(code[j]) - query[j]
-        total += diff * diff
-    return total
 
 
 @_jit()
@@ -93,7 +84,7 @@ def _score_blocks(
                     continue
                 stamps[obj] = current
             scored += 1
-            key = _code_distance(units, codes[position])
+            key = block_score(units, codes[position])
             if size == limit and key >= bound:
                 continue  # no better than the worst kept (a key equal to it keeps the member met first)
             obj = bucket_ids[position]
@@ -234,8 +225,10 @@ def block_search(
 
     Args:
         queries: (m, d) float32 (unit rows for cosine); data: (n, d) float32 indexed vectors (the exact re-rank).
-        units: (m, s) float32 queries in code units (:func:`cbir.indexes.pca.code_units`).
-        codes: (g·n, s) uint8 codes in bucket order (:func:`block_codes`).
+        units: (m, s) float32 queries in code units (:func:`cbir.indexes.pca.code_units`), or (m, w) uint64 their
+            sign sketches (:func:`cbir.indexes.kernels.sketch.sign_sketches`) when ``codes`` are sketches.
+        codes: (g·n, s) uint8 codes in bucket order (:func:`block_codes`), or (g·n, w) uint64 sign sketches
+            (scored by popcount, :mod:`cbir.indexes.kernels.sketch`).
         tables: the CSR bucket layout; probe_tables / probe_keys: (m, P) int64 / uint64 probed buckets, best first,
             table -1 ending a shorter sequence (:func:`cbir.indexes.kernels.polytope.cross_polytope_probes`).
         k: results per query; rerank: R >= 1 members (best code distance) ranked exactly.

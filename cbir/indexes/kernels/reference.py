@@ -246,7 +246,7 @@ def block_search_reference(
                     continue
                 met.add(obj)
                 visited[i] += 1
-                low = float(((codes[position].astype(np.float64) - units[i]) ** 2).sum())
+                low = _code_score_reference(units[i], codes[position])
                 if any(obj == other for _, other in kept) or (len(kept) == rerank and low >= kept[-1][0]):
                     continue
                 kept = sorted([*kept, (low, obj)])[:rerank]
@@ -261,6 +261,25 @@ def block_search_reference(
         ids[i, : len(order)] = candidates[order]
         scores[i, : len(order)] = key_values[order] if metric == METRIC_EUCLIDEAN else -key_values[order]
     return scores, ids, visited
+
+
+def sign_sketches_reference(units: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    """numpy version of :func:`cbir.indexes.kernels.sketch.sign_sketches`, bit by bit: bit j % 64 of word j // 64
+    set where ``units[:, j] > zero[j]``."""
+    m, s = units.shape
+    sketches = np.zeros((m, -(-s // 64)), dtype=np.uint64)
+    for j in range(s):
+        bit = np.uint64(1) << np.uint64(j % 64)
+        sketches[units[:, j].astype(np.float32) > zero[j], j // 64] |= bit
+    return sketches
+
+
+def _code_score_reference(unit: np.ndarray, code: np.ndarray) -> float:
+    """A member's shortlist score (:func:`cbir.indexes.kernels.sketch.block_score`): squared L2 of a uint8 code,
+    or the Hamming distance of a uint64 sketch (the set bits of the XOR, counted one by one)."""
+    if code.dtype == np.uint64:
+        return float(sum(bin(int(word)).count("1") for word in np.bitwise_xor(unit, code)))
+    return float(((code.astype(np.float64) - unit) ** 2).sum())
 
 
 def query_spaces_reference(

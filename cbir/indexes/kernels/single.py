@@ -17,6 +17,7 @@ from cbir.indexes.kernels.blocks import _block_one
 from cbir.indexes.kernels.common import BucketTables, _jit
 from cbir.indexes.kernels.polytope import _probe_one, _rotate
 from cbir.indexes.kernels.projection import _one_query_spaces
+from cbir.indexes.kernels.sketch import query_code
 
 
 @_jit(fastmath={"reassoc", "contract"})
@@ -38,6 +39,7 @@ def one_block_query(
     hashed_dim: int,
     low: np.ndarray,
     inverse_step: np.float32,
+    zero: np.ndarray,
     rotation: np.ndarray,
     signs: np.ndarray,
     n_tables: int,
@@ -60,6 +62,8 @@ def one_block_query(
             (:func:`cbir.indexes.kernels.projection.query_spaces`), whose first r = ``hashed_dim`` coordinates are
             hashed: rotated by ``rotation`` (r, G·D) float32, the dense rotations, or, when it has no rows, by the
             fast transforms of ``signs`` (G, R, D).
+        zero: (s,) float32 the centre in code units (``-low / step``): where uint64 ``codes`` (sign sketches,
+            :mod:`cbir.indexes.kernels.sketch`) put a bit; unused with uint8 codes.
         n_tables, n_projections, last_dim, n_probes: the probing sequence
             (:func:`cbir.indexes.kernels.polytope.cross_polytope_probes`).
         data, codes, tables, k, rerank, stamp, patience, metric: :func:`cbir.indexes.kernels.blocks.block_search`'s.
@@ -77,6 +81,7 @@ def one_block_query(
         for f in range(n_functions):
             _rotate(hashed[0], signs[f], rotated[0, f])
     probe_tables, probe_keys, _ = _probe_one(rotated, n_tables, n_projections, last_dim, n_probes)
+    scored_as = query_code(units, zero, codes)  # the units, or the query's sketch
     return _block_one(
-        query, data, units, codes, tables, probe_tables, probe_keys, k, rerank, stamp, patience, metric
+        query, data, scored_as, codes, tables, probe_tables, probe_keys, k, rerank, stamp, patience, metric
     )  # fmt: skip
