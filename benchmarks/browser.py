@@ -1,15 +1,9 @@
-"""The app under a browser, shared by the benchmarks that drive it (load.py, scale_app.py, page_shots.py,
-api_load.py) and by the browser tests (``tests/conftest.py``, test_browser, test_bad_inputs, test_load, test_api):
-a server on a free loopback port until the block ends (:func:`running_server`, :func:`streamlit_server`), the
-exceptions in its log (:func:`server_errors`), a headless Chromium (:func:`chromium`), and the readers and drivers
-of a Streamlit page (:func:`wait_for`, :func:`open_page`, :func:`upload`, :func:`choose_radio`, :func:`metric_text`,
-...).
-
-Why here and not in ``tests/``: imports go one way, from the tests to the benchmarks (the tests already run the
-benchmarks' own code: ``run_load``, ``run_api_load``, ``copy_workspace``), never back; a script run as
-``python benchmarks/x.py`` should not reach into the test tree (not a package, with pytest's conftest). So the
-helpers live beside the scripts, and the tests import them as ``benchmarks.browser``.
-"""
+"""The app under a browser, shared by the benchmarks that drive it and by the browser tests: a server on a free
+loopback port (:func:`running_server`, :func:`streamlit_server`), its logged exceptions (:func:`server_errors`), a
+headless Chromium (:func:`chromium`), and the readers and drivers of a Streamlit page (:func:`wait_for`,
+:func:`open_page`, :func:`upload`, :func:`choose_radio`, :func:`metric_text`, ...). Here, not in ``tests/``: imports go
+from the tests to the benchmarks, never back (a script run as ``python benchmarks/x.py`` does not reach into the test
+tree)."""
 
 from __future__ import annotations
 
@@ -164,9 +158,7 @@ def chromium(profile: Path, window: tuple[int, int] = (1400, 2000)) -> Any:
     return driver
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Reading and driving a page
-# ----------------------------------------------------------------------------------------------------------
+# --- Reading and driving a page ---------------------------------------------------------------------------
 
 
 def elements(driver: Any, selector: str) -> list[Any]:
@@ -242,8 +234,7 @@ def wait_until_idle(driver: Any, timeout: float, what: str) -> None:
     wait_for(idle, timeout, what)
 
 
-# Installed in the page by watch_page: the time of the page's last DOM change and of every change of the app
-# root's script state (performance.now(), in ms since the page's navigation began)
+# Installed by watch_page: the time (performance.now(), ms) of the page's last DOM change and of each script state
 SETTLE_JS = """
 if (!window.cbirWatch) {
   const watch = {changed: performance.now(), states: []};
@@ -260,8 +251,7 @@ if (root && !root.cbirWatched) {
 }
 return performance.now();
 """
-# What counts as settled: no DOM change for this long, the script not running, no stale element left
-SETTLED_QUIET_S = 0.3
+SETTLED_QUIET_S = 0.3  # settled: no DOM change for this long, the script not running, nothing stale
 
 
 def watch_page(driver: Any) -> float:
@@ -270,12 +260,9 @@ def watch_page(driver: Any) -> float:
 
 
 def settled_seconds(driver: Any, since: float, timeout: float, what: str, rerun: bool = True) -> float:
-    """Seconds from ``since`` (the page's clock, ms: :func:`watch_page` just before the action; 0 for a page
-    load) to the page's last DOM change, once the page has settled: the script not running (Streamlit's own
-    ``data-test-script-state``; with ``rerun``, after a run that began after ``since``), no element left stale
-    (``data-stale``: drawn by the run before) and nothing changed for :data:`SETTLED_QUIET_S`. So the figure is
-    what a person waits for (the run and the browser drawing its result), not the time taken to be sure it
-    ended (polled every 50 ms)."""
+    """Seconds from ``since`` (page clock, ms: :func:`watch_page` before the action; 0 for a page load) to the
+    page's last DOM change once settled: the script not running (with ``rerun``: after a run begun since), nothing
+    stale, nothing changed for :data:`SETTLED_QUIET_S` — what a person waits for (polled every 50 ms)."""
     watch_page(driver)
 
     def settled() -> float | None:
@@ -302,12 +289,13 @@ def open_page(driver: Any, url: str, ready_selector: str, timeout: float = PAGE_
     wait_for(lambda: elements(driver, ready_selector), timeout, f"{ready_selector} on {url}")
 
 
+RESEND_S = 30.0  # an upload the page has not answered while idle this long is given again
 UPLOAD_SEEN_S = 15.0  # how long the uploader may take to list a file it was given before it is given again
 
 
 def upload(driver: Any, path: Path, attempts: int = 3) -> None:
     """Give ``path`` to the page's file uploader until it lists the name (a file given while React redraws the
-    uploader can be dropped without a trace: CI saw one of eleven; a person would give it again)."""
+    uploader can be dropped; a person would give it again)."""
     from selenium.common.exceptions import WebDriverException
 
     def listed() -> bool:  # the markup, not the text: the uploader shortens a long name ("az-liza...ark_01.jpg")
@@ -330,11 +318,24 @@ def upload(driver: Any, path: Path, attempts: int = 3) -> None:
     raise TimeoutError(f"the uploader never listed {path.name} after {attempts} attempts")
 
 
-# Installed in the page by :func:`watch_answer`: times (performance.now(), ms) of what the page shows after an upload,
-# taken by the page itself as it changes (a MutationObserver and image load events), not by polling over WebDriver
-# (each poll reads the whole page: tens of ms on a busy machine, which blurred the figure it measured). Unlike
-# SETTLE_JS (the page settled: last DOM change), it also waits for the answer's images to load, which no DOM change
-# marks.
+def upload_answered(driver: Any, path: Path, answered: Callable[[], object], timeout: float = PAGE_S) -> int:
+    """:func:`upload` ``path`` and wait until ``answered()``; if the page sat idle for :data:`RESEND_S` without
+    answering, give the file again once (CI saw Streamlit lose an upload: listed, no script run after it) and say so
+    on stdout. Returns the times it was given again; ``TimeoutError`` after ``timeout``."""
+    upload(driver, path)
+    with contextlib.suppress(TimeoutError):
+        wait_for(answered, RESEND_S, f"the answer to {path.name}")
+        return 0
+    if not app_running(driver):
+        print(f"the upload of {path.name} had no answer after {RESEND_S:.0f} s with the app idle: given again")
+        upload(driver, path)
+    wait_for(answered, max(timeout - RESEND_S, RESEND_S), f"the answer to {path.name}")
+    return 1
+
+
+# Installed by :func:`watch_answer`: times (performance.now(), ms) of what the page shows after an upload, taken by the
+# page itself (a MutationObserver, image load events: WebDriver polls cost tens of ms each); unlike SETTLE_JS it also
+# waits for the answer's images to load.
 ANSWER_JS = """
 const [name, marker, images] = arguments;
 const times = {start: performance.now()};
