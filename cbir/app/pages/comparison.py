@@ -18,6 +18,7 @@ from cbir.evaluation.comparison import Comparison, distance_summary, hubness_sum
 from cbir.evaluation.evaluate import SINGLE_QUERY_SAMPLE
 from cbir.evaluation.tuning import RECOMMEND_BUDGET_FRACTION, SWEEP_ON_REQUEST
 from cbir.features.finetune import finished_runs, retrieval_runs, training_figure
+from cbir.indexes.registry import DEFAULT_TARGET_RECALL
 
 RECOMMENDED, DEFAULT = "recommended", "default"  # the LSH setting compared
 TRADEOFF, PER_CLASS = "Recall vs time", "Per-class mAP"  # the first and last chart
@@ -172,9 +173,11 @@ def charts(comparison: Comparison, choice: Choice) -> None:
         st.caption(
             f"The exact scan, LSH at its {choice.lsh_setting} setting and the reference indexes (FAISS HNSW; up to "
             f"{SWEEP_ON_REQUEST:,} objects also FAISS IVF-Flat, hnswlib and cross-polytope LSH) at their default "
-            "settings; the tuning page sweeps their settings. Times are per query, one query at a time (as the "
-            "Search page searches) or in a batch of all the validation queries, every index's (the exact scan's "
-            "too) measured in the same mode in this server's run. hnswlib does not count the objects it visits."
+            "settings (cross-polytope LSH's bits, probes and shortlist chosen at fit for recall@10 "
+            f"{DEFAULT_TARGET_RECALL:g}); the tuning page sweeps their settings. Times are per query, one query at "
+            "a time (as the Search page searches) or in a batch of all the validation queries, every index's (the "
+            "exact scan's too) measured in the same mode in this server's run. hnswlib does not count the objects it "
+            "visits."
         )
     elif chosen == PER_CLASS:
         # its radio reruns this fragment only: the page keeps its height and scroll position (a full rerun redrew
