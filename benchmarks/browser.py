@@ -298,11 +298,11 @@ def upload(driver: Any, path: Path, attempts: int = 3) -> None:
     uploader can be dropped; a person would give it again)."""
     from selenium.common.exceptions import WebDriverException
 
-    def listed() -> bool:  # the markup, not the text: the uploader shortens a long name ("az-liza...ark_01.jpg")
-        name = html.escape(path.name, quote=False)
+    def listed() -> bool:  # the markup, not the text: the uploader shortens a long name ("az-liza...ark_01.jpg");
+        name = html.escape(path.name, quote=False)  # or the page's: the Search page takes the file out of it
         try:
-            uploaders = elements(driver, '[data-testid="stFileUploader"]')
-            return any(name in str(e.get_attribute("innerHTML")) for e in uploaders)
+            uploaders = [str(e.get_attribute("innerHTML")) for e in elements(driver, '[data-testid="stFileUploader"]')]
+            return any(name in markup for markup in uploaders) or path.name in body_text(driver)
         except WebDriverException:  # redrawn under us: look again
             return False
 

@@ -182,26 +182,32 @@ def test_search_by_picking_a_collection_image(app_env: Path) -> None:
 
 def test_search_upload_bad_and_unusual_files(app_env: Path, openclipart_small: Path) -> None:
     at = open_app("Search")
-    uploader = at.file_uploader(key="search-upload")
+    uploader = at.file_uploader[0]
     good = next(openclipart_small.rglob("*.jpg"))
     uploader.set_value((good.name, good.read_bytes(), "image/jpeg")).run()
     check_ok(at)
     assert images(at) == 1 + N_RESULTS and not at.error
+    # the file is taken out of the uploader (the next one is a plain upload, not a replacement) and stays the query
+    assert len(at.file_uploader) == 1 and at.file_uploader[0].value is None
+    assert at.file_uploader[0].key != uploader.key
+    at.selectbox(key="search-metric").set_value("cosine").run()  # another run: the query stays
+    assert images(at) == 1 + N_RESULTS and at.session_state["search-uploaded"][0] == good.name, "the query was lost"
+    at.selectbox(key="search-metric").set_value("euclidean").run()
     for name, (data, words) in bad_uploads().items():
-        at.file_uploader(key="search-upload").set_value((f"{name}.png", data, "image/png")).run()
+        at.file_uploader[0].set_value((f"{name}.png", data, "image/png")).run()
         check_ok(at)
         assert len(at.error) == 1 and words in at.error[0].value, (name, [e.value for e in at.error])
         assert "cannot be used as a query" in at.error[0].value
         assert images(at) == 0
     for name, (data, words) in unusual_uploads().items():
         suffix = {"animated gif": "gif", "cmyk": "jpg", "50 MP photo": "jpg"}.get(name, "png")
-        at.file_uploader(key="search-upload").set_value((f"{name}.{suffix}", data, "image/*")).run()
+        at.file_uploader[0].set_value((f"{name}.{suffix}", data, "image/*")).run()
         check_ok(at)
         assert not at.error, (name, [e.value for e in at.error])
         assert any(words in info.value for info in at.info), (name, [i.value for i in at.info])
         assert images(at) == 1 + N_RESULTS
     # and the app still works with a plain image afterwards
-    at.file_uploader(key="search-upload").set_value((good.name, good.read_bytes(), "image/jpeg")).run()
+    at.file_uploader[0].set_value((good.name, good.read_bytes(), "image/jpeg")).run()
     assert images(at) == 1 + N_RESULTS and not at.error and not at.info
 
 

@@ -370,7 +370,7 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
         return at
 
     first = session()
-    first.file_uploader(key="search-upload").set_value((image.name, image.read_bytes(), "image/jpeg")).run()
+    first.file_uploader[0].set_value((image.name, image.read_bytes(), "image/jpeg")).run()
     assert relpath not in first.dataframe[-1].value["Path"].tolist()
     assert "search-add-class" not in [box.key for box in first.selectbox]  # the controls come when asked for
     first.toggle(key="search-change").set_value(True).run()  # the controls to change the collection

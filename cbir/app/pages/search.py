@@ -38,6 +38,9 @@ RESULT_WIDTH = RESULT_TILE_SIDE  # px: five results a row beside the sidebar in 
 NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
 PICK_LIST_LIMIT = 20_000  # larger collections are picked from by row number, not from a list of names
 CHANGE_KEY = "search-change"  # the toggle that shows the controls to change the collection
+UPLOAD_KEY = "search-upload"  # the uploader's key: the first one's, then with the number of files taken (-1, -2…)
+TAKEN_KEY = "search-uploads-taken"  # how many uploaded files the page has taken from the uploader
+UPLOADED_KEY = "search-uploaded"  # (name, bytes) of the last uploaded file: the query until the next one
 
 
 def page() -> StreamlitPage:
@@ -206,19 +209,10 @@ def lsh_index(path: str, version: int, metric: str) -> IndexConfig:
 
 def choose_query(catalog: pd.DataFrame, sources: tuple[str, ...]) -> Query:
     query = Query(st.radio("Query", sources, horizontal=True, label_visibility="collapsed", key="search-source"))
+    if query.source != UPLOAD:
+        st.session_state.pop(UPLOADED_KEY, None)  # another source: the uploader starts empty when chosen again
     if query.source == UPLOAD:
-        upload = st.file_uploader(
-            "Drag and drop an image",
-            key="search-upload",
-            type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
-            help=f"JPEG, PNG, WebP, BMP, GIF or TIFF, up to {MAX_UPLOAD_BYTES // 2**20} MB",
-        )
-        st.caption(
-            f"Up to {MAX_UPLOAD_BYTES // 2**20} MB: the browser refuses a bigger file (it is listed with a red mark "
-            "and not searched)."
-        )
-        if upload is not None:
-            query.image, query.name = upload.getvalue(), upload.name
+        query.name, query.image = uploaded_file()
     elif query.source == CAMERA:
         photo = st.camera_input("Take a photo", key="search-camera")
         if photo is not None:
@@ -234,6 +228,36 @@ def choose_query(catalog: pd.DataFrame, sources: tuple[str, ...]) -> Query:
     else:
         pick_from_collection(query, catalog, by_file=sources == SOURCES)
     return query
+
+
+def uploaded_file() -> tuple[str, bytes | None]:
+    """The last file given to the uploader, as ``(name, bytes)`` (``("", None)`` before the first): taken out of
+    the uploader in the run the file arrives, which then draws an empty uploader under a new key. So the next file is
+    a plain upload, one run; given to an uploader that still holds a file it is a replacement, a run without a file
+    and then one with it, and Streamlit 1.67 at times never made the second run (the page stayed at "Choose a query
+    image" under the listed file; tests/test_bad_inputs.py met it in about one run of three)."""
+    taken = st.session_state.get(TAKEN_KEY, 0)
+    arrived = st.session_state.get(upload_key(taken))  # the uploader's value before it is drawn in this run
+    if arrived is not None:
+        st.session_state[UPLOADED_KEY] = (arrived.name, arrived.getvalue())
+        taken = st.session_state[TAKEN_KEY] = taken + 1
+    st.file_uploader(
+        "Drag and drop an image",
+        key=upload_key(taken),
+        type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
+        help=f"JPEG, PNG, WebP, BMP, GIF or TIFF, up to {MAX_UPLOAD_BYTES // 2**20} MB; the image searched is shown "
+        "below with its answer, and the next one can be dropped here",
+    )
+    st.caption(
+        f"Up to {MAX_UPLOAD_BYTES // 2**20} MB: the browser refuses a bigger file (it is listed with a red mark "
+        "and not searched)."
+    )
+    return st.session_state.get(UPLOADED_KEY, ("", None))
+
+
+def upload_key(taken: int) -> str:
+    """The uploader's key after ``taken`` files were taken from it."""
+    return UPLOAD_KEY if taken == 0 else f"{UPLOAD_KEY}-{taken}"
 
 
 def pick_from_collection(query: Query, catalog: pd.DataFrame, by_file: bool) -> None:
