@@ -162,3 +162,48 @@ def test_real_query_from_an_upload_with_notes(search_engine: SearchEngine, small
     assert any("transparent" in note for note in result.notes)
     assert result.results.iloc[0]["score"] < 1e-3  # the same pixels, composited on white: the same features
     assert len(result.results) == DEFAULT_K
+
+
+EMBED_IN_A_FRESH_PROCESS = """
+import json, sys
+from cbir.core import config
+config.quiet_native_libraries()
+from cbir.data.query import decode_query
+from cbir.data.samples import sample_photo_png
+from cbir.features.query_model import ExtractorSpec
+from cbir.service import search
+extractor = search.shared_extractor(ExtractorSpec(*sys.argv[1:3]))
+import tensorflow as tf
+features = extractor.transform([decode_query(sample_photo_png("chelsea")).image])[0]
+print(json.dumps([tf.config.threading.get_intra_op_parallelism_threads(), features.tolist()]))
+"""
+
+
+@pytest.mark.integration
+def test_a_server_model_runs_its_ops_on_one_thread_and_embeds_as_before(real_features: FeatureSet) -> None:
+    """The server's shared model (cbir.service.search.shared_extractor) in a fresh process: TensorFlow's ops on one
+    thread each (cbir.features.query_model.one_thread_per_op), the same features of a photo as on TensorFlow's own
+    threads (the environment's choice wins: TF_NUM_INTRAOP_THREADS=2) to 1e-5."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from cbir.core import config
+
+    spec = extractor_spec(real_features.meta)
+    answers = []
+    for threads in (None, "2"):
+        env = {k: v for k, v in os.environ.items() if k != "TF_NUM_INTRAOP_THREADS"}
+        env["PYTHONPATH"] = os.pathsep.join([str(config.PROJECT_ROOT), env.get("PYTHONPATH", "")])
+        if threads:
+            env["TF_NUM_INTRAOP_THREADS"] = threads
+        done = subprocess.run(
+            [sys.executable, "-c", EMBED_IN_A_FRESH_PROCESS, spec.backbone, str(spec.weights)],
+            env=env, capture_output=True, text=True, check=True, timeout=600,
+        )  # fmt: skip
+        answers.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    (one_thread, narrow), (default, wide) = answers
+    assert one_thread == 1 and default == 0  # 0: TensorFlow's own choice (here the environment's 2 threads)
+    assert len(narrow) == real_features.features.shape[1]
+    np.testing.assert_allclose(narrow, wide, atol=1e-5, rtol=0)

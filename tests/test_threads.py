@@ -4,6 +4,7 @@ one ends, and the answers are the batch's. Speed is measured by benchmarks/singl
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 
@@ -120,10 +121,15 @@ def test_wide_or_narrow_times_both_ways_then_keeps_the_faster_and_still_tries_th
             chooser._record(way, seconds)
     step = chooser.explore_seconds / 9.99  # ten picks per period
     picks = [chooser._pick(1000.0 + i * step) for i in range(30)]  # 3 explore periods
-    assert picks.count(False) == 3 and picks[0] is False and picks[10] is False  # the other way once per period
+    assert picks.count(False) == 3 and picks[8] is False and picks[18] is False  # the other way once per period
     for seconds in [3.0, 3.0, 3.0]:  # wide now slower (a busy machine): narrow from then on
         chooser._record(True, seconds)
     assert sum(chooser._pick(2000.0 + i * step) for i in range(10)) == 1
+    # a server's queries, seconds apart: the faster way but once in explore_calls + 1 (by time alone: every one the
+    # slower way, issue 21)
+    human = [chooser._pick(3000.0 + 2.0 * i) for i in range(4 * (chooser.explore_calls + 1))]
+    tried = [i for i, wide in enumerate(human) if wide]
+    assert len(tried) == 4 and {b - a for a, b in itertools.pairwise(tried)} == {chooser.explore_calls + 1}
     for seconds in [7.0, 7.0, 7.0, 7.0]:  # the one thread preempted now and then: its best still beats wide's median
         chooser._record(False, seconds)
     assert not chooser._wide_faster

@@ -1,8 +1,10 @@
 """The model a query is embedded with: :class:`ExtractorSpec` names the backbone and weights that computed a feature
-set (read off its meta), :func:`make_extractor` builds it. The search engine, growth and the report use it."""
+set (read off its meta), :func:`make_extractor` builds it. The search engine, growth and the report use it; a server
+runs its model's ops on one thread each (:func:`one_thread_per_op`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,3 +71,25 @@ def make_extractor(spec: ExtractorSpec, warm_up: bool = True) -> FeatureExtracto
     if warm_up:
         extractor.transform([Image.new("RGB", (32, 32), "white")])
     return extractor
+
+
+QUERY_OP_THREADS = 1  # TensorFlow's intra-op threads in a server, which embeds one query at a time
+
+
+def one_thread_per_op() -> bool:
+    """Have TensorFlow run each op on one thread (its intra-op pool), as a server embeds one query at a time: the
+    single-query policy of :mod:`cbir.indexes.threads` for the model. On two cores with one of them busy (another
+    session, the browser drawing the page) each op split over two threads waited for the slower half: the Search
+    page's embedding took 80 ms (median of 8 queries, load 3-5) against 37 ms on one thread, and one image alone 40-42
+    against 26-32 ms at load 3; a batch of 32 is 10-20 % slower on one thread (44-47 against 39 images/s), which a
+    server rarely runs (the home page's build, before any query). Takes effect only before TensorFlow's runtime starts
+    (its first op) and when the environment does not choose (``TF_NUM_INTRAOP_THREADS``); returns whether it did."""
+    if os.environ.get("TF_NUM_INTRAOP_THREADS"):
+        return False
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(QUERY_OP_THREADS)
+    except RuntimeError:  # the runtime has started: its thread pools are made
+        return False
+    return True

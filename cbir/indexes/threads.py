@@ -187,23 +187,29 @@ class WideOrNarrow:
     times once let the wide way back in for a hundred queries at 3x the cost; the wide way's median, not its best: a
     lucky moment with a free core says nothing of the next call. Measured against a moving average and a probe every
     32nd call, which a lone slow call flipped for dozens of queries, and which cost a 1 ms query ~3 % on an idle
-    machine (one call in ~200 now). One per index (the exact scan); thread-safe enough (a race loses one timing).
-    Outside a single query (a batch) it changes nothing."""
+    machine (one call in ~200 now). The other way is also taken at most once in :attr:`explore_calls` calls: a
+    server's queries come seconds apart, and by time alone every one of them took the way measured slower (the Search
+    page's first exact scan: a one-thread product of 21.6 ms beside a two-thread median of 1.2 ms, issue 21). One per
+    index (the exact scan); thread-safe enough (a race loses one timing). Outside a single query (a batch) it changes
+    nothing."""
 
     explore_seconds = 0.2
+    explore_calls = 8
     window = 5
 
     def __init__(self) -> None:
         self._seconds: dict[bool, deque[float]] = {True: deque(maxlen=self.window), False: deque(maxlen=self.window)}
         self._wide_faster = True
         self._explored = 0.0  # time.perf_counter() when the slower way was last taken
+        self._calls = 0  # calls since then (or since both ways were first timed)
 
     def _pick(self, now: float) -> bool:
         wide, narrow = self._seconds[True], self._seconds[False]
         if not wide or not narrow:  # each way timed once first
             return not wide
-        if now - self._explored >= self.explore_seconds:
-            self._explored = now
+        self._calls += 1
+        if self._calls > self.explore_calls and now - self._explored >= self.explore_seconds:
+            self._explored, self._calls = now, 0
             return not self._wide_faster
         return self._wide_faster
 

@@ -33,7 +33,7 @@ from cbir.core import foreground
 from cbir.core.errors import CbirError, ConfigError
 from cbir.core.storage import ArtifactError
 from cbir.data.query import RESULT_TILE_SIDE, TILE_CACHE_SIZE, QueryImage, decode_query, keep_tiles, tiles_jpeg
-from cbir.features.query_model import ExtractorSpec, extractor_spec, make_extractor
+from cbir.features.query_model import ExtractorSpec, extractor_spec, make_extractor, one_thread_per_op
 from cbir.features.saved_indexes import load_fresh
 from cbir.features.sources import FeatureSet, FeatureSetVersion, feature_source
 from cbir.features.store import catalog_keys, read_manifest, read_rows, read_table, removed_rows
@@ -319,9 +319,12 @@ _shared_extractors: dict[ExtractorSpec, FeatureExtractor] = {}
 
 
 def shared_extractor(spec: ExtractorSpec) -> FeatureExtractor:
-    """The process's model of ``spec`` (built once, warmed by one inference): the app's pages and the API share it."""
+    """The process's model of ``spec`` (built once, warmed by one inference): the app's pages and the API share it.
+    The first one sets TensorFlow's ops on one thread each when it can (:func:`one_thread_per_op`: single queries)."""
     with _shared_lock:
         if spec not in _shared_extractors:
+            if not _shared_extractors:
+                one_thread_per_op()
             _shared_extractors[spec] = make_extractor(spec)
         return _shared_extractors[spec]
 

@@ -35,6 +35,8 @@ SCAN, LSH, HNSW, FASTEST = "Exact scan", "LSH", "HNSW (faiss)", "Fastest at a re
 INDEX_CHOICES = (SCAN, LSH, HNSW, FASTEST)
 TABLE_WIDTH = 880  # px: the results table in its popover, every column in view
 RESULT_WIDTH = RESULT_TILE_SIDE  # px: five results a row beside the sidebar in a 1400-px window (930 px of page)
+QUERY_SIDE = 256  # px: the query's picture, as a collection image's tile (its column: ~170 px wide in a 1400-px
+# window, ~270 in a 1920-px one); it was 512 px, a 37-kB message with every answer (~11 kB now)
 NEW_CLASS, UNLABELLED = "New class…", "Unlabelled (indexed like a distractor)"
 PICK_LIST_LIMIT = 20_000  # larger collections are picked from by row number, not from a list of names
 CHANGE_KEY = "search-change"  # the toggle that shows the controls to change the collection
@@ -348,7 +350,7 @@ def search_image(engine: SearchEngine, query: Query, image: bytes, index_config:
         f"One query: computing its features {formats.duration(result.embed_seconds)} (the model's first query also "
         f"loads it) + the search {formats.duration(result.search_seconds)}"
     )
-    return Answer(result, jpeg_data_url(jpeg_bytes(thumbnail(decoded.image, 512))), caption, time_help)
+    return Answer(result, jpeg_data_url(jpeg_bytes(thumbnail(decoded.image, QUERY_SIDE))), caption, time_help)
 
 
 def show_answer(engine: SearchEngine, answer: Answer, label: str) -> None:
