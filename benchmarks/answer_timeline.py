@@ -132,26 +132,16 @@ def serve(argv: list[str]) -> int:
 
 def upload_once(driver: Any, url: str, photo: Path) -> dict:
     """Open the Search page, wait until it is idle and 2 s more, upload ``photo``; the page's times (epoch ms)."""
-    from benchmarks.browser import PAGE_S, open_page, page_errors, upload, wait_for, wait_until_idle, watch_answer
+    from warm_start import answer_times
+
+    from benchmarks.browser import PAGE_S, open_page, wait_until_idle
 
     open_page(driver, f"{url}/Search", "input[type=file]")
     wait_until_idle(driver, PAGE_S, "the Search page's first run")
     time.sleep(2.0)
     origin = float(driver.execute_script("return performance.timeOrigin"))
-    read = watch_answer(driver, photo.name, "Most similar images", 11)
+    times = answer_times(driver, photo)
     start = origin + float(driver.execute_script("return window.__cbirAnswer.start"))
-    upload(driver, photo)
-    times: dict[str, float] | None = None
-
-    def answered() -> bool:
-        nonlocal times
-        times = read()
-        return times is not None or bool(page_errors(driver))
-
-    wait_for(answered, PAGE_S, f"the answer to {photo.name}", interval=0.05)
-    if errors := page_errors(driver):
-        raise RuntimeError(f"the page shows an error: {errors}")
-    assert times is not None
     received = driver.execute_script("return window.__cbirWs")
     long_tasks = driver.execute_script("return window.__cbirLong")
     events = [(start + ms, "page", stage) for stage, ms in times.items()]

@@ -46,8 +46,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from harness import ROOT as PROJECT_ROOT  # first: this checkout's cbir, not an installed one
@@ -164,6 +164,27 @@ def api_queries(url: str, photo: str, query: bytes) -> dict:
     return row
 
 
+def answer_times(driver: Any, path: Path, images: int = RESULT_IMAGES) -> dict[str, float]:
+    """Give ``path`` to the Search page's uploader and wait for its answer: the page's times of it
+    (:func:`benchmarks.browser.watch_answer`, ms after the start); ``RuntimeError`` if the page shows an error."""
+    from benchmarks.browser import PAGE_S, page_errors, upload, wait_for, watch_answer
+
+    read = watch_answer(driver, path.name, "Most similar images", images)
+    upload(driver, path)
+    times: dict[str, float] | None = None
+
+    def answered() -> bool:
+        nonlocal times
+        times = read()
+        return times is not None or bool(page_errors(driver))
+
+    wait_for(answered, PAGE_S, f"the answer to {path.name}", interval=0.05)
+    if errors := page_errors(driver):
+        raise RuntimeError(f"the page shows an error: {errors}")
+    assert times is not None
+    return times
+
+
 def page_queries(url: str, photo: Path, work: Path, think: float) -> dict:
     """In a headless Chromium: open the Search page, wait until its run ended and ``think`` seconds more (a person
     choosing a file), upload ``photo``, wait for its ten results; twice (the second time under another name, so that
@@ -173,12 +194,9 @@ def page_queries(url: str, photo: Path, work: Path, think: float) -> dict:
         chromium,
         metric_text,
         open_page,
-        page_errors,
         query_time_ms,
-        upload,
         wait_for,
         wait_until_idle,
-        watch_answer,
     )
     from cbir.app.formats import parse_duration
 
@@ -192,19 +210,7 @@ def page_queries(url: str, photo: Path, work: Path, think: float) -> dict:
         time.sleep(think)  # a person choosing the file
         for which, path in (("first", photo), ("second", photo.with_name(f"again-{photo.name}"))):
             path.write_bytes(photo.read_bytes())
-            read = watch_answer(driver, path.name, "Most similar images", RESULT_IMAGES)
-            upload(driver, path)
-            times: dict[str, float] | None = None
-
-            def answered(read: Callable[[], dict[str, float] | None] = read) -> bool:
-                nonlocal times
-                times = read()
-                return times is not None or bool(page_errors(driver))
-
-            wait_for(answered, PAGE_S, f"the results of {path.name}", interval=0.05)
-            if errors := page_errors(driver):
-                raise RuntimeError(f"the page shows an error: {errors}")
-            assert times is not None
+            times = answer_times(driver, path)
             row[f"{which}_client_ms"] = times["done"]
             for stage in ("picked", "running", "shown", "finished"):
                 row[f"{which}_{stage}_ms"] = times.get(stage)
