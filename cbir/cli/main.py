@@ -157,7 +157,11 @@ def keep_comparison() -> None:
     from cbir.evaluation.comparison import keep_default_comparison
 
     started = time.perf_counter()
-    done = keep_default_comparison()
+    try:
+        done = keep_default_comparison()
+    except CbirError as exc:  # the features are extracted; the page will say the same when it computes
+        print(f"comparison page: not computed ahead ({exc})")
+        return
     if done:
         print(f"comparison page: its first view kept on disk ({time.perf_counter() - started:.1f} s)")
 

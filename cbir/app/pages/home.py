@@ -7,6 +7,7 @@ is built yet) the button that builds it → feature sets → indexes → images 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -233,8 +234,10 @@ def show_build(root: object, status: workspace.CollectionStatus) -> None:
 
     def build() -> FeatureSet:
         result = workspace.build_default(root, progress=progress)  # type: ignore[arg-type]
-        # as `python -m cbir extract` does: the comparison page's first view computed now, kept on disk
-        keep_default_comparison(progress=lambda _, done, total: progress("comparison", done, total))
+        # as `python -m cbir extract` does: the comparison page's first view computed now, kept on disk (when it
+        # cannot be, the comparison page says why)
+        with contextlib.suppress(CbirError):
+            keep_default_comparison(progress=lambda _, done, total: progress("comparison", done, total))
         return result
 
     run_then_rerun(build, lambda result: f"Done: {result.meta['n_images']:,} images × {result.meta['dim']} features.")
