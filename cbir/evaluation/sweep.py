@@ -42,6 +42,9 @@ SWEEP_COLUMNS = [
     "single_query_ms",
 ]
 _GRID_ALIASES = {"g": "n_tables", "h": "n_projections", "w": "bucket_width"}
+# budgeted_sweep ranks candidates from every query's keys against every row (CandidateRanking: ~12 bytes a pair while
+# it is made, 8 kept) up to this many query x row pairs (the default collection: 2.5 million); above, it searches
+RANKED_PAIRS = 20_000_000
 
 
 def _as_values(values: Iterable[Any], name: str) -> list[Any]:
@@ -196,13 +199,16 @@ def budgeted_sweep(
     candidate's distance again per setting). So :func:`recommend` of it is :func:`recommend` of the whole sweep's LSH
     rows at that budget, for a fraction of the sweep's time (the settings above the budget are the ones that visit,
     and so cost, the most; and no setting is timed: ``search_seconds``, ``query_ms`` and ``single_query_ms`` are
-    NaN). ``progress(done, total)`` after each setting, in the
+    NaN). Above :data:`RANKED_PAIRS` query x row pairs each setting within the budget is searched instead (the same
+    figures; its batch time measured). ``progress(done, total)`` after each setting, in the
     grid's order. ``workers``: settings fitted and searched at once in threads (the LSH kernels and BLAS release the
     GIL; each setting's figures are the same whatever the number: only the fit times differ)."""
     combos = _grid_settings(split, grid, metric, seed)
     vectors = split.indexed_vectors()
     split.exact_answer(metric, int(k))  # computed once, before the settings share it
-    ranking = CandidateRanking(SequentialScan(metric).fit(vectors), split.query_vectors)  # type: ignore[arg-type]
+    ranking = None  # its (n_queries, n_indexed) keys and orders fit in memory on a collection up to RANKED_PAIRS
+    if split.n_queries * split.n_indexed <= RANKED_PAIRS:
+        ranking = CandidateRanking(SequentialScan(metric).fit(vectors), split.query_vectors)  # type: ignore[arg-type]
 
     def within_budget(setting: tuple[Any, Any, Any]) -> dict[str, Any] | None:
         n_tables, n_projections, bucket_width = setting
@@ -214,9 +220,12 @@ def budgeted_sweep(
         visited = np.fromiter(map(len, candidates), dtype=np.int64, count=split.n_queries)
         if visited.mean() > budget:
             return None
-        scores, ids = ranking.top_k(candidates, int(k))  # the search's answers, ranked from the shared product
-        nan = float("nan")  # not timed: the times are not what it picks by
-        result = score_answers(split, scores, ids, visited, metric, int(k), fit_seconds, nan, row_params(index))
+        if ranking is None:  # a large collection: searched (its times are not what it picks by)
+            result = evaluate_split(index, split, k=k, refit=False, single=False)
+        else:  # the search's answers, ranked from the shared product; not timed
+            scores, ids = ranking.top_k(candidates, int(k))
+            nan = float("nan")
+            result = score_answers(split, scores, ids, visited, metric, int(k), fit_seconds, nan, row_params(index))
         return {**result.row(), "fit_seconds": fit_seconds}
 
     rows: list[dict[str, Any]] = []
