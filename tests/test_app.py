@@ -155,6 +155,10 @@ def test_home_page_builds_collection_and_features(
     assert metrics(at)["Images"] > 20
     assert at.dataframe[1].value["Status"].tolist() == ["complete"]
     assert [b.label for b in at.button] == ["Build and save"]  # only an index to build
+    # and the comparison page's first view, computed with it and kept where the page reads it
+    from cbir.evaluation import comparison
+
+    assert comparison.kept_comparison(comparison.default_feature_sets(), references=True) is not None
 
 
 # ----------------------------------------------------------------------------------------------------------

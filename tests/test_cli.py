@@ -146,3 +146,28 @@ def test_app_server_warms_before_any_session(tmp_path: Path) -> None:
         wait_for(lambda: "cbir: warm start" in server.log(), 900, "the warm start's line")
         assert "cbir: warm start stopped" in server.log() and "no complete feature set" in server.log()
         assert server.alive()
+
+
+def test_extract_s_precompute_keeps_the_comparison_and_survives_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After extracting the default collection, ``extract`` keeps the comparison page's first view on disk and says
+    so; when that cannot be computed, the extraction still succeeds and the reason is printed."""
+    from builders import install_feature_set, save_feature_set, synthetic_feature_set
+
+    from cbir.evaluation import comparison
+
+    collection = tmp_path / "collection"
+    collection.mkdir()
+    monkeypatch.setenv("CBIR_COLLECTION", str(collection))
+    install_feature_set(Path(save_feature_set(synthetic_feature_set(), tmp_path / "a.joblib")), collection)
+    cli.keep_comparison()
+    assert "comparison page: its first view kept on disk" in capsys.readouterr().out
+    assert comparison.kept_comparison(comparison.default_feature_sets(), references=True) is not None
+
+    def broken() -> None:
+        raise ConfigError('no rows with role "query"')
+
+    monkeypatch.setattr(comparison, "keep_default_comparison", broken)
+    cli.keep_comparison()
+    assert 'comparison page: not computed ahead (no rows with role "query")' in capsys.readouterr().out

@@ -283,3 +283,32 @@ def test_distractors_before_an_added_image_are_not_added_but_built_with(tmp_path
     with_, without = tuning.evaluate_pair_for(path, version, config)
     assert with_.row()["map"] == tuning.evaluate_for(path, version, config, True).row()["map"]
     assert without.row()["map"] == tuning.evaluate_for(path, version, config, False).row()["map"]
+
+
+def test_the_setup_keeps_the_comparison_page_s_first_view(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m cbir extract``'s precompute (keep_default_comparison) keeps what the comparison page's first view
+    reads, under the page's own key: its feature sets and versions, euclidean, the recommended LSH setting and the
+    references, the distance and hubness analyses; so the page draws it whole without computing anything."""
+    from builders import install_feature_set
+
+    from cbir.app import ui
+    from cbir.core import config
+
+    collection = tmp_path / "collection"
+    collection.mkdir()
+    monkeypatch.setenv("CBIR_COLLECTION", str(collection))
+    install_feature_set(Path(save_feature_set(synthetic_feature_set(), tmp_path / "a.joblib")), collection)
+    done = comparison.keep_default_comparison()
+    assert len(done) == 1 and done == comparison.default_feature_sets()
+    choices = ui.feature_set_choices()
+    sets = ui.with_versions(choices, list(choices))  # what the page passes (its default: every set)
+    assert sets == done
+    parts = list(ui.comparisons(sets, "euclidean", True, True))
+    assert len(parts) == 1  # the kept whole, no part computed
+    assert REFERENCES <= set(parts[0].table["index"]) and "LSH" in set(parts[0].table["index"])
+    _, path, version = sets[0]
+    assert parts[0].table["config"].iloc[2] == tuning.recommended_for(path, version).label  # the recommended LSH
+    assert comparison.kept_hubness(path, version, "euclidean", photos=False) is not None
+    before = sorted(p.name for p in (config.artifacts_dir() / "cache").rglob("*.joblib"))
+    assert comparison.keep_default_comparison() == done  # read back, nothing written again
+    assert sorted(p.name for p in (config.artifacts_dir() / "cache").rglob("*.joblib")) == before

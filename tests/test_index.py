@@ -13,7 +13,8 @@ from cbir.indexes.base import BaseIndex, SearchResult, l2_normalize
 from cbir.indexes.lsh import LSHIndex
 from cbir.indexes.pca import code_units, encode, fit_codebook, fit_pca, project
 from cbir.indexes.polytope import CrossPolytopeIndex
-from cbir.indexes.scan import SequentialScan
+from cbir.indexes.scan import CandidateRanking, SequentialScan
+from cbir.indexes.widths import default_width
 
 
 @pytest.fixture(scope="module")
@@ -493,3 +494,24 @@ def test_warm_up_reports_each_group_of_kernels_once_per_process(monkeypatch: pyt
     assert total >= 4 and calls == [(index.WARM_UP_STAGE, done, total) for done in range(total + 1)]
     index.warm_up(lambda *args: calls.append(args))  # warm: nothing to load, nothing reported
     assert len(calls) == total + 1
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_candidate_ranking_answers_as_the_lsh_search_on_real_features(real_features, metric: str) -> None:
+    """The budgeted sweep's shared ranking (one product, then each setting's candidates shortlisted and re-ranked):
+    bit for bit the LSH search's scores and ids on the default collection's real features, for settings from a
+    few candidates (fewer than k for some queries: padded alike) to thousands."""
+    rows = real_features.roles != "query"
+    data, queries = real_features.features[rows], real_features.features[~rows][:200]
+    ranking = CandidateRanking(SequentialScan(metric).fit(data), queries)
+    width = default_width(data, metric)
+    for n_tables, n_projections, factor in ((1, 4, 2.0), (4, 2, 1.0), (10, 1, 1.0)):
+        index = LSHIndex(n_tables, n_projections, width * factor, metric=metric, seed=0).fit(data)
+        candidates = index.candidates(queries)
+        scores, ids = ranking.top_k(candidates, 10)
+        expected = index.search(queries, 10)
+        np.testing.assert_array_equal(ids, expected.ids)
+        np.testing.assert_array_equal(scores, expected.distances)
+        assert (np.fromiter(map(len, candidates), dtype=np.int64) == expected.visited).all()
+        if n_tables == 1:  # the padded case was met
+            assert min(map(len, candidates)) < 10 < max(map(len, candidates))

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from builders import save_feature_set, synthetic_feature_set
 
+from cbir.evaluation import sweep as sweep_module
 from cbir.evaluation import tuning
 from cbir.evaluation.sweep import budgeted_sweep, recommend, sweep_split
 from cbir.features import workspace
@@ -133,7 +134,9 @@ def test_sweep_pareto_and_recommendation(tmp_path: Path) -> None:
 FIGURES = ["n_tables", "n_projections", "bucket_width", "map", "recall", "mean_score", "mean_visited"]
 
 
-def test_the_budgeted_sweep_recommends_what_the_whole_sweep_does(real_features: FeatureSet) -> None:
+def test_the_budgeted_sweep_recommends_what_the_whole_sweep_does(
+    real_features: FeatureSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On real features: the settings above the visit budget are counted, not searched; the others carry the whole
     sweep's figures, so the recommendation (the comparison page's LSH setting) is the sweep's."""
     split = tuning.evaluation_split(real_features)
@@ -154,6 +157,11 @@ def test_the_budgeted_sweep_recommends_what_the_whole_sweep_does(real_features: 
     threaded = budgeted_sweep(split, grid, budget, progress=lambda done, total: seen.append((done, total)), workers=2)
     pd.testing.assert_frame_equal(threaded[FIGURES], within[FIGURES])
     assert seen == [(done, len(whole)) for done in range(1, len(whole) + 1)]
+    # a collection too large to rank from one product (RANKED_PAIRS): each setting searched, the same figures
+    monkeypatch.setattr(sweep_module, "RANKED_PAIRS", split.n_queries * split.n_indexed - 1)
+    searched = budgeted_sweep(split, grid, budget)
+    pd.testing.assert_frame_equal(searched[FIGURES], within[FIGURES])
+    assert searched["query_ms"].notna().all() and budgeted["query_ms"].isna().all()
 
 
 def test_the_recommendation_is_the_sweep_s_whether_or_not_the_sweep_is_on_disk(tmp_path: Path, monkeypatch) -> None:

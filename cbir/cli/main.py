@@ -144,7 +144,26 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if len(result.report):
         print("\nrejected files:")
         print(result.report.to_string(index=False))
+    if not args.no_comparison and Path(root).resolve() == Path(config.default_collection()).resolve():
+        keep_comparison()
     return 0
+
+
+def keep_comparison() -> None:
+    """The comparison page's first view computed now and kept on disk (read back if it is there already), so that
+    the app opens it at once (:func:`cbir.evaluation.comparison.keep_default_comparison`)."""
+    import time
+
+    from cbir.evaluation.comparison import keep_default_comparison
+
+    started = time.perf_counter()
+    try:
+        done = keep_default_comparison()
+    except CbirError as exc:  # the features are extracted; the page will say the same when it computes
+        print(f"comparison page: not computed ahead ({exc})")
+        return
+    if done:
+        print(f"comparison page: its first view kept on disk ({time.perf_counter() - started:.1f} s)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -266,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--keep-all", action="store_true", help="also extract blank images and every copy of a duplicate group"
+    )
+    p.add_argument(
+        "--no-comparison",
+        action="store_true",
+        help="do not compute the comparison page's first view ahead (by default, after extracting the default "
+        "collection: about 10 s on two cores, kept on disk)",
     )
     p.set_defaults(func=cmd_extract)
 

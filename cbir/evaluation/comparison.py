@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from cbir.core import config as cbir_config
-from cbir.core.names import INDEX_LABELS, REFERENCE_KINDS
+from cbir.core.names import INDEX_LABELS, METRICS, REFERENCE_KINDS
 from cbir.core.storage import kept_on_disk, read_kept
 from cbir.evaluation.distances import distance_table, pairwise_distance_sample
 from cbir.evaluation.evaluate import (
@@ -42,7 +42,7 @@ from cbir.evaluation.tuning import (
 )
 from cbir.features.extractor import FeatureExtractor
 from cbir.features.sources import FeatureSet
-from cbir.features.workspace import base_version, load_feature_set, weights_kind
+from cbir.features.workspace import base_version, complete_feature_sets, file_version, load_feature_set, weights_kind
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
 from cbir.indexes.scan import SequentialScan
 
@@ -288,6 +288,34 @@ def compare(
         items.append((label, path, version, configs))
     jobs = comparison_jobs(items, distractor_settings)
     return comparison_table(jobs, evaluate_jobs(jobs, evaluate, evaluate_pair or default_pair, progress))
+
+
+def default_feature_sets(collection: str | Path | None = None) -> tuple[tuple[str, str, int], ...]:
+    """``(label, path, version)`` of every complete feature set of ``collection`` (default: the configured one),
+    newest first: what the comparison page compares when it opens (its "Feature sets" default)."""
+    choices = complete_feature_sets(collection)
+    return tuple((label, path, file_version(path)) for label, path in choices.items())
+
+
+def keep_default_comparison(
+    collection: str | Path | None = None, progress: Progress | None = None
+) -> tuple[tuple[str, str, int], ...]:
+    """Compute ahead what the comparison page's first view shows and keep it on disk where the page reads it: the
+    comparison of :func:`default_feature_sets` with the first metric (euclidean), LSH at its recommended setting and
+    the reference indexes (:func:`compare` with ``keep``), each set's distance analysis and its hubness over the
+    validation queries (the photos' figures need the model: on request). ``python -m cbir extract`` runs it, so the
+    page opened after the setup reads everything (its 10 s goal) instead of computing 10-20 s in front of a person.
+    Nothing when a set has more than :data:`cbir.evaluation.tuning.SWEEP_ON_REQUEST` rows (the page starts on the
+    default LSH setting without the references there, and their builds take minutes) or when there is none; what is
+    kept already is read, not computed again. Returns the feature sets done."""
+    feature_sets = default_feature_sets(collection)
+    if not feature_sets or large_feature_sets(feature_sets):
+        return ()
+    compare(feature_sets, METRICS[0], True, progress=progress, references=True, keep=True)
+    for _, path, version in feature_sets:
+        distance_analysis_for(path, version, keep=True)
+        hubness_analysis_for(path, version, METRICS[0], keep=True)
+    return feature_sets
 
 
 def evaluate_jobs(

@@ -392,7 +392,7 @@ class EvaluationResult:
         }
 
 
-def _score(
+def score_answers(
     split: EvaluationSplit,
     scores: np.ndarray,
     ids: np.ndarray,
@@ -404,6 +404,9 @@ def _score(
     index_params: dict[str, Any],
     progress: StageProgress | None = None,
 ) -> EvaluationResult:
+    """The :class:`EvaluationResult` of an index's answers to the split's queries: ``scores`` / ``ids`` (n_queries, k)
+    as :meth:`~cbir.indexes.base.BaseIndex.search` returns them, ``visited`` (n_queries,) (-1: not counted),
+    ``index_params`` (:func:`row_params`) and the times they took."""
     returned = ids >= 0
     ap = split.average_precision(ids)
     recall = recall_at_k(ids, split.exact_ids(metric, k, progress), k)
@@ -492,6 +495,13 @@ def time_single_queries(
     return 1000.0 * seconds / done
 
 
+def row_params(index: BaseIndex, fitted: bool = True) -> dict[str, Any]:
+    """The setting of ``index`` as a result row gives it: ``index`` ("scan", "lsh", "hnsw", "ivf_flat"…), its
+    constructor's parameters and, when ``fitted``, the search settings it chose at fit."""
+    params = {"index": index.kind.removesuffix("_index"), **index.params}
+    return {**params, **index.fitted_params} if fitted else params
+
+
 def evaluate_split(
     index: BaseIndex,
     split: EvaluationSplit,
@@ -508,12 +518,12 @@ def evaluate_split(
     ``single_query_ms`` is NaN: a caller that needs the figures only, not the times, skips up to ~100 searches)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k must be an integer >= 1, got {k!r}")
-    params = {"index": index.kind.removesuffix("_index"), **index.params}  # "scan", "lsh", "hnsw", "ivf_flat"…
+    params = row_params(index, fitted=False)
     if type(index) is SequentialScan and refit:  # the scan is its own reference: recall 1 without a second search
         exact = split.exact_answer(index.metric, int(k), progress)  # stored answers need neither rows nor kernels
         visited = np.full(split.n_queries, split.n_indexed, dtype=np.int64)
         seconds = time_scan(index, split, int(k), progress)
-        result = _score(split, exact.scores, exact.ids, visited, index.metric, int(k), *seconds, params)
+        result = score_answers(split, exact.scores, exact.ids, visited, index.metric, int(k), *seconds, params)
         return replace(result, single_query_ms=time_single_queries(index, split, int(k), progress))
     fit_seconds = 0.0
     if refit:
@@ -526,9 +536,11 @@ def evaluate_split(
         raise ValueError(f"index holds {index.n_objects} objects but the split indexes {split.n_indexed}")
     else:
         warm_up(progress)
-    params.update(index.fitted_params)  # a row gives the settings searched with (a target recall's choice)
+    params = row_params(index)  # a row gives the settings searched with (a target recall's choice)
     scores, ids, visited, search_seconds = search_in_chunks(index, split.query_vectors, int(k), progress)
-    result = _score(split, scores, ids, visited, index.metric, int(k), fit_seconds, search_seconds, params, progress)
+    result = score_answers(
+        split, scores, ids, visited, index.metric, int(k), fit_seconds, search_seconds, params, progress
+    )
     if not single:
         return result
     return replace(result, single_query_ms=time_single_queries(index, split, int(k), progress))

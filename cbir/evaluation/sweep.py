@@ -20,11 +20,13 @@ from cbir.evaluation.evaluate import (
     EvaluationSplit,
     StageProgress,
     evaluate_split,
+    row_params,
+    score_answers,
     split_collection,
 )
 from cbir.indexes.base import BaseIndex
 from cbir.indexes.lsh import LSHIndex
-from cbir.indexes.scan import SequentialScan
+from cbir.indexes.scan import CandidateRanking, SequentialScan
 from cbir.indexes.widths import default_width
 
 SWEEP_COLUMNS = [
@@ -40,6 +42,9 @@ SWEEP_COLUMNS = [
     "single_query_ms",
 ]
 _GRID_ALIASES = {"g": "n_tables", "h": "n_projections", "w": "bucket_width"}
+# budgeted_sweep ranks candidates from every query's keys against every row (CandidateRanking: ~12 bytes a pair while
+# it is made, 8 kept) up to this many query x row pairs (the default collection: 2.5 million); above, it searches
+RANKED_PAIRS = 20_000_000
 
 
 def _as_values(values: Iterable[Any], name: str) -> list[Any]:
@@ -188,15 +193,22 @@ def budgeted_sweep(
     """The LSH rows of :func:`sweep_split` (``probes=0``) that visit at most ``budget`` objects per query, with the
     same figures (the times aside), without searching the settings above the budget: each setting is fitted and the
     objects a search would visit are counted first (:meth:`~cbir.indexes.buckets.BucketIndex.candidates`, no
-    distance computed), and only the settings within the budget are searched and scored. So
-    :func:`recommend` of it is :func:`recommend` of the whole sweep's LSH rows at that budget, for a fraction of the
-    sweep's time (the settings above the budget are the ones that visit, and so cost, the most; and no setting is
-    timed one query at a time: ``single_query_ms`` is NaN). ``progress(done, total)`` after each setting, in the
+    distance computed), and only the settings within the budget are answered and scored: each one's answers ranked
+    among its candidates from one matrix product of the queries with every row, shared by all the settings
+    (:class:`~cbir.indexes.scan.CandidateRanking`: bit for bit the search's answers, without computing each
+    candidate's distance again per setting). So :func:`recommend` of it is :func:`recommend` of the whole sweep's LSH
+    rows at that budget, for a fraction of the sweep's time (the settings above the budget are the ones that visit,
+    and so cost, the most; and no setting is timed: ``search_seconds``, ``query_ms`` and ``single_query_ms`` are
+    NaN). Above :data:`RANKED_PAIRS` query x row pairs each setting within the budget is searched instead (the same
+    figures; its batch time measured). ``progress(done, total)`` after each setting, in the
     grid's order. ``workers``: settings fitted and searched at once in threads (the LSH kernels and BLAS release the
     GIL; each setting's figures are the same whatever the number: only the fit times differ)."""
     combos = _grid_settings(split, grid, metric, seed)
     vectors = split.indexed_vectors()
     split.exact_answer(metric, int(k))  # computed once, before the settings share it
+    ranking = None  # its (n_queries, n_indexed) keys and orders fit in memory on a collection up to RANKED_PAIRS
+    if split.n_queries * split.n_indexed <= RANKED_PAIRS:
+        ranking = CandidateRanking(SequentialScan(metric).fit(vectors), split.query_vectors)  # type: ignore[arg-type]
 
     def within_budget(setting: tuple[Any, Any, Any]) -> dict[str, Any] | None:
         n_tables, n_projections, bucket_width = setting
@@ -204,10 +216,16 @@ def budgeted_sweep(
         started = time.perf_counter()
         index.fit(vectors)
         fit_seconds = time.perf_counter() - started
-        visited = np.fromiter(map(len, index.candidates(split.query_vectors)), dtype=np.int64, count=split.n_queries)
+        candidates = index.candidates(split.query_vectors)
+        visited = np.fromiter(map(len, candidates), dtype=np.int64, count=split.n_queries)
         if visited.mean() > budget:
             return None
-        result = evaluate_split(index, split, k=k, refit=False, single=False)  # the times are not what it picks by
+        if ranking is None:  # a large collection: searched (its times are not what it picks by)
+            result = evaluate_split(index, split, k=k, refit=False, single=False)
+        else:  # the search's answers, ranked from the shared product; not timed
+            scores, ids = ranking.top_k(candidates, int(k))
+            nan = float("nan")
+            result = score_answers(split, scores, ids, visited, metric, int(k), fit_seconds, nan, row_params(index))
         return {**result.row(), "fit_seconds": fit_seconds}
 
     rows: list[dict[str, Any]] = []

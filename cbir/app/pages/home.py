@@ -7,6 +7,7 @@ is built yet) the button that builds it → feature sets → indexes → images 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -21,9 +22,11 @@ from cbir.core import config
 from cbir.core.errors import CbirError
 from cbir.core.names import INDEX_KINDS, INDEX_LABELS, METRICS
 from cbir.data.openclipart import INSTALL_HINT
+from cbir.evaluation.comparison import keep_default_comparison
 from cbir.features import workspace
 from cbir.features.backbones import BACKBONES, available_backbones
 from cbir.features.saved_indexes import build_saved
+from cbir.features.sources import FeatureSet
 from cbir.service.search import default_config
 
 T = TypeVar("T")
@@ -221,6 +224,7 @@ def show_build(root: object, status: workspace.CollectionStatus) -> None:
         "collection": "Converting Open Clip Art",
         "hygiene": "Checking for duplicates and blank images",
         "features": "Extracting features",
+        "comparison": "Evaluating the indexes for the Model comparison page",
     }
     bars = {stage: st.progress(0.0, text=label) for stage, label in labels.items()}
 
@@ -228,10 +232,15 @@ def show_build(root: object, status: workspace.CollectionStatus) -> None:
         label = labels[stage]
         bars[stage].progress(done / max(total, 1), text=f"{label}: {done:,} / {total:,}")
 
-    run_then_rerun(
-        lambda: workspace.build_default(root, progress=progress),  # type: ignore[arg-type]
-        lambda result: f"Done: {result.meta['n_images']:,} images × {result.meta['dim']} features.",
-    )
+    def build() -> FeatureSet:
+        result = workspace.build_default(root, progress=progress)  # type: ignore[arg-type]
+        # as `python -m cbir extract` does: the comparison page's first view computed now, kept on disk (when it
+        # cannot be, the comparison page says why)
+        with contextlib.suppress(CbirError):
+            keep_default_comparison(progress=lambda _, done, total: progress("comparison", done, total))
+        return result
+
+    run_then_rerun(build, lambda result: f"Done: {result.meta['n_images']:,} images × {result.meta['dim']} features.")
 
 
 def run_then_rerun(work: Callable[[], T], success: Callable[[T], str]) -> None:
