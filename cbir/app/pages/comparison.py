@@ -176,8 +176,8 @@ def charts(comparison: Comparison, choice: Choice) -> None:
             "settings (cross-polytope LSH's bits, probes and shortlist chosen at fit for recall@10 "
             f"{DEFAULT_TARGET_RECALL:g}); the tuning page sweeps their settings. Times are per query, one query at "
             "a time (as the Search page searches) or in a batch of all the validation queries, every index's (the "
-            "exact scan's too) measured in the same mode in this server's run. hnswlib does not count the objects it "
-            "visits."
+            "exact scan's too) measured in the same mode in one run (the setup's or the first server's, kept on "
+            "disk). hnswlib does not count the objects it visits."
         )
     elif chosen == PER_CLASS:
         # its radio reruns this fragment only: the page keeps its height and scroll position (a full rerun redrew
