@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-comparison",
         action="store_true",
         help="do not compute the comparison page's first view ahead (by default, after extracting the default "
-        "collection: about 10 s on two cores, kept on disk)",
+        "collection: 10-20 s on two cores, about a minute the first time numba compiles its kernels; kept on disk)",
     )
     p.set_defaults(func=cmd_extract)
 
