@@ -177,3 +177,25 @@ def test_the_browser_code_of_a_first_answer_is_drawn_hidden_with_the_page() -> N
     assert f".st-key-{ui.PRELOAD_KEY} {{display: none;}}" in ui.PRELOAD_STYLE
     assert f".st-key-{ui.PRELOAD_KEY} *" in SHOWN_IMAGES  # the browser tests do not count its pixel
     assert at.markdown[-1].value == "the page"
+
+
+def test_release_upload_drops_the_file_from_the_sessions_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Search page takes an uploaded file and draws an empty uploader under a new key; the file it took must
+    leave Streamlit's store of the session's uploads (else every file given stays until the session ends)."""
+    from types import SimpleNamespace
+
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.uploaded_file_manager import UploadedFileRec
+
+    from cbir.app import ui
+
+    store = MemoryUploadedFileManager("/upload")
+    for file_id in ("taken", "other"):
+        store.add_file("session", UploadedFileRec(file_id, f"{file_id}.png", "image/png", b"\x89PNG..."))
+    ctx = SimpleNamespace(uploaded_file_mgr=store, session_id="session")
+    monkeypatch.setattr(ui, "get_script_run_ctx", lambda: ctx)
+    ui.release_upload(SimpleNamespace(file_id="taken"))
+    assert [f.file_id for f in store.get_files("session", ["taken", "other"])] == ["other"]
+    monkeypatch.setattr(ui, "get_script_run_ctx", lambda: None)  # outside a script run: nothing to do
+    ui.release_upload(SimpleNamespace(file_id="other"))
+    assert len(store.get_files("session", ["other"])) == 1

@@ -187,6 +187,18 @@ def status_line(engine: search.SearchEngine) -> None:
         st.rerun()
 
 
+def release_upload(upload: Any) -> None:
+    """Drop an uploaded file (a ``st.file_uploader`` value the page has read) from Streamlit's store of the session's
+    uploads: a page that takes the file and draws an empty uploader in place of the one that held it would otherwise
+    keep every file it was given until the session ends (the browser deletes a file only from the uploader that
+    shows it). As Streamlit's own chat input does with its files."""
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+
+    ctx = get_script_run_ctx()
+    if ctx is not None and isinstance(ctx.uploaded_file_mgr, MemoryUploadedFileManager):
+        ctx.uploaded_file_mgr.remove_file(session_id=ctx.session_id, file_id=upload.file_id)
+
+
 def without_query(answer: search.QueryAnswer, row: int, k: int) -> search.QueryAnswer:
     """``answer`` (of ``k + 1`` results) without the engine row ``row`` (a collection image searched for itself
     would fill a slot with itself as #1), cut to ``k`` results and ranked again."""

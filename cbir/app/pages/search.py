@@ -242,6 +242,7 @@ def uploaded_file() -> tuple[str, bytes | None]:
     arrived = st.session_state.get(upload_key(taken))  # the uploader's value before it is drawn in this run
     if arrived is not None:
         st.session_state[UPLOADED_KEY] = (arrived.name, arrived.getvalue())
+        ui.release_upload(arrived)  # its uploader is not drawn again: nothing else would drop the file
         taken = st.session_state[TAKEN_KEY] = taken + 1
     st.file_uploader(
         "Drag and drop an image",
