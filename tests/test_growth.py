@@ -381,6 +381,13 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
     assert image.name in first.success[0].value  # the file name first, then its folder
     table = first.dataframe[-1].value  # the page searched again: the image finds itself first
     assert table["Path"].iloc[0] == relpath and table["Distance"].iloc[0] < 1e-3
+    # the comparison page's first view of the grown collection is computed again behind the pages, kept on disk
+    from cbir.evaluation.comparison import default_feature_sets, kept_comparison
+    from cbir.service import background
+
+    assert background.wait(timeout=300)  # started by the add (nothing else computes it), after the page's run
+    grown = default_feature_sets(root)  # the grown collection's version
+    assert grown and kept_comparison(grown, "euclidean", True, references=True) is not None
     first.button(key="search-add").click().run()  # twice: refused, with the reason, in sentence case
     assert first.error[0].value.startswith("Nothing was added") and "exact duplicate" in first.error[0].value
     assert "--allow" not in first.error[0].value
@@ -405,6 +412,7 @@ def test_search_page_adds_an_upload_and_other_sessions_find_it(
     first.button(key="cbir-undo").click().run()  # and Undo puts it back
     assert "Restored" in first.success[0].value and (root / relpath).is_file()
     assert relpath in first.dataframe[-1].value["Path"].tolist()
+    assert background.wait(timeout=300)  # the removal's, before the test's folders go
 
 
 def test_two_sessions_adding_the_same_image_at_once_add_it_once(grown: tuple[Path, Path]) -> None:
@@ -444,3 +452,38 @@ def test_a_grown_feature_set_keeps_its_place_in_the_list(grown: tuple[Path, Path
     assert workspace.feature_files(root) == [newer, older]
     growth.add_images(older, [_new_image()], label="animals", extractor=PixelExtractor())
     assert workspace.feature_files(root) == [newer, older]  # growing it in place did not make it the newest
+
+
+def test_background_comparison_runs_one_at_a_time_and_once_more_after_a_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A change while the comparison is computed in the background makes it run once more when it ends (with the
+    newest features), never two at once; a failure that users can be told about ends the work quietly."""
+    import threading
+
+    from cbir.core.errors import CbirError
+    from cbir.service import background
+
+    started, release, calls, running = threading.Event(), threading.Event(), [], []
+
+    def keep(collection: object, progress: object = None) -> tuple:
+        running.append(1)
+        assert len(running) == 1, "two computations at once"
+        calls.append(collection)
+        started.set()
+        release.wait(timeout=30)
+        running.pop()
+        if len(calls) == 2:
+            raise CbirError("no feature set")
+        return ()
+
+    monkeypatch.setattr(background, "keep_default_comparison", keep)
+    monkeypatch.setattr(background.foreground, "yield_to_pages", lambda *_: 0.0)
+    first = background.refresh_default_comparison("a")
+    assert started.wait(timeout=30)
+    again = background.refresh_default_comparison("b")  # while the first runs: the same worker, once more after
+    third = background.refresh_default_comparison("c")
+    assert again is first and third is first
+    release.set()
+    assert background.wait(timeout=30)
+    assert calls == ["a", "a"]  # the worker's collection; two changes during a run make one run more

@@ -30,7 +30,7 @@ from cbir.evaluation import comparison, tuning
 from cbir.evaluation import evaluate as evaluation
 from cbir.features import query_model, workspace
 from cbir.indexes import registry
-from cbir.service import growth, search
+from cbir.service import background, growth, search
 
 if TYPE_CHECKING:
     from cbir.features.extractor import FeatureExtractor
@@ -143,6 +143,7 @@ def _changed(engine: search.SearchEngine) -> None:
     engine.refresh()
     feature_sets.clear()
     collection_status.clear()
+    background.refresh_default_comparison()  # the comparison page's first view of the changed collection, kept ahead
 
 
 def restore_to_collection(engine: search.SearchEngine, relpath: str) -> growth.GrowthReport:
