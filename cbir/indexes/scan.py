@@ -141,9 +141,10 @@ class CandidateRanking:
         ranked = np.sort(query * n + self._rank[query, flat])
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         place = np.arange(len(ranked)) - np.repeat(starts, counts)
-        kept = ranked[place < min(n, k + SequentialScan._SHORTLIST_MARGIN)]
+        shortlist = min(n, k + SequentialScan._SHORTLIST_MARGIN)  # as the scan's own search
+        kept = ranked[place < shortlist]
         short_ids = self._order[kept // n, kept % n].astype(np.int64)
-        short_counts = np.minimum(counts, min(n, k + SequentialScan._SHORTLIST_MARGIN))
+        short_counts = np.minimum(counts, shortlist)
         offsets = np.concatenate([[0], np.cumsum(short_counts)]).astype(np.int64)
         assert self._scan._data is not None
         return kernels.rerank_candidates(  # type: ignore[no-any-return]
