@@ -289,7 +289,6 @@ def open_page(driver: Any, url: str, ready_selector: str, timeout: float = PAGE_
     wait_for(lambda: elements(driver, ready_selector), timeout, f"{ready_selector} on {url}")
 
 
-RESEND_S = 30.0  # an upload the page has not answered while idle this long is given again
 UPLOAD_SEEN_S = 15.0  # how long the uploader may take to list a file it was given before it is given again
 
 
@@ -316,21 +315,6 @@ def upload(driver: Any, path: Path, attempts: int = 3) -> None:
             wait_for(listed, UPLOAD_SEEN_S, f"the uploader to list {path.name}", interval=0.2)
             return
     raise TimeoutError(f"the uploader never listed {path.name} after {attempts} attempts")
-
-
-def upload_answered(driver: Any, path: Path, answered: Callable[[], object], timeout: float = PAGE_S) -> int:
-    """:func:`upload` ``path`` and wait until ``answered()``; if the page sat idle for :data:`RESEND_S` without
-    answering, give the file again once (CI saw Streamlit lose an upload: listed, no script run after it) and say so
-    on stdout. Returns the times it was given again; ``TimeoutError`` after ``timeout``."""
-    upload(driver, path)
-    with contextlib.suppress(TimeoutError):
-        wait_for(answered, RESEND_S, f"the answer to {path.name}")
-        return 0
-    if not app_running(driver):
-        print(f"the upload of {path.name} had no answer after {RESEND_S:.0f} s with the app idle: given again")
-        upload(driver, path)
-    wait_for(answered, max(timeout - RESEND_S, RESEND_S), f"the answer to {path.name}")
-    return 1
 
 
 # Installed by :func:`watch_answer`: times (performance.now(), ms) of what the page shows after an upload, taken by the

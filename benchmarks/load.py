@@ -59,7 +59,6 @@ from benchmarks.browser import (
     slider_values,
     streamlit_server,
     upload,
-    upload_answered,
     wait_for,
     wait_until_idle,
 )
@@ -96,7 +95,6 @@ class SessionReport:
     query_ms: list[float] = field(default_factory=list)
     wall_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    resent: int = 0  # uploads given again after the page sat idle without answering (browser.upload_answered)
 
 
 def query_images(folder: Path, collection_images: Sequence[Path], session: int, n: int) -> list[Path]:
@@ -184,7 +182,8 @@ def _queries(
             ) or bool(page_errors(driver))
 
         try:
-            report.resent += upload_answered(driver, image, answered)
+            upload(driver, image)
+            wait_for(answered, PAGE_S, f"the results of {image.name}")
         except TimeoutError as exc:
             state = "running" if app_running(driver) else "idle"
             report.errors.append(
@@ -294,8 +293,7 @@ class LoadReport:
             f"{len(self.errors)} | {self.percentile_ms(50):.0f} | {self.percentile_ms(95):.0f} | "
             f"{self.percentile_ms(50, wall=True):.0f} |"
         )
-        resent = sum(s.resent for s in self.sessions)
-        return "\n".join(rows) + (f"\n\nuploads given again (lost by the page): {resent}" if resent else "")
+        return "\n".join(rows)
 
 
 def artifact_snapshot(root: Path) -> dict[str, tuple[int, int]]:
