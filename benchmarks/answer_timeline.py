@@ -37,8 +37,9 @@ SERVE_CODE = (
     "import sys; from cbir.core import config; config.quiet_native_libraries(); sys.path.insert(0, {folder!r}); "
     "import answer_timeline; sys.exit(answer_timeline.serve(sys.argv[1:]))"
 )
-PAGE_STEPS = ("answer_body", "decode_query", "show_answer", "show_results", "change_collection")
-ENGINE_STEPS = ("embed", "query_vector")
+PAGE_STEPS = ("answer_body", "search_image", "show_answer", "show_results", "change_collection")
+ENGINE_STEPS = ("embed_query", "embed", "query_vector")
+EARLY_STEPS = ("begin", "embedded")  # cbir.service.early: the upload's query begun, then taken by the run
 BROWSER_JS = """
 window.__cbirWs = []; window.__cbirLong = [];
 const Socket = window.WebSocket;
@@ -107,6 +108,7 @@ def trace_search_page(tracer: Tracer) -> None:
     while "cbir.app.pages.search" not in sys.modules or not hasattr(sys.modules["cbir.app.pages.search"], "search"):
         time.sleep(0.01)
     time.sleep(0.1)  # the module's body ran to its end
+    from cbir.service import early
     from cbir.service.search import SearchEngine
 
     page = sys.modules["cbir.app.pages.search"]
@@ -114,6 +116,8 @@ def trace_search_page(tracer: Tracer) -> None:
         tracer.wrap(page, name)
     for name in ENGINE_STEPS:
         tracer.wrap(SearchEngine, name)
+    for name in EARLY_STEPS:
+        tracer.wrap(early, name)
 
 
 def serve(argv: list[str]) -> int:
@@ -166,7 +170,7 @@ def summary(upload: dict, events: pd.DataFrame) -> dict:
     """The upload's stages (ms after the file was given) and the server's steps' durations."""
     row = {stage: round(ms, 1) for stage, ms in upload["times"].items()}
     server = events[events["where"].str.startswith("server")]
-    for step in ("_run_script", "decode_query", "embed", "query_vector", "show_answer", "show_results"):
+    for step in ("_run_script", "embed_query", "embed", "embedded", "query_vector", "show_answer", "show_results"):
         begins = server[server["event"] == f"> {step}"]["ms"]
         ends = server[server["event"] == f"< {step}"]["ms"]
         if len(begins) and len(ends):

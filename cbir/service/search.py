@@ -70,6 +70,16 @@ class QueryAnswer:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EmbeddedQuery:
+    """A decoded query image and its features: the part of a query before the search
+    (:meth:`SearchEngine.embed_query`)."""
+
+    image: QueryImage
+    vector: np.ndarray  # (1, dim) float32
+    embed_seconds: float  # the model's time (the decoding left out, as in QueryAnswer.embed_seconds)
+
+
 class SearchEngine:
     """Query-by-image over a feature set: every row of the collection is searchable.
 
@@ -241,22 +251,27 @@ class SearchEngine:
         """(1, dim) float32 features of one RGB image."""
         return self.extractor.transform([image])
 
-    def query(
-        self,
-        source: bytes | str | os.PathLike[str] | Image.Image | QueryImage,
-        config: IndexConfig = IndexConfig(),
-        k: int = DEFAULT_K,
-    ) -> QueryAnswer:
-        """Decode (see :func:`cbir.data.query.decode_query`), embed and search; raises
+    def embed_query(self, source: bytes | str | os.PathLike[str] | Image.Image | QueryImage) -> EmbeddedQuery:
+        """Decode (see :func:`cbir.data.query.decode_query`) and embed; raises
         :class:`cbir.data.images.ImageDecodeError` for bad input."""
         query = source if isinstance(source, QueryImage) else decode_query(source)
         started = time.perf_counter()
         vector = self.embed(query.image)
-        embed_seconds = time.perf_counter() - started
-        answer = self.query_vector(vector, config, k)
-        answer.embed_seconds = embed_seconds
-        answer.seconds += embed_seconds
-        answer.notes = [*query.notes, *answer.notes]
+        return EmbeddedQuery(query, vector, time.perf_counter() - started)
+
+    def query(
+        self,
+        source: bytes | str | os.PathLike[str] | Image.Image | QueryImage | EmbeddedQuery,
+        config: IndexConfig = IndexConfig(),
+        k: int = DEFAULT_K,
+    ) -> QueryAnswer:
+        """Decode, embed (:meth:`embed_query`, unless ``source`` is already embedded) and search; raises
+        :class:`cbir.data.images.ImageDecodeError` for bad input."""
+        embedded = source if isinstance(source, EmbeddedQuery) else self.embed_query(source)
+        answer = self.query_vector(embedded.vector, config, k)
+        answer.embed_seconds = embedded.embed_seconds
+        answer.seconds += embedded.embed_seconds
+        answer.notes = [*embedded.image.notes, *answer.notes]
         return answer
 
     def query_vector(self, vector: np.ndarray, config: IndexConfig = IndexConfig(), k: int = DEFAULT_K) -> QueryAnswer:

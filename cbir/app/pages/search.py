@@ -19,13 +19,13 @@ from cbir.core.errors import CbirError
 from cbir.core.foreground import page_run
 from cbir.core.names import METRIC_LABELS, METRICS
 from cbir.data.images import IMAGE_EXTENSIONS, ImageDecodeError, jpeg_bytes, jpeg_data_url, thumbnail
-from cbir.data.query import MAX_UPLOAD_BYTES, RESULT_TILE_SIDE, decode_query, tile_jpeg, tiles_jpeg
+from cbir.data.query import MAX_UPLOAD_BYTES, RESULT_TILE_SIDE, tile_jpeg, tiles_jpeg
 from cbir.data.samples import SAMPLE_PHOTOS, sample_photo_png
 from cbir.evaluation.evaluate import SINGLE_QUERY_SAMPLE
 from cbir.evaluation.tuning import fastest_config, width_range
 from cbir.indexes.reference import DEFAULT_EF_SEARCH
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
-from cbir.service import growth
+from cbir.service import early, growth
 from cbir.service.search import QueryAnswer, SearchEngine
 
 # where the query comes from, and which index answers it (the radio buttons' labels)
@@ -95,6 +95,8 @@ def answer_page(label: str, path: str, version: int) -> None:
 def answer_body(label: str, path: str, version: int) -> None:
     """:func:`answer_page`'s content: the engine, the index and the query, the answer."""
     engine, sources = open_engine(path)
+    if UPLOAD in sources:  # the model is there: an upload's query begins as its bytes arrive
+        ui.begin_queries_on_upload(engine)
     query_col, index_col = st.columns([3, 2], gap="large")
     with index_col:
         index_config = choose_index(path, version)
@@ -331,19 +333,21 @@ def search_image(engine: SearchEngine, query: Query, image: bytes, index_config:
     """The answer to an image (its features computed by the engine's model); the page stops on an image that cannot
     be decoded."""
     try:
-        decoded = decode_query(image)
+        embedded = early.embedded(engine, image)  # decoded and embedded (begun as an upload's bytes arrived)
     except ImageDecodeError as exc:
         st.error(f"**{query.name}** cannot be used as a query: {exc}. Please try another image.")
         st.stop()
+    decoded = embedded.image
     for note in decoded.notes:
         st.info(note)
     for warning in decoded.warnings:
         st.warning(warning)
     with st.spinner("Searching…"):
         if query.picked_row is None:
-            result = engine.query(decoded, index_config, k=DEFAULT_K)
+            result = engine.query(embedded, index_config, k=DEFAULT_K)
         else:  # one more result: the image itself, left out of its own answer
-            result = ui.without_query(engine.query(decoded, index_config, k=DEFAULT_K + 1), query.picked_row, DEFAULT_K)
+            result = engine.query(embedded, index_config, k=DEFAULT_K + 1)
+            result = ui.without_query(result, query.picked_row, DEFAULT_K)
     caption = f"Query: {formats.file_first(query.name)} ({decoded.original_size[0]}×{decoded.original_size[1]})" + (
         "; left out of its own results" if query.picked_row is not None else ""
     )
