@@ -153,8 +153,8 @@ def _preload_script() -> None:
 
 
 def test_the_browser_code_of_a_first_answer_is_drawn_hidden_with_the_page() -> None:
-    """The Search page draws one image, metric, checkbox and button out of sight as it opens (React then has their
-    code when the first answer comes: no 500-ms reveal pause), and imports the upload's chunk by its real name."""
+    """The Search page draws each kind of element of an answer out of sight as it opens (React then has their code
+    when the first answer comes: no 500-ms reveal pause), and imports the upload's chunk by its real name."""
     from pathlib import Path
 
     import streamlit as st
@@ -166,13 +166,18 @@ def test_the_browser_code_of_a_first_answer_is_drawn_hidden_with_the_page() -> N
     assert not at.exception, [e.value for e in at.exception]
     hidden = next(block for block in at.main.children.values() if block.proto.id.endswith(f"-{ui.PRELOAD_KEY}"))
     kinds = [child.type for child in hidden.children.values()]
-    assert kinds == ["image", "metric", "checkbox", "button", "html"]
-    assert at.checkbox[0].disabled and at.button[0].disabled  # widgets no one can use
-    script = hidden.children[4].proto.body
+    # each kind of element a first answer draws (the results: an image list with captions; the metrics in columns)
+    assert kinds == [
+        "image", "divider", "subheader", "caption", "flex_container", "toggle", "checkbox", "button", "popover", "html"
+    ]  # fmt: skip
+    assert len(hidden.children[0].proto.imgs) == 2 and hidden.children[0].proto.imgs[0].caption
+    assert [m.label for m in at.metric] == ["Preload", "Preload"] and at.metric[0].help
+    assert at.checkbox[0].disabled and at.button[0].disabled and at.toggle[0].disabled  # widgets no one can use
+    script = hidden.children[9].proto.body
     chunks = ui.browser_chunks(ui.UPLOAD_CHUNKS)
     folder = Path(st.__file__).parent / "static" / "static" / "js"
     assert len(chunks) == 1 and chunks[0].startswith("axios.") and (folder / chunks[0]).is_file()
-    assert chunks[0] in script and hidden.children[4].proto.unsafe_allow_javascript
+    assert chunks[0] in script and hidden.children[9].proto.unsafe_allow_javascript
     assert ui.browser_chunks(("no-such-chunk",)) == ()
     assert f".st-key-{ui.PRELOAD_KEY} {{display: none;}}" in ui.PRELOAD_STYLE
     assert f".st-key-{ui.PRELOAD_KEY} *" in SHOWN_IMAGES  # the browser tests do not count its pixel
