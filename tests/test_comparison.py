@@ -301,7 +301,7 @@ def test_the_setup_keeps_the_comparison_page_s_first_view(tmp_path: Path, monkey
     done = comparison.keep_default_comparison()
     assert len(done) == 1 and done == comparison.default_feature_sets()
     choices = ui.feature_set_choices()
-    sets = ui.with_versions(choices, list(choices))  # what the page passes (its default: every set)
+    sets = workspace.with_versions(choices, list(choices))  # what the page passes (its default: every set)
     assert sets == done
     parts = list(ui.comparisons(sets, "euclidean", True, True))
     assert len(parts) == 1  # the kept whole, no part computed

@@ -576,11 +576,6 @@ def chosen_feature_set() -> tuple[str, str, int]:
     return label, path, workspace.file_version(path)
 
 
-def with_versions(choices: dict[str, str], labels: Sequence[str]) -> tuple[tuple[str, str, int], ...]:
-    """``(label, path, file version)`` of the chosen ``labels`` (hashable: a cache key)."""
-    return tuple((label, choices[label], workspace.file_version(choices[label])) for label in labels)
-
-
 def table(
     frame: pd.DataFrame,
     names: dict[str, str] | None = None,

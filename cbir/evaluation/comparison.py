@@ -42,7 +42,13 @@ from cbir.evaluation.tuning import (
 )
 from cbir.features.extractor import FeatureExtractor
 from cbir.features.sources import FeatureSet
-from cbir.features.workspace import base_version, complete_feature_sets, file_version, load_feature_set, weights_kind
+from cbir.features.workspace import (
+    base_version,
+    complete_feature_sets,
+    load_feature_set,
+    weights_kind,
+    with_versions,
+)
 from cbir.indexes.registry import DEFAULT_K, IndexConfig
 from cbir.indexes.scan import SequentialScan
 
@@ -293,8 +299,7 @@ def compare(
 def default_feature_sets(collection: str | Path | None = None) -> tuple[tuple[str, str, int], ...]:
     """``(label, path, version)`` of every complete feature set of ``collection`` (default: the configured one),
     newest first: what the comparison page compares when it opens (its "Feature sets" default)."""
-    choices = complete_feature_sets(collection)
-    return tuple((label, path, file_version(path)) for label, path in choices.items())
+    return with_versions(complete_feature_sets(collection))
 
 
 def keep_default_comparison(

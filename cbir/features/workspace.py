@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -354,3 +354,10 @@ def file_version(path: str | os.PathLike[str]) -> int:
     """A cache key part that changes with every committed change of the feature set at ``path``
     (:meth:`FeatureSource.commit_stamp`: the mtime of a store's manifest, its commit point), 0 when missing."""
     return feature_source(path).commit_stamp()
+
+
+def with_versions(choices: Mapping[str, str], labels: Sequence[str] | None = None) -> tuple[tuple[str, str, int], ...]:
+    """``(label, path, file version)`` of the feature sets ``choices`` (``{label: path}``) named by ``labels``
+    (default: every one, in order): hashable, so a cache key (the comparison page's, and what the setup computes
+    ahead for it)."""
+    return tuple((label, choices[label], file_version(choices[label])) for label in (labels or list(choices)))

@@ -17,6 +17,7 @@ from cbir.core.names import METRIC_LABELS, METRICS, score_name
 from cbir.evaluation.comparison import Comparison, distance_summary, hubness_summary_table, large_feature_sets
 from cbir.evaluation.evaluate import SINGLE_QUERY_SAMPLE
 from cbir.evaluation.tuning import RECOMMEND_BUDGET_FRACTION, SWEEP_ON_REQUEST
+from cbir.features import workspace
 from cbir.features.finetune import finished_runs, retrieval_runs, training_figure
 from cbir.indexes.registry import DEFAULT_TARGET_RECALL
 
@@ -81,7 +82,7 @@ def choose_comparison(choices: dict[str, str]) -> Choice:
     selected = top[0].multiselect("Feature sets", list(choices), default=list(choices), key="compare-sets")
     metric = top[1].selectbox("Metric", METRICS, key="compare-metric", format_func=METRIC_LABELS.get)
     # a recommendation needs the background sweep, which takes hours at 1M objects: large sets start on the default
-    large = large_feature_sets(ui.with_versions(choices, selected))
+    large = large_feature_sets(workspace.with_versions(choices, selected))
     lsh_setting = top[2].radio(
         "LSH setting",
         [RECOMMENDED, DEFAULT],
@@ -102,7 +103,7 @@ def choose_comparison(choices: dict[str, str]) -> Choice:
     if not selected:
         st.info("Select at least one feature set.")
         st.stop()
-    return Choice(ui.with_versions(choices, selected), metric, lsh_setting, references)
+    return Choice(workspace.with_versions(choices, selected), metric, lsh_setting, references)
 
 
 def score_label(metric: str) -> str:
