@@ -312,3 +312,36 @@ def test_the_setup_keeps_the_comparison_page_s_first_view(tmp_path: Path, monkey
     before = sorted(p.name for p in (config.artifacts_dir() / "cache").rglob("*.joblib"))
     assert comparison.keep_default_comparison() == done  # read back, nothing written again
     assert sorted(p.name for p in (config.artifacts_dir() / "cache").rglob("*.joblib")) == before
+
+
+def test_the_page_waits_for_the_background_computing_its_first_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a change to the collection the background computes the comparison page's first view again
+    (cbir.service.background); a page opened meanwhile waits for it and reads it whole instead of computing it a
+    second time beside it, and the background does not wait for that page's run (it would until its yield limit, 60
+    s, longer than the page waits here, so the page would compute the parts itself)."""
+    from builders import install_feature_set
+
+    from cbir.app import ui
+    from cbir.core import foreground
+    from cbir.service import background
+
+    collection = tmp_path / "collection"
+    collection.mkdir()
+    monkeypatch.setenv("CBIR_COLLECTION", str(collection))
+    monkeypatch.setattr(ui, "BACKGROUND_WAIT_S", 30.0)
+    install_feature_set(Path(save_feature_set(synthetic_feature_set(), tmp_path / "a.joblib")), collection)
+    sets = comparison.default_feature_sets()
+    assert ui.is_default_comparison(sets, "euclidean", True, True)
+    assert not ui.is_default_comparison(sets, "cosine", True, True) and not ui.is_default_comparison(
+        sets, "euclidean", True, False
+    )
+    assert comparison.kept_comparison(sets, "euclidean", True, references=True) is None
+    with foreground.page_run():  # as the comparison page's run
+        background.refresh_default_comparison()
+        assert background.computing()
+        parts = list(ui.comparisons(sets, "euclidean", True, True))
+    assert background.wait(60) and not background.computing()
+    assert len(parts) == 1  # the background's whole, read back: no part computed by the page
+    assert REFERENCES <= set(parts[0].table["index"]) and "LSH" in set(parts[0].table["index"])

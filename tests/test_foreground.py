@@ -55,3 +55,20 @@ def test_a_page_run_that_fails_is_over() -> None:
     except RuntimeError:
         pass
     assert foreground.pages_running() == 0
+
+
+def test_background_work_does_not_wait_for_a_page_that_waits_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page run waiting for background work (foreground.waiting_for_background) lets that work go on at once:
+    else each would wait for the other until the background's limit."""
+    monkeypatch.setattr(foreground, "AFTER_RUN_S", 0.0)
+    with foreground.page_run():
+        waiter = threading.Thread(target=foreground.yield_to_pages, args=(60.0,))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive()  # a page runs: the background step waits
+        with foreground.waiting_for_background():
+            waiter.join(10)  # woken: the page now waits for it
+            assert not waiter.is_alive()
+            assert foreground.yield_to_pages(60.0) < 1.0
+        waited = foreground.yield_to_pages(0.05)  # the page no longer waits for it: yield again
+    assert waited >= 0.05

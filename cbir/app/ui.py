@@ -26,7 +26,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from cbir.app import formats, kept_figures, plots
-from cbir.core import config, names
+from cbir.core import config, foreground, names
 from cbir.core.errors import CbirError
 from cbir.data import query
 from cbir.evaluation import comparison, tuning
@@ -411,6 +411,12 @@ def comparisons(
     the evaluations are :func:`evaluate`'s and :func:`evaluate_pair`'s, cached). Only the whole one when it is kept
     on disk already."""
     kept = comparison.kept_comparison(feature_sets, metric, recommended, references=references)
+    if kept is None and background.computing() and is_default_comparison(feature_sets, metric, recommended, references):
+        # the collection changed and the background computes this very view again: wait for it and read it, rather
+        # than compute it a second time beside it on the same cores
+        with foreground.waiting_for_background(), st.spinner(BACKGROUND_COMPARISON):
+            background.wait(BACKGROUND_WAIT_S)
+        kept = comparison.kept_comparison(feature_sets, metric, recommended, references=references)
     if kept is not None:
         yield kept
         return
@@ -423,6 +429,19 @@ def comparisons(
     for count in range(len(kinds)):
         yield compare(feature_sets, metric, recommended, references, tuple(kinds[:count]))
     yield compare(feature_sets, metric, recommended, references)
+
+
+BACKGROUND_COMPARISON = "The collection changed: this comparison is being computed again in the background…"
+BACKGROUND_WAIT_S = 120.0  # then the page computes it itself (the background is stuck or far slower than expected)
+
+
+def is_default_comparison(
+    feature_sets: tuple[tuple[str, str, int], ...], metric: str, recommended: bool, references: bool | None
+) -> bool:
+    """Whether these are the comparison page's first view's settings, the view the setup and the background keep
+    (:func:`cbir.evaluation.comparison.keep_default_comparison`)."""
+    first_view = metric == names.METRICS[0] and recommended and references is True
+    return first_view and feature_sets == comparison.default_feature_sets()
 
 
 def sample_note(n_queries: int, n_all_queries: int) -> str:

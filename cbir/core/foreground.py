@@ -19,6 +19,7 @@ AFTER_RUN_S = 2.0  # and this long after a run ends: the browser draws what it s
 YIELD_LIMIT_S = 60.0
 
 _runs = 0  # page runs under way
+_waiting = 0  # page runs waiting for background work to end (the background then yields to none)
 _last_end = float("-inf")  # when the last one ended (time.monotonic)
 _changed = threading.Condition()
 
@@ -39,6 +40,23 @@ def page_run() -> Iterator[None]:
             _changed.notify_all()
 
 
+@contextlib.contextmanager
+def waiting_for_background() -> Iterator[None]:
+    """The block is a page's run waiting for background work (the comparison page for what the background computes
+    after a change): :func:`yield_to_pages` does not wait meanwhile, else each would wait for the other (until the
+    background's :data:`YIELD_LIMIT_S`)."""
+    global _waiting
+    with _changed:
+        _waiting += 1
+        _changed.notify_all()
+    try:
+        yield
+    finally:
+        with _changed:
+            _waiting -= 1
+            _changed.notify_all()
+
+
 def pages_running() -> int:
     """The number of page runs under way."""
     return _runs
@@ -46,11 +64,12 @@ def pages_running() -> int:
 
 def yield_to_pages(limit_s: float = YIELD_LIMIT_S) -> float:
     """Wait while a page's run is under way and :data:`AFTER_RUN_S` after the last one ended, at most ``limit_s``
-    seconds; returns the seconds waited."""
+    seconds, and not while a page waits for background work (:func:`waiting_for_background`); returns the seconds
+    waited."""
     started = time.monotonic()
     deadline = started + limit_s
     with _changed:
-        while (left := deadline - time.monotonic()) > 0:
+        while (left := deadline - time.monotonic()) > 0 and not _waiting:
             if _runs > 0:
                 _changed.wait(left)
             elif (quiet := _last_end + AFTER_RUN_S - time.monotonic()) > 0:

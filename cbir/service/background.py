@@ -67,6 +67,12 @@ def _next() -> bool:
         return True
 
 
+def computing() -> bool:
+    """Whether a computation runs or is about to (a change came)."""
+    with _lock:
+        return _worker is not None
+
+
 def wait(timeout: float | None = None) -> bool:
     """Wait until no background computation runs (at most ``timeout`` seconds); whether none runs now."""
     with _lock:
