@@ -1,5 +1,5 @@
 """cbir.service.early: an upload's query begun as its bytes arrive is the same query the page's run would compute
-(errors included), taken once; and the app's hook (cbir.app.ui.begin_queries_on_upload) begins it when Streamlit
+(errors included), taken once; and the app's hook (cbir.app.uploads.begin_queries_on_upload) begins it when Streamlit
 stores an upload of a session whose Search page was drawn, and never breaks the upload."""
 
 from __future__ import annotations
@@ -115,13 +115,13 @@ def test_the_app_begins_an_uploads_query_when_streamlit_stores_it(
     from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
     from streamlit.runtime.uploaded_file_manager import UploadedFileRec
 
-    from cbir.app import ui
+    from cbir.app import uploads
 
     store = MemoryUploadedFileManager("/upload")
     ctx = SimpleNamespace(uploaded_file_mgr=store, session_id="searching")
-    monkeypatch.setattr(ui, "get_script_run_ctx", lambda: ctx)
-    ui.begin_queries_on_upload(engine)
-    ui.begin_queries_on_upload(engine)  # every run of the page: the store is wrapped once
+    monkeypatch.setattr(uploads, "get_script_run_ctx", lambda: ctx)
+    uploads.begin_queries_on_upload(engine)
+    uploads.begin_queries_on_upload(engine)  # every run of the page: the store is wrapped once
     data = photo_bytes(small_features, row=2)
     store.add_file("searching", UploadedFileRec("f1", "photo.png", "image/png", data))
     assert early.pending() == 1
@@ -133,5 +133,5 @@ def test_the_app_begins_an_uploads_query_when_streamlit_stores_it(
     monkeypatch.setattr(early, "begin", lambda *_: 1 / 0)
     store.add_file("searching", UploadedFileRec("f3", "photo.png", "image/png", data))
     assert [f.file_id for f in store.get_files("searching", ["f3"])] == ["f3"]
-    monkeypatch.setattr(ui, "get_script_run_ctx", lambda: None)  # outside a script run: nothing to do
-    ui.begin_queries_on_upload(engine)
+    monkeypatch.setattr(uploads, "get_script_run_ctx", lambda: None)  # outside a script run: nothing to do
+    uploads.begin_queries_on_upload(engine)

@@ -192,15 +192,15 @@ def test_release_upload_drops_the_file_from_the_sessions_store(monkeypatch: pyte
     from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
     from streamlit.runtime.uploaded_file_manager import UploadedFileRec
 
-    from cbir.app import ui
+    from cbir.app import uploads
 
     store = MemoryUploadedFileManager("/upload")
     for file_id in ("taken", "other"):
         store.add_file("session", UploadedFileRec(file_id, f"{file_id}.png", "image/png", b"\x89PNG..."))
     ctx = SimpleNamespace(uploaded_file_mgr=store, session_id="session")
-    monkeypatch.setattr(ui, "get_script_run_ctx", lambda: ctx)
-    ui.release_upload(SimpleNamespace(file_id="taken"))
+    monkeypatch.setattr(uploads, "get_script_run_ctx", lambda: ctx)
+    uploads.release_upload(SimpleNamespace(file_id="taken"))
     assert [f.file_id for f in store.get_files("session", ["taken", "other"])] == ["other"]
-    monkeypatch.setattr(ui, "get_script_run_ctx", lambda: None)  # outside a script run: nothing to do
-    ui.release_upload(SimpleNamespace(file_id="other"))
+    monkeypatch.setattr(uploads, "get_script_run_ctx", lambda: None)  # outside a script run: nothing to do
+    uploads.release_upload(SimpleNamespace(file_id="other"))
     assert len(store.get_files("session", ["other"])) == 1

@@ -2,12 +2,12 @@
 
 The Search page answered an upload only once Streamlit had run its script: the bytes arrive (the browser's PUT), then
 the browser asks for a rerun, the script starts and sends the page's widgets again, and only then did the page decode
-the image and run the model (~50 ms of a first answer's ~250). Meanwhile a core was mostly idle. So the app hands the
-bytes here as they arrive (:func:`cbir.app.ui.begin_queries_on_upload`): :func:`begin` decodes them (a small file at
-once, see :data:`INLINE_DECODE_BYTES`) and runs the model in one worker thread, and the page's run takes the work
-with :func:`embedded`, waiting for its end if it is still under way, or does it then when none was begun (a rerun of
-the same query, a page test). The result is the same either way: :meth:`SearchEngine.embed_query` of the same bytes,
-its error included (a bad upload is refused by the page's run, with the same message).
+the image and run the model (~50 ms of a first answer's ~250). Meanwhile a core was mostly idle. So the app hands
+the bytes here as they arrive (:func:`cbir.app.uploads.begin_queries_on_upload`): :func:`begin` decodes them (a
+small file at once, see :data:`INLINE_DECODE_BYTES`) and runs the model in one worker thread, and the page's run
+takes the work with :func:`embedded`, waiting for its end if it is still under way, or does it then when none was
+begun (a rerun of the same query, a page test). The result is the same either way: :meth:`SearchEngine.embed_query`
+of the same bytes, its error included (a bad upload is refused by the page's run, with the same message).
 
 Work is matched by the engine and a digest of the bytes; at most :data:`MAX_BEGUN` are kept (the oldest dropped
 first), and each is taken once.

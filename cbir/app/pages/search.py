@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.navigation.page import StreamlitPage
 
-from cbir.app import formats, ui
+from cbir.app import formats, ui, uploads
 from cbir.core.errors import CbirError
 from cbir.core.foreground import page_run
 from cbir.core.names import METRIC_LABELS, METRICS
@@ -96,7 +96,7 @@ def answer_body(label: str, path: str, version: int) -> None:
     """:func:`answer_page`'s content: the engine, the index and the query, the answer."""
     engine, sources = open_engine(path)
     if UPLOAD in sources:  # the model is there: an upload's query begins as its bytes arrive
-        ui.begin_queries_on_upload(engine)
+        uploads.begin_queries_on_upload(engine)
     query_col, index_col = st.columns([3, 2], gap="large")
     with index_col:
         index_config = choose_index(path, version)
@@ -244,7 +244,7 @@ def uploaded_file() -> tuple[str, bytes | None]:
     arrived = st.session_state.get(upload_key(taken))  # the uploader's value before it is drawn in this run
     if arrived is not None:
         st.session_state[UPLOADED_KEY] = (arrived.name, arrived.getvalue())
-        ui.release_upload(arrived)  # its uploader is not drawn again: nothing else would drop the file
+        uploads.release_upload(arrived)  # its uploader is not drawn again: nothing else would drop the file
         taken = st.session_state[TAKEN_KEY] = taken + 1
     st.file_uploader(
         "Drag and drop an image",
