@@ -99,6 +99,21 @@ def test_a_large_file_is_decoded_in_the_worker(
     assert decoded_in == []  # the engine decoded it, in the worker
 
 
+def test_a_flat_image_of_many_pixels_is_decoded_in_the_worker(
+    engine: SearchEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few kB of PNG can hold megapixels: the header's size, not only the file's, keeps its decoding off the
+    server's event loop."""
+    flat = encode(Image.new("RGB", (3000, 2000), (200, 40, 40)), "PNG")
+    assert len(flat) < early.INLINE_DECODE_BYTES and 3000 * 2000 > early.INLINE_DECODE_PIXELS
+    decoded_in: list[str] = []
+    decode = early.decode_query
+    monkeypatch.setattr(early, "decode_query", lambda d: decoded_in.append("caller") or decode(d))
+    early.begin(engine, flat)
+    assert early.embedded(engine, flat).image.original_size == (3000, 2000)
+    assert decoded_in == []
+
+
 def test_begun_queries_are_bounded(engine: SearchEngine, small_features: FeatureSet) -> None:
     files = [photo_bytes(small_features, row=row) for row in range(early.MAX_BEGUN + 2)]
     for data in files:

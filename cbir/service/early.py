@@ -16,10 +16,14 @@ first), and each is taken once.
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
+import warnings
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
+
+from PIL import Image
 
 from cbir.data.query import QueryImage, decode_query
 
@@ -27,11 +31,12 @@ if TYPE_CHECKING:
     from cbir.service.search import EmbeddedQuery, SearchEngine
 
 MAX_BEGUN = 4  # queries begun and not yet taken that are kept: one per session uploading at the same moment
-# a file up to this size is decoded by the caller of begin(), the server's event loop, which is idle while the browser
-# asks for the rerun (~10 ms for the sample photo); in the worker thread the decoding took 40 ms instead, its
-# Python steps waiting for the interpreter lock held by the script run that starts meanwhile. A bigger file (a
-# large photo: longer to decode) is decoded in the worker, not to hold the event loop that long.
+# a file up to this size and pixel count is decoded by the caller of begin(), the server's event loop, which is idle
+# while the browser asks for the rerun (~10 ms for the sample photo); in the worker thread the decoding took 40 ms
+# instead, its Python steps waiting for the interpreter lock held by the script run that starts meanwhile. A bigger
+# image (longer to decode) is decoded in the worker, not to hold the event loop, and every session with it, that long.
 INLINE_DECODE_BYTES = 2 * 2**20
+INLINE_DECODE_PIXELS = 2**22  # ~4 megapixels (the sample photo: 0.14)
 
 _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbir-early-query")  # one model call at a time
 _lock = threading.Lock()
@@ -43,8 +48,8 @@ def _key(engine: SearchEngine, data: bytes) -> tuple[SearchEngine, str]:
 
 
 def begin(engine: SearchEngine, data: bytes) -> None:
-    """Start decoding and embedding ``data`` (an uploaded file's bytes) with ``engine``: a file of up to
-    :data:`INLINE_DECODE_BYTES` is decoded in the calling thread, the model runs in the worker thread."""
+    """Start decoding and embedding ``data`` (an uploaded file's bytes) with ``engine``: a small file (:func:`_small`)
+    is decoded in the calling thread, the model runs in the worker thread."""
     key = _key(engine, data)
     with _lock:
         if key in _begun:
@@ -54,11 +59,26 @@ def begin(engine: SearchEngine, data: bytes) -> None:
             _begun.popitem(last=False)
     begun.set_running_or_notify_cancel()
     try:
-        source: bytes | QueryImage = decode_query(data) if len(data) <= INLINE_DECODE_BYTES else data
+        source: bytes | QueryImage = decode_query(data) if _small(data) else data
     except Exception as exc:  # a bad upload (ImageDecodeError) or a bug: raised again by embedded()
         begun.set_exception(exc)
         return
     _executor.submit(_embed, begun, engine, source)
+
+
+def _small(data: bytes) -> bool:
+    """Whether ``data`` is decoded at once: at most :data:`INLINE_DECODE_BYTES`, and at most
+    :data:`INLINE_DECODE_PIXELS` by its header (a flat PNG of a few kB can hold 40 megapixels)."""
+    if len(data) > INLINE_DECODE_BYTES:
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
+    except Exception:  # not an image, or a decompression bomb: decode_query refuses it at once
+        return True
+    return width * height <= INLINE_DECODE_PIXELS
 
 
 def _embed(begun: Future[EmbeddedQuery], engine: SearchEngine, source: bytes | QueryImage) -> None:
