@@ -120,20 +120,28 @@ def test_wide_or_narrow_times_both_ways_then_keeps_the_faster_and_still_tries_th
         for seconds in times:
             chooser._record(way, seconds)
     step = chooser.explore_seconds / 9.99  # ten picks per period
+    assert chooser._pick(1000.0 - step) is False  # the first query of a stream comes after a pause: one thread
     picks = [chooser._pick(1000.0 + i * step) for i in range(30)]  # 3 explore periods
     assert picks.count(False) == 3 and picks[8] is False and picks[18] is False  # the other way once per period
     for seconds in [3.0, 3.0, 3.0]:  # wide now slower (a busy machine): narrow from then on
         chooser._record(True, seconds)
     assert sum(chooser._pick(2000.0 + i * step) for i in range(10)) == 1
-    # a server's queries, seconds apart: the faster way but once in explore_calls + 1 (by time alone: every one the
-    # slower way, issue 21)
-    human = [chooser._pick(3000.0 + 2.0 * i) for i in range(4 * (chooser.explore_calls + 1))]
-    tried = [i for i, wide in enumerate(human) if wide]
+    # a stream of queries 50 ms apart: the faster way but once in explore_calls + 1 (by time alone: one in four)
+    gap = chooser.stream_gap_seconds / 2
+    stream = [chooser._pick(3000.0 + gap * i) for i in range(4 * (chooser.explore_calls + 1))]
+    tried = [i for i, wide in enumerate(stream) if wide]
     assert len(tried) == 4 and {b - a for a, b in itertools.pairwise(tried)} == {chooser.explore_calls + 1}
     for seconds in [7.0, 7.0, 7.0, 7.0]:  # the one thread preempted now and then: its best still beats wide's median
         chooser._record(False, seconds)
     assert not chooser._wide_faster
     assert (chooser.matmul(a, b) == 3).all() and len(chooser._seconds[True]) == chooser.window  # a batch: untimed
+    # a person's queries, seconds apart: one thread, even where the wide way was measured faster in a stream
+    for seconds in [1.0] * chooser.window:
+        chooser._record(True, seconds)
+    assert chooser._wide_faster
+    assert not any(chooser._pick(4000.0 + 2.0 * i) for i in range(2 * (chooser.explore_calls + 1)))
+    again = [chooser._pick(4100.0 + gap * i) for i in range(chooser.explore_calls + 1)]  # a stream again
+    assert again[0] is False and again.count(True) >= chooser.explore_calls - 1  # after its first: the faster way
 
 
 class _Spied(np.ndarray):

@@ -182,7 +182,9 @@ class WideOrNarrow:
     busy machine the half given to the other thread waits for a core (measured at load 5-10: 1.4-3.4x the one-thread
     time). Each call times its block and keeps the last :attr:`window` times of each way; the wide way is taken while
     the median of its times is at most the best of the narrow way's, else the narrow one, and the way not taken is
-    timed again at most every :attr:`explore_seconds` to follow the machine's load. The narrow way's best, not its
+    timed again at most every :attr:`explore_seconds` to follow the machine's load. That is in a stream of queries
+    (each at most :attr:`stream_gap_seconds` after the last: a loop, a loaded API); a lone query takes the narrow
+    way, whose worst case is bounded. The narrow way's best, not its
     median: a busy machine preempts the one thread now and then (a query of 2 ms then takes 7), and a median of such
     times once let the wide way back in for a hundred queries at 3x the cost; the wide way's median, not its best: a
     lucky moment with a free core says nothing of the next call. Measured against a moving average and a probe every
@@ -196,17 +198,26 @@ class WideOrNarrow:
     explore_seconds = 0.2
     explore_calls = 8
     window = 5
+    stream_gap_seconds = 0.1  # a call this long after the last one or less is part of a stream of queries
 
     def __init__(self) -> None:
         self._seconds: dict[bool, deque[float]] = {True: deque(maxlen=self.window), False: deque(maxlen=self.window)}
         self._wide_faster = True
         self._explored = 0.0  # time.perf_counter() when the slower way was last taken
         self._calls = 0  # calls since then (or since both ways were first timed)
+        self._last_call = float("-inf")  # time.perf_counter() of the last call
 
     def _pick(self, now: float) -> bool:
         wide, narrow = self._seconds[True], self._seconds[False]
         if not wide or not narrow:  # each way timed once first
             return not wide
+        gap, self._last_call = now - self._last_call, now
+        if gap > self.stream_gap_seconds:
+            # a lone query (a person's, seconds after the last): what was measured then says nothing of the cores
+            # now, and the two ways' worst cases differ: one thread is a few ms at most, but the wide way waits for
+            # a core another process took, e.g. the browser drawing the upload that made this query (the Search
+            # page's first exact scan: 50-90 ms in 6 runs of 30, against 4-14 ms on one thread; issue 21)
+            return False
         self._calls += 1
         if self._calls > self.explore_calls and now - self._explored >= self.explore_seconds:
             self._explored, self._calls = now, 0
