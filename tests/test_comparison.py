@@ -303,6 +303,7 @@ def test_the_setup_keeps_the_comparison_page_s_first_view(tmp_path: Path, monkey
     choices = ui.feature_set_choices()
     sets = workspace.with_versions(choices, list(choices))  # what the page passes (its default: every set)
     assert sets == done
+    assert workspace.with_versions(choices) == sets and workspace.with_versions(choices, []) == ()  # none chosen
     parts = list(ui.comparisons(sets, "euclidean", True, True))
     assert len(parts) == 1  # the kept whole, no part computed
     assert REFERENCES <= set(parts[0].table["index"]) and "LSH" in set(parts[0].table["index"])

@@ -360,4 +360,5 @@ def with_versions(choices: Mapping[str, str], labels: Sequence[str] | None = Non
     """``(label, path, file version)`` of the feature sets ``choices`` (``{label: path}``) named by ``labels``
     (default: every one, in order): hashable, so a cache key (the comparison page's, and what the setup computes
     ahead for it)."""
-    return tuple((label, choices[label], file_version(choices[label])) for label in (labels or list(choices)))
+    chosen = list(choices) if labels is None else labels  # an empty selection names none, not every one
+    return tuple((label, choices[label], file_version(choices[label])) for label in chosen)
