@@ -14,6 +14,7 @@ from builders import encode
 from PIL import Image
 
 from cbir.data.images import ImageDecodeError
+from cbir.data.query import header_pixels
 from cbir.features.query_model import extractor_spec, make_extractor
 from cbir.features.sources import FeatureSet
 from cbir.service import early
@@ -105,7 +106,8 @@ def test_a_flat_image_of_many_pixels_is_decoded_in_the_worker(
     """A few kB of PNG can hold megapixels: the header's size, not only the file's, keeps its decoding off the
     server's event loop."""
     flat = encode(Image.new("RGB", (3000, 2000), (200, 40, 40)), "PNG")
-    assert len(flat) < early.INLINE_DECODE_BYTES and 3000 * 2000 > early.INLINE_DECODE_PIXELS
+    assert len(flat) < early.INLINE_DECODE_BYTES and header_pixels(flat) == 3000 * 2000 > early.INLINE_DECODE_PIXELS
+    assert header_pixels(b"not an image at all") is None  # decode_query refuses it at once: decoded inline
     decoded_in: list[str] = []
     decode = early.decode_query
     monkeypatch.setattr(early, "decode_query", lambda d: decoded_in.append("caller") or decode(d))

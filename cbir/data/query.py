@@ -105,6 +105,16 @@ def _probe(data: bytes) -> tuple[str | None, str, tuple[int, int], int, bool]:
             raise _too_large(int(found.group(1)) if found else MAX_PIXELS + 1) from exc
 
 
+def header_pixels(data: bytes) -> int | None:
+    """The pixel count of the image ``data`` read from its header only (nothing decoded), or ``None`` when Pillow
+    cannot open it (not an image, or a decompression bomb: :func:`decode_query` refuses those at once)."""
+    try:
+        size = _probe(data)[2]
+    except (ImageDecodeError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+    return size[0] * size[1]
+
+
 def decode_query(source: bytes | str | os.PathLike[str] | Image.Image) -> QueryImage:
     """Decode an uploaded file (bytes), a path or a PIL image into an RGB query image.
 

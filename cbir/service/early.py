@@ -16,16 +16,12 @@ first), and each is taken once.
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
-import warnings
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
-from cbir.data.query import QueryImage, decode_query
+from cbir.data.query import QueryImage, decode_query, header_pixels
 
 if TYPE_CHECKING:
     from cbir.service.search import EmbeddedQuery, SearchEngine
@@ -68,17 +64,12 @@ def begin(engine: SearchEngine, data: bytes) -> None:
 
 def _small(data: bytes) -> bool:
     """Whether ``data`` is decoded at once: at most :data:`INLINE_DECODE_BYTES`, and at most
-    :data:`INLINE_DECODE_PIXELS` by its header (a flat PNG of a few kB can hold 40 megapixels)."""
+    :data:`INLINE_DECODE_PIXELS` by its header (a flat PNG of a few kB can hold 40 megapixels); not an image: yes
+    (decode_query refuses it at once)."""
     if len(data) > INLINE_DECODE_BYTES:
         return False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as probe:
-                width, height = probe.size
-    except Exception:  # not an image, or a decompression bomb: decode_query refuses it at once
-        return True
-    return width * height <= INLINE_DECODE_PIXELS
+    pixels = header_pixels(data)
+    return pixels is None or pixels <= INLINE_DECODE_PIXELS
 
 
 def _embed(begun: Future[EmbeddedQuery], engine: SearchEngine, source: bytes | QueryImage) -> None:
