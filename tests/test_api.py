@@ -296,6 +296,7 @@ def test_health_feature_sets_indexes_and_docs(client: Any, served: Served, page_
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["collection"] == str(served.collection)
     assert [e["model"] for e in health["engines"]] == [True]
+    assert health["warm_start"]["query_runtime"] == "TensorFlow Lite (XNNPACK)"  # what embeds its queries
     assert health["engines"][0]["n_objects"] == len(page_engine.catalog)
     listed = client.get("/feature-sets").json()
     assert [(f["id"], f["default"]) for f in listed["feature_sets"]] == [(served.feature_file.name, True)]

@@ -100,4 +100,6 @@ def _say_when_warm(report: WarmStart) -> None:
     if report.error:
         print(f"cbir: warm start stopped after {report.seconds:.1f} s: {report.error}", flush=True)
     else:
-        print(f"cbir: warm start done in {report.seconds:.1f} s ({', '.join(report.configs)} answered)", flush=True)
+        runtime = f"; queries embedded with {report.query_runtime}" if report.query_runtime else ""
+        answered = ", ".join(report.configs)
+        print(f"cbir: warm start done in {report.seconds:.1f} s ({answered} answered{runtime})", flush=True)

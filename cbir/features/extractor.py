@@ -87,6 +87,8 @@ class FeatureExtractor:
         self.seed = seed
         self._model: Any = None
         self._forward: Any = None  # the model's forward pass as a TensorFlow graph (built with the model)
+        # one image's forward pass where a faster runtime gives the same features (cbir.features.lite: a server's)
+        self.single_forward: Callable[[np.ndarray], np.ndarray] | None = None
         self._weights_id: str | None = None
 
     def _ensure_model(self) -> Any:
@@ -128,7 +130,14 @@ class FeatureExtractor:
         return resize_for_model(image, self.spec.input_size)
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) float32 0..255 → (N, dim) float32 features."""
+        """(N, H, W, 3) float32 0..255 → (N, dim) float32 features: one image by :attr:`single_forward` where set,
+        else :meth:`graph_arrays`."""
+        if len(batch) == 1 and self.single_forward is not None:
+            return self.single_forward(self.spec.preprocess(batch))
+        return self.graph_arrays(batch)
+
+    def graph_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`predict_arrays` by the model's TensorFlow graph (what feature sets are extracted with)."""
         model = self._ensure_model()
         if self._forward is None or self._forward[0] is not model:
             import tensorflow as tf

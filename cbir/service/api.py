@@ -331,6 +331,7 @@ class SearchService:
             else {
                 "seconds": round(self.warm_report.seconds, 2),
                 "answered": self.warm_report.configs,
+                "query_runtime": self.warm_report.query_runtime,
                 "error": self.warm_report.error,
             },
             "uptime_s": round(time.time() - self.started, 1),

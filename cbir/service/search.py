@@ -33,6 +33,7 @@ from cbir.core import foreground
 from cbir.core.errors import CbirError, ConfigError
 from cbir.core.storage import ArtifactError
 from cbir.data.query import RESULT_TILE_SIDE, TILE_CACHE_SIZE, QueryImage, decode_query, keep_tiles, tiles_jpeg
+from cbir.features import lite
 from cbir.features.query_model import ExtractorSpec, extractor_spec, make_extractor, one_thread_per_op
 from cbir.features.saved_indexes import load_fresh
 from cbir.features.sources import FeatureSet, FeatureSetVersion, feature_source
@@ -370,6 +371,7 @@ class WarmStart:
     done: threading.Event = field(default_factory=threading.Event)
     yielded: float = 0.0  # seconds waited between its steps for the pages' runs (in the background only)
     tiles: int = 0  # result tiles made, not read back from disk (the app's warm start: :func:`_warm_tiles`)
+    query_runtime: str = ""  # what embeds a single query (:func:`cbir.features.lite.use_for_queries`)
 
 
 def warm_start(
@@ -380,12 +382,14 @@ def warm_start(
 ) -> tuple[WarmStart, threading.Thread | None]:
     """Get a server ready for its first query: load the numba kernels (from numba's on-disk cache: ``cache=True``),
     batch and single-query twins alike; the feature set at ``path`` (default: the default collection's newest), its
-    model (one inference traces the graph), its engine (:func:`shared_engine`), and answer one query with the scan,
-    each of ``configs`` and each fresh saved index of the feature set (:mod:`cbir.features.saved_indexes`: loaded
-    from disk); with ``tile_side``, the result tile of every image (:func:`_warm_tiles`). In a daemon thread when
-    ``background`` (the app and the API start it and go on), which waits between its steps while a page's run is
-    under way (:func:`cbir.core.foreground.yield_to_pages`: on two cores a page opened as the server starts is not
-    drawn behind TensorFlow's import); returns the report (``report.done`` is set at the end) and the thread."""
+    model (one inference traces the graph; single queries then run on TensorFlow Lite where it gives the same
+    features: :func:`cbir.features.lite.use_for_queries`), its engine (:func:`shared_engine`), and answer one query
+    with the scan, each of ``configs`` and each fresh saved index of the feature set
+    (:mod:`cbir.features.saved_indexes`: loaded from disk); with ``tile_side``, the result tile of every image
+    (:func:`_warm_tiles`). In a daemon thread when ``background`` (the app and the API start it and go on), which
+    waits between its steps while a page's run is under way (:func:`cbir.core.foreground.yield_to_pages`: on two
+    cores a page opened as the server starts is not drawn behind TensorFlow's import); returns the report
+    (``report.done`` is set at the end) and the thread."""
     report = WarmStart(path=path)
 
     def pause() -> None:
@@ -456,6 +460,9 @@ def _warm(report: WarmStart, configs: list[IndexConfig], tile_side: int | None, 
     pause()
     if spec is not None:  # an upload's whole path once: decode (PNG), content check, embed (traces the graph)
         engine.query(_warm_query_png())
+        pause()
+        report.query_runtime = lite.use_for_queries(engine.extractor)  # kept converted, or converted (~5 s) once
+        engine.query(_warm_query_png())  # that runtime's first call
         pause()
     version = engine._saved_version
     fresh = [IndexConfig(**info["config"]) for _, info in saved_infos(path) if staleness(info, version) is None]
