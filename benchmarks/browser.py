@@ -463,11 +463,16 @@ def choose_option(driver: Any, label: str, option: str, mark: Callable[[], objec
         return inputs[0] if inputs else None
 
     def chosen() -> bool:
-        boxes = [e for e in elements(driver, '[data-testid="stSelectbox"]') if str(e.text).startswith(label)]
-        if not boxes or app_running(driver):
+        try:
+            boxes = [e for e in elements(driver, '[data-testid="stSelectbox"]') if str(e.text).startswith(label)]
+            if not boxes or app_running(driver):
+                return False
+            inputs = boxes[0].find_elements("css selector", 'input[role="combobox"]')
+            shown = str(boxes[0].get_attribute("textContent")) + (
+                str(inputs[0].get_attribute("value")) if inputs else ""
+            )
+        except StaleElementReferenceException:  # redrawn while being read (the run that the choice started)
             return False
-        inputs = boxes[0].find_elements("css selector", 'input[role="combobox"]')
-        shown = str(boxes[0].get_attribute("textContent")) + (str(inputs[0].get_attribute("value")) if inputs else "")
         return option in shown and not elements(driver, '[role="option"]')  # chosen, its list closed
 
     for _ in range(3):  # a busy page can redraw the box under the typing: try again until it shows the option
