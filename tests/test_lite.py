@@ -128,3 +128,12 @@ def test_one_model_answers_threads_at_once(kept: Path, images: list[Image.Image]
     for features in together.values():
         for got, expected in zip(features, alone, strict=True):
             np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.slow
+def test_a_conversion_that_cannot_be_kept_is_used_all_the_same(tmp_path: Path) -> None:
+    extractor = model()
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("a file where the folder would be")
+    assert lite.use_for_queries(extractor, not_a_folder) == LITE  # converted, used, not kept (logged)
+    assert extractor.single_forward is not None and not_a_folder.is_file()

@@ -138,13 +138,16 @@ def use_for_queries(extractor: FeatureExtractor, folder: str | os.PathLike[str] 
         try:
             content = convert(extractor._ensure_model(), (1, height, width, 3))
             forward = LiteForward(content)
+            difference = _difference(forward, extractor, probe, expected)
         except Exception as exc:  # a model the converter or the interpreter refuses: TensorFlow's graph stays
             _log.warning("queries keep TensorFlow's graph: the model could not be converted (%r)", exc)
             return f"TensorFlow (the model could not be converted: {exc})"
-        difference = _difference(forward, extractor, probe, expected)
         if difference > TOLERANCE:
             return f"TensorFlow (TensorFlow Lite's features differ by {difference:.1e})"
-        atomic_write_bytes(file, content)
+        try:
+            atomic_write_bytes(file, content)
+        except OSError as exc:  # used all the same; the next server converts again
+            _log.warning("the TensorFlow Lite model could not be kept in %s (%r)", file, exc)
     extractor.single_forward = forward
     return "TensorFlow Lite (XNNPACK)"
 
