@@ -56,8 +56,8 @@ def main() -> None:
     forward = extractor.single_forward
     runtimes: dict[str, Callable[[np.ndarray], np.ndarray]] = {"TensorFlow graph": graph}
     if forward is not None:
-        runtimes["TensorFlow Lite (XNNPACK)"] = lambda batch: forward(extractor.spec.preprocess(batch))
-        got = [runtimes["TensorFlow Lite (XNNPACK)"](batch) for batch in batches]
+        runtimes[lite.LITE_RUNTIME] = lambda batch: forward(extractor.spec.preprocess(batch))
+        got = [runtimes[lite.LITE_RUNTIME](batch) for batch in batches]
         difference = max(float(np.abs(g - e).max() / np.abs(e).max()) for g, e in zip(got, expected, strict=True))
     rows = []
     for case in ("alone", "beside a busy Python thread"):

@@ -36,6 +36,7 @@ _log = logging.getLogger(__name__)
 
 RUNTIME_ENV = "CBIR_QUERY_RUNTIME"  # "keras": queries keep TensorFlow's graph (to measure one against the other)
 TOLERANCE = 1e-4  # largest difference allowed between the two runtimes' features, relative to the largest feature
+LITE_RUNTIME = "TensorFlow Lite (XNNPACK)"  # what use_for_queries() says when single queries run on it
 INTERPRETERS = 2  # kept per model: one query per core at a time (an interpreter runs one call at a time)
 
 
@@ -122,11 +123,11 @@ def cache_file(extractor: FeatureExtractor, folder: str | os.PathLike[str] | Non
 
 def use_for_queries(extractor: FeatureExtractor, folder: str | os.PathLike[str] | None = None) -> str:
     """Have ``extractor`` embed single images with TensorFlow Lite (see the module's doc); returns what it runs
-    them with now: ``"TensorFlow Lite (XNNPACK)"``, or ``"TensorFlow (<reason>)"``."""
+    them with now: :data:`LITE_RUNTIME`, or ``"TensorFlow (<reason>)"``."""
     if os.environ.get(RUNTIME_ENV, "").strip().lower() == "keras":
         return f"TensorFlow ({RUNTIME_ENV}=keras)"
     if extractor.single_forward is not None:
-        return "TensorFlow Lite (XNNPACK)"
+        return LITE_RUNTIME
     if _interpreter_class() is None:
         return "TensorFlow (no TensorFlow Lite interpreter installed)"
     height, width = extractor.spec.input_size
@@ -149,7 +150,7 @@ def use_for_queries(extractor: FeatureExtractor, folder: str | os.PathLike[str] 
         except OSError as exc:  # used all the same; the next server converts again
             _log.warning("the TensorFlow Lite model could not be kept in %s (%r)", file, exc)
     extractor.single_forward = forward
-    return "TensorFlow Lite (XNNPACK)"
+    return LITE_RUNTIME
 
 
 def _kept(file: Path, extractor: FeatureExtractor, probe: np.ndarray, expected: np.ndarray) -> LiteForward | None:

@@ -458,11 +458,12 @@ def _warm(report: WarmStart, configs: list[IndexConfig], tile_side: int | None, 
         spec = None  # a model that cannot be loaded: the engine searches by stored features
     engine = shared_engine(path, base_version(path), spec)
     pause()
-    if spec is not None:  # an upload's whole path once: decode (PNG), content check, embed (traces the graph)
-        engine.query(_warm_query_png())
-        pause()
+    if spec is not None:
+        # the runtime that embeds single queries (checked against the graph), then an upload's whole path once
+        # on it: decode (PNG), content check, embed
         report.query_runtime = lite.use_for_queries(engine.extractor)  # kept converted, or converted (~5 s) once
-        engine.query(_warm_query_png())  # that runtime's first call
+        pause()
+        engine.query(_warm_query_png())
         pause()
     version = engine._saved_version
     fresh = [IndexConfig(**info["config"]) for _, info in saved_infos(path) if staleness(info, version) is None]
